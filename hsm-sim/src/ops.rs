@@ -154,7 +154,7 @@ enum State {
     Stream(BlockStream),
     Hash(Hasher),
     HashSign(Hasher, HashAlg),
-    Hmac(HmacState, usize),
+    Hmac(HmacState),
     Buffer(Zeroizing<Vec<u8>>),
 }
 
@@ -295,7 +295,7 @@ impl Operation {
             CKM_SHA_1_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => {
                 let k = secret_of(keyref()?, &[CKK_GENERIC_SECRET, CKK_SHA_1_HMAC, CKK_SHA256_HMAC, CKK_SHA384_HMAC, CKK_SHA512_HMAC, CKK_AES])?;
                 let h = hash_of(mech.mech)?;
-                State::Hmac(HmacState::new(h, &k)?, h.output_len())
+                State::Hmac(HmacState::new(h, &k)?)
             }
             CKM_RSA_PKCS | CKM_RSA_X_509 | CKM_RSA_PKCS_OAEP => {
                 let private = matches!(kind, Kind::Decrypt | Kind::Sign | Kind::SignRecover);
@@ -411,7 +411,7 @@ impl Operation {
                 h.update(data);
                 Ok(Vec::new())
             }
-            State::Hmac(h, _) => {
+            State::Hmac(h) => {
                 h.update(data);
                 Ok(Vec::new())
             }
@@ -435,7 +435,7 @@ impl Operation {
         match state {
             State::Stream(mut s) => s.finish(),
             State::Hash(h) => Ok(h.finalize()),
-            State::Hmac(h, _) => Ok(h.finalize()),
+            State::Hmac(h) => Ok(h.finalize()),
             State::HashSign(h, alg) => {
                 let mut di = alg.digest_info_prefix().to_vec();
                 di.extend_from_slice(&h.finalize());
@@ -607,7 +607,8 @@ impl Operation {
         let m = self.mech.mech;
         let is_rsa_sig = matches!(&self.state, State::HashSign(..)) || matches!(m, CKM_RSA_PKCS | CKM_RSA_X_509);
         if is_rsa_sig {
-            let e = self.key()?.rsa_engine()?;
+            let key = self.key.clone().ok_or_else(|| Error::new(CKR_KEY_HANDLE_INVALID, "no key"))?;
+            let e = key.rsa_engine()?;
             if sig.len() != e.modulus_len() {
                 return Err(Error::new(CKR_SIGNATURE_LEN_RANGE, "signature length differs from the modulus"));
             }

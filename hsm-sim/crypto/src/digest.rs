@@ -177,7 +177,10 @@ impl std::fmt::Debug for HmacState {
 }
 
 fn hmac_init<M: KeyInit>(key: &[u8]) -> Result<M> {
-    M::new_from_slice(key).map_err(|_| CryptoError::KeyLength { what: "HMAC", got: key.len() })
+    M::new_from_slice(key).map_err(|_| CryptoError::KeyLength {
+        what: "HMAC",
+        got: key.len(),
+    })
 }
 
 impl HmacState {
@@ -220,7 +223,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const ALL: [HashAlg; 5] = [HashAlg::Sha1, HashAlg::Sha224, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
+    const ALL: [HashAlg; 5] = [
+        HashAlg::Sha1,
+        HashAlg::Sha224,
+        HashAlg::Sha256,
+        HashAlg::Sha384,
+        HashAlg::Sha512,
+    ];
 
     #[test]
     fn digests_abc() {
@@ -261,7 +270,10 @@ mod tests {
             "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
         );
         // RFC 2202 case 2.
-        assert_eq!(hex::encode(hmac(HashAlg::Sha1, key, data)), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+        assert_eq!(
+            hex::encode(hmac(HashAlg::Sha1, key, data)),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
         for alg in ALL {
             let mut m = HmacState::new(alg, &[0xAB; 200]).unwrap();
             m.update(b"what do ya ");

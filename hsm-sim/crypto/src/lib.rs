@@ -11,6 +11,8 @@
 
 pub mod digest;
 pub mod error;
+pub mod payment;
+pub mod rsa;
 pub mod sym;
 
 pub use error::{CryptoError, Result, Secret};

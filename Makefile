@@ -1,0 +1,69 @@
+# Quill: the two commands in README.md are `make demo` and `make test`.
+#
+# Everything builds once, in one profile (release): clippy, the tests, the PKCS#11 module that the
+# third-party suites load, and the binaries. CARGO_TARGET_DIR is respected when set (CI sets one
+# outside the clone so runs reuse the build).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+export QUILL_VENV ?= $(HOME)/.cache/quill/venv
+RELEASE := $(CARGO_TARGET_DIR)/release
+# The simulator module every test and script loads.
+export QUILL_HSM_MODULE ?= $(RELEASE)/libquill_hsm_sim.so
+# SoftHSM 2, the reference module the simulator is measured against.
+SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
+BENCH_HSM_ARGS ?=
+
+CARGO_NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
+
+.PHONY: help setup build demo test fmt-check clippy unit-test third-party bench-hsm clean
+
+help:
+	@echo "make demo       set up, build, and run the demo (target/release/quill demo)"
+	@echo "make test       set up, then fmt, clippy, unit/integration tests, third-party suites"
+	@echo "make setup      install Debian packages and the Python venv ($(QUILL_VENV))"
+	@echo "make build      cargo build --release --workspace --all-targets"
+	@echo "make bench-hsm  hsm-sim against SoftHSM 2 on this machine"
+
+setup:
+	scripts/setup.sh
+
+build:
+	cargo build --release --workspace --all-targets
+
+demo: setup build
+	"$(RELEASE)/quill" demo
+
+test: setup fmt-check clippy build unit-test third-party
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+# `build` has compiled the test executables (--all-targets, release), so this only runs them.
+unit-test: build
+ifneq ($(CARGO_NEXTEST),)
+	cargo nextest run --release --workspace
+	cargo test --release --workspace --doc
+else
+	cargo test --release --workspace
+endif
+
+third-party: build
+	@failed=(); \
+	for suite in tests/third_party/*.sh; do \
+	  echo "== $$suite"; \
+	  bash "$$suite" || failed+=("$$suite"); \
+	done; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "third-party suites failed: $${failed[*]}"; exit 1; fi
+
+bench-hsm: setup build
+	"$(RELEASE)/quill-hsm-bench" --module "$(QUILL_HSM_MODULE)" --reference "$(SOFTHSM_MODULE)" $(BENCH_HSM_ARGS)
+
+clean:
+	cargo clean
