@@ -53,7 +53,10 @@ pub fn decode_bool(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> Result<bool> {
 /// Decode a `CK_ULONG` value.
 pub fn decode_ulong(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> Result<CK_ULONG> {
     let arr: [u8; std::mem::size_of::<CK_ULONG>()] = v.try_into().map_err(|_| {
-        Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("attribute 0x{ty:X}: CK_ULONG must be {} bytes", std::mem::size_of::<CK_ULONG>()))
+        Error::new(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!("attribute 0x{ty:X}: CK_ULONG must be {} bytes", std::mem::size_of::<CK_ULONG>()),
+        )
     })?;
     Ok(CK_ULONG::from_ne_bytes(arr))
 }
@@ -91,13 +94,28 @@ pub fn is_bool_attr(ty: CK_ATTRIBUTE_TYPE) -> bool {
 pub fn is_ulong_attr(ty: CK_ATTRIBUTE_TYPE) -> bool {
     matches!(
         ty,
-        CKA_CLASS | CKA_KEY_TYPE | CKA_VALUE_LEN | CKA_MODULUS_BITS | CKA_CERTIFICATE_TYPE | CKA_KEY_GEN_MECHANISM | CKA_CERTIFICATE_CATEGORY
+        CKA_CLASS
+            | CKA_KEY_TYPE
+            | CKA_VALUE_LEN
+            | CKA_MODULUS_BITS
+            | CKA_CERTIFICATE_TYPE
+            | CKA_KEY_GEN_MECHANISM
+            | CKA_CERTIFICATE_CATEGORY
     )
 }
 
 /// Attributes that hold secret key material: stored sealed, never returned when sensitive.
 pub fn is_secret_attr(ty: CK_ATTRIBUTE_TYPE) -> bool {
-    matches!(ty, CKA_VALUE | CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1 | CKA_EXPONENT_2 | CKA_COEFFICIENT)
+    matches!(
+        ty,
+        CKA_VALUE
+            | CKA_PRIVATE_EXPONENT
+            | CKA_PRIME_1
+            | CKA_PRIME_2
+            | CKA_EXPONENT_1
+            | CKA_EXPONENT_2
+            | CKA_COEFFICIENT
+    )
 }
 
 /// An attribute map, ordered so stored files and comparisons are deterministic.
@@ -158,10 +176,10 @@ pub fn template_to_map(tmpl: &[Attribute]) -> Result<AttrMap> {
         } else if is_ulong_attr(a.ty) {
             decode_ulong(a.ty, &a.value)?;
         }
-        if let Some(prev) = m.0.get(&a.ty) {
-            if *prev != a.value {
-                return Err(Error::template(format!("attribute 0x{:X} given twice with different values", a.ty)));
-            }
+        if let Some(prev) = m.0.get(&a.ty)
+            && *prev != a.value
+        {
+            return Err(Error::template(format!("attribute 0x{:X} given twice with different values", a.ty)));
         }
         m.0.insert(a.ty, a.value.clone());
     }

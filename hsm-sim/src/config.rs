@@ -84,10 +84,14 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::general(format!("QUILL_HSM_CONF {}: cannot read: {e}", path.display())))?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| Error::general(format!("QUILL_HSM_CONF {}: {}", path.display(), e.to_string().replace('\n', " "))))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| {
+            Error::general(format!("QUILL_HSM_CONF {}: {}", path.display(), e.to_string().replace('\n', " ")))
+        })?;
         if cfg.pin_kdf_iterations == 0 || cfg.max_pin_tries == 0 {
-            return Err(Error::general(format!("QUILL_HSM_CONF {}: pin_kdf_iterations and max_pin_tries must be > 0", path.display())));
+            return Err(Error::general(format!(
+                "QUILL_HSM_CONF {}: pin_kdf_iterations and max_pin_tries must be > 0",
+                path.display()
+            )));
         }
         let cfg = cfg.with_default_slots();
         let mut ids: Vec<_> = cfg.slots.iter().map(|s| s.id).collect();

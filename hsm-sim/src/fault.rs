@@ -97,7 +97,11 @@ impl FaultInjector {
                     Ok(text) => match toml::from_str::<Faults>(&text) {
                         Ok(f) => f,
                         Err(e) => {
-                            eprintln!("quill-hsm-sim: ignoring fault file {}: {}", path.display(), e.to_string().replace('\n', " "));
+                            eprintln!(
+                                "quill-hsm-sim: ignoring fault file {}: {}",
+                                path.display(),
+                                e.to_string().replace('\n', " ")
+                            );
                             Faults::default()
                         }
                     },

@@ -200,7 +200,10 @@ pub fn info(mech: CK_MECHANISM_TYPE) -> Result<&'static MechInfo> {
 pub fn require(mech: CK_MECHANISM_TYPE, flag: CK_FLAGS) -> Result<&'static MechInfo> {
     let i = info(mech)?;
     if i.flags & flag == 0 {
-        return Err(Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{mech:X} cannot be used for this function")));
+        return Err(Error::new(
+            CKR_MECHANISM_INVALID,
+            format!("mechanism 0x{mech:X} cannot be used for this function"),
+        ));
     }
     Ok(i)
 }

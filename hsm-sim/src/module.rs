@@ -114,7 +114,10 @@ impl Module {
 
     /// The token of a slot.
     pub fn token(&self, slot: CK_SLOT_ID) -> Result<&Arc<Token>> {
-        self.tokens.iter().find(|t| t.slot == slot).ok_or_else(|| Error::new(CKR_SLOT_ID_INVALID, format!("no slot {slot}")))
+        self.tokens
+            .iter()
+            .find(|t| t.slot == slot)
+            .ok_or_else(|| Error::new(CKR_SLOT_ID_INVALID, format!("no slot {slot}")))
     }
 
     /// Slot description.
@@ -162,7 +165,8 @@ impl Module {
                         0
                     }
                 };
-                flags |= pin_flags(r.user_failures, CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED);
+                flags |=
+                    pin_flags(r.user_failures, CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED);
                 flags |= pin_flags(r.so_failures, CKF_SO_PIN_COUNT_LOW, CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED);
                 (r.label.clone(), r.serial.clone())
             }
@@ -236,7 +240,10 @@ impl Module {
             .remove(&h)
             .ok_or_else(|| Error::new(CKR_SESSION_HANDLE_INVALID, format!("no session {h}")))?;
         let slot = lock(&s).slot;
-        self.session_objects.write().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, o| o.owner != Some(h));
+        self.session_objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, o| o.owner != Some(h));
         if self.count_sessions(slot).0 == 0 {
             let t = self.token(slot)?;
             let _ = t.logout();
@@ -376,7 +383,10 @@ impl Module {
             st.scanned = t.store.objects_mtime();
         } else {
             let obj = Object { handle, uid: None, owner: Some(h), attrs, material };
-            self.session_objects.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(handle, Arc::new(obj));
+            self.session_objects
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(handle, Arc::new(obj));
         }
         Ok(handle)
     }
@@ -402,7 +412,12 @@ impl Module {
     }
 
     /// `C_CopyObject`.
-    pub fn copy_object(&self, h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, tmpl: &[Attribute]) -> Result<CK_OBJECT_HANDLE> {
+    pub fn copy_object(
+        &self,
+        h: CK_SESSION_HANDLE,
+        oh: CK_OBJECT_HANDLE,
+        tmpl: &[Attribute],
+    ) -> Result<CK_OBJECT_HANDLE> {
         let (slot, _) = self.slot_of(h)?;
         let o = self.object(h, oh)?;
         if !o.flag(CKA_COPYABLE) && o.attrs.get(CKA_COPYABLE).is_some() {
@@ -447,7 +462,12 @@ impl Module {
     }
 
     /// `C_GetAttributeValue`: one result per requested type.
-    pub fn get_attributes(&self, h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, types: &[CK_ATTRIBUTE_TYPE]) -> Result<Vec<AttrRead>> {
+    pub fn get_attributes(
+        &self,
+        h: CK_SESSION_HANDLE,
+        oh: CK_OBJECT_HANDLE,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<AttrRead>> {
         let o = self.object(h, oh)?;
         Ok(types.iter().map(|t| o.read_attr(*t)).collect())
     }
@@ -509,7 +529,8 @@ impl Module {
     pub fn find_next(&self, h: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
         let s = self.session(h)?;
         let mut s = lock(&s);
-        let (list, pos) = s.find.as_mut().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no search active"))?;
+        let (list, pos) =
+            s.find.as_mut().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no search active"))?;
         let end = (*pos + max).min(list.len());
         let out = list[*pos..end].to_vec();
         *pos = end;
@@ -524,7 +545,13 @@ impl Module {
     }
 
     /// Start an operation (`C_EncryptInit`, `C_SignInit`, `C_DigestInit`, …).
-    pub fn op_init(&self, h: CK_SESSION_HANDLE, kind: Kind, mech: &Mechanism, key: Option<CK_OBJECT_HANDLE>) -> Result<()> {
+    pub fn op_init(
+        &self,
+        h: CK_SESSION_HANDLE,
+        kind: Kind,
+        mech: &Mechanism,
+        key: Option<CK_OBJECT_HANDLE>,
+    ) -> Result<()> {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         let s = self.session(h)?;
@@ -558,7 +585,10 @@ impl Module {
         }
         let s = self.session(h)?;
         let mut s = lock(&s);
-        let op = s.ops.get_mut(&kind).ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no operation of this kind is active"))?;
+        let op = s
+            .ops
+            .get_mut(&kind)
+            .ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no operation of this kind is active"))?;
         let data = match op.pending.take() {
             Some(d) => d,
             None => match f(op) {
@@ -609,7 +639,10 @@ impl Module {
         self.faults.apply(slot)?;
         let s = self.session(h)?;
         let mut s = lock(&s);
-        let mut op = s.ops.remove(&Kind::Verify).ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no verification active"))?;
+        let mut op = s
+            .ops
+            .remove(&Kind::Verify)
+            .ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no verification active"))?;
         match data {
             Some(d) => op.verify_run(d, sig),
             None => op.verify(sig),
@@ -665,7 +698,9 @@ impl Module {
         self.faults.apply(slot)?;
         mechanism::require(mech.mech, CKF_GENERATE_KEY_PAIR)?;
         let pt = template_to_map(pub_tmpl)?;
-        let bits = pt.ulong(CKA_MODULUS_BITS).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS_BITS missing"))?;
+        let bits = pt
+            .ulong(CKA_MODULUS_BITS)
+            .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS_BITS missing"))?;
         if !(512..=4096).contains(&bits) || bits % 8 != 0 {
             return Err(Error::new(CKR_KEY_SIZE_RANGE, format!("RSA modulus of {bits} bits: 512..4096 in steps of 8")));
         }
@@ -682,7 +717,8 @@ impl Module {
         let mut extra = AttrMap::default();
         extra.set(CKA_MODULUS, object::strip(&key.n));
         extra.set(CKA_PUBLIC_EXPONENT, object::strip(&key.e));
-        let pub_clean: Vec<Attribute> = pub_tmpl.iter().filter(|a| a.ty != CKA_MODULUS_BITS && a.ty != CKA_PUBLIC_EXPONENT).cloned().collect();
+        let pub_clean: Vec<Attribute> =
+            pub_tmpl.iter().filter(|a| a.ty != CKA_MODULUS_BITS && a.ty != CKA_PUBLIC_EXPONENT).cloned().collect();
         let so = self.is_so(slot);
         let (pattrs, pmat) = object::build(NewObject {
             template: &pub_clean,
@@ -713,7 +749,14 @@ impl Module {
     }
 
     /// `C_WrapKey`.
-    pub fn wrap_key(&self, h: CK_SESSION_HANDLE, mech: &Mechanism, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, cap: Option<usize>) -> Result<Out> {
+    pub fn wrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        wrapping: CK_OBJECT_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        cap: Option<usize>,
+    ) -> Result<Out> {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         let w = self.object(h, wrapping).map_err(|e| Error::new(CKR_WRAPPING_KEY_HANDLE_INVALID, e.reason))?;
@@ -729,7 +772,14 @@ impl Module {
     }
 
     /// `C_UnwrapKey`.
-    pub fn unwrap_key(&self, h: CK_SESSION_HANDLE, mech: &Mechanism, unwrapping: CK_OBJECT_HANDLE, wrapped: &[u8], tmpl: &[Attribute]) -> Result<CK_OBJECT_HANDLE> {
+    pub fn unwrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        tmpl: &[Attribute],
+    ) -> Result<CK_OBJECT_HANDLE> {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         let u = self.object(h, unwrapping).map_err(|e| Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID, e.reason))?;
@@ -737,17 +787,22 @@ impl Module {
         if t.ulong(CKA_CLASS) != Some(CKO_SECRET_KEY) {
             return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "unwrap template must give CKA_CLASS = CKO_SECRET_KEY"));
         }
-        let kt = t.ulong(CKA_KEY_TYPE).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "unwrap template must give CKA_KEY_TYPE"))?;
+        let kt = t
+            .ulong(CKA_KEY_TYPE)
+            .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "unwrap template must give CKA_KEY_TYPE"))?;
         let mut v = ops::unwrap(mech, &u, wrapped)?;
         if let Some(l) = t.ulong(CKA_VALUE_LEN).map(|l| l as usize) {
             if l > v.len() {
                 return Err(Error::new(CKR_WRAPPED_KEY_LEN_RANGE, "wrapped key shorter than CKA_VALUE_LEN"));
             }
             v.truncate(l);
-        } else if let Some(f) = object::fixed_key_len(kt) {
-            if v.len() != f {
-                return Err(Error::new(CKR_WRAPPED_KEY_LEN_RANGE, format!("unwrapped {} bytes for a {f}-byte key", v.len())));
-            }
+        } else if let Some(f) = object::fixed_key_len(kt)
+            && v.len() != f
+        {
+            return Err(Error::new(
+                CKR_WRAPPED_KEY_LEN_RANGE,
+                format!("unwrapped {} bytes for a {f}-byte key", v.len()),
+            ));
         }
         let (attrs, material) = object::build(NewObject {
             template: tmpl,
@@ -762,7 +817,13 @@ impl Module {
     }
 
     /// `C_DeriveKey`.
-    pub fn derive_key(&self, h: CK_SESSION_HANDLE, mech: &Mechanism, base: CK_OBJECT_HANDLE, tmpl: &[Attribute]) -> Result<CK_OBJECT_HANDLE> {
+    pub fn derive_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        base: CK_OBJECT_HANDLE,
+        tmpl: &[Attribute],
+    ) -> Result<CK_OBJECT_HANDLE> {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         mechanism::require(mech.mech, CKF_DERIVE)?;
@@ -771,8 +832,12 @@ impl Module {
         let t = template_to_map(tmpl)?;
         let tdes = [CKK_DES2, CKK_DES3];
         let (value, default_kt): (Zeroizing<Vec<u8>>, CK_KEY_TYPE) = match (&mech.mech, &mech.param) {
-            (&CKM_DES3_ECB_ENCRYPT_DATA, MechParam::DeriveData(d)) => (Zeroizing::new(sym::des3_ecb_encrypt(&secret_of(&b, &tdes)?, d)?), CKK_GENERIC_SECRET),
-            (&CKM_AES_ECB_ENCRYPT_DATA, MechParam::DeriveData(d)) => (Zeroizing::new(sym::aes_ecb_encrypt(&secret_of(&b, &[CKK_AES])?, d)?), CKK_GENERIC_SECRET),
+            (&CKM_DES3_ECB_ENCRYPT_DATA, MechParam::DeriveData(d)) => {
+                (Zeroizing::new(sym::des3_ecb_encrypt(&secret_of(&b, &tdes)?, d)?), CKK_GENERIC_SECRET)
+            }
+            (&CKM_AES_ECB_ENCRYPT_DATA, MechParam::DeriveData(d)) => {
+                (Zeroizing::new(sym::aes_ecb_encrypt(&secret_of(&b, &[CKK_AES])?, d)?), CKK_GENERIC_SECRET)
+            }
             (&CKM_DES3_CBC_ENCRYPT_DATA, MechParam::CbcDeriveData { iv, data }) => {
                 (Zeroizing::new(sym::des3_cbc_encrypt(&secret_of(&b, &tdes)?, iv, data)?), CKK_GENERIC_SECRET)
             }
@@ -825,7 +890,12 @@ impl Module {
                 }
                 (acc, kt)
             }
-            _ => return Err(Error::param(format!("mechanism 0x{:X}: parameter missing or of the wrong type", mech.mech))),
+            _ => {
+                return Err(Error::param(format!(
+                    "mechanism 0x{:X}: parameter missing or of the wrong type",
+                    mech.mech
+                )));
+            }
         };
         let kt = t.ulong(CKA_KEY_TYPE).unwrap_or(default_kt);
         let mut value = value;
@@ -835,14 +905,20 @@ impl Module {
             (None, None) => value.len(),
         };
         if want > value.len() || want == 0 {
-            return Err(Error::new(CKR_TEMPLATE_INCONSISTENT, format!("derivation gives {} bytes; the key needs {want}", value.len())));
+            return Err(Error::new(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!("derivation gives {} bytes; the key needs {want}", value.len()),
+            ));
         }
         value.truncate(want);
         let (attrs, material) = object::build(NewObject {
             template: tmpl,
             class: Some(CKO_SECRET_KEY),
             key_type: Some(kt),
-            origin: Origin::Derived { always_sensitive: b.flag(CKA_ALWAYS_SENSITIVE), never_extractable: b.flag(CKA_NEVER_EXTRACTABLE) },
+            origin: Origin::Derived {
+                always_sensitive: b.flag(CKA_ALWAYS_SENSITIVE),
+                never_extractable: b.flag(CKA_NEVER_EXTRACTABLE),
+            },
             material: Some(Material::Secret(Arc::new(value))),
             extra: AttrMap::default(),
             so: self.is_so(slot),

@@ -38,7 +38,11 @@ pub struct Object {
 
 impl std::fmt::Debug for Object {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Object").field("handle", &self.handle).field("uid", &self.uid).field("attrs", &self.attrs).finish()
+        f.debug_struct("Object")
+            .field("handle", &self.handle)
+            .field("uid", &self.uid)
+            .field("attrs", &self.attrs)
+            .finish()
     }
 }
 
@@ -136,7 +140,8 @@ impl Object {
 
     /// Approximate size for `C_GetObjectSize`.
     pub fn size(&self) -> usize {
-        self.attrs.0.values().map(|v| v.len() + 16).sum::<usize>() + self.secret_attrs().0.values().map(Vec::len).sum::<usize>()
+        self.attrs.0.values().map(|v| v.len() + 16).sum::<usize>()
+            + self.secret_attrs().0.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -217,7 +222,9 @@ pub fn build(n: NewObject<'_>) -> Result<(AttrMap, Material)> {
         }
     }
     let class = match (t.ulong(CKA_CLASS), n.class) {
-        (Some(a), Some(b)) if a != b => return Err(Error::template(format!("class 0x{a:X} does not fit this operation"))),
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::template(format!("class 0x{a:X} does not fit this operation")));
+        }
         (Some(a), _) => a,
         (None, Some(b)) => b,
         (None, None) => return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing")),
@@ -248,7 +255,9 @@ pub fn build(n: NewObject<'_>) -> Result<(AttrMap, Material)> {
         }
         CKO_SECRET_KEY | CKO_PRIVATE_KEY | CKO_PUBLIC_KEY => {
             let kt = match (t.ulong(CKA_KEY_TYPE), n.key_type) {
-                (Some(a), Some(b)) if a != b && !(n.origin == Origin::Unwrapped || matches!(n.origin, Origin::Derived { .. })) => {
+                (Some(a), Some(b))
+                    if a != b && !(n.origin == Origin::Unwrapped || matches!(n.origin, Origin::Derived { .. })) =>
+                {
                     return Err(Error::template(format!("key type 0x{a:X} does not fit this mechanism")));
                 }
                 (Some(a), _) => a,
@@ -309,24 +318,31 @@ fn build_secret(t: &mut AttrMap, kt: CK_KEY_TYPE, origin: &Origin, material: &mu
     }
     let Material::Secret(v) = &*material else { return Err(Error::template("secret key without a value")) };
     check_secret_len(kt, v.len())?;
-    if let Some(l) = t.ulong(CKA_VALUE_LEN) {
-        if l as usize != v.len() {
-            return Err(Error::template(format!("CKA_VALUE_LEN {l} but the value has {} bytes", v.len())));
-        }
+    if let Some(l) = t.ulong(CKA_VALUE_LEN)
+        && l as usize != v.len()
+    {
+        return Err(Error::template(format!("CKA_VALUE_LEN {l} but the value has {} bytes", v.len())));
     }
     t.set_ulong(CKA_VALUE_LEN, v.len() as CK_ULONG);
     let kcv = check_value(kt, v)?;
-    if let Some(given) = t.get(CKA_CHECK_VALUE) {
-        if !given.is_empty() && given != kcv.as_slice() {
-            return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_CHECK_VALUE does not match the key value"));
-        }
+    if let Some(given) = t.get(CKA_CHECK_VALUE)
+        && !given.is_empty()
+        && given != kcv.as_slice()
+    {
+        return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_CHECK_VALUE does not match the key value"));
     }
     t.set(CKA_CHECK_VALUE, kcv);
     sensitivity_flags(t, origin);
     Ok(())
 }
 
-fn build_private(t: &mut AttrMap, kt: CK_KEY_TYPE, origin: &Origin, material: &mut Material, extra: &AttrMap) -> Result<()> {
+fn build_private(
+    t: &mut AttrMap,
+    kt: CK_KEY_TYPE,
+    origin: &Origin,
+    material: &mut Material,
+    extra: &AttrMap,
+) -> Result<()> {
     if kt != CKK_RSA {
         return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("private key type 0x{kt:X} not supported")));
     }
@@ -343,9 +359,19 @@ fn build_private(t: &mut AttrMap, kt: CK_KEY_TYPE, origin: &Origin, material: &m
         t.set(*k, v.clone());
     }
     if let Material::None = material {
-        let take = |t: &mut AttrMap, ty| t.0.remove(&ty).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, format!("RSA private key attribute 0x{ty:X} missing")));
-        let n = t.get(CKA_MODULUS).map(<[u8]>::to_vec).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS missing"))?;
-        let e = t.get(CKA_PUBLIC_EXPONENT).map(<[u8]>::to_vec).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_PUBLIC_EXPONENT missing"))?;
+        let take = |t: &mut AttrMap, ty| {
+            t.0.remove(&ty).ok_or_else(|| {
+                Error::new(CKR_TEMPLATE_INCOMPLETE, format!("RSA private key attribute 0x{ty:X} missing"))
+            })
+        };
+        let n = t
+            .get(CKA_MODULUS)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS missing"))?;
+        let e = t
+            .get(CKA_PUBLIC_EXPONENT)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_PUBLIC_EXPONENT missing"))?;
         let d = Zeroizing::new(take(t, CKA_PRIVATE_EXPONENT)?);
         let p = Zeroizing::new(take(t, CKA_PRIME_1)?);
         let q = Zeroizing::new(take(t, CKA_PRIME_2)?);
@@ -383,7 +409,10 @@ fn build_public(t: &mut AttrMap, kt: CK_KEY_TYPE, material: &mut Material, extra
         t.set(*k, v.clone());
     }
     let n = t.get(CKA_MODULUS).map(strip).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS missing"))?;
-    let e = t.get(CKA_PUBLIC_EXPONENT).map(strip).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_PUBLIC_EXPONENT missing"))?;
+    let e = t
+        .get(CKA_PUBLIC_EXPONENT)
+        .map(strip)
+        .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_PUBLIC_EXPONENT missing"))?;
     if let Material::None = material {
         let engine = RsaEngine::public(&quill_hsm_crypto::rsa::RsaPublicKey { n: n.clone(), e: e.clone() })
             .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("RSA public key: {e}")))?;
@@ -425,8 +454,8 @@ pub fn modify(obj: &Object, tmpl: &[Attribute], so: bool, copying: bool) -> Resu
         let newb = || decode_bool(*ty, v);
         match *ty {
             CKA_LABEL | CKA_ID | CKA_START_DATE | CKA_END_DATE | CKA_SUBJECT | CKA_APPLICATION => {}
-            CKA_ENCRYPT | CKA_DECRYPT | CKA_SIGN | CKA_VERIFY | CKA_WRAP | CKA_UNWRAP | CKA_DERIVE | CKA_SIGN_RECOVER
-            | CKA_VERIFY_RECOVER => {
+            CKA_ENCRYPT | CKA_DECRYPT | CKA_SIGN | CKA_VERIFY | CKA_WRAP | CKA_UNWRAP | CKA_DERIVE
+            | CKA_SIGN_RECOVER | CKA_VERIFY_RECOVER => {
                 newb()?;
             }
             CKA_SENSITIVE => {
@@ -478,7 +507,9 @@ pub fn material_from_stored(attrs: &AttrMap, secret: &AttrMap) -> Result<Materia
             Ok(Material::Secret(Arc::new(Zeroizing::new(v.to_vec()))))
         }
         Some(CKO_PRIVATE_KEY) => {
-            let g = |m: &AttrMap, ty| m.get(ty).map(<[u8]>::to_vec).ok_or_else(|| Error::device(format!("stored RSA key lacks 0x{ty:X}")));
+            let g = |m: &AttrMap, ty| {
+                m.get(ty).map(<[u8]>::to_vec).ok_or_else(|| Error::device(format!("stored RSA key lacks 0x{ty:X}")))
+            };
             let key = quill_hsm_crypto::rsa::from_components(
                 &g(attrs, CKA_MODULUS)?,
                 &g(attrs, CKA_PUBLIC_EXPONENT)?,

@@ -131,7 +131,10 @@ impl BlockStream {
             }
         } else if self.pad {
             if rest.len() != bs {
-                return Err(Error::new(CKR_ENCRYPTED_DATA_LEN_RANGE, format!("ciphertext is not a multiple of {bs} bytes")));
+                return Err(Error::new(
+                    CKR_ENCRYPTED_DATA_LEN_RANGE,
+                    format!("ciphertext is not a multiple of {bs} bytes"),
+                ));
             }
             let pt = Zeroizing::new(self.process(&rest)?);
             sym::pkcs7_unpad(&pt, bs).map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "bad padding"))
@@ -144,10 +147,34 @@ impl BlockStream {
 }
 
 enum Vendor {
-    Pvv { pin_key: Arc<Object>, fmt: PinBlockFormat, pvki: u8, pan: String },
-    Ibm { pin_key: Arc<Object>, fmt: PinBlockFormat, params: Ibm3624Params, pan: String },
-    PinGenerate { pvk: Option<Arc<Object>>, method: u8, fmt: PinBlockFormat, len: usize, exclude_weak: bool, pvki: u8, params: Ibm3624Params, pan: String },
-    PinTranslate { src_key: Arc<Object>, src_fmt: PinBlockFormat, dst_fmt: PinBlockFormat, pan: String },
+    Pvv {
+        pin_key: Arc<Object>,
+        fmt: PinBlockFormat,
+        pvki: u8,
+        pan: String,
+    },
+    Ibm {
+        pin_key: Arc<Object>,
+        fmt: PinBlockFormat,
+        params: Ibm3624Params,
+        pan: String,
+    },
+    PinGenerate {
+        pvk: Option<Arc<Object>>,
+        method: u8,
+        fmt: PinBlockFormat,
+        len: usize,
+        exclude_weak: bool,
+        pvki: u8,
+        params: Ibm3624Params,
+        pan: String,
+    },
+    PinTranslate {
+        src_key: Arc<Object>,
+        src_fmt: PinBlockFormat,
+        dst_fmt: PinBlockFormat,
+        pan: String,
+    },
 }
 
 enum State {
@@ -206,7 +233,10 @@ fn pin_format(b: u8) -> Result<PinBlockFormat> {
 /// Require a secret key of one of the given types.
 pub fn secret_of(key: &Object, types: &[CK_KEY_TYPE]) -> Result<Arc<Zeroizing<Vec<u8>>>> {
     if key.class() != CKO_SECRET_KEY || !key.key_type().is_some_and(|t| types.contains(&t)) {
-        return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("key {} has the wrong type for this mechanism", key.handle)));
+        return Err(Error::new(
+            CKR_KEY_TYPE_INCONSISTENT,
+            format!("key {} has the wrong type for this mechanism", key.handle),
+        ));
     }
     match &key.material {
         Material::Secret(v) => Ok(v.clone()),
@@ -255,16 +285,18 @@ impl Operation {
     /// Start an operation; checks mechanism, key type, key usage and parameters.
     pub fn init(kind: Kind, mech: &Mechanism, key: Option<Arc<Object>>, resolve: Resolver<'_>) -> Result<Self> {
         require(mech.mech, kind.flag())?;
-        if let Some(k) = &key {
-            if kind != Kind::Digest {
-                k.require(kind.usage())?;
-            }
+        if let Some(k) = &key
+            && kind != Kind::Digest
+        {
+            k.require(kind.usage())?;
         }
         let keyref = || key.as_deref().ok_or_else(|| Error::new(CKR_KEY_HANDLE_INVALID, "no key"));
         let enc = matches!(kind, Kind::Encrypt);
         let mut vendor = None;
         let state = match mech.mech {
-            CKM_SHA_1 | CKM_SHA224 | CKM_SHA256 | CKM_SHA384 | CKM_SHA512 => State::Hash(Hasher::new(hash_of(mech.mech)?)),
+            CKM_SHA_1 | CKM_SHA224 | CKM_SHA256 | CKM_SHA384 | CKM_SHA512 => {
+                State::Hash(Hasher::new(hash_of(mech.mech)?))
+            }
             CKM_DES3_ECB | CKM_DES3_CBC | CKM_DES3_CBC_PAD | CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD => {
                 let aes = matches!(mech.mech, CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD);
                 let alg = if aes { BlockAlg::Aes } else { BlockAlg::Des3 };
@@ -287,13 +319,17 @@ impl Operation {
                     buf: Zeroizing::new(Vec::new()),
                 })
             }
-            CKM_SHA1_RSA_PKCS | CKM_SHA224_RSA_PKCS | CKM_SHA256_RSA_PKCS | CKM_SHA384_RSA_PKCS | CKM_SHA512_RSA_PKCS => {
+            CKM_SHA1_RSA_PKCS | CKM_SHA224_RSA_PKCS | CKM_SHA256_RSA_PKCS | CKM_SHA384_RSA_PKCS
+            | CKM_SHA512_RSA_PKCS => {
                 require_rsa(keyref()?, kind == Kind::Sign)?;
                 let h = hash_of(mech.mech)?;
                 State::HashSign(Hasher::new(h), h)
             }
             CKM_SHA_1_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => {
-                let k = secret_of(keyref()?, &[CKK_GENERIC_SECRET, CKK_SHA_1_HMAC, CKK_SHA256_HMAC, CKK_SHA384_HMAC, CKK_SHA512_HMAC, CKK_AES])?;
+                let k = secret_of(
+                    keyref()?,
+                    &[CKK_GENERIC_SECRET, CKK_SHA_1_HMAC, CKK_SHA256_HMAC, CKK_SHA384_HMAC, CKK_SHA512_HMAC, CKK_AES],
+                )?;
                 let h = hash_of(mech.mech)?;
                 State::Hmac(HmacState::new(h, &k)?)
             }
@@ -332,13 +368,16 @@ impl Operation {
             CKM_QUILL_CVV | CKM_QUILL_DES3_RETAIL_MAC => {
                 secret_of(keyref()?, &[CKK_DES2])?;
                 if mech.mech == CKM_QUILL_DES3_RETAIL_MAC && !matches!(mech.param.raw(), [] | [1] | [2]) {
-                    return Err(Error::param("retail MAC parameter: empty, or one byte 1 or 2 (ISO 9797-1 padding method)"));
+                    return Err(Error::param(
+                        "retail MAC parameter: empty, or one byte 1 or 2 (ISO 9797-1 padding method)",
+                    ));
                 }
                 State::Buffer(Zeroizing::new(Vec::new()))
             }
             CKM_QUILL_VISA_PVV | CKM_QUILL_IBM3624_OFFSET => {
                 secret_of(keyref()?, TDES)?;
-                let what = if mech.mech == CKM_QUILL_VISA_PVV { "CK_QUILL_PVV_PARAMS" } else { "CK_QUILL_IBM3624_PARAMS" };
+                let what =
+                    if mech.mech == CKM_QUILL_VISA_PVV { "CK_QUILL_PVV_PARAMS" } else { "CK_QUILL_IBM3624_PARAMS" };
                 let mut r = ParamReader::new(mech.param.raw(), what);
                 let pin_key = resolve(r.ulong("hPinKey")?)?;
                 let fmt = pin_format(r.u8("format")?)?;
@@ -398,7 +437,12 @@ impl Operation {
                 vendor = Some(Vendor::PinTranslate { src_key, src_fmt, dst_fmt, pan });
                 State::Buffer(Zeroizing::new(Vec::new()))
             }
-            m => return Err(Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{m:X} cannot be used for this function"))),
+            m => {
+                return Err(Error::new(
+                    CKR_MECHANISM_INVALID,
+                    format!("mechanism 0x{m:X} cannot be used for this function"),
+                ));
+            }
         };
         Ok(Operation { kind, mech: mech.clone(), key, state, vendor, pending: None })
     }
@@ -450,7 +494,11 @@ impl Operation {
         let m = self.mech.mech;
         match (self.kind, m) {
             (Kind::Encrypt, CKM_RSA_PKCS) => Ok(key.rsa_engine()?.pkcs1_encrypt(data)?),
-            (Kind::Decrypt, CKM_RSA_PKCS) => Ok(key.rsa_engine()?.pkcs1_decrypt(data).map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "decryption failed"))?.to_vec()),
+            (Kind::Decrypt, CKM_RSA_PKCS) => Ok(key
+                .rsa_engine()?
+                .pkcs1_decrypt(data)
+                .map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "decryption failed"))?
+                .to_vec()),
             (Kind::Encrypt | Kind::VerifyRecover, CKM_RSA_X_509) => {
                 let e = key.rsa_engine()?;
                 if self.kind == Kind::VerifyRecover && data.len() != e.modulus_len() {
@@ -490,28 +538,40 @@ impl Operation {
                 }
             }
             (Kind::Encrypt | Kind::Decrypt, CKM_RSA_PKCS_OAEP) => {
-                let MechParam::Oaep { hash, mgf, label } = &self.mech.param else { return Err(Error::param("OAEP params")) };
+                let MechParam::Oaep { hash, mgf, label } = &self.mech.param else {
+                    return Err(Error::param("OAEP params"));
+                };
                 let (h, g) = (hash_of(*hash)?, mgf_hash(*mgf)?);
                 let e = key.rsa_engine()?;
                 if self.kind == Kind::Encrypt {
                     Ok(e.oaep_encrypt(h, g, label, data)?)
                 } else {
-                    Ok(e.oaep_decrypt(h, g, label, data).map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "decryption failed"))?.to_vec())
+                    Ok(e.oaep_decrypt(h, g, label, data)
+                        .map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "decryption failed"))?
+                        .to_vec())
                 }
             }
             (Kind::Encrypt | Kind::Decrypt, CKM_AES_GCM) => {
-                let MechParam::Gcm { iv, aad, tag_bits } = &self.mech.param else { return Err(Error::param("GCM params")) };
+                let MechParam::Gcm { iv, aad, tag_bits } = &self.mech.param else {
+                    return Err(Error::param("GCM params"));
+                };
                 let k = secret_of(key, AES)?;
                 let tl = (*tag_bits / 8) as usize;
                 if self.kind == Kind::Encrypt {
                     Ok(sym::aes_gcm_encrypt(&k, iv, aad, data, tl)?)
                 } else {
-                    Ok(sym::aes_gcm_decrypt(&k, iv, aad, data, tl).map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "GCM authentication failed"))?.to_vec())
+                    Ok(sym::aes_gcm_decrypt(&k, iv, aad, data, tl)
+                        .map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID, "GCM authentication failed"))?
+                        .to_vec())
                 }
             }
             (Kind::Encrypt, CKM_AES_KEY_WRAP) => Ok(sym::aes_key_wrap(&secret_of(key, AES)?, data)?),
-            (Kind::Decrypt, CKM_AES_KEY_WRAP) => Ok(sym::aes_key_unwrap(&secret_of(key, AES)?, data).map_err(unwrap_err)?.to_vec()),
-            (Kind::Encrypt, CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP) => Ok(sym::aes_key_wrap_pad(&secret_of(key, AES)?, data)?),
+            (Kind::Decrypt, CKM_AES_KEY_WRAP) => {
+                Ok(sym::aes_key_unwrap(&secret_of(key, AES)?, data).map_err(unwrap_err)?.to_vec())
+            }
+            (Kind::Encrypt, CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP) => {
+                Ok(sym::aes_key_wrap_pad(&secret_of(key, AES)?, data)?)
+            }
             (Kind::Decrypt, CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP) => {
                 Ok(sym::aes_key_unwrap_pad(&secret_of(key, AES)?, data).map_err(unwrap_err)?.to_vec())
             }
@@ -523,37 +583,47 @@ impl Operation {
             (Kind::Sign | Kind::Verify, CKM_DES3_CMAC) => Ok(sym::des3_cmac(&secret_of(key, TDES)?, data)?.to_vec()),
             (Kind::Sign | Kind::Verify, CKM_DES3_MAC) => {
                 let mut d = data.to_vec();
-                while d.is_empty() || d.len() % 8 != 0 {
+                while d.is_empty() || !d.len().is_multiple_of(8) {
                     d.push(0);
                 }
                 Ok(sym::des3_cbc_mac(&secret_of(key, TDES)?, &d)?[..4].to_vec())
             }
             (Kind::Sign | Kind::Verify, CKM_QUILL_DES3_RETAIL_MAC) => {
-                let pad = if self.mech.param.raw() == [1] { sym::MacPadding::Method1 } else { sym::MacPadding::Method2 };
+                let pad =
+                    if self.mech.param.raw() == [1] { sym::MacPadding::Method1 } else { sym::MacPadding::Method2 };
                 Ok(sym::retail_mac(&secret_of(key, &[CKK_DES2])?, data, pad)?.to_vec())
             }
             (Kind::Sign, CKM_QUILL_CVV) => {
-                let s = std::str::from_utf8(data).map_err(|_| Error::new(CKR_DATA_INVALID, "CVV input must be ASCII digits"))?;
+                let s = std::str::from_utf8(data)
+                    .map_err(|_| Error::new(CKR_DATA_INVALID, "CVV input must be ASCII digits"))?;
                 if s.len() < 19 || s.len() > 26 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Error::new(CKR_DATA_INVALID, "CVV input must be PAN(12..19) ‖ YYMM ‖ service code, ASCII digits"));
+                    return Err(Error::new(
+                        CKR_DATA_INVALID,
+                        "CVV input must be PAN(12..19) ‖ YYMM ‖ service code, ASCII digits",
+                    ));
                 }
                 let (pan, rest) = s.split_at(s.len() - 7);
                 Ok(payment::cvv(&secret_of(key, &[CKK_DES2])?, pan, &rest[..4], &rest[4..])?.into_bytes())
             }
             (Kind::Sign, CKM_QUILL_VISA_PVV) => {
-                let Some(Vendor::Pvv { pin_key, fmt, pvki, pan }) = &self.vendor else { return Err(Error::general("PVV state")) };
+                let Some(Vendor::Pvv { pin_key, fmt, pvki, pan }) = &self.vendor else {
+                    return Err(Error::general("PVV state"));
+                };
                 let pin = payment::decrypt_pin_block(*fmt, &secret_of(pin_key, pin_key_types(*fmt))?, data, pan)
                     .map_err(|_| Error::new(CKR_DATA_INVALID, "PIN block does not decrypt to a valid PIN"))?;
                 Ok(payment::visa_pvv(&secret_of(key, TDES)?, pan, *pvki, &pin[..4.min(pin.len())])?.into_bytes())
             }
             (Kind::Sign, CKM_QUILL_IBM3624_OFFSET) => {
-                let Some(Vendor::Ibm { pin_key, fmt, params, pan }) = &self.vendor else { return Err(Error::general("IBM state")) };
+                let Some(Vendor::Ibm { pin_key, fmt, params, pan }) = &self.vendor else {
+                    return Err(Error::general("IBM state"));
+                };
                 let pin = payment::decrypt_pin_block(*fmt, &secret_of(pin_key, pin_key_types(*fmt))?, data, pan)
                     .map_err(|_| Error::new(CKR_DATA_INVALID, "PIN block does not decrypt to a valid PIN"))?;
                 Ok(payment::ibm3624_offset(&secret_of(key, TDES)?, pan, params, &pin)?.into_bytes())
             }
             (Kind::Encrypt, CKM_QUILL_PIN_GENERATE) => {
-                let Some(Vendor::PinGenerate { pvk, method, fmt, len, exclude_weak, pvki, params, pan }) = &self.vendor else {
+                let Some(Vendor::PinGenerate { pvk, method, fmt, len, exclude_weak, pvki, params, pan }) = &self.vendor
+                else {
                     return Err(Error::general("PIN generate state"));
                 };
                 if !data.is_empty() {
@@ -562,8 +632,11 @@ impl Operation {
                 let pin = payment::random_pin(*len, *exclude_weak)?;
                 let mut out = payment::encrypt_pin_block(*fmt, &secret_of(key, pin_key_types(*fmt))?, &pin, pan)?;
                 match (method, pvk) {
-                    (1, Some(k)) => out.extend_from_slice(payment::visa_pvv(&secret_of(k, TDES)?, pan, *pvki, &pin[..4])?.as_bytes()),
-                    (2, Some(k)) => out.extend_from_slice(payment::ibm3624_offset(&secret_of(k, TDES)?, pan, params, &pin)?.as_bytes()),
+                    (1, Some(k)) => out
+                        .extend_from_slice(payment::visa_pvv(&secret_of(k, TDES)?, pan, *pvki, &pin[..4])?.as_bytes()),
+                    (2, Some(k)) => out.extend_from_slice(
+                        payment::ibm3624_offset(&secret_of(k, TDES)?, pan, params, &pin)?.as_bytes(),
+                    ),
                     _ => {}
                 }
                 Ok(out)
@@ -572,8 +645,9 @@ impl Operation {
                 let Some(Vendor::PinTranslate { src_key, src_fmt, dst_fmt, pan }) = &self.vendor else {
                     return Err(Error::general("PIN translate state"));
                 };
-                let pin = payment::decrypt_pin_block(*src_fmt, &secret_of(src_key, pin_key_types(*src_fmt))?, data, pan)
-                    .map_err(|_| Error::new(CKR_DATA_INVALID, "PIN block does not decrypt to a valid PIN"))?;
+                let pin =
+                    payment::decrypt_pin_block(*src_fmt, &secret_of(src_key, pin_key_types(*src_fmt))?, data, pan)
+                        .map_err(|_| Error::new(CKR_DATA_INVALID, "PIN block does not decrypt to a valid PIN"))?;
                 Ok(payment::encrypt_pin_block(*dst_fmt, &secret_of(key, pin_key_types(*dst_fmt))?, &pin, pan)?)
             }
             _ => Err(Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{m:X} cannot be used for this function"))),
@@ -644,7 +718,8 @@ fn unwrap_err(_: quill_hsm_crypto::CryptoError) -> Error {
 
 fn cmac_general_len(p: &MechParam, max: usize) -> Result<usize> {
     let raw = p.raw();
-    let arr: [u8; std::mem::size_of::<CK_ULONG>()] = raw.try_into().map_err(|_| Error::param("CK_MAC_GENERAL_PARAMS expected"))?;
+    let arr: [u8; std::mem::size_of::<CK_ULONG>()] =
+        raw.try_into().map_err(|_| Error::param("CK_MAC_GENERAL_PARAMS expected"))?;
     let l = CK_ULONG::from_ne_bytes(arr) as usize;
     if l == 0 || l > max {
         return Err(Error::param("MAC length out of range"));
@@ -699,13 +774,16 @@ pub fn wrap(mech: &Mechanism, wrapping: &Object, key: &Object) -> Result<Vec<u8>
     let value = match (&key.material, key.class()) {
         (Material::Secret(v), CKO_SECRET_KEY) => v.clone(),
         (Material::None, _) => return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "key is not available: log in first")),
-        _ => return Err(Error::new(CKR_KEY_NOT_WRAPPABLE, "only secret keys wrap with this mechanism (RSA CRT parts: CKM_QUILL_RSA_CRT_COMPONENT_WRAP)")),
+        _ => {
+            return Err(Error::new(
+                CKR_KEY_NOT_WRAPPABLE,
+                "only secret keys wrap with this mechanism (RSA CRT parts: CKM_QUILL_RSA_CRT_COMPONENT_WRAP)",
+            ));
+        }
     };
     match mech.mech {
-        CKM_RSA_PKCS | CKM_RSA_PKCS_OAEP => {
-            if wrapping.class() != CKO_PUBLIC_KEY {
-                return Err(Error::new(CKR_WRAPPING_KEY_TYPE_INCONSISTENT, "RSA wrapping needs a public key"));
-            }
+        CKM_RSA_PKCS | CKM_RSA_PKCS_OAEP if wrapping.class() != CKO_PUBLIC_KEY => {
+            return Err(Error::new(CKR_WRAPPING_KEY_TYPE_INCONSISTENT, "RSA wrapping needs a public key"));
         }
         _ => {}
     }
@@ -753,7 +831,7 @@ fn wrap_crt_component(mech: &Mechanism, wrapping: &Object, key: &Object) -> Resu
     };
     let data = Zeroizing::new(match pad {
         0 => {
-            if v.len() % bs != 0 {
+            if !v.len().is_multiple_of(bs) {
                 return Err(Error::param("component is not a multiple of the block size: choose padding 1 or 2"));
             }
             v.to_vec()
@@ -761,7 +839,7 @@ fn wrap_crt_component(mech: &Mechanism, wrapping: &Object, key: &Object) -> Resu
         1 => sym::iso9797_m2_pad(&v, bs),
         2 => {
             let mut d = v.to_vec();
-            while d.len() % bs != 0 {
+            while !d.len().is_multiple_of(bs) {
                 d.push(0);
             }
             d

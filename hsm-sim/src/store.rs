@@ -83,7 +83,13 @@ impl PinRecord {
         let wrapped = cipher
             .encrypt(&nonce_of(&nonce)?, Payload { msg: token_key.as_ref(), aad: KDF_NAME.as_bytes() })
             .map_err(|_| Error::general("token key encryption failed"))?;
-        Ok(PinRecord { kdf: KDF_NAME.into(), iterations, salt: hex::encode(salt), nonce: hex::encode(nonce), wrapped: hex::encode(wrapped) })
+        Ok(PinRecord {
+            kdf: KDF_NAME.into(),
+            iterations,
+            salt: hex::encode(salt),
+            nonce: hex::encode(nonce),
+            wrapped: hex::encode(wrapped),
+        })
     }
 
     /// Recover the token key with `pin`; `Ok(None)` when the PIN is wrong.
@@ -102,7 +108,8 @@ impl PinRecord {
         match cipher.decrypt(&nonce_of(&nonce)?, Payload { msg: &wrapped, aad: KDF_NAME.as_bytes() }) {
             Ok(pt) => {
                 let pt = Zeroizing::new(pt);
-                let arr: [u8; 32] = pt.as_slice().try_into().map_err(|_| Error::device("token storage: bad token key length"))?;
+                let arr: [u8; 32] =
+                    pt.as_slice().try_into().map_err(|_| Error::device("token storage: bad token key length"))?;
                 Ok(Some(Zeroizing::new(arr)))
             }
             Err(_) => Ok(None),
@@ -165,7 +172,8 @@ impl StoredObject {
         let sealed = if secret.0.is_empty() {
             None
         } else {
-            let map: BTreeMap<String, String> = secret.0.iter().map(|(t, v)| (format!("{t:x}"), hex::encode(v))).collect();
+            let map: BTreeMap<String, String> =
+                secret.0.iter().map(|(t, v)| (format!("{t:x}"), hex::encode(v))).collect();
             let json = Zeroizing::new(serde_json::to_vec(&map).map_err(|e| Error::general(format!("encode: {e}")))?);
             let mut map = map;
             for v in map.values_mut() {
@@ -200,8 +208,8 @@ impl StoredObject {
                 .decrypt(&nonce_of(&nonce)?, Payload { msg: &ct, aad: &aad(serial, &self.uid) })
                 .map_err(|_| Error::device(format!("object {}: sealed attributes fail authentication", self.uid)))?,
         );
-        let mut map: BTreeMap<String, String> =
-            serde_json::from_slice(&pt).map_err(|_| Error::device(format!("object {}: sealed attributes malformed", self.uid)))?;
+        let mut map: BTreeMap<String, String> = serde_json::from_slice(&pt)
+            .map_err(|_| Error::device(format!("object {}: sealed attributes malformed", self.uid)))?;
         let out = decode_map(&map);
         for v in map.values_mut() {
             zeroize::Zeroize::zeroize(v);
@@ -213,7 +221,8 @@ impl StoredObject {
 fn decode_map(m: &BTreeMap<String, String>) -> Result<AttrMap> {
     let mut out = AttrMap::default();
     for (t, v) in m {
-        let ty = u64::from_str_radix(t, 16).map_err(|_| Error::device(format!("token storage: bad attribute type {t}")))?;
+        let ty =
+            u64::from_str_radix(t, 16).map_err(|_| Error::device(format!("token storage: bad attribute type {t}")))?;
         out.set(ty as cryptoki_sys::CK_ATTRIBUTE_TYPE, unhex("attribute", v)?);
     }
     Ok(out)

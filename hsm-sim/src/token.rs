@@ -213,7 +213,10 @@ impl Token {
             }
             let pr = match who {
                 Login::So => rec.so.clone(),
-                _ => rec.user.clone().ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?,
+                _ => rec
+                    .user
+                    .clone()
+                    .ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?,
             };
             self.check_pin_locked(&rec, who)?;
             let Some(key) = pr.open(pin)? else {
@@ -265,7 +268,8 @@ impl Token {
             return Ok(());
         }
         // Keep the sealed forms so the material can be opened again at the next login.
-        let mut sealed: HashMap<String, StoredObject> = self.store.list_objects()?.into_iter().map(|s| (s.uid.clone(), s)).collect();
+        let mut sealed: HashMap<String, StoredObject> =
+            self.store.list_objects()?.into_iter().map(|s| (s.uid.clone(), s)).collect();
         for o in private {
             if let Some(so) = o.uid.as_ref().and_then(|u| sealed.remove(u)) {
                 st.pending.insert(o.handle, so);
@@ -300,7 +304,9 @@ impl Token {
         let rec = st.record.clone().ok_or_else(|| Error::new(CKR_TOKEN_NOT_RECOGNIZED, "token not initialised"))?;
         let pr = match who {
             Login::So => rec.so.clone(),
-            _ => rec.user.clone().ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?,
+            _ => {
+                rec.user.clone().ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?
+            }
         };
         self.check_pin_locked(&rec, who)?;
         let Some(key) = pr.open(old)? else {
@@ -329,7 +335,9 @@ impl Token {
         let key = match (&st.key, secret.0.is_empty()) {
             (Some(k), _) => k.clone(),
             (None, true) => new_token_key()?, // nothing sealed: the key is not used
-            (None, false) => return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "storing a secret token object needs a login")),
+            (None, false) => {
+                return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "storing a secret token object needs a login"));
+            }
         };
         let so = StoredObject::build(uid, &rec.serial, &obj.attrs, &secret, &key)?;
         self.store.save_object(&so)

@@ -20,7 +20,8 @@ pub unsafe extern "C" fn C_Initialize(pInitArgs: CK_VOID_PTR) -> CK_RV {
             if !a.pReserved.is_null() {
                 return Err(Error::args("pReserved must be NULL"));
             }
-            let fns = [a.CreateMutex.is_some(), a.DestroyMutex.is_some(), a.LockMutex.is_some(), a.UnlockMutex.is_some()];
+            let fns =
+                [a.CreateMutex.is_some(), a.DestroyMutex.is_some(), a.LockMutex.is_some(), a.UnlockMutex.is_some()];
             let n = fns.iter().filter(|x| **x).count();
             if n != 0 && n != 4 {
                 return Err(Error::args("mutex functions must be all given or all NULL"));
@@ -80,7 +81,11 @@ pub unsafe extern "C" fn C_GetFunctionList(ppFunctionList: CK_FUNCTION_LIST_PTR_
 // ---- §5.5 Slot and token management --------------------------------------------------------
 
 /// `C_GetSlotList` (§5.5.1).
-pub unsafe extern "C" fn C_GetSlotList(_tokenPresent: CK_BBOOL, pSlotList: CK_SLOT_ID_PTR, pulCount: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_GetSlotList(
+    _tokenPresent: CK_BBOOL,
+    pSlotList: CK_SLOT_ID_PTR,
+    pulCount: CK_ULONG_PTR,
+) -> CK_RV {
     guard("C_GetSlotList", || {
         let slots = module()?.slot_list();
         if pulCount.is_null() {
@@ -145,7 +150,11 @@ pub unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO
 }
 
 /// `C_WaitForSlotEvent` (§5.5.4): not supported (slots never change).
-pub unsafe extern "C" fn C_WaitForSlotEvent(_flags: CK_FLAGS, _pSlot: CK_SLOT_ID_PTR, _pReserved: CK_VOID_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_WaitForSlotEvent(
+    _flags: CK_FLAGS,
+    _pSlot: CK_SLOT_ID_PTR,
+    _pReserved: CK_VOID_PTR,
+) -> CK_RV {
     guard("C_WaitForSlotEvent", || {
         module()?;
         Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED, "slot events are not supported"))
@@ -153,7 +162,11 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(_flags: CK_FLAGS, _pSlot: CK_SLOT_ID
 }
 
 /// `C_GetMechanismList` (§5.5.5).
-pub unsafe extern "C" fn C_GetMechanismList(slotID: CK_SLOT_ID, pMechanismList: CK_MECHANISM_TYPE_PTR, pulCount: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_GetMechanismList(
+    slotID: CK_SLOT_ID,
+    pMechanismList: CK_MECHANISM_TYPE_PTR,
+    pulCount: CK_ULONG_PTR,
+) -> CK_RV {
     guard("C_GetMechanismList", || {
         let l = module()?.mechanism_list(slotID)?;
         if pulCount.is_null() {
@@ -175,7 +188,11 @@ pub unsafe extern "C" fn C_GetMechanismList(slotID: CK_SLOT_ID, pMechanismList: 
 }
 
 /// `C_GetMechanismInfo` (§5.5.6).
-pub unsafe extern "C" fn C_GetMechanismInfo(slotID: CK_SLOT_ID, type_: CK_MECHANISM_TYPE, pInfo: CK_MECHANISM_INFO_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_GetMechanismInfo(
+    slotID: CK_SLOT_ID,
+    type_: CK_MECHANISM_TYPE,
+    pInfo: CK_MECHANISM_INFO_PTR,
+) -> CK_RV {
     guard("C_GetMechanismInfo", || {
         let i = module()?.mechanism_info(slotID, type_)?;
         unsafe { put(pInfo, CK_MECHANISM_INFO { ulMinKeySize: i.min, ulMaxKeySize: i.max, flags: i.flags }) }
@@ -183,7 +200,12 @@ pub unsafe extern "C" fn C_GetMechanismInfo(slotID: CK_SLOT_ID, type_: CK_MECHAN
 }
 
 /// `C_InitToken` (§5.5.7).
-pub unsafe extern "C" fn C_InitToken(slotID: CK_SLOT_ID, pPin: CK_UTF8CHAR_PTR, ulPinLen: CK_ULONG, pLabel: CK_UTF8CHAR_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_InitToken(
+    slotID: CK_SLOT_ID,
+    pPin: CK_UTF8CHAR_PTR,
+    ulPinLen: CK_ULONG,
+    pLabel: CK_UTF8CHAR_PTR,
+) -> CK_RV {
     guard("C_InitToken", || {
         let m = module()?;
         let pin = unsafe { bytes(pPin, ulPinLen) }?;
@@ -279,7 +301,12 @@ pub unsafe extern "C" fn C_SetOperationState(
 }
 
 /// `C_Login` (§5.6.7).
-pub unsafe extern "C" fn C_Login(hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: CK_UTF8CHAR_PTR, ulPinLen: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_Login(
+    hSession: CK_SESSION_HANDLE,
+    userType: CK_USER_TYPE,
+    pPin: CK_UTF8CHAR_PTR,
+    ulPinLen: CK_ULONG,
+) -> CK_RV {
     guard("C_Login", || {
         let m = module()?;
         m.login(hSession, userType, unsafe { bytes(pPin, ulPinLen) }?)
@@ -294,7 +321,12 @@ pub unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
 // ---- §5.7 Object management ----------------------------------------------------------------
 
 /// `C_CreateObject` (§5.7.1).
-pub unsafe extern "C" fn C_CreateObject(hSession: CK_SESSION_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG, phObject: CK_OBJECT_HANDLE_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_CreateObject(
+    hSession: CK_SESSION_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+    phObject: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
     guard("C_CreateObject", || {
         let m = module()?;
         let t = unsafe { template(pTemplate, ulCount) }?;
@@ -331,7 +363,11 @@ pub unsafe extern "C" fn C_DestroyObject(hSession: CK_SESSION_HANDLE, hObject: C
 }
 
 /// `C_GetObjectSize` (§5.7.4).
-pub unsafe extern "C" fn C_GetObjectSize(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pulSize: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_GetObjectSize(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pulSize: CK_ULONG_PTR,
+) -> CK_RV {
     guard("C_GetObjectSize", || {
         let n = module()?.object_size(hSession, hObject)?;
         unsafe { put(pulSize, n as CK_ULONG) }
@@ -339,7 +375,12 @@ pub unsafe extern "C" fn C_GetObjectSize(hSession: CK_SESSION_HANDLE, hObject: C
 }
 
 /// `C_GetAttributeValue` (§5.7.5).
-pub unsafe extern "C" fn C_GetAttributeValue(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_GetAttributeValue(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+) -> CK_RV {
     guard("C_GetAttributeValue", || {
         let m = module()?;
         if pTemplate.is_null() && ulCount != 0 {
@@ -384,7 +425,12 @@ pub unsafe extern "C" fn C_GetAttributeValue(hSession: CK_SESSION_HANDLE, hObjec
 }
 
 /// `C_SetAttributeValue` (§5.7.6).
-pub unsafe extern "C" fn C_SetAttributeValue(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_SetAttributeValue(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+) -> CK_RV {
     guard("C_SetAttributeValue", || {
         let m = module()?;
         let t = unsafe { template(pTemplate, ulCount) }?;
@@ -393,7 +439,11 @@ pub unsafe extern "C" fn C_SetAttributeValue(hSession: CK_SESSION_HANDLE, hObjec
 }
 
 /// `C_FindObjectsInit` (§5.7.7).
-pub unsafe extern "C" fn C_FindObjectsInit(hSession: CK_SESSION_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_FindObjectsInit(
+    hSession: CK_SESSION_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+) -> CK_RV {
     guard("C_FindObjectsInit", || {
         let m = module()?;
         let t = unsafe { template(pTemplate, ulCount) }?;
@@ -402,7 +452,12 @@ pub unsafe extern "C" fn C_FindObjectsInit(hSession: CK_SESSION_HANDLE, pTemplat
 }
 
 /// `C_FindObjects` (§5.7.8).
-pub unsafe extern "C" fn C_FindObjects(hSession: CK_SESSION_HANDLE, phObject: CK_OBJECT_HANDLE_PTR, ulMaxObjectCount: CK_ULONG, pulObjectCount: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_FindObjects(
+    hSession: CK_SESSION_HANDLE,
+    phObject: CK_OBJECT_HANDLE_PTR,
+    ulMaxObjectCount: CK_ULONG,
+    pulObjectCount: CK_ULONG_PTR,
+) -> CK_RV {
     guard("C_FindObjects", || {
         let m = module()?;
         if (phObject.is_null() && ulMaxObjectCount > 0) || pulObjectCount.is_null() {
@@ -425,7 +480,13 @@ pub unsafe extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_R
 
 // ---- §5.8–5.13 Encryption, decryption, digests, signatures ----------------------------------
 
-fn init(name: &str, h: CK_SESSION_HANDLE, kind: Kind, pMechanism: CK_MECHANISM_PTR, key: Option<CK_OBJECT_HANDLE>) -> CK_RV {
+fn init(
+    name: &str,
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    pMechanism: CK_MECHANISM_PTR,
+    key: Option<CK_OBJECT_HANDLE>,
+) -> CK_RV {
     guard(name, || {
         let m = module()?;
         // SAFETY: mechanism pointer per the convention.
@@ -434,7 +495,15 @@ fn init(name: &str, h: CK_SESSION_HANDLE, kind: Kind, pMechanism: CK_MECHANISM_P
     })
 }
 
-fn single(name: &str, h: CK_SESSION_HANDLE, kind: Kind, p: CK_BYTE_PTR, l: CK_ULONG, out: CK_BYTE_PTR, outl: CK_ULONG_PTR) -> CK_RV {
+fn single(
+    name: &str,
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    out: CK_BYTE_PTR,
+    outl: CK_ULONG_PTR,
+) -> CK_RV {
     guard(name, || {
         let m = module()?;
         // SAFETY: buffers per the convention.
@@ -445,7 +514,15 @@ fn single(name: &str, h: CK_SESSION_HANDLE, kind: Kind, p: CK_BYTE_PTR, l: CK_UL
     })
 }
 
-fn update(name: &str, h: CK_SESSION_HANDLE, kind: Kind, p: CK_BYTE_PTR, l: CK_ULONG, out: CK_BYTE_PTR, outl: CK_ULONG_PTR) -> CK_RV {
+fn update(
+    name: &str,
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    out: CK_BYTE_PTR,
+    outl: CK_ULONG_PTR,
+) -> CK_RV {
     guard(name, || {
         let m = module()?;
         // SAFETY: buffers per the convention.
@@ -471,15 +548,31 @@ fn final_(name: &str, h: CK_SESSION_HANDLE, kind: Kind, out: CK_BYTE_PTR, outl: 
 }
 
 /// `C_EncryptInit` (§5.8.1).
-pub unsafe extern "C" fn C_EncryptInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_EncryptInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     init("C_EncryptInit", hSession, Kind::Encrypt, pMechanism, Some(hKey))
 }
 /// `C_Encrypt` (§5.8.2).
-pub unsafe extern "C" fn C_Encrypt(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_Encrypt(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     single("C_Encrypt", h, Kind::Encrypt, p, l, o, ol)
 }
 /// `C_EncryptUpdate` (§5.8.3).
-pub unsafe extern "C" fn C_EncryptUpdate(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_EncryptUpdate(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     update("C_EncryptUpdate", h, Kind::Encrypt, p, l, o, ol)
 }
 /// `C_EncryptFinal` (§5.8.4).
@@ -487,15 +580,31 @@ pub unsafe extern "C" fn C_EncryptFinal(h: CK_SESSION_HANDLE, o: CK_BYTE_PTR, ol
     final_("C_EncryptFinal", h, Kind::Encrypt, o, ol)
 }
 /// `C_DecryptInit` (§5.9.1).
-pub unsafe extern "C" fn C_DecryptInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_DecryptInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     init("C_DecryptInit", hSession, Kind::Decrypt, pMechanism, Some(hKey))
 }
 /// `C_Decrypt` (§5.9.2).
-pub unsafe extern "C" fn C_Decrypt(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_Decrypt(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     single("C_Decrypt", h, Kind::Decrypt, p, l, o, ol)
 }
 /// `C_DecryptUpdate` (§5.9.3).
-pub unsafe extern "C" fn C_DecryptUpdate(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_DecryptUpdate(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     update("C_DecryptUpdate", h, Kind::Decrypt, p, l, o, ol)
 }
 /// `C_DecryptFinal` (§5.9.4).
@@ -507,7 +616,13 @@ pub unsafe extern "C" fn C_DigestInit(hSession: CK_SESSION_HANDLE, pMechanism: C
     init("C_DigestInit", hSession, Kind::Digest, pMechanism, None)
 }
 /// `C_Digest` (§5.10.2).
-pub unsafe extern "C" fn C_Digest(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_Digest(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     single("C_Digest", h, Kind::Digest, p, l, o, ol)
 }
 /// `C_DigestUpdate` (§5.10.3).
@@ -523,11 +638,21 @@ pub unsafe extern "C" fn C_DigestFinal(h: CK_SESSION_HANDLE, o: CK_BYTE_PTR, ol:
     final_("C_DigestFinal", h, Kind::Digest, o, ol)
 }
 /// `C_SignInit` (§5.11.1).
-pub unsafe extern "C" fn C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_SignInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     init("C_SignInit", hSession, Kind::Sign, pMechanism, Some(hKey))
 }
 /// `C_Sign` (§5.11.2).
-pub unsafe extern "C" fn C_Sign(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_Sign(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     single("C_Sign", h, Kind::Sign, p, l, o, ol)
 }
 /// `C_SignUpdate` (§5.11.3).
@@ -539,19 +664,39 @@ pub unsafe extern "C" fn C_SignFinal(h: CK_SESSION_HANDLE, o: CK_BYTE_PTR, ol: C
     final_("C_SignFinal", h, Kind::Sign, o, ol)
 }
 /// `C_SignRecoverInit` (§5.11.5).
-pub unsafe extern "C" fn C_SignRecoverInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_SignRecoverInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     init("C_SignRecoverInit", hSession, Kind::SignRecover, pMechanism, Some(hKey))
 }
 /// `C_SignRecover` (§5.11.6).
-pub unsafe extern "C" fn C_SignRecover(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_SignRecover(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     single("C_SignRecover", h, Kind::SignRecover, p, l, o, ol)
 }
 /// `C_VerifyInit` (§5.12.1).
-pub unsafe extern "C" fn C_VerifyInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_VerifyInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     init("C_VerifyInit", hSession, Kind::Verify, pMechanism, Some(hKey))
 }
 /// `C_Verify` (§5.12.2).
-pub unsafe extern "C" fn C_Verify(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l: CK_ULONG, s: CK_BYTE_PTR, sl: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_Verify(
+    h: CK_SESSION_HANDLE,
+    p: CK_BYTE_PTR,
+    l: CK_ULONG,
+    s: CK_BYTE_PTR,
+    sl: CK_ULONG,
+) -> CK_RV {
     guard("C_Verify", || {
         let m = module()?;
         // SAFETY: buffers per the convention.
@@ -574,11 +719,21 @@ pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, s: CK_BYTE_PTR, sl:
     })
 }
 /// `C_VerifyRecoverInit` (§5.12.5).
-pub unsafe extern "C" fn C_VerifyRecoverInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_VerifyRecoverInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     init("C_VerifyRecoverInit", hSession, Kind::VerifyRecover, pMechanism, Some(hKey))
 }
 /// `C_VerifyRecover` (§5.12.6).
-pub unsafe extern "C" fn C_VerifyRecover(h: CK_SESSION_HANDLE, s: CK_BYTE_PTR, sl: CK_ULONG, o: CK_BYTE_PTR, ol: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_VerifyRecover(
+    h: CK_SESSION_HANDLE,
+    s: CK_BYTE_PTR,
+    sl: CK_ULONG,
+    o: CK_BYTE_PTR,
+    ol: CK_ULONG_PTR,
+) -> CK_RV {
     single("C_VerifyRecover", h, Kind::VerifyRecover, s, sl, o, ol)
 }
 
@@ -722,7 +877,11 @@ pub unsafe extern "C" fn C_SeedRandom(hSession: CK_SESSION_HANDLE, pSeed: CK_BYT
 }
 
 /// `C_GenerateRandom` (§5.15.2).
-pub unsafe extern "C" fn C_GenerateRandom(hSession: CK_SESSION_HANDLE, RandomData: CK_BYTE_PTR, ulRandomLen: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_GenerateRandom(
+    hSession: CK_SESSION_HANDLE,
+    RandomData: CK_BYTE_PTR,
+    ulRandomLen: CK_ULONG,
+) -> CK_RV {
     guard("C_GenerateRandom", || {
         let m = module()?;
         if RandomData.is_null() && ulRandomLen > 0 {

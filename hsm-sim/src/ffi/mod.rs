@@ -16,7 +16,7 @@ mod info;
 
 use crate::attr::Attribute;
 use crate::error::{Error, Result};
-use crate::mechanism::{Mechanism, MechParam, ParamShape, param_shape};
+use crate::mechanism::{MechParam, Mechanism, ParamShape, param_shape};
 use crate::module::{Module, Out};
 use cryptoki_sys::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -41,7 +41,9 @@ fn guard(name: &str, f: impl FnOnce() -> Result<()>) -> CK_RV {
             e.rv
         }
         Err(_) => {
-            eprintln!("quill-hsm-sim: {name}: internal panic caught at the C boundary (returned CKR_GENERAL_ERROR); please report");
+            eprintln!(
+                "quill-hsm-sim: {name}: internal panic caught at the C boundary (returned CKR_GENERAL_ERROR); please report"
+            );
             CKR_GENERAL_ERROR
         }
     }

@@ -316,4 +316,19 @@ impl RawModule {
         // SAFETY: `info` is a valid out-pointer.
         unsafe { func!(self, C_GetSessionInfo)(session, &mut info) }
     }
+
+    /// `C_GetMechanismList` (all values, including those `cryptoki` does not know).
+    pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Vec<CK_MECHANISM_TYPE> {
+        let f = func!(self, C_GetMechanismList);
+        let mut n: CK_ULONG = 0;
+        // SAFETY: NULL list = count query.
+        let rv = unsafe { f(slot, ptr::null_mut(), &mut n) };
+        assert_eq!(rv, CKR_OK, "C_GetMechanismList (count)");
+        let mut v: Vec<CK_MECHANISM_TYPE> = vec![0; usize::try_from(n).unwrap_or(0)];
+        // SAFETY: `v` holds `n` entries.
+        let rv = unsafe { f(slot, v.as_mut_ptr(), &mut n) };
+        assert_eq!(rv, CKR_OK, "C_GetMechanismList");
+        v.truncate(usize::try_from(n).unwrap_or(0));
+        v
+    }
 }

@@ -148,10 +148,7 @@ pub fn load(path: &Path) -> Result<Pkcs11> {
 /// The slot with id `id`.
 pub fn slot(ctx: &Pkcs11, id: u64) -> Result<Slot> {
     let slots = ctx.get_all_slots().ck(|| "cannot list slots")?;
-    slots
-        .into_iter()
-        .find(|s| s.id() == id)
-        .ok_or_else(|| anyhow!("slot {id} does not exist (see list-tokens)"))
+    slots.into_iter().find(|s| s.id() == id).ok_or_else(|| anyhow!("slot {id} does not exist (see list-tokens)"))
 }
 
 /// Call `f` with a vendor mechanism carrying `param` as its parameter bytes.

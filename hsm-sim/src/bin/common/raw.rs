@@ -22,9 +22,8 @@ use cryptoki::context::Pkcs11;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{
-    CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_KEY_DERIVATION_STRING_DATA, CK_MECHANISM,
-    CK_MECHANISM_INFO, CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, CK_RV, CK_SLOT_ID, CK_ULONG,
-    CKM_DES3_ECB_ENCRYPT_DATA, CKR_OK,
+    CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_KEY_DERIVATION_STRING_DATA, CK_MECHANISM, CK_MECHANISM_INFO, CK_MECHANISM_TYPE,
+    CK_OBJECT_HANDLE, CK_RV, CK_SLOT_ID, CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA, CKR_OK,
 };
 use std::path::Path;
 
@@ -35,11 +34,7 @@ pub struct RawModule {
 }
 
 fn rv(what: &str, rv: CK_RV) -> Result<()> {
-    if rv == CKR_OK {
-        Ok(())
-    } else {
-        Err(anyhow!("{what} returned {}", super::ckr_name(rv)))
-    }
+    if rv == CKR_OK { Ok(()) } else { Err(anyhow!("{what} returned {}", super::ckr_name(rv))) }
 }
 
 impl RawModule {
@@ -47,8 +42,7 @@ impl RawModule {
     pub fn open(path: &Path, _ctx: &Pkcs11) -> Result<Self> {
         // SAFETY: loading a library runs its initialisers; `path` is already loaded by `_ctx`
         // (see the module invariant), so this only takes another reference to it.
-        let lib = unsafe { cryptoki_sys::Pkcs11::new(path) }
-            .map_err(|e| anyhow!("dlopen {}: {e}", path.display()))?;
+        let lib = unsafe { cryptoki_sys::Pkcs11::new(path) }.map_err(|e| anyhow!("dlopen {}: {e}", path.display()))?;
         if lib.C_GetFunctionList.is_err() {
             bail!("{}: no C_GetFunctionList symbol", path.display());
         }
@@ -97,10 +91,8 @@ impl RawModule {
         template: &[Attribute],
     ) -> Result<ObjectHandle> {
         let f = self.list.C_DeriveKey.ok_or_else(|| anyhow!("C_DeriveKey is NULL"))?;
-        let mut params = CK_KEY_DERIVATION_STRING_DATA {
-            pData: data.as_ptr().cast_mut(),
-            ulLen: CK_ULONG::try_from(data.len())?,
-        };
+        let mut params =
+            CK_KEY_DERIVATION_STRING_DATA { pData: data.as_ptr().cast_mut(), ulLen: CK_ULONG::try_from(data.len())? };
         let mut mech = CK_MECHANISM {
             mechanism: CKM_DES3_ECB_ENCRYPT_DATA,
             pParameter: (&raw mut params).cast(),
@@ -111,14 +103,7 @@ impl RawModule {
         // SAFETY: `mech`, `params`, `data`, `tmpl` (whose pointers point into `template`) and
         // `out` all outlive the call; the module reads `data` only (it is never written).
         rv("C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA)", unsafe {
-            f(
-                session.handle(),
-                &mut mech,
-                base.handle(),
-                tmpl.as_mut_ptr(),
-                CK_ULONG::try_from(tmpl.len())?,
-                &mut out,
-            )
+            f(session.handle(), &mut mech, base.handle(), tmpl.as_mut_ptr(), CK_ULONG::try_from(tmpl.len())?, &mut out)
         })?;
         // SAFETY: `out` is the handle C_DeriveKey just created in `session`'s module.
         Ok(unsafe { ObjectHandle::new_from_raw(out) })
