@@ -10,9 +10,9 @@ SHELL := bash
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export QUILL_VENV ?= $(HOME)/.cache/quill/venv
-RELEASE := $(CARGO_TARGET_DIR)/release
+RELEASE := $(abspath $(CARGO_TARGET_DIR))/release
 # The simulator module every test and script loads.
-export QUILL_HSM_MODULE ?= $(RELEASE)/libquill_hsm_sim.so
+export QUILL_HSM_MODULE := $(RELEASE)/libquill_hsm_sim.so
 # SoftHSM 2, the reference module the simulator is measured against.
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 BENCH_HSM_ARGS ?=

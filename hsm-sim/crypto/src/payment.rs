@@ -12,21 +12,13 @@ use crate::error::{CryptoError, Result, Secret, data_len};
 use crate::sym::{Bc, set_odd_parity, xor_in_place};
 
 /// Checks that `s` is `min..=max` ASCII digits and returns it as bytes.
-fn digits<'a>(
-    s: &'a str,
-    what: &'static str,
-    min: usize,
-    max: usize,
-    rule: &'static str,
-) -> Result<&'a [u8]> {
+fn digits<'a>(s: &'a str, what: &'static str, min: usize, max: usize, rule: &'static str) -> Result<&'a [u8]> {
     let b = s.as_bytes();
     if !(min..=max).contains(&b.len()) {
         return Err(data_len(what, b.len(), rule));
     }
     if !b.iter().all(u8::is_ascii_digit) {
-        return Err(CryptoError::Invalid(format!(
-            "{what} must contain only decimal digits"
-        )));
+        return Err(CryptoError::Invalid(format!("{what} must contain only decimal digits")));
     }
     Ok(b)
 }
@@ -74,13 +66,9 @@ fn right16_bcd(d: &[u8]) -> [u8; 8] {
 /// Two-pass decimalisation of 16 hex digits: digits 0–9 left to right, then A–F as 0–5.
 fn decimalise(r: &[u8; 8], count: usize) -> String {
     let nib = unpack(r);
-    let first = nib.iter().filter(|&&v| v < 10).map(|&v| v);
+    let first = nib.iter().filter(|&&v| v < 10).copied();
     let second = nib.iter().filter(|&&v| v >= 10).map(|&v| v - 10);
-    first
-        .chain(second)
-        .take(count)
-        .map(|v| char::from(b'0' + v))
-        .collect()
+    first.chain(second).take(count).map(|v| char::from(b'0' + v)).collect()
 }
 
 fn check_psn(psn: &str) -> Result<&[u8]> {
@@ -147,20 +135,13 @@ pub fn emv_option_b(imk: &[u8], pan: &str, psn: &str) -> Result<Secret> {
 /// expiry as YYMM, full two-pass decimalisation; 3 digits.
 pub fn cvv(cvk: &[u8], pan: &str, expiry_yymm: &str, service_code: &str) -> Result<String> {
     if cvk.len() != 16 {
-        return Err(CryptoError::KeyLength {
-            what: "CVK",
-            got: cvk.len(),
-        });
+        return Err(CryptoError::KeyLength { what: "CVK", got: cvk.len() });
     }
     let pan = check_pan(pan)?;
     let exp = digits(expiry_yymm, "expiry", 4, 4, "must be 4 digits (YYMM)")?;
     let sc = digits(service_code, "service code", 3, 3, "must be 3 digits")?;
     let mut nib = [0u8; 32];
-    for (n, v) in nib.iter_mut().zip(
-        digit_values(pan)
-            .chain(digit_values(exp))
-            .chain(digit_values(sc)),
-    ) {
+    for (n, v) in nib.iter_mut().zip(digit_values(pan).chain(digit_values(exp)).chain(digit_values(sc))) {
         *n = v;
     }
     let (b1, b2) = nib.split_at(16);
@@ -176,8 +157,7 @@ pub fn cvv(cvk: &[u8], pan: &str, expiry_yymm: &str, service_code: &str) -> Resu
 /// The 11 rightmost PAN digits excluding the check digit.
 fn pan11(pan: &[u8]) -> &[u8] {
     // PAN has at least 12 digits (checked), so the range is valid.
-    pan.get(pan.len().saturating_sub(12)..pan.len().saturating_sub(1))
-        .unwrap_or_default()
+    pan.get(pan.len().saturating_sub(12)..pan.len().saturating_sub(1)).unwrap_or_default()
 }
 
 /// Visa PIN verification value: 3DES(PVK)[11 PAN digits ‖ PVKI ‖ first 4 PIN digits],
@@ -210,33 +190,20 @@ pub struct Ibm3624Params {
     pub pad: u8,
 }
 
-fn ibm3624_natural(
-    pvk: &[u8],
-    pan: &str,
-    p: &Ibm3624Params,
-    pin_len: usize,
-) -> Result<Zeroizing<Vec<u8>>> {
+fn ibm3624_natural(pvk: &[u8], pan: &str, p: &Ibm3624Params, pin_len: usize) -> Result<Zeroizing<Vec<u8>>> {
     let bc = Bc::des_any(pvk)?;
     let pan = check_pan(pan)?;
     if !(4..=12).contains(&pin_len) {
         return Err(data_len("IBM 3624 PIN length", pin_len, "must be 4..=12"));
     }
     if !p.decimalisation.iter().all(u8::is_ascii_digit) {
-        return Err(CryptoError::Invalid(
-            "decimalisation table must be 16 decimal digits".into(),
-        ));
+        return Err(CryptoError::Invalid("decimalisation table must be 16 decimal digits".into()));
     }
     if p.pad > 15 {
-        return Err(CryptoError::Invalid(
-            "IBM 3624 pad must be a nibble value 0..=15".into(),
-        ));
+        return Err(CryptoError::Invalid("IBM 3624 pad must be a nibble value 0..=15".into()));
     }
     if !(1..=16).contains(&p.length) {
-        return Err(data_len(
-            "IBM 3624 validation data",
-            p.length,
-            "length must be 1..=16",
-        ));
+        return Err(data_len("IBM 3624 validation data", p.length, "length must be 1..=16"));
     }
     let sel = p
         .start
@@ -251,20 +218,12 @@ fn ibm3624_natural(
     let nib = unpack(&r);
     let table = &p.decimalisation;
     Ok(Zeroizing::new(
-        nib.iter()
-            .take(pin_len)
-            .map(|&v| table.get(usize::from(v)).copied().unwrap_or(b'0') - b'0')
-            .collect(),
+        nib.iter().take(pin_len).map(|&v| table.get(usize::from(v)).copied().unwrap_or(b'0') - b'0').collect(),
     ))
 }
 
 /// IBM 3624 natural PIN of `pin_len` digits (4..=12); `pvk` is DES or 3DES (8/16/24 bytes).
-pub fn ibm3624_natural_pin(
-    pvk: &[u8],
-    pan: &str,
-    p: &Ibm3624Params,
-    pin_len: usize,
-) -> Result<String> {
+pub fn ibm3624_natural_pin(pvk: &[u8], pan: &str, p: &Ibm3624Params, pin_len: usize) -> Result<String> {
     let nat = ibm3624_natural(pvk, pan, p, pin_len)?;
     Ok(nat.iter().map(|&v| char::from(b'0' + v)).collect())
 }
@@ -273,10 +232,7 @@ pub fn ibm3624_natural_pin(
 pub fn ibm3624_offset(pvk: &[u8], pan: &str, p: &Ibm3624Params, pin: &str) -> Result<String> {
     let pin = check_pin(pin)?;
     let nat = ibm3624_natural(pvk, pan, p, pin.len())?;
-    Ok(digit_values(pin)
-        .zip(nat.iter())
-        .map(|(a, &b)| char::from(b'0' + (a + 10 - b) % 10))
-        .collect())
+    Ok(digit_values(pin).zip(nat.iter()).map(|(a, &b)| char::from(b'0' + (a + 10 - b) % 10)).collect())
 }
 
 /// ISO 9564-1 PIN block format.
@@ -337,10 +293,7 @@ fn random_below(n: usize, modulus: u16) -> Result<Zeroizing<Vec<u8>>> {
 /// PAN block for formats 0 and 3: `0000` ‖ 12 rightmost PAN digits excluding the check digit.
 fn pan_block_iso0(pan: &[u8]) -> [u8; 8] {
     let body = pan.get(..pan.len().saturating_sub(1)).unwrap_or_default();
-    right16_bcd(
-        body.get(body.len().saturating_sub(12)..)
-            .unwrap_or_default(),
-    )
+    right16_bcd(body.get(body.len().saturating_sub(12)..).unwrap_or_default())
 }
 
 /// PAN field for format 4: M = len − 12, PAN left-justified, zero-filled to 32 nibbles.
@@ -362,11 +315,7 @@ fn pin_field(code: u8, pin: &[u8], fill: &[u8]) -> Zeroizing<[u8; 8]> {
     nib[0] = code;
     // pin.len() <= 12 (checked), so it fits in a nibble.
     nib[1] = (pin.len() & 0x0F) as u8;
-    for (n, v) in nib
-        .iter_mut()
-        .skip(2)
-        .zip(digit_values(pin).chain(fill.iter().copied()))
-    {
+    for (n, v) in nib.iter_mut().skip(2).zip(digit_values(pin).chain(fill.iter().copied())) {
         *n = v;
     }
     Zeroizing::new(pack(&nib[..]))
@@ -381,10 +330,7 @@ pub fn encrypt_pin_block(fmt: PinBlockFormat, key: &[u8], pin: &str, pan: &str) 
     let pin = check_pin(pin)?;
     let fill_len = 14 - pin.len();
     match fmt {
-        PinBlockFormat::Iso0
-        | PinBlockFormat::Iso1
-        | PinBlockFormat::Iso2
-        | PinBlockFormat::Iso3 => {
+        PinBlockFormat::Iso0 | PinBlockFormat::Iso1 | PinBlockFormat::Iso2 | PinBlockFormat::Iso3 => {
             let bc = Bc::des3(key)?;
             let fill = match fmt {
                 PinBlockFormat::Iso1 => random_below(fill_len, 16)?,
@@ -447,18 +393,11 @@ fn parse_pin_field(fmt: PinBlockFormat, field: &[u8]) -> Result<Zeroizing<String
     if !fill_ok {
         return Err(bad_block("fill does not match the format"));
     }
-    Ok(Zeroizing::new(
-        pin.iter().map(|&v| char::from(b'0' + v)).collect(),
-    ))
+    Ok(Zeroizing::new(pin.iter().map(|&v| char::from(b'0' + v)).collect()))
 }
 
 /// Deciphers a PIN block and returns the PIN; checks the format nibble, PIN length and fill.
-pub fn decrypt_pin_block(
-    fmt: PinBlockFormat,
-    key: &[u8],
-    block: &[u8],
-    pan: &str,
-) -> Result<Zeroizing<String>> {
+pub fn decrypt_pin_block(fmt: PinBlockFormat, key: &[u8], block: &[u8], pan: &str) -> Result<Zeroizing<String>> {
     match fmt {
         PinBlockFormat::Iso4 => {
             let bc = Bc::aes(key)?;
@@ -504,9 +443,7 @@ pub fn random_pin(len: usize, exclude_weak: bool) -> Result<Zeroizing<String>> {
 }
 
 /// Common PINs that are not caught by the pattern rules.
-const WEAK_LIST: &[&str] = &[
-    "2580", "0852", "1004", "2000", "1357", "2468", "8642", "7531", "1998", "1999",
-];
+const WEAK_LIST: &[&str] = &["2580", "0852", "1004", "2000", "1357", "2468", "8642", "7531", "1998", "1999"];
 
 /// True for weak PINs: all one digit, ascending/descending runs (mod 10, e.g. 1234, 9876,
 /// 8901), repeated short patterns (1212, 123123), `AABB` (1122), and a short built-in list
@@ -516,10 +453,7 @@ pub fn is_weak_pin(pin: &str) -> bool {
     if d.is_empty() || !d.iter().all(u8::is_ascii_digit) {
         return true;
     }
-    let step_run = |step: u8| {
-        d.windows(2)
-            .all(|w| matches!(w, [a, b] if (a - b'0' + step) % 10 == b - b'0'))
-    };
+    let step_run = |step: u8| d.windows(2).all(|w| matches!(w, [a, b] if (a - b'0' + step) % 10 == b - b'0'));
     if step_run(1) || step_run(9) {
         return true;
     }
@@ -529,10 +463,11 @@ pub fn is_weak_pin(pin: &str) -> bool {
             return true;
         }
     }
-    if let [a, b, c, e] = d {
-        if a == b && c == e {
-            return true;
-        }
+    if let [a, b, c, e] = d
+        && a == b
+        && c == e
+    {
+        return true;
     }
     WEAK_LIST.contains(&pin)
 }
@@ -552,28 +487,13 @@ mod tests {
     fn option_a_b_known_answers() {
         // EMV reference §6 #1, #2, #3 (pyemv).
         let imk = h(IMK);
-        assert_eq!(
-            *emv_option_a(&imk, "12345678901234567", "01").unwrap(),
-            h("73AD54688CEF2934B0979857E3C719F1")
-        );
-        assert_eq!(
-            *emv_option_a(&imk, "99012345678901234", "45").unwrap(),
-            h("67F8292358083E5EA7AB7FDA58D53B6B")
-        );
-        assert_eq!(
-            *emv_option_b(&imk, "12345678901234567", "01").unwrap(),
-            h("AD406D7F6D7570916D75E5DCAB8CF737")
-        );
+        assert_eq!(*emv_option_a(&imk, "12345678901234567", "01").unwrap(), h("73AD54688CEF2934B0979857E3C719F1"));
+        assert_eq!(*emv_option_a(&imk, "99012345678901234", "45").unwrap(), h("67F8292358083E5EA7AB7FDA58D53B6B"));
+        assert_eq!(*emv_option_b(&imk, "12345678901234567", "01").unwrap(), h("AD406D7F6D7570916D75E5DCAB8CF737"));
         // Option B == option A for PANs of 16 digits or fewer; empty PSN == "00".
         for pan in ["1234567890123456", "123456789012", "5413330089020011"] {
-            assert_eq!(
-                emv_option_b(&imk, pan, "07").unwrap(),
-                emv_option_a(&imk, pan, "07").unwrap()
-            );
-            assert_eq!(
-                emv_option_a(&imk, pan, "").unwrap(),
-                emv_option_a(&imk, pan, "00").unwrap()
-            );
+            assert_eq!(emv_option_b(&imk, pan, "07").unwrap(), emv_option_a(&imk, pan, "07").unwrap());
+            assert_eq!(emv_option_a(&imk, pan, "").unwrap(), emv_option_a(&imk, pan, "00").unwrap());
         }
         // 24-byte K1K2K1 form of the IMK gives the same key.
         let imk24 = h(&format!("{IMK}0123456789ABCDEF"));
@@ -602,11 +522,7 @@ mod tests {
         let bcd = h("54321098765432109801");
         let hd: String = hex::encode(crate::digest::digest(HashAlg::Sha1, &bcd));
         let mut y: String = hd.chars().filter(char::is_ascii_digit).collect();
-        y.extend(
-            hd.chars()
-                .filter(|c| c.is_ascii_alphabetic())
-                .map(|c| char::from(c as u8 - b'a' + b'0')),
-        );
+        y.extend(hd.chars().filter(|c| c.is_ascii_alphabetic()).map(|c| char::from(c as u8 - b'a' + b'0')));
         y.truncate(16);
         let zl = crate::sym::des3_ecb_encrypt(&imk, &h(&y)).unwrap();
         let yr: Vec<u8> = h(&y).iter().map(|b| b ^ 0xFF).collect();
@@ -622,16 +538,7 @@ mod tests {
         assert_eq!(cvv(&cvk, "4123456789012345", "8701", "101").unwrap(), "561");
         assert_eq!(cvv(&cvk, "1234567890123456", "9912", "220").unwrap(), "170");
         // Reference §7: a case that needs the second decimalisation pass (psec returns "10").
-        assert_eq!(
-            cvv(
-                &h("404142434445464748494A4B4C4D4E4F"),
-                "4761730000304750",
-                "3012",
-                "201"
-            )
-            .unwrap(),
-            "105"
-        );
+        assert_eq!(cvv(&h("404142434445464748494A4B4C4D4E4F"), "4761730000304750", "3012", "201").unwrap(), "105");
         assert!(cvv(&cvk[..8], "4123456789012345", "8701", "101").is_err());
         assert!(cvv(&cvk, "4123456789012345", "870", "101").is_err());
         assert!(cvv(&cvk, "4123456789012345", "8701", "1O1").is_err());
@@ -639,36 +546,22 @@ mod tests {
 
     #[test]
     fn decimalisation_second_pass() {
-        assert_eq!(
-            decimalise(&[0xAB, 0xCD, 0xEF, 0xAB, 0xCD, 0xEF, 0xAB, 0x1C], 4),
-            "1012"
-        );
+        assert_eq!(decimalise(&[0xAB, 0xCD, 0xEF, 0xAB, 0xCD, 0xEF, 0xAB, 0x1C], 4), "1012");
         assert_eq!(decimalise(&[0x12, 0x3A, 0, 0, 0, 0, 0, 0], 3), "123");
     }
 
     #[test]
     fn pvv_known_answer() {
         // EMV reference §6 #10.
-        assert_eq!(
-            visa_pvv(&h(IMK), "1122334455667788", 3, "4524").unwrap(),
-            "4021"
-        );
+        assert_eq!(visa_pvv(&h(IMK), "1122334455667788", 3, "4524").unwrap(), "4021");
         // Only the first four PIN digits count.
-        assert_eq!(
-            visa_pvv(&h(IMK), "1122334455667788", 3, "452499").unwrap(),
-            "4021"
-        );
+        assert_eq!(visa_pvv(&h(IMK), "1122334455667788", 3, "452499").unwrap(), "4021");
         assert!(visa_pvv(&h(IMK), "1122334455667788", 10, "4524").is_err());
         assert!(visa_pvv(&h(IMK), "1122334455667788", 3, "452").is_err());
     }
 
     fn ibm_params() -> Ibm3624Params {
-        Ibm3624Params {
-            decimalisation: *b"1234567890123456",
-            start: 0,
-            length: 16,
-            pad: 0xF,
-        }
+        Ibm3624Params { decimalisation: *b"1234567890123456", start: 0, length: 16, pad: 0xF }
     }
 
     #[test]
@@ -676,73 +569,27 @@ mod tests {
         // EMV reference §6 #11: offset 0000 gives PIN 4524, so the natural PIN is 4524.
         let pvk = h(IMK);
         let p = ibm_params();
-        assert_eq!(
-            ibm3624_natural_pin(&pvk, "1122334455667788", &p, 4).unwrap(),
-            "4524"
-        );
-        assert_eq!(
-            ibm3624_offset(&pvk, "1122334455667788", &p, "4524").unwrap(),
-            "0000"
-        );
-        assert_eq!(
-            ibm3624_offset(&pvk, "1122334455667788", &p, "1234").unwrap(),
-            "7710"
-        );
+        assert_eq!(ibm3624_natural_pin(&pvk, "1122334455667788", &p, 4).unwrap(), "4524");
+        assert_eq!(ibm3624_offset(&pvk, "1122334455667788", &p, "4524").unwrap(), "0000");
+        assert_eq!(ibm3624_offset(&pvk, "1122334455667788", &p, "1234").unwrap(), "7710");
         let nat6 = ibm3624_natural_pin(&pvk, "1122334455667788", &p, 6).unwrap();
         assert!(nat6.starts_with("4524"));
         // Partial validation data with pad, single-DES key.
-        let p12 = Ibm3624Params {
-            start: 3,
-            length: 12,
-            ..p
-        };
+        let p12 = Ibm3624Params { start: 3, length: 12, ..p };
         let off = ibm3624_offset(&pvk[..8], "1122334455667788", &p12, "9876").unwrap();
         let nat = ibm3624_natural_pin(&pvk[..8], "1122334455667788", &p12, 4).unwrap();
-        let back: String = nat
-            .bytes()
-            .zip(off.bytes())
-            .map(|(n, o)| char::from(b'0' + (n - b'0' + o - b'0') % 10))
-            .collect();
+        let back: String =
+            nat.bytes().zip(off.bytes()).map(|(n, o)| char::from(b'0' + (n - b'0' + o - b'0') % 10)).collect();
         assert_eq!(back, "9876");
         // Invalid parameters.
-        assert!(
-            ibm3624_natural_pin(
-                &pvk,
-                "1122334455667788",
-                &Ibm3624Params { start: 5, ..p },
-                4
-            )
-            .is_err()
-        );
-        assert!(
-            ibm3624_natural_pin(
-                &pvk,
-                "1122334455667788",
-                &Ibm3624Params { length: 0, ..p },
-                4
-            )
-            .is_err()
-        );
-        assert!(
-            ibm3624_natural_pin(&pvk, "1122334455667788", &Ibm3624Params { pad: 16, ..p }, 4)
-                .is_err()
-        );
+        assert!(ibm3624_natural_pin(&pvk, "1122334455667788", &Ibm3624Params { start: 5, ..p }, 4).is_err());
+        assert!(ibm3624_natural_pin(&pvk, "1122334455667788", &Ibm3624Params { length: 0, ..p }, 4).is_err());
+        assert!(ibm3624_natural_pin(&pvk, "1122334455667788", &Ibm3624Params { pad: 16, ..p }, 4).is_err());
         let mut t = p;
         t.decimalisation[3] = b'A';
         assert!(ibm3624_natural_pin(&pvk, "1122334455667788", &t, 4).is_err());
         assert!(ibm3624_natural_pin(&pvk, "1122334455667788", &p, 3).is_err());
-        assert!(
-            ibm3624_natural_pin(
-                &pvk,
-                "1122334455667788",
-                &Ibm3624Params {
-                    start: usize::MAX,
-                    ..p
-                },
-                4
-            )
-            .is_err()
-        );
+        assert!(ibm3624_natural_pin(&pvk, "1122334455667788", &Ibm3624Params { start: usize::MAX, ..p }, 4).is_err());
     }
 
     #[test]
@@ -754,17 +601,10 @@ mod tests {
         assert_eq!(clear.to_vec(), h("041277CDDEEFF669"));
         // Encrypted block deciphers to exactly that clear block.
         let key = h(IMK);
-        let blk =
-            encrypt_pin_block(PinBlockFormat::Iso0, &key, "1234", "5544332211009966").unwrap();
-        assert_eq!(
-            crate::sym::des3_ecb_decrypt(&key, &blk).unwrap(),
-            h("041277CDDEEFF669")
-        );
+        let blk = encrypt_pin_block(PinBlockFormat::Iso0, &key, "1234", "5544332211009966").unwrap();
+        assert_eq!(crate::sym::des3_ecb_decrypt(&key, &blk).unwrap(), h("041277CDDEEFF669"));
         let enc = crate::sym::des3_ecb_encrypt(&key, &h("041277CDDEEFF669")).unwrap();
-        assert_eq!(
-            *decrypt_pin_block(PinBlockFormat::Iso0, &key, &enc, "5544332211009966").unwrap(),
-            "1234"
-        );
+        assert_eq!(*decrypt_pin_block(PinBlockFormat::Iso0, &key, &enc, "5544332211009966").unwrap(), "1234");
     }
 
     #[test]
@@ -772,19 +612,10 @@ mod tests {
         // EMV reference §6 #13.
         let key = h("00112233445566778899AABBCCDDEEFF");
         let blk = h("E4BE5B623AF7E006AC319E5B93544564");
-        assert_eq!(
-            *decrypt_pin_block(PinBlockFormat::Iso4, &key, &blk, "1234567890123456").unwrap(),
-            "1234"
-        );
+        assert_eq!(*decrypt_pin_block(PinBlockFormat::Iso4, &key, &blk, "1234567890123456").unwrap(), "1234");
         assert!(decrypt_pin_block(PinBlockFormat::Iso4, &key, &blk, "1234567890123457").is_err());
-        assert_eq!(
-            pan_field_iso4(b"1234567890123456"),
-            h("41234567890123456000000000000000")[..]
-        );
-        assert_eq!(
-            pan_field_iso4(b"123456789012"),
-            h("01234567890120000000000000000000")[..]
-        );
+        assert_eq!(pan_field_iso4(b"1234567890123456"), h("41234567890123456000000000000000")[..]);
+        assert_eq!(pan_field_iso4(b"123456789012"), h("01234567890120000000000000000000")[..]);
     }
 
     #[test]
@@ -801,31 +632,15 @@ mod tests {
         for i in 0..300 {
             let pin = random_pin(4 + i % 9, false).unwrap();
             let pan_len = 12 + i % 8;
-            let pan: String = random_below(pan_len, 10)
-                .unwrap()
-                .iter()
-                .map(|&v| char::from(b'0' + v))
-                .collect();
+            let pan: String = random_below(pan_len, 10).unwrap().iter().map(|&v| char::from(b'0' + v)).collect();
             for fmt in formats {
-                let key = if fmt == PinBlockFormat::Iso4 {
-                    &kaes
-                } else {
-                    &k3
-                };
+                let key = if fmt == PinBlockFormat::Iso4 { &kaes } else { &k3 };
                 let blk = encrypt_pin_block(fmt, key, &pin, &pan).unwrap();
                 assert_eq!(blk.len(), if fmt == PinBlockFormat::Iso4 { 16 } else { 8 });
-                assert_eq!(
-                    *decrypt_pin_block(fmt, key, &blk, &pan).unwrap(),
-                    *pin,
-                    "{fmt:?}"
-                );
+                assert_eq!(*decrypt_pin_block(fmt, key, &blk, &pan).unwrap(), *pin, "{fmt:?}");
                 // Decrypting as another format fails on the format nibble.
                 if fmt != PinBlockFormat::Iso4 {
-                    let other = if fmt == PinBlockFormat::Iso2 {
-                        PinBlockFormat::Iso1
-                    } else {
-                        PinBlockFormat::Iso2
-                    };
+                    let other = if fmt == PinBlockFormat::Iso2 { PinBlockFormat::Iso1 } else { PinBlockFormat::Iso2 };
                     assert!(decrypt_pin_block(other, key, &blk, &pan).is_err());
                 }
             }
@@ -836,31 +651,14 @@ mod tests {
         assert_ne!(a, b);
         // ISO-2 is deterministic and has no PAN.
         let c = encrypt_pin_block(PinBlockFormat::Iso2, &k3, "1234", "").unwrap();
-        assert_eq!(
-            crate::sym::des3_ecb_decrypt(&k3, &c).unwrap(),
-            h("241234FFFFFFFFFF")
-        );
+        assert_eq!(crate::sym::des3_ecb_decrypt(&k3, &c).unwrap(), h("241234FFFFFFFFFF"));
         // Input checks.
         assert!(encrypt_pin_block(PinBlockFormat::Iso0, &k3, "123", "5544332211009966").is_err());
-        assert!(
-            encrypt_pin_block(
-                PinBlockFormat::Iso0,
-                &k3,
-                "1234567890123",
-                "5544332211009966"
-            )
-            .is_err()
-        );
+        assert!(encrypt_pin_block(PinBlockFormat::Iso0, &k3, "1234567890123", "5544332211009966").is_err());
         assert!(encrypt_pin_block(PinBlockFormat::Iso0, &k3, "1234", "").is_err());
-        assert!(
-            encrypt_pin_block(PinBlockFormat::Iso4, &k3[..8], "1234", "5544332211009966").is_err()
-        );
-        assert!(
-            decrypt_pin_block(PinBlockFormat::Iso0, &k3, &[0; 16], "5544332211009966").is_err()
-        );
-        assert!(
-            decrypt_pin_block(PinBlockFormat::Iso4, &kaes, &[0; 8], "5544332211009966").is_err()
-        );
+        assert!(encrypt_pin_block(PinBlockFormat::Iso4, &k3[..8], "1234", "5544332211009966").is_err());
+        assert!(decrypt_pin_block(PinBlockFormat::Iso0, &k3, &[0; 16], "5544332211009966").is_err());
+        assert!(decrypt_pin_block(PinBlockFormat::Iso4, &kaes, &[0; 8], "5544332211009966").is_err());
         // Garbage never panics.
         for _ in 0..200 {
             let junk = random_bytes(16).unwrap();
@@ -872,8 +670,8 @@ mod tests {
     #[test]
     fn weak_pins() {
         for p in [
-            "0000", "1111", "1234", "9876", "8901", "0987", "1212", "1122", "2580", "123456",
-            "123123", "999999", "121212", "2000",
+            "0000", "1111", "1234", "9876", "8901", "0987", "1212", "1122", "2580", "123456", "123123", "999999",
+            "121212", "2000",
         ] {
             assert!(is_weak_pin(p), "{p}");
         }

@@ -75,20 +75,13 @@ impl std::fmt::Debug for RsaPrivateKey {
 
 fn hex_prefix(v: &[u8]) -> String {
     let s: String = v.iter().take(8).map(|b| format!("{b:02X}")).collect();
-    if v.len() > 8 {
-        format!("{s}…({} bytes)", v.len())
-    } else {
-        s
-    }
+    if v.len() > 8 { format!("{s}…({} bytes)", v.len()) } else { s }
 }
 
 impl RsaPrivateKey {
     /// The public half (n, e).
     pub fn public_key(&self) -> RsaPublicKey {
-        RsaPublicKey {
-            n: self.n.clone(),
-            e: self.e.clone(),
-        }
+        RsaPublicKey { n: self.n.clone(), e: self.e.clone() }
     }
 }
 
@@ -169,6 +162,8 @@ fn gen_prime(bits: u32, e: u32) -> Result<Zeroizing<Vec<u8>>> {
     let mut rng = rand::rng();
     let found = sieve_and_find(&mut rng, factory, |_rng, c: &BoxedUint| {
         // gcd(e, p - 1) == gcd(e, (p mod e) - 1 mod e); for prime e this is `p mod e != 1`.
+        // `Word` is u32 on 32-bit targets, so the conversion is not useless everywhere.
+        #[allow(clippy::useless_conversion)]
         let r = u64::from(c.rem_limb(e_nz).0) % e64;
         gcd_u64(e64, (r + e64 - 1) % e64) == 1 && is_prime(Flavor::Any, c)
     })
@@ -190,15 +185,13 @@ fn gen_prime(bits: u32, e: u32) -> Result<Zeroizing<Vec<u8>>> {
 /// primality test (so e=3 costs no more than e=65537); p and q with their top two bits set
 /// so n has exactly `bits` bits; p > q; d = e^-1 mod lcm(p-1, q-1).
 pub fn generate(bits: u32, e: u32) -> Result<RsaPrivateKey> {
-    if !(MIN_BITS..=MAX_BITS).contains(&bits) || bits % 8 != 0 {
+    if !(MIN_BITS..=MAX_BITS).contains(&bits) || !bits.is_multiple_of(8) {
         return Err(CryptoError::Invalid(format!(
             "RSA modulus size {bits} bits: must be a multiple of 8 in {MIN_BITS}..={MAX_BITS}"
         )));
     }
-    if e < 3 || e % 2 == 0 {
-        return Err(CryptoError::Invalid(format!(
-            "RSA public exponent {e}: must be odd and >= 3"
-        )));
+    if e < 3 || e.is_multiple_of(2) {
+        return Err(CryptoError::Invalid(format!("RSA public exponent {e}: must be odd and >= 3")));
     }
     let half = bits / 2;
     // Retries only if p and q come out too close (probability ~2^-100) or equal.
@@ -227,14 +220,7 @@ pub fn from_components(n: &[u8], e: &[u8], d: &[u8], p: &[u8], q: &[u8]) -> Resu
 }
 
 /// Shared by `generate` (n empty, `gen_bits` set) and `from_components`.
-fn complete(
-    n_in: &[u8],
-    e: &[u8],
-    d_in: &[u8],
-    p: &[u8],
-    q: &[u8],
-    gen_bits: Option<u32>,
-) -> Result<RsaPrivateKey> {
+fn complete(n_in: &[u8], e: &[u8], d_in: &[u8], p: &[u8], q: &[u8], gen_bits: Option<u32>) -> Result<RsaPrivateKey> {
     let bad = |msg: &str| CryptoError::Rsa(msg.to_string());
     let mut ctx = BigNumContext::new_secure().map_err(bn_err)?;
     let e = BigNum::from_slice(e).map_err(bn_err)?;
@@ -250,9 +236,7 @@ fn complete(
         return Err(bad("invalid prime factor"));
     }
     if !e.is_odd() || e.num_bits() < 2 || e.num_bits() > 256 {
-        return Err(CryptoError::Invalid(
-            "RSA public exponent must be odd, >= 3 and at most 256 bits".into(),
-        ));
+        return Err(CryptoError::Invalid("RSA public exponent must be odd, >= 3 and at most 256 bits".into()));
     }
 
     let mut n = BigNum::new().map_err(bn_err)?;
@@ -280,9 +264,7 @@ fn complete(
         }
     }
     if e.ucmp(&n) != Ordering::Less {
-        return Err(CryptoError::Invalid(
-            "RSA public exponent must be smaller than n".into(),
-        ));
+        return Err(CryptoError::Invalid("RSA public exponent must be smaller than n".into()));
     }
 
     let mut p1 = p.dup()?;
@@ -298,8 +280,7 @@ fn complete(
 
     let mut d = SecretBn::new()?;
     if d_in.is_empty() {
-        d.mod_inverse(&e, &lcm, &mut ctx)
-            .map_err(|_| bad("e is not invertible modulo lcm(p-1, q-1)"))?;
+        d.mod_inverse(&e, &lcm, &mut ctx).map_err(|_| bad("e is not invertible modulo lcm(p-1, q-1)"))?;
     } else {
         d = SecretBn::from_slice(d_in)?;
         let mut ed = SecretBn::new()?;
@@ -313,8 +294,7 @@ fn complete(
     let mut dq = SecretBn::new()?;
     dq.nnmod(&d, &q1, &mut ctx).map_err(bn_err)?;
     let mut qinv = SecretBn::new()?;
-    qinv.mod_inverse(&q, &p, &mut ctx)
-        .map_err(|_| bad("q is not invertible modulo p"))?;
+    qinv.mod_inverse(&q, &p, &mut ctx).map_err(|_| bad("q is not invertible modulo p"))?;
 
     let k = usize::try_from(n.num_bytes()).map_err(|_| bad("modulus size"))?;
     let h = usize::try_from(p.num_bytes().max(q.num_bytes())).map_err(|_| bad("prime size"))?;
@@ -352,10 +332,7 @@ impl std::fmt::Debug for RsaEngine {
             Inner::Private(..) => "private",
             Inner::Public(..) => "public",
         };
-        f.debug_struct("RsaEngine")
-            .field("kind", &kind)
-            .field("modulus_len", &self.k)
-            .finish()
+        f.debug_struct("RsaEngine").field("kind", &kind).field("modulus_len", &self.k).finish()
     }
 }
 
@@ -371,21 +348,15 @@ fn strip_zeros(v: &[u8]) -> &[u8] {
 fn check_public_parts(n: &[u8], e: &[u8]) -> Result<Vec<u8>> {
     let n = strip_zeros(n);
     // n has no leading zero byte, so its first byte (if any) is non-zero.
-    let bits = n
-        .first()
-        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
-    if !(MIN_BITS as usize..=MAX_BITS as usize).contains(&bits)
-        || n.last().is_none_or(|b| b % 2 == 0)
-    {
+    let bits = n.first().map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+    if !(MIN_BITS as usize..=MAX_BITS as usize).contains(&bits) || n.last().is_none_or(|b| b % 2 == 0) {
         return Err(CryptoError::Rsa(format!(
             "modulus must be odd and {MIN_BITS}..={MAX_BITS} bits (got {bits} bits)"
         )));
     }
     let e = strip_zeros(e);
     if e.is_empty() || e.len() > 32 || e.last().is_none_or(|b| b % 2 == 0) || e == [1] {
-        return Err(CryptoError::Rsa(
-            "public exponent must be odd, >= 3 and at most 256 bits".into(),
-        ));
+        return Err(CryptoError::Rsa("public exponent must be odd, >= 3 and at most 256 bits".into()));
     }
     Ok(n.to_vec())
 }
@@ -402,16 +373,10 @@ impl RsaEngine {
         {
             let mut ctx = BigNumContext::new().map_err(bn_err)?;
             let mut pq = BigNum::new().map_err(bn_err)?;
-            pq.checked_mul(
-                &*SecretBn::from_slice(&key.p)?,
-                &*SecretBn::from_slice(&key.q)?,
-                &mut ctx,
-            )
-            .map_err(bn_err)?;
+            pq.checked_mul(&*SecretBn::from_slice(&key.p)?, &*SecretBn::from_slice(&key.q)?, &mut ctx)
+                .map_err(bn_err)?;
             if pq.ucmp(&*bn(&n)?) != Ordering::Equal {
-                return Err(CryptoError::Rsa(
-                    "inconsistent key components (n != p*q)".into(),
-                ));
+                return Err(CryptoError::Rsa("inconsistent key components (n != p*q)".into()));
             }
         }
         let rsa = Rsa::from_private_components(
@@ -427,11 +392,7 @@ impl RsaEngine {
         .map_err(ossl("RSA key construction"))?;
         let pkey = PKey::from_rsa(rsa.clone()).map_err(ossl("RSA key construction"))?;
         let k = usize::try_from(rsa.size()).map_err(|_| CryptoError::Rsa("modulus size".into()))?;
-        Ok(Self {
-            inner: Inner::Private(rsa, pkey),
-            k,
-            n: left_pad(&n, k)?,
-        })
+        Ok(Self { inner: Inner::Private(rsa, pkey), k, n: left_pad(&n, k)? })
     }
 
     /// A public-only engine.
@@ -444,11 +405,7 @@ impl RsaEngine {
         .map_err(ossl("RSA public key construction"))?;
         let pkey = PKey::from_rsa(rsa.clone()).map_err(ossl("RSA public key construction"))?;
         let k = usize::try_from(rsa.size()).map_err(|_| CryptoError::Rsa("modulus size".into()))?;
-        Ok(Self {
-            inner: Inner::Public(rsa, pkey),
-            k,
-            n: left_pad(&n, k)?,
-        })
+        Ok(Self { inner: Inner::Public(rsa, pkey), k, n: left_pad(&n, k)? })
     }
 
     /// Modulus length k in bytes.
@@ -464,9 +421,7 @@ impl RsaEngine {
     fn private(&self) -> Result<&Rsa<Private>> {
         match &self.inner {
             Inner::Private(rsa, _) => Ok(rsa),
-            Inner::Public(..) => Err(CryptoError::Rsa(
-                "no private key in a public-key engine".into(),
-            )),
+            Inner::Public(..) => Err(CryptoError::Rsa("no private key in a public-key engine".into())),
         }
     }
 
@@ -478,11 +433,7 @@ impl RsaEngine {
         let padded = Zeroizing::new(left_pad(input, self.k)?);
         // Same length, big-endian: lexicographic order is numeric order.
         if padded.as_slice() >= self.n.as_slice() {
-            return Err(data_len(
-                what,
-                input.len(),
-                "integer must be less than the modulus",
-            ));
+            return Err(data_len(what, input.len(), "integer must be less than the modulus"));
         }
         Ok(padded)
     }
@@ -492,9 +443,7 @@ impl RsaEngine {
         let rsa = self.private()?;
         let x = self.as_k_bytes(input, "RSA raw private input")?;
         let mut out = vec![0u8; self.k];
-        let n = rsa
-            .private_encrypt(&x, &mut out, Padding::NONE)
-            .map_err(ossl("RSA private operation"))?;
+        let n = rsa.private_encrypt(&x, &mut out, Padding::NONE).map_err(ossl("RSA private operation"))?;
         out.truncate(n);
         left_pad(&out, self.k)
     }
@@ -516,16 +465,10 @@ impl RsaEngine {
     pub fn pkcs1_sign(&self, data: &[u8]) -> Result<Vec<u8>> {
         let rsa = self.private()?;
         if data.len() + 11 > self.k {
-            return Err(data_len(
-                "RSA PKCS#1 sign",
-                data.len(),
-                "must be at most k - 11 bytes",
-            ));
+            return Err(data_len("RSA PKCS#1 sign", data.len(), "must be at most k - 11 bytes"));
         }
         let mut out = vec![0u8; self.k];
-        let n = rsa
-            .private_encrypt(data, &mut out, Padding::PKCS1)
-            .map_err(ossl("RSA PKCS#1 signature"))?;
+        let n = rsa.private_encrypt(data, &mut out, Padding::PKCS1).map_err(ossl("RSA PKCS#1 signature"))?;
         out.truncate(n);
         left_pad(&out, self.k)
     }
@@ -534,11 +477,7 @@ impl RsaEngine {
     /// [`CryptoError::DataLength`] if `sig` is not k bytes.
     pub fn pkcs1_verify(&self, data: &[u8], sig: &[u8]) -> Result<bool> {
         if sig.len() != self.k {
-            return Err(data_len(
-                "RSA PKCS#1 signature",
-                sig.len(),
-                "must be exactly k bytes",
-            ));
+            return Err(data_len("RSA PKCS#1 signature", sig.len(), "must be exactly k bytes"));
         }
         if sig >= self.n.as_slice() {
             return Ok(false);
@@ -554,11 +493,7 @@ impl RsaEngine {
     /// PKCS#1 v1.5 encryption (block type 2, random padding); data at most k − 11 bytes.
     pub fn pkcs1_encrypt(&self, data: &[u8]) -> Result<Vec<u8>> {
         if data.len() + 11 > self.k {
-            return Err(data_len(
-                "RSA PKCS#1 encrypt",
-                data.len(),
-                "must be at most k - 11 bytes",
-            ));
+            return Err(data_len("RSA PKCS#1 encrypt", data.len(), "must be at most k - 11 bytes"));
         }
         let mut out = vec![0u8; self.k];
         let n = match &self.inner {
@@ -574,23 +509,13 @@ impl RsaEngine {
     pub fn pkcs1_decrypt(&self, ct: &[u8]) -> Result<Secret> {
         let rsa = self.private()?;
         if ct.len() != self.k {
-            return Err(data_len(
-                "RSA PKCS#1 ciphertext",
-                ct.len(),
-                "must be exactly k bytes",
-            ));
+            return Err(data_len("RSA PKCS#1 ciphertext", ct.len(), "must be exactly k bytes"));
         }
         if ct >= self.n.as_slice() {
-            return Err(data_len(
-                "RSA PKCS#1 ciphertext",
-                ct.len(),
-                "integer must be less than the modulus",
-            ));
+            return Err(data_len("RSA PKCS#1 ciphertext", ct.len(), "integer must be less than the modulus"));
         }
         let mut out = Zeroizing::new(vec![0u8; self.k]);
-        let n = rsa
-            .private_decrypt(ct, &mut out, Padding::PKCS1)
-            .map_err(|_| CryptoError::BadPadding)?;
+        let n = rsa.private_decrypt(ct, &mut out, Padding::PKCS1).map_err(|_| CryptoError::BadPadding)?;
         out.truncate(n);
         Ok(out)
     }
@@ -600,19 +525,9 @@ impl RsaEngine {
     }
 
     /// RSAES-OAEP encryption with the given hash, MGF1 hash and label.
-    pub fn oaep_encrypt(
-        &self,
-        hash: HashAlg,
-        mgf_hash: HashAlg,
-        label: &[u8],
-        data: &[u8],
-    ) -> Result<Vec<u8>> {
+    pub fn oaep_encrypt(&self, hash: HashAlg, mgf_hash: HashAlg, label: &[u8], data: &[u8]) -> Result<Vec<u8>> {
         if self.k < 2 * hash.output_len() + 2 || data.len() > self.oaep_max(hash) {
-            return Err(data_len(
-                "RSA OAEP encrypt",
-                data.len(),
-                "must be at most k - 2*hLen - 2 bytes",
-            ));
+            return Err(data_len("RSA OAEP encrypt", data.len(), "must be at most k - 2*hLen - 2 bytes"));
         }
         let err = ossl("RSA OAEP encryption");
         let mut enc = match &self.inner {
@@ -635,31 +550,15 @@ impl RsaEngine {
 
     /// RSAES-OAEP decryption; `ct` must be k bytes; [`CryptoError::BadPadding`] if it does not
     /// decode (wrong key, label or hash).
-    pub fn oaep_decrypt(
-        &self,
-        hash: HashAlg,
-        mgf_hash: HashAlg,
-        label: &[u8],
-        ct: &[u8],
-    ) -> Result<Secret> {
+    pub fn oaep_decrypt(&self, hash: HashAlg, mgf_hash: HashAlg, label: &[u8], ct: &[u8]) -> Result<Secret> {
         let Inner::Private(_, pkey) = &self.inner else {
-            return Err(CryptoError::Rsa(
-                "no private key in a public-key engine".into(),
-            ));
+            return Err(CryptoError::Rsa("no private key in a public-key engine".into()));
         };
         if ct.len() != self.k {
-            return Err(data_len(
-                "RSA OAEP ciphertext",
-                ct.len(),
-                "must be exactly k bytes",
-            ));
+            return Err(data_len("RSA OAEP ciphertext", ct.len(), "must be exactly k bytes"));
         }
         if self.k < 2 * hash.output_len() + 2 {
-            return Err(data_len(
-                "RSA OAEP",
-                self.k,
-                "modulus too short for this hash",
-            ));
+            return Err(data_len("RSA OAEP", self.k, "modulus too short for this hash"));
         }
         let err = ossl("RSA OAEP decryption");
         let mut dec = Decrypter::new(pkey).map_err(&err)?;
@@ -671,9 +570,7 @@ impl RsaEngine {
         }
         let len = dec.decrypt_len(ct).map_err(&err)?;
         let mut out = Zeroizing::new(vec![0u8; len.max(self.k)]);
-        let n = dec
-            .decrypt(ct, &mut out)
-            .map_err(|_| CryptoError::BadPadding)?;
+        let n = dec.decrypt(ct, &mut out).map_err(|_| CryptoError::BadPadding)?;
         out.truncate(n);
         Ok(out)
     }
@@ -722,17 +619,12 @@ mod tests {
         p1.sub_word(1).unwrap();
         let mut q1 = q.to_owned().unwrap();
         q1.sub_word(1).unwrap();
-        let (mut g, mut phi, mut lcm, mut ed) = (
-            BigNum::new().unwrap(),
-            BigNum::new().unwrap(),
-            BigNum::new().unwrap(),
-            BigNum::new().unwrap(),
-        );
+        let (mut g, mut phi, mut lcm, mut ed) =
+            (BigNum::new().unwrap(), BigNum::new().unwrap(), BigNum::new().unwrap(), BigNum::new().unwrap());
         g.gcd(&p1, &q1, &mut ctx).unwrap();
         phi.checked_mul(&p1, &q1, &mut ctx).unwrap();
         lcm.checked_div(&phi, &g, &mut ctx).unwrap();
-        ed.mod_mul(&BigNum::from_u32(e).unwrap(), &d, &lcm, &mut ctx)
-            .unwrap();
+        ed.mod_mul(&BigNum::from_u32(e).unwrap(), &d, &lcm, &mut ctx).unwrap();
         assert_eq!(ed, BigNum::from_u32(1).unwrap());
         // d < lcm (reduced modulo lcm, not phi).
         assert!(d.ucmp(&lcm) == Ordering::Less);
@@ -758,10 +650,7 @@ mod tests {
         let mut expect = BigNum::new().unwrap();
         expect.mod_exp(&bn(&m), &d, &n, &mut ctx).unwrap();
         assert_eq!(s, expect.to_vec_padded(k as i32).unwrap());
-        assert_eq!(
-            strip_zeros(&pubeng.raw_public(&s).unwrap()),
-            strip_zeros(&m)
-        );
+        assert_eq!(strip_zeros(&pubeng.raw_public(&s).unwrap()), strip_zeros(&m));
         assert_eq!(eng.raw_public(&s).unwrap(), pubeng.raw_public(&s).unwrap());
 
         // PKCS#1 v1.5 signature and encryption round trips.
@@ -782,37 +671,19 @@ mod tests {
         if k < 128 {
             return;
         }
-        let ct = pubeng
-            .oaep_encrypt(
-                HashAlg::Sha256,
-                HashAlg::Sha256,
-                b"quill-transport",
-                b"KEK share",
-            )
-            .unwrap();
+        let ct = pubeng.oaep_encrypt(HashAlg::Sha256, HashAlg::Sha256, b"quill-transport", b"KEK share").unwrap();
         assert_eq!(ct.len(), k);
-        let pt = eng
-            .oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"quill-transport", &ct)
-            .unwrap();
+        let pt = eng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"quill-transport", &ct).unwrap();
         assert_eq!(&pt[..], b"KEK share");
-        assert_eq!(
-            eng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"other", &ct),
-            Err(CryptoError::BadPadding)
-        );
+        assert_eq!(eng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"other", &ct), Err(CryptoError::BadPadding));
         assert_eq!(
             eng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha1, b"quill-transport", &ct),
             Err(CryptoError::BadPadding)
         );
         // Maximum OAEP payload, empty label, SHA-1.
         let max = vec![0x5A; k - 42];
-        let ct = eng
-            .oaep_encrypt(HashAlg::Sha1, HashAlg::Sha1, b"", &max)
-            .unwrap();
-        assert_eq!(
-            *eng.oaep_decrypt(HashAlg::Sha1, HashAlg::Sha1, b"", &ct)
-                .unwrap(),
-            max
-        );
+        let ct = eng.oaep_encrypt(HashAlg::Sha1, HashAlg::Sha1, b"", &max).unwrap();
+        assert_eq!(*eng.oaep_decrypt(HashAlg::Sha1, HashAlg::Sha1, b"", &ct).unwrap(), max);
         assert!(matches!(
             eng.oaep_encrypt(HashAlg::Sha1, HashAlg::Sha1, b"", &[0; 1000]),
             Err(CryptoError::DataLength { .. })
@@ -844,10 +715,7 @@ mod tests {
         // Composite exponent 15: gcd(15, p-1) must be 1, not just p mod 15 != 1.
         let key = generate(768, 15).unwrap();
         check_key(&key, 768, 15);
-        assert!(matches!(
-            generate(1000 + 4, 3),
-            Err(CryptoError::Invalid(_))
-        ));
+        assert!(matches!(generate(1000 + 4, 3), Err(CryptoError::Invalid(_))));
         assert!(matches!(generate(256, 3), Err(CryptoError::Invalid(_))));
         assert!(matches!(generate(16392, 3), Err(CryptoError::Invalid(_))));
         assert!(matches!(generate(1024, 4), Err(CryptoError::Invalid(_))));
@@ -878,16 +746,10 @@ mod tests {
         // Inconsistent inputs.
         let mut bad_n = key.n.clone();
         bad_n[10] ^= 1;
-        assert!(matches!(
-            from_components(&bad_n, &key.e, &key.d, &key.p, &key.q),
-            Err(CryptoError::Rsa(_))
-        ));
+        assert!(matches!(from_components(&bad_n, &key.e, &key.d, &key.p, &key.q), Err(CryptoError::Rsa(_))));
         let mut bad_d = key.d.clone();
         bad_d[100] ^= 1;
-        assert!(matches!(
-            from_components(&key.n, &key.e, &bad_d, &key.p, &key.q),
-            Err(CryptoError::Rsa(_))
-        ));
+        assert!(matches!(from_components(&key.n, &key.e, &bad_d, &key.p, &key.q), Err(CryptoError::Rsa(_))));
         assert!(from_components(&key.n, &key.e, &key.d, &key.p, &key.p).is_err());
         assert!(from_components(&key.n, &[], &key.d, &key.p, &key.q).is_err());
         assert!(from_components(&key.n, &[2], &[], &key.p, &key.q).is_err());
@@ -904,18 +766,9 @@ mod tests {
         let pubeng = RsaEngine::public(&key.public_key()).unwrap();
         let k = eng.modulus_len();
         // >= n and longer than k are rejected; shorter inputs are integers.
-        assert!(matches!(
-            eng.raw_private(&key.n),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            eng.raw_private(&[0xFF; 128]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            eng.raw_private(&vec![0; k + 1]),
-            Err(CryptoError::DataLength { .. })
-        ));
+        assert!(matches!(eng.raw_private(&key.n), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(eng.raw_private(&[0xFF; 128]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(eng.raw_private(&vec![0; k + 1]), Err(CryptoError::DataLength { .. })));
         let mut n_minus_1 = key.n.clone();
         *n_minus_1.last_mut().unwrap() -= 1;
         let s = eng.raw_private(&n_minus_1).unwrap();
@@ -925,87 +778,37 @@ mod tests {
         // Public engines refuse private operations.
         assert!(matches!(pubeng.raw_private(&[1]), Err(CryptoError::Rsa(_))));
         assert!(matches!(pubeng.pkcs1_sign(&[1]), Err(CryptoError::Rsa(_))));
-        assert!(matches!(
-            pubeng.pkcs1_decrypt(&vec![1; k]),
-            Err(CryptoError::Rsa(_))
-        ));
+        assert!(matches!(pubeng.pkcs1_decrypt(&vec![1; k]), Err(CryptoError::Rsa(_))));
         assert!(matches!(
             pubeng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"", &vec![1; k]),
             Err(CryptoError::Rsa(_))
         ));
         // Length rules.
-        assert!(matches!(
-            eng.pkcs1_sign(&vec![0; k - 10]),
-            Err(CryptoError::DataLength { .. })
-        ));
+        assert!(matches!(eng.pkcs1_sign(&vec![0; k - 10]), Err(CryptoError::DataLength { .. })));
         assert!(eng.pkcs1_sign(&vec![0; k - 11]).is_ok());
-        assert!(matches!(
-            eng.pkcs1_verify(b"x", &[0; 3]),
-            Err(CryptoError::DataLength { .. })
-        ));
+        assert!(matches!(eng.pkcs1_verify(b"x", &[0; 3]), Err(CryptoError::DataLength { .. })));
         assert!(!eng.pkcs1_verify(b"x", &[0xFF; 128]).unwrap());
         assert!(!eng.pkcs1_verify(b"x", &[0; 128]).unwrap());
-        assert!(matches!(
-            eng.pkcs1_encrypt(&vec![0; k - 10]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            eng.pkcs1_decrypt(&[1; 5]),
-            Err(CryptoError::DataLength { .. })
-        ));
+        assert!(matches!(eng.pkcs1_encrypt(&vec![0; k - 10]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(eng.pkcs1_decrypt(&[1; 5]), Err(CryptoError::DataLength { .. })));
         // OpenSSL >= 3.2 uses implicit rejection (a pseudo-random result instead of an error).
         let r = eng.pkcs1_decrypt(&vec![1; k]);
         assert!(r == Err(CryptoError::BadPadding) || openssl::version::number() >= 0x3020_0000);
-        assert_eq!(
-            eng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"", &vec![1; k]),
-            Err(CryptoError::BadPadding)
-        );
+        assert_eq!(eng.oaep_decrypt(HashAlg::Sha256, HashAlg::Sha256, b"", &vec![1; k]), Err(CryptoError::BadPadding));
         // SHA-512 OAEP needs k >= 130.
         assert!(matches!(
             eng.oaep_encrypt(HashAlg::Sha512, HashAlg::Sha512, b"", b"x"),
             Err(CryptoError::DataLength { .. })
         ));
         // Bad public keys.
-        assert!(
-            RsaEngine::public(&RsaPublicKey {
-                n: vec![0xFF; 32],
-                e: vec![3]
-            })
-            .is_err()
-        );
-        assert!(
-            RsaEngine::public(&RsaPublicKey {
-                n: key.n.clone(),
-                e: vec![4]
-            })
-            .is_err()
-        );
-        assert!(
-            RsaEngine::public(&RsaPublicKey {
-                n: key.n.clone(),
-                e: vec![]
-            })
-            .is_err()
-        );
-        assert!(
-            RsaEngine::public(&RsaPublicKey {
-                n: vec![],
-                e: vec![3]
-            })
-            .is_err()
-        );
+        assert!(RsaEngine::public(&RsaPublicKey { n: vec![0xFF; 32], e: vec![3] }).is_err());
+        assert!(RsaEngine::public(&RsaPublicKey { n: key.n.clone(), e: vec![4] }).is_err());
+        assert!(RsaEngine::public(&RsaPublicKey { n: key.n.clone(), e: vec![] }).is_err());
+        assert!(RsaEngine::public(&RsaPublicKey { n: vec![], e: vec![3] }).is_err());
         // Leading zeros in a public modulus are accepted.
         let mut n0 = vec![0, 0];
         n0.extend(&key.n);
-        assert_eq!(
-            RsaEngine::public(&RsaPublicKey {
-                n: n0,
-                e: vec![0, 3]
-            })
-            .unwrap()
-            .modulus_len(),
-            k
-        );
+        assert_eq!(RsaEngine::public(&RsaPublicKey { n: n0, e: vec![0, 3] }).unwrap().modulus_len(), k);
         // Debug output does not show private parts.
         let dbg = format!("{key:?}");
         assert!(!dbg.contains(&hex_prefix(&key.d)));

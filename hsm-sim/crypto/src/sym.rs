@@ -129,7 +129,7 @@ impl Bc {
 
     fn ecb(&self, data: &[u8], encrypt: bool, what: &'static str) -> Result<Vec<u8>> {
         let bs = self.block_size();
-        if data.len() % bs != 0 {
+        if !data.len().is_multiple_of(bs) {
             return Err(data_len(what, data.len(), multiple_rule(bs)));
         }
         let mut out = data.to_vec();
@@ -148,7 +148,7 @@ impl Bc {
         if iv.len() != bs {
             return Err(data_len(what, iv.len(), iv_rule(bs)));
         }
-        if data.len() % bs != 0 {
+        if !data.len().is_multiple_of(bs) {
             return Err(data_len(what, data.len(), multiple_rule(bs)));
         }
         let mut out = data.to_vec();
@@ -166,7 +166,7 @@ impl Bc {
         if iv.len() != bs {
             return Err(data_len(what, iv.len(), iv_rule(bs)));
         }
-        if data.len() % bs != 0 {
+        if !data.len().is_multiple_of(bs) {
             return Err(data_len(what, data.len(), multiple_rule(bs)));
         }
         let mut out = data.to_vec();
@@ -182,12 +182,8 @@ impl Bc {
     /// CBC-MAC with a zero IV over `data` (a non-empty multiple of the block size).
     fn cbc_mac(&self, data: &[u8], what: &'static str) -> Result<Vec<u8>> {
         let bs = self.block_size();
-        if data.is_empty() || data.len() % bs != 0 {
-            return Err(data_len(
-                what,
-                data.len(),
-                "must be a non-empty multiple of the block size",
-            ));
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
+            return Err(data_len(what, data.len(), "must be a non-empty multiple of the block size"));
         }
         let mut state = vec![0u8; bs];
         for block in data.chunks_exact(bs) {
@@ -199,19 +195,11 @@ impl Bc {
 }
 
 fn multiple_rule(bs: usize) -> &'static str {
-    if bs == 8 {
-        "must be a multiple of 8"
-    } else {
-        "must be a multiple of 16"
-    }
+    if bs == 8 { "must be a multiple of 8" } else { "must be a multiple of 16" }
 }
 
 fn iv_rule(bs: usize) -> &'static str {
-    if bs == 8 {
-        "IV must be 8 bytes"
-    } else {
-        "IV must be 16 bytes"
-    }
+    if bs == 8 { "IV must be 8 bytes" } else { "IV must be 16 bytes" }
 }
 
 /// `a ^= b` over the common length.
@@ -289,11 +277,9 @@ pub fn pkcs7_pad(data: &[u8], block: usize) -> Vec<u8> {
 /// Removes PKCS#7 padding; [`CryptoError::BadPadding`] if it is malformed.
 pub fn pkcs7_unpad(data: &[u8], block: usize) -> Result<Vec<u8>> {
     if !(1..=255).contains(&block) {
-        return Err(CryptoError::Invalid(format!(
-            "PKCS#7 block size {block} out of range 1..=255"
-        )));
+        return Err(CryptoError::Invalid(format!("PKCS#7 block size {block} out of range 1..=255")));
     }
-    if data.is_empty() || data.len() % block != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(block) {
         return Err(CryptoError::BadPadding);
     }
     let Some(&last) = data.last() else {
@@ -365,13 +351,7 @@ fn gcm_err(_: openssl::error::ErrorStack) -> CryptoError {
 }
 
 /// AES-GCM encryption; returns ciphertext ‖ tag (`tag_len` 12..=16, IV 1..=128 bytes).
-pub fn aes_gcm_encrypt(
-    key: &[u8],
-    iv: &[u8],
-    aad: &[u8],
-    data: &[u8],
-    tag_len: usize,
-) -> Result<Vec<u8>> {
+pub fn aes_gcm_encrypt(key: &[u8], iv: &[u8], aad: &[u8], data: &[u8], tag_len: usize) -> Result<Vec<u8>> {
     use openssl::symm::{Crypter, Mode};
     let cipher = gcm_cipher(key)?;
     gcm_check(iv, aad, data.len(), tag_len)?;
@@ -380,9 +360,7 @@ pub fn aes_gcm_encrypt(
     c.aad_update(aad).map_err(gcm_err)?;
     let mut out = vec![0u8; data.len() + cipher.block_size() + tag_len];
     let mut n = c.update(data, &mut out).map_err(gcm_err)?;
-    let tail = out
-        .get_mut(n..)
-        .ok_or_else(|| gcm_err(openssl::error::ErrorStack::get()))?;
+    let tail = out.get_mut(n..).ok_or_else(|| gcm_err(openssl::error::ErrorStack::get()))?;
     n += c.finalize(tail).map_err(gcm_err)?;
     out.truncate(n);
     let mut tag = vec![0u8; tag_len];
@@ -392,22 +370,12 @@ pub fn aes_gcm_encrypt(
 }
 
 /// AES-GCM decryption of ciphertext ‖ tag; [`CryptoError::Integrity`] if the tag does not match.
-pub fn aes_gcm_decrypt(
-    key: &[u8],
-    iv: &[u8],
-    aad: &[u8],
-    ct_and_tag: &[u8],
-    tag_len: usize,
-) -> Result<Secret> {
+pub fn aes_gcm_decrypt(key: &[u8], iv: &[u8], aad: &[u8], ct_and_tag: &[u8], tag_len: usize) -> Result<Secret> {
     use openssl::symm::{Crypter, Mode};
     let cipher = gcm_cipher(key)?;
     gcm_check(iv, aad, ct_and_tag.len(), tag_len)?;
     if ct_and_tag.len() < tag_len {
-        return Err(data_len(
-            "AES-GCM",
-            ct_and_tag.len(),
-            "shorter than the tag",
-        ));
+        return Err(data_len("AES-GCM", ct_and_tag.len(), "shorter than the tag"));
     }
     let (ct, tag) = ct_and_tag.split_at(ct_and_tag.len() - tag_len);
     let mut c = Crypter::new(cipher, Mode::Decrypt, key, Some(iv)).map_err(gcm_err)?;
@@ -429,10 +397,7 @@ fn kw_err(e: aes_kw::Error) -> CryptoError {
     }
 }
 
-fn kw_wrap<C: BlockCipherEncrypt<BlockSize = U16> + KeyInit>(
-    kek: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>> {
+fn kw_wrap<C: BlockCipherEncrypt<BlockSize = U16> + KeyInit>(kek: &[u8], data: &[u8]) -> Result<Vec<u8>> {
     let kw: AesKw<C> = init(kek, "AES-KW")?;
     let mut out = vec![0u8; data.len() + 8];
     let n = kw.wrap_key(data, &mut out).map_err(kw_err)?.len();
@@ -440,10 +405,7 @@ fn kw_wrap<C: BlockCipherEncrypt<BlockSize = U16> + KeyInit>(
     Ok(out)
 }
 
-fn kw_unwrap<C: BlockCipherDecrypt<BlockSize = U16> + KeyInit>(
-    kek: &[u8],
-    data: &[u8],
-) -> Result<Secret> {
+fn kw_unwrap<C: BlockCipherDecrypt<BlockSize = U16> + KeyInit>(kek: &[u8], data: &[u8]) -> Result<Secret> {
     let kw: AesKw<C> = init(kek, "AES-KW")?;
     let mut out = Zeroizing::new(vec![0u8; data.len().saturating_sub(8)]);
     let n = kw.unwrap_key(data, &mut out).map_err(kw_err)?.len();
@@ -451,10 +413,7 @@ fn kw_unwrap<C: BlockCipherDecrypt<BlockSize = U16> + KeyInit>(
     Ok(out)
 }
 
-fn kwp_wrap<C: BlockCipherEncrypt<BlockSize = U16> + KeyInit>(
-    kek: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>> {
+fn kwp_wrap<C: BlockCipherEncrypt<BlockSize = U16> + KeyInit>(kek: &[u8], data: &[u8]) -> Result<Vec<u8>> {
     let kw: AesKwp<C> = init(kek, "AES-KWP")?;
     let mut out = vec![0u8; data.len().div_ceil(8) * 8 + 8];
     let n = kw.wrap_key(data, &mut out).map_err(kw_err)?.len();
@@ -462,10 +421,7 @@ fn kwp_wrap<C: BlockCipherEncrypt<BlockSize = U16> + KeyInit>(
     Ok(out)
 }
 
-fn kwp_unwrap<C: BlockCipherDecrypt<BlockSize = U16> + KeyInit>(
-    kek: &[u8],
-    data: &[u8],
-) -> Result<Secret> {
+fn kwp_unwrap<C: BlockCipherDecrypt<BlockSize = U16> + KeyInit>(kek: &[u8], data: &[u8]) -> Result<Secret> {
     let kw: AesKwp<C> = init(kek, "AES-KWP")?;
     let mut out = Zeroizing::new(vec![0u8; data.len().saturating_sub(8)]);
     let n = kw.unwrap_key(data, &mut out).map_err(kw_err)?.len();
@@ -482,12 +438,8 @@ const KW_MAX: usize = u32::MAX as usize - 16;
 
 /// AES key wrap, RFC 3394 (data a multiple of 8, at least 16 bytes); output is 8 bytes longer.
 pub fn aes_key_wrap(kek: &[u8], data: &[u8]) -> Result<Vec<u8>> {
-    if data.len() < 16 || data.len() % 8 != 0 || data.len() > KW_MAX {
-        return Err(data_len(
-            "AES-KW",
-            data.len(),
-            "must be a multiple of 8, at least 16",
-        ));
+    if data.len() < 16 || !data.len().is_multiple_of(8) || data.len() > KW_MAX {
+        return Err(data_len("AES-KW", data.len(), "must be a multiple of 8, at least 16"));
     }
     match kek.len() {
         16 => kw_wrap::<Aes128>(kek, data),
@@ -499,12 +451,8 @@ pub fn aes_key_wrap(kek: &[u8], data: &[u8]) -> Result<Vec<u8>> {
 
 /// AES key unwrap, RFC 3394 (input a multiple of 8, at least 24 bytes); checks the ICV.
 pub fn aes_key_unwrap(kek: &[u8], data: &[u8]) -> Result<Secret> {
-    if data.len() < 24 || data.len() % 8 != 0 || data.len() > KW_MAX {
-        return Err(data_len(
-            "AES-KW unwrap",
-            data.len(),
-            "must be a multiple of 8, at least 24",
-        ));
+    if data.len() < 24 || !data.len().is_multiple_of(8) || data.len() > KW_MAX {
+        return Err(data_len("AES-KW unwrap", data.len(), "must be a multiple of 8, at least 24"));
     }
     match kek.len() {
         16 => kw_unwrap::<Aes128>(kek, data),
@@ -529,12 +477,8 @@ pub fn aes_key_wrap_pad(kek: &[u8], data: &[u8]) -> Result<Vec<u8>> {
 
 /// AES key unwrap with padding, RFC 5649 (input a multiple of 8, at least 16 bytes).
 pub fn aes_key_unwrap_pad(kek: &[u8], data: &[u8]) -> Result<Secret> {
-    if data.len() < 16 || data.len() % 8 != 0 || data.len() > KW_MAX {
-        return Err(data_len(
-            "AES-KWP unwrap",
-            data.len(),
-            "must be a multiple of 8, at least 16",
-        ));
+    if data.len() < 16 || !data.len().is_multiple_of(8) || data.len() > KW_MAX {
+        return Err(data_len("AES-KWP unwrap", data.len(), "must be a multiple of 8, at least 16"));
     }
     match kek.len() {
         16 => kwp_unwrap::<Aes128>(kek, data),
@@ -544,11 +488,7 @@ pub fn aes_key_unwrap_pad(kek: &[u8], data: &[u8]) -> Result<Secret> {
     }
 }
 
-fn cmac_with<C: CmacCipher + KeyInit>(
-    key: &[u8],
-    data: &[u8],
-    what: &'static str,
-) -> Result<Vec<u8>> {
+fn cmac_with<C: CmacCipher + KeyInit>(key: &[u8], data: &[u8], what: &'static str) -> Result<Vec<u8>> {
     let mut mac: Cmac<C> = init(key, what)?;
     mac.update(data);
     Ok(mac.finalize().into_bytes().to_vec())
@@ -651,10 +591,7 @@ mod tests {
     #[test]
     fn des_known_answers() {
         // Classic single-DES example ("Now is t").
-        assert_eq!(
-            des_ecb_encrypt(&h("0123456789ABCDEF"), b"Now is t").unwrap(),
-            h("3FA40E8A984D4815")
-        );
+        assert_eq!(des_ecb_encrypt(&h("0123456789ABCDEF"), b"Now is t").unwrap(), h("3FA40E8A984D4815"));
         // 3DES with the usual test key: KCV 08D7B4.
         assert_eq!(kcv_des(&h(K)).unwrap(), [0x08, 0xD7, 0xB4]);
         // ARPC method 1 (EMV reference §6 #7): 3DES(SK)[ARQC xor (ARC || 00*6)].
@@ -683,11 +620,9 @@ mod tests {
     fn dgi_9000_kcvs() {
         // EMV reference §6 #18.
         let mut all = Vec::new();
-        for k in [
-            "11223344006677881122334455007788",
-            "8B4F854F0831FBF2635A212E4DDDB92A",
-            "11220044556677881122330055667788",
-        ] {
+        for k in
+            ["11223344006677881122334455007788", "8B4F854F0831FBF2635A212E4DDDB92A", "11220044556677881122330055667788"]
+        {
             all.extend(kcv_des(&h(k)).unwrap());
         }
         assert_eq!(all, h("97DCB0CE4E2CB37DF3"));
@@ -713,114 +648,53 @@ mod tests {
         let iv = h("000102030405060708090a0b0c0d0e0f");
         let p = h("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51");
         let c = aes_cbc_encrypt(&k, &iv, &p).unwrap();
-        assert_eq!(
-            c,
-            h("7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2")
-        );
+        assert_eq!(c, h("7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2"));
         assert_eq!(aes_cbc_decrypt(&k, &iv, &c).unwrap(), p);
         // AES-ECB: SP 800-38A F.1.1 and FIPS-197 C.3 (AES-256).
-        assert_eq!(
-            aes_ecb_encrypt(&k, &p[..16]).unwrap(),
-            h("3ad77bb40d7a3660a89ecaf32466ef97")
-        );
+        assert_eq!(aes_ecb_encrypt(&k, &p[..16]).unwrap(), h("3ad77bb40d7a3660a89ecaf32466ef97"));
         let k256 = h("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
         let c = aes_ecb_encrypt(&k256, &h("00112233445566778899aabbccddeeff")).unwrap();
         assert_eq!(c, h("8ea2b7ca516745bfeafc49904b496089"));
-        assert_eq!(
-            aes_ecb_decrypt(&k256, &c).unwrap(),
-            h("00112233445566778899aabbccddeeff")
-        );
+        assert_eq!(aes_ecb_decrypt(&k256, &c).unwrap(), h("00112233445566778899aabbccddeeff"));
     }
 
     #[test]
     fn length_errors() {
-        assert!(matches!(
-            des3_ecb_encrypt(&[0; 8], &[0; 8]),
-            Err(CryptoError::KeyLength { .. })
-        ));
-        assert!(matches!(
-            des_ecb_encrypt(&[0; 16], &[0; 8]),
-            Err(CryptoError::KeyLength { .. })
-        ));
-        assert!(matches!(
-            des3_ecb_encrypt(&[0; 16], &[0; 7]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_cbc_encrypt(&[0; 16], &[0; 8], &[0; 16]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_ecb_encrypt(&[0; 20], &[0; 16]),
-            Err(CryptoError::KeyLength { .. })
-        ));
-        assert!(matches!(
-            des3_cbc_mac(&[0; 16], &[]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            retail_mac(&[0; 24], &[], MacPadding::Method1),
-            Err(CryptoError::KeyLength { .. })
-        ));
-        assert!(matches!(
-            aes_key_wrap(&[0; 16], &[0; 8]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_key_unwrap(&[0; 16], &[0; 16]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_key_unwrap_pad(&[0; 16], &[0; 8]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_key_wrap_pad(&[0; 16], &[]),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_gcm_encrypt(&[0; 16], &[], &[], &[], 16),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_gcm_encrypt(&[0; 16], &[0; 12], &[], &[], 8),
-            Err(CryptoError::DataLength { .. })
-        ));
-        assert!(matches!(
-            aes_gcm_decrypt(&[0; 16], &[0; 12], &[], &[0; 5], 12),
-            Err(CryptoError::DataLength { .. })
-        ));
+        assert!(matches!(des3_ecb_encrypt(&[0; 8], &[0; 8]), Err(CryptoError::KeyLength { .. })));
+        assert!(matches!(des_ecb_encrypt(&[0; 16], &[0; 8]), Err(CryptoError::KeyLength { .. })));
+        assert!(matches!(des3_ecb_encrypt(&[0; 16], &[0; 7]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_cbc_encrypt(&[0; 16], &[0; 8], &[0; 16]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_ecb_encrypt(&[0; 20], &[0; 16]), Err(CryptoError::KeyLength { .. })));
+        assert!(matches!(des3_cbc_mac(&[0; 16], &[]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(retail_mac(&[0; 24], &[], MacPadding::Method1), Err(CryptoError::KeyLength { .. })));
+        assert!(matches!(aes_key_wrap(&[0; 16], &[0; 8]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_key_unwrap(&[0; 16], &[0; 16]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_key_unwrap_pad(&[0; 16], &[0; 8]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_key_wrap_pad(&[0; 16], &[]), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_gcm_encrypt(&[0; 16], &[], &[], &[], 16), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_gcm_encrypt(&[0; 16], &[0; 12], &[], &[], 8), Err(CryptoError::DataLength { .. })));
+        assert!(matches!(aes_gcm_decrypt(&[0; 16], &[0; 12], &[], &[0; 5], 12), Err(CryptoError::DataLength { .. })));
         assert!(ecb_empty_ok());
     }
 
     fn ecb_empty_ok() -> bool {
-        des3_ecb_encrypt(&[1; 16], &[]).unwrap().is_empty()
-            && aes_ecb_decrypt(&[1; 32], &[]).unwrap().is_empty()
+        des3_ecb_encrypt(&[1; 16], &[]).unwrap().is_empty() && aes_ecb_decrypt(&[1; 32], &[]).unwrap().is_empty()
     }
 
     #[test]
     fn paddings() {
         assert_eq!(pkcs7_pad(b"abc", 8), b"abc\x05\x05\x05\x05\x05");
         assert_eq!(pkcs7_pad(&[0; 16], 16).len(), 32);
-        assert_eq!(
-            pkcs7_unpad(&pkcs7_pad(b"hello world", 16), 16).unwrap(),
-            b"hello world"
-        );
+        assert_eq!(pkcs7_unpad(&pkcs7_pad(b"hello world", 16), 16).unwrap(), b"hello world");
         assert_eq!(pkcs7_unpad(&pkcs7_pad(b"", 8), 8).unwrap(), b"");
-        assert_eq!(
-            pkcs7_unpad(b"abc\x05\x05\x05\x04\x05", 8),
-            Err(CryptoError::BadPadding)
-        );
+        assert_eq!(pkcs7_unpad(b"abc\x05\x05\x05\x04\x05", 8), Err(CryptoError::BadPadding));
         assert_eq!(pkcs7_unpad(b"abcdefg\x00", 8), Err(CryptoError::BadPadding));
         assert_eq!(pkcs7_unpad(b"abcdefg\x09", 8), Err(CryptoError::BadPadding));
         assert_eq!(pkcs7_unpad(b"abc", 8), Err(CryptoError::BadPadding));
         assert_eq!(pkcs7_unpad(b"", 8), Err(CryptoError::BadPadding));
         assert!(pkcs7_unpad(b"a", 0).is_err());
         assert_eq!(iso9797_m2_pad(b"", 8), h("8000000000000000"));
-        assert_eq!(
-            iso9797_m2_pad(&[1; 8], 8),
-            h("0101010101010101 8000000000000000")
-        );
+        assert_eq!(iso9797_m2_pad(&[1; 8], 8), h("0101010101010101 8000000000000000"));
         assert_eq!(iso9797_m2_pad(&[1; 7], 8), h("0101010101010180"));
         assert_eq!(iso9797_m1_pad(b"", 8), vec![0; 8]);
         assert_eq!(iso9797_m1_pad(&[1; 8], 8), vec![1; 8]);
@@ -832,12 +706,7 @@ mod tests {
         // EMV reference §6 #6 (pyemv generic AC, padding method 2).
         let sk = h("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB");
         let data = h("000000002000 000000000000 0124 0000008000 0124 110309 00 3804823E 5800 0001");
-        assert_eq!(
-            retail_mac(&sk, &data, MacPadding::Method2)
-                .unwrap()
-                .to_vec(),
-            h("3B76CF10FECD8789")
-        );
+        assert_eq!(retail_mac(&sk, &data, MacPadding::Method2).unwrap().to_vec(), h("3B76CF10FECD8789"));
         // With K1 == K2 the retail MAC degenerates to single-DES CBC-MAC.
         let k = h("0123456789ABCDEF0123456789ABCDEF");
         let m = retail_mac(&k, &[7; 16], MacPadding::Method1).unwrap();
@@ -854,60 +723,24 @@ mod tests {
         let m = h(
             "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e5130c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
         );
-        assert_eq!(
-            aes_cmac(&k, &[]).unwrap().to_vec(),
-            h("bb1d6929e95937287fa37d129b756746")
-        );
-        assert_eq!(
-            aes_cmac(&k, &m[..16]).unwrap().to_vec(),
-            h("070a16b46b4d4144f79bdd9dd04a287c")
-        );
-        assert_eq!(
-            aes_cmac(&k, &m[..40]).unwrap().to_vec(),
-            h("dfa66747de9ae63030ca32611497c827")
-        );
-        assert_eq!(
-            aes_cmac(&k, &m).unwrap().to_vec(),
-            h("51f0bebf7e3b9d92fc49741779363cfe")
-        );
+        assert_eq!(aes_cmac(&k, &[]).unwrap().to_vec(), h("bb1d6929e95937287fa37d129b756746"));
+        assert_eq!(aes_cmac(&k, &m[..16]).unwrap().to_vec(), h("070a16b46b4d4144f79bdd9dd04a287c"));
+        assert_eq!(aes_cmac(&k, &m[..40]).unwrap().to_vec(), h("dfa66747de9ae63030ca32611497c827"));
+        assert_eq!(aes_cmac(&k, &m).unwrap().to_vec(), h("51f0bebf7e3b9d92fc49741779363cfe"));
         // NIST SP 800-38B D.4 (three-key TDEA) and D.5 (two-key TDEA).
         let k3 = h("8aa83bf8cbda1062 0bc1bf19fbb6cd58 bc313d4a371ca8b5");
         assert_eq!(des3_cmac(&k3, &[]).unwrap().to_vec(), h("b7a688e122ffaf95"));
-        assert_eq!(
-            des3_cmac(&k3, &m[..8]).unwrap().to_vec(),
-            h("8e8f293136283797")
-        );
-        assert_eq!(
-            des3_cmac(&k3, &m[..20]).unwrap().to_vec(),
-            h("743ddbe0ce2dc2ed")
-        );
-        assert_eq!(
-            des3_cmac(&k3, &m[..32]).unwrap().to_vec(),
-            h("33e6b1092400eae5")
-        );
+        assert_eq!(des3_cmac(&k3, &m[..8]).unwrap().to_vec(), h("8e8f293136283797"));
+        assert_eq!(des3_cmac(&k3, &m[..20]).unwrap().to_vec(), h("743ddbe0ce2dc2ed"));
+        assert_eq!(des3_cmac(&k3, &m[..32]).unwrap().to_vec(), h("33e6b1092400eae5"));
         let k2 = h("4cf15134a2850dd5 8a3d10ba80570d38");
         assert_eq!(des3_cmac(&k2, &[]).unwrap().to_vec(), h("bd2ebf9a3ba00361"));
-        assert_eq!(
-            des3_cmac(&k2, &m[..8]).unwrap().to_vec(),
-            h("4ff2ab813c53ce83")
-        );
-        assert_eq!(
-            des3_cmac(&k2, &m[..20]).unwrap().to_vec(),
-            h("62dd1b471902bd4e")
-        );
-        assert_eq!(
-            des3_cmac(&k2, &m[..32]).unwrap().to_vec(),
-            h("31b1e431dabc4eb8")
-        );
+        assert_eq!(des3_cmac(&k2, &m[..8]).unwrap().to_vec(), h("4ff2ab813c53ce83"));
+        assert_eq!(des3_cmac(&k2, &m[..20]).unwrap().to_vec(), h("62dd1b471902bd4e"));
+        assert_eq!(des3_cmac(&k2, &m[..32]).unwrap().to_vec(), h("31b1e431dabc4eb8"));
         // X9.24-1:2017 style AES KCV is a CMAC prefix.
-        assert_eq!(
-            kcv_aes_cmac(&k).unwrap().to_vec(),
-            aes_cmac(&k, &[0; 16]).unwrap()[..5]
-        );
-        assert_eq!(
-            kcv_aes(&k).unwrap().to_vec(),
-            aes_ecb_encrypt(&k, &[0; 16]).unwrap()[..3]
-        );
+        assert_eq!(kcv_aes_cmac(&k).unwrap().to_vec(), aes_cmac(&k, &[0; 16]).unwrap()[..5]);
+        assert_eq!(kcv_aes(&k).unwrap().to_vec(), aes_ecb_encrypt(&k, &[0; 16]).unwrap()[..3]);
     }
 
     #[test]
@@ -919,36 +752,12 @@ mod tests {
         let k24 = h("00112233445566778899AABBCCDDEEFF0001020304050607");
         let k32 = h("00112233445566778899AABBCCDDEEFF000102030405060708090A0B0C0D0E0F");
         let cases = [
-            (
-                &kek128,
-                &k16,
-                "1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5",
-            ),
-            (
-                &kek192,
-                &k16,
-                "96778B25AE6CA435F92B5B97C050AED2468AB8A17AD84E5D",
-            ),
-            (
-                &kek256,
-                &k16,
-                "64E8C3F9CE0F5BA263E9777905818A2A93C8191E7D6E8AE7",
-            ),
-            (
-                &kek192,
-                &k24,
-                "031D33264E15D33268F24EC260743EDCE1C6C7DDEE725A936BA814915C6762D2",
-            ),
-            (
-                &kek256,
-                &k24,
-                "A8F9BC1612C68B3FF6E6F4FBE30E71E4769C8B80A32CB8958CD5D17D6B254DA1",
-            ),
-            (
-                &kek256,
-                &k32,
-                "28C9F404C4B810F4CBCCB35CFB87F8263F5786E2D80ED326CBC7F0E71A99F43BFB988B9B7A02DD21",
-            ),
+            (&kek128, &k16, "1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5"),
+            (&kek192, &k16, "96778B25AE6CA435F92B5B97C050AED2468AB8A17AD84E5D"),
+            (&kek256, &k16, "64E8C3F9CE0F5BA263E9777905818A2A93C8191E7D6E8AE7"),
+            (&kek192, &k24, "031D33264E15D33268F24EC260743EDCE1C6C7DDEE725A936BA814915C6762D2"),
+            (&kek256, &k24, "A8F9BC1612C68B3FF6E6F4FBE30E71E4769C8B80A32CB8958CD5D17D6B254DA1"),
+            (&kek256, &k32, "28C9F404C4B810F4CBCCB35CFB87F8263F5786E2D80ED326CBC7F0E71A99F43BFB988B9B7A02DD21"),
         ];
         for (kek, key, wrapped) in cases {
             assert_eq!(aes_key_wrap(kek, key).unwrap(), h(wrapped));
@@ -985,10 +794,7 @@ mod tests {
     fn gcm_vectors() {
         // McGrew & Viega GCM spec, test case 2 (AES-128, zero key/IV, 16 zero bytes).
         let out = aes_gcm_encrypt(&[0; 16], &[0; 12], &[], &[0; 16], 16).unwrap();
-        assert_eq!(
-            out,
-            h("0388dace60b6a392f328c2b971b2fe78 ab6e47d42cec13bdf53a67b21257bddf")
-        );
+        assert_eq!(out, h("0388dace60b6a392f328c2b971b2fe78 ab6e47d42cec13bdf53a67b21257bddf"));
         // Test cases 4 (96-bit IV), 5 (64-bit IV) and 6 (480-bit IV) with AAD.
         let k = h("feffe9928665731c6d6a8f9467308308");
         let p = h(
@@ -1023,23 +829,13 @@ mod tests {
             assert_eq!(*aes_gcm_decrypt(&k, &iv, &a, &short, 12).unwrap(), p);
             let mut bad = expected.clone();
             bad[3] ^= 1;
-            assert_eq!(
-                aes_gcm_decrypt(&k, &iv, &a, &bad, 16),
-                Err(CryptoError::Integrity)
-            );
-            assert_eq!(
-                aes_gcm_decrypt(&k, &iv, &a[1..], &expected, 16),
-                Err(CryptoError::Integrity)
-            );
+            assert_eq!(aes_gcm_decrypt(&k, &iv, &a, &bad, 16), Err(CryptoError::Integrity));
+            assert_eq!(aes_gcm_decrypt(&k, &iv, &a[1..], &expected, 16), Err(CryptoError::Integrity));
         }
         // Empty plaintext, AES-256.
         let tag = aes_gcm_encrypt(&[3; 32], &[9; 12], b"hdr", &[], 14).unwrap();
         assert_eq!(tag.len(), 14);
-        assert!(
-            aes_gcm_decrypt(&[3; 32], &[9; 12], b"hdr", &tag, 14)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(aes_gcm_decrypt(&[3; 32], &[9; 12], b"hdr", &tag, 14).unwrap().is_empty());
     }
 
     #[test]

@@ -134,10 +134,10 @@ fn init_token(ctx: &Pkcs11, slot_id: u64, label: &str, so_pin: &str, pin: &str) 
 
 fn find_token(ctx: &Pkcs11, slot_id: u64, label: &str) -> Result<cryptoki::slot::Slot> {
     let slots = ctx.get_slots_with_token().ck(|| "cannot list slots")?;
-    if let Some(s) = slots.iter().find(|s| s.id() == slot_id) {
-        if ctx.get_token_info(*s).is_ok_and(|i| i.label().trim_end() == label) {
-            return Ok(*s);
-        }
+    if let Some(s) = slots.iter().find(|s| s.id() == slot_id)
+        && ctx.get_token_info(*s).is_ok_and(|i| i.label().trim_end() == label)
+    {
+        return Ok(*s);
     }
     slots
         .into_iter()

@@ -13,6 +13,9 @@
 
 mod entry;
 mod info;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 
 use crate::attr::Attribute;
 use crate::error::{Error, Result};

@@ -142,7 +142,15 @@ pub fn hsm_with(cfg: HsmConfig) -> &'static Hsm {
         let mut slots = pkcs11.get_all_slots().unwrap();
         slots.sort_by_key(Slot::id);
         assert_eq!(slots.len(), cfg.slots, "the module should show the {} configured slots", cfg.slots);
-        Hsm { pkcs11, raw, dir: tmp.path().to_path_buf(), _tmp: tmp, slots, next: AtomicUsize::new(0), shared: OnceLock::new() }
+        Hsm {
+            pkcs11,
+            raw,
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            slots,
+            next: AtomicUsize::new(0),
+            shared: OnceLock::new(),
+        }
     })
 }
 
@@ -224,7 +232,8 @@ pub fn expect_rv<T: std::fmt::Debug>(r: cryptoki::error::Result<T>, want: RvErro
 
 /// A base template with the given extra attributes overriding attributes of the same type.
 pub fn merge(base: Vec<Attribute>, extra: &[Attribute]) -> Vec<Attribute> {
-    let mut out: Vec<Attribute> = base.into_iter().filter(|a| !extra.iter().any(|e| e.attribute_type() == a.attribute_type())).collect();
+    let mut out: Vec<Attribute> =
+        base.into_iter().filter(|a| !extra.iter().any(|e| e.attribute_type() == a.attribute_type())).collect();
     out.extend_from_slice(extra);
     out
 }
@@ -248,7 +257,8 @@ pub fn secret(s: &Session, kt: KeyType, value: &[u8], extra: &[Attribute]) -> Ob
         Attribute::Unwrap(true),
         Attribute::Derive(true),
     ];
-    s.create_object(&merge(base, extra)).unwrap_or_else(|e| panic!("C_CreateObject {kt:?} ({} bytes): {e}", value.len()))
+    s.create_object(&merge(base, extra))
+        .unwrap_or_else(|e| panic!("C_CreateObject {kt:?} ({} bytes): {e}", value.len()))
 }
 
 /// DES2 (16 bytes) or DES3 (24 bytes) key.

@@ -92,7 +92,10 @@ fn with_mech<R>(mech: CK_MECHANISM_TYPE, param: Param<'_>, f: impl FnOnce(*mut C
         Param::DeriveData(d) => {
             derive.pData = d.as_ptr() as *mut CK_BYTE;
             derive.ulLen = ulong(d.len());
-            (&mut derive as *mut CK_KEY_DERIVATION_STRING_DATA as *mut std::ffi::c_void, size_of::<CK_KEY_DERIVATION_STRING_DATA>())
+            (
+                &mut derive as *mut CK_KEY_DERIVATION_STRING_DATA as *mut std::ffi::c_void,
+                size_of::<CK_KEY_DERIVATION_STRING_DATA>(),
+            )
         }
         Param::Ulong(v) => {
             ul = v;
@@ -115,7 +118,8 @@ impl RawModule {
     pub fn load(path: &Path) -> RawModule {
         // SAFETY: loading runs the library's initialisers; it is the module this process already
         // loaded through `cryptoki`, so `dlopen` only takes another reference to it.
-        let lib = unsafe { cryptoki_sys::Pkcs11::new(path) }.unwrap_or_else(|e| panic!("dlopen {}: {e}", path.display()));
+        let lib =
+            unsafe { cryptoki_sys::Pkcs11::new(path) }.unwrap_or_else(|e| panic!("dlopen {}: {e}", path.display()));
         let mut p: *mut CK_FUNCTION_LIST = ptr::null_mut();
         // SAFETY: `p` is a valid out-pointer.
         let rv = unsafe { lib.C_GetFunctionList(&mut p) };
@@ -127,7 +131,14 @@ impl RawModule {
     }
 
     /// `C_DeriveKey` with any mechanism.
-    pub fn derive(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, base: ObjectHandle, tmpl: &[Attribute]) -> Result<ObjectHandle, CK_RV> {
+    pub fn derive(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        base: ObjectHandle,
+        tmpl: &[Attribute],
+    ) -> Result<ObjectHandle, CK_RV> {
         let mut t = template(tmpl);
         let mut h: CK_OBJECT_HANDLE = 0;
         let rv = with_mech(mech, param, |m| {
@@ -138,7 +149,14 @@ impl RawModule {
     }
 
     /// `C_SignInit` + `C_Sign` (length query, then the signature).
-    pub fn sign(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, key: ObjectHandle, data: &[u8]) -> Result<Vec<u8>, CK_RV> {
+    pub fn sign(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CK_RV> {
         let rv = with_mech(mech, param, |m| {
             // SAFETY: see the file documentation.
             unsafe { func!(self, C_SignInit)(s.handle(), m, key.handle()) }
@@ -164,7 +182,15 @@ impl RawModule {
     }
 
     /// `C_VerifyInit` + `C_Verify`; the return value of the last call made.
-    pub fn verify(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, key: ObjectHandle, data: &[u8], sig: &[u8]) -> CK_RV {
+    pub fn verify(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+        sig: &[u8],
+    ) -> CK_RV {
         let rv = with_mech(mech, param, |m| {
             // SAFETY: see the file documentation.
             unsafe { func!(self, C_VerifyInit)(s.handle(), m, key.handle()) }
@@ -173,11 +199,25 @@ impl RawModule {
             return rv;
         }
         // SAFETY: `data` and `sig` outlive the call.
-        unsafe { func!(self, C_Verify)(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), sig.as_ptr() as *mut u8, ulong(sig.len())) }
+        unsafe {
+            func!(self, C_Verify)(
+                s.handle(),
+                data.as_ptr() as *mut u8,
+                ulong(data.len()),
+                sig.as_ptr() as *mut u8,
+                ulong(sig.len()),
+            )
+        }
     }
 
     /// `C_EncryptInit` only (for state tests); returns its `CK_RV`.
-    pub fn encrypt_init(&self, session: CK_SESSION_HANDLE, mech: CK_MECHANISM_TYPE, param: Param<'_>, key: CK_OBJECT_HANDLE) -> CK_RV {
+    pub fn encrypt_init(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        key: CK_OBJECT_HANDLE,
+    ) -> CK_RV {
         with_mech(mech, param, |m| {
             // SAFETY: see the file documentation; invalid handles are the module's to reject.
             unsafe { func!(self, C_EncryptInit)(session, m, key) }
@@ -191,7 +231,8 @@ impl RawModule {
         let mut len: CK_ULONG = ulong(out.len());
         let p = if cap.is_some() { out.as_mut_ptr() } else { ptr::null_mut() };
         // SAFETY: `p` is NULL or points at `out`, whose length is `len`.
-        let rv = unsafe { func!(self, C_Encrypt)(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), p, &mut len) };
+        let rv =
+            unsafe { func!(self, C_Encrypt)(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), p, &mut len) };
         (rv, len, out)
     }
 
@@ -214,7 +255,14 @@ impl RawModule {
     }
 
     /// `C_EncryptInit` + `C_Encrypt` (length query, then the data).
-    pub fn encrypt(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, key: ObjectHandle, data: &[u8]) -> Result<Vec<u8>, CK_RV> {
+    pub fn encrypt(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CK_RV> {
         let rv = self.encrypt_init(s.handle(), mech, param, key.handle());
         if rv != CKR_OK {
             return Err(rv);
@@ -232,7 +280,14 @@ impl RawModule {
     }
 
     /// `C_DecryptInit` + `C_Decrypt` (length query, then the data).
-    pub fn decrypt(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, key: ObjectHandle, data: &[u8]) -> Result<Vec<u8>, CK_RV> {
+    pub fn decrypt(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CK_RV> {
         let rv = with_mech(mech, param, |m| {
             // SAFETY: see the file documentation.
             unsafe { func!(self, C_DecryptInit)(s.handle(), m, key.handle()) }
@@ -258,7 +313,14 @@ impl RawModule {
     }
 
     /// `C_WrapKey` (length query, then the wrapped key).
-    pub fn wrap(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, wrapping: ObjectHandle, key: ObjectHandle) -> Result<Vec<u8>, CK_RV> {
+    pub fn wrap(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+    ) -> Result<Vec<u8>, CK_RV> {
         let mut len: CK_ULONG = 0;
         let rv = with_mech(mech, param, |m| {
             // SAFETY: NULL output = length query.
@@ -270,7 +332,9 @@ impl RawModule {
         let mut out = vec![0u8; usize::try_from(len).map_err(|_| CKR_GENERAL_ERROR)?];
         let rv = with_mech(mech, param, |m| {
             // SAFETY: `out` has exactly `len` bytes.
-            unsafe { func!(self, C_WrapKey)(s.handle(), m, wrapping.handle(), key.handle(), out.as_mut_ptr(), &mut len) }
+            unsafe {
+                func!(self, C_WrapKey)(s.handle(), m, wrapping.handle(), key.handle(), out.as_mut_ptr(), &mut len)
+            }
         });
         if rv != CKR_OK {
             return Err(rv);
@@ -280,13 +344,30 @@ impl RawModule {
     }
 
     /// `C_UnwrapKey`.
-    pub fn unwrap(&self, s: &Session, mech: CK_MECHANISM_TYPE, param: Param<'_>, unwrapping: ObjectHandle, wrapped: &[u8], tmpl: &[Attribute]) -> Result<ObjectHandle, CK_RV> {
+    pub fn unwrap(
+        &self,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        unwrapping: ObjectHandle,
+        wrapped: &[u8],
+        tmpl: &[Attribute],
+    ) -> Result<ObjectHandle, CK_RV> {
         let mut t = template(tmpl);
         let mut h: CK_OBJECT_HANDLE = 0;
         let rv = with_mech(mech, param, |m| {
             // SAFETY: see the file documentation.
             unsafe {
-                func!(self, C_UnwrapKey)(s.handle(), m, unwrapping.handle(), wrapped.as_ptr() as *mut u8, ulong(wrapped.len()), t.as_mut_ptr(), ulong(t.len()), &mut h)
+                func!(self, C_UnwrapKey)(
+                    s.handle(),
+                    m,
+                    unwrapping.handle(),
+                    wrapped.as_ptr() as *mut u8,
+                    ulong(wrapped.len()),
+                    t.as_mut_ptr(),
+                    ulong(t.len()),
+                    &mut h,
+                )
             }
         });
         if rv == CKR_OK { Ok(object_handle(h)) } else { Err(rv) }
@@ -302,9 +383,16 @@ impl RawModule {
     }
 
     /// `C_GetAttributeValue` for one attribute into a buffer of `cap` bytes.
-    pub fn attribute_into(&self, s: &Session, obj: ObjectHandle, ty: CK_ATTRIBUTE_TYPE, cap: usize) -> (CK_RV, CK_ULONG, Vec<u8>) {
+    pub fn attribute_into(
+        &self,
+        s: &Session,
+        obj: ObjectHandle,
+        ty: CK_ATTRIBUTE_TYPE,
+        cap: usize,
+    ) -> (CK_RV, CK_ULONG, Vec<u8>) {
         let mut buf = vec![0u8; cap];
-        let mut a = CK_ATTRIBUTE { type_: ty, pValue: buf.as_mut_ptr() as *mut std::ffi::c_void, ulValueLen: ulong(cap) };
+        let mut a =
+            CK_ATTRIBUTE { type_: ty, pValue: buf.as_mut_ptr() as *mut std::ffi::c_void, ulValueLen: ulong(cap) };
         // SAFETY: the value pointer covers `cap` bytes.
         let rv = unsafe { func!(self, C_GetAttributeValue)(s.handle(), obj.handle(), &mut a, 1) };
         (rv, a.ulValueLen, buf)

@@ -205,10 +205,7 @@ pub fn ibm3624_offset(pvk: &[u8], pan: &str, table: &str, start: usize, length: 
     let r = hex::encode_upper(tdes_ecb(pvk, &bcd(&v), true));
     let table = table.as_bytes();
     let natural: Vec<u8> = r.chars().map(|c| table[c.to_digit(16).unwrap() as usize] - b'0').collect();
-    pin.bytes()
-        .zip(natural)
-        .map(|(p, n)| char::from(b'0' + (p - b'0' + 10 - n) % 10))
-        .collect()
+    pin.bytes().zip(natural).map(|(p, n)| char::from(b'0' + (p - b'0' + 10 - n) % 10)).collect()
 }
 
 /// ISO 9564 format-0 PAN field: `0000` ‖ 12 rightmost PAN digits excluding the check digit.

@@ -4,6 +4,7 @@
 // Each binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+mod mech_names;
 pub mod raw;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -46,25 +47,6 @@ const VENDOR_NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
     (CKM_QUILL_DES3_RETAIL_MAC, "CKM_QUILL_DES3_RETAIL_MAC"),
 ];
 
-/// Standard mechanisms that `cryptoki` 0.12 cannot turn into a `MechanismType` (so cannot name).
-const STANDARD_NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
-    (0x0000_0131, "CKM_DES3_ECB"),
-    (0x0000_0132, "CKM_DES3_CBC"),
-    (0x0000_0133, "CKM_DES3_MAC"),
-    (0x0000_0134, "CKM_DES3_MAC_GENERAL"),
-    (0x0000_0136, "CKM_DES3_CBC_PAD"),
-    (0x0000_0138, "CKM_DES3_CMAC"),
-    (0x0000_0137, "CKM_DES3_CMAC_GENERAL"),
-    (0x0000_1100, "CKM_DES_ECB_ENCRYPT_DATA"),
-    (0x0000_1101, "CKM_DES_CBC_ENCRYPT_DATA"),
-    (0x0000_1102, "CKM_DES3_ECB_ENCRYPT_DATA"),
-    (0x0000_1103, "CKM_DES3_CBC_ENCRYPT_DATA"),
-    (0x0000_1104, "CKM_AES_ECB_ENCRYPT_DATA"),
-    (0x0000_1105, "CKM_AES_CBC_ENCRYPT_DATA"),
-    (0x0000_108A, "CKM_AES_CMAC_GENERAL"),
-    (0x0000_210B, "CKM_AES_KEY_WRAP_KWP"),
-];
-
 /// Name of a mechanism value: `cryptoki`'s own name where it has one, then the standard names
 /// it lacks, then Quill's vendor names; `None` when unknown.
 pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> Option<String> {
@@ -77,7 +59,7 @@ pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> Option<String> {
             return Some(s);
         }
     }
-    STANDARD_NAMES.iter().find(|(m, _)| *m == v).map(|(_, n)| (*n).to_owned())
+    mech_names::STANDARD_NAMES.iter().find(|(m, _)| *m == v).map(|(_, n)| (*n).to_owned())
 }
 
 /// `PinIncorrect` -> `CKR_PIN_INCORRECT`.
