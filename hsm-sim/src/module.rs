@@ -285,11 +285,11 @@ impl Module {
             CKU_SO => Login::So,
             CKU_USER => Login::User,
             CKU_CONTEXT_SPECIFIC => {
-                return if self.token(slot)?.read().login == Login::User {
-                    Ok(())
-                } else {
-                    Err(Error::new(CKR_USER_NOT_LOGGED_IN, "context-specific login needs the user logged in"))
-                };
+                let t = self.token(slot)?;
+                if t.read().login != Login::User {
+                    return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "context-specific login needs the user logged in"));
+                }
+                return t.check_user_pin(pin);
             }
             _ => return Err(Error::new(CKR_USER_TYPE_INVALID, format!("user type {user}"))),
         };

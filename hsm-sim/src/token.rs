@@ -239,6 +239,20 @@ impl Token {
         self.rescan(handles)
     }
 
+    /// Check the user PIN again (`CKU_CONTEXT_SPECIFIC`), counting failures like `C_Login`.
+    pub fn check_user_pin(&self, pin: &[u8]) -> Result<()> {
+        let mut st = self.write();
+        self.refresh_record(&mut st)?;
+        let rec = st.record.clone().ok_or_else(|| Error::new(CKR_TOKEN_NOT_RECOGNIZED, "token not initialised"))?;
+        let pr = rec.user.clone().ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?;
+        self.check_pin_locked(&rec, Login::User)?;
+        if pr.open(pin)?.is_none() {
+            self.count_failure(&mut st, Login::User)?;
+            return Err(Error::new(CKR_PIN_INCORRECT, "PIN incorrect"));
+        }
+        Ok(())
+    }
+
     fn unseal_pending(&self) -> Result<()> {
         let mut st = self.write();
         let Some(key) = st.key.clone() else { return Ok(()) };

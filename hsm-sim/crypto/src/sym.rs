@@ -731,11 +731,14 @@ mod tests {
         let k3 = h("8aa83bf8cbda1062 0bc1bf19fbb6cd58 bc313d4a371ca8b5");
         assert_eq!(des3_cmac(&k3, &[]).unwrap().to_vec(), h("b7a688e122ffaf95"));
         assert_eq!(des3_cmac(&k3, &m[..8]).unwrap().to_vec(), h("8e8f293136283797"));
+        // 16-byte messages: values checked with OpenSSL (pyca/cryptography).
+        assert_eq!(des3_cmac(&k3, &m[..16]).unwrap().to_vec(), h("286d394673448197"));
         assert_eq!(des3_cmac(&k3, &m[..20]).unwrap().to_vec(), h("743ddbe0ce2dc2ed"));
         assert_eq!(des3_cmac(&k3, &m[..32]).unwrap().to_vec(), h("33e6b1092400eae5"));
         let k2 = h("4cf15134a2850dd5 8a3d10ba80570d38");
         assert_eq!(des3_cmac(&k2, &[]).unwrap().to_vec(), h("bd2ebf9a3ba00361"));
         assert_eq!(des3_cmac(&k2, &m[..8]).unwrap().to_vec(), h("4ff2ab813c53ce83"));
+        assert_eq!(des3_cmac(&k2, &m[..16]).unwrap().to_vec(), h("743da9f41b91ec83"));
         assert_eq!(des3_cmac(&k2, &m[..20]).unwrap().to_vec(), h("62dd1b471902bd4e"));
         assert_eq!(des3_cmac(&k2, &m[..32]).unwrap().to_vec(), h("31b1e431dabc4eb8"));
         // X9.24-1:2017 style AES KCV is a CMAC prefix.
