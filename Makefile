@@ -15,6 +15,7 @@ RELEASE := $(abspath $(CARGO_TARGET_DIR))/release
 export QUILL_HSM_MODULE := $(RELEASE)/libquill_hsm_sim.so
 # SoftHSM 2, the reference module the simulator is measured against.
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
+# e.g. BENCH_HSM_ARGS="--seconds 10 --threads 2 --json"
 BENCH_HSM_ARGS ?=
 
 CARGO_NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
@@ -63,7 +64,7 @@ third-party: build
 	if [ $${#failed[@]} -gt 0 ]; then echo "third-party suites failed: $${failed[*]}"; exit 1; fi
 
 bench-hsm: setup build
-	"$(RELEASE)/quill-hsm-bench" --module "$(QUILL_HSM_MODULE)" --reference "$(SOFTHSM_MODULE)" $(BENCH_HSM_ARGS)
+	"$(RELEASE)/quill-hsm-bench" --module "$(QUILL_HSM_MODULE)" --module "$(SOFTHSM_MODULE)" $(BENCH_HSM_ARGS)
 
 clean:
 	cargo clean

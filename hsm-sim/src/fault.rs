@@ -148,6 +148,7 @@ impl FaultInjector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -350,6 +350,7 @@ pub fn new_serial() -> Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -244,7 +244,8 @@ impl Token {
         let mut st = self.write();
         self.refresh_record(&mut st)?;
         let rec = st.record.clone().ok_or_else(|| Error::new(CKR_TOKEN_NOT_RECOGNIZED, "token not initialised"))?;
-        let pr = rec.user.clone().ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?;
+        let pr =
+            rec.user.clone().ok_or_else(|| Error::new(CKR_USER_PIN_NOT_INITIALIZED, "user PIN not initialised"))?;
         self.check_pin_locked(&rec, Login::User)?;
         if pr.open(pin)?.is_none() {
             self.count_failure(&mut st, Login::User)?;

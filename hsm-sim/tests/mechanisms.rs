@@ -10,6 +10,7 @@ use common::reference as r;
 use common::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -132,7 +133,14 @@ fn readme_mechanisms_are_advertised() {
 fn rsa_keygen_sizes_and_exponents() {
     let hsm = hsm();
     let s = hsm.session();
-    for (bits, e) in [(1024u64, vec![3u8]), (1152, vec![3]), (1984, vec![3]), (2048, vec![1, 0, 1])] {
+    for (bits, e) in [
+        (1024u64, vec![3u8]),
+        (1152, vec![3]),
+        (1984, vec![3]),
+        (2048, vec![1, 0, 1]),
+        (1032, vec![3]),
+        (1976, vec![1, 0, 1]),
+    ] {
         let t = std::time::Instant::now();
         let (public, private) = rsa_pair(&s, bits, &e);
         eprintln!("RSA {bits}/{} generated in {:?}", hex::encode(&e), t.elapsed());
@@ -321,6 +329,7 @@ fn des3_ecb_cbc_cbc_pad_known_answers() {
         s.encrypt_init(&Mechanism::Des3CbcPad(iv8), k).unwrap();
         let mut parts = s.encrypt_update(&odd[..5]).unwrap();
         parts.extend(s.encrypt_update(&odd[5..20]).unwrap());
+        parts.extend(s.encrypt_update(&odd[20..]).unwrap());
         parts.extend(s.encrypt_final().unwrap());
         assert_eq!(parts, pad, "multi-part DES3_CBC_PAD");
         // ECB on a length that is not a block multiple is refused.
@@ -752,4 +761,127 @@ fn check_value_is_kcv_for_des_and_aes() {
         Attribute::CheckValue(h("000000")),
     ]);
     expect_rv(wrong, RvError::AttributeValueInvalid);
+}
+
+#[test]
+fn cbc_encrypt_data_derivation() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let tmpl = |kt: KeyType| {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(kt),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ]
+    };
+    let base_v = h("0123456789ABCDEF23456789ABCDEF01456789ABCDEF0123");
+    let base = des_key(&s, &base_v, &[]);
+    let iv = [9u8, 8, 7, 6, 5, 4, 3, 2];
+    let data: Vec<u8> = (0u8..16).map(|i| i * 3).collect();
+    let d = hsm
+        .raw
+        .derive(&s, CKM_DES3_CBC_ENCRYPT_DATA, Param::DesCbcDerive(iv, &data), base, &tmpl(KeyType::DES2))
+        .unwrap();
+    let want = r::tdes_cbc(&base_v, &iv, &data, true);
+    assert_eq!(r::odd_parity(&bytes(&s, d, AttributeType::Value)), r::odd_parity(&want), "DES3_CBC_ENCRYPT_DATA");
+    let abase_v = h("000102030405060708090A0B0C0D0E0F");
+    let abase = aes_key(&s, &abase_v, &[]);
+    let aiv = [0x44u8; 16];
+    let adata: Vec<u8> = (0u8..32).collect();
+    let d = s
+        .derive_key(&Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new(aiv, &adata)), abase, &tmpl(KeyType::AES))
+        .unwrap();
+    assert_eq!(bytes(&s, d, AttributeType::Value), r::aes_cbc(&abase_v, &aiv, &adata, true), "AES_CBC_ENCRYPT_DATA");
+}
+
+#[test]
+fn multi_part_macs_and_signatures_equal_single_part() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let data: Vec<u8> = (0u8..77).map(|i| i.wrapping_mul(17)).collect();
+    let aes = aes_key(&s, &h("2B7E151628AED2A6ABF7158809CF4F3C"), &[]);
+    let des2 = des_key(&s, &h("0123456789ABCDEFFEDCBA9876543210"), &[]);
+    let mac = generic_key(&s, &[0x5Cu8; 32], &[]);
+    let (_, rsa) = rsa2048();
+    let retail = [2u8];
+    let cases: Vec<(Mechanism, ObjectHandle)> = vec![
+        (Mechanism::AesCMac, aes),
+        (Mechanism::Sha256Hmac, mac),
+        (Mechanism::Sha512Hmac, mac),
+        (vendor(0xD155_0050, &retail), des2),
+        (Mechanism::Sha256RsaPkcs, rsa),
+    ];
+    for (mech, key) in cases {
+        let single = s.sign(&mech, key, &data).unwrap();
+        s.sign_init(&mech, key).unwrap();
+        for chunk in data.chunks(10) {
+            s.sign_update(chunk).unwrap();
+        }
+        assert_eq!(s.sign_final().unwrap(), single, "multi-part {mech:?}");
+    }
+}
+
+#[test]
+fn generic_secret_keygen_for_hmac() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let k = s
+        .generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(48u64.into()),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+            ],
+        )
+        .unwrap();
+    let v = bytes(&s, k, AttributeType::Value);
+    assert_eq!(v.len(), 48);
+    let mac = s.sign(&Mechanism::Sha384Hmac, k, b"generic").unwrap();
+    let pk = PKey::hmac(&v).unwrap();
+    assert_eq!(
+        mac,
+        openssl::sign::Signer::new(MessageDigest::sha384(), &pk).unwrap().sign_oneshot_to_vec(b"generic").unwrap()
+    );
+    s.verify(&Mechanism::Sha384Hmac, k, b"generic", &mac).unwrap();
+}
+
+#[test]
+fn bad_key_parameters_are_rejected() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let rsa = |bits: u64, e: Vec<u8>| {
+        s.generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[Attribute::Token(false), Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(e)],
+            &[Attribute::Token(false), Attribute::Sign(true)],
+        )
+    };
+    assert!(rsa(1001, vec![3]).is_err(), "RSA modulus of 1001 bits (README: steps of 8)");
+    assert!(rsa(8192, vec![3]).is_err(), "RSA modulus above 4096 bits");
+    assert!(rsa(256, vec![3]).is_err(), "RSA modulus below 512 bits");
+    assert!(rsa(1024, vec![2]).is_err(), "even public exponent");
+    assert!(rsa(1024, vec![1]).is_err(), "public exponent 1");
+    let create = |kt: KeyType, len: usize| {
+        s.create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(kt),
+            Attribute::Token(false),
+            Attribute::Value(vec![0x42; len]),
+        ])
+    };
+    for (kt, len) in
+        [(KeyType::DES2, 15usize), (KeyType::DES2, 24), (KeyType::DES3, 16), (KeyType::AES, 20), (KeyType::AES, 0)]
+    {
+        assert!(create(kt, len).is_err(), "{kt:?} key of {len} bytes was accepted");
+    }
+    assert!(
+        s.generate_key(&Mechanism::AesKeyGen, &[Attribute::Token(false), Attribute::ValueLen(20u64.into())]).is_err(),
+        "AES key of 20 bytes generated"
+    );
 }

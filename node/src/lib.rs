@@ -2,9 +2,4 @@
 //! to bottom: `api` (gRPC services), `jobs` (batch lifecycle), `prep` (the pure data-preparation
 //! engine), `keys`, `audit`, `hsm` (the PKCS#11 adapter), `raft` and `store` (RocksDB).
 //!
-//! So far: [`raft`] (the openraft type configuration, the replicated commands, and the durable log
-//! store and state machine) on [`store`] (RocksDB column families and codecs). A lower layer never
-//! calls up: `store` knows nothing of Raft.
-
-pub mod raft;
-pub mod store;
+//! The crate is empty until the cluster issues fill it.

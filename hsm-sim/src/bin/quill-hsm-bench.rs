@@ -14,7 +14,7 @@ use common::Ck;
 use common::raw::RawModule;
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -62,9 +62,8 @@ const SO_PIN: &str = "12345678";
 const USER_PIN: &str = "123456";
 const TOKEN_LABEL: &str = "quill-bench";
 /// The TEST IMK of shared/reference/emv.md §6.
-const TEST_IMK: [u8; 16] = [
-    0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF, 0xFE, 0xDC, 0xBA, 0x98, 0x76, 0x54, 0x32, 0x10,
-];
+const TEST_IMK: [u8; 16] =
+    [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF, 0xFE, 0xDC, 0xBA, 0x98, 0x76, 0x54, 0x32, 0x10];
 const BENCH_PAN: &str = "4761739001010010";
 const BENCH_PSN: &str = "00";
 
@@ -104,9 +103,6 @@ fn parent(cli: &Cli) -> Result<ExitCode> {
     };
     let names = short_names(&modules);
     let machine = machine();
-    if !cli.json {
-        eprintln!("{}; {} s per row, {} thread(s)", machine.text, cli.seconds, cli.threads);
-    }
     let mut results = Vec::new();
     for (i, m) in modules.iter().enumerate() {
         if !cli.json {
@@ -198,25 +194,23 @@ fn run_child(i: usize, module: &Path, seconds: f64, threads: usize) -> Result<Va
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let file = module.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    if file.contains("quill_hsm_sim") {
-        // Default pin_kdf_iterations; one slot, fresh.
-        let conf = dir.join("hsm.toml");
-        let text = format!(
-            "token_dir = {}\n\n[[slot]]\nid = 0\ndescription = \"quill-hsm-bench\"\n",
-            toml_string(&dir.join("tokens"))
-        );
-        std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-        cmd.env("QUILL_HSM_CONF", &conf).env_remove("QUILL_HSM_DIR");
-    } else if file.contains("softhsm") {
-        let conf = dir.join("softhsm2.conf");
-        let text = format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        );
-        std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-        cmd.env("SOFTHSM2_CONF", &conf);
-    }
+    // Both set-ups, whatever the module: each module reads only its own variable.
+    // hsm-sim: default pin_kdf_iterations, one fresh slot.
+    let conf = dir.join("hsm.toml");
+    let text = format!(
+        "token_dir = {}\n\n[[slot]]\nid = 0\ndescription = \"quill-hsm-bench\"\n",
+        toml_string(&dir.join("tokens"))
+    );
+    std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
+    cmd.env("QUILL_HSM_CONF", &conf).env_remove("QUILL_HSM_DIR");
+    // SoftHSM 2: an empty token directory (it then shows one uninitialised token).
+    let conf = dir.join("softhsm2.conf");
+    let text = format!(
+        "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+        dir.join("tokens").display()
+    );
+    std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
+    cmd.env("SOFTHSM2_CONF", &conf);
     let out = cmd.output().with_context(|| format!("cannot run {}", exe.display()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = out?;
@@ -264,11 +258,12 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
         match r.get("error") {
             Some(e) => s.push_str(&format!("  {n}: {} — FAILED: {}\n", m.display(), e.as_str().unwrap_or("?"))),
             None => s.push_str(&format!(
-                "  {n}: {} — {} {}; EMV derive via {}\n",
+                "  {n}: {} — {} {}; EMV derive via {}, known answer {}\n",
                 m.display(),
                 r["library"].as_str().unwrap_or("?"),
                 r["library_version"].as_str().unwrap_or(""),
-                r["emv_mechanism"].as_str().unwrap_or("?")
+                r["emv_mechanism"].as_str().unwrap_or("?"),
+                r["emv_known_answer"].as_str().unwrap_or("?")
             )),
         }
     }
@@ -282,7 +277,7 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
         for r in results {
             row.push(match rate(r, key) {
                 Some(v) => fmt_rate(v),
-                None => row_error(r, key).map_or_else(|| "—".to_owned(), |_| "error".to_owned()),
+                None => "error".to_owned(),
             });
         }
         for r in results.iter().skip(1) {
@@ -327,9 +322,6 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
 }
 
 fn row_error<'a>(r: &'a Value, key: &str) -> Option<&'a str> {
-    if let Some(e) = r.get("error") {
-        return e.as_str();
-    }
     r.get("rows")?.as_array()?.iter().find(|x| x["op"] == key)?.get("error")?.as_str()
 }
 
@@ -392,6 +384,7 @@ fn child(module: &Path, seconds: f64, threads: usize) -> Result<ExitCode> {
     } else {
         "CKM_DES3_ECB_ENCRYPT_DATA (0x1102, raw C_DeriveKey)"
     };
+    let emv_kat = emv_known_answer(&setup, &raw, vendor, keys.imk);
     let deadline = Duration::from_secs_f64(seconds);
     let mut rows = Vec::new();
     for (key, _) in ROWS {
@@ -401,7 +394,10 @@ fn child(module: &Path, seconds: f64, threads: usize) -> Result<ExitCode> {
                 "rsa_keygen_1152_e3" => rsa_keygen(s, 1152),
                 "rsa_keygen_1984_e3" => rsa_keygen(s, 1984),
                 "rsa_x509_sign_1984" => rsa_sign(s, keys.rsa1984),
-                "emv_option_a_derive" => emv_derive(s, &raw, vendor, keys.imk),
+                "emv_option_a_derive" => match &emv_kat {
+                    Ok(_) => emv_derive(s, &raw, vendor, keys.imk),
+                    Err(e) => bail!("{e:#}"),
+                },
                 "aes_key_wrap" => aes_wrap(s, keys.kek, keys.aes128),
                 other => bail!("unknown row {other}"),
             }
@@ -422,6 +418,7 @@ fn child(module: &Path, seconds: f64, threads: usize) -> Result<ExitCode> {
         "threads": threads,
         "seconds": seconds,
         "emv_mechanism": emv_mech,
+        "emv_known_answer": match &emv_kat { Ok(t) => t.clone(), Err(e) => format!("{e:#}") },
         "rows": rows,
     });
     println!("{}", serde_json::to_string(&doc)?);
@@ -579,18 +576,60 @@ fn derived_template() -> [Attribute; 5] {
 }
 
 fn emv_derive(s: &Session, raw: &RawModule, vendor: bool, imk: ObjectHandle) -> Result<()> {
-    let tmpl = derived_template();
-    let mk = if vendor {
-        let mut p = vec![u8::try_from(BENCH_PAN.len())?];
-        p.extend_from_slice(BENCH_PAN.as_bytes());
-        p.extend_from_slice(BENCH_PSN.as_bytes());
-        common::with_vendor_mechanism(common::CKM_QUILL_EMV_MK_OPTION_A, &p, |m| s.derive_key(m, imk, &tmpl))?
-            .ck(|| "CKM_QUILL_EMV_MK_OPTION_A derive")?
-    } else {
-        raw.des3_ecb_encrypt_data(s, imk, &option_a_data(BENCH_PAN, BENCH_PSN)?, &tmpl)?
-    };
+    let mk = derive_icc_mk(s, raw, vendor, imk, BENCH_PAN, BENCH_PSN, &derived_template())?;
     s.destroy_object(mk).ck(|| "destroy the derived key")?;
     Ok(())
+}
+
+/// The ICC master key by EMV Option A, derived inside the module.
+fn derive_icc_mk(
+    s: &Session,
+    raw: &RawModule,
+    vendor: bool,
+    imk: ObjectHandle,
+    pan: &str,
+    psn: &str,
+    tmpl: &[Attribute],
+) -> Result<ObjectHandle> {
+    if vendor {
+        let mut p = vec![u8::try_from(pan.len())?];
+        p.extend_from_slice(pan.as_bytes());
+        p.extend_from_slice(psn.as_bytes());
+        common::with_vendor_mechanism(common::CKM_QUILL_EMV_MK_OPTION_A, &p, |m| s.derive_key(m, imk, tmpl))?
+            .ck(|| "CKM_QUILL_EMV_MK_OPTION_A derive")
+    } else {
+        raw.des3_ecb_encrypt_data(s, imk, &option_a_data(pan, psn)?, tmpl)
+    }
+}
+
+/// Check the derivation against emv.md §6 #1 before timing it: PAN 12345678901234567, PSN 01
+/// gives MK 73AD54688CEF2934B0979857E3C719F1, whose KCV (3DES-ECB of eight zero bytes, first
+/// three bytes) is C64DC2. The KCV is computed by encrypting inside the module, because
+/// SoftHSM 2.6.1 sets CKA_CHECK_VALUE of a derived DES2 key to SHA-1(value)[..3] (28010D here).
+fn emv_known_answer(s: &Session, raw: &RawModule, vendor: bool, imk: ObjectHandle) -> Result<String> {
+    let mut tmpl = derived_template().to_vec();
+    tmpl.push(Attribute::Encrypt(true));
+    let mk = derive_icc_mk(s, raw, vendor, imk, "12345678901234567", "01", &tmpl)?;
+    let kcv = s.encrypt(&Mechanism::Des3Ecb, mk, &[0u8; 8]).ck(|| "KCV of the derived key (DES3_ECB encrypt)");
+    let attr = s.get_attributes(mk, &[AttributeType::CheckValue]).ck(|| "read CKA_CHECK_VALUE");
+    s.destroy_object(mk).ck(|| "destroy the derived key")?;
+    let kcv = kcv?;
+    if !kcv.starts_with(&[0xC6, 0x4D, 0xC2]) {
+        let got = hex::encode_upper(kcv.get(..3).unwrap_or(&kcv));
+        bail!("EMV Option A known answer failed: KCV {got} instead of C64DC2");
+    }
+    let module_kcv = attr.ok().and_then(|v| {
+        v.into_iter().find_map(|a| match a {
+            Attribute::CheckValue(v) if !v.is_empty() => Some(v),
+            _ => None,
+        })
+    });
+    Ok(match module_kcv {
+        Some(v) if !v.starts_with(&[0xC6, 0x4D, 0xC2]) => {
+            format!("ok (KCV C64DC2; the module's CKA_CHECK_VALUE says {})", hex::encode_upper(&v))
+        }
+        _ => "ok (KCV C64DC2)".to_owned(),
+    })
 }
 
 /// `Y ‖ Y⊕FF…` of EMV Option A: Y = the rightmost 16 digits of PAN ‖ PSN (left-padded with 0),

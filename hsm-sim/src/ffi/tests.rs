@@ -4,7 +4,7 @@
 //! All checks run in one test because the module state behind the C ABI is process-global.
 
 use super::*;
-use std::ptr::{null, null_mut};
+use std::ptr::null_mut;
 
 fn fl() -> &'static CK_FUNCTION_LIST {
     let mut p: CK_FUNCTION_LIST_PTR = null_mut();
@@ -44,13 +44,15 @@ fn c_boundary() {
 
     unsafe { std::env::set_var("QUILL_HSM_CONF", &conf) };
     // pReserved must be NULL; mutex functions without OS locking are refused.
+    // A non-null pointer the module must refuse without reading it.
+    let mut reserved = 0u8;
     let mut args = CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
         DestroyMutex: None,
         LockMutex: None,
         UnlockMutex: None,
         flags: CKF_OS_LOCKING_OK,
-        pReserved: 1 as *mut _,
+        pReserved: &mut reserved as *mut u8 as *mut _,
     };
     assert_eq!(call!(C_Initialize, &mut args as *mut _ as *mut _), CKR_ARGUMENTS_BAD);
     args.pReserved = null_mut();
@@ -170,8 +172,7 @@ fn c_boundary() {
     assert_eq!(call!(C_GetOperationState, h, null_mut(), &mut outl), CKR_FUNCTION_NOT_SUPPORTED);
     assert_eq!(call!(C_GetFunctionStatus, h), CKR_FUNCTION_NOT_PARALLEL);
 
-    assert_eq!(call!(C_Finalize, 1 as *mut _), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(C_Finalize, &mut reserved as *mut u8 as *mut _), CKR_ARGUMENTS_BAD);
     assert_eq!(call!(C_Finalize, null_mut()), CKR_OK);
     assert_eq!(call!(C_Finalize, null_mut()), CKR_CRYPTOKI_NOT_INITIALIZED);
-    let _ = null::<u8>();
 }

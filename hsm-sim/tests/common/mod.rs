@@ -35,7 +35,9 @@ pub fn pin(p: &str) -> AuthPin {
 }
 
 /// Path of the built module: `$QUILL_HSM_MODULE`, else `libquill_hsm_sim.so` next to the
-/// directory holding this test executable (`target/<profile>/deps/..`), else in `deps/` itself.
+/// directory holding this test executable (`target/<profile>/deps/..`) or in `deps/` itself,
+/// whichever is newer. `cargo test` builds the cdylib into `deps/` and does not always copy it
+/// up (only `cargo build` does), so the copy one level up can be stale.
 pub fn module_path() -> PathBuf {
     if let Some(p) = std::env::var_os("QUILL_HSM_MODULE") {
         return PathBuf::from(p);
@@ -43,17 +45,19 @@ pub fn module_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
     let up = deps.parent().unwrap().join("libquill_hsm_sim.so");
-    if up.exists() {
-        return up;
-    }
     let here = deps.join("libquill_hsm_sim.so");
-    if here.exists() {
-        return here;
-    }
-    panic!(
-        "libquill_hsm_sim.so not found at {} (build it: cargo build --release -p quill-hsm-sim, or set QUILL_HSM_MODULE)",
-        up.display()
-    );
+    let newest = [&up, &here]
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p.clone());
+    newest.unwrap_or_else(|| {
+        panic!(
+            "libquill_hsm_sim.so not found at {} or {} (build it: cargo build --release -p quill-hsm-sim, or set QUILL_HSM_MODULE)",
+            up.display(),
+            here.display()
+        )
+    })
 }
 
 /// Per-binary module settings.
@@ -94,9 +98,25 @@ pub fn write_config(dir: &Path, cfg: HsmConfig) -> PathBuf {
     path
 }
 
-/// A fresh directory under cargo's per-target temporary directory (kept after the run).
+/// A fresh directory under cargo's per-target temporary directory. The per-binary module
+/// directories live in a `static` and are never dropped, so leftovers of earlier runs (older
+/// than an hour) are removed here.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for e in entries.flatten() {
+            let stale = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+            if stale && e.file_name().to_string_lossy().starts_with("hsm-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tempfile::Builder::new().prefix(prefix).tempdir_in(base).unwrap()
 }
 
 /// Load and initialise the module at its path; `QUILL_HSM_CONF` must already be set.

@@ -39,6 +39,8 @@ pub enum Param<'a> {
     DeriveData(&'a [u8]),
     /// A single `CK_ULONG` (`CK_MAC_GENERAL_PARAMS`).
     Ulong(CK_ULONG),
+    /// A `CK_DES_CBC_ENCRYPT_DATA_PARAMS` (`CKM_DES3_CBC_ENCRYPT_DATA`): IV and data.
+    DesCbcDerive([u8; 8], &'a [u8]),
 }
 
 /// The function table of an initialised module.
@@ -85,7 +87,8 @@ fn ulong(n: usize) -> CK_ULONG {
 /// to live on this function's stack for the duration of `f`.
 fn with_mech<R>(mech: CK_MECHANISM_TYPE, param: Param<'_>, f: impl FnOnce(*mut CK_MECHANISM) -> R) -> R {
     let mut derive = CK_KEY_DERIVATION_STRING_DATA { pData: ptr::null_mut(), ulLen: 0 };
-    let mut ul: CK_ULONG = 0;
+    let mut des_cbc = CK_DES_CBC_ENCRYPT_DATA_PARAMS { iv: [0; 8], pData: ptr::null_mut(), length: 0 };
+    let mut ul: CK_ULONG = if let Param::Ulong(v) = param { v } else { 0 };
     let (p, len): (*mut std::ffi::c_void, usize) = match param {
         Param::None => (ptr::null_mut(), 0),
         Param::Bytes(b) => (b.as_ptr() as *mut std::ffi::c_void, b.len()),
@@ -97,10 +100,16 @@ fn with_mech<R>(mech: CK_MECHANISM_TYPE, param: Param<'_>, f: impl FnOnce(*mut C
                 size_of::<CK_KEY_DERIVATION_STRING_DATA>(),
             )
         }
-        Param::Ulong(v) => {
-            ul = v;
-            (&mut ul as *mut CK_ULONG as *mut std::ffi::c_void, size_of::<CK_ULONG>())
+        Param::DesCbcDerive(iv, d) => {
+            des_cbc.iv = iv;
+            des_cbc.pData = d.as_ptr() as *mut CK_BYTE;
+            des_cbc.length = ulong(d.len());
+            (
+                &mut des_cbc as *mut CK_DES_CBC_ENCRYPT_DATA_PARAMS as *mut std::ffi::c_void,
+                size_of::<CK_DES_CBC_ENCRYPT_DATA_PARAMS>(),
+            )
         }
+        Param::Ulong(_) => (&mut ul as *mut CK_ULONG as *mut std::ffi::c_void, size_of::<CK_ULONG>()),
     };
     let mut m = CK_MECHANISM { mechanism: mech, pParameter: p, ulParameterLen: ulong(len) };
     f(&mut m)
@@ -418,5 +427,23 @@ impl RawModule {
         assert_eq!(rv, CKR_OK, "C_GetMechanismList");
         v.truncate(usize::try_from(n).unwrap_or(0));
         v
+    }
+
+    /// `C_Initialize` again on the already initialised module, with NULL arguments or with
+    /// arguments whose `pReserved` is not NULL; returns its `CK_RV` (the module must not crash).
+    pub fn initialize_again(&self, reserved: bool) -> CK_RV {
+        let mut dummy = 0u8;
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: if reserved { &mut dummy as *mut u8 as *mut std::ffi::c_void } else { ptr::null_mut() },
+        };
+        let p =
+            if reserved { &mut args as *mut CK_C_INITIALIZE_ARGS as *mut std::ffi::c_void } else { ptr::null_mut() };
+        // SAFETY: `p` is NULL or points at `args`, which outlives the call.
+        unsafe { func!(self, C_Initialize)(p) }
     }
 }

@@ -118,13 +118,13 @@ pub fn iso9797_pad(data: &[u8], method: u8) -> Vec<u8> {
             if d.is_empty() {
                 d.resize(8, 0);
             }
-            while d.len() % 8 != 0 {
+            while !d.len().is_multiple_of(8) {
                 d.push(0);
             }
         }
         2 => {
             d.push(0x80);
-            while d.len() % 8 != 0 {
+            while !d.len().is_multiple_of(8) {
                 d.push(0);
             }
         }
