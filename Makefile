@@ -10,6 +10,8 @@ SHELL := bash
 
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export QUILL_VENV ?= $(HOME)/.cache/quill/venv
+# The SoftHSM differential test must not skip itself under `make test`.
+export QUILL_REQUIRE_SOFTHSM := 1
 RELEASE := $(abspath $(CARGO_TARGET_DIR))/release
 # The simulator module every test and script loads.
 export QUILL_HSM_MODULE := $(RELEASE)/libquill_hsm_sim.so

@@ -308,7 +308,17 @@ impl Module {
     /// `C_Logout`.
     pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
         let (slot, _) = self.slot_of(h)?;
-        self.token(slot)?.logout()
+        self.token(slot)?.logout()?;
+        // PKCS#11 2.40 §5.6.8: the application's private session objects are destroyed.
+        let owners: Vec<CK_SESSION_HANDLE> = {
+            let ss = self.sessions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ss.iter().filter(|(_, s)| lock(s).slot == slot).map(|(h, _)| *h).collect()
+        };
+        self.session_objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, o| !(o.is_private() && o.owner.is_some_and(|s| owners.contains(&s))));
+        Ok(())
     }
 
     /// `C_InitPIN`.

@@ -281,6 +281,25 @@ fn ibm_params(r: &mut ParamReader<'_>) -> Result<Ibm3624Params> {
     Ok(Ibm3624Params { decimalisation, start, length, pad })
 }
 
+fn check_pvki(pvki: u8) -> Result<u8> {
+    if pvki > 9 {
+        return Err(Error::param(format!("PVKI must be a digit 0..9, got {pvki}")));
+    }
+    Ok(pvki)
+}
+
+fn check_validation_range(p: &Ibm3624Params, pan: &str) -> Result<()> {
+    if p.start + p.length > pan.len() {
+        return Err(Error::param(format!(
+            "IBM 3624 validation data {}..{} runs past the {}-digit PAN",
+            p.start,
+            p.start + p.length,
+            pan.len()
+        )));
+    }
+    Ok(())
+}
+
 impl Operation {
     /// Start an operation; checks mechanism, key type, key usage and parameters.
     pub fn init(kind: Kind, mech: &Mechanism, key: Option<Arc<Object>>, resolve: Resolver<'_>) -> Result<Self> {
@@ -384,7 +403,7 @@ impl Operation {
                 secret_of(&pin_key, pin_key_types(fmt))?;
                 pin_key.require(CKA_DECRYPT)?;
                 vendor = Some(if mech.mech == CKM_QUILL_VISA_PVV {
-                    let pvki = r.u8("pvki")?;
+                    let pvki = check_pvki(r.u8("pvki")?)?;
                     let pan = r.digits("pan", 12, 19)?;
                     r.end()?;
                     Vendor::Pvv { pin_key, fmt, pvki, pan }
@@ -392,6 +411,7 @@ impl Operation {
                     let params = ibm_params(&mut r)?;
                     let pan = r.digits("pan", 12, 19)?;
                     r.end()?;
+                    check_validation_range(&params, &pan)?;
                     Vendor::Ibm { pin_key, fmt, params, pan }
                 });
                 State::Buffer(Zeroizing::new(Vec::new()))
@@ -408,6 +428,13 @@ impl Operation {
                 let params = ibm_params(&mut r)?;
                 let pan = r.digits("pan", 12, 19)?;
                 r.end()?;
+                match method {
+                    1 => {
+                        check_pvki(pvki)?;
+                    }
+                    2 => check_validation_range(&params, &pan)?,
+                    _ => {}
+                }
                 if !(4..=12).contains(&len) {
                     return Err(Error::param("PIN length must be 4..12"));
                 }

@@ -374,7 +374,7 @@ fn rsa_crt_component_export_1152() {
         .unwrap();
     let n = bytes(&s, public, AttributeType::Modulus);
     assert_eq!(n.len(), 144);
-    let kek_v = h("C1C2C4C7C8CBCDCE 0123456789ABCDEF");
+    let kek_v = h("C1C2C4C7C8CBCDCE 0123456789ABCDEF 89ABCDEF01234567");
     let kek = des_key(&s, &kek_v, &[Attribute::Wrap(true)]);
     let mut comps = Vec::new();
     for c in 1u8..=5 {

@@ -58,6 +58,7 @@ fn child() {
             say("PIN-CHANGED");
         }
         "churn" => child_churn(&s, &std::env::var(ROUND).unwrap()),
+        "parallel" => child_parallel(&pkcs11, slot),
         other => panic!("unknown role {other}"),
     }
 }
@@ -187,6 +188,32 @@ fn child_churn(s: &Session, round: &str) {
     }
 }
 
+/// Four threads, each with its own session, create and destroy token keys at the same time.
+fn child_parallel(pkcs11: &cryptoki::context::Pkcs11, slot: cryptoki::slot::Slot) {
+    std::thread::scope(|scope| {
+        for t in 0..4u8 {
+            scope.spawn(move || {
+                let s = pkcs11.open_rw_session(slot).unwrap();
+                for i in 0..20u8 {
+                    let label = format!("par-{t}-{i}");
+                    let v: Vec<u8> = (0..16u8).map(|j| j ^ (t << 4) ^ i).collect();
+                    let tmpl = [
+                        Attribute::Token(true),
+                        Attribute::Label(label.clone().into_bytes()),
+                        Attribute::Id(vec![t, i]),
+                    ];
+                    let o = aes_key(&s, &v, &tmpl);
+                    if i % 4 == 3 {
+                        s.destroy_object(o).unwrap();
+                    } else {
+                        report_key(&s, o);
+                    }
+                }
+            });
+        }
+    });
+}
+
 // ---------------------------------------------------------------- parent side
 
 fn child_command(conf: &Path, role: &str) -> Command {
@@ -280,6 +307,17 @@ fn token_survives_pin_change_across_restart() {
     // The old PIN no longer works.
     let out = child_command(&conf, "list").output().unwrap();
     assert!(!out.status.success(), "the old user PIN still logs in after C_SetPIN and a restart");
+}
+
+#[test]
+fn concurrent_token_writes_survive_restart() {
+    let tmp = temp_dir("hsm-persist-par-");
+    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10 });
+    run_child(&conf, "init", &[]);
+    let made = keys(&run_child(&conf, "parallel", &[]));
+    assert_eq!(made.len(), 4 * 15, "keys reported by the writer threads");
+    let found = keys(&run_child(&conf, "list", &[]));
+    assert_eq!(found, made, "token keys written concurrently, after a restart");
 }
 
 #[test]
