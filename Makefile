@@ -51,10 +51,10 @@ clippy:
 # `build` has compiled the test executables (--all-targets, release), so this only runs them.
 unit-test: build
 ifneq ($(CARGO_NEXTEST),)
-	cargo nextest run --release --workspace
+	cargo nextest run --release --workspace --no-fail-fast
 	cargo test --release --workspace --doc
 else
-	cargo test --release --workspace
+	cargo test --release --workspace --no-fail-fast
 endif
 
 third-party: build
