@@ -166,28 +166,7 @@ impl RawModule {
         key: ObjectHandle,
         data: &[u8],
     ) -> Result<Vec<u8>, CK_RV> {
-        let rv = with_mech(mech, param, |m| {
-            // SAFETY: see the file documentation.
-            unsafe { func!(self, C_SignInit)(s.handle(), m, key.handle()) }
-        });
-        if rv != CKR_OK {
-            return Err(rv);
-        }
-        let f = func!(self, C_Sign);
-        let mut len: CK_ULONG = 0;
-        // SAFETY: a NULL output pointer asks for the length only; `data` outlives the call.
-        let rv = unsafe { f(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), ptr::null_mut(), &mut len) };
-        if rv != CKR_OK {
-            return Err(rv);
-        }
-        let mut out = vec![0u8; usize::try_from(len).map_err(|_| CKR_GENERAL_ERROR)?];
-        // SAFETY: `out` has exactly `len` bytes.
-        let rv = unsafe { f(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), out.as_mut_ptr(), &mut len) };
-        if rv != CKR_OK {
-            return Err(rv);
-        }
-        out.truncate(usize::try_from(len).map_err(|_| CKR_GENERAL_ERROR)?);
-        Ok(out)
+        self.init_and_call(func!(self, C_SignInit), func!(self, C_Sign), s, mech, param, key, data)
     }
 
     /// `C_VerifyInit` + `C_Verify`; the return value of the last call made.
@@ -297,23 +276,36 @@ impl RawModule {
         key: ObjectHandle,
         data: &[u8],
     ) -> Result<Vec<u8>, CK_RV> {
-        let rv = with_mech(mech, param, |m| {
-            // SAFETY: see the file documentation.
-            unsafe { func!(self, C_DecryptInit)(s.handle(), m, key.handle()) }
-        });
+        self.init_and_call(func!(self, C_DecryptInit), func!(self, C_Decrypt), s, mech, param, key, data)
+    }
+
+    /// `<Op>Init` then `<Op>` with the two-call convention (length query, then the data):
+    /// shared by `C_Sign` and `C_Decrypt`, whose C signatures are the same.
+    #[allow(clippy::too_many_arguments)]
+    fn init_and_call(
+        &self,
+        init: unsafe extern "C" fn(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) -> CK_RV,
+        call: unsafe extern "C" fn(CK_SESSION_HANDLE, *mut u8, CK_ULONG, *mut u8, *mut CK_ULONG) -> CK_RV,
+        s: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: Param<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CK_RV> {
+        // SAFETY: see the file documentation.
+        let rv = with_mech(mech, param, |m| unsafe { init(s.handle(), m, key.handle()) });
         if rv != CKR_OK {
             return Err(rv);
         }
-        let f = func!(self, C_Decrypt);
         let mut len: CK_ULONG = 0;
         // SAFETY: NULL output = length query; `data` outlives the call.
-        let rv = unsafe { f(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), ptr::null_mut(), &mut len) };
+        let rv = unsafe { call(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), ptr::null_mut(), &mut len) };
         if rv != CKR_OK {
             return Err(rv);
         }
         let mut out = vec![0u8; usize::try_from(len).map_err(|_| CKR_GENERAL_ERROR)?];
         // SAFETY: `out` has exactly `len` bytes.
-        let rv = unsafe { f(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), out.as_mut_ptr(), &mut len) };
+        let rv = unsafe { call(s.handle(), data.as_ptr() as *mut u8, ulong(data.len()), out.as_mut_ptr(), &mut len) };
         if rv != CKR_OK {
             return Err(rv);
         }
