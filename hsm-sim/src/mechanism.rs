@@ -26,6 +26,11 @@ pub const CKM_QUILL_RSA_CRT_COMPONENT_WRAP: CK_MECHANISM_TYPE = CKM_QUILL_BASE |
 pub const CKM_QUILL_KEY_COMPONENTS_XOR: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x40;
 /// ISO 9797-1 MAC algorithm 3 ("retail MAC") with a DES2 key (C_Sign/C_Verify).
 pub const CKM_QUILL_DES3_RETAIL_MAC: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x50;
+/// Export a secret key as a TR-31 key block, version B or D (C_WrapKey; wrapping key = KBPK,
+/// parameter = the ASCII header template).
+pub const CKM_QUILL_TR31_WRAP: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x60;
+/// Import a TR-31 key block, version B or D (C_UnwrapKey; unwrapping key = KBPK, no parameter).
+pub const CKM_QUILL_TR31_UNWRAP: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x61;
 
 /// A mechanism with owned parameters (copied out of C memory at the boundary).
 #[derive(Clone, PartialEq, Eq)]
@@ -186,6 +191,8 @@ pub const MECHANISMS: &[MechInfo] = &[
     MechInfo { mech: CKM_QUILL_RSA_CRT_COMPONENT_WRAP, min: 16, max: 32, flags: CKF_WRAP },
     MechInfo { mech: CKM_QUILL_KEY_COMPONENTS_XOR, min: 8, max: 32, flags: CKF_DERIVE },
     MechInfo { mech: CKM_QUILL_DES3_RETAIL_MAC, min: 16, max: 16, flags: SV },
+    MechInfo { mech: CKM_QUILL_TR31_WRAP, min: 16, max: 32, flags: CKF_WRAP },
+    MechInfo { mech: CKM_QUILL_TR31_UNWRAP, min: 16, max: 32, flags: CKF_UNWRAP },
 ];
 
 /// Look a mechanism up.

@@ -793,6 +793,20 @@ impl Module {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         let u = self.object(h, unwrapping).map_err(|e| Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID, e.reason))?;
+        if mech.mech == CKM_QUILL_TR31_UNWRAP {
+            // Class, key type and length come from the key block.
+            let (kt, value, tmpl) = ops::unwrap_tr31(mech, &u, wrapped, tmpl)?;
+            let (attrs, material) = object::build(NewObject {
+                template: &tmpl,
+                class: Some(CKO_SECRET_KEY),
+                key_type: Some(kt),
+                origin: Origin::Unwrapped,
+                material: Some(Material::Secret(Arc::new(value))),
+                extra: AttrMap::default(),
+                so: self.is_so(slot),
+            })?;
+            return self.insert_object(h, attrs, material);
+        }
         let t = template_to_map(tmpl)?;
         if t.ulong(CKA_CLASS) != Some(CKO_SECRET_KEY) {
             return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "unwrap template must give CKA_CLASS = CKO_SECRET_KEY"));

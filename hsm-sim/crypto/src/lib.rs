@@ -14,5 +14,6 @@ pub mod error;
 pub mod payment;
 pub mod rsa;
 pub mod sym;
+pub mod tr31;
 
 pub use error::{CryptoError, Result, Secret};

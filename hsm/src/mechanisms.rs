@@ -1,0 +1,177 @@
+//! Mechanism values the adapter knows, and capability detection from a slot's unfiltered
+//! mechanism list (read through [`crate::raw`], because `cryptoki` drops vendor values).
+
+use crate::types::{Capability, Support};
+use cryptoki::mechanism::MechanismType;
+use cryptoki_sys::{
+    CK_MECHANISM_TYPE, CKM_AES_CMAC, CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_AES_KEY_WRAP_PAD, CKM_DES2_KEY_GEN,
+    CKM_DES3_ECB, CKM_DES3_ECB_ENCRYPT_DATA, CKM_DES3_KEY_GEN, CKM_GENERIC_SECRET_KEY_GEN, CKM_RSA_PKCS_KEY_PAIR_GEN,
+    CKM_RSA_PKCS_OAEP, CKM_SHA256_HMAC, CKM_VENDOR_DEFINED,
+};
+use std::collections::BTreeSet;
+
+/// hsm-sim's vendor mechanisms (`CKM_VENDOR_DEFINED | 0x5155_0000 | n`; hsm-sim/README.md).
+pub mod vendor {
+    use cryptoki_sys::CK_MECHANISM_TYPE;
+    /// EMV ICC master key, Option A (`C_DeriveKey`, base = IMK).
+    pub const CKM_QUILL_EMV_MK_OPTION_A: CK_MECHANISM_TYPE = 0xD155_0001;
+    /// EMV ICC master key, Option B.
+    pub const CKM_QUILL_EMV_MK_OPTION_B: CK_MECHANISM_TYPE = 0xD155_0002;
+    /// CVV / iCVV / CVV2 (`C_Sign`).
+    pub const CKM_QUILL_CVV: CK_MECHANISM_TYPE = 0xD155_0010;
+    /// Visa PVV (`C_Sign`).
+    pub const CKM_QUILL_VISA_PVV: CK_MECHANISM_TYPE = 0xD155_0011;
+    /// IBM 3624 offset (`C_Sign`).
+    pub const CKM_QUILL_IBM3624_OFFSET: CK_MECHANISM_TYPE = 0xD155_0012;
+    /// Random PIN → encrypted PIN block + PVV/offset (`C_Encrypt`).
+    pub const CKM_QUILL_PIN_GENERATE: CK_MECHANISM_TYPE = 0xD155_0020;
+    /// PIN block translation (`C_Encrypt`).
+    pub const CKM_QUILL_PIN_TRANSLATE: CK_MECHANISM_TYPE = 0xD155_0021;
+    /// One RSA CRT component, encrypted (`C_WrapKey`).
+    pub const CKM_QUILL_RSA_CRT_COMPONENT_WRAP: CK_MECHANISM_TYPE = 0xD155_0030;
+    /// XOR of key components (`C_DeriveKey`, base = first component).
+    pub const CKM_QUILL_KEY_COMPONENTS_XOR: CK_MECHANISM_TYPE = 0xD155_0040;
+    /// ISO 9797-1 MAC algorithm 3 (`C_Sign`).
+    pub const CKM_QUILL_DES3_RETAIL_MAC: CK_MECHANISM_TYPE = 0xD155_0050;
+    /// TR-31 key block export (`C_WrapKey` under a KBPK; parameter = ASCII header template).
+    pub const CKM_QUILL_TR31_WRAP: CK_MECHANISM_TYPE = 0xD155_0060;
+    /// TR-31 key block import (`C_UnwrapKey` with a KBPK; no parameter).
+    pub const CKM_QUILL_TR31_UNWRAP: CK_MECHANISM_TYPE = 0xD155_0061;
+
+    /// (value, name) of every vendor mechanism above.
+    pub const NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
+        (CKM_QUILL_EMV_MK_OPTION_A, "CKM_QUILL_EMV_MK_OPTION_A"),
+        (CKM_QUILL_EMV_MK_OPTION_B, "CKM_QUILL_EMV_MK_OPTION_B"),
+        (CKM_QUILL_CVV, "CKM_QUILL_CVV"),
+        (CKM_QUILL_VISA_PVV, "CKM_QUILL_VISA_PVV"),
+        (CKM_QUILL_IBM3624_OFFSET, "CKM_QUILL_IBM3624_OFFSET"),
+        (CKM_QUILL_PIN_GENERATE, "CKM_QUILL_PIN_GENERATE"),
+        (CKM_QUILL_PIN_TRANSLATE, "CKM_QUILL_PIN_TRANSLATE"),
+        (CKM_QUILL_RSA_CRT_COMPONENT_WRAP, "CKM_QUILL_RSA_CRT_COMPONENT_WRAP"),
+        (CKM_QUILL_KEY_COMPONENTS_XOR, "CKM_QUILL_KEY_COMPONENTS_XOR"),
+        (CKM_QUILL_DES3_RETAIL_MAC, "CKM_QUILL_DES3_RETAIL_MAC"),
+        (CKM_QUILL_TR31_WRAP, "CKM_QUILL_TR31_WRAP"),
+        (CKM_QUILL_TR31_UNWRAP, "CKM_QUILL_TR31_UNWRAP"),
+    ];
+}
+
+/// Name of a mechanism value: ours for vendor values, `cryptoki`'s for standard ones, hex when
+/// unknown.
+pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> String {
+    if v >= CKM_VENDOR_DEFINED {
+        return vendor::NAMES
+            .iter()
+            .find(|(m, _)| *m == v)
+            .map_or_else(|| format!("CKM_VENDOR_DEFINED+0x{:X}", v - CKM_VENDOR_DEFINED), |(_, n)| (*n).to_owned());
+    }
+    if v == CKM_DES3_ECB_ENCRYPT_DATA {
+        return "CKM_DES3_ECB_ENCRYPT_DATA".to_owned();
+    }
+    match MechanismType::try_from(v) {
+        Ok(t) if !t.to_string().starts_with("unknown") => t.to_string(),
+        _ => format!("0x{v:08X}"),
+    }
+}
+
+/// Mechanisms without which the adapter cannot work at all.
+const REQUIRED: &[CK_MECHANISM_TYPE] =
+    &[CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_AES_KEY_GEN, CKM_AES_KEY_WRAP_PAD, CKM_AES_CMAC];
+
+/// What a slot can do, from its unfiltered mechanism list.
+#[derive(Debug, Clone)]
+pub(crate) struct Capabilities {
+    listed: BTreeSet<CK_MECHANISM_TYPE>,
+}
+
+impl Capabilities {
+    pub fn new(list: &[CK_MECHANISM_TYPE]) -> Capabilities {
+        Capabilities { listed: list.iter().copied().collect() }
+    }
+
+    /// Whether the slot lists `m`.
+    pub fn has(&self, m: CK_MECHANISM_TYPE) -> bool {
+        self.listed.contains(&m)
+    }
+
+    /// Required mechanisms the slot does not list, by name.
+    pub fn missing_required(&self) -> Vec<String> {
+        REQUIRED.iter().filter(|m| !self.has(**m)).map(|m| mechanism_name(*m)).collect()
+    }
+
+    /// Vendor mechanisms listed, by name.
+    pub fn vendor_mechanisms(&self) -> Vec<String> {
+        self.listed.iter().filter(|m| **m >= CKM_VENDOR_DEFINED).map(|m| mechanism_name(*m)).collect()
+    }
+
+    /// XOR of key components inside the HSM.
+    pub fn native_components_xor(&self) -> bool {
+        self.has(vendor::CKM_QUILL_KEY_COMPONENTS_XOR)
+    }
+
+    /// The capability table for [`crate::Hsm::describe`].
+    pub fn describe(&self) -> Vec<Capability> {
+        let std = |name: &str, mechs: &[CK_MECHANISM_TYPE]| {
+            let ok = mechs.iter().all(|m| self.has(*m));
+            Capability {
+                name: name.to_owned(),
+                support: if ok { Support::Native } else { Support::Missing },
+                via: mechs.iter().map(|m| mechanism_name(*m)).collect::<Vec<_>>().join(" + "),
+            }
+        };
+        let mut v = vec![
+            std("transport-key", &[CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP]),
+            std("key-wrap-under-smk", &[CKM_AES_KEY_WRAP_PAD]),
+            std("kcv-tdes", &[CKM_DES3_ECB]),
+            std("kcv-aes", &[CKM_AES_CMAC]),
+            std("generate-tdes", &[CKM_DES2_KEY_GEN, CKM_DES3_KEY_GEN]),
+            std("generate-hmac", &[CKM_GENERIC_SECRET_KEY_GEN]),
+            std("hmac-sha256", &[CKM_SHA256_HMAC]),
+            std("aes-gcm", &[CKM_AES_GCM]),
+        ];
+        v.push(if self.native_components_xor() {
+            Capability {
+                name: "key-components-xor".to_owned(),
+                support: Support::Native,
+                via: mechanism_name(vendor::CKM_QUILL_KEY_COMPONENTS_XOR),
+            }
+        } else {
+            Capability {
+                name: "key-components-xor".to_owned(),
+                support: Support::HostPath,
+                via: "C_UnwrapKey(CKM_RSA_PKCS_OAEP) + host XOR + C_CreateObject".to_owned(),
+            }
+        });
+        // EMV ICC master-key derivation (payment operations build on this later).
+        v.push(if self.has(vendor::CKM_QUILL_EMV_MK_OPTION_A) {
+            Capability {
+                name: "emv-mk-derivation".to_owned(),
+                support: Support::Native,
+                via: mechanism_name(vendor::CKM_QUILL_EMV_MK_OPTION_A),
+            }
+        } else {
+            std("emv-mk-derivation", &[CKM_DES3_ECB_ENCRYPT_DATA])
+        });
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(mechanism_name(vendor::CKM_QUILL_KEY_COMPONENTS_XOR), "CKM_QUILL_KEY_COMPONENTS_XOR");
+        assert_eq!(mechanism_name(CKM_DES3_ECB_ENCRYPT_DATA), "CKM_DES3_ECB_ENCRYPT_DATA");
+        assert_eq!(mechanism_name(0x8000_0007), "CKM_VENDOR_DEFINED+0x7");
+        assert!(mechanism_name(CKM_AES_GCM).contains("AES_GCM"), "{}", mechanism_name(CKM_AES_GCM));
+    }
+
+    #[test]
+    fn xor_is_host_path_without_the_vendor_mechanism() {
+        let c = Capabilities::new(&[CKM_AES_KEY_WRAP_PAD, CKM_DES3_ECB_ENCRYPT_DATA]);
+        let xor = c.describe().into_iter().find(|c| c.name == "key-components-xor");
+        assert_eq!(xor.map(|c| c.support), Some(Support::HostPath));
+        assert!(c.missing_required().iter().any(|m| m.contains("OAEP")));
+    }
+}

@@ -1,0 +1,838 @@
+//! [`Pkcs11Hsm`]: the [`Hsm`] operations on one slot of any PKCS#11 module.
+
+mod session;
+mod templates;
+
+use crate::config::SlotConfig;
+use crate::error::{HsmError, Op, SlotRef, is_device_rv, is_session_rv};
+use crate::mechanisms::{Capabilities, mechanism_name, vendor};
+use crate::module::{self, Module};
+use crate::observer::{HostPathObserver, HostPathUse};
+use crate::raw::{RawError, RawParam};
+use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, WrappedKey};
+use crate::{Hsm, Zeroizing};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::{AuthPin, Ulong};
+use cryptoki_sys::{CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA};
+use session::{SessionPool, SlotSession};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use templates::Usage;
+use zeroize::Zeroize as _;
+
+/// GCM IV length (NIST SP 800-38D's recommended 96 bits).
+const GCM_IV_LEN: usize = 12;
+/// GCM tag length.
+const GCM_TAG_LEN: usize = 16;
+
+/// The transport key pair, as cached.
+#[derive(Clone)]
+struct Transport {
+    private: ObjectHandle,
+    public: RsaPublic,
+}
+
+/// The SMK, as cached.
+#[derive(Clone)]
+struct Smk {
+    handle: ObjectHandle,
+    kcv: Kcv,
+}
+
+/// Token objects found once and kept (handles are valid in every session of the process).
+#[derive(Default)]
+struct TokenCache {
+    transport: Option<Transport>,
+    smk: Option<Smk>,
+}
+
+/// One slot of one PKCS#11 module, implementing [`Hsm`].
+///
+/// - The module is loaded and initialised once per process (a process-wide registry keyed by the
+///   module's canonical path); every `Pkcs11Hsm` on it shares that instance.
+/// - Up to [`SlotConfig::sessions`] logged-in sessions stay open; an operation takes one, uses it
+///   alone, and puts it back. No login and no `C_FindObjects` per operation: the transport key and
+///   SMK handles are found once, and working keys unwrapped from a [`WrappedKey`] are cached per
+///   session (keyed by the SHA-256 of the blob and the usage; least recently used destroyed beyond
+///   [`SlotConfig::key_cache`]).
+/// - After a device-type error, the session is closed, other sessions are closed as they come back,
+///   and the token-object handles are looked up again on next use.
+/// - Capabilities come from the slot's unfiltered mechanism list: vendor mechanisms are used when
+///   listed (hsm-sim's `CKM_QUILL_KEY_COMPONENTS_XOR`); otherwise standard mechanisms are
+///   composed, and what cannot be composed inside the HSM takes the host path if allowed.
+pub struct Pkcs11Hsm {
+    module: Arc<Module>,
+    slot: Slot,
+    at: Arc<SlotRef>,
+    info: SlotInfo,
+    caps: Capabilities,
+    pin: Zeroizing<String>,
+    allow_host: bool,
+    transport_label: String,
+    smk_label: String,
+    observer: Arc<dyn HostPathObserver>,
+    sessions: SessionPool,
+    token: Mutex<TokenCache>,
+    /// Serialises storing the SMK (taken before `transport_gen` when both are needed).
+    ceremony: Mutex<()>,
+    /// Serialises generating the transport key pair.
+    transport_gen: Mutex<()>,
+    /// A refused login (wrong or locked PIN): not retried, so as not to lock the token.
+    login_refused: Mutex<Option<HsmError>>,
+}
+
+impl std::fmt::Debug for Pkcs11Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pkcs11Hsm({})", self.at)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Session objects destroyed when this guard goes out of scope (components, transient keys,
+/// peer public keys), whatever path the operation takes.
+struct Temporaries<'s> {
+    session: &'s Session,
+    handles: Vec<ObjectHandle>,
+}
+
+impl<'s> Temporaries<'s> {
+    fn new(session: &'s Session) -> Self {
+        Temporaries { session, handles: Vec::new() }
+    }
+
+    fn add(&mut self, h: ObjectHandle) -> ObjectHandle {
+        self.handles.push(h);
+        h
+    }
+
+    /// Stop tracking `h` (it is kept).
+    fn keep(&mut self, h: ObjectHandle) {
+        self.handles.retain(|x| *x != h);
+    }
+}
+
+impl Drop for Temporaries<'_> {
+    fn drop(&mut self) {
+        for h in self.handles.drain(..) {
+            if let Err(e) = self.session.destroy_object(h) {
+                tracing::debug!(error = %e, "could not destroy a temporary session object");
+            }
+        }
+    }
+}
+
+/// Set odd parity on every byte (DES keys).
+fn set_odd_parity(key: &mut [u8]) {
+    for b in key {
+        let ones = (*b & 0xFE).count_ones();
+        *b = (*b & 0xFE) | u8::from(ones % 2 == 0);
+    }
+}
+
+impl Op<'_> {
+    fn raw(&self, e: RawError) -> HsmError {
+        match e {
+            RawError::Rv(f, rv) => {
+                HsmError::Module { operation: self.name, function: f.to_owned(), rv, at: self.at.clone() }
+            }
+            RawError::Missing(f) => HsmError::Unavailable {
+                operation: self.name,
+                reason: format!("the module's function list has no {f}"),
+                at: self.at.clone(),
+            },
+            RawError::Length(f) => self.misuse(format!("{f}: a length does not fit a CK_ULONG")),
+        }
+    }
+}
+
+impl Pkcs11Hsm {
+    /// Open a slot: load the module (once per process), find the slot, read its mechanisms, and
+    /// log in (so a wrong PIN fails here, not at first use). `observer` hears about every use of
+    /// the host path.
+    pub fn open(config: &SlotConfig, observer: Arc<dyn HostPathObserver>) -> Result<Pkcs11Hsm, HsmError> {
+        config.validate()?;
+        let pin = config.resolve_pin()?;
+        let module = module::load(&config.module)?;
+        let mpath = config.module.display().to_string();
+        let mut at = Arc::new(SlotRef { module: mpath.clone(), slot: config.slot.unwrap_or(0), token: String::new() });
+        let op = Op { name: "open", at: &at };
+        let slot = match (&config.slot, &config.token_label) {
+            (Some(id), _) => op
+                .ck(module.pkcs11.get_all_slots())?
+                .into_iter()
+                .find(|s| s.id() == *id)
+                .ok_or_else(|| HsmError::Config { reason: format!("{mpath} has no slot {id}") })?,
+            (None, Some(label)) => {
+                let mut found = Vec::new();
+                for s in op.ck(module.pkcs11.get_slots_with_initialized_token())? {
+                    if op.ck(module.pkcs11.get_token_info(s))?.label().trim_end() == label.trim_end() {
+                        found.push(s);
+                    }
+                }
+                match found.as_slice() {
+                    [s] => *s,
+                    [] => {
+                        return Err(HsmError::Config {
+                            reason: format!("{mpath} has no initialised token labelled {label:?}"),
+                        });
+                    }
+                    _ => {
+                        return Err(HsmError::Config {
+                            reason: format!("{mpath} has several tokens labelled {label:?}; use slot = <id>"),
+                        });
+                    }
+                }
+            }
+            (None, None) => return Err(HsmError::Config { reason: "set slot or token_label".to_owned() }),
+        };
+        Arc::make_mut(&mut at).slot = slot.id();
+        let op = Op { name: "open", at: &at };
+        let token = op.ck(module.pkcs11.get_token_info(slot))?;
+        if !token.token_initialized() {
+            return Err(HsmError::Config { reason: format!("{mpath} slot {}: token not initialised", slot.id()) });
+        }
+        Arc::make_mut(&mut at).token = token.label().trim_end().to_owned();
+        let op = Op { name: "open", at: &at };
+        let caps = Capabilities::new(&module.raw.mechanism_list(slot.id()).map_err(|e| op.raw(e))?);
+        let missing = caps.missing_required();
+        if !missing.is_empty() {
+            return Err(op.unsupported(format!("mechanisms the adapter needs: {}", missing.join(", "))));
+        }
+        let info = SlotInfo {
+            module: config.module.clone(),
+            library: module.library.clone(),
+            slot: slot.id(),
+            token_label: at.token.clone(),
+            token: format!(
+                "{} {} #{}",
+                token.manufacturer_id().trim(),
+                token.model().trim(),
+                token.serial_number().trim()
+            ),
+            host_path_allowed: config.allow_host_key_material,
+            capabilities: caps.describe(),
+            vendor_mechanisms: caps.vendor_mechanisms(),
+        };
+        let hsm = Pkcs11Hsm {
+            module,
+            slot,
+            info,
+            caps,
+            pin,
+            allow_host: config.allow_host_key_material,
+            transport_label: format!("{}-transport", config.label_prefix),
+            smk_label: format!("{}-smk", config.label_prefix),
+            observer,
+            sessions: SessionPool::new(config.sessions, config.key_cache),
+            token: Mutex::new(TokenCache::default()),
+            ceremony: Mutex::new(()),
+            transport_gen: Mutex::new(()),
+            login_refused: Mutex::new(None),
+            at,
+        };
+        hsm.with_session("open", |_, _| Ok(()))?;
+        tracing::info!(slot = %hsm.at, native_xor = hsm.caps.native_components_xor(), "HSM slot opened");
+        Ok(hsm)
+    }
+
+    /// Module, slot and token of this handle.
+    pub fn slot_ref(&self) -> &Arc<SlotRef> {
+        &self.at
+    }
+
+    /// This slot's description (as in [`Hsm::describe`]).
+    pub fn info(&self) -> &SlotInfo {
+        &self.info
+    }
+
+    /// A cheap call that only succeeds when the device answers (`C_GenerateRandom` of one byte).
+    pub fn probe(&self) -> Result<(), HsmError> {
+        self.with_session("probe", |s, op| op.ck(s.session.generate_random_vec(1)).map(drop))
+    }
+
+    /// Derive a TDES key inside the HSM as the 3DES-ECB encryption of `data` under the wrapped
+    /// TDES key `base` (`CKM_DES3_ECB_ENCRYPT_DATA`, through the raw function list because
+    /// `cryptoki` lacks it), and return it wrapped under the SMK. With `data = Y ‖ (Y ⊕ FF…FF)`
+    /// this is an EMV ICC master key by Option A (EMV Book 2 A1.4.1; parity not adjusted, which the
+    /// KCV ignores). `data` must be as long as the derived key (16 bytes for DES2, 24 for DES3).
+    pub fn derive_des3_ecb_encrypt_data(
+        &self,
+        base: &WrappedKey,
+        data: &[u8],
+        derived: KeyAlg,
+    ) -> Result<WrappedKey, HsmError> {
+        self.with_session("derive_des3_ecb_encrypt_data", |s, op| {
+            if !base.alg.is_tdes() || !derived.is_tdes() {
+                return Err(op.misuse(format!("TDES keys only (base {}, derived {derived})", base.alg)));
+            }
+            if data.len() != derived.key_len() {
+                return Err(op.misuse(format!("{} bytes of data for a {derived} key", data.len())));
+            }
+            if !self.caps.has(CKM_DES3_ECB_ENCRYPT_DATA) {
+                return Err(op.unsupported("CKM_DES3_ECB_ENCRYPT_DATA"));
+            }
+            let smk = self.require_smk(&s.session, op)?;
+            let hbase = self.unwrap_working(s, op, &smk, base, Usage::Derive)?;
+            let h = self
+                .module
+                .raw
+                .des3_ecb_encrypt_data(&s.session, hbase, data, &templates::transient(derived))
+                .map_err(|e| op.raw(e))?;
+            let mut tmp = Temporaries::new(&s.session);
+            tmp.add(h);
+            self.finish_wrapped(&s.session, op, &smk, h, derived)
+        })
+    }
+
+    // ---- sessions -----------------------------------------------------------------------------
+
+    fn open_session(&self, op: Op<'_>) -> Result<Session, HsmError> {
+        if let Some(e) = lock(&self.login_refused).clone() {
+            return Err(e);
+        }
+        let s = op.ck(self.module.pkcs11.open_rw_session(self.slot))?;
+        match s.login(UserType::User, Some(&AuthPin::new(self.pin.as_str().into()))) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(s),
+            Err(e) => {
+                let err = op.err(e);
+                if matches!(err.rv(), Some(RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired)) {
+                    *lock(&self.login_refused) = Some(err.clone());
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Run `f` with a session of the pool; on a session- or device-level error, close the session
+    /// and forget cached token-object handles.
+    fn with_session<T>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&mut SlotSession, Op<'_>) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let op = Op { name, at: &self.at };
+        let mut lease = self.sessions.acquire(|| self.open_session(op))?;
+        let r = f(&mut lease, op);
+        if let Err(e) = &r {
+            // Only errors the module itself returned count; data errors (CannotOpen, …) carrying
+            // CKR_GENERAL_ERROR have already been told apart from device errors.
+            let (session_level, device_level) = match e {
+                HsmError::Unavailable { .. } => (true, true),
+                HsmError::Module { rv, .. } => (is_session_rv(*rv), is_device_rv(*rv)),
+                _ => (false, false),
+            };
+            if session_level {
+                lease.mark_broken();
+            }
+            if device_level {
+                drop(lease);
+                self.sessions.invalidate();
+                *lock(&self.token) = TokenCache::default();
+                tracing::warn!(slot = %self.at, error = %e, "HSM slot: device-level error; sessions reset");
+            }
+        }
+        r
+    }
+
+    // ---- token objects ------------------------------------------------------------------------
+
+    fn find_one(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        template: &[Attribute],
+        what: &str,
+    ) -> Result<Option<ObjectHandle>, HsmError> {
+        match op.ck(s.find_objects(template))?.as_slice() {
+            [] => Ok(None),
+            [h] => Ok(Some(*h)),
+            many => Err(op.state(format!("{} objects are labelled as the {what}; expected one", many.len()))),
+        }
+    }
+
+    fn read_public(&self, s: &Session, op: Op<'_>, h: ObjectHandle) -> Result<RsaPublic, HsmError> {
+        let attrs = op.ck(s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent]))?;
+        let (mut n, mut e) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::Modulus(v) => n = Some(v),
+                Attribute::PublicExponent(v) => e = Some(v),
+                _ => {}
+            }
+        }
+        match (n, e) {
+            (Some(n), Some(e)) => Ok(RsaPublic::new(&n, &e)),
+            _ => Err(op.state("the transport public key has no modulus or exponent")),
+        }
+    }
+
+    fn find_transport(&self, s: &Session, op: Op<'_>) -> Result<Option<Transport>, HsmError> {
+        let label = &self.transport_label;
+        let Some(private) =
+            self.find_one(s, op, &templates::find_transport(label, ObjectClass::PRIVATE_KEY), "transport private key")?
+        else {
+            return Ok(None);
+        };
+        let public = match self.find_one(
+            s,
+            op,
+            &templates::find_transport(label, ObjectClass::PUBLIC_KEY),
+            "transport public key",
+        )? {
+            Some(h) => self.read_public(s, op, h)?,
+            // The private object carries the public attributes as well.
+            None => self.read_public(s, op, private)?,
+        };
+        Ok(Some(Transport { private, public }))
+    }
+
+    /// The transport key pair, generated on first use.
+    fn transport(&self, s: &Session, op: Op<'_>) -> Result<Transport, HsmError> {
+        if let Some(t) = lock(&self.token).transport.clone() {
+            return Ok(t);
+        }
+        let _generating = lock(&self.transport_gen);
+        let t = match self.find_transport(s, op)? {
+            Some(t) => t,
+            None => {
+                let (public, private) = templates::transport_pair(&self.transport_label);
+                let (hpub, hpriv) = op.ck(s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private))?;
+                let t = Transport { private: hpriv, public: self.read_public(s, op, hpub)? };
+                tracing::info!(slot = %self.at, fingerprint = %t.public.fingerprint(), "transport key pair generated");
+                t
+            }
+        };
+        lock(&self.token).transport = Some(t.clone());
+        Ok(t)
+    }
+
+    /// The SMK, if the token holds one.
+    fn smk(&self, s: &Session, op: Op<'_>) -> Result<Option<Smk>, HsmError> {
+        if let Some(k) = lock(&self.token).smk.clone() {
+            return Ok(Some(k));
+        }
+        let Some(handle) = self.find_one(s, op, &templates::find_smk(&self.smk_label), "SMK")? else {
+            return Ok(None);
+        };
+        let smk = Smk { handle, kcv: self.kcv_of(s, op, handle, KeyAlg::Aes256)? };
+        lock(&self.token).smk = Some(smk.clone());
+        Ok(Some(smk))
+    }
+
+    fn require_smk(&self, s: &Session, op: Op<'_>) -> Result<Smk, HsmError> {
+        self.smk(s, op)?.ok_or_else(|| HsmError::NoSmk { operation: op.name, at: self.at.clone() })
+    }
+
+    // ---- building blocks ----------------------------------------------------------------------
+
+    /// KCV of a key handle, computed inside the HSM (see [`Kcv`]).
+    fn kcv_of(&self, s: &Session, op: Op<'_>, h: ObjectHandle, alg: KeyAlg) -> Result<Kcv, HsmError> {
+        let full = match alg {
+            KeyAlg::Des2 | KeyAlg::Des3 => op.ck(s.encrypt(&Mechanism::Des3Ecb, h, &[0u8; 8]))?,
+            KeyAlg::Aes128 | KeyAlg::Aes192 | KeyAlg::Aes256 => op.ck(s.sign(&Mechanism::AesCMac, h, &[0u8; 16]))?,
+            KeyAlg::HmacSha256 => op.ck(s.sign(&Mechanism::Sha256Hmac, h, &[0u8; 32]))?,
+        };
+        let n = alg.kcv_len();
+        if full.len() < n {
+            return Err(op.state(format!("KCV computation returned {} bytes", full.len())));
+        }
+        Ok(Kcv::from_bytes(&full[..n]))
+    }
+
+    /// `C_WrapKey` under the SMK, KCV, and the [`WrappedKey`].
+    fn finish_wrapped(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        smk: &Smk,
+        h: ObjectHandle,
+        alg: KeyAlg,
+    ) -> Result<WrappedKey, HsmError> {
+        let kcv = self.kcv_of(s, op, h, alg)?;
+        let blob = op.ck(s.wrap_key(&Mechanism::AesKeyWrapPad, smk.handle, h))?;
+        Ok(WrappedKey { alg, blob, kcv, smk_kcv: smk.kcv.clone() })
+    }
+
+    /// A handle for `key` usable for `usage`, from the session's cache or unwrapped now.
+    fn unwrap_working(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        key: &WrappedKey,
+        usage: Usage,
+    ) -> Result<ObjectHandle, HsmError> {
+        if key.smk_kcv != smk.kcv {
+            return Err(HsmError::WrongSmk {
+                operation: op.name,
+                key_smk: key.smk_kcv.clone(),
+                hsm_smk: smk.kcv.clone(),
+                at: self.at.clone(),
+            });
+        }
+        let digest = key.digest();
+        if let Some(h) = s.cache.get(&digest, usage) {
+            return Ok(h);
+        }
+        let h = s
+            .session
+            .unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, &key.blob, &templates::working_key(key.alg, usage))
+            .map_err(|e| match e {
+                CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => HsmError::BadWrappedKey {
+                    operation: op.name,
+                    function: format!("C_{f:?}"),
+                    rv,
+                    at: self.at.clone(),
+                },
+                other => op.err(other),
+            })?;
+        s.cache.insert(&s.session, digest, usage, h);
+        Ok(h)
+    }
+
+    /// Unwrap component `index` with the transport private key and check its KCV.
+    #[allow(clippy::too_many_arguments)]
+    fn open_component(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        transport: &Transport,
+        alg: KeyAlg,
+        index: usize,
+        component: &SealedComponent,
+        expected: &Kcv,
+        host_path: bool,
+        tmp: &mut Temporaries<'_>,
+    ) -> Result<ObjectHandle, HsmError> {
+        let h = s
+            .unwrap_key(&templates::oaep(), transport.private, &component.0, &templates::component(alg, host_path))
+            .map_err(|e| match e {
+                CkError::Pkcs11(rv, f) if self.is_data_error(s, &e) => {
+                    self.cannot_open(op, format!("component {index}"), rv, f)
+                }
+                other => op.err(other),
+            })?;
+        tmp.add(h);
+        if !alg.is_tdes() {
+            // CKA_VALUE_LEN; SoftHSM 2.6 reports 0 for unwrapped keys (the host path then checks
+            // the value's length itself).
+            let len = op.ck(s.get_attributes(h, &[AttributeType::ValueLen]))?.into_iter().find_map(|a| match a {
+                Attribute::ValueLen(l) => Some(u64::from(l)),
+                _ => None,
+            });
+            if let Some(len) = len.filter(|l| *l != 0)
+                && len != alg.key_len() as u64
+            {
+                return Err(op.misuse(format!("component {index} is {len} bytes; {alg} needs {}", alg.key_len())));
+            }
+        }
+        let actual = self.kcv_of(s, op, h, alg)?;
+        if &actual != expected {
+            return Err(HsmError::ComponentKcv {
+                operation: op.name,
+                index,
+                expected: expected.clone(),
+                actual,
+                at: self.at.clone(),
+            });
+        }
+        Ok(h)
+    }
+
+    /// Form a key from sealed components with `template`: inside the HSM with the vendor XOR
+    /// mechanism, or on the host path (refused unless allowed). The returned handle is the
+    /// caller's (not in `tmp`).
+    fn combine(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        alg: KeyAlg,
+        components: &[SealedComponent],
+        expected: &[Kcv],
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        if components.len() != expected.len() {
+            return Err(op.misuse(format!("{} components but {} KCVs", components.len(), expected.len())));
+        }
+        if components.len() < 2 || components.len() > 16 {
+            return Err(op.misuse(format!("{} components: between 2 and 16 needed", components.len())));
+        }
+        let native = self.caps.native_components_xor();
+        if !native && !self.allow_host {
+            return Err(HsmError::HostPathRefused {
+                operation: op.name,
+                module: self.at.module.clone(),
+                missing: "a key-component XOR mechanism (CKM_QUILL_KEY_COMPONENTS_XOR)",
+            });
+        }
+        let transport = self.transport(s, op)?;
+        let mut tmp = Temporaries::new(s);
+        if native {
+            let mut handles = Vec::with_capacity(components.len());
+            for (i, (c, k)) in components.iter().zip(expected).enumerate() {
+                handles.push(self.open_component(s, op, &transport, alg, i, c, k, false, &mut tmp)?);
+            }
+            // CK_QUILL_XOR_PARAMS: ULONG count of further components, then their handles.
+            let mut param = Vec::with_capacity(8 * handles.len());
+            param.extend_from_slice(&((handles.len() - 1) as CK_ULONG).to_ne_bytes());
+            for h in &handles[1..] {
+                param.extend_from_slice(&h.handle().to_ne_bytes());
+            }
+            self.module
+                .raw
+                .derive_key(s, vendor::CKM_QUILL_KEY_COMPONENTS_XOR, RawParam::Bytes(&param), handles[0], template)
+                .map_err(|e| op.raw(e))
+        } else {
+            self.observer.host_path_used(&HostPathUse {
+                operation: op.name,
+                what: format!(
+                    "XOR of {} key components in host memory: the module lacks {}",
+                    components.len(),
+                    mechanism_name(vendor::CKM_QUILL_KEY_COMPONENTS_XOR)
+                ),
+                alg,
+                module: self.info.module.clone(),
+                slot: self.info.slot,
+                token_label: self.info.token_label.clone(),
+            });
+            let mut acc = Zeroizing::new(vec![0u8; alg.key_len()]);
+            for (i, (c, k)) in components.iter().zip(expected).enumerate() {
+                let h = self.open_component(s, op, &transport, alg, i, c, k, true, &mut tmp)?;
+                let value = op
+                    .ck(s.get_attributes(h, &[AttributeType::Value]))?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::Value(v) => Some(Zeroizing::new(v)),
+                        _ => None,
+                    })
+                    .ok_or_else(|| op.state(format!("component {i}: CKA_VALUE not readable")))?;
+                if value.len() != acc.len() {
+                    return Err(op.misuse(format!(
+                        "component {i} is {} bytes; {alg} needs {}",
+                        value.len(),
+                        acc.len()
+                    )));
+                }
+                for (a, v) in acc.iter_mut().zip(value.iter()) {
+                    *a ^= v;
+                }
+            }
+            if alg.is_tdes() {
+                set_odd_parity(&mut acc);
+            }
+            let mut t = template.to_vec();
+            t.push(Attribute::Value(acc.to_vec()));
+            let r = s.create_object(&t);
+            for a in &mut t {
+                if let Attribute::Value(v) = a {
+                    v.zeroize();
+                }
+            }
+            op.ck(r)
+        }
+    }
+
+    /// Store or compare an SMK candidate `h` (formed or unwrapped with [`templates::smk`], as a
+    /// token object when `existing` is `None`, else as a session object).
+    fn settle_smk(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        h: ObjectHandle,
+        existing: Option<Smk>,
+        expected: Option<&Kcv>,
+    ) -> Result<Kcv, HsmError> {
+        let mut tmp = Temporaries::new(s);
+        tmp.add(h);
+        let kcv = self.kcv_of(s, op, h, KeyAlg::Aes256)?;
+        if let Some(expected) = expected
+            && &kcv != expected
+        {
+            return Err(HsmError::KcvMismatch {
+                operation: op.name,
+                expected: expected.clone(),
+                actual: kcv,
+                at: self.at.clone(),
+            });
+        }
+        match existing {
+            Some(present) if present.kcv == kcv => Ok(kcv),
+            Some(present) => Err(HsmError::SmkConflict {
+                operation: op.name,
+                present: present.kcv,
+                offered: kcv,
+                at: self.at.clone(),
+            }),
+            None => {
+                tmp.keep(h);
+                lock(&self.token).smk = Some(Smk { handle: h, kcv: kcv.clone() });
+                tracing::info!(slot = %self.at, smk_kcv = %kcv, "storage master key stored");
+                Ok(kcv)
+            }
+        }
+    }
+
+    /// Whether a failed call on `s` was about its input data rather than the device. Modules
+    /// answer bad ciphertext in different ways: hsm-sim with `CKR_ENCRYPTED_DATA_INVALID` or
+    /// `CKR_WRAPPED_KEY_INVALID`, SoftHSM 2.6 with `CKR_GENERAL_ERROR` (failed OAEP decoding, RFC
+    /// 5649 integrity check or GCM tag). `CKR_GENERAL_ERROR`/`CKR_FUNCTION_FAILED` are therefore
+    /// settled by a probe on the same session: if the device answers, the data was at fault.
+    fn is_data_error(&self, s: &Session, e: &CkError) -> bool {
+        match e {
+            CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _) => s.generate_random_vec(1).is_ok(),
+            CkError::Pkcs11(rv, _) => !is_device_rv(*rv),
+            _ => false,
+        }
+    }
+
+    fn cannot_open(&self, op: Op<'_>, what: String, rv: RvError, f: cryptoki::context::Function) -> HsmError {
+        HsmError::CannotOpen { operation: op.name, what, function: format!("C_{f:?}"), rv, at: self.at.clone() }
+    }
+
+    fn require_alg(op: Op<'_>, key: &WrappedKey, ok: bool, want: &str) -> Result<(), HsmError> {
+        if ok { Ok(()) } else { Err(op.misuse(format!("needs {want}, got a {} key", key.alg))) }
+    }
+}
+
+impl Hsm for Pkcs11Hsm {
+    fn describe(&self) -> HsmInfo {
+        HsmInfo { slots: vec![self.info.clone()] }
+    }
+
+    fn transport_public_key(&self) -> Result<RsaPublic, HsmError> {
+        self.with_session("transport_public_key", |s, op| Ok(self.transport(&s.session, op)?.public))
+    }
+
+    fn form_smk(&self, components: &[SealedComponent], expected: &[Kcv]) -> Result<Kcv, HsmError> {
+        self.with_session("form_smk", |s, op| {
+            let _ceremony = lock(&self.ceremony);
+            let existing = self.smk(&s.session, op)?;
+            let template = templates::smk(&self.smk_label, existing.is_none());
+            let h = self.combine(&s.session, op, KeyAlg::Aes256, components, expected, &template)?;
+            self.settle_smk(&s.session, op, h, existing, None)
+        })
+    }
+
+    fn smk_kcv(&self) -> Result<Option<Kcv>, HsmError> {
+        self.with_session("smk_kcv", |s, op| Ok(self.smk(&s.session, op)?.map(|k| k.kcv)))
+    }
+
+    fn wrap_smk_for(&self, peer: &RsaPublic) -> Result<Vec<u8>, HsmError> {
+        self.with_session("wrap_smk_for", |s, op| {
+            if peer.bits() < templates::TRANSPORT_BITS as usize {
+                return Err(op.misuse(format!("peer transport key has {} bits; at least 2048 needed", peer.bits())));
+            }
+            let smk = self.require_smk(&s.session, op)?;
+            let mut tmp = Temporaries::new(&s.session);
+            let hpub = tmp.add(op.ck(s.session.create_object(&templates::peer_public(peer)))?);
+            let sealed = op.ck(s.session.wrap_key(&templates::oaep(), hpub, smk.handle))?;
+            tracing::info!(slot = %self.at, peer = %peer.fingerprint(), smk_kcv = %smk.kcv, "SMK wrapped to a peer transport key");
+            Ok(sealed)
+        })
+    }
+
+    fn install_smk(&self, sealed: &[u8], expected: &Kcv) -> Result<(), HsmError> {
+        self.with_session("install_smk", |s, op| {
+            let _ceremony = lock(&self.ceremony);
+            let existing = self.smk(&s.session, op)?;
+            let transport = self.transport(&s.session, op)?;
+            let template = templates::smk(&self.smk_label, existing.is_none());
+            let h = s.session.unwrap_key(&templates::oaep(), transport.private, sealed, &template).map_err(
+                |e| match e {
+                    CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => {
+                        self.cannot_open(op, "the sealed SMK".to_owned(), rv, f)
+                    }
+                    other => op.err(other),
+                },
+            )?;
+            self.settle_smk(&s.session, op, h, existing, Some(expected)).map(drop)
+        })
+    }
+
+    fn generate_key(&self, alg: KeyAlg) -> Result<WrappedKey, HsmError> {
+        self.with_session("generate_key", |s, op| {
+            let smk = self.require_smk(&s.session, op)?;
+            let (mech, template) = templates::generate(alg);
+            let mut tmp = Temporaries::new(&s.session);
+            let h = tmp.add(op.ck(s.session.generate_key(&mech, &template))?);
+            self.finish_wrapped(&s.session, op, &smk, h, alg)
+        })
+    }
+
+    fn import_components(
+        &self,
+        alg: KeyAlg,
+        components: &[SealedComponent],
+        expected: &[Kcv],
+    ) -> Result<WrappedKey, HsmError> {
+        self.with_session("import_components", |s, op| {
+            let smk = self.require_smk(&s.session, op)?;
+            let h = self.combine(&s.session, op, alg, components, expected, &templates::transient(alg))?;
+            let mut tmp = Temporaries::new(&s.session);
+            tmp.add(h);
+            self.finish_wrapped(&s.session, op, &smk, h, alg)
+        })
+    }
+
+    fn kcv(&self, key: &WrappedKey) -> Result<Kcv, HsmError> {
+        self.with_session("kcv", |s, op| {
+            let smk = self.require_smk(&s.session, op)?;
+            let h = self.unwrap_working(s, op, &smk, key, Usage::Check)?;
+            self.kcv_of(&s.session, op, h, key.alg)
+        })
+    }
+
+    fn hmac_sha256(&self, key: &WrappedKey, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        self.with_session("hmac_sha256", |s, op| {
+            Self::require_alg(op, key, key.alg == KeyAlg::HmacSha256, "an HMAC_SHA256 key")?;
+            let smk = self.require_smk(&s.session, op)?;
+            let h = self.unwrap_working(s, op, &smk, key, Usage::Mac)?;
+            let mac = op.ck(s.session.sign(&Mechanism::Sha256Hmac, h, data))?;
+            mac.as_slice().try_into().map_err(|_| op.state(format!("HMAC-SHA-256 returned {} bytes", mac.len())))
+        })
+    }
+
+    fn seal(&self, key: &WrappedKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.with_session("seal", |s, op| {
+            Self::require_alg(op, key, key.alg.is_aes(), "an AES key")?;
+            let smk = self.require_smk(&s.session, op)?;
+            let h = self.unwrap_working(s, op, &smk, key, Usage::Aead)?;
+            let mut iv = [0u8; GCM_IV_LEN];
+            op.ck(s.session.generate_random_slice(&mut iv))?;
+            let mut iv_param = iv;
+            let params = op.ck(GcmParams::new(&mut iv_param, aad, Ulong::from(8 * GCM_TAG_LEN as u64)))?;
+            let ct = op.ck(s.session.encrypt(&Mechanism::AesGcm(params), h, plaintext))?;
+            let mut out = Vec::with_capacity(GCM_IV_LEN + ct.len());
+            out.extend_from_slice(&iv);
+            out.extend_from_slice(&ct);
+            Ok(out)
+        })
+    }
+
+    fn open(&self, key: &WrappedKey, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.with_session("open", |s, op| {
+            Self::require_alg(op, key, key.alg.is_aes(), "an AES key")?;
+            let smk = self.require_smk(&s.session, op)?;
+            let auth_failed = || HsmError::AuthenticationFailed { operation: op.name, at: self.at.clone() };
+            if sealed.len() < GCM_IV_LEN + GCM_TAG_LEN {
+                return Err(auth_failed());
+            }
+            let h = self.unwrap_working(s, op, &smk, key, Usage::Aead)?;
+            let (iv, ct) = sealed.split_at(GCM_IV_LEN);
+            let mut iv = <[u8; GCM_IV_LEN]>::try_from(iv).map_err(|_| auth_failed())?;
+            let params = op.ck(GcmParams::new(&mut iv, aad, Ulong::from(8 * GCM_TAG_LEN as u64)))?;
+            match s.session.decrypt(&Mechanism::AesGcm(params), h, ct) {
+                Ok(pt) => Ok(Zeroizing::new(pt)),
+                Err(e) if self.is_data_error(&s.session, &e) => Err(auth_failed()),
+                Err(e) => Err(op.err(e)),
+            }
+        })
+    }
+}

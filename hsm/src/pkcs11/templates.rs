@@ -1,0 +1,191 @@
+//! Attribute templates and mechanisms. One place decides which usages each kind of object gets:
+//! a working key unwrapped for one purpose gets only that purpose (an IMK unwrapped to derive
+//! cannot encrypt, which would give ICC master keys in clear), and the KCV is computed on a handle
+//! unwrapped for that alone.
+
+use crate::types::{KeyAlg, RsaPublic};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::types::Ulong;
+
+/// What an unwrapped working-key handle may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Usage {
+    /// Compute the KCV only (TDES: encrypt; AES: CMAC sign; HMAC: sign).
+    Check,
+    /// HMAC sign/verify.
+    Mac,
+    /// AES-GCM encrypt/decrypt.
+    Aead,
+    /// Derive (EMV ICC master keys).
+    Derive,
+}
+
+/// Fixed `CKA_ID` of the transport key pair.
+pub(crate) const TRANSPORT_ID: &[u8] = b"quill-transport";
+/// Transport key size.
+pub(crate) const TRANSPORT_BITS: u64 = 2048;
+
+pub(crate) fn key_type(alg: KeyAlg) -> KeyType {
+    match alg {
+        KeyAlg::Des2 => KeyType::DES2,
+        KeyAlg::Des3 => KeyType::DES3,
+        KeyAlg::Aes128 | KeyAlg::Aes192 | KeyAlg::Aes256 => KeyType::AES,
+        KeyAlg::HmacSha256 => KeyType::GENERIC_SECRET,
+    }
+}
+
+fn usage_attrs(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
+    match usage {
+        Usage::Check if alg.is_tdes() => vec![Attribute::Encrypt(true)],
+        Usage::Check => vec![Attribute::Sign(true)],
+        Usage::Mac => vec![Attribute::Sign(true), Attribute::Verify(true)],
+        Usage::Aead => vec![Attribute::Encrypt(true), Attribute::Decrypt(true)],
+        Usage::Derive => vec![Attribute::Derive(true)],
+    }
+}
+
+fn secret(alg: KeyAlg) -> Vec<Attribute> {
+    vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(key_type(alg))]
+}
+
+/// A working key unwrapped from its blob for one usage: session object, sensitive, never
+/// extractable.
+pub(crate) fn working_key(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
+    let mut t = secret(alg);
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+    ]);
+    t.extend(usage_attrs(alg, usage));
+    t
+}
+
+/// A new key on its way to being wrapped under the SMK: session object, sensitive, extractable
+/// (for `C_WrapKey`), KCV usage only. Destroyed right after wrapping.
+pub(crate) fn transient(alg: KeyAlg) -> Vec<Attribute> {
+    let mut t = secret(alg);
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+    ]);
+    t.extend(usage_attrs(alg, Usage::Check));
+    t
+}
+
+/// `C_GenerateKey` mechanism and template for a transient key of `alg`.
+pub(crate) fn generate(alg: KeyAlg) -> (Mechanism<'static>, Vec<Attribute>) {
+    let mut t = transient(alg);
+    let mech = match alg {
+        KeyAlg::Des2 => Mechanism::Des2KeyGen,
+        KeyAlg::Des3 => Mechanism::Des3KeyGen,
+        KeyAlg::Aes128 | KeyAlg::Aes192 | KeyAlg::Aes256 => Mechanism::AesKeyGen,
+        KeyAlg::HmacSha256 => Mechanism::GenericSecretKeyGen,
+    };
+    if !alg.is_tdes() {
+        t.push(Attribute::ValueLen(Ulong::from(alg.key_len() as u64)));
+    }
+    (mech, t)
+}
+
+/// One key component unwrapped with the transport key: session object, KCV usage, and either
+/// derive (inside-HSM XOR) or readable (host path: non-sensitive, extractable).
+pub(crate) fn component(alg: KeyAlg, host_path: bool) -> Vec<Attribute> {
+    let mut t = secret(alg);
+    t.extend([Attribute::Token(false), Attribute::Private(true)]);
+    if host_path {
+        t.extend([Attribute::Sensitive(false), Attribute::Extractable(true)]);
+    } else {
+        t.extend([Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Derive(true)]);
+    }
+    t.extend(usage_attrs(alg, Usage::Check));
+    t
+}
+
+/// The storage master key: AES-256, sensitive, extractable only to be wrapped to another node's
+/// transport key, wrap/unwrap for working keys, sign for its own CMAC KCV. A token object, or a
+/// session object when it is only formed to compare with the SMK already there.
+pub(crate) fn smk(label: &str, token: bool) -> Vec<Attribute> {
+    let mut t = secret(KeyAlg::Aes256);
+    t.extend([
+        Attribute::Token(token),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Sign(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+    ]);
+    t
+}
+
+/// Search template for the SMK.
+pub(crate) fn find_smk(label: &str) -> Vec<Attribute> {
+    vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec())]
+}
+
+/// Search template for one half of the transport key pair.
+pub(crate) fn find_transport(label: &str, class: ObjectClass) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(class),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// Public and private templates of the transport key pair: persistent, the private half
+/// sensitive, never extractable, and usable only to unwrap.
+pub(crate) fn transport_pair(label: &str) -> (Vec<Attribute>, Vec<Attribute>) {
+    let public = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(TRANSPORT_ID.to_vec()),
+        Attribute::ModulusBits(Ulong::from(TRANSPORT_BITS)),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Encrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Verify(false),
+    ];
+    let private = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(TRANSPORT_ID.to_vec()),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+    ];
+    (public, private)
+}
+
+/// Another node's transport public key, as a session object to wrap the SMK with.
+pub(crate) fn peer_public(peer: &RsaPublic) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Modulus(peer.modulus.clone()),
+        Attribute::PublicExponent(peer.exponent.clone()),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(true),
+        Attribute::Verify(false),
+    ]
+}
+
+/// RSA-OAEP with SHA-1 and MGF1-SHA-1, no label (SoftHSM 2.6 has no other).
+pub(crate) fn oaep() -> Mechanism<'static> {
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, PkcsOaepSource::empty()))
+}

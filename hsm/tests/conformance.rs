@@ -1,0 +1,381 @@
+//! The `Hsm` contract, run against hsm-sim and SoftHSM 2 (`sim::*`, `softhsm::*`), checked with
+//! OpenSSL computations rather than with the adapter itself.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use common::reference::{self as r, h};
+use common::{Backend, Recorder, token, token_host_path};
+use quill_hsm::{Hsm, HsmError, Kcv, KeyAlg, LogHostPath, Pkcs11Hsm, SlotConfig, Support, WrappedKey};
+use std::sync::Arc;
+
+per_backend!(
+    transport_key_persists_across_reopen,
+    smk_from_components_matches_openssl,
+    wrong_component_kcv_is_refused_naming_the_component,
+    component_sealed_to_another_key_is_refused,
+    smk_moves_to_a_second_token,
+    generated_keys_check_on_another_token_with_the_same_smk,
+    hmac_matches_openssl,
+    seal_open_round_trip_and_tamper_refused,
+    keys_under_another_smk_are_refused,
+    host_path_policy,
+    misuse_is_reported,
+    key_cache_evicts_and_reunwraps,
+);
+
+fn open(c: &SlotConfig) -> Pkcs11Hsm {
+    Pkcs11Hsm::open(c, Arc::new(LogHostPath)).unwrap()
+}
+
+/// A token with an SMK formed from three known components (host path allowed on SoftHSM, which
+/// needs it), and the SMK's clear value (test only).
+fn token_with_smk(b: Backend, name: &str) -> Option<(Pkcs11Hsm, Vec<u8>)> {
+    let c = token_host_path(b, name)?;
+    let hsm = open(&c);
+    let smk = r::random(32);
+    let (comps, kcvs) = r::sealed_components(KeyAlg::Aes256, &smk, 3, &hsm.transport_public_key().unwrap());
+    let kcv = hsm.form_smk(&comps, &kcvs).unwrap();
+    assert_eq!(kcv, r::kcv(KeyAlg::Aes256, &smk));
+    Some((hsm, smk))
+}
+
+/// Import a known clear key through sealed components.
+fn import(hsm: &Pkcs11Hsm, alg: KeyAlg, key: &[u8]) -> WrappedKey {
+    let (comps, kcvs) = r::sealed_components(alg, key, 3, &hsm.transport_public_key().unwrap());
+    let w = hsm.import_components(alg, &comps, &kcvs).unwrap();
+    assert_eq!(w.kcv, r::kcv(alg, key), "{alg} imported key KCV");
+    w
+}
+
+fn transport_key_persists_across_reopen(b: Backend) {
+    let Some(c) = token(b, "transport") else { return };
+    let first = {
+        let hsm = open(&c);
+        let k = hsm.transport_public_key().unwrap();
+        assert_eq!(hsm.transport_public_key().unwrap(), k, "same key on the second call");
+        k
+    };
+    // Every session of the first handle is closed now, so only a token object can be found.
+    let hsm = open(&c);
+    assert_eq!(hsm.transport_public_key().unwrap(), first, "the transport key is a persistent token object");
+    assert_eq!(first.bits(), 2048);
+    assert_eq!(first.exponent, vec![0x01, 0x00, 0x01]);
+    assert_eq!(first.fingerprint(), r::spki_sha256(&first), "fingerprint = SHA-256 of OpenSSL's DER");
+}
+
+fn smk_from_components_matches_openssl(b: Backend) {
+    let Some(c) = token_host_path(b, "smk-form") else { return };
+    let rec = Recorder::new();
+    let hsm = Pkcs11Hsm::open(&c, rec.clone()).unwrap();
+    assert_eq!(hsm.smk_kcv().unwrap(), None);
+    let pk = hsm.transport_public_key().unwrap();
+    let parts = r::split(KeyAlg::Aes256, &r::random(32), 3);
+    let sealed: Vec<_> = parts.iter().map(|p| r::seal(&pk, p)).collect();
+    let kcvs: Vec<_> = parts.iter().map(|p| r::kcv(KeyAlg::Aes256, p)).collect();
+    let kcv = hsm.form_smk(&sealed, &kcvs).unwrap();
+    let independent = r::kcv(KeyAlg::Aes256, &r::xor(&parts));
+    assert_eq!(kcv, independent, "SMK KCV = first 5 bytes of AES-CMAC(XOR of components, 0^16)");
+    assert_eq!(kcv.as_str().len(), 10);
+    assert_eq!(hsm.smk_kcv().unwrap(), Some(kcv.clone()));
+    // Host path: used (and reported) only where the module cannot XOR inside.
+    let native = b == Backend::Sim;
+    assert_eq!(rec.uses().is_empty(), native, "host path uses: {:?}", rec.uses());
+    // Idempotent with the same components, persistent across re-open.
+    assert_eq!(hsm.form_smk(&sealed, &kcvs).unwrap(), kcv);
+    drop(hsm);
+    let hsm = open(&c);
+    assert_eq!(hsm.smk_kcv().unwrap(), Some(kcv.clone()));
+    // A different SMK is never accepted.
+    let other = r::split(KeyAlg::Aes256, &r::random(32), 2);
+    let e = hsm
+        .form_smk(
+            &other.iter().map(|p| r::seal(&pk, p)).collect::<Vec<_>>(),
+            &other.iter().map(|p| r::kcv(KeyAlg::Aes256, p)).collect::<Vec<_>>(),
+        )
+        .unwrap_err();
+    assert!(matches!(&e, HsmError::SmkConflict { present, .. } if *present == kcv), "{e}");
+    assert_eq!(hsm.smk_kcv().unwrap(), Some(kcv));
+}
+
+fn wrong_component_kcv_is_refused_naming_the_component(b: Backend) {
+    let Some(c) = token_host_path(b, "smk-badkcv") else { return };
+    let hsm = open(&c);
+    let pk = hsm.transport_public_key().unwrap();
+    let (comps, mut kcvs) = r::sealed_components(KeyAlg::Aes256, &r::random(32), 3, &pk);
+    kcvs[1] = Kcv("0102030405".into());
+    let e = hsm.form_smk(&comps, &kcvs).unwrap_err();
+    match &e {
+        HsmError::ComponentKcv { index, expected, .. } => {
+            assert_eq!(*index, 1);
+            assert_eq!(expected.as_str(), "0102030405");
+        }
+        other => panic!("expected ComponentKcv, got {other}"),
+    }
+    assert!(e.to_string().contains("component 1"), "{e}");
+    assert!(!e.is_device_error());
+    assert_eq!(hsm.smk_kcv().unwrap(), None, "nothing stored");
+    // Counts must match, and one component is not a ceremony.
+    assert!(matches!(hsm.form_smk(&comps, &kcvs[..2]), Err(HsmError::Misuse { .. })));
+    assert!(matches!(hsm.form_smk(&comps[..1], &kcvs[..1]), Err(HsmError::Misuse { .. })));
+    // A TDES component offered for an AES-256 key.
+    let des = r::random_key(KeyAlg::Des2);
+    let mut comps2 = comps.clone();
+    comps2[2] = r::seal(&pk, &des);
+    let e = hsm.form_smk(&comps2, &[kcvs[0].clone(), kcvs[0].clone(), kcvs[0].clone()]).unwrap_err();
+    assert!(!e.is_device_error(), "{e}");
+}
+
+fn component_sealed_to_another_key_is_refused(b: Backend) {
+    let Some(c) = token_host_path(b, "smk-otherkey") else { return };
+    let Some(c2) = token(b, "smk-otherkey2") else { return };
+    let hsm = open(&c);
+    let other = open(&c2).transport_public_key().unwrap();
+    let (mut comps, kcvs) =
+        r::sealed_components(KeyAlg::Aes256, &r::random(32), 3, &hsm.transport_public_key().unwrap());
+    comps[2] = r::seal(&other, &r::random(32));
+    let e = hsm.form_smk(&comps, &kcvs).unwrap_err();
+    assert!(matches!(&e, HsmError::CannotOpen { what, .. } if what == "component 2"), "{e}");
+    assert!(!e.is_device_error());
+    assert!(e.to_string().contains("C_UnwrapKey returned CKR_"), "{e}");
+}
+
+fn smk_moves_to_a_second_token(b: Backend) {
+    let Some((a, _)) = token_with_smk(b, "smk-move-a") else { return };
+    let Some(cb) = token(b, "smk-move-b") else { return };
+    let bb = open(&cb);
+    let smk = a.smk_kcv().unwrap().unwrap();
+    let sealed = a.wrap_smk_for(&bb.transport_public_key().unwrap()).unwrap();
+    // A wrong expected KCV is refused and nothing is stored.
+    let e = bb.install_smk(&sealed, &Kcv("0000000000".into())).unwrap_err();
+    assert!(matches!(e, HsmError::KcvMismatch { .. }), "{e}");
+    assert_eq!(bb.smk_kcv().unwrap(), None);
+    bb.install_smk(&sealed, &smk).unwrap();
+    assert_eq!(bb.smk_kcv().unwrap(), Some(smk.clone()));
+    bb.install_smk(&sealed, &smk).unwrap(); // idempotent
+    drop(bb);
+    assert_eq!(open(&cb).smk_kcv().unwrap(), Some(smk), "installed as a token object");
+    // Sealed to B, A cannot open it.
+    let e = a.install_smk(&sealed, &a.smk_kcv().unwrap().unwrap()).unwrap_err();
+    assert!(matches!(e, HsmError::CannotOpen { .. }), "{e}");
+    // A weak peer key is refused.
+    let weak = quill_hsm::RsaPublic::new(&r::random(128), &[3]);
+    assert!(matches!(a.wrap_smk_for(&weak), Err(HsmError::Misuse { .. })));
+}
+
+fn generated_keys_check_on_another_token_with_the_same_smk(b: Backend) {
+    let Some((a, _)) = token_with_smk(b, "gen-a") else { return };
+    let Some(cb) = token(b, "gen-b") else { return };
+    let bb = open(&cb);
+    let smk = a.smk_kcv().unwrap().unwrap();
+    bb.install_smk(&a.wrap_smk_for(&bb.transport_public_key().unwrap()).unwrap(), &smk).unwrap();
+    for alg in [KeyAlg::Des2, KeyAlg::Des3, KeyAlg::Aes128, KeyAlg::Aes192, KeyAlg::Aes256, KeyAlg::HmacSha256] {
+        let w = a.generate_key(alg).unwrap();
+        assert_eq!(w.alg, alg);
+        assert_eq!(w.smk_kcv, smk);
+        assert_eq!(w.kcv.as_str().len(), 2 * alg.kcv_len());
+        assert_eq!(a.kcv(&w).unwrap(), w.kcv, "{alg} on the generating token");
+        assert_eq!(bb.kcv(&w).unwrap(), w.kcv, "{alg} on the other token");
+        assert_ne!(a.generate_key(alg).unwrap().kcv, w.kcv, "{alg}: keys are random");
+    }
+}
+
+fn hmac_matches_openssl(b: Backend) {
+    let Some((hsm, _)) = token_with_smk(b, "hmac") else { return };
+    let key = r::random(32);
+    let w = import(&hsm, KeyAlg::HmacSha256, &key);
+    for data in [&b""[..], b"audit record 1", &[0x5A; 1000][..]] {
+        assert_eq!(hsm.hmac_sha256(&w, data).unwrap().to_vec(), r::hmac_sha256(&key, data));
+    }
+    // Known components, KCV as documented.
+    assert_eq!(hsm.kcv(&w).unwrap(), r::kcv(KeyAlg::HmacSha256, &key));
+    // Generated HMAC keys work too (the same key twice gives the same MAC).
+    let g = hsm.generate_key(KeyAlg::HmacSha256).unwrap();
+    assert_eq!(hsm.hmac_sha256(&g, b"x").unwrap(), hsm.hmac_sha256(&g, b"x").unwrap());
+    // And TDES keys import with their X9.24 KCV.
+    let des = r::odd_parity(h("0123456789ABCDEFFEDCBA9876543210"));
+    assert_eq!(import(&hsm, KeyAlg::Des2, &des).kcv, r::kcv(KeyAlg::Des2, &des));
+}
+
+fn seal_open_round_trip_and_tamper_refused(b: Backend) {
+    let Some((hsm, _)) = token_with_smk(b, "aead") else { return };
+    let key = r::random(32);
+    let w = import(&hsm, KeyAlg::Aes256, &key);
+    let aad = b"chunk 7 of job 42";
+    let pt = b"4111111111111111 JOHN SMITH 2912".to_vec();
+    let sealed = hsm.seal(&w, aad, &pt).unwrap();
+    assert_eq!(sealed.len(), 12 + pt.len() + 16);
+    assert_eq!(r::gcm_open(&key, aad, &sealed).unwrap(), pt, "OpenSSL opens what the HSM sealed");
+    assert_eq!(*hsm.open(&w, aad, &sealed).unwrap(), pt);
+    assert_ne!(hsm.seal(&w, aad, &pt).unwrap()[..12], sealed[..12], "fresh IV each time");
+    for i in [0, 12, sealed.len() - 1] {
+        let mut t = sealed.clone();
+        t[i] ^= 0x01;
+        let e = hsm.open(&w, aad, &t).unwrap_err();
+        assert!(matches!(e, HsmError::AuthenticationFailed { .. }), "byte {i}: {e}");
+        assert!(!e.is_device_error());
+    }
+    assert!(matches!(hsm.open(&w, b"other aad", &sealed), Err(HsmError::AuthenticationFailed { .. })));
+    assert!(matches!(hsm.open(&w, aad, &sealed[..20]), Err(HsmError::AuthenticationFailed { .. })));
+    let other = hsm.generate_key(KeyAlg::Aes128).unwrap();
+    assert!(matches!(hsm.open(&other, aad, &sealed), Err(HsmError::AuthenticationFailed { .. })));
+    let s2 = hsm.seal(&other, b"", b"").unwrap();
+    assert!(hsm.open(&other, b"", &s2).unwrap().is_empty());
+}
+
+fn keys_under_another_smk_are_refused(b: Backend) {
+    let Some((a, _)) = token_with_smk(b, "othersmk-a") else { return };
+    let Some((c, _)) = token_with_smk(b, "othersmk-c") else { return };
+    let w = a.generate_key(KeyAlg::Aes256).unwrap();
+    let e = c.kcv(&w).unwrap_err();
+    assert!(matches!(e, HsmError::WrongSmk { .. }), "{e}");
+    // A blob that claims C's SMK but is not wrapped under it fails in C_UnwrapKey, as a key error
+    // (SoftHSM answers CKR_GENERAL_ERROR; the adapter tells it from a device error by a probe).
+    let forged = WrappedKey { smk_kcv: c.smk_kcv().unwrap().unwrap(), ..w.clone() };
+    let e = c.kcv(&forged).unwrap_err();
+    assert!(matches!(&e, HsmError::BadWrappedKey { function, .. } if function == "C_UnwrapKey"), "{e}");
+    assert!(!e.is_device_error(), "{e}");
+    let mut bad = w.clone();
+    bad.blob[5] ^= 1;
+    let e = a.kcv(&bad).unwrap_err();
+    assert!(matches!(e, HsmError::BadWrappedKey { .. }), "{e}");
+    assert_eq!(a.kcv(&w).unwrap(), w.kcv, "the slot still works");
+    // No SMK at all.
+    let Some(cn) = token(b, "othersmk-none") else { return };
+    assert!(matches!(open(&cn).generate_key(KeyAlg::Aes256), Err(HsmError::NoSmk { .. })));
+}
+
+fn host_path_policy(b: Backend) {
+    let Some(c) = token(b, "hostpath") else { return };
+    let rec = Recorder::new();
+    let hsm = Pkcs11Hsm::open(&c, rec.clone()).unwrap();
+    let info = hsm.describe().slots.remove(0);
+    assert!(!info.host_path_allowed);
+    let xor = info.capabilities.iter().find(|c| c.name == "key-components-xor").unwrap();
+    let pk = hsm.transport_public_key().unwrap();
+    let smk = r::random(32);
+    let (comps, kcvs) = r::sealed_components(KeyAlg::Aes256, &smk, 2, &pk);
+    match b {
+        Backend::Sim => {
+            assert_eq!(xor.support, Support::Native, "{info:?}");
+            assert!(info.vendor_mechanisms.iter().any(|m| m == "CKM_QUILL_KEY_COMPONENTS_XOR"), "{info:?}");
+            hsm.form_smk(&comps, &kcvs).unwrap();
+            assert!(rec.uses().is_empty());
+        }
+        Backend::SoftHsm => {
+            assert_eq!(xor.support, Support::HostPath, "{info:?}");
+            let e = hsm.form_smk(&comps, &kcvs).unwrap_err();
+            match &e {
+                HsmError::HostPathRefused { operation, module, .. } => {
+                    assert_eq!(*operation, "form_smk");
+                    assert!(module.contains("softhsm"), "{module}");
+                }
+                other => panic!("expected HostPathRefused, got {other}"),
+            }
+            assert!(e.to_string().contains("allow_host_key_material"), "{e}");
+            assert!(rec.uses().is_empty());
+            assert_eq!(hsm.smk_kcv().unwrap(), None);
+            drop(hsm);
+            // Allowed: done, and reported before the key material reaches host memory.
+            let mut allowed = c.clone();
+            allowed.allow_host_key_material = true;
+            let hsm = Pkcs11Hsm::open(&allowed, rec.clone()).unwrap();
+            assert_eq!(hsm.form_smk(&comps, &kcvs).unwrap(), r::kcv(KeyAlg::Aes256, &smk));
+            let uses = rec.uses();
+            assert_eq!(uses.len(), 1, "{uses:?}");
+            assert_eq!(uses[0].operation, "form_smk");
+            assert_eq!(uses[0].alg, KeyAlg::Aes256);
+            assert!(uses[0].what.contains("XOR of 2 key components"), "{}", uses[0].what);
+            assert_eq!(uses[0].token_label, "TEST-hostpath");
+            let key = r::random_key(KeyAlg::Des3);
+            import(&hsm, KeyAlg::Des3, &key);
+            assert_eq!(rec.uses().len(), 2);
+            assert_eq!(rec.uses()[1].operation, "import_components");
+            // Generating a key never needs the host path.
+            hsm.generate_key(KeyAlg::Des2).unwrap();
+            assert_eq!(rec.uses().len(), 2);
+            // And without the flag, importing is refused as well.
+            drop(hsm);
+            let hsm = Pkcs11Hsm::open(&c, rec.clone()).unwrap();
+            let (comps, kcvs) = r::sealed_components(KeyAlg::Des3, &key, 2, &pk);
+            assert!(matches!(
+                hsm.import_components(KeyAlg::Des3, &comps, &kcvs),
+                Err(HsmError::HostPathRefused { .. })
+            ));
+        }
+    }
+}
+
+fn misuse_is_reported(b: Backend) {
+    let Some((hsm, _)) = token_with_smk(b, "misuse") else { return };
+    let aes = hsm.generate_key(KeyAlg::Aes256).unwrap();
+    let mac = hsm.generate_key(KeyAlg::HmacSha256).unwrap();
+    assert!(matches!(hsm.hmac_sha256(&aes, b"x"), Err(HsmError::Misuse { .. })));
+    assert!(matches!(hsm.seal(&mac, b"", b"x"), Err(HsmError::Misuse { .. })));
+    let e = hsm.open(&mac, b"", &[0; 40]).unwrap_err();
+    assert!(matches!(e, HsmError::Misuse { .. }), "{e}");
+    assert!(!e.to_string().contains(&hex::encode_upper(&mac.blob)), "errors carry no key material");
+}
+
+/// SMK formed on hsm-sim, sent to SoftHSM; keys generated on either work on the other (the
+/// blob format, RFC 5649 under the SMK, is the module-independent part).
+#[test]
+fn smk_and_keys_cross_modules() {
+    let Some((sim, _)) = token_with_smk(Backend::Sim, "cross-sim") else { return };
+    let Some(cs) = token(Backend::SoftHsm, "cross-soft") else { return };
+    let soft = open(&cs);
+    let smk = sim.smk_kcv().unwrap().unwrap();
+    soft.install_smk(&sim.wrap_smk_for(&soft.transport_public_key().unwrap()).unwrap(), &smk).unwrap();
+    assert_eq!(soft.smk_kcv().unwrap(), Some(smk));
+    for alg in [KeyAlg::Des2, KeyAlg::Aes256, KeyAlg::HmacSha256] {
+        let w = sim.generate_key(alg).unwrap();
+        assert_eq!(soft.kcv(&w).unwrap(), w.kcv, "{alg} generated on hsm-sim");
+        let w = soft.generate_key(alg).unwrap();
+        assert_eq!(sim.kcv(&w).unwrap(), w.kcv, "{alg} generated on SoftHSM");
+    }
+    let k = soft.generate_key(KeyAlg::Aes256).unwrap();
+    let sealed = soft.seal(&k, b"a", b"hello").unwrap();
+    assert_eq!(*sim.open(&k, b"a", &sealed).unwrap(), b"hello");
+    let m = sim.generate_key(KeyAlg::HmacSha256).unwrap();
+    assert_eq!(sim.hmac_sha256(&m, b"d").unwrap(), soft.hmac_sha256(&m, b"d").unwrap());
+}
+
+#[test]
+fn many_threads_share_the_sessions_and_cache() {
+    let Some((hsm, _)) = token_with_smk(Backend::Sim, "threads") else { return };
+    let hsm = Arc::new(hsm);
+    let key = r::random(32);
+    let w = import(&hsm, KeyAlg::HmacSha256, &key);
+    let want = r::hmac_sha256(&key, b"t");
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (hsm, w, want) = (hsm.clone(), w.clone(), want.clone());
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(hsm.hmac_sha256(&w, b"t").unwrap().to_vec(), want);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn key_cache_evicts_and_reunwraps(b: Backend) {
+    let Some(mut c) = token_host_path(b, "cache") else { return };
+    c.sessions = 1;
+    c.key_cache = 2;
+    let hsm = open(&c);
+    let (comps, kcvs) = r::sealed_components(KeyAlg::Aes256, &r::random(32), 2, &hsm.transport_public_key().unwrap());
+    hsm.form_smk(&comps, &kcvs).unwrap();
+    let keys: Vec<WrappedKey> = (0..5).map(|_| hsm.generate_key(KeyAlg::Aes128).unwrap()).collect();
+    for _ in 0..3 {
+        for k in &keys {
+            assert_eq!(hsm.kcv(k).unwrap(), k.kcv);
+            let s = hsm.seal(k, b"", b"p").unwrap();
+            assert_eq!(*hsm.open(k, b"", &s).unwrap(), b"p");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The raw escape hatch (`src/raw.rs`), through the safe API built on it: unfiltered mechanism
+//! lists (capability detection) and `C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA)` (EMV Option A).
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use common::reference::{self as r, h};
+use common::{Backend, token_host_path};
+use cryptoki::mechanism::MechanismType;
+use quill_hsm::{Hsm, HsmError, KeyAlg, LogHostPath, Pkcs11Hsm, Support};
+use std::sync::Arc;
+
+per_backend!(mechanism_list_is_unfiltered, option_a_derivation_matches_the_published_vector);
+
+fn mechanism_list_is_unfiltered(b: Backend) {
+    let Some(c) = token_host_path(b, "raw-mechs") else { return };
+    let hsm = Pkcs11Hsm::open(&c, Arc::new(LogHostPath)).unwrap();
+    let info = hsm.describe().slots.remove(0);
+    let derive = info.capabilities.iter().find(|c| c.name == "emv-mk-derivation").unwrap();
+    assert_eq!(derive.support, Support::Native, "{info:?}");
+    // What `cryptoki` alone would have seen: no vendor values, no CKM_DES3_ECB_ENCRYPT_DATA.
+    let m = common::module(b).unwrap();
+    let pkcs11 = cryptoki::context::Pkcs11::new(&m.path).unwrap();
+    let slot = pkcs11.get_all_slots().unwrap().into_iter().find(|s| s.id() == info.slot).unwrap();
+    let filtered = pkcs11.get_mechanism_list(slot).unwrap();
+    assert!(!filtered.iter().any(|t| u64::from(*t) == cryptoki_sys::CKM_DES3_ECB_ENCRYPT_DATA));
+    assert!(!filtered.iter().any(|t| u64::from(*t) >= cryptoki_sys::CKM_VENDOR_DEFINED));
+    assert!(filtered.contains(&MechanismType::AES_KEY_WRAP_PAD));
+    match b {
+        Backend::Sim => {
+            assert_eq!(derive.via, "CKM_QUILL_EMV_MK_OPTION_A");
+            for name in ["CKM_QUILL_EMV_MK_OPTION_A", "CKM_QUILL_KEY_COMPONENTS_XOR", "CKM_QUILL_CVV"] {
+                assert!(info.vendor_mechanisms.iter().any(|m| m == name), "{name} in {:?}", info.vendor_mechanisms);
+            }
+        }
+        Backend::SoftHsm => {
+            assert_eq!(derive.via, "CKM_DES3_ECB_ENCRYPT_DATA");
+            assert!(info.vendor_mechanisms.is_empty(), "{:?}", info.vendor_mechanisms);
+        }
+    }
+}
+
+/// shared/reference/emv.md §6 #1 (PYEMV): IMK `0123456789ABCDEFFEDCBA9876543210`, PAN
+/// `12345678901234567`, PSN `01` → ICC MK `73AD54688CEF2934B0979857E3C719F1`.
+fn option_a_derivation_matches_the_published_vector(b: Backend) {
+    let Some(c) = token_host_path(b, "raw-derive") else { return };
+    let hsm = Pkcs11Hsm::open(&c, Arc::new(LogHostPath)).unwrap();
+    let pk = hsm.transport_public_key().unwrap();
+    let (comps, kcvs) = r::sealed_components(KeyAlg::Aes256, &r::random(32), 2, &pk);
+    hsm.form_smk(&comps, &kcvs).unwrap();
+    let imk_clear = h("0123456789ABCDEFFEDCBA9876543210");
+    let (comps, kcvs) = r::sealed_components(KeyAlg::Des2, &imk_clear, 3, &pk);
+    let imk = hsm.import_components(KeyAlg::Des2, &comps, &kcvs).unwrap();
+    // Y = rightmost 16 digits of PAN ‖ PSN; data = Y ‖ (Y ⊕ FF…FF).
+    let y = h("4567890123456701");
+    let data: Vec<u8> = y.iter().copied().chain(y.iter().map(|b| b ^ 0xFF)).collect();
+    let mk = hsm.derive_des3_ecb_encrypt_data(&imk, &data, KeyAlg::Des2).unwrap();
+    let expected = h("73AD54688CEF2934B0979857E3C719F1");
+    assert_eq!(mk.kcv, r::kcv(KeyAlg::Des2, &expected), "KCV of the published ICC MK");
+    assert_eq!(hsm.kcv(&mk).unwrap(), mk.kcv);
+    // Independent of the vector: OpenSSL's 3DES-ECB of the same data under the same IMK.
+    assert_eq!(mk.kcv, r::kcv(KeyAlg::Des2, &r::tdes_ecb(&imk_clear, &data)));
+    // Misuse: wrong data length, non-TDES base.
+    assert!(matches!(hsm.derive_des3_ecb_encrypt_data(&imk, &data[..8], KeyAlg::Des2), Err(HsmError::Misuse { .. })));
+    let aes = hsm.generate_key(KeyAlg::Aes128).unwrap();
+    assert!(matches!(hsm.derive_des3_ecb_encrypt_data(&aes, &data, KeyAlg::Des2), Err(HsmError::Misuse { .. })));
+}
