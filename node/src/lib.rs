@@ -2,4 +2,15 @@
 //! to bottom: `api` (gRPC services), `jobs` (batch lifecycle), `prep` (the pure data-preparation
 //! engine), `keys`, `audit`, `hsm` (the PKCS#11 adapter), `raft` and `store` (RocksDB).
 //!
-//! The crate is empty until the cluster issues fill it.
+//! So far: [`api`] (the Cluster gRPC service and the HTTP health/metrics endpoint), [`network`]
+//! (the Raft transport over gRPC), [`raft`] (the openraft type configuration, the replicated
+//! commands, and the durable log store and state machine) on [`store`] (RocksDB column families
+//! and codecs); [`config`] and [`server`] (boot and shutdown) for the `quilld` binary. A lower
+//! layer never calls up: `store` knows nothing of Raft.
+
+pub mod api;
+pub mod config;
+pub mod network;
+pub mod raft;
+pub mod server;
+pub mod store;

@@ -1,5 +1,570 @@
-//! End-to-end tests that start real multi-node Quill clusters: `quilld` processes on loopback, and
-//! containers where Docker exists, each node with its own simulated HSM tokens. Shared fixtures live
-//! in this library; the tests themselves go under `tests/tests/`.
+//! End-to-end tests that start real multi-node Quill clusters: `quilld` processes on loopback, each
+//! with its own data dir, config and log file in a per-test temporary directory.
 //!
-//! The crate is empty until the cluster issues fill it.
+//! The fixture is [`Cluster`]: it writes each node's `node.toml` on free loopback ports, starts the
+//! `quilld` that Cargo built next to the test executable (`target/release/quilld`), waits for
+//! `/health`, initialises the cluster and waits for a leader. It offers client helpers (write,
+//! read, status), fault knobs (SIGKILL, SIGTERM, SIGSTOP/SIGCONT, restart) and waiters that poll
+//! Status with a timeout and a reason, never a bare sleep. Every process is killed when the
+//! fixture drops. Set `QUILL_TEST_KEEP=1` to keep the directory (configs, data, logs) after a run.
+//!
+//! Tests live in `tests/tests/tNN_<what>.rs` (t10 basic replication, t20 faults, t30 life cycle,
+//! t40 bad input, t50 snapshots, t70 the `quill` CLI) and log `--- step` lines.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quill_node::raft::{Outcome, decode_outcome, encode_command};
+use quill_proto::v1::cluster_client::ClusterClient;
+use quill_proto::v1::{InitRequest, NodeInfo, NodeStatus, ReadRequest, StatusRequest, WriteRequest, WriteResponse};
+use tonic::transport::{Channel, Endpoint};
+
+pub use quill_node::raft::Command as QuillCommand;
+
+mod proxy;
+pub use proxy::FaultProxy;
+
+/// Log one step of a test story.
+pub fn step(msg: &str) {
+    eprintln!("--- {msg}");
+}
+
+/// The directory of the binaries Cargo built with this test (`target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/release/deps/<test>-<hash> → target/release
+    let dir = exe.parent().and_then(Path::parent).expect("the test executable sits in target/<profile>/deps");
+    dir.to_path_buf()
+}
+
+/// A binary built by `cargo build --release --workspace`, or a panic that says so.
+pub fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} not found: build the workspace first (cargo build --release --workspace)", p.display());
+    p
+}
+
+/// `count` distinct free loopback ports (bound at once, then released).
+pub fn free_addrs(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local address")).collect()
+}
+
+/// The `[raft]` table of every node's config.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub max_in_snapshot_log_to_keep: u64,
+    pub rpc_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs_since_last: 5000,
+            max_in_snapshot_log_to_keep: 1000,
+            rpc_timeout_ms: 2000,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// How to build a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of nodes, ids 1..=nodes, all voters.
+    pub nodes: u64,
+    pub raft: RaftSettings,
+    /// Route every node-to-node Raft link through its own [`FaultProxy`] (for partitions).
+    pub proxies: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: 5, raft: RaftSettings::default(), proxies: false }
+    }
+}
+
+/// One `quilld` of the cluster.
+#[derive(Debug)]
+pub struct Node {
+    pub id: u64,
+    pub raft_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    /// Cached clients (channels reconnect by themselves after a restart): calls, status.
+    api: ClusterClient<Channel>,
+    status_api: ClusterClient<Channel>,
+}
+
+impl Node {
+    /// `http://` URL of the client API.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("quilld.log")
+    }
+    /// The running process's id, if started and not reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+    fn info(&self) -> NodeInfo {
+        NodeInfo { id: self.id, raft_addr: self.raft_addr.to_string(), api_addr: self.api_addr.to_string() }
+    }
+}
+
+/// A cluster of real `quilld` processes in a temporary directory; killed on drop.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    pub root: PathBuf,
+    pub nodes: BTreeMap<u64, Node>,
+    pub opts: ClusterOptions,
+    /// With `opts.proxies`: the link from node `.0` to node `.1`'s Raft service.
+    pub links: BTreeMap<(u64, u64), FaultProxy>,
+    quilld: PathBuf,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("root", &self.root).field("nodes", &self.nodes.keys()).finish()
+    }
+}
+
+impl Cluster {
+    /// Write configs, start every node, wait for `/health`, Init on node 1 with all as voters, and
+    /// wait for a leader.
+    pub async fn start(name: &str, opts: ClusterOptions) -> Cluster {
+        let mut c = Cluster::configure(name, opts);
+        step(&format!("start {} quilld processes in {}", c.opts.nodes, c.root.display()));
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in &ids {
+            c.spawn(*id);
+        }
+        for id in &ids {
+            c.wait_health(*id).await;
+        }
+        step("init the cluster on node 1 with every node as a voter");
+        let members: Vec<NodeInfo> = c.nodes.values().map(Node::info).collect();
+        let mut cl = c.client(1);
+        cl.init(InitRequest { members }).await.expect("Init on node 1");
+        let leader = c.wait_leader(&ids, Duration::from_secs(20), "a leader after init").await;
+        step(&format!("leader is node {leader}"));
+        c
+    }
+
+    /// Write every node's config and make its directories; start nothing. Needs a tokio runtime
+    /// (the clients' channels are made here).
+    pub fn configure(name: &str, opts: ClusterOptions) -> Cluster {
+        let quilld = binary("quilld");
+        let dir = tempfile::Builder::new().prefix(&format!("quill-{name}-")).tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let addrs = free_addrs(3 * opts.nodes as usize);
+        let mut links = BTreeMap::new();
+        if opts.proxies {
+            for (i, from) in (1..=opts.nodes).enumerate() {
+                for (j, to) in (1..=opts.nodes).enumerate() {
+                    if i != j {
+                        links.insert((from, to), FaultProxy::start(addrs[3 * j]));
+                    }
+                }
+            }
+        }
+        let mut nodes = BTreeMap::new();
+        for (i, a) in (1..=opts.nodes).zip(addrs.chunks(3)) {
+            let node_dir = root.join(format!("node-{i}"));
+            fs::create_dir_all(node_dir.join("data")).expect("node dir");
+            let r = &opts.raft;
+            let config = format!(
+                "node_id = {i}\nraft_addr = \"{}\"\napi_addr = \"{}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\n\
+                 log_format = \"text\"\n\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\n\
+                 election_timeout_max_ms = {}\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n\
+                 rpc_timeout_ms = {}\nwrite_timeout_ms = {}\n",
+                a[0],
+                a[1],
+                a[2],
+                node_dir.join("data").display(),
+                r.heartbeat_interval_ms,
+                r.election_timeout_min_ms,
+                r.election_timeout_max_ms,
+                r.snapshot_logs_since_last,
+                r.max_in_snapshot_log_to_keep,
+                r.rpc_timeout_ms,
+                r.write_timeout_ms,
+            );
+            let mut config = config;
+            if opts.proxies {
+                config.push_str("\n[dial]\n");
+                for ((from, to), proxy) in &links {
+                    if *from == i {
+                        config.push_str(&format!("{to} = \"{}\"\n", proxy.addr));
+                    }
+                }
+            }
+            let config_path = node_dir.join("node.toml");
+            fs::write(&config_path, config).expect("write node.toml");
+            nodes.insert(
+                i,
+                Node {
+                    id: i,
+                    raft_addr: a[0],
+                    api_addr: a[1],
+                    http_addr: a[2],
+                    dir: node_dir,
+                    config_path,
+                    child: None,
+                    api: client_for(&format!("http://{}", a[1]), Duration::from_secs(5)),
+                    status_api: client_for(&format!("http://{}", a[1]), Duration::from_secs(2)),
+                },
+            );
+        }
+        Cluster { dir: Some(dir), root, nodes, opts, links, quilld }
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.get(&id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Start node `id`'s quilld (stdout and stderr appended to its log).
+    pub fn spawn(&mut self, id: u64) {
+        let quilld = self.quilld.clone();
+        let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
+        assert!(node.child.is_none(), "node {id} already runs");
+        let log = fs::OpenOptions::new().create(true).append(true).open(node.log_path()).expect("open log");
+        let child = Command::new(&quilld)
+            .arg("--config")
+            .arg(&node.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn quilld");
+        node.child = Some(child);
+    }
+
+    /// Wait until node `id` answers `/health` with 200.
+    pub async fn wait_health(&mut self, id: u64) {
+        let http = self.node(id).http_addr;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(http, "/health") {
+                return;
+            }
+            let node = self.nodes.get_mut(&id).expect("node");
+            if let Some(child) = node.child.as_mut()
+                && let Ok(Some(st)) = child.try_wait()
+            {
+                panic!("node {id} exited during start-up ({st}); log:\n{}", tail(&node.log_path(), 30));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not answer /health in 30 s:\n{}",
+                tail(&node.log_path(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL node `id` through a shared fixture; the process is reaped when the fixture drops
+    /// (or by [`Cluster::kill`]).
+    pub fn sigkill(&self, id: u64) {
+        signal(self.node(id).pid().expect("node runs"), "KILL");
+    }
+
+    /// SIGTERM node `id` and wait for it to exit (SIGKILL after 10 s).
+    pub fn terminate(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(mut child) = node.child.take() {
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!("node {id} ignored SIGTERM for 10 s; SIGKILL");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGSTOP node `id` (it keeps its sockets but answers nothing).
+    pub fn pause(&self, id: u64) {
+        signal(self.node(id).pid().expect("node runs"), "STOP");
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&self, id: u64) {
+        signal(self.node(id).pid().expect("node runs"), "CONT");
+    }
+
+    /// Start a stopped node again with the same config and data, and wait for `/health`.
+    pub async fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_health(id).await;
+    }
+
+    /// Cut every Raft link between `side` and the other nodes, both ways (needs `opts.proxies`).
+    pub fn partition(&self, side: &[u64]) {
+        assert!(self.opts.proxies, "partition needs ClusterOptions::proxies");
+        for ((from, to), link) in &self.links {
+            if side.contains(from) != side.contains(to) {
+                link.cut();
+            }
+        }
+    }
+
+    /// Heal every cut link.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.heal();
+        }
+    }
+
+    /// A client for node `id` with a 5 s call timeout.
+    pub fn client(&self, id: u64) -> ClusterClient<Channel> {
+        self.node(id).api.clone()
+    }
+
+    /// Node `id`'s Status, or why not.
+    pub async fn status(&self, id: u64) -> Result<NodeStatus, String> {
+        let mut c = self.node(id).status_api.clone();
+        match c.status(StatusRequest {}).await {
+            Ok(r) => r.into_inner().node.ok_or_else(|| "Status without node".to_string()),
+            Err(s) => Err(format!("node {id}: {:?} {}", s.code(), s.message())),
+        }
+    }
+
+    /// Wait until one of `among` says it is leader and a majority of `among` name it leader.
+    pub async fn wait_leader(&self, among: &[u64], timeout: Duration, reason: &str) -> u64 {
+        self.wait_leader_after(among, 0, timeout, reason).await.0
+    }
+
+    /// Like [`Cluster::wait_leader`], for a leader of a term above `min_term`: (leader, term).
+    pub async fn wait_leader_after(&self, among: &[u64], min_term: u64, timeout: Duration, reason: &str) -> (u64, u64) {
+        wait_until(timeout, reason, || async {
+            let mut leader = None;
+            let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut seen = Vec::new();
+            for id in among {
+                match self.status(*id).await {
+                    Ok(st) => {
+                        if st.role == "leader" && st.term > min_term {
+                            leader = Some((st.id, st.term));
+                        }
+                        if let Some(l) = st.leader {
+                            *votes.entry(l).or_default() += 1;
+                        }
+                        seen.push(format!("{}:{}@{}", st.id, st.role, st.term));
+                    }
+                    Err(e) => seen.push(e),
+                }
+            }
+            match leader {
+                Some((l, t)) if votes.get(&l).copied().unwrap_or(0) * 2 > among.len() => Ok((l, t)),
+                _ => Err(seen.join(", ")),
+            }
+        })
+        .await
+    }
+
+    /// Wait until every node in `ids` reports the same applied index (at least `min_applied`) and
+    /// the same state hash; returns (applied index, state hash).
+    pub async fn wait_converged(&self, ids: &[u64], min_applied: u64, timeout: Duration) -> (u64, String) {
+        wait_until(timeout, "every node at the same applied index and state hash", || async {
+            let mut seen = Vec::new();
+            for id in ids {
+                seen.push(self.status(*id).await?);
+            }
+            let first = &seen[0];
+            let same = seen.iter().all(|s| s.applied_index == first.applied_index && s.state_hash == first.state_hash);
+            if same && first.applied_index >= min_applied {
+                Ok((first.applied_index, first.state_hash.clone()))
+            } else {
+                Err(seen
+                    .iter()
+                    .map(|s| format!("node {} applied {} hash {}", s.id, s.applied_index, short(&s.state_hash)))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
+        })
+        .await
+    }
+
+    /// Put `key` = `value` through node `id` as (`client_id`, `serial`).
+    pub async fn put(
+        &self,
+        id: u64,
+        client_id: &str,
+        serial: u64,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(WriteResponse, Outcome), tonic::Status> {
+        let command = encode_command(&QuillCommand::Put { key: key.to_string(), value: value.to_vec() });
+        let mut c = self.client(id);
+        let r =
+            c.write(WriteRequest { client_id: client_id.to_string(), serial, command, hops: 0 }).await?.into_inner();
+        let outcome = decode_outcome(&r.outcome).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok((r, outcome))
+    }
+
+    /// Read `key` on node `id`.
+    pub async fn read(&self, id: u64, key: &str, linearizable: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut c = self.client(id);
+        let r = c.read(ReadRequest { key: key.to_string(), linearizable, hops: 0 }).await?.into_inner();
+        Ok(r.found.then_some(r.value))
+    }
+
+    /// A value from node `id`'s Prometheus `/metrics` (e.g. `quill_raft_membership_index`).
+    pub fn metric(&self, id: u64, name: &str) -> Result<u64, String> {
+        let (code, body) = http_get(self.node(id).http_addr, "/metrics").map_err(|e| e.to_string())?;
+        if code != 200 {
+            return Err(format!("node {id} /metrics: HTTP {code}"));
+        }
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k.split('{').next() == Some(name)).then(|| v.trim().parse::<f64>().ok().map(|v| v as u64)).flatten()
+            })
+            .ok_or_else(|| format!("node {id} /metrics has no {name}"))
+    }
+
+    /// The end of node `id`'s log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        tail(&self.node(id).log_path(), 40)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                // A SIGSTOPped process dies of SIGKILL too.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if (std::env::var_os("QUILL_TEST_KEEP").is_some() || std::thread::panicking())
+            && let Some(d) = self.dir.take()
+        {
+            let kept = d.keep();
+            eprintln!("kept the cluster directory {}", kept.display());
+        }
+    }
+}
+
+/// A lazily connecting client for `endpoint` whose calls time out after `timeout`.
+pub fn client_for(endpoint: &str, timeout: Duration) -> ClusterClient<Channel> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .expect("a valid endpoint URL")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(timeout);
+    ClusterClient::new(ep.connect_lazy())
+}
+
+/// Poll `f` every 50 ms until it returns `Ok`, or panic after `timeout` naming `reason` and the
+/// last error.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, reason: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) => {
+                if start.elapsed() >= timeout {
+                    panic!("timed out after {timeout:?} waiting for {reason}; last: {last}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Send a signal by name (`STOP`, `CONT`, `TERM`) with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+/// A small deterministic PRNG (xorshift64*) for picking nodes; seeded per test.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// One element of a non-empty slice.
+    pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[(self.next_u64() % from.len() as u64) as usize]
+    }
+}

@@ -1,0 +1,280 @@
+//! `quill cluster status|add|promote|remove`: membership, roles and indexes of a running cluster.
+//!
+//! Membership changes go to the leader (found through Status) and are staged: `add` joins a node
+//! as a learner, `promote` makes it a voter, `remove` takes it out of the voters. `promote` and
+//! `remove` send the full voter set they want together with the membership they saw, so two
+//! operators changing membership at once cannot overwrite each other.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use quill_proto::v1::{AddLearnerRequest, ChangeMembershipRequest, NodeInfo, NodeStatus};
+use serde_json::{Value, json};
+
+use crate::client::{self, Target};
+
+/// A membership change may wait for a learner to catch up.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options of `quill cluster add`.
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    /// The new node's id.
+    #[arg(long)]
+    id: u64,
+    /// The new node's Raft address (`host:port`).
+    #[arg(long)]
+    raft_addr: String,
+    /// The new node's client API address (`host:port`).
+    #[arg(long)]
+    api_addr: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Options of `quill cluster promote` and `quill cluster remove`.
+#[derive(clap::Args, Debug)]
+pub struct IdArgs {
+    /// The node's id.
+    #[arg(long)]
+    id: u64,
+    /// The log index of the membership this change is based on; the leader refuses the change
+    /// if the membership changed since (the `quill_raft_membership_index` metric).
+    #[arg(long, value_name = "INDEX")]
+    expected_membership_index: Option<u64>,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Options of `quill cluster status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+/// One row of `cluster status`: a member (or a given endpoint) and what it answered.
+struct Row {
+    id: Option<u64>,
+    endpoint: String,
+    answer: Result<NodeStatus, String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// `quill cluster status`.
+pub fn status(args: &StatusArgs, json: bool) -> Result<u8> {
+    let seeds = args.target.endpoints()?;
+    let rows = runtime()?.block_on(collect(&seeds));
+    if rows.iter().all(|r| r.answer.is_err()) {
+        let why = rows.iter().find_map(|r| r.answer.as_ref().err().cloned()).unwrap_or_default();
+        bail!("no node answered ({why})");
+    }
+    // The leader, as the node that says it leads (highest term wins if there are several).
+    let leader = rows
+        .iter()
+        .filter_map(|r| r.answer.as_ref().ok())
+        .filter(|s| s.role == "leader")
+        .max_by_key(|s| s.term)
+        .map(|s| s.id);
+
+    if json {
+        let nodes: Vec<Value> = rows.iter().map(row_json).collect();
+        let membership = rows.iter().filter_map(|r| r.answer.as_ref().ok()).find(|s| Some(s.id) == leader);
+        let doc = json!({
+            "leader": leader,
+            "voters": membership.map(|s| s.voters.iter().map(|n| n.id).collect::<Vec<_>>()),
+            "learners": membership.map(|s| s.learners.iter().map(|n| n.id).collect::<Vec<_>>()),
+            "nodes": nodes,
+        });
+        println!("{doc}");
+    } else {
+        print_table(&rows, leader);
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// Ask the seeds, learn the membership from the answers, then ask every member.
+async fn collect(seeds: &[String]) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut members: BTreeMap<u64, String> = BTreeMap::new();
+    for ep in seeds {
+        let answer = client::status(ep).await.map_err(|e| format!("{e:#}"));
+        if let Ok(st) = &answer {
+            for n in st.voters.iter().chain(st.learners.iter()) {
+                members.entry(n.id).or_insert_with(|| client::normalize(&n.api_addr));
+            }
+        }
+        rows.push(Row { id: answer.as_ref().ok().map(|s| s.id), endpoint: ep.clone(), answer });
+    }
+    for (id, ep) in members {
+        if rows.iter().any(|r| r.id == Some(id) || r.endpoint == ep) {
+            continue;
+        }
+        let answer = client::status(&ep).await.map_err(|e| format!("{e:#}"));
+        rows.push(Row { id: Some(id), endpoint: ep, answer });
+    }
+    // A seed that did not answer but is a known member keeps its id from the membership.
+    rows.sort_by_key(|r| (r.id.is_none(), r.id));
+    rows
+}
+
+fn row_json(r: &Row) -> Value {
+    match &r.answer {
+        Ok(s) => json!({
+            "id": s.id, "endpoint": r.endpoint, "reachable": true, "role": s.role, "term": s.term,
+            "leader": s.leader, "last_log_index": s.last_log_index, "committed_index": s.committed_index,
+            "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
+            "purged_index": s.purged_index, "membership_index": s.membership_index, "state_hash": s.state_hash,
+            "raft_addr": s.raft_addr, "api_addr": s.api_addr,
+        }),
+        Err(e) => json!({"id": r.id, "endpoint": r.endpoint, "reachable": false, "error": e}),
+    }
+}
+
+fn print_table(rows: &[Row], leader: Option<u64>) {
+    let header = ["ID", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMITTED", "APPLIED", "REACHABLE", "ENDPOINT"];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    for r in rows {
+        table.push(match &r.answer {
+            Ok(s) => vec![
+                s.id.to_string(),
+                s.role.clone(),
+                s.term.to_string(),
+                opt(s.leader),
+                s.last_log_index.to_string(),
+                s.committed_index.to_string(),
+                s.applied_index.to_string(),
+                "yes".into(),
+                r.endpoint.clone(),
+            ],
+            Err(_) => vec![
+                opt(r.id),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "no".into(),
+                r.endpoint.clone(),
+            ],
+        });
+    }
+    print!("{}", render_table(&table));
+    match leader {
+        Some(l) => println!("leader: node {l}"),
+        None => println!("leader: none"),
+    }
+    for r in rows {
+        if let Err(e) = &r.answer {
+            println!("unreachable: {e}");
+        }
+    }
+}
+
+/// Left-aligned columns separated by two spaces; the first row is the header.
+pub fn render_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `quill cluster add`: join a node as a learner.
+pub fn add(args: &AddArgs, json: bool) -> Result<u8> {
+    let seeds = args.target.endpoints()?;
+    runtime()?.block_on(async {
+        let (leader_ep, st) = client::find_leader(&seeds).await?;
+        if st.voters.iter().chain(st.learners.iter()).any(|n| n.id == args.id) {
+            bail!("node {} is already a member", args.id);
+        }
+        let mut c = client::client(&leader_ep, CHANGE_TIMEOUT)?;
+        let node = NodeInfo { id: args.id, raft_addr: args.raft_addr.clone(), api_addr: args.api_addr.clone() };
+        let r = c
+            .add_learner(AddLearnerRequest { node: Some(node) })
+            .await
+            .map_err(|s| anyhow!("AddLearner {} failed: {}", args.id, client::grpc_reason(&s)))?
+            .into_inner();
+        report(json, "added", args.id, r.log_index, &format!("node {} added as a learner", args.id));
+        Ok(crate::exit_codes::OK)
+    })
+}
+
+/// `quill cluster promote`: make a learner a voter.
+pub fn promote(args: &IdArgs, json: bool) -> Result<u8> {
+    change(args, json, true)
+}
+
+/// `quill cluster remove`: take a node out of the voters.
+pub fn remove(args: &IdArgs, json: bool) -> Result<u8> {
+    change(args, json, false)
+}
+
+fn change(args: &IdArgs, json: bool, promote: bool) -> Result<u8> {
+    let seeds = args.target.endpoints()?;
+    runtime()?.block_on(async {
+        let (leader_ep, st) = client::find_leader(&seeds).await?;
+        let mut voters: Vec<u64> = st.voters.iter().map(|n| n.id).collect();
+        let is_voter = voters.contains(&args.id);
+        let is_learner = st.learners.iter().any(|n| n.id == args.id);
+        if promote {
+            if is_voter {
+                bail!("node {} is already a voter", args.id);
+            }
+            if !is_learner {
+                bail!("node {} is not a learner: run `quill cluster add` first", args.id);
+            }
+            voters.push(args.id);
+        } else {
+            if !is_voter && !is_learner {
+                bail!("node {} is not a member", args.id);
+            }
+            voters.retain(|v| *v != args.id);
+            if voters.is_empty() {
+                bail!("refusing to remove the last voter");
+            }
+        }
+        voters.sort_unstable();
+        let mut c = client::client(&leader_ep, CHANGE_TIMEOUT)?;
+        let req = ChangeMembershipRequest {
+            voters,
+            expected_membership_index: args.expected_membership_index.unwrap_or_else(|| expected_membership_index(&st)),
+        };
+        let r = c
+            .change_membership(req)
+            .await
+            .map_err(|s| anyhow!("ChangeMembership for node {} failed: {}", args.id, client::grpc_reason(&s)))?
+            .into_inner();
+        let (verb, text) = if promote {
+            ("promoted", format!("node {} is now a voter", args.id))
+        } else {
+            ("removed", format!("node {} removed from the cluster", args.id))
+        };
+        report(json, verb, args.id, r.log_index, &text);
+        Ok(crate::exit_codes::OK)
+    })
+}
+
+/// The membership version the change is based on, as the leader reported it.
+fn expected_membership_index(st: &NodeStatus) -> u64 {
+    st.membership_index
+}
+
+fn report(json: bool, verb: &str, id: u64, log_index: u64, text: &str) {
+    if json {
+        println!("{}", json!({"result": verb, "id": id, "log_index": log_index}));
+    } else {
+        println!("{text} (log index {log_index})");
+    }
+}

@@ -1,0 +1,488 @@
+//! `quill dev up|down`: a local cluster of `quilld` processes on loopback.
+//!
+//! Layout of the directory `D` (the operators' contract, DESIGN.md §11):
+//!
+//! ```text
+//! D/env                    QUILL_ENDPOINT, QUILL_ENDPOINTS, QUILL_DEV_DIR (shell-sourceable)
+//! D/node-<id>/node.toml    the node's config (quilld's command line names it)
+//! D/node-<id>/data/        its data dir
+//! D/node-<id>/quilld.log   its stdout and stderr
+//! D/node-<id>/pid          its process id while it runs
+//! ```
+//!
+//! `dev up` on a directory that already holds a cluster restarts the nodes that are not running,
+//! with the same configs, and does not initialise again: the membership is in the data dirs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use quill_proto::v1::{InitRequest, NodeInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::client;
+
+/// Where `dev up` puts the cluster unless told otherwise.
+pub const DEFAULT_DIR: &str = ".quill/dev";
+/// How long each node gets to answer `/health` after it starts.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the cluster gets to elect a leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `dev down` waits after SIGTERM before it sends SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of `quill dev up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Number of nodes, all voters [default: 5]. A directory that already holds a cluster keeps
+    /// its own.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=9))]
+    nodes: Option<u64>,
+    /// The cluster's directory.
+    #[arg(long, default_value = DEFAULT_DIR, value_name = "D")]
+    dir: PathBuf,
+    /// Node i listens on P+i (raft), P+100+i (API) and P+200+i (HTTP) [default: free ports].
+    #[arg(long, value_name = "P")]
+    base_port: Option<u16>,
+    /// The quilld binary [default: `quilld` next to the `quill` executable].
+    #[arg(long, env = "QUILL_QUILLD", value_name = "PATH")]
+    quilld: Option<PathBuf>,
+}
+
+/// Options of `quill dev down`.
+#[derive(clap::Args, Debug)]
+pub struct DownArgs {
+    /// The cluster's directory.
+    #[arg(long, default_value = DEFAULT_DIR, value_name = "D")]
+    dir: PathBuf,
+    /// Remove the directory (configs, data, logs) once the nodes have stopped.
+    #[arg(long)]
+    wipe: bool,
+}
+
+/// The part of a node's config this command writes and reads back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeConfig {
+    node_id: u64,
+    raft_addr: String,
+    api_addr: String,
+    http_addr: String,
+    data_dir: PathBuf,
+    log_format: String,
+}
+
+/// One node of the dev cluster on disk.
+#[derive(Debug, Clone)]
+struct DevNode {
+    dir: PathBuf,
+    config_path: PathBuf,
+    config: NodeConfig,
+}
+
+impl DevNode {
+    fn pid_path(&self) -> PathBuf {
+        self.dir.join("pid")
+    }
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("quilld.log")
+    }
+    fn endpoint(&self) -> String {
+        client::normalize(&self.config.api_addr)
+    }
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.config.node_id,
+            raft_addr: self.config.raft_addr.clone(),
+            api_addr: self.config.api_addr.clone(),
+        }
+    }
+    /// The pid of this node's quilld if one runs (the pid file names a live process whose command
+    /// line names this node's config).
+    fn running_pid(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;
+        process_is(pid, &self.config_path).then_some(pid)
+    }
+}
+
+/// `quill dev up`.
+pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
+    let rt = runtime()?;
+    let quilld = quilld_path(args.quilld.as_deref())?;
+    fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir = fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+
+    let existing = load_nodes(&dir)?;
+    let fresh = existing.is_empty();
+    let nodes = if fresh {
+        write_configs(&dir, args.nodes.unwrap_or(5), args.base_port)?
+    } else {
+        if let Some(n) = args.nodes
+            && existing.len() as u64 != n
+        {
+            eprintln!(
+                "quill: {} already holds a {}-node cluster; restarting it as it is",
+                dir.display(),
+                existing.len()
+            );
+        }
+        existing
+    };
+
+    for n in &nodes {
+        if let Some(pid) = n.running_pid() {
+            say(json, &format!("node {}: already running (pid {pid})", n.config.node_id));
+            continue;
+        }
+        let pid = spawn(&quilld, n)?;
+        say(json, &format!("node {}: started quilld (pid {pid}), log {}", n.config.node_id, n.log_path().display()));
+    }
+    for n in &nodes {
+        wait_health(n)?;
+    }
+    say(json, "all nodes answer /health");
+
+    // A fresh cluster needs Init; so does one whose first `dev up` stopped before Init (its
+    // first node knows no voters).
+    let first = &nodes[0];
+    let needs_init = fresh || rt.block_on(client::status(&first.endpoint()))?.voters.is_empty();
+    if needs_init {
+        let members: Vec<NodeInfo> = nodes.iter().map(DevNode::info).collect();
+        rt.block_on(async {
+            let mut c = client::client(&first.endpoint(), Duration::from_secs(10))?;
+            c.init(InitRequest { members })
+                .await
+                .map_err(|s| anyhow!("Init on node {} failed: {}", first.config.node_id, client::grpc_reason(&s)))
+        })?;
+        say(json, &format!("initialised the cluster on node {} with {} voters", first.config.node_id, nodes.len()));
+    }
+
+    let endpoints: Vec<String> = nodes.iter().map(DevNode::endpoint).collect();
+    let leader = rt.block_on(wait_leader(&endpoints, LEADER_TIMEOUT))?;
+
+    let env_path = dir.join("env");
+    let env = format!(
+        "QUILL_ENDPOINT={}\nQUILL_ENDPOINTS={}\nQUILL_DEV_DIR={}\n",
+        endpoints[0],
+        endpoints.join(","),
+        dir.display()
+    );
+    write_atomic(&env_path, env.as_bytes())?;
+
+    if json {
+        let nodes_json: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.config.node_id,
+                    "pid": n.running_pid(),
+                    "raft_addr": n.config.raft_addr,
+                    "api_addr": n.config.api_addr,
+                    "http_addr": n.config.http_addr,
+                    "config": n.config_path,
+                    "log": n.log_path(),
+                })
+            })
+            .collect();
+        let doc = json!({
+            "dir": dir, "env": env_path, "initialised": needs_init, "leader": leader,
+            "endpoint": endpoints[0], "endpoints": endpoints, "nodes": nodes_json,
+        });
+        println!("{doc}");
+    } else {
+        println!("cluster of {} nodes up in {}; leader is node {leader}", nodes.len(), dir.display());
+        println!();
+        println!("Use it from this shell:");
+        println!("  set -a; . {}; set +a", env_path.display());
+        println!("  quill cluster status");
+        println!("  quill bench raft");
+        println!("Stop it:");
+        println!("  quill dev down --dir {}", dir.display());
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill dev down`.
+pub fn down(args: &DownArgs, json: bool) -> Result<u8> {
+    if !args.dir.exists() {
+        bail!("{} does not exist: no dev cluster there", args.dir.display());
+    }
+    let dir = fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    let nodes = load_nodes(&dir)?;
+    let mut stopped = Vec::new();
+    let mut running = Vec::new();
+    for n in &nodes {
+        if let Some(pid) = n.running_pid() {
+            signal(pid, "TERM")?;
+            running.push((n, pid));
+        } else {
+            let _ = fs::remove_file(n.pid_path());
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (n, pid) in running {
+        let mut how = "SIGTERM";
+        while process_is(pid, &n.config_path) {
+            if Instant::now() >= deadline {
+                signal(pid, "KILL")?;
+                how = "SIGKILL";
+                let kill_deadline = Instant::now() + Duration::from_secs(5);
+                while process_is(pid, &n.config_path) {
+                    if Instant::now() >= kill_deadline {
+                        bail!("node {} (pid {pid}) survived SIGKILL", n.config.node_id);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = fs::remove_file(n.pid_path());
+        say(json, &format!("node {}: stopped (pid {pid}, {how})", n.config.node_id));
+        stopped.push(json!({"id": n.config.node_id, "pid": pid, "signal": how}));
+    }
+    if args.wipe {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        say(json, &format!("removed {}", dir.display()));
+    }
+    if json {
+        println!("{}", json!({"dir": dir, "stopped": stopped, "wiped": args.wipe}));
+    } else if stopped.is_empty() {
+        println!("no node of {} was running", dir.display());
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// Progress lines go to stderr with `--json` (stdout holds the one document), else to stdout.
+fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// `quilld`: the given path, or the one next to this executable.
+fn quilld_path(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("cannot find the quill executable")?;
+    let p = exe.with_file_name("quilld");
+    if !p.is_file() {
+        bail!("no quilld next to {} (set QUILL_QUILLD or pass --quilld)", exe.display());
+    }
+    Ok(p)
+}
+
+/// The nodes already configured under `dir`, by id.
+fn load_nodes(dir: &Path) -> Result<Vec<DevNode>> {
+    let mut nodes = BTreeMap::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|s| s.strip_prefix("node-")).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        let config_path = entry.path().join("node.toml");
+        if !config_path.is_file() {
+            continue;
+        }
+        let text =
+            fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+        let config: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
+        if config.node_id != id {
+            bail!("{} says node_id = {}, its directory says {id}", config_path.display(), config.node_id);
+        }
+        nodes.insert(id, DevNode { dir: entry.path(), config_path, config });
+    }
+    Ok(nodes.into_values().collect())
+}
+
+/// Write node-1..node-n with fresh ports; returns the nodes.
+fn write_configs(dir: &Path, n: u64, base_port: Option<u16>) -> Result<Vec<DevNode>> {
+    let addrs: Vec<[String; 3]> = match base_port {
+        Some(p) => (1..=n)
+            .map(|i| {
+                let port = |off: u64| -> Result<String> {
+                    let v = u64::from(p) + off + i;
+                    let v = u16::try_from(v).map_err(|_| anyhow!("--base-port {p} leaves the port range"))?;
+                    Ok(format!("127.0.0.1:{v}"))
+                };
+                Ok([port(0)?, port(100)?, port(200)?])
+            })
+            .collect::<Result<_>>()?,
+        None => {
+            let ports = free_ports(3 * n as usize)?;
+            ports.chunks(3).map(|c| [c[0].to_string(), c[1].to_string(), c[2].to_string()]).collect()
+        }
+    };
+    let mut nodes = Vec::new();
+    for (i, [raft, api, http]) in (1..=n).zip(addrs) {
+        let node_dir = dir.join(format!("node-{i}"));
+        let data_dir = node_dir.join("data");
+        fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let config = NodeConfig {
+            node_id: i,
+            raft_addr: raft,
+            api_addr: api,
+            http_addr: http,
+            data_dir,
+            log_format: "text".to_string(),
+        };
+        let config_path = node_dir.join("node.toml");
+        let text = toml::to_string(&config).context("encode node config")?;
+        write_atomic(&config_path, format!("# written by `quill dev up`\n{text}").as_bytes())?;
+        nodes.push(DevNode { dir: node_dir, config_path, config });
+    }
+    Ok(nodes)
+}
+
+/// `count` distinct free loopback ports (bound at once, then released).
+fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>().context("bind a port")?;
+    listeners.iter().map(|l| l.local_addr().context("local address")).collect()
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Start quilld for `n` in its own process group (so a Ctrl-C in this terminal leaves it running).
+fn spawn(quilld: &Path, n: &DevNode) -> Result<u32> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(n.log_path())
+        .with_context(|| format!("cannot open {}", n.log_path().display()))?;
+    let child = Command::new(quilld)
+        .arg("--config")
+        .arg(&n.config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", quilld.display()))?;
+    let pid = child.id();
+    fs::write(n.pid_path(), format!("{pid}\n")).with_context(|| format!("cannot write {}", n.pid_path().display()))?;
+    Ok(pid)
+}
+
+/// Wait until the node's `/health` answers 200, or fail with the end of its log.
+fn wait_health(n: &DevNode) -> Result<()> {
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        let last = match http_get(&n.config.http_addr, "/health") {
+            Ok((200, _)) => return Ok(()),
+            Ok((code, body)) => format!("HTTP {code}: {}", body.lines().next().unwrap_or("")),
+            Err(e) => format!("{e:#}"),
+        };
+        if n.running_pid().is_none() {
+            bail!(
+                "node {} exited during start-up; last log line: {}",
+                n.config.node_id,
+                last_line(&n.log_path()).unwrap_or_default()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!("node {} did not answer /health within {HEALTH_TIMEOUT:?} ({last})", n.config.node_id);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Poll Status on every endpoint until one node is leader and a majority agrees on it.
+async fn wait_leader(endpoints: &[String], timeout: Duration) -> Result<u64> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no status yet");
+    loop {
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut leader_says = None;
+        for ep in endpoints {
+            match client::status(ep).await {
+                Ok(st) => {
+                    if let Some(l) = st.leader {
+                        *votes.entry(l).or_default() += 1;
+                    }
+                    if st.role == "leader" {
+                        leader_says = Some(st.id);
+                    }
+                    last = format!("node {}: role {}, term {}, leader {:?}", st.id, st.role, st.term, st.leader);
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        if let Some(l) = leader_says
+            && votes.get(&l).copied().unwrap_or(0) * 2 > endpoints.len()
+        {
+            return Ok(l);
+        }
+        if Instant::now() >= deadline {
+            bail!("no leader within {timeout:?} (last seen: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let sa: SocketAddr = addr.parse().with_context(|| format!("bad address {addr}"))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(1)).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).with_context(|| format!("read from {addr}"))?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("{addr}: not an HTTP answer"))?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+fn last_line(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string)
+}
+
+/// Is `pid` a live (not zombie) process whose command line names `config`?
+fn process_is(pid: u32, config: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the parenthesised command name.
+    if stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z") {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let cfg = config.to_string_lossy();
+    cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg) == cfg)
+}
+
+/// Send a signal by name (`TERM`, `KILL`) with kill(1).
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run kill")?;
+    if !st.success() && fs::metadata(format!("/proc/{pid}")).is_ok() {
+        bail!("kill -{sig} {pid} failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The API layer's errors, and their mapping to gRPC status codes in one exhaustive `match`
+//! ([`ApiError::into_status`]): a new variant cannot ship without a code.
+
+use std::time::Duration;
+
+use crate::raft::NodeId;
+
+/// Metadata key of a `NotLeader` status: the leader's API address, when known.
+pub const LEADER_METADATA: &str = "x-quill-leader";
+
+/// Most times a request is forwarded between nodes before it is refused.
+pub const MAX_HOPS: u32 = 3;
+
+/// Why a Cluster API call failed, named by whose fault it is and carrying what the caller needs
+/// to act.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The caller sent something malformed (bad command bytes, empty client id, missing field).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// This node is not the leader and could not (or was not asked to) forward; retry at the
+    /// leader.
+    #[error("not the leader; leader is {}", leader_text(*.leader_id, .leader_api.as_deref()))]
+    NotLeader {
+        /// The leader's id, when one is known.
+        leader_id: Option<NodeId>,
+        /// The leader's API address, when known.
+        leader_api: Option<String>,
+    },
+    /// The request was forwarded more than [`MAX_HOPS`] times (leadership is moving); retry later.
+    #[error("request forwarded {0} times without reaching a leader; leadership is changing, retry")]
+    TooManyHops(u32),
+    /// The write did not finish in time. It may still be applied: the outcome is unknown.
+    #[error(
+        "write not confirmed within {0:?}: outcome INDETERMINATE (it may still be applied; retry with the same \
+         client id and serial to learn the result)"
+    )]
+    Indeterminate(Duration),
+    /// A membership change named a node that is not a member/learner of the cluster.
+    #[error("unknown node {0}: add it as a learner first")]
+    UnknownNode(NodeId),
+    /// The caller's view is stale (expected membership index differs) or the cluster is in a
+    /// state that refuses the request (already initialised differently, change in progress).
+    #[error("precondition failed: {0}")]
+    Precondition(String),
+    /// The leader cannot reach a quorum, or a peer could not be reached while forwarding.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The leader answered a forwarded request with this status; passed through unchanged.
+    #[error("{}", .0.message())]
+    Forwarded(tonic::Status),
+    /// This node's Raft or storage failed; the node needs attention.
+    #[error("node failure: {0}")]
+    Internal(String),
+}
+
+fn leader_text(id: Option<NodeId>, api: Option<&str>) -> String {
+    match (id, api) {
+        (Some(id), Some(api)) => format!("node {id} at {api}"),
+        (Some(id), None) => format!("node {id} (address unknown)"),
+        (None, _) => "unknown (election in progress)".into(),
+    }
+}
+
+impl ApiError {
+    /// The gRPC status of this error.
+    pub fn into_status(self) -> tonic::Status {
+        let message = self.to_string();
+        match self {
+            ApiError::BadRequest(_) => tonic::Status::invalid_argument(message),
+            ApiError::NotLeader { leader_api, .. } => {
+                let mut status = tonic::Status::unavailable(message);
+                if let Some(value) = leader_api.and_then(|a| a.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                status
+            }
+            ApiError::TooManyHops(_) => tonic::Status::unavailable(message),
+            ApiError::Indeterminate(_) => tonic::Status::deadline_exceeded(message),
+            ApiError::UnknownNode(_) => tonic::Status::not_found(message),
+            ApiError::Precondition(_) => tonic::Status::failed_precondition(message),
+            ApiError::Unavailable(_) => tonic::Status::unavailable(message),
+            ApiError::Forwarded(status) => status,
+            ApiError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        e.into_status()
+    }
+}

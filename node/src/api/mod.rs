@@ -1,0 +1,339 @@
+//! The client API: the `quill.v1.Cluster` gRPC service ([`ClusterService`]) and the HTTP
+//! endpoint for health and metrics ([`http`]).
+//!
+//! Writes and linearizable reads are served by the leader. A follower forwards them to the
+//! leader's API address (at most [`MAX_HOPS`] times, so a request cannot circle while leadership
+//! moves). Membership calls are not forwarded: a follower answers `NotLeader` with the leader's
+//! address in the message and in the `x-quill-leader` metadata. Every error leaves through
+//! [`ApiError::into_status`].
+
+mod error;
+pub mod http;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::{ServerState, StoredMembership};
+use quill_proto::v1::cluster_client::ClusterClient;
+use quill_proto::v1::cluster_server::{self, ClusterServer};
+use quill_proto::v1::{
+    AddLearnerRequest, ChangeMembershipRequest, InitRequest, InitResponse, MembershipResponse, NodeInfo, NodeStatus,
+    ReadRequest, ReadResponse, StatusRequest, StatusResponse, WriteRequest, WriteResponse,
+};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+pub use self::error::{ApiError, LEADER_METADATA, MAX_HOPS};
+use crate::network::{Raft, lazy_channel};
+use crate::raft::{NodeAddr, NodeId, StateMachine, decode_command, encode_outcome};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The `quill.v1.Cluster` service of one node.
+#[derive(Clone)]
+pub struct ClusterService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachine,
+    write_timeout: Duration,
+    connect_timeout: Duration,
+    /// Channels to other nodes' API addresses, for forwarding.
+    peers: Mutex<HashMap<String, Channel>>,
+}
+
+impl ClusterService {
+    /// Serve the cluster API of node `id` over `raft`, reading from `sm`.
+    pub fn new(id: NodeId, raft: Raft, sm: StateMachine, write_timeout: Duration, connect_timeout: Duration) -> Self {
+        let inner = Inner { id, raft, sm, write_timeout, connect_timeout, peers: Mutex::new(HashMap::new()) };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The tonic server of this service.
+    pub fn into_server(self) -> ClusterServer<Self> {
+        ClusterServer::new(self)
+    }
+}
+
+impl Inner {
+    /// A client of the Cluster service at `api_addr`, reusing one lazy channel per address.
+    fn peer(&self, api_addr: &str) -> ApiResult<ClusterClient<Channel>> {
+        let mut peers = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = peers.get(api_addr) {
+            return Ok(ClusterClient::new(channel.clone()));
+        }
+        let channel = lazy_channel(api_addr, self.connect_timeout).map_err(ApiError::Unavailable)?;
+        peers.insert(api_addr.to_string(), channel.clone());
+        Ok(ClusterClient::new(channel))
+    }
+
+    /// Where to forward to, given openraft's `ForwardToLeader`; `NotLeader` if there is no leader
+    /// to forward to, or `hops` is used up.
+    fn forward_target(&self, f: &ForwardToLeader<NodeId, NodeAddr>, hops: u32) -> ApiResult<ClusterClient<Channel>> {
+        if hops >= MAX_HOPS {
+            return Err(ApiError::TooManyHops(hops + 1));
+        }
+        match (&f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) if *id != self.id => self.peer(&node.api_addr),
+            _ => Err(not_leader(f)),
+        }
+    }
+
+    async fn write(&self, req: WriteRequest) -> ApiResult<WriteResponse> {
+        if req.hops > MAX_HOPS {
+            return Err(ApiError::TooManyHops(req.hops));
+        }
+        if req.client_id.is_empty() {
+            return Err(ApiError::BadRequest("client_id is empty".into()));
+        }
+        let cmd = decode_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let request =
+            crate::raft::Request { client_id: req.client_id.clone(), serial: req.serial, time_ms: now_ms(), cmd };
+        let written = tokio::time::timeout(self.write_timeout, self.raft.client_write(request)).await;
+        match written {
+            Err(_) => Err(ApiError::Indeterminate(self.write_timeout)),
+            Ok(Ok(resp)) => Ok(WriteResponse {
+                log_index: resp.data.log_index,
+                duplicate: resp.data.duplicate,
+                outcome: encode_outcome(&resp.data.outcome),
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                let mut client = self.forward_target(&f, req.hops)?;
+                let forwarded = WriteRequest { hops: req.hops + 1, ..req };
+                client.write(forwarded).await.map(Response::into_inner).map_err(forwarded_error)
+            }
+            Ok(Err(e)) => Err(write_error(e)),
+        }
+    }
+
+    async fn read(&self, req: ReadRequest) -> ApiResult<ReadResponse> {
+        if req.key.is_empty() {
+            return Err(ApiError::BadRequest("key is empty".into()));
+        }
+        if req.linearizable {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => {}
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    let mut client = self.forward_target(&f, req.hops)?;
+                    let forwarded = ReadRequest { hops: req.hops + 1, ..req };
+                    return client.read(forwarded).await.map(Response::into_inner).map_err(forwarded_error);
+                }
+                Err(e) => return Err(leader_check_error(e)),
+            }
+        }
+        let applied_index = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        let value = self.sm.get(&req.key).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(ReadResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index })
+    }
+
+    async fn status(&self) -> ApiResult<NodeStatus> {
+        let m = self.raft.metrics().borrow().clone();
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let state_hash = self.sm.state_hash().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = Vec::new();
+        let mut learners = Vec::new();
+        for (id, node) in membership.nodes() {
+            let info = node_info(*id, node);
+            if voter_ids.contains(id) { voters.push(info) } else { learners.push(info) }
+        }
+        let me = membership.get_node(&self.id).cloned().unwrap_or_default();
+        Ok(NodeStatus {
+            id: self.id,
+            raft_addr: me.raft_addr,
+            api_addr: me.api_addr,
+            role: role_name(m.state).into(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            committed_index: committed.unwrap_or(0),
+            leader: m.current_leader,
+            voters,
+            learners,
+            state_hash,
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            membership_index: membership_index(&m.membership_config),
+        })
+    }
+
+    async fn init(&self, req: InitRequest) -> ApiResult<()> {
+        if req.members.is_empty() {
+            return Err(ApiError::BadRequest("members is empty".into()));
+        }
+        let mut members = BTreeMap::new();
+        for m in &req.members {
+            check_addr(m.id, "raft_addr", &m.raft_addr)?;
+            check_addr(m.id, "api_addr", &m.api_addr)?;
+            members.insert(m.id, NodeAddr { raft_addr: m.raft_addr.clone(), api_addr: m.api_addr.clone() });
+        }
+        match self.raft.initialize(members.clone()).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                // Already initialised: fine if with this same membership (a retried init).
+                let current = self.raft.metrics().borrow().membership_config.clone();
+                let same_nodes: BTreeMap<NodeId, NodeAddr> =
+                    current.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+                let voters: BTreeSet<NodeId> = current.membership().voter_ids().collect();
+                if same_nodes == members && voters == members.keys().copied().collect() {
+                    Ok(())
+                } else {
+                    Err(ApiError::Precondition(format!(
+                        "cluster already initialised with a different membership (voters {voters:?})"
+                    )))
+                }
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ApiError::BadRequest(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Internal(e.to_string())),
+        }
+    }
+
+    async fn add_learner(&self, req: AddLearnerRequest) -> ApiResult<MembershipResponse> {
+        let node = req.node.ok_or_else(|| ApiError::BadRequest("node is missing".into()))?;
+        check_addr(node.id, "raft_addr", &node.raft_addr)?;
+        check_addr(node.id, "api_addr", &node.api_addr)?;
+        let current = self.raft.metrics().borrow().membership_config.clone();
+        if let Some(existing) = current.membership().get_node(&node.id)
+            && (existing.raft_addr != node.raft_addr || existing.api_addr != node.api_addr)
+        {
+            return Err(ApiError::Precondition(format!(
+                "node {} is already a member at {existing}; remove it before adding it with other addresses",
+                node.id
+            )));
+        }
+        let addr = NodeAddr { raft_addr: node.raft_addr, api_addr: node.api_addr };
+        let resp = self.raft.add_learner(node.id, addr, true).await.map_err(write_error)?;
+        Ok(MembershipResponse { log_index: resp.log_id.index })
+    }
+
+    async fn change_membership(&self, req: ChangeMembershipRequest) -> ApiResult<MembershipResponse> {
+        if req.voters.is_empty() {
+            return Err(ApiError::BadRequest("voters is empty".into()));
+        }
+        let current = membership_index(&self.raft.metrics().borrow().membership_config);
+        if current != req.expected_membership_index {
+            return Err(ApiError::Precondition(format!(
+                "membership changed: expected membership index {}, current is {current}; re-read the status and retry",
+                req.expected_membership_index
+            )));
+        }
+        let voters: BTreeSet<NodeId> = req.voters.into_iter().collect();
+        let resp = self.raft.change_membership(voters, false).await.map_err(write_error)?;
+        Ok(MembershipResponse { log_index: resp.log_id.index })
+    }
+}
+
+/// A member address must be `host:port` with a non-zero port (a name or an IP address).
+fn check_addr(id: NodeId, field: &str, addr: &str) -> ApiResult<()> {
+    let bad = |why: &str| Err(ApiError::BadRequest(format!("node {id}: {field} {addr:?} {why}; expected host:port")));
+    let Some((host, port)) = addr.rsplit_once(':') else { return bad("has no port") };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad("has no valid port"),
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name_ok =
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    if !name_ok {
+        return bad("has no valid host");
+    }
+    Ok(())
+}
+
+/// The log index of a stored membership (0 for none).
+fn membership_index(m: &StoredMembership<NodeId, NodeAddr>) -> u64 {
+    m.log_id().map(|l| l.index).unwrap_or(0)
+}
+
+fn node_info(id: NodeId, node: &NodeAddr) -> NodeInfo {
+    NodeInfo { id, raft_addr: node.raft_addr.clone(), api_addr: node.api_addr.clone() }
+}
+
+/// The role names of `NodeStatus.role`.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn now_ms() -> u64 {
+    // A clock before 1970 is a broken host; 0 keeps apply deterministic anyway.
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn not_leader(f: &ForwardToLeader<NodeId, NodeAddr>) -> ApiError {
+    ApiError::NotLeader { leader_id: f.leader_id, leader_api: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
+}
+
+/// A forwarded call's failure: the leader's own status passes through; a transport failure to
+/// the leader is `Unavailable`.
+fn forwarded_error(status: Status) -> ApiError {
+    ApiError::Forwarded(status)
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(p) => ApiError::Precondition(p.to_string()),
+            ChangeMembershipError::EmptyMembership(m) => ApiError::BadRequest(m.to_string()),
+            ChangeMembershipError::LearnerNotFound(l) => ApiError::UnknownNode(l.node_id),
+        },
+        RaftError::Fatal(f) => ApiError::Internal(f.to_string()),
+    }
+}
+
+fn leader_check_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>) -> ApiError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => ApiError::Unavailable(q.to_string()),
+        RaftError::Fatal(f) => ApiError::Internal(f.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for ClusterService {
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+        Ok(Response::new(self.inner.write(request.into_inner()).await?))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        Ok(Response::new(self.inner.read(request.into_inner()).await?))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse { node: Some(self.inner.status().await?) }))
+    }
+
+    async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        self.inner.init(request.into_inner()).await?;
+        Ok(Response::new(InitResponse {}))
+    }
+
+    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        Ok(Response::new(self.inner.add_learner(request.into_inner()).await?))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        Ok(Response::new(self.inner.change_membership(request.into_inner()).await?))
+    }
+}

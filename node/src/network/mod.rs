@@ -1,0 +1,214 @@
+//! The Raft transport: openraft's `RaftNetworkFactory`/`RaftNetwork` over tonic channels to each
+//! peer's `raft_addr`, and the `quill.v1.Raft` gRPC service that hands received RPCs to the local
+//! `Raft`.
+//!
+//! openraft's messages travel as postcard bytes inside the `RaftPayload`/`SnapshotChunk`
+//! envelopes; a response carries the whole `Result` so a remote Raft error arrives as
+//! `RPCError::RemoteError`. The contract with openraft (`network/factory.rs`, `network/network.rs`):
+//!
+//! - `new_client` does not connect: the channel connects lazily on the first RPC and reconnects
+//!   by itself after a failure.
+//! - Every RPC has a deadline: `rpc_timeout_ms` for AppendEntries and Vote, and
+//!   `install_snapshot_timeout_ms` for each InstallSnapshot chunk (openraft cuts snapshots into
+//!   `snapshot_chunk_bytes` chunks and sends them one call at a time). A deadline that passes is
+//!   `RPCError::Timeout`; a peer that cannot be reached (refused, reset, unresolvable) is
+//!   `RPCError::Unreachable`, which tells openraft to back off.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use quill_proto::v1::raft_client::RaftClient;
+use quill_proto::v1::raft_server;
+use quill_proto::v1::{RaftPayload, SnapshotChunk};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft::{NodeAddr, NodeId, TypeConfig};
+
+/// The Raft instance of a Quill node.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
+
+/// Makes one [`PeerClient`] per replication target.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// This node's id (named in timeout errors).
+    pub id: NodeId,
+    /// Deadline of AppendEntries and Vote, and of connecting.
+    pub rpc_timeout: Duration,
+    /// Deadline of one InstallSnapshot chunk.
+    pub snapshot_timeout: Duration,
+    /// Peers dialled at another address than the one in the membership (config `[dial]`).
+    pub dial: BTreeMap<NodeId, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient {
+            id: self.id,
+            target,
+            node: node.clone(),
+            channel: lazy_channel(self.dial.get(&target).unwrap_or(&node.raft_addr), self.rpc_timeout),
+            rpc_timeout: self.rpc_timeout,
+            snapshot_timeout: self.snapshot_timeout,
+        }
+    }
+}
+
+/// A channel to `addr` (`host:port`) that connects on first use. An address that is not even a
+/// valid URI yields `None`, and every RPC on it reports the peer unreachable.
+pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    Ok(endpoint.connect_timeout(connect_timeout).tcp_nodelay(true).connect_lazy())
+}
+
+/// The RPC client of one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    id: NodeId,
+    target: NodeId,
+    node: NodeAddr,
+    channel: Result<Channel, String>,
+    rpc_timeout: Duration,
+    snapshot_timeout: Duration,
+}
+
+/// A transport-level failure, as an `std::error::Error` for openraft's error wrappers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, action: RPCTypes, req: &Req, timeout: Duration) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = self.channel.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))?;
+        let data = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client =
+            RaftClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+        let call = async {
+            match action {
+                RPCTypes::InstallSnapshot => client.install_snapshot(SnapshotChunk { data }).await,
+                RPCTypes::Vote => client.vote(RaftPayload { data }).await,
+                _ => client.append_entries(RaftPayload { data }).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout })),
+            Ok(Err(status)) => return Err(self.status_error(action, timeout, status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+
+    fn status_error<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        timeout: Duration,
+        status: tonic::Status,
+    ) -> RPCError<NodeId, NodeAddr, RaftError<NodeId, E>> {
+        match status.code() {
+            tonic::Code::DeadlineExceeded => {
+                RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout })
+            }
+            // Connection refused/reset, DNS failure, peer shutting down: back off.
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let timeout = self.rpc_timeout;
+        self.call(RPCTypes::AppendEntries, &rpc, timeout).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let timeout = self.snapshot_timeout;
+        self.call(RPCTypes::InstallSnapshot, &rpc, timeout).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, _option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let timeout = self.rpc_timeout;
+        self.call(RPCTypes::Vote, &rpc, timeout).await
+    }
+}
+
+/// The `quill.v1.Raft` service: decodes a peer's RPC, hands it to the local Raft, and returns the
+/// encoded `Result`.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    /// Serve RPCs into `raft`.
+    pub fn new(raft: Raft) -> Self {
+        Self { raft }
+    }
+
+    /// The tonic server of this service (no message size limit: snapshot chunks and entry
+    /// batches are bounded by the Raft configuration instead).
+    pub fn into_server(self) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(self).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &str, data: &[u8]) -> Result<T, tonic::Status> {
+    postcard::from_bytes(data).map_err(|e| tonic::Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    let data = postcard::to_stdvec(value).map_err(|e| tonic::Status::internal(format!("encoding reply: {e}")))?;
+    Ok(tonic::Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &request.get_ref().data)?;
+        encode(&self.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let req: VoteRequest<NodeId> = decode("Vote", &request.get_ref().data)?;
+        encode(&self.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<SnapshotChunk>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
+        encode(&self.raft.install_snapshot(req).await)
+    }
+}

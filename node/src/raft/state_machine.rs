@@ -1,0 +1,328 @@
+//! The replicated state machine on RocksDB (`sm_data`, `sm_meta`, `dedup`), and its snapshots.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
+};
+use rocksdb::{IteratorMode, WriteBatch};
+use tokio::io::AsyncWriteExt;
+
+use super::snapshot::{self, Meta, SnapshotDir};
+use super::{Command, NodeAddr, NodeId, Outcome, Request, Response, StorageResult, TypeConfig, blocking, storage_err};
+use crate::store::{Cf, Store, StoreError, codec, dedup_key, sm_meta_key};
+
+/// How many bytes of records an install puts into one write batch.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+type Membership = StoredMembership<NodeId, NodeAddr>;
+
+/// The state machine. Cheap to clone: clones share the database and the snapshot directory.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    pub(super) store: Arc<Store>,
+    snaps: Arc<SnapshotDir>,
+}
+
+/// Builds a snapshot from a consistent view of the state machine, in its own task.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    sm: StateMachine,
+}
+
+impl StateMachine {
+    /// Open on `store` with snapshot files in `snap_dir`. If a snapshot install was interrupted
+    /// (the install marker is present), redo it from the current snapshot file, or reset to
+    /// empty if the interrupted install was the first one.
+    pub(super) fn open(store: Arc<Store>, snap_dir: &Path) -> Result<Self, StoreError> {
+        let sm = Self { store, snaps: Arc::new(SnapshotDir::open(snap_dir)?) };
+        if sm.store.get_raw(Cf::SmMeta, sm_meta_key::INSTALLING)?.is_some() {
+            sm.load_current()?;
+        }
+        Ok(sm)
+    }
+
+    fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
+        let last_applied = self.store.get(Cf::SmMeta, sm_meta_key::LAST_APPLIED)?;
+        let membership = self.store.get(Cf::SmMeta, sm_meta_key::MEMBERSHIP)?.unwrap_or_default();
+        Ok((last_applied, membership))
+    }
+
+    /// Apply one entry: its effects, its dedup record and the last applied log id in one batch.
+    fn apply_entry(&self, entry: Entry<TypeConfig>) -> Result<Response, StoreError> {
+        let log_id = entry.log_id;
+        let mut batch = WriteBatch::default();
+        let response = match entry.payload {
+            EntryPayload::Blank => Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Blank },
+            EntryPayload::Membership(m) => {
+                let stored = Membership::new(Some(log_id), m);
+                let bytes = codec::encode(&stored).map_err(|e| StoreError::encode("membership", e))?;
+                batch.put_cf(self.store.cf(Cf::SmMeta)?, sm_meta_key::MEMBERSHIP, bytes);
+                Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Membership }
+            }
+            EntryPayload::Normal(req) => self.apply_request(&mut batch, log_id.index, req)?,
+        };
+        let applied = codec::encode(&log_id).map_err(|e| StoreError::encode("last applied log id", e))?;
+        batch.put_cf(self.store.cf(Cf::SmMeta)?, sm_meta_key::LAST_APPLIED, applied);
+        // Not synced: see the module doc of `crate::raft` (the log is the durable record, and a
+        // snapshot build syncs the WAL before it reports).
+        self.store.write(batch, false)?;
+        Ok(response)
+    }
+
+    /// Apply a client request into `batch`, or return the stored response of its first
+    /// application. Deterministic: depends only on the request and the stored state.
+    fn apply_request(&self, batch: &mut WriteBatch, log_index: u64, req: Request) -> Result<Response, StoreError> {
+        let dkey = dedup_key(&req.client_id, req.serial);
+        if let Some(first) = self.store.get::<Response>(Cf::Dedup, &dkey)? {
+            return Ok(Response { duplicate: true, ..first });
+        }
+        let outcome = if req.client_id.is_empty() {
+            Outcome::Rejected { reason: "client id is empty".into() }
+        } else {
+            match req.cmd {
+                Command::Noop => Outcome::Noop,
+                Command::Put { key, .. } if key.is_empty() => Outcome::Rejected { reason: "key is empty".into() },
+                Command::Put { key, value } => {
+                    let replaced = self.store.get_raw(Cf::SmData, key.as_bytes())?.is_some();
+                    batch.put_cf(self.store.cf(Cf::SmData)?, key.as_bytes(), value);
+                    Outcome::Put { replaced }
+                }
+            }
+        };
+        let response = Response { log_index, duplicate: false, outcome };
+        let bytes = codec::encode(&response).map_err(|e| StoreError::encode("response", e))?;
+        batch.put_cf(self.store.cf(Cf::Dedup)?, dkey, bytes);
+        Ok(response)
+    }
+
+    /// Read a value of the replicated key space (local read: as current as this node's apply).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let store = self.store.clone();
+        let key = key.as_bytes().to_vec();
+        blocking(move || store.get_raw(Cf::SmData, &key)).await
+    }
+
+    /// A hex SHA-256 over the replicated key space (`sm_data`, in key order: each key and value
+    /// length-prefixed), for convergence checks between nodes at the same applied index.
+    pub async fn state_hash(&self) -> Result<String, StoreError> {
+        let store = self.store.clone();
+        blocking(move || {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            for item in store.db().iterator_cf(store.cf(Cf::SmData)?, IteratorMode::Start) {
+                let (key, value) = item?;
+                hasher.update((key.len() as u64).to_be_bytes());
+                hasher.update(&key);
+                hasher.update((value.len() as u64).to_be_bytes());
+                hasher.update(&value);
+            }
+            Ok(hex::encode(hasher.finalize()))
+        })
+        .await
+    }
+
+    /// Build a snapshot: dump the snapshot column families through one RocksDB snapshot view
+    /// into a file, make it durable, and make it current.
+    fn build(&self) -> Result<(Meta, File), StoreError> {
+        let db = self.store.db();
+        let view = db.snapshot();
+        let sm_meta = self.store.cf(Cf::SmMeta)?;
+        let last_applied: Option<LogId<NodeId>> =
+            decode_opt(sm_meta_key::LAST_APPLIED, view.get_cf(sm_meta, sm_meta_key::LAST_APPLIED)?)?;
+        let membership: Membership =
+            decode_opt(sm_meta_key::MEMBERSHIP, view.get_cf(sm_meta, sm_meta_key::MEMBERSHIP)?)?.unwrap_or_default();
+        // The applied state this snapshot captures must be durable before openraft may purge the
+        // log up to it.
+        self.store.sync_wal()?;
+        let snapshot_id = match &last_applied {
+            Some(id) => id.to_string(),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let tmp = self.snaps.work_path("build-", ".tmp");
+        let mut writer = snapshot::Writer::create(&tmp, &meta)?;
+        for cf in Cf::SNAPSHOT {
+            for item in view.iterator_cf(self.store.cf(cf)?, IteratorMode::Start) {
+                let (key, value) = item?;
+                writer.record(cf, &key, &value)?;
+            }
+        }
+        writer.finish()?;
+        self.snaps.promote(&tmp, &meta, false)
+    }
+
+    /// Install a received snapshot (blocking part). Crash-safe:
+    /// 1. copy the received data to `install.tmp`, fsync, and verify it end to end;
+    /// 2. write the install marker (synced);
+    /// 3. make the file current (rename, fsync the directory);
+    /// 4. replace the state-machine families from it ([`Self::load_current`]), clearing the
+    ///    marker in the last, synced batch.
+    ///
+    /// A crash after 2 and before 4 finishes leaves the marker; [`Self::open`] then redoes 4 from
+    /// whatever file is current, so the state machine is never seen half-installed.
+    fn install(&self, meta: &Meta, mut received: File) -> Result<(), StoreError> {
+        let tmp = self.snaps.install_tmp_path();
+        let io = |e| StoreError::SnapshotIo { path: tmp.clone(), source: e };
+        received.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut copy = File::create(&tmp).map_err(io)?;
+        std::io::copy(&mut received, &mut copy).map_err(io)?;
+        copy.sync_all().map_err(io)?;
+        drop(copy);
+        let file_meta = snapshot::verify(&tmp)?;
+        if file_meta.last_log_id != meta.last_log_id || file_meta.last_membership != meta.last_membership {
+            return Err(StoreError::SnapshotFormat {
+                path: tmp,
+                reason: format!(
+                    "file holds snapshot {:?}, openraft is installing {:?}",
+                    file_meta.last_log_id, meta.last_log_id
+                ),
+            });
+        }
+        let mut marker = WriteBatch::default();
+        let id = codec::encode(&meta.snapshot_id).map_err(|e| StoreError::encode("snapshot id", e))?;
+        marker.put_cf(self.store.cf(Cf::SmMeta)?, sm_meta_key::INSTALLING, id);
+        self.store.write(marker, true)?;
+        self.snaps.promote(&tmp, meta, true)?;
+        self.load_current()?;
+        self.snaps.remove_incoming()
+    }
+
+    /// Replace the state-machine families with the current snapshot (or with nothing, if there
+    /// is none), then clear the install marker. The final batch is synced.
+    fn load_current(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for cf in Cf::SNAPSHOT {
+            self.clear_cf(&mut batch, cf)?;
+        }
+        let sm_meta = self.store.cf(Cf::SmMeta)?;
+        batch.delete_cf(sm_meta, sm_meta_key::LAST_APPLIED);
+        batch.delete_cf(sm_meta, sm_meta_key::MEMBERSHIP);
+        let mut meta = None;
+        if let Some((_, file)) = self.snaps.open_current()? {
+            let (file_meta, mut reader) = snapshot::Reader::from_file(file, &self.snaps.current_path())?;
+            let mut batch_bytes = 0;
+            while let Some(snapshot::Record { cf, key, value }) = reader.next_record()? {
+                batch_bytes += key.len() + value.len();
+                batch.put_cf(self.store.cf(cf)?, key, value);
+                if batch_bytes >= INSTALL_BATCH_BYTES {
+                    self.store.write(std::mem::take(&mut batch), false)?;
+                    batch_bytes = 0;
+                }
+            }
+            meta = Some(file_meta);
+        }
+        if let Some(meta) = meta {
+            if let Some(last) = meta.last_log_id {
+                let applied = codec::encode(&last).map_err(|e| StoreError::encode("last applied", e))?;
+                batch.put_cf(sm_meta, sm_meta_key::LAST_APPLIED, applied);
+            }
+            let membership = codec::encode(&meta.last_membership).map_err(|e| StoreError::encode("membership", e))?;
+            batch.put_cf(sm_meta, sm_meta_key::MEMBERSHIP, membership);
+        }
+        batch.delete_cf(sm_meta, sm_meta_key::INSTALLING);
+        self.store.write(batch, true)
+    }
+
+    /// Delete every key of `cf` in `batch`: a range delete from the first key up to the last,
+    /// plus the last key itself (range deletes exclude their end).
+    fn clear_cf(&self, batch: &mut WriteBatch, cf: Cf) -> Result<(), StoreError> {
+        let handle = self.store.cf(cf)?;
+        if let Some(item) = self.store.db().iterator_cf(handle, IteratorMode::End).next() {
+            let (last, _) = item?;
+            batch.delete_range_cf(handle, [].as_slice(), &last);
+            batch.delete_cf(handle, &last);
+        }
+        Ok(())
+    }
+
+    fn snapshot_from(meta: Meta, file: File) -> Snapshot<TypeConfig> {
+        Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }
+    }
+}
+
+/// Decode an optional `sm_meta` value read through a snapshot view.
+fn decode_opt<T: serde::de::DeserializeOwned>(key: &[u8], bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
+    match bytes {
+        None => Ok(None),
+        Some(b) => codec::decode(&b).map(Some).map_err(|reason| StoreError::corrupt(Cf::SmMeta, key, reason)),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let sm = self.sm.clone();
+        let (meta, file) = blocking(move || sm.build())
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(StateMachine::snapshot_from(meta, file))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        let sm = self.clone();
+        blocking(move || sm.read_applied())
+            .await
+            .map_err(|e| storage_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let sm = self.clone();
+        blocking(move || entries.into_iter().map(|entry| sm.apply_entry(entry)).collect())
+            .await
+            .map_err(|e| storage_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { sm: self.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let path = self.snaps.work_path("incoming-", "");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| {
+            storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, StoreError::SnapshotIo { path, source: e })
+        })?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<tokio::fs::File>) -> StorageResult<()> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let mut received = *snapshot;
+        // Finish the writes openraft issued through the async file before reading it back.
+        received.flush().await.map_err(|e| {
+            let path = "(received snapshot)".into();
+            storage_err(subject.clone(), ErrorVerb::Write, StoreError::SnapshotIo { path, source: e })
+        })?;
+        let received = received.into_std().await;
+        let sm = self.clone();
+        let meta = meta.clone();
+        blocking(move || sm.install(&meta, received)).await.map_err(|e| storage_err(subject, ErrorVerb::Write, e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let snaps = self.snaps.clone();
+        let current = blocking(move || snaps.open_current())
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(current.map(|(meta, file)| StateMachine::snapshot_from(meta, file)))
+    }
+}

@@ -1,0 +1,235 @@
+//! The store proves itself against openraft's conformance suite, then against the properties the
+//! suite does not cover: dedup, corruption surfacing as errors, restart, snapshot contents.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, Vote};
+use rocksdb::WriteBatch;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::*;
+use crate::store::{Cf, codec, log_key, meta_key, sm_meta_key};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> StorageResult<(TempDir, LogStore, StateMachine)> {
+        let dir = TempDir::new().unwrap();
+        let (log, sm) = open(dir.path()).await.unwrap();
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's conformance suite, the way `stores/rocksstore-v2/src/test.rs` runs it.
+#[test]
+fn openraft_suite() {
+    Suite::test_all(Builder).unwrap();
+}
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn put(index: u64, client: &str, serial: u64, key: &str, value: &[u8]) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Request {
+            client_id: client.into(),
+            serial,
+            time_ms: 1_700_000_000_000 + index,
+            cmd: Command::Put { key: key.into(), value: value.to_vec() },
+        }),
+    }
+}
+
+fn blank(index: u64) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Blank }
+}
+
+fn membership(index: u64) -> Entry<TypeConfig> {
+    let nodes = [(1u64, NodeAddr { raft_addr: "127.0.0.1:7001".into(), api_addr: "127.0.0.1:8001".into() })];
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], BTreeMap::from(nodes))),
+    }
+}
+
+/// A retried request (same client id and serial) is applied once: the retry changes nothing and
+/// returns the first response, marked duplicate.
+#[tokio::test]
+async fn retried_request_is_applied_once() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path()).await.unwrap();
+
+    let first = sm.apply([put(1, "c1", 7, "k", b"one")]).await.unwrap();
+    assert_eq!(first, vec![Response { log_index: 1, duplicate: false, outcome: Outcome::Put { replaced: false } }]);
+
+    // --- the retry carries a different value: it must not be applied
+    let retry = sm.apply([put(2, "c1", 7, "k", b"two")]).await.unwrap();
+    assert_eq!(retry, vec![Response { log_index: 1, duplicate: true, outcome: Outcome::Put { replaced: false } }]);
+    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)), "the retry's entry is still applied");
+
+    // --- the same serial from another client, and the next serial, are new requests
+    let other = sm.apply([put(3, "c2", 7, "k", b"three"), put(4, "c1", 8, "k", b"four")]).await.unwrap();
+    assert!(other.iter().all(|r| !r.duplicate));
+    assert_eq!(other[1].outcome, Outcome::Put { replaced: true });
+    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"four"[..]));
+
+    // --- a deterministic refusal is remembered too
+    let bad = sm.apply([put(5, "c1", 9, "", b"x"), put(6, "c1", 9, "", b"x")]).await.unwrap();
+    assert!(matches!(bad[0].outcome, Outcome::Rejected { .. }) && !bad[0].duplicate);
+    assert!(bad[1].duplicate && bad[1].outcome == bad[0].outcome);
+}
+
+/// A damaged value in the log or meta column family is an error, never "nothing stored".
+#[tokio::test]
+async fn corrupt_values_are_errors() {
+    let dir = TempDir::new().unwrap();
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    log.blocking_append([blank(1), blank(2), blank(3)]).await.unwrap();
+    log.save_vote(&Vote::new(3, 1)).await.unwrap();
+
+    let store = log.store.clone();
+    let mut batch = WriteBatch::default();
+    batch.put_cf(store.cf(Cf::Log).unwrap(), log_key(2), b"\x01\xff\xff\xff");
+    batch.put_cf(store.cf(Cf::Meta).unwrap(), meta_key::VOTE, b"garbage");
+    batch.put_cf(store.cf(Cf::SmMeta).unwrap(), sm_meta_key::LAST_APPLIED, b"");
+    store.write(batch, false).unwrap();
+
+    let err = log.try_get_log_entries(1..4).await.unwrap_err();
+    assert!(err.to_string().contains("corrupt data in column family `log`"), "{err}");
+    assert!(log.try_get_log_entries(1..2).await.is_ok(), "entries before the damage still read");
+    assert!(log.read_vote().await.is_err(), "a damaged vote is not 'no vote'");
+    assert!(sm.applied_state().await.is_err(), "a damaged applied id is not 'nothing applied'");
+
+    // --- an entry stored under the wrong index is corruption too
+    let moved = codec::encode(&blank(3)).unwrap();
+    let mut batch = WriteBatch::default();
+    batch.put_cf(store.cf(Cf::Log).unwrap(), log_key(2), moved);
+    store.write(batch, false).unwrap();
+    let err = log.try_get_log_entries(2..3).await.unwrap_err();
+    assert!(err.to_string().contains("stored under index 2"), "{err}");
+}
+
+/// Vote, log, committed id and applied state survive closing and reopening the store.
+#[tokio::test]
+async fn reopen_keeps_state() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm) = open(dir.path()).await.unwrap();
+        log.save_vote(&Vote::new(4, 2)).await.unwrap();
+        log.blocking_append([membership(1), put(2, "c", 1, "a", b"A"), put(3, "c", 2, "b", b"B")]).await.unwrap();
+        log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        log.purge(log_id(1, 1)).await.unwrap();
+        sm.apply([membership(1)]).await.unwrap();
+        sm.apply(log.try_get_log_entries(2..4).await.unwrap()).await.unwrap();
+    }
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 3)));
+    assert_eq!(log.try_get_log_entries(0..10).await.unwrap().len(), 2);
+    let (applied, mem) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 3)));
+    assert_eq!(mem.log_id(), &Some(log_id(1, 1)));
+    assert_eq!(sm.get("b").await.unwrap().as_deref(), Some(&b"B"[..]));
+    // --- dedup state survived too
+    assert!(sm.apply([put(4, "c", 2, "b", b"again")]).await.unwrap()[0].duplicate);
+}
+
+/// A snapshot carries the data and the dedup table; it installs through the same path openraft
+/// uses (bytes written into the file from `begin_receiving_snapshot`), and survives a restart.
+#[tokio::test]
+async fn snapshot_round_trip() {
+    let leader_dir = TempDir::new().unwrap();
+    let follower_dir = TempDir::new().unwrap();
+    let (_l_log, mut leader) = open(leader_dir.path()).await.unwrap();
+    let (f_log, mut follower) = open(follower_dir.path()).await.unwrap();
+    follower.apply([put(1, "f", 1, "stale", b"gone after install")]).await.unwrap();
+
+    let big = vec![0xA5u8; 64 * 1024];
+    let mut entries = vec![membership(1)];
+    entries.extend((2..200).map(|i| put(i, "c", i, &format!("key-{i:03}"), &big[..(i as usize * 97) % big.len()])));
+    leader.apply(entries).await.unwrap();
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 199)));
+
+    // --- stream it the way openraft's chunked transport does: read chunks, write at offsets
+    let mut src = *snap.snapshot;
+    let mut dst = follower.begin_receiving_snapshot().await.unwrap();
+    let mut buf = vec![0u8; 10_000];
+    let mut offset = 0u64;
+    loop {
+        let n = src.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        dst.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
+        dst.write_all(&buf[..n]).await.unwrap();
+        offset += n as u64;
+    }
+    follower.install_snapshot(&snap.meta, dst).await.unwrap();
+
+    assert_eq!(follower.applied_state().await.unwrap(), leader.applied_state().await.unwrap());
+    assert_eq!(follower.get("stale").await.unwrap(), None, "install replaces, it does not merge");
+    assert_eq!(follower.get("key-150").await.unwrap(), leader.get("key-150").await.unwrap());
+    assert!(follower.apply([put(200, "c", 150, "x", b"x")]).await.unwrap()[0].duplicate, "dedup table travels");
+    drop((f_log, follower));
+
+    // --- the installed state and the current snapshot survive a restart
+    let (_f_log, mut follower) = open(follower_dir.path()).await.unwrap();
+    assert_eq!(follower.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+    assert_eq!(follower.get("key-150").await.unwrap(), leader.get("key-150").await.unwrap());
+}
+
+/// A truncated transfer never installs, and leaves the state machine as it was.
+#[tokio::test]
+async fn truncated_snapshot_is_rejected() {
+    let leader_dir = TempDir::new().unwrap();
+    let follower_dir = TempDir::new().unwrap();
+    let (_l, mut leader) = open(leader_dir.path()).await.unwrap();
+    let (_f, mut follower) = open(follower_dir.path()).await.unwrap();
+    leader.apply([membership(1), put(2, "c", 1, "k", b"v")]).await.unwrap();
+    follower.apply([put(1, "f", 1, "mine", b"kept")]).await.unwrap();
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let mut bytes = Vec::new();
+    let mut src = *snap.snapshot;
+    src.read_to_end(&mut bytes).await.unwrap();
+    let mut dst = follower.begin_receiving_snapshot().await.unwrap();
+    dst.write_all(&bytes[..bytes.len() - 3]).await.unwrap();
+    let err = follower.install_snapshot(&snap.meta, dst).await.unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(follower.get("mine").await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert!(follower.get_current_snapshot().await.unwrap().is_none());
+}
+
+/// A crash in the middle of an install (marker written, families half rewritten) is finished at
+/// the next open from the current snapshot file.
+#[tokio::test]
+async fn interrupted_install_is_redone_at_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm) = open(dir.path()).await.unwrap();
+        sm.apply([membership(1), put(2, "c", 1, "k", b"v")]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.apply([put(3, "c", 2, "later", b"after the snapshot")]).await.unwrap();
+        // --- simulate the crash: marker present, half the data gone
+        let mut batch = WriteBatch::default();
+        batch.put_cf(sm.store.cf(Cf::SmMeta).unwrap(), sm_meta_key::INSTALLING, b"x");
+        batch.delete_cf(sm.store.cf(Cf::SmData).unwrap(), b"k");
+        sm.store.write(batch, true).unwrap();
+    }
+    let (_log, mut sm) = open(dir.path()).await.unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)), "back at the snapshot");
+    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(sm.get("later").await.unwrap(), None, "re-applied from the log later, not kept half-way");
+    assert!(sm.store.get_raw(Cf::SmMeta, sm_meta_key::INSTALLING).unwrap().is_none());
+}

@@ -1,0 +1,183 @@
+//! Boot and shutdown of a node, as a checklist: config → RocksDB → Raft → gRPC servers → HTTP,
+//! one log line per stage. One shutdown channel (fed by SIGINT/SIGTERM) is handed to every
+//! server; on shutdown the servers are awaited by name, then Raft is stopped, then the storage
+//! is dropped (last reference), in that order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tracing::{error, info};
+
+use crate::api::{ClusterService, http};
+use crate::config::Config;
+use crate::network::{Network, Raft, RaftService};
+use crate::store::StoreError;
+
+/// Why a node failed to boot or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration was refused by openraft.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory or its database could not be opened.
+    #[error("opening storage in {dir}: {source}")]
+    Storage {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// Raft did not start.
+    #[error("starting raft: {0}")]
+    Raft(String),
+    /// A listen address could not be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A server failed while running.
+    #[error("{what} server failed: {reason}")]
+    Serve {
+        /// Which server.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A shutdown signal receiver: resolves once shutdown is requested.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Wait until shutdown is requested (or its sender is gone).
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// A channel that turns the first SIGINT or SIGTERM into a shutdown request.
+pub fn shutdown_on_signals() -> Result<Shutdown, std::io::Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        info!(signal = name, "shutdown requested");
+        let _ = tx.send(true);
+    });
+    Ok(Shutdown(rx))
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Run the node until `shutdown` resolves, then tear down in order.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+    info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "[1/5] config loaded");
+    let raft_config = Arc::new(config.raft.to_openraft()?);
+
+    let dir = config.data_dir.clone();
+    let (log_store, sm) =
+        crate::raft::open(&dir).await.map_err(|source| ServerError::Storage { dir: dir.clone(), source })?;
+    info!(dir = %dir.display(), "[2/5] RocksDB opened");
+
+    let network = Network {
+        id: config.node_id,
+        rpc_timeout: config.raft.rpc_timeout(),
+        snapshot_timeout: config.raft.install_snapshot_timeout(),
+        dial: config.dial_overrides()?,
+    };
+    let raft = Raft::new(config.node_id, raft_config, network, log_store, sm.clone())
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    info!("[3/5] raft started");
+
+    let raft_listener = bind("raft gRPC", config.raft_addr).await?;
+    let api_listener = bind("api gRPC", config.api_addr).await?;
+    let http_listener = bind("http", config.http_addr).await?;
+    let mut servers: Vec<(&'static str, JoinHandle<Result<(), String>>)> = Vec::new();
+    let raft_svc = RaftService::new(raft.clone()).into_server();
+    let stop = shutdown.clone();
+    servers.push((
+        "raft gRPC",
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(raft_svc)
+                .serve_with_incoming_shutdown(TcpIncoming::from(raft_listener).with_nodelay(Some(true)), stop.wait())
+                .await
+                .map_err(|e| e.to_string())
+        }),
+    ));
+    let api_svc = ClusterService::new(
+        config.node_id,
+        raft.clone(),
+        sm.clone(),
+        config.raft.write_timeout(),
+        config.raft.rpc_timeout(),
+    )
+    .into_server();
+    let stop = shutdown.clone();
+    servers.push((
+        "api gRPC",
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(api_svc)
+                .serve_with_incoming_shutdown(TcpIncoming::from(api_listener).with_nodelay(Some(true)), stop.wait())
+                .await
+                .map_err(|e| e.to_string())
+        }),
+    ));
+    info!(raft = %config.raft_addr, api = %config.api_addr, "[4/5] gRPC servers listening");
+
+    let router = http::router(raft.clone());
+    let stop = shutdown.clone();
+    servers.push((
+        "http",
+        tokio::spawn(async move {
+            axum::serve(http_listener, router).with_graceful_shutdown(stop.wait()).await.map_err(|e| e.to_string())
+        }),
+    ));
+    info!(http = %config.http_addr, "[5/5] HTTP listening; node running");
+
+    shutdown.wait().await;
+
+    // Teardown: servers first (no new requests), then Raft, then the storage (dropped last).
+    let mut failure = None;
+    for (what, handle) in servers.into_iter().rev() {
+        match handle.await {
+            Ok(Ok(())) => info!(server = what, "stopped"),
+            Ok(Err(reason)) => {
+                error!(server = what, %reason, "stopped with an error");
+                failure.get_or_insert(ServerError::Serve { what, reason });
+            }
+            Err(e) => {
+                error!(server = what, error = %e, "task failed");
+                failure.get_or_insert(ServerError::Serve { what, reason: e.to_string() });
+            }
+        }
+    }
+    if let Err(e) = raft.shutdown().await {
+        error!(error = %e, "raft shutdown failed");
+    } else {
+        info!("raft stopped");
+    }
+    drop(raft);
+    drop(sm);
+    info!("storage closed; bye");
+    failure.map_or(Ok(()), Err)
+}

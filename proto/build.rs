@@ -1,0 +1,19 @@
+//! Generate the tonic/prost code from `proto/quill/v1/*.proto` with the vendored `protoc`, so a
+//! build needs no system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/quill/v1/raft.proto", "proto/quill/v1/cluster.proto"];
+    // The vendored protoc is handed to prost-build directly (no `PROTOC` environment variable,
+    // which edition 2024 only sets through `unsafe`).
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_with_config(
+        config,
+        &protos,
+        &["proto"],
+    )?;
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}
