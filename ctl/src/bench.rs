@@ -120,7 +120,7 @@ async fn run_level(endpoint: &str, run_id: &str, clients: usize, dur: Duration) 
                 let mut value = vec![0u8; VALUE_BYTES];
                 value[..8].copy_from_slice(&serial.to_le_bytes());
                 let command = client::encode_put(key, value);
-                let req = WriteRequest { client_id: client_id.clone(), serial, command, hops: 0 };
+                let req = WriteRequest { client_id: client_id.clone(), serial, command, hops: 0, actor: String::new() };
                 let t = Instant::now();
                 match c.write(req).await {
                     Ok(_) => lat_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),

@@ -54,7 +54,16 @@ pub struct UpArgs {
     /// The quilld binary [default: `quilld` next to the `quill` executable].
     #[arg(long, env = "QUILL_QUILLD", value_name = "PATH")]
     quilld: Option<PathBuf>,
+    /// Each node's HSM: `sim` (its own hsm-sim token in D/node-<id>/hsm, TEST PINs) or `none`
+    /// (the node replicates but does no key work). Kept from the first `up` of a directory.
+    #[arg(long, default_value = "sim", value_parser = ["sim", "none"])]
+    hsm: String,
 }
+
+/// The TEST user PIN of a dev cluster's hsm-sim tokens (written into each node's config).
+const DEV_PIN: &str = "1234-TEST";
+/// The TEST SO PIN of a dev cluster's hsm-sim tokens.
+const DEV_SO_PIN: &str = "87654321-TEST";
 
 /// Options of `quill dev down`.
 #[derive(clap::Args, Debug)]
@@ -76,6 +85,22 @@ struct NodeConfig {
     http_addr: String,
     data_dir: PathBuf,
     log_format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hsm: Option<HsmSection>,
+}
+
+/// The `[hsm]` table of a dev node: one hsm-sim slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HsmSection {
+    slots: Vec<DevSlot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DevSlot {
+    module: PathBuf,
+    token_label: String,
+    pin: String,
+    label_prefix: String,
 }
 
 /// One node of the dev cluster on disk.
@@ -121,7 +146,7 @@ pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
     let existing = load_nodes(&dir)?;
     let fresh = existing.is_empty();
     let nodes = if fresh {
-        write_configs(&dir, args.nodes.unwrap_or(5), args.base_port)?
+        write_configs(&dir, args.nodes.unwrap_or(5), args.base_port, args.hsm == "sim")?
     } else {
         if let Some(n) = args.nodes
             && existing.len() as u64 != n
@@ -311,7 +336,7 @@ fn load_nodes(dir: &Path) -> Result<Vec<DevNode>> {
 }
 
 /// Write node-1..node-n with fresh ports; returns the nodes.
-fn write_configs(dir: &Path, n: u64, base_port: Option<u16>) -> Result<Vec<DevNode>> {
+fn write_configs(dir: &Path, n: u64, base_port: Option<u16>, hsm: bool) -> Result<Vec<DevNode>> {
     let addrs: Vec<[String; 3]> = match base_port {
         Some(p) => (1..=n)
             .map(|i| {
@@ -333,6 +358,7 @@ fn write_configs(dir: &Path, n: u64, base_port: Option<u16>) -> Result<Vec<DevNo
         let node_dir = dir.join(format!("node-{i}"));
         let data_dir = node_dir.join("data");
         fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let hsm = if hsm { Some(init_sim_token(&node_dir, i)?) } else { None };
         let config = NodeConfig {
             node_id: i,
             raft_addr: raft,
@@ -340,6 +366,7 @@ fn write_configs(dir: &Path, n: u64, base_port: Option<u16>) -> Result<Vec<DevNo
             http_addr: http,
             data_dir,
             log_format: "text".to_string(),
+            hsm,
         };
         let config_path = node_dir.join("node.toml");
         let text = toml::to_string(&config).context("encode node config")?;
@@ -347,6 +374,33 @@ fn write_configs(dir: &Path, n: u64, base_port: Option<u16>) -> Result<Vec<DevNo
         nodes.push(DevNode { dir: node_dir, config_path, config });
     }
     Ok(nodes)
+}
+
+/// Initialise node `i`'s hsm-sim token in `node_dir/hsm` with `quill-hsm init-token` (next to
+/// this executable), and return the `[hsm]` table that uses it.
+fn init_sim_token(node_dir: &Path, i: u64) -> Result<HsmSection> {
+    let exe = std::env::current_exe().context("cannot find the quill executable")?;
+    let bin = exe.parent().ok_or_else(|| anyhow!("the quill executable has no directory"))?;
+    let module = bin.join("libquill_hsm_sim.so");
+    let tool = bin.join("quill-hsm");
+    if !module.is_file() || !tool.is_file() {
+        bail!("no hsm-sim next to {} (build the workspace, or use --hsm none)", exe.display());
+    }
+    let hsm_dir = node_dir.join("hsm");
+    fs::create_dir_all(&hsm_dir).with_context(|| format!("cannot create {}", hsm_dir.display()))?;
+    let label = format!("TEST-dev-node-{i}");
+    let out = Command::new(&tool)
+        .args(["init-token", "--slot", "0", "--label", &label, "--so-pin", DEV_SO_PIN, "--pin", DEV_PIN])
+        .env("QUILL_HSM_DIR", &hsm_dir)
+        .env_remove("QUILL_HSM_CONF")
+        .output()
+        .with_context(|| format!("cannot run {}", tool.display()))?;
+    if !out.status.success() {
+        bail!("quill-hsm init-token for node {i}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(HsmSection {
+        slots: vec![DevSlot { module, token_label: label, pin: DEV_PIN.into(), label_prefix: "TEST-quill".into() }],
+    })
 }
 
 /// `count` distinct free loopback ports (bound at once, then released).
@@ -372,6 +426,8 @@ fn spawn(quilld: &Path, n: &DevNode) -> Result<u32> {
     let child = Command::new(quilld)
         .arg("--config")
         .arg(&n.config_path)
+        .env("QUILL_HSM_DIR", n.dir.join("hsm"))
+        .env_remove("QUILL_HSM_CONF")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -10,9 +10,11 @@ mod cluster;
 mod demo;
 mod dev;
 mod exit_codes;
+mod keys;
 mod pkcs11;
 
 use clap::{Parser, Subcommand};
+use quill_node::keys::model::KeyState;
 use std::process::ExitCode;
 
 /// Quill: EMV card data preparation and key management.
@@ -43,9 +45,79 @@ enum Cmd {
     /// Show and change a cluster's membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Form keys from custodian components, asynchronously (the SMK, or a working key).
+    #[command(subcommand)]
+    Ceremony(CeremonyCmd),
+    /// The key inventory: list, show, generate, TR-31 import/export, life cycle.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Dual-control approvals (key export, destruction, SMK to a new node).
+    #[command(subcommand)]
+    Approve(ApproveCmd),
+    /// The audit chain: verify, tail, export.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// The published benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CeremonyCmd {
+    /// Open a ceremony: `--key smk` (the cluster storage master key, AES-256) or `--key working`
+    /// (a working key: --label, --usage, --alg); `--components N` custodians each submit one.
+    Start(keys::CeremonyStartArgs),
+    /// Submit your component (hex, or --generate): its KCV is computed and shown here, and it
+    /// leaves this terminal only sealed to each recipient node's HSM transport key.
+    Submit(keys::CeremonySubmitArgs),
+    /// Ceremonies, their components' KCVs and custodians, and where the key formed.
+    Status(keys::CeremonyIdArgs),
+    /// Cancel an open ceremony; its sealed components are deleted.
+    Cancel(keys::CeremonyIdArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Every key: id, usage, algorithm, KCV, state.
+    List(keys::KeyListArgs),
+    /// One key's record (never its value).
+    Show(keys::KeyIdArgs),
+    /// Generate a key inside a node's HSM; stored wrapped under the SMK.
+    Generate(keys::KeyGenerateArgs),
+    /// Import a key from a TR-31 key block under a key-block protection key (ZMK).
+    Import(keys::KeyImportArgs),
+    /// Export as TR-31: `--key K --kbpk Z` asks for dual-control approval; `--approval A` runs it.
+    Export(keys::KeyExportArgs),
+    /// Make a pending or suspended key active.
+    Activate(keys::KeyIdArgs),
+    /// Suspend an active key.
+    Suspend(keys::KeyIdArgs),
+    /// Retire a key (no new use).
+    Retire(keys::KeyIdArgs),
+    /// Mark a key compromised (never used again).
+    Compromised(keys::KeyIdArgs),
+    /// Destroy a key: asks for a dual-control approval; destroyed once two custodians grant it.
+    Destroy(keys::KeyIdArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ApproveCmd {
+    /// Every approval and its state.
+    List(keys::ApproveListArgs),
+    /// Grant an approval (custodian; not the requester; two distinct custodians approve).
+    Grant(keys::ApproveIdArgs),
+    /// Deny an approval.
+    Deny(keys::ApproveIdArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Recompute the chain and every MAC and seal; exit 3 naming the first broken record.
+    Verify(keys::AuditVerifyArgs),
+    /// The last records, one line each.
+    Tail(keys::AuditTailArgs),
+    /// Records as JSON lines (all, or from --from).
+    Export(keys::AuditTailArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +167,26 @@ fn main() -> ExitCode {
         Cmd::Cluster(ClusterCmd::Add(args)) => cluster::add(args, json),
         Cmd::Cluster(ClusterCmd::Promote(args)) => cluster::promote(args, json),
         Cmd::Cluster(ClusterCmd::Remove(args)) => cluster::remove(args, json),
+        Cmd::Ceremony(CeremonyCmd::Start(a)) => keys::ceremony_start(a, json),
+        Cmd::Ceremony(CeremonyCmd::Submit(a)) => keys::ceremony_submit(a, json),
+        Cmd::Ceremony(CeremonyCmd::Status(a)) => keys::ceremony_status(a, json),
+        Cmd::Ceremony(CeremonyCmd::Cancel(a)) => keys::ceremony_cancel(a, json),
+        Cmd::Key(KeyCmd::List(a)) => keys::key_list(a, json),
+        Cmd::Key(KeyCmd::Show(a)) => keys::key_show(a, json),
+        Cmd::Key(KeyCmd::Generate(a)) => keys::key_generate(a, json),
+        Cmd::Key(KeyCmd::Import(a)) => keys::key_import(a, json),
+        Cmd::Key(KeyCmd::Export(a)) => keys::key_export(a, json),
+        Cmd::Key(KeyCmd::Activate(a)) => keys::key_set_state(a, KeyState::Active, json),
+        Cmd::Key(KeyCmd::Suspend(a)) => keys::key_set_state(a, KeyState::Suspended, json),
+        Cmd::Key(KeyCmd::Retire(a)) => keys::key_set_state(a, KeyState::Retired, json),
+        Cmd::Key(KeyCmd::Compromised(a)) => keys::key_set_state(a, KeyState::Compromised, json),
+        Cmd::Key(KeyCmd::Destroy(a)) => keys::key_destroy(a, json),
+        Cmd::Approve(ApproveCmd::List(a)) => keys::approve_list(a, json),
+        Cmd::Approve(ApproveCmd::Grant(a)) => keys::approve_decide(a, true, json),
+        Cmd::Approve(ApproveCmd::Deny(a)) => keys::approve_decide(a, false, json),
+        Cmd::Audit(AuditCmd::Verify(a)) => keys::audit_verify(a, json),
+        Cmd::Audit(AuditCmd::Tail(a)) => keys::audit_tail(a, false, json),
+        Cmd::Audit(AuditCmd::Export(a)) => keys::audit_tail(a, true, json),
         Cmd::Bench(BenchCmd::Raft(args)) => bench::raft(args, json),
     };
     match r {

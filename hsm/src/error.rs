@@ -35,8 +35,9 @@ impl fmt::Display for SlotRef {
 ///   [`HsmError::Unavailable`], [`HsmError::Timeout`], [`HsmError::NoHealthySlot`]): take the slot
 ///   out and try another ([`HsmError::is_device_error`]);
 /// - the key material offered ([`HsmError::ComponentKcv`], [`HsmError::CannotOpen`],
-///   [`HsmError::BadWrappedKey`], [`HsmError::KcvMismatch`], [`HsmError::WrongSmk`], [`HsmError::AuthenticationFailed`], and
-///   [`HsmError::Module`] with any other return code): retrying elsewhere gives the same answer;
+///   [`HsmError::BadWrappedKey`], [`HsmError::KcvMismatch`], [`HsmError::WrongSmk`],
+///   [`HsmError::AuthenticationFailed`], [`HsmError::Tr31`], and [`HsmError::Module`] with any
+///   other return code): retrying elsewhere gives the same answer;
 /// - policy and state ([`HsmError::HostPathRefused`], [`HsmError::SmkConflict`],
 ///   [`HsmError::NoSmk`], [`HsmError::Unsupported`]);
 /// - the caller ([`HsmError::Misuse`], [`HsmError::Config`]).
@@ -189,6 +190,19 @@ pub enum HsmError {
         /// Where.
         at: Arc<SlotRef>,
     },
+    /// A TR-31 key block is malformed or fails its MAC, or a TR-31 request cannot be met: a KBPK
+    /// of the wrong family for the block's version, a key algorithm or exportability Quill cannot
+    /// hold, a usage that does not fit the key. `reason` is the TR-31 library's message (positions
+    /// are 0-based character offsets into the block); it never contains key bytes.
+    #[error("{operation}: {reason} ({at})")]
+    Tr31 {
+        /// Adapter operation.
+        operation: &'static str,
+        /// What is wrong.
+        reason: String,
+        /// Where.
+        at: Arc<SlotRef>,
+    },
     /// The module cannot do this at all.
     #[error("{operation}: {at} does not support {what}")]
     Unsupported {
@@ -262,6 +276,7 @@ impl HsmError {
             | HsmError::NoSmk { operation, .. }
             | HsmError::WrongSmk { operation, .. }
             | HsmError::AuthenticationFailed { operation, .. }
+            | HsmError::Tr31 { operation, .. }
             | HsmError::Unsupported { operation, .. }
             | HsmError::TokenState { operation, .. }
             | HsmError::Misuse { operation, .. } => operation,
@@ -353,6 +368,10 @@ impl Op<'_> {
 
     pub fn unsupported(&self, what: impl Into<String>) -> HsmError {
         HsmError::Unsupported { operation: self.name, what: what.into(), at: self.at.clone() }
+    }
+
+    pub fn tr31(&self, reason: impl Into<String>) -> HsmError {
+        HsmError::Tr31 { operation: self.name, reason: reason.into(), at: self.at.clone() }
     }
 }
 

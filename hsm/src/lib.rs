@@ -1,13 +1,13 @@
 //! Quill's HSM adapter.
 //!
 //! [`Hsm`] speaks in key-management operations (transport key, storage master key, working keys,
-//! KCVs, audit MAC and encryption); payment operations (EMV ICC master keys, CVV, PVV, PINs, ICC
-//! RSA key pairs, TR-31) will join it. Keys never appear in clear in host memory: working keys
-//! travel as [`WrappedKey`]s (wrapped under the storage master key, SMK), key components as
-//! [`SealedComponent`]s (RSA-OAEP to the node's transport key), and everything is unwrapped,
-//! combined and used inside the HSM. The one exception is the *host path* (see
-//! [`HostPathObserver`]): a function the module cannot do inside (SoftHSM cannot XOR key
-//! components) is refused with [`HsmError::HostPathRefused`] unless the slot's configuration
+//! KCVs, audit MAC and encryption, TR-31 key block import and export); payment operations (EMV
+//! ICC master keys, CVV, PVV, PINs, ICC RSA key pairs) will join it. Keys never appear in clear in
+//! host memory: working keys travel as [`WrappedKey`]s (wrapped under the storage master key,
+//! SMK), key components as [`SealedComponent`]s (RSA-OAEP to the node's transport key), and
+//! everything is unwrapped, combined and used inside the HSM. The one exception is the *host path*
+//! (see [`HostPathObserver`]): a function the module cannot do inside (SoftHSM cannot XOR key
+//! components or open TR-31 key blocks) is refused with [`HsmError::HostPathRefused`] unless the slot's configuration
 //! allows it, and every allowed use is reported so the node can audit it.
 //!
 //! Implementations:
@@ -25,6 +25,7 @@
 
 mod config;
 mod error;
+mod keyblock;
 mod mechanisms;
 mod module;
 mod observer;
@@ -35,10 +36,13 @@ mod types;
 
 pub use config::{PoolConfig, SlotConfig};
 pub use error::{HsmError, SlotRef, is_device_rv, rv_name};
+pub use keyblock::tr31_mode_of_use;
 pub use mechanisms::{mechanism_name, vendor};
 pub use observer::{HostPathObserver, HostPathUse, LogHostPath};
 pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
+/// TR-31 key blocks (`quill_hsm_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
+pub use quill_hsm_crypto::tr31;
 pub use types::{Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey};
 pub use zeroize::Zeroizing;
 
@@ -59,14 +63,17 @@ pub use zeroize::Zeroizing;
 /// - Component operations check each component's KCV inside the HSM and name the failing
 ///   component by index; they need at least two components.
 /// - KCVs are computed inside the HSM (see [`Kcv`] for the algorithms).
+/// - TR-31 key blocks are made and opened inside the HSM where the module can (hsm-sim's
+///   `CKM_QUILL_TR31_WRAP`/`CKM_QUILL_TR31_UNWRAP`); otherwise on the host path. A bad block, a
+///   failed MAC or a request that cannot be met is [`HsmError::Tr31`], with the same message from
+///   every module.
 /// - Errors never contain key bytes or PINs. [`HsmError::is_device_error`] tells the caller whether
 ///   another slot might succeed.
 ///
 /// Payment operations (EMV ICC master-key derivation Option A/B, CVV/PVV, PIN generation, ICC
-/// RSA key pairs, TR-31 import/export) will be added here as further methods; [`Pkcs11Hsm`] keeps
-/// the building blocks (capability detection in [`HsmInfo`], the raw `CKM_DES3_ECB_ENCRYPT_DATA`
-/// derivation in [`Pkcs11Hsm::derive_des3_ecb_encrypt_data`], vendor mechanism values in
-/// [`vendor`]).
+/// RSA key pairs) will be added here as further methods; [`Pkcs11Hsm`] keeps the building blocks
+/// (capability detection in [`HsmInfo`], the raw `CKM_DES3_ECB_ENCRYPT_DATA` derivation in
+/// [`Pkcs11Hsm::derive_des3_ecb_encrypt_data`], vendor mechanism values in [`vendor`]).
 pub trait Hsm: Send + Sync {
     /// The slots behind this handle: module, slot, token, capabilities, host-path policy.
     fn describe(&self) -> HsmInfo;
@@ -118,4 +125,34 @@ pub trait Hsm: Send + Sync {
     /// Inverse of [`Hsm::seal`]; [`HsmError::AuthenticationFailed`] when the key, the AAD or the
     /// data do not match.
     fn open(&self, key: &WrappedKey, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError>;
+
+    /// Import a TR-31 key block (versions B and D) under a wrapped key-block protection key; the
+    /// imported key comes back wrapped under the SMK. The block's header (usage, algorithm, mode of
+    /// use, exportability) is returned too.
+    ///
+    /// The KBPK's algorithm must fit the version: TDES for B, AES for D. The block's algorithm
+    /// must be one Quill holds (`T` 16 or 24 bytes, `A` 16/24/32, `H` 32 bytes for HMAC-SHA-256, with
+    /// an `HM` block, if any, of `21`), and its exportability `E` or `S`: a non-exportable (`N`)
+    /// key could not be wrapped under the SMK. The header, the block's structure and these rules
+    /// are checked before any key is touched; the MAC is verified before the key is read. Every
+    /// failure about the block is [`HsmError::Tr31`] naming the problem (`MAC verification
+    /// failed`, a field and its position); none is retried on another slot.
+    fn tr31_import(&self, kbpk: &WrappedKey, block: &str) -> Result<(tr31::Tr31Header, WrappedKey), HsmError>;
+
+    /// Export a wrapped key as a TR-31 key block under a wrapped KBPK. Version B for a TDES KBPK,
+    /// D for AES; usage code given (e.g. "E0"), algorithm from the key (`T`, `A`, or `H` with an
+    /// `HM` block `21` for SHA-256), mode of use derived from the usage ([`tr31_mode_of_use`]: `X`
+    /// for B0–B2 and E0–E6, `C` for C0, M0–M8 and V0–V4, `B` for D0, D2, K0, K1 and P0, `N` for I0
+    /// and proprietary usages), exportability "E" if `exportable` else "N"; key version `00`, key
+    /// context `0`. The key length is hidden (padding as for the algorithm's longest key) and the
+    /// padding is random. A key stronger than the KBPK (AES under TDES, DES3 under DES2, AES-256
+    /// under AES-128), a usage that is unknown, asymmetric or does not allow the key's algorithm
+    /// is refused with [`HsmError::Tr31`].
+    fn tr31_export(
+        &self,
+        kbpk: &WrappedKey,
+        key: &WrappedKey,
+        usage: &str,
+        exportable: bool,
+    ) -> Result<String, HsmError>;
 }

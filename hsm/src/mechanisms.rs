@@ -108,6 +108,16 @@ impl Capabilities {
         self.has(vendor::CKM_QUILL_KEY_COMPONENTS_XOR)
     }
 
+    /// TR-31 import inside the HSM (`CKM_QUILL_TR31_UNWRAP`).
+    pub fn native_tr31_unwrap(&self) -> bool {
+        self.has(vendor::CKM_QUILL_TR31_UNWRAP)
+    }
+
+    /// TR-31 export inside the HSM (`CKM_QUILL_TR31_WRAP`).
+    pub fn native_tr31_wrap(&self) -> bool {
+        self.has(vendor::CKM_QUILL_TR31_WRAP)
+    }
+
     /// The capability table for [`crate::Hsm::describe`].
     pub fn describe(&self) -> Vec<Capability> {
         let std = |name: &str, mechs: &[CK_MECHANISM_TYPE]| {
@@ -141,6 +151,26 @@ impl Capabilities {
                 via: "C_UnwrapKey(CKM_RSA_PKCS_OAEP) + host XOR + C_CreateObject".to_owned(),
             }
         });
+        for (name, native, mech, host) in [
+            (
+                "tr31-import",
+                self.native_tr31_unwrap(),
+                vendor::CKM_QUILL_TR31_UNWRAP,
+                "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) of the KBPK as a readable key + host TR-31 unwrap + C_CreateObject",
+            ),
+            (
+                "tr31-export",
+                self.native_tr31_wrap(),
+                vendor::CKM_QUILL_TR31_WRAP,
+                "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) of the KBPK and the key as readable keys + host TR-31 wrap",
+            ),
+        ] {
+            v.push(Capability {
+                name: name.to_owned(),
+                support: if native { Support::Native } else { Support::HostPath },
+                via: if native { mechanism_name(mech) } else { host.to_owned() },
+            });
+        }
         // EMV ICC master-key derivation (payment operations build on this later).
         v.push(if self.has(vendor::CKM_QUILL_EMV_MK_OPTION_A) {
             Capability {
@@ -172,6 +202,11 @@ mod tests {
         let c = Capabilities::new(&[CKM_AES_KEY_WRAP_PAD, CKM_DES3_ECB_ENCRYPT_DATA]);
         let xor = c.describe().into_iter().find(|c| c.name == "key-components-xor");
         assert_eq!(xor.map(|c| c.support), Some(Support::HostPath));
+        let tr31 = c.describe().into_iter().find(|c| c.name == "tr31-import");
+        assert_eq!(tr31.map(|c| c.support), Some(Support::HostPath));
+        let c = Capabilities::new(&[vendor::CKM_QUILL_TR31_WRAP, vendor::CKM_QUILL_TR31_UNWRAP]);
+        let tr31 = c.describe().into_iter().find(|c| c.name == "tr31-export").expect("listed");
+        assert_eq!((tr31.support, tr31.via.as_str()), (Support::Native, "CKM_QUILL_TR31_WRAP"));
         assert!(c.missing_required().iter().any(|m| m.contains("OAEP")));
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// material in (zeroized) host memory because the slot's configuration allows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPathUse {
-    /// Adapter operation (`form_smk`, `import_components`).
+    /// Adapter operation (`form_smk`, `import_components`, `tr31_import`, `tr31_export`).
     pub operation: &'static str,
     /// What was done in host memory and why (`XOR of 3 key components: the module lacks
     /// CKM_QUILL_KEY_COMPONENTS_XOR`).

@@ -29,6 +29,7 @@ use crate::config::PoolConfig;
 use crate::error::HsmError;
 use crate::observer::HostPathObserver;
 use crate::pkcs11::Pkcs11Hsm;
+use crate::tr31::Tr31Header;
 use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey};
 use crate::{Hsm, Zeroizing};
 use serde::Serialize;
@@ -667,6 +668,32 @@ impl Hsm for HsmPool {
             self.inner.op_timeout,
             Some(&key.smk_kcv),
             Arc::new(move |h: &Pkcs11Hsm| h.open(&k, &a, &s)),
+        )
+    }
+
+    fn tr31_import(&self, kbpk: &WrappedKey, block: &str) -> Result<(Tr31Header, WrappedKey), HsmError> {
+        let (k, b) = (kbpk.clone(), block.to_owned());
+        self.inner.run(
+            "tr31_import",
+            self.inner.op_timeout,
+            Some(&kbpk.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.tr31_import(&k, &b)),
+        )
+    }
+
+    fn tr31_export(
+        &self,
+        kbpk: &WrappedKey,
+        key: &WrappedKey,
+        usage: &str,
+        exportable: bool,
+    ) -> Result<String, HsmError> {
+        let (k, w, u) = (kbpk.clone(), key.clone(), usage.to_owned());
+        self.inner.run(
+            "tr31_export",
+            self.inner.op_timeout,
+            Some(&kbpk.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.tr31_export(&k, &w, &u, exportable)),
         )
     }
 }

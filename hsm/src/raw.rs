@@ -9,7 +9,9 @@
 //!   derives an EMV ICC master key (Option A: ECB over `Y ‖ Y⊕FF…`) without the key leaving the HSM;
 //! - `C_DeriveKey` with a vendor mechanism whose parameter is a packed byte string of run-time
 //!   length (hsm-sim's `CKM_QUILL_KEY_COMPONENTS_XOR`): `VendorDefinedMechanism::new::<T>` takes
-//!   the parameter length from `size_of::<T>()`.
+//!   the parameter length from `size_of::<T>()`;
+//! - `C_WrapKey` with such a mechanism (hsm-sim's `CKM_QUILL_TR31_WRAP`, whose parameter is the
+//!   ASCII header template).
 //!
 //! Invariants every `unsafe` block below relies on (each block names the one it uses):
 //!
@@ -167,6 +169,32 @@ impl RawModule {
         // SAFETY (H): `out` is the handle C_DeriveKey just created in `session`'s module;
         // `ObjectHandle` is a plain integer wrapper.
         Ok(unsafe { ObjectHandle::new_from_raw(out) })
+    }
+
+    /// `C_WrapKey` with any mechanism and a byte-string parameter: `key` wrapped under `wrapping`
+    /// (two-call convention: the length first, then the data).
+    pub(crate) fn wrap_key(
+        &self,
+        session: &Session,
+        mech: CK_MECHANISM_TYPE,
+        param: RawParam<'_>,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+    ) -> Result<Vec<u8>, RawError> {
+        const F: &str = "C_WrapKey";
+        let f = self.list.C_WrapKey.ok_or(RawError::Missing(F))?;
+        with_mechanism(F, mech, param, |m| {
+            let mut n: CK_ULONG = 0;
+            // SAFETY (L, H, B): a NULL output buffer with a valid length pointer is the size query
+            // of the two-call convention; `m` and its parameter live for this closure; the handles
+            // come from this module's `cryptoki` objects.
+            check(F, unsafe { f(session.handle(), m, wrapping.handle(), key.handle(), ptr::null_mut(), &mut n) })?;
+            let mut out = vec![0u8; usize::try_from(n).map_err(|_| RawError::Length(F))?];
+            // SAFETY (L, H, B): `out` holds `n` bytes and `n` tells the module so.
+            check(F, unsafe { f(session.handle(), m, wrapping.handle(), key.handle(), out.as_mut_ptr(), &mut n) })?;
+            out.truncate(usize::try_from(n).map_err(|_| RawError::Length(F))?);
+            Ok(out)
+        })
     }
 
     /// `C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA, data)` from a DES2/DES3 `base`: the new key is the

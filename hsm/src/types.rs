@@ -1,10 +1,20 @@
 //! The values the adapter hands out and takes back: algorithms, check values, public keys,
 //! wrapped keys and sealed components. None of them holds a key in clear.
+//!
+//! A few software helpers for the operators' tools live here too ([`Kcv::of_clear`],
+//! [`RsaPublic::seal`]): they run where a custodian types a clear component anyway, never in a
+//! node.
 
+use openssl::bn::BigNum;
+use openssl::rsa::{Padding, Rsa};
+use quill_hsm_crypto::digest::{self, HashAlg};
+use quill_hsm_crypto::sym;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
+use zeroize::Zeroizing;
 
 /// Algorithm (and length) of a symmetric key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -25,6 +35,10 @@ pub enum KeyAlg {
 }
 
 impl KeyAlg {
+    /// Every algorithm.
+    pub const ALL: [KeyAlg; 6] =
+        [KeyAlg::Des2, KeyAlg::Des3, KeyAlg::Aes128, KeyAlg::Aes192, KeyAlg::Aes256, KeyAlg::HmacSha256];
+
     /// Key length in bytes.
     pub fn key_len(self) -> usize {
         match self {
@@ -68,6 +82,21 @@ impl fmt::Display for KeyAlg {
     }
 }
 
+/// Parses `des2`, `des3`, `aes128`, `aes192`, `aes256`, `hmac-sha256`, in any case, and the
+/// [`KeyAlg::name`] forms (`HMAC_SHA256`).
+impl FromStr for KeyAlg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KeyAlg, String> {
+        let wanted = s.trim().replace('-', "_");
+        KeyAlg::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(&wanted)).ok_or_else(|| {
+            format!(
+                "unknown key algorithm {s:?}; accepted (any case): des2, des3, aes128, aes192, aes256, hmac-sha256 (or hmac_sha256)"
+            )
+        })
+    }
+}
+
 /// Key check value, upper-case hex. Always computed inside the HSM:
 ///
 /// - TDES: the first 3 bytes of 3DES-ECB(key, 0⁸) (ANSI X9.24-1, the classic KCV);
@@ -97,6 +126,36 @@ impl Kcv {
     /// The hex text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether this is a KCV as the adapter writes them: 2 to 16 bytes of upper-case hex (no
+    /// spaces). [`Kcv::parse`] turns typed input into this form.
+    pub fn is_well_formed(&self) -> bool {
+        let b = self.0.as_bytes();
+        b.len().is_multiple_of(2)
+            && (4..=32).contains(&b.len())
+            && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F'))
+    }
+
+    /// The KCV of a clear key, computed in software with the algorithms the HSM uses (see
+    /// [`Kcv`]): for the operators' tools, where a custodian types the clear component anyway.
+    /// A node never has a clear key; it asks the HSM ([`crate::Hsm::kcv`]).
+    pub fn of_clear(alg: KeyAlg, key: &[u8]) -> Result<Kcv, String> {
+        if key.len() != alg.key_len() {
+            return Err(format!("{alg} keys have {} bytes, not {}", alg.key_len(), key.len()));
+        }
+        let n = alg.kcv_len();
+        let full: Zeroizing<Vec<u8>> = Zeroizing::new(match alg {
+            KeyAlg::Des2 | KeyAlg::Des3 => sym::kcv_des(key).map_err(|e| format!("{alg} KCV: {e}"))?.to_vec(),
+            KeyAlg::Aes128 | KeyAlg::Aes192 | KeyAlg::Aes256 => {
+                sym::kcv_aes_cmac(key).map_err(|e| format!("{alg} KCV: {e}"))?.to_vec()
+            }
+            KeyAlg::HmacSha256 => digest::hmac(HashAlg::Sha256, key, &[0u8; 32]),
+        });
+        match full.get(..n) {
+            Some(kcv) => Ok(Kcv::from_bytes(kcv)),
+            None => Err(format!("{alg} KCV: {} bytes computed, {n} needed", full.len())),
+        }
     }
 }
 
@@ -154,6 +213,27 @@ impl RsaPublic {
     /// `openssl rsa -pubin -outform DER | sha256sum`.
     pub fn fingerprint(&self) -> String {
         hex::encode_upper(Sha256::digest(self.to_spki_der()))
+    }
+
+    /// RSA-OAEP encryption of `data` to this key in software (OpenSSL): SHA-1, MGF1 with SHA-1,
+    /// no label, exactly what [`crate::Hsm::form_smk`] and [`crate::Hsm::import_components`] unwrap
+    /// (wrap the result in a [`SealedComponent`]). For the operators' tools, which seal a typed
+    /// component to a node's transport key. Keys under 2048 bits are refused, as by
+    /// [`crate::Hsm::wrap_smk_for`].
+    pub fn seal(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        if self.bits() < 2048 {
+            return Err(format!("the RSA key has {} bits; at least 2048 needed", self.bits()));
+        }
+        let err = |e: openssl::error::ErrorStack| format!("RSA-OAEP: {e}");
+        let rsa = Rsa::from_public_components(
+            BigNum::from_slice(&self.modulus).map_err(err)?,
+            BigNum::from_slice(&self.exponent).map_err(err)?,
+        )
+        .map_err(err)?;
+        let mut out = vec![0u8; usize::try_from(rsa.size()).map_err(|_| "RSA-OAEP: key size".to_owned())?];
+        let n = rsa.public_encrypt(data, &mut out, Padding::PKCS1_OAEP).map_err(err)?;
+        out.truncate(n);
+        Ok(out)
     }
 }
 
@@ -312,6 +392,80 @@ pub(crate) mod hex_bytes {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_alg_from_str() {
+        for a in KeyAlg::ALL {
+            assert_eq!(a.name().parse::<KeyAlg>().unwrap(), a);
+            assert_eq!(a.name().to_ascii_lowercase().parse::<KeyAlg>().unwrap(), a);
+        }
+        assert_eq!("hmac-sha256".parse::<KeyAlg>().unwrap(), KeyAlg::HmacSha256);
+        assert_eq!("HMAC-SHA256".parse::<KeyAlg>().unwrap(), KeyAlg::HmacSha256);
+        assert_eq!(" Aes128 ".parse::<KeyAlg>().unwrap(), KeyAlg::Aes128);
+        let e = "aes512".parse::<KeyAlg>().unwrap_err();
+        assert!(e.contains("\"aes512\"") && e.contains("des2, des3, aes128, aes192, aes256, hmac-sha256"), "{e}");
+        assert!("".parse::<KeyAlg>().is_err());
+    }
+
+    #[test]
+    fn kcv_of_clear_known_answers() {
+        // The classic X9.24 test key.
+        let des2 = hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap();
+        assert_eq!(Kcv::of_clear(KeyAlg::Des2, &des2).unwrap().as_str(), "08D7B4");
+        let des3 = [&des2[..], &des2[..8]].concat();
+        assert_eq!(Kcv::of_clear(KeyAlg::Des3, &des3).unwrap().as_str(), "08D7B4", "K1 K2 K1 is DES2");
+        // AES-CMAC and HMAC-SHA-256 of zeros, against OpenSSL.
+        for alg in [KeyAlg::Aes128, KeyAlg::Aes192, KeyAlg::Aes256] {
+            let key: Vec<u8> = (0..alg.key_len() as u8).collect();
+            let cipher = match alg.key_len() {
+                16 => openssl::symm::Cipher::aes_128_cbc(),
+                24 => openssl::symm::Cipher::aes_192_cbc(),
+                _ => openssl::symm::Cipher::aes_256_cbc(),
+            };
+            let pkey = openssl::pkey::PKey::cmac(&cipher, &key).unwrap();
+            let mut s = openssl::sign::Signer::new_without_digest(&pkey).unwrap();
+            s.update(&[0u8; 16]).unwrap();
+            let want = Kcv::from_bytes(&s.sign_to_vec().unwrap()[..5]);
+            assert_eq!(Kcv::of_clear(alg, &key).unwrap(), want, "{alg}");
+        }
+        let key = [0x5Au8; 32];
+        let pkey = openssl::pkey::PKey::hmac(&key).unwrap();
+        let mut s = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).unwrap();
+        s.update(&[0u8; 32]).unwrap();
+        let want = Kcv::from_bytes(&s.sign_to_vec().unwrap()[..3]);
+        assert_eq!(Kcv::of_clear(KeyAlg::HmacSha256, &key).unwrap(), want);
+        // Lengths are checked against the algorithm.
+        let e = Kcv::of_clear(KeyAlg::Aes256, &[0u8; 16]).unwrap_err();
+        assert_eq!(e, "AES256 keys have 32 bytes, not 16");
+        assert!(Kcv::of_clear(KeyAlg::Des3, &des2).is_err());
+    }
+
+    #[test]
+    fn kcv_well_formed() {
+        for ok in ["08D7B4", "0123456789", "ABCD", &"AB".repeat(16)] {
+            assert!(Kcv(ok.to_owned()).is_well_formed(), "{ok}");
+        }
+        for bad in ["", "AB", "08d7b4", "08D7B", "08 D7 B4", "GG0000", &"AB".repeat(17)] {
+            assert!(!Kcv(bad.to_owned()).is_well_formed(), "{bad}");
+        }
+        assert!(Kcv::parse("08 d7 b4").unwrap().is_well_formed());
+    }
+
+    #[test]
+    fn rsa_seal_is_oaep_sha1() {
+        let private = Rsa::generate(2048).unwrap();
+        let pk = RsaPublic::new(&private.n().to_vec(), &private.e().to_vec());
+        let sealed = pk.seal(b"component").unwrap();
+        assert_eq!(sealed.len(), 256);
+        let mut out = vec![0u8; 256];
+        let n = private.private_decrypt(&sealed, &mut out, Padding::PKCS1_OAEP).unwrap();
+        assert_eq!(&out[..n], b"component");
+        assert_ne!(pk.seal(b"component").unwrap(), sealed, "randomised");
+        let weak = Rsa::generate(1024).unwrap();
+        let e = RsaPublic::new(&weak.n().to_vec(), &weak.e().to_vec()).seal(b"x").unwrap_err();
+        assert!(e.contains("1024 bits"), "{e}");
+        assert!(pk.seal(&[0u8; 300]).is_err(), "too long for OAEP");
+    }
 
     #[test]
     fn kcv_parse_normalises() {

@@ -7,7 +7,7 @@ mod common;
 
 use common::reference::{self as r, h};
 use common::{Backend, Recorder, token, token_host_path};
-use quill_hsm::{Hsm, HsmError, Kcv, KeyAlg, LogHostPath, Pkcs11Hsm, SlotConfig, Support, WrappedKey};
+use quill_hsm::{Hsm, HsmError, Kcv, KeyAlg, LogHostPath, Pkcs11Hsm, SealedComponent, SlotConfig, Support, WrappedKey};
 use std::sync::Arc;
 
 per_backend!(
@@ -23,6 +23,7 @@ per_backend!(
     host_path_policy,
     misuse_is_reported,
     key_cache_evicts_and_reunwraps,
+    operator_tools_seal_and_kcv_match_the_hsm,
 );
 
 fn open(c: &SlotConfig) -> Pkcs11Hsm {
@@ -378,4 +379,39 @@ fn key_cache_evicts_and_reunwraps(b: Backend) {
             assert_eq!(*hsm.open(k, b"", &s).unwrap(), b"p");
         }
     }
+}
+
+/// The operators' software helpers: components sealed with `RsaPublic::seal` and announced with
+/// `Kcv::of_clear` form an SMK and import keys of every algorithm, and the HSM computes the same
+/// KCVs as `Kcv::of_clear` (and as OpenSSL).
+fn operator_tools_seal_and_kcv_match_the_hsm(b: Backend) {
+    let Some(c) = token_host_path(b, "operator-tools") else { return };
+    let hsm = open(&c);
+    let pk = hsm.transport_public_key().unwrap();
+    let seal = |alg: KeyAlg, parts: &[Vec<u8>]| -> (Vec<SealedComponent>, Vec<Kcv>) {
+        (
+            parts.iter().map(|p| SealedComponent(pk.seal(p).unwrap())).collect(),
+            parts.iter().map(|p| Kcv::of_clear(alg, p).unwrap()).collect(),
+        )
+    };
+    let parts = r::split(KeyAlg::Aes256, &r::random(32), 3);
+    let (comps, kcvs) = seal(KeyAlg::Aes256, &parts);
+    assert_eq!(kcvs, parts.iter().map(|p| r::kcv(KeyAlg::Aes256, p)).collect::<Vec<_>>(), "of_clear = OpenSSL");
+    let kcv = hsm.form_smk(&comps, &kcvs).unwrap();
+    assert_eq!(kcv, Kcv::of_clear(KeyAlg::Aes256, &r::xor(&parts)).unwrap());
+    assert!(kcv.is_well_formed());
+    for alg in KeyAlg::ALL {
+        let key = r::random_key(alg);
+        let (comps, kcvs) = seal(alg, &r::split(alg, &key, 2));
+        let w = hsm.import_components(alg, &comps, &kcvs).unwrap();
+        let want = Kcv::of_clear(alg, &key).unwrap();
+        assert_eq!(w.kcv, want, "{alg}: HSM KCV = Kcv::of_clear");
+        assert_eq!(hsm.kcv(&w).unwrap(), want, "{alg}");
+        assert_eq!(want, r::kcv(alg, &key), "{alg}: Kcv::of_clear = OpenSSL");
+        assert!(want.is_well_formed(), "{want}");
+    }
+    // A KCV of the wrong component is still caught by the HSM.
+    let (comps, mut kcvs) = seal(KeyAlg::Des2, &r::split(KeyAlg::Des2, &r::random_key(KeyAlg::Des2), 2));
+    kcvs.swap(0, 1);
+    assert!(matches!(hsm.import_components(KeyAlg::Des2, &comps, &kcvs), Err(HsmError::ComponentKcv { index: 0, .. })));
 }

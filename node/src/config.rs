@@ -46,6 +46,11 @@ pub struct Config {
     /// `[dial]` then `2 = "10.0.0.7:7101"`.
     #[serde(default)]
     pub dial: BTreeMap<String, String>,
+    /// The node's HSM slots (`[hsm]` with `[[hsm.slots]]`: module, token_label or slot, pin /
+    /// pin_env / pin_file, allow_host_key_material, ...; see hsm/README.md). Without it the node
+    /// replicates but does no key work (no enrolment, no ceremonies, no HSM operations).
+    #[serde(default)]
+    pub hsm: Option<quill_hsm::PoolConfig>,
 }
 
 /// How log lines are written.
@@ -215,6 +220,11 @@ impl Config {
             return invalid("raft.*_timeout_ms", "timeouts must be > 0");
         }
         self.dial_overrides()?;
+        if let Some(h) = &self.hsm
+            && h.slots.is_empty()
+        {
+            return invalid("hsm.slots", "an [hsm] table needs at least one [[hsm.slots]] entry");
+        }
         self.raft.to_openraft().map(|_| ())
     }
 

@@ -9,7 +9,9 @@
 //! layer never calls up: `store` knows nothing of Raft.
 
 pub mod api;
+pub mod audit;
 pub mod config;
+pub mod keys;
 pub mod network;
 pub mod raft;
 pub mod server;

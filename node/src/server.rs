@@ -12,10 +12,13 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
+use crate::api::keys::KeysService;
 use crate::api::{ClusterService, http};
 use crate::config::Config;
+use crate::keys::agent::{HostPathQueue, KeyAgent, Proposer};
 use crate::network::{Network, Raft, RaftService};
 use crate::store::StoreError;
+use quill_hsm::Hsm as _;
 
 /// Why a node failed to boot or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,9 @@ pub enum ServerError {
     /// Raft did not start.
     #[error("starting raft: {0}")]
     Raft(String),
+    /// The HSM pool could not be opened.
+    #[error("opening the HSM pool: {0}")]
+    Hsm(String),
     /// A listen address could not be bound.
     #[error("binding {what} on {addr}: {source}")]
     Bind {
@@ -107,6 +113,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     info!("[3/5] raft started");
 
+    let agent = match config.hsm.clone() {
+        None => {
+            info!("no [hsm] configured: this node does no key work");
+            None
+        }
+        Some(pool_config) => {
+            let queue = Arc::new(HostPathQueue::default());
+            let observer: Arc<dyn quill_hsm::HostPathObserver> = queue.clone();
+            let pool = tokio::task::spawn_blocking(move || quill_hsm::HsmPool::open(&pool_config, observer))
+                .await
+                .map_err(|e| ServerError::Hsm(e.to_string()))?
+                .map_err(|e| ServerError::Hsm(e.to_string()))?;
+            info!(slots = pool.describe().slots.len(), "HSM pool open");
+            Some(KeyAgent::new(config.node_id, Arc::new(pool), raft.clone(), sm.clone(), queue))
+        }
+    };
+
     let raft_listener = bind("raft gRPC", config.raft_addr).await?;
     let api_listener = bind("api gRPC", config.api_addr).await?;
     let http_listener = bind("http", config.http_addr).await?;
@@ -123,20 +146,28 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
                 .map_err(|e| e.to_string())
         }),
     ));
-    let api_svc = ClusterService::new(
+    let cluster_svc = ClusterService::new(
         config.node_id,
         raft.clone(),
         sm.clone(),
+        agent.clone(),
         config.raft.write_timeout(),
         config.raft.rpc_timeout(),
-    )
-    .into_server();
+    );
+    let keys_svc = KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
+    if let Some(agent) = agent.clone() {
+        let proposer: Arc<dyn Proposer> = Arc::new(cluster_svc.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(agent.run(proposer, stop.wait()));
+    }
+    let api_svc = cluster_svc.into_server();
     let stop = shutdown.clone();
     servers.push((
         "api gRPC",
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(api_svc)
+                .add_service(keys_svc)
                 .serve_with_incoming_shutdown(TcpIncoming::from(api_listener).with_nodelay(Some(true)), stop.wait())
                 .await
                 .map_err(|e| e.to_string())

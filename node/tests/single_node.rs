@@ -153,6 +153,7 @@ async fn single_node_writes_reads_and_restarts() {
             serial: i,
             command: put(&format!("k{i}"), format!("v{i}").as_bytes()),
             hops: 0,
+            actor: String::new(),
         };
         let r = client.write(req).await.expect("write").into_inner();
         assert!(!r.duplicate);
@@ -171,17 +172,30 @@ async fn single_node_writes_reads_and_restarts() {
     }
 
     eprintln!("--- step: a retried write is applied once");
-    let retry = WriteRequest { client_id: "t1".into(), serial: 7, command: put("k7", b"changed"), hops: 0 };
+    let retry = WriteRequest {
+        client_id: "t1".into(),
+        serial: 7,
+        command: put("k7", b"changed"),
+        hops: 0,
+        actor: String::new(),
+    };
     let r = client.write(retry).await.expect("retry").into_inner();
     assert!(r.duplicate, "same client id + serial must be a duplicate");
     let v = client.read(ReadRequest { key: "k7".into(), linearizable: true, hops: 0 }).await.expect("read");
     assert_eq!(v.into_inner().value, b"v7".to_vec());
 
     eprintln!("--- step: malformed input is INVALID_ARGUMENT, not a crash");
-    let bad = WriteRequest { client_id: "t1".into(), serial: 1000, command: vec![0xff, 0xff, 0xff], hops: 0 };
+    let bad = WriteRequest {
+        client_id: "t1".into(),
+        serial: 1000,
+        command: vec![0xff, 0xff, 0xff],
+        hops: 0,
+        actor: String::new(),
+    };
     let e = client.write(bad).await.expect_err("malformed command");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
-    let empty = WriteRequest { client_id: String::new(), serial: 1, command: put("x", b"y"), hops: 0 };
+    let empty =
+        WriteRequest { client_id: String::new(), serial: 1, command: put("x", b"y"), hops: 0, actor: String::new() };
     let e = client.write(empty).await.expect_err("empty client id");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 

@@ -91,11 +91,19 @@ pub struct ClusterOptions {
     pub raft: RaftSettings,
     /// Route every node-to-node Raft link through its own [`FaultProxy`] (for partitions).
     pub proxies: bool,
+    /// Give every node its own hsm-sim token (initialised with `quill-hsm init-token` in
+    /// `node-<id>/hsm`, PIN [`TEST_PIN`]) and an `[hsm]` section, so it enrols and does key work.
+    pub hsm: bool,
 }
+
+/// The user PIN of the test clusters' hsm-sim tokens (TEST tokens only).
+pub const TEST_PIN: &str = "1234-TEST";
+/// Their SO PIN.
+pub const TEST_SO_PIN: &str = "87654321-TEST";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 5, raft: RaftSettings::default(), proxies: false }
+        Self { nodes: 5, raft: RaftSettings::default(), proxies: false, hsm: false }
     }
 }
 
@@ -218,6 +226,22 @@ impl Cluster {
                     }
                 }
             }
+            if opts.hsm {
+                let hsm_dir = node_dir.join("hsm");
+                fs::create_dir_all(&hsm_dir).expect("hsm dir");
+                let out = Command::new(binary("quill-hsm"))
+                    .args(["init-token", "--slot", "0", "--label", &format!("TEST-node-{i}")])
+                    .args(["--so-pin", TEST_SO_PIN, "--pin", TEST_PIN])
+                    .env("QUILL_HSM_DIR", &hsm_dir)
+                    .env_remove("QUILL_HSM_CONF")
+                    .output()
+                    .expect("run quill-hsm init-token");
+                assert!(out.status.success(), "quill-hsm init-token: {}", String::from_utf8_lossy(&out.stderr));
+                config.push_str(&format!(
+                    "\n[hsm]\n[[hsm.slots]]\nmodule = \"{}\"\ntoken_label = \"TEST-node-{i}\"\npin = \"{TEST_PIN}\"\nlabel_prefix = \"TEST-quill\"\n",
+                    bin_dir().join("libquill_hsm_sim.so").display()
+                ));
+            }
             let config_path = node_dir.join("node.toml");
             fs::write(&config_path, config).expect("write node.toml");
             nodes.insert(
@@ -255,6 +279,8 @@ impl Cluster {
         let child = Command::new(&quilld)
             .arg("--config")
             .arg(&node.config_path)
+            .env("QUILL_HSM_DIR", node.dir.join("hsm"))
+            .env_remove("QUILL_HSM_CONF")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -355,6 +381,39 @@ impl Cluster {
         }
     }
 
+    /// Run the `quill` CLI against node `id` (`QUILL_ENDPOINT` set to it): (exit code, stdout,
+    /// stderr). `env` adds variables (e.g. `QUILL_ACTOR`).
+    pub fn quill(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut cmd = Command::new(binary("quill"));
+        cmd.args(args).env("QUILL_ENDPOINT", self.node(id).endpoint()).env_remove("QUILL_ENDPOINTS");
+        cmd.env_remove("QUILL_ACTOR").env_remove("QUILL_DEV_DIR").env_remove("QUILL_COMPONENT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run quill");
+        let code = out.status.code().unwrap_or(-1);
+        (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Like [`Cluster::quill`], panicking with the output unless it exits 0; returns stdout.
+    pub fn quill_ok(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> String {
+        let (code, out, err) = self.quill(id, args, env);
+        assert_eq!(code, 0, "quill {args:?} via node {id} exited {code}\nstdout: {out}\nstderr: {err}");
+        out
+    }
+
+    /// A Keys-service query (JSON) on node `id`, linearizable.
+    pub async fn query(&self, id: u64, what: &str, key_id: &str) -> Result<serde_json::Value, String> {
+        let ep = Endpoint::from_shared(self.node(id).endpoint())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5));
+        let mut c = quill_proto::v1::keys_client::KeysClient::new(ep.connect_lazy());
+        let req = quill_proto::v1::QueryRequest { what: what.into(), id: key_id.into(), linearizable: true, hops: 0 };
+        let r = c.query(req).await.map_err(|s| format!("node {id}: {:?} {}", s.code(), s.message()))?;
+        serde_json::from_str(&r.into_inner().json).map_err(|e| e.to_string())
+    }
+
     /// A client for node `id` with a 5 s call timeout.
     pub fn client(&self, id: u64) -> ClusterClient<Channel> {
         self.node(id).api.clone()
@@ -436,8 +495,10 @@ impl Cluster {
     ) -> Result<(WriteResponse, Outcome), tonic::Status> {
         let command = encode_command(&QuillCommand::Put { key: key.to_string(), value: value.to_vec() });
         let mut c = self.client(id);
-        let r =
-            c.write(WriteRequest { client_id: client_id.to_string(), serial, command, hops: 0 }).await?.into_inner();
+        let r = c
+            .write(WriteRequest { client_id: client_id.to_string(), serial, command, hops: 0, actor: String::new() })
+            .await?
+            .into_inner();
         let outcome = decode_outcome(&r.outcome).map_err(|e| tonic::Status::internal(e.to_string()))?;
         Ok((r, outcome))
     }

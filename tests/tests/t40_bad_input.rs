@@ -23,7 +23,13 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
         step(&format!("node {node}: malformed command bytes → InvalidArgument"));
         let mut c = cluster.client(node);
         let err = c
-            .write(WriteRequest { client_id: "t40".into(), serial: 1, command: vec![0xff, 0xff, 0xff, 0xff], hops: 0 })
+            .write(WriteRequest {
+                client_id: "t40".into(),
+                serial: 1,
+                command: vec![0xff, 0xff, 0xff, 0xff],
+                hops: 0,
+                actor: String::new(),
+            })
             .await
             .expect_err("malformed command accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -32,7 +38,7 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
         let mut command = encode_command(&Command::Put { key: "k".into(), value: b"v".to_vec() });
         command.extend_from_slice(b"junk");
         let err = c
-            .write(WriteRequest { client_id: "t40".into(), serial: 2, command, hops: 0 })
+            .write(WriteRequest { client_id: "t40".into(), serial: 2, command, hops: 0, actor: String::new() })
             .await
             .expect_err("trailing bytes accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -40,7 +46,7 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
         step(&format!("node {node}: empty client id → InvalidArgument"));
         let command = encode_command(&Command::Put { key: "k".into(), value: b"v".to_vec() });
         let err = c
-            .write(WriteRequest { client_id: String::new(), serial: 3, command, hops: 0 })
+            .write(WriteRequest { client_id: String::new(), serial: 3, command, hops: 0, actor: String::new() })
             .await
             .expect_err("empty client id accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");

@@ -17,7 +17,8 @@ const MAJORITY_WRITES: u64 = 100;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn minority_cannot_commit_and_all_converge_after_healing() {
     let raft = RaftSettings { write_timeout_ms: 3000, ..RaftSettings::default() };
-    let cluster = Cluster::start("t60", ClusterOptions { nodes: 5, raft, proxies: true }).await;
+    let cluster =
+        Cluster::start("t60", ClusterOptions { nodes: 5, raft, proxies: true, ..ClusterOptions::default() }).await;
     let ids = cluster.ids();
 
     step("20 writes before the partition");

@@ -2,6 +2,7 @@
 
 mod session;
 mod templates;
+mod tr31_ops;
 
 use crate::config::SlotConfig;
 use crate::error::{HsmError, Op, SlotRef, is_device_rv, is_session_rv};
@@ -19,6 +20,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::{AuthPin, Ulong};
 use cryptoki_sys::{CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA};
+use quill_hsm_crypto::tr31::Tr31Header;
 use session::{SessionPool, SlotSession};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use templates::Usage;
@@ -460,6 +462,38 @@ impl Pkcs11Hsm {
         Ok(WrappedKey { alg, blob, kcv, smk_kcv: smk.kcv.clone() })
     }
 
+    /// [`HsmError::WrongSmk`] unless `key` is wrapped under this token's SMK.
+    fn check_smk(&self, op: Op<'_>, smk: &Smk, key: &WrappedKey) -> Result<(), HsmError> {
+        if key.smk_kcv == smk.kcv {
+            return Ok(());
+        }
+        Err(HsmError::WrongSmk {
+            operation: op.name,
+            key_smk: key.smk_kcv.clone(),
+            hsm_smk: smk.kcv.clone(),
+            at: self.at.clone(),
+        })
+    }
+
+    /// `C_UnwrapKey` of `key`'s blob under the SMK with `template` (not cached: the caller owns
+    /// the handle).
+    fn unwrap_blob(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        smk: &Smk,
+        key: &WrappedKey,
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        self.check_smk(op, smk, key)?;
+        s.unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, &key.blob, template).map_err(|e| match e {
+            CkError::Pkcs11(rv, f) if self.is_data_error(s, &e) => {
+                HsmError::BadWrappedKey { operation: op.name, function: format!("C_{f:?}"), rv, at: self.at.clone() }
+            }
+            other => op.err(other),
+        })
+    }
+
     /// A handle for `key` usable for `usage`, from the session's cache or unwrapped now.
     fn unwrap_working(
         &self,
@@ -469,32 +503,45 @@ impl Pkcs11Hsm {
         key: &WrappedKey,
         usage: Usage,
     ) -> Result<ObjectHandle, HsmError> {
-        if key.smk_kcv != smk.kcv {
-            return Err(HsmError::WrongSmk {
-                operation: op.name,
-                key_smk: key.smk_kcv.clone(),
-                hsm_smk: smk.kcv.clone(),
-                at: self.at.clone(),
-            });
-        }
+        self.check_smk(op, smk, key)?;
         let digest = key.digest();
         if let Some(h) = s.cache.get(&digest, usage) {
             return Ok(h);
         }
-        let h = s
-            .session
-            .unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, &key.blob, &templates::working_key(key.alg, usage))
-            .map_err(|e| match e {
-                CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => HsmError::BadWrappedKey {
-                    operation: op.name,
-                    function: format!("C_{f:?}"),
-                    rv,
-                    at: self.at.clone(),
-                },
-                other => op.err(other),
-            })?;
+        let h = self.unwrap_blob(&s.session, op, smk, key, &templates::working_key(key.alg, usage))?;
         s.cache.insert(&s.session, digest, usage, h);
         Ok(h)
+    }
+
+    /// `CKA_VALUE` of a readable key (host path only), in zeroized memory.
+    fn read_value(&self, s: &Session, op: Op<'_>, h: ObjectHandle, what: &str) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        op.ck(s.get_attributes(h, &[AttributeType::Value]))?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(Zeroizing::new(v)),
+                _ => None,
+            })
+            .ok_or_else(|| op.state(format!("{what}: CKA_VALUE not readable")))
+    }
+
+    /// `C_CreateObject` of a secret key with `template` and `value` (host path only); the copy of
+    /// the value in the template is zeroized.
+    fn create_secret(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        template: &[Attribute],
+        value: &[u8],
+    ) -> Result<ObjectHandle, HsmError> {
+        let mut t = template.to_vec();
+        t.push(Attribute::Value(value.to_vec()));
+        let r = s.create_object(&t);
+        for a in &mut t {
+            if let Attribute::Value(v) = a {
+                v.zeroize();
+            }
+        }
+        op.ck(r)
     }
 
     /// Unwrap component `index` with the transport private key and check its KCV.
@@ -605,14 +652,7 @@ impl Pkcs11Hsm {
             let mut acc = Zeroizing::new(vec![0u8; alg.key_len()]);
             for (i, (c, k)) in components.iter().zip(expected).enumerate() {
                 let h = self.open_component(s, op, &transport, alg, i, c, k, true, &mut tmp)?;
-                let value = op
-                    .ck(s.get_attributes(h, &[AttributeType::Value]))?
-                    .into_iter()
-                    .find_map(|a| match a {
-                        Attribute::Value(v) => Some(Zeroizing::new(v)),
-                        _ => None,
-                    })
-                    .ok_or_else(|| op.state(format!("component {i}: CKA_VALUE not readable")))?;
+                let value = self.read_value(s, op, h, &format!("component {i}"))?;
                 if value.len() != acc.len() {
                     return Err(op.misuse(format!(
                         "component {i} is {} bytes; {alg} needs {}",
@@ -627,15 +667,7 @@ impl Pkcs11Hsm {
             if alg.is_tdes() {
                 set_odd_parity(&mut acc);
             }
-            let mut t = template.to_vec();
-            t.push(Attribute::Value(acc.to_vec()));
-            let r = s.create_object(&t);
-            for a in &mut t {
-                if let Attribute::Value(v) = a {
-                    v.zeroize();
-                }
-            }
-            op.ck(r)
+            self.create_secret(s, op, template, &acc)
         }
     }
 
@@ -834,5 +866,19 @@ impl Hsm for Pkcs11Hsm {
                 Err(e) => Err(op.err(e)),
             }
         })
+    }
+
+    fn tr31_import(&self, kbpk: &WrappedKey, block: &str) -> Result<(Tr31Header, WrappedKey), HsmError> {
+        self.with_session("tr31_import", |s, op| self.tr31_import_in(s, op, kbpk, block))
+    }
+
+    fn tr31_export(
+        &self,
+        kbpk: &WrappedKey,
+        key: &WrappedKey,
+        usage: &str,
+        exportable: bool,
+    ) -> Result<String, HsmError> {
+        self.with_session("tr31_export", |s, op| self.tr31_export_in(s, op, kbpk, key, usage, exportable))
     }
 }

@@ -20,6 +20,8 @@ pub(crate) enum Usage {
     Aead,
     /// Derive (EMV ICC master keys).
     Derive,
+    /// Wrap and unwrap: a TR-31 key block protection key on a module that does TR-31 inside.
+    Kbpk,
 }
 
 /// Fixed `CKA_ID` of the transport key pair.
@@ -43,7 +45,21 @@ fn usage_attrs(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
         Usage::Mac => vec![Attribute::Sign(true), Attribute::Verify(true)],
         Usage::Aead => vec![Attribute::Encrypt(true), Attribute::Decrypt(true)],
         Usage::Derive => vec![Attribute::Derive(true)],
+        Usage::Kbpk => vec![Attribute::Wrap(true), Attribute::Unwrap(true)],
     }
+}
+
+/// Every usage attribute set to false.
+fn no_usage() -> [Attribute; 7] {
+    [
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]
 }
 
 fn secret(alg: KeyAlg) -> Vec<Attribute> {
@@ -76,6 +92,41 @@ pub(crate) fn transient(alg: KeyAlg) -> Vec<Attribute> {
     ]);
     t.extend(usage_attrs(alg, Usage::Check));
     t
+}
+
+/// A working key unwrapped only to be exported in a TR-31 key block inside the HSM: session
+/// object, sensitive, extractable, no usage. Destroyed right after the export.
+pub(crate) fn exportable(alg: KeyAlg) -> Vec<Attribute> {
+    let mut t = secret(alg);
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+    ]);
+    t.extend(no_usage());
+    t
+}
+
+/// A working key (or KBPK) unwrapped so that the host path can read its value: session object,
+/// non-sensitive, extractable, no usage. Destroyed as soon as the value is read.
+pub(crate) fn readable(alg: KeyAlg) -> Vec<Attribute> {
+    let mut t = secret(alg);
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]);
+    t.extend(no_usage());
+    t
+}
+
+/// The key a TR-31 key block holds, unwrapped inside the HSM on its way to being wrapped under the
+/// SMK: session object, sensitive, extractable (for `C_WrapKey`). Class, key type and length
+/// come from the block, usages from its mode of use (hsm-sim's rules).
+pub(crate) fn tr31_unwrapped() -> Vec<Attribute> {
+    vec![Attribute::Token(false), Attribute::Private(true), Attribute::Sensitive(true), Attribute::Extractable(true)]
 }
 
 /// `C_GenerateKey` mechanism and template for a transient key of `alg`.

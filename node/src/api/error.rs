@@ -49,6 +49,16 @@ pub enum ApiError {
     /// The leader answered a forwarded request with this status; passed through unchanged.
     #[error("{}", .0.message())]
     Forwarded(tonic::Status),
+    /// The thing asked for does not exist (a key, a ceremony, an approval).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The caller's role may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The node's HSM refused or failed the operation (the message names the operation and the
+    /// module, never key material).
+    #[error("HSM: {0}")]
+    Hsm(String),
     /// This node's Raft or storage failed; the node needs attention.
     #[error("node failure: {0}")]
     Internal(String),
@@ -81,6 +91,9 @@ impl ApiError {
             ApiError::Precondition(_) => tonic::Status::failed_precondition(message),
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
             ApiError::Forwarded(status) => status,
+            ApiError::NotFound(_) => tonic::Status::not_found(message),
+            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            ApiError::Hsm(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
         }
     }

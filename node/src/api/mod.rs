@@ -9,6 +9,7 @@
 
 mod error;
 pub mod http;
+pub mod keys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,10 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use self::error::{ApiError, LEADER_METADATA, MAX_HOPS};
+use crate::keys::agent::KeyAgent;
+use crate::keys::model::{Actor, Role};
 use crate::network::{Raft, lazy_channel};
-use crate::raft::{NodeAddr, NodeId, StateMachine, decode_command, encode_outcome};
+use crate::raft::{Command, NodeAddr, NodeId, StateMachine, decode_command, encode_command, encode_outcome};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -43,17 +46,91 @@ struct Inner {
     id: NodeId,
     raft: Raft,
     sm: StateMachine,
+    /// This node's key agent (its HSM), for the audit MAC of the requests it proposes as leader.
+    agent: Option<Arc<KeyAgent>>,
     write_timeout: Duration,
     connect_timeout: Duration,
+    /// Start time: the agent's client id, so serials never repeat across restarts.
+    boot_ms: u64,
+    /// The agent's next serial.
+    agent_serial: std::sync::atomic::AtomicU64,
     /// Channels to other nodes' API addresses, for forwarding.
     peers: Mutex<HashMap<String, Channel>>,
 }
 
 impl ClusterService {
     /// Serve the cluster API of node `id` over `raft`, reading from `sm`.
-    pub fn new(id: NodeId, raft: Raft, sm: StateMachine, write_timeout: Duration, connect_timeout: Duration) -> Self {
-        let inner = Inner { id, raft, sm, write_timeout, connect_timeout, peers: Mutex::new(HashMap::new()) };
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        sm: StateMachine,
+        agent: Option<Arc<KeyAgent>>,
+        write_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        let inner = Inner {
+            id,
+            raft,
+            sm,
+            agent,
+            write_timeout,
+            connect_timeout,
+            boot_ms: now_ms(),
+            agent_serial: std::sync::atomic::AtomicU64::new(1),
+            peers: Mutex::new(HashMap::new()),
+        };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// This node's applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
+    }
+
+    /// Propose `cmd` as `actor` with (`client_id`, `serial`), through the leader.
+    pub async fn submit(&self, client_id: &str, serial: u64, actor: Actor, cmd: Command) -> ApiResult<WriteResponse> {
+        let req = WriteRequest {
+            client_id: client_id.to_string(),
+            serial,
+            command: encode_command(&cmd),
+            hops: 0,
+            actor: actor.to_string(),
+        };
+        self.inner.write(req).await
+    }
+
+    /// Make a read linearizable: `None` when this node is the leader and confirmed it (read
+    /// locally), or a channel to the leader to forward the read to.
+    pub async fn linearize(&self, hops: u32) -> ApiResult<Option<Channel>> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => Ok(None),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                if hops >= MAX_HOPS {
+                    return Err(ApiError::TooManyHops(hops + 1));
+                }
+                match (&f.leader_id, &f.leader_node) {
+                    (Some(id), Some(node)) if *id != self.inner.id => self.inner.peer_channel(&node.api_addr).map(Some),
+                    _ => Err(not_leader(&f)),
+                }
+            }
+            Err(e) => Err(leader_check_error(e)),
+        }
+    }
+
+    /// Wait until this node applied `index` (so a local read sees that write).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> ApiResult<()> {
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "a write to be applied locally")
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(format!("log index {index} not applied here yet: {e}")))
     }
 
     /// The tonic server of this service.
@@ -65,13 +142,18 @@ impl ClusterService {
 impl Inner {
     /// A client of the Cluster service at `api_addr`, reusing one lazy channel per address.
     fn peer(&self, api_addr: &str) -> ApiResult<ClusterClient<Channel>> {
+        self.peer_channel(api_addr).map(ClusterClient::new)
+    }
+
+    /// One lazy channel per peer API address.
+    fn peer_channel(&self, api_addr: &str) -> ApiResult<Channel> {
         let mut peers = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = peers.get(api_addr) {
-            return Ok(ClusterClient::new(channel.clone()));
+            return Ok(channel.clone());
         }
         let channel = lazy_channel(api_addr, self.connect_timeout).map_err(ApiError::Unavailable)?;
         peers.insert(api_addr.to_string(), channel.clone());
-        Ok(ClusterClient::new(channel))
+        Ok(channel)
     }
 
     /// Where to forward to, given openraft's `ForwardToLeader`; `NotLeader` if there is no leader
@@ -87,6 +169,14 @@ impl Inner {
     }
 
     async fn write(&self, req: WriteRequest) -> ApiResult<WriteResponse> {
+        self.write_as(req, true).await
+    }
+
+    /// A write; `in_process` is false for one that arrived over gRPC from a client.
+    async fn write_as(&self, req: WriteRequest, in_process: bool) -> ApiResult<WriteResponse> {
+        if !in_process && req.hops == 0 && req.actor.starts_with("node:") {
+            return Err(ApiError::PermissionDenied("role node is reserved for the cluster's own nodes".into()));
+        }
         if req.hops > MAX_HOPS {
             return Err(ApiError::TooManyHops(req.hops));
         }
@@ -94,8 +184,37 @@ impl Inner {
             return Err(ApiError::BadRequest("client_id is empty".into()));
         }
         let cmd = decode_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let request =
-            crate::raft::Request { client_id: req.client_id.clone(), serial: req.serial, time_ms: now_ms(), cmd };
+        let actor = if req.actor.is_empty() {
+            Actor { name: "anonymous".into(), role: Role::Operator }
+        } else {
+            Actor::parse(&req.actor).map_err(|e| ApiError::BadRequest(format!("actor: {e}")))?
+        };
+        // Only a node may act as a node: the agent's proposals come in-process (hops 0, from
+        // `submit`) or forwarded by a peer (hops > 0). A client declaring role `node` is refused.
+        // (With TLS client certificates the role comes from the certificate instead.)
+        // The leader MACs the request digest with the audit key before proposing it.
+        let audit_mac = if self.raft.metrics().borrow().state == ServerState::Leader
+            && !matches!(cmd, crate::raft::Command::Noop | crate::raft::Command::AuditSeal { .. })
+        {
+            match &self.agent {
+                Some(agent) => {
+                    let digest =
+                        crate::audit::request_digest(&req.client_id, req.serial, &actor, &encode_command(&cmd));
+                    agent.audit_mac(crate::audit::mac_input(&digest)).await
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let request = crate::raft::Request {
+            client_id: req.client_id.clone(),
+            serial: req.serial,
+            time_ms: now_ms(),
+            actor,
+            audit_mac,
+            cmd,
+        };
         let written = tokio::time::timeout(self.write_timeout, self.raft.client_write(request)).await;
         match written {
             Err(_) => Err(ApiError::Indeterminate(self.write_timeout)),
@@ -308,9 +427,19 @@ fn leader_check_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>
 }
 
 #[tonic::async_trait]
+impl crate::keys::agent::Proposer for ClusterService {
+    async fn propose(&self, actor: Actor, cmd: Command) -> Result<crate::raft::Outcome, String> {
+        let client_id = format!("node-{}-agent-{}", self.inner.id, self.inner.boot_ms);
+        let serial = self.inner.agent_serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let resp = self.submit(&client_id, serial, actor, cmd).await.map_err(|e| e.to_string())?;
+        crate::raft::decode_outcome(&resp.outcome).map_err(|e| e.to_string())
+    }
+}
+
+#[tonic::async_trait]
 impl cluster_server::Cluster for ClusterService {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
-        Ok(Response::new(self.inner.write(request.into_inner()).await?))
+        Ok(Response::new(self.inner.write_as(request.into_inner(), false).await?))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {

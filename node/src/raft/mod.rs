@@ -39,6 +39,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::log_store::LogStore;
 pub use self::state_machine::{SnapshotBuilder, StateMachine};
+use crate::audit::AuditMac;
+use crate::keys::KeyCommand;
+use crate::keys::model::Actor;
 use crate::store::{Store, StoreError};
 
 /// Raft node ids are small integers chosen when a node joins.
@@ -86,11 +89,16 @@ pub struct Request {
     /// Milliseconds since the Unix epoch, assigned by the leader when it accepted the request.
     /// Apply uses this, never the local clock.
     pub time_ms: u64,
+    /// Who asked (identity and role), as the API established it.
+    pub actor: Actor,
+    /// The leader's audit MAC over the request digest (`None` before the audit key exists, or
+    /// when the leader's HSM could not make it; the next seal covers the record then).
+    pub audit_mac: Option<AuditMac>,
     /// What to do.
     pub cmd: Command,
 }
 
-/// The replicated commands. Later issues add key inventory, job and audit commands.
+/// The replicated commands. Later issues add job commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set `key` to `value` in the replicated key space.
@@ -100,8 +108,19 @@ pub enum Command {
         /// The value.
         value: Vec<u8>,
     },
-    /// Do nothing (used to commit a barrier, and by tests and benchmarks).
+    /// Do nothing (used to commit a barrier, and by tests and benchmarks). Not audited.
     Noop,
+    /// Key management (enrolment, ceremonies, inventory, approvals, audit keys).
+    Keys(KeyCommand),
+    /// Seal the audit chain up to record `seq`, whose hash is `hash`, with the audit key.
+    AuditSeal {
+        /// The sealed record.
+        seq: u64,
+        /// Its hash.
+        hash: crate::audit::Hash,
+        /// HMAC over `audit::seal_input(seq, hash)`.
+        mac: AuditMac,
+    },
 }
 
 /// The result of applying one log entry.
@@ -130,8 +149,15 @@ pub enum Outcome {
         /// The key existed before this put.
         replaced: bool,
     },
+    /// A key-management command or an audit seal applied: what changed, and how (no secrets).
+    Done {
+        /// The object, e.g. `key:imk-ac.v1`.
+        object: String,
+        /// A short description.
+        detail: String,
+    },
     /// The command was refused deterministically (the same on every node) and changed nothing but
-    /// its dedup record, so a retry gets the same refusal.
+    /// its dedup record and its audit record, so a retry gets the same refusal.
     Rejected {
         /// Why.
         reason: String,

@@ -14,7 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::snapshot::{self, Meta, SnapshotDir};
 use super::{Command, NodeAddr, NodeId, Outcome, Request, Response, StorageResult, TypeConfig, blocking, storage_err};
-use crate::store::{Cf, Store, StoreError, codec, dedup_key, sm_meta_key};
+use crate::store::{Cf, Kv, Store, StoreError, Tx, codec, dedup_key, sm_meta_key};
+use crate::{audit, keys};
 
 /// How many bytes of records an install puts into one write batch.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -75,29 +76,110 @@ impl StateMachine {
     }
 
     /// Apply a client request into `batch`, or return the stored response of its first
-    /// application. Deterministic: depends only on the request and the stored state.
+    /// application. Deterministic: depends only on the request and the stored state. Every
+    /// command but `Noop` appends an audit record in the same batch.
     fn apply_request(&self, batch: &mut WriteBatch, log_index: u64, req: Request) -> Result<Response, StoreError> {
         let dkey = dedup_key(&req.client_id, req.serial);
         if let Some(first) = self.store.get::<Response>(Cf::Dedup, &dkey)? {
             return Ok(Response { duplicate: true, ..first });
         }
-        let outcome = if req.client_id.is_empty() {
-            Outcome::Rejected { reason: "client id is empty".into() }
+        let digest = audit::request_digest(&req.client_id, req.serial, &req.actor, &super::encode_command(&req.cmd));
+        let mut tx = Tx::new(&self.store, batch)?;
+        let (action, object, outcome): (&str, String, Outcome) = if req.client_id.is_empty() {
+            ("request", String::new(), Outcome::Rejected { reason: "client id is empty".into() })
         } else {
             match req.cmd {
-                Command::Noop => Outcome::Noop,
-                Command::Put { key, .. } if key.is_empty() => Outcome::Rejected { reason: "key is empty".into() },
+                Command::Noop => ("noop", String::new(), Outcome::Noop),
+                Command::Put { key, .. } if key.is_empty() => {
+                    ("kv.put", String::new(), Outcome::Rejected { reason: "key is empty".into() })
+                }
                 Command::Put { key, value } => {
-                    let replaced = self.store.get_raw(Cf::SmData, key.as_bytes())?.is_some();
-                    batch.put_cf(self.store.cf(Cf::SmData)?, key.as_bytes(), value);
-                    Outcome::Put { replaced }
+                    let replaced = tx.get(key.as_bytes())?.is_some();
+                    tx.put(key.as_bytes(), value);
+                    ("kv.put", format!("kv:{key}"), Outcome::Put { replaced })
+                }
+                Command::Keys(cmd) => {
+                    let action = cmd.action();
+                    let ctx = keys::Ctx { log_index, time_ms: req.time_ms, actor: &req.actor };
+                    match keys::apply::apply(&mut tx, &ctx, cmd)? {
+                        keys::Applied::Done { object, detail } => {
+                            (action, object.clone(), Outcome::Done { object, detail })
+                        }
+                        keys::Applied::Rejected { object, reason } => (action, object, Outcome::Rejected { reason }),
+                    }
+                }
+                Command::AuditSeal { seq, hash, mac } => {
+                    let object = format!("audit:{seq}");
+                    match audit::check_seal(&tx, seq, &hash)? {
+                        Err(reason) => ("audit.seal", object, Outcome::Rejected { reason }),
+                        Ok(()) => {
+                            let seal = audit::Seal { seq, hash, mac };
+                            let detail = format!("sealed records 1..={seq}");
+                            let rec = audit::NewRecord {
+                                log_index,
+                                time_ms: req.time_ms,
+                                actor: &req.actor,
+                                action: "audit.seal",
+                                object: &object,
+                                outcome: format!("ok: {detail}"),
+                                request: digest,
+                                mac: None,
+                                seal: Some(seal),
+                            };
+                            audit::append(&mut tx, rec)?;
+                            let response =
+                                Response { log_index, duplicate: false, outcome: Outcome::Done { object, detail } };
+                            drop(tx);
+                            return self.finish(batch, dkey, response);
+                        }
+                    }
                 }
             }
         };
-        let response = Response { log_index, duplicate: false, outcome };
+        if action != "noop" {
+            let text = match &outcome {
+                Outcome::Rejected { reason } => format!("rejected: {reason}"),
+                Outcome::Done { detail, .. } => format!("ok: {detail}"),
+                Outcome::Put { replaced } => format!("ok: replaced={replaced}"),
+                other => format!("ok: {other:?}"),
+            };
+            let rec = audit::NewRecord {
+                log_index,
+                time_ms: req.time_ms,
+                actor: &req.actor,
+                action,
+                object: &object,
+                outcome: text,
+                request: digest,
+                mac: req.audit_mac,
+                seal: None,
+            };
+            audit::append(&mut tx, rec)?;
+        }
+        drop(tx);
+        self.finish(batch, dkey, Response { log_index, duplicate: false, outcome })
+    }
+
+    /// Store the dedup record of a first application and return its response.
+    fn finish(&self, batch: &mut WriteBatch, dkey: Vec<u8>, response: Response) -> Result<Response, StoreError> {
         let bytes = codec::encode(&response).map_err(|e| StoreError::encode("response", e))?;
         batch.put_cf(self.store.cf(Cf::Dedup)?, dkey, bytes);
         Ok(response)
+    }
+
+    /// Run `f` over a read view of the application state (this node's applied state).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Kv) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        blocking(move || {
+            let mut scratch = WriteBatch::default();
+            let tx = Tx::new(&store, &mut scratch)?;
+            f(&tx)
+        })
+        .await
     }
 
     /// Read a value of the replicated key space (local read: as current as this node's apply).

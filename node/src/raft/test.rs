@@ -41,6 +41,8 @@ fn put(index: u64, client: &str, serial: u64, key: &str, value: &[u8]) -> Entry<
             client_id: client.into(),
             serial,
             time_ms: 1_700_000_000_000 + index,
+            actor: crate::keys::model::Actor { name: "test".into(), role: crate::keys::model::Role::Operator },
+            audit_mac: None,
             cmd: Command::Put { key: key.into(), value: value.to_vec() },
         }),
     }

@@ -22,9 +22,10 @@ mod error;
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions};
 
 pub use self::error::StoreError;
+pub use rocksdb::WriteBatch;
 
 /// A column family of the node database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

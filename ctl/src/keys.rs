@@ -1,0 +1,740 @@
+//! `quill ceremony|key|approve|audit`: key management for admins, custodians and auditors.
+//!
+//! Commands that need no HSM are sent as `Command::Keys` through `Cluster.Write`; those that do
+//! (generate, TR-31 import/export, audit verification) call the `Keys` service of a node, which
+//! uses its own HSM and proposes the result. Every write carries the caller (`--as role:name`,
+//! or `QUILL_ACTOR`) and a (client id, serial) pair; a write that failed in transit is retried
+//! with the same serial, so it applies at most once.
+//!
+//! A custodian's component never leaves this process in clear: `ceremony submit` computes its KCV
+//! here, shows it, seals it with RSA-OAEP to every recipient node's transport key (from the
+//! cluster state) and sends only the sealed copies.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use quill_node::keys::KeyCommand;
+use quill_node::keys::model::{
+    Actor, ApprovalAction, Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, SealedComponent,
+    Usage,
+};
+use quill_node::raft::{Command, Outcome, decode_outcome, encode_command};
+use quill_proto::v1::keys_client::KeysClient;
+use quill_proto::v1::{
+    AuditTailRequest, AuditVerifyRequest, Caller, ExportTr31Request, GenerateKeyRequest, ImportTr31Request,
+    QueryRequest, WriteRequest,
+};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+use zeroize::Zeroizing;
+
+use crate::client::{self, Target};
+
+/// One write or HSM call may take this long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts of a write whose outcome is unknown (same serial every time).
+const ATTEMPTS: u32 = 4;
+
+/// Who is calling, and where.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Who {
+    /// Act as `role:name` (roles: admin, custodian, operator, auditor).
+    #[arg(long = "as", env = "QUILL_ACTOR", value_name = "ROLE:NAME", help_heading = "Identity")]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+impl Who {
+    fn actor(&self) -> Result<Actor> {
+        let s = self.actor.as_deref().ok_or_else(|| anyhow!("say who you are: --as role:name (or QUILL_ACTOR)"))?;
+        Actor::parse(s).map_err(|e| anyhow!("--as: {e}"))
+    }
+}
+
+/// A session with the cluster for one command: endpoints, caller, client id, serials.
+struct Session {
+    endpoints: Vec<String>,
+    actor: Option<Actor>,
+    client_id: String,
+    serial: u64,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Session {
+    fn new(who: &Who, needs_actor: bool) -> Result<Self> {
+        let actor = if needs_actor { Some(who.actor()?) } else { who.actor().ok() };
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let name = actor.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| "anonymous".into());
+        Ok(Session {
+            endpoints: who.target.endpoints()?,
+            actor,
+            client_id: format!("quill-{name}-{}-{ms}", std::process::id()),
+            serial: 0,
+            rt: tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")?,
+        })
+    }
+
+    fn actor_str(&self) -> String {
+        self.actor.as_ref().map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    fn caller(&mut self) -> Caller {
+        self.serial += 1;
+        Caller { client_id: self.client_id.clone(), serial: self.serial, actor: self.actor_str() }
+    }
+
+    fn keys(&self, endpoint: &str) -> Result<KeysClient<Channel>> {
+        let ep = Endpoint::from_shared(endpoint.to_string())
+            .with_context(|| format!("bad endpoint {endpoint:?}"))?
+            .connect_timeout(client::CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        Ok(KeysClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20))
+    }
+
+    /// Send a key command through Cluster.Write; retried on transport failures and timeouts with
+    /// the same serial (applied at most once). Returns the outcome detail, or the refusal as an
+    /// error.
+    fn write(&mut self, cmd: KeyCommand) -> Result<String> {
+        self.serial += 1;
+        let req = WriteRequest {
+            client_id: self.client_id.clone(),
+            serial: self.serial,
+            command: encode_command(&Command::Keys(cmd)),
+            hops: 0,
+            actor: self.actor_str(),
+        };
+        let endpoints = self.endpoints.clone();
+        let outcome = self.rt.block_on(async {
+            let mut last = anyhow!("no endpoint");
+            for attempt in 0..ATTEMPTS {
+                let ep = &endpoints[attempt as usize % endpoints.len()];
+                let mut c = client::client(ep, CALL_TIMEOUT)?;
+                match c.write(req.clone()).await {
+                    Ok(r) => return decode_outcome(&r.into_inner().outcome).map_err(|e| anyhow!("{e}")),
+                    Err(s) if retryable(&s) => {
+                        last = anyhow!("{ep}: {}", client::grpc_reason(&s));
+                        tokio::time::sleep(Duration::from_millis(300 << attempt)).await;
+                    }
+                    Err(s) => return Err(anyhow!("{ep}: {}", client::grpc_reason(&s))),
+                }
+            }
+            Err(last.context(format!("the write's outcome is unknown after {ATTEMPTS} attempts")))
+        })?;
+        match outcome {
+            Outcome::Done { detail, .. } => Ok(detail),
+            Outcome::Rejected { reason } => bail!("refused: {reason}"),
+            other => Ok(format!("{other:?}")),
+        }
+    }
+
+    /// A JSON query of the replicated state, linearizable.
+    fn query(&self, what: &str, id: &str) -> Result<Value> {
+        let endpoints = self.endpoints.clone();
+        let json = self.rt.block_on(async {
+            let mut last = anyhow!("no endpoint");
+            for ep in &endpoints {
+                let mut c = self.keys(ep)?;
+                let req = QueryRequest { what: what.into(), id: id.into(), linearizable: true, hops: 0 };
+                match c.query(req).await {
+                    Ok(r) => return Ok(r.into_inner().json),
+                    Err(s) if retryable(&s) => last = anyhow!("{ep}: {}", client::grpc_reason(&s)),
+                    Err(s) => return Err(anyhow!("{}", client::grpc_reason(&s))),
+                }
+            }
+            Err(last)
+        })?;
+        serde_json::from_str(&json).context("the node answered a query with invalid JSON")
+    }
+
+    fn query_as<T: serde::de::DeserializeOwned>(&self, what: &str, id: &str) -> Result<T> {
+        serde_json::from_value(self.query(what, id)?).with_context(|| format!("unexpected {what} document"))
+    }
+
+    /// Call the Keys service on the first endpoint that answers.
+    fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(KeysClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let endpoints = self.endpoints.clone();
+        self.rt.block_on(async {
+            let mut last = anyhow!("no endpoint");
+            for ep in &endpoints {
+                match f(self.keys(ep)?).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        last = anyhow!("{ep}: {}", client::grpc_reason(&s))
+                    }
+                    Err(s) => return Err(anyhow!("{}", client::grpc_reason(&s))),
+                }
+            }
+            Err(last)
+        })
+    }
+}
+
+fn retryable(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+}
+
+fn print(json: bool, doc: Value, text: impl AsRef<str>) {
+    if json {
+        println!("{doc}");
+    } else {
+        println!("{}", text.as_ref());
+    }
+}
+
+fn new_id(prefix: &str) -> String {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("{prefix}-{ms:x}{:04x}", std::process::id() & 0xffff)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ceremony
+
+/// `quill ceremony start`.
+#[derive(clap::Args, Debug)]
+pub struct CeremonyStartArgs {
+    /// What to form: `smk` (the cluster storage master key) or `working` (a working key).
+    #[arg(long, value_parser = ["smk", "working"])]
+    key: String,
+    /// Number of components (2-9), each from a different custodian.
+    #[arg(long)]
+    components: u8,
+    /// Ceremony id [default: generated].
+    #[arg(long)]
+    id: Option<String>,
+    /// Working key: inventory label.
+    #[arg(long, required_if_eq("key", "working"))]
+    label: Option<String>,
+    /// Working key: TR-31 usage (E0, C0, V2, P0, K0, D0, ...).
+    #[arg(long, required_if_eq("key", "working"))]
+    usage: Option<String>,
+    /// Working key: des2, des3, aes128, aes192, aes256.
+    #[arg(long, required_if_eq("key", "working"))]
+    alg: Option<String>,
+    /// Working key: may be exported as TR-31 (under dual control).
+    #[arg(long)]
+    exportable: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill ceremony start`.
+pub fn ceremony_start(a: &CeremonyStartArgs, json: bool) -> Result<u8> {
+    let target = if a.key == "smk" {
+        CeremonyTarget::Smk
+    } else {
+        CeremonyTarget::Key {
+            label: a.label.clone().unwrap_or_default(),
+            usage: parse_usage(a.usage.as_deref())?,
+            alg: parse_alg(a.alg.as_deref())?,
+            exportable: a.exportable,
+        }
+    };
+    let id = a.id.clone().unwrap_or_else(|| new_id(if a.key == "smk" { "smk" } else { "key" }));
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s.write(KeyCommand::CeremonyStart { id: id.clone(), target, components: a.components })?;
+    print(
+        json,
+        json!({"result": "started", "ceremony": id, "detail": detail}),
+        format!(
+            "ceremony {id} started: {detail}\neach custodian now runs: quill ceremony submit --id {id} --as custodian:<name> (--component HEX | --generate)"
+        ),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill ceremony submit`.
+#[derive(clap::Args, Debug)]
+pub struct CeremonySubmitArgs {
+    /// Ceremony id.
+    #[arg(long)]
+    id: String,
+    /// The component, hex (environment QUILL_COMPONENT keeps it out of the shell history).
+    #[arg(long, env = "QUILL_COMPONENT", hide_env_values = true, conflicts_with = "generate")]
+    component: Option<String>,
+    /// Generate a random component here and show it once (write it down: it is not kept).
+    #[arg(long)]
+    generate: bool,
+    /// Refuse to submit unless the component's KCV is this (catches a mistyped component).
+    #[arg(long, value_name = "KCV")]
+    expect_kcv: Option<String>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill ceremony submit`.
+pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let c: Ceremony = s.query_as("ceremony", &a.id)?;
+    let alg = c.target.alg();
+    let component: Zeroizing<Vec<u8>> = match (&a.component, a.generate) {
+        (Some(hexs), false) => {
+            let bytes = Zeroizing::new(
+                hex::decode(hexs.trim()).map_err(|_| anyhow!("--component: not hex (0-9 A-F, no spaces)"))?,
+            );
+            if bytes.len() != alg.key_len() {
+                bail!(
+                    "--component: {} bytes, a {alg} component has {} bytes ({} hex digits)",
+                    bytes.len(),
+                    alg.key_len(),
+                    2 * alg.key_len()
+                );
+            }
+            bytes
+        }
+        (None, true) => {
+            let mut bytes = Zeroizing::new(vec![0u8; alg.key_len()]);
+            getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness: {e}"))?;
+            if !json {
+                println!("generated component (write it down now; it is shown once): {}", hex::encode_upper(&*bytes));
+            }
+            bytes
+        }
+        _ => bail!("give the component with --component HEX (or QUILL_COMPONENT), or --generate"),
+    };
+    let kcv = Kcv::of_clear(alg, &component).map_err(|e| anyhow!("component: {e}"))?;
+    if let Some(want) = &a.expect_kcv
+        && !want.trim().eq_ignore_ascii_case(&kcv.0)
+    {
+        bail!("the component's KCV is {kcv}, not {want}: check the component (nothing was submitted)");
+    }
+    let nodes: Vec<NodeRecord> = s.query_as("nodes", "")?;
+    let mut sealed = Vec::new();
+    for id in &c.recipients {
+        let node = nodes
+            .iter()
+            .find(|n| n.id == *id)
+            .ok_or_else(|| anyhow!("recipient node {id} of ceremony {} is not enrolled", c.id))?;
+        let ct = node.transport.seal(&component).map_err(|e| anyhow!("sealing to node {id}: {e}"))?;
+        sealed.push((*id, SealedComponent(ct)));
+    }
+    let detail = s.write(KeyCommand::CeremonySubmit { id: a.id.clone(), kcv: kcv.clone(), sealed })?;
+    let generated = a.generate.then(|| hex::encode_upper(&*component));
+    print(
+        json,
+        json!({"result": "submitted", "ceremony": a.id, "kcv": kcv.0, "generated_component": generated, "detail": detail}),
+        format!("component accepted for ceremony {}: KCV {kcv} ({detail}); sealed to nodes {:?}", a.id, c.recipients),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill ceremony status|cancel`.
+#[derive(clap::Args, Debug)]
+pub struct CeremonyIdArgs {
+    /// Ceremony id (status: all ceremonies when omitted).
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill ceremony status`.
+pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let list: Vec<Ceremony> = match &a.id {
+        Some(id) => vec![s.query_as("ceremony", id)?],
+        None => s.query_as("ceremonies", "")?,
+    };
+    if json {
+        println!("{}", serde_json::to_value(&list)?);
+        return Ok(crate::exit_codes::OK);
+    }
+    if list.is_empty() {
+        println!("no ceremonies");
+    }
+    for c in &list {
+        let what = match &c.target {
+            CeremonyTarget::Smk => "SMK".to_string(),
+            CeremonyTarget::Key { label, usage, alg, .. } => format!("key {label} ({usage} {alg})"),
+        };
+        println!(
+            "ceremony {}: {what}, {:?}, {}/{} components, started by {}",
+            c.id,
+            c.state,
+            c.submissions.len(),
+            c.components,
+            c.started_by
+        );
+        for (i, sub) in c.submissions.iter().enumerate() {
+            println!("  component {}: custodian {} KCV {}", i + 1, sub.custodian, sub.kcv);
+        }
+        println!(
+            "  recipients {:?}, formed on {:?}, KCV {}",
+            c.recipients,
+            c.formed_on,
+            c.kcv.as_ref().map_or("-", |k| &k.0)
+        );
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill ceremony cancel`.
+pub fn ceremony_cancel(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
+    let id = a.id.clone().ok_or_else(|| anyhow!("--id is required"))?;
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s.write(KeyCommand::CeremonyCancel { id: id.clone() })?;
+    print(json, json!({"result": "cancelled", "ceremony": id}), format!("ceremony {id}: {detail}"));
+    Ok(crate::exit_codes::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// key
+
+fn parse_usage(s: Option<&str>) -> Result<Usage> {
+    s.ok_or_else(|| anyhow!("--usage is required"))?.parse::<Usage>().map_err(|e| anyhow!("--usage: {e}"))
+}
+
+fn parse_alg(s: Option<&str>) -> Result<KeyAlg> {
+    s.ok_or_else(|| anyhow!("--alg is required"))?.parse::<KeyAlg>().map_err(|e| anyhow!("--alg: {e}"))
+}
+
+/// `quill key list`.
+#[derive(clap::Args, Debug)]
+pub struct KeyListArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key list`.
+pub fn key_list(a: &KeyListArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let keys: Vec<KeyRecord> = s.query_as("keys", "")?;
+    if json {
+        println!("{}", serde_json::to_value(&keys)?);
+        return Ok(crate::exit_codes::OK);
+    }
+    let mut rows = vec![["ID", "USAGE", "ALG", "KCV", "STATE", "EXPORTABLE", "CREATED BY"].map(String::from).to_vec()];
+    for k in &keys {
+        rows.push(vec![
+            k.id.clone(),
+            k.usage.to_string(),
+            k.alg.to_string(),
+            k.kcv.to_string(),
+            k.state.as_str().into(),
+            k.exportable.to_string(),
+            k.created_by.to_string(),
+        ]);
+    }
+    print!("{}", crate::cluster::render_table(&rows));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill key show|activate|suspend|retire|compromised|destroy`.
+#[derive(clap::Args, Debug)]
+pub struct KeyIdArgs {
+    /// Key id (`label.vN`).
+    id: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key show`.
+pub fn key_show(a: &KeyIdArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let k = s.query("key", &a.id)?;
+    if json {
+        println!("{k}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&k)?);
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill key activate|suspend|retire|compromised`.
+pub fn key_set_state(a: &KeyIdArgs, state: KeyState, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s.write(KeyCommand::KeySetState { id: a.id.clone(), state })?;
+    print(json, json!({"result": state.as_str(), "key": a.id, "detail": detail}), format!("key {}: {detail}", a.id));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill key destroy`: asks for the dual-control approval that destroys the key once granted.
+pub fn key_destroy(a: &KeyIdArgs, json: bool) -> Result<u8> {
+    request_approval(&a.who, ApprovalAction::Destroy { key: a.id.clone() }, json)
+}
+
+fn request_approval(who: &Who, action: ApprovalAction, json: bool) -> Result<u8> {
+    let mut s = Session::new(who, true)?;
+    let id = new_id("appr");
+    let detail = s.write(KeyCommand::ApprovalRequest { id: id.clone(), action })?;
+    print(
+        json,
+        json!({"result": "approval requested", "approval": id, "detail": detail}),
+        format!(
+            "approval {id} requested ({detail}); two custodians must run: quill approve grant {id} --as custodian:<name>"
+        ),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill key generate`.
+#[derive(clap::Args, Debug)]
+pub struct KeyGenerateArgs {
+    /// Inventory label (a new version if it exists).
+    #[arg(long)]
+    label: String,
+    /// TR-31 usage (E0, E1, E2, C0, V1, V2, P0, K0, D0, M3, ...).
+    #[arg(long)]
+    usage: String,
+    /// des2, des3, aes128, aes192, aes256, hmac-sha256.
+    #[arg(long)]
+    alg: String,
+    /// May be exported as TR-31 (under dual control).
+    #[arg(long)]
+    exportable: bool,
+    /// Create it pending (activate it later) instead of active.
+    #[arg(long)]
+    pending: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key generate`.
+pub fn key_generate(a: &KeyGenerateArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    parse_usage(Some(&a.usage))?;
+    parse_alg(Some(&a.alg))?;
+    let req = GenerateKeyRequest {
+        caller: Some(s.caller()),
+        label: a.label.clone(),
+        usage: a.usage.clone(),
+        alg: a.alg.clone(),
+        exportable: a.exportable,
+        active: !a.pending,
+    };
+    let r = s.call_keys(|mut c| {
+        let req = req.clone();
+        async move { c.generate(req).await }
+    })?;
+    print_key_response(&r.json, json)
+}
+
+fn print_key_response(doc: &str, json: bool) -> Result<u8> {
+    let v: Value = serde_json::from_str(doc).context("invalid JSON from the node")?;
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "key {} created: {} {} KCV {} ({})",
+            v["id"].as_str().unwrap_or("?"),
+            v["usage"].as_str().unwrap_or("?"),
+            v["alg"].as_str().unwrap_or("?"),
+            v["kcv"].as_str().unwrap_or("?"),
+            v["state"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill key import`.
+#[derive(clap::Args, Debug)]
+pub struct KeyImportArgs {
+    /// Inventory label.
+    #[arg(long)]
+    label: String,
+    /// The TR-31 key block (versions B and D).
+    #[arg(long)]
+    tr31: String,
+    /// The key-block protection key's id (an active K0/K1 key, e.g. zmk.v1).
+    #[arg(long)]
+    kbpk: String,
+    /// May be exported again as TR-31 (under dual control).
+    #[arg(long)]
+    exportable: bool,
+    /// Create it pending instead of active.
+    #[arg(long)]
+    pending: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key import`.
+pub fn key_import(a: &KeyImportArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let req = ImportTr31Request {
+        caller: Some(s.caller()),
+        label: a.label.clone(),
+        kbpk: a.kbpk.clone(),
+        block: a.tr31.trim().to_string(),
+        exportable: a.exportable,
+        active: !a.pending,
+    };
+    let r = s.call_keys(|mut c| {
+        let req = req.clone();
+        async move { c.import_tr31(req).await }
+    })?;
+    print_key_response(&r.json, json)
+}
+
+/// `quill key export`.
+#[derive(clap::Args, Debug)]
+pub struct KeyExportArgs {
+    /// The key to export (asks for an approval).
+    #[arg(long, requires = "kbpk", conflicts_with = "approval")]
+    key: Option<String>,
+    /// The key-block protection key to export under.
+    #[arg(long)]
+    kbpk: Option<String>,
+    /// Run an approved export and print the TR-31 block.
+    #[arg(long)]
+    approval: Option<String>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key export`: `--key K --kbpk Z` asks for approval; `--approval A` runs it.
+pub fn key_export(a: &KeyExportArgs, json: bool) -> Result<u8> {
+    if let (Some(key), Some(kbpk)) = (&a.key, &a.kbpk) {
+        return request_approval(&a.who, ApprovalAction::Export { key: key.clone(), kbpk: kbpk.clone() }, json);
+    }
+    let approval = a.approval.clone().ok_or_else(|| anyhow!("give --key and --kbpk, or --approval"))?;
+    let mut s = Session::new(&a.who, true)?;
+    let req = ExportTr31Request { caller: Some(s.caller()), approval: approval.clone() };
+    let r = s.call_keys(|mut c| {
+        let req = req.clone();
+        async move { c.export_tr31(req).await }
+    })?;
+    print(json, json!({"approval": approval, "block": r.block, "kcv": r.kcv}), format!("{}\n(KCV {})", r.block, r.kcv));
+    Ok(crate::exit_codes::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// approve
+
+/// `quill approve list`.
+#[derive(clap::Args, Debug)]
+pub struct ApproveListArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill approve list`.
+pub fn approve_list(a: &ApproveListArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let list = s.query("approvals", "")?;
+    if json {
+        println!("{list}");
+        return Ok(crate::exit_codes::OK);
+    }
+    let empty = Vec::new();
+    let items = list.as_array().unwrap_or(&empty);
+    if items.is_empty() {
+        println!("no approvals");
+    }
+    for ap in items {
+        println!(
+            "{} {} requested by {} granted by {} {}",
+            ap["id"].as_str().unwrap_or("?"),
+            ap["state"],
+            ap["requested_by"]["name"].as_str().unwrap_or("?"),
+            ap["granted_by"],
+            ap["action"]
+        );
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill approve grant|deny`.
+#[derive(clap::Args, Debug)]
+pub struct ApproveIdArgs {
+    /// Approval id.
+    id: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill approve grant|deny`.
+pub fn approve_decide(a: &ApproveIdArgs, grant: bool, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s.write(KeyCommand::ApprovalDecide { id: a.id.clone(), grant })?;
+    print(json, json!({"approval": a.id, "detail": detail}), format!("approval {}: {detail}", a.id));
+    Ok(crate::exit_codes::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit
+
+/// `quill audit verify`.
+#[derive(clap::Args, Debug)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill audit verify`: exit 0 when the chain verifies, 3 (and the first broken record) when not.
+pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let r = s.call_keys(|mut c| async move { c.audit_verify(AuditVerifyRequest {}).await })?;
+    let report: Value = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
+    if json {
+        println!("{report}");
+    } else if r.ok {
+        println!(
+            "audit chain OK: {} records (head {} {}), {} MACs and {} seals verified, {} unkeyed records before the audit key (sealed up to {})",
+            report["records"],
+            report["head_seq"],
+            report["head_hash"].as_str().unwrap_or(""),
+            report["macs"],
+            report["seals"],
+            report["unkeyed"],
+            report["sealed_upto"]
+        );
+    } else {
+        println!(
+            "audit chain BROKEN at record {}: {}",
+            report["broken"][0],
+            report["broken"][1].as_str().unwrap_or("?")
+        );
+    }
+    Ok(if r.ok { crate::exit_codes::OK } else { crate::exit_codes::CHECK_FAILED })
+}
+
+/// `quill audit tail|export`.
+#[derive(clap::Args, Debug)]
+pub struct AuditTailArgs {
+    /// First record to show (export: default 1).
+    #[arg(long)]
+    from: Option<u64>,
+    /// How many records (tail: default 20).
+    #[arg(short = 'n', long)]
+    limit: Option<u32>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill audit tail` (human lines) and `quill audit export` (JSON lines, everything from --from).
+pub fn audit_tail(a: &AuditTailArgs, export: bool, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let mut from = a.from.unwrap_or(if export { 1 } else { 0 });
+    let limit = a.limit.unwrap_or(if export { 1000 } else { 20 });
+    loop {
+        let req = AuditTailRequest { from, limit };
+        let r = s.call_keys(|mut c| async move { c.audit_tail(req).await })?;
+        for line in &r.records {
+            if export || json {
+                println!("{line}");
+            } else {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                println!(
+                    "{:>6} {} {:<16} {:<18} {:<28} {}",
+                    v["seq"],
+                    v["time_ms"],
+                    v["actor"].as_str().unwrap_or(""),
+                    v["action"].as_str().unwrap_or(""),
+                    v["object"].as_str().unwrap_or(""),
+                    v["outcome"].as_str().unwrap_or("")
+                );
+            }
+        }
+        let last = r.records.last().and_then(|l| serde_json::from_str::<Value>(l).ok()).and_then(|v| v["seq"].as_u64());
+        match last {
+            Some(seq) if export && seq < r.head_seq && a.limit.is_none() => from = seq + 1,
+            _ => break,
+        }
+    }
+    Ok(crate::exit_codes::OK)
+}

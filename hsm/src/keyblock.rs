@@ -1,0 +1,300 @@
+//! TR-31 rules that need no key: the checks made on the host before a key is touched, the header
+//! of an export, and the mapping between TR-31 algorithms and [`KeyAlg`]. Both ways of doing
+//! TR-31 (hsm-sim's vendor mechanisms, the host path) go through these, so every module refuses
+//! the same requests with the same messages, which are those of `quill_hsm_crypto::tr31`.
+
+use crate::types::KeyAlg;
+use quill_hsm_crypto::tr31::{
+    self, Algorithm, BlockId, Exportability, Kbpk, KeyUsage, ModeOfUse, OptionalBlock, Tr31Error, Tr31Header, Version,
+};
+
+/// `HM` optional block value of SHA-256 (ANSI X9.143-2022 table 13, TR-31:2018 A.5.9): the hash of
+/// every Quill HMAC key.
+pub(crate) const HM_SHA256: &str = "21";
+
+/// The TR-31 mode of use Quill writes into an exported key block for each key usage:
+///
+/// | usage | mode of use |
+/// |---|---|
+/// | `B0`–`B2` (DUKPT base/initial keys), `E0`–`E6` (EMV issuer master keys) | `X` derive keys |
+/// | `C0` (CVK), `M0`–`M8` (MAC and HMAC keys), `V0`–`V4` (PIN verification keys) | `C` generate and verify |
+/// | `D0`, `D2` (data encryption), `K0` (KEK), `K1` (KBPK), `P0` (PIN encryption) | `B` encrypt/decrypt, wrap/unwrap |
+/// | `I0` (initialisation value), proprietary (two digits) | `N` no restriction |
+/// | `D1`, `K2`, `K3`, `S0`–`S2` (asymmetric keys) | none: Quill holds no asymmetric key |
+///
+/// Each is the broadest mode the usage allows, so the receiver may use the key for everything its
+/// usage is for; a narrower mode (`E`, `D`, `G`, `V`) is the receiver's choice on re-export.
+pub fn tr31_mode_of_use(usage: KeyUsage) -> Option<ModeOfUse> {
+    use KeyUsage as U;
+    Some(match usage {
+        U::Bdk
+        | U::InitialDukptKey
+        | U::BaseKeyVariantKey
+        | U::EmvAc
+        | U::EmvSmc
+        | U::EmvSmi
+        | U::EmvDac
+        | U::EmvDn
+        | U::EmvPersonalisation
+        | U::EmvOther => ModeOfUse::DeriveKeys,
+        U::Cvk
+        | U::Iso16609Mac
+        | U::Iso9797Mac1
+        | U::Iso9797Mac2
+        | U::Iso9797Mac3
+        | U::Iso9797Mac4
+        | U::Iso9797Mac5
+        | U::Cmac
+        | U::Hmac
+        | U::Iso9797Mac6
+        | U::PinVerificationOther
+        | U::PinVerificationIbm3624
+        | U::PinVerificationVisaPvv
+        | U::PinVerificationX9132Alg1
+        | U::PinVerificationX9132Alg2 => ModeOfUse::GenerateVerify,
+        U::DataEncryption | U::DecimalisationTable | U::KeyEncryption | U::Kbpk | U::PinEncryption => {
+            ModeOfUse::EncryptDecrypt
+        }
+        U::Iv | U::Proprietary(_) => ModeOfUse::NoRestrictions,
+        U::AsymmetricDataEncryption
+        | U::Tr34Asymmetric
+        | U::AsymmetricKeyAgreement
+        | U::AsymmetricSignature
+        | U::AsymmetricCa
+        | U::AsymmetricOther => return None,
+    })
+}
+
+/// Family name of a KBPK, as `quill_hsm_crypto::tr31` writes it.
+fn family(alg: KeyAlg) -> &'static str {
+    if alg.is_tdes() {
+        "TDES"
+    } else if alg.is_aes() {
+        "AES"
+    } else {
+        "HMAC"
+    }
+}
+
+/// The key block version a KBPK protects: B for TDES, D for AES.
+pub(crate) fn version_for(kbpk: KeyAlg) -> Result<Version, String> {
+    if kbpk.is_tdes() {
+        Ok(Version::B)
+    } else if kbpk.is_aes() {
+        Ok(Version::D)
+    } else {
+        Err(format!("TR-31: a {kbpk} key cannot be a KBPK (TDES protects version B key blocks, AES version D)"))
+    }
+}
+
+/// A KBPK of algorithm `kbpk` must fit `version` (TDES for B, AES for D).
+pub(crate) fn check_kbpk(kbpk: KeyAlg, version: Version) -> Result<(), String> {
+    if version_for(kbpk)? == version {
+        return Ok(());
+    }
+    let needs = match version {
+        Version::B => "TDES",
+        Version::D => "AES",
+    };
+    Err(Tr31Error::KbpkType { version: version.id(), needs, got: family(kbpk) }.to_string())
+}
+
+/// The KBPK's value as `quill_hsm_crypto::tr31` takes it (`alg` has passed [`version_for`]).
+pub(crate) fn kbpk(alg: KeyAlg, value: &[u8]) -> Kbpk<'_> {
+    if alg.is_tdes() { Kbpk::Tdes(value) } else { Kbpk::Aes(value) }
+}
+
+/// The checks on a key block to import that need no key, made before any key is touched: the
+/// header (strictly, as `quill_hsm_crypto::tr31` parses it), the length field, the structure of
+/// the encrypted key data and MAC, the KBPK's family for the version, an algorithm Quill can hold
+/// (`T`, `A`, `H` with SHA-256) and an exportability that lets the key be stored under the SMK
+/// (`E` or `S`). What is left for the HSM (or the host path) is the MAC and the key inside.
+pub(crate) fn check_import(kbpk_alg: KeyAlg, block: &str) -> Result<Tr31Header, String> {
+    let header = tr31::parse_key_block_header(block.as_bytes()).map_err(|e| e.to_string())?;
+    check_kbpk(kbpk_alg, header.version)?;
+    // `tr31::unwrap` checks the whole structure (header, lengths, hex) before any cryptography.
+    // Run with an all-zero KBPK of the right family and length, it stops at the MAC unless the
+    // structure is wrong, and then names the problem and its position exactly as the module (which
+    // runs the same code) or the host path would. No key is involved.
+    let zeros = [0u8; 32];
+    let probe = kbpk(kbpk_alg, &zeros[..kbpk_alg.key_len()]);
+    match tr31::unwrap(probe, block.as_bytes()) {
+        Ok(_) | Err(Tr31Error::Mac | Tr31Error::KeyLengthField { .. } | Tr31Error::KeyLength { .. }) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    match header.algorithm {
+        Algorithm::Tdes | Algorithm::Aes => {}
+        Algorithm::Hmac => {
+            if let Some(hm) = header.optional_block(BlockId::Hm)
+                && hm != HM_SHA256
+            {
+                return Err(format!(
+                    "TR-31 optional block \"HM\": hash algorithm {hm:?} is not SHA-256 ({HM_SHA256:?}); Quill's HMAC keys are HMAC-SHA-256 keys"
+                ));
+            }
+        }
+        Algorithm::Des => {
+            return Err("TR-31 header: algorithm at position 7: \"D\" (single DES) cannot be imported; Quill holds TDES, AES and HMAC-SHA-256 keys".to_owned());
+        }
+        a => {
+            return Err(format!(
+                "TR-31 header: algorithm at position 7: {:?} is an asymmetric algorithm; Quill imports TDES, AES and HMAC-SHA-256 keys only",
+                a.code().to_string()
+            ));
+        }
+    }
+    if header.exportability == Exportability::NonExportable {
+        return Err("TR-31 header: exportability at position 11: \"N\" (non-exportable) cannot be imported: Quill keeps every key wrapped under its storage master key, and a module holding a non-exportable key refuses to wrap it; ask for the block with exportability E or S".to_owned());
+    }
+    Ok(header)
+}
+
+/// The [`KeyAlg`] of an imported key of `len` bytes whose header says `algorithm`.
+pub(crate) fn key_alg_of(algorithm: Algorithm, len: usize) -> Result<KeyAlg, String> {
+    match (algorithm, len) {
+        (Algorithm::Tdes, 16) => Ok(KeyAlg::Des2),
+        (Algorithm::Tdes, 24) => Ok(KeyAlg::Des3),
+        (Algorithm::Aes, 16) => Ok(KeyAlg::Aes128),
+        (Algorithm::Aes, 24) => Ok(KeyAlg::Aes192),
+        (Algorithm::Aes, 32) => Ok(KeyAlg::Aes256),
+        (Algorithm::Hmac, 32) => Ok(KeyAlg::HmacSha256),
+        (a, len) => Err(format!(
+            "TR-31: the key block holds a {len}-byte algorithm {} key, which is no Quill key type (TDES 16 or 24 bytes, AES 16, 24 or 32, HMAC-SHA-256 32)",
+            a.code()
+        )),
+    }
+}
+
+/// The header of an export of a `key` under a `kbpk`: version B for a TDES KBPK, D for AES; the
+/// given usage code; algorithm `T`, `A` or `H` (with an `HM` block for SHA-256) from the key;
+/// mode of use from the usage ([`tr31_mode_of_use`]); exportability `E` or `N`; key version `00`;
+/// key context `0`; length `0000` (filled in by the wrap). Checked as a received header is (usage,
+/// algorithm and mode fit together), and the key must not be stronger than the KBPK.
+pub(crate) fn export_header(kbpk: KeyAlg, key: KeyAlg, usage: &str, exportable: bool) -> Result<Tr31Header, String> {
+    let version = version_for(kbpk)?;
+    let code: [u8; 2] = usage
+        .as_bytes()
+        .try_into()
+        .map_err(|_| format!("TR-31: key usage {usage:?} must be two characters (for example \"E0\")"))?;
+    let key_usage = KeyUsage::from_code(code).ok_or_else(|| format!("TR-31: {usage:?} is not a key usage"))?;
+    let mode = tr31_mode_of_use(key_usage).ok_or_else(|| {
+        format!("TR-31: key usage {usage:?} is for asymmetric keys; Quill exports TDES, AES and HMAC keys only")
+    })?;
+    let algorithm = if key.is_tdes() {
+        Algorithm::Tdes
+    } else if key.is_aes() {
+        Algorithm::Aes
+    } else {
+        Algorithm::Hmac
+    };
+    // As `tr31::wrap` (and hsm-sim) refuse: a key stronger than its KBPK (X9.24-1).
+    let weaker = match version {
+        Version::B => key.is_aes() || (key.is_tdes() && key.key_len() > kbpk.key_len()),
+        Version::D => key.is_aes() && key.key_len() > kbpk.key_len(),
+    };
+    if weaker {
+        return Err(Tr31Error::KbpkWeaker {
+            algorithm: family(key),
+            key_len: key.key_len(),
+            kbpk: family(kbpk),
+            kbpk_len: kbpk.key_len(),
+        }
+        .to_string());
+    }
+    let exportability = if exportable { Exportability::Trusted } else { Exportability::NonExportable };
+    let mut header = Tr31Header::new(version, key_usage, algorithm, mode, exportability);
+    if algorithm == Algorithm::Hmac {
+        header.optional_blocks.push(OptionalBlock::new(BlockId::Hm, HM_SHA256));
+    }
+    // The template is checked as hsm-sim checks the mechanism parameter (the PB block is added by
+    // the wrap).
+    let text = header.encode().map_err(|e| e.to_string())?;
+    Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_of_use_fit_their_usages() {
+        // Every usage with a mode gets one the TR-31 rules accept for some algorithm Quill has.
+        for code in [
+            "B0", "B1", "B2", "C0", "D0", "D2", "E0", "E1", "E2", "E3", "E4", "E5", "E6", "I0", "K0", "K1", "M0", "M1",
+            "M2", "M3", "M4", "M5", "M6", "M7", "M8", "P0", "V0", "V1", "V2", "V3", "V4", "42",
+        ] {
+            let ok = [KeyAlg::Des2, KeyAlg::Aes256, KeyAlg::HmacSha256]
+                .into_iter()
+                .any(|k| export_header(KeyAlg::Aes256, k, code, true).is_ok());
+            assert!(ok, "{code}");
+        }
+        for code in ["D1", "K2", "K3", "S0", "S1", "S2"] {
+            let e = export_header(KeyAlg::Aes256, KeyAlg::Aes256, code, true).unwrap_err();
+            assert!(e.contains("asymmetric"), "{e}");
+        }
+    }
+
+    #[test]
+    fn export_headers() {
+        let h = export_header(KeyAlg::Des2, KeyAlg::Des2, "E0", true).unwrap();
+        assert_eq!(h.encode().unwrap(), "B0000E0TX00E0000");
+        let h = export_header(KeyAlg::Aes256, KeyAlg::Aes128, "P0", false).unwrap();
+        assert_eq!(h.encode().unwrap(), "D0000P0AB00N0000");
+        let h = export_header(KeyAlg::Aes128, KeyAlg::HmacSha256, "M7", true).unwrap();
+        assert_eq!(h.encode().unwrap(), "D0000M7HC00E0100HM0621");
+        let h = export_header(KeyAlg::Aes128, KeyAlg::Des3, "42", true).unwrap();
+        assert_eq!(h.encode().unwrap(), "D000042TN00E0000");
+        for (kbpk, key, usage, needle) in [
+            (KeyAlg::Des2, KeyAlg::Aes128, "D0", "stronger"),
+            (KeyAlg::Des2, KeyAlg::Des3, "D0", "stronger"),
+            (KeyAlg::Aes128, KeyAlg::Aes256, "D0", "stronger"),
+            (KeyAlg::HmacSha256, KeyAlg::Aes128, "D0", "cannot be a KBPK"),
+            (KeyAlg::Aes256, KeyAlg::Des2, "M7", "algorithm"),
+            (KeyAlg::Aes256, KeyAlg::HmacSha256, "E0", "algorithm"),
+            (KeyAlg::Aes256, KeyAlg::Aes128, "ZZ", "not a key usage"),
+            (KeyAlg::Aes256, KeyAlg::Aes128, "E", "two characters"),
+        ] {
+            let e = export_header(kbpk, key, usage, true).unwrap_err();
+            assert!(e.contains(needle), "{kbpk} {key} {usage}: {e}");
+        }
+    }
+
+    #[test]
+    fn import_checks_need_no_key() {
+        let kbpk = [0x11u8; 16];
+        let key = [0x22u8; 16];
+        let header = Tr31Header::parse_template(b"B0000P0TE00E0000").unwrap();
+        let block = tr31::wrap(Kbpk::Tdes(&kbpk), &header, &key, None, &mut |b: &mut [u8]| b.fill(7)).unwrap();
+        assert_eq!(check_import(KeyAlg::Des2, &block).unwrap().key_usage, KeyUsage::PinEncryption);
+        let e = check_import(KeyAlg::Aes128, &block).unwrap_err();
+        assert_eq!(e, "TR-31: a version B key block needs a KBPK of TDES, not AES");
+        // Structure errors come with their position, before any key is used.
+        let mut bad = block.clone().into_bytes();
+        bad[20] = b'g';
+        let e = check_import(KeyAlg::Des2, std::str::from_utf8(&bad).unwrap()).unwrap_err();
+        assert!(e.contains("position 20") && e.contains("hex"), "{e}");
+        let e = check_import(KeyAlg::Des2, &block[..block.len() - 8]).unwrap_err();
+        assert!(e.contains("block length"), "{e}");
+        // A flipped MAC character is left for the MAC check.
+        let mut flipped = block.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        assert!(check_import(KeyAlg::Des2, std::str::from_utf8(&flipped).unwrap()).is_ok());
+        // Non-exportable and single-DES blocks are refused.
+        let n = Tr31Header::parse_template(b"B0000P0TE00N0000").unwrap();
+        let block = tr31::wrap(Kbpk::Tdes(&kbpk), &n, &key, None, &mut |b: &mut [u8]| b.fill(7)).unwrap();
+        assert!(check_import(KeyAlg::Des2, &block).unwrap_err().contains("non-exportable"));
+        let d = Tr31Header::parse_template(b"B0000D0DB00E0000").unwrap();
+        let block = tr31::wrap(Kbpk::Tdes(&kbpk), &d, &[0x33; 8], None, &mut |b: &mut [u8]| b.fill(7)).unwrap();
+        assert!(check_import(KeyAlg::Des2, &block).unwrap_err().contains("single DES"));
+    }
+
+    #[test]
+    fn key_algorithms() {
+        assert_eq!(key_alg_of(Algorithm::Tdes, 24).unwrap(), KeyAlg::Des3);
+        assert_eq!(key_alg_of(Algorithm::Hmac, 32).unwrap(), KeyAlg::HmacSha256);
+        assert!(key_alg_of(Algorithm::Hmac, 20).unwrap_err().contains("20-byte algorithm H"));
+        assert!(key_alg_of(Algorithm::Tdes, 8).is_err());
+    }
+}

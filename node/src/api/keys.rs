@@ -1,0 +1,348 @@
+//! The `quill.v1.Keys` service: queries of the key-management state, the operations that need
+//! this node's HSM (generate, TR-31 import and export), and the audit chain (tail, verify).
+//!
+//! An HSM operation runs here, on the node that received the call; its result (a key wrapped
+//! under the SMK) is proposed through [`ClusterService::submit`], which forwards to the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quill_proto::v1::keys_server::{self, KeysServer};
+use quill_proto::v1::{
+    AuditTailRequest, AuditTailResponse, AuditVerifyRequest, AuditVerifyResponse, Caller, ExportTr31Request,
+    ExportTr31Response, GenerateKeyRequest, ImportTr31Request, KeyResponse, QueryRequest, QueryResponse,
+};
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use super::{ApiError, ClusterService};
+use crate::audit;
+use crate::keys::KeyCommand;
+use crate::keys::agent::KeyAgent;
+use crate::keys::apply::{key, read, scan};
+use crate::keys::model::*;
+use crate::raft::{Command, Outcome, StateMachine};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// How long a created key may take to appear in this node's applied state.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// The `quill.v1.Keys` service of one node.
+#[derive(Clone)]
+pub struct KeysService {
+    cluster: ClusterService,
+    sm: StateMachine,
+    agent: Option<Arc<KeyAgent>>,
+}
+
+impl KeysService {
+    /// Serve key management over `cluster` (for writes), reading `sm`, with this node's agent
+    /// (`None`: the node has no HSM configured, so HSM operations are refused).
+    pub fn new(cluster: ClusterService, sm: StateMachine, agent: Option<Arc<KeyAgent>>) -> Self {
+        Self { cluster, sm, agent }
+    }
+
+    /// The tonic server of this service.
+    pub fn into_server(self) -> KeysServer<Self> {
+        KeysServer::new(self)
+    }
+
+    fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
+        self.agent
+            .as_ref()
+            .ok_or_else(|| ApiError::Precondition("this node has no HSM configured ([[hsm]] in its config)".into()))
+    }
+
+    fn caller(c: Option<Caller>) -> ApiResult<(Caller, Actor)> {
+        let c = c.ok_or_else(|| ApiError::BadRequest("caller is missing".into()))?;
+        if c.client_id.is_empty() {
+            return Err(ApiError::BadRequest("caller.client_id is empty".into()));
+        }
+        let actor = Actor::parse(&c.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
+        Ok((c, actor))
+    }
+
+    async fn state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Kv) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> ApiResult<T> {
+        self.sm.read(f).await.map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    async fn query(&self, req: QueryRequest) -> ApiResult<QueryResponse> {
+        if req.linearizable
+            && let Some(forward) = self.cluster.linearize(req.hops).await?
+        {
+            let mut client = quill_proto::v1::keys_client::KeysClient::new(forward);
+            let forwarded = QueryRequest { hops: req.hops + 1, ..req };
+            return client.query(forwarded).await.map(Response::into_inner).map_err(ApiError::Forwarded);
+        }
+        let id = req.id.clone();
+        let what = req.what.clone();
+        let json: Value = self
+            .state(move |kv| {
+                let to = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
+                Ok(match what.as_str() {
+                    "smk" => to(serde_json::to_value(read::<SmkInfo>(kv, key::SMK)?)),
+                    "nodes" => to(serde_json::to_value(scan::<NodeRecord>(kv, key::NODE)?)),
+                    "ceremonies" => to(serde_json::to_value(scan::<Ceremony>(kv, key::CEREMONY)?)),
+                    "keys" => to(serde_json::to_value(scan::<KeyRecord>(kv, key::KEY)?)),
+                    "approvals" => to(serde_json::to_value(scan::<Approval>(kv, key::APPROVAL)?)),
+                    "ceremony" => to(serde_json::to_value(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?)),
+                    "key" => to(serde_json::to_value(read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))?)),
+                    "approval" => to(serde_json::to_value(read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))?)),
+                    "audit-keys" => to(serde_json::to_value(
+                        read::<AuditKeys>(kv, key::AUDIT_KEYS)?
+                            .map(|k| serde_json::json!({"mac_kcv": k.mac.kcv, "enc_kcv": k.enc.kcv, "node": k.node})),
+                    )),
+                    _ => Value::String("\u{0}unknown".into()),
+                })
+            })
+            .await?;
+        if json == Value::String("\u{0}unknown".into()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query {:?} (smk, nodes, ceremonies, ceremony, keys, key, approvals, approval, audit-keys)",
+                req.what
+            )));
+        }
+        if json.is_null() && matches!(req.what.as_str(), "ceremony" | "key" | "approval") {
+            return Err(ApiError::NotFound(format!("no {} {:?}", req.what, req.id)));
+        }
+        let applied_index = self.cluster.applied_index();
+        Ok(QueryResponse { json: json.to_string(), applied_index })
+    }
+
+    /// Propose a key command as `caller`, wait until this node applied it, and return the
+    /// created key's record.
+    async fn create(&self, caller: Caller, actor: Actor, cmd: KeyCommand) -> ApiResult<KeyResponse> {
+        let resp = self.cluster.submit(&caller.client_id, caller.serial, actor, Command::Keys(cmd)).await?;
+        let outcome = crate::raft::decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let object = match outcome {
+            Outcome::Done { object, .. } => object,
+            Outcome::Rejected { reason } => return Err(ApiError::Precondition(reason)),
+            other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
+        let id = object.trim_start_matches("key:").to_string();
+        let rec = self
+            .state(move |kv| read::<KeyRecord>(kv, &format!("{}{id}", key::KEY)))
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("{object} is not in the state after it was created")))?;
+        let json = serde_json::to_string(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(KeyResponse { json, log_index: resp.log_index })
+    }
+
+    async fn smk_ready(&self) -> ApiResult<()> {
+        let smk = self.state(|kv| read::<SmkInfo>(kv, key::SMK)).await?;
+        let Some(smk) = smk else {
+            return Err(ApiError::Precondition(
+                "no SMK yet: run the SMK ceremony first (quill ceremony start --key smk)".into(),
+            ));
+        };
+        let agent = self.agent()?.clone();
+        let local = tokio::task::spawn_blocking(move || agent.hsm().smk_kcv())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        if local.as_ref() != Some(&smk.kcv) {
+            return Err(ApiError::Unavailable(format!(
+                "this node's HSM does not hold the cluster SMK (KCV {}) yet; try another node",
+                smk.kcv
+            )));
+        }
+        Ok(())
+    }
+
+    async fn generate(&self, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
+        let (caller, actor) = Self::caller(req.caller)?;
+        let usage: Usage = req.usage.parse().map_err(ApiError::BadRequest)?;
+        let alg: KeyAlg = req.alg.parse().map_err(ApiError::BadRequest)?;
+        if !usage.allows(alg) {
+            return Err(ApiError::BadRequest(format!("usage {usage} does not allow a {alg} key")));
+        }
+        if actor.role != Role::Admin {
+            return Err(ApiError::PermissionDenied(format!("{actor} may not generate keys (needs role admin)")));
+        }
+        self.smk_ready().await?;
+        let agent = self.agent()?.clone();
+        let wrapped = tokio::task::spawn_blocking(move || agent.hsm().generate_key(alg))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        let origin = Origin::Generated { node: self.cluster.node_id() };
+        let cmd = KeyCommand::KeyCreate {
+            label: req.label,
+            usage,
+            exportable: req.exportable,
+            origin,
+            wrapped,
+            active: req.active,
+        };
+        self.create(caller, actor, cmd).await
+    }
+
+    async fn import_tr31(&self, req: ImportTr31Request) -> ApiResult<KeyResponse> {
+        let (caller, actor) = Self::caller(req.caller)?;
+        if actor.role != Role::Admin {
+            return Err(ApiError::PermissionDenied(format!("{actor} may not import keys (needs role admin)")));
+        }
+        let header = quill_hsm_crypto::tr31::parse_key_block_header(req.block.as_bytes())
+            .map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
+        let code = header.key_usage.code();
+        let usage: Usage = String::from_utf8_lossy(&code)
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("TR-31 block: key usage: {e}")))?;
+        self.smk_ready().await?;
+        let kbpk_id = req.kbpk.clone();
+        let kbpk = self
+            .state(move |kv| read::<KeyRecord>(kv, &format!("{}{kbpk_id}", key::KEY)))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no key {}", req.kbpk)))?;
+        if !matches!(kbpk.usage, Usage::K0 | Usage::K1) || kbpk.state != KeyState::Active {
+            return Err(ApiError::BadRequest(format!(
+                "{} is a {} key in state {}: a TR-31 block needs an active K0/K1 key-block protection key",
+                kbpk.id,
+                kbpk.usage,
+                kbpk.state.as_str()
+            )));
+        }
+        let wrapped_kbpk =
+            kbpk.wrapped.clone().ok_or_else(|| ApiError::Precondition(format!("{} is destroyed", kbpk.id)))?;
+        let agent = self.agent()?.clone();
+        let block = req.block.clone();
+        let (_, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&wrapped_kbpk, &block))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        let cmd = KeyCommand::KeyCreate {
+            label: req.label,
+            usage,
+            exportable: req.exportable,
+            origin: Origin::Tr31 { kbpk: kbpk.id },
+            wrapped,
+            active: req.active,
+        };
+        self.create(caller, actor, cmd).await
+    }
+
+    async fn export_tr31(&self, req: ExportTr31Request) -> ApiResult<ExportTr31Response> {
+        let (caller, actor) = Self::caller(req.caller)?;
+        let approval_id = req.approval.clone();
+        let (approval, keys) = self
+            .state(move |kv| {
+                let a = read::<Approval>(kv, &format!("{}{approval_id}", key::APPROVAL))?;
+                let keys = match a.as_ref().map(|a| &a.action) {
+                    Some(ApprovalAction::Export { key: k, kbpk }) => Some((
+                        read::<KeyRecord>(kv, &format!("{}{k}", key::KEY))?,
+                        read::<KeyRecord>(kv, &format!("{}{kbpk}", key::KEY))?,
+                    )),
+                    _ => None,
+                };
+                Ok((a, keys))
+            })
+            .await?;
+        let approval = approval.ok_or_else(|| ApiError::NotFound(format!("no approval {}", req.approval)))?;
+        if approval.state != ApprovalState::Approved {
+            return Err(ApiError::Precondition(format!(
+                "approval {} is {:?}: an export needs {APPROVALS_NEEDED} custodians' grants",
+                approval.id, approval.state
+            )));
+        }
+        let Some((Some(k), Some(z))) = keys else {
+            return Err(ApiError::Precondition(format!("approval {} is not an export of existing keys", approval.id)));
+        };
+        let (Some(kw), Some(zw)) = (k.wrapped.clone(), z.wrapped.clone()) else {
+            return Err(ApiError::Precondition("the key or the KBPK is destroyed".into()));
+        };
+        self.smk_ready().await?;
+        let agent = self.agent()?.clone();
+        let usage = k.usage.code().to_string();
+        let block = tokio::task::spawn_blocking(move || agent.hsm().tr31_export(&zw, &kw, &usage, k.exportable))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        let resp = self
+            .cluster
+            .submit(
+                &caller.client_id,
+                caller.serial,
+                actor,
+                Command::Keys(KeyCommand::ExportDone { approval: approval.id }),
+            )
+            .await?;
+        match crate::raft::decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))? {
+            Outcome::Rejected { reason } => Err(ApiError::Precondition(reason)),
+            _ => Ok(ExportTr31Response { block, kcv: k.kcv.0 }),
+        }
+    }
+
+    async fn audit_tail(&self, req: AuditTailRequest) -> ApiResult<AuditTailResponse> {
+        let limit = u64::from(req.limit.clamp(1, 10_000));
+        self.state(move |kv| {
+            let head = audit::head(kv)?;
+            let from = if req.from == 0 { head.seq.saturating_sub(limit - 1).max(1) } else { req.from };
+            let mut records = Vec::new();
+            let mut seq = from;
+            while seq <= head.seq && (records.len() as u64) < limit {
+                if let Some(r) = audit::record(kv, seq)? {
+                    records.push(audit::to_json(&r).to_string());
+                }
+                seq += 1;
+            }
+            Ok(AuditTailResponse { records, head_seq: head.seq, head_hash: hex::encode(head.hash) })
+        })
+        .await
+    }
+
+    async fn audit_verify(&self) -> ApiResult<AuditVerifyResponse> {
+        let agent = self.agent.clone();
+        let report = self
+            .state(move |kv| {
+                let keys = read::<AuditKeys>(kv, key::AUDIT_KEYS)?;
+                audit::verify(kv, |mac, input| match (&agent, &keys) {
+                    (Some(agent), Some(keys)) => agent.check_audit_mac(keys, mac, input),
+                    (None, _) => Err("this node has no HSM to check MACs with".into()),
+                    (_, None) => Err("a MACed record but no audit key in the state".into()),
+                })
+            })
+            .await?;
+        let ok = report.broken.is_none();
+        let json = serde_json::to_string(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(AuditVerifyResponse { json, ok })
+    }
+}
+
+fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
+    ApiError::Hsm(e.to_string())
+}
+
+#[tonic::async_trait]
+impl keys_server::Keys for KeysService {
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        Ok(Response::new(self.query(request.into_inner()).await?))
+    }
+
+    async fn generate(&self, request: Request<GenerateKeyRequest>) -> Result<Response<KeyResponse>, Status> {
+        Ok(Response::new(self.generate(request.into_inner()).await?))
+    }
+
+    async fn import_tr31(&self, request: Request<ImportTr31Request>) -> Result<Response<KeyResponse>, Status> {
+        Ok(Response::new(self.import_tr31(request.into_inner()).await?))
+    }
+
+    async fn export_tr31(&self, request: Request<ExportTr31Request>) -> Result<Response<ExportTr31Response>, Status> {
+        Ok(Response::new(self.export_tr31(request.into_inner()).await?))
+    }
+
+    async fn audit_tail(&self, request: Request<AuditTailRequest>) -> Result<Response<AuditTailResponse>, Status> {
+        Ok(Response::new(self.audit_tail(request.into_inner()).await?))
+    }
+
+    async fn audit_verify(
+        &self,
+        _request: Request<AuditVerifyRequest>,
+    ) -> Result<Response<AuditVerifyResponse>, Status> {
+        Ok(Response::new(self.audit_verify().await?))
+    }
+}

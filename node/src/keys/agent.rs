@@ -1,0 +1,307 @@
+//! The key agent: the part of a node that does HSM work the replicated state asks for.
+//!
+//! Apply never touches an HSM, so whatever needs one happens here, on each node, in reaction to
+//! the state this node has applied; the result is proposed as a new command. Every step checks
+//! the state first and is idempotent, so a node that restarts (or was down) simply catches up:
+//!
+//! 1. **enrol**: this node's HSM transport public key is in the state (re-enrol if it changed).
+//! 2. **form the SMK**: an SMK ceremony is complete and this node is a recipient without the
+//!    SMK: unwrap its sealed components inside the HSM, check their KCVs, XOR them there, and
+//!    report the KCV (`SmkFormed`).
+//! 3. **form a working key**: a working-key ceremony is complete and this node holds the SMK:
+//!    form the key from its sealed components and propose it wrapped under the SMK (the first
+//!    node to do so wins; the others' proposals are refused).
+//! 4. **grant the SMK**: an approved `SmkToNode` approval and this node holds the SMK: wrap it to
+//!    the new node's transport key (`SmkGranted`); **install** it on the receiving side.
+//! 5. **audit keys**: the leader, holding the SMK, generates the audit MAC and encryption keys
+//!    once.
+//! 6. **seal**: the leader seals the audit chain head every few seconds when it moved.
+//!
+//! Failures are logged and retried on the next round; the last one is kept for status.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tracing::{info, warn};
+
+use super::apply::{KeyCommand, key, read, scan};
+use super::model::*;
+use crate::audit::{self, AuditMac};
+use crate::network::Raft;
+use crate::raft::{Command, NodeId, Outcome, StateMachine};
+use quill_hsm::Hsm;
+
+/// How often the agent looks at the state when nothing wakes it.
+const ROUND: Duration = Duration::from_millis(500);
+/// How often the leader seals the audit head (when it moved).
+const SEAL_EVERY: Duration = Duration::from_secs(3);
+
+/// Something that proposes a command as this node (through the leader).
+#[tonic::async_trait]
+pub trait Proposer: Send + Sync {
+    /// Propose `cmd` with `actor`; the outcome, or why it could not be had.
+    async fn propose(&self, actor: Actor, cmd: Command) -> Result<Outcome, String>;
+}
+
+/// Collects the HSM adapter's host-path uses (key material in host memory, allowed by config)
+/// until the agent records them in the audit chain.
+#[derive(Debug, Default)]
+pub struct HostPathQueue(Mutex<Vec<quill_hsm::HostPathUse>>);
+
+impl quill_hsm::HostPathObserver for HostPathQueue {
+    fn host_path_used(&self, used: &quill_hsm::HostPathUse) {
+        warn!(operation = used.operation, what = %used.what, module = %used.module.display(), "HSM host path used: key material in host memory");
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(used.clone());
+    }
+}
+
+/// The agent of one node.
+pub struct KeyAgent {
+    id: NodeId,
+    host_path: Arc<HostPathQueue>,
+    hsm: Arc<dyn Hsm>,
+    raft: Raft,
+    sm: StateMachine,
+    last_error: Mutex<Option<String>>,
+    audit_mac_key: Mutex<Option<WrappedKey>>,
+}
+
+impl std::fmt::Debug for KeyAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAgent").field("id", &self.id).finish()
+    }
+}
+
+impl KeyAgent {
+    /// The agent of node `id` over its HSM (pool).
+    pub fn new(
+        id: NodeId,
+        hsm: Arc<dyn Hsm>,
+        raft: Raft,
+        sm: StateMachine,
+        host_path: Arc<HostPathQueue>,
+    ) -> Arc<Self> {
+        Arc::new(KeyAgent {
+            id,
+            host_path,
+            hsm,
+            raft,
+            sm,
+            last_error: Mutex::new(None),
+            audit_mac_key: Mutex::new(None),
+        })
+    }
+
+    /// The node's HSM.
+    pub fn hsm(&self) -> &Arc<dyn Hsm> {
+        &self.hsm
+    }
+
+    /// The last error a round met (cleared by a clean round).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Run rounds until `stop` resolves.
+    pub async fn run(self: Arc<Self>, proposer: Arc<dyn Proposer>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut last_seal = Instant::now();
+        loop {
+            let result = self.round(&*proposer, &mut last_seal).await;
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
+            if let Err(e) = result {
+                warn!(error = %e, "key agent round failed; retrying");
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(ROUND) => {}
+            }
+        }
+    }
+
+    /// Run a blocking HSM call off the async threads.
+    async fn hsm_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Hsm) -> Result<T, quill_hsm::HsmError> + Send + 'static,
+    ) -> Result<T, String> {
+        let hsm = self.hsm.clone();
+        tokio::task::spawn_blocking(move || f(&*hsm)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    }
+
+    async fn propose(&self, proposer: &dyn Proposer, cmd: KeyCommand) -> Result<(), String> {
+        let action = cmd.action();
+        match proposer.propose(Actor::node(self.id), Command::Keys(cmd)).await? {
+            Outcome::Rejected { reason } => {
+                info!(action, %reason, "key agent proposal refused (another node may have done it)");
+                Ok(())
+            }
+            _ => {
+                info!(action, "key agent proposal applied");
+                Ok(())
+            }
+        }
+    }
+
+    async fn round(&self, proposer: &dyn Proposer, last_seal: &mut Instant) -> Result<(), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let Some(_leader) = metrics.current_leader else { return Ok(()) };
+        if !metrics.membership_config.membership().nodes().any(|(id, _)| *id == self.id) {
+            return Ok(());
+        }
+        let sm = self.sm.clone();
+        let me = self.id;
+        let view = sm
+            .read(move |kv| {
+                Ok((
+                    read::<NodeRecord>(kv, &key::node(me))?,
+                    scan::<Ceremony>(kv, key::CEREMONY)?,
+                    scan::<Approval>(kv, key::APPROVAL)?,
+                    read::<SmkInfo>(kv, key::SMK)?,
+                    read::<AuditKeys>(kv, key::AUDIT_KEYS)?,
+                    read::<Vec<u8>>(kv, &format!("keys/smk-grant/{me:020}"))?,
+                    scan::<NodeRecord>(kv, key::NODE)?,
+                ))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let (me_rec, ceremonies, approvals, smk, audit_keys, grant, nodes) = view;
+
+        // 0. record host-path uses in the audit chain (re-queued if the proposal fails)
+        let uses: Vec<quill_hsm::HostPathUse> =
+            std::mem::take(&mut *self.host_path.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, u) in uses.iter().enumerate() {
+            let cmd = KeyCommand::HostPathUsed {
+                node: me,
+                operation: u.operation.to_string(),
+                what: u.what.clone(),
+                module: u.module.display().to_string(),
+            };
+            if let Err(e) = self.propose(proposer, cmd).await {
+                self.host_path.0.lock().unwrap_or_else(|p| p.into_inner()).extend(uses[i..].iter().cloned());
+                return Err(e);
+            }
+        }
+
+        // 1. enrol
+        let transport = self.hsm_call(|h| h.transport_public_key()).await?;
+        if me_rec.as_ref().map(|r| &r.transport) != Some(&transport) {
+            let hsm = self
+                .hsm
+                .describe()
+                .slots
+                .iter()
+                .map(|s| format!("{} slot {} token {}", s.library, s.slot, s.token_label))
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.propose(proposer, KeyCommand::EnrollNode { node: me, transport, hsm }).await?;
+            return Ok(());
+        }
+        let local_smk = self.hsm_call(|h| h.smk_kcv()).await?;
+        let holds_smk = matches!((&local_smk, &smk), (Some(l), Some(c)) if l == &c.kcv);
+
+        // 2. and 3. ceremonies
+        for c in ceremonies.iter().filter(|c| c.state == CeremonyState::Complete) {
+            let Some(sealed) = c.sealed.get(&me).cloned() else { continue };
+            let kcvs: Vec<Kcv> = c.submissions.iter().map(|s| s.kcv.clone()).collect();
+            match &c.target {
+                CeremonyTarget::Smk if !c.formed_on.contains(&me) => {
+                    info!(ceremony = %c.id, "forming the SMK from {} sealed components", sealed.len());
+                    let kcv = self.hsm_call(move |h| h.form_smk(&sealed, &kcvs)).await?;
+                    self.propose(proposer, KeyCommand::SmkFormed { node: me, ceremony: c.id.clone(), kcv }).await?;
+                }
+                CeremonyTarget::Key { label, usage, alg, exportable } if holds_smk => {
+                    let alg = *alg;
+                    info!(ceremony = %c.id, %label, "forming a working key from {} sealed components", sealed.len());
+                    let wrapped = self.hsm_call(move |h| h.import_components(alg, &sealed, &kcvs)).await?;
+                    let origin = Origin::Components {
+                        ceremony: c.id.clone(),
+                        custodians: c.submissions.iter().map(|s| s.custodian.clone()).collect(),
+                    };
+                    let cmd = KeyCommand::KeyCreate {
+                        label: label.clone(),
+                        usage: *usage,
+                        exportable: *exportable,
+                        origin,
+                        wrapped,
+                        active: true,
+                    };
+                    self.propose(proposer, cmd).await?;
+                }
+                _ => {}
+            }
+        }
+
+        // 4. SMK grants, both sides
+        if holds_smk {
+            for a in approvals.iter().filter(|a| a.state == ApprovalState::Approved) {
+                let ApprovalAction::SmkToNode { node } = a.action else { continue };
+                let Some(target) = nodes.iter().find(|n| n.id == node) else { continue };
+                let peer = target.transport.clone();
+                let sealed = self.hsm_call(move |h| h.wrap_smk_for(&peer)).await?;
+                self.propose(proposer, KeyCommand::SmkGranted { approval: a.id.clone(), node, sealed }).await?;
+            }
+        }
+        if let (Some(sealed), Some(info), false) = (grant, &smk, holds_smk) {
+            let expect = info.kcv.clone();
+            self.hsm_call(move |h| h.install_smk(&sealed, &expect)).await?;
+            self.propose(proposer, KeyCommand::SmkInstalled { node: me, kcv: info.kcv.clone() }).await?;
+        }
+
+        let leader = metrics.state == ServerState::Leader;
+        // 5. audit keys
+        if leader && holds_smk && audit_keys.is_none() {
+            let mac = self.hsm_call(|h| h.generate_key(KeyAlg::HmacSha256)).await?;
+            let enc = self.hsm_call(|h| h.generate_key(KeyAlg::Aes256)).await?;
+            self.propose(proposer, KeyCommand::AuditKeysSet { keys: AuditKeys { mac, enc, node: me } }).await?;
+        }
+        if let Some(k) = &audit_keys {
+            *self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(k.mac.clone());
+        }
+
+        // 6. seal
+        if leader && holds_smk && audit_keys.is_some() && last_seal.elapsed() >= SEAL_EVERY {
+            *last_seal = Instant::now();
+            let head = self
+                .sm
+                .read(|kv| {
+                    let h = audit::head(kv)?;
+                    let last = audit::record(kv, h.seq)?;
+                    Ok((h, last))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let (head, last) = head;
+            if head.seq > 0 && last.map(|r| r.action != "audit.seal").unwrap_or(false) {
+                let input = audit::seal_input(head.seq, &head.hash);
+                if let Some(mac) = self.audit_mac(input).await {
+                    let cmd = Command::AuditSeal { seq: head.seq, hash: head.hash, mac };
+                    proposer.propose(Actor::node(me), cmd).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The audit MAC of `input` with the audit key, if this node knows it and its HSM answers.
+    pub async fn audit_mac(&self, input: Vec<u8>) -> Option<AuditMac> {
+        let key = self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let kcv = key.kcv.clone();
+        match self.hsm_call(move |h| h.hmac_sha256(&key, &input)).await {
+            Ok(mac) => Some(AuditMac { key_kcv: kcv, mac }),
+            Err(e) => {
+                warn!(error = %e, "audit MAC failed; the record goes unMACed (covered by the next seal)");
+                None
+            }
+        }
+    }
+
+    /// Check an audit MAC with the audit key (for `quill audit verify`).
+    pub fn check_audit_mac(&self, audit_keys: &AuditKeys, mac: &AuditMac, input: &[u8]) -> Result<bool, String> {
+        if mac.key_kcv != audit_keys.mac.kcv {
+            return Ok(false);
+        }
+        let got = self.hsm.hmac_sha256(&audit_keys.mac, input).map_err(|e| e.to_string())?;
+        Ok(got == mac.mac)
+    }
+}

@@ -1,0 +1,1125 @@
+//! The key-management commands and how the state machine applies them.
+//!
+//! Apply is deterministic: it reads only the command, the entry's context ([`Ctx`]: log index,
+//! leader time, actor) and the stored state, and it never touches an HSM. HSM work happens before
+//! a command is proposed (a node generates or imports a key and proposes the wrapped result) or
+//! after it is applied (each node's key agent forms the SMK from the sealed components it finds
+//! in the state). A refused command changes nothing and says why ([`Applied::Rejected`]); the
+//! refusal is the same on every node.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::*;
+use crate::raft::NodeId;
+use crate::store::{Kv, StoreError};
+
+/// The state-machine key prefixes of key management.
+pub mod key {
+    /// The SMK's facts.
+    pub const SMK: &str = "keys/smk";
+    /// The audit keys.
+    pub const AUDIT_KEYS: &str = "keys/audit-keys";
+    /// `keys/node/<id, 20 digits>` → [`super::NodeRecord`].
+    pub const NODE: &str = "keys/node/";
+    /// `keys/ceremony/<id>` → [`super::Ceremony`].
+    pub const CEREMONY: &str = "keys/ceremony/";
+    /// `keys/key/<label.vN>` → [`super::KeyRecord`].
+    pub const KEY: &str = "keys/key/";
+    /// `keys/label/<label>` → the latest version (u32).
+    pub const LABEL: &str = "keys/label/";
+    /// `keys/approval/<id>` → [`super::Approval`].
+    pub const APPROVAL: &str = "keys/approval/";
+
+    /// The key of node `id`'s record.
+    pub fn node(id: u64) -> String {
+        format!("{NODE}{id:020}")
+    }
+}
+
+/// A key-management command, as replicated in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyCommand {
+    /// A node enrols its HSM transport public key (actor: that node).
+    EnrollNode {
+        /// The node.
+        node: NodeId,
+        /// Its transport public key.
+        transport: RsaPublic,
+        /// Its HSM, described.
+        hsm: String,
+    },
+    /// Start a ceremony (actor: admin).
+    CeremonyStart {
+        /// Ceremony id.
+        id: String,
+        /// What it forms.
+        target: CeremonyTarget,
+        /// Number of components, 2-9.
+        components: u8,
+    },
+    /// A custodian's component, sealed to every recipient node (actor: custodian).
+    CeremonySubmit {
+        /// Ceremony id.
+        id: String,
+        /// The component's KCV, computed where it was entered.
+        kcv: Kcv,
+        /// The component sealed to each recipient's transport key.
+        sealed: Vec<(NodeId, SealedComponent)>,
+    },
+    /// Cancel an open ceremony (actor: admin).
+    CeremonyCancel {
+        /// Ceremony id.
+        id: String,
+    },
+    /// A node formed the SMK of a ceremony in its HSM (actor: that node).
+    SmkFormed {
+        /// The node.
+        node: NodeId,
+        /// The ceremony.
+        ceremony: String,
+        /// The formed key's KCV.
+        kcv: Kcv,
+    },
+    /// A node holding the SMK wrapped it to a later node after approval (actor: the wrapping node).
+    SmkGranted {
+        /// The approval that allowed it.
+        approval: String,
+        /// The receiving node.
+        node: NodeId,
+        /// SMK wrapped to the receiving node's transport key.
+        sealed: Vec<u8>,
+    },
+    /// A node installed a granted SMK (actor: that node).
+    SmkInstalled {
+        /// The node.
+        node: NodeId,
+        /// The KCV it sees.
+        kcv: Kcv,
+    },
+    /// A key made in an HSM (generated, formed from components, or imported from TR-31),
+    /// wrapped under the SMK (actor: admin, or the node forming a ceremony's key).
+    KeyCreate {
+        /// Label; the version is the next free one.
+        label: String,
+        /// Usage.
+        usage: Usage,
+        /// Exportable as TR-31 under dual control.
+        exportable: bool,
+        /// Where it came from.
+        origin: Origin,
+        /// The wrapped key (algorithm and KCV inside).
+        wrapped: WrappedKey,
+        /// Start active (otherwise pending).
+        active: bool,
+    },
+    /// Change a key's state (actor: admin).
+    KeySetState {
+        /// Key id.
+        id: String,
+        /// New state (not `destroyed`: that needs an approval).
+        state: KeyState,
+    },
+    /// Ask for a dual-control approval (actor: admin or operator).
+    ApprovalRequest {
+        /// Approval id.
+        id: String,
+        /// What it is for.
+        action: ApprovalAction,
+    },
+    /// Grant or deny an approval (actor: custodian).
+    ApprovalDecide {
+        /// Approval id.
+        id: String,
+        /// `true` grants, `false` denies.
+        grant: bool,
+    },
+    /// Record that an approved export ran (actor: who ran it, admin or operator).
+    ExportDone {
+        /// The approval.
+        approval: String,
+    },
+    /// A node's HSM adapter brought key material into host memory, as its configuration allows
+    /// for that module (actor: that node). Recorded for the audit chain only.
+    HostPathUsed {
+        /// The node.
+        node: NodeId,
+        /// The adapter operation.
+        operation: String,
+        /// What was done in host memory and why.
+        what: String,
+        /// The PKCS#11 module.
+        module: String,
+    },
+    /// Store the audit keys (actor: a node holding the SMK). Only the first is kept.
+    AuditKeysSet {
+        /// The keys.
+        keys: AuditKeys,
+    },
+}
+
+/// The context of the entry being applied.
+#[derive(Debug, Clone)]
+pub struct Ctx<'a> {
+    /// Log index of the entry.
+    pub log_index: u64,
+    /// Leader time of the request (ms since the epoch).
+    pub time_ms: u64,
+    /// Who asked.
+    pub actor: &'a Actor,
+}
+
+/// What applying a key command did, for the response and the audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Done. `object` names what changed (for the audit record), `detail` says how.
+    Done {
+        /// The object changed, e.g. `key:imk-ac.v1`.
+        object: String,
+        /// A short description without secrets.
+        detail: String,
+    },
+    /// Refused; nothing changed.
+    Rejected {
+        /// The object concerned.
+        object: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Applied {
+    fn done(object: impl Into<String>, detail: impl Into<String>) -> Self {
+        Applied::Done { object: object.into(), detail: detail.into() }
+    }
+}
+
+/// A refusal, built with `?` inside [`apply`].
+struct Refuse(String);
+
+type Step<T> = Result<T, Refuse>;
+
+fn refuse<T>(reason: impl Into<String>) -> Step<T> {
+    Err(Refuse(reason.into()))
+}
+
+impl KeyCommand {
+    /// The audit action name.
+    pub fn action(&self) -> &'static str {
+        match self {
+            KeyCommand::EnrollNode { .. } => "node.enroll",
+            KeyCommand::CeremonyStart { .. } => "ceremony.start",
+            KeyCommand::CeremonySubmit { .. } => "ceremony.submit",
+            KeyCommand::CeremonyCancel { .. } => "ceremony.cancel",
+            KeyCommand::SmkFormed { .. } => "smk.formed",
+            KeyCommand::SmkGranted { .. } => "smk.grant",
+            KeyCommand::SmkInstalled { .. } => "smk.installed",
+            KeyCommand::KeyCreate { .. } => "key.create",
+            KeyCommand::KeySetState { .. } => "key.state",
+            KeyCommand::ApprovalRequest { .. } => "approval.request",
+            KeyCommand::ApprovalDecide { grant: true, .. } => "approval.grant",
+            KeyCommand::ApprovalDecide { grant: false, .. } => "approval.deny",
+            KeyCommand::ExportDone { .. } => "key.export",
+            KeyCommand::AuditKeysSet { .. } => "audit.keys",
+            KeyCommand::HostPathUsed { .. } => "hsm.host_path",
+        }
+    }
+
+    /// The object the command is about, before applying (for refusals).
+    pub fn object(&self) -> String {
+        match self {
+            KeyCommand::EnrollNode { node, .. }
+            | KeyCommand::SmkFormed { node, .. }
+            | KeyCommand::SmkGranted { node, .. }
+            | KeyCommand::SmkInstalled { node, .. }
+            | KeyCommand::HostPathUsed { node, .. } => format!("node:{node}"),
+            KeyCommand::CeremonyStart { id, .. }
+            | KeyCommand::CeremonySubmit { id, .. }
+            | KeyCommand::CeremonyCancel { id } => format!("ceremony:{id}"),
+            KeyCommand::KeyCreate { label, .. } => format!("key:{label}"),
+            KeyCommand::KeySetState { id, .. } => format!("key:{id}"),
+            KeyCommand::ApprovalRequest { id, .. } | KeyCommand::ApprovalDecide { id, .. } => format!("approval:{id}"),
+            KeyCommand::ExportDone { approval } => format!("approval:{approval}"),
+            KeyCommand::AuditKeysSet { .. } => "audit-keys".into(),
+        }
+    }
+}
+
+/// Apply `cmd` to the state in `kv`.
+pub fn apply(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: KeyCommand) -> Result<Applied, StoreError> {
+    let object = cmd.object();
+    let mut staged = Staged::default();
+    let result = {
+        let mut st = State { kv: &*kv, staged: &mut staged };
+        st.apply(ctx, cmd)
+    };
+    match result {
+        Ok(Ok(done)) => {
+            for (k, v) in staged.puts {
+                match v {
+                    Some(v) => kv.put(k.as_bytes(), v),
+                    None => kv.delete(k.as_bytes()),
+                }
+            }
+            Ok(done)
+        }
+        Ok(Err(Refuse(reason))) => Ok(Applied::Rejected { object, reason }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes of one command, made only if it is not refused.
+#[derive(Default)]
+struct Staged {
+    puts: Vec<(String, Option<Vec<u8>>)>,
+}
+
+struct State<'a> {
+    kv: &'a dyn Kv,
+    staged: &'a mut Staged,
+}
+
+/// Read a typed value from `kv`.
+pub fn read<T: serde::de::DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StoreError> {
+    crate::store::get_typed(kv, key.as_bytes())
+}
+
+/// Every value under a prefix, in key order.
+pub fn scan<T: serde::de::DeserializeOwned>(kv: &dyn Kv, prefix: &str) -> Result<Vec<T>, StoreError> {
+    crate::store::scan_typed(kv, prefix.as_bytes())
+}
+
+impl State<'_> {
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        read(self.kv, key)
+    }
+
+    fn put<T: Serialize>(&mut self, key: impl Into<String>, value: &T) -> Result<(), StoreError> {
+        let key = key.into();
+        let bytes = crate::store::codec::encode(value).map_err(|e| StoreError::encode("key-management record", e))?;
+        self.staged.puts.push((key, Some(bytes)));
+        Ok(())
+    }
+
+    fn role(&self, ctx: &Ctx<'_>, allowed: &[Role]) -> Step<()> {
+        if allowed.contains(&ctx.actor.role) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+            refuse(format!("{} may not do this (needs role {})", ctx.actor, names.join(" or ")))
+        }
+    }
+
+    fn node_actor(&self, ctx: &Ctx<'_>, node: NodeId) -> Step<()> {
+        self.role(ctx, &[Role::Node])?;
+        if ctx.actor.name != Actor::node(node).name {
+            return refuse(format!("{} cannot act for node {node}", ctx.actor));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, ctx: &Ctx<'_>, cmd: KeyCommand) -> Result<Step<Applied>, StoreError> {
+        match cmd {
+            KeyCommand::EnrollNode { node, transport, hsm } => self.enroll(ctx, node, transport, hsm),
+            KeyCommand::CeremonyStart { id, target, components } => self.ceremony_start(ctx, id, target, components),
+            KeyCommand::CeremonySubmit { id, kcv, sealed } => self.ceremony_submit(ctx, id, kcv, sealed),
+            KeyCommand::CeremonyCancel { id } => self.ceremony_cancel(ctx, id),
+            KeyCommand::SmkFormed { node, ceremony, kcv } => self.smk_formed(ctx, node, ceremony, kcv),
+            KeyCommand::SmkGranted { approval, node, sealed } => self.smk_granted(ctx, approval, node, sealed),
+            KeyCommand::SmkInstalled { node, kcv } => self.smk_installed(ctx, node, kcv),
+            KeyCommand::KeyCreate { label, usage, exportable, origin, wrapped, active } => {
+                self.key_create(ctx, label, usage, exportable, origin, wrapped, active)
+            }
+            KeyCommand::KeySetState { id, state } => self.key_set_state(ctx, id, state),
+            KeyCommand::ApprovalRequest { id, action } => self.approval_request(ctx, id, action),
+            KeyCommand::ApprovalDecide { id, grant } => self.approval_decide(ctx, id, grant),
+            KeyCommand::ExportDone { approval } => self.export_done(ctx, approval),
+            KeyCommand::AuditKeysSet { keys } => self.audit_keys(ctx, keys),
+            KeyCommand::HostPathUsed { node, operation, what, module } => {
+                if let Err(r) = self.node_actor(ctx, node) {
+                    return Ok(Err(r));
+                }
+                Ok(Ok(Applied::done(format!("node:{node}"), format!("{operation} on {module}: {what}"))))
+            }
+        }
+    }
+
+    fn enroll(
+        &mut self,
+        ctx: &Ctx<'_>,
+        node: NodeId,
+        transport: RsaPublic,
+        hsm: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.node_actor(ctx, node) {
+            return Ok(Err(r));
+        }
+        let fingerprint = transport.fingerprint();
+        let existing: Option<NodeRecord> = self.get(&key::node(node))?;
+        let smk = match existing {
+            Some(rec) if rec.transport == transport => {
+                return Ok(Ok(Applied::done(format!("node:{node}"), format!("already enrolled ({fingerprint})"))));
+            }
+            // A node that re-enrols with a new transport key (its HSM token was replaced) has
+            // lost its SMK with it.
+            Some(_) | None => NodeSmk::Missing,
+        };
+        let rec =
+            NodeRecord { id: node, transport, fingerprint: fingerprint.clone(), hsm, enrolled_ms: ctx.time_ms, smk };
+        self.put(key::node(node), &rec)?;
+        Ok(Ok(Applied::done(format!("node:{node}"), format!("transport key {fingerprint}"))))
+    }
+
+    fn ceremony_start(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: String,
+        target: CeremonyTarget,
+        components: u8,
+    ) -> Result<Step<Applied>, StoreError> {
+        let step = (|| -> Result<Step<Ceremony>, StoreError> {
+            if let Err(r) = self.role(ctx, &[Role::Admin]) {
+                return Ok(Err(r));
+            }
+            if let Err(r) = check_id("ceremony id", &id) {
+                return Ok(Err(r));
+            }
+            if !(2..=9).contains(&components) {
+                return Ok(refuse(format!("a ceremony needs 2 to 9 components, not {components}")));
+            }
+            if self.get::<Ceremony>(&format!("{}{id}", key::CEREMONY))?.is_some() {
+                return Ok(refuse(format!("ceremony {id} already exists")));
+            }
+            let ceremonies: Vec<Ceremony> = scan(self.kv, key::CEREMONY)?;
+            match &target {
+                CeremonyTarget::Smk => {
+                    if let Some(smk) = self.get::<SmkInfo>(key::SMK)? {
+                        return Ok(refuse(format!(
+                            "the SMK already exists (KCV {}, ceremony {})",
+                            smk.kcv, smk.ceremony
+                        )));
+                    }
+                    if let Some(c) = ceremonies.iter().find(|c| {
+                        c.target == CeremonyTarget::Smk
+                            && matches!(c.state, CeremonyState::Open | CeremonyState::Complete)
+                    }) {
+                        return Ok(refuse(format!("SMK ceremony {} is already under way", c.id)));
+                    }
+                }
+                CeremonyTarget::Key { label, usage, alg, .. } => {
+                    if let Err(r) = check_id("label", label) {
+                        return Ok(Err(r));
+                    }
+                    if !usage.allows(*alg) {
+                        return Ok(refuse(format!("usage {usage} does not allow a {alg} key")));
+                    }
+                    if self.get::<SmkInfo>(key::SMK)?.is_none() {
+                        return Ok(refuse("no SMK yet: form it in an SMK ceremony first"));
+                    }
+                }
+            }
+            let nodes: Vec<NodeRecord> = scan(self.kv, key::NODE)?;
+            let recipients: Vec<NodeId> = match &target {
+                CeremonyTarget::Smk => nodes.iter().map(|n| n.id).collect(),
+                // A working key forms on one node holding the SMK: seal to all that hold it.
+                CeremonyTarget::Key { .. } => {
+                    nodes.iter().filter(|n| n.smk == NodeSmk::Present).map(|n| n.id).collect()
+                }
+            };
+            if recipients.is_empty() {
+                return Ok(refuse("no enrolled node can receive the components (no node has enrolled its HSM)"));
+            }
+            Ok(Ok(Ceremony {
+                id: id.clone(),
+                target,
+                components,
+                state: CeremonyState::Open,
+                started_by: ctx.actor.clone(),
+                started_ms: ctx.time_ms,
+                recipients,
+                submissions: Vec::new(),
+                sealed: Default::default(),
+                formed_on: Vec::new(),
+                kcv: None,
+            }))
+        })()?;
+        let c = match step {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        let detail = format!("{} components, recipients {:?}", c.components, c.recipients);
+        self.put(format!("{}{id}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("ceremony:{id}"), detail)))
+    }
+
+    fn ceremony(&self, id: &str) -> Result<Step<Ceremony>, StoreError> {
+        Ok(match self.get::<Ceremony>(&format!("{}{id}", key::CEREMONY))? {
+            Some(c) => Ok(c),
+            None => refuse(format!("no ceremony {id}")),
+        })
+    }
+
+    fn ceremony_submit(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: String,
+        kcv: Kcv,
+        sealed: Vec<(NodeId, SealedComponent)>,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Custodian]) {
+            return Ok(Err(r));
+        }
+        let mut c = match self.ceremony(&id)? {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        if c.state != CeremonyState::Open {
+            return Ok(refuse(format!("ceremony {id} is {:?}, not open", c.state).to_lowercase()));
+        }
+        if c.submissions.iter().any(|s| s.custodian == ctx.actor.name) {
+            return Ok(refuse(format!(
+                "custodian {} already submitted a component to ceremony {id}: each component needs a different custodian",
+                ctx.actor.name
+            )));
+        }
+        if !kcv.is_well_formed() {
+            return Ok(refuse(format!("KCV {kcv} is not hex of 3 to 8 bytes")));
+        }
+        let mut by_node = std::collections::BTreeMap::new();
+        for (node, s) in sealed {
+            if !c.recipients.contains(&node) {
+                return Ok(refuse(format!("node {node} is not a recipient of ceremony {id} ({:?})", c.recipients)));
+            }
+            if by_node.insert(node, s).is_some() {
+                return Ok(refuse(format!("two sealed components for node {node}")));
+            }
+        }
+        if let Some(missing) = c.recipients.iter().find(|n| !by_node.contains_key(n)) {
+            return Ok(refuse(format!("the component is not sealed to node {missing}, a recipient of ceremony {id}")));
+        }
+        for (node, s) in by_node {
+            c.sealed.entry(node).or_default().push(s);
+        }
+        c.submissions.push(Submission { custodian: ctx.actor.name.clone(), kcv: kcv.clone(), at_ms: ctx.time_ms });
+        let n = c.submissions.len();
+        if n == usize::from(c.components) {
+            c.state = CeremonyState::Complete;
+        }
+        self.put(format!("{}{id}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("ceremony:{id}"), format!("component {n}/{} KCV {kcv}", c.components))))
+    }
+
+    fn ceremony_cancel(&mut self, ctx: &Ctx<'_>, id: String) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let mut c = match self.ceremony(&id)? {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        if !matches!(c.state, CeremonyState::Open | CeremonyState::Complete) || !c.formed_on.is_empty() {
+            return Ok(refuse(format!(
+                "ceremony {id} can no longer be cancelled: the key formed on {:?}",
+                c.formed_on
+            )));
+        }
+        c.state = CeremonyState::Cancelled;
+        c.sealed.clear();
+        self.put(format!("{}{id}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("ceremony:{id}"), "cancelled; sealed components deleted")))
+    }
+
+    fn smk_formed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        node: NodeId,
+        ceremony: String,
+        kcv: Kcv,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.node_actor(ctx, node) {
+            return Ok(Err(r));
+        }
+        let mut c = match self.ceremony(&ceremony)? {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        if c.target != CeremonyTarget::Smk || !matches!(c.state, CeremonyState::Complete | CeremonyState::Formed) {
+            return Ok(refuse(format!("ceremony {ceremony} is not a complete SMK ceremony")));
+        }
+        let Some(mut rec) = self.get::<NodeRecord>(&key::node(node))? else {
+            return Ok(refuse(format!("node {node} is not enrolled")));
+        };
+        let smk = self.get::<SmkInfo>(key::SMK)?;
+        let detail;
+        match &smk {
+            Some(info) if info.kcv != kcv => {
+                rec.smk = NodeSmk::Mismatch { kcv: kcv.clone() };
+                detail = format!("KCV {kcv} differs from the cluster's {}: node marked mismatched", info.kcv);
+            }
+            _ => {
+                if smk.is_none() {
+                    self.put(
+                        key::SMK,
+                        &SmkInfo { kcv: kcv.clone(), ceremony: ceremony.clone(), formed_ms: ctx.time_ms },
+                    )?;
+                }
+                rec.smk = NodeSmk::Present;
+                detail = format!("SMK formed, KCV {kcv}");
+            }
+        }
+        if !c.formed_on.contains(&node) {
+            c.formed_on.push(node);
+        }
+        c.kcv.get_or_insert(kcv);
+        c.sealed.remove(&node);
+        if c.recipients.iter().all(|r| c.formed_on.contains(r)) {
+            c.state = CeremonyState::Formed;
+            c.sealed.clear();
+        }
+        self.put(key::node(node), &rec)?;
+        self.put(format!("{}{ceremony}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("node:{node}"), detail)))
+    }
+
+    fn smk_granted(
+        &mut self,
+        ctx: &Ctx<'_>,
+        approval: String,
+        node: NodeId,
+        sealed: Vec<u8>,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Node]) {
+            return Ok(Err(r));
+        }
+        let Some(mut a) = self.get::<Approval>(&format!("{}{approval}", key::APPROVAL))? else {
+            return Ok(refuse(format!("no approval {approval}")));
+        };
+        if a.action != (ApprovalAction::SmkToNode { node }) || a.state != ApprovalState::Approved {
+            return Ok(refuse(format!("approval {approval} does not allow wrapping the SMK to node {node} now")));
+        }
+        if sealed.is_empty() {
+            return Ok(refuse("empty wrapped SMK"));
+        }
+        a.state = ApprovalState::Done;
+        self.put(format!("{}{approval}", key::APPROVAL), &a)?;
+        self.put(format!("keys/smk-grant/{node:020}"), &sealed)?;
+        Ok(Ok(Applied::done(format!("node:{node}"), format!("SMK wrapped to node {node} by {}", ctx.actor.name))))
+    }
+
+    fn smk_installed(&mut self, ctx: &Ctx<'_>, node: NodeId, kcv: Kcv) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.node_actor(ctx, node) {
+            return Ok(Err(r));
+        }
+        let Some(info) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK in the cluster")) };
+        let Some(mut rec) = self.get::<NodeRecord>(&key::node(node))? else {
+            return Ok(refuse(format!("node {node} is not enrolled")));
+        };
+        rec.smk = if info.kcv == kcv { NodeSmk::Present } else { NodeSmk::Mismatch { kcv: kcv.clone() } };
+        self.put(key::node(node), &rec)?;
+        self.staged.puts.push((format!("keys/smk-grant/{node:020}"), None));
+        Ok(Ok(Applied::done(format!("node:{node}"), format!("SMK installed, KCV {kcv}"))))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn key_create(
+        &mut self,
+        ctx: &Ctx<'_>,
+        label: String,
+        usage: Usage,
+        exportable: bool,
+        origin: Origin,
+        wrapped: WrappedKey,
+        active: bool,
+    ) -> Result<Step<Applied>, StoreError> {
+        let allowed: &[Role] = match origin {
+            Origin::Components { .. } => &[Role::Node],
+            _ => &[Role::Admin],
+        };
+        if let Err(r) = self.role(ctx, allowed) {
+            return Ok(Err(r));
+        }
+        if let Err(r) = check_id("label", &label) {
+            return Ok(Err(r));
+        }
+        if !usage.allows(wrapped.alg) {
+            return Ok(refuse(format!("usage {usage} does not allow a {} key", wrapped.alg)));
+        }
+        let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
+        if wrapped.smk_kcv != smk.kcv {
+            return Ok(refuse(format!(
+                "the key is wrapped under an SMK with KCV {}, the cluster's is {}",
+                wrapped.smk_kcv, smk.kcv
+            )));
+        }
+        if let Origin::Components { ceremony, .. } = &origin {
+            let mut c = match self.ceremony(ceremony)? {
+                Ok(c) => c,
+                Err(r) => return Ok(Err(r)),
+            };
+            if c.state != CeremonyState::Complete || c.target == CeremonyTarget::Smk {
+                return Ok(refuse(format!("ceremony {ceremony} has no key waiting to form (it is {:?})", c.state)));
+            }
+            c.state = CeremonyState::Formed;
+            c.kcv = Some(wrapped.kcv.clone());
+            c.sealed.clear();
+            self.put(format!("{}{ceremony}", key::CEREMONY), &c)?;
+        }
+        if let Origin::Tr31 { kbpk } = &origin {
+            match self.get::<KeyRecord>(&format!("{}{kbpk}", key::KEY))? {
+                Some(k) if matches!(k.usage, Usage::K0 | Usage::K1) && k.state == KeyState::Active => {}
+                Some(k) => {
+                    return Ok(refuse(format!(
+                        "{kbpk} is a {} key in state {}, not an active K0/K1",
+                        k.usage,
+                        k.state.as_str()
+                    )));
+                }
+                None => return Ok(refuse(format!("no key {kbpk}"))),
+            }
+        }
+        let version = self.get::<u32>(&format!("{}{label}", key::LABEL))?.unwrap_or(0) + 1;
+        let id = format!("{label}.v{version}");
+        let rec = KeyRecord {
+            id: id.clone(),
+            label: label.clone(),
+            version,
+            usage,
+            alg: wrapped.alg,
+            kcv: wrapped.kcv.clone(),
+            state: if active { KeyState::Active } else { KeyState::Pending },
+            exportable,
+            origin,
+            wrapped: Some(wrapped),
+            created_by: ctx.actor.clone(),
+            created_ms: ctx.time_ms,
+            approvers: Vec::new(),
+            changed_by: None,
+            changed_ms: ctx.time_ms,
+        };
+        let detail = format!("{} {} KCV {} {}", rec.usage, rec.alg, rec.kcv, rec.state.as_str());
+        self.put(format!("{}{label}", key::LABEL), &version)?;
+        self.put(format!("{}{id}", key::KEY), &rec)?;
+        Ok(Ok(Applied::done(format!("key:{id}"), detail)))
+    }
+
+    fn key(&self, id: &str) -> Result<Step<KeyRecord>, StoreError> {
+        Ok(match self.get::<KeyRecord>(&format!("{}{id}", key::KEY))? {
+            Some(k) => Ok(k),
+            None => refuse(format!("no key {id}")),
+        })
+    }
+
+    fn key_set_state(&mut self, ctx: &Ctx<'_>, id: String, state: KeyState) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let mut k = match self.key(&id)? {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
+        if state == KeyState::Destroyed {
+            return Ok(refuse("destroying a key needs dual control: request an approval (quill key destroy)"));
+        }
+        if !k.state.can_become(state) {
+            return Ok(refuse(format!("key {id} cannot go from {} to {}", k.state.as_str(), state.as_str())));
+        }
+        let from = k.state;
+        k.state = state;
+        k.changed_by = Some(ctx.actor.clone());
+        k.changed_ms = ctx.time_ms;
+        self.put(format!("{}{id}", key::KEY), &k)?;
+        Ok(Ok(Applied::done(format!("key:{id}"), format!("{} -> {}", from.as_str(), state.as_str()))))
+    }
+
+    fn approval_request(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: String,
+        action: ApprovalAction,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin, Role::Operator]) {
+            return Ok(Err(r));
+        }
+        if let Err(r) = check_id("approval id", &id) {
+            return Ok(Err(r));
+        }
+        if self.get::<Approval>(&format!("{}{id}", key::APPROVAL))?.is_some() {
+            return Ok(refuse(format!("approval {id} already exists")));
+        }
+        match &action {
+            ApprovalAction::SmkToNode { node } => {
+                let Some(rec) = self.get::<NodeRecord>(&key::node(*node))? else {
+                    return Ok(refuse(format!("node {node} is not enrolled")));
+                };
+                if rec.smk == NodeSmk::Present {
+                    return Ok(refuse(format!("node {node} already holds the SMK")));
+                }
+                if self.get::<SmkInfo>(key::SMK)?.is_none() {
+                    return Ok(refuse("no SMK yet"));
+                }
+            }
+            ApprovalAction::Export { key: kid, kbpk } => {
+                let k = match self.key(kid)? {
+                    Ok(k) => k,
+                    Err(r) => return Ok(Err(r)),
+                };
+                if !k.exportable {
+                    return Ok(refuse(format!("key {kid} is not exportable")));
+                }
+                if !matches!(k.state, KeyState::Active | KeyState::Pending) {
+                    return Ok(refuse(format!("key {kid} is {}", k.state.as_str())));
+                }
+                match self.key(kbpk)? {
+                    Ok(z) if matches!(z.usage, Usage::K0 | Usage::K1) && z.state == KeyState::Active => {}
+                    Ok(z) => {
+                        return Ok(refuse(format!(
+                            "{kbpk} is a {} key in state {}, not an active K0/K1",
+                            z.usage,
+                            z.state.as_str()
+                        )));
+                    }
+                    Err(r) => return Ok(Err(r)),
+                }
+            }
+            ApprovalAction::Destroy { key: kid } => match self.key(kid)? {
+                Ok(k) if k.state == KeyState::Destroyed => {
+                    return Ok(refuse(format!("key {kid} is already destroyed")));
+                }
+                Ok(_) => {}
+                Err(r) => return Ok(Err(r)),
+            },
+        }
+        let detail = action.to_string();
+        let a = Approval {
+            id: id.clone(),
+            action,
+            requested_by: ctx.actor.clone(),
+            requested_ms: ctx.time_ms,
+            granted_by: Vec::new(),
+            denied_by: None,
+            state: ApprovalState::Pending,
+        };
+        self.put(format!("{}{id}", key::APPROVAL), &a)?;
+        Ok(Ok(Applied::done(format!("approval:{id}"), detail)))
+    }
+
+    fn approval_decide(&mut self, ctx: &Ctx<'_>, id: String, grant: bool) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Custodian]) {
+            return Ok(Err(r));
+        }
+        let Some(mut a) = self.get::<Approval>(&format!("{}{id}", key::APPROVAL))? else {
+            return Ok(refuse(format!("no approval {id}")));
+        };
+        if a.state != ApprovalState::Pending {
+            return Ok(refuse(format!("approval {id} is {:?}, not pending", a.state).to_lowercase()));
+        }
+        if a.requested_by.name == ctx.actor.name {
+            return Ok(refuse(format!("{} requested approval {id} and cannot also approve it", ctx.actor.name)));
+        }
+        if a.granted_by.contains(&ctx.actor.name) {
+            return Ok(refuse(format!("custodian {} already granted approval {id}", ctx.actor.name)));
+        }
+        let detail;
+        if grant {
+            a.granted_by.push(ctx.actor.name.clone());
+            if a.granted_by.len() >= APPROVALS_NEEDED {
+                a.state = ApprovalState::Approved;
+                detail = format!("granted ({}/{APPROVALS_NEEDED}): approved: {}", a.granted_by.len(), a.action);
+                // Destruction runs as soon as it is approved: it needs no HSM.
+                if let ApprovalAction::Destroy { key: kid } = &a.action {
+                    let mut k = match self.key(kid)? {
+                        Ok(k) => k,
+                        Err(r) => return Ok(Err(r)),
+                    };
+                    k.state = KeyState::Destroyed;
+                    k.wrapped = None;
+                    k.approvers.extend(a.granted_by.iter().cloned());
+                    k.changed_by = Some(ctx.actor.clone());
+                    k.changed_ms = ctx.time_ms;
+                    self.put(format!("{}{kid}", key::KEY), &k)?;
+                    a.state = ApprovalState::Done;
+                }
+            } else {
+                detail = format!("granted ({}/{APPROVALS_NEEDED})", a.granted_by.len());
+            }
+        } else {
+            a.denied_by = Some(ctx.actor.name.clone());
+            a.state = ApprovalState::Denied;
+            detail = "denied".to_string();
+        }
+        self.put(format!("{}{id}", key::APPROVAL), &a)?;
+        Ok(Ok(Applied::done(format!("approval:{id}"), detail)))
+    }
+
+    fn export_done(&mut self, ctx: &Ctx<'_>, approval: String) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin, Role::Operator]) {
+            return Ok(Err(r));
+        }
+        let Some(mut a) = self.get::<Approval>(&format!("{}{approval}", key::APPROVAL))? else {
+            return Ok(refuse(format!("no approval {approval}")));
+        };
+        let ApprovalAction::Export { key: kid, kbpk } = a.action.clone() else {
+            return Ok(refuse(format!("approval {approval} is not an export")));
+        };
+        if a.state != ApprovalState::Approved {
+            return Ok(refuse(format!("approval {approval} is {:?}, not approved", a.state).to_lowercase()));
+        }
+        let mut k = match self.key(&kid)? {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
+        k.approvers.extend(a.granted_by.iter().cloned());
+        a.state = ApprovalState::Done;
+        self.put(format!("{}{kid}", key::KEY), &k)?;
+        self.put(format!("{}{approval}", key::APPROVAL), &a)?;
+        Ok(Ok(Applied::done(format!("key:{kid}"), format!("exported as TR-31 under {kbpk}"))))
+    }
+
+    fn audit_keys(&mut self, ctx: &Ctx<'_>, keys: AuditKeys) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.node_actor(ctx, keys.node) {
+            return Ok(Err(r));
+        }
+        if let Some(existing) = self.get::<AuditKeys>(key::AUDIT_KEYS)? {
+            return Ok(refuse(format!("the audit keys already exist (MAC key KCV {})", existing.mac.kcv)));
+        }
+        let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
+        if keys.mac.smk_kcv != smk.kcv || keys.enc.smk_kcv != smk.kcv {
+            return Ok(refuse("the audit keys are not wrapped under the cluster's SMK"));
+        }
+        let detail = format!("MAC key KCV {}, encryption key KCV {}", keys.mac.kcv, keys.enc.kcv);
+        self.put(key::AUDIT_KEYS, &keys)?;
+        Ok(Ok(Applied::done("audit-keys", detail)))
+    }
+}
+
+/// Ids and labels: 1-64 characters of `A-Z a-z 0-9 - _ .`.
+fn check_id(what: &str, id: &str) -> Step<()> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return refuse(format!("{what} {id:?}: 1-64 characters of A-Z a-z 0-9 - _ ."));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemKv;
+
+    fn who(role: Role, name: &str) -> Actor {
+        Actor { name: name.into(), role }
+    }
+
+    fn run(kv: &mut MemKv, actor: &Actor, cmd: KeyCommand) -> Applied {
+        let ctx = Ctx { log_index: 1, time_ms: 1000, actor };
+        apply(kv, &ctx, cmd).expect("apply")
+    }
+
+    fn ok(a: Applied) -> String {
+        match a {
+            Applied::Done { detail, .. } => detail,
+            Applied::Rejected { reason, .. } => panic!("refused: {reason}"),
+        }
+    }
+
+    fn refused(a: Applied) -> String {
+        match a {
+            Applied::Rejected { reason, .. } => reason,
+            Applied::Done { detail, .. } => panic!("accepted: {detail}"),
+        }
+    }
+
+    fn pubkey(n: u8) -> RsaPublic {
+        RsaPublic::new(&[0xC0, n, 1, 2, 3], &[1, 0, 1])
+    }
+
+    fn wrapped(alg: KeyAlg, kcv: &str, smk: &str) -> WrappedKey {
+        WrappedKey { alg, blob: vec![7; 40], kcv: Kcv(kcv.into()), smk_kcv: Kcv(smk.into()) }
+    }
+
+    /// Two enrolled nodes and a formed SMK (KCV AAAAAAAAAA).
+    fn with_smk() -> MemKv {
+        let mut kv = MemKv::default();
+        for n in [1, 2] {
+            ok(run(
+                &mut kv,
+                &Actor::node(n),
+                KeyCommand::EnrollNode { node: n, transport: pubkey(n as u8), hsm: "sim".into() },
+            ));
+        }
+        let admin = who(Role::Admin, "ada");
+        ok(run(
+            &mut kv,
+            &admin,
+            KeyCommand::CeremonyStart { id: "s".into(), target: CeremonyTarget::Smk, components: 2 },
+        ));
+        for c in ["alice", "bob"] {
+            let sealed = vec![(1, SealedComponent(vec![1])), (2, SealedComponent(vec![2]))];
+            ok(run(
+                &mut kv,
+                &who(Role::Custodian, c),
+                KeyCommand::CeremonySubmit { id: "s".into(), kcv: Kcv("0102030405".into()), sealed },
+            ));
+        }
+        for n in [1, 2] {
+            ok(run(
+                &mut kv,
+                &Actor::node(n),
+                KeyCommand::SmkFormed { node: n, ceremony: "s".into(), kcv: Kcv("AAAAAAAAAA".into()) },
+            ));
+        }
+        kv
+    }
+
+    #[test]
+    fn smk_ceremony_forms_and_purges_components() {
+        let kv = with_smk();
+        let c: Ceremony = read(&kv, &format!("{}s", key::CEREMONY)).expect("read").expect("ceremony");
+        assert_eq!(c.state, CeremonyState::Formed);
+        assert!(c.sealed.is_empty(), "sealed components deleted once every recipient formed the key");
+        assert_eq!(c.formed_on, vec![1, 2]);
+        let n1: NodeRecord = read(&kv, &key::node(1)).expect("read").expect("node 1");
+        assert_eq!(n1.smk, NodeSmk::Present);
+    }
+
+    #[test]
+    fn ceremony_rules() {
+        let mut kv = MemKv::default();
+        let admin = who(Role::Admin, "ada");
+        let r = refused(run(
+            &mut kv,
+            &admin,
+            KeyCommand::CeremonyStart { id: "s".into(), target: CeremonyTarget::Smk, components: 2 },
+        ));
+        assert!(r.contains("no enrolled node"), "{r}");
+        ok(run(&mut kv, &Actor::node(1), KeyCommand::EnrollNode { node: 1, transport: pubkey(1), hsm: "sim".into() }));
+        let r = refused(run(
+            &mut kv,
+            &who(Role::Custodian, "c"),
+            KeyCommand::CeremonyStart { id: "s".into(), target: CeremonyTarget::Smk, components: 2 },
+        ));
+        assert!(r.contains("needs role admin"), "{r}");
+        let r = refused(run(
+            &mut kv,
+            &admin,
+            KeyCommand::CeremonyStart { id: "s".into(), target: CeremonyTarget::Smk, components: 1 },
+        ));
+        assert!(r.contains("2 to 9"), "{r}");
+        ok(run(
+            &mut kv,
+            &admin,
+            KeyCommand::CeremonyStart { id: "s".into(), target: CeremonyTarget::Smk, components: 2 },
+        ));
+        let alice = who(Role::Custodian, "alice");
+        let one = || vec![(1, SealedComponent(vec![1]))];
+        ok(run(
+            &mut kv,
+            &alice,
+            KeyCommand::CeremonySubmit { id: "s".into(), kcv: Kcv("0102030405".into()), sealed: one() },
+        ));
+        let r = refused(run(
+            &mut kv,
+            &alice,
+            KeyCommand::CeremonySubmit { id: "s".into(), kcv: Kcv("0102030405".into()), sealed: one() },
+        ));
+        assert!(r.contains("already submitted"), "{r}");
+        let r = refused(run(
+            &mut kv,
+            &who(Role::Custodian, "bob"),
+            KeyCommand::CeremonySubmit { id: "s".into(), kcv: Kcv("0102030405".into()), sealed: vec![] },
+        ));
+        assert!(r.contains("not sealed to node 1"), "{r}");
+        let r = refused(run(
+            &mut kv,
+            &who(Role::Admin, "x"),
+            KeyCommand::CeremonySubmit { id: "s".into(), kcv: Kcv("0102030405".into()), sealed: one() },
+        ));
+        assert!(r.contains("needs role custodian"), "{r}");
+        let r = refused(run(
+            &mut kv,
+            &Actor::node(2),
+            KeyCommand::SmkFormed { node: 1, ceremony: "s".into(), kcv: Kcv("AA".into()) },
+        ));
+        assert!(r.contains("cannot act for node 1"), "{r}");
+    }
+
+    #[test]
+    fn keys_versions_usage_and_smk_checks() {
+        let mut kv = with_smk();
+        let admin = who(Role::Admin, "ada");
+        let create = |alg, usage, smk: &str| KeyCommand::KeyCreate {
+            label: "imk".into(),
+            usage,
+            exportable: false,
+            origin: Origin::Generated { node: 1 },
+            wrapped: wrapped(alg, "123456", smk),
+            active: true,
+        };
+        assert!(ok(run(&mut kv, &admin, create(KeyAlg::Des2, Usage::E0, "AAAAAAAAAA"))).contains("E0"));
+        ok(run(&mut kv, &admin, create(KeyAlg::Des2, Usage::E0, "AAAAAAAAAA")));
+        let v2: KeyRecord = read(&kv, &format!("{}imk.v2", key::KEY)).expect("read").expect("second version");
+        assert_eq!(v2.version, 2);
+        let r = refused(run(&mut kv, &admin, create(KeyAlg::Aes128, Usage::C0, "AAAAAAAAAA")));
+        assert!(r.contains("usage C0"), "{r}");
+        let r = refused(run(&mut kv, &admin, create(KeyAlg::Des2, Usage::E0, "BBBBBBBBBB")));
+        assert!(r.contains("SMK"), "{r}");
+        let r = refused(run(&mut kv, &who(Role::Operator, "op"), create(KeyAlg::Des2, Usage::E0, "AAAAAAAAAA")));
+        assert!(r.contains("needs role admin"), "{r}");
+        let r =
+            refused(run(&mut kv, &admin, KeyCommand::KeySetState { id: "imk.v1".into(), state: KeyState::Destroyed }));
+        assert!(r.contains("dual control"), "{r}");
+        ok(run(&mut kv, &admin, KeyCommand::KeySetState { id: "imk.v1".into(), state: KeyState::Retired }));
+        let r = refused(run(&mut kv, &admin, KeyCommand::KeySetState { id: "imk.v1".into(), state: KeyState::Active }));
+        assert!(r.contains("cannot go from retired to active"), "{r}");
+    }
+
+    #[test]
+    fn destroy_needs_two_distinct_custodians_who_did_not_ask() {
+        let mut kv = with_smk();
+        let admin = who(Role::Admin, "ada");
+        ok(run(
+            &mut kv,
+            &admin,
+            KeyCommand::KeyCreate {
+                label: "cvk".into(),
+                usage: Usage::C0,
+                exportable: false,
+                origin: Origin::Generated { node: 1 },
+                wrapped: wrapped(KeyAlg::Des2, "ABCDEF", "AAAAAAAAAA"),
+                active: true,
+            },
+        ));
+        ok(run(
+            &mut kv,
+            &admin,
+            KeyCommand::ApprovalRequest { id: "d1".into(), action: ApprovalAction::Destroy { key: "cvk.v1".into() } },
+        ));
+        let alice = who(Role::Custodian, "alice");
+        assert!(ok(run(&mut kv, &alice, KeyCommand::ApprovalDecide { id: "d1".into(), grant: true })).contains("1/2"));
+        let r = refused(run(&mut kv, &alice, KeyCommand::ApprovalDecide { id: "d1".into(), grant: true }));
+        assert!(r.contains("already granted"), "{r}");
+        let k: KeyRecord = read(&kv, &format!("{}cvk.v1", key::KEY)).expect("read").expect("key");
+        assert!(k.wrapped.is_some(), "one grant destroys nothing");
+        ok(run(&mut kv, &who(Role::Custodian, "bob"), KeyCommand::ApprovalDecide { id: "d1".into(), grant: true }));
+        let k: KeyRecord = read(&kv, &format!("{}cvk.v1", key::KEY)).expect("read").expect("key");
+        assert_eq!((k.state, k.wrapped.is_none()), (KeyState::Destroyed, true));
+        assert_eq!(k.approvers, vec!["alice".to_string(), "bob".to_string()]);
+        // a custodian who asks cannot approve their own request
+        let r = refused(run(
+            &mut kv,
+            &admin,
+            KeyCommand::ApprovalRequest { id: "n3".into(), action: ApprovalAction::SmkToNode { node: 1 } },
+        ));
+        assert!(r.contains("already holds the SMK"), "{r}");
+        ok(run(&mut kv, &Actor::node(3), KeyCommand::EnrollNode { node: 3, transport: pubkey(3), hsm: "sim".into() }));
+        ok(run(
+            &mut kv,
+            &who(Role::Admin, "carol"),
+            KeyCommand::ApprovalRequest { id: "n3".into(), action: ApprovalAction::SmkToNode { node: 3 } },
+        ));
+        let r = refused(run(
+            &mut kv,
+            &who(Role::Custodian, "carol"),
+            KeyCommand::ApprovalDecide { id: "n3".into(), grant: true },
+        ));
+        assert!(r.contains("cannot also approve"), "{r}");
+    }
+}

@@ -1,0 +1,561 @@
+//! The replicated key-management model: who acts, enrolled nodes and their transport keys, the
+//! storage master key, ceremonies, the key inventory and dual-control approvals.
+//!
+//! Every type here is stored in the state machine (postcard through [`crate::store::codec`]) and
+//! shown to operators as JSON. None holds clear key material: keys appear only wrapped under the
+//! SMK ([`WrappedKey`]) or sealed to a node's transport key ([`SealedComponent`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use quill_hsm::{Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey};
+
+use crate::raft::NodeId;
+
+/// What a caller may do. Until the TLS issue authenticates client certificates, the role is
+/// declared by the client; the state machine checks it all the same, so authentication plugs in
+/// without changing the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Starts ceremonies, manages keys and membership.
+    Admin,
+    /// Holds a key component; grants or denies dual-control approvals.
+    Custodian,
+    /// Runs batches; may use keys, not change them.
+    Operator,
+    /// Reads the audit chain.
+    Auditor,
+    /// A cluster node acting on its own (enrolment, SMK formation, audit seals).
+    Node,
+}
+
+impl Role {
+    /// Every role, for help texts.
+    pub const ALL: [Role; 5] = [Role::Admin, Role::Custodian, Role::Operator, Role::Auditor, Role::Node];
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Custodian => "custodian",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (one of admin, custodian, operator, auditor, node)"))
+    }
+}
+
+/// Who did something: an identity and its role.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Actor {
+    /// The identity (a person's or a node's name).
+    pub name: String,
+    /// The role it acted in.
+    pub role: Role,
+}
+
+impl Actor {
+    /// A node acting for itself.
+    pub fn node(id: NodeId) -> Self {
+        Actor { name: format!("node-{id}"), role: Role::Node }
+    }
+
+    /// Parse `role:name` (the `x-quill-actor` metadata and the CLI's `--as`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (role, name) = s.split_once(':').ok_or_else(|| format!("actor {s:?} is not role:name"))?;
+        let role: Role = role.parse()?;
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(format!("actor name {name:?}: 1-64 characters of A-Z a-z 0-9 - _ . @"));
+        }
+        Ok(Actor { name: name.to_string(), role })
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.role, self.name)
+    }
+}
+
+/// A TR-31 key usage (ANSI X9.143 two-character code) that Quill manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Usage {
+    /// `B0` base derivation key.
+    B0,
+    /// `C0` card verification key (CVK).
+    C0,
+    /// `D0` data encryption key (DEK: secret DGIs).
+    D0,
+    /// `E0` EMV issuer master key: application cryptograms (IMK-AC).
+    E0,
+    /// `E1` EMV issuer master key: secure messaging for confidentiality (IMK-SMC).
+    E1,
+    /// `E2` EMV issuer master key: secure messaging for integrity (IMK-SMI).
+    E2,
+    /// `E3` EMV issuer master key: data authentication code.
+    E3,
+    /// `E4` EMV issuer master key: dynamic numbers.
+    E4,
+    /// `E5` EMV issuer master key: card personalization (KMC).
+    E5,
+    /// `E6` EMV issuer master key: other.
+    E6,
+    /// `K0` key encryption or wrapping key (KEK / ZMK).
+    K0,
+    /// `K1` TR-31 key block protection key.
+    K1,
+    /// `M0` ISO 16609 MAC key.
+    M0,
+    /// `M1` ISO 9797-1 MAC algorithm 1.
+    M1,
+    /// `M3` ISO 9797-1 MAC algorithm 3 (retail MAC).
+    M3,
+    /// `M6` ISO 9797-1:2011 MAC algorithm 5 (CMAC).
+    M6,
+    /// `M7` HMAC key (Quill's audit MAC key).
+    M7,
+    /// `P0` PIN encryption key.
+    P0,
+    /// `S0` asymmetric key for digital signature (issuer RSA).
+    S0,
+    /// `V1` PIN verification key, IBM 3624.
+    V1,
+    /// `V2` PIN verification key, Visa PVV.
+    V2,
+}
+
+impl Usage {
+    /// Every usage, in code order.
+    pub const ALL: [Usage; 21] = [
+        Usage::B0,
+        Usage::C0,
+        Usage::D0,
+        Usage::E0,
+        Usage::E1,
+        Usage::E2,
+        Usage::E3,
+        Usage::E4,
+        Usage::E5,
+        Usage::E6,
+        Usage::K0,
+        Usage::K1,
+        Usage::M0,
+        Usage::M1,
+        Usage::M3,
+        Usage::M6,
+        Usage::M7,
+        Usage::P0,
+        Usage::S0,
+        Usage::V1,
+        Usage::V2,
+    ];
+
+    /// The two-character code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Usage::B0 => "B0",
+            Usage::C0 => "C0",
+            Usage::D0 => "D0",
+            Usage::E0 => "E0",
+            Usage::E1 => "E1",
+            Usage::E2 => "E2",
+            Usage::E3 => "E3",
+            Usage::E4 => "E4",
+            Usage::E5 => "E5",
+            Usage::E6 => "E6",
+            Usage::K0 => "K0",
+            Usage::K1 => "K1",
+            Usage::M0 => "M0",
+            Usage::M1 => "M1",
+            Usage::M3 => "M3",
+            Usage::M6 => "M6",
+            Usage::M7 => "M7",
+            Usage::P0 => "P0",
+            Usage::S0 => "S0",
+            Usage::V1 => "V1",
+            Usage::V2 => "V2",
+        }
+    }
+
+    /// Whether a symmetric key of `alg` can serve this usage.
+    pub fn allows(self, alg: KeyAlg) -> bool {
+        let tdes = matches!(alg, KeyAlg::Des2 | KeyAlg::Des3);
+        let aes = matches!(alg, KeyAlg::Aes128 | KeyAlg::Aes192 | KeyAlg::Aes256);
+        match self {
+            Usage::M7 => matches!(alg, KeyAlg::HmacSha256),
+            Usage::S0 => false,
+            Usage::M0 | Usage::M1 | Usage::M3 | Usage::V1 | Usage::V2 | Usage::C0 => tdes,
+            _ => tdes || aes,
+        }
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl FromStr for Usage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Usage::ALL.into_iter().find(|u| u.code().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            let all: Vec<&str> = Usage::ALL.iter().map(|u| u.code()).collect();
+            format!("unknown key usage {s:?} (one of {})", all.join(" "))
+        })
+    }
+}
+
+impl Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The life-cycle state of an inventory key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Created, not yet usable (waits for activation).
+    Pending,
+    /// In use.
+    Active,
+    /// Temporarily not usable.
+    Suspended,
+    /// No longer used for new work; kept for what it protected.
+    Retired,
+    /// Key material deleted from the inventory (the record stays for the audit trail).
+    Destroyed,
+    /// Known or suspected to be compromised: never used again.
+    Compromised,
+}
+
+impl KeyState {
+    /// Whether `self → to` is an allowed transition. Destruction goes through dual control and
+    /// is not a plain transition.
+    pub fn can_become(self, to: KeyState) -> bool {
+        use KeyState::*;
+        match (self, to) {
+            (Destroyed, _) => false,
+            (_, Destroyed) => false,
+            (_, Compromised) => self != Compromised,
+            (Pending, Active) | (Active, Suspended) | (Suspended, Active) => true,
+            (Pending | Active | Suspended, Retired) => true,
+            _ => false,
+        }
+    }
+
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Suspended => "suspended",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+            KeyState::Compromised => "compromised",
+        }
+    }
+}
+
+impl FromStr for KeyState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use KeyState::*;
+        [Pending, Active, Suspended, Retired, Destroyed, Compromised]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown key state {s:?}"))
+    }
+}
+
+/// Where a key came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Generated inside the HSM of a node.
+    Generated {
+        /// The node whose HSM generated it.
+        node: NodeId,
+    },
+    /// Formed from custodian components in a ceremony.
+    Components {
+        /// The ceremony.
+        ceremony: String,
+        /// The custodians, in submission order.
+        custodians: Vec<String>,
+    },
+    /// Imported from a TR-31 key block under a zone master key.
+    Tr31 {
+        /// The inventory id of the key-block protection key.
+        kbpk: String,
+    },
+}
+
+/// One key of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// `label.vN`: unique, never reused.
+    pub id: String,
+    /// The operator's name for the key (several versions share it).
+    pub label: String,
+    /// 1 for the first key of a label, then +1 for each new one.
+    pub version: u32,
+    /// TR-31 usage.
+    pub usage: Usage,
+    /// Algorithm and length.
+    pub alg: KeyAlg,
+    /// Key check value (ANSI X9.24 for TDES, CMAC for AES).
+    pub kcv: Kcv,
+    /// Life-cycle state.
+    pub state: KeyState,
+    /// Whether it may be exported (as a TR-31 block, under dual control).
+    pub exportable: bool,
+    /// How it was made.
+    pub origin: Origin,
+    /// The key wrapped under the SMK; `None` once destroyed.
+    pub wrapped: Option<WrappedKey>,
+    /// Who created it.
+    pub created_by: Actor,
+    /// When (leader time, ms since the epoch).
+    pub created_ms: u64,
+    /// Custodians who approved something on this key (export, destruction), in order.
+    pub approvers: Vec<String>,
+    /// The last state change: who and when.
+    pub changed_by: Option<Actor>,
+    /// When the state last changed.
+    pub changed_ms: u64,
+}
+
+/// The storage master key's cluster-wide facts (never the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmkInfo {
+    /// The KCV every node's SMK must have.
+    pub kcv: Kcv,
+    /// The ceremony that formed it.
+    pub ceremony: String,
+    /// When the first node reported it formed.
+    pub formed_ms: u64,
+}
+
+/// Where a node stands with the SMK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSmk {
+    /// Not in this node's HSM yet.
+    Missing,
+    /// In this node's HSM, with the cluster's KCV.
+    Present,
+    /// The node formed a key with another KCV: it must not wrap or unwrap anything.
+    Mismatch {
+        /// The KCV it reported.
+        kcv: Kcv,
+    },
+}
+
+/// An enrolled node: its HSM transport public key and SMK status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node id.
+    pub id: NodeId,
+    /// The RSA transport public key generated inside the node's HSM.
+    pub transport: RsaPublic,
+    /// SHA-256 fingerprint of the transport key (hex), shown to custodians.
+    pub fingerprint: String,
+    /// The node's HSM (module and token), as it described itself.
+    pub hsm: String,
+    /// When it enrolled.
+    pub enrolled_ms: u64,
+    /// SMK status.
+    pub smk: NodeSmk,
+}
+
+/// What a ceremony forms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CeremonyTarget {
+    /// The cluster storage master key (AES-256).
+    Smk,
+    /// A working key imported from components.
+    Key {
+        /// Inventory label.
+        label: String,
+        /// TR-31 usage.
+        usage: Usage,
+        /// Algorithm and length (each component has this length).
+        alg: KeyAlg,
+        /// Exportable as TR-31 later.
+        exportable: bool,
+    },
+}
+
+impl CeremonyTarget {
+    /// The algorithm of each component.
+    pub fn alg(&self) -> KeyAlg {
+        match self {
+            CeremonyTarget::Smk => KeyAlg::Aes256,
+            CeremonyTarget::Key { alg, .. } => *alg,
+        }
+    }
+}
+
+/// A ceremony's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CeremonyState {
+    /// Waiting for components.
+    Open,
+    /// Every component is in; the nodes form the key.
+    Complete,
+    /// The key formed (SMK: on every recipient node; working key: in the inventory).
+    Formed,
+    /// Cancelled before completion; its sealed components were deleted.
+    Cancelled,
+}
+
+/// One custodian's submission (its KCV; the component itself is only in `sealed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The custodian.
+    pub custodian: String,
+    /// KCV of the component, as computed on the custodian's terminal.
+    pub kcv: Kcv,
+    /// When it arrived.
+    pub at_ms: u64,
+}
+
+/// A key ceremony.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ceremony {
+    /// Ceremony id (chosen by the starter).
+    pub id: String,
+    /// What it forms.
+    pub target: CeremonyTarget,
+    /// How many components (2-9).
+    pub components: u8,
+    /// Progress.
+    pub state: CeremonyState,
+    /// Who started it.
+    pub started_by: Actor,
+    /// When.
+    pub started_ms: u64,
+    /// The nodes the components are sealed to (the enrolled nodes at the start).
+    pub recipients: Vec<NodeId>,
+    /// Submissions so far.
+    pub submissions: Vec<Submission>,
+    /// Sealed components per recipient node, in submission order; deleted once every recipient
+    /// formed the key (or the ceremony is cancelled).
+    pub sealed: BTreeMap<NodeId, Vec<SealedComponent>>,
+    /// Recipients that reported the formed key.
+    pub formed_on: Vec<NodeId>,
+    /// The KCV of the formed key.
+    pub kcv: Option<Kcv>,
+}
+
+/// What a dual-control approval is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalAction {
+    /// Wrap the SMK to a node that enrolled after the ceremony.
+    SmkToNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Export a key as a TR-31 block under a key-block protection key.
+    Export {
+        /// The key to export.
+        key: String,
+        /// The KBPK (ZMK) it goes under.
+        kbpk: String,
+    },
+    /// Destroy a key.
+    Destroy {
+        /// The key.
+        key: String,
+    },
+}
+
+impl fmt::Display for ApprovalAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApprovalAction::SmkToNode { node } => write!(f, "wrap the SMK to node {node}"),
+            ApprovalAction::Export { key, kbpk } => write!(f, "export {key} under {kbpk}"),
+            ApprovalAction::Destroy { key } => write!(f, "destroy {key}"),
+        }
+    }
+}
+
+/// An approval's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for grants.
+    Pending,
+    /// Two distinct custodians granted it; the action may run once.
+    Approved,
+    /// A custodian denied it.
+    Denied,
+    /// The action ran.
+    Done,
+}
+
+/// Custodians needed to approve a dual-control action.
+pub const APPROVALS_NEEDED: usize = 2;
+
+/// A dual-control approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Approval id.
+    pub id: String,
+    /// What it allows.
+    pub action: ApprovalAction,
+    /// Who asked.
+    pub requested_by: Actor,
+    /// When.
+    pub requested_ms: u64,
+    /// Custodians who granted it, in order.
+    pub granted_by: Vec<String>,
+    /// The custodian who denied it.
+    pub denied_by: Option<String>,
+    /// State.
+    pub state: ApprovalState,
+}
+
+/// The audit keys, wrapped under the SMK (generated by the first node that had the SMK).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditKeys {
+    /// HMAC-SHA-256 key that MACs audit records and seals.
+    pub mac: WrappedKey,
+    /// AES-256 key that encrypts sensitive audit fields.
+    pub enc: WrappedKey,
+    /// The node that generated them.
+    pub node: NodeId,
+}
