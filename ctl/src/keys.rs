@@ -602,6 +602,22 @@ pub fn key_export(a: &KeyExportArgs, json: bool) -> Result<u8> {
     Ok(crate::exit_codes::OK)
 }
 
+/// `quill key smk-grant`.
+#[derive(clap::Args, Debug)]
+pub struct SmkGrantArgs {
+    /// The node that enrolled after the SMK ceremony.
+    #[arg(long)]
+    node: u64,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key smk-grant`: ask for the approval that lets a node holding the SMK wrap it to a node
+/// that enrolled later (to that node's HSM transport key).
+pub fn smk_grant(a: &SmkGrantArgs, json: bool) -> Result<u8> {
+    request_approval(&a.who, ApprovalAction::SmkToNode { node: a.node }, json)
+}
+
 // ---------------------------------------------------------------------------------------------
 // approve
 

@@ -98,6 +98,9 @@ enum KeyCmd {
     Compromised(keys::KeyIdArgs),
     /// Destroy a key: asks for a dual-control approval; destroyed once two custodians grant it.
     Destroy(keys::KeyIdArgs),
+    /// Let a node that enrolled after the SMK ceremony receive the SMK (wrapped to its HSM
+    /// transport key by a node that holds it) once two custodians approve.
+    SmkGrant(keys::SmkGrantArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
         Cmd::Key(KeyCmd::Retire(a)) => keys::key_set_state(a, KeyState::Retired, json),
         Cmd::Key(KeyCmd::Compromised(a)) => keys::key_set_state(a, KeyState::Compromised, json),
         Cmd::Key(KeyCmd::Destroy(a)) => keys::key_destroy(a, json),
+        Cmd::Key(KeyCmd::SmkGrant(a)) => keys::smk_grant(a, json),
         Cmd::Approve(ApproveCmd::List(a)) => keys::approve_list(a, json),
         Cmd::Approve(ApproveCmd::Grant(a)) => keys::approve_decide(a, true, json),
         Cmd::Approve(ApproveCmd::Deny(a)) => keys::approve_decide(a, false, json),

@@ -160,6 +160,13 @@ impl Cluster {
     /// Write configs, start every node, wait for `/health`, Init on node 1 with all as voters, and
     /// wait for a leader.
     pub async fn start(name: &str, opts: ClusterOptions) -> Cluster {
+        let all: Vec<u64> = (1..=opts.nodes).collect();
+        Cluster::start_with_members(name, opts, &all).await
+    }
+
+    /// Like [`Cluster::start`], but only `members` form the cluster; the other nodes run and wait
+    /// to be added (`quill cluster add`).
+    pub async fn start_with_members(name: &str, opts: ClusterOptions, members: &[u64]) -> Cluster {
         let mut c = Cluster::configure(name, opts);
         step(&format!("start {} quilld processes in {}", c.opts.nodes, c.root.display()));
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
@@ -169,11 +176,11 @@ impl Cluster {
         for id in &ids {
             c.wait_health(*id).await;
         }
-        step("init the cluster on node 1 with every node as a voter");
-        let members: Vec<NodeInfo> = c.nodes.values().map(Node::info).collect();
-        let mut cl = c.client(1);
-        cl.init(InitRequest { members }).await.expect("Init on node 1");
-        let leader = c.wait_leader(&ids, Duration::from_secs(20), "a leader after init").await;
+        step(&format!("init the cluster on node {} with nodes {members:?} as voters", members[0]));
+        let infos: Vec<NodeInfo> = c.nodes.values().filter(|n| members.contains(&n.id)).map(Node::info).collect();
+        let mut cl = c.client(members[0]);
+        cl.init(InitRequest { members: infos }).await.expect("Init");
+        let leader = c.wait_leader(members, Duration::from_secs(20), "a leader after init").await;
         step(&format!("leader is node {leader}"));
         c
     }
