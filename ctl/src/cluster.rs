@@ -129,14 +129,24 @@ fn row_json(r: &Row) -> Value {
             "leader": s.leader, "last_log_index": s.last_log_index, "committed_index": s.committed_index,
             "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
             "purged_index": s.purged_index, "membership_index": s.membership_index, "state_hash": s.state_hash,
+            "hsm": serde_json::from_str::<Value>(&s.hsm).unwrap_or(Value::Null),
             "raft_addr": s.raft_addr, "api_addr": s.api_addr,
         }),
         Err(e) => json!({"id": r.id, "endpoint": r.endpoint, "reachable": false, "error": e}),
     }
 }
 
+/// The HSM column: healthy slots / slots, and the SMK's KCV (or "no SMK").
+fn hsm_cell(json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(json) else { return "none".into() };
+    let slots = v["slots"].as_array().map(Vec::len).unwrap_or(0);
+    let smk = v["smk_kcv"].as_str().map_or_else(|| "no SMK".to_string(), |k| format!("SMK {k}"));
+    let err = if v["agent_error"].is_null() { "" } else { " (agent error)" };
+    format!("{}/{slots} ok, {smk}{err}", v["healthy"])
+}
+
 fn print_table(rows: &[Row], leader: Option<u64>) {
-    let header = ["ID", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMITTED", "APPLIED", "REACHABLE", "ENDPOINT"];
+    let header = ["ID", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMITTED", "APPLIED", "REACHABLE", "HSM", "ENDPOINT"];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     for r in rows {
@@ -150,6 +160,7 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
                 s.committed_index.to_string(),
                 s.applied_index.to_string(),
                 "yes".into(),
+                hsm_cell(&s.hsm),
                 r.endpoint.clone(),
             ],
             Err(_) => vec![
@@ -161,6 +172,7 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
                 "-".into(),
                 "-".into(),
                 "no".into(),
+                "-".into(),
                 r.endpoint.clone(),
             ],
         });

@@ -126,7 +126,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
                 .map_err(|e| ServerError::Hsm(e.to_string()))?
                 .map_err(|e| ServerError::Hsm(e.to_string()))?;
             info!(slots = pool.describe().slots.len(), "HSM pool open");
-            Some(KeyAgent::new(config.node_id, Arc::new(pool), raft.clone(), sm.clone(), queue))
+            Some(KeyAgent::with_pool(config.node_id, Arc::new(pool), raft.clone(), sm.clone(), queue))
         }
     };
 

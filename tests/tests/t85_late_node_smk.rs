@@ -34,8 +34,16 @@ async fn a_late_node_gets_the_smk_after_two_approvals() {
     })
     .await;
     cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
-    cluster.quill_ok(1, &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[0]], &[("QUILL_ACTOR", "custodian:alice")]);
-    cluster.quill_ok(2, &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[1]], &[("QUILL_ACTOR", "custodian:bob")]);
+    cluster.quill_ok(
+        1,
+        &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[0]],
+        &[("QUILL_ACTOR", "custodian:alice")],
+    );
+    cluster.quill_ok(
+        2,
+        &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[1]],
+        &[("QUILL_ACTOR", "custodian:bob")],
+    );
     wait_until(Duration::from_secs(60), "the SMK on nodes 1-3", || async {
         let c = cluster.query(1, "ceremony", "smk-1").await?;
         if c["state"] == "formed" { Ok(()) } else { Err(format!("{}", c["formed_on"])) }
@@ -47,7 +55,16 @@ async fn a_late_node_gets_the_smk_after_two_approvals() {
     let n4 = cluster.node(4);
     cluster.quill_ok(
         1,
-        &["cluster", "add", "--id", "4", "--raft-addr", &n4.raft_addr.to_string(), "--api-addr", &n4.api_addr.to_string()],
+        &[
+            "cluster",
+            "add",
+            "--id",
+            "4",
+            "--raft-addr",
+            &n4.raft_addr.to_string(),
+            "--api-addr",
+            &n4.api_addr.to_string(),
+        ],
         &[],
     );
     wait_until(Duration::from_secs(60), "node 4 enrolled", || async {
@@ -56,13 +73,15 @@ async fn a_late_node_gets_the_smk_after_two_approvals() {
         if s == "\"missing\"" { Ok(()) } else { Err(s) }
     })
     .await;
-    let (code, _, err) = cluster.quill(4, &["key", "generate", "--label", "k", "--usage", "E0", "--alg", "des2"], &admin);
+    let (code, _, err) =
+        cluster.quill(4, &["key", "generate", "--label", "k", "--usage", "E0", "--alg", "des2"], &admin);
     assert_ne!(code, 0, "node 4 has no SMK yet");
     assert!(err.contains("does not hold the cluster SMK"), "{err}");
 
     step("an approval for node 4: one grant is not enough");
     let out = cluster.quill_ok(1, &["--json", "key", "smk-grant", "--node", "4"], &admin);
-    let approval = serde_json::from_str::<Value>(out.trim()).expect("json")["approval"].as_str().expect("id").to_string();
+    let approval =
+        serde_json::from_str::<Value>(out.trim()).expect("json")["approval"].as_str().expect("id").to_string();
     cluster.quill_ok(2, &["approve", "grant", &approval], &[("QUILL_ACTOR", "custodian:alice")]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let nodes = cluster.query(1, "nodes", "").await.expect("nodes");
@@ -80,7 +99,8 @@ async fn a_late_node_gets_the_smk_after_two_approvals() {
     assert_eq!(a["state"], "done", "{a}");
 
     step(&format!("node 4 now works with inventory keys under SMK {smk}"));
-    let out = cluster.quill_ok(4, &["--json", "key", "generate", "--label", "imk", "--usage", "E0", "--alg", "des2"], &admin);
+    let out =
+        cluster.quill_ok(4, &["--json", "key", "generate", "--label", "imk", "--usage", "E0", "--alg", "des2"], &admin);
     let k: Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(k["wrapped"]["smk_kcv"].as_str(), Some(smk.as_str()), "{k}");
 }

@@ -285,6 +285,7 @@ impl Inner {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             membership_index: membership_index(&m.membership_config),
+            hsm: self.agent.as_ref().map(|a| a.status_json().to_string()).unwrap_or_default(),
         })
     }
 

@@ -65,6 +65,7 @@ pub struct KeyAgent {
     sm: StateMachine,
     last_error: Mutex<Option<String>>,
     audit_mac_key: Mutex<Option<WrappedKey>>,
+    slots: Option<Arc<quill_hsm::HsmPool>>,
 }
 
 impl std::fmt::Debug for KeyAgent {
@@ -90,6 +91,41 @@ impl KeyAgent {
             sm,
             last_error: Mutex::new(None),
             audit_mac_key: Mutex::new(None),
+            slots: None,
+        })
+    }
+
+    /// The agent of node `id` over an HSM pool, whose slot states it reports.
+    pub fn with_pool(
+        id: NodeId,
+        pool: Arc<quill_hsm::HsmPool>,
+        raft: Raft,
+        sm: StateMachine,
+        host_path: Arc<HostPathQueue>,
+    ) -> Arc<Self> {
+        let hsm: Arc<dyn Hsm> = pool.clone();
+        Arc::new(KeyAgent {
+            id,
+            host_path,
+            hsm,
+            raft,
+            sm,
+            last_error: Mutex::new(None),
+            audit_mac_key: Mutex::new(None),
+            slots: Some(pool),
+        })
+    }
+
+    /// The HSM side of this node for `quill cluster status`: per-slot state, SMK KCV, the
+    /// agent's last error (JSON).
+    pub fn status_json(&self) -> serde_json::Value {
+        let slots = self.slots.as_ref().map(|p| p.status()).unwrap_or_default();
+        let healthy = slots.iter().filter(|s| s.state == quill_hsm::SlotState::Healthy).count();
+        serde_json::json!({
+            "slots": slots,
+            "healthy": healthy,
+            "smk_kcv": slots.iter().find_map(|s| s.smk_kcv.clone()),
+            "agent_error": self.last_error(),
         })
     }
 
