@@ -94,6 +94,27 @@ pub struct ClusterOptions {
     /// Give every node its own hsm-sim token (initialised with `quill-hsm init-token` in
     /// `node-<id>/hsm`, PIN [`TEST_PIN`]) and an `[hsm]` section, so it enrols and does key work.
     pub hsm: bool,
+    /// With `hsm`: these nodes get a SoftHSM 2 token instead (in `node-<id>/softhsm`, the slot
+    /// allowing the audited host path), so one cluster mixes modules.
+    pub softhsm_nodes: Vec<u64>,
+}
+
+/// SoftHSM 2's module, where Debian installs it.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Whether SoftHSM 2 is installed; if not, a test that needs it skips (printing why) unless
+/// `QUILL_REQUIRE_SOFTHSM=1` (set by `make test`), where it fails.
+pub fn softhsm_available() -> bool {
+    let present = Path::new(SOFTHSM_MODULE).is_file()
+        && Command::new("softhsm2-util").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if !present {
+        assert!(
+            std::env::var("QUILL_REQUIRE_SOFTHSM").as_deref() != Ok("1"),
+            "SoftHSM 2 is required (QUILL_REQUIRE_SOFTHSM=1) but {SOFTHSM_MODULE} or softhsm2-util is missing"
+        );
+        eprintln!("SKIP: SoftHSM 2 is not installed ({SOFTHSM_MODULE}); run scripts/setup.sh");
+    }
+    present
 }
 
 /// The user PIN of the test clusters' hsm-sim tokens (TEST tokens only).
@@ -103,7 +124,7 @@ pub const TEST_SO_PIN: &str = "87654321-TEST";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 5, raft: RaftSettings::default(), proxies: false, hsm: false }
+        Self { nodes: 5, raft: RaftSettings::default(), proxies: false, hsm: false, softhsm_nodes: Vec::new() }
     }
 }
 
@@ -233,7 +254,26 @@ impl Cluster {
                     }
                 }
             }
-            if opts.hsm {
+            if opts.hsm && opts.softhsm_nodes.contains(&i) {
+                let dir = node_dir.join("softhsm");
+                fs::create_dir_all(dir.join("tokens")).expect("softhsm dir");
+                let conf = dir.join("softhsm2.conf");
+                fs::write(
+                    &conf,
+                    format!("directories.tokendir = {}\nobjectstore.backend = file\n", dir.join("tokens").display()),
+                )
+                .expect("write softhsm2.conf");
+                let out = Command::new("softhsm2-util")
+                    .args(["--init-token", "--free", "--label", &format!("TEST-node-{i}")])
+                    .args(["--so-pin", TEST_SO_PIN, "--pin", TEST_PIN])
+                    .env("SOFTHSM2_CONF", &conf)
+                    .output()
+                    .expect("run softhsm2-util");
+                assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
+                config.push_str(&format!(
+                    "\n[hsm]\n[[hsm.slots]]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"TEST-node-{i}\"\npin = \"{TEST_PIN}\"\nlabel_prefix = \"TEST-quill\"\nallow_host_key_material = true\n"
+                ));
+            } else if opts.hsm {
                 let hsm_dir = node_dir.join("hsm");
                 fs::create_dir_all(&hsm_dir).expect("hsm dir");
                 let out = Command::new(binary("quill-hsm"))
@@ -287,6 +327,7 @@ impl Cluster {
             .arg("--config")
             .arg(&node.config_path)
             .env("QUILL_HSM_DIR", node.dir.join("hsm"))
+            .env("SOFTHSM2_CONF", node.dir.join("softhsm").join("softhsm2.conf"))
             .env_remove("QUILL_HSM_CONF")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

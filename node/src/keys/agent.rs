@@ -321,7 +321,16 @@ impl KeyAgent {
 
     /// The audit MAC of `input` with the audit key, if this node knows it and its HSM answers.
     pub async fn audit_mac(&self, input: Vec<u8>) -> Option<AuditMac> {
-        let key = self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let cached = self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let key = match cached {
+            Some(k) => k,
+            // Not cached yet: the audit keys may have been applied since the last round.
+            None => {
+                let keys = self.sm.read(|kv| read::<AuditKeys>(kv, key::AUDIT_KEYS)).await.ok().flatten()?;
+                *self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys.mac.clone());
+                keys.mac
+            }
+        };
         let kcv = key.kcv.clone();
         match self.hsm_call(move |h| h.hmac_sha256(&key, &input)).await {
             Ok(mac) => Some(AuditMac { key_kcv: kcv, mac }),
