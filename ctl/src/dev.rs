@@ -54,9 +54,11 @@ pub struct UpArgs {
     /// The quilld binary [default: `quilld` next to the `quill` executable].
     #[arg(long, env = "QUILL_QUILLD", value_name = "PATH")]
     quilld: Option<PathBuf>,
-    /// Each node's HSM: `sim` (its own hsm-sim token in D/node-<id>/hsm, TEST PINs) or `none`
-    /// (the node replicates but does no key work). Kept from the first `up` of a directory.
-    #[arg(long, default_value = "sim", value_parser = ["sim", "none"])]
+    /// Each node's HSM: `sim` (its own hsm-sim token in D/node-<id>/hsm), `softhsm` (its own
+    /// SoftHSM 2 token in D/node-<id>/softhsm, with the audited host path allowed for what
+    /// SoftHSM cannot do inside), or `none` (the node replicates but does no key work). TEST
+    /// PINs. Kept from the first `up` of a directory.
+    #[arg(long, default_value = "sim", value_parser = ["sim", "softhsm", "none"])]
     hsm: String,
 }
 
@@ -101,6 +103,42 @@ struct DevSlot {
     token_label: String,
     pin: String,
     label_prefix: String,
+    #[serde(default)]
+    allow_host_key_material: bool,
+}
+
+/// Where Debian installs SoftHSM 2's module.
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Initialise node `i`'s SoftHSM 2 token in `node_dir/softhsm` (its own `softhsm2.conf`, which
+/// `quilld` is started with), and return the `[hsm]` table that uses it.
+fn init_softhsm_token(node_dir: &Path, i: u64) -> Result<HsmSection> {
+    if !Path::new(SOFTHSM_MODULE).is_file() {
+        bail!("SoftHSM 2 is not installed ({SOFTHSM_MODULE}); run scripts/setup.sh or use --hsm sim");
+    }
+    let dir = node_dir.join("softhsm");
+    fs::create_dir_all(dir.join("tokens")).with_context(|| format!("cannot create {}", dir.display()))?;
+    let conf = dir.join("softhsm2.conf");
+    let text = format!("directories.tokendir = {}\nobjectstore.backend = file\n", dir.join("tokens").display());
+    fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
+    let label = format!("TEST-dev-node-{i}");
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", &label, "--so-pin", DEV_SO_PIN, "--pin", DEV_PIN])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .context("cannot run softhsm2-util")?;
+    if !out.status.success() {
+        bail!("softhsm2-util --init-token for node {i}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(HsmSection {
+        slots: vec![DevSlot {
+            module: SOFTHSM_MODULE.into(),
+            token_label: label,
+            pin: DEV_PIN.into(),
+            label_prefix: "TEST-quill".into(),
+            allow_host_key_material: true,
+        }],
+    })
 }
 
 /// One node of the dev cluster on disk.
@@ -146,7 +184,7 @@ pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
     let existing = load_nodes(&dir)?;
     let fresh = existing.is_empty();
     let nodes = if fresh {
-        write_configs(&dir, args.nodes.unwrap_or(5), args.base_port, args.hsm == "sim")?
+        write_configs(&dir, args.nodes.unwrap_or(5), args.base_port, &args.hsm)?
     } else {
         if let Some(n) = args.nodes
             && existing.len() as u64 != n
@@ -336,7 +374,7 @@ fn load_nodes(dir: &Path) -> Result<Vec<DevNode>> {
 }
 
 /// Write node-1..node-n with fresh ports; returns the nodes.
-fn write_configs(dir: &Path, n: u64, base_port: Option<u16>, hsm: bool) -> Result<Vec<DevNode>> {
+fn write_configs(dir: &Path, n: u64, base_port: Option<u16>, hsm: &str) -> Result<Vec<DevNode>> {
     let addrs: Vec<[String; 3]> = match base_port {
         Some(p) => (1..=n)
             .map(|i| {
@@ -358,7 +396,11 @@ fn write_configs(dir: &Path, n: u64, base_port: Option<u16>, hsm: bool) -> Resul
         let node_dir = dir.join(format!("node-{i}"));
         let data_dir = node_dir.join("data");
         fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let hsm = if hsm { Some(init_sim_token(&node_dir, i)?) } else { None };
+        let hsm = match hsm {
+            "sim" => Some(init_sim_token(&node_dir, i)?),
+            "softhsm" => Some(init_softhsm_token(&node_dir, i)?),
+            _ => None,
+        };
         let config = NodeConfig {
             node_id: i,
             raft_addr: raft,
@@ -399,7 +441,13 @@ fn init_sim_token(node_dir: &Path, i: u64) -> Result<HsmSection> {
         bail!("quill-hsm init-token for node {i}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(HsmSection {
-        slots: vec![DevSlot { module, token_label: label, pin: DEV_PIN.into(), label_prefix: "TEST-quill".into() }],
+        slots: vec![DevSlot {
+            module,
+            token_label: label,
+            pin: DEV_PIN.into(),
+            label_prefix: "TEST-quill".into(),
+            allow_host_key_material: false,
+        }],
     })
 }
 
@@ -427,6 +475,7 @@ fn spawn(quilld: &Path, n: &DevNode) -> Result<u32> {
         .arg("--config")
         .arg(&n.config_path)
         .env("QUILL_HSM_DIR", n.dir.join("hsm"))
+        .env("SOFTHSM2_CONF", n.dir.join("softhsm").join("softhsm2.conf"))
         .env_remove("QUILL_HSM_CONF")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
