@@ -11,6 +11,7 @@ mod demo;
 mod dev;
 mod exit_codes;
 mod keys;
+mod profile;
 mod pkcs11;
 
 use clap::{Parser, Subcommand};
@@ -57,9 +58,19 @@ enum Cmd {
     /// The audit chain: verify, tail, export.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Card-product profiles.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
     /// The published benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ProfileCmd {
+    /// Check a profile (every problem with file, line, field and reason), and with --input a
+    /// batch file against its input layout; exit 3 when there are problems.
+    Validate(profile::ValidateArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +202,7 @@ fn main() -> ExitCode {
         Cmd::Audit(AuditCmd::Verify(a)) => keys::audit_verify(a, json),
         Cmd::Audit(AuditCmd::Tail(a)) => keys::audit_tail(a, false, json),
         Cmd::Audit(AuditCmd::Export(a)) => keys::audit_tail(a, true, json),
+        Cmd::Profile(ProfileCmd::Validate(a)) => profile::validate(a, json),
         Cmd::Bench(BenchCmd::Raft(args)) => bench::raft(args, json),
     };
     match r {
