@@ -11,8 +11,8 @@ mod demo;
 mod dev;
 mod exit_codes;
 mod keys;
-mod profile;
 mod pkcs11;
+mod profile;
 
 use clap::{Parser, Subcommand};
 use quill_node::keys::model::KeyState;

@@ -1,8 +1,9 @@
 //! Quill's HSM adapter.
 //!
 //! [`Hsm`] speaks in key-management operations (transport key, storage master key, working keys,
-//! KCVs, audit MAC and encryption, TR-31 key block import and export); payment operations (EMV
-//! ICC master keys, CVV, PVV, PINs, ICC RSA key pairs) will join it. Keys never appear in clear in
+//! KCVs, audit MAC and encryption, TR-31 key block import and export) and the payment operations
+//! of data preparation (EMV ICC master keys, CVV, PINs with PVV/offset, PIN translation, ICC RSA
+//! key pairs). Keys never appear in clear in
 //! host memory: working keys travel as [`WrappedKey`]s (wrapped under the storage master key,
 //! SMK), key components as [`SealedComponent`]s (RSA-OAEP to the node's transport key), and
 //! everything is unwrapped, combined and used inside the HSM. The one exception is the *host path*
@@ -29,6 +30,7 @@ mod keyblock;
 mod mechanisms;
 mod module;
 mod observer;
+mod payment;
 mod pkcs11;
 mod pool;
 mod raw;
@@ -39,6 +41,7 @@ pub use error::{HsmError, SlotRef, is_device_rv, rv_name};
 pub use keyblock::tr31_mode_of_use;
 pub use mechanisms::{mechanism_name, vendor};
 pub use observer::{HostPathObserver, HostPathUse, LogHostPath};
+pub use payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest, PinVerification};
 pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_hsm_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
@@ -70,10 +73,9 @@ pub use zeroize::Zeroizing;
 /// - Errors never contain key bytes or PINs. [`HsmError::is_device_error`] tells the caller whether
 ///   another slot might succeed.
 ///
-/// Payment operations (EMV ICC master-key derivation Option A/B, CVV/PVV, PIN generation, ICC
-/// RSA key pairs) will be added here as further methods; [`Pkcs11Hsm`] keeps the building blocks
-/// (capability detection in [`HsmInfo`], the raw `CKM_DES3_ECB_ENCRYPT_DATA` derivation in
-/// [`Pkcs11Hsm::derive_des3_ecb_encrypt_data`], vendor mechanism values in [`vendor`]).
+/// Payment operations check their inputs before touching any key ([`HsmError::Misuse`], the same
+/// on every module) and run inside the HSM with vendor mechanisms where listed; on other modules
+/// what cannot be composed from standard mechanisms takes the host path (see hsm/README.md).
 pub trait Hsm: Send + Sync {
     /// The slots behind this handle: module, slot, token, capabilities, host-path policy.
     fn describe(&self) -> HsmInfo;
@@ -155,4 +157,57 @@ pub trait Hsm: Send + Sync {
         usage: &str,
         exportable: bool,
     ) -> Result<String, HsmError>;
+
+    // ---- payment operations (data preparation) --------------------------------------------------
+
+    /// The EMV ICC master key for `pan` and `psn` (EMV Book 2 A1.4: Option A for PANs of up to 16
+    /// digits, Option B for longer ones), derived inside the HSM from the wrapped TDES `imk`, and
+    /// returned as 3DES-ECB of the key (16 bytes, odd parity) under the wrapped TDES `transport`
+    /// key (CPS DGI 8000 content), with its KCV. The PAN must be 12–19 digits and the PSN 2 digits
+    /// (`"00"` when the card has none). hsm-sim derives with `CKM_QUILL_EMV_MK_OPTION_A/B` and
+    /// wraps with `C_WrapKey(CKM_DES3_ECB)`; SoftHSM derives with `CKM_DES3_ECB_ENCRYPT_DATA`
+    /// but cannot wrap under a TDES key, so the derived key takes the host path to be encrypted.
+    fn derive_icc_master_key(
+        &self,
+        imk: &WrappedKey,
+        pan: &str,
+        psn: &str,
+        transport: &WrappedKey,
+    ) -> Result<DerivedKey, HsmError>;
+
+    /// CVV/CVC with a wrapped DES2 CVK (CVK-A ‖ CVK-B): the service code as on the stripe for
+    /// CVV1, `999` for iCVV, `000` for CVV2. `expiry_yymm` is YYMM. Three digits.
+    fn cvv(&self, cvk: &WrappedKey, pan: &str, expiry_yymm: &str, service_code: &str) -> Result<String, HsmError>;
+
+    /// A random PIN drawn inside the HSM (weak PINs excluded when asked), returned only as an ISO
+    /// 9564-1 PIN block (format 0–4) encrypted under the request's PIN key, with its Visa PVV or
+    /// IBM 3624 offset.
+    fn generate_pin(&self, request: &PinRequest) -> Result<GeneratedPin, HsmError>;
+
+    /// Translate an encrypted PIN block from one key and format to another (e.g. a format 0
+    /// mailer block into a format 2 chip offline PIN under the DEK). A block that does not
+    /// decrypt to a valid block of `from_format` is [`HsmError::Misuse`] on every module.
+    fn translate_pin_block(
+        &self,
+        from_key: &WrappedKey,
+        from_format: u8,
+        to_key: &WrappedKey,
+        to_format: u8,
+        pan: &str,
+        block: &[u8],
+    ) -> Result<Vec<u8>, HsmError>;
+
+    /// An ICC RSA key pair generated inside the HSM (`bits` 512–4096 in steps of 8, odd
+    /// `exponent` ≥ 3, typically 3): the public key, and the private key's CRT components (`p`,
+    /// `q`, `dp`, `dq`, `qinv`), each left-padded to half the modulus, padded as asked and
+    /// encrypted with 3DES-ECB under the wrapped TDES `transport` key (CPS DGIs 8201–8205). The
+    /// private key is destroyed in the HSM. hsm-sim exports with
+    /// `CKM_QUILL_RSA_CRT_COMPONENT_WRAP`; other modules take the host path.
+    fn generate_icc_rsa_key(
+        &self,
+        bits: u32,
+        exponent: u32,
+        transport: &WrappedKey,
+        padding: CrtPadding,
+    ) -> Result<IccKeyPair, HsmError>;
 }

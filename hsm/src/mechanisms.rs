@@ -171,16 +171,52 @@ impl Capabilities {
                 via: if native { mechanism_name(mech) } else { host.to_owned() },
             });
         }
-        // EMV ICC master-key derivation (payment operations build on this later).
-        v.push(if self.has(vendor::CKM_QUILL_EMV_MK_OPTION_A) {
+        // EMV ICC master-key derivation: hsm-sim inside; elsewhere derived inside with
+        // CKM_DES3_ECB_ENCRYPT_DATA but encrypted under the transport key on the host path.
+        v.push(if self.has(vendor::CKM_QUILL_EMV_MK_OPTION_A) && self.has(vendor::CKM_QUILL_EMV_MK_OPTION_B) {
             Capability {
                 name: "emv-mk-derivation".to_owned(),
                 support: Support::Native,
-                via: mechanism_name(vendor::CKM_QUILL_EMV_MK_OPTION_A),
+                via: format!(
+                    "{} / {} + C_WrapKey(CKM_DES3_ECB)",
+                    mechanism_name(vendor::CKM_QUILL_EMV_MK_OPTION_A),
+                    mechanism_name(vendor::CKM_QUILL_EMV_MK_OPTION_B)
+                ),
+            }
+        } else if self.has(CKM_DES3_ECB_ENCRYPT_DATA) {
+            Capability {
+                name: "emv-mk-derivation".to_owned(),
+                support: Support::HostPath,
+                via: "C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA) as a readable key + C_Encrypt(CKM_DES3_ECB) under the transport key".to_owned(),
             }
         } else {
             std("emv-mk-derivation", &[CKM_DES3_ECB_ENCRYPT_DATA])
         });
+        for (name, mech, host) in [
+            ("cvv", vendor::CKM_QUILL_CVV, "CVK read into host memory + CVV in software"),
+            (
+                "pin-generate",
+                vendor::CKM_QUILL_PIN_GENERATE,
+                "PIN key and PVK read into host memory + PIN, block and PVV/offset in software",
+            ),
+            (
+                "pin-translate",
+                vendor::CKM_QUILL_PIN_TRANSLATE,
+                "both PIN keys read into host memory + translation in software",
+            ),
+            (
+                "icc-rsa-crt-export",
+                vendor::CKM_QUILL_RSA_CRT_COMPONENT_WRAP,
+                "C_GenerateKeyPair with a readable private key + C_Encrypt(CKM_DES3_ECB) of each CRT component",
+            ),
+        ] {
+            let native = self.has(mech);
+            v.push(Capability {
+                name: name.to_owned(),
+                support: if native { Support::Native } else { Support::HostPath },
+                via: if native { mechanism_name(mech) } else { host.to_owned() },
+            });
+        }
         v
     }
 }

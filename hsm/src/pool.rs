@@ -28,6 +28,7 @@
 use crate::config::PoolConfig;
 use crate::error::HsmError;
 use crate::observer::HostPathObserver;
+use crate::payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest};
 use crate::pkcs11::Pkcs11Hsm;
 use crate::tr31::Tr31Header;
 use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey};
@@ -694,6 +695,76 @@ impl Hsm for HsmPool {
             self.inner.op_timeout,
             Some(&kbpk.smk_kcv),
             Arc::new(move |h: &Pkcs11Hsm| h.tr31_export(&k, &w, &u, exportable)),
+        )
+    }
+
+    fn derive_icc_master_key(
+        &self,
+        imk: &WrappedKey,
+        pan: &str,
+        psn: &str,
+        transport: &WrappedKey,
+    ) -> Result<DerivedKey, HsmError> {
+        let (k, p, n, t) = (imk.clone(), pan.to_owned(), psn.to_owned(), transport.clone());
+        self.inner.run(
+            "derive_icc_master_key",
+            self.inner.op_timeout,
+            Some(&imk.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.derive_icc_master_key(&k, &p, &n, &t)),
+        )
+    }
+
+    fn cvv(&self, cvk: &WrappedKey, pan: &str, expiry_yymm: &str, service_code: &str) -> Result<String, HsmError> {
+        let (k, p, e, c) = (cvk.clone(), pan.to_owned(), expiry_yymm.to_owned(), service_code.to_owned());
+        self.inner.run(
+            "cvv",
+            self.inner.op_timeout,
+            Some(&cvk.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.cvv(&k, &p, &e, &c)),
+        )
+    }
+
+    fn generate_pin(&self, request: &PinRequest) -> Result<GeneratedPin, HsmError> {
+        let r = request.clone();
+        self.inner.run(
+            "generate_pin",
+            self.inner.op_timeout,
+            Some(&request.pin_key.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_pin(&r)),
+        )
+    }
+
+    fn translate_pin_block(
+        &self,
+        from_key: &WrappedKey,
+        from_format: u8,
+        to_key: &WrappedKey,
+        to_format: u8,
+        pan: &str,
+        block: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let (f, t, p, b) = (from_key.clone(), to_key.clone(), pan.to_owned(), block.to_vec());
+        self.inner.run(
+            "translate_pin_block",
+            self.inner.op_timeout,
+            Some(&from_key.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.translate_pin_block(&f, from_format, &t, to_format, &p, &b)),
+        )
+    }
+
+    fn generate_icc_rsa_key(
+        &self,
+        bits: u32,
+        exponent: u32,
+        transport: &WrappedKey,
+        padding: CrtPadding,
+    ) -> Result<IccKeyPair, HsmError> {
+        let t = transport.clone();
+        self.inner.run(
+            "generate_icc_rsa_key",
+            self.inner.keygen_timeout,
+            Some(&transport.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_icc_rsa_key(bits, exponent, &t, padding)),
         )
     }
 }

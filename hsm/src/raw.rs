@@ -11,7 +11,9 @@
 //!   length (hsm-sim's `CKM_QUILL_KEY_COMPONENTS_XOR`): `VendorDefinedMechanism::new::<T>` takes
 //!   the parameter length from `size_of::<T>()`;
 //! - `C_WrapKey` with such a mechanism (hsm-sim's `CKM_QUILL_TR31_WRAP`, whose parameter is the
-//!   ASCII header template).
+//!   ASCII header template);
+//! - single-part `C_Encrypt`/`C_Sign` with such a mechanism (hsm-sim's `CKM_QUILL_VISA_PVV`,
+//!   `CKM_QUILL_PIN_GENERATE`, `CKM_QUILL_PIN_TRANSLATE`).
 //!
 //! Invariants every `unsafe` block below relies on (each block names the one it uses):
 //!
@@ -193,6 +195,43 @@ impl RawModule {
             // SAFETY (L, H, B): `out` holds `n` bytes and `n` tells the module so.
             check(F, unsafe { f(session.handle(), m, wrapping.handle(), key.handle(), out.as_mut_ptr(), &mut n) })?;
             out.truncate(usize::try_from(n).map_err(|_| RawError::Length(F))?);
+            Ok(out)
+        })
+    }
+
+    /// Single-part `C_EncryptInit` + `C_Encrypt` (`sign = false`) or `C_SignInit` + `C_Sign`
+    /// (`sign = true`) with any mechanism and a byte-string parameter (hsm-sim's PIN and PVV
+    /// mechanisms, whose parameters are packed structures of run-time length). Two-call convention
+    /// for the output; the module keeps the result of the size query for the second call.
+    pub(crate) fn single_part(
+        &self,
+        session: &Session,
+        sign: bool,
+        mech: CK_MECHANISM_TYPE,
+        param: RawParam<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Vec<u8>, RawError> {
+        let (fi, fo): (&'static str, &'static str) =
+            if sign { ("C_SignInit", "C_Sign") } else { ("C_EncryptInit", "C_Encrypt") };
+        let (init, run) = if sign {
+            (self.list.C_SignInit.ok_or(RawError::Missing(fi))?, self.list.C_Sign.ok_or(RawError::Missing(fo))?)
+        } else {
+            (self.list.C_EncryptInit.ok_or(RawError::Missing(fi))?, self.list.C_Encrypt.ok_or(RawError::Missing(fo))?)
+        };
+        let data_len = ulong(fo, data.len())?;
+        with_mechanism(fi, mech, param, |m| {
+            // SAFETY (L, H, B): `m` and its parameter live for this closure; the session and key
+            // handles come from this module's `cryptoki` objects.
+            check(fi, unsafe { init(session.handle(), m, key.handle()) })?;
+            let mut n: CK_ULONG = 0;
+            // SAFETY (L, H, B): `data` outlives the call with the length given (never written by
+            // the module); a NULL output buffer with a valid length pointer is the size query.
+            check(fo, unsafe { run(session.handle(), data.as_ptr().cast_mut(), data_len, ptr::null_mut(), &mut n) })?;
+            let mut out = vec![0u8; usize::try_from(n).map_err(|_| RawError::Length(fo))?];
+            // SAFETY (L, H, B): `out` holds `n` bytes and `n` tells the module so.
+            check(fo, unsafe { run(session.handle(), data.as_ptr().cast_mut(), data_len, out.as_mut_ptr(), &mut n) })?;
+            out.truncate(usize::try_from(n).map_err(|_| RawError::Length(fo))?);
             Ok(out)
         })
     }

@@ -1,5 +1,6 @@
 //! [`Pkcs11Hsm`]: the [`Hsm`] operations on one slot of any PKCS#11 module.
 
+mod payment_ops;
 mod session;
 mod templates;
 mod tr31_ops;
@@ -9,6 +10,7 @@ use crate::error::{HsmError, Op, SlotRef, is_device_rv, is_session_rv};
 use crate::mechanisms::{Capabilities, mechanism_name, vendor};
 use crate::module::{self, Module};
 use crate::observer::{HostPathObserver, HostPathUse};
+use crate::payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest};
 use crate::raw::{RawError, RawParam};
 use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, WrappedKey};
 use crate::{Hsm, Zeroizing};
@@ -880,5 +882,47 @@ impl Hsm for Pkcs11Hsm {
         exportable: bool,
     ) -> Result<String, HsmError> {
         self.with_session("tr31_export", |s, op| self.tr31_export_in(s, op, kbpk, key, usage, exportable))
+    }
+
+    fn derive_icc_master_key(
+        &self,
+        imk: &WrappedKey,
+        pan: &str,
+        psn: &str,
+        transport: &WrappedKey,
+    ) -> Result<DerivedKey, HsmError> {
+        self.with_session("derive_icc_master_key", |s, op| self.derive_icc_mk_in(s, op, imk, pan, psn, transport))
+    }
+
+    fn cvv(&self, cvk: &WrappedKey, pan: &str, expiry_yymm: &str, service_code: &str) -> Result<String, HsmError> {
+        self.with_session("cvv", |s, op| self.cvv_in(s, op, cvk, pan, expiry_yymm, service_code))
+    }
+
+    fn generate_pin(&self, request: &PinRequest) -> Result<GeneratedPin, HsmError> {
+        self.with_session("generate_pin", |s, op| self.generate_pin_in(s, op, request))
+    }
+
+    fn translate_pin_block(
+        &self,
+        from_key: &WrappedKey,
+        from_format: u8,
+        to_key: &WrappedKey,
+        to_format: u8,
+        pan: &str,
+        block: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        self.with_session("translate_pin_block", |s, op| {
+            self.translate_pin_in(s, op, from_key, from_format, to_key, to_format, pan, block)
+        })
+    }
+
+    fn generate_icc_rsa_key(
+        &self,
+        bits: u32,
+        exponent: u32,
+        transport: &WrappedKey,
+        padding: CrtPadding,
+    ) -> Result<IccKeyPair, HsmError> {
+        self.with_session("generate_icc_rsa_key", |s, op| self.icc_rsa_in(s, op, bits, exponent, transport, padding))
     }
 }

@@ -22,6 +22,14 @@ pub(crate) enum Usage {
     Derive,
     /// Wrap and unwrap: a TR-31 key block protection key on a module that does TR-31 inside.
     Kbpk,
+    /// Sign only: a CVK, or a PVK for hsm-sim's PIN mechanisms.
+    Sign,
+    /// Encrypt only: a PIN key a block comes out under, a transport key used with `C_Encrypt`.
+    Encrypt,
+    /// Decrypt only: a PIN key a block comes in under.
+    Decrypt,
+    /// Wrap only: a transport key used with `C_WrapKey` (hsm-sim).
+    Wrap,
 }
 
 /// Fixed `CKA_ID` of the transport key pair.
@@ -46,6 +54,10 @@ fn usage_attrs(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
         Usage::Aead => vec![Attribute::Encrypt(true), Attribute::Decrypt(true)],
         Usage::Derive => vec![Attribute::Derive(true)],
         Usage::Kbpk => vec![Attribute::Wrap(true), Attribute::Unwrap(true)],
+        Usage::Sign => vec![Attribute::Sign(true)],
+        Usage::Encrypt => vec![Attribute::Encrypt(true)],
+        Usage::Decrypt => vec![Attribute::Decrypt(true)],
+        Usage::Wrap => vec![Attribute::Wrap(true)],
     }
 }
 
@@ -120,6 +132,40 @@ pub(crate) fn readable(alg: KeyAlg) -> Vec<Attribute> {
     ]);
     t.extend(no_usage());
     t
+}
+
+/// A key derived inside the HSM whose value the host path reads (SoftHSM's ICC master key):
+/// session object, non-sensitive, extractable, encrypt only (for its KCV). Destroyed as soon as
+/// its value and KCV are read.
+pub(crate) fn readable_derived(alg: KeyAlg) -> Vec<Attribute> {
+    let mut t = readable(alg);
+    t.retain(|a| !matches!(a, Attribute::Encrypt(_)));
+    t.push(Attribute::Encrypt(true));
+    t
+}
+
+/// An ICC RSA key pair: session objects. The private half is extractable (its CRT components
+/// leave encrypted under a transport key) and, on the host path only, non-sensitive so that the
+/// adapter can read them.
+pub(crate) fn icc_pair(bits: u32, exponent: &[u8], host_path: bool) -> (Vec<Attribute>, Vec<Attribute>) {
+    let public = vec![
+        Attribute::Token(false),
+        Attribute::ModulusBits(Ulong::from(u64::from(bits))),
+        Attribute::PublicExponent(exponent.to_vec()),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+    ];
+    let private = vec![
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(!host_path),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+    ];
+    (public, private)
 }
 
 /// The key a TR-31 key block holds, unwrapped inside the HSM on its way to being wrapped under the

@@ -178,7 +178,13 @@ impl Pkcs11Hsm {
 
     // ---- host path (SoftHSM) ------------------------------------------------------------------
 
-    fn host_path(&self, op: Op<'_>, missing: &'static str, alg: KeyAlg, what: String) -> Result<(), HsmError> {
+    pub(super) fn host_path(
+        &self,
+        op: Op<'_>,
+        missing: &'static str,
+        alg: KeyAlg,
+        what: String,
+    ) -> Result<(), HsmError> {
         if !self.allow_host {
             return Err(HsmError::HostPathRefused { operation: op.name, module: self.at.module.clone(), missing });
         }
@@ -285,7 +291,7 @@ impl Pkcs11Hsm {
 }
 
 /// A vendor mechanism without parameter.
-fn vendor_mechanism(op: Op<'_>, m: cryptoki_sys::CK_MECHANISM_TYPE) -> Result<Mechanism<'static>, HsmError> {
+pub(super) fn vendor_mechanism(op: Op<'_>, m: cryptoki_sys::CK_MECHANISM_TYPE) -> Result<Mechanism<'static>, HsmError> {
     let t = MechanismType::new_vendor_defined(m).map_err(|e| op.misuse(format!("{}: {e}", mechanism_name(m))))?;
     Ok(Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(t, None)))
 }

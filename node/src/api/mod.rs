@@ -7,6 +7,7 @@
 //! address in the message and in the `x-quill-leader` metadata. Every error leaves through
 //! [`ApiError::into_status`].
 
+mod batch;
 mod error;
 pub mod http;
 pub mod keys;
@@ -50,6 +51,8 @@ struct Inner {
     agent: Option<Arc<KeyAgent>>,
     write_timeout: Duration,
     connect_timeout: Duration,
+    /// Where writes queue to be packed into Raft entries ([`batch`]).
+    batcher: tokio::sync::mpsc::Sender<batch::Pending>,
     /// Start time: the agent's client id, so serials never repeat across restarts.
     boot_ms: u64,
     /// The agent's next serial.
@@ -68,8 +71,10 @@ impl ClusterService {
         write_timeout: Duration,
         connect_timeout: Duration,
     ) -> Self {
+        let batcher = batch::spawn(id, raft.clone());
         let inner = Inner {
             id,
+            batcher,
             raft,
             sm,
             agent,
@@ -215,20 +220,27 @@ impl Inner {
             audit_mac,
             cmd,
         };
-        let written = tokio::time::timeout(self.write_timeout, self.raft.client_write(request)).await;
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.batcher
+            .send(batch::Pending { req: request, done })
+            .await
+            .map_err(|_| ApiError::Internal("the write batcher stopped".into()))?;
+        let written = tokio::time::timeout(self.write_timeout, result).await;
         match written {
             Err(_) => Err(ApiError::Indeterminate(self.write_timeout)),
-            Ok(Ok(resp)) => Ok(WriteResponse {
-                log_index: resp.data.log_index,
-                duplicate: resp.data.duplicate,
-                outcome: encode_outcome(&resp.data.outcome),
+            Ok(Err(_)) => Err(ApiError::Internal("the write batcher dropped a write".into())),
+            Ok(Ok(Ok(resp))) => Ok(WriteResponse {
+                log_index: resp.log_index,
+                duplicate: resp.duplicate,
+                outcome: encode_outcome(&resp.outcome),
             }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(Ok(Err(batch::WriteFail::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))))) => {
                 let mut client = self.forward_target(&f, req.hops)?;
                 let forwarded = WriteRequest { hops: req.hops + 1, ..req };
                 client.write(forwarded).await.map(Response::into_inner).map_err(forwarded_error)
             }
-            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(Err(batch::WriteFail::Raft(e)))) => Err(write_error(e)),
+            Ok(Ok(Err(batch::WriteFail::Internal(m)))) => Err(ApiError::Internal(m)),
         }
     }
 

@@ -112,6 +112,9 @@ pub enum Command {
     Noop,
     /// Key management (enrolment, ceremonies, inventory, approvals, audit keys).
     Keys(KeyCommand),
+    /// Several clients' requests packed by the leader into one entry (applied in order, each
+    /// with its own dedup record, audit record and response). Never nested.
+    Batch(Vec<Request>),
     /// Seal the audit chain up to record `seq`, whose hash is `hash`, with the audit key.
     AuditSeal {
         /// The sealed record.
@@ -156,6 +159,8 @@ pub enum Outcome {
         /// A short description.
         detail: String,
     },
+    /// The responses of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
     /// The command was refused deterministically (the same on every node) and changed nothing but
     /// its dedup record and its audit record, so a retry gets the same refusal.
     Rejected {

@@ -65,7 +65,12 @@ impl StateMachine {
                 batch.put_cf(self.store.cf(Cf::SmMeta)?, sm_meta_key::MEMBERSHIP, bytes);
                 Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Membership }
             }
-            EntryPayload::Normal(req) => self.apply_request(&mut batch, log_id.index, req)?,
+            EntryPayload::Normal(req) => {
+                // One view for the whole entry: the requests of a batch see each other's writes.
+                let mut tx = Tx::new(&self.store, &mut batch)?;
+                let mut seen = std::collections::HashMap::new();
+                self.apply_request(&mut tx, log_id.index, req, &mut seen, true)?
+            }
         };
         let applied = codec::encode(&log_id).map_err(|e| StoreError::encode("last applied log id", e))?;
         batch.put_cf(self.store.cf(Cf::SmMeta)?, sm_meta_key::LAST_APPLIED, applied);
@@ -78,17 +83,48 @@ impl StateMachine {
     /// Apply a client request into `batch`, or return the stored response of its first
     /// application. Deterministic: depends only on the request and the stored state. Every
     /// command but `Noop` appends an audit record in the same batch.
-    fn apply_request(&self, batch: &mut WriteBatch, log_index: u64, req: Request) -> Result<Response, StoreError> {
+    ///
+    /// A [`Command::Batch`] (several clients' requests the leader packed into one entry) applies
+    /// each request in order, each with its own dedup and audit record, and answers with all
+    /// their responses; `seen` catches a request repeated inside one entry.
+    fn apply_request(
+        &self,
+        tx: &mut Tx<'_>,
+        log_index: u64,
+        req: Request,
+        seen: &mut std::collections::HashMap<Vec<u8>, Response>,
+        top: bool,
+    ) -> Result<Response, StoreError> {
         let dkey = dedup_key(&req.client_id, req.serial);
+        if let Some(first) = seen.get(&dkey) {
+            return Ok(Response { duplicate: true, ..first.clone() });
+        }
         if let Some(first) = self.store.get::<Response>(Cf::Dedup, &dkey)? {
             return Ok(Response { duplicate: true, ..first });
         }
+        if let Command::Batch(reqs) = req.cmd {
+            let mut responses = Vec::with_capacity(reqs.len());
+            for sub in reqs {
+                let r = if !top || matches!(sub.cmd, Command::Batch(_)) {
+                    Response {
+                        log_index,
+                        duplicate: false,
+                        outcome: Outcome::Rejected { reason: "nested batch".into() },
+                    }
+                } else {
+                    self.apply_request(tx, log_index, sub, seen, false)?
+                };
+                responses.push(r);
+            }
+            // The batch envelope itself is not deduplicated or audited: its requests are.
+            return Ok(Response { log_index, duplicate: false, outcome: Outcome::Batch(responses) });
+        }
         let digest = audit::request_digest(&req.client_id, req.serial, &req.actor, &super::encode_command(&req.cmd));
-        let mut tx = Tx::new(&self.store, batch)?;
         let (action, object, outcome): (&str, String, Outcome) = if req.client_id.is_empty() {
             ("request", String::new(), Outcome::Rejected { reason: "client id is empty".into() })
         } else {
             match req.cmd {
+                Command::Batch(_) => unreachable_batch(),
                 Command::Noop => ("noop", String::new(), Outcome::Noop),
                 Command::Put { key, .. } if key.is_empty() => {
                     ("kv.put", String::new(), Outcome::Rejected { reason: "key is empty".into() })
@@ -101,7 +137,7 @@ impl StateMachine {
                 Command::Keys(cmd) => {
                     let action = cmd.action();
                     let ctx = keys::Ctx { log_index, time_ms: req.time_ms, actor: &req.actor };
-                    match keys::apply::apply(&mut tx, &ctx, cmd)? {
+                    match keys::apply::apply(tx, &ctx, cmd)? {
                         keys::Applied::Done { object, detail } => {
                             (action, object.clone(), Outcome::Done { object, detail })
                         }
@@ -110,7 +146,7 @@ impl StateMachine {
                 }
                 Command::AuditSeal { seq, hash, mac } => {
                     let object = format!("audit:{seq}");
-                    match audit::check_seal(&tx, seq, &hash)? {
+                    match audit::check_seal(&*tx, seq, &hash)? {
                         Err(reason) => ("audit.seal", object, Outcome::Rejected { reason }),
                         Ok(()) => {
                             let seal = audit::Seal { seq, hash, mac };
@@ -126,11 +162,10 @@ impl StateMachine {
                                 mac: None,
                                 seal: Some(seal),
                             };
-                            audit::append(&mut tx, rec)?;
+                            audit::append(tx, rec)?;
                             let response =
                                 Response { log_index, duplicate: false, outcome: Outcome::Done { object, detail } };
-                            drop(tx);
-                            return self.finish(batch, dkey, response);
+                            return self.finish(tx, seen, dkey, response);
                         }
                     }
                 }
@@ -154,16 +189,22 @@ impl StateMachine {
                 mac: req.audit_mac,
                 seal: None,
             };
-            audit::append(&mut tx, rec)?;
+            audit::append(tx, rec)?;
         }
-        drop(tx);
-        self.finish(batch, dkey, Response { log_index, duplicate: false, outcome })
+        self.finish(tx, seen, dkey, Response { log_index, duplicate: false, outcome })
     }
 
     /// Store the dedup record of a first application and return its response.
-    fn finish(&self, batch: &mut WriteBatch, dkey: Vec<u8>, response: Response) -> Result<Response, StoreError> {
+    fn finish(
+        &self,
+        tx: &mut Tx<'_>,
+        seen: &mut std::collections::HashMap<Vec<u8>, Response>,
+        dkey: Vec<u8>,
+        response: Response,
+    ) -> Result<Response, StoreError> {
         let bytes = codec::encode(&response).map_err(|e| StoreError::encode("response", e))?;
-        batch.put_cf(self.store.cf(Cf::Dedup)?, dkey, bytes);
+        tx.put_cf(Cf::Dedup, &dkey, &bytes)?;
+        seen.insert(dkey, response.clone());
         Ok(response)
     }
 
@@ -325,6 +366,11 @@ impl StateMachine {
     fn snapshot_from(meta: Meta, file: File) -> Snapshot<TypeConfig> {
         Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }
     }
+}
+
+/// A batch is unpacked before the match that uses this; reaching it would be a bug.
+fn unreachable_batch() -> (&'static str, String, Outcome) {
+    ("batch", String::new(), Outcome::Rejected { reason: "nested batch".into() })
 }
 
 /// Decode an optional `sm_meta` value read through a snapshot view.

@@ -88,6 +88,46 @@ async fn retried_request_is_applied_once() {
     assert!(bad[1].duplicate && bad[1].outcome == bad[0].outcome);
 }
 
+/// A batch entry applies its requests in order, each deduplicated and audited on its own, and
+/// each sees the writes of the ones before it; the audit chain stays gap-free and verifiable.
+#[tokio::test]
+async fn a_batch_entry_applies_each_request_once_in_order() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path()).await.unwrap();
+    sm.apply([put(1, "c1", 1, "k", b"zero")]).await.unwrap();
+    let req = |client: &str, serial: u64, key: &str, v: &[u8]| match put(0, client, serial, key, v).payload {
+        EntryPayload::Normal(r) => r,
+        _ => unreachable!("put builds a normal entry"),
+    };
+    let subs = vec![
+        req("c2", 1, "k", b"one"),
+        req("c3", 1, "k", b"two"),
+        req("c1", 1, "k", b"retry of an applied request"),
+        req("c3", 1, "k", b"repeated inside the batch"),
+        req("c4", 1, "", b"refused"),
+    ];
+    let envelope = Request {
+        client_id: "node-1-batch".into(),
+        serial: 1,
+        time_ms: 1,
+        actor: crate::keys::model::Actor::node(1),
+        audit_mac: None,
+        cmd: Command::Batch(subs),
+    };
+    let out = sm.apply([Entry { log_id: log_id(1, 2), payload: EntryPayload::Normal(envelope) }]).await.unwrap();
+    let Outcome::Batch(rs) = &out[0].outcome else { panic!("not a batch outcome: {out:?}") };
+    assert_eq!(rs.len(), 5);
+    assert_eq!((rs[0].duplicate, &rs[0].outcome), (false, &Outcome::Put { replaced: true }));
+    assert_eq!((rs[1].duplicate, &rs[1].outcome), (false, &Outcome::Put { replaced: true }));
+    assert!(rs[2].duplicate && rs[2].log_index == 1, "an earlier request is not applied again");
+    assert!(rs[3].duplicate && rs[3].log_index == 2, "a request repeated in the batch is applied once");
+    assert!(matches!(rs[4].outcome, Outcome::Rejected { .. }));
+    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"two"[..]));
+    // records: 1 (first put), then c2, c3 and the refused one — no gap, chain intact
+    let report = sm.read(|kv| crate::audit::verify(kv, |_, _| Ok(true))).await.unwrap();
+    assert_eq!((report.records, report.broken), (4, None));
+}
+
 /// A damaged value in the log or meta column family is an error, never "nothing stored".
 #[tokio::test]
 async fn corrupt_values_are_errors() {

@@ -230,6 +230,14 @@ impl<'a> Tx<'a> {
     }
 }
 
+impl Tx<'_> {
+    /// Write into another column family (dedup records) in the same batch.
+    pub fn put_cf(&mut self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.batch.put_cf(self.store.cf(cf)?, key, value);
+        Ok(())
+    }
+}
+
 impl Kv for Tx<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.overlay.get(key) {
