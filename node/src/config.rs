@@ -137,6 +137,20 @@ impl RaftConfig {
     }
 }
 
+/// Check a `host:port` address as peers and clients will dial it: a host name or IP address
+/// (IPv6 in brackets) and a non-zero port. The error says what is wrong.
+pub fn check_host_port(addr: &str) -> Result<(), &'static str> {
+    let Some((host, port)) = addr.rsplit_once(':') else { return Err("has no port") };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err("has no valid port"),
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name_ok =
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    if name_ok { Ok(()) } else { Err("has no valid host") }
+}
+
 /// Why a configuration file was refused. Each variant prints as one line naming the file and,
 /// where there is one, the field.
 #[derive(Debug, thiserror::Error)]
@@ -234,10 +248,7 @@ impl Config {
         for (id, addr) in &self.dial {
             let invalid = |reason: String| ConfigError::Invalid { field: "dial", reason };
             let id: NodeId = id.parse().map_err(|_| invalid(format!("key {id:?} is not a node id")))?;
-            match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-                Some((h, Ok(p))) if !h.is_empty() && p > 0 => {}
-                _ => return Err(invalid(format!("node {id}: {addr:?} is not host:port"))),
-            }
+            check_host_port(addr).map_err(|why| invalid(format!("node {id}: {addr:?} {why}; expected host:port")))?;
             out.insert(id, addr.clone());
         }
         Ok(out)

@@ -369,19 +369,8 @@ impl Inner {
 
 /// A member address must be `host:port` with a non-zero port (a name or an IP address).
 fn check_addr(id: NodeId, field: &str, addr: &str) -> ApiResult<()> {
-    let bad = |why: &str| Err(ApiError::BadRequest(format!("node {id}: {field} {addr:?} {why}; expected host:port")));
-    let Some((host, port)) = addr.rsplit_once(':') else { return bad("has no port") };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return bad("has no valid port"),
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name_ok =
-        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
-    if !name_ok {
-        return bad("has no valid host");
-    }
-    Ok(())
+    crate::config::check_host_port(addr)
+        .map_err(|why| ApiError::BadRequest(format!("node {id}: {field} {addr:?} {why}; expected host:port")))
 }
 
 /// The log index of a stored membership (0 for none).

@@ -75,26 +75,6 @@ impl std::fmt::Debug for KeyAgent {
 }
 
 impl KeyAgent {
-    /// The agent of node `id` over its HSM (pool).
-    pub fn new(
-        id: NodeId,
-        hsm: Arc<dyn Hsm>,
-        raft: Raft,
-        sm: StateMachine,
-        host_path: Arc<HostPathQueue>,
-    ) -> Arc<Self> {
-        Arc::new(KeyAgent {
-            id,
-            host_path,
-            hsm,
-            raft,
-            sm,
-            last_error: Mutex::new(None),
-            audit_mac_key: Mutex::new(None),
-            slots: None,
-        })
-    }
-
     /// The agent of node `id` over an HSM pool, whose slot states it reports.
     pub fn with_pool(
         id: NodeId,

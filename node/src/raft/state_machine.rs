@@ -124,7 +124,8 @@ impl StateMachine {
             ("request", String::new(), Outcome::Rejected { reason: "client id is empty".into() })
         } else {
             match req.cmd {
-                Command::Batch(_) => unreachable_batch(),
+                // Unpacked above; a batch only reaches here nested, which is refused.
+                Command::Batch(_) => ("batch", String::new(), Outcome::Rejected { reason: "nested batch".into() }),
                 Command::Noop => ("noop", String::new(), Outcome::Noop),
                 Command::Put { key, .. } if key.is_empty() => {
                     ("kv.put", String::new(), Outcome::Rejected { reason: "key is empty".into() })
@@ -366,11 +367,6 @@ impl StateMachine {
     fn snapshot_from(meta: Meta, file: File) -> Snapshot<TypeConfig> {
         Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }
     }
-}
-
-/// A batch is unpacked before the match that uses this; reaching it would be a bug.
-fn unreachable_batch() -> (&'static str, String, Outcome) {
-    ("batch", String::new(), Outcome::Rejected { reason: "nested batch".into() })
 }
 
 /// Decode an optional `sm_meta` value read through a snapshot view.
