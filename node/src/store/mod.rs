@@ -127,12 +127,25 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(DBCompressionType::Lz4);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            let mut cf_opts = Options::default();
-            cf_opts.set_compression_type(DBCompressionType::Lz4);
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
-        });
-        let db = rocksdb::DB::open_cf_descriptors(&opts, path, cfs)?;
+        let cfs = || {
+            Cf::ALL.iter().map(|cf| {
+                let mut cf_opts = Options::default();
+                cf_opts.set_compression_type(DBCompressionType::Lz4);
+                ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+            })
+        };
+        // A node restarted right after it was killed can find the database LOCK still held while
+        // the kernel tears the old process down: retry that for a few seconds, nothing else.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match rocksdb::DB::open_cf_descriptors(&opts, path, cfs()) {
+                Ok(db) => break db,
+                Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Self { db })
     }
 
