@@ -53,7 +53,7 @@ impl Who {
 }
 
 /// A session with the cluster for one command: endpoints, caller, client id, serials.
-struct Session {
+pub(crate) struct Session {
     endpoints: Vec<String>,
     actor: Option<Actor>,
     client_id: String,
@@ -62,7 +62,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(who: &Who, needs_actor: bool) -> Result<Self> {
+    pub(crate) fn new(who: &Who, needs_actor: bool) -> Result<Self> {
         let actor = if needs_actor { Some(who.actor()?) } else { who.actor().ok() };
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let name = actor.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| "anonymous".into());
@@ -79,7 +79,7 @@ impl Session {
         self.actor.as_ref().map(|a| a.to_string()).unwrap_or_default()
     }
 
-    fn caller(&mut self) -> Caller {
+    pub(crate) fn caller(&mut self) -> Caller {
         self.serial += 1;
         Caller { client_id: self.client_id.clone(), serial: self.serial, actor: self.actor_str() }
     }
@@ -95,7 +95,7 @@ impl Session {
     /// Send a key command through Cluster.Write; retried on transport failures and timeouts with
     /// the same serial (applied at most once). Returns the outcome detail, or the refusal as an
     /// error.
-    fn write(&mut self, cmd: KeyCommand) -> Result<String> {
+    pub(crate) fn write(&mut self, cmd: KeyCommand) -> Result<String> {
         self.serial += 1;
         let req = WriteRequest {
             client_id: self.client_id.clone(),
@@ -129,7 +129,7 @@ impl Session {
     }
 
     /// A JSON query of the replicated state, linearizable.
-    fn query(&self, what: &str, id: &str) -> Result<Value> {
+    pub(crate) fn query(&self, what: &str, id: &str) -> Result<Value> {
         let endpoints = self.endpoints.clone();
         let json = self.rt.block_on(async {
             let mut last = anyhow!("no endpoint");
@@ -147,12 +147,12 @@ impl Session {
         serde_json::from_str(&json).context("the node answered a query with invalid JSON")
     }
 
-    fn query_as<T: serde::de::DeserializeOwned>(&self, what: &str, id: &str) -> Result<T> {
+    pub(crate) fn query_as<T: serde::de::DeserializeOwned>(&self, what: &str, id: &str) -> Result<T> {
         serde_json::from_value(self.query(what, id)?).with_context(|| format!("unexpected {what} document"))
     }
 
     /// Call the Keys service on the first endpoint that answers.
-    fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
+    pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(KeysClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -178,7 +178,7 @@ fn retryable(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
 }
 
-fn print(json: bool, doc: Value, text: impl AsRef<str>) {
+pub(crate) fn print(json: bool, doc: Value, text: impl AsRef<str>) {
     if json {
         println!("{doc}");
     } else {
@@ -505,6 +505,8 @@ pub fn key_generate(a: &KeyGenerateArgs, json: bool) -> Result<u8> {
         alg: a.alg.clone(),
         exportable: a.exportable,
         active: !a.pending,
+        rsa_bits: 0,
+        rsa_exponent: 0,
     };
     let r = s.call_keys(|mut c| {
         let req = req.clone();

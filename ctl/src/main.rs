@@ -10,8 +10,10 @@ mod cluster;
 mod demo;
 mod dev;
 mod exit_codes;
+mod issuers;
 mod keys;
 mod pkcs11;
+mod prep;
 mod profile;
 
 use clap::{Parser, Subcommand};
@@ -63,7 +65,47 @@ enum Cmd {
     Profile(ProfileCmd),
     /// The published benchmarks.
     #[command(subcommand)]
+    Ca(CaCmd),
+    #[command(subcommand)]
+    Issuer(IssuerCmd),
+    #[command(subcommand)]
+    Prep(PrepCmd),
+    #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+/// EMV CA public keys the cluster verifies issuer certificates with.
+#[derive(Subcommand, Debug)]
+enum CaCmd {
+    /// The CA keys held: built-in scheme TEST keys and imported ones.
+    List(issuers::CaListArgs),
+    /// Import a CA public key (admin), checked against the scheme's check value when given.
+    Import(issuers::CaImportArgs),
+}
+
+/// Issuer RSA key pairs and issuer public-key certificates.
+#[derive(Subcommand, Debug)]
+enum IssuerCmd {
+    /// Issuer key pairs and imported certificates.
+    List(issuers::IssuerListArgs),
+    /// Generate an issuer key pair in a node's HSM (admin).
+    Generate(issuers::IssuerGenerateArgs),
+    /// Import a scheme's issuer-certificate file; the cluster verifies it before accepting it.
+    Import(issuers::IssuerImportArgs),
+    /// Certify an issuer key with the Quill TEST CA and import the certificate (TEST only).
+    CertifyTest(issuers::IssuerCertifyTestArgs),
+}
+
+/// Local data preparation with the TEST keys (lab cards, checks, measurements).
+#[derive(Subcommand, Debug)]
+enum PrepCmd {
+    /// Prepare a batch file with a profile in this process, on a TEST token loaded with the
+    /// documented TEST keys; writes the output streams.
+    Run(prep::RunArgs),
+    /// Check the output streams of a run: structure, digests, record counts, MACs.
+    Check(prep::CheckArgs),
+    /// Print one card of a run as GlobalPlatformPro `DGIxxxx=hex` lines.
+    Gp(prep::GpArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,6 +210,9 @@ enum ClusterCmd {
 enum BenchCmd {
     /// Committed commands/s and p50/p99 commit latency of 64-byte commands on a running cluster.
     Raft(bench::RaftArgs),
+    /// Cards per second of a DDA profile on one HSM, against its ICC key generation rate (pool
+    /// off, then a warm pool).
+    Prep(prep::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -203,7 +248,17 @@ fn main() -> ExitCode {
         Cmd::Audit(AuditCmd::Tail(a)) => keys::audit_tail(a, false, json),
         Cmd::Audit(AuditCmd::Export(a)) => keys::audit_tail(a, true, json),
         Cmd::Profile(ProfileCmd::Validate(a)) => profile::validate(a, json),
+        Cmd::Ca(CaCmd::List(a)) => issuers::ca_list(a, json),
+        Cmd::Ca(CaCmd::Import(a)) => issuers::ca_import(a, json),
+        Cmd::Issuer(IssuerCmd::List(a)) => issuers::issuer_list(a, json),
+        Cmd::Issuer(IssuerCmd::Generate(a)) => issuers::issuer_generate(a, json),
+        Cmd::Issuer(IssuerCmd::Import(a)) => issuers::issuer_import(a, json),
+        Cmd::Issuer(IssuerCmd::CertifyTest(a)) => issuers::issuer_certify_test(a, json),
+        Cmd::Prep(PrepCmd::Run(a)) => prep::run(a, json),
+        Cmd::Prep(PrepCmd::Check(a)) => prep::check(a, json),
+        Cmd::Prep(PrepCmd::Gp(a)) => prep::gp(a, json),
         Cmd::Bench(BenchCmd::Raft(args)) => bench::raft(args, json),
+        Cmd::Bench(BenchCmd::Prep(a)) => prep::bench(a, json),
     };
     match r {
         Ok(code) => ExitCode::from(code),

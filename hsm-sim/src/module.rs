@@ -808,8 +808,14 @@ impl Module {
             return self.insert_object(h, attrs, material);
         }
         let t = template_to_map(tmpl)?;
+        if t.ulong(CKA_CLASS) == Some(CKO_PRIVATE_KEY) {
+            return self.unwrap_private_key(h, mech, &u, wrapped, tmpl, t.ulong(CKA_KEY_TYPE), slot);
+        }
         if t.ulong(CKA_CLASS) != Some(CKO_SECRET_KEY) {
-            return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "unwrap template must give CKA_CLASS = CKO_SECRET_KEY"));
+            return Err(Error::new(
+                CKR_TEMPLATE_INCOMPLETE,
+                "unwrap template must give CKA_CLASS = CKO_SECRET_KEY or CKO_PRIVATE_KEY",
+            ));
         }
         let kt = t
             .ulong(CKA_KEY_TYPE)
@@ -834,6 +840,44 @@ impl Module {
             key_type: Some(kt),
             origin: Origin::Unwrapped,
             material: Some(Material::Secret(Arc::new(v))),
+            extra: AttrMap::default(),
+            so: self.is_so(slot),
+        })?;
+        self.insert_object(h, attrs, material)
+    }
+
+    /// `C_UnwrapKey` of an RSA private key: a PKCS#8 `PrivateKeyInfo` under an AES key-wrap
+    /// mechanism (the inverse of [`Module::wrap_key`] of a private key).
+    #[allow(clippy::too_many_arguments)]
+    fn unwrap_private_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        unwrapping: &Object,
+        wrapped: &[u8],
+        tmpl: &[Attribute],
+        key_type: Option<CK_KEY_TYPE>,
+        slot: CK_SLOT_ID,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        if key_type != Some(CKK_RSA) {
+            return Err(Error::new(CKR_TEMPLATE_INCONSISTENT, "an unwrapped private key must be CKK_RSA"));
+        }
+        if !ops::is_aes_key_wrap(mech.mech) {
+            return Err(Error::new(
+                CKR_MECHANISM_INVALID,
+                "private keys unwrap with CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD or CKM_AES_KEY_WRAP_KWP",
+            ));
+        }
+        let der = ops::unwrap(mech, unwrapping, wrapped)?;
+        let key = quill_hsm_crypto::rsa::from_pkcs8(&der)
+            .map_err(|e| Error::new(CKR_WRAPPED_KEY_INVALID, format!("unwrapped data: {e}")))?;
+        let engine = quill_hsm_crypto::rsa::RsaEngine::new(&key)?;
+        let (attrs, material) = object::build(NewObject {
+            template: tmpl,
+            class: Some(CKO_PRIVATE_KEY),
+            key_type: Some(CKK_RSA),
+            origin: Origin::Unwrapped,
+            material: Some(Material::RsaPrivate(Arc::new(key), Arc::new(engine))),
             extra: AttrMap::default(),
             so: self.is_so(slot),
         })?;

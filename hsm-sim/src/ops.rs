@@ -803,10 +803,15 @@ pub fn wrap(mech: &Mechanism, wrapping: &Object, key: &Object) -> Result<Vec<u8>
     let value = match (&key.material, key.class()) {
         (Material::Secret(v), CKO_SECRET_KEY) => v.clone(),
         (Material::None, _) => return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "key is not available: log in first")),
+        // An RSA private key wraps as its PKCS#8 PrivateKeyInfo under an AES key-wrap mechanism
+        // (as SoftHSM does), so that a key pair generated here can be kept wrapped elsewhere.
+        (Material::RsaPrivate(k, _), CKO_PRIVATE_KEY) if is_aes_key_wrap(mech.mech) => Arc::new(
+            quill_hsm_crypto::rsa::to_pkcs8(k).map_err(|e| Error::general(format!("PKCS#8 encoding: {e}")))?,
+        ),
         _ => {
             return Err(Error::new(
                 CKR_KEY_NOT_WRAPPABLE,
-                "only secret keys wrap with this mechanism (RSA CRT parts: CKM_QUILL_RSA_CRT_COMPONENT_WRAP)",
+                "secret keys wrap with this mechanism; RSA private keys only with CKM_AES_KEY_WRAP(_PAD/_KWP) (CRT parts: CKM_QUILL_RSA_CRT_COMPONENT_WRAP)",
             ));
         }
     };
@@ -886,6 +891,11 @@ fn wrap_crt_component(mech: &Mechanism, wrapping: &Object, key: &Object) -> Resu
     };
     let mut s = BlockStream { alg, key: key_bytes, iv, encrypt: true, pad: false, buf: Zeroizing::new(Vec::new()) };
     s.process(&data)
+}
+
+/// The AES key-wrap mechanisms (RFC 3394 / 5649), the ones private keys wrap with.
+pub fn is_aes_key_wrap(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(mech, CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP)
 }
 
 /// Decrypt a wrapped key value for `C_UnwrapKey`.

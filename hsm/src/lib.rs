@@ -46,7 +46,7 @@ pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_hsm_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
 pub use quill_hsm_crypto::tr31;
-pub use types::{Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey};
+pub use types::{Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey};
 pub use zeroize::Zeroizing;
 
 /// Key-management operations of a node's HSM(s).
@@ -210,4 +210,15 @@ pub trait Hsm: Send + Sync {
         transport: &WrappedKey,
         padding: CrtPadding,
     ) -> Result<IccKeyPair, HsmError>;
+
+    /// An RSA key pair for signing (an issuer key: `bits` 1024–1984 in steps of 8 for EMV, any
+    /// 512–4096 here; odd `exponent` ≥ 3) generated inside the HSM. The private key leaves only
+    /// wrapped under the SMK (PKCS#8 under AES key wrap with padding), like every working key.
+    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32) -> Result<WrappedRsaKey, HsmError>;
+
+    /// The raw RSA private operation (`CKM_RSA_X_509`: `block^d mod n`, no padding) with a
+    /// wrapped private key: EMV certificates and Signed Static Application Data are formatted by
+    /// the caller and signed this way. `block` must be exactly the modulus length and below the
+    /// modulus; the result is the modulus length.
+    fn rsa_sign_raw(&self, key: &WrappedRsaKey, block: &[u8]) -> Result<Vec<u8>, HsmError>;
 }

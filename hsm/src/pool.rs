@@ -31,7 +31,7 @@ use crate::observer::HostPathObserver;
 use crate::payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest};
 use crate::pkcs11::Pkcs11Hsm;
 use crate::tr31::Tr31Header;
-use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey};
+use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey, WrappedRsaKey};
 use crate::{Hsm, Zeroizing};
 use serde::Serialize;
 use std::panic::AssertUnwindSafe;
@@ -765,6 +765,25 @@ impl Hsm for HsmPool {
             self.inner.keygen_timeout,
             Some(&transport.smk_kcv),
             Arc::new(move |h: &Pkcs11Hsm| h.generate_icc_rsa_key(bits, exponent, &t, padding)),
+        )
+    }
+
+    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32) -> Result<WrappedRsaKey, HsmError> {
+        self.inner.run(
+            "generate_rsa_key_pair",
+            self.inner.keygen_timeout,
+            None,
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_rsa_key_pair(bits, exponent)),
+        )
+    }
+
+    fn rsa_sign_raw(&self, key: &WrappedRsaKey, block: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let (k, b) = (key.clone(), block.to_vec());
+        self.inner.run(
+            "rsa_sign_raw",
+            self.inner.op_timeout,
+            Some(&key.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.rsa_sign_raw(&k, &b)),
         )
     }
 }

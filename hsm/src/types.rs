@@ -310,6 +310,40 @@ impl fmt::Debug for WrappedKey {
     }
 }
 
+/// An RSA private key (an issuer key) wrapped under the SMK: the PKCS#8 `PrivateKeyInfo`
+/// encrypted with AES key wrap with padding (RFC 5649) inside the HSM, and its public half. Only
+/// an HSM holding the same SMK can use it ([`crate::Hsm::rsa_sign_raw`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedRsaKey {
+    /// The public key.
+    pub public: RsaPublic,
+    /// RFC 5649 ciphertext of the PKCS#8 private key under the SMK.
+    #[serde(with = "hex_bytes")]
+    pub blob: Vec<u8>,
+    /// KCV of the SMK that wraps it.
+    pub smk_kcv: Kcv,
+}
+
+impl WrappedRsaKey {
+    /// SHA-256 of the blob: the key of the per-session handle cache.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        Sha256::digest(&self.blob).into()
+    }
+}
+
+impl fmt::Debug for WrappedRsaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WrappedRsaKey(RSA-{} {} under SMK {}, {} bytes)",
+            self.public.bits(),
+            &self.public.fingerprint()[..16],
+            self.smk_kcv,
+            self.blob.len()
+        )
+    }
+}
+
 /// One clear key component, encrypted with RSA-OAEP (SHA-1, MGF1-SHA-1, no label) to a node's
 /// transport public key. SHA-1 because SoftHSM 2.6 has no OAEP with SHA-256; OAEP's security
 /// does not rest on SHA-1's collision resistance.

@@ -23,6 +23,7 @@ per_backend!(
     cvv_known_answers,
     generated_pins_translate_and_verify,
     icc_rsa_crt_components_decrypt,
+    issuer_keys_wrap_under_the_smk_and_sign_raw,
     bad_input_is_named,
     host_path_policy_for_payment,
 );
@@ -349,6 +350,45 @@ fn icc_rsa_crt_components_decrypt(b: Backend) {
         x.mod_mul(qinv, q, p, &mut ctx).unwrap();
         assert_eq!(x, one, "qinv·q ≡ 1 mod p");
     }
+}
+
+/// An issuer key pair generated inside the HSM leaves only wrapped under the SMK, signs raw blocks
+/// that OpenSSL recovers with its public key, works from a second token holding the same SMK, and
+/// is refused by a token with another SMK.
+fn issuer_keys_wrap_under_the_smk_and_sign_raw(b: Backend) {
+    let Some(f) = Fixture::new(b, "pay-issuer") else { return };
+    let key = f.hsm.generate_rsa_key_pair(1152, 3).unwrap();
+    assert_eq!(key.public.bits(), 1152);
+    assert_eq!(key.public.exponent, vec![3]);
+    // The blob is ciphertext: neither the modulus nor a PKCS#8 header shows in it.
+    assert!(!key.blob.windows(16).any(|w| key.public.modulus.windows(16).any(|m| m == w)));
+    let n = BigNum::from_slice(&key.public.modulus).unwrap();
+    let e = BigNum::from_u32(3).unwrap();
+    let mut ctx = BigNumContext::new().unwrap();
+    let mut block = vec![0x6Au8; 144];
+    block[1] = 0x04;
+    block[143] = 0xBC;
+    for i in 0..3u8 {
+        block[10] = i;
+        let sig = f.hsm.rsa_sign_raw(&key, &block).unwrap();
+        assert_eq!(sig.len(), 144);
+        let mut m = BigNum::new().unwrap();
+        m.mod_exp(&BigNum::from_slice(&sig).unwrap(), &e, &n, &mut ctx).unwrap();
+        assert_eq!(m.to_vec_padded(144).unwrap(), block, "sig^e mod n = block");
+    }
+    assert_misuse(f.hsm.rsa_sign_raw(&key, &block[..100]).unwrap_err(), "must be 144 bytes");
+    assert_misuse(f.hsm.rsa_sign_raw(&key, &[0xFF; 144]).unwrap_err(), "below the modulus");
+    assert_misuse(f.hsm.generate_rsa_key_pair(1004, 3).unwrap_err(), "steps of 8");
+    // A corrupted blob is a bad wrapped key, not a device error.
+    let mut bad = key.clone();
+    let mid = bad.blob.len() / 2;
+    bad.blob[mid] ^= 1;
+    let err = f.hsm.rsa_sign_raw(&bad, &block).unwrap_err();
+    assert!(!err.is_device_error(), "{err:?}");
+    // Another token with another SMK refuses it before unwrapping.
+    let Some(other) = Fixture::new(b, "pay-issuer-2") else { return };
+    let err = other.hsm.rsa_sign_raw(&key, &block).unwrap_err();
+    assert!(matches!(err, HsmError::WrongSmk { .. }), "{err:?}");
 }
 
 fn assert_misuse(e: HsmError, needle: &str) {

@@ -1,10 +1,11 @@
-//! Quill data preparation, the pure part.
+//! Quill data preparation.
 //!
-//! This crate turns card data into personalization data and does no I/O: no files, no sockets, no
-//! clock, no HSM session. Where a private key is needed (the issuer key signing an ICC certificate
-//! or Signed Static Application Data) the caller passes an implementation of
-//! [`emv::cert::RawRsaSigner`]; the node implements it over the HSM's raw RSA mechanism
-//! (`CKM_RSA_X_509`), tests implement it with OpenSSL. Public-key operations (recovering and
+//! This crate turns card data into personalization data and does no I/O of its own: no files, no
+//! sockets, no clock. Every key operation goes through the [`quill_hsm::Hsm`] handle the caller
+//! passes to the [`engine`]; where a private key signs (the issuer key signing an ICC certificate
+//! or Signed Static Application Data) the certificate code takes an implementation of
+//! [`emv::cert::RawRsaSigner`]: the engine's runs `CKM_RSA_X_509` in the HSM with the wrapped
+//! issuer key, tests use OpenSSL. Public-key operations (recovering and
 //! checking certificates) are done here, in pure Rust.
 //!
 //! What exists so far: [`profile`] (card-product profiles in TOML, every problem reported with
@@ -12,13 +13,15 @@
 //! dates, service codes, name charsets; errors never show a PAN in clear), [`emv::cert`] (EMV
 //! Book 2 offline-data-authentication certificates: scheme CA keys, issuer-certificate files, ICC
 //! certificates, SDA), [`tlv`] (BER-TLV), [`cps`] (DGIs, record templates, padding) and
-//! [`magstripe`] (tracks 1 and 2, track 2 equivalent data, discretionary layouts). Still to come
-//! (DESIGN.md §7): the per-card engine that ties them to the HSM, PIN mailers, e-purse and CAP
-//! data, the output writer.
+//! [`magstripe`] (tracks 1 and 2, track 2 equivalent data, discretionary layouts), and
+//! [`engine`]: the per-card engine that ties them to an [`quill_hsm::Hsm`] handle (every key
+//! operation inside the HSM), the ICC key-pair pool, and the output streams with their MACs.
 
 pub mod cps;
 pub mod emv;
+pub mod engine;
 pub mod input;
 pub mod magstripe;
 pub mod profile;
+pub mod testkeys;
 pub mod tlv;

@@ -311,6 +311,38 @@ fn complete(n_in: &[u8], e: &[u8], d_in: &[u8], p: &[u8], q: &[u8], gen_bits: Op
     })
 }
 
+/// The key as a DER PKCS#8 `PrivateKeyInfo` (what `C_WrapKey` of a private key wraps, as in
+/// SoftHSM), in zeroized memory.
+pub fn to_pkcs8(key: &RsaPrivateKey) -> Result<Zeroizing<Vec<u8>>> {
+    let bn = |v: &[u8]| BigNum::from_slice(v).map_err(bn_err);
+    let rsa = Rsa::from_private_components(
+        bn(&key.n)?,
+        bn(&key.e)?,
+        bn(&key.d)?,
+        bn(&key.p)?,
+        bn(&key.q)?,
+        bn(&key.dp)?,
+        bn(&key.dq)?,
+        bn(&key.qinv)?,
+    )
+    .map_err(ossl("RSA key construction"))?;
+    let pkey = PKey::from_rsa(rsa).map_err(ossl("RSA key construction"))?;
+    Ok(Zeroizing::new(pkey.private_key_to_pkcs8().map_err(ossl("PKCS#8 encoding"))?))
+}
+
+/// Inverse of [`to_pkcs8`]: an RSA `PrivateKeyInfo`, its components checked as by
+/// [`from_components`].
+pub fn from_pkcs8(der: &[u8]) -> Result<RsaPrivateKey> {
+    let pkey = PKey::private_key_from_pkcs8(der).map_err(|_| CryptoError::Rsa("not a PKCS#8 private key".into()))?;
+    let rsa = pkey.rsa().map_err(|_| CryptoError::Rsa("the PKCS#8 key is not an RSA key".into()))?;
+    let (p, q) = match (rsa.p(), rsa.q()) {
+        (Some(p), Some(q)) => (Zeroizing::new(p.to_vec()), Zeroizing::new(q.to_vec())),
+        _ => return Err(CryptoError::Rsa("the PKCS#8 key lacks its prime factors".into())),
+    };
+    let d = Zeroizing::new(rsa.d().to_vec());
+    from_components(&rsa.n().to_vec(), &rsa.e().to_vec(), &d, &p, &q)
+}
+
 enum Inner {
     Private(Rsa<Private>, PKey<Private>),
     Public(Rsa<Public>, PKey<Public>),
@@ -757,6 +789,25 @@ mod tests {
         let mut broken = key.clone();
         broken.n = bad_n;
         assert!(matches!(RsaEngine::new(&broken), Err(CryptoError::Rsa(_))));
+    }
+
+    #[test]
+    fn pkcs8_round_trip_keeps_every_component() {
+        let key = generate(1024, 3).unwrap();
+        let der = to_pkcs8(&key).unwrap();
+        let back = from_pkcs8(&der).unwrap();
+        assert_eq!(strip_zeros(&back.n), strip_zeros(&key.n));
+        assert_eq!(strip_zeros(&back.d), strip_zeros(&key.d));
+        for (a, b) in [(&back.p, &key.p), (&back.q, &key.q), (&back.dp, &key.dp), (&back.qinv, &key.qinv)] {
+            assert_eq!(strip_zeros(a), strip_zeros(b));
+        }
+        // OpenSSL reads it as the same key.
+        let o = PKey::private_key_from_pkcs8(&der).unwrap().rsa().unwrap();
+        assert_eq!(o.n().to_vec(), strip_zeros(&key.n));
+        let mut bad = der.to_vec();
+        bad.truncate(bad.len() - 3);
+        assert!(from_pkcs8(&bad).is_err());
+        assert!(from_pkcs8(b"not der").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::module::{self, Module};
 use crate::observer::{HostPathObserver, HostPathUse};
 use crate::payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest};
 use crate::raw::{RawError, RawParam};
-use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, WrappedKey};
+use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, WrappedKey, WrappedRsaKey};
 use crate::{Hsm, Zeroizing};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -925,4 +925,78 @@ impl Hsm for Pkcs11Hsm {
     ) -> Result<IccKeyPair, HsmError> {
         self.with_session("generate_icc_rsa_key", |s, op| self.icc_rsa_in(s, op, bits, exponent, transport, padding))
     }
+
+    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32) -> Result<WrappedRsaKey, HsmError> {
+        self.with_session("generate_rsa_key_pair", |s, op| {
+            if !(512..=4096).contains(&bits) || !bits.is_multiple_of(8) {
+                return Err(op.misuse(format!("RSA keys have 512 to 4096 bits in steps of 8, not {bits}")));
+            }
+            if exponent < 3 || exponent.is_multiple_of(2) {
+                return Err(op.misuse(format!("the public exponent must be odd and at least 3, not {exponent}")));
+            }
+            let smk = self.require_smk(&s.session, op)?;
+            let e: Vec<u8> = exponent.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            let session = &s.session;
+            let mut tmp = Temporaries::new(session);
+            let (pub_t, priv_t) = templates::signing_pair(bits, &e);
+            let (hpub, hpriv) = op.ck(session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t))?;
+            tmp.add(hpub);
+            tmp.add(hpriv);
+            let public = self.read_public(session, op, hpub)?;
+            let blob = op.ck(session.wrap_key(&Mechanism::AesKeyWrapPad, smk.handle, hpriv))?;
+            Ok(WrappedRsaKey { public, blob, smk_kcv: smk.kcv.clone() })
+        })
+    }
+
+    fn rsa_sign_raw(&self, key: &WrappedRsaKey, block: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.with_session("rsa_sign_raw", |s, op| {
+            let n = strip_leading_zeros(&key.public.modulus);
+            if block.len() != n.len() || block > n {
+                return Err(op.misuse(format!(
+                    "a raw RSA block must be {} bytes and below the modulus, got {} bytes",
+                    n.len(),
+                    block.len()
+                )));
+            }
+            let smk = self.require_smk(&s.session, op)?;
+            if key.smk_kcv != smk.kcv {
+                return Err(HsmError::WrongSmk {
+                    operation: op.name,
+                    key_smk: key.smk_kcv.clone(),
+                    hsm_smk: smk.kcv.clone(),
+                    at: self.at.clone(),
+                });
+            }
+            let digest = key.digest();
+            let h = match s.cache.get(&digest, Usage::Sign) {
+                Some(h) => h,
+                None => {
+                    let h = s
+                        .session
+                        .unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, &key.blob, &templates::signing_private())
+                        .map_err(|e| match e {
+                            CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => HsmError::BadWrappedKey {
+                                operation: op.name,
+                                function: format!("C_{f:?}"),
+                                rv,
+                                at: self.at.clone(),
+                            },
+                            other => op.err(other),
+                        })?;
+                    s.cache.insert(&s.session, digest, Usage::Sign, h);
+                    h
+                }
+            };
+            let sig = op.ck(s.session.sign(&Mechanism::RsaX509, h, block))?;
+            // Some modules strip leading zeros of the result; EMV wants the full length.
+            let mut out = vec![0u8; n.len().saturating_sub(sig.len())];
+            out.extend_from_slice(&sig);
+            Ok(out)
+        })
+    }
+}
+
+fn strip_leading_zeros(v: &[u8]) -> &[u8] {
+    let i = v.iter().position(|b| *b != 0).unwrap_or(v.len());
+    &v[i..]
 }

@@ -168,6 +168,45 @@ pub(crate) fn icc_pair(bits: u32, exponent: &[u8], host_path: bool) -> (Vec<Attr
     (public, private)
 }
 
+/// A signing (issuer) key pair: session objects; the private half sensitive and extractable only
+/// so that it can be wrapped under the SMK.
+pub(crate) fn signing_pair(bits: u32, exponent: &[u8]) -> (Vec<Attribute>, Vec<Attribute>) {
+    let public = vec![
+        Attribute::Token(false),
+        Attribute::ModulusBits(Ulong::from(u64::from(bits))),
+        Attribute::PublicExponent(exponent.to_vec()),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+    ];
+    let private = vec![
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+    ];
+    (public, private)
+}
+
+/// A signing private key unwrapped from its blob: session object, sensitive, never extractable,
+/// sign only.
+pub(crate) fn signing_private() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+    ]
+}
+
 /// The key a TR-31 key block holds, unwrapped inside the HSM on its way to being wrapped under the
 /// SMK: session object, sensitive, extractable (for `C_WrapKey`). Class, key type and length
 /// come from the block, usages from its mode of use (hsm-sim's rules).

@@ -19,6 +19,7 @@ use super::{ApiError, ClusterService};
 use crate::audit;
 use crate::keys::KeyCommand;
 use crate::keys::agent::KeyAgent;
+use crate::keys::apply::issuers::{self, CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
 use crate::keys::apply::{key, read, scan};
 use crate::keys::model::*;
 use crate::raft::{Command, Outcome, StateMachine};
@@ -92,6 +93,10 @@ impl KeysService {
                     "ceremony" => to(serde_json::to_value(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?)),
                     "key" => to(serde_json::to_value(read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))?)),
                     "approval" => to(serde_json::to_value(read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))?)),
+                    "cas" => to(serde_json::to_value(scan::<CaKeyRecord>(kv, issuers::CA)?)),
+                    "issuers" => to(serde_json::to_value(scan::<IssuerKeyRecord>(kv, issuers::ISSUER)?)),
+                    "issuer" => to(serde_json::to_value(read::<IssuerKeyRecord>(kv, &format!("{}{id}", issuers::ISSUER))?)),
+                    "issuer-certs" => to(serde_json::to_value(scan::<IssuerCertRecord>(kv, issuers::ISSUER_CERT)?)),
                     "audit-keys" => to(serde_json::to_value(
                         read::<AuditKeys>(kv, key::AUDIT_KEYS)?
                             .map(|k| serde_json::json!({"mac_kcv": k.mac.kcv, "enc_kcv": k.enc.kcv, "node": k.node})),
@@ -102,11 +107,11 @@ impl KeysService {
             .await?;
         if json == Value::String("\u{0}unknown".into()) {
             return Err(ApiError::BadRequest(format!(
-                "unknown query {:?} (smk, nodes, ceremonies, ceremony, keys, key, approvals, approval, audit-keys)",
+                "unknown query {:?} (smk, nodes, ceremonies, ceremony, keys, key, approvals, approval, cas, issuers, issuer, issuer-certs, audit-keys)",
                 req.what
             )));
         }
-        if json.is_null() && matches!(req.what.as_str(), "ceremony" | "key" | "approval") {
+        if json.is_null() && matches!(req.what.as_str(), "ceremony" | "key" | "approval" | "issuer") {
             return Err(ApiError::NotFound(format!("no {} {:?}", req.what, req.id)));
         }
         let applied_index = self.cluster.applied_index();
@@ -155,8 +160,11 @@ impl KeysService {
     }
 
     async fn generate(&self, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
-        let (caller, actor) = Self::caller(req.caller)?;
+        let (caller, actor) = Self::caller(req.caller.clone())?;
         let usage: Usage = req.usage.parse().map_err(ApiError::BadRequest)?;
+        if usage == Usage::S0 || req.alg.eq_ignore_ascii_case("rsa") {
+            return self.generate_issuer(caller, actor, req).await;
+        }
         let alg: KeyAlg = req.alg.parse().map_err(ApiError::BadRequest)?;
         if !usage.allows(alg) {
             return Err(ApiError::BadRequest(format!("usage {usage} does not allow a {alg} key")));
@@ -180,6 +188,47 @@ impl KeysService {
             active: req.active,
         };
         self.create(caller, actor, cmd).await
+    }
+
+    /// An issuer RSA key pair (usage S0, alg `rsa`, `rsa_bits`, `rsa_exponent`) generated in this
+    /// node's HSM; the private key is proposed only wrapped under the SMK.
+    async fn generate_issuer(&self, caller: Caller, actor: Actor, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
+        if !req.alg.eq_ignore_ascii_case("rsa") || req.usage != "S0" {
+            return Err(ApiError::BadRequest("an issuer key pair is usage S0 with alg rsa".into()));
+        }
+        if actor.role != Role::Admin {
+            return Err(ApiError::PermissionDenied(format!("{actor} may not generate keys (needs role admin)")));
+        }
+        let (bits, exponent) = (req.rsa_bits, if req.rsa_exponent == 0 { 3 } else { req.rsa_exponent });
+        if !(512..=1984).contains(&bits) || !bits.is_multiple_of(8) {
+            return Err(ApiError::BadRequest(format!(
+                "an issuer key has 512 to 1984 bits in steps of 8 (EMV), not {bits}"
+            )));
+        }
+        self.smk_ready().await?;
+        let agent = self.agent()?.clone();
+        let key = tokio::task::spawn_blocking(move || agent.hsm().generate_rsa_key_pair(bits, exponent))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        let label = req.label.clone();
+        let cmd = KeyCommand::IssuerKeyCreate {
+            label: req.label,
+            key,
+            origin: Origin::Generated { node: self.cluster.node_id() },
+        };
+        let resp = self.cluster.submit(&caller.client_id, caller.serial, actor, Command::Keys(cmd)).await?;
+        let outcome = crate::raft::decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Outcome::Rejected { reason } = outcome {
+            return Err(ApiError::Precondition(reason));
+        }
+        self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
+        let rec = self
+            .state(move |kv| read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER)))
+            .await?
+            .ok_or_else(|| ApiError::Internal("the issuer key is not in the state after it was created".into()))?;
+        let json = serde_json::to_string(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(KeyResponse { json, log_index: resp.log_index })
     }
 
     async fn import_tr31(&self, req: ImportTr31Request) -> ApiResult<KeyResponse> {

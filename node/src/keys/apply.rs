@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod issuers;
+
 use super::model::*;
 use crate::raft::NodeId;
 use crate::store::{Kv, StoreError};
@@ -155,6 +157,36 @@ pub enum KeyCommand {
         /// The keys.
         keys: AuditKeys,
     },
+    /// Import an EMV CA public key (actor: admin); with the scheme's SHA-1 check value when given.
+    CaKeyImport {
+        /// RID, hex.
+        rid: String,
+        /// CA public key index.
+        index: u8,
+        /// Modulus.
+        modulus: Vec<u8>,
+        /// Public exponent.
+        exponent: Vec<u8>,
+        /// SHA-1(RID ‖ index ‖ modulus ‖ exponent), when the scheme publishes it.
+        checksum: Option<Vec<u8>>,
+    },
+    /// An issuer RSA key pair generated in a node's HSM (actor: admin).
+    IssuerKeyCreate {
+        /// Label.
+        label: String,
+        /// Public key and private key wrapped under the SMK.
+        key: quill_hsm::WrappedRsaKey,
+        /// Where it was generated.
+        origin: Origin,
+    },
+    /// Import a scheme issuer-certificate file, verified against the CA keys held (actor: admin);
+    /// with `key`, bind it to that issuer key pair (the certified key must be its public key).
+    IssuerCertImport {
+        /// The certificate: a scheme's file, or the card's data elements.
+        source: issuers::CertSource,
+        /// The issuer key pair it certifies.
+        key: Option<String>,
+    },
 }
 
 /// The context of the entry being applied.
@@ -221,6 +253,9 @@ impl KeyCommand {
             KeyCommand::ExportDone { .. } => "key.export",
             KeyCommand::AuditKeysSet { .. } => "audit.keys",
             KeyCommand::HostPathUsed { .. } => "hsm.host_path",
+            KeyCommand::CaKeyImport { .. } => "ca.import",
+            KeyCommand::IssuerKeyCreate { .. } => "issuer.create",
+            KeyCommand::IssuerCertImport { .. } => "issuer.certificate",
         }
     }
 
@@ -240,6 +275,10 @@ impl KeyCommand {
             KeyCommand::ApprovalRequest { id, .. } | KeyCommand::ApprovalDecide { id, .. } => format!("approval:{id}"),
             KeyCommand::ExportDone { approval } => format!("approval:{approval}"),
             KeyCommand::AuditKeysSet { .. } => "audit-keys".into(),
+            KeyCommand::CaKeyImport { rid, index, .. } => format!("ca:{}/{index:02X}", rid.to_ascii_uppercase()),
+            KeyCommand::IssuerKeyCreate { label, .. } => format!("issuer:{label}"),
+            KeyCommand::IssuerCertImport { key: Some(label), .. } => format!("issuer:{label}"),
+            KeyCommand::IssuerCertImport { key: None, .. } => "issuer-cert".into(),
         }
     }
 }
@@ -340,6 +379,11 @@ impl State<'_> {
                 }
                 Ok(Ok(Applied::done(format!("node:{node}"), format!("{operation} on {module}: {what}"))))
             }
+            KeyCommand::CaKeyImport { rid, index, modulus, exponent, checksum } => {
+                self.ca_import(ctx, rid, index, modulus, exponent, checksum)
+            }
+            KeyCommand::IssuerKeyCreate { label, key, origin } => self.issuer_key_create(ctx, label, key, origin),
+            KeyCommand::IssuerCertImport { source, key } => self.issuer_cert_import(ctx, source, key),
         }
     }
 

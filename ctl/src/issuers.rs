@@ -1,0 +1,302 @@
+//! `quill ca` and `quill issuer`: the EMV offline-data-authentication keys of the inventory.
+//!
+//! - `quill ca list|import`: the CA public keys the cluster verifies issuer certificates with
+//!   (the scheme TEST keys are built in; `--test-ca` imports the Quill TEST CA's public key).
+//! - `quill issuer generate LABEL --bits N`: an issuer key pair generated in a node's HSM.
+//! - `quill issuer import FILE --layout visa|mastercard [--key LABEL]`: a scheme's
+//!   issuer-certificate file, verified by the cluster before it is accepted.
+//! - `quill issuer certify-test LABEL --issuer-id BIN --rid RID`: certify an issuer key with the
+//!   Quill TEST CA (demo and lab only) and import the result bound to the key.
+//! - `quill issuer list`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, anyhow};
+use quill_node::keys::KeyCommand;
+use quill_node::keys::apply::issuers::{CaKeyRecord, CertSource, IssuerCertRecord, IssuerKeyRecord};
+use quill_prep::emv::cert::{self, CertExpiry, IssuerCertificateRequest, IssuerId, RsaPublicKey};
+use quill_prep::testkeys::{TEST_CA_INDEX, TestCa};
+use quill_proto::v1::GenerateKeyRequest;
+use serde_json::json;
+
+use crate::keys::{Session, Who, print};
+
+fn rid_bytes(s: &str) -> Result<[u8; 5]> {
+    hex::decode(s).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("--rid: {s:?} is not 5 bytes of hex"))
+}
+
+fn hex_arg(what: &str, s: &str) -> Result<Vec<u8>> {
+    hex::decode(s.trim()).map_err(|_| anyhow!("{what}: not hex"))
+}
+
+/// `quill ca list`.
+#[derive(clap::Args, Debug)]
+pub struct CaListArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill ca list`: the imported CA keys and the built-in scheme TEST keys.
+pub fn ca_list(a: &CaListArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let cas: Vec<CaKeyRecord> = s.query_as("cas", "")?;
+    let builtin: Vec<_> = cert::SCHEME_TEST_CA_KEYS
+        .iter()
+        .map(|k| json!({"rid": hex::encode_upper(k.rid), "index": format!("{:02X}", k.index), "checksum": k.checksum}))
+        .collect();
+    if json {
+        println!("{}", json!({"imported": cas, "built_in": builtin}));
+        return Ok(crate::exit_codes::OK);
+    }
+    let mut rows = vec![["RID", "INDEX", "BITS", "CHECK VALUE", "SOURCE"].map(String::from).to_vec()];
+    for k in cert::SCHEME_TEST_CA_KEYS {
+        rows.push(vec![
+            hex::encode_upper(k.rid),
+            format!("{:02X}", k.index),
+            (k.modulus.len() * 4).to_string(),
+            k.checksum.into(),
+            "built in (scheme TEST)".into(),
+        ]);
+    }
+    for c in &cas {
+        rows.push(vec![
+            c.rid.clone(),
+            format!("{:02X}", c.index),
+            (c.modulus.len() * 4).to_string(),
+            c.checksum.clone(),
+            format!("imported by {}", c.imported_by),
+        ]);
+    }
+    print!("{}", crate::cluster::render_table(&rows));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill ca import`.
+#[derive(clap::Args, Debug)]
+pub struct CaImportArgs {
+    /// RID (5 bytes hex), e.g. A000000003.
+    #[arg(long)]
+    rid: String,
+    /// CA public key index (1 byte hex). With --test-ca: FE.
+    #[arg(long)]
+    index: Option<String>,
+    /// Modulus, hex.
+    #[arg(long, required_unless_present = "test_ca")]
+    modulus: Option<String>,
+    /// Public exponent, hex (03 or 010001).
+    #[arg(long, default_value = "03")]
+    exponent: String,
+    /// The scheme's SHA-1 check value (RID ‖ index ‖ modulus ‖ exponent), hex; checked.
+    #[arg(long)]
+    checksum: Option<String>,
+    /// Import the Quill TEST CA's public key (prep/test-keys) under --rid, index FE. TEST only.
+    #[arg(long, conflicts_with_all = ["modulus", "checksum"])]
+    test_ca: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill ca import`.
+pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
+    let rid = rid_bytes(&a.rid)?;
+    let (index, modulus, exponent) = if a.test_ca {
+        let k = TestCa::builtin().public(rid);
+        (TEST_CA_INDEX, k.public_key().modulus().to_vec(), k.public_key().exponent().to_vec())
+    } else {
+        let idx = a.index.as_deref().ok_or_else(|| anyhow!("--index is required"))?;
+        let index = u8::from_str_radix(idx, 16).map_err(|_| anyhow!("--index: {idx:?} is not one byte of hex"))?;
+        (index, hex_arg("--modulus", a.modulus.as_deref().unwrap_or_default())?, hex_arg("--exponent", &a.exponent)?)
+    };
+    let checksum = a.checksum.as_deref().map(|c| hex_arg("--checksum", c)).transpose()?;
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s.write(KeyCommand::CaKeyImport {
+        rid: hex::encode_upper(rid),
+        index,
+        modulus,
+        exponent,
+        checksum,
+    })?;
+    let rid = hex::encode_upper(rid);
+    print(json, json!({"result": "imported", "rid": rid, "index": format!("{index:02X}"), "detail": detail}), format!(
+        "CA key {rid}/{index:02X} imported: {detail}"
+    ));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill issuer generate`.
+#[derive(clap::Args, Debug)]
+pub struct IssuerGenerateArgs {
+    /// Label of the issuer key pair.
+    label: String,
+    /// Modulus bits (EMV: up to 1984, a multiple of 8).
+    #[arg(long)]
+    bits: u32,
+    /// Public exponent (3 or 65537).
+    #[arg(long, default_value_t = 3)]
+    exponent: u32,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill issuer generate`.
+pub fn issuer_generate(a: &IssuerGenerateArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let req = GenerateKeyRequest {
+        caller: Some(s.caller()),
+        label: a.label.clone(),
+        usage: "S0".into(),
+        alg: "rsa".into(),
+        exportable: false,
+        active: true,
+        rsa_bits: a.bits,
+        rsa_exponent: a.exponent,
+    };
+    let r = s.call_keys(|mut c| {
+        let req = req.clone();
+        async move { c.generate(req).await }
+    })?;
+    let rec: IssuerKeyRecord = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
+    print(
+        json,
+        json!({"label": rec.label, "bits": rec.bits, "fingerprint": rec.fingerprint,
+               "modulus": hex::encode_upper(&rec.key.public.modulus), "exponent": hex::encode_upper(&rec.key.public.exponent)}),
+        format!(
+            "issuer key {} generated: RSA-{} e={}, public key {}\nmodulus {}\n(send the public key to the scheme CA; import the certificate with `quill issuer import`)",
+            rec.label,
+            rec.bits,
+            hex::encode_upper(&rec.key.public.exponent),
+            rec.fingerprint,
+            hex::encode_upper(&rec.key.public.modulus)
+        ),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill issuer import`.
+#[derive(clap::Args, Debug)]
+pub struct IssuerImportArgs {
+    /// The issuer-certificate file as the scheme delivered it.
+    file: PathBuf,
+    /// Its layout.
+    #[arg(long, value_parser = ["visa", "mastercard"])]
+    layout: String,
+    /// The issuer key pair it certifies (its public key must be the certified one).
+    #[arg(long)]
+    key: Option<String>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill issuer import`.
+pub fn issuer_import(a: &IssuerImportArgs, json: bool) -> Result<u8> {
+    let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s
+        .write(KeyCommand::IssuerCertImport {
+            source: CertSource::File { layout: a.layout.clone(), bytes },
+            key: a.key.clone(),
+        })
+        .with_context(|| format!("{} ({} layout)", a.file.display(), a.layout))?;
+    print(json, json!({"result": "imported", "file": a.file.display().to_string(), "detail": detail}), format!(
+        "{}: {detail}",
+        a.file.display()
+    ));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill issuer certify-test`.
+#[derive(clap::Args, Debug)]
+pub struct IssuerCertifyTestArgs {
+    /// Label of the issuer key pair.
+    label: String,
+    /// Issuer identifier (the BIN, 3–8 digits).
+    #[arg(long)]
+    issuer_id: String,
+    /// RID of the scheme (5 bytes hex).
+    #[arg(long)]
+    rid: String,
+    /// Certificate expiry, MMYY.
+    #[arg(long, default_value = "1235")]
+    expiry: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill issuer certify-test`: the Quill TEST CA (whose private key is public) signs the issuer
+/// key's certificate here; the cluster verifies it like any other and binds it to the key.
+pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> {
+    let rid = rid_bytes(&a.rid)?;
+    let mut s = Session::new(&a.who, true)?;
+    let rec: IssuerKeyRecord = s.query_as("issuer", &a.label)?;
+    let public = RsaPublicKey::new(&rec.key.public.modulus, &rec.key.public.exponent).map_err(|e| anyhow!("{e}"))?;
+    let mmyy = hex::decode(&a.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
+    let expiry = mmyy.and_then(CertExpiry::from_mmyy).ok_or_else(|| anyhow!("--expiry: {:?} is not MMYY", a.expiry))?;
+    let issuer_id =
+        IssuerId::from_digits(&a.issuer_id).ok_or_else(|| anyhow!("--issuer-id: {:?} is not 3-8 digits", a.issuer_id))?;
+    let ca = TestCa::builtin();
+    let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0, 0, 1], issuer_key: &public };
+    let c = cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| anyhow!("{e}"))?;
+    let detail = s.write(KeyCommand::IssuerCertImport {
+        source: CertSource::Tags {
+            rid: hex::encode_upper(rid),
+            ca_index: c.ca_index(),
+            cert: c.cert().to_vec(),
+            remainder: c.remainder().to_vec(),
+            exponent: c.exponent().to_vec(),
+        },
+        key: Some(a.label.clone()),
+    })?;
+    print(json, json!({"result": "certified", "label": a.label, "detail": detail}), format!(
+        "issuer key {} certified by the Quill TEST CA: {detail}",
+        a.label
+    ));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill issuer list`.
+#[derive(clap::Args, Debug)]
+pub struct IssuerListArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill issuer list`: issuer key pairs and imported certificates.
+pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let keys: Vec<IssuerKeyRecord> = s.query_as("issuers", "")?;
+    let certs: Vec<IssuerCertRecord> = s.query_as("issuer-certs", "")?;
+    if json {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|k| json!({"label": k.label, "bits": k.bits, "fingerprint": k.fingerprint, "certificate": k.certificate,
+                            "created_by": k.created_by.to_string()}))
+            .collect();
+        println!("{}", json!({"issuer_keys": keys, "certificates": certs}));
+        return Ok(crate::exit_codes::OK);
+    }
+    let mut rows = vec![["ISSUER KEY", "BITS", "PUBLIC KEY", "CERTIFICATE"].map(String::from).to_vec()];
+    for k in &keys {
+        rows.push(vec![
+            k.label.clone(),
+            k.bits.to_string(),
+            k.fingerprint[..16].to_string(),
+            k.certificate.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", crate::cluster::render_table(&rows));
+    let mut rows =
+        vec![["CERTIFICATE", "CA", "ISSUER", "EXPIRY", "LAYOUT", "KEY", "BOUND TO"].map(String::from).to_vec()];
+    for c in &certs {
+        rows.push(vec![
+            c.id.clone(),
+            format!("{}/{:02X}", c.rid, c.ca_index),
+            c.issuer_id.clone(),
+            c.expiry.clone(),
+            c.layout.clone(),
+            c.key_fingerprint[..16].to_string(),
+            c.key.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", crate::cluster::render_table(&rows));
+    Ok(crate::exit_codes::OK)
+}

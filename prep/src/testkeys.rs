@@ -1,0 +1,238 @@
+//! The documented TEST key set (`prep/test-keys/`, docs/test-keys.md): **public** clear keys for
+//! tests, benchmarks, the demo and lab cards, so that anyone can decrypt and check what Quill
+//! produced with them. Never for real cards.
+//!
+//! [`load`] puts the set into an HSM the way production keys get there: the storage master key
+//! and every working key are formed inside the HSM from components sealed to its transport key
+//! (each component's KCV checked); the issuer key pairs are generated inside the HSM (their private
+//! halves never have a clear form, even here) and certified by the Quill TEST CA, whose private
+//! key is in the fixture, under CA index `FE` of each RID.
+
+use openssl::pkey::Private;
+use openssl::rsa::{Padding, Rsa};
+use quill_hsm::{Hsm, Kcv, KeyAlg, SealedComponent};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::emv::cert::{
+    self, CaKeyStore, CaPublicKey, CertExpiry, IssuerCertificateRequest, IssuerId, RawRsaSigner, Rid,
+};
+use crate::engine::{IssuerKey, KeySet};
+
+/// The key set, as committed.
+pub const TEST_KEYS_TOML: &str = include_str!("../test-keys/test-keys.toml");
+/// The Quill TEST CA private key (PEM, RSA-1984, e = 3).
+pub const TEST_CA_PEM: &str = include_str!("../test-keys/quill-TEST-ca-1984.pem");
+/// The CA index the TEST CA signs under, for every RID.
+pub const TEST_CA_INDEX: u8 = 0xFE;
+
+/// One clear TEST key.
+#[derive(Clone, Deserialize)]
+pub struct TestKey {
+    /// Inventory label.
+    pub label: String,
+    /// Algorithm name (`DES2`, `AES128`, `AES256`, `HMAC_SHA256`).
+    pub alg: String,
+    /// What it is for.
+    pub description: String,
+    /// Clear components, hex.
+    pub components: Vec<String>,
+    /// KCV of each component.
+    pub component_kcvs: Vec<String>,
+    /// The key (XOR of the components), hex.
+    pub value: String,
+    /// The key's KCV.
+    pub kcv: String,
+}
+
+impl std::fmt::Debug for TestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestKey({} {} KCV {})", self.label, self.alg, self.kcv)
+    }
+}
+
+/// A TEST issuer key pair to generate and certify.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TestIssuer {
+    /// Inventory label.
+    pub label: String,
+    /// RID, hex.
+    pub rid: String,
+    /// CA index (always `FE`).
+    pub ca_index: String,
+    /// Modulus bits.
+    pub bits: u32,
+    /// Public exponent.
+    pub exponent: u32,
+    /// Issuer identifier (BIN digits).
+    pub issuer_id: String,
+    /// Certificate expiry, MMYY.
+    pub expiry: String,
+}
+
+/// The whole set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TestKeys {
+    /// Symmetric keys.
+    #[serde(rename = "key")]
+    pub keys: Vec<TestKey>,
+    /// Issuer key pairs.
+    #[serde(rename = "issuer")]
+    pub issuers: Vec<TestIssuer>,
+}
+
+impl TestKeys {
+    /// The committed set.
+    pub fn builtin() -> Self {
+        // The fixture is part of the crate; a test parses it.
+        toml::from_str(TEST_KEYS_TOML).unwrap_or_else(|e| panic!("prep/test-keys/test-keys.toml: {e}"))
+    }
+
+    /// The key with this label.
+    pub fn key(&self, label: &str) -> Option<&TestKey> {
+        self.keys.iter().find(|k| k.label == label)
+    }
+}
+
+/// The Quill TEST CA: its private key as a raw RSA signer.
+pub struct TestCa {
+    rsa: Rsa<Private>,
+}
+
+impl TestCa {
+    /// The CA from [`TEST_CA_PEM`].
+    pub fn builtin() -> Self {
+        let pem = TEST_CA_PEM.as_bytes();
+        let start = TEST_CA_PEM.find("-----BEGIN").unwrap_or(0);
+        let rsa = Rsa::private_key_from_pem(&pem[start..])
+            .or_else(|_| openssl::pkey::PKey::private_key_from_pem(&pem[start..]).and_then(|k| k.rsa()))
+            .unwrap_or_else(|e| panic!("prep/test-keys/quill-TEST-ca-1984.pem: {e}"));
+        Self { rsa }
+    }
+
+    /// The CA public key under `rid`, index [`TEST_CA_INDEX`].
+    pub fn public(&self, rid: Rid) -> CaPublicKey {
+        CaPublicKey::new(rid, TEST_CA_INDEX, &self.rsa.n().to_vec(), &self.rsa.e().to_vec())
+            .unwrap_or_else(|e| panic!("TEST CA key: {e}"))
+    }
+}
+
+impl RawRsaSigner for TestCa {
+    type Error = openssl::error::ErrorStack;
+
+    fn sign_raw(&self, block: &[u8]) -> Result<Vec<u8>, Self::Error> {
+        let mut out = vec![0u8; self.rsa.size() as usize];
+        let n = self.rsa.private_encrypt(block, &mut out, Padding::NONE)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    fn modulus_len(&self) -> usize {
+        self.rsa.size() as usize
+    }
+}
+
+/// The scheme TEST CA keys plus the Quill TEST CA under every RID of the TEST issuers.
+pub fn ca_store() -> Result<CaKeyStore, String> {
+    let mut cas = CaKeyStore::with_scheme_test_keys().map_err(|e| e.to_string())?;
+    let ca = TestCa::builtin();
+    for i in TestKeys::builtin().issuers {
+        let rid = parse_rid(&i.rid)?;
+        cas.insert(ca.public(rid)).map_err(|e| e.to_string())?;
+    }
+    Ok(cas)
+}
+
+fn parse_rid(s: &str) -> Result<Rid, String> {
+    hex::decode(s).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("RID {s:?} is not 5 bytes of hex"))
+}
+
+/// Load the TEST set into `hsm`: form the SMK from `SMK-TEST` when the token has none (an HSM with
+/// another SMK keeps it, and the keys are wrapped under that one), form every working key from its
+/// sealed components, generate and certify the issuer key pairs. Returns the key set the engine
+/// takes. The output MAC key is `MAC-OUTPUT-TEST`.
+pub fn load(hsm: &dyn Hsm) -> Result<KeySet, String> {
+    let set = TestKeys::builtin();
+    let transport = hsm.transport_public_key().map_err(|e| format!("transport key: {e}"))?;
+    let seal = |k: &TestKey| -> Result<(Vec<SealedComponent>, Vec<Kcv>), String> {
+        let mut sealed = Vec::new();
+        let mut kcvs = Vec::new();
+        for (c, kcv) in k.components.iter().zip(&k.component_kcvs) {
+            let clear = Zeroizing::new(hex::decode(c).map_err(|_| format!("{}: component is not hex", k.label))?);
+            sealed.push(SealedComponent(transport.seal(&clear)?));
+            kcvs.push(Kcv::parse(kcv).ok_or_else(|| format!("{}: bad component KCV", k.label))?);
+        }
+        Ok((sealed, kcvs))
+    };
+    if hsm.smk_kcv().map_err(|e| e.to_string())?.is_none() {
+        let smk = set.key("SMK-TEST").ok_or("the TEST set has no SMK-TEST")?;
+        let (sealed, kcvs) = seal(smk)?;
+        hsm.form_smk(&sealed, &kcvs).map_err(|e| format!("SMK-TEST: {e}"))?;
+    }
+    let mut keys = KeySet::new();
+    for k in set.keys.iter().filter(|k| k.label != "SMK-TEST") {
+        let alg: KeyAlg = k.alg.parse()?;
+        let (sealed, kcvs) = seal(k)?;
+        let w = hsm.import_components(alg, &sealed, &kcvs).map_err(|e| format!("{}: {e}", k.label))?;
+        if w.kcv.as_str() != k.kcv {
+            return Err(format!("{}: the HSM formed KCV {}, the fixture says {}", k.label, w.kcv, k.kcv));
+        }
+        keys.insert(k.label.clone(), w);
+    }
+    let ca = TestCa::builtin();
+    for i in &set.issuers {
+        let rid = parse_rid(&i.rid)?;
+        let pair = hsm.generate_rsa_key_pair(i.bits, i.exponent).map_err(|e| format!("{}: {e}", i.label))?;
+        let public = cert::RsaPublicKey::new(&pair.public.modulus, &pair.public.exponent).map_err(|e| e.to_string())?;
+        let mmyy = hex::decode(&i.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
+        let expiry = mmyy
+            .and_then(CertExpiry::from_mmyy)
+            .ok_or_else(|| format!("{}: expiry {:?} is not MMYY", i.label, i.expiry))?;
+        let issuer_id =
+            IssuerId::from_digits(&i.issuer_id).ok_or_else(|| format!("{}: issuer id is not 3-8 digits", i.label))?;
+        let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0x00, 0x00, 0x01], issuer_key: &public };
+        let certificate =
+            cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| format!("{}: {e}", i.label))?;
+        keys.insert_issuer(i.label.clone(), IssuerKey::new(pair, certificate)?);
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixture_parses_and_every_kcv_matches_its_value() {
+        let set = TestKeys::builtin();
+        assert!(set.keys.len() >= 20);
+        for k in &set.keys {
+            assert!(k.label.contains("TEST"), "{} is not marked TEST", k.label);
+            let alg: KeyAlg = k.alg.parse().unwrap();
+            let v = hex::decode(&k.value).unwrap();
+            let parts: Vec<Vec<u8>> = k.components.iter().map(|c| hex::decode(c).unwrap()).collect();
+            let xor: Vec<u8> = parts[0].iter().zip(&parts[1]).map(|(a, b)| a ^ b).collect();
+            assert_eq!(xor, v, "{}", k.label);
+            assert_eq!(Kcv::of_clear(alg, &v).unwrap().as_str(), k.kcv, "{}", k.label);
+            for (c, kcv) in parts.iter().zip(&k.component_kcvs) {
+                assert_eq!(Kcv::of_clear(alg, c).unwrap().as_str(), kcv, "{} component", k.label);
+            }
+        }
+        for i in &set.issuers {
+            assert!(i.label.contains("TEST"));
+        }
+    }
+
+    #[test]
+    fn the_test_ca_signs_what_its_public_key_recovers() {
+        let ca = TestCa::builtin();
+        let public = ca.public(cert::RID_VISA);
+        assert_eq!(public.public_key().len(), 248);
+        let mut block = vec![0x6A; 248];
+        block[0] = 0x6A;
+        block[247] = 0xBC;
+        let sig = ca.sign_raw(&block).unwrap();
+        assert_eq!(public.public_key().recover("test", &sig).unwrap(), block);
+        assert!(ca_store().unwrap().get(cert::RID_MASTERCARD, TEST_CA_INDEX).is_some());
+    }
+}
