@@ -109,17 +109,14 @@ pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
     };
     let checksum = a.checksum.as_deref().map(|c| hex_arg("--checksum", c)).transpose()?;
     let mut s = Session::new(&a.who, true)?;
-    let detail = s.write(KeyCommand::CaKeyImport {
-        rid: hex::encode_upper(rid),
-        index,
-        modulus,
-        exponent,
-        checksum,
-    })?;
+    let detail =
+        s.write(KeyCommand::CaKeyImport { rid: hex::encode_upper(rid), index, modulus, exponent, checksum })?;
     let rid = hex::encode_upper(rid);
-    print(json, json!({"result": "imported", "rid": rid, "index": format!("{index:02X}"), "detail": detail}), format!(
-        "CA key {rid}/{index:02X} imported: {detail}"
-    ));
+    print(
+        json,
+        json!({"result": "imported", "rid": rid, "index": format!("{index:02X}"), "detail": detail}),
+        format!("CA key {rid}/{index:02X} imported: {detail}"),
+    );
     Ok(crate::exit_codes::OK)
 }
 
@@ -197,10 +194,11 @@ pub fn issuer_import(a: &IssuerImportArgs, json: bool) -> Result<u8> {
             key: a.key.clone(),
         })
         .with_context(|| format!("{} ({} layout)", a.file.display(), a.layout))?;
-    print(json, json!({"result": "imported", "file": a.file.display().to_string(), "detail": detail}), format!(
-        "{}: {detail}",
-        a.file.display()
-    ));
+    print(
+        json,
+        json!({"result": "imported", "file": a.file.display().to_string(), "detail": detail}),
+        format!("{}: {detail}", a.file.display()),
+    );
     Ok(crate::exit_codes::OK)
 }
 
@@ -231,8 +229,8 @@ pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> 
     let public = RsaPublicKey::new(&rec.key.public.modulus, &rec.key.public.exponent).map_err(|e| anyhow!("{e}"))?;
     let mmyy = hex::decode(&a.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
     let expiry = mmyy.and_then(CertExpiry::from_mmyy).ok_or_else(|| anyhow!("--expiry: {:?} is not MMYY", a.expiry))?;
-    let issuer_id =
-        IssuerId::from_digits(&a.issuer_id).ok_or_else(|| anyhow!("--issuer-id: {:?} is not 3-8 digits", a.issuer_id))?;
+    let issuer_id = IssuerId::from_digits(&a.issuer_id)
+        .ok_or_else(|| anyhow!("--issuer-id: {:?} is not 3-8 digits", a.issuer_id))?;
     let ca = TestCa::builtin();
     let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0, 0, 1], issuer_key: &public };
     let c = cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| anyhow!("{e}"))?;
@@ -246,10 +244,11 @@ pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> 
         },
         key: Some(a.label.clone()),
     })?;
-    print(json, json!({"result": "certified", "label": a.label, "detail": detail}), format!(
-        "issuer key {} certified by the Quill TEST CA: {detail}",
-        a.label
-    ));
+    print(
+        json,
+        json!({"result": "certified", "label": a.label, "detail": detail}),
+        format!("issuer key {} certified by the Quill TEST CA: {detail}", a.label),
+    );
     Ok(crate::exit_codes::OK)
 }
 
@@ -268,8 +267,10 @@ pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
     if json {
         let keys: Vec<_> = keys
             .iter()
-            .map(|k| json!({"label": k.label, "bits": k.bits, "fingerprint": k.fingerprint, "certificate": k.certificate,
-                            "created_by": k.created_by.to_string()}))
+            .map(|k| {
+                json!({"label": k.label, "bits": k.bits, "fingerprint": k.fingerprint, "certificate": k.certificate,
+                            "created_by": k.created_by.to_string()})
+            })
             .collect();
         println!("{}", json!({"issuer_keys": keys, "certificates": certs}));
         return Ok(crate::exit_codes::OK);

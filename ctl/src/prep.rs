@@ -328,7 +328,9 @@ pub fn check(a: &CheckArgs, json: bool) -> Result<u8> {
     } else {
         for r in &report {
             match r["ok"].as_bool() {
-                Some(true) => println!("{}: OK, {} record(s), MAC verified", r["stream"].as_str().unwrap_or(""), r["records"]),
+                Some(true) => {
+                    println!("{}: OK, {} record(s), MAC verified", r["stream"].as_str().unwrap_or(""), r["records"])
+                }
                 _ => println!("{}: {}", r["stream"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or("")),
             }
         }
@@ -410,7 +412,9 @@ pub fn bench(a: &BenchArgs, json: bool) -> Result<u8> {
             }
             _ => None,
         })
-        .ok_or_else(|| anyhow!("{}: no DDA application (the benchmark compares with ICC key generation)", a.profile.display()))?;
+        .ok_or_else(|| {
+            anyhow!("{}: no DDA application (the benchmark compares with ICC key generation)", a.profile.display())
+        })?;
     let input = match &a.input {
         Some(p) => p.clone(),
         None => default_sample(&a.profile, &profile.product.name)
@@ -428,7 +432,12 @@ pub fn bench(a: &BenchArgs, json: bool) -> Result<u8> {
     let (icc, tk_label) = spec;
     let tk = keys.get(&tk_label).cloned().ok_or_else(|| anyhow!("no transport key {tk_label}"))?;
     let threads = a.hsm.threads.max(1);
-    let module = hsm.describe().slots.first().map(|s| s.library.clone()).unwrap_or_default();
+    let module = hsm
+        .describe()
+        .slots
+        .first()
+        .and_then(|s| s.module.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_default();
 
     // 1. Raw key generation on the same module and threads.
     let deadline = Instant::now() + Duration::from_secs_f64(a.keygen_seconds);
@@ -482,7 +491,12 @@ pub fn bench(a: &BenchArgs, json: bool) -> Result<u8> {
                    "warm_over_keygen": warm / keygens})
         );
     } else {
-        println!("quill bench prep: {} on {} ({threads} thread(s)), {} cards per run", profile.product.name, module, records.len());
+        println!(
+            "quill bench prep: {} on {} ({threads} thread(s)), {} cards per run",
+            profile.product.name,
+            module,
+            records.len()
+        );
         println!("  ICC key generation alone   {:>9.1} keys/s  (RSA-{} e={})", keygens, icc.bits, icc.exponent);
         println!("  cards, pool off            {:>9.1} cards/s  ratio to keygen {:.3} (goal >= 0.9)", cold, ratio);
         println!(

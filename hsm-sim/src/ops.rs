@@ -805,9 +805,9 @@ pub fn wrap(mech: &Mechanism, wrapping: &Object, key: &Object) -> Result<Vec<u8>
         (Material::None, _) => return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "key is not available: log in first")),
         // An RSA private key wraps as its PKCS#8 PrivateKeyInfo under an AES key-wrap mechanism
         // (as SoftHSM does), so that a key pair generated here can be kept wrapped elsewhere.
-        (Material::RsaPrivate(k, _), CKO_PRIVATE_KEY) if is_aes_key_wrap(mech.mech) => Arc::new(
-            quill_hsm_crypto::rsa::to_pkcs8(k).map_err(|e| Error::general(format!("PKCS#8 encoding: {e}")))?,
-        ),
+        (Material::RsaPrivate(k, _), CKO_PRIVATE_KEY) if is_aes_key_wrap(mech.mech) => {
+            Arc::new(quill_hsm_crypto::rsa::to_pkcs8(k).map_err(|e| Error::general(format!("PKCS#8 encoding: {e}")))?)
+        }
         _ => {
             return Err(Error::new(
                 CKR_KEY_NOT_WRAPPABLE,

@@ -46,7 +46,9 @@ pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_hsm_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
 pub use quill_hsm_crypto::tr31;
-pub use types::{Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey};
+pub use types::{
+    Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
+};
 pub use zeroize::Zeroizing;
 
 /// Key-management operations of a node's HSM(s).

@@ -199,6 +199,7 @@ pub fn load(hsm: &dyn Hsm) -> Result<KeySet, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -23,11 +23,8 @@ use quill_prep::testkeys::{self, TestKeys};
 use quill_prep::tlv;
 use rand::{RngExt, SeedableRng};
 
-const PROFILES: [(&str, &str); 3] = [
-    ("visa-dda-credit", "visa-dda-credit.csv"),
-    ("mc-cap", "mc-cap.txt"),
-    ("multi-app", "multi-app.csv"),
-];
+const PROFILES: [(&str, &str); 3] =
+    [("visa-dda-credit", "visa-dda-credit.csv"), ("mc-cap", "mc-cap.txt"), ("multi-app", "multi-app.csv")];
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -216,9 +213,15 @@ fn check_card(p: &Profile, card: &CardOutput) -> usize {
                 }
                 // Issuer certificate from the inventory recovers with the TEST CA.
                 let rid: [u8; 5] = hex::decode(&app.aid).unwrap()[..5].try_into().unwrap();
-                let issuer =
-                    IssuerCertificate::recover(&cas, rid, t["8F"][0], &t["90"], t.get("92").map_or(&[][..], |v| v), &t["9F32"])
-                        .unwrap();
+                let issuer = IssuerCertificate::recover(
+                    &cas,
+                    rid,
+                    t["8F"][0],
+                    &t["90"],
+                    t.get("92").map_or(&[][..], |v| v),
+                    &t["9F32"],
+                )
+                .unwrap();
                 issuer.check_pan(&card.pan).unwrap();
                 let sd = static_data(a, app, &t);
                 if a.oda == Oda::Sda {
@@ -340,7 +343,7 @@ fn random_valid_records_always_check() {
 /// panic, never a PAN in the message.
 #[test]
 fn random_invalid_input_is_an_error_never_a_panic() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0xBAD_1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xBAD1);
     let p = profile("visa-dda-credit");
     let text = std::fs::read_to_string(root().join("samples/visa-dda-credit.csv")).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -385,7 +388,10 @@ fn setup_errors_name_the_field_and_the_label() {
     let mut partial = keys.clone();
     assert!(partial.remove("CVK-VISA-TEST").is_some());
     let e = Engine::new(profile("visa-dda-credit"), partial, hsm.clone(), EngineSettings::default()).unwrap_err();
-    assert!(matches!(&e, SetupError::MissingKey { field, label } if field == "mag_stripe.cvk" && label == "CVK-VISA-TEST"), "{e}");
+    assert!(
+        matches!(&e, SetupError::MissingKey { field, label } if field == "mag_stripe.cvk" && label == "CVK-VISA-TEST"),
+        "{e}"
+    );
     // A key of the wrong algorithm.
     let mut wrong = keys.clone();
     wrong.insert("CVK-VISA-TEST", keys.get("ZPK-MAILER-AES-TEST").unwrap().clone());

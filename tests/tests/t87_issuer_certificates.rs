@@ -6,6 +6,7 @@
 //! - an issuer key pair generated in a node's HSM (private key only wrapped under the SMK),
 //!   certified by the Quill TEST CA once its public key is imported, is bound to its certificate;
 //!   a certificate of another key is refused for it; the state is the same on every node.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,14 +37,16 @@ async fn issuer_certificates_verify_before_they_are_accepted() {
     })
     .await;
     cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
-    cluster.quill_ok(1, &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[0]], &[(
-        "QUILL_ACTOR",
-        "custodian:alice",
-    )]);
-    cluster.quill_ok(2, &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[1]], &[(
-        "QUILL_ACTOR",
-        "custodian:bob",
-    )]);
+    cluster.quill_ok(
+        1,
+        &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[0]],
+        &[("QUILL_ACTOR", "custodian:alice")],
+    );
+    cluster.quill_ok(
+        2,
+        &["ceremony", "submit", "--id", "smk-1", "--component", PARTS[1]],
+        &[("QUILL_ACTOR", "custodian:bob")],
+    );
     wait_until(Duration::from_secs(60), "the SMK formed", || async {
         let c = cluster.query(1, "ceremony", "smk-1").await?;
         if c["state"] == "formed" { Ok(()) } else { Err(format!("{}", c["state"])) }
@@ -65,7 +68,8 @@ async fn issuer_certificates_verify_before_they_are_accepted() {
     assert_ne!(code, 0);
     assert!(err.contains("refused") && err.contains("A000000003") && err.contains("04"), "{err}");
     // A wrong layout is refused too, and an operator may not import.
-    let (code, _, err) = cluster.quill(1, &["issuer", "import", &fixture("960097.I94"), "--layout", "mastercard"], &admin);
+    let (code, _, err) =
+        cluster.quill(1, &["issuer", "import", &fixture("960097.I94"), "--layout", "mastercard"], &admin);
     assert_ne!(code, 0, "{err}");
     let (code, _, err) = cluster.quill(
         1,

@@ -95,7 +95,9 @@ impl KeysService {
                     "approval" => to(serde_json::to_value(read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))?)),
                     "cas" => to(serde_json::to_value(scan::<CaKeyRecord>(kv, issuers::CA)?)),
                     "issuers" => to(serde_json::to_value(scan::<IssuerKeyRecord>(kv, issuers::ISSUER)?)),
-                    "issuer" => to(serde_json::to_value(read::<IssuerKeyRecord>(kv, &format!("{}{id}", issuers::ISSUER))?)),
+                    "issuer" => {
+                        to(serde_json::to_value(read::<IssuerKeyRecord>(kv, &format!("{}{id}", issuers::ISSUER))?))
+                    }
                     "issuer-certs" => to(serde_json::to_value(scan::<IssuerCertRecord>(kv, issuers::ISSUER_CERT)?)),
                     "audit-keys" => to(serde_json::to_value(
                         read::<AuditKeys>(kv, key::AUDIT_KEYS)?

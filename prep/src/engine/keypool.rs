@@ -181,7 +181,8 @@ fn refill(hsm: &dyn Hsm, transport: &WrappedKey, spec: PairSpec, padding: CrtPad
         {
             let mut ready = s.ready.lock().unwrap_or_else(PoisonError::into_inner);
             while ready.len() >= capacity && !s.stop.load(Ordering::SeqCst) {
-                ready = s.space.wait_timeout(ready, Duration::from_millis(200)).unwrap_or_else(PoisonError::into_inner).0;
+                ready =
+                    s.space.wait_timeout(ready, Duration::from_millis(200)).unwrap_or_else(PoisonError::into_inner).0;
             }
         }
         if s.stop.load(Ordering::SeqCst) {

@@ -33,8 +33,8 @@ mod keys;
 pub mod output;
 
 pub use keypool::{IccKeyPool, PairSpec, PoolSettings, PoolStats};
-pub use keys::{IssuerKey, KeyRef, KeySet};
 use keys::Need;
+pub use keys::{IssuerKey, KeyRef, KeySet};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -274,7 +274,12 @@ const CRT_PADDING: CrtPadding = CrtPadding::Iso9797Method2;
 
 impl Engine {
     /// Check every key the profile names and start the ICC key-pair pools.
-    pub fn new(profile: Profile, keys: KeySet, hsm: Arc<dyn Hsm>, settings: EngineSettings) -> Result<Self, SetupError> {
+    pub fn new(
+        profile: Profile,
+        keys: KeySet,
+        hsm: Arc<dyn Hsm>,
+        settings: EngineSettings,
+    ) -> Result<Self, SetupError> {
         check_keys(&profile, &keys)?;
         let mut pools = BTreeMap::new();
         if settings.pool.capacity > 0 {
@@ -345,7 +350,8 @@ impl Engine {
             }
             c.pvki = self.profile.pin.as_ref().and_then(|p| p.pvv.as_ref()).map(|p| p.pvki);
             let t2dd = discretionary(&m.track2, &c).map_err(|r| CardError::new(line, "track 2", r))?;
-            let t2 = magstripe::track2(pan, &yymm, sc, &t2dd).map_err(|e| CardError::new(line, "track 2", e.to_string()))?;
+            let t2 =
+                magstripe::track2(pan, &yymm, sc, &t2dd).map_err(|e| CardError::new(line, "track 2", e.to_string()))?;
             let track1 = match &m.track1 {
                 Some(l) => {
                     let dd = discretionary(l, &c).map_err(|r| CardError::new(line, "track 1", r))?;
@@ -533,7 +539,10 @@ impl Engine {
                     .map_err(|e| CardError::hsm(line, step("offline PIN"), &e))?;
                 let dgi = parse_dgi(&chip.dgi);
                 secret_dgis.push(DgiOut::secret(dgi, &block, tref.clone()));
-                kcv_dgis.push(DgiOut::clear(&Dgi { id: parse_dgi(&chip.try_dgi), data: vec![chip.try_limit, chip.try_limit] }));
+                kcv_dgis.push(DgiOut::clear(&Dgi {
+                    id: parse_dgi(&chip.try_dgi),
+                    data: vec![chip.try_limit, chip.try_limit],
+                }));
             }
         }
 
@@ -570,15 +579,23 @@ impl Engine {
                 TagSource::Constant(h) => hex::decode(h).unwrap_or_default(),
                 TagSource::Field(f) => {
                     let text = rec.fields.get(f).ok_or_else(|| {
-                        CardError::new(line, step(&format!("tag {tag}")), format!("the record has no value for field {f:?}"))
+                        CardError::new(
+                            line,
+                            step(&format!("tag {tag}")),
+                            format!("the record has no value for field {f:?}"),
+                        )
                     })?;
                     field_bytes(tag, text).map_err(|r| CardError::new(line, step(&format!("tag {tag}")), r))?
                 }
-                TagSource::Derived(d) => self.derived(rec, *d, c).map_err(|r| CardError::new(line, step(&format!("tag {tag}")), r))?,
+                TagSource::Derived(d) => {
+                    self.derived(rec, *d, c).map_err(|r| CardError::new(line, step(&format!("tag {tag}")), r))?
+                }
                 TagSource::Computed(k) => match k {
                     Computed::CaPkIndex => a.ca_index.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
                     Computed::IssuerPkCertificate => issuer.map(|i| i.certificate.cert().to_vec()).unwrap_or_default(),
-                    Computed::IssuerPkRemainder => issuer.map(|i| i.certificate.remainder().to_vec()).unwrap_or_default(),
+                    Computed::IssuerPkRemainder => {
+                        issuer.map(|i| i.certificate.remainder().to_vec()).unwrap_or_default()
+                    }
                     Computed::IssuerPkExponent => issuer.map(|i| i.certificate.exponent().to_vec()).unwrap_or_default(),
                     Computed::Aip => hex::decode(&a.aip).unwrap_or_default(),
                     Computed::Afl => a.afl_bytes(),
@@ -597,7 +614,9 @@ impl Engine {
         if let Some(i) = issuer
             && matches!(a.oda, Oda::Sda | Oda::Dda)
         {
-            i.certificate.check_pan(pan).map_err(|e| CardError::new(line, step("issuer certificate"), e.to_string()))?;
+            i.certificate
+                .check_pan(pan)
+                .map_err(|e| CardError::new(line, step("issuer certificate"), e.to_string()))?;
         }
 
         // Static data to be authenticated: the ODA records (EMV Book 3 §10.3), then the AIP when
@@ -626,10 +645,12 @@ impl Engine {
             .ok_or_else(|| CardError::new(line, step("certificate"), "expiry is not a valid month"))?;
         match (a.oda, issuer) {
             (Oda::Sda, Some(i)) => {
-                let dac: [u8; 2] = values.get("9F45").and_then(|v| v.as_slice().try_into().ok()).unwrap_or([0xDA, 0xC0]);
+                let dac: [u8; 2] =
+                    values.get("9F45").and_then(|v| v.as_slice().try_into().ok()).unwrap_or([0xDA, 0xC0]);
                 let signer = HsmSigner { hsm: &*self.hsm, key: i };
-                let ssad = cert::build_signed_static_data(&signer, i.public(), dac, &static_data)
-                    .map_err(|e| CardError { line, step: step("SDA (93)"), reason: build_reason(&e), device: signer_device(&e) })?;
+                let ssad = cert::build_signed_static_data(&signer, i.public(), dac, &static_data).map_err(|e| {
+                    CardError { line, step: step("SDA (93)"), reason: build_reason(&e), device: signer_device(&e) }
+                })?;
                 values.insert("93".into(), ssad);
             }
             (Oda::Dda, Some(i)) => {
@@ -716,7 +737,9 @@ impl Engine {
             Derived::EffectiveYymmdd => {
                 bcd(&rec.effective.as_ref().ok_or("the record has no effective date")?.first_day_yymmdd())
             }
-            Derived::ServiceCode => bcd(&format!("0{}", rec.service_code.as_deref().ok_or("the record has no service code")?)),
+            Derived::ServiceCode => {
+                bcd(&format!("0{}", rec.service_code.as_deref().ok_or("the record has no service code")?))
+            }
             Derived::CardholderName => {
                 rec.cardholder_name.as_deref().ok_or("the record has no cardholder name")?.as_bytes().to_vec()
             }
@@ -996,6 +1019,7 @@ fn check_keys(p: &Profile, keys: &KeySet) -> Result<(), SetupError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

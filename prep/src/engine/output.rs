@@ -198,7 +198,10 @@ pub fn check_stream(
     }
     let header: Header = serde_json::from_str(lines[0]).map_err(|e| bad(1, format!("not a stream header: {e}")))?;
     if header.format != FORMAT || header.version != VERSION {
-        return Err(bad(1, format!("format {} version {}; this reader knows {FORMAT} {VERSION}", header.format, header.version)));
+        return Err(bad(
+            1,
+            format!("format {} version {}; this reader knows {FORMAT} {VERSION}", header.format, header.version),
+        ));
     }
     let last = lines.len();
     let trailer: Trailer = serde_json::from_str(lines[last - 1])
@@ -214,17 +217,26 @@ pub fn check_stream(
     }
     let want = mac(&header.mac_key, &digest).map_err(|r| bad(last, format!("cannot compute the MAC: {r}")))?;
     if hex::encode_upper(want) != trailer.end.mac.to_ascii_uppercase() {
-        return Err(bad(last, format!("MAC does not verify with key {} (KCV {})", header.mac_key.label, header.mac_key.kcv)));
+        return Err(bad(
+            last,
+            format!("MAC does not verify with key {} (KCV {})", header.mac_key.label, header.mac_key.kcv),
+        ));
     }
     Ok(CheckedStream { header, records })
 }
 
 /// A MAC function for [`check_stream`] through the HSM with the wrapped output MAC key (its KCV
 /// must be the header's).
-pub fn hsm_mac<'a>(hsm: &'a dyn Hsm, key: &'a WrappedKey) -> impl FnOnce(&KeyRef, &[u8; 32]) -> Result<[u8; 32], String> + 'a {
+pub fn hsm_mac<'a>(
+    hsm: &'a dyn Hsm,
+    key: &'a WrappedKey,
+) -> impl FnOnce(&KeyRef, &[u8; 32]) -> Result<[u8; 32], String> + 'a {
     move |r, d| {
         if r.kcv != key.kcv.to_string() {
-            return Err(format!("the stream names MAC key {} KCV {}, the key given has KCV {}", r.label, r.kcv, key.kcv));
+            return Err(format!(
+                "the stream names MAC key {} KCV {}, the key given has KCV {}",
+                r.label, r.kcv, key.kcv
+            ));
         }
         hsm.hmac_sha256(key, d).map_err(|e| e.to_string())
     }
@@ -244,6 +256,7 @@ pub fn gppro_dgis(card: &CardOutput) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

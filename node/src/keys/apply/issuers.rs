@@ -328,6 +328,7 @@ impl State<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::keys::apply::{Ctx, apply};
@@ -342,7 +343,8 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/scheme-test-certs").join(name);
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/scheme-test-certs").join(name);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
@@ -357,7 +359,10 @@ mod tests {
     fn scheme_files_verify_and_an_unknown_ca_is_refused_without_a_change() {
         let mut kv = MemKv::default();
         let a = run(&mut kv, &admin(), file("visa", "960097.I94"));
-        assert!(matches!(&a, Applied::Done { object, .. } if object == "issuer-cert:A000000003-42158493-03FE66"), "{a:?}");
+        assert!(
+            matches!(&a, Applied::Done { object, .. } if object == "issuer-cert:A000000003-42158493-03FE66"),
+            "{a:?}"
+        );
         let a = run(&mut kv, &admin(), file("mastercard", "522230-000001.cEF"));
         assert!(matches!(a, Applied::Done { .. }), "{a:?}");
         let before = scan::<IssuerCertRecord>(&kv, ISSUER_CERT).unwrap();
