@@ -2,7 +2,12 @@
 //! build needs no system protobuf compiler.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/quill/v1/raft.proto", "proto/quill/v1/cluster.proto", "proto/quill/v1/keys.proto"];
+    let protos = [
+        "proto/quill/v1/raft.proto",
+        "proto/quill/v1/cluster.proto",
+        "proto/quill/v1/keys.proto",
+        "proto/quill/v1/jobs.proto",
+    ];
     // The vendored protoc is handed to prost-build directly (no `PROTOC` environment variable,
     // which edition 2024 only sets through `unsafe`).
     let mut config = prost_build::Config::new();

@@ -92,7 +92,7 @@ pub fn client(endpoint: &str, timeout: Duration) -> Result<ClusterClient<Channel
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
         .tcp_nodelay(true);
-    Ok(ClusterClient::new(ep.connect_lazy()))
+    Ok(ClusterClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
 /// One node's Status, or the one-line reason it could not be had.

@@ -135,24 +135,29 @@ pub struct IssuerGenerateArgs {
     who: Who,
 }
 
-/// `quill issuer generate`.
-pub fn issuer_generate(a: &IssuerGenerateArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+/// Generate an issuer key pair in a node's HSM; its record.
+pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) -> Result<IssuerKeyRecord> {
     let req = GenerateKeyRequest {
         caller: Some(s.caller()),
-        label: a.label.clone(),
+        label: label.to_string(),
         usage: "S0".into(),
         alg: "rsa".into(),
         exportable: false,
         active: true,
-        rsa_bits: a.bits,
-        rsa_exponent: a.exponent,
+        rsa_bits: bits,
+        rsa_exponent: exponent,
     };
     let r = s.call_keys(|mut c| {
         let req = req.clone();
         async move { c.generate(req).await }
     })?;
-    let rec: IssuerKeyRecord = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
+    serde_json::from_str(&r.json).context("invalid JSON from the node")
+}
+
+/// `quill issuer generate`.
+pub fn issuer_generate(a: &IssuerGenerateArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let rec = generate_request(&mut s, &a.label, a.bits, a.exponent)?;
     print(
         json,
         json!({"label": rec.label, "bits": rec.bits, "fingerprint": rec.fingerprint,
@@ -220,21 +225,20 @@ pub struct IssuerCertifyTestArgs {
     who: Who,
 }
 
-/// `quill issuer certify-test`: the Quill TEST CA (whose private key is public) signs the issuer
-/// key's certificate here; the cluster verifies it like any other and binds it to the key.
-pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> {
-    let rid = rid_bytes(&a.rid)?;
-    let mut s = Session::new(&a.who, true)?;
-    let rec: IssuerKeyRecord = s.query_as("issuer", &a.label)?;
+/// Certify issuer key `label` with the Quill TEST CA (signed here) and import the certificate
+/// bound to it; the cluster verifies it like any other. Returns the outcome detail.
+pub fn certify_test(s: &mut Session, label: &str, issuer_id: &str, rid: &str, expiry: &str) -> Result<String> {
+    let rid = rid_bytes(rid)?;
+    let rec: IssuerKeyRecord = s.query_as("issuer", label)?;
     let public = RsaPublicKey::new(&rec.key.public.modulus, &rec.key.public.exponent).map_err(|e| anyhow!("{e}"))?;
-    let mmyy = hex::decode(&a.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
-    let expiry = mmyy.and_then(CertExpiry::from_mmyy).ok_or_else(|| anyhow!("--expiry: {:?} is not MMYY", a.expiry))?;
-    let issuer_id = IssuerId::from_digits(&a.issuer_id)
-        .ok_or_else(|| anyhow!("--issuer-id: {:?} is not 3-8 digits", a.issuer_id))?;
+    let mmyy = hex::decode(expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
+    let expiry = mmyy.and_then(CertExpiry::from_mmyy).ok_or_else(|| anyhow!("--expiry: {expiry:?} is not MMYY"))?;
+    let issuer_id =
+        IssuerId::from_digits(issuer_id).ok_or_else(|| anyhow!("--issuer-id: {issuer_id:?} is not 3-8 digits"))?;
     let ca = TestCa::builtin();
     let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0, 0, 1], issuer_key: &public };
     let c = cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| anyhow!("{e}"))?;
-    let detail = s.write(KeyCommand::IssuerCertImport {
+    s.write(KeyCommand::IssuerCertImport {
         source: CertSource::Tags {
             rid: hex::encode_upper(rid),
             ca_index: c.ca_index(),
@@ -242,13 +246,19 @@ pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> 
             remainder: c.remainder().to_vec(),
             exponent: c.exponent().to_vec(),
         },
-        key: Some(a.label.clone()),
-    })?;
-    print(
-        json,
-        json!({"result": "certified", "label": a.label, "detail": detail}),
-        format!("issuer key {} certified by the Quill TEST CA: {detail}", a.label),
-    );
+        key: Some(label.to_string()),
+    })
+}
+
+/// `quill issuer certify-test`: the Quill TEST CA (whose private key is public) signs the issuer
+/// key's certificate here; the cluster verifies it like any other and binds it to the key.
+pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let detail = certify_test(&mut s, &a.label, &a.issuer_id, &a.rid, &a.expiry)?;
+    print(json, json!({"result": "certified", "label": a.label, "detail": detail}), format!(
+        "issuer key {} certified by the Quill TEST CA: {detail}",
+        a.label
+    ));
     Ok(crate::exit_codes::OK)
 }
 

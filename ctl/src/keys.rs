@@ -96,11 +96,15 @@ impl Session {
     /// the same serial (applied at most once). Returns the outcome detail, or the refusal as an
     /// error.
     pub(crate) fn write(&mut self, cmd: KeyCommand) -> Result<String> {
+        self.write_command(Command::Keys(cmd))
+    }
+
+    fn write_command(&mut self, cmd: Command) -> Result<String> {
         self.serial += 1;
         let req = WriteRequest {
             client_id: self.client_id.clone(),
             serial: self.serial,
-            command: encode_command(&Command::Keys(cmd)),
+            command: encode_command(&cmd),
             hops: 0,
             actor: self.actor_str(),
         };
@@ -126,6 +130,21 @@ impl Session {
             Outcome::Rejected { reason } => bail!("refused: {reason}"),
             other => Ok(format!("{other:?}")),
         }
+    }
+
+    /// The endpoints, in order of preference.
+    pub(crate) fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The async runtime of the session.
+    pub(crate) fn rt(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// Send a job command through Cluster.Write (same retry rules as [`Session::write`]).
+    pub(crate) fn write_job(&mut self, cmd: quill_node::jobs::JobCommand) -> Result<String> {
+        self.write_command(Command::Jobs(cmd))
     }
 
     /// A JSON query of the replicated state, linearizable.

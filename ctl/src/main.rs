@@ -11,9 +11,11 @@ mod demo;
 mod dev;
 mod exit_codes;
 mod issuers;
+mod jobs;
 mod keys;
 mod pkcs11;
 mod prep;
+mod testset;
 mod profile;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +71,8 @@ enum Cmd {
     #[command(subcommand)]
     Issuer(IssuerCmd),
     #[command(subcommand)]
+    Job(JobCmd),
+    #[command(subcommand)]
     Prep(PrepCmd),
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -94,6 +98,26 @@ enum IssuerCmd {
     Import(issuers::IssuerImportArgs),
     /// Certify an issuer key with the Quill TEST CA and import the certificate (TEST only).
     CertifyTest(issuers::IssuerCertifyTestArgs),
+}
+
+/// Batches across the cluster.
+#[derive(Subcommand, Debug)]
+enum JobCmd {
+    /// Stream a batch file to the cluster: validated against the profile, stored encrypted,
+    /// split into chunks; prints the job id.
+    Submit(jobs::SubmitArgs),
+    /// Jobs and their states.
+    List(jobs::ListArgs),
+    /// One job: progress per node, cards/s, ETA, failures, which node prepared which chunk.
+    Status(jobs::JobArgs),
+    /// A progress bar until the job is done.
+    Watch(jobs::JobArgs),
+    /// Write the output streams (input order, each checked on arrival) to a directory.
+    Fetch(jobs::FetchArgs),
+    /// Record delivery and purge the job's input and output from the cluster.
+    Ack(jobs::AckArgs),
+    /// Stop a job and purge its data.
+    Cancel(jobs::JobArgs),
 }
 
 /// Local data preparation with the TEST keys (lab cards, checks, measurements).
@@ -188,6 +212,9 @@ enum DevCmd {
     Up(dev::UpArgs),
     /// Stop the local cluster: SIGTERM, then SIGKILL after 10 s; data kept unless --wipe.
     Down(dev::DownArgs),
+    /// Load the published TEST key set (docs/test-keys.md) into the cluster by ceremonies, with
+    /// the TEST CA and certified TEST issuer keys. TEST only: never for real cards.
+    LoadTestKeys(testset::LoadArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,6 +249,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo::run(args, json),
         Cmd::Dev(DevCmd::Up(args)) => dev::up(args, json),
         Cmd::Dev(DevCmd::Down(args)) => dev::down(args, json),
+        Cmd::Dev(DevCmd::LoadTestKeys(a)) => testset::load(a, json),
         Cmd::Cluster(ClusterCmd::Status(args)) => cluster::status(args, json),
         Cmd::Cluster(ClusterCmd::Add(args)) => cluster::add(args, json),
         Cmd::Cluster(ClusterCmd::Promote(args)) => cluster::promote(args, json),
@@ -254,6 +282,13 @@ fn main() -> ExitCode {
         Cmd::Issuer(IssuerCmd::Generate(a)) => issuers::issuer_generate(a, json),
         Cmd::Issuer(IssuerCmd::Import(a)) => issuers::issuer_import(a, json),
         Cmd::Issuer(IssuerCmd::CertifyTest(a)) => issuers::issuer_certify_test(a, json),
+        Cmd::Job(JobCmd::Submit(a)) => jobs::submit(a, json),
+        Cmd::Job(JobCmd::List(a)) => jobs::list(a, json),
+        Cmd::Job(JobCmd::Status(a)) => jobs::status(a, json),
+        Cmd::Job(JobCmd::Watch(a)) => jobs::watch(a, json),
+        Cmd::Job(JobCmd::Fetch(a)) => jobs::fetch(a, json),
+        Cmd::Job(JobCmd::Ack(a)) => jobs::ack(a, json),
+        Cmd::Job(JobCmd::Cancel(a)) => jobs::cancel(a, json),
         Cmd::Prep(PrepCmd::Run(a)) => prep::run(a, json),
         Cmd::Prep(PrepCmd::Check(a)) => prep::check(a, json),
         Cmd::Prep(PrepCmd::Gp(a)) => prep::gp(a, json),

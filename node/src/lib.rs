@@ -11,6 +11,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod jobs;
 pub mod keys;
 pub mod network;
 pub mod raft;

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
+use crate::api::jobs::JobsService;
 use crate::api::keys::KeysService;
+use crate::jobs::worker::Workers;
 use crate::api::{ClusterService, http};
 use crate::config::Config;
 use crate::keys::agent::{HostPathQueue, KeyAgent, Proposer};
@@ -155,10 +157,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         config.raft.rpc_timeout(),
     );
     let keys_svc = KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
+    let jobs_svc = JobsService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
     if let Some(agent) = agent.clone() {
         let proposer: Arc<dyn Proposer> = Arc::new(cluster_svc.clone());
         let stop = shutdown.clone();
-        tokio::spawn(agent.run(proposer, stop.wait()));
+        tokio::spawn(agent.clone().run(proposer, stop.wait()));
+        // Job workers: one per HSM slot, each preparing its chunk on two HSM sessions.
+        let slots = agent.hsm().describe().slots.len().max(1);
+        let workers = Workers::new(config.node_id, agent.hsm().clone(), sm.clone(), cluster_svc.clone(), 2);
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, f) = (shutdown.clone(), flag.clone());
+        tokio::spawn(async move {
+            stop.wait().await;
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        tokio::spawn(workers.run(slots, flag));
+        info!(workers = slots, "job workers started");
     }
     let api_svc = cluster_svc.into_server();
     let stop = shutdown.clone();
@@ -168,6 +182,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
             tonic::transport::Server::builder()
                 .add_service(api_svc)
                 .add_service(keys_svc)
+                .add_service(jobs_svc)
                 .serve_with_incoming_shutdown(TcpIncoming::from(api_listener).with_nodelay(Some(true)), stop.wait())
                 .await
                 .map_err(|e| e.to_string())

@@ -83,9 +83,24 @@ pub fn mask_pan(pan: &str) -> String {
 // Card records
 // ---------------------------------------------------------------------------------------------
 
-/// A validated PAN (12–19 digits, Luhn). `Debug` and `Display` show it masked.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A validated PAN (12–19 digits, Luhn). `Debug` and `Display` show it masked. It is
+/// serialized (for sealed job chunks) as its digits and checked again when deserialized.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Pan(String);
+
+impl TryFrom<String> for Pan {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Pan::parse(&s)
+    }
+}
+
+impl From<Pan> for String {
+    fn from(p: Pan) -> String {
+        p.0
+    }
+}
 
 impl Pan {
     /// Validate a PAN.
@@ -155,7 +170,7 @@ pub fn luhn_ok(digits: &str) -> bool {
 }
 
 /// A `YYMM` date (years 2000–2099).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Yymm {
     /// Year within the century, 0–99.
     pub yy: u8,
@@ -200,8 +215,9 @@ impl Yymm {
     }
 }
 
-/// One validated input record. `Debug` masks the PAN and hides the names.
-#[derive(Clone, PartialEq, Eq)]
+/// One validated input record. `Debug` masks the PAN and hides the names. Serializable so that a
+/// job's chunks can travel sealed between nodes.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CardRecord {
     /// 1-based line number in the input file.
     pub line: u64,

@@ -46,7 +46,7 @@ impl KeysService {
 
     /// The tonic server of this service.
     pub fn into_server(self) -> KeysServer<Self> {
-        KeysServer::new(self)
+        KeysServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
     }
 
     fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
@@ -99,6 +99,12 @@ impl KeysService {
                         to(serde_json::to_value(read::<IssuerKeyRecord>(kv, &format!("{}{id}", issuers::ISSUER))?))
                     }
                     "issuer-certs" => to(serde_json::to_value(scan::<IssuerCertRecord>(kv, issuers::ISSUER_CERT)?)),
+                    // Job records without the profile text and the wrapped data key.
+                    "jobs" => to(serde_json::to_value(
+                        crate::jobs::jobs(kv)?.into_iter().map(crate::jobs::JobRecord::public).collect::<Vec<_>>(),
+                    )),
+                    "job" => to(serde_json::to_value(crate::jobs::job(kv, &id)?.map(crate::jobs::JobRecord::public))),
+                    "chunks" => to(serde_json::to_value(crate::jobs::chunks(kv, &id)?)),
                     "audit-keys" => to(serde_json::to_value(
                         read::<AuditKeys>(kv, key::AUDIT_KEYS)?
                             .map(|k| serde_json::json!({"mac_kcv": k.mac.kcv, "enc_kcv": k.enc.kcv, "node": k.node})),
@@ -109,11 +115,11 @@ impl KeysService {
             .await?;
         if json == Value::String("\u{0}unknown".into()) {
             return Err(ApiError::BadRequest(format!(
-                "unknown query {:?} (smk, nodes, ceremonies, ceremony, keys, key, approvals, approval, cas, issuers, issuer, issuer-certs, audit-keys)",
+                "unknown query {:?} (smk, nodes, ceremonies, ceremony, keys, key, approvals, approval, cas, issuers, issuer, issuer-certs, jobs, job, chunks, audit-keys)",
                 req.what
             )));
         }
-        if json.is_null() && matches!(req.what.as_str(), "ceremony" | "key" | "approval" | "issuer") {
+        if json.is_null() && matches!(req.what.as_str(), "ceremony" | "key" | "approval" | "issuer" | "job") {
             return Err(ApiError::NotFound(format!("no {} {:?}", req.what, req.id)));
         }
         let applied_index = self.cluster.applied_index();

@@ -10,6 +10,7 @@
 mod batch;
 mod error;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -140,14 +141,16 @@ impl ClusterService {
 
     /// The tonic server of this service.
     pub fn into_server(self) -> ClusterServer<Self> {
-        ClusterServer::new(self)
+        ClusterServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
     }
 }
 
 impl Inner {
     /// A client of the Cluster service at `api_addr`, reusing one lazy channel per address.
     fn peer(&self, api_addr: &str) -> ApiResult<ClusterClient<Channel>> {
-        self.peer_channel(api_addr).map(ClusterClient::new)
+        self.peer_channel(api_addr).map(|c| {
+            ClusterClient::new(c).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        })
     }
 
     /// One lazy channel per peer API address.
@@ -425,6 +428,18 @@ fn leader_check_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(&f),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => ApiError::Unavailable(q.to_string()),
         RaftError::Fatal(f) => ApiError::Internal(f.to_string()),
+    }
+}
+
+impl ClusterService {
+    /// The next serial of this node's own proposals (agent, workers).
+    pub fn next_agent_serial(&self) -> u64 {
+        self.inner.agent_serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The client id of this node's own proposals: one per boot, so serials never repeat.
+    pub fn agent_client_id(&self, _what: &str) -> String {
+        format!("node-{}-agent-{}", self.inner.id, self.inner.boot_ms)
     }
 }
 

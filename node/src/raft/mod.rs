@@ -112,6 +112,8 @@ pub enum Command {
     Noop,
     /// Key management (enrolment, ceremonies, inventory, approvals, audit keys).
     Keys(KeyCommand),
+    /// Batch jobs: submission, chunk claims with fencing, results, delivery.
+    Jobs(crate::jobs::JobCommand),
     /// Several clients' requests packed by the leader into one entry (applied in order, each
     /// with its own dedup record, audit record and response). Never nested.
     Batch(Vec<Request>),

@@ -145,6 +145,18 @@ impl StateMachine {
                         keys::Applied::Rejected { object, reason } => (action, object, Outcome::Rejected { reason }),
                     }
                 }
+                Command::Jobs(cmd) => {
+                    let action = cmd.action();
+                    let ctx = crate::jobs::Ctx { log_index, time_ms: req.time_ms, actor: &req.actor };
+                    match crate::jobs::apply(tx, &ctx, cmd)? {
+                        crate::jobs::JobApplied::Done { object, detail } => {
+                            (action, object.clone(), Outcome::Done { object, detail })
+                        }
+                        crate::jobs::JobApplied::Rejected { object, reason } => {
+                            (action, object, Outcome::Rejected { reason })
+                        }
+                    }
+                }
                 Command::AuditSeal { seq, hash, mac } => {
                     let object = format!("audit:{seq}");
                     match audit::check_seal(&*tx, seq, &hash)? {

@@ -149,6 +149,20 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    /// Append one record given as its JSON text (one line, as [`StreamWriter::push`] writes it).
+    pub fn push_raw(&mut self, json: &str) -> Result<(), OutputError> {
+        if json.contains('\n') {
+            return Err(self.io(std::io::Error::other("a record line contains a newline")));
+        }
+        let mut bytes = Vec::with_capacity(json.len() + 1);
+        bytes.extend_from_slice(json.as_bytes());
+        bytes.push(b'\n');
+        self.hash.update(&bytes);
+        self.out.write_all(&bytes).map_err(|e| self.io(e))?;
+        self.records += 1;
+        Ok(())
+    }
+
     /// Records written so far.
     pub fn records(&self) -> u64 {
         self.records

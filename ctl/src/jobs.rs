@@ -1,0 +1,334 @@
+//! `quill job submit|list|status|watch|fetch|ack|cancel`: batches across the cluster.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use quill_node::jobs::{ChunkRecord, JobCommand, JobRecord, JobState};
+use quill_prep::engine::output::{self, Stream};
+use quill_prep::profile::Profile;
+use quill_proto::v1::jobs_client::JobsClient;
+use quill_proto::v1::{FetchRequest, MacRequest, SubmitPart};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client;
+use crate::keys::{Session, Who, print};
+
+const PART: usize = 1 << 20;
+
+fn jobs_client(endpoint: &str, timeout: Duration) -> Result<JobsClient<Channel>> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("bad endpoint {endpoint:?}"))?
+        .connect_timeout(client::CONNECT_TIMEOUT)
+        .timeout(timeout);
+    Ok(JobsClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+/// `quill job submit`.
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// Card-product profile (TOML).
+    #[arg(long)]
+    profile: PathBuf,
+    /// Batch file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Cards per chunk.
+    #[arg(long, default_value_t = 250)]
+    chunk_size: u32,
+    /// Submit even if the same file (same SHA-256) is already a job that was not acknowledged.
+    #[arg(long)]
+    force: bool,
+    /// Label of the output MAC key.
+    #[arg(long, default_value = "MAC-OUTPUT")]
+    mac_key: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// Submit a file; returns the job id.
+pub fn submit_file(s: &mut Session, profile: &Path, input: &Path, chunk_size: u32, force: bool, mac_key: &str) -> Result<(String, u64, Vec<String>)> {
+    let name = profile.display().to_string();
+    let toml = std::fs::read_to_string(profile).with_context(|| format!("cannot read {name}"))?;
+    let p = Profile::parse(&toml, &name).map_err(|e| anyhow!("{e}"))?;
+    let data = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let digest = hex::encode_upper(Sha256::digest(&data));
+    let file_name = input.file_name().map_or_else(|| "input".into(), |n| n.to_string_lossy().into_owned());
+    let caller = s.caller();
+    let first = SubmitPart {
+        caller: Some(caller),
+        profile_name: format!("{} ({name})", p.product.name),
+        profile_toml: toml,
+        file_name,
+        total_bytes: data.len() as u64,
+        digest,
+        chunk_size,
+        force,
+        mac_key: mac_key.to_string(),
+        data: Vec::new(),
+    };
+    let mut parts = vec![first];
+    parts.extend(data.chunks(PART).map(|c| SubmitPart { data: c.to_vec(), ..Default::default() }));
+    let endpoints = s.endpoints().to_vec();
+    let r = s.rt().block_on(async {
+        let mut last = anyhow!("no endpoint");
+        for ep in &endpoints {
+            let mut c = jobs_client(ep, Duration::from_secs(600))?;
+            match c.submit(tokio_stream::iter(parts.clone())).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(st) if st.code() == tonic::Code::Unavailable => last = anyhow!("{ep}: {}", client::grpc_reason(&st)),
+                Err(st) => return Err(anyhow!("{}", client::grpc_reason(&st))),
+            }
+        }
+        Err(last)
+    })?;
+    Ok((r.job, r.records, r.skipped))
+}
+
+/// `quill job submit`.
+pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let (job, records, skipped) = submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key)?;
+    for k in &skipped {
+        eprintln!("skipped: {k}");
+    }
+    print(json, json!({"job": job, "records": records, "skipped": skipped.len()}), format!(
+        "job {job} submitted: {records} card(s){}",
+        if skipped.is_empty() { String::new() } else { format!(", {} record(s) skipped", skipped.len()) }
+    ));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill job list|status|watch|fetch|ack|cancel`.
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
+    /// Job id.
+    job: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill job list`.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+fn progress(j: &JobRecord, chunks: &[ChunkRecord]) -> (String, serde_json::Value) {
+    let mut per_node: std::collections::BTreeMap<u64, (u32, u64)> = Default::default();
+    for c in chunks.iter().filter(|c| c.state == quill_node::jobs::ChunkState::Done) {
+        let e = per_node.entry(c.node.unwrap_or_default()).or_default();
+        e.0 += 1;
+        e.1 += u64::from(c.prepared);
+    }
+    let end = if j.done_ms > 0 { j.done_ms } else { now_ms() };
+    let elapsed = end.saturating_sub(j.created_ms).max(1);
+    let rate = j.cards_done as f64 * 1000.0 / elapsed as f64;
+    let left = j.records.saturating_sub(j.cards_done + j.failures.len() as u64);
+    let eta = if rate > 0.0 && j.state == JobState::Running { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
+    let nodes: Vec<String> = per_node.iter().map(|(n, (c, k))| format!("node {n}: {c} chunk(s), {k} card(s)")).collect();
+    let text = format!(
+        "job {} [{}] {}: {}/{} cards, {}/{} chunks, {} failed, {:.1} cards/s, ETA {}\n  {}",
+        j.id,
+        j.state.as_str(),
+        j.product,
+        j.cards_done,
+        j.records,
+        j.chunks_done,
+        j.chunks,
+        j.failures.len(),
+        rate,
+        eta,
+        nodes.join("; ")
+    );
+    let doc = json!({"id": j.id, "state": j.state.as_str(), "product": j.product, "file": j.file, "records": j.records,
+        "cards_done": j.cards_done, "chunks": j.chunks, "chunks_done": j.chunks_done, "failures": j.failures,
+        "skipped": j.skipped, "cards_per_s": rate, "per_node": per_node.iter().map(|(n, (c, k))| json!({"node": n, "chunks": c, "cards": k})).collect::<Vec<_>>(),
+        "chunk_nodes": chunks.iter().map(|c| json!({"chunk": c.n, "state": format!("{:?}", c.state).to_lowercase(), "node": c.node, "claims": c.claims})).collect::<Vec<_>>()});
+    (text, doc)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `quill job list`.
+pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let jobs: Vec<JobRecord> = s.query_as("jobs", "")?;
+    if json {
+        let v: Vec<_> = jobs.iter().map(|j| json!({"id": j.id, "state": j.state.as_str(), "product": j.product, "records": j.records, "cards_done": j.cards_done, "file": j.file})).collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(crate::exit_codes::OK);
+    }
+    let mut rows = vec![["JOB", "STATE", "PRODUCT", "FILE", "CARDS", "DONE", "FAILED"].map(String::from).to_vec()];
+    for j in &jobs {
+        rows.push(vec![
+            j.id.clone(),
+            j.state.as_str().into(),
+            j.product.clone(),
+            j.file.clone(),
+            j.records.to_string(),
+            j.cards_done.to_string(),
+            j.failures.len().to_string(),
+        ]);
+    }
+    print!("{}", crate::cluster::render_table(&rows));
+    Ok(crate::exit_codes::OK)
+}
+
+fn load(s: &Session, id: &str) -> Result<(JobRecord, Vec<ChunkRecord>)> {
+    Ok((s.query_as("job", id)?, s.query_as("chunks", id)?))
+}
+
+/// `quill job status`.
+pub fn status(a: &JobArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let (j, chunks) = load(&s, &a.job)?;
+    let (text, doc) = progress(&j, &chunks);
+    print(json, doc, text);
+    for f in j.failures.iter().take(20) {
+        if !json {
+            println!("  failed: {f}");
+        }
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill job watch`: a progress bar until the job is done.
+pub fn watch(a: &JobArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    loop {
+        let (j, chunks) = load(&s, &a.job)?;
+        let (text, doc) = progress(&j, &chunks);
+        if json {
+            println!("{doc}");
+        } else {
+            let width = 40;
+            let done = if j.records == 0 { width } else { (j.cards_done as usize * width) / j.records as usize };
+            let first = text.lines().next().unwrap_or_default();
+            print!("\r[{}{}] {first}   ", "#".repeat(done), ".".repeat(width - done));
+            std::io::stdout().flush().ok();
+        }
+        if j.state != JobState::Running && j.state != JobState::Uploading {
+            if !json {
+                println!("\n{}", text.lines().nth(1).unwrap_or_default());
+            }
+            return Ok(crate::exit_codes::OK);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Fetch the three streams of a done job into `dir` (each checked: digest, count, and its MAC
+/// recomputed by the cluster); returns (stream, sha256 hex, records).
+pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, String, usize)>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let endpoints = s.endpoints().to_vec();
+    let mut out = Vec::new();
+    for stream in Stream::ALL {
+        let name = stream.file_name().trim_end_matches(".jsonl").to_string();
+        let bytes: Vec<u8> = s.rt().block_on(async {
+            let mut last = anyhow!("no endpoint");
+            for ep in &endpoints {
+                let mut c = jobs_client(ep, Duration::from_secs(600))?;
+                match c.fetch(FetchRequest { job: job.into(), stream: name.clone() }).await {
+                    Ok(r) => {
+                        let mut st = r.into_inner();
+                        let mut buf = Vec::new();
+                        while let Some(p) = st.message().await.map_err(|e| anyhow!("{}", client::grpc_reason(&e)))? {
+                            buf.extend_from_slice(&p.data);
+                        }
+                        return Ok(buf);
+                    }
+                    Err(e) if e.code() == tonic::Code::Unavailable => last = anyhow!("{ep}: {}", client::grpc_reason(&e)),
+                    Err(e) => return Err(anyhow!("{}", client::grpc_reason(&e))),
+                }
+            }
+            Err(last)
+        })?;
+        // Check on arrival: structure, digest, count, and the MAC recomputed by the cluster (the
+        // last endpoint first, so another node than the one that served it when there are several).
+        let mac_eps: Vec<String> = endpoints.iter().rev().cloned().collect();
+        let checked = output::check_stream(stream.file_name(), &bytes, |_, d| {
+            s.rt().block_on(async {
+                let mut last = "no endpoint".to_string();
+                for ep in &mac_eps {
+                    let mut c = jobs_client(ep, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+                    match c.mac(MacRequest { job: job.into(), sha256: d.to_vec() }).await {
+                        Ok(r) => return r.into_inner().mac.try_into().map_err(|_| "MAC length".to_string()),
+                        Err(e) => last = client::grpc_reason(&e),
+                    }
+                }
+                Err(last)
+            })
+        })?;
+        let path = dir.join(stream.file_name());
+        let tmp = path.with_extension("jsonl.part");
+        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        out.push((name, hex::encode_upper(Sha256::digest(&bytes)), checked.records.len()));
+    }
+    Ok(out)
+}
+
+/// `quill job fetch`.
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// Job id.
+    job: String,
+    /// Output directory.
+    #[arg(short, long)]
+    out: PathBuf,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill job fetch`.
+pub fn fetch(a: &FetchArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who, false)?;
+    let got = fetch_to(&s, &a.job, &a.out)?;
+    let text: Vec<String> = got.iter().map(|(n, d, r)| format!("{n}: {r} record(s), MAC verified, SHA-256 {}", &d[..16])).collect();
+    print(json, json!({"job": a.job, "dir": a.out.display().to_string(), "streams": got.iter().map(|(n, d, r)| json!({"stream": n, "sha256": d, "records": r})).collect::<Vec<_>>()}), format!("{} -> {}\n  {}", a.job, a.out.display(), text.join("\n  ")));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill job ack`: record delivery (the digests of the fetched files in DIR) and purge.
+#[derive(clap::Args, Debug)]
+pub struct AckArgs {
+    /// Job id.
+    job: String,
+    /// The directory the job was fetched to (its files' digests are recorded).
+    #[arg(long)]
+    fetched: Option<PathBuf>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill job ack`.
+pub fn ack(a: &AckArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let mut delivered = Vec::new();
+    if let Some(dir) = &a.fetched {
+        for stream in Stream::ALL {
+            let p = dir.join(stream.file_name());
+            let b = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            delivered.push((stream.file_name().to_string(), hex::encode_upper(Sha256::digest(&b))));
+        }
+    }
+    let detail = s.write_job(JobCommand::Ack { id: a.job.clone(), delivered })?;
+    print(json, json!({"job": a.job, "result": "acknowledged", "detail": detail}), format!("job {}: {detail}", a.job));
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill job cancel`.
+pub fn cancel(a: &JobArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who, true)?;
+    let detail = s.write_job(JobCommand::Cancel { id: a.job.clone() })?;
+    print(json, json!({"job": a.job, "result": "cancelled", "detail": detail}), format!("job {}: {detail}", a.job));
+    Ok(crate::exit_codes::OK)
+}

@@ -1,0 +1,154 @@
+//! `quill dev load-test-keys`: put the published TEST key set (docs/test-keys.md) into a running
+//! cluster the way production keys get there, for the demo, the tests and lab runs:
+//!
+//! - every symmetric TEST key through a working-key ceremony with two components, submitted by
+//!   two TEST custodians (each component sealed to every node's HSM transport key; the nodes form
+//!   the key inside their HSMs and check its KCV);
+//! - the Quill TEST CA public key under each TEST issuer's RID;
+//! - every TEST issuer key pair generated in a node's HSM and certified by the TEST CA.
+//!
+//! Keys that are already in the inventory are left alone, so running it twice is harmless.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use quill_node::keys::KeyCommand;
+use quill_node::keys::apply::issuers::IssuerKeyRecord;
+use quill_node::keys::model::{
+    Ceremony, CeremonyState, CeremonyTarget, Kcv, KeyAlg, KeyRecord, NodeRecord, SealedComponent, Usage,
+};
+use quill_prep::testkeys::TestKeys;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::keys::{Session, Who, print};
+
+/// `quill dev load-test-keys`.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// The TR-31 usage a TEST key is loaded with, from its label.
+fn usage_of(label: &str, alg: KeyAlg) -> Usage {
+    let has = |p: &str| label.starts_with(p);
+    match () {
+        _ if alg == KeyAlg::HmacSha256 => Usage::M7,
+        _ if has("IMK-AC") || has("IMK-CAP") => Usage::E0,
+        _ if has("IMK-SMC") => Usage::E1,
+        _ if has("IMK-SMI") => Usage::E2,
+        _ if has("IMK-DN") => Usage::E4,
+        _ if has("KMC") => Usage::E5,
+        _ if has("IMK-") || has("PMK-") => Usage::E6,
+        _ if has("TK-") => Usage::D0,
+        _ if has("CVK") => Usage::C0,
+        _ if has("PVK-MC") => Usage::V1,
+        _ if has("PVK") => Usage::V2,
+        _ if has("ZPK") => Usage::P0,
+        _ => Usage::K0,
+    }
+}
+
+fn with_actor(who: &Who, actor: &str) -> Who {
+    Who { actor: Some(actor.to_string()), target: who.target.clone() }
+}
+
+/// `quill dev load-test-keys`.
+pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
+    let admin_who = if a.who.actor.is_some() { a.who.clone() } else { with_actor(&a.who, "admin:TEST-loader") };
+    let mut admin = Session::new(&admin_who, true)?;
+    let mut alice = Session::new(&with_actor(&a.who, "custodian:TEST-alice"), true)?;
+    let mut bob = Session::new(&with_actor(&a.who, "custodian:TEST-bob"), true)?;
+    let set = TestKeys::builtin();
+    let held: Vec<KeyRecord> = admin.query_as("keys", "")?;
+    let nodes: Vec<NodeRecord> = admin.query_as("nodes", "")?;
+    if nodes.is_empty() {
+        bail!("no node is enrolled yet");
+    }
+    let mut started = Vec::new();
+    for k in set.keys.iter().filter(|k| k.label != "SMK-TEST") {
+        if held.iter().any(|h| h.label == k.label) {
+            continue;
+        }
+        let alg: KeyAlg = k.alg.parse().map_err(|e: String| anyhow!("{}: {e}", k.label))?;
+        let id = format!("test-{}", k.label.to_ascii_lowercase());
+        let target = CeremonyTarget::Key { label: k.label.clone(), usage: usage_of(&k.label, alg), alg, exportable: false };
+        admin.write(KeyCommand::CeremonyStart { id: id.clone(), target, components: 2 }).with_context(|| k.label.clone())?;
+        let c: Ceremony = admin.query_as("ceremony", &id)?;
+        for (s, comp, kcv) in [(&mut alice, &k.components[0], &k.component_kcvs[0]), (&mut bob, &k.components[1], &k.component_kcvs[1])] {
+            let clear = Zeroizing::new(hex::decode(comp).map_err(|_| anyhow!("{}: component is not hex", k.label))?);
+            let mut sealed = Vec::new();
+            for nid in &c.recipients {
+                let n = nodes.iter().find(|n| n.id == *nid).ok_or_else(|| anyhow!("node {nid} is not enrolled"))?;
+                sealed.push((*nid, SealedComponent(n.transport.seal(&clear).map_err(|e| anyhow!("{e}"))?)));
+            }
+            s.write(KeyCommand::CeremonySubmit { id: id.clone(), kcv: Kcv(kcv.clone()), sealed })
+                .with_context(|| format!("{}: component", k.label))?;
+        }
+        started.push((id, k.label.clone(), k.kcv.clone()));
+    }
+    // Wait until every key formed (a node holding the SMK does it).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (id, label, kcv) in &started {
+        loop {
+            let c: Ceremony = admin.query_as("ceremony", id)?;
+            if c.state == CeremonyState::Formed {
+                let got = c.kcv.map(|k| k.0).unwrap_or_default();
+                if &got != kcv {
+                    bail!("{label}: formed with KCV {got}, the TEST set says {kcv}");
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{label}: ceremony {id} did not form within 120 s (state {:?})", c.state);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Issuers: the TEST CA, key pairs generated in an HSM, certified.
+    let issuers: Vec<IssuerKeyRecord> = admin.query_as("issuers", "")?;
+    let mut rids = Vec::new();
+    for i in &set.issuers {
+        if !rids.contains(&i.rid) {
+            rids.push(i.rid.clone());
+        }
+    }
+    let cas: serde_json::Value = admin.query("cas", "")?;
+    for rid in &rids {
+        let already = cas.as_array().is_some_and(|a| a.iter().any(|c| c["rid"] == rid.as_str() && c["index"] == 0xFE));
+        if already {
+            continue;
+        }
+        let rid_bytes: [u8; 5] = hex::decode(rid).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("bad RID {rid}"))?;
+        let k = quill_prep::testkeys::TestCa::builtin().public(rid_bytes);
+        admin.write(KeyCommand::CaKeyImport {
+            rid: rid.clone(),
+            index: quill_prep::testkeys::TEST_CA_INDEX,
+            modulus: k.public_key().modulus().to_vec(),
+            exponent: k.public_key().exponent().to_vec(),
+            checksum: None,
+        })?;
+    }
+    let mut certified = 0;
+    for i in &set.issuers {
+        if issuers.iter().any(|h| h.label == i.label && h.certificate.is_some()) {
+            continue;
+        }
+        if !issuers.iter().any(|h| h.label == i.label) {
+            crate::issuers::generate_request(&mut admin, &i.label, i.bits, i.exponent)?;
+        }
+        crate::issuers::certify_test(&mut admin, &i.label, &i.issuer_id, &i.rid, &i.expiry)?;
+        certified += 1;
+    }
+    print(
+        json,
+        json!({"keys": started.len(), "issuers": certified, "test_keys": true}),
+        format!(
+            "TEST key set loaded: {} key(s) formed from components by ceremony, {} issuer key(s) generated and certified by the TEST CA (TEST keys: never for real cards)",
+            started.len(),
+            certified
+        ),
+    );
+    Ok(crate::exit_codes::OK)
+}

@@ -1,0 +1,289 @@
+//! The `quill.v1.Jobs` service: submit a batch (validated against its profile, chunked, sealed
+//! under a fresh data key made in this node's HSM, proposed chunk by chunk; an upload that fails
+//! half-way is aborted so nothing of it remains), fetch an output stream (opened chunk by chunk
+//! with the job's data key, framed as docs/output-format.md says and MACed in this node's HSM),
+//! and the MAC a client checks a fetched file with (ideally on another node).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use quill_hsm::{Hsm, KeyAlg, WrappedKey};
+use quill_prep::engine::KeyRef;
+use quill_prep::engine::output::{FORMAT, Header, Stream, VERSION};
+use quill_prep::input::{self, CardRecord};
+use quill_prep::profile::{BadRecordPolicy, Profile};
+use quill_proto::v1::jobs_server::{self, JobsServer};
+use quill_proto::v1::{FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ApiError, ClusterService};
+use crate::jobs::worker::{ChunkOutput, input_aad, output_aad};
+use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
+use crate::keys::agent::KeyAgent;
+use crate::keys::apply::{key, scan};
+use crate::keys::model::{Actor, KeyRecord, KeyState, Role};
+use crate::raft::{Command, Outcome, StateMachine, decode_outcome};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest batch file accepted in one submission.
+pub const MAX_INPUT_BYTES: usize = 256 << 20;
+/// Input validation errors listed in a refusal.
+const MAX_LISTED: usize = 50;
+/// Default cards per chunk.
+pub const DEFAULT_CHUNK: u32 = 250;
+
+/// The `quill.v1.Jobs` service of one node.
+#[derive(Clone)]
+pub struct JobsService {
+    cluster: ClusterService,
+    sm: StateMachine,
+    agent: Option<Arc<KeyAgent>>,
+}
+
+/// The newest active key with `label`.
+fn active_key(kv: &dyn crate::store::Kv, label: &str) -> Result<Option<KeyRecord>, crate::store::StoreError> {
+    let keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
+    Ok(keys.into_iter().filter(|k| k.label == label && k.state == KeyState::Active).max_by_key(|k| k.version))
+}
+
+impl JobsService {
+    /// Serve jobs over `cluster`, reading `sm`, with this node's HSM (through its agent).
+    pub fn new(cluster: ClusterService, sm: StateMachine, agent: Option<Arc<KeyAgent>>) -> Self {
+        Self { cluster, sm, agent }
+    }
+
+    /// The tonic server.
+    pub fn into_server(self) -> JobsServer<Self> {
+        JobsServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+
+    fn hsm(&self) -> ApiResult<Arc<dyn Hsm>> {
+        self.agent
+            .as_ref()
+            .map(|a| a.hsm().clone())
+            .ok_or_else(|| ApiError::Precondition("this node has no HSM configured".into()))
+    }
+
+    async fn state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Kv) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> ApiResult<T> {
+        self.sm.read(f).await.map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    async fn propose(&self, client: &str, serial: &mut u64, actor: &Actor, cmd: JobCommand) -> ApiResult<String> {
+        *serial += 1;
+        let resp = self.cluster.submit(client, *serial, actor.clone(), Command::Jobs(cmd)).await?;
+        match decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))? {
+            Outcome::Done { detail, .. } => Ok(detail),
+            Outcome::Rejected { reason } => Err(ApiError::Precondition(reason)),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn submit(&self, mut parts: Streaming<SubmitPart>) -> ApiResult<SubmitResponse> {
+        let broke = |s: Status| ApiError::BadRequest(format!("the upload broke off: {}", s.message()));
+        let first = parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
+        let caller = first.caller.clone().ok_or_else(|| ApiError::BadRequest("caller is missing".into()))?;
+        let actor = Actor::parse(&caller.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
+        if !matches!(actor.role, Role::Operator | Role::Admin) {
+            return Err(ApiError::PermissionDenied(format!("{actor} may not submit jobs (needs role operator or admin)")));
+        }
+        let mut data = first.data.clone();
+        while let Some(p) = parts.message().await.map_err(broke)? {
+            data.extend_from_slice(&p.data);
+            if data.len() > MAX_INPUT_BYTES {
+                return Err(ApiError::BadRequest(format!("input larger than {MAX_INPUT_BYTES} bytes")));
+            }
+        }
+        let file = first.file_name.clone();
+        if data.len() as u64 != first.total_bytes {
+            return Err(ApiError::BadRequest(format!(
+                "{file}: the upload is incomplete ({} of {} bytes arrived)",
+                data.len(),
+                first.total_bytes
+            )));
+        }
+        let digest = hex::encode_upper(Sha256::digest(&data));
+        if !first.digest.is_empty() && !first.digest.eq_ignore_ascii_case(&digest) {
+            return Err(ApiError::BadRequest(format!("{file}: SHA-256 of what arrived differs from the sender's")));
+        }
+        let profile = Profile::parse(&first.profile_toml, &first.profile_name)
+            .map_err(|e| ApiError::BadRequest(format!("profile {}: {e}", first.profile_name)))?;
+        // Validate the whole file before anything is created.
+        let summary = input::scan(&profile.input, &file, std::io::Cursor::new(&data));
+        if !summary.is_clean() && (profile.input.on_bad_record == BadRecordPolicy::FailBatch || summary.stopped) {
+            let list: Vec<String> = summary.errors.iter().take(MAX_LISTED).map(|e| e.to_string()).collect();
+            return Err(ApiError::BadRequest(format!(
+                "{} bad record(s); the profile fails the batch, nothing was submitted: {}",
+                summary.bad.max(1),
+                list.join("; ")
+            )));
+        }
+        let skipped: Vec<String> = summary.errors.iter().map(|e| e.to_string()).collect();
+        let records: Vec<CardRecord> = input::Batch::new(&profile.input, &file, std::io::Cursor::new(&data)).collect();
+        drop(data);
+        if records.is_empty() {
+            return Err(ApiError::BadRequest(format!("{file}: no valid record")));
+        }
+        let chunk_size = if first.chunk_size == 0 { DEFAULT_CHUNK } else { first.chunk_size.min(10_000) };
+        let chunks = records.len().div_ceil(chunk_size as usize) as u32;
+        let mac_key = if first.mac_key.is_empty() { "MAC-OUTPUT".to_string() } else { first.mac_key.clone() };
+        let label = mac_key.clone();
+        if self.state(move |kv| active_key(kv, &label)).await?.is_none() {
+            return Err(ApiError::Precondition(format!("no active output MAC key {mac_key} in the inventory")));
+        }
+
+        // The data key, made in this node's HSM, and the sealed chunks.
+        let hsm = self.hsm()?;
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let id = format!("J{ms:x}{:03x}", std::process::id() & 0xfff);
+        let id2 = id.clone();
+        let (data_key, sealed) = tokio::task::spawn_blocking(move || -> Result<(WrappedKey, Vec<(u32, u32, Vec<u8>)>), String> {
+            let data_key = hsm.generate_key(KeyAlg::Aes256).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for (n, chunk) in records.chunks(chunk_size as usize).enumerate() {
+                let bytes = zeroize::Zeroizing::new(postcard::to_allocvec(chunk).map_err(|e| e.to_string())?);
+                let s = hsm.seal(&data_key, &input_aad(&id2, n as u32), &bytes).map_err(|e| e.to_string())?;
+                out.push((n as u32, chunk.len() as u32, s));
+            }
+            Ok((data_key, out))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Hsm)?;
+
+        let client = format!("{}-submit-{id}", caller.client_id);
+        let mut serial = 0;
+        let records_n: u64 = sealed.iter().map(|(_, c, _)| u64::from(*c)).sum();
+        let create = JobCommand::Create {
+            id: id.clone(),
+            product: format!("{} v{}", profile.product.name, profile.product.version),
+            profile: first.profile_toml.clone(),
+            file: file.clone(),
+            digest,
+            records: records_n,
+            skipped: skipped.clone(),
+            chunk_size,
+            chunks,
+            data_key,
+            mac_key,
+            force: first.force,
+        };
+        self.propose(&client, &mut serial, &actor, create).await?;
+        let upload = async {
+            for (n, cards, s) in sealed {
+                self.propose(&client, &mut serial, &actor, JobCommand::Input { id: id.clone(), n, cards, sealed: s }).await?;
+            }
+            self.propose(&client, &mut serial, &actor, JobCommand::Start { id: id.clone() }).await
+        };
+        if let Err(e) = upload.await {
+            // Leave nothing behind.
+            let _ = self.propose(&client, &mut serial, &actor, JobCommand::Abort { id: id.clone() }).await;
+            return Err(e);
+        }
+        Ok(SubmitResponse { job: id, records: records_n, chunks, skipped })
+    }
+
+    async fn job(&self, id: &str) -> ApiResult<JobRecord> {
+        let id2 = id.to_string();
+        self.state(move |kv| jobs::job(kv, &id2)).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+    }
+
+    async fn mac_key(&self, label: &str) -> ApiResult<KeyRecord> {
+        let l = label.to_string();
+        self.state(move |kv| active_key(kv, &l))
+            .await?
+            .ok_or_else(|| ApiError::Precondition(format!("no active output MAC key {label}")))
+    }
+
+    /// One output stream of a done job, framed and MACed.
+    async fn fetch(&self, req: FetchRequest) -> ApiResult<Vec<u8>> {
+        let stream = match req.stream.as_str() {
+            "cards" => Stream::Cards,
+            "pin-mailers" => Stream::PinMailers,
+            "carriers" => Stream::Carriers,
+            other => return Err(ApiError::BadRequest(format!("unknown stream {other:?} (cards, pin-mailers, carriers)"))),
+        };
+        let j = self.job(&req.job).await?;
+        if j.state != JobState::Done {
+            return Err(ApiError::Precondition(format!("job {} is {}, not done", j.id, j.state.as_str())));
+        }
+        let mac = self.mac_key(&j.mac_key).await?;
+        let mac_wrapped = mac.wrapped.clone().ok_or_else(|| ApiError::Precondition("the MAC key is destroyed".into()))?;
+        let id = j.id.clone();
+        let n = j.chunks;
+        let sealed: Vec<Option<Vec<u8>>> = self
+            .state(move |kv| (0..n).map(|i| kv.get(chunk_key(OUTPUT, &id, i).as_bytes())).collect())
+            .await?;
+        let hsm = self.hsm()?;
+        let (name, version) = j.product.rsplit_once(" v").map_or((j.product.clone(), 1), |(a, b)| (a.to_string(), b.parse().unwrap_or(1)));
+        let header = Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            stream,
+            product: name,
+            product_version: version,
+            batch: j.id.clone(),
+            mac_key: KeyRef::new(&mac.label, &mac.kcv),
+            test_keys: mac.label.contains("TEST"),
+        };
+        let job = j.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let mut w = quill_prep::engine::output::StreamWriter::new(Vec::new(), &header).map_err(|e| e.to_string())?;
+            for (i, s) in sealed.into_iter().enumerate() {
+                let s = s.ok_or_else(|| format!("chunk {i}'s output is missing"))?;
+                let clear = hsm.open(&job.data_key, &output_aad(&job.id, i as u32), &s).map_err(|e| e.to_string())?;
+                let out: ChunkOutput = postcard::from_bytes(&clear).map_err(|e| e.to_string())?;
+                let lines = match stream {
+                    Stream::Cards => out.cards,
+                    Stream::PinMailers => out.mailers,
+                    Stream::Carriers => out.carriers,
+                };
+                for l in lines {
+                    w.push_raw(&l).map_err(|e| e.to_string())?;
+                }
+            }
+            w.finish(&*hsm, &mac_wrapped).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Hsm)
+    }
+
+    async fn mac(&self, req: MacRequest) -> ApiResult<MacResponse> {
+        let j = self.job(&req.job).await?;
+        let mac = self.mac_key(&j.mac_key).await?;
+        let digest: [u8; 32] =
+            req.sha256.as_slice().try_into().map_err(|_| ApiError::BadRequest("sha256 must be 32 bytes".into()))?;
+        let wrapped = mac.wrapped.ok_or_else(|| ApiError::Precondition("the MAC key is destroyed".into()))?;
+        let hsm = self.hsm()?;
+        let m = tokio::task::spawn_blocking(move || hsm.hmac_sha256(&wrapped, &digest))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Hsm(e.to_string()))?;
+        Ok(MacResponse { mac: m.to_vec(), key_label: mac.label, key_kcv: mac.kcv.to_string() })
+    }
+}
+
+#[tonic::async_trait]
+impl jobs_server::Jobs for JobsService {
+    async fn submit(&self, request: Request<Streaming<SubmitPart>>) -> Result<Response<SubmitResponse>, Status> {
+        Ok(Response::new(self.submit(request.into_inner()).await?))
+    }
+
+    type FetchStream = tokio_stream::Iter<std::vec::IntoIter<Result<FetchPart, Status>>>;
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let bytes = self.fetch(request.into_inner()).await?;
+        let parts: Vec<Result<FetchPart, Status>> =
+            bytes.chunks(1 << 20).map(|c| Ok(FetchPart { data: c.to_vec() })).collect();
+        Ok(Response::new(tokio_stream::iter(parts)))
+    }
+
+    async fn mac(&self, request: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
+        Ok(Response::new(self.mac(request.into_inner()).await?))
+    }
+}

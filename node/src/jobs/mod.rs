@@ -1,0 +1,660 @@
+//! Batch jobs across the cluster (DESIGN.md §8): the replicated model and how its commands apply.
+//!
+//! A job is a validated batch file split into chunks. Its input and its output live in the
+//! replicated state only encrypted (AES-256-GCM under the job's data key, a key generated in an
+//! HSM and kept wrapped under the SMK). Workers on every node claim chunks through Raft: a claim
+//! carries a lease and a **fencing token** (the log index of the claim entry). A chunk's result is
+//! accepted only with the token of the chunk's current claim, so a worker that lost its lease (a
+//! partition, a pause) cannot commit a chunk another worker redid. Acknowledgement purges the
+//! input and the output; the job record keeps digests and counts, and the audit chain the rest.
+//!
+//! Apply is deterministic: it reads the command, the entry's context and the state; the time is
+//! the leader's time in the request.
+
+pub mod worker;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::model::{Actor, Role, SmkInfo};
+use crate::keys::apply::key as keys_key;
+use crate::raft::NodeId;
+use crate::store::{Kv, StoreError};
+use quill_hsm::WrappedKey;
+
+/// `jobs/job/<id>` → [`JobRecord`].
+pub const JOB: &str = "jobs/job/";
+/// `jobs/chunk/<id>/<n, 8 digits>` → [`ChunkRecord`].
+pub const CHUNK: &str = "jobs/chunk/";
+/// `jobs/in/<id>/<n>` → sealed input of a chunk.
+pub const INPUT: &str = "jobs/in/";
+/// `jobs/out/<id>/<n>` → sealed output of a chunk.
+pub const OUTPUT: &str = "jobs/out/";
+/// `jobs/digest/<sha256 hex>` → the job id holding that input.
+pub const DIGEST: &str = "jobs/digest/";
+
+/// A chunk's key suffix.
+pub fn chunk_key(prefix: &str, job: &str, n: u32) -> String {
+    format!("{prefix}{job}/{n:08}")
+}
+
+/// The life of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Input chunks are arriving.
+    Uploading,
+    /// Chunks are being prepared.
+    Running,
+    /// Every chunk is prepared; output waits to be fetched and acknowledged.
+    Done,
+    /// Delivery acknowledged; input and output purged.
+    Acked,
+    /// Stopped by an operator; input and output purged.
+    Cancelled,
+}
+
+impl JobState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Uploading => "uploading",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Acked => "acked",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// Card product (profile name and version).
+    pub product: String,
+    /// The profile's TOML text (workers parse it; it holds labels, never keys).
+    pub profile: String,
+    /// Input file name as submitted.
+    pub file: String,
+    /// SHA-256 of the input file, hex.
+    pub digest: String,
+    /// Valid records (cards) in the job.
+    pub records: u64,
+    /// Records the input validation skipped (profile policy `skip_and_report`), with reasons.
+    pub skipped: Vec<String>,
+    /// Cards per chunk.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Chunks whose input arrived.
+    pub uploaded: u32,
+    /// Chunks prepared.
+    pub chunks_done: u32,
+    /// Cards prepared.
+    pub cards_done: u64,
+    /// Cards that failed (with input line and reason), in chunk order.
+    pub failures: Vec<String>,
+    /// The data key (AES-256) input and output are sealed under, wrapped under the SMK.
+    pub data_key: WrappedKey,
+    /// Label of the output MAC key.
+    pub mac_key: String,
+    /// State.
+    pub state: JobState,
+    /// Who submitted it.
+    pub created_by: Actor,
+    /// When (leader time, ms).
+    pub created_ms: u64,
+    /// When the last chunk was prepared.
+    pub done_ms: u64,
+    /// Who acknowledged or cancelled it, and when.
+    pub closed_by: Option<Actor>,
+    /// When.
+    pub closed_ms: u64,
+    /// SHA-256 of each output stream as fetched, recorded at acknowledgement (hex, by stream).
+    pub delivered: Vec<(String, String)>,
+}
+
+impl JobRecord {
+    /// The record as clients see it: without the profile text and the wrapped data key.
+    pub fn public(self) -> JobRecord {
+        JobRecord { profile: String::new(), data_key: WrappedKey { blob: Vec::new(), ..self.data_key.clone() }, ..self }
+    }
+}
+
+/// Where a chunk is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkState {
+    /// Waiting for a worker.
+    Pending,
+    /// Claimed by a worker.
+    Claimed,
+    /// Prepared.
+    Done,
+}
+
+/// One chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// Chunk number (0-based).
+    pub n: u32,
+    /// Cards in the chunk.
+    pub cards: u32,
+    /// State.
+    pub state: ChunkState,
+    /// The node holding (or that held) the claim.
+    pub node: Option<NodeId>,
+    /// Fencing token of the current claim: the log index of the claim entry.
+    pub token: u64,
+    /// The claim's lease ends at this leader time (ms).
+    pub lease_until_ms: u64,
+    /// Claims made on the chunk (1 when nobody had to redo it).
+    pub claims: u32,
+    /// Cards prepared / failed, once done.
+    pub prepared: u32,
+    /// SHA-256 of the sealed output, hex, once done.
+    pub output_digest: String,
+    /// When it was done (leader time, ms).
+    pub done_ms: u64,
+}
+
+/// A job command, as replicated in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobCommand {
+    /// Create a job (actor: operator or admin); input chunks follow.
+    Create {
+        /// Job id.
+        id: String,
+        /// Profile name and version.
+        product: String,
+        /// Profile text.
+        profile: String,
+        /// Input file name.
+        file: String,
+        /// SHA-256 of the file, hex.
+        digest: String,
+        /// Valid records.
+        records: u64,
+        /// Skipped records and why.
+        skipped: Vec<String>,
+        /// Cards per chunk.
+        chunk_size: u32,
+        /// Chunk count.
+        chunks: u32,
+        /// Data key wrapped under the SMK.
+        data_key: WrappedKey,
+        /// Output MAC key label.
+        mac_key: String,
+        /// Accept a file whose digest an earlier, unacknowledged job already has.
+        force: bool,
+    },
+    /// One chunk's sealed input (actor: the submitter).
+    Input {
+        /// Job id.
+        id: String,
+        /// Chunk number.
+        n: u32,
+        /// Cards in it.
+        cards: u32,
+        /// Sealed records.
+        sealed: Vec<u8>,
+    },
+    /// Every chunk arrived: start (actor: the submitter).
+    Start {
+        /// Job id.
+        id: String,
+    },
+    /// Drop a job whose upload failed (actor: the submitter); nothing of it remains.
+    Abort {
+        /// Job id.
+        id: String,
+    },
+    /// A worker claims a chunk (actor: that node): allowed when the chunk is pending or its lease
+    /// ended. The claim's token is this entry's log index.
+    Claim {
+        /// Job id.
+        id: String,
+        /// Chunk.
+        n: u32,
+        /// The claiming node.
+        node: NodeId,
+        /// Lease length (ms).
+        lease_ms: u64,
+    },
+    /// Extend a claim's lease (actor: the holder), only with the current token.
+    Renew {
+        /// Job id.
+        id: String,
+        /// Chunk.
+        n: u32,
+        /// The holder.
+        node: NodeId,
+        /// The claim's token.
+        token: u64,
+        /// New lease length from now (ms).
+        lease_ms: u64,
+    },
+    /// A chunk's sealed output (actor: the holder): accepted only with the current claim's token.
+    Complete {
+        /// Job id.
+        id: String,
+        /// Chunk.
+        n: u32,
+        /// The holder.
+        node: NodeId,
+        /// The claim's token.
+        token: u64,
+        /// Cards prepared.
+        prepared: u32,
+        /// Cards that failed: input line and reason (never a PAN).
+        failures: Vec<String>,
+        /// Sealed output.
+        sealed: Vec<u8>,
+    },
+    /// Delivery acknowledged (actor: operator or admin): purge input and output.
+    Ack {
+        /// Job id.
+        id: String,
+        /// SHA-256 of each stream as fetched.
+        delivered: Vec<(String, String)>,
+    },
+    /// Stop a job (actor: operator or admin): purge input and output.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+}
+
+/// What applying a job command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobApplied {
+    /// Done: the object and a short description.
+    Done {
+        /// E.g. `job:J/chunk:3`.
+        object: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Refused; nothing changed.
+    Rejected {
+        /// The object concerned.
+        object: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl JobCommand {
+    /// The audit action name.
+    pub fn action(&self) -> &'static str {
+        match self {
+            JobCommand::Create { .. } => "job.create",
+            JobCommand::Input { .. } => "job.input",
+            JobCommand::Start { .. } => "job.start",
+            JobCommand::Abort { .. } => "job.abort",
+            JobCommand::Claim { .. } => "job.claim",
+            JobCommand::Renew { .. } => "job.renew",
+            JobCommand::Complete { .. } => "job.complete",
+            JobCommand::Ack { .. } => "job.ack",
+            JobCommand::Cancel { .. } => "job.cancel",
+        }
+    }
+
+    /// The object, for refusals.
+    pub fn object(&self) -> String {
+        match self {
+            JobCommand::Create { id, .. }
+            | JobCommand::Start { id }
+            | JobCommand::Abort { id }
+            | JobCommand::Ack { id, .. }
+            | JobCommand::Cancel { id } => format!("job:{id}"),
+            JobCommand::Input { id, n, .. }
+            | JobCommand::Claim { id, n, .. }
+            | JobCommand::Renew { id, n, .. }
+            | JobCommand::Complete { id, n, .. } => format!("job:{id}/chunk:{n}"),
+        }
+    }
+}
+
+/// The context of the entry.
+#[derive(Debug, Clone)]
+pub struct Ctx<'a> {
+    /// Log index (the fencing token of a claim).
+    pub log_index: u64,
+    /// Leader time (ms).
+    pub time_ms: u64,
+    /// Who asked.
+    pub actor: &'a Actor,
+}
+
+fn get<T: serde::de::DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StoreError> {
+    crate::store::get_typed(kv, key.as_bytes())
+}
+
+fn put<T: Serialize>(kv: &mut dyn Kv, key: &str, v: &T) -> Result<(), StoreError> {
+    crate::store::put_typed(kv, key.as_bytes(), v)
+}
+
+/// Every job, in id order.
+pub fn jobs(kv: &dyn Kv) -> Result<Vec<JobRecord>, StoreError> {
+    crate::store::scan_typed(kv, JOB.as_bytes())
+}
+
+/// A job.
+pub fn job(kv: &dyn Kv, id: &str) -> Result<Option<JobRecord>, StoreError> {
+    get(kv, &format!("{JOB}{id}"))
+}
+
+/// A job's chunks, in order.
+pub fn chunks(kv: &dyn Kv, id: &str) -> Result<Vec<ChunkRecord>, StoreError> {
+    crate::store::scan_typed(kv, format!("{CHUNK}{id}/").as_bytes())
+}
+
+/// A sealed chunk input or output.
+pub fn sealed(kv: &dyn Kv, prefix: &str, id: &str, n: u32) -> Result<Option<Vec<u8>>, StoreError> {
+    kv.get(chunk_key(prefix, id, n).as_bytes())
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(format!("job id {id:?}: 1-64 letters, digits, '-', '_' or '.'"));
+    }
+    Ok(())
+}
+
+fn purge(kv: &mut dyn Kv, id: &str) -> Result<(), StoreError> {
+    for prefix in [INPUT, OUTPUT] {
+        let keys: Vec<Vec<u8>> = kv.scan_prefix(format!("{prefix}{id}/").as_bytes())?.into_iter().map(|(k, _)| k).collect();
+        for k in keys {
+            kv.delete(&k);
+        }
+    }
+    Ok(())
+}
+
+/// Apply `cmd` to the state in `kv`. Refusals change nothing.
+pub fn apply(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<JobApplied, StoreError> {
+    let object = cmd.object();
+    let r = apply_inner(kv, ctx, cmd)?;
+    Ok(match r {
+        Ok(detail) => JobApplied::Done { object, detail },
+        Err(reason) => JobApplied::Rejected { object, reason },
+    })
+}
+
+fn role(ctx: &Ctx<'_>, allowed: &[Role]) -> Result<(), String> {
+    if allowed.contains(&ctx.actor.role) {
+        return Ok(());
+    }
+    let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+    Err(format!("{} may not do this (needs role {})", ctx.actor, names.join(" or ")))
+}
+
+fn node_actor(ctx: &Ctx<'_>, node: NodeId) -> Result<(), String> {
+    role(ctx, &[Role::Node])?;
+    if ctx.actor.name != Actor::node(node).name {
+        return Err(format!("{} cannot act for node {node}", ctx.actor));
+    }
+    Ok(())
+}
+
+/// Validation first (no write before every check passed), then the writes.
+#[allow(clippy::too_many_lines)]
+fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result<String, String>, StoreError> {
+    macro_rules! check {
+        ($e:expr) => {
+            if let Err(reason) = $e {
+                return Ok(Err(reason));
+            }
+        };
+    }
+    macro_rules! job_or_refuse {
+        ($id:expr) => {
+            match job(kv, $id)? {
+                Some(j) => j,
+                None => return Ok(Err(format!("no job {}", $id))),
+            }
+        };
+    }
+    let submitter = [Role::Operator, Role::Admin];
+    match cmd {
+        JobCommand::Create {
+            id,
+            product,
+            profile,
+            file,
+            digest,
+            records,
+            skipped,
+            chunk_size,
+            chunks,
+            data_key,
+            mac_key,
+            force,
+        } => {
+            check!(role(ctx, &submitter));
+            check!(check_id(&id));
+            if job(kv, &id)?.is_some() {
+                return Ok(Err(format!("job {id} already exists")));
+            }
+            if chunk_size == 0 || chunks == 0 || u64::from(chunks) != records.div_ceil(u64::from(chunk_size)) {
+                return Ok(Err(format!("{records} records in chunks of {chunk_size} are not {chunks} chunks")));
+            }
+            let Some(smk) = get::<SmkInfo>(kv, keys_key::SMK)? else { return Ok(Err("no SMK yet".into())) };
+            if data_key.smk_kcv != smk.kcv {
+                return Ok(Err("the data key is not wrapped under the cluster's SMK".into()));
+            }
+            let dkey = format!("{DIGEST}{digest}");
+            if let Some(other) = get::<String>(kv, &dkey)?
+                && !force
+                && job(kv, &other)?.is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled))
+            {
+                return Ok(Err(format!(
+                    "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
+                    &digest[..16.min(digest.len())]
+                )));
+            }
+            let rec = JobRecord {
+                id: id.clone(),
+                product,
+                profile,
+                file,
+                digest,
+                records,
+                skipped,
+                chunk_size,
+                chunks,
+                uploaded: 0,
+                chunks_done: 0,
+                cards_done: 0,
+                failures: Vec::new(),
+                data_key,
+                mac_key,
+                state: JobState::Uploading,
+                created_by: ctx.actor.clone(),
+                created_ms: ctx.time_ms,
+                done_ms: 0,
+                closed_by: None,
+                closed_ms: 0,
+                delivered: Vec::new(),
+            };
+            put(kv, &format!("{JOB}{id}"), &rec)?;
+            put(kv, &dkey, &id)?;
+            Ok(Ok(format!("{} records in {} chunks of {}", rec.records, rec.chunks, rec.chunk_size)))
+        }
+        JobCommand::Input { id, n, cards, sealed } => {
+            let mut j = job_or_refuse!(&id);
+            check!(role(ctx, &submitter));
+            if j.state != JobState::Uploading {
+                return Ok(Err(format!("job {id} is {}, not uploading", j.state.as_str())));
+            }
+            let last = j.records - u64::from(j.chunk_size) * u64::from(j.chunks - 1);
+            let want = if n + 1 == j.chunks { last } else { u64::from(j.chunk_size) };
+            if n >= j.chunks || u64::from(cards) != want {
+                return Ok(Err(format!("chunk {n} with {cards} cards does not fit job {id}")));
+            }
+            let ck = chunk_key(CHUNK, &id, n);
+            if get::<ChunkRecord>(kv, &ck)?.is_some() {
+                return Ok(Ok(format!("chunk {n} already uploaded")));
+            }
+            let c = ChunkRecord {
+                n,
+                cards,
+                state: ChunkState::Pending,
+                node: None,
+                token: 0,
+                lease_until_ms: 0,
+                claims: 0,
+                prepared: 0,
+                output_digest: String::new(),
+                done_ms: 0,
+            };
+            put(kv, &ck, &c)?;
+            kv.put(chunk_key(INPUT, &id, n).as_bytes(), sealed);
+            j.uploaded += 1;
+            put(kv, &format!("{JOB}{id}"), &j)?;
+            Ok(Ok(format!("chunk {n}: {cards} cards ({}/{})", j.uploaded, j.chunks)))
+        }
+        JobCommand::Start { id } => {
+            let mut j = job_or_refuse!(&id);
+            check!(role(ctx, &submitter));
+            if j.state != JobState::Uploading {
+                return Ok(Err(format!("job {id} is {}, not uploading", j.state.as_str())));
+            }
+            if j.uploaded != j.chunks {
+                return Ok(Err(format!("job {id}: {} of {} chunks uploaded", j.uploaded, j.chunks)));
+            }
+            j.state = JobState::Running;
+            put(kv, &format!("{JOB}{id}"), &j)?;
+            Ok(Ok(format!("running: {} chunks", j.chunks)))
+        }
+        JobCommand::Abort { id } => {
+            let j = job_or_refuse!(&id);
+            check!(role(ctx, &submitter));
+            if j.state != JobState::Uploading {
+                return Ok(Err(format!("job {id} is {}: only an upload can be aborted (cancel it)", j.state.as_str())));
+            }
+            purge(kv, &id)?;
+            let chunk_keys: Vec<Vec<u8>> =
+                kv.scan_prefix(format!("{CHUNK}{id}/").as_bytes())?.into_iter().map(|(k, _)| k).collect();
+            for k in chunk_keys {
+                kv.delete(&k);
+            }
+            kv.delete(format!("{JOB}{id}").as_bytes());
+            if get::<String>(kv, &format!("{DIGEST}{}", j.digest))?.as_deref() == Some(id.as_str()) {
+                kv.delete(format!("{DIGEST}{}", j.digest).as_bytes());
+            }
+            Ok(Ok("upload aborted; nothing of the job remains".into()))
+        }
+        JobCommand::Claim { id, n, node, lease_ms } => {
+            check!(node_actor(ctx, node));
+            let j = job_or_refuse!(&id);
+            if j.state != JobState::Running {
+                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
+            }
+            let ck = chunk_key(CHUNK, &id, n);
+            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n}"))) };
+            match c.state {
+                ChunkState::Done => return Ok(Err(format!("chunk {n} is done"))),
+                ChunkState::Claimed if c.lease_until_ms > ctx.time_ms => {
+                    return Ok(Err(format!(
+                        "chunk {n} is claimed by node {} for {} ms more",
+                        c.node.unwrap_or_default(),
+                        c.lease_until_ms - ctx.time_ms
+                    )));
+                }
+                _ => {}
+            }
+            let previous = c.node.filter(|_| c.state == ChunkState::Claimed);
+            c.state = ChunkState::Claimed;
+            c.node = Some(node);
+            c.token = ctx.log_index;
+            c.lease_until_ms = ctx.time_ms + lease_ms;
+            c.claims += 1;
+            put(kv, &ck, &c)?;
+            Ok(Ok(match previous {
+                Some(p) => format!("node {node} token {} (node {p}'s lease expired)", c.token),
+                None => format!("node {node} token {}", c.token),
+            }))
+        }
+        JobCommand::Renew { id, n, node, token, lease_ms } => {
+            check!(node_actor(ctx, node));
+            let ck = chunk_key(CHUNK, &id, n);
+            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n} in job {id}"))) };
+            if c.state != ChunkState::Claimed || c.token != token || c.node != Some(node) {
+                return Ok(Err(format!("stale claim: chunk {n} token {} is not {token}", c.token)));
+            }
+            c.lease_until_ms = ctx.time_ms + lease_ms;
+            put(kv, &ck, &c)?;
+            Ok(Ok(format!("lease renewed, token {token}")))
+        }
+        JobCommand::Complete { id, n, node, token, prepared, failures, sealed } => {
+            check!(node_actor(ctx, node));
+            let mut j = job_or_refuse!(&id);
+            if j.state != JobState::Running {
+                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
+            }
+            let ck = chunk_key(CHUNK, &id, n);
+            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n}"))) };
+            // Fencing: only the current claim's holder and token.
+            if c.state != ChunkState::Claimed || c.token != token || c.node != Some(node) {
+                return Ok(Err(format!(
+                    "fenced: chunk {n} is {:?} with token {} (node {:?}); this result has token {token} from node {node}",
+                    c.state, c.token, c.node
+                )));
+            }
+            if u64::from(prepared) + failures.len() as u64 != u64::from(c.cards) {
+                return Ok(Err(format!(
+                    "chunk {n} has {} cards; the result accounts for {} prepared and {} failed",
+                    c.cards,
+                    prepared,
+                    failures.len()
+                )));
+            }
+            use sha2::Digest as _;
+            c.output_digest = hex::encode_upper(sha2::Sha256::digest(&sealed));
+            c.state = ChunkState::Done;
+            c.prepared = prepared;
+            c.done_ms = ctx.time_ms;
+            kv.put(chunk_key(OUTPUT, &id, n).as_bytes(), sealed);
+            put(kv, &ck, &c)?;
+            j.chunks_done += 1;
+            j.cards_done += u64::from(prepared);
+            j.failures.extend(failures);
+            if j.chunks_done == j.chunks {
+                j.state = JobState::Done;
+                j.done_ms = ctx.time_ms;
+            }
+            put(kv, &format!("{JOB}{id}"), &j)?;
+            Ok(Ok(format!("node {node} token {token}: {prepared} cards ({}/{} chunks)", j.chunks_done, j.chunks)))
+        }
+        JobCommand::Ack { id, delivered } => {
+            let mut j = job_or_refuse!(&id);
+            check!(role(ctx, &submitter));
+            if j.state != JobState::Done {
+                return Ok(Err(format!("job {id} is {}; only a done job can be acknowledged", j.state.as_str())));
+            }
+            purge(kv, &id)?;
+            j.state = JobState::Acked;
+            j.closed_by = Some(ctx.actor.clone());
+            j.closed_ms = ctx.time_ms;
+            j.delivered = delivered;
+            put(kv, &format!("{JOB}{id}"), &j)?;
+            Ok(Ok(format!("delivered {} cards; input and output purged", j.cards_done)))
+        }
+        JobCommand::Cancel { id } => {
+            let mut j = job_or_refuse!(&id);
+            check!(role(ctx, &submitter));
+            if matches!(j.state, JobState::Acked | JobState::Cancelled) {
+                return Ok(Err(format!("job {id} is already {}", j.state.as_str())));
+            }
+            purge(kv, &id)?;
+            j.state = JobState::Cancelled;
+            j.closed_by = Some(ctx.actor.clone());
+            j.closed_ms = ctx.time_ms;
+            put(kv, &format!("{JOB}{id}"), &j)?;
+            Ok(Ok("cancelled; input and output purged".into()))
+        }
+    }
+}

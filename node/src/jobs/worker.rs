@@ -1,0 +1,339 @@
+//! The job workers of one node: claim a chunk through Raft, prepare it with this node's HSMs,
+//! commit the sealed result with the claim's fencing token.
+//!
+//! A node runs as many workers as its HSM pool has healthy slots (at least one). Each worker:
+//!
+//! 1. looks in the local state for a running job's chunk that is pending, or claimed with a lease
+//!    that ended (by this node's clock; the leader decides), starting at a different chunk per
+//!    node and worker so that nodes spread over the job;
+//! 2. proposes `Claim`; the entry's log index is the claim's token;
+//! 3. waits until its own state shows the claim, opens the chunk's input with the job's data key
+//!    inside the HSM, builds (once per job) the prep engine from the profile and the key
+//!    inventory, and prepares the cards on the HSM's sessions, renewing the lease meanwhile; a
+//!    renewal that is refused means the claim is lost, and the work is dropped;
+//! 4. seals the chunk's output lines with the data key and proposes `Complete` with the token; a
+//!    result whose claim was taken over meanwhile is refused by the state machine (fencing).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quill_hsm::Hsm;
+use quill_prep::emv::cert::IssuerCertificate;
+use quill_prep::engine::{CardOutput, Engine, EngineSettings, IssuerKey, KeySet, PoolSettings};
+use quill_prep::input::CardRecord;
+use quill_prep::profile::Profile;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{CHUNK, ChunkRecord, ChunkState, INPUT, JobCommand, JobRecord, JobState, chunk_key, jobs};
+use crate::api::ClusterService;
+use crate::keys::apply::issuers::{self, IssuerCertRecord, IssuerKeyRecord};
+use crate::keys::apply::{key, scan};
+use crate::keys::model::{Actor, KeyRecord, KeyState};
+use crate::raft::{Command, NodeId, Outcome, StateMachine, decode_outcome};
+
+/// How long a claim lasts without renewal.
+pub const LEASE_MS: u64 = 10_000;
+/// How often a worker renews its claim.
+const RENEW_EVERY: Duration = Duration::from_millis(3_000);
+/// How often an idle worker looks for work.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// One chunk's output lines, sealed under the job's data key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkOutput {
+    /// `cards` stream lines (JSON), in input order.
+    pub cards: Vec<String>,
+    /// `pin-mailers` stream lines.
+    pub mailers: Vec<String>,
+    /// `carriers` stream lines.
+    pub carriers: Vec<String>,
+}
+
+/// AAD of a chunk's sealed input.
+pub fn input_aad(job: &str, n: u32) -> Vec<u8> {
+    format!("quill job {job} input chunk {n}").into_bytes()
+}
+
+/// AAD of a chunk's sealed output.
+pub fn output_aad(job: &str, n: u32) -> Vec<u8> {
+    format!("quill job {job} output chunk {n}").into_bytes()
+}
+
+/// The key set the engine takes, from the inventory: the newest active version of every label,
+/// and every issuer key pair bound to a verified certificate.
+pub fn inventory_keys(kv: &dyn crate::store::Kv) -> Result<KeySet, String> {
+    let mut set = KeySet::new();
+    let mut keys: Vec<KeyRecord> = scan(kv, key::KEY).map_err(|e| e.to_string())?;
+    keys.sort_by_key(|k| (k.label.clone(), k.version));
+    for k in keys.into_iter().filter(|k| k.state == KeyState::Active) {
+        if let Some(w) = k.wrapped {
+            set.insert(k.label.clone(), w);
+        }
+    }
+    let cas = issuers::ca_store(kv).map_err(|e| e.to_string())?;
+    let pairs: Vec<IssuerKeyRecord> = scan(kv, issuers::ISSUER).map_err(|e| e.to_string())?;
+    for p in pairs {
+        let Some(cert_id) = &p.certificate else { continue };
+        let Some(c) = crate::keys::apply::read::<IssuerCertRecord>(kv, &format!("{}{cert_id}", issuers::ISSUER_CERT))
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let rid: [u8; 5] = hex::decode(&c.rid).ok().and_then(|v| v.try_into().ok()).ok_or("bad RID in the state")?;
+        let h = |s: &str| hex::decode(s).unwrap_or_default();
+        let cert = IssuerCertificate::recover(&cas, rid, c.ca_index, &h(&c.cert), &h(&c.remainder), &h(&c.exponent))
+            .map_err(|e| format!("issuer certificate {cert_id}: {e}"))?;
+        set.insert_issuer(p.label.clone(), IssuerKey::new(p.key.clone(), cert)?);
+    }
+    Ok(set)
+}
+
+/// The workers of one node.
+pub struct Workers {
+    id: NodeId,
+    hsm: Arc<dyn Hsm>,
+    sm: StateMachine,
+    cluster: ClusterService,
+    engines: Mutex<HashMap<String, Arc<Engine>>>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// The workers of node `id`.
+    pub fn new(id: NodeId, hsm: Arc<dyn Hsm>, sm: StateMachine, cluster: ClusterService, threads: usize) -> Arc<Self> {
+        Arc::new(Workers { id, hsm, sm, cluster, engines: Mutex::new(HashMap::new()), threads: threads.max(1) })
+    }
+
+    /// Run `count` workers until `stop` is set.
+    pub async fn run(self: Arc<Self>, count: usize, stop: Arc<AtomicBool>) {
+        let mut handles = Vec::new();
+        for w in 0..count.max(1) {
+            let me = self.clone();
+            let stop = stop.clone();
+            handles.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    match me.round(w).await {
+                        Ok(true) => {}
+                        Ok(false) => tokio::time::sleep(IDLE).await,
+                        Err(e) => {
+                            warn!(worker = w, error = %e, "job worker round failed");
+                            tokio::time::sleep(IDLE * 3).await;
+                        }
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    async fn submit(&self, cmd: JobCommand) -> Result<(u64, Outcome), String> {
+        let serial = self.cluster.next_agent_serial();
+        let client = self.cluster.agent_client_id("jobs");
+        let resp = self
+            .cluster
+            .submit(&client, serial, Actor::node(self.id), Command::Jobs(cmd))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((resp.log_index, decode_outcome(&resp.outcome).map_err(|e| e.to_string())?))
+    }
+
+    /// One round: find a chunk, claim it, prepare it. `Ok(false)`: nothing to do.
+    async fn round(&self, worker: usize) -> Result<bool, String> {
+        let view = self
+            .sm
+            .read(|kv| {
+                let mut out = Vec::new();
+                for j in jobs(kv)?.into_iter().filter(|j| j.state == JobState::Running) {
+                    let cs = super::chunks(kv, &j.id)?;
+                    out.push((j, cs));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = now_ms();
+        for (job, chunks) in view {
+            let n = chunks.len();
+            if n == 0 {
+                continue;
+            }
+            let start = (self.id as usize * 7919 + worker * 104_729) % n;
+            let pick = (0..n).map(|i| &chunks[(start + i) % n]).find(|c| {
+                c.state == ChunkState::Pending || (c.state == ChunkState::Claimed && c.lease_until_ms < now)
+            });
+            let Some(c) = pick else { continue };
+            let (token, outcome) =
+                self.submit(JobCommand::Claim { id: job.id.clone(), n: c.n, node: self.id, lease_ms: LEASE_MS }).await?;
+            if let Outcome::Rejected { .. } = outcome {
+                return Ok(true);
+            }
+            info!(job = %job.id, chunk = c.n, token, "claimed a chunk");
+            self.prepare(&job, c.n, token).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn engine(&self, job: &JobRecord, keys: KeySet) -> Result<Arc<Engine>, String> {
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = engines.get(&job.id) {
+            return Ok(e.clone());
+        }
+        let profile = Profile::parse(&job.profile, &job.product).map_err(|e| e.to_string())?;
+        let settings = EngineSettings { pool: PoolSettings { capacity: 0, refill_threads: 0 } };
+        let e = Arc::new(Engine::new(profile, keys, self.hsm.clone(), settings).map_err(|e| e.to_string())?);
+        engines.retain(|id, _| id == &job.id);
+        engines.insert(job.id.clone(), e.clone());
+        Ok(e)
+    }
+
+    async fn prepare(&self, job: &JobRecord, n: u32, token: u64) -> Result<(), String> {
+        // Our own state must show the claim before we read the input.
+        self.cluster.wait_applied(token, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        let id = job.id.clone();
+        let (sealed, chunk, keys) = self
+            .sm
+            .read(move |kv| {
+                let sealed = kv.get(chunk_key(INPUT, &id, n).as_bytes())?;
+                let chunk: Option<ChunkRecord> = crate::store::get_typed(kv, chunk_key(CHUNK, &id, n).as_bytes())?;
+                Ok((sealed, chunk, inventory_keys(kv)))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk = chunk.ok_or("the chunk vanished")?;
+        if chunk.token != token || chunk.node != Some(self.id) {
+            return Ok(());
+        }
+        let sealed = sealed.ok_or("the chunk's input is gone (job cancelled?)")?;
+        let engine = self.engine(job, keys?)?;
+
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = {
+            let lost = lost.clone();
+            let me_id = job.id.clone();
+            let this = self.cluster.clone();
+            let node = self.id;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RENEW_EVERY).await;
+                    let serial = this.next_agent_serial();
+                    let cmd = JobCommand::Renew { id: me_id.clone(), n, node, token, lease_ms: LEASE_MS };
+                    match this.submit(&this.agent_client_id("jobs"), serial, Actor::node(node), Command::Jobs(cmd)).await {
+                        Ok(r) => {
+                            if let Ok(Outcome::Rejected { reason }) = decode_outcome(&r.outcome) {
+                                warn!(job = %me_id, chunk = n, %reason, "claim lost");
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                        Err(e) => warn!(job = %me_id, chunk = n, error = %e, "lease renewal failed; retrying"),
+                    }
+                }
+            })
+        };
+        let hsm = self.hsm.clone();
+        let data_key = job.data_key.clone();
+        let threads = self.threads;
+        let (aad_in, aad_out) = (input_aad(&job.id, n), output_aad(&job.id, n));
+        let lost2 = lost.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(ChunkOutput, u32, Vec<String>, Vec<u8>), String> {
+            let clear = hsm.open(&data_key, &aad_in, &sealed).map_err(|e| format!("open the chunk input: {e}"))?;
+            let records: Vec<CardRecord> =
+                postcard::from_bytes(&clear).map_err(|e| format!("the chunk input does not decode: {e}"))?;
+            let results = prepare_all(&engine, &records, threads, &lost2);
+            let mut out = ChunkOutput::default();
+            let mut failures = Vec::new();
+            let mut prepared = 0u32;
+            for r in results {
+                match r {
+                    Some(Ok(card)) => {
+                        prepared += 1;
+                        push_card(&mut out, &card)?;
+                    }
+                    Some(Err(e)) => failures.push(e.to_string()),
+                    None => return Err("claim lost".into()),
+                }
+            }
+            let bytes = postcard::to_allocvec(&out).map_err(|e| e.to_string())?;
+            let sealed = hsm.seal(&data_key, &aad_out, &bytes).map_err(|e| format!("seal the chunk output: {e}"))?;
+            Ok((out, prepared, failures, sealed))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        renew.abort();
+        let (_, prepared, failures, sealed) = match result {
+            Ok(r) => r,
+            Err(e) if lost.load(Ordering::SeqCst) => {
+                info!(job = %job.id, chunk = n, "dropped a chunk whose claim was lost: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let cmd = JobCommand::Complete { id: job.id.clone(), n, node: self.id, token, prepared, failures, sealed };
+        match self.submit(cmd).await?.1 {
+            Outcome::Rejected { reason } => warn!(job = %job.id, chunk = n, %reason, "chunk result refused"),
+            _ => info!(job = %job.id, chunk = n, token, prepared, "chunk prepared"),
+        }
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string(v).map_err(|e| e.to_string())
+}
+
+fn push_card(out: &mut ChunkOutput, card: &CardOutput) -> Result<(), String> {
+    out.cards.push(json(card)?);
+    if let Some(m) = &card.mailer {
+        out.mailers.push(json(m)?);
+    }
+    out.carriers.push(json(&card.carrier)?);
+    Ok(())
+}
+
+/// Prepare `records` on `threads` threads in input order; `None` for the cards left when `lost`.
+fn prepare_all(
+    engine: &Engine,
+    records: &[CardRecord],
+    threads: usize,
+    lost: &AtomicBool,
+) -> Vec<Option<Result<CardOutput, quill_prep::engine::CardError>>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<CardOutput, quill_prep::engine::CardError>>>> =
+        records.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    if lost.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(rec) = records.get(i) else { return };
+                    let mut r = engine.prepare(rec);
+                    // A device error may pass on another slot of the pool: one more try.
+                    if matches!(&r, Err(e) if e.device) {
+                        r = engine.prepare(rec);
+                    }
+                    *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
