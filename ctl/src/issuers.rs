@@ -255,10 +255,11 @@ pub fn certify_test(s: &mut Session, label: &str, issuer_id: &str, rid: &str, ex
 pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who, true)?;
     let detail = certify_test(&mut s, &a.label, &a.issuer_id, &a.rid, &a.expiry)?;
-    print(json, json!({"result": "certified", "label": a.label, "detail": detail}), format!(
-        "issuer key {} certified by the Quill TEST CA: {detail}",
-        a.label
-    ));
+    print(
+        json,
+        json!({"result": "certified", "label": a.label, "detail": detail}),
+        format!("issuer key {} certified by the Quill TEST CA: {detail}", a.label),
+    );
     Ok(crate::exit_codes::OK)
 }
 

@@ -50,7 +50,14 @@ pub struct SubmitArgs {
 }
 
 /// Submit a file; returns the job id.
-pub fn submit_file(s: &mut Session, profile: &Path, input: &Path, chunk_size: u32, force: bool, mac_key: &str) -> Result<(String, u64, Vec<String>)> {
+pub fn submit_file(
+    s: &mut Session,
+    profile: &Path,
+    input: &Path,
+    chunk_size: u32,
+    force: bool,
+    mac_key: &str,
+) -> Result<(String, u64, Vec<String>)> {
     let name = profile.display().to_string();
     let toml = std::fs::read_to_string(profile).with_context(|| format!("cannot read {name}"))?;
     let p = Profile::parse(&toml, &name).map_err(|e| anyhow!("{e}"))?;
@@ -79,7 +86,9 @@ pub fn submit_file(s: &mut Session, profile: &Path, input: &Path, chunk_size: u3
             let mut c = jobs_client(ep, Duration::from_secs(600))?;
             match c.submit(tokio_stream::iter(parts.clone())).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(st) if st.code() == tonic::Code::Unavailable => last = anyhow!("{ep}: {}", client::grpc_reason(&st)),
+                Err(st) if st.code() == tonic::Code::Unavailable => {
+                    last = anyhow!("{ep}: {}", client::grpc_reason(&st))
+                }
                 Err(st) => return Err(anyhow!("{}", client::grpc_reason(&st))),
             }
         }
@@ -95,10 +104,14 @@ pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
     for k in &skipped {
         eprintln!("skipped: {k}");
     }
-    print(json, json!({"job": job, "records": records, "skipped": skipped.len()}), format!(
-        "job {job} submitted: {records} card(s){}",
-        if skipped.is_empty() { String::new() } else { format!(", {} record(s) skipped", skipped.len()) }
-    ));
+    print(
+        json,
+        json!({"job": job, "records": records, "skipped": skipped.len()}),
+        format!(
+            "job {job} submitted: {records} card(s){}",
+            if skipped.is_empty() { String::new() } else { format!(", {} record(s) skipped", skipped.len()) }
+        ),
+    );
     Ok(crate::exit_codes::OK)
 }
 
@@ -129,8 +142,10 @@ fn progress(j: &JobRecord, chunks: &[ChunkRecord]) -> (String, serde_json::Value
     let elapsed = end.saturating_sub(j.created_ms).max(1);
     let rate = j.cards_done as f64 * 1000.0 / elapsed as f64;
     let left = j.records.saturating_sub(j.cards_done + j.failures.len() as u64);
-    let eta = if rate > 0.0 && j.state == JobState::Running { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
-    let nodes: Vec<String> = per_node.iter().map(|(n, (c, k))| format!("node {n}: {c} chunk(s), {k} card(s)")).collect();
+    let eta =
+        if rate > 0.0 && j.state == JobState::Running { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
+    let nodes: Vec<String> =
+        per_node.iter().map(|(n, (c, k))| format!("node {n}: {c} chunk(s), {k} card(s)")).collect();
     let text = format!(
         "job {} [{}] {}: {}/{} cards, {}/{} chunks, {} failed, {:.1} cards/s, ETA {}\n  {}",
         j.id,
@@ -245,7 +260,9 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
                         }
                         return Ok(buf);
                     }
-                    Err(e) if e.code() == tonic::Code::Unavailable => last = anyhow!("{ep}: {}", client::grpc_reason(&e)),
+                    Err(e) if e.code() == tonic::Code::Unavailable => {
+                        last = anyhow!("{ep}: {}", client::grpc_reason(&e))
+                    }
                     Err(e) => return Err(anyhow!("{}", client::grpc_reason(&e))),
                 }
             }
@@ -292,8 +309,13 @@ pub struct FetchArgs {
 pub fn fetch(a: &FetchArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who, false)?;
     let got = fetch_to(&s, &a.job, &a.out)?;
-    let text: Vec<String> = got.iter().map(|(n, d, r)| format!("{n}: {r} record(s), MAC verified, SHA-256 {}", &d[..16])).collect();
-    print(json, json!({"job": a.job, "dir": a.out.display().to_string(), "streams": got.iter().map(|(n, d, r)| json!({"stream": n, "sha256": d, "records": r})).collect::<Vec<_>>()}), format!("{} -> {}\n  {}", a.job, a.out.display(), text.join("\n  ")));
+    let text: Vec<String> =
+        got.iter().map(|(n, d, r)| format!("{n}: {r} record(s), MAC verified, SHA-256 {}", &d[..16])).collect();
+    print(
+        json,
+        json!({"job": a.job, "dir": a.out.display().to_string(), "streams": got.iter().map(|(n, d, r)| json!({"stream": n, "sha256": d, "records": r})).collect::<Vec<_>>()}),
+        format!("{} -> {}\n  {}", a.job, a.out.display(), text.join("\n  ")),
+    );
     Ok(crate::exit_codes::OK)
 }
 

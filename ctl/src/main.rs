@@ -15,8 +15,8 @@ mod jobs;
 mod keys;
 mod pkcs11;
 mod prep;
-mod testset;
 mod profile;
+mod testset;
 
 use clap::{Parser, Subcommand};
 use quill_node::keys::model::KeyState;

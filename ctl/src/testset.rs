@@ -73,10 +73,15 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
         }
         let alg: KeyAlg = k.alg.parse().map_err(|e: String| anyhow!("{}: {e}", k.label))?;
         let id = format!("test-{}", k.label.to_ascii_lowercase());
-        let target = CeremonyTarget::Key { label: k.label.clone(), usage: usage_of(&k.label, alg), alg, exportable: false };
-        admin.write(KeyCommand::CeremonyStart { id: id.clone(), target, components: 2 }).with_context(|| k.label.clone())?;
+        let target =
+            CeremonyTarget::Key { label: k.label.clone(), usage: usage_of(&k.label, alg), alg, exportable: false };
+        admin
+            .write(KeyCommand::CeremonyStart { id: id.clone(), target, components: 2 })
+            .with_context(|| k.label.clone())?;
         let c: Ceremony = admin.query_as("ceremony", &id)?;
-        for (s, comp, kcv) in [(&mut alice, &k.components[0], &k.component_kcvs[0]), (&mut bob, &k.components[1], &k.component_kcvs[1])] {
+        for (s, comp, kcv) in
+            [(&mut alice, &k.components[0], &k.component_kcvs[0]), (&mut bob, &k.components[1], &k.component_kcvs[1])]
+        {
             let clear = Zeroizing::new(hex::decode(comp).map_err(|_| anyhow!("{}: component is not hex", k.label))?);
             let mut sealed = Vec::new();
             for nid in &c.recipients {
@@ -120,7 +125,8 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
         if already {
             continue;
         }
-        let rid_bytes: [u8; 5] = hex::decode(rid).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("bad RID {rid}"))?;
+        let rid_bytes: [u8; 5] =
+            hex::decode(rid).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("bad RID {rid}"))?;
         let k = quill_prep::testkeys::TestCa::builtin().public(rid_bytes);
         admin.write(KeyCommand::CaKeyImport {
             rid: rid.clone(),

@@ -14,9 +14,9 @@ use tracing::{error, info};
 
 use crate::api::jobs::JobsService;
 use crate::api::keys::KeysService;
-use crate::jobs::worker::Workers;
 use crate::api::{ClusterService, http};
 use crate::config::Config;
+use crate::jobs::worker::Workers;
 use crate::keys::agent::{HostPathQueue, KeyAgent, Proposer};
 use crate::network::{Network, Raft, RaftService};
 use crate::store::StoreError;

@@ -85,11 +85,14 @@ impl JobsService {
 
     async fn submit(&self, mut parts: Streaming<SubmitPart>) -> ApiResult<SubmitResponse> {
         let broke = |s: Status| ApiError::BadRequest(format!("the upload broke off: {}", s.message()));
-        let first = parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
+        let first =
+            parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
         let caller = first.caller.clone().ok_or_else(|| ApiError::BadRequest("caller is missing".into()))?;
         let actor = Actor::parse(&caller.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
         if !matches!(actor.role, Role::Operator | Role::Admin) {
-            return Err(ApiError::PermissionDenied(format!("{actor} may not submit jobs (needs role operator or admin)")));
+            return Err(ApiError::PermissionDenied(format!(
+                "{actor} may not submit jobs (needs role operator or admin)"
+            )));
         }
         let mut data = first.data.clone();
         while let Some(p) = parts.message().await.map_err(broke)? {
@@ -141,19 +144,20 @@ impl JobsService {
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let id = format!("J{ms:x}{:03x}", std::process::id() & 0xfff);
         let id2 = id.clone();
-        let (data_key, sealed) = tokio::task::spawn_blocking(move || -> Result<(WrappedKey, Vec<(u32, u32, Vec<u8>)>), String> {
-            let data_key = hsm.generate_key(KeyAlg::Aes256).map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for (n, chunk) in records.chunks(chunk_size as usize).enumerate() {
-                let bytes = zeroize::Zeroizing::new(postcard::to_allocvec(chunk).map_err(|e| e.to_string())?);
-                let s = hsm.seal(&data_key, &input_aad(&id2, n as u32), &bytes).map_err(|e| e.to_string())?;
-                out.push((n as u32, chunk.len() as u32, s));
-            }
-            Ok((data_key, out))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::Hsm)?;
+        let (data_key, sealed) =
+            tokio::task::spawn_blocking(move || -> Result<(WrappedKey, Vec<(u32, u32, Vec<u8>)>), String> {
+                let data_key = hsm.generate_key(KeyAlg::Aes256).map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                for (n, chunk) in records.chunks(chunk_size as usize).enumerate() {
+                    let bytes = zeroize::Zeroizing::new(postcard::to_allocvec(chunk).map_err(|e| e.to_string())?);
+                    let s = hsm.seal(&data_key, &input_aad(&id2, n as u32), &bytes).map_err(|e| e.to_string())?;
+                    out.push((n as u32, chunk.len() as u32, s));
+                }
+                Ok((data_key, out))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::Hsm)?;
 
         let client = format!("{}-submit-{id}", caller.client_id);
         let mut serial = 0;
@@ -175,7 +179,8 @@ impl JobsService {
         self.propose(&client, &mut serial, &actor, create).await?;
         let upload = async {
             for (n, cards, s) in sealed {
-                self.propose(&client, &mut serial, &actor, JobCommand::Input { id: id.clone(), n, cards, sealed: s }).await?;
+                self.propose(&client, &mut serial, &actor, JobCommand::Input { id: id.clone(), n, cards, sealed: s })
+                    .await?;
             }
             self.propose(&client, &mut serial, &actor, JobCommand::Start { id: id.clone() }).await
         };
@@ -205,21 +210,26 @@ impl JobsService {
             "cards" => Stream::Cards,
             "pin-mailers" => Stream::PinMailers,
             "carriers" => Stream::Carriers,
-            other => return Err(ApiError::BadRequest(format!("unknown stream {other:?} (cards, pin-mailers, carriers)"))),
+            other => {
+                return Err(ApiError::BadRequest(format!("unknown stream {other:?} (cards, pin-mailers, carriers)")));
+            }
         };
         let j = self.job(&req.job).await?;
         if j.state != JobState::Done {
             return Err(ApiError::Precondition(format!("job {} is {}, not done", j.id, j.state.as_str())));
         }
         let mac = self.mac_key(&j.mac_key).await?;
-        let mac_wrapped = mac.wrapped.clone().ok_or_else(|| ApiError::Precondition("the MAC key is destroyed".into()))?;
+        let mac_wrapped =
+            mac.wrapped.clone().ok_or_else(|| ApiError::Precondition("the MAC key is destroyed".into()))?;
         let id = j.id.clone();
         let n = j.chunks;
-        let sealed: Vec<Option<Vec<u8>>> = self
-            .state(move |kv| (0..n).map(|i| kv.get(chunk_key(OUTPUT, &id, i).as_bytes())).collect())
-            .await?;
+        let sealed: Vec<Option<Vec<u8>>> =
+            self.state(move |kv| (0..n).map(|i| kv.get(chunk_key(OUTPUT, &id, i).as_bytes())).collect()).await?;
         let hsm = self.hsm()?;
-        let (name, version) = j.product.rsplit_once(" v").map_or((j.product.clone(), 1), |(a, b)| (a.to_string(), b.parse().unwrap_or(1)));
+        let (name, version) = j
+            .product
+            .rsplit_once(" v")
+            .map_or((j.product.clone(), 1), |(a, b)| (a.to_string(), b.parse().unwrap_or(1)));
         let header = Header {
             format: FORMAT.into(),
             version: VERSION,
@@ -232,7 +242,8 @@ impl JobsService {
         };
         let job = j.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let mut w = quill_prep::engine::output::StreamWriter::new(Vec::new(), &header).map_err(|e| e.to_string())?;
+            let mut w =
+                quill_prep::engine::output::StreamWriter::new(Vec::new(), &header).map_err(|e| e.to_string())?;
             for (i, s) in sealed.into_iter().enumerate() {
                 let s = s.ok_or_else(|| format!("chunk {i}'s output is missing"))?;
                 let clear = hsm.open(&job.data_key, &output_aad(&job.id, i as u32), &s).map_err(|e| e.to_string())?;

@@ -148,9 +148,8 @@ impl ClusterService {
 impl Inner {
     /// A client of the Cluster service at `api_addr`, reusing one lazy channel per address.
     fn peer(&self, api_addr: &str) -> ApiResult<ClusterClient<Channel>> {
-        self.peer_channel(api_addr).map(|c| {
-            ClusterClient::new(c).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
-        })
+        self.peer_channel(api_addr)
+            .map(|c| ClusterClient::new(c).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
     }
 
     /// One lazy channel per peer API address.

@@ -15,8 +15,8 @@ pub mod worker;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::model::{Actor, Role, SmkInfo};
 use crate::keys::apply::key as keys_key;
+use crate::keys::model::{Actor, Role, SmkInfo};
 use crate::raft::NodeId;
 use crate::store::{Kv, StoreError};
 use quill_hsm::WrappedKey;
@@ -365,7 +365,8 @@ fn check_id(id: &str) -> Result<(), String> {
 
 fn purge(kv: &mut dyn Kv, id: &str) -> Result<(), StoreError> {
     for prefix in [INPUT, OUTPUT] {
-        let keys: Vec<Vec<u8>> = kv.scan_prefix(format!("{prefix}{id}/").as_bytes())?.into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<Vec<u8>> =
+            kv.scan_prefix(format!("{prefix}{id}/").as_bytes())?.into_iter().map(|(k, _)| k).collect();
         for k in keys {
             kv.delete(&k);
         }

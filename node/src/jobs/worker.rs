@@ -169,12 +169,13 @@ impl Workers {
                 continue;
             }
             let start = (self.id as usize * 7919 + worker * 104_729) % n;
-            let pick = (0..n).map(|i| &chunks[(start + i) % n]).find(|c| {
-                c.state == ChunkState::Pending || (c.state == ChunkState::Claimed && c.lease_until_ms < now)
-            });
+            let pick = (0..n)
+                .map(|i| &chunks[(start + i) % n])
+                .find(|c| c.state == ChunkState::Pending || (c.state == ChunkState::Claimed && c.lease_until_ms < now));
             let Some(c) = pick else { continue };
-            let (token, outcome) =
-                self.submit(JobCommand::Claim { id: job.id.clone(), n: c.n, node: self.id, lease_ms: LEASE_MS }).await?;
+            let (token, outcome) = self
+                .submit(JobCommand::Claim { id: job.id.clone(), n: c.n, node: self.id, lease_ms: LEASE_MS })
+                .await?;
             if let Outcome::Rejected { .. } = outcome {
                 return Ok(true);
             }
@@ -229,7 +230,10 @@ impl Workers {
                     tokio::time::sleep(RENEW_EVERY).await;
                     let serial = this.next_agent_serial();
                     let cmd = JobCommand::Renew { id: me_id.clone(), n, node, token, lease_ms: LEASE_MS };
-                    match this.submit(&this.agent_client_id("jobs"), serial, Actor::node(node), Command::Jobs(cmd)).await {
+                    match this
+                        .submit(&this.agent_client_id("jobs"), serial, Actor::node(node), Command::Jobs(cmd))
+                        .await
+                    {
                         Ok(r) => {
                             if let Ok(Outcome::Rejected { reason }) = decode_outcome(&r.outcome) {
                                 warn!(job = %me_id, chunk = n, %reason, "claim lost");
@@ -247,30 +251,32 @@ impl Workers {
         let threads = self.threads;
         let (aad_in, aad_out) = (input_aad(&job.id, n), output_aad(&job.id, n));
         let lost2 = lost.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(ChunkOutput, u32, Vec<String>, Vec<u8>), String> {
-            let clear = hsm.open(&data_key, &aad_in, &sealed).map_err(|e| format!("open the chunk input: {e}"))?;
-            let records: Vec<CardRecord> =
-                postcard::from_bytes(&clear).map_err(|e| format!("the chunk input does not decode: {e}"))?;
-            let results = prepare_all(&engine, &records, threads, &lost2);
-            let mut out = ChunkOutput::default();
-            let mut failures = Vec::new();
-            let mut prepared = 0u32;
-            for r in results {
-                match r {
-                    Some(Ok(card)) => {
-                        prepared += 1;
-                        push_card(&mut out, &card)?;
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<(ChunkOutput, u32, Vec<String>, Vec<u8>), String> {
+                let clear = hsm.open(&data_key, &aad_in, &sealed).map_err(|e| format!("open the chunk input: {e}"))?;
+                let records: Vec<CardRecord> =
+                    postcard::from_bytes(&clear).map_err(|e| format!("the chunk input does not decode: {e}"))?;
+                let results = prepare_all(&engine, &records, threads, &lost2);
+                let mut out = ChunkOutput::default();
+                let mut failures = Vec::new();
+                let mut prepared = 0u32;
+                for r in results {
+                    match r {
+                        Some(Ok(card)) => {
+                            prepared += 1;
+                            push_card(&mut out, &card)?;
+                        }
+                        Some(Err(e)) => failures.push(e.to_string()),
+                        None => return Err("claim lost".into()),
                     }
-                    Some(Err(e)) => failures.push(e.to_string()),
-                    None => return Err("claim lost".into()),
                 }
-            }
-            let bytes = postcard::to_allocvec(&out).map_err(|e| e.to_string())?;
-            let sealed = hsm.seal(&data_key, &aad_out, &bytes).map_err(|e| format!("seal the chunk output: {e}"))?;
-            Ok((out, prepared, failures, sealed))
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+                let bytes = postcard::to_allocvec(&out).map_err(|e| e.to_string())?;
+                let sealed =
+                    hsm.seal(&data_key, &aad_out, &bytes).map_err(|e| format!("seal the chunk output: {e}"))?;
+                Ok((out, prepared, failures, sealed))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         renew.abort();
         let (_, prepared, failures, sealed) = match result {
             Ok(r) => r,

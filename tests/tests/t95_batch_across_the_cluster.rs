@@ -1,0 +1,258 @@
+//! Batches across the cluster (5 nodes, hsm-sim): a 5,000-card DDA batch is prepared by several
+//! nodes; the node holding the most claims is SIGKILLed mid-batch; the batch still completes with
+//! every input record exactly once, in input order, its streams' MACs verify, and the cards pass
+//! the third-party checks (pyemv/psec, when the venv is there). Then delivery is acknowledged and
+//! the cluster purges input and output. Malformed submissions leave no job behind.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use serde_json::Value;
+
+const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn luhn_digit(body: &str) -> u32 {
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
+        })
+        .sum();
+    (10 - sum % 10) % 10
+}
+
+/// A visa-dda-credit batch of `n` cards (PANs 476173…, valid Luhn).
+fn write_batch(path: &Path, n: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
+    for i in 0..n {
+        let body = format!("476173{i:09}");
+        let pan = format!("{body}{}", luhn_digit(&body));
+        writeln!(f, "{pan},{:02},2{}12,2512,201,TEST/CARD {i},CARD {i} TEST,840", i % 100, 7 + i % 3).unwrap();
+    }
+}
+
+/// SMK ceremony and the TEST key set.
+async fn keys_ready(cluster: &Cluster) {
+    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
+        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
+        if n == cluster.ids().len() { Ok(()) } else { Err(format!("{n} enrolled")) }
+    })
+    .await;
+    let admin = [("QUILL_ACTOR", "admin:ada")];
+    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
+    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
+        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
+    }
+    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
+        let c = cluster.query(1, "ceremony", "smk-1").await?;
+        let formed = c["formed_on"].as_array().map(Vec::len).unwrap_or(0);
+        if formed == cluster.ids().len() { Ok(()) } else { Err(format!("formed on {formed}")) }
+    })
+    .await;
+    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
+}
+
+fn submit(cluster: &Cluster, node: u64, input: &Path, chunk: &str) -> String {
+    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let out = cluster.quill_ok(
+        node,
+        &[
+            "job",
+            "submit",
+            "--json",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--chunk-size",
+            chunk,
+            "--mac-key",
+            "MAC-OUTPUT-TEST",
+        ],
+        &OPERATOR,
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["job"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
+    let opts = ClusterOptions { nodes: 5, hsm: true, ..ClusterOptions::default() };
+    let cluster = Cluster::start("t95", opts).await;
+    step("SMK ceremony, TEST keys by ceremony, TEST issuers");
+    keys_ready(&cluster).await;
+
+    step("submit 5,000 cards in chunks of 100");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("batch-5000.csv");
+    write_batch(&input, 5000);
+    let job = submit(&cluster, 2, &input, "100");
+    // The same file again is refused while the job is not acknowledged.
+    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let (code, _, err) = cluster.quill(
+        3,
+        &[
+            "job",
+            "submit",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--mac-key",
+            "MAC-OUTPUT-TEST",
+        ],
+        &OPERATOR,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already job") && err.contains("--force"), "{err}");
+
+    step("kill the node holding the most claims mid-batch");
+    let victim = wait_until(Duration::from_secs(120), "claims spread over the nodes", || async {
+        let chunks = cluster.query(1, "chunks", &job).await?;
+        let mut claims = std::collections::BTreeMap::<u64, usize>::new();
+        let mut done = 0;
+        for c in chunks.as_array().unwrap() {
+            match c["state"].as_str() {
+                Some("claimed") => *claims.entry(c["node"].as_u64().unwrap()).or_default() += 1,
+                Some("done") => done += 1,
+                _ => {}
+            }
+        }
+        match claims.iter().max_by_key(|(_, n)| **n) {
+            Some((node, _)) if done >= 3 && *node != 1 => Ok(*node),
+            _ => Err(format!("{done} done, claims {claims:?}")),
+        }
+    })
+    .await;
+    cluster.sigkill(victim);
+
+    step("the batch completes without the killed node");
+    let status = wait_until(Duration::from_secs(600), "job done", || async {
+        let j = cluster.query(1, "job", &job).await?;
+        if j["state"] == "done" { Ok(j) } else { Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"])) }
+    })
+    .await;
+    assert_eq!(status["cards_done"], 5000);
+    assert_eq!(status["failures"].as_array().unwrap().len(), 0);
+    let chunks = cluster.query(1, "chunks", &job).await.unwrap();
+    let nodes: std::collections::BTreeSet<u64> =
+        chunks.as_array().unwrap().iter().map(|c| c["node"].as_u64().unwrap()).collect();
+    assert!(nodes.len() >= 3, "chunks prepared on {nodes:?}");
+    let redone = chunks.as_array().unwrap().iter().filter(|c| c["claims"].as_u64().unwrap() > 1).count();
+    println!("chunks prepared on nodes {nodes:?}; {redone} chunk(s) claimed more than once");
+
+    step("fetch: every record once, in input order, MACs verified on arrival");
+    let out = dir.path().join("out");
+    let alive = if victim == 1 { 2 } else { 1 };
+    cluster.quill_ok(alive, &["job", "fetch", &job, "-o", out.to_str().unwrap()], &OPERATOR);
+    let cards = std::fs::read_to_string(out.join("cards.jsonl")).unwrap();
+    let lines: Vec<Value> = cards.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5002, "header + 5,000 cards + trailer");
+    for (i, c) in lines[1..5001].iter().enumerate() {
+        assert_eq!(c["line"].as_u64(), Some(i as u64 + 2), "card {i} out of order");
+        let body = format!("476173{i:09}");
+        assert_eq!(c["pan"].as_str().unwrap(), format!("{body}{}", luhn_digit(&body)));
+    }
+    let check = cluster.quill_ok(alive, &["prep", "check", out.to_str().unwrap()], &[]);
+    assert_eq!(check.matches("MAC verified").count(), 3, "{check}");
+
+    let venv = std::env::var("QUILL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/quill/venv"));
+    let python = venv.join("bin/python");
+    if python.is_file() {
+        step("pyemv/psec checks of the cluster's output");
+        let r = std::process::Command::new(python)
+            .arg(root().join("tests/python/test_prep_output.py"))
+            .args(["--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert!(r.status.success(), "{text}\n{}", String::from_utf8_lossy(&r.stderr));
+        println!("{}", text.lines().last().unwrap_or_default());
+    } else {
+        assert!(std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_none(), "no venv at {}", venv.display());
+    }
+
+    step("acknowledge: input and output purged, the record kept");
+    cluster.quill_ok(alive, &["job", "ack", &job, "--fetched", out.to_str().unwrap()], &OPERATOR);
+    let j = cluster.query(alive, "job", &job).await.unwrap();
+    assert_eq!(j["state"], "acked");
+    assert_eq!(j["delivered"].as_array().unwrap().len(), 3);
+    let (code, _, err) = cluster.quill(alive, &["job", "fetch", &job, "-o", out.to_str().unwrap()], &OPERATOR);
+    assert_ne!(code, 0);
+    assert!(err.contains("acked"), "{err}");
+    let audit = cluster.quill_ok(alive, &["audit", "export"], &[]);
+    assert!(audit.contains("job.ack") && audit.contains("job.complete"), "audit lacks job records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_submissions_leave_no_job_behind() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
+    let cluster = Cluster::start("t95m", opts).await;
+    keys_ready(&cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let try_submit = |input: &Path, profile: &Path| {
+        cluster.quill(
+            1,
+            &[
+                "job",
+                "submit",
+                "--profile",
+                profile.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--mac-key",
+                "MAC-OUTPUT-TEST",
+            ],
+            &OPERATOR,
+        )
+    };
+
+    step("a bad record fails the batch (profile policy), naming line and field");
+    let bad = dir.path().join("bad.csv");
+    write_batch(&bad, 20);
+    let mut text = std::fs::read_to_string(&bad).unwrap();
+    text = text.replacen("4761730000000052", "4761730000000053", 1);
+    std::fs::write(&bad, &text).unwrap();
+    let (code, _, err) = try_submit(&bad, &profile);
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.csv:7") && err.contains("pan") && err.contains("nothing was submitted"), "{err}");
+    assert!(!err.contains("4761730000000053"), "PAN in the error: {err}");
+
+    step("wrong encoding, a truncated file, a broken CSV, an unknown profile");
+    let latin = dir.path().join("latin.csv");
+    let mut bytes = std::fs::read(root().join("prep/samples/visa-dda-credit.csv")).unwrap();
+    bytes.extend_from_slice(b"4761739001010036,,2906,2606,201,M\xdcLLER/ANNA,ANNA M\xdcLLER,840\n");
+    std::fs::write(&latin, &bytes).unwrap();
+    let (code, _, err) = try_submit(&latin, &profile);
+    assert_ne!(code, 0, "{err}");
+    let cut = dir.path().join("cut.csv");
+    let sample = std::fs::read_to_string(root().join("prep/samples/visa-dda-credit.csv")).unwrap();
+    std::fs::write(&cut, &sample[..sample.len() - 20]).unwrap();
+    let (code, _, err) = try_submit(&cut, &profile);
+    assert_ne!(code, 0, "{err}");
+    let broken = dir.path().join("broken.csv");
+    std::fs::write(&broken, "PAN;PSN\n1;2\n").unwrap();
+    let (code, _, err) = try_submit(&broken, &profile);
+    assert_ne!(code, 0, "{err}");
+    let (code, _, err) = try_submit(&bad, &dir.path().join("no-such-profile.toml"));
+    assert_ne!(code, 0);
+    assert!(err.contains("no-such-profile.toml"), "{err}");
+
+    let jobs = cluster.query(1, "jobs", "").await.unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 0, "a job was left behind: {jobs}");
+}
