@@ -659,3 +659,215 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::keys::model::Kcv;
+    use crate::store::MemKv;
+
+    fn op() -> Actor {
+        Actor { name: "otto".into(), role: Role::Operator }
+    }
+
+    fn run(kv: &mut MemKv, actor: &Actor, index: u64, time: u64, cmd: JobCommand) -> JobApplied {
+        apply(kv, &Ctx { log_index: index, time_ms: time, actor }, cmd).unwrap()
+    }
+
+    fn ok(a: JobApplied) -> String {
+        match a {
+            JobApplied::Done { detail, .. } => detail,
+            JobApplied::Rejected { reason, .. } => panic!("refused: {reason}"),
+        }
+    }
+
+    fn refused(a: JobApplied) -> String {
+        match a {
+            JobApplied::Rejected { reason, .. } => reason,
+            JobApplied::Done { detail, .. } => panic!("accepted: {detail}"),
+        }
+    }
+
+    fn key() -> WrappedKey {
+        WrappedKey {
+            alg: quill_hsm::KeyAlg::Aes256,
+            blob: vec![1; 40],
+            kcv: Kcv("K".into()),
+            smk_kcv: Kcv("SMK".into()),
+        }
+    }
+
+    /// A running job `J` of 3 chunks (2 + 2 + 1 cards).
+    fn running() -> MemKv {
+        let mut kv = MemKv::default();
+        let smk = SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0 };
+        crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
+        let create = |force| JobCommand::Create {
+            id: "J".into(),
+            product: "p v1".into(),
+            profile: String::new(),
+            file: "f.csv".into(),
+            digest: "ABCDEF0123456789".into(),
+            records: 5,
+            skipped: vec![],
+            chunk_size: 2,
+            chunks: 3,
+            data_key: key(),
+            mac_key: "MAC".into(),
+            force,
+        };
+        ok(run(&mut kv, &op(), 1, 0, create(false)));
+        for (n, cards) in [(0, 2), (1, 2), (2, 1)] {
+            ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J".into(), n, cards, sealed: vec![n as u8] }));
+        }
+        ok(run(&mut kv, &op(), 3, 0, JobCommand::Start { id: "J".into() }));
+        kv
+    }
+
+    fn node(n: u64) -> Actor {
+        Actor::node(n)
+    }
+
+    fn claim(n: u32, node_id: u64) -> JobCommand {
+        JobCommand::Claim { id: "J".into(), n, node: node_id, lease_ms: 1000 }
+    }
+
+    fn complete(n: u32, node_id: u64, token: u64, cards: u32) -> JobCommand {
+        JobCommand::Complete {
+            id: "J".into(),
+            n,
+            node: node_id,
+            token,
+            prepared: cards,
+            failures: vec![],
+            sealed: vec![9, node_id as u8],
+        }
+    }
+
+    #[test]
+    fn a_late_result_is_fenced_by_the_token_of_the_current_claim() {
+        let mut kv = running();
+        // Node 2 claims chunk 0 at index 10; node 3 cannot while the lease runs.
+        ok(run(&mut kv, &node(2), 10, 1_000, claim(0, 2)));
+        assert!(refused(run(&mut kv, &node(3), 11, 1_500, claim(0, 3))).contains("claimed by node 2"));
+        // The lease ends; node 3 takes over with token 12 and finishes.
+        ok(run(&mut kv, &node(3), 12, 2_500, claim(0, 3)));
+        // Node 2 comes back: its renewal and its result are refused.
+        let r = refused(run(
+            &mut kv,
+            &node(2),
+            13,
+            2_600,
+            JobCommand::Renew { id: "J".into(), n: 0, node: 2, token: 10, lease_ms: 1000 },
+        ));
+        assert!(r.contains("stale claim"), "{r}");
+        ok(run(&mut kv, &node(3), 14, 2_700, complete(0, 3, 12, 2)));
+        let r = refused(run(&mut kv, &node(2), 15, 2_800, complete(0, 2, 10, 2)));
+        assert!(r.contains("fenced"), "{r}");
+        // The output is node 3's, and the chunk is done once.
+        assert_eq!(sealed(&kv, OUTPUT, "J", 0).unwrap(), Some(vec![9, 3]));
+        let cs = super::chunks(&kv, "J").unwrap();
+        assert_eq!((cs[0].state.clone(), cs[0].node, cs[0].claims), (ChunkState::Done, Some(3), 2));
+        assert_eq!(job(&kv, "J").unwrap().unwrap().cards_done, 2);
+        // A node cannot act for another, and a done chunk cannot be claimed.
+        assert!(refused(run(&mut kv, &node(2), 16, 9_000, claim(1, 3))).contains("cannot act for node 3"));
+        assert!(refused(run(&mut kv, &node(2), 17, 9_000, claim(0, 2))).contains("done"));
+    }
+
+    #[test]
+    fn results_must_account_for_every_card_and_the_job_completes_once() {
+        let mut kv = running();
+        for (i, (n, cards)) in [(0u32, 2u32), (1, 2), (2, 1)].into_iter().enumerate() {
+            let idx = 20 + i as u64 * 2;
+            ok(run(&mut kv, &node(1), idx, 0, claim(n, 1)));
+            assert!(
+                refused(run(&mut kv, &node(1), idx + 100, 0, complete(n, 1, idx, cards + 1))).contains("accounts for")
+            );
+            ok(run(&mut kv, &node(1), idx + 1, 0, complete(n, 1, idx, cards)));
+        }
+        let j = job(&kv, "J").unwrap().unwrap();
+        assert_eq!((j.state, j.cards_done, j.chunks_done), (JobState::Done, 5, 3));
+    }
+
+    #[test]
+    fn ack_and_cancel_purge_input_and_output_and_keep_the_record() {
+        let mut kv = running();
+        for (n, cards) in [(0u32, 2u32), (1, 2), (2, 1)] {
+            ok(run(&mut kv, &node(1), 30 + u64::from(n), 0, claim(n, 1)));
+            ok(run(&mut kv, &node(1), 40, 0, complete(n, 1, 30 + u64::from(n), cards)));
+        }
+        assert!(
+            refused(run(&mut kv, &node(1), 50, 0, JobCommand::Ack { id: "J".into(), delivered: vec![] }))
+                .contains("needs role")
+        );
+        ok(run(
+            &mut kv,
+            &op(),
+            51,
+            0,
+            JobCommand::Ack { id: "J".into(), delivered: vec![("cards.jsonl".into(), "AA".into())] },
+        ));
+        for n in 0..3 {
+            assert_eq!(sealed(&kv, INPUT, "J", n).unwrap(), None);
+            assert_eq!(sealed(&kv, OUTPUT, "J", n).unwrap(), None);
+        }
+        let j = job(&kv, "J").unwrap().unwrap();
+        assert_eq!(j.state, JobState::Acked);
+        assert_eq!(j.closed_by, Some(op()));
+        // The same file may now be submitted again; before the ack it needed --force.
+        let mut kv2 = running();
+        let again = JobCommand::Create {
+            id: "J2".into(),
+            product: "p v1".into(),
+            profile: String::new(),
+            file: "f.csv".into(),
+            digest: "ABCDEF0123456789".into(),
+            records: 1,
+            skipped: vec![],
+            chunk_size: 1,
+            chunks: 1,
+            data_key: key(),
+            mac_key: "MAC".into(),
+            force: false,
+        };
+        assert!(refused(run(&mut kv2, &op(), 60, 0, again.clone())).contains("--force"));
+        ok(run(&mut kv, &op(), 61, 0, again));
+        // Cancel purges a running job.
+        ok(run(&mut kv2, &op(), 62, 0, JobCommand::Cancel { id: "J".into() }));
+        assert_eq!(sealed(&kv2, INPUT, "J", 0).unwrap(), None);
+        assert_eq!(job(&kv2, "J").unwrap().unwrap().state, JobState::Cancelled);
+    }
+
+    #[test]
+    fn an_aborted_upload_leaves_nothing() {
+        let mut kv = MemKv::default();
+        let smk = SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0 };
+        crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
+        let before = kv.scan_prefix(b"jobs/").unwrap().len();
+        ok(run(
+            &mut kv,
+            &op(),
+            1,
+            0,
+            JobCommand::Create {
+                id: "J".into(),
+                product: "p".into(),
+                profile: String::new(),
+                file: "f".into(),
+                digest: "D".into(),
+                records: 3,
+                skipped: vec![],
+                chunk_size: 2,
+                chunks: 2,
+                data_key: key(),
+                mac_key: "MAC".into(),
+                force: false,
+            },
+        ));
+        ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J".into(), n: 0, cards: 2, sealed: vec![1] }));
+        assert!(refused(run(&mut kv, &op(), 3, 0, JobCommand::Start { id: "J".into() })).contains("1 of 2"));
+        ok(run(&mut kv, &op(), 4, 0, JobCommand::Abort { id: "J".into() }));
+        assert_eq!(kv.scan_prefix(b"jobs/").unwrap().len(), before);
+    }
+}

@@ -286,8 +286,24 @@ impl Workers {
             }
             Err(e) => return Err(e),
         };
+        // Commit the result, retrying with the same serial (applied at most once) while the
+        // cluster cannot be reached: after a partition heals the result still arrives, and the
+        // state machine decides by the token whether it counts.
         let cmd = JobCommand::Complete { id: job.id.clone(), n, node: self.id, token, prepared, failures, sealed };
-        match self.submit(cmd).await?.1 {
+        let serial = self.cluster.next_agent_serial();
+        let client = self.cluster.agent_client_id("jobs");
+        let give_up = std::time::Instant::now() + Duration::from_millis(6 * LEASE_MS);
+        let resp = loop {
+            match self.cluster.submit(&client, serial, Actor::node(self.id), Command::Jobs(cmd.clone())).await {
+                Ok(r) => break r,
+                Err(e) if std::time::Instant::now() < give_up => {
+                    warn!(job = %job.id, chunk = n, error = %e, "cannot commit the chunk yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(1_000)).await;
+                }
+                Err(e) => return Err(format!("chunk {n}: result not committed: {e}")),
+            }
+        };
+        match decode_outcome(&resp.outcome).map_err(|e| e.to_string())? {
             Outcome::Rejected { reason } => warn!(job = %job.id, chunk = n, %reason, "chunk result refused"),
             _ => info!(job = %job.id, chunk = n, token, prepared, "chunk prepared"),
         }

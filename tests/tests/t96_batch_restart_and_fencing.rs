@@ -1,0 +1,202 @@
+//! Batches across the cluster, continued (3 nodes, hsm-sim):
+//! - the whole cluster restarts mid-batch: the batch resumes and completes, every card once;
+//! - a node holding a claim is frozen (SIGSTOP) until its lease expires, another node redoes the
+//!   chunk, the frozen node resumes: its late renewal or result is refused by the fencing token,
+//!   the chunk's output is the other node's, and every card is delivered once.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use serde_json::Value;
+
+const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn luhn_digit(body: &str) -> u32 {
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
+        })
+        .sum();
+    (10 - sum % 10) % 10
+}
+
+fn write_batch(path: &Path, n: usize, seed: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
+    for i in 0..n {
+        let body = format!("476173{:09}", seed * 1_000_000 + i);
+        let pan = format!("{body}{}", luhn_digit(&body));
+        writeln!(f, "{pan},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840").unwrap();
+    }
+}
+
+async fn keys_ready(cluster: &Cluster) {
+    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
+        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
+        if n == cluster.ids().len() { Ok(()) } else { Err(format!("{n} enrolled")) }
+    })
+    .await;
+    let admin = [("QUILL_ACTOR", "admin:ada")];
+    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
+    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
+        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
+    }
+    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
+        let c = cluster.query(1, "ceremony", "smk-1").await?;
+        let formed = c["formed_on"].as_array().map(Vec::len).unwrap_or(0);
+        if formed == cluster.ids().len() { Ok(()) } else { Err(format!("formed on {formed}")) }
+    })
+    .await;
+    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
+}
+
+fn submit(cluster: &Cluster, input: &Path, chunk: &str) -> String {
+    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let out = cluster.quill_ok(
+        1,
+        &[
+            "job",
+            "submit",
+            "--json",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--chunk-size",
+            chunk,
+            "--mac-key",
+            "MAC-OUTPUT-TEST",
+        ],
+        &OPERATOR,
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    v["job"].as_str().unwrap().to_string()
+}
+
+async fn wait_done(cluster: &Cluster, node: u64, job: &str) -> Value {
+    wait_until(Duration::from_secs(600), "job done", || async {
+        let j = cluster.query(node, "job", job).await?;
+        if j["state"] == "done" { Ok(j) } else { Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"])) }
+    })
+    .await
+}
+
+/// Fetch and check: every input line exactly once, in order.
+fn fetch_and_check(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usize) {
+    let out = dir.join(format!("out-{job}"));
+    cluster.quill_ok(node, &["job", "fetch", job, "-o", out.to_str().unwrap()], &OPERATOR);
+    let text = std::fs::read_to_string(out.join("cards.jsonl")).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), cards + 2);
+    for (i, c) in lines[1..=cards].iter().enumerate() {
+        assert_eq!(c["line"].as_u64(), Some(i as u64 + 2), "card {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_restart_mid_batch_resumes_and_completes() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start("t96r", opts).await;
+    keys_ready(&cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("restart.csv");
+    write_batch(&input, 1000, 1);
+    let job = submit(&cluster, &input, "50");
+
+    step("wait for some chunks, then restart every node");
+    wait_until(Duration::from_secs(120), "a few chunks done", || async {
+        let j = cluster.query(1, "job", &job).await?;
+        let done = j["chunks_done"].as_u64().unwrap_or(0);
+        if done >= 3 { Ok(()) } else { Err(format!("{done} chunks done")) }
+    })
+    .await;
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.spawn(id);
+    }
+    for id in cluster.ids() {
+        cluster.wait_health(id).await;
+    }
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(30), "after the restart").await;
+
+    step("the batch resumes and completes");
+    let j = wait_done(&cluster, 2, &job).await;
+    assert_eq!(j["cards_done"], 1000);
+    fetch_and_check(&cluster, 3, &job, dir.path(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_claim_holder_is_fenced_when_it_comes_back() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
+    let cluster = Cluster::start("t96f", opts).await;
+    keys_ready(&cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fence.csv");
+    write_batch(&input, 1200, 2);
+    let job = submit(&cluster, &input, "200");
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10), "leader").await;
+
+    step("freeze a node (not the leader) right after it claims a chunk");
+    let (frozen, chunk) = wait_until(Duration::from_secs(60), "a claim by a follower", || async {
+        let chunks = cluster.query(leader, "chunks", &job).await?;
+        for c in chunks.as_array().unwrap() {
+            let node = c["node"].as_u64().unwrap_or(0);
+            if c["state"] == "claimed" && node != leader {
+                return Ok((node, c["n"].as_u64().unwrap()));
+            }
+        }
+        Err("no follower claim yet".into())
+    })
+    .await;
+    cluster.pause(frozen);
+
+    step("its lease expires and another node prepares the chunk");
+    let redone = wait_until(Duration::from_secs(120), "the chunk redone elsewhere", || async {
+        let chunks = cluster.query(leader, "chunks", &job).await?;
+        let c = chunks.as_array().unwrap().iter().find(|c| c["n"].as_u64() == Some(chunk)).cloned().unwrap();
+        if c["state"] == "done" && c["node"].as_u64() != Some(frozen) {
+            Ok(c)
+        } else {
+            Err(format!("chunk {chunk}: {} by {}", c["state"], c["node"]))
+        }
+    })
+    .await;
+    assert!(redone["claims"].as_u64().unwrap() >= 2);
+
+    step("the frozen node resumes: its stale claim is refused, the output stays the other node's");
+    cluster.resume(frozen);
+    let j = wait_done(&cluster, leader, &job).await;
+    assert_eq!(j["cards_done"], 1200, "{j}");
+    // Give the resumed node's renewal or late result time to arrive.
+    let refused = wait_until(Duration::from_secs(60), "the frozen node's stale claim refused", || async {
+        let out = cluster.quill(leader, &["audit", "export"], &[]).1;
+        let hit = out.lines().find(|l| {
+            l.contains(&format!("job:{job}/chunk:{chunk}"))
+                && l.contains(&format!("node-{frozen}"))
+                && (l.contains("job.complete") || l.contains("job.renew"))
+                && l.contains("rejected")
+        });
+        hit.map(str::to_string).ok_or_else(|| "no refusal yet".to_string())
+    })
+    .await;
+    println!("fenced: {refused}");
+    // (The resumed node may have started an election: reads wait for a leader.)
+    let after = wait_until(Duration::from_secs(30), "chunks readable", || cluster.query(leader, "chunks", &job)).await;
+    let c = after.as_array().unwrap().iter().find(|c| c["n"].as_u64() == Some(chunk)).unwrap();
+    assert_eq!(c["output_digest"], redone["output_digest"], "the chunk's output changed");
+    assert_eq!(c["node"], redone["node"]);
+    fetch_and_check(&cluster, leader, &job, dir.path(), 1200);
+}
