@@ -1,4 +1,4 @@
-//! `quill demo`: a step-by-step demonstration of the bundled HSM simulator.
+//! `quill demo-hsm`: a step-by-step demonstration of the bundled HSM simulator.
 //!
 //! It talks to the module only through `cryptoki` (standard calls plus hsm-sim's vendor
 //! mechanisms), so every secret stays inside the HSM: keys appear as KCVs, PINs as encrypted
@@ -104,7 +104,7 @@ fn prepare_and_rerun(args: &DemoArgs, json: bool) -> Result<u8> {
     if json {
         cmd.arg("--json");
     }
-    cmd.arg("demo")
+    cmd.arg("demo-hsm")
         .arg("--cards")
         .arg(args.cards.to_string())
         .arg("--dir")

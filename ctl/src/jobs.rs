@@ -217,11 +217,19 @@ pub fn status(a: &JobArgs, json: bool) -> Result<u8> {
 /// `quill job watch`: a progress bar until the job is done.
 pub fn watch(a: &JobArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who, false)?;
+    let mut last: Option<String> = None;
     loop {
         let (j, chunks) = load(&s, &a.job)?;
         let (text, doc) = progress(&j, &chunks);
         if json {
             println!("{doc}");
+        } else if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            // Not a terminal (a log, CI): one line per change.
+            let first = text.lines().next().unwrap_or_default().to_string();
+            if last.as_deref() != Some(first.as_str()) {
+                println!("{first}");
+                last = Some(first);
+            }
         } else {
             let width = 40;
             let done = if j.records == 0 { width } else { (j.cards_done as usize * width) / j.records as usize };

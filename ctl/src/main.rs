@@ -16,6 +16,7 @@ mod keys;
 mod pkcs11;
 mod prep;
 mod profile;
+mod story;
 mod testset;
 
 use clap::{Parser, Subcommand};
@@ -35,15 +36,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Demonstrate the HSM simulator: TEST keys, card keys, CVVs, PINs, ICC key pairs.
-    ///
-    /// Initialises a fresh simulator token in --dir, loads the public TEST keys of
-    /// shared/reference/emv.md §6 (labels TEST-…), and prepares the secrets of a few sample
-    /// cards inside the HSM: the ICC master key (Option A, or Option B for a 17-digit PAN),
-    /// CVV/iCVV/CVV2, a random PIN as an encrypted PIN block with its PVV, and an RSA ICC key
-    /// pair whose CRT parts leave the HSM encrypted. It checks published known answers and
-    /// exits with code 3 if one is wrong.
-    Demo(demo::DemoArgs),
+    /// The whole story on a local 5-node cluster (TEST keys only): dev cluster with hsm-sim
+    /// tokens, SMK ceremony, the TEST key set by ceremonies, certified TEST issuer keys, a
+    /// multi-application batch prepared across the nodes, fetched, checked, acknowledged, and the
+    /// audit chain verified.
+    Demo(story::StoryArgs),
+    /// The bundled HSM simulator step by step: TEST keys, ICC master keys, CVVs, a PIN with its
+    /// PVV, an ICC key pair (nothing secret leaves the HSM).
+    DemoHsm(demo::DemoArgs),
     /// Run a local cluster of quilld processes on loopback.
     #[command(subcommand)]
     Dev(DevCmd),
@@ -246,7 +246,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let r = match &cli.cmd {
-        Cmd::Demo(args) => demo::run(args, json),
+        Cmd::Demo(args) => story::run(args, json),
+        Cmd::DemoHsm(args) => demo::run(args, json),
         Cmd::Dev(DevCmd::Up(args)) => dev::up(args, json),
         Cmd::Dev(DevCmd::Down(args)) => dev::down(args, json),
         Cmd::Dev(DevCmd::LoadTestKeys(a)) => testset::load(a, json),

@@ -25,3 +25,14 @@ pub mod magstripe;
 pub mod profile;
 pub mod testkeys;
 pub mod tlv;
+
+/// The sample card-product profiles shipped in `prep/profiles/` (TEST key labels), built in so
+/// that the demo and the benchmarks run from anywhere.
+pub mod samples {
+    /// `prep/profiles/visa-dda-credit.toml`.
+    pub const VISA_DDA_CREDIT: &str = include_str!("../profiles/visa-dda-credit.toml");
+    /// `prep/profiles/mc-cap.toml`.
+    pub const MC_CAP: &str = include_str!("../profiles/mc-cap.toml");
+    /// `prep/profiles/multi-app.toml`.
+    pub const MULTI_APP: &str = include_str!("../profiles/multi-app.toml");
+}

@@ -1,0 +1,258 @@
+//! `quill demo`: the whole story on a local 5-node cluster, with TEST keys only.
+//!
+//! 1. `quill dev up --nodes 5 --hsm sim`: five `quilld` processes, each with its own hsm-sim token.
+//! 2. The storage master key from three custodians' components (a ceremony).
+//! 3. The published TEST key set loaded by ceremonies, the TEST CA, certified TEST issuer keys.
+//! 4. A batch of the multi-application sample profile (domestic + international EMV + e-purse)
+//!    submitted, prepared by the nodes in chunks, watched to the end.
+//! 5. The output fetched (every stream's MAC checked by the cluster on arrival), checked again
+//!    with the TEST MAC key, one card shown as GlobalPlatformPro DGIs; delivery acknowledged and
+//!    the job's data purged; the audit chain verified.
+//!
+//! Every step is a `quill` command run as a child process (shown as it runs), so the demo is also
+//! a script to copy. The cluster keeps running afterwards (`quill dev down --dir D` stops it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+
+/// Options of `quill demo`.
+#[derive(clap::Args, Debug)]
+pub struct StoryArgs {
+    /// Directory of the demo cluster; wiped and made anew on every run.
+    #[arg(long, default_value = ".quill/demo-cluster", value_name = "DIR")]
+    dir: PathBuf,
+    /// Cards in the batch (generated like the sample file's records).
+    #[arg(long, default_value_t = 2000)]
+    cards: usize,
+    /// Nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: u64,
+    /// Stop the cluster at the end.
+    #[arg(long)]
+    down: bool,
+}
+
+const MARKER: &str = ".quill-demo-cluster";
+
+struct Runner {
+    exe: PathBuf,
+    dir: PathBuf,
+    step: usize,
+}
+
+impl Runner {
+    fn say(&mut self, what: &str) {
+        self.step += 1;
+        println!("\n== {}. {what}", self.step);
+    }
+
+    /// Run `quill args…` against the demo cluster; its stdout.
+    fn quill(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
+        let shown: Vec<String> =
+            args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { (*a).to_string() }).collect();
+        match actor {
+            Some(a) => println!("$ quill {} --as {a}", shown.join(" ")),
+            None => println!("$ quill {}", shown.join(" ")),
+        }
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
+        match actor {
+            Some(a) => cmd.env("QUILL_ACTOR", a),
+            None => cmd.env_remove("QUILL_ACTOR"),
+        };
+        let out = cmd.output().with_context(|| format!("cannot run {}", self.exe.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("quill {} failed: {}{}", args.join(" "), stdout, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(stdout)
+    }
+
+    fn show(&self, text: &str, lines: usize) {
+        for l in text.lines().take(lines) {
+            println!("  {l}");
+        }
+    }
+}
+
+fn luhn_digit(body: &str) -> u32 {
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
+        })
+        .sum();
+    (10 - sum % 10) % 10
+}
+
+/// A multi-application batch like prep/samples/multi-app.csv: semicolon-separated, no header.
+fn write_batch(path: &Path, n: usize) -> Result<()> {
+    let mut s = String::new();
+    let names = [("MARTIN", "CLAIRE"), ("LEROY", "PAUL"), ("DURAND", "ANNE"), ("PETIT", "LUC"), ("ROUX", "EMMA")];
+    for i in 0..n {
+        let body = format!("4970100{:08}", 10 + i);
+        let pan = format!("{body}{}", luhn_digit(&body));
+        let (last, first) = names[i % names.len()];
+        s.push_str(&format!(
+            "{pan};{:02};{}{:02};201;{last}/{first};{first} {last};{:05}\n",
+            i % 10,
+            28 + i % 4,
+            1 + i % 12,
+            75001 + i % 20
+        ));
+    }
+    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `quill demo`.
+pub fn run(a: &StoryArgs, _json: bool) -> Result<u8> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("cannot locate the quill executable")?;
+    let dir = if a.dir.is_absolute() { a.dir.clone() } else { std::env::current_dir()?.join(&a.dir) };
+    if dir.exists() {
+        if !dir.join(MARKER).exists() && std::fs::read_dir(&dir)?.next().is_some() {
+            bail!("{} exists and was not made by `quill demo`: choose another --dir", dir.display());
+        }
+        // A previous demo cluster may still run there.
+        let _ = Command::new(&exe).args(["dev", "down", "--wipe", "--dir"]).arg(&dir).output();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(MARKER), "made by `quill demo`; the next run wipes it\n")?;
+    let profile = dir.join("multi-app.toml");
+    std::fs::write(&profile, quill_prep::samples::MULTI_APP)?;
+    let mut r = Runner { exe, dir: dir.clone(), step: 0 };
+    println!("quill demo: a {}-node Quill cluster prepares a multi-application card batch (TEST keys only)", a.nodes);
+
+    r.say("start the cluster: one quilld per node, each with its own hsm-sim token");
+    let out = r.quill(
+        &["dev", "up", "--nodes", &a.nodes.to_string(), "--hsm", "sim", "--dir", dir.to_str().unwrap_or(".")],
+        None,
+    )?;
+    r.show(&out, 3);
+    // Wait until every node enrolled its HSM transport key.
+    let who = crate::keys::Who {
+        actor: None,
+        target: crate::client::Target { endpoint: None, endpoints: Vec::new(), dev_dir: Some(dir.clone()) },
+    };
+    let session = crate::keys::Session::new(&who, false)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = session.query("nodes", "").ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
+        if n as u64 >= a.nodes {
+            println!("  {n} nodes up, each enrolled with its HSM transport key");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {n} of {} nodes enrolled after 90 s", a.nodes);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    r.say("the storage master key, from three custodians' components (each sealed to every node's HSM)");
+    r.quill(&["ceremony", "start", "--key", "smk", "--components", "3", "--id", "demo-smk"], Some("admin:demo-admin"))?;
+    for c in ["custodian:TEST-alice", "custodian:TEST-bob", "custodian:TEST-carol"] {
+        let out = r.quill(&["ceremony", "submit", "--id", "demo-smk", "--generate"], Some(c))?;
+        r.show(out.lines().last().unwrap_or_default(), 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = r.quill(&["ceremony", "status", "--id", "demo-smk", "--json"], None)?;
+        let v: Value = serde_json::from_str(s.trim()).unwrap_or(Value::Null);
+        let c = if v.is_array() { v[0].clone() } else { v };
+        if c["formed_on"].as_array().map_or(0, Vec::len) as u64 >= a.nodes {
+            println!("  formed inside every node's HSM, KCV {}", c["kcv"].as_str().unwrap_or("?"));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the SMK did not form on every node: {c}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    r.say("load the published TEST keys by ceremonies; TEST CA; issuer keys generated in HSMs and certified");
+    let out = r.quill(&["dev", "load-test-keys"], Some("admin:demo-admin"))?;
+    r.show(&out, 2);
+    let out = r.quill(&["issuer", "list"], None)?;
+    r.show(&out, 5);
+
+    r.say(&format!(
+        "submit a batch of {} multi-application cards (domestic SDA + international DDA + e-purse)",
+        a.cards
+    ));
+    let input = dir.join("batch-multi-app.csv");
+    write_batch(&input, a.cards)?;
+    let out = r.quill(
+        &[
+            "job",
+            "submit",
+            "--profile",
+            profile.to_str().unwrap_or_default(),
+            "--input",
+            input.to_str().unwrap_or_default(),
+            "--chunk-size",
+            "100",
+            "--mac-key",
+            "MAC-OUTPUT-TEST",
+            "--json",
+        ],
+        Some("operator:demo-operator"),
+    )?;
+    let v: Value = serde_json::from_str(out.trim()).map_err(|e| anyhow!("job submit answered {out}: {e}"))?;
+    let job = v["job"].as_str().ok_or_else(|| anyhow!("no job id in {out}"))?.to_string();
+    println!("  job {job}");
+
+    r.say("the nodes claim chunks through Raft and prepare them with their own HSMs");
+    println!("$ quill job watch {job}");
+    let status = Command::new(&r.exe)
+        .args(["job", "watch", &job])
+        .env("QUILL_DEV_DIR", &dir)
+        .status()
+        .context("quill job watch")?;
+    if !status.success() {
+        bail!("quill job watch failed");
+    }
+    let out = r.quill(&["job", "status", &job], None)?;
+    r.show(&out, 3);
+
+    r.say("fetch the output (each stream's MAC recomputed by the cluster on arrival) and check it");
+    let out_dir = dir.join("output");
+    let out = r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], None)?;
+    r.show(&out, 4);
+    let out = r.quill(&["prep", "check", out_dir.to_str().unwrap_or_default()], None)?;
+    r.show(&out, 3);
+    let cards = out_dir.join("cards.jsonl");
+    let out = r.quill(&["prep", "gp", cards.to_str().unwrap_or_default(), "--line", "1"], None)?;
+    println!("  first card, as GlobalPlatformPro DGIs (secret DGIs encrypted under TK-DEK-TEST):");
+    for l in out.lines().take(8) {
+        println!("    {}", if l.len() > 90 { format!("{}…", &l[..90]) } else { l.to_string() });
+    }
+
+    r.say("acknowledge delivery: the cluster purges the job's input and output, the audit chain keeps the record");
+    let out = r.quill(
+        &["job", "ack", &job, "--fetched", out_dir.to_str().unwrap_or_default()],
+        Some("operator:demo-operator"),
+    )?;
+    r.show(&out, 1);
+    let out = r.quill(&["audit", "verify"], None)?;
+    r.show(&out, 2);
+
+    println!(
+        "\nquill demo: done in {:.0} s. Output (TEST keys; decrypt and check it with docs/test-keys.md):\n  {}\nThe cluster keeps running: QUILL_DEV_DIR={} quill cluster status; stop it with quill dev down --dir {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.display(),
+        dir.display(),
+        dir.display()
+    );
+    if a.down {
+        r.quill(&["dev", "down", "--dir", dir.to_str().unwrap_or_default()], None)?;
+    }
+    Ok(crate::exit_codes::OK)
+}
