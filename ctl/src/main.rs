@@ -5,6 +5,7 @@
 //! measures it (DESIGN.md §11).
 
 mod bench;
+mod bench_cluster;
 mod client;
 mod cluster;
 mod demo;
@@ -240,6 +241,9 @@ enum BenchCmd {
     /// Cards per second of a DDA profile on one HSM, against its ICC key generation rate (pool
     /// off, then a warm pool).
     Prep(prep::BenchArgs),
+    /// End-to-end cards/s of a local dev cluster (submit to fetched output), Raft bytes per
+    /// card, against the single-node figure of the same profile.
+    Cluster(bench_cluster::ClusterBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -295,6 +299,7 @@ fn main() -> ExitCode {
         Cmd::Prep(PrepCmd::Gp(a)) => prep::gp(a, json),
         Cmd::Bench(BenchCmd::Raft(args)) => bench::raft(args, json),
         Cmd::Bench(BenchCmd::Prep(a)) => prep::bench(a, json),
+        Cmd::Bench(BenchCmd::Cluster(a)) => bench_cluster::run(a, json),
     };
     match r {
         Ok(code) => ExitCode::from(code),

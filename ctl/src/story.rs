@@ -38,26 +38,35 @@ pub struct StoryArgs {
 
 const MARKER: &str = ".quill-demo-cluster";
 
-struct Runner {
-    exe: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Runner {
+    pub(crate) exe: PathBuf,
+    pub(crate) dir: PathBuf,
     step: usize,
 }
 
 impl Runner {
-    fn say(&mut self, what: &str) {
+    pub(crate) fn new(exe: PathBuf, dir: PathBuf) -> Self {
+        Runner { exe, dir, step: 0 }
+    }
+
+    pub(crate) fn say(&mut self, what: &str) {
         self.step += 1;
         println!("\n== {}. {what}", self.step);
     }
 
     /// Run `quill args…` against the demo cluster; its stdout.
-    fn quill(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
+    pub(crate) fn quill(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
         let shown: Vec<String> =
             args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { (*a).to_string() }).collect();
         match actor {
             Some(a) => println!("$ quill {} --as {a}", shown.join(" ")),
             None => println!("$ quill {}", shown.join(" ")),
         }
+        self.quill_quiet(args, actor)
+    }
+
+    /// Like [`Runner::quill`], without showing the command (for polling).
+    pub(crate) fn quill_quiet(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
         let mut cmd = Command::new(&self.exe);
         cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
         match actor {
@@ -72,14 +81,14 @@ impl Runner {
         Ok(stdout)
     }
 
-    fn show(&self, text: &str, lines: usize) {
+    pub(crate) fn show(&self, text: &str, lines: usize) {
         for l in text.lines().take(lines) {
             println!("  {l}");
         }
     }
 }
 
-fn luhn_digit(body: &str) -> u32 {
+pub(crate) fn luhn_digit(body: &str) -> u32 {
     let sum: u32 = body
         .bytes()
         .rev()
@@ -116,72 +125,13 @@ pub fn run(a: &StoryArgs, _json: bool) -> Result<u8> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("cannot locate the quill executable")?;
     let dir = if a.dir.is_absolute() { a.dir.clone() } else { std::env::current_dir()?.join(&a.dir) };
-    if dir.exists() {
-        if !dir.join(MARKER).exists() && std::fs::read_dir(&dir)?.next().is_some() {
-            bail!("{} exists and was not made by `quill demo`: choose another --dir", dir.display());
-        }
-        // A previous demo cluster may still run there.
-        let _ = Command::new(&exe).args(["dev", "down", "--wipe", "--dir"]).arg(&dir).output();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(MARKER), "made by `quill demo`; the next run wipes it\n")?;
+    fresh_dir(&exe, &dir)?;
     let profile = dir.join("multi-app.toml");
     std::fs::write(&profile, quill_prep::samples::MULTI_APP)?;
-    let mut r = Runner { exe, dir: dir.clone(), step: 0 };
+    let mut r = Runner::new(exe, dir.clone());
     println!("quill demo: a {}-node Quill cluster prepares a multi-application card batch (TEST keys only)", a.nodes);
 
-    r.say("start the cluster: one quilld per node, each with its own hsm-sim token");
-    let out = r.quill(
-        &["dev", "up", "--nodes", &a.nodes.to_string(), "--hsm", "sim", "--dir", dir.to_str().unwrap_or(".")],
-        None,
-    )?;
-    r.show(&out, 3);
-    // Wait until every node enrolled its HSM transport key.
-    let who = crate::keys::Who {
-        actor: None,
-        target: crate::client::Target { endpoint: None, endpoints: Vec::new(), dev_dir: Some(dir.clone()) },
-    };
-    let session = crate::keys::Session::new(&who, false)?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let n = session.query("nodes", "").ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
-        if n as u64 >= a.nodes {
-            println!("  {n} nodes up, each enrolled with its HSM transport key");
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {n} of {} nodes enrolled after 90 s", a.nodes);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
-    r.say("the storage master key, from three custodians' components (each sealed to every node's HSM)");
-    r.quill(&["ceremony", "start", "--key", "smk", "--components", "3", "--id", "demo-smk"], Some("admin:demo-admin"))?;
-    for c in ["custodian:TEST-alice", "custodian:TEST-bob", "custodian:TEST-carol"] {
-        let out = r.quill(&["ceremony", "submit", "--id", "demo-smk", "--generate"], Some(c))?;
-        r.show(out.lines().last().unwrap_or_default(), 1);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = r.quill(&["ceremony", "status", "--id", "demo-smk", "--json"], None)?;
-        let v: Value = serde_json::from_str(s.trim()).unwrap_or(Value::Null);
-        let c = if v.is_array() { v[0].clone() } else { v };
-        if c["formed_on"].as_array().map_or(0, Vec::len) as u64 >= a.nodes {
-            println!("  formed inside every node's HSM, KCV {}", c["kcv"].as_str().unwrap_or("?"));
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the SMK did not form on every node: {c}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
-    r.say("load the published TEST keys by ceremonies; TEST CA; issuer keys generated in HSMs and certified");
-    let out = r.quill(&["dev", "load-test-keys"], Some("admin:demo-admin"))?;
-    r.show(&out, 2);
-    let out = r.quill(&["issuer", "list"], None)?;
-    r.show(&out, 5);
+    setup(&mut r, a.nodes)?;
 
     r.say(&format!(
         "submit a batch of {} multi-application cards (domestic SDA + international DDA + e-purse)",
@@ -255,4 +205,76 @@ pub fn run(a: &StoryArgs, _json: bool) -> Result<u8> {
         r.quill(&["dev", "down", "--dir", dir.to_str().unwrap_or_default()], None)?;
     }
     Ok(crate::exit_codes::OK)
+}
+
+/// Steps 1–3 of the story: a dev cluster of `nodes` in `r.dir`, the SMK ceremony, the TEST keys.
+pub(crate) fn setup(r: &mut Runner, nodes: u64) -> Result<()> {
+    let dir = r.dir.clone();
+    r.say("start the cluster: one quilld per node, each with its own hsm-sim token");
+    let out = r.quill(
+        &["dev", "up", "--nodes", &nodes.to_string(), "--hsm", "sim", "--dir", dir.to_str().unwrap_or(".")],
+        None,
+    )?;
+    r.show(&out, 3);
+    // Wait until every node enrolled its HSM transport key.
+    let who = crate::keys::Who {
+        actor: None,
+        target: crate::client::Target { endpoint: None, endpoints: Vec::new(), dev_dir: Some(dir.clone()) },
+    };
+    let session = crate::keys::Session::new(&who, false)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = session.query("nodes", "").ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
+        if n as u64 >= nodes {
+            println!("  {n} nodes up, each enrolled with its HSM transport key");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {n} of {} nodes enrolled after 90 s", nodes);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    r.say("the storage master key, from three custodians' components (each sealed to every node's HSM)");
+    r.quill(&["ceremony", "start", "--key", "smk", "--components", "3", "--id", "demo-smk"], Some("admin:demo-admin"))?;
+    for c in ["custodian:TEST-alice", "custodian:TEST-bob", "custodian:TEST-carol"] {
+        let out = r.quill(&["ceremony", "submit", "--id", "demo-smk", "--generate"], Some(c))?;
+        r.show(out.lines().last().unwrap_or_default(), 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = r.quill(&["ceremony", "status", "--id", "demo-smk", "--json"], None)?;
+        let v: Value = serde_json::from_str(s.trim()).unwrap_or(Value::Null);
+        let c = if v.is_array() { v[0].clone() } else { v };
+        if c["formed_on"].as_array().map_or(0, Vec::len) as u64 >= nodes {
+            println!("  formed inside every node's HSM, KCV {}", c["kcv"].as_str().unwrap_or("?"));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the SMK did not form on every node: {c}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    r.say("load the published TEST keys by ceremonies; TEST CA; issuer keys generated in HSMs and certified");
+    let out = r.quill(&["dev", "load-test-keys"], Some("admin:demo-admin"))?;
+    r.show(&out, 2);
+    let out = r.quill(&["issuer", "list"], None)?;
+    r.show(&out, 5);
+
+    Ok(())
+}
+
+/// Make `dir` a fresh demo/bench directory (stopping a cluster a previous run left there).
+pub(crate) fn fresh_dir(exe: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!("{} exists and was not made by quill: choose another --dir", dir.display());
+        }
+        let _ = Command::new(exe).args(["dev", "down", "--wipe", "--dir"]).arg(dir).output();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(MARKER), "made by `quill demo` / `quill bench cluster`; the next run wipes it\n")?;
+    Ok(())
 }

@@ -50,6 +50,13 @@ async fn metrics(State(raft): State<Raft>) -> impl IntoResponse {
         // Writing into a String cannot fail.
         let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}", m.id);
     }
+    let name = "quill_raft_log_bytes_appended_total";
+    let bytes = crate::raft::log_store::LOG_BYTES_APPENDED.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        body,
+        "# HELP {name} Bytes of encoded log entries appended to this node's log.\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {bytes}",
+        m.id
+    );
     if let Some(ms) = m.millis_since_quorum_ack {
         let name = "quill_raft_millis_since_quorum_ack";
         let _ = writeln!(

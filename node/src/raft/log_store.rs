@@ -12,6 +12,9 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use super::{NodeId, StorageResult, TypeConfig, blocking, storage_err};
 use crate::store::{Cf, Store, StoreError, codec, decode_log_key, log_key, meta_key};
 
+/// Bytes of log entries this process appended to its log store (encoded), for `/metrics`.
+pub static LOG_BYTES_APPENDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The durable Raft log. Cheap to clone (it shares the database); a clone is also its reader.
 #[derive(Debug, Clone)]
 pub struct LogStore {
@@ -165,6 +168,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut batch = WriteBatch::default();
             for entry in &entries {
                 let bytes = codec::encode(entry).map_err(|e| StoreError::encode("log entry", e))?;
+                LOG_BYTES_APPENDED.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 batch.put_cf(cf, log_key(entry.log_id.index), bytes);
             }
             store.write(batch, true)

@@ -25,7 +25,7 @@
 //!   returns; and `get_current_snapshot` (what openraft reads at start-up) only returns such a
 //!   file. The log store cannot check this itself (openraft's suite purges with no snapshot).
 
-mod log_store;
+pub mod log_store;
 mod snapshot;
 mod state_machine;
 #[cfg(test)]
