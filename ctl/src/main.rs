@@ -11,6 +11,7 @@ mod cluster;
 mod demo;
 mod dev;
 mod exit_codes;
+mod hotfolder;
 mod issuers;
 mod jobs;
 mod keys;
@@ -119,6 +120,9 @@ enum JobCmd {
     Ack(jobs::AckArgs),
     /// Stop a job and purge its data.
     Cancel(jobs::JobArgs),
+    /// Watch a directory: submit each complete file, write its output atomically when done,
+    /// acknowledge, move the input aside; survives restarts without submitting a file twice.
+    HotFolder(hotfolder::HotFolderArgs),
 }
 
 /// Local data preparation with the TEST keys (lab cards, checks, measurements).
@@ -294,6 +298,7 @@ fn main() -> ExitCode {
         Cmd::Job(JobCmd::Fetch(a)) => jobs::fetch(a, json),
         Cmd::Job(JobCmd::Ack(a)) => jobs::ack(a, json),
         Cmd::Job(JobCmd::Cancel(a)) => jobs::cancel(a, json),
+        Cmd::Job(JobCmd::HotFolder(a)) => hotfolder::run(a, json),
         Cmd::Prep(PrepCmd::Run(a)) => prep::run(a, json),
         Cmd::Prep(PrepCmd::Check(a)) => prep::check(a, json),
         Cmd::Prep(PrepCmd::Gp(a)) => prep::gp(a, json),
