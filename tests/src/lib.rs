@@ -97,6 +97,9 @@ pub struct ClusterOptions {
     /// With `hsm`: these nodes get a SoftHSM 2 token instead (in `node-<id>/softhsm`, the slot
     /// allowing the audited host path), so one cluster mixes modules.
     pub softhsm_nodes: Vec<u64>,
+    /// With `hsm` (hsm-sim nodes): tokens per node, one per hsm-sim slot (0 or 1: one; at most 2,
+    /// hsm-sim's default slots). Faults are injected per node through `node-<id>/hsm/faults.toml`.
+    pub hsm_slots: u32,
 }
 
 /// SoftHSM 2's module, where Debian installs it.
@@ -124,7 +127,14 @@ pub const TEST_SO_PIN: &str = "87654321-TEST";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 5, raft: RaftSettings::default(), proxies: false, hsm: false, softhsm_nodes: Vec::new() }
+        Self {
+            nodes: 5,
+            raft: RaftSettings::default(),
+            proxies: false,
+            hsm: false,
+            softhsm_nodes: Vec::new(),
+            hsm_slots: 1,
+        }
     }
 }
 
@@ -276,18 +286,22 @@ impl Cluster {
             } else if opts.hsm {
                 let hsm_dir = node_dir.join("hsm");
                 fs::create_dir_all(&hsm_dir).expect("hsm dir");
-                let out = Command::new(binary("quill-hsm"))
-                    .args(["init-token", "--slot", "0", "--label", &format!("TEST-node-{i}")])
-                    .args(["--so-pin", TEST_SO_PIN, "--pin", TEST_PIN])
-                    .env("QUILL_HSM_DIR", &hsm_dir)
-                    .env_remove("QUILL_HSM_CONF")
-                    .output()
-                    .expect("run quill-hsm init-token");
-                assert!(out.status.success(), "quill-hsm init-token: {}", String::from_utf8_lossy(&out.stderr));
-                config.push_str(&format!(
-                    "\n[hsm]\n[[hsm.slots]]\nmodule = \"{}\"\ntoken_label = \"TEST-node-{i}\"\npin = \"{TEST_PIN}\"\nlabel_prefix = \"TEST-quill\"\n",
-                    bin_dir().join("libquill_hsm_sim.so").display()
-                ));
+                config.push_str("\n[hsm]\n");
+                for slot in 0..opts.hsm_slots.clamp(1, 2) {
+                    let label = if slot == 0 { format!("TEST-node-{i}") } else { format!("TEST-node-{i}-s{slot}") };
+                    let out = Command::new(binary("quill-hsm"))
+                        .args(["init-token", "--slot", &slot.to_string(), "--label", &label])
+                        .args(["--so-pin", TEST_SO_PIN, "--pin", TEST_PIN])
+                        .env("QUILL_HSM_DIR", &hsm_dir)
+                        .env_remove("QUILL_HSM_CONF")
+                        .output()
+                        .expect("run quill-hsm init-token");
+                    assert!(out.status.success(), "quill-hsm init-token: {}", String::from_utf8_lossy(&out.stderr));
+                    config.push_str(&format!(
+                        "[[hsm.slots]]\nmodule = \"{}\"\ntoken_label = \"{label}\"\npin = \"{TEST_PIN}\"\nlabel_prefix = \"TEST-quill\"\n",
+                        bin_dir().join("libquill_hsm_sim.so").display()
+                    ));
+                }
             }
             let config_path = node_dir.join("node.toml");
             fs::write(&config_path, config).expect("write node.toml");

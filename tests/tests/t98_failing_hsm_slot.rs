@@ -1,0 +1,114 @@
+//! An HSM slot that starts failing mid-batch (hsm-sim fault injection, 3 nodes with two slots
+//! each): the pool takes the slot out, its work moves to the node's other slot, the batch
+//! completes with no card failed and every card once, and the node keeps preparing chunks.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn luhn_digit(body: &str) -> u32 {
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
+        })
+        .sum();
+    (10 - sum % 10) % 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_moves_off_a_failing_slot() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, hsm_slots: 2, ..ClusterOptions::default() };
+    let cluster = Cluster::start("t98", opts).await;
+    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
+        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
+        if n == 3 { Ok(()) } else { Err(format!("{n} enrolled")) }
+    })
+    .await;
+    let admin = [("QUILL_ACTOR", "admin:ada")];
+    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
+    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
+        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
+    }
+    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
+        let c = cluster.query(1, "ceremony", "smk-1").await?;
+        if c["formed_on"].as_array().map(Vec::len).unwrap_or(0) == 3 { Ok(()) } else { Err("forming".into()) }
+    })
+    .await;
+    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
+
+    step("submit 1,200 cards; slot 0 of node 2 starts failing after the first chunks");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("slots.csv");
+    let mut f = std::fs::File::create(&input).unwrap();
+    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
+    for i in 0..1200 {
+        let body = format!("476173{:09}", 3_000_000 + i);
+        writeln!(f, "{body}{},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840", luhn_digit(&body)).unwrap();
+    }
+    drop(f);
+    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let out = cluster.quill_ok(
+        1,
+        &["job", "submit", "--json", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()]
+            .into_iter()
+            .chain(["--chunk-size", "60", "--mac-key", "MAC-OUTPUT-TEST"])
+            .collect::<Vec<_>>(),
+        &[("QUILL_ACTOR", "operator:otto")],
+    );
+    let job = serde_json::from_str::<Value>(out.trim()).unwrap()["job"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(120), "a few chunks done", || async {
+        let j = cluster.query(1, "job", &job).await?;
+        if j["chunks_done"].as_u64().unwrap_or(0) >= 2 { Ok(()) } else { Err(format!("{}", j["chunks_done"])) }
+    })
+    .await;
+    let faults = cluster.node(2).dir.join("hsm/faults.toml");
+    std::fs::write(&faults, "failing_slots = [0]\n").unwrap();
+    let fault_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+
+    step("the batch completes, nothing failed, node 2 kept working on its other slot");
+    let j = wait_until(Duration::from_secs(600), "job done", || async {
+        let j = cluster.query(1, "job", &job).await?;
+        if j["state"] == "done" { Ok(j) } else { Err(format!("{} {}/1200", j["state"], j["cards_done"])) }
+    })
+    .await;
+    assert_eq!(j["cards_done"], 1200);
+    assert_eq!(j["failures"].as_array().unwrap().len(), 0, "{}", j["failures"]);
+    let chunks = cluster.query(1, "chunks", &job).await.unwrap();
+    let after: Vec<&Value> = chunks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["node"].as_u64() == Some(2) && c["done_ms"].as_u64().unwrap_or(0) > fault_ms + 1000)
+        .collect();
+    assert!(!after.is_empty(), "node 2 prepared nothing after its slot 0 failed");
+    let status = cluster.quill_ok(2, &["cluster", "status", "--json"], &[]);
+    let v: Value = serde_json::from_str(status.trim()).unwrap();
+    let n2 = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 2).unwrap().clone();
+    let slots = n2["hsm"]["slots"].as_array().cloned().unwrap_or_default();
+    assert_eq!(slots.len(), 2, "{n2}");
+    assert!(slots.iter().any(|s| s["state"] != "healthy"), "slot 0 still healthy: {slots:?}");
+    println!("node 2 prepared {} chunk(s) after the fault; slots {slots:?}", after.len());
+
+    step("healed: the slot is re-admitted");
+    std::fs::write(&faults, "").unwrap();
+    wait_until(Duration::from_secs(60), "slot 0 of node 2 healthy again", || async {
+        let status = cluster.quill(2, &["cluster", "status", "--json"], &[]).1;
+        let v: Value = serde_json::from_str(status.trim()).map_err(|e| e.to_string())?;
+        let n2 = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 2).cloned().unwrap_or_default();
+        let ok = n2["hsm"]["slots"].as_array().is_some_and(|s| s.iter().all(|s| s["state"] == "healthy"));
+        if ok { Ok(()) } else { Err(format!("{}", n2["hsm"]["slots"])) }
+    })
+    .await;
+}
