@@ -140,8 +140,26 @@ async fn a_full_restart_mid_batch_resumes_and_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_claim_holder_is_fenced_when_it_comes_back() {
-    let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
-    let cluster = Cluster::start("t96f", opts).await;
+    fenced_after(Cut::Freeze).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_claim_holder_is_fenced_when_the_partition_heals() {
+    fenced_after(Cut::Partition).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// SIGSTOP / SIGCONT.
+    Freeze,
+    /// Cut every Raft link of the node, then heal.
+    Partition,
+}
+
+async fn fenced_after(cut: Cut) {
+    let opts = ClusterOptions { nodes: 3, hsm: true, proxies: cut == Cut::Partition, ..ClusterOptions::default() };
+    let name = if cut == Cut::Freeze { "t96f" } else { "t96p" };
+    let cluster = Cluster::start(name, opts).await;
     keys_ready(&cluster).await;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("fence.csv");
@@ -161,7 +179,10 @@ async fn a_frozen_claim_holder_is_fenced_when_it_comes_back() {
         Err("no follower claim yet".into())
     })
     .await;
-    cluster.pause(frozen);
+    match cut {
+        Cut::Freeze => cluster.pause(frozen),
+        Cut::Partition => cluster.partition(&[frozen]),
+    }
 
     step("its lease expires and another node prepares the chunk");
     let redone = wait_until(Duration::from_secs(120), "the chunk redone elsewhere", || async {
@@ -177,11 +198,21 @@ async fn a_frozen_claim_holder_is_fenced_when_it_comes_back() {
     assert!(redone["claims"].as_u64().unwrap() >= 2);
 
     step("the frozen node resumes: its stale claim is refused, the output stays the other node's");
-    cluster.resume(frozen);
+    match cut {
+        Cut::Freeze => cluster.resume(frozen),
+        Cut::Partition => cluster.heal(),
+    }
     let j = wait_done(&cluster, leader, &job).await;
     assert_eq!(j["cards_done"], 1200, "{j}");
     // Give the resumed node's renewal or late result time to arrive.
-    let refused = wait_until(Duration::from_secs(60), "the frozen node's stale claim refused", || async {
+    // Fencing shows one of two ways: the node's stale renewal or late result is refused by the
+    // state machine (in the audit chain), or the node sees the newer claim in its own state and
+    // drops the work (in its log). Either way it never commits.
+    // A frozen process may also come back with its HSM slot taken out by the pool (its operation
+    // timers fired during the freeze) and fail the chunk on its own; the partition variant always
+    // gets as far as the refusal.
+    let timeout = if cut == Cut::Partition { 60 } else { 15 };
+    let refused = wait_until_opt(Duration::from_secs(timeout), || async {
         let out = cluster.quill(leader, &["audit", "export"], &[]).1;
         let hit = out.lines().find(|l| {
             l.contains(&format!("job:{job}/chunk:{chunk}"))
@@ -189,14 +220,51 @@ async fn a_frozen_claim_holder_is_fenced_when_it_comes_back() {
                 && (l.contains("job.complete") || l.contains("job.renew"))
                 && l.contains("rejected")
         });
-        hit.map(str::to_string).ok_or_else(|| "no refusal yet".to_string())
+        if let Some(h) = hit {
+            return Ok(format!("refused in the audit chain: {h}"));
+        }
+        let log = std::fs::read_to_string(cluster.node(frozen).log_path()).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("fenced") && l.contains(&job) && l.contains(&format!("chunk={chunk}")))
+            .map(|l| format!("dropped by the node itself: {l}"))
+            .ok_or_else(|| "no fencing yet".to_string())
     })
     .await;
-    println!("fenced: {refused}");
+    match (&refused, cut) {
+        (Some(r), _) => println!("fenced: {r}"),
+        (None, Cut::Freeze) => println!("the resumed node gave up the chunk without trying to commit it"),
+        (None, Cut::Partition) => panic!("the partitioned node's stale claim was never refused"),
+    }
+    let out = cluster.quill(leader, &["audit", "export"], &[]).1;
+    assert!(
+        !out.lines().any(|l| l.contains(&format!("job:{job}/chunk:{chunk}"))
+            && l.contains(&format!("node-{frozen}"))
+            && l.contains("job.complete")
+            && l.contains("\"outcome\":\"ok")),
+        "the fenced node committed chunk {chunk}"
+    );
     // (The resumed node may have started an election: reads wait for a leader.)
     let after = wait_until(Duration::from_secs(30), "chunks readable", || cluster.query(leader, "chunks", &job)).await;
     let c = after.as_array().unwrap().iter().find(|c| c["n"].as_u64() == Some(chunk)).unwrap();
     assert_eq!(c["output_digest"], redone["output_digest"], "the chunk's output changed");
     assert_eq!(c["node"], redone["node"]);
     fetch_and_check(&cluster, leader, &job, dir.path(), 1200);
+}
+
+/// Like `wait_until`, but `None` on timeout instead of a panic.
+async fn wait_until_opt<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

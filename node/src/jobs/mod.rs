@@ -593,9 +593,6 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
         JobCommand::Complete { id, n, node, token, prepared, failures, sealed } => {
             check!(node_actor(ctx, node));
             let mut j = job_or_refuse!(&id);
-            if j.state != JobState::Running {
-                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
-            }
             let ck = chunk_key(CHUNK, &id, n);
             let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n}"))) };
             // Fencing: only the current claim's holder and token.
@@ -604,6 +601,9 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
                     "fenced: chunk {n} is {:?} with token {} (node {:?}); this result has token {token} from node {node}",
                     c.state, c.token, c.node
                 )));
+            }
+            if j.state != JobState::Running {
+                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
             }
             if u64::from(prepared) + failures.len() as u64 != u64::from(c.cards) {
                 return Ok(Err(format!(

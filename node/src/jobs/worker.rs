@@ -214,6 +214,7 @@ impl Workers {
             .map_err(|e| e.to_string())?;
         let chunk = chunk.ok_or("the chunk vanished")?;
         if chunk.token != token || chunk.node != Some(self.id) {
+            info!(job = %job.id, chunk = n, token, current = chunk.token, "claim superseded before the work began (fenced); nothing to do");
             return Ok(());
         }
         let sealed = sealed.ok_or("the chunk's input is gone (job cancelled?)")?;
@@ -281,7 +282,7 @@ impl Workers {
         let (_, prepared, failures, sealed) = match result {
             Ok(r) => r,
             Err(e) if lost.load(Ordering::SeqCst) => {
-                info!(job = %job.id, chunk = n, "dropped a chunk whose claim was lost: {e}");
+                info!(job = %job.id, chunk = n, "claim lost (fenced): dropped the chunk's work: {e}");
                 return Ok(());
             }
             Err(e) => return Err(e),
