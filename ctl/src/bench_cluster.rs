@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::story::{Runner, fresh_dir, luhn_digit, setup};
+use crate::story::{Runner, fresh_dir, setup};
 
 /// Options of `quill bench cluster`.
 #[derive(clap::Args, Debug)]
@@ -37,7 +37,7 @@ fn write_batch(path: &Path, n: usize) -> Result<()> {
         let body = format!("476173{i:09}");
         s.push_str(&format!(
             "{body}{},{:02},2{}12,2512,201,TEST/CARD {i},CARD {i} TEST,840\n",
-            luhn_digit(&body),
+            quill_prep::input::luhn_check_digit(&body),
             i % 100,
             7 + i % 3
         ));

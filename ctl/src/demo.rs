@@ -412,28 +412,9 @@ impl Card {
     fn sample(i: u32, n: u32) -> Self {
         let long = i % 5 == 4 || (n < 5 && i + 1 == n);
         let body = if long { format!("4761739{:09}", 1001 + i) } else { format!("476173{:09}", 100_001 + i) };
-        let pan = format!("{body}{}", luhn_digit(&body));
+        let pan = format!("{body}{}", quill_prep::input::luhn_check_digit(&body));
         Card { number: i + 1, pan, psn: if long { "01" } else { "00" } }
     }
-}
-
-/// The Luhn check digit for `body` (decimal digits).
-fn luhn_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    (10 - sum % 10) % 10
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -543,8 +524,8 @@ mod tests {
 
     #[test]
     fn luhn() {
-        assert_eq!(luhn_digit("7992739871"), 3);
-        assert_eq!(luhn_digit("476173900101001"), 0);
+        assert_eq!(quill_prep::input::luhn_check_digit("7992739871"), 3);
+        assert_eq!(quill_prep::input::luhn_check_digit("476173900101001"), 0);
     }
 
     #[test]
@@ -552,7 +533,7 @@ mod tests {
         let cards: Vec<Card> = (0..5).map(|i| Card::sample(i, 5)).collect();
         for c in &cards {
             let (body, check) = c.pan.split_at(c.pan.len() - 1);
-            assert_eq!(check, luhn_digit(body).to_string());
+            assert_eq!(check, quill_prep::input::luhn_check_digit(body).to_string());
         }
         assert_eq!(cards.iter().filter(|c| c.pan.len() == 17).count(), 1);
         assert_eq!(Card::sample(0, 1).pan.len(), 17);

@@ -365,31 +365,13 @@ fn synthetic(base: &CardRecord, n: usize) -> Result<Vec<CardRecord>> {
     (0..n)
         .map(|i| {
             let body = format!("{}{:0width$}", &digits[..keep], i, width = body_len);
-            let check = luhn_check_digit(&body);
+            let check = input::luhn_check_digit(&body);
             let mut r = base.clone();
             r.line = i as u64 + 1;
             r.pan = Pan::parse(&format!("{body}{check}")).map_err(|e| anyhow!("synthetic PAN: {e}"))?;
             Ok(r)
         })
         .collect()
-}
-
-fn luhn_check_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    (10 - sum % 10) % 10
 }
 
 fn default_sample(profile_path: &Path, product: &str) -> Option<PathBuf> {
@@ -515,10 +497,10 @@ mod tests {
 
     #[test]
     fn luhn_digits() {
-        assert_eq!(luhn_check_digit("476173900101001"), 0);
+        assert_eq!(input::luhn_check_digit("476173900101001"), 0);
         assert!(input::luhn_ok("4761739001010010"));
         for body in ["497010000000001", "541333008901043", "123456789012345678"] {
-            let full = format!("{body}{}", luhn_check_digit(body));
+            let full = format!("{body}{}", input::luhn_check_digit(body));
             assert!(input::luhn_ok(&full), "{full}");
         }
     }

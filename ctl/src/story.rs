@@ -88,26 +88,13 @@ impl Runner {
     }
 }
 
-pub(crate) fn luhn_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
-        })
-        .sum();
-    (10 - sum % 10) % 10
-}
-
 /// A multi-application batch like prep/samples/multi-app.csv: semicolon-separated, no header.
 fn write_batch(path: &Path, n: usize) -> Result<()> {
     let mut s = String::new();
     let names = [("MARTIN", "CLAIRE"), ("LEROY", "PAUL"), ("DURAND", "ANNE"), ("PETIT", "LUC"), ("ROUX", "EMMA")];
     for i in 0..n {
         let body = format!("4970100{:08}", 10 + i);
-        let pan = format!("{body}{}", luhn_digit(&body));
+        let pan = format!("{body}{}", quill_prep::input::luhn_check_digit(&body));
         let (last, first) = names[i % names.len()];
         s.push_str(&format!(
             "{pan};{:02};{}{:02};201;{last}/{first};{first} {last};{:05}\n",

@@ -150,6 +150,11 @@ impl fmt::Display for Pan {
     }
 }
 
+/// The Luhn check digit that completes `body` (ASCII digits), e.g. for generated test PANs.
+pub fn luhn_check_digit(body: &str) -> u32 {
+    (0..10).find(|d| luhn_ok(&format!("{body}{d}"))).unwrap_or(0)
+}
+
 /// Luhn (mod 10) check over a string of ASCII digits.
 pub fn luhn_ok(digits: &str) -> bool {
     let sum: u32 = digits

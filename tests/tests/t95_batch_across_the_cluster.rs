@@ -18,26 +18,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn luhn_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
-        })
-        .sum();
-    (10 - sum % 10) % 10
-}
-
 /// A visa-dda-credit batch of `n` cards (PANs 476173…, valid Luhn).
 fn write_batch(path: &Path, n: usize) {
     let mut f = std::fs::File::create(path).unwrap();
     writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
     for i in 0..n {
         let body = format!("476173{i:09}");
-        let pan = format!("{body}{}", luhn_digit(&body));
+        let pan = format!("{body}{}", quill_prep::input::luhn_check_digit(&body));
         writeln!(f, "{pan},{:02},2{}12,2512,201,TEST/CARD {i},CARD {i} TEST,840", i % 100, 7 + i % 3).unwrap();
     }
 }
@@ -162,7 +149,7 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     for (i, c) in lines[1..5001].iter().enumerate() {
         assert_eq!(c["line"].as_u64(), Some(i as u64 + 2), "card {i} out of order");
         let body = format!("476173{i:09}");
-        assert_eq!(c["pan"].as_str().unwrap(), format!("{body}{}", luhn_digit(&body)));
+        assert_eq!(c["pan"].as_str().unwrap(), format!("{body}{}", quill_prep::input::luhn_check_digit(&body)));
     }
     let check = cluster.quill_ok(alive, &["prep", "check", out.to_str().unwrap()], &[]);
     assert_eq!(check.matches("MAC verified").count(), 3, "{check}");

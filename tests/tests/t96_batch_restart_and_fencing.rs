@@ -18,25 +18,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn luhn_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
-        })
-        .sum();
-    (10 - sum % 10) % 10
-}
-
 fn write_batch(path: &Path, n: usize, seed: usize) {
     let mut f = std::fs::File::create(path).unwrap();
     writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
     for i in 0..n {
         let body = format!("476173{:09}", seed * 1_000_000 + i);
-        let pan = format!("{body}{}", luhn_digit(&body));
+        let pan = format!("{body}{}", quill_prep::input::luhn_check_digit(&body));
         writeln!(f, "{pan},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840").unwrap();
     }
 }

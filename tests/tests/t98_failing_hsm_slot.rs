@@ -14,19 +14,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn luhn_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
-        })
-        .sum();
-    (10 - sum % 10) % 10
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_moves_off_a_failing_slot() {
     let opts = ClusterOptions { nodes: 3, hsm: true, hsm_slots: 2, ..ClusterOptions::default() };
@@ -55,7 +42,12 @@ async fn work_moves_off_a_failing_slot() {
     writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
     for i in 0..1200 {
         let body = format!("476173{:09}", 3_000_000 + i);
-        writeln!(f, "{body}{},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840", luhn_digit(&body)).unwrap();
+        writeln!(
+            f,
+            "{body}{},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840",
+            quill_prep::input::luhn_check_digit(&body)
+        )
+        .unwrap();
     }
     drop(f);
     let profile = root().join("prep/profiles/visa-dda-credit.toml");

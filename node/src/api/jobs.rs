@@ -31,6 +31,9 @@ type ApiResult<T> = Result<T, ApiError>;
 pub const MAX_INPUT_BYTES: usize = 256 << 20;
 /// Input validation errors listed in a refusal.
 const MAX_LISTED: usize = 50;
+/// A chunk ready to propose: number, cards, sealed records.
+type SealedChunk = (u32, u32, Vec<u8>);
+
 /// Default cards per chunk.
 pub const DEFAULT_CHUNK: u32 = 250;
 
@@ -145,7 +148,7 @@ impl JobsService {
         let id = format!("J{ms:x}{:03x}", std::process::id() & 0xfff);
         let id2 = id.clone();
         let (data_key, sealed) =
-            tokio::task::spawn_blocking(move || -> Result<(WrappedKey, Vec<(u32, u32, Vec<u8>)>), String> {
+            tokio::task::spawn_blocking(move || -> Result<(WrappedKey, Vec<SealedChunk>), String> {
                 let data_key = hsm.generate_key(KeyAlg::Aes256).map_err(|e| e.to_string())?;
                 let mut out = Vec::new();
                 for (n, chunk) in records.chunks(chunk_size as usize).enumerate() {
