@@ -130,7 +130,7 @@ pub fn run(a: &HotFolderArgs, _json: bool) -> Result<u8> {
                 }
                 continue;
             }
-            match crate::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key) {
+            match crate::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key, 0) {
                 Ok((job, records, skipped)) => {
                     println!("{name}: submitted as job {job} ({records} cards, {} skipped)", skipped.len());
                     st.files.insert(digest, Entry { file: name, job: Some(job), status: "submitted".into() });

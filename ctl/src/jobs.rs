@@ -45,6 +45,10 @@ pub struct SubmitArgs {
     /// Label of the output MAC key.
     #[arg(long, default_value = "MAC-OUTPUT")]
     mac_key: String,
+    /// Purge the job's data this many hours after submission unless acknowledged before
+    /// (default: kept until acknowledged or cancelled).
+    #[arg(long, default_value_t = 0)]
+    retention_hours: u32,
     #[command(flatten)]
     who: Who,
 }
@@ -57,6 +61,7 @@ pub fn submit_file(
     chunk_size: u32,
     force: bool,
     mac_key: &str,
+    retention_hours: u32,
 ) -> Result<(String, u64, Vec<String>)> {
     let name = profile.display().to_string();
     let toml = std::fs::read_to_string(profile).with_context(|| format!("cannot read {name}"))?;
@@ -76,6 +81,7 @@ pub fn submit_file(
         force,
         mac_key: mac_key.to_string(),
         data: Vec::new(),
+        retention_hours,
     };
     let mut parts = vec![first];
     parts.extend(data.chunks(PART).map(|c| SubmitPart { data: c.to_vec(), ..Default::default() }));
@@ -100,7 +106,8 @@ pub fn submit_file(
 /// `quill job submit`.
 pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who, true)?;
-    let (job, records, skipped) = submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key)?;
+    let (job, records, skipped) =
+        submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key, a.retention_hours)?;
     for k in &skipped {
         eprintln!("skipped: {k}");
     }

@@ -178,6 +178,7 @@ impl JobsService {
             data_key,
             mac_key,
             force: first.force,
+            retention_ms: u64::from(first.retention_hours) * 3_600_000,
         };
         self.propose(&client, &mut serial, &actor, create).await?;
         let upload = async {

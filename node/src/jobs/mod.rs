@@ -51,6 +51,8 @@ pub enum JobState {
     Acked,
     /// Stopped by an operator; input and output purged.
     Cancelled,
+    /// Not acknowledged within the job's retention; input and output purged.
+    Expired,
 }
 
 impl JobState {
@@ -62,6 +64,7 @@ impl JobState {
             JobState::Done => "done",
             JobState::Acked => "acked",
             JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
         }
     }
 }
@@ -113,6 +116,9 @@ pub struct JobRecord {
     pub closed_ms: u64,
     /// SHA-256 of each output stream as fetched, recorded at acknowledgement (hex, by stream).
     pub delivered: Vec<(String, String)>,
+    /// Unacknowledged input and output are purged this long after submission (0: kept until
+    /// acknowledged or cancelled).
+    pub retention_ms: u64,
 }
 
 impl JobRecord {
@@ -188,6 +194,8 @@ pub enum JobCommand {
         mac_key: String,
         /// Accept a file whose digest an earlier, unacknowledged job already has.
         force: bool,
+        /// Purge unacknowledged data this long after submission (0: never).
+        retention_ms: u64,
     },
     /// One chunk's sealed input (actor: the submitter).
     Input {
@@ -264,6 +272,12 @@ pub enum JobCommand {
         /// Job id.
         id: String,
     },
+    /// A job's retention ran out before it was acknowledged (actor: a node): purge input and
+    /// output. Refused before the retention ends.
+    Expire {
+        /// Job id.
+        id: String,
+    },
 }
 
 /// What applying a job command did.
@@ -298,6 +312,7 @@ impl JobCommand {
             JobCommand::Complete { .. } => "job.complete",
             JobCommand::Ack { .. } => "job.ack",
             JobCommand::Cancel { .. } => "job.cancel",
+            JobCommand::Expire { .. } => "job.expire",
         }
     }
 
@@ -308,7 +323,8 @@ impl JobCommand {
             | JobCommand::Start { id }
             | JobCommand::Abort { id }
             | JobCommand::Ack { id, .. }
-            | JobCommand::Cancel { id } => format!("job:{id}"),
+            | JobCommand::Cancel { id }
+            | JobCommand::Expire { id } => format!("job:{id}"),
             JobCommand::Input { id, n, .. }
             | JobCommand::Claim { id, n, .. }
             | JobCommand::Renew { id, n, .. }
@@ -433,6 +449,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             data_key,
             mac_key,
             force,
+            retention_ms,
         } => {
             check!(role(ctx, &submitter));
             check!(check_id(&id));
@@ -449,7 +466,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             let dkey = format!("{DIGEST}{digest}");
             if let Some(other) = get::<String>(kv, &dkey)?
                 && !force
-                && job(kv, &other)?.is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled))
+                && job(kv, &other)?
+                    .is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired))
             {
                 return Ok(Err(format!(
                     "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
@@ -479,6 +497,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
                 closed_by: None,
                 closed_ms: 0,
                 delivered: Vec::new(),
+                retention_ms,
             };
             put(kv, &format!("{JOB}{id}"), &rec)?;
             put(kv, &dkey, &id)?;
@@ -647,7 +666,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
         JobCommand::Cancel { id } => {
             let mut j = job_or_refuse!(&id);
             check!(role(ctx, &submitter));
-            if matches!(j.state, JobState::Acked | JobState::Cancelled) {
+            if matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired) {
                 return Ok(Err(format!("job {id} is already {}", j.state.as_str())));
             }
             purge(kv, &id)?;
@@ -656,6 +675,22 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             j.closed_ms = ctx.time_ms;
             put(kv, &format!("{JOB}{id}"), &j)?;
             Ok(Ok("cancelled; input and output purged".into()))
+        }
+        JobCommand::Expire { id } => {
+            let mut j = job_or_refuse!(&id);
+            check!(role(ctx, &[Role::Node]));
+            if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
+                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
+            }
+            if j.retention_ms == 0 || ctx.time_ms < j.created_ms.saturating_add(j.retention_ms) {
+                return Ok(Err(format!("job {id} is within its retention")));
+            }
+            purge(kv, &id)?;
+            j.state = JobState::Expired;
+            j.closed_by = Some(ctx.actor.clone());
+            j.closed_ms = ctx.time_ms;
+            put(kv, &format!("{JOB}{id}"), &j)?;
+            Ok(Ok(format!("retention of {} s ran out unacknowledged; input and output purged", j.retention_ms / 1000)))
         }
     }
 }
@@ -716,6 +751,7 @@ mod tests {
             data_key: key(),
             mac_key: "MAC".into(),
             force,
+            retention_ms: 60_000,
         };
         ok(run(&mut kv, &op(), 1, 0, create(false)));
         for (n, cards) in [(0, 2), (1, 2), (2, 1)] {
@@ -830,6 +866,7 @@ mod tests {
             data_key: key(),
             mac_key: "MAC".into(),
             force: false,
+            retention_ms: 0,
         };
         assert!(refused(run(&mut kv2, &op(), 60, 0, again.clone())).contains("--force"));
         ok(run(&mut kv, &op(), 61, 0, again));
@@ -837,6 +874,19 @@ mod tests {
         ok(run(&mut kv2, &op(), 62, 0, JobCommand::Cancel { id: "J".into() }));
         assert_eq!(sealed(&kv2, INPUT, "J", 0).unwrap(), None);
         assert_eq!(job(&kv2, "J").unwrap().unwrap().state, JobState::Cancelled);
+    }
+
+    #[test]
+    fn unacknowledged_data_expires_only_after_the_retention() {
+        let mut kv = running(); // retention 60 s, created at 0
+        let e = || JobCommand::Expire { id: "J".into() };
+        assert!(refused(run(&mut kv, &node(1), 70, 59_999, e())).contains("within its retention"));
+        assert!(refused(run(&mut kv, &op(), 71, 60_000, e())).contains("needs role node"));
+        assert_eq!(sealed(&kv, INPUT, "J", 0).unwrap(), Some(vec![0]));
+        ok(run(&mut kv, &node(1), 72, 60_000, e()));
+        assert_eq!(sealed(&kv, INPUT, "J", 0).unwrap(), None);
+        assert_eq!(job(&kv, "J").unwrap().unwrap().state, JobState::Expired);
+        assert!(refused(run(&mut kv, &node(1), 73, 90_000, claim(0, 1))).contains("expired"));
     }
 
     #[test]
@@ -863,6 +913,7 @@ mod tests {
                 data_key: key(),
                 mac_key: "MAC".into(),
                 force: false,
+                retention_ms: 0,
             },
         ));
         ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J".into(), n: 0, cards: 2, sealed: vec![1] }));

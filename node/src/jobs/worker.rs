@@ -163,6 +163,9 @@ impl Workers {
             .await
             .map_err(|e| e.to_string())?;
         let now = now_ms();
+        if worker == 0 {
+            self.expire(now).await?;
+        }
         for (job, chunks) in view {
             let n = chunks.len();
             if n == 0 {
@@ -184,6 +187,29 @@ impl Workers {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Propose the expiry of jobs whose retention ran out unacknowledged (the state machine
+    /// checks the time again with the leader's clock).
+    async fn expire(&self, now: u64) -> Result<(), String> {
+        let due = self
+            .sm
+            .read(move |kv| {
+                Ok(jobs(kv)?
+                    .into_iter()
+                    .filter(|j| matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done))
+                    .filter(|j| j.retention_ms > 0 && now >= j.created_ms.saturating_add(j.retention_ms))
+                    .map(|j| j.id)
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in due {
+            if let (_, Outcome::Done { detail, .. }) = self.submit(JobCommand::Expire { id: id.clone() }).await? {
+                info!(job = %id, %detail, "job expired");
+            }
+        }
+        Ok(())
     }
 
     fn engine(&self, job: &JobRecord, keys: KeySet) -> Result<Arc<Engine>, String> {
