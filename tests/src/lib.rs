@@ -621,6 +621,78 @@ pub fn client_for(endpoint: &str, timeout: Duration) -> ClusterClient<Channel> {
 }
 
 /// Poll `f` every 50 ms until it returns `Ok`, or panic after `timeout` naming `reason` and the
+/// The repository root (for profiles and samples).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `visa-dda-credit` batch of `n` cards: PANs `476173` ‖ 9-digit number from `first` ‖ Luhn
+/// digit, varied PSN and expiry, one record per input line from line 2.
+pub fn write_dda_batch(path: &Path, n: usize, first: usize) {
+    let mut f = fs::File::create(path).expect("create batch file");
+    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").expect("write batch");
+    for i in 0..n {
+        let pan = dda_batch_pan(first + i);
+        writeln!(f, "{pan},{:02},2{}12,2512,201,TEST/CARD {i},CARD {i} TEST,840", i % 100, 7 + i % 3)
+            .expect("write batch");
+    }
+}
+
+/// The PAN of card number `k` of [`write_dda_batch`].
+pub fn dda_batch_pan(k: usize) -> String {
+    let body = format!("476173{k:09}");
+    format!("{body}{}", quill_prep::input::luhn_check_digit(&body))
+}
+
+impl Cluster {
+    /// Wait until every node enrolled, form the SMK (2 custodians), and load the TEST key set
+    /// (`quill dev load-test-keys`): what the batch tests start from.
+    pub async fn keys_ready(&self) {
+        wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
+            let n = self.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
+            if n == self.ids().len() { Ok(()) } else { Err(format!("{n} enrolled")) }
+        })
+        .await;
+        let admin = [("QUILL_ACTOR", "admin:ada")];
+        self.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
+        for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
+            self.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
+        }
+        wait_until(Duration::from_secs(60), "the SMK on every node", || async {
+            let c = self.query(1, "ceremony", "smk-1").await?;
+            let formed = c["formed_on"].as_array().map(Vec::len).unwrap_or(0);
+            if formed == self.ids().len() { Ok(()) } else { Err(format!("formed on {formed}")) }
+        })
+        .await;
+        self.quill_ok(1, &["dev", "load-test-keys"], &admin);
+    }
+
+    /// `quill job submit` of `input` with the `visa-dda-credit` profile and the TEST MAC key, as
+    /// an operator, through node `node`; the job id.
+    pub fn submit_dda_job(&self, node: u64, input: &Path, chunk: &str) -> String {
+        let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
+        let out = self.quill_ok(
+            node,
+            &[
+                "job",
+                "submit",
+                "--json",
+                "--profile",
+                profile.to_str().expect("utf-8 path"),
+                "--input",
+                input.to_str().expect("utf-8 path"),
+                "--chunk-size",
+                chunk,
+                "--mac-key",
+                "MAC-OUTPUT-TEST",
+            ],
+            &[("QUILL_ACTOR", "operator:otto")],
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["job"].as_str().expect("job id").to_string()
+    }
+}
+
 /// last error.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, reason: &str, mut f: F) -> T
 where

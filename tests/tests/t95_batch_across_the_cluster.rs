@@ -5,88 +5,28 @@
 //! the cluster purges input and output. Malformed submissions leave no job behind.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use quill_tests::{Cluster, ClusterOptions, dda_batch_pan, repo_root, step, wait_until, write_dda_batch};
 use serde_json::Value;
 
 const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A visa-dda-credit batch of `n` cards (PANs 476173…, valid Luhn).
-fn write_batch(path: &Path, n: usize) {
-    let mut f = std::fs::File::create(path).unwrap();
-    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
-    for i in 0..n {
-        let body = format!("476173{i:09}");
-        let pan = format!("{body}{}", quill_prep::input::luhn_check_digit(&body));
-        writeln!(f, "{pan},{:02},2{}12,2512,201,TEST/CARD {i},CARD {i} TEST,840", i % 100, 7 + i % 3).unwrap();
-    }
-}
-
-/// SMK ceremony and the TEST key set.
-async fn keys_ready(cluster: &Cluster) {
-    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
-        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
-        if n == cluster.ids().len() { Ok(()) } else { Err(format!("{n} enrolled")) }
-    })
-    .await;
-    let admin = [("QUILL_ACTOR", "admin:ada")];
-    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
-    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
-        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
-    }
-    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
-        let c = cluster.query(1, "ceremony", "smk-1").await?;
-        let formed = c["formed_on"].as_array().map(Vec::len).unwrap_or(0);
-        if formed == cluster.ids().len() { Ok(()) } else { Err(format!("formed on {formed}")) }
-    })
-    .await;
-    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
-}
-
-fn submit(cluster: &Cluster, node: u64, input: &Path, chunk: &str) -> String {
-    let profile = root().join("prep/profiles/visa-dda-credit.toml");
-    let out = cluster.quill_ok(
-        node,
-        &[
-            "job",
-            "submit",
-            "--json",
-            "--profile",
-            profile.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--chunk-size",
-            chunk,
-            "--mac-key",
-            "MAC-OUTPUT-TEST",
-        ],
-        &OPERATOR,
-    );
-    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["job"].as_str().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     let opts = ClusterOptions { nodes: 5, hsm: true, ..ClusterOptions::default() };
     let cluster = Cluster::start("t95", opts).await;
     step("SMK ceremony, TEST keys by ceremony, TEST issuers");
-    keys_ready(&cluster).await;
+    cluster.keys_ready().await;
 
     step("submit 5,000 cards in chunks of 100");
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("batch-5000.csv");
-    write_batch(&input, 5000);
-    let job = submit(&cluster, 2, &input, "100");
+    write_dda_batch(&input, 5000, 0);
+    let job = cluster.submit_dda_job(2, &input, "100");
     // The same file again is refused while the job is not acknowledged.
-    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
     let (code, _, err) = cluster.quill(
         3,
         &[
@@ -148,8 +88,7 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     assert_eq!(lines.len(), 5002, "header + 5,000 cards + trailer");
     for (i, c) in lines[1..5001].iter().enumerate() {
         assert_eq!(c["line"].as_u64(), Some(i as u64 + 2), "card {i} out of order");
-        let body = format!("476173{i:09}");
-        assert_eq!(c["pan"].as_str().unwrap(), format!("{body}{}", quill_prep::input::luhn_check_digit(&body)));
+        assert_eq!(c["pan"].as_str().unwrap(), dda_batch_pan(i));
     }
     let check = cluster.quill_ok(alive, &["prep", "check", out.to_str().unwrap()], &[]);
     assert_eq!(check.matches("MAC verified").count(), 3, "{check}");
@@ -161,7 +100,7 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     if python.is_file() {
         step("pyemv/psec checks of the cluster's output");
         let r = std::process::Command::new(python)
-            .arg(root().join("tests/python/test_prep_output.py"))
+            .arg(repo_root().join("tests/python/test_prep_output.py"))
             .args(["--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out"])
             .arg(&out)
             .output()
@@ -189,9 +128,9 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
 async fn malformed_submissions_leave_no_job_behind() {
     let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
     let cluster = Cluster::start("t95m", opts).await;
-    keys_ready(&cluster).await;
+    cluster.keys_ready().await;
     let dir = tempfile::tempdir().unwrap();
-    let profile = root().join("prep/profiles/visa-dda-credit.toml");
+    let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
     let try_submit = |input: &Path, profile: &Path| {
         cluster.quill(
             1,
@@ -211,7 +150,7 @@ async fn malformed_submissions_leave_no_job_behind() {
 
     step("a bad record fails the batch (profile policy), naming line and field");
     let bad = dir.path().join("bad.csv");
-    write_batch(&bad, 20);
+    write_dda_batch(&bad, 20, 0);
     let mut text = std::fs::read_to_string(&bad).unwrap();
     text = text.replacen("4761730000000052", "4761730000000053", 1);
     std::fs::write(&bad, &text).unwrap();
@@ -222,13 +161,13 @@ async fn malformed_submissions_leave_no_job_behind() {
 
     step("wrong encoding, a truncated file, a broken CSV, an unknown profile");
     let latin = dir.path().join("latin.csv");
-    let mut bytes = std::fs::read(root().join("prep/samples/visa-dda-credit.csv")).unwrap();
+    let mut bytes = std::fs::read(repo_root().join("prep/samples/visa-dda-credit.csv")).unwrap();
     bytes.extend_from_slice(b"4761739001010036,,2906,2606,201,M\xdcLLER/ANNA,ANNA M\xdcLLER,840\n");
     std::fs::write(&latin, &bytes).unwrap();
     let (code, _, err) = try_submit(&latin, &profile);
     assert_ne!(code, 0, "{err}");
     let cut = dir.path().join("cut.csv");
-    let sample = std::fs::read_to_string(root().join("prep/samples/visa-dda-credit.csv")).unwrap();
+    let sample = std::fs::read_to_string(repo_root().join("prep/samples/visa-dda-credit.csv")).unwrap();
     std::fs::write(&cut, &sample[..sample.len() - 20]).unwrap();
     let (code, _, err) = try_submit(&cut, &profile);
     assert_ne!(code, 0, "{err}");

@@ -5,71 +5,13 @@
 //!   the chunk's output is the other node's, and every card is delivered once.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use quill_tests::{Cluster, ClusterOptions, step, wait_until, write_dda_batch};
 use serde_json::Value;
 
 const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn write_batch(path: &Path, n: usize, seed: usize) {
-    let mut f = std::fs::File::create(path).unwrap();
-    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
-    for i in 0..n {
-        let body = format!("476173{:09}", seed * 1_000_000 + i);
-        let pan = format!("{body}{}", quill_prep::input::luhn_check_digit(&body));
-        writeln!(f, "{pan},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840").unwrap();
-    }
-}
-
-async fn keys_ready(cluster: &Cluster) {
-    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
-        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
-        if n == cluster.ids().len() { Ok(()) } else { Err(format!("{n} enrolled")) }
-    })
-    .await;
-    let admin = [("QUILL_ACTOR", "admin:ada")];
-    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
-    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
-        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
-    }
-    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
-        let c = cluster.query(1, "ceremony", "smk-1").await?;
-        let formed = c["formed_on"].as_array().map(Vec::len).unwrap_or(0);
-        if formed == cluster.ids().len() { Ok(()) } else { Err(format!("formed on {formed}")) }
-    })
-    .await;
-    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
-}
-
-fn submit(cluster: &Cluster, input: &Path, chunk: &str) -> String {
-    let profile = root().join("prep/profiles/visa-dda-credit.toml");
-    let out = cluster.quill_ok(
-        1,
-        &[
-            "job",
-            "submit",
-            "--json",
-            "--profile",
-            profile.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--chunk-size",
-            chunk,
-            "--mac-key",
-            "MAC-OUTPUT-TEST",
-        ],
-        &OPERATOR,
-    );
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    v["job"].as_str().unwrap().to_string()
-}
 
 async fn wait_done(cluster: &Cluster, node: u64, job: &str) -> Value {
     wait_until(Duration::from_secs(600), "job done", || async {
@@ -95,11 +37,11 @@ fn fetch_and_check(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: u
 async fn a_full_restart_mid_batch_resumes_and_completes() {
     let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
     let mut cluster = Cluster::start("t96r", opts).await;
-    keys_ready(&cluster).await;
+    cluster.keys_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("restart.csv");
-    write_batch(&input, 1000, 1);
-    let job = submit(&cluster, &input, "50");
+    write_dda_batch(&input, 1000, 1_000_000);
+    let job = cluster.submit_dda_job(1, &input, "50");
 
     step("wait for some chunks, then restart every node");
     wait_until(Duration::from_secs(120), "a few chunks done", || async {
@@ -147,11 +89,11 @@ async fn fenced_after(cut: Cut) {
     let opts = ClusterOptions { nodes: 3, hsm: true, proxies: cut == Cut::Partition, ..ClusterOptions::default() };
     let name = if cut == Cut::Freeze { "t96f" } else { "t96p" };
     let cluster = Cluster::start(name, opts).await;
-    keys_ready(&cluster).await;
+    cluster.keys_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("fence.csv");
-    write_batch(&input, 1200, 2);
-    let job = submit(&cluster, &input, "200");
+    write_dda_batch(&input, 1200, 2_000_000);
+    let job = cluster.submit_dda_job(1, &input, "200");
     let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10), "leader").await;
 
     step("freeze a node (not the leader) right after it claims a chunk");

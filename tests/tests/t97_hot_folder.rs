@@ -4,44 +4,22 @@
 //! reason; a restarted hot folder does not submit anything twice.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use quill_tests::{Cluster, ClusterOptions, step, wait_until};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use quill_tests::{Cluster, ClusterOptions, repo_root, step};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hot_folder_delivers_each_complete_file_once() {
     let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
     let cluster = Cluster::start("t97", opts).await;
-    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
-        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
-        if n == 3 { Ok(()) } else { Err(format!("{n} enrolled")) }
-    })
-    .await;
-    let admin = [("QUILL_ACTOR", "admin:ada")];
-    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
-    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
-        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
-    }
-    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
-        let c = cluster.query(1, "ceremony", "smk-1").await?;
-        if c["formed_on"].as_array().map(Vec::len).unwrap_or(0) == 3 { Ok(()) } else { Err("forming".into()) }
-    })
-    .await;
-    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
+    cluster.keys_ready().await;
 
     let dir = tempfile::tempdir().unwrap();
     let (inbox, outbox) = (dir.path().join("in"), dir.path().join("out"));
     std::fs::create_dir_all(&inbox).unwrap();
-    let sample = std::fs::read(root().join("prep/samples/multi-app.csv")).unwrap();
+    let sample = std::fs::read(repo_root().join("prep/samples/multi-app.csv")).unwrap();
     std::fs::write(inbox.join("bank-a.csv"), &sample).unwrap();
     std::fs::write(inbox.join("bank-b.csv.part"), &sample[..sample.len() / 2]).unwrap();
     std::fs::write(inbox.join("broken.csv"), "4970100000000014;00;2810\n").unwrap();
-    let profile = root().join("prep/profiles/multi-app.toml");
+    let profile = repo_root().join("prep/profiles/multi-app.toml");
     let args = |once: bool| {
         let mut v = vec![
             "job".to_string(),

@@ -3,63 +3,22 @@
 //! completes with no card failed and every card once, and the node keeps preparing chunks.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use quill_tests::{Cluster, ClusterOptions, step, wait_until, write_dda_batch};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_moves_off_a_failing_slot() {
     let opts = ClusterOptions { nodes: 3, hsm: true, hsm_slots: 2, ..ClusterOptions::default() };
     let cluster = Cluster::start("t98", opts).await;
-    wait_until(Duration::from_secs(60), "all nodes enrolled", || async {
-        let n = cluster.query(1, "nodes", "").await?.as_array().map(Vec::len).unwrap_or(0);
-        if n == 3 { Ok(()) } else { Err(format!("{n} enrolled")) }
-    })
-    .await;
-    let admin = [("QUILL_ACTOR", "admin:ada")];
-    cluster.quill_ok(1, &["ceremony", "start", "--key", "smk", "--components", "2", "--id", "smk-1"], &admin);
-    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
-        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-1", "--generate"], &[("QUILL_ACTOR", c)]);
-    }
-    wait_until(Duration::from_secs(60), "the SMK on every node", || async {
-        let c = cluster.query(1, "ceremony", "smk-1").await?;
-        if c["formed_on"].as_array().map(Vec::len).unwrap_or(0) == 3 { Ok(()) } else { Err("forming".into()) }
-    })
-    .await;
-    cluster.quill_ok(1, &["dev", "load-test-keys"], &admin);
+    cluster.keys_ready().await;
 
     step("submit 1,200 cards; slot 0 of node 2 starts failing after the first chunks");
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("slots.csv");
-    let mut f = std::fs::File::create(&input).unwrap();
-    writeln!(f, "PAN,PSN,EXPIRY,EFFECTIVE,SERVICE_CODE,TRACK_NAME,EMBOSS_NAME,COUNTRY").unwrap();
-    for i in 0..1200 {
-        let body = format!("476173{:09}", 3_000_000 + i);
-        writeln!(
-            f,
-            "{body}{},01,2812,2512,201,TEST/CARD {i},CARD {i} TEST,840",
-            quill_prep::input::luhn_check_digit(&body)
-        )
-        .unwrap();
-    }
-    drop(f);
-    let profile = root().join("prep/profiles/visa-dda-credit.toml");
-    let out = cluster.quill_ok(
-        1,
-        &["job", "submit", "--json", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()]
-            .into_iter()
-            .chain(["--chunk-size", "60", "--mac-key", "MAC-OUTPUT-TEST"])
-            .collect::<Vec<_>>(),
-        &[("QUILL_ACTOR", "operator:otto")],
-    );
-    let job = serde_json::from_str::<Value>(out.trim()).unwrap()["job"].as_str().unwrap().to_string();
+    write_dda_batch(&input, 1200, 3_000_000);
+    let job = cluster.submit_dda_job(1, &input, "60");
     wait_until(Duration::from_secs(120), "a few chunks done", || async {
         let j = cluster.query(1, "job", &job).await?;
         if j["chunks_done"].as_u64().unwrap_or(0) >= 2 { Ok(()) } else { Err(format!("{}", j["chunks_done"])) }

@@ -466,12 +466,17 @@ impl Pkcs11Hsm {
 
     /// [`HsmError::WrongSmk`] unless `key` is wrapped under this token's SMK.
     fn check_smk(&self, op: Op<'_>, smk: &Smk, key: &WrappedKey) -> Result<(), HsmError> {
-        if key.smk_kcv == smk.kcv {
+        self.check_smk_kcv(op, smk, &key.smk_kcv)
+    }
+
+    /// [`HsmError::WrongSmk`] unless `key_smk` is the KCV of this token's SMK.
+    fn check_smk_kcv(&self, op: Op<'_>, smk: &Smk, key_smk: &Kcv) -> Result<(), HsmError> {
+        if *key_smk == smk.kcv {
             return Ok(());
         }
         Err(HsmError::WrongSmk {
             operation: op.name,
-            key_smk: key.smk_kcv.clone(),
+            key_smk: key_smk.clone(),
             hsm_smk: smk.kcv.clone(),
             at: self.at.clone(),
         })
@@ -487,8 +492,23 @@ impl Pkcs11Hsm {
         key: &WrappedKey,
         template: &[Attribute],
     ) -> Result<ObjectHandle, HsmError> {
-        self.check_smk(op, smk, key)?;
-        s.unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, &key.blob, template).map_err(|e| match e {
+        self.unwrap_under_smk(s, op, smk, &key.smk_kcv, &key.blob, template)
+    }
+
+    /// `C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)` of any blob wrapped under the SMK (a secret key or a
+    /// PKCS#8 private key, as `template` says); a blob that does not unwrap is
+    /// [`HsmError::BadWrappedKey`].
+    fn unwrap_under_smk(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        smk: &Smk,
+        key_smk: &Kcv,
+        blob: &[u8],
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        self.check_smk_kcv(op, smk, key_smk)?;
+        s.unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, blob, template).map_err(|e| match e {
             CkError::Pkcs11(rv, f) if self.is_data_error(s, &e) => {
                 HsmError::BadWrappedKey { operation: op.name, function: format!("C_{f:?}"), rv, at: self.at.clone() }
             }
@@ -505,12 +525,29 @@ impl Pkcs11Hsm {
         key: &WrappedKey,
         usage: Usage,
     ) -> Result<ObjectHandle, HsmError> {
-        self.check_smk(op, smk, key)?;
-        let digest = key.digest();
+        let template = templates::working_key(key.alg, usage);
+        self.unwrap_cached(s, op, smk, &key.smk_kcv, &key.blob, key.digest(), usage, &template)
+    }
+
+    /// A handle for a wrapped blob, from the session's cache (keyed by the blob's digest and
+    /// `usage`) or unwrapped now with `template` and cached.
+    #[allow(clippy::too_many_arguments)]
+    fn unwrap_cached(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        key_smk: &Kcv,
+        blob: &[u8],
+        digest: [u8; 32],
+        usage: Usage,
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        self.check_smk_kcv(op, smk, key_smk)?;
         if let Some(h) = s.cache.get(&digest, usage) {
             return Ok(h);
         }
-        let h = self.unwrap_blob(&s.session, op, smk, key, &templates::working_key(key.alg, usage))?;
+        let h = self.unwrap_under_smk(&s.session, op, smk, key_smk, blob, template)?;
         s.cache.insert(&s.session, digest, usage, h);
         Ok(h)
     }
@@ -959,34 +996,8 @@ impl Hsm for Pkcs11Hsm {
                 )));
             }
             let smk = self.require_smk(&s.session, op)?;
-            if key.smk_kcv != smk.kcv {
-                return Err(HsmError::WrongSmk {
-                    operation: op.name,
-                    key_smk: key.smk_kcv.clone(),
-                    hsm_smk: smk.kcv.clone(),
-                    at: self.at.clone(),
-                });
-            }
-            let digest = key.digest();
-            let h = match s.cache.get(&digest, Usage::Sign) {
-                Some(h) => h,
-                None => {
-                    let h = s
-                        .session
-                        .unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, &key.blob, &templates::signing_private())
-                        .map_err(|e| match e {
-                            CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => HsmError::BadWrappedKey {
-                                operation: op.name,
-                                function: format!("C_{f:?}"),
-                                rv,
-                                at: self.at.clone(),
-                            },
-                            other => op.err(other),
-                        })?;
-                    s.cache.insert(&s.session, digest, Usage::Sign, h);
-                    h
-                }
-            };
+            let template = templates::signing_private();
+            let h = self.unwrap_cached(s, op, &smk, &key.smk_kcv, &key.blob, key.digest(), Usage::Sign, &template)?;
             let sig = op.ck(s.session.sign(&Mechanism::RsaX509, h, block))?;
             // Some modules strip leading zeros of the result; EMV wants the full length.
             let mut out = vec![0u8; n.len().saturating_sub(sig.len())];
