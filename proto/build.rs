@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // which edition 2024 only sets through `unsafe`).
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // The descriptor set is what the wire-compatibility test compares with `proto/wire.lock`.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    config.file_descriptor_set_path(out.join("quill_v1_descriptor.bin"));
     tonic_prost_build::configure().build_client(true).build_server(true).compile_with_config(
         config,
         &protos,

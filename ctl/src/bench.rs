@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use quill_proto::v1::WriteRequest;
+use quill_proto::v1::BenchPutRequest;
 use serde_json::json;
 
 use crate::client::{self, Target};
@@ -119,10 +119,10 @@ async fn run_level(endpoint: &str, run_id: &str, clients: usize, dur: Duration) 
                 let key = format!("bench/{i}/{}", serial % 1024);
                 let mut value = vec![0u8; VALUE_BYTES];
                 value[..8].copy_from_slice(&serial.to_le_bytes());
-                let command = client::encode_put(key, value);
-                let req = WriteRequest { client_id: client_id.clone(), serial, command, hops: 0, actor: String::new() };
+                let actor = "operator:bench".to_string();
+                let req = BenchPutRequest { client_id: client_id.clone(), serial, key, value, actor };
                 let t = Instant::now();
-                match c.write(req).await {
+                match c.bench_put(req).await {
                     Ok(_) => lat_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
                     Err(s) => {
                         errors += 1;

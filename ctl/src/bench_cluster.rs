@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::story::{Runner, fresh_dir, setup};
+use crate::demo::{Runner, fresh_dir, setup};
 
 /// Options of `quill bench cluster`.
 #[derive(clap::Args, Debug)]

@@ -10,6 +10,8 @@ use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::{NodeStatus, StatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::exit_codes::CliError;
+
 /// How long one Status call may take before the node counts as unreachable.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
@@ -129,7 +131,7 @@ pub async fn find_leader(endpoints: &[String]) -> Result<(String, NodeStatus)> {
             Err(e) => last = e,
         }
     }
-    Err(last.context("no leader found"))
+    Err(anyhow::Error::from(CliError::Unreachable(format!("no leader found: {last:#}"))))
 }
 
 /// A gRPC status as one line: code and message.
@@ -138,7 +140,122 @@ pub fn grpc_reason(s: &tonic::Status) -> String {
     if msg.is_empty() { format!("{:?}", s.code()) } else { format!("{:?}: {msg}", s.code()) }
 }
 
-/// A `Put` command, encoded as the node decodes it.
-pub fn encode_put(key: String, value: Vec<u8>) -> Vec<u8> {
-    quill_node::raft::encode_command(&quill_node::raft::Command::Put { key, value })
+/// How long a command keeps trying the cluster's endpoints (an election takes a second or two; a
+/// paused or dead node is passed over after its connect or call deadline).
+pub const RETRY_BUDGET: Duration = Duration::from_secs(20);
+
+/// Worth trying again, here or on another endpoint: the node could not be reached, or could not
+/// answer for now (no leader, election, forwarding failed).
+pub fn retryable(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+}
+
+/// A failure that happened before the request could have reached a node (the connection was
+/// refused or never made), so a write cannot have been applied.
+pub fn not_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.message().to_ascii_lowercase().contains("connect")
+}
+
+/// The last failure of each endpoint tried, as one line: `ep: reason; ep: reason`.
+#[derive(Debug, Default)]
+pub struct Failures(Vec<(String, String)>);
+
+impl Failures {
+    /// Remember `reason` as `endpoint`'s latest failure.
+    pub fn record(&mut self, endpoint: &str, reason: String) {
+        match self.0.iter_mut().find(|(e, _)| e == endpoint) {
+            Some(slot) => slot.1 = reason,
+            None => self.0.push((endpoint.to_string(), reason)),
+        }
+    }
+}
+
+impl std::fmt::Display for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no endpoint to try");
+        }
+        let parts: Vec<String> = self.0.iter().map(|(e, r)| format!("{e}: {r}")).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Call `f` on each endpoint in turn until one answers, going round again with backoff while
+/// the failures are retryable and [`RETRY_BUDGET`] lasts. An answer that is an error (refused,
+/// not found, bad request) ends it at once as [`CliError::Refused`]; running out of endpoints
+/// and time is [`CliError::Unreachable`] naming each endpoint and its last failure.
+pub async fn read_retrying<T, F, Fut>(endpoints: &[String], mut f: F) -> Result<T, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let start = std::time::Instant::now();
+    let mut failures = Failures::default();
+    for round in 0u32.. {
+        for ep in endpoints {
+            match f(ep.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) if retryable(&s) => failures.record(ep, grpc_reason(&s)),
+                Err(s) => return Err(CliError::Refused(format!("{ep}: {}", grpc_reason(&s)))),
+            }
+        }
+        if start.elapsed() >= RETRY_BUDGET {
+            break;
+        }
+        tokio::time::sleep(backoff(round)).await;
+    }
+    Err(CliError::Unreachable(format!("no node answered within {} s ({failures})", RETRY_BUDGET.as_secs())))
+}
+
+/// Like [`read_retrying`] for a write that carries its caller's (client id, serial): retried with
+/// the same pair, so it applies at most once. Out of time, it is [`CliError::Unreachable`] if no
+/// attempt can have reached a node, and [`CliError::Indeterminate`] (with the pair) otherwise.
+pub async fn write_retrying<T, F, Fut>(
+    endpoints: &[String],
+    client_id: &str,
+    serial: u64,
+    mut f: F,
+) -> Result<T, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let start = std::time::Instant::now();
+    let mut failures = Failures::default();
+    let mut maybe_sent = false;
+    for round in 0u32.. {
+        for ep in endpoints {
+            match f(ep.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) if retryable(&s) => {
+                    maybe_sent |= !not_sent(&s);
+                    failures.record(ep, grpc_reason(&s));
+                }
+                Err(s) => return Err(CliError::Refused(format!("{ep}: {}", grpc_reason(&s)))),
+            }
+        }
+        if start.elapsed() >= RETRY_BUDGET {
+            break;
+        }
+        tokio::time::sleep(backoff(round)).await;
+    }
+    let reason = format!("no node confirmed the write within {} s ({failures})", RETRY_BUDGET.as_secs());
+    if maybe_sent {
+        Err(CliError::Indeterminate { reason, client_id: client_id.to_string(), serial })
+    } else {
+        Err(CliError::Unreachable(reason))
+    }
+}
+
+/// A failed call as an error of its class: unreachable when the node could not be reached,
+/// refused when it answered with an error.
+pub fn call_error(endpoint: &str, s: &tonic::Status) -> anyhow::Error {
+    let reason = format!("{endpoint}: {}", grpc_reason(s));
+    if not_sent(s) { CliError::Unreachable(reason).into() } else { CliError::Refused(reason).into() }
+}
+
+/// 200 ms, doubling, at most 2 s.
+fn backoff(round: u32) -> Duration {
+    Duration::from_millis((200u64 << round.min(4)).min(2_000))
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use quill_proto::v1::{AddLearnerRequest, ChangeMembershipRequest, NodeInfo, NodeStatus};
 use serde_json::{Value, json};
 
@@ -70,8 +70,9 @@ pub fn status(args: &StatusArgs, json: bool) -> Result<u8> {
     let seeds = args.target.endpoints()?;
     let rows = runtime()?.block_on(collect(&seeds));
     if rows.iter().all(|r| r.answer.is_err()) {
-        let why = rows.iter().find_map(|r| r.answer.as_ref().err().cloned()).unwrap_or_default();
-        bail!("no node answered ({why})");
+        let why: Vec<String> =
+            rows.iter().filter_map(|r| r.answer.as_ref().err().map(|e| format!("{}: {e}", r.endpoint))).collect();
+        return Err(crate::exit_codes::CliError::Unreachable(format!("no node answered ({})", why.join("; "))).into());
     }
     // The leader, as the node that says it leads (highest term wins if there are several).
     let leader = rows
@@ -216,7 +217,7 @@ pub fn add(args: &AddArgs, json: bool) -> Result<u8> {
         let r = c
             .add_learner(AddLearnerRequest { node: Some(node) })
             .await
-            .map_err(|s| anyhow!("AddLearner {} failed: {}", args.id, client::grpc_reason(&s)))?
+            .map_err(|s| client::call_error(&leader_ep, &s).context(format!("AddLearner {}", args.id)))?
             .into_inner();
         report(json, "added", args.id, r.log_index, &format!("node {} added as a learner", args.id));
         Ok(crate::exit_codes::OK)
@@ -266,7 +267,7 @@ fn change(args: &IdArgs, json: bool, promote: bool) -> Result<u8> {
         let r = c
             .change_membership(req)
             .await
-            .map_err(|s| anyhow!("ChangeMembership for node {} failed: {}", args.id, client::grpc_reason(&s)))?
+            .map_err(|s| client::call_error(&leader_ep, &s).context(format!("ChangeMembership for node {}", args.id)))?
             .into_inner();
         let (verb, text) = if promote {
             ("promoted", format!("node {} is now a voter", args.id))

@@ -15,8 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -544,21 +544,25 @@ async fn wait_leader(endpoints: &[String], timeout: Duration) -> Result<u64> {
     }
 }
 
-/// A minimal HTTP/1.0 GET on loopback: (status code, body).
+/// An HTTP GET of a node's `/health` or `/metrics` (hyper's client, 2 s at most): (status code,
+/// body).
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let sa: SocketAddr = addr.parse().with_context(|| format!("bad address {addr}"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(1)).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).with_context(|| format!("read from {addr}"))?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("{addr}: not an HTTP answer"))?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((code, body))
+    use http_body_util::BodyExt as _;
+    let uri: hyper::Uri = format!("http://{addr}{path}").parse().with_context(|| format!("bad address {addr:?}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("async runtime")?;
+    rt.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let get = async {
+            let resp = client.get(uri).await.with_context(|| format!("GET http://{addr}{path}"))?;
+            let code = resp.status().as_u16();
+            let body = resp.into_body().collect().await.with_context(|| format!("reading http://{addr}{path}"))?;
+            anyhow::Ok((code, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(2), get)
+            .await
+            .map_err(|_| anyhow!("GET http://{addr}{path}: no answer within 2 s"))?
+    })
 }
 
 fn last_line(path: &Path) -> Option<String> {

@@ -98,7 +98,10 @@ fn move_to(p: &Path, sub: &str) -> Result<PathBuf> {
 }
 
 /// `quill job hot-folder`.
-pub fn run(a: &HotFolderArgs, _json: bool) -> Result<u8> {
+pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
+    let event = |doc: serde_json::Value, text: String| {
+        if json { println!("{doc}") } else { println!("{text}") }
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut s = Session::new(&a.who, true)?;
     let mut st = load_state(&a.input)?;
@@ -125,18 +128,27 @@ pub fn run(a: &HotFolderArgs, _json: bool) -> Result<u8> {
             if let Some(e) = st.files.get(&digest) {
                 // Already handled (a restart, or the same file dropped again): never twice.
                 if e.status != "submitted" {
-                    println!("{name}: already {} as job {}; moved aside", e.status, e.job.as_deref().unwrap_or("-"));
+                    event(
+                        serde_json::json!({"file": name, "event": "duplicate", "status": e.status, "job": e.job}),
+                        format!("{name}: already {} as job {}; moved aside", e.status, e.job.as_deref().unwrap_or("-")),
+                    );
                     move_to(&p, "processed")?;
                 }
                 continue;
             }
             match crate::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key, 0) {
                 Ok((job, records, skipped)) => {
-                    println!("{name}: submitted as job {job} ({records} cards, {} skipped)", skipped.len());
+                    event(
+                        serde_json::json!({"file": name, "event": "submitted", "job": job, "records": records, "skipped": skipped.len()}),
+                        format!("{name}: submitted as job {job} ({records} cards, {} skipped)", skipped.len()),
+                    );
                     st.files.insert(digest, Entry { file: name, job: Some(job), status: "submitted".into() });
                 }
                 Err(e) => {
-                    println!("{name}: rejected: {e:#}");
+                    event(
+                        serde_json::json!({"file": name, "event": "rejected", "reason": format!("{e:#}")}),
+                        format!("{name}: rejected: {e:#}"),
+                    );
                     let to = move_to(&p, "rejected")?;
                     std::fs::write(to.with_extension("error.txt"), format!("{e:#}\n"))?;
                     st.files.insert(digest, Entry { file: name, job: None, status: "rejected".into() });
@@ -163,12 +175,15 @@ pub fn run(a: &HotFolderArgs, _json: bool) -> Result<u8> {
                     std::fs::rename(&tmp, &fin).with_context(|| format!("cannot move {} into place", fin.display()))?;
                     let delivered: Vec<(String, String)> =
                         got.iter().map(|(n, d, _)| (format!("{n}.jsonl"), d.clone())).collect();
-                    s.write_job(quill_node::jobs::JobCommand::Ack { id: job.clone(), delivered })?;
+                    s.job_ack(&job, delivered)?;
                     let src = a.input.join(&e.file);
                     if src.exists() {
                         move_to(&src, "processed")?;
                     }
-                    println!("{}: job {job} delivered to {}", e.file, fin.display());
+                    event(
+                        serde_json::json!({"file": e.file, "event": "delivered", "job": job, "output": fin.display().to_string()}),
+                        format!("{}: job {job} delivered to {}", e.file, fin.display()),
+                    );
                     st.files.insert(digest, Entry { status: "delivered".into(), ..e });
                     save_state(&a.input, &st)?;
                 }

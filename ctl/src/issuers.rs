@@ -12,11 +12,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
-use quill_node::keys::KeyCommand;
-use quill_node::keys::apply::issuers::{CaKeyRecord, CertSource, IssuerCertRecord, IssuerKeyRecord};
+use quill_node::keys::apply::issuers::{CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
 use quill_prep::emv::cert::{self, CertExpiry, IssuerCertificateRequest, IssuerId, RsaPublicKey};
 use quill_prep::testkeys::{TEST_CA_INDEX, TestCa};
 use quill_proto::v1::GenerateKeyRequest;
+use quill_proto::v1::issuer_cert_import_request::Source;
+use quill_proto::v1::{CaImportRequest, CertFile, CertTags, IssuerCertImportRequest};
 use serde_json::json;
 
 use crate::keys::{Session, Who, print};
@@ -109,8 +110,14 @@ pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
     };
     let checksum = a.checksum.as_deref().map(|c| hex_arg("--checksum", c)).transpose()?;
     let mut s = Session::new(&a.who, true)?;
-    let detail =
-        s.write(KeyCommand::CaKeyImport { rid: hex::encode_upper(rid), index, modulus, exponent, checksum })?;
+    let detail = s.ca_import(CaImportRequest {
+        caller: None,
+        rid: hex::encode_upper(rid),
+        index: u32::from(index),
+        modulus,
+        exponent,
+        checksum,
+    })?;
     let rid = hex::encode_upper(rid);
     print(
         json,
@@ -194,9 +201,10 @@ pub fn issuer_import(a: &IssuerImportArgs, json: bool) -> Result<u8> {
     let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let mut s = Session::new(&a.who, true)?;
     let detail = s
-        .write(KeyCommand::IssuerCertImport {
-            source: CertSource::File { layout: a.layout.clone(), bytes },
-            key: a.key.clone(),
+        .issuer_cert_import(IssuerCertImportRequest {
+            caller: None,
+            key: a.key.clone().unwrap_or_default(),
+            source: Some(Source::File(CertFile { layout: a.layout.clone(), bytes })),
         })
         .with_context(|| format!("{} ({} layout)", a.file.display(), a.layout))?;
     print(
@@ -238,15 +246,16 @@ pub fn certify_test(s: &mut Session, label: &str, issuer_id: &str, rid: &str, ex
     let ca = TestCa::builtin();
     let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0, 0, 1], issuer_key: &public };
     let c = cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| anyhow!("{e}"))?;
-    s.write(KeyCommand::IssuerCertImport {
-        source: CertSource::Tags {
+    s.issuer_cert_import(IssuerCertImportRequest {
+        caller: None,
+        key: label.to_string(),
+        source: Some(Source::Tags(CertTags {
             rid: hex::encode_upper(rid),
-            ca_index: c.ca_index(),
+            ca_index: u32::from(c.ca_index()),
             cert: c.cert().to_vec(),
             remainder: c.remainder().to_vec(),
             exponent: c.exponent().to_vec(),
-        },
-        key: Some(label.to_string()),
+        })),
     })
 }
 

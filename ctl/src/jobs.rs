@@ -1,11 +1,10 @@
 //! `quill job submit|list|status|watch|fetch|ack|cancel`: batches across the cluster.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use quill_node::jobs::{ChunkRecord, JobCommand, JobRecord, JobState};
+use quill_node::jobs::{ChunkRecord, JobRecord, JobState};
 use quill_prep::engine::output::{self, Stream};
 use quill_prep::profile::Profile;
 use quill_proto::v1::jobs_client::JobsClient;
@@ -15,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client;
+use crate::exit_codes::CliError;
 use crate::keys::{Session, Who, print};
 
 const PART: usize = 1 << 20;
@@ -70,6 +70,7 @@ pub fn submit_file(
     let digest = hex::encode_upper(Sha256::digest(&data));
     let file_name = input.file_name().map_or_else(|| "input".into(), |n| n.to_string_lossy().into_owned());
     let caller = s.caller();
+    let (client_id, serial) = (caller.client_id.clone(), caller.serial);
     let first = SubmitPart {
         caller: Some(caller),
         profile_name: format!("{} ({name})", p.product.name),
@@ -86,20 +87,15 @@ pub fn submit_file(
     let mut parts = vec![first];
     parts.extend(data.chunks(PART).map(|c| SubmitPart { data: c.to_vec(), ..Default::default() }));
     let endpoints = s.endpoints().to_vec();
-    let r = s.rt().block_on(async {
-        let mut last = anyhow!("no endpoint");
-        for ep in &endpoints {
-            let mut c = jobs_client(ep, Duration::from_secs(600))?;
-            match c.submit(tokio_stream::iter(parts.clone())).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(st) if st.code() == tonic::Code::Unavailable => {
-                    last = anyhow!("{ep}: {}", client::grpc_reason(&st))
-                }
-                Err(st) => return Err(anyhow!("{}", client::grpc_reason(&st))),
-            }
+    let r = s.rt().block_on(client::write_retrying(&endpoints, &client_id, serial, |ep| {
+        let c = jobs_client(&ep, Duration::from_secs(600));
+        let parts = parts.clone();
+        async move {
+            let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+            c.submit(tokio_stream::iter(parts)).await
         }
-        Err(last)
-    })?;
+    }))?;
+    let r = r.into_inner();
     Ok((r.job, r.records, r.skipped))
 }
 
@@ -221,36 +217,83 @@ pub fn status(a: &JobArgs, json: bool) -> Result<u8> {
     Ok(crate::exit_codes::OK)
 }
 
-/// `quill job watch`: a progress bar until the job is done.
+/// How `job watch` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchMode {
+    /// A progress bar on stderr (a person at a terminal).
+    Bar,
+    /// One line on stdout per change (a log, CI, a pipe).
+    Lines,
+    /// One JSON document per poll on stdout, the last one when the job ended.
+    Json,
+}
+
+/// `--json` wins; otherwise a bar only when stderr is a terminal outside CI (CI may fake one).
+fn watch_mode(json: bool, stderr_terminal: bool, ci: bool) -> WatchMode {
+    match (json, stderr_terminal && !ci) {
+        (true, _) => WatchMode::Json,
+        (false, true) => WatchMode::Bar,
+        (false, false) => WatchMode::Lines,
+    }
+}
+
+/// `quill job watch`: a progress bar until the job is done. Rides out elections and a node's
+/// death: every poll tries the known endpoints within the retry budget.
 pub fn watch(a: &JobArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who, false)?;
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    let mode = watch_mode(json, std::io::IsTerminal::is_terminal(&std::io::stderr()), ci);
     let mut last: Option<String> = None;
+    let mut bar: Option<indicatif::ProgressBar> = None;
     loop {
         let (j, chunks) = load(&s, &a.job)?;
         let (text, doc) = progress(&j, &chunks);
-        if json {
-            println!("{doc}");
-        } else if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-            // Not a terminal (a log, CI): one line per change.
-            let first = text.lines().next().unwrap_or_default().to_string();
-            if last.as_deref() != Some(first.as_str()) {
-                println!("{first}");
-                last = Some(first);
+        let first = text.lines().next().unwrap_or_default().to_string();
+        match mode {
+            WatchMode::Json => println!("{doc}"),
+            WatchMode::Lines => {
+                if last.as_deref() != Some(first.as_str()) {
+                    println!("{first}");
+                    last = Some(first);
+                }
             }
-        } else {
-            let width = 40;
-            let done = if j.records == 0 { width } else { (j.cards_done as usize * width) / j.records as usize };
-            let first = text.lines().next().unwrap_or_default();
-            print!("\r[{}{}] {first}   ", "#".repeat(done), ".".repeat(width - done));
-            std::io::stdout().flush().ok();
+            WatchMode::Bar => {
+                let b = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::new(j.records.max(1));
+                    if let Ok(style) = indicatif::ProgressStyle::with_template("[{bar:40}] {msg}") {
+                        b.set_style(style.progress_chars("#>."));
+                    }
+                    b
+                });
+                b.set_length(j.records.max(1));
+                b.set_position(j.cards_done);
+                b.set_message(first);
+            }
         }
         if j.state != JobState::Running && j.state != JobState::Uploading {
-            if !json {
-                println!("\n{}", text.lines().nth(1).unwrap_or_default());
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
+            if mode != WatchMode::Json {
+                println!("{}", text.lines().nth(1).unwrap_or_default());
             }
             return Ok(crate::exit_codes::OK);
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WatchMode, watch_mode};
+
+    #[test]
+    fn the_bar_shows_only_on_a_terminal_outside_ci_and_json_wins() {
+        assert_eq!(watch_mode(false, true, false), WatchMode::Bar);
+        assert_eq!(watch_mode(false, true, true), WatchMode::Lines);
+        assert_eq!(watch_mode(false, false, false), WatchMode::Lines);
+        assert_eq!(watch_mode(true, true, false), WatchMode::Json);
+        assert_eq!(watch_mode(true, false, true), WatchMode::Json);
     }
 }
 
@@ -262,27 +305,19 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
     let mut out = Vec::new();
     for stream in Stream::ALL {
         let name = stream.file_name().trim_end_matches(".jsonl").to_string();
-        let bytes: Vec<u8> = s.rt().block_on(async {
-            let mut last = anyhow!("no endpoint");
-            for ep in &endpoints {
-                let mut c = jobs_client(ep, Duration::from_secs(600))?;
-                match c.fetch(FetchRequest { job: job.into(), stream: name.clone() }).await {
-                    Ok(r) => {
-                        let mut st = r.into_inner();
-                        let mut buf = Vec::new();
-                        while let Some(p) = st.message().await.map_err(|e| anyhow!("{}", client::grpc_reason(&e)))? {
-                            buf.extend_from_slice(&p.data);
-                        }
-                        return Ok(buf);
-                    }
-                    Err(e) if e.code() == tonic::Code::Unavailable => {
-                        last = anyhow!("{ep}: {}", client::grpc_reason(&e))
-                    }
-                    Err(e) => return Err(anyhow!("{}", client::grpc_reason(&e))),
+        let bytes: Vec<u8> = s.rt().block_on(client::read_retrying(&endpoints, |ep| {
+            let c = jobs_client(&ep, Duration::from_secs(600));
+            let req = FetchRequest { job: job.into(), stream: name.clone() };
+            async move {
+                let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+                let mut st = c.fetch(req).await?.into_inner();
+                let mut buf = Vec::new();
+                while let Some(p) = st.message().await? {
+                    buf.extend_from_slice(&p.data);
                 }
+                Ok(buf)
             }
-            Err(last)
-        })?;
+        }))?;
         // Check on arrival: structure, digest, count, and the MAC recomputed by the cluster (the
         // last endpoint first, so another node than the one that served it when there are several).
         let mac_eps: Vec<String> = endpoints.iter().rev().cloned().collect();
@@ -298,7 +333,8 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
                 }
                 Err(last)
             })
-        })?;
+        })
+        .map_err(|e| CliError::CheckFailed(format!("{} of job {job}: {e}", stream.file_name())))?;
         let path = dir.join(stream.file_name());
         let tmp = path.with_extension("jsonl.part");
         std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -357,7 +393,7 @@ pub fn ack(a: &AckArgs, json: bool) -> Result<u8> {
             delivered.push((stream.file_name().to_string(), hex::encode_upper(Sha256::digest(&b))));
         }
     }
-    let detail = s.write_job(JobCommand::Ack { id: a.job.clone(), delivered })?;
+    let detail = s.job_ack(&a.job, delivered)?;
     print(json, json!({"job": a.job, "result": "acknowledged", "detail": detail}), format!("job {}: {detail}", a.job));
     Ok(crate::exit_codes::OK)
 }
@@ -365,7 +401,7 @@ pub fn ack(a: &AckArgs, json: bool) -> Result<u8> {
 /// `quill job cancel`.
 pub fn cancel(a: &JobArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who, true)?;
-    let detail = s.write_job(JobCommand::Cancel { id: a.job.clone() })?;
+    let detail = s.job_cancel(&a.job)?;
     print(json, json!({"job": a.job, "result": "cancelled", "detail": detail}), format!("job {}: {detail}", a.job));
     Ok(crate::exit_codes::OK)
 }

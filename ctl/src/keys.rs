@@ -1,8 +1,8 @@
 //! `quill ceremony|key|approve|audit`: key management for admins, custodians and auditors.
 //!
-//! Commands that need no HSM are sent as `Command::Keys` through `Cluster.Write`; those that do
-//! (generate, TR-31 import/export, audit verification) call the `Keys` service of a node, which
-//! uses its own HSM and proposes the result. Every write carries the caller (`--as role:name`,
+//! Every command is one typed request of the `Keys` service; those that need an HSM (generate,
+//! TR-31 import/export, audit verification) run on the node that receives them, which proposes
+//! the result. Every write carries the caller (`--as role:name`,
 //! or `QUILL_ACTOR`) and a (client id, serial) pair; a write that failed in transit is retried
 //! with the same serial, so it applies at most once.
 //!
@@ -13,27 +13,25 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use quill_node::keys::KeyCommand;
-use quill_node::keys::model::{
-    Actor, ApprovalAction, Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, SealedComponent,
-    Usage,
-};
-use quill_node::raft::{Command, Outcome, decode_outcome, encode_command};
+use quill_node::keys::model::{Actor, Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, Usage};
+use quill_proto::v1::approval_ask_request::Action;
+use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{
-    AuditTailRequest, AuditVerifyRequest, Caller, ExportTr31Request, GenerateKeyRequest, ImportTr31Request,
-    QueryRequest, WriteRequest,
+    AckRequest, ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditVerifyRequest, CaImportRequest,
+    Caller, CancelRequest, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest, Delivered, ExportAction,
+    ExportTr31Request, GenerateKeyRequest, ImportTr31Request, IssuerCertImportRequest, KeyStateRequest, QueryRequest,
+    SealedCopy, WriteResult,
 };
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;
 
 use crate::client::{self, Target};
+use crate::exit_codes::CliError;
 
 /// One write or HSM call may take this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of a write whose outcome is unknown (same serial every time).
-const ATTEMPTS: u32 = 4;
 
 /// Who is calling, and where.
 #[derive(clap::Args, Debug, Clone)]
@@ -85,51 +83,90 @@ impl Session {
     }
 
     fn keys(&self, endpoint: &str) -> Result<KeysClient<Channel>> {
-        let ep = Endpoint::from_shared(endpoint.to_string())
-            .with_context(|| format!("bad endpoint {endpoint:?}"))?
-            .connect_timeout(client::CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
-        Ok(KeysClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20))
+        Ok(KeysClient::new(channel(endpoint)?).max_decoding_message_size(64 << 20))
     }
 
-    /// Send a key command through Cluster.Write; retried on transport failures and timeouts with
-    /// the same serial (applied at most once). Returns the outcome detail, or the refusal as an
-    /// error.
-    pub(crate) fn write(&mut self, cmd: KeyCommand) -> Result<String> {
-        self.write_command(Command::Keys(cmd))
-    }
-
-    fn write_command(&mut self, cmd: Command) -> Result<String> {
-        self.serial += 1;
-        let req = WriteRequest {
-            client_id: self.client_id.clone(),
-            serial: self.serial,
-            command: encode_command(&cmd),
-            hops: 0,
-            actor: self.actor_str(),
-        };
+    /// A typed write through the Keys or Jobs service (`call` gets a channel and the caller):
+    /// tried on each endpoint in turn and retried on transport failures and timeouts with the same
+    /// caller (client id and serial), so it applies at most once. Returns the outcome detail; a
+    /// refusal by the cluster is an error.
+    pub(crate) fn typed_write<F, Fut>(&mut self, call: F) -> Result<String>
+    where
+        F: Fn(Channel, Caller) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<WriteResult>, tonic::Status>>,
+    {
+        let caller = self.caller();
         let endpoints = self.endpoints.clone();
-        let outcome = self.rt.block_on(async {
-            let mut last = anyhow!("no endpoint");
-            for attempt in 0..ATTEMPTS {
-                let ep = &endpoints[attempt as usize % endpoints.len()];
-                let mut c = client::client(ep, CALL_TIMEOUT)?;
-                match c.write(req.clone()).await {
-                    Ok(r) => return decode_outcome(&r.into_inner().outcome).map_err(|e| anyhow!("{e}")),
-                    Err(s) if retryable(&s) => {
-                        last = anyhow!("{ep}: {}", client::grpc_reason(&s));
-                        tokio::time::sleep(Duration::from_millis(300 << attempt)).await;
-                    }
-                    Err(s) => return Err(anyhow!("{ep}: {}", client::grpc_reason(&s))),
-                }
+        let (client_id, serial) = (caller.client_id.clone(), caller.serial);
+        let r = self.rt.block_on(client::write_retrying(&endpoints, &client_id, serial, |ep| {
+            let caller = caller.clone();
+            let channel = channel(&ep);
+            let call = &call;
+            async move {
+                let channel = channel.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+                call(channel, caller).await
             }
-            Err(last.context(format!("the write's outcome is unknown after {ATTEMPTS} attempts")))
-        })?;
-        match outcome {
-            Outcome::Done { detail, .. } => Ok(detail),
-            Outcome::Rejected { reason } => bail!("refused: {reason}"),
-            other => Ok(format!("{other:?}")),
-        }
+        }))?;
+        Ok(r.into_inner().detail)
+    }
+
+    /// A typed write of the Keys service.
+    pub(crate) fn keys_write<F, Fut>(&mut self, call: F) -> Result<String>
+    where
+        F: Fn(KeysClient<Channel>, Caller) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<WriteResult>, tonic::Status>>,
+    {
+        self.typed_write(|ch, caller| call(KeysClient::new(ch), caller))
+    }
+
+    /// `Keys.CeremonyStart` with this session's caller.
+    pub(crate) fn ceremony_start(&mut self, req: CeremonyStartRequest) -> Result<String> {
+        self.keys_write(|mut c, caller| {
+            let req = CeremonyStartRequest { caller: Some(caller), ..req.clone() };
+            async move { c.ceremony_start(req).await }
+        })
+    }
+
+    /// `Keys.CeremonySubmit` with this session's caller.
+    pub(crate) fn ceremony_submit(&mut self, req: CeremonySubmitRequest) -> Result<String> {
+        self.keys_write(|mut c, caller| {
+            let req = CeremonySubmitRequest { caller: Some(caller), ..req.clone() };
+            async move { c.ceremony_submit(req).await }
+        })
+    }
+
+    /// `Keys.CaImport` with this session's caller.
+    pub(crate) fn ca_import(&mut self, req: CaImportRequest) -> Result<String> {
+        self.keys_write(|mut c, caller| {
+            let req = CaImportRequest { caller: Some(caller), ..req.clone() };
+            async move { c.ca_import(req).await }
+        })
+    }
+
+    /// `Keys.IssuerCertImport` with this session's caller.
+    pub(crate) fn issuer_cert_import(&mut self, req: IssuerCertImportRequest) -> Result<String> {
+        self.keys_write(|mut c, caller| {
+            let req = IssuerCertImportRequest { caller: Some(caller), ..req.clone() };
+            async move { c.issuer_cert_import(req).await }
+        })
+    }
+
+    /// `Jobs.Ack` with this session's caller: `delivered` is (stream, SHA-256 hex) per file.
+    pub(crate) fn job_ack(&mut self, job: &str, delivered: Vec<(String, String)>) -> Result<String> {
+        let delivered: Vec<Delivered> =
+            delivered.into_iter().map(|(stream, sha256)| Delivered { stream, sha256 }).collect();
+        self.typed_write(|ch, caller| {
+            let req = AckRequest { caller: Some(caller), job: job.to_string(), delivered: delivered.clone() };
+            async move { JobsClient::new(ch).ack(req).await }
+        })
+    }
+
+    /// `Jobs.Cancel` with this session's caller.
+    pub(crate) fn job_cancel(&mut self, job: &str) -> Result<String> {
+        self.typed_write(|ch, caller| {
+            let req = CancelRequest { caller: Some(caller), job: job.to_string() };
+            async move { JobsClient::new(ch).cancel(req).await }
+        })
     }
 
     /// The endpoints, in order of preference.
@@ -142,27 +179,17 @@ impl Session {
         &self.rt
     }
 
-    /// Send a job command through Cluster.Write (same retry rules as [`Session::write`]).
-    pub(crate) fn write_job(&mut self, cmd: quill_node::jobs::JobCommand) -> Result<String> {
-        self.write_command(Command::Jobs(cmd))
-    }
-
-    /// A JSON query of the replicated state, linearizable.
+    /// A JSON query of the replicated state, linearizable; rides out an election.
     pub(crate) fn query(&self, what: &str, id: &str) -> Result<Value> {
         let endpoints = self.endpoints.clone();
-        let json = self.rt.block_on(async {
-            let mut last = anyhow!("no endpoint");
-            for ep in &endpoints {
-                let mut c = self.keys(ep)?;
-                let req = QueryRequest { what: what.into(), id: id.into(), linearizable: true, hops: 0 };
-                match c.query(req).await {
-                    Ok(r) => return Ok(r.into_inner().json),
-                    Err(s) if retryable(&s) => last = anyhow!("{ep}: {}", client::grpc_reason(&s)),
-                    Err(s) => return Err(anyhow!("{}", client::grpc_reason(&s))),
-                }
+        let json = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
+            let req = QueryRequest { what: what.into(), id: id.into(), linearizable: true, hops: 0 };
+            let c = self.keys(&ep);
+            async move {
+                let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+                c.query(req).await.map(|r| r.into_inner().json)
             }
-            Err(last)
-        })?;
+        }))?;
         serde_json::from_str(&json).context("the node answered a query with invalid JSON")
     }
 
@@ -170,31 +197,33 @@ impl Session {
         serde_json::from_value(self.query(what, id)?).with_context(|| format!("unexpected {what} document"))
     }
 
-    /// Call the Keys service on the first endpoint that answers.
+    /// Call the Keys service on the first endpoint that answers (HSM operations that carry
+    /// their caller's serial, and reads), with the shared retry policy.
     pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(KeysClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let endpoints = self.endpoints.clone();
-        self.rt.block_on(async {
-            let mut last = anyhow!("no endpoint");
-            for ep in &endpoints {
-                match f(self.keys(ep)?).await {
-                    Ok(r) => return Ok(r.into_inner()),
-                    Err(s) if s.code() == tonic::Code::Unavailable => {
-                        last = anyhow!("{ep}: {}", client::grpc_reason(&s))
-                    }
-                    Err(s) => return Err(anyhow!("{}", client::grpc_reason(&s))),
-                }
+        let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
+            let c = self.keys(&ep);
+            let f = &f;
+            async move {
+                let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+                f(c).await
             }
-            Err(last)
-        })
+        }))?;
+        Ok(r.into_inner())
     }
 }
 
-fn retryable(s: &tonic::Status) -> bool {
-    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+/// A lazy channel to `endpoint` with the call deadline of these commands.
+fn channel(endpoint: &str) -> Result<Channel> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("bad endpoint {endpoint:?}"))?
+        .connect_timeout(client::CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    Ok(ep.connect_lazy())
 }
 
 pub(crate) fn print(json: bool, doc: Value, text: impl AsRef<str>) {
@@ -243,19 +272,27 @@ pub struct CeremonyStartArgs {
 
 /// `quill ceremony start`.
 pub fn ceremony_start(a: &CeremonyStartArgs, json: bool) -> Result<u8> {
-    let target = if a.key == "smk" {
-        CeremonyTarget::Smk
+    let smk = a.key == "smk";
+    let (label, usage, alg) = if smk {
+        (String::new(), String::new(), String::new())
     } else {
-        CeremonyTarget::Key {
-            label: a.label.clone().unwrap_or_default(),
-            usage: parse_usage(a.usage.as_deref())?,
-            alg: parse_alg(a.alg.as_deref())?,
-            exportable: a.exportable,
-        }
+        let usage = parse_usage(a.usage.as_deref())?.to_string();
+        let alg = parse_alg(a.alg.as_deref())?.to_string();
+        (a.label.clone().unwrap_or_default(), usage, alg)
     };
-    let id = a.id.clone().unwrap_or_else(|| new_id(if a.key == "smk" { "smk" } else { "key" }));
+    let id = a.id.clone().unwrap_or_else(|| new_id(if smk { "smk" } else { "key" }));
     let mut s = Session::new(&a.who, true)?;
-    let detail = s.write(KeyCommand::CeremonyStart { id: id.clone(), target, components: a.components })?;
+    let req = CeremonyStartRequest {
+        caller: None,
+        id: id.clone(),
+        components: u32::from(a.components),
+        smk,
+        label,
+        usage,
+        alg,
+        exportable: a.exportable,
+    };
+    let detail = s.ceremony_start(req)?;
     print(
         json,
         json!({"result": "started", "ceremony": id, "detail": detail}),
@@ -313,7 +350,12 @@ pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
             }
             bytes
         }
-        _ => bail!("give the component with --component HEX (or QUILL_COMPONENT), or --generate"),
+        _ => {
+            return Err(CliError::Usage(
+                "give the component with --component HEX (or QUILL_COMPONENT), or --generate".into(),
+            )
+            .into());
+        }
     };
     let kcv = Kcv::of_clear(alg, &component).map_err(|e| anyhow!("component: {e}"))?;
     if let Some(want) = &a.expect_kcv
@@ -329,9 +371,10 @@ pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
             .find(|n| n.id == *id)
             .ok_or_else(|| anyhow!("recipient node {id} of ceremony {} is not enrolled", c.id))?;
         let ct = node.transport.seal(&component).map_err(|e| anyhow!("sealing to node {id}: {e}"))?;
-        sealed.push((*id, SealedComponent(ct)));
+        sealed.push(SealedCopy { node: *id, sealed: ct });
     }
-    let detail = s.write(KeyCommand::CeremonySubmit { id: a.id.clone(), kcv: kcv.clone(), sealed })?;
+    let req = CeremonySubmitRequest { caller: None, id: a.id.clone(), kcv: kcv.0.clone(), sealed };
+    let detail = s.ceremony_submit(req)?;
     let generated = a.generate.then(|| hex::encode_upper(&*component));
     print(
         json,
@@ -393,9 +436,12 @@ pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
 
 /// `quill ceremony cancel`.
 pub fn ceremony_cancel(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
-    let id = a.id.clone().ok_or_else(|| anyhow!("--id is required"))?;
+    let id = a.id.clone().ok_or_else(|| CliError::Usage("--id is required".into()))?;
     let mut s = Session::new(&a.who, true)?;
-    let detail = s.write(KeyCommand::CeremonyCancel { id: id.clone() })?;
+    let detail = s.keys_write(|mut c, caller| {
+        let req = CeremonyCancelRequest { caller: Some(caller), id: id.clone() };
+        async move { c.ceremony_cancel(req).await }
+    })?;
     print(json, json!({"result": "cancelled", "ceremony": id}), format!("ceremony {id}: {detail}"));
     Ok(crate::exit_codes::OK)
 }
@@ -404,11 +450,13 @@ pub fn ceremony_cancel(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
 // key
 
 fn parse_usage(s: Option<&str>) -> Result<Usage> {
-    s.ok_or_else(|| anyhow!("--usage is required"))?.parse::<Usage>().map_err(|e| anyhow!("--usage: {e}"))
+    let s = s.ok_or_else(|| CliError::Usage("--usage is required".into()))?;
+    s.parse::<Usage>().map_err(|e| CliError::Usage(format!("--usage: {e}")).into())
 }
 
 fn parse_alg(s: Option<&str>) -> Result<KeyAlg> {
-    s.ok_or_else(|| anyhow!("--alg is required"))?.parse::<KeyAlg>().map_err(|e| anyhow!("--alg: {e}"))
+    let s = s.ok_or_else(|| CliError::Usage("--alg is required".into()))?;
+    s.parse::<KeyAlg>().map_err(|e| CliError::Usage(format!("--alg: {e}")).into())
 }
 
 /// `quill key list`.
@@ -466,20 +514,26 @@ pub fn key_show(a: &KeyIdArgs, json: bool) -> Result<u8> {
 /// `quill key activate|suspend|retire|compromised`.
 pub fn key_set_state(a: &KeyIdArgs, state: KeyState, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who, true)?;
-    let detail = s.write(KeyCommand::KeySetState { id: a.id.clone(), state })?;
+    let detail = s.keys_write(|mut c, caller| {
+        let req = KeyStateRequest { caller: Some(caller), key: a.id.clone(), state: state.as_str().into() };
+        async move { c.set_key_state(req).await }
+    })?;
     print(json, json!({"result": state.as_str(), "key": a.id, "detail": detail}), format!("key {}: {detail}", a.id));
     Ok(crate::exit_codes::OK)
 }
 
 /// `quill key destroy`: asks for the dual-control approval that destroys the key once granted.
 pub fn key_destroy(a: &KeyIdArgs, json: bool) -> Result<u8> {
-    request_approval(&a.who, ApprovalAction::Destroy { key: a.id.clone() }, json)
+    request_approval(&a.who, Action::Destroy(a.id.clone()), json)
 }
 
-fn request_approval(who: &Who, action: ApprovalAction, json: bool) -> Result<u8> {
+fn request_approval(who: &Who, action: Action, json: bool) -> Result<u8> {
     let mut s = Session::new(who, true)?;
     let id = new_id("appr");
-    let detail = s.write(KeyCommand::ApprovalRequest { id: id.clone(), action })?;
+    let detail = s.keys_write(|mut c, caller| {
+        let req = ApprovalAskRequest { caller: Some(caller), id: id.clone(), action: Some(action.clone()) };
+        async move { c.approval_ask(req).await }
+    })?;
     print(
         json,
         json!({"result": "approval requested", "approval": id, "detail": detail}),
@@ -610,9 +664,9 @@ pub struct KeyExportArgs {
 /// `quill key export`: `--key K --kbpk Z` asks for approval; `--approval A` runs it.
 pub fn key_export(a: &KeyExportArgs, json: bool) -> Result<u8> {
     if let (Some(key), Some(kbpk)) = (&a.key, &a.kbpk) {
-        return request_approval(&a.who, ApprovalAction::Export { key: key.clone(), kbpk: kbpk.clone() }, json);
+        return request_approval(&a.who, Action::Export(ExportAction { key: key.clone(), kbpk: kbpk.clone() }), json);
     }
-    let approval = a.approval.clone().ok_or_else(|| anyhow!("give --key and --kbpk, or --approval"))?;
+    let approval = a.approval.clone().ok_or_else(|| CliError::Usage("give --key and --kbpk, or --approval".into()))?;
     let mut s = Session::new(&a.who, true)?;
     let req = ExportTr31Request { caller: Some(s.caller()), approval: approval.clone() };
     let r = s.call_keys(|mut c| {
@@ -636,7 +690,7 @@ pub struct SmkGrantArgs {
 /// `quill key smk-grant`: ask for the approval that lets a node holding the SMK wrap it to a node
 /// that enrolled later (to that node's HSM transport key).
 pub fn smk_grant(a: &SmkGrantArgs, json: bool) -> Result<u8> {
-    request_approval(&a.who, ApprovalAction::SmkToNode { node: a.node }, json)
+    request_approval(&a.who, Action::SmkToNode(a.node), json)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,7 +741,10 @@ pub struct ApproveIdArgs {
 /// `quill approve grant|deny`.
 pub fn approve_decide(a: &ApproveIdArgs, grant: bool, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who, true)?;
-    let detail = s.write(KeyCommand::ApprovalDecide { id: a.id.clone(), grant })?;
+    let detail = s.keys_write(|mut c, caller| {
+        let req = ApprovalDecideRequest { caller: Some(caller), id: a.id.clone(), grant };
+        async move { c.approval_decide(req).await }
+    })?;
     print(json, json!({"approval": a.id, "detail": detail}), format!("approval {}: {detail}", a.id));
     Ok(crate::exit_codes::OK)
 }

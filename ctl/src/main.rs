@@ -9,6 +9,7 @@ mod bench_cluster;
 mod client;
 mod cluster;
 mod demo;
+mod demo_hsm;
 mod dev;
 mod exit_codes;
 mod hotfolder;
@@ -18,7 +19,6 @@ mod keys;
 mod pkcs11;
 mod prep;
 mod profile;
-mod story;
 mod testset;
 
 use clap::{Parser, Subcommand};
@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 /// Quill: EMV card data preparation and key management.
 #[derive(Parser, Debug)]
-#[command(name = "quill", version, about, long_about = None)]
+#[command(name = "quill", version, about, long_about = None, after_help = exit_codes::HELP)]
 struct Cli {
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
@@ -42,10 +42,10 @@ enum Cmd {
     /// tokens, SMK ceremony, the TEST key set by ceremonies, certified TEST issuer keys, a
     /// multi-application batch prepared across the nodes, fetched, checked, acknowledged, and the
     /// audit chain verified.
-    Demo(story::StoryArgs),
+    Demo(demo::StoryArgs),
     /// The bundled HSM simulator step by step: TEST keys, ICC master keys, CVVs, a PIN with its
     /// PVV, an ICC key pair (nothing secret leaves the HSM).
-    DemoHsm(demo::DemoArgs),
+    DemoHsm(demo_hsm::DemoArgs),
     /// Run a local cluster of quilld processes on loopback.
     #[command(subcommand)]
     Dev(DevCmd),
@@ -67,15 +67,19 @@ enum Cmd {
     /// Card-product profiles.
     #[command(subcommand)]
     Profile(ProfileCmd),
-    /// The published benchmarks.
+    /// EMV CA public keys: list, import (verified against the scheme's check value).
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Issuer RSA key pairs (generated in an HSM) and their scheme certificates.
     #[command(subcommand)]
     Issuer(IssuerCmd),
+    /// Batches across the cluster: submit, watch, fetch, acknowledge, cancel, hot folder.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Data preparation in this process with the TEST keys (lab cards, checks).
     #[command(subcommand)]
     Prep(PrepCmd),
+    /// The published benchmarks: Raft, data preparation, the whole cluster.
     #[command(subcommand)]
     Bench(BenchCmd),
 }
@@ -254,8 +258,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let r = match &cli.cmd {
-        Cmd::Demo(args) => story::run(args, json),
-        Cmd::DemoHsm(args) => demo::run(args, json),
+        Cmd::Demo(args) => demo::run(args, json),
+        Cmd::DemoHsm(args) => demo_hsm::run(args, json),
         Cmd::Dev(DevCmd::Up(args)) => dev::up(args, json),
         Cmd::Dev(DevCmd::Down(args)) => dev::down(args, json),
         Cmd::Dev(DevCmd::LoadTestKeys(a)) => testset::load(a, json),
@@ -309,9 +313,9 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // One line: the headline and its causes, joined.
+            // One line: the headline and its causes, joined; the exit code from its class.
             eprintln!("quill: error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(exit_codes::ERROR)
+            ExitCode::from(exit_codes::of(&e))
         }
     }
 }

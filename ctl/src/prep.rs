@@ -140,8 +140,8 @@ fn reexec_with_token(h: &HsmArgs) -> Result<Option<u8>> {
         .status()
         .with_context(|| format!("cannot run {}", exe.display()));
     let _ = fs::remove_dir_all(&dir);
-    let code = status?.code().unwrap_or(crate::exit_codes::ERROR as i32);
-    Ok(Some(u8::try_from(code).unwrap_or(crate::exit_codes::ERROR)))
+    let code = status?.code().unwrap_or(crate::exit_codes::REFUSED as i32);
+    Ok(Some(u8::try_from(code).unwrap_or(crate::exit_codes::REFUSED)))
 }
 
 fn open_hsm(h: &HsmArgs) -> Result<Arc<HsmPool>> {

@@ -12,12 +12,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use quill_node::keys::KeyCommand;
 use quill_node::keys::apply::issuers::IssuerKeyRecord;
-use quill_node::keys::model::{
-    Ceremony, CeremonyState, CeremonyTarget, Kcv, KeyAlg, KeyRecord, NodeRecord, SealedComponent, Usage,
-};
+use quill_node::keys::model::{Ceremony, CeremonyState, KeyAlg, KeyRecord, NodeRecord, Usage};
 use quill_prep::testkeys::TestKeys;
+use quill_proto::v1::{CaImportRequest, CeremonyStartRequest, CeremonySubmitRequest, SealedCopy};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -73,11 +71,17 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
         }
         let alg: KeyAlg = k.alg.parse().map_err(|e: String| anyhow!("{}: {e}", k.label))?;
         let id = format!("test-{}", k.label.to_ascii_lowercase());
-        let target =
-            CeremonyTarget::Key { label: k.label.clone(), usage: usage_of(&k.label, alg), alg, exportable: false };
-        admin
-            .write(KeyCommand::CeremonyStart { id: id.clone(), target, components: 2 })
-            .with_context(|| k.label.clone())?;
+        let req = CeremonyStartRequest {
+            caller: None,
+            id: id.clone(),
+            components: 2,
+            smk: false,
+            label: k.label.clone(),
+            usage: usage_of(&k.label, alg).to_string(),
+            alg: alg.to_string(),
+            exportable: false,
+        };
+        admin.ceremony_start(req).with_context(|| k.label.clone())?;
         let c: Ceremony = admin.query_as("ceremony", &id)?;
         for (s, comp, kcv) in
             [(&mut alice, &k.components[0], &k.component_kcvs[0]), (&mut bob, &k.components[1], &k.component_kcvs[1])]
@@ -86,9 +90,9 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             let mut sealed = Vec::new();
             for nid in &c.recipients {
                 let n = nodes.iter().find(|n| n.id == *nid).ok_or_else(|| anyhow!("node {nid} is not enrolled"))?;
-                sealed.push((*nid, SealedComponent(n.transport.seal(&clear).map_err(|e| anyhow!("{e}"))?)));
+                sealed.push(SealedCopy { node: *nid, sealed: n.transport.seal(&clear).map_err(|e| anyhow!("{e}"))? });
             }
-            s.write(KeyCommand::CeremonySubmit { id: id.clone(), kcv: Kcv(kcv.clone()), sealed })
+            s.ceremony_submit(CeremonySubmitRequest { caller: None, id: id.clone(), kcv: kcv.clone(), sealed })
                 .with_context(|| format!("{}: component", k.label))?;
         }
         started.push((id, k.label.clone(), k.kcv.clone()));
@@ -128,9 +132,10 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
         let rid_bytes: [u8; 5] =
             hex::decode(rid).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("bad RID {rid}"))?;
         let k = quill_prep::testkeys::TestCa::builtin().public(rid_bytes);
-        admin.write(KeyCommand::CaKeyImport {
+        admin.ca_import(CaImportRequest {
+            caller: None,
             rid: rid.clone(),
-            index: quill_prep::testkeys::TEST_CA_INDEX,
+            index: u32::from(quill_prep::testkeys::TEST_CA_INDEX),
             modulus: k.public_key().modulus().to_vec(),
             exponent: k.public_key().exponent().to_vec(),
             checksum: None,

@@ -1,19 +1,30 @@
-//! The Quill node: the library behind the `quilld` daemon. One module per concern, data flowing top
-//! to bottom: `api` (gRPC services), `jobs` (batch lifecycle), `prep` (the pure data-preparation
-//! engine), `keys`, `audit`, `hsm` (the PKCS#11 adapter), `raft` and `store` (RocksDB).
+//! The Quill node: the library behind the `quilld` daemon.
 //!
-//! So far: [`api`] (the Cluster gRPC service and the HTTP health/metrics endpoint), [`network`]
-//! (the Raft transport over gRPC), [`raft`] (the openraft type configuration, the replicated
-//! commands, and the durable log store and state machine) on [`store`] (RocksDB column families
-//! and codecs); [`config`] and [`server`] (boot and shutdown) for the `quilld` binary. A lower
-//! layer never calls up: `store` knows nothing of Raft.
+//! The module graph, top to bottom; a module imports only modules below it (DESIGN.md §2):
+//!
+//! ```text
+//! server, api        gRPC services, boot and shutdown (api maps requests to commands)
+//! keys::agent, jobs::worker, jobs::intake   the per-node runtime: HSM work, chunk workers
+//! raft, network      openraft storage (calls state::apply) and the Raft transport
+//! state              one request applied: dispatch to a domain through a prefix-scoped view,
+//!                    the audit record; what a client may send (state::validate)
+//! keys, jobs, audit  the domains: pure apply over a key-value view (keys/, jobs/, audit/)
+//! domain             what domains share: Ctx, Applied, the role check, field checks
+//! store, identity    RocksDB column families and codecs; NodeId, Actor, Role
+//! ```
+//!
+//! Not yet as drawn: the runtime parts still live beside their domains (`keys::agent`,
+//! `jobs::worker`) rather than in a `runtime/` module of their own.
 
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod domain;
+pub mod identity;
 pub mod jobs;
 pub mod keys;
 pub mod network;
 pub mod raft;
 pub mod server;
+pub mod state;
 pub mod store;

@@ -136,7 +136,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     let api_listener = bind("api gRPC", config.api_addr).await?;
     let http_listener = bind("http", config.http_addr).await?;
     let mut servers: Vec<(&'static str, JoinHandle<Result<(), String>>)> = Vec::new();
-    let raft_svc = RaftService::new(raft.clone()).into_server();
+    let cluster_svc = ClusterService::new(
+        config.node_id,
+        raft.clone(),
+        sm.clone(),
+        agent.clone(),
+        config.raft.write_timeout(),
+        config.raft.rpc_timeout(),
+    );
+    let raft_svc = RaftService::new(raft.clone(), Arc::new(cluster_svc.clone())).into_server();
     let stop = shutdown.clone();
     servers.push((
         "raft gRPC",
@@ -148,14 +156,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
                 .map_err(|e| e.to_string())
         }),
     ));
-    let cluster_svc = ClusterService::new(
-        config.node_id,
-        raft.clone(),
-        sm.clone(),
-        agent.clone(),
-        config.raft.write_timeout(),
-        config.raft.rpc_timeout(),
-    );
     let keys_svc = KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
     let jobs_svc = JobsService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
     if let Some(agent) = agent.clone() {

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use quill_node::raft::{Command, Outcome, decode_outcome, encode_command};
 use quill_proto::v1::cluster_client::ClusterClient;
-use quill_proto::v1::{InitRequest, NodeInfo, ReadRequest, StatusRequest, WriteRequest};
+use quill_proto::v1::{BenchGetRequest, BenchPutRequest, InitRequest, NodeInfo, StatusRequest};
 use tonic::transport::Channel;
 
 struct Node {
@@ -129,8 +128,18 @@ impl Drop for Node {
     }
 }
 
-fn put(key: &str, value: &[u8]) -> Vec<u8> {
-    encode_command(&Command::Put { key: key.into(), value: value.to_vec() })
+fn put(client_id: &str, serial: u64, key: &str, value: &[u8]) -> BenchPutRequest {
+    BenchPutRequest {
+        client_id: client_id.into(),
+        serial,
+        key: key.into(),
+        value: value.to_vec(),
+        actor: "operator:t1".into(),
+    }
+}
+
+fn get(key: &str) -> BenchGetRequest {
+    BenchGetRequest { key: key.into(), linearizable: true, hops: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -148,55 +157,29 @@ async fn single_node_writes_reads_and_restarts() {
 
     eprintln!("--- step: write 100 puts");
     for i in 0..100u64 {
-        let req = WriteRequest {
-            client_id: "t1".into(),
-            serial: i,
-            command: put(&format!("k{i}"), format!("v{i}").as_bytes()),
-            hops: 0,
-            actor: String::new(),
-        };
-        let r = client.write(req).await.expect("write").into_inner();
+        let req = put("t1", i, &format!("bench/k{i}"), format!("v{i}").as_bytes());
+        let r = client.bench_put(req).await.expect("write").into_inner();
         assert!(!r.duplicate);
-        assert_eq!(decode_outcome(&r.outcome).expect("outcome"), Outcome::Put { replaced: false });
+        assert!(!r.replaced);
     }
 
     eprintln!("--- step: read them back linearizably");
     for i in 0..100u64 {
-        let r = client
-            .read(ReadRequest { key: format!("k{i}"), linearizable: true, hops: 0 })
-            .await
-            .expect("read")
-            .into_inner();
-        assert!(r.found, "k{i} not found");
+        let r = client.bench_get(get(&format!("bench/k{i}"))).await.expect("read").into_inner();
+        assert!(r.found, "bench/k{i} not found");
         assert_eq!(r.value, format!("v{i}").into_bytes());
     }
 
     eprintln!("--- step: a retried write is applied once");
-    let retry = WriteRequest {
-        client_id: "t1".into(),
-        serial: 7,
-        command: put("k7", b"changed"),
-        hops: 0,
-        actor: String::new(),
-    };
-    let r = client.write(retry).await.expect("retry").into_inner();
-    assert!(r.duplicate, "same client id + serial must be a duplicate");
-    let v = client.read(ReadRequest { key: "k7".into(), linearizable: true, hops: 0 }).await.expect("read");
+    let r = client.bench_put(put("t1", 7, "bench/k7", b"changed")).await.expect("retry").into_inner();
+    assert!(r.duplicate, "same caller + client id + serial must be a duplicate");
+    let v = client.bench_get(get("bench/k7")).await.expect("read");
     assert_eq!(v.into_inner().value, b"v7".to_vec());
 
     eprintln!("--- step: malformed input is INVALID_ARGUMENT, not a crash");
-    let bad = WriteRequest {
-        client_id: "t1".into(),
-        serial: 1000,
-        command: vec![0xff, 0xff, 0xff],
-        hops: 0,
-        actor: String::new(),
-    };
-    let e = client.write(bad).await.expect_err("malformed command");
+    let e = client.bench_put(put("t1", 1000, "", b"y")).await.expect_err("empty key");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
-    let empty =
-        WriteRequest { client_id: String::new(), serial: 1, command: put("x", b"y"), hops: 0, actor: String::new() };
-    let e = client.write(empty).await.expect_err("empty client id");
+    let e = client.bench_put(put("", 1, "bench/x", b"y")).await.expect_err("empty client id");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 
     eprintln!("--- step: HTTP health and metrics");
@@ -216,7 +199,7 @@ async fn single_node_writes_reads_and_restarts() {
     node.start();
     let mut client = node.client().await;
     node.wait_leader(&mut client).await;
-    let r = client.read(ReadRequest { key: "k99".into(), linearizable: true, hops: 0 }).await.expect("read");
+    let r = client.bench_get(get("bench/k99")).await.expect("read");
     let r = r.into_inner();
     assert!(r.found && r.value == b"v99".to_vec(), "k99 lost across restart");
     let status = node.stop();

@@ -1,13 +1,21 @@
-//! Quill's wire contract: the `.proto` files for the Cluster, Keys, Ceremony, Jobs, Audit, Ca and
-//! Exchange services, and the tonic/prost code generated from them at build time (with a vendored
-//! `protoc`, so no system compiler is needed).
+//! Quill's wire contract: the `.proto` files of the `quill.v1` package and the tonic/prost code
+//! generated from them at build time (with a vendored `protoc`, so no system compiler is needed).
 //!
-//! So far: `quill.v1.Raft` (the transport between nodes: opaque postcard payloads in an envelope)
-//! and `quill.v1.Cluster` (the client API: writes, reads, status, membership), both in [`v1`]
-//! with clients and servers.
+//! - `quill.v1.Cluster`: status, membership, and the Raft benchmark's own key space;
+//! - `quill.v1.Keys`: key management, one typed request per operation, and the audit chain;
+//! - `quill.v1.Jobs`: batches (submit, fetch, MAC, acknowledge, cancel);
+//! - `quill.v1.Raft`: the transport between nodes (openraft's messages and forwarded writes as
+//!   opaque postcard payloads in an envelope), on the nodes' internal port.
+//!
+//! The wire only grows: `wire.lock` beside this crate lists every service, method, message and
+//! field with its number and type, and `tests/wire_compat.rs` fails when one of them is removed,
+//! renumbered or retyped (see `README.md` here for the rule and how to record an addition).
 
-/// The `quill.v1` package: messages, `raft_client`/`raft_server`, `cluster_client`/`cluster_server`.
+/// The `quill.v1` package: messages, clients and servers.
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod v1 {
     tonic::include_proto!("quill.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `quill.v1`, as compiled into this crate.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/quill_v1_descriptor.bin"));

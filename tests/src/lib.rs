@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use quill_node::raft::{Outcome, decode_outcome, encode_command};
+use quill_node::raft::Outcome;
 use quill_proto::v1::cluster_client::ClusterClient;
-use quill_proto::v1::{InitRequest, NodeInfo, NodeStatus, ReadRequest, StatusRequest, WriteRequest, WriteResponse};
+use quill_proto::v1::{
+    BenchGetRequest, BenchPutRequest, BenchPutResponse, InitRequest, NodeInfo, NodeStatus, StatusRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 pub use quill_node::raft::Command as QuillCommand;
@@ -546,7 +548,8 @@ impl Cluster {
         .await
     }
 
-    /// Put `key` = `value` through node `id` as (`client_id`, `serial`).
+    /// Put `bench/<key>` = `value` through node `id` as (`client_id`, `serial`), as [`TEST_ACTOR`]
+    /// (plain writes are confined to the benchmark's key space).
     pub async fn put(
         &self,
         id: u64,
@@ -554,21 +557,25 @@ impl Cluster {
         serial: u64,
         key: &str,
         value: &[u8],
-    ) -> Result<(WriteResponse, Outcome), tonic::Status> {
-        let command = encode_command(&QuillCommand::Put { key: key.to_string(), value: value.to_vec() });
+    ) -> Result<(BenchPutResponse, Outcome), tonic::Status> {
         let mut c = self.client(id);
-        let r = c
-            .write(WriteRequest { client_id: client_id.to_string(), serial, command, hops: 0, actor: String::new() })
-            .await?
-            .into_inner();
-        let outcome = decode_outcome(&r.outcome).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let actor = TEST_ACTOR.to_string();
+        let req = BenchPutRequest {
+            client_id: client_id.to_string(),
+            serial,
+            key: bench_key(key),
+            value: value.to_vec(),
+            actor,
+        };
+        let r = c.bench_put(req).await?.into_inner();
+        let outcome = Outcome::Put { replaced: r.replaced };
         Ok((r, outcome))
     }
 
-    /// Read `key` on node `id`.
+    /// Read `bench/<key>` on node `id`.
     pub async fn read(&self, id: u64, key: &str, linearizable: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
         let mut c = self.client(id);
-        let r = c.read(ReadRequest { key: key.to_string(), linearizable, hops: 0 }).await?.into_inner();
+        let r = c.bench_get(BenchGetRequest { key: bench_key(key), linearizable, hops: 0 }).await?.into_inner();
         Ok(r.found.then_some(r.value))
     }
 
@@ -591,6 +598,14 @@ impl Cluster {
     pub fn log_tail(&self, id: u64) -> String {
         tail(&self.node(id).log_path(), 40)
     }
+}
+
+/// Who the tests' plain writes are made by.
+pub const TEST_ACTOR: &str = "operator:test";
+
+/// The benchmark key space every plain write and read is confined to.
+fn bench_key(key: &str) -> String {
+    format!("bench/{key}")
 }
 
 impl Drop for Cluster {

@@ -1,4 +1,4 @@
-//! Bad input gets an error, not a crash: malformed command bytes, an empty client id, a
+//! Bad input gets an error, not a crash: malformed forwarded-write bytes, an empty client id, a
 //! membership change naming an unknown node, a learner without its addresses, garbage on the
 //! Raft and API ports. After each, every node still answers Status and the cluster still commits.
 
@@ -6,11 +6,16 @@ use std::io::Write as _;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use quill_node::raft::{Command, encode_command};
+use quill_node::api::Forwarded;
+use quill_node::identity::{Actor, Role};
+use quill_node::raft::Command;
 use quill_proto::v1::raft_client::RaftClient;
-use quill_proto::v1::{AddLearnerRequest, ChangeMembershipRequest, NodeInfo, RaftPayload, SnapshotChunk, WriteRequest};
-use quill_tests::{Cluster, ClusterOptions, step};
+use quill_proto::v1::{
+    AddLearnerRequest, BenchPutRequest, ChangeMembershipRequest, NodeInfo, RaftPayload, SnapshotChunk,
+};
+use quill_tests::{Cluster, ClusterOptions, TEST_ACTOR, step};
 use tonic::Code;
+use tonic::transport::Channel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_and_nodes_stay_up() {
@@ -20,35 +25,30 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
     let follower = ids.iter().copied().find(|id| *id != leader).expect("a follower");
 
     for node in [leader, follower] {
-        step(&format!("node {node}: malformed command bytes → InvalidArgument"));
-        let mut c = cluster.client(node);
-        let err = c
-            .write(WriteRequest {
-                client_id: "t40".into(),
-                serial: 1,
-                command: vec![0xff, 0xff, 0xff, 0xff],
-                hops: 0,
-                actor: String::new(),
-            })
+        step(&format!("node {node}: malformed forwarded-write bytes on the Raft port → InvalidArgument"));
+        let mut raft = raft_client(&cluster, node);
+        let err = raft
+            .forward(RaftPayload { data: vec![0xff, 0xff, 0xff, 0xff] })
             .await
-            .expect_err("malformed command accepted");
+            .expect_err("malformed forwarded write accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
-        step(&format!("node {node}: trailing bytes after a valid command → InvalidArgument"));
-        let mut command = encode_command(&Command::Put { key: "k".into(), value: b"v".to_vec() });
-        command.extend_from_slice(b"junk");
-        let err = c
-            .write(WriteRequest { client_id: "t40".into(), serial: 2, command, hops: 0, actor: String::new() })
-            .await
-            .expect_err("trailing bytes accepted");
+        step(&format!("node {node}: trailing bytes after a valid forwarded write → InvalidArgument"));
+        let mut data = valid_forwarded();
+        data.extend_from_slice(b"junk");
+        let err = raft.forward(RaftPayload { data }).await.expect_err("trailing bytes accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
         step(&format!("node {node}: empty client id → InvalidArgument"));
-        let command = encode_command(&Command::Put { key: "k".into(), value: b"v".to_vec() });
-        let err = c
-            .write(WriteRequest { client_id: String::new(), serial: 3, command, hops: 0, actor: String::new() })
-            .await
-            .expect_err("empty client id accepted");
+        let mut c = cluster.client(node);
+        let req = BenchPutRequest {
+            client_id: String::new(),
+            serial: 3,
+            key: "bench/k".into(),
+            value: b"v".to_vec(),
+            actor: TEST_ACTOR.into(),
+        };
+        let err = c.bench_put(req).await.expect_err("empty client id accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     }
 
@@ -91,13 +91,7 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     step("garbage Raft payloads → errors");
-    let raft_ep = format!("http://{}", cluster.node(follower).raft_addr);
-    let mut raft = RaftClient::new(
-        tonic::transport::Endpoint::from_shared(raft_ep)
-            .expect("endpoint")
-            .timeout(Duration::from_secs(5))
-            .connect_lazy(),
-    );
+    let mut raft = raft_client(&cluster, follower);
     let garbage = vec![0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
     raft.append_entries(RaftPayload { data: garbage.clone() }).await.expect_err("garbage AppendEntries accepted");
     raft.vote(RaftPayload { data: garbage.clone() }).await.expect_err("garbage Vote accepted");
@@ -124,4 +118,26 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
     }
     let (r, _) = cluster.put(follower, "t40-ok", 1, "t40/ok", b"ok").await.expect("a good write after bad input");
     cluster.wait_converged(&ids, r.log_index, Duration::from_secs(20)).await;
+}
+
+fn raft_client(cluster: &Cluster, node: u64) -> RaftClient<Channel> {
+    let raft_ep = format!("http://{}", cluster.node(node).raft_addr);
+    RaftClient::new(
+        tonic::transport::Endpoint::from_shared(raft_ep)
+            .expect("endpoint")
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    )
+}
+
+/// A well-formed forwarded benchmark write, as a follower sends it to the leader.
+fn valid_forwarded() -> Vec<u8> {
+    let w = Forwarded {
+        client_id: "t40".into(),
+        serial: 2,
+        actor: Actor { name: "test".into(), role: Role::Operator },
+        cmd: Command::Put { key: "bench/k".into(), value: b"v".to_vec() },
+        hops: 1,
+    };
+    postcard::to_stdvec(&w).expect("encode")
 }

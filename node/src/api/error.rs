@@ -55,6 +55,9 @@ pub enum ApiError {
     /// The caller's role may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The request names no caller: nobody is anonymous.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// The node's HSM refused or failed the operation (the message names the operation and the
     /// module, never key material).
     #[error("HSM: {0}")]
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::Forwarded(status) => status,
             ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             ApiError::Hsm(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
         }

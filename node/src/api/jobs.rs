@@ -13,7 +13,10 @@ use quill_prep::engine::output::{FORMAT, Header, Stream, VERSION};
 use quill_prep::input::{self, CardRecord};
 use quill_prep::profile::{BadRecordPolicy, Profile};
 use quill_proto::v1::jobs_server::{self, JobsServer};
-use quill_proto::v1::{FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse};
+use quill_proto::v1::{
+    AckRequest, CancelRequest, FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse,
+    WriteResult,
+};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,7 +26,7 @@ use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
 use crate::keys::agent::KeyAgent;
 use crate::keys::apply::{key, scan};
 use crate::keys::model::{Actor, KeyRecord, KeyState, Role};
-use crate::raft::{Command, Outcome, StateMachine, decode_outcome};
+use crate::raft::{Command, Outcome, StateMachine};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -79,7 +82,7 @@ impl JobsService {
     async fn propose(&self, client: &str, serial: &mut u64, actor: &Actor, cmd: JobCommand) -> ApiResult<String> {
         *serial += 1;
         let resp = self.cluster.submit(client, *serial, actor.clone(), Command::Jobs(cmd)).await?;
-        match decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))? {
+        match resp.outcome {
             Outcome::Done { detail, .. } => Ok(detail),
             Outcome::Rejected { reason } => Err(ApiError::Precondition(reason)),
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
@@ -90,8 +93,7 @@ impl JobsService {
         let broke = |s: Status| ApiError::BadRequest(format!("the upload broke off: {}", s.message()));
         let first =
             parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
-        let caller = first.caller.clone().ok_or_else(|| ApiError::BadRequest("caller is missing".into()))?;
-        let actor = Actor::parse(&caller.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
+        let (caller, actor) = super::client_caller(first.caller.clone())?;
         if !matches!(actor.role, Role::Operator | Role::Admin) {
             return Err(ApiError::PermissionDenied(format!(
                 "{actor} may not submit jobs (needs role operator or admin)"
@@ -300,5 +302,18 @@ impl jobs_server::Jobs for JobsService {
 
     async fn mac(&self, request: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
         Ok(Response::new(self.mac(request.into_inner()).await?))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        let delivered = r.delivered.into_iter().map(|d| (d.stream, d.sha256)).collect();
+        let cmd = Command::Jobs(JobCommand::Ack { id: r.job, delivered });
+        Ok(Response::new(self.cluster.write_for(r.caller, cmd).await?))
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        let cmd = Command::Jobs(JobCommand::Cancel { id: r.job });
+        Ok(Response::new(self.cluster.write_for(r.caller, cmd).await?))
     }
 }

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use quill_proto::v1::keys_server::{self, KeysServer};
 use quill_proto::v1::{
-    AuditTailRequest, AuditTailResponse, AuditVerifyRequest, AuditVerifyResponse, Caller, ExportTr31Request,
-    ExportTr31Response, GenerateKeyRequest, ImportTr31Request, KeyResponse, QueryRequest, QueryResponse,
+    ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
+    AuditVerifyResponse, CaImportRequest, Caller, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
+    ExportTr31Request, ExportTr31Response, GenerateKeyRequest, ImportTr31Request, IssuerCertImportRequest, KeyResponse,
+    KeyStateRequest, QueryRequest, QueryResponse, WriteResult,
 };
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -56,12 +58,7 @@ impl KeysService {
     }
 
     fn caller(c: Option<Caller>) -> ApiResult<(Caller, Actor)> {
-        let c = c.ok_or_else(|| ApiError::BadRequest("caller is missing".into()))?;
-        if c.client_id.is_empty() {
-            return Err(ApiError::BadRequest("caller.client_id is empty".into()));
-        }
-        let actor = Actor::parse(&c.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
-        Ok((c, actor))
+        super::client_caller(c)
     }
 
     async fn state<T: Send + 'static>(
@@ -130,8 +127,7 @@ impl KeysService {
     /// created key's record.
     async fn create(&self, caller: Caller, actor: Actor, cmd: KeyCommand) -> ApiResult<KeyResponse> {
         let resp = self.cluster.submit(&caller.client_id, caller.serial, actor, Command::Keys(cmd)).await?;
-        let outcome = crate::raft::decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let object = match outcome {
+        let object = match resp.outcome {
             Outcome::Done { object, .. } => object,
             Outcome::Rejected { reason } => return Err(ApiError::Precondition(reason)),
             other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
@@ -226,8 +222,7 @@ impl KeysService {
             origin: Origin::Generated { node: self.cluster.node_id() },
         };
         let resp = self.cluster.submit(&caller.client_id, caller.serial, actor, Command::Keys(cmd)).await?;
-        let outcome = crate::raft::decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Outcome::Rejected { reason } = outcome {
+        if let Outcome::Rejected { reason } = resp.outcome {
             return Err(ApiError::Precondition(reason));
         }
         self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
@@ -328,7 +323,7 @@ impl KeysService {
                 Command::Keys(KeyCommand::ExportDone { approval: approval.id }),
             )
             .await?;
-        match crate::raft::decode_outcome(&resp.outcome).map_err(|e| ApiError::Internal(e.to_string()))? {
+        match resp.outcome {
             Outcome::Rejected { reason } => Err(ApiError::Precondition(reason)),
             _ => Ok(ExportTr31Response { block, kcv: k.kcv.0 }),
         }
@@ -402,4 +397,103 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<AuditVerifyResponse>, Status> {
         Ok(Response::new(self.audit_verify().await?))
     }
+
+    async fn ceremony_start(&self, request: Request<CeremonyStartRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        let target = if r.smk {
+            CeremonyTarget::Smk
+        } else {
+            CeremonyTarget::Key {
+                label: r.label,
+                usage: parse_field("usage", &r.usage)?,
+                alg: parse_field("alg", &r.alg)?,
+                exportable: r.exportable,
+            }
+        };
+        let components =
+            u8::try_from(r.components).map_err(|_| bad(format!("components {} is not 2-9", r.components)))?;
+        self.write(r.caller, KeyCommand::CeremonyStart { id: r.id, target, components }).await
+    }
+
+    async fn ceremony_submit(&self, request: Request<CeremonySubmitRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        let sealed = r.sealed.into_iter().map(|c| (c.node, SealedComponent(c.sealed))).collect();
+        self.write(r.caller, KeyCommand::CeremonySubmit { id: r.id, kcv: Kcv(r.kcv), sealed }).await
+    }
+
+    async fn ceremony_cancel(&self, request: Request<CeremonyCancelRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        self.write(r.caller, KeyCommand::CeremonyCancel { id: r.id }).await
+    }
+
+    async fn set_key_state(&self, request: Request<KeyStateRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        self.write(r.caller, KeyCommand::KeySetState { id: r.key, state: parse_field("state", &r.state)? }).await
+    }
+
+    async fn approval_ask(&self, request: Request<ApprovalAskRequest>) -> Result<Response<WriteResult>, Status> {
+        use quill_proto::v1::approval_ask_request::Action;
+        let r = request.into_inner();
+        let action = match r.action.ok_or_else(|| bad("action is missing".into()))? {
+            Action::SmkToNode(node) => ApprovalAction::SmkToNode { node },
+            Action::Export(e) => ApprovalAction::Export { key: e.key, kbpk: e.kbpk },
+            Action::Destroy(key) => ApprovalAction::Destroy { key },
+        };
+        self.write(r.caller, KeyCommand::ApprovalRequest { id: r.id, action }).await
+    }
+
+    async fn approval_decide(&self, request: Request<ApprovalDecideRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        self.write(r.caller, KeyCommand::ApprovalDecide { id: r.id, grant: r.grant }).await
+    }
+
+    async fn ca_import(&self, request: Request<CaImportRequest>) -> Result<Response<WriteResult>, Status> {
+        let r = request.into_inner();
+        let index = u8::try_from(r.index).map_err(|_| bad(format!("index {} is not one byte", r.index)))?;
+        let cmd = KeyCommand::CaKeyImport {
+            rid: r.rid,
+            index,
+            modulus: r.modulus,
+            exponent: r.exponent,
+            checksum: r.checksum,
+        };
+        self.write(r.caller, cmd).await
+    }
+
+    async fn issuer_cert_import(
+        &self,
+        request: Request<IssuerCertImportRequest>,
+    ) -> Result<Response<WriteResult>, Status> {
+        use quill_proto::v1::issuer_cert_import_request::Source;
+        let r = request.into_inner();
+        let source = match r.source.ok_or_else(|| bad("source is missing".into()))? {
+            Source::File(f) => issuers::CertSource::File { layout: f.layout, bytes: f.bytes },
+            Source::Tags(t) => issuers::CertSource::Tags {
+                rid: t.rid,
+                ca_index: u8::try_from(t.ca_index)
+                    .map_err(|_| bad(format!("ca_index {} is not one byte", t.ca_index)))?,
+                cert: t.cert,
+                remainder: t.remainder,
+                exponent: t.exponent,
+            },
+        };
+        let key = (!r.key.is_empty()).then_some(r.key);
+        self.write(r.caller, KeyCommand::IssuerCertImport { source, key }).await
+    }
+}
+
+impl KeysService {
+    /// A typed key-management write: the caller checked, the command validated and proposed.
+    async fn write(&self, caller: Option<Caller>, cmd: KeyCommand) -> Result<Response<WriteResult>, Status> {
+        Ok(Response::new(self.cluster.write_for(caller, Command::Keys(cmd)).await?))
+    }
+}
+
+fn bad(message: String) -> Status {
+    ApiError::BadRequest(message).into_status()
+}
+
+/// Parse a request field with the model's `FromStr`, naming the field on failure.
+fn parse_field<T: std::str::FromStr<Err = String>>(field: &str, value: &str) -> Result<T, Status> {
+    value.parse().map_err(|e| bad(format!("{field}: {e}")))
 }

@@ -23,18 +23,21 @@ use openraft::error::{
 use openraft::{ServerState, StoredMembership};
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::cluster_server::{self, ClusterServer};
+use quill_proto::v1::raft_client::RaftClient;
 use quill_proto::v1::{
-    AddLearnerRequest, ChangeMembershipRequest, InitRequest, InitResponse, MembershipResponse, NodeInfo, NodeStatus,
-    ReadRequest, ReadResponse, StatusRequest, StatusResponse, WriteRequest, WriteResponse,
+    AddLearnerRequest, BenchGetRequest, BenchGetResponse, BenchPutRequest, BenchPutResponse, Caller,
+    ChangeMembershipRequest, InitRequest, InitResponse, MembershipResponse, NodeInfo, NodeStatus, RaftPayload,
+    StatusRequest, StatusResponse, WriteResult,
 };
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use self::error::{ApiError, LEADER_METADATA, MAX_HOPS};
+use crate::identity::{Actor, Role};
 use crate::keys::agent::KeyAgent;
-use crate::keys::model::{Actor, Role};
-use crate::network::{Raft, lazy_channel};
-use crate::raft::{Command, NodeAddr, NodeId, StateMachine, decode_command, encode_command, encode_outcome};
+use crate::network::{ForwardHandler, Raft, lazy_channel};
+use crate::raft::{Command, NodeAddr, NodeId, Outcome, StateMachine, encode_command};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -98,16 +101,33 @@ impl ClusterService {
         self.inner.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
     }
 
-    /// Propose `cmd` as `actor` with (`client_id`, `serial`), through the leader.
-    pub async fn submit(&self, client_id: &str, serial: u64, actor: Actor, cmd: Command) -> ApiResult<WriteResponse> {
-        let req = WriteRequest {
-            client_id: client_id.to_string(),
-            serial,
-            command: encode_command(&cmd),
-            hops: 0,
-            actor: actor.to_string(),
-        };
-        self.inner.write(req).await
+    /// Propose `cmd` as `actor` with (`client_id`, `serial`), through the leader (a follower
+    /// forwards it over the Raft port). The caller built `cmd` on this node.
+    pub async fn submit(
+        &self,
+        client_id: &str,
+        serial: u64,
+        actor: Actor,
+        cmd: Command,
+    ) -> ApiResult<crate::raft::Response> {
+        let w = Forwarded { client_id: client_id.to_string(), serial, actor, cmd, hops: 0 };
+        self.inner.write(w, false).await
+    }
+
+    /// Propose a client's typed write: the caller's identity and (client id, serial) from
+    /// `caller`, refused if anonymous or claiming the node role. A state-machine refusal becomes
+    /// an error status ([`refusal`]).
+    pub async fn write_for(&self, caller: Option<Caller>, cmd: Command) -> ApiResult<WriteResult> {
+        let (caller, actor) = client_caller(caller)?;
+        crate::state::validate::client_command(&cmd).map_err(ApiError::BadRequest)?;
+        let r = self.submit(&caller.client_id, caller.serial, actor, cmd).await?;
+        match r.outcome {
+            Outcome::Done { object, detail } => {
+                Ok(WriteResult { log_index: r.log_index, duplicate: r.duplicate, object, detail })
+            }
+            Outcome::Rejected { reason } => Err(refusal(reason)),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     /// Make a read linearizable: `None` when this node is the leader and confirmed it (read
@@ -163,9 +183,26 @@ impl Inner {
         Ok(channel)
     }
 
-    /// Where to forward to, given openraft's `ForwardToLeader`; `NotLeader` if there is no leader
-    /// to forward to, or `hops` is used up.
-    fn forward_target(&self, f: &ForwardToLeader<NodeId, NodeAddr>, hops: u32) -> ApiResult<ClusterClient<Channel>> {
+    /// The leader's Raft port, for forwarding a write, given openraft's `ForwardToLeader`;
+    /// `NotLeader` if there is no leader to forward to, or `hops` is used up.
+    fn forward_target(&self, f: &ForwardToLeader<NodeId, NodeAddr>, hops: u32) -> ApiResult<RaftClient<Channel>> {
+        if hops >= MAX_HOPS {
+            return Err(ApiError::TooManyHops(hops + 1));
+        }
+        match (&f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) if *id != self.id => self
+                .peer_channel(&node.raft_addr)
+                .map(|c| RaftClient::new(c).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)),
+            _ => Err(not_leader(f)),
+        }
+    }
+
+    /// The leader's client API, for forwarding a linearizable read.
+    fn forward_api_target(
+        &self,
+        f: &ForwardToLeader<NodeId, NodeAddr>,
+        hops: u32,
+    ) -> ApiResult<ClusterClient<Channel>> {
         if hops >= MAX_HOPS {
             return Err(ApiError::TooManyHops(hops + 1));
         }
@@ -175,38 +212,27 @@ impl Inner {
         }
     }
 
-    async fn write(&self, req: WriteRequest) -> ApiResult<WriteResponse> {
-        self.write_as(req, true).await
-    }
-
-    /// A write; `in_process` is false for one that arrived over gRPC from a client.
-    async fn write_as(&self, req: WriteRequest, in_process: bool) -> ApiResult<WriteResponse> {
-        if !in_process && req.hops == 0 && req.actor.starts_with("node:") {
-            return Err(ApiError::PermissionDenied("role node is reserved for the cluster's own nodes".into()));
+    /// A write: MACed for the audit chain if this node leads, queued for the batcher, and
+    /// forwarded to the leader's Raft port if this node does not lead. `from_peer`: it arrived
+    /// from another node (forwarded), so it is checked as a client's command again.
+    async fn write(&self, w: Forwarded, from_peer: bool) -> ApiResult<crate::raft::Response> {
+        if w.hops > MAX_HOPS {
+            return Err(ApiError::TooManyHops(w.hops));
         }
-        if req.hops > MAX_HOPS {
-            return Err(ApiError::TooManyHops(req.hops));
-        }
-        if req.client_id.is_empty() {
+        if w.client_id.is_empty() {
             return Err(ApiError::BadRequest("client_id is empty".into()));
         }
-        let cmd = decode_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let actor = if req.actor.is_empty() {
-            Actor { name: "anonymous".into(), role: Role::Operator }
-        } else {
-            Actor::parse(&req.actor).map_err(|e| ApiError::BadRequest(format!("actor: {e}")))?
-        };
-        // Only a node may act as a node: the agent's proposals come in-process (hops 0, from
-        // `submit`) or forwarded by a peer (hops > 0). A client declaring role `node` is refused.
-        // (With TLS client certificates the role comes from the certificate instead.)
+        if from_peer {
+            crate::state::validate::client_command(&w.cmd).map_err(ApiError::BadRequest)?;
+        }
         // The leader MACs the request digest with the audit key before proposing it.
         let audit_mac = if self.raft.metrics().borrow().state == ServerState::Leader
-            && !matches!(cmd, crate::raft::Command::Noop | crate::raft::Command::AuditSeal { .. })
+            && !matches!(w.cmd, Command::Noop | Command::AuditSeal { .. })
         {
             match &self.agent {
                 Some(agent) => {
                     let digest =
-                        crate::audit::request_digest(&req.client_id, req.serial, &actor, &encode_command(&cmd));
+                        crate::audit::request_digest(&w.client_id, w.serial, &w.actor, &encode_command(&w.cmd));
                     agent.audit_mac(crate::audit::mac_input(&digest)).await
                 }
                 None => None,
@@ -215,12 +241,12 @@ impl Inner {
             None
         };
         let request = crate::raft::Request {
-            client_id: req.client_id.clone(),
-            serial: req.serial,
+            client_id: w.client_id.clone(),
+            serial: w.serial,
             time_ms: now_ms(),
-            actor,
+            actor: w.actor.clone(),
             audit_mac,
-            cmd,
+            cmd: w.cmd.clone(),
         };
         let (done, result) = tokio::sync::oneshot::channel();
         self.batcher
@@ -231,39 +257,53 @@ impl Inner {
         match written {
             Err(_) => Err(ApiError::Indeterminate(self.write_timeout)),
             Ok(Err(_)) => Err(ApiError::Internal("the write batcher dropped a write".into())),
-            Ok(Ok(Ok(resp))) => Ok(WriteResponse {
-                log_index: resp.log_index,
-                duplicate: resp.duplicate,
-                outcome: encode_outcome(&resp.outcome),
-            }),
+            Ok(Ok(Ok(resp))) => Ok(resp),
             Ok(Ok(Err(batch::WriteFail::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))))) => {
-                let mut client = self.forward_target(&f, req.hops)?;
-                let forwarded = WriteRequest { hops: req.hops + 1, ..req };
-                client.write(forwarded).await.map(Response::into_inner).map_err(forwarded_error)
+                let mut client = self.forward_target(&f, w.hops)?;
+                let forwarded = Forwarded { hops: w.hops + 1, ..w };
+                let data = postcard::to_stdvec(&forwarded).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let reply = client.forward(RaftPayload { data }).await.map_err(forwarded_error)?.into_inner();
+                postcard::from_bytes(&reply.data)
+                    .map_err(|e| ApiError::Internal(format!("the leader's answer does not decode: {e}")))
             }
             Ok(Ok(Err(batch::WriteFail::Raft(e)))) => Err(write_error(e)),
             Ok(Ok(Err(batch::WriteFail::Internal(m)))) => Err(ApiError::Internal(m)),
         }
     }
 
-    async fn read(&self, req: ReadRequest) -> ApiResult<ReadResponse> {
-        if req.key.is_empty() {
-            return Err(ApiError::BadRequest("key is empty".into()));
-        }
+    async fn bench_get(&self, req: BenchGetRequest) -> ApiResult<BenchGetResponse> {
+        // The raw read serves the benchmark's key space only; the domains answer typed queries.
+        crate::state::validate::bench_key(&req.key).map_err(ApiError::PermissionDenied)?;
         if req.linearizable {
             match self.raft.ensure_linearizable().await {
                 Ok(_) => {}
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    let mut client = self.forward_target(&f, req.hops)?;
-                    let forwarded = ReadRequest { hops: req.hops + 1, ..req };
-                    return client.read(forwarded).await.map(Response::into_inner).map_err(forwarded_error);
+                    let mut client = self.forward_api_target(&f, req.hops)?;
+                    let forwarded = BenchGetRequest { hops: req.hops + 1, ..req };
+                    return client.bench_get(forwarded).await.map(Response::into_inner).map_err(forwarded_error);
                 }
                 Err(e) => return Err(leader_check_error(e)),
             }
         }
         let applied_index = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
         let value = self.sm.get(&req.key).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(ReadResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index })
+        Ok(BenchGetResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index })
+    }
+
+    async fn bench_put(&self, req: BenchPutRequest) -> ApiResult<BenchPutResponse> {
+        let caller = Caller { client_id: req.client_id, serial: req.serial, actor: req.actor };
+        let (caller, actor) = client_caller(Some(caller))?;
+        let cmd = Command::Put { key: req.key, value: req.value };
+        crate::state::validate::client_command(&cmd).map_err(ApiError::BadRequest)?;
+        let w = Forwarded { client_id: caller.client_id, serial: caller.serial, actor, cmd, hops: 0 };
+        let r = self.write(w, false).await?;
+        match r.outcome {
+            Outcome::Put { replaced } => {
+                Ok(BenchPutResponse { log_index: r.log_index, duplicate: r.duplicate, replaced })
+            }
+            Outcome::Rejected { reason } => Err(refusal(reason)),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn status(&self) -> ApiResult<NodeStatus> {
@@ -448,18 +488,18 @@ impl crate::keys::agent::Proposer for ClusterService {
         let client_id = format!("node-{}-agent-{}", self.inner.id, self.inner.boot_ms);
         let serial = self.inner.agent_serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let resp = self.submit(&client_id, serial, actor, cmd).await.map_err(|e| e.to_string())?;
-        crate::raft::decode_outcome(&resp.outcome).map_err(|e| e.to_string())
+        Ok(resp.outcome)
     }
 }
 
 #[tonic::async_trait]
 impl cluster_server::Cluster for ClusterService {
-    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
-        Ok(Response::new(self.inner.write_as(request.into_inner(), false).await?))
+    async fn bench_put(&self, request: Request<BenchPutRequest>) -> Result<Response<BenchPutResponse>, Status> {
+        Ok(Response::new(self.inner.bench_put(request.into_inner()).await?))
     }
 
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        Ok(Response::new(self.inner.read(request.into_inner()).await?))
+    async fn bench_get(&self, request: Request<BenchGetRequest>) -> Result<Response<BenchGetResponse>, Status> {
+        Ok(Response::new(self.inner.bench_get(request.into_inner()).await?))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -480,5 +520,67 @@ impl cluster_server::Cluster for ClusterService {
         request: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         Ok(Response::new(self.inner.change_membership(request.into_inner()).await?))
+    }
+}
+
+/// A write forwarded from a follower to the leader over the Raft port (postcard in
+/// `RaftPayload`): a command the follower built (its own, or from a client's typed request) with
+/// the caller it established.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The caller's client id.
+    pub client_id: String,
+    /// The caller's serial.
+    pub serial: u64,
+    /// Who asked.
+    pub actor: Actor,
+    /// What to do.
+    pub cmd: Command,
+    /// How many times it was forwarded already.
+    pub hops: u32,
+}
+
+#[tonic::async_trait]
+impl ForwardHandler for ClusterService {
+    async fn forward(&self, data: &[u8]) -> Result<Vec<u8>, Status> {
+        let w: Forwarded = match postcard::take_from_bytes(data) {
+            Ok((w, [])) => w,
+            Ok((_, rest)) => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed forwarded write: {} trailing bytes",
+                    rest.len()
+                )));
+            }
+            Err(e) => return Err(Status::invalid_argument(format!("malformed forwarded write: {e}"))),
+        };
+        let resp = self.inner.write(w, true).await?;
+        postcard::to_stdvec(&resp).map_err(|e| Status::internal(format!("encoding the answer: {e}")))
+    }
+}
+
+/// The caller of a client's write: present, with a client id, naming itself, and not claiming
+/// the node role (only the cluster's own nodes act as nodes, in-process).
+pub fn client_caller(c: Option<Caller>) -> ApiResult<(Caller, Actor)> {
+    let c = c.ok_or_else(|| ApiError::Unauthenticated("the request names no caller".into()))?;
+    if c.actor.is_empty() {
+        return Err(ApiError::Unauthenticated("the request names no caller (actor \"role:name\")".into()));
+    }
+    if c.client_id.is_empty() {
+        return Err(ApiError::BadRequest("caller.client_id is empty".into()));
+    }
+    let actor = Actor::parse(&c.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
+    if actor.role == Role::Node {
+        return Err(ApiError::PermissionDenied("role node is reserved for the cluster's own nodes".into()));
+    }
+    Ok((c, actor))
+}
+
+/// A state-machine refusal as an API error: a role refusal is `PermissionDenied`, anything else
+/// `FailedPrecondition`.
+pub fn refusal(reason: String) -> ApiError {
+    if reason.contains(crate::domain::ROLE_REFUSAL) {
+        ApiError::PermissionDenied(reason)
+    } else {
+        ApiError::Precondition(format!("refused: {reason}"))
     }
 }

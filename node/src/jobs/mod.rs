@@ -15,9 +15,9 @@ pub mod worker;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::NodeId;
 use crate::keys::apply::key as keys_key;
 use crate::keys::model::{Actor, Role, SmkInfo};
-use crate::raft::NodeId;
 use crate::store::{Kv, StoreError};
 use quill_hsm::WrappedKey;
 
@@ -280,24 +280,8 @@ pub enum JobCommand {
     },
 }
 
-/// What applying a job command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobApplied {
-    /// Done: the object and a short description.
-    Done {
-        /// E.g. `job:J/chunk:3`.
-        object: String,
-        /// What happened.
-        detail: String,
-    },
-    /// Refused; nothing changed.
-    Rejected {
-        /// The object concerned.
-        object: String,
-        /// Why.
-        reason: String,
-    },
-}
+/// What applying a job command did (the one outcome type of every domain).
+pub use crate::domain::Applied as JobApplied;
 
 impl JobCommand {
     /// The audit action name.
@@ -333,16 +317,7 @@ impl JobCommand {
     }
 }
 
-/// The context of the entry.
-#[derive(Debug, Clone)]
-pub struct Ctx<'a> {
-    /// Log index (the fencing token of a claim).
-    pub log_index: u64,
-    /// Leader time (ms).
-    pub time_ms: u64,
-    /// Who asked.
-    pub actor: &'a Actor,
-}
+pub use crate::domain::Ctx;
 
 fn get<T: serde::de::DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StoreError> {
     crate::store::get_typed(kv, key.as_bytes())
@@ -401,19 +376,11 @@ pub fn apply(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<JobAppli
 }
 
 fn role(ctx: &Ctx<'_>, allowed: &[Role]) -> Result<(), String> {
-    if allowed.contains(&ctx.actor.role) {
-        return Ok(());
-    }
-    let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-    Err(format!("{} may not do this (needs role {})", ctx.actor, names.join(" or ")))
+    crate::domain::require_role(ctx.actor, allowed)
 }
 
 fn node_actor(ctx: &Ctx<'_>, node: NodeId) -> Result<(), String> {
-    role(ctx, &[Role::Node])?;
-    if ctx.actor.name != Actor::node(node).name {
-        return Err(format!("{} cannot act for node {node}", ctx.actor));
-    }
-    Ok(())
+    crate::domain::require_node(ctx.actor, node)
 }
 
 /// Validation first (no write before every check passed), then the writes.
@@ -453,6 +420,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
         } => {
             check!(role(ctx, &submitter));
             check!(check_id(&id));
+            check!(crate::domain::sha256_hex("digest", &digest));
             if job(kv, &id)?.is_some() {
                 return Ok(Err(format!("job {id} already exists")));
             }
@@ -471,7 +439,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             {
                 return Ok(Err(format!(
                     "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
-                    &digest[..16.min(digest.len())]
+                    digest.get(..16).unwrap_or(&digest)
                 )));
             }
             let rec = JobRecord {
@@ -743,7 +711,7 @@ mod tests {
             product: "p v1".into(),
             profile: String::new(),
             file: "f.csv".into(),
-            digest: "ABCDEF0123456789".into(),
+            digest: "ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789".into(),
             records: 5,
             skipped: vec![],
             chunk_size: 2,
@@ -858,7 +826,7 @@ mod tests {
             product: "p v1".into(),
             profile: String::new(),
             file: "f.csv".into(),
-            digest: "ABCDEF0123456789".into(),
+            digest: "ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789".into(),
             records: 1,
             skipped: vec![],
             chunk_size: 1,
@@ -905,7 +873,7 @@ mod tests {
                 product: "p".into(),
                 profile: String::new(),
                 file: "f".into(),
-                digest: "D".into(),
+                digest: "D".repeat(64),
                 records: 3,
                 skipped: vec![],
                 chunk_size: 2,

@@ -32,7 +32,7 @@ use crate::api::ClusterService;
 use crate::keys::apply::issuers::{self, IssuerCertRecord, IssuerKeyRecord};
 use crate::keys::apply::{key, scan};
 use crate::keys::model::{Actor, KeyRecord, KeyState};
-use crate::raft::{Command, NodeId, Outcome, StateMachine, decode_outcome};
+use crate::raft::{Command, NodeId, Outcome, StateMachine};
 
 /// How long a claim lasts without renewal.
 pub const LEASE_MS: u64 = 10_000;
@@ -145,7 +145,7 @@ impl Workers {
             .submit(&client, serial, Actor::node(self.id), Command::Jobs(cmd))
             .await
             .map_err(|e| e.to_string())?;
-        Ok((resp.log_index, decode_outcome(&resp.outcome).map_err(|e| e.to_string())?))
+        Ok((resp.log_index, resp.outcome))
     }
 
     /// One round: find a chunk, claim it, prepare it. `Ok(false)`: nothing to do.
@@ -262,7 +262,7 @@ impl Workers {
                         .await
                     {
                         Ok(r) => {
-                            if let Ok(Outcome::Rejected { reason }) = decode_outcome(&r.outcome) {
+                            if let Outcome::Rejected { reason } = r.outcome {
                                 warn!(job = %me_id, chunk = n, %reason, "claim lost");
                                 lost.store(true, Ordering::SeqCst);
                                 return;
@@ -330,7 +330,7 @@ impl Workers {
                 Err(e) => return Err(format!("chunk {n}: result not committed: {e}")),
             }
         };
-        match decode_outcome(&resp.outcome).map_err(|e| e.to_string())? {
+        match resp.outcome {
             Outcome::Rejected { reason } => warn!(job = %job.id, chunk = n, %reason, "chunk result refused"),
             _ => info!(job = %job.id, chunk = n, token, prepared, "chunk prepared"),
         }

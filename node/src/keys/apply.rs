@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub mod issuers;
 
 use super::model::*;
-use crate::raft::NodeId;
+use crate::identity::NodeId;
 use crate::store::{Kv, StoreError};
 
 /// The state-machine key prefixes of key management.
@@ -189,41 +189,7 @@ pub enum KeyCommand {
     },
 }
 
-/// The context of the entry being applied.
-#[derive(Debug, Clone)]
-pub struct Ctx<'a> {
-    /// Log index of the entry.
-    pub log_index: u64,
-    /// Leader time of the request (ms since the epoch).
-    pub time_ms: u64,
-    /// Who asked.
-    pub actor: &'a Actor,
-}
-
-/// What applying a key command did, for the response and the audit record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Applied {
-    /// Done. `object` names what changed (for the audit record), `detail` says how.
-    Done {
-        /// The object changed, e.g. `key:imk-ac.v1`.
-        object: String,
-        /// A short description without secrets.
-        detail: String,
-    },
-    /// Refused; nothing changed.
-    Rejected {
-        /// The object concerned.
-        object: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Applied {
-    fn done(object: impl Into<String>, detail: impl Into<String>) -> Self {
-        Applied::Done { object: object.into(), detail: detail.into() }
-    }
-}
+pub use crate::domain::{Applied, Ctx};
 
 /// A refusal, built with `?` inside [`apply`].
 struct Refuse(String);
@@ -340,12 +306,7 @@ impl State<'_> {
     }
 
     fn role(&self, ctx: &Ctx<'_>, allowed: &[Role]) -> Step<()> {
-        if allowed.contains(&ctx.actor.role) {
-            Ok(())
-        } else {
-            let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-            refuse(format!("{} may not do this (needs role {})", ctx.actor, names.join(" or ")))
-        }
+        crate::domain::require_role(ctx.actor, allowed).map_err(Refuse)
     }
 
     fn node_actor(&self, ctx: &Ctx<'_>, node: NodeId) -> Step<()> {

@@ -15,6 +15,7 @@
 //!   `RPCError::Unreachable`, which tells openraft to back off.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
@@ -165,12 +166,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    forward: Arc<dyn ForwardHandler>,
+}
+
+/// Who serves the writes that followers forward to this node when it leads (the client API's
+/// write path; defined here so the transport does not depend on the API layer).
+#[tonic::async_trait]
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Apply a forwarded write (postcard in) and answer its response (postcard out).
+    async fn forward(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status>;
 }
 
 impl RaftService {
-    /// Serve RPCs into `raft`.
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    /// Serve RPCs into `raft`, and forwarded writes into `forward`.
+    pub fn new(raft: Raft, forward: Arc<dyn ForwardHandler>) -> Self {
+        Self { raft, forward }
     }
 
     /// The tonic server of this service (no message size limit: snapshot chunks and entry
@@ -210,5 +220,13 @@ impl raft_server::Raft for RaftService {
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
         encode(&self.raft.install_snapshot(req).await)
+    }
+
+    async fn forward(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let data = self.forward.forward(&request.get_ref().data).await?;
+        Ok(tonic::Response::new(RaftPayload { data }))
     }
 }

@@ -40,12 +40,11 @@ use serde::{Deserialize, Serialize};
 pub use self::log_store::LogStore;
 pub use self::state_machine::{SnapshotBuilder, StateMachine};
 use crate::audit::AuditMac;
+use crate::identity::Actor;
 use crate::keys::KeyCommand;
-use crate::keys::model::Actor;
 use crate::store::{Store, StoreError};
 
-/// Raft node ids are small integers chosen when a node joins.
-pub type NodeId = u64;
+pub use crate::identity::NodeId;
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of a Quill cluster.

@@ -15,7 +15,6 @@ use tokio::io::AsyncWriteExt;
 use super::snapshot::{self, Meta, SnapshotDir};
 use super::{Command, NodeAddr, NodeId, Outcome, Request, Response, StorageResult, TypeConfig, blocking, storage_err};
 use crate::store::{Cf, Kv, Store, StoreError, Tx, codec, dedup_key, sm_meta_key};
-use crate::{audit, keys};
 
 /// How many bytes of records an install puts into one write batch.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -95,7 +94,7 @@ impl StateMachine {
         seen: &mut std::collections::HashMap<Vec<u8>, Response>,
         top: bool,
     ) -> Result<Response, StoreError> {
-        let dkey = dedup_key(&req.client_id, req.serial);
+        let dkey = dedup_key(&req.actor.to_string(), &req.client_id, req.serial);
         if let Some(first) = seen.get(&dkey) {
             return Ok(Response { duplicate: true, ..first.clone() });
         }
@@ -119,91 +118,11 @@ impl StateMachine {
             // The batch envelope itself is not deduplicated or audited: its requests are.
             return Ok(Response { log_index, duplicate: false, outcome: Outcome::Batch(responses) });
         }
-        let digest = audit::request_digest(&req.client_id, req.serial, &req.actor, &super::encode_command(&req.cmd));
-        let (action, object, outcome): (&str, String, Outcome) = if req.client_id.is_empty() {
-            ("request", String::new(), Outcome::Rejected { reason: "client id is empty".into() })
+        let outcome = if req.client_id.is_empty() {
+            Outcome::Rejected { reason: "client id is empty".into() }
         } else {
-            match req.cmd {
-                // Unpacked above; a batch only reaches here nested, which is refused.
-                Command::Batch(_) => ("batch", String::new(), Outcome::Rejected { reason: "nested batch".into() }),
-                Command::Noop => ("noop", String::new(), Outcome::Noop),
-                Command::Put { key, .. } if key.is_empty() => {
-                    ("kv.put", String::new(), Outcome::Rejected { reason: "key is empty".into() })
-                }
-                Command::Put { key, value } => {
-                    let replaced = tx.get(key.as_bytes())?.is_some();
-                    tx.put(key.as_bytes(), value);
-                    ("kv.put", format!("kv:{key}"), Outcome::Put { replaced })
-                }
-                Command::Keys(cmd) => {
-                    let action = cmd.action();
-                    let ctx = keys::Ctx { log_index, time_ms: req.time_ms, actor: &req.actor };
-                    match keys::apply::apply(tx, &ctx, cmd)? {
-                        keys::Applied::Done { object, detail } => {
-                            (action, object.clone(), Outcome::Done { object, detail })
-                        }
-                        keys::Applied::Rejected { object, reason } => (action, object, Outcome::Rejected { reason }),
-                    }
-                }
-                Command::Jobs(cmd) => {
-                    let action = cmd.action();
-                    let ctx = crate::jobs::Ctx { log_index, time_ms: req.time_ms, actor: &req.actor };
-                    match crate::jobs::apply(tx, &ctx, cmd)? {
-                        crate::jobs::JobApplied::Done { object, detail } => {
-                            (action, object.clone(), Outcome::Done { object, detail })
-                        }
-                        crate::jobs::JobApplied::Rejected { object, reason } => {
-                            (action, object, Outcome::Rejected { reason })
-                        }
-                    }
-                }
-                Command::AuditSeal { seq, hash, mac } => {
-                    let object = format!("audit:{seq}");
-                    match audit::check_seal(&*tx, seq, &hash)? {
-                        Err(reason) => ("audit.seal", object, Outcome::Rejected { reason }),
-                        Ok(()) => {
-                            let seal = audit::Seal { seq, hash, mac };
-                            let detail = format!("sealed records 1..={seq}");
-                            let rec = audit::NewRecord {
-                                log_index,
-                                time_ms: req.time_ms,
-                                actor: &req.actor,
-                                action: "audit.seal",
-                                object: &object,
-                                outcome: format!("ok: {detail}"),
-                                request: digest,
-                                mac: None,
-                                seal: Some(seal),
-                            };
-                            audit::append(tx, rec)?;
-                            let response =
-                                Response { log_index, duplicate: false, outcome: Outcome::Done { object, detail } };
-                            return self.finish(tx, seen, dkey, response);
-                        }
-                    }
-                }
-            }
+            crate::state::apply(tx, log_index, req)?
         };
-        if action != "noop" {
-            let text = match &outcome {
-                Outcome::Rejected { reason } => format!("rejected: {reason}"),
-                Outcome::Done { detail, .. } => format!("ok: {detail}"),
-                Outcome::Put { replaced } => format!("ok: replaced={replaced}"),
-                other => format!("ok: {other:?}"),
-            };
-            let rec = audit::NewRecord {
-                log_index,
-                time_ms: req.time_ms,
-                actor: &req.actor,
-                action,
-                object: &object,
-                outcome: text,
-                request: digest,
-                mac: req.audit_mac,
-                seal: None,
-            };
-            audit::append(tx, rec)?;
-        }
         self.finish(tx, seen, dkey, Response { log_index, duplicate: false, outcome })
     }
 

@@ -43,9 +43,14 @@ fn put(index: u64, client: &str, serial: u64, key: &str, value: &[u8]) -> Entry<
             time_ms: 1_700_000_000_000 + index,
             actor: crate::keys::model::Actor { name: "test".into(), role: crate::keys::model::Role::Operator },
             audit_mac: None,
-            cmd: Command::Put { key: key.into(), value: value.to_vec() },
+            cmd: Command::Put { key: bench(key), value: value.to_vec() },
         }),
     }
+}
+
+/// The benchmark key space plain writes are confined to (an empty key stays empty: refused).
+fn bench(key: &str) -> String {
+    if key.is_empty() { String::new() } else { format!("bench/{key}") }
 }
 
 fn blank(index: u64) -> Entry<TypeConfig> {
@@ -73,14 +78,14 @@ async fn retried_request_is_applied_once() {
     // --- the retry carries a different value: it must not be applied
     let retry = sm.apply([put(2, "c1", 7, "k", b"two")]).await.unwrap();
     assert_eq!(retry, vec![Response { log_index: 1, duplicate: true, outcome: Outcome::Put { replaced: false } }]);
-    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(sm.get("bench/k").await.unwrap().as_deref(), Some(&b"one"[..]));
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)), "the retry's entry is still applied");
 
     // --- the same serial from another client, and the next serial, are new requests
     let other = sm.apply([put(3, "c2", 7, "k", b"three"), put(4, "c1", 8, "k", b"four")]).await.unwrap();
     assert!(other.iter().all(|r| !r.duplicate));
     assert_eq!(other[1].outcome, Outcome::Put { replaced: true });
-    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"four"[..]));
+    assert_eq!(sm.get("bench/k").await.unwrap().as_deref(), Some(&b"four"[..]));
 
     // --- a deterministic refusal is remembered too
     let bad = sm.apply([put(5, "c1", 9, "", b"x"), put(6, "c1", 9, "", b"x")]).await.unwrap();
@@ -122,7 +127,7 @@ async fn a_batch_entry_applies_each_request_once_in_order() {
     assert!(rs[2].duplicate && rs[2].log_index == 1, "an earlier request is not applied again");
     assert!(rs[3].duplicate && rs[3].log_index == 2, "a request repeated in the batch is applied once");
     assert!(matches!(rs[4].outcome, Outcome::Rejected { .. }));
-    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"two"[..]));
+    assert_eq!(sm.get("bench/k").await.unwrap().as_deref(), Some(&b"two"[..]));
     // records: 1 (first put), then c2, c3 and the refused one — no gap, chain intact
     let report = sm.read(|kv| crate::audit::verify(kv, |_, _| Ok(true))).await.unwrap();
     assert_eq!((report.records, report.broken), (4, None));
@@ -181,7 +186,7 @@ async fn reopen_keeps_state() {
     let (applied, mem) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 3)));
     assert_eq!(mem.log_id(), &Some(log_id(1, 1)));
-    assert_eq!(sm.get("b").await.unwrap().as_deref(), Some(&b"B"[..]));
+    assert_eq!(sm.get("bench/b").await.unwrap().as_deref(), Some(&b"B"[..]));
     // --- dedup state survived too
     assert!(sm.apply([put(4, "c", 2, "b", b"again")]).await.unwrap()[0].duplicate);
 }
@@ -220,15 +225,15 @@ async fn snapshot_round_trip() {
     follower.install_snapshot(&snap.meta, dst).await.unwrap();
 
     assert_eq!(follower.applied_state().await.unwrap(), leader.applied_state().await.unwrap());
-    assert_eq!(follower.get("stale").await.unwrap(), None, "install replaces, it does not merge");
-    assert_eq!(follower.get("key-150").await.unwrap(), leader.get("key-150").await.unwrap());
+    assert_eq!(follower.get("bench/stale").await.unwrap(), None, "install replaces, it does not merge");
+    assert_eq!(follower.get("bench/key-150").await.unwrap(), leader.get("bench/key-150").await.unwrap());
     assert!(follower.apply([put(200, "c", 150, "x", b"x")]).await.unwrap()[0].duplicate, "dedup table travels");
     drop((f_log, follower));
 
     // --- the installed state and the current snapshot survive a restart
     let (_f_log, mut follower) = open(follower_dir.path()).await.unwrap();
     assert_eq!(follower.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
-    assert_eq!(follower.get("key-150").await.unwrap(), leader.get("key-150").await.unwrap());
+    assert_eq!(follower.get("bench/key-150").await.unwrap(), leader.get("bench/key-150").await.unwrap());
 }
 
 /// A truncated transfer never installs, and leaves the state machine as it was.
@@ -249,7 +254,7 @@ async fn truncated_snapshot_is_rejected() {
     dst.write_all(&bytes[..bytes.len() - 3]).await.unwrap();
     let err = follower.install_snapshot(&snap.meta, dst).await.unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
-    assert_eq!(follower.get("mine").await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(follower.get("bench/mine").await.unwrap().as_deref(), Some(&b"kept"[..]));
     assert!(follower.get_current_snapshot().await.unwrap().is_none());
 }
 
@@ -271,7 +276,7 @@ async fn interrupted_install_is_redone_at_open() {
     }
     let (_log, mut sm) = open(dir.path()).await.unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)), "back at the snapshot");
-    assert_eq!(sm.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
-    assert_eq!(sm.get("later").await.unwrap(), None, "re-applied from the log later, not kept half-way");
+    assert_eq!(sm.get("bench/k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(sm.get("bench/later").await.unwrap(), None, "re-applied from the log later, not kept half-way");
     assert!(sm.store.get_raw(Cf::SmMeta, sm_meta_key::INSTALLING).unwrap().is_none());
 }

@@ -8,7 +8,7 @@
 //! | `meta` | [`meta_key`] names | [`codec`] of vote / committed / last purged log id | log store |
 //! | `sm_data` | application key (UTF-8) | the value bytes, raw | state machine |
 //! | `sm_meta` | [`sm_meta_key`] names | [`codec`] of last applied / membership / install marker | state machine |
-//! | `dedup` | [`dedup_key`] (client id, serial) | [`codec`] of the stored response | state machine |
+//! | `dedup` | [`dedup_key`] (identity, client id, serial) | [`codec`] of the stored response | state machine |
 //!
 //! The state-machine families (`sm_data`, `sm_meta`, `dedup`) are what a snapshot captures; the log
 //! families never enter a snapshot. Keeping both halves in one database means one write-ahead log:
@@ -96,15 +96,18 @@ pub fn decode_log_key(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// The `dedup` key of a request: the client id length (u32 big-endian), the client id, then the
-/// serial (u64 big-endian). The length prefix keeps `("a", …)` and `("ab", …)` apart.
-pub fn dedup_key(client_id: &str, serial: u64) -> Vec<u8> {
-    let id = client_id.as_bytes();
-    let mut key = Vec::with_capacity(4 + id.len() + 8);
-    // A client id longer than u32::MAX bytes cannot come through a Raft entry; saturating keeps
-    // this total anyway.
-    key.extend_from_slice(&u32::try_from(id.len()).unwrap_or(u32::MAX).to_be_bytes());
-    key.extend_from_slice(id);
+/// The `dedup` key of a request: the caller's identity and the client id, each preceded by its
+/// length (u32 big-endian), then the serial (u64 big-endian). The length prefixes keep
+/// `("a", …)` and `("ab", …)` apart. Keyed by the identity too, so a caller who learns another
+/// client's id cannot pre-empt its next serial and have the victim answered with its outcome.
+pub fn dedup_key(identity: &str, client_id: &str, serial: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + identity.len() + client_id.len() + 8);
+    for part in [identity.as_bytes(), client_id.as_bytes()] {
+        // A field longer than u32::MAX bytes cannot come through a Raft entry; saturating keeps
+        // this total anyway.
+        key.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        key.extend_from_slice(part);
+    }
     key.extend_from_slice(&serial.to_be_bytes());
     key
 }

@@ -1,0 +1,121 @@
+//! What a client may send: checked by the API before a command is proposed, so that a malformed
+//! or cluster-only command never reaches the log. Apply checks again where its outcome depends on
+//! it (it must be total on any input), but a refusal here costs no log entry.
+
+use super::BENCH_PREFIX;
+pub use crate::domain::{clip, id, sha256_hex, text};
+use crate::jobs::JobCommand;
+use crate::keys::KeyCommand;
+use crate::raft::Command;
+
+/// Longest benchmark key and value.
+pub const MAX_BENCH_KEY: usize = 256;
+/// Longest benchmark value.
+pub const MAX_BENCH_VALUE: usize = 1 << 20;
+
+/// Check a command that arrived from outside the node (a client, or a peer forwarding a client's
+/// request). Refused: what only the cluster builds (a batch of requests, an audit seal), a
+/// benchmark write outside `bench/`, malformed fields.
+pub fn client_command(cmd: &Command) -> Result<(), String> {
+    match cmd {
+        Command::Noop => Ok(()),
+        Command::Batch(_) => Err("a batch of requests is built by the leader; a client cannot send one".into()),
+        Command::AuditSeal { .. } => {
+            Err("audit seals are made by the cluster's nodes; a client cannot send one".into())
+        }
+        Command::Put { key, value } => {
+            bench_key(key)?;
+            if value.len() > MAX_BENCH_VALUE {
+                return Err(format!("value of {} bytes is over {MAX_BENCH_VALUE}", value.len()));
+            }
+            Ok(())
+        }
+        Command::Keys(k) => key_command(k),
+        Command::Jobs(j) => job_command(j),
+    }
+}
+
+/// A benchmark key: under `bench/`, at most [`MAX_BENCH_KEY`] bytes, no control characters.
+pub fn bench_key(key: &str) -> Result<(), String> {
+    if !key.starts_with(BENCH_PREFIX) || key.len() == BENCH_PREFIX.len() {
+        return Err(format!("key {:?}: plain writes and reads are confined to {BENCH_PREFIX}…", clip(key)));
+    }
+    text("key", key, MAX_BENCH_KEY)
+}
+
+fn key_command(cmd: &KeyCommand) -> Result<(), String> {
+    match cmd {
+        KeyCommand::CeremonyStart { id: c, .. } | KeyCommand::CeremonyCancel { id: c } => id("ceremony id", c),
+        KeyCommand::CeremonySubmit { id: c, sealed, .. } => {
+            id("ceremony id", c)?;
+            if sealed.len() > 64 {
+                return Err(format!("{} sealed copies: more than any cluster's nodes", sealed.len()));
+            }
+            Ok(())
+        }
+        KeyCommand::KeySetState { id: k, .. } => text("key id", k, 80),
+        KeyCommand::ApprovalRequest { id: a, .. } | KeyCommand::ApprovalDecide { id: a, .. } => id("approval id", a),
+        KeyCommand::ExportDone { approval } => id("approval id", approval),
+        KeyCommand::KeyCreate { label, .. } | KeyCommand::IssuerKeyCreate { label, .. } => id("label", label),
+        KeyCommand::CaKeyImport { rid, modulus, exponent, .. } => {
+            if rid.len() != 10 || !rid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("RID {:?} is not 5 bytes in hex", clip(rid)));
+            }
+            if modulus.len() > 256 || exponent.len() > 3 {
+                return Err("CA key: modulus over 2048 bits or exponent over 3 bytes".into());
+            }
+            Ok(())
+        }
+        KeyCommand::HostPathUsed { operation, what, module, .. } => {
+            text("operation", operation, 128)?;
+            text("what", what, 1024)?;
+            text("module", module, 1024)
+        }
+        KeyCommand::EnrollNode { hsm, .. } => text("hsm", hsm, 8192),
+        KeyCommand::SmkFormed { ceremony, .. } => id("ceremony id", ceremony),
+        KeyCommand::SmkGranted { approval, .. } => id("approval id", approval),
+        KeyCommand::IssuerCertImport { key, .. } => key.as_deref().map_or(Ok(()), |k| id("issuer key", k)),
+        KeyCommand::SmkInstalled { .. } | KeyCommand::AuditKeysSet { .. } => Ok(()),
+    }
+}
+
+fn job_command(cmd: &JobCommand) -> Result<(), String> {
+    match cmd {
+        JobCommand::Create { id: j, product, file, digest, skipped, mac_key, .. } => {
+            id("job id", j)?;
+            text("product", product, 1024)?;
+            text("file name", file, 1024)?;
+            sha256_hex("digest", digest)?;
+            id("MAC key label", mac_key)?;
+            for s in skipped {
+                text("skipped record", s, 4096)?;
+            }
+            Ok(())
+        }
+        JobCommand::Ack { id: j, delivered } => {
+            id("job id", j)?;
+            if delivered.len() > 16 {
+                return Err(format!("{} delivered streams: a job has three", delivered.len()));
+            }
+            for (stream, digest) in delivered {
+                id("stream", stream)?;
+                sha256_hex("delivered digest", digest)?;
+            }
+            Ok(())
+        }
+        JobCommand::Complete { id: j, failures, .. } => {
+            id("job id", j)?;
+            for f in failures {
+                text("failure", f, 4096)?;
+            }
+            Ok(())
+        }
+        JobCommand::Input { id: j, .. }
+        | JobCommand::Start { id: j }
+        | JobCommand::Abort { id: j }
+        | JobCommand::Claim { id: j, .. }
+        | JobCommand::Renew { id: j, .. }
+        | JobCommand::Cancel { id: j }
+        | JobCommand::Expire { id: j } => id("job id", j),
+    }
+}
