@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Actor, NodeId, Role};
+use crate::store::StoreError;
 
 /// The context of the entry being applied: all a domain may know besides the command and the
 /// stored state. Apply reads no clock and no randomness; the leader stamped `time_ms`.
@@ -42,6 +43,40 @@ impl Applied {
     /// A `Done` outcome.
     pub fn done(object: impl Into<String>, detail: impl Into<String>) -> Self {
         Applied::Done { object: object.into(), detail: detail.into() }
+    }
+}
+
+/// Why a domain command did not apply: refused (deterministically, the same on every node;
+/// nothing changes but its audit record), or the store failed (the node stops applying). Every
+/// domain step returns [`Step`], so `?` carries both.
+#[derive(Debug)]
+pub enum Fail {
+    /// Refused, with the reason.
+    Refused(String),
+    /// The node's store failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+/// A step of a domain command.
+pub type Step<T> = Result<T, Fail>;
+
+/// Refuse with `reason`.
+pub fn refuse<T>(reason: impl Into<String>) -> Step<T> {
+    Err(Fail::Refused(reason.into()))
+}
+
+/// A domain command's result as its outcome: done with a detail about `object`, or refused.
+pub fn outcome(object: String, step: Step<String>) -> Result<Applied, StoreError> {
+    match step {
+        Ok(detail) => Ok(Applied::Done { object, detail }),
+        Err(Fail::Refused(reason)) => Ok(Applied::Rejected { object, reason }),
+        Err(Fail::Store(e)) => Err(e),
     }
 }
 

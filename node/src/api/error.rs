@@ -61,7 +61,7 @@ pub enum ApiError {
     /// The node's HSM refused or failed the operation (the message names the operation and the
     /// module, never key material).
     #[error("HSM: {0}")]
-    Hsm(String),
+    Hsm(#[from] quill_hsm::HsmError),
     /// This node's Raft or storage failed; the node needs attention.
     #[error("node failure: {0}")]
     Internal(String),
@@ -97,6 +97,9 @@ impl ApiError {
             ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::PermissionDenied(_) => tonic::Status::permission_denied(message),
             ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            // The device (module gone, slot dead, timeout, no healthy slot): try another node.
+            ApiError::Hsm(e) if e.is_device_error() => tonic::Status::unavailable(message),
+            // The request (wrong key, KCV mismatch, a TR-31 block that does not verify).
             ApiError::Hsm(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
         }
@@ -106,5 +109,30 @@ impl ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         e.into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use quill_hsm::{HsmError, SlotRef};
+
+    use super::ApiError;
+
+    fn at() -> Arc<SlotRef> {
+        Arc::new(SlotRef { module: "libquill_hsm_sim.so".into(), slot: 0, token: "TEST".into() })
+    }
+
+    #[test]
+    fn an_unavailable_hsm_is_unavailable_and_a_refused_request_is_a_precondition() {
+        let gone = HsmError::Unavailable { operation: "generate_key", reason: "slot removed".into(), at: at() };
+        assert_eq!(ApiError::from(gone).into_status().code(), tonic::Code::Unavailable);
+        let late = HsmError::Timeout { operation: "sign", after: std::time::Duration::from_secs(5), at: at() };
+        assert_eq!(ApiError::from(late).into_status().code(), tonic::Code::Unavailable);
+        let none = HsmError::NoHealthySlot { operation: "sign", last: None };
+        assert_eq!(ApiError::from(none).into_status().code(), tonic::Code::Unavailable);
+        let smk = HsmError::NoSmk { operation: "unwrap", at: at() };
+        assert_eq!(ApiError::from(smk).into_status().code(), tonic::Code::FailedPrecondition);
     }
 }

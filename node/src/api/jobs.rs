@@ -162,7 +162,7 @@ impl JobsService {
             })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(ApiError::Hsm)?;
+            .map_err(|e| ApiError::Precondition(format!("sealing the input: {e}")))?;
 
         let client = format!("{}-submit-{id}", caller.client_id);
         let mut serial = 0;
@@ -267,7 +267,7 @@ impl JobsService {
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::Hsm)
+        .map_err(|e| ApiError::Precondition(format!("assembling the output: {e}")))
     }
 
     async fn mac(&self, req: MacRequest) -> ApiResult<MacResponse> {
@@ -280,7 +280,7 @@ impl JobsService {
         let m = tokio::task::spawn_blocking(move || hsm.hmac_sha256(&wrapped, &digest))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Hsm(e.to_string()))?;
+            .map_err(|e| ApiError::Precondition(format!("sealing the input: {e}")))?;
         Ok(MacResponse { mac: m.to_vec(), key_label: mac.label, key_kcv: mac.kcv.to_string() })
     }
 }

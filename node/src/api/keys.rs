@@ -366,7 +366,7 @@ impl KeysService {
 }
 
 fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
-    ApiError::Hsm(e.to_string())
+    ApiError::Hsm(e)
 }
 
 #[tonic::async_trait]

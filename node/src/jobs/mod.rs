@@ -318,6 +318,7 @@ impl JobCommand {
 }
 
 pub use crate::domain::Ctx;
+use crate::domain::{Fail, Step};
 
 fn get<T: serde::de::DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StoreError> {
     crate::store::get_typed(kv, key.as_bytes())
@@ -368,11 +369,12 @@ fn purge(kv: &mut dyn Kv, id: &str) -> Result<(), StoreError> {
 /// Apply `cmd` to the state in `kv`. Refusals change nothing.
 pub fn apply(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<JobApplied, StoreError> {
     let object = cmd.object();
-    let r = apply_inner(kv, ctx, cmd)?;
-    Ok(match r {
-        Ok(detail) => JobApplied::Done { object, detail },
-        Err(reason) => JobApplied::Rejected { object, reason },
-    })
+    crate::domain::outcome(object, apply_inner(kv, ctx, cmd))
+}
+
+/// The job, or a refusal naming it.
+fn job_or_refuse(kv: &dyn Kv, id: &str) -> Step<JobRecord> {
+    job(kv, id)?.ok_or_else(|| Fail::Refused(format!("no job {id}")))
 }
 
 fn role(ctx: &Ctx<'_>, allowed: &[Role]) -> Result<(), String> {
@@ -385,22 +387,7 @@ fn node_actor(ctx: &Ctx<'_>, node: NodeId) -> Result<(), String> {
 
 /// Validation first (no write before every check passed), then the writes.
 #[allow(clippy::too_many_lines)]
-fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result<String, String>, StoreError> {
-    macro_rules! check {
-        ($e:expr) => {
-            if let Err(reason) = $e {
-                return Ok(Err(reason));
-            }
-        };
-    }
-    macro_rules! job_or_refuse {
-        ($id:expr) => {
-            match job(kv, $id)? {
-                Some(j) => j,
-                None => return Ok(Err(format!("no job {}", $id))),
-            }
-        };
-    }
+fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> {
     let submitter = [Role::Operator, Role::Admin];
     match cmd {
         JobCommand::Create {
@@ -418,18 +405,20 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             force,
             retention_ms,
         } => {
-            check!(role(ctx, &submitter));
-            check!(check_id(&id));
-            check!(crate::domain::sha256_hex("digest", &digest));
+            role(ctx, &submitter).map_err(Fail::Refused)?;
+            check_id(&id).map_err(Fail::Refused)?;
+            crate::domain::sha256_hex("digest", &digest).map_err(Fail::Refused)?;
             if job(kv, &id)?.is_some() {
-                return Ok(Err(format!("job {id} already exists")));
+                return Err(Fail::Refused(format!("job {id} already exists")));
             }
             if chunk_size == 0 || chunks == 0 || u64::from(chunks) != records.div_ceil(u64::from(chunk_size)) {
-                return Ok(Err(format!("{records} records in chunks of {chunk_size} are not {chunks} chunks")));
+                return Err(Fail::Refused(format!(
+                    "{records} records in chunks of {chunk_size} are not {chunks} chunks"
+                )));
             }
-            let Some(smk) = get::<SmkInfo>(kv, keys_key::SMK)? else { return Ok(Err("no SMK yet".into())) };
+            let Some(smk) = get::<SmkInfo>(kv, keys_key::SMK)? else { return Err(Fail::Refused("no SMK yet".into())) };
             if data_key.smk_kcv != smk.kcv {
-                return Ok(Err("the data key is not wrapped under the cluster's SMK".into()));
+                return Err(Fail::Refused("the data key is not wrapped under the cluster's SMK".into()));
             }
             let dkey = format!("{DIGEST}{digest}");
             if let Some(other) = get::<String>(kv, &dkey)?
@@ -437,7 +426,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
                 && job(kv, &other)?
                     .is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired))
             {
-                return Ok(Err(format!(
+                return Err(Fail::Refused(format!(
                     "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
                     digest.get(..16).unwrap_or(&digest)
                 )));
@@ -469,22 +458,22 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             };
             put(kv, &format!("{JOB}{id}"), &rec)?;
             put(kv, &dkey, &id)?;
-            Ok(Ok(format!("{} records in {} chunks of {}", rec.records, rec.chunks, rec.chunk_size)))
+            Ok(format!("{} records in {} chunks of {}", rec.records, rec.chunks, rec.chunk_size))
         }
         JobCommand::Input { id, n, cards, sealed } => {
-            let mut j = job_or_refuse!(&id);
-            check!(role(ctx, &submitter));
+            let mut j = job_or_refuse(kv, &id)?;
+            role(ctx, &submitter).map_err(Fail::Refused)?;
             if j.state != JobState::Uploading {
-                return Ok(Err(format!("job {id} is {}, not uploading", j.state.as_str())));
+                return Err(Fail::Refused(format!("job {id} is {}, not uploading", j.state.as_str())));
             }
             let last = j.records - u64::from(j.chunk_size) * u64::from(j.chunks - 1);
             let want = if n + 1 == j.chunks { last } else { u64::from(j.chunk_size) };
             if n >= j.chunks || u64::from(cards) != want {
-                return Ok(Err(format!("chunk {n} with {cards} cards does not fit job {id}")));
+                return Err(Fail::Refused(format!("chunk {n} with {cards} cards does not fit job {id}")));
             }
             let ck = chunk_key(CHUNK, &id, n);
             if get::<ChunkRecord>(kv, &ck)?.is_some() {
-                return Ok(Ok(format!("chunk {n} already uploaded")));
+                return Ok(format!("chunk {n} already uploaded"));
             }
             let c = ChunkRecord {
                 n,
@@ -502,26 +491,29 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             kv.put(chunk_key(INPUT, &id, n).as_bytes(), sealed);
             j.uploaded += 1;
             put(kv, &format!("{JOB}{id}"), &j)?;
-            Ok(Ok(format!("chunk {n}: {cards} cards ({}/{})", j.uploaded, j.chunks)))
+            Ok(format!("chunk {n}: {cards} cards ({}/{})", j.uploaded, j.chunks))
         }
         JobCommand::Start { id } => {
-            let mut j = job_or_refuse!(&id);
-            check!(role(ctx, &submitter));
+            let mut j = job_or_refuse(kv, &id)?;
+            role(ctx, &submitter).map_err(Fail::Refused)?;
             if j.state != JobState::Uploading {
-                return Ok(Err(format!("job {id} is {}, not uploading", j.state.as_str())));
+                return Err(Fail::Refused(format!("job {id} is {}, not uploading", j.state.as_str())));
             }
             if j.uploaded != j.chunks {
-                return Ok(Err(format!("job {id}: {} of {} chunks uploaded", j.uploaded, j.chunks)));
+                return Err(Fail::Refused(format!("job {id}: {} of {} chunks uploaded", j.uploaded, j.chunks)));
             }
             j.state = JobState::Running;
             put(kv, &format!("{JOB}{id}"), &j)?;
-            Ok(Ok(format!("running: {} chunks", j.chunks)))
+            Ok(format!("running: {} chunks", j.chunks))
         }
         JobCommand::Abort { id } => {
-            let j = job_or_refuse!(&id);
-            check!(role(ctx, &submitter));
+            let j = job_or_refuse(kv, &id)?;
+            role(ctx, &submitter).map_err(Fail::Refused)?;
             if j.state != JobState::Uploading {
-                return Ok(Err(format!("job {id} is {}: only an upload can be aborted (cancel it)", j.state.as_str())));
+                return Err(Fail::Refused(format!(
+                    "job {id} is {}: only an upload can be aborted (cancel it)",
+                    j.state.as_str()
+                )));
             }
             purge(kv, &id)?;
             let chunk_keys: Vec<Vec<u8>> =
@@ -533,20 +525,20 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             if get::<String>(kv, &format!("{DIGEST}{}", j.digest))?.as_deref() == Some(id.as_str()) {
                 kv.delete(format!("{DIGEST}{}", j.digest).as_bytes());
             }
-            Ok(Ok("upload aborted; nothing of the job remains".into()))
+            Ok("upload aborted; nothing of the job remains".into())
         }
         JobCommand::Claim { id, n, node, lease_ms } => {
-            check!(node_actor(ctx, node));
-            let j = job_or_refuse!(&id);
+            node_actor(ctx, node).map_err(Fail::Refused)?;
+            let j = job_or_refuse(kv, &id)?;
             if j.state != JobState::Running {
-                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
+                return Err(Fail::Refused(format!("job {id} is {}", j.state.as_str())));
             }
             let ck = chunk_key(CHUNK, &id, n);
-            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n}"))) };
+            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Err(Fail::Refused(format!("no chunk {n}"))) };
             match c.state {
-                ChunkState::Done => return Ok(Err(format!("chunk {n} is done"))),
+                ChunkState::Done => return Err(Fail::Refused(format!("chunk {n} is done"))),
                 ChunkState::Claimed if c.lease_until_ms > ctx.time_ms => {
-                    return Ok(Err(format!(
+                    return Err(Fail::Refused(format!(
                         "chunk {n} is claimed by node {} for {} ms more",
                         c.node.unwrap_or_default(),
                         c.lease_until_ms - ctx.time_ms
@@ -561,39 +553,41 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             c.lease_until_ms = ctx.time_ms + lease_ms;
             c.claims += 1;
             put(kv, &ck, &c)?;
-            Ok(Ok(match previous {
+            Ok(match previous {
                 Some(p) => format!("node {node} token {} (node {p}'s lease expired)", c.token),
                 None => format!("node {node} token {}", c.token),
-            }))
+            })
         }
         JobCommand::Renew { id, n, node, token, lease_ms } => {
-            check!(node_actor(ctx, node));
+            node_actor(ctx, node).map_err(Fail::Refused)?;
             let ck = chunk_key(CHUNK, &id, n);
-            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n} in job {id}"))) };
+            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else {
+                return Err(Fail::Refused(format!("no chunk {n} in job {id}")));
+            };
             if c.state != ChunkState::Claimed || c.token != token || c.node != Some(node) {
-                return Ok(Err(format!("stale claim: chunk {n} token {} is not {token}", c.token)));
+                return Err(Fail::Refused(format!("stale claim: chunk {n} token {} is not {token}", c.token)));
             }
             c.lease_until_ms = ctx.time_ms + lease_ms;
             put(kv, &ck, &c)?;
-            Ok(Ok(format!("lease renewed, token {token}")))
+            Ok(format!("lease renewed, token {token}"))
         }
         JobCommand::Complete { id, n, node, token, prepared, failures, sealed } => {
-            check!(node_actor(ctx, node));
-            let mut j = job_or_refuse!(&id);
+            node_actor(ctx, node).map_err(Fail::Refused)?;
+            let mut j = job_or_refuse(kv, &id)?;
             let ck = chunk_key(CHUNK, &id, n);
-            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Ok(Err(format!("no chunk {n}"))) };
+            let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Err(Fail::Refused(format!("no chunk {n}"))) };
             // Fencing: only the current claim's holder and token.
             if c.state != ChunkState::Claimed || c.token != token || c.node != Some(node) {
-                return Ok(Err(format!(
+                return Err(Fail::Refused(format!(
                     "fenced: chunk {n} is {:?} with token {} (node {:?}); this result has token {token} from node {node}",
                     c.state, c.token, c.node
                 )));
             }
             if j.state != JobState::Running {
-                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
+                return Err(Fail::Refused(format!("job {id} is {}", j.state.as_str())));
             }
             if u64::from(prepared) + failures.len() as u64 != u64::from(c.cards) {
-                return Ok(Err(format!(
+                return Err(Fail::Refused(format!(
                     "chunk {n} has {} cards; the result accounts for {} prepared and {} failed",
                     c.cards,
                     prepared,
@@ -615,13 +609,16 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
                 j.done_ms = ctx.time_ms;
             }
             put(kv, &format!("{JOB}{id}"), &j)?;
-            Ok(Ok(format!("node {node} token {token}: {prepared} cards ({}/{} chunks)", j.chunks_done, j.chunks)))
+            Ok(format!("node {node} token {token}: {prepared} cards ({}/{} chunks)", j.chunks_done, j.chunks))
         }
         JobCommand::Ack { id, delivered } => {
-            let mut j = job_or_refuse!(&id);
-            check!(role(ctx, &submitter));
+            let mut j = job_or_refuse(kv, &id)?;
+            role(ctx, &submitter).map_err(Fail::Refused)?;
             if j.state != JobState::Done {
-                return Ok(Err(format!("job {id} is {}; only a done job can be acknowledged", j.state.as_str())));
+                return Err(Fail::Refused(format!(
+                    "job {id} is {}; only a done job can be acknowledged",
+                    j.state.as_str()
+                )));
             }
             purge(kv, &id)?;
             j.state = JobState::Acked;
@@ -629,36 +626,36 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Result<Result
             j.closed_ms = ctx.time_ms;
             j.delivered = delivered;
             put(kv, &format!("{JOB}{id}"), &j)?;
-            Ok(Ok(format!("delivered {} cards; input and output purged", j.cards_done)))
+            Ok(format!("delivered {} cards; input and output purged", j.cards_done))
         }
         JobCommand::Cancel { id } => {
-            let mut j = job_or_refuse!(&id);
-            check!(role(ctx, &submitter));
+            let mut j = job_or_refuse(kv, &id)?;
+            role(ctx, &submitter).map_err(Fail::Refused)?;
             if matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired) {
-                return Ok(Err(format!("job {id} is already {}", j.state.as_str())));
+                return Err(Fail::Refused(format!("job {id} is already {}", j.state.as_str())));
             }
             purge(kv, &id)?;
             j.state = JobState::Cancelled;
             j.closed_by = Some(ctx.actor.clone());
             j.closed_ms = ctx.time_ms;
             put(kv, &format!("{JOB}{id}"), &j)?;
-            Ok(Ok("cancelled; input and output purged".into()))
+            Ok("cancelled; input and output purged".into())
         }
         JobCommand::Expire { id } => {
-            let mut j = job_or_refuse!(&id);
-            check!(role(ctx, &[Role::Node]));
+            let mut j = job_or_refuse(kv, &id)?;
+            role(ctx, &[Role::Node]).map_err(Fail::Refused)?;
             if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
-                return Ok(Err(format!("job {id} is {}", j.state.as_str())));
+                return Err(Fail::Refused(format!("job {id} is {}", j.state.as_str())));
             }
             if j.retention_ms == 0 || ctx.time_ms < j.created_ms.saturating_add(j.retention_ms) {
-                return Ok(Err(format!("job {id} is within its retention")));
+                return Err(Fail::Refused(format!("job {id} is within its retention")));
             }
             purge(kv, &id)?;
             j.state = JobState::Expired;
             j.closed_by = Some(ctx.actor.clone());
             j.closed_ms = ctx.time_ms;
             put(kv, &format!("{JOB}{id}"), &j)?;
-            Ok(Ok(format!("retention of {} s ran out unacknowledged; input and output purged", j.retention_ms / 1000)))
+            Ok(format!("retention of {} s ran out unacknowledged; input and output purged", j.retention_ms / 1000))
         }
     }
 }

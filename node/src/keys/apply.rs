@@ -191,14 +191,7 @@ pub enum KeyCommand {
 
 pub use crate::domain::{Applied, Ctx};
 
-/// A refusal, built with `?` inside [`apply`].
-struct Refuse(String);
-
-type Step<T> = Result<T, Refuse>;
-
-fn refuse<T>(reason: impl Into<String>) -> Step<T> {
-    Err(Refuse(reason.into()))
-}
+use crate::domain::{Fail, Step, refuse};
 
 impl KeyCommand {
     /// The audit action name.
@@ -267,7 +260,8 @@ pub fn apply(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: KeyCommand) -> Result<Applied,
             }
             Ok(done)
         }
-        Ok(Err(Refuse(reason))) => Ok(Applied::Rejected { object, reason }),
+        Ok(Err(Fail::Refused(reason))) => Ok(Applied::Rejected { object, reason }),
+        Ok(Err(Fail::Store(e))) => Err(e),
         Err(e) => Err(e),
     }
 }
@@ -306,7 +300,7 @@ impl State<'_> {
     }
 
     fn role(&self, ctx: &Ctx<'_>, allowed: &[Role]) -> Step<()> {
-        crate::domain::require_role(ctx.actor, allowed).map_err(Refuse)
+        crate::domain::require_role(ctx.actor, allowed).map_err(Fail::Refused)
     }
 
     fn node_actor(&self, ctx: &Ctx<'_>, node: NodeId) -> Step<()> {
