@@ -98,7 +98,7 @@ pub fn run(a: &ClusterBenchArgs, json_out: bool) -> Result<u8> {
     let job = v["job"].as_str().ok_or_else(|| anyhow!("no job id"))?.to_string();
     let deadline = Instant::now() + Duration::from_secs(3600);
     let status = loop {
-        let s = r.quill_quiet(&["job", "status", &job, "--json"], None)?;
+        let s = r.quill_quiet(&["job", "status", &job, "--json"], Some(crate::demo::DEMO_OPERATOR))?;
         let st: Value = serde_json::from_str(s.trim()).unwrap_or(Value::Null);
         if st["state"] == "done" {
             break st;
@@ -109,7 +109,7 @@ pub fn run(a: &ClusterBenchArgs, json_out: bool) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(250));
     };
     let out_dir = dir.join("output");
-    r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], None)?;
+    r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], Some(crate::demo::DEMO_OPERATOR))?;
     let secs = t0.elapsed().as_secs_f64();
     let bytes = log_bytes(&dir, a.nodes).saturating_sub(bytes0);
     let cards = status["cards_done"].as_u64().unwrap_or(0);

@@ -140,6 +140,33 @@ pub fn grpc_reason(s: &tonic::Status) -> String {
     if msg.is_empty() { format!("{:?}", s.code()) } else { format!("{:?}: {msg}", s.code()) }
 }
 
+/// The metadata that names the caller of every Keys and Jobs call (until client certificates do).
+pub const ACTOR_METADATA: &str = "x-quill-actor";
+
+/// Names the caller on every call it carries ([`ACTOR_METADATA`]).
+#[derive(Debug, Clone)]
+pub struct Identify(pub tonic::metadata::AsciiMetadataValue);
+
+impl tonic::service::Interceptor for Identify {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(ACTOR_METADATA, self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A channel whose calls name their caller.
+pub type Chan = tonic::service::interceptor::InterceptedService<Channel, Identify>;
+
+/// A lazily connecting channel to `endpoint` whose calls name `who` and time out after `timeout`.
+pub fn identified(endpoint: &str, who: &Identify, timeout: Duration) -> Result<Chan> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("bad endpoint {endpoint:?}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .tcp_nodelay(true);
+    Ok(tonic::service::interceptor::InterceptedService::new(ep.connect_lazy(), who.clone()))
+}
+
 /// How long a command keeps trying the cluster's endpoints (an election takes a second or two; a
 /// paused or dead node is passed over after its connect or call deadline).
 pub const RETRY_BUDGET: Duration = Duration::from_secs(20);

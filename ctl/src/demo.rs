@@ -38,6 +38,11 @@ pub struct StoryArgs {
 
 const MARKER: &str = ".quill-demo-cluster";
 
+/// Who reads in the story when no one else is named (status, audit, lists).
+pub(crate) const DEMO_READER: &str = "auditor:demo-auditor";
+/// The operator who submits, watches, fetches and acknowledges the batch.
+pub(crate) const DEMO_OPERATOR: &str = "operator:demo-operator";
+
 pub(crate) struct Runner {
     pub(crate) exe: PathBuf,
     pub(crate) dir: PathBuf,
@@ -78,10 +83,8 @@ impl Runner {
     pub(crate) fn quill_quiet(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
         let mut cmd = Command::new(&self.exe);
         cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
-        match actor {
-            Some(a) => cmd.env("QUILL_ACTOR", a),
-            None => cmd.env_remove("QUILL_ACTOR"),
-        };
+        // Every call names its caller; what the story does not attribute is read by its auditor.
+        cmd.env("QUILL_ACTOR", actor.unwrap_or(DEMO_READER));
         let out = cmd.output().with_context(|| format!("cannot run {}", self.exe.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
@@ -159,7 +162,7 @@ pub fn run(a: &StoryArgs, json: bool) -> Result<u8> {
     r.say("the nodes claim chunks through Raft and prepare them with their own HSMs");
     tell!(r, "$ quill job watch {job}");
     let mut watch = Command::new(&r.exe);
-    watch.args(["job", "watch", &job]).env("QUILL_DEV_DIR", &dir);
+    watch.args(["job", "watch", &job]).env("QUILL_DEV_DIR", &dir).env("QUILL_ACTOR", DEMO_OPERATOR);
     if json {
         watch.stdout(std::io::stderr());
     }
@@ -172,7 +175,7 @@ pub fn run(a: &StoryArgs, json: bool) -> Result<u8> {
 
     r.say("fetch the output (each stream's MAC recomputed by the cluster on arrival) and check it");
     let out_dir = dir.join("output");
-    let out = r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], None)?;
+    let out = r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], Some(DEMO_OPERATOR))?;
     r.show(&out, 4);
     let out = r.quill(&["prep", "check", out_dir.to_str().unwrap_or_default()], None)?;
     r.show(&out, 3);
@@ -230,10 +233,10 @@ pub(crate) fn setup(r: &mut Runner, nodes: u64) -> Result<()> {
     r.show(&out, 3);
     // Wait until every node enrolled its HSM transport key.
     let who = crate::keys::Who {
-        actor: None,
+        actor: Some(DEMO_READER.into()),
         target: crate::client::Target { endpoint: None, endpoints: Vec::new(), dev_dir: Some(dir.clone()) },
     };
-    let session = crate::keys::Session::new(&who, false)?;
+    let session = crate::keys::Session::new(&who)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let n = session.query("nodes", "").ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);

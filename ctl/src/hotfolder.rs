@@ -103,7 +103,7 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
         if json { println!("{doc}") } else { println!("{text}") }
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let mut st = load_state(&a.input)?;
     let mut seen: BTreeMap<PathBuf, (u64, std::time::SystemTime)> = BTreeMap::new();
     loop {

@@ -39,7 +39,7 @@ pub struct CaListArgs {
 
 /// `quill ca list`: the imported CA keys and the built-in scheme TEST keys.
 pub fn ca_list(a: &CaListArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let cas: Vec<CaKeyRecord> = s.query_as("cas", "")?;
     let builtin: Vec<_> = cert::SCHEME_TEST_CA_KEYS
         .iter()
@@ -109,7 +109,7 @@ pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
         (index, hex_arg("--modulus", a.modulus.as_deref().unwrap_or_default())?, hex_arg("--exponent", &a.exponent)?)
     };
     let checksum = a.checksum.as_deref().map(|c| hex_arg("--checksum", c)).transpose()?;
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = s.ca_import(CaImportRequest {
         caller: None,
         rid: hex::encode_upper(rid),
@@ -163,7 +163,7 @@ pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) 
 
 /// `quill issuer generate`.
 pub fn issuer_generate(a: &IssuerGenerateArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let rec = generate_request(&mut s, &a.label, a.bits, a.exponent)?;
     print(
         json,
@@ -199,7 +199,7 @@ pub struct IssuerImportArgs {
 /// `quill issuer import`.
 pub fn issuer_import(a: &IssuerImportArgs, json: bool) -> Result<u8> {
     let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = s
         .issuer_cert_import(IssuerCertImportRequest {
             caller: None,
@@ -262,7 +262,7 @@ pub fn certify_test(s: &mut Session, label: &str, issuer_id: &str, rid: &str, ex
 /// `quill issuer certify-test`: the Quill TEST CA (whose private key is public) signs the issuer
 /// key's certificate here; the cluster verifies it like any other and binds it to the key.
 pub fn issuer_certify_test(a: &IssuerCertifyTestArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = certify_test(&mut s, &a.label, &a.issuer_id, &a.rid, &a.expiry)?;
     print(
         json,
@@ -281,7 +281,7 @@ pub struct IssuerListArgs {
 
 /// `quill issuer list`: issuer key pairs and imported certificates.
 pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let keys: Vec<IssuerKeyRecord> = s.query_as("issuers", "")?;
     let certs: Vec<IssuerCertRecord> = s.query_as("issuer-certs", "")?;
     if json {

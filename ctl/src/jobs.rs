@@ -11,7 +11,6 @@ use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::{FetchRequest, MacRequest, SubmitPart};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::client;
 use crate::exit_codes::CliError;
@@ -19,12 +18,10 @@ use crate::keys::{Session, Who, print};
 
 const PART: usize = 1 << 20;
 
-fn jobs_client(endpoint: &str, timeout: Duration) -> Result<JobsClient<Channel>> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(client::CONNECT_TIMEOUT)
-        .timeout(timeout);
-    Ok(JobsClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+fn jobs_client(s: &Session, endpoint: &str, timeout: Duration) -> Result<JobsClient<client::Chan>> {
+    Ok(JobsClient::new(s.chan(endpoint, timeout)?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 /// `quill job submit`.
@@ -88,7 +85,7 @@ pub fn submit_file(
     parts.extend(data.chunks(PART).map(|c| SubmitPart { data: c.to_vec(), ..Default::default() }));
     let endpoints = s.endpoints().to_vec();
     let r = s.rt().block_on(client::write_retrying(&endpoints, &client_id, serial, |ep| {
-        let c = jobs_client(&ep, Duration::from_secs(600));
+        let c = jobs_client(s, &ep, Duration::from_secs(600));
         let parts = parts.clone();
         async move {
             let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
@@ -101,7 +98,7 @@ pub fn submit_file(
 
 /// `quill job submit`.
 pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let (job, records, skipped) =
         submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key, a.retention_hours)?;
     for k in &skipped {
@@ -176,7 +173,7 @@ fn now_ms() -> u64 {
 
 /// `quill job list`.
 pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let jobs: Vec<JobRecord> = s.query_as("jobs", "")?;
     if json {
         let v: Vec<_> = jobs.iter().map(|j| json!({"id": j.id, "state": j.state.as_str(), "product": j.product, "records": j.records, "cards_done": j.cards_done, "file": j.file})).collect();
@@ -205,7 +202,7 @@ fn load(s: &Session, id: &str) -> Result<(JobRecord, Vec<ChunkRecord>)> {
 
 /// `quill job status`.
 pub fn status(a: &JobArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let (j, chunks) = load(&s, &a.job)?;
     let (text, doc) = progress(&j, &chunks);
     print(json, doc, text);
@@ -240,7 +237,7 @@ fn watch_mode(json: bool, stderr_terminal: bool, ci: bool) -> WatchMode {
 /// `quill job watch`: a progress bar until the job is done. Rides out elections and a node's
 /// death: every poll tries the known endpoints within the retry budget.
 pub fn watch(a: &JobArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     let mode = watch_mode(json, std::io::IsTerminal::is_terminal(&std::io::stderr()), ci);
     let mut last: Option<String> = None;
@@ -306,7 +303,7 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
     for stream in Stream::ALL {
         let name = stream.file_name().trim_end_matches(".jsonl").to_string();
         let bytes: Vec<u8> = s.rt().block_on(client::read_retrying(&endpoints, |ep| {
-            let c = jobs_client(&ep, Duration::from_secs(600));
+            let c = jobs_client(s, &ep, Duration::from_secs(600));
             let req = FetchRequest { job: job.into(), stream: name.clone() };
             async move {
                 let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
@@ -325,7 +322,7 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
             s.rt().block_on(async {
                 let mut last = "no endpoint".to_string();
                 for ep in &mac_eps {
-                    let mut c = jobs_client(ep, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+                    let mut c = jobs_client(s, ep, Duration::from_secs(30)).map_err(|e| e.to_string())?;
                     match c.mac(MacRequest { job: job.into(), sha256: d.to_vec() }).await {
                         Ok(r) => return r.into_inner().mac.try_into().map_err(|_| "MAC length".to_string()),
                         Err(e) => last = client::grpc_reason(&e),
@@ -358,7 +355,7 @@ pub struct FetchArgs {
 
 /// `quill job fetch`.
 pub fn fetch(a: &FetchArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let got = fetch_to(&s, &a.job, &a.out)?;
     let text: Vec<String> =
         got.iter().map(|(n, d, r)| format!("{n}: {r} record(s), MAC verified, SHA-256 {}", &d[..16])).collect();
@@ -384,7 +381,7 @@ pub struct AckArgs {
 
 /// `quill job ack`.
 pub fn ack(a: &AckArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let mut delivered = Vec::new();
     if let Some(dir) = &a.fetched {
         for stream in Stream::ALL {
@@ -400,7 +397,7 @@ pub fn ack(a: &AckArgs, json: bool) -> Result<u8> {
 
 /// `quill job cancel`.
 pub fn cancel(a: &JobArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = s.job_cancel(&a.job)?;
     print(json, json!({"job": a.job, "result": "cancelled", "detail": detail}), format!("job {}: {detail}", a.job));
     Ok(crate::exit_codes::OK)

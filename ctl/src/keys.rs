@@ -24,7 +24,6 @@ use quill_proto::v1::{
     SealedCopy, WriteResult,
 };
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;
 
 use crate::client::{self, Target};
@@ -45,36 +44,46 @@ pub struct Who {
 
 impl Who {
     fn actor(&self) -> Result<Actor> {
-        let s = self.actor.as_deref().ok_or_else(|| anyhow!("say who you are: --as role:name (or QUILL_ACTOR)"))?;
-        Actor::parse(s).map_err(|e| anyhow!("--as: {e}"))
+        let s = self.actor.as_deref().ok_or_else(|| {
+            CliError::Usage("say who you are: --as role:name (or QUILL_ACTOR); every call names its caller".into())
+        })?;
+        Actor::parse(s).map_err(|e| CliError::Usage(format!("--as: {e}")).into())
     }
 }
 
 /// A session with the cluster for one command: endpoints, caller, client id, serials.
 pub(crate) struct Session {
     endpoints: Vec<String>,
-    actor: Option<Actor>,
+    actor: Actor,
+    ident: client::Identify,
     client_id: String,
     serial: u64,
     rt: tokio::runtime::Runtime,
 }
 
 impl Session {
-    pub(crate) fn new(who: &Who, needs_actor: bool) -> Result<Self> {
-        let actor = if needs_actor { Some(who.actor()?) } else { who.actor().ok() };
+    /// A session as `who` (every call names its caller: nobody is anonymous, not even to read).
+    pub(crate) fn new(who: &Who) -> Result<Self> {
+        let actor = who.actor()?;
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let name = actor.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| "anonymous".into());
+        let value = actor.to_string().parse().map_err(|_| anyhow!("--as {actor}: not a metadata value"))?;
         Ok(Session {
             endpoints: who.target.endpoints()?,
+            client_id: format!("quill-{}-{}-{ms}", actor.name, std::process::id()),
+            ident: client::Identify(value),
             actor,
-            client_id: format!("quill-{name}-{}-{ms}", std::process::id()),
             serial: 0,
             rt: tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")?,
         })
     }
 
     fn actor_str(&self) -> String {
-        self.actor.as_ref().map(|a| a.to_string()).unwrap_or_default()
+        self.actor.to_string()
+    }
+
+    /// A channel to `endpoint` whose calls name this session's caller.
+    pub(crate) fn chan(&self, endpoint: &str, timeout: Duration) -> Result<client::Chan> {
+        client::identified(endpoint, &self.ident, timeout)
     }
 
     pub(crate) fn caller(&mut self) -> Caller {
@@ -82,8 +91,8 @@ impl Session {
         Caller { client_id: self.client_id.clone(), serial: self.serial, actor: self.actor_str() }
     }
 
-    fn keys(&self, endpoint: &str) -> Result<KeysClient<Channel>> {
-        Ok(KeysClient::new(channel(endpoint)?).max_decoding_message_size(64 << 20))
+    fn keys(&self, endpoint: &str) -> Result<KeysClient<client::Chan>> {
+        Ok(KeysClient::new(self.chan(endpoint, CALL_TIMEOUT)?).max_decoding_message_size(64 << 20))
     }
 
     /// A typed write through the Keys or Jobs service (`call` gets a channel and the caller):
@@ -92,7 +101,7 @@ impl Session {
     /// refusal by the cluster is an error.
     pub(crate) fn typed_write<F, Fut>(&mut self, call: F) -> Result<String>
     where
-        F: Fn(Channel, Caller) -> Fut,
+        F: Fn(client::Chan, Caller) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<WriteResult>, tonic::Status>>,
     {
         let caller = self.caller();
@@ -100,7 +109,7 @@ impl Session {
         let (client_id, serial) = (caller.client_id.clone(), caller.serial);
         let r = self.rt.block_on(client::write_retrying(&endpoints, &client_id, serial, |ep| {
             let caller = caller.clone();
-            let channel = channel(&ep);
+            let channel = self.chan(&ep, CALL_TIMEOUT);
             let call = &call;
             async move {
                 let channel = channel.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
@@ -113,7 +122,7 @@ impl Session {
     /// A typed write of the Keys service.
     pub(crate) fn keys_write<F, Fut>(&mut self, call: F) -> Result<String>
     where
-        F: Fn(KeysClient<Channel>, Caller) -> Fut,
+        F: Fn(KeysClient<client::Chan>, Caller) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<WriteResult>, tonic::Status>>,
     {
         self.typed_write(|ch, caller| call(KeysClient::new(ch), caller))
@@ -201,7 +210,7 @@ impl Session {
     /// their caller's serial, and reads), with the shared retry policy.
     pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(KeysClient<Channel>) -> Fut,
+        F: Fn(KeysClient<client::Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let endpoints = self.endpoints.clone();
@@ -215,15 +224,6 @@ impl Session {
         }))?;
         Ok(r.into_inner())
     }
-}
-
-/// A lazy channel to `endpoint` with the call deadline of these commands.
-fn channel(endpoint: &str) -> Result<Channel> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(client::CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
-    Ok(ep.connect_lazy())
 }
 
 pub(crate) fn print(json: bool, doc: Value, text: impl AsRef<str>) {
@@ -281,7 +281,7 @@ pub fn ceremony_start(a: &CeremonyStartArgs, json: bool) -> Result<u8> {
         (a.label.clone().unwrap_or_default(), usage, alg)
     };
     let id = a.id.clone().unwrap_or_else(|| new_id(if smk { "smk" } else { "key" }));
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let req = CeremonyStartRequest {
         caller: None,
         id: id.clone(),
@@ -324,7 +324,7 @@ pub struct CeremonySubmitArgs {
 
 /// `quill ceremony submit`.
 pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let c: Ceremony = s.query_as("ceremony", &a.id)?;
     let alg = c.target.alg();
     let component: Zeroizing<Vec<u8>> = match (&a.component, a.generate) {
@@ -396,7 +396,7 @@ pub struct CeremonyIdArgs {
 
 /// `quill ceremony status`.
 pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let list: Vec<Ceremony> = match &a.id {
         Some(id) => vec![s.query_as("ceremony", id)?],
         None => s.query_as("ceremonies", "")?,
@@ -437,7 +437,7 @@ pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
 /// `quill ceremony cancel`.
 pub fn ceremony_cancel(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
     let id = a.id.clone().ok_or_else(|| CliError::Usage("--id is required".into()))?;
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = s.keys_write(|mut c, caller| {
         let req = CeremonyCancelRequest { caller: Some(caller), id: id.clone() };
         async move { c.ceremony_cancel(req).await }
@@ -468,7 +468,7 @@ pub struct KeyListArgs {
 
 /// `quill key list`.
 pub fn key_list(a: &KeyListArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let keys: Vec<KeyRecord> = s.query_as("keys", "")?;
     if json {
         println!("{}", serde_json::to_value(&keys)?);
@@ -501,7 +501,7 @@ pub struct KeyIdArgs {
 
 /// `quill key show`.
 pub fn key_show(a: &KeyIdArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let k = s.query("key", &a.id)?;
     if json {
         println!("{k}");
@@ -513,7 +513,7 @@ pub fn key_show(a: &KeyIdArgs, json: bool) -> Result<u8> {
 
 /// `quill key activate|suspend|retire|compromised`.
 pub fn key_set_state(a: &KeyIdArgs, state: KeyState, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = s.keys_write(|mut c, caller| {
         let req = KeyStateRequest { caller: Some(caller), key: a.id.clone(), state: state.as_str().into() };
         async move { c.set_key_state(req).await }
@@ -528,7 +528,7 @@ pub fn key_destroy(a: &KeyIdArgs, json: bool) -> Result<u8> {
 }
 
 fn request_approval(who: &Who, action: Action, json: bool) -> Result<u8> {
-    let mut s = Session::new(who, true)?;
+    let mut s = Session::new(who)?;
     let id = new_id("appr");
     let detail = s.keys_write(|mut c, caller| {
         let req = ApprovalAskRequest { caller: Some(caller), id: id.clone(), action: Some(action.clone()) };
@@ -568,7 +568,7 @@ pub struct KeyGenerateArgs {
 
 /// `quill key generate`.
 pub fn key_generate(a: &KeyGenerateArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     parse_usage(Some(&a.usage))?;
     parse_alg(Some(&a.alg))?;
     let req = GenerateKeyRequest {
@@ -629,7 +629,7 @@ pub struct KeyImportArgs {
 
 /// `quill key import`.
 pub fn key_import(a: &KeyImportArgs, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let req = ImportTr31Request {
         caller: Some(s.caller()),
         label: a.label.clone(),
@@ -667,7 +667,7 @@ pub fn key_export(a: &KeyExportArgs, json: bool) -> Result<u8> {
         return request_approval(&a.who, Action::Export(ExportAction { key: key.clone(), kbpk: kbpk.clone() }), json);
     }
     let approval = a.approval.clone().ok_or_else(|| CliError::Usage("give --key and --kbpk, or --approval".into()))?;
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let req = ExportTr31Request { caller: Some(s.caller()), approval: approval.clone() };
     let r = s.call_keys(|mut c| {
         let req = req.clone();
@@ -705,7 +705,7 @@ pub struct ApproveListArgs {
 
 /// `quill approve list`.
 pub fn approve_list(a: &ApproveListArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let list = s.query("approvals", "")?;
     if json {
         println!("{list}");
@@ -740,7 +740,7 @@ pub struct ApproveIdArgs {
 
 /// `quill approve grant|deny`.
 pub fn approve_decide(a: &ApproveIdArgs, grant: bool, json: bool) -> Result<u8> {
-    let mut s = Session::new(&a.who, true)?;
+    let mut s = Session::new(&a.who)?;
     let detail = s.keys_write(|mut c, caller| {
         let req = ApprovalDecideRequest { caller: Some(caller), id: a.id.clone(), grant };
         async move { c.approval_decide(req).await }
@@ -761,7 +761,7 @@ pub struct AuditVerifyArgs {
 
 /// `quill audit verify`: exit 0 when the chain verifies, 3 (and the first broken record) when not.
 pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let r = s.call_keys(|mut c| async move { c.audit_verify(AuditVerifyRequest {}).await })?;
     let report: Value = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
     if json {
@@ -802,7 +802,7 @@ pub struct AuditTailArgs {
 
 /// `quill audit tail` (human lines) and `quill audit export` (JSON lines, everything from --from).
 pub fn audit_tail(a: &AuditTailArgs, export: bool, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who, false)?;
+    let s = Session::new(&a.who)?;
     let mut from = a.from.unwrap_or(if export { 1 } else { 0 });
     let limit = a.limit.unwrap_or(if export { 1000 } else { 20 });
     loop {

@@ -55,9 +55,9 @@ fn with_actor(who: &Who, actor: &str) -> Who {
 /// `quill dev load-test-keys`.
 pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
     let admin_who = if a.who.actor.is_some() { a.who.clone() } else { with_actor(&a.who, "admin:TEST-loader") };
-    let mut admin = Session::new(&admin_who, true)?;
-    let mut alice = Session::new(&with_actor(&a.who, "custodian:TEST-alice"), true)?;
-    let mut bob = Session::new(&with_actor(&a.who, "custodian:TEST-bob"), true)?;
+    let mut admin = Session::new(&admin_who)?;
+    let mut alice = Session::new(&with_actor(&a.who, "custodian:TEST-alice"))?;
+    let mut bob = Session::new(&with_actor(&a.who, "custodian:TEST-bob"))?;
     let set = TestKeys::builtin();
     let held: Vec<KeyRecord> = admin.query_as("keys", "")?;
     let nodes: Vec<NodeRecord> = admin.query_as("nodes", "")?;

@@ -156,8 +156,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
                 .map_err(|e| e.to_string())
         }),
     ));
-    let keys_svc = KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
-    let jobs_svc = JobsService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server();
+    // Every Keys and Jobs call names its caller (crate::api::authenticate).
+    let keys_svc = tonic::service::interceptor::InterceptedService::new(
+        KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(),
+        crate::api::authenticate,
+    );
+    let jobs_svc = tonic::service::interceptor::InterceptedService::new(
+        JobsService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(),
+        crate::api::authenticate,
+    );
     if let Some(agent) = agent.clone() {
         let proposer: Arc<dyn Proposer> = Arc::new(cluster_svc.clone());
         let stop = shutdown.clone();

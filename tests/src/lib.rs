@@ -446,11 +446,12 @@ impl Cluster {
     }
 
     /// Run the `quill` CLI against node `id` (`QUILL_ENDPOINT` set to it): (exit code, stdout,
-    /// stderr). `env` adds variables (e.g. `QUILL_ACTOR`).
+    /// stderr). `env` adds variables (e.g. `QUILL_ACTOR`); every call names its caller, so the
+    /// auditor [`READER`] reads when a test names nobody.
     pub fn quill(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let mut cmd = Command::new(binary("quill"));
         cmd.args(args).env("QUILL_ENDPOINT", self.node(id).endpoint()).env_remove("QUILL_ENDPOINTS");
-        cmd.env_remove("QUILL_ACTOR").env_remove("QUILL_DEV_DIR").env_remove("QUILL_COMPONENT");
+        cmd.env("QUILL_ACTOR", READER).env_remove("QUILL_DEV_DIR").env_remove("QUILL_COMPONENT");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -473,7 +474,13 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(5));
         let mut c = quill_proto::v1::keys_client::KeysClient::new(ep.connect_lazy());
-        let req = quill_proto::v1::QueryRequest { what: what.into(), id: key_id.into(), linearizable: true, hops: 0 };
+        let mut req = tonic::Request::new(quill_proto::v1::QueryRequest {
+            what: what.into(),
+            id: key_id.into(),
+            linearizable: true,
+            hops: 0,
+        });
+        req.metadata_mut().insert(ACTOR_METADATA, READER.parse().expect("metadata"));
         let r = c.query(req).await.map_err(|s| format!("node {id}: {:?} {}", s.code(), s.message()))?;
         serde_json::from_str(&r.into_inner().json).map_err(|e| e.to_string())
     }
@@ -599,6 +606,11 @@ impl Cluster {
         tail(&self.node(id).log_path(), 40)
     }
 }
+
+/// Who reads when a test names nobody: every Keys and Jobs call names its caller.
+pub const READER: &str = "auditor:test";
+/// The metadata that names a caller (node/src/api, `ACTOR_METADATA`).
+pub const ACTOR_METADATA: &str = "x-quill-actor";
 
 /// Who the tests' plain writes are made by.
 pub const TEST_ACTOR: &str = "operator:test";

@@ -27,8 +27,13 @@ async fn every_exit_code_on_a_real_cluster() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("refused") || err.contains("PermissionDenied"), "{err}");
 
-    step("1: a write without an identity is refused before it is sent");
-    let (code, out, err) = cluster.quill(1, &["ceremony", "cancel", "--id", "x"], &[]);
+    step("2: a command without an identity is refused before anything is sent");
+    let (code, out, err) = cluster.quill(1, &["key", "list"], &[("QUILL_ACTOR", "")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--as"), "{err}");
+
+    step("1: refused by the cluster (an auditor may not cancel a ceremony)");
+    let (code, out, err) = cluster.quill(1, &["ceremony", "cancel", "--id", "x", "--as", "auditor:ann"], &[]);
     assert_eq!(code, 1, "{out}{err}");
 
     step("4: nothing listening at the endpoint; the message names it");

@@ -14,10 +14,14 @@ use quill_node::identity::{Actor, Role};
 use quill_node::jobs::JobCommand;
 use quill_node::keys::model::{Kcv, KeyAlg, WrappedKey};
 use quill_node::raft::{Command, Request};
+use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::raft_client::RaftClient;
-use quill_proto::v1::{BenchGetRequest, BenchPutRequest, Caller, CeremonyStartRequest, RaftPayload};
-use quill_tests::{Cluster, ClusterOptions, step};
+use quill_proto::v1::{
+    AuditTailRequest, BenchGetRequest, BenchPutRequest, Caller, CeremonyStartRequest, FetchRequest, MacRequest,
+    QueryRequest, RaftPayload,
+};
+use quill_tests::{ACTOR_METADATA, Cluster, ClusterOptions, step};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,6 +33,13 @@ fn bench_put(key: &str, actor: &str, serial: u64) -> BenchPutRequest {
         value: b"forged".to_vec(),
         actor: actor.into(),
     }
+}
+
+/// `msg` from `who`, named in the request's metadata as quill does.
+fn as_who<T>(who: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(ACTOR_METADATA, who.parse().expect("metadata"));
+    req
 }
 
 fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -65,9 +76,10 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
     for node in [leader, follower] {
         let mut c = cluster.client(node);
         let mut keys = KeysClient::new(channel(cluster.node(node).api_addr));
+        let mut jobs = JobsClient::new(channel(cluster.node(node).api_addr));
         let mut raft = RaftClient::new(channel(cluster.node(node).raft_addr));
 
-        step(&format!("node {node}: writes without a caller → UNAUTHENTICATED"));
+        step(&format!("node {node}: calls without a caller → UNAUTHENTICATED, reads included"));
         serial += 1;
         let e = c.bench_put(bench_put("bench/anon", "", serial)).await.expect_err("anonymous write accepted");
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -76,15 +88,34 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
         let anonymous = Caller { client_id: "t91-eve".into(), serial: 1, actor: String::new() };
         let e = keys
-            .ceremony_start(CeremonyStartRequest { caller: Some(anonymous), ..start.clone() })
+            .ceremony_start(as_who("admin:eve", CeremonyStartRequest { caller: Some(anonymous), ..start.clone() }))
             .await
             .expect_err("a ceremony by nobody");
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let query = QueryRequest { what: "keys".into(), id: String::new(), linearizable: false, hops: 0 };
+        let e = keys.query(query.clone()).await.expect_err("an anonymous read of the key inventory");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let e = keys.audit_tail(AuditTailRequest { from: 1, limit: 10 }).await.expect_err("anonymous audit read");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let fetch = FetchRequest { job: "J".into(), stream: "cards".into() };
+        let e = jobs.fetch(fetch.clone()).await.expect_err("anonymous fetch of card data");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let mac = MacRequest { job: "J".into(), sha256: vec![0; 32] };
+        let e = jobs.mac(mac.clone()).await.expect_err("anonymous MAC");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+        step(&format!("node {node}: card output is for operators: an auditor's fetch → PERMISSION_DENIED"));
+        let e = jobs.fetch(as_who("auditor:eve", fetch)).await.expect_err("an auditor fetched card data");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let e = jobs.mac(as_who("custodian:eve", mac)).await.expect_err("a custodian used the MAC");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
         step(&format!("node {node}: a client claiming the node role → PERMISSION_DENIED"));
+        let e = keys.query(as_who("node:node-1", query)).await.expect_err("a client reading as a node");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         let as_node = Caller { client_id: "t91-eve".into(), serial: 2, actor: "node:node-1".into() };
         let e = keys
-            .ceremony_start(CeremonyStartRequest { caller: Some(as_node), ..start })
+            .ceremony_start(as_who("admin:eve", CeremonyStartRequest { caller: Some(as_node), ..start }))
             .await
             .expect_err("a client acting as a node");
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");

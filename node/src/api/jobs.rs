@@ -294,6 +294,9 @@ impl jobs_server::Jobs for JobsService {
     type FetchStream = tokio_stream::Iter<std::vec::IntoIter<Result<FetchPart, Status>>>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        // Output holds cardholder data: operators (and admins) only.
+        crate::domain::require_role(&super::caller_of(&request)?, &[Role::Operator, Role::Admin])
+            .map_err(ApiError::PermissionDenied)?;
         let bytes = self.fetch(request.into_inner()).await?;
         let parts: Vec<Result<FetchPart, Status>> =
             bytes.chunks(1 << 20).map(|c| Ok(FetchPart { data: c.to_vec() })).collect();
@@ -301,6 +304,8 @@ impl jobs_server::Jobs for JobsService {
     }
 
     async fn mac(&self, request: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
+        crate::domain::require_role(&super::caller_of(&request)?, &[Role::Operator, Role::Admin])
+            .map_err(ApiError::PermissionDenied)?;
         Ok(Response::new(self.mac(request.into_inner()).await?))
     }
 

@@ -68,12 +68,15 @@ impl KeysService {
         self.sm.read(f).await.map_err(|e| ApiError::Internal(e.to_string()))
     }
 
-    async fn query(&self, req: QueryRequest) -> ApiResult<QueryResponse> {
+    async fn query(&self, caller: &Actor, req: QueryRequest) -> ApiResult<QueryResponse> {
         if req.linearizable
             && let Some(forward) = self.cluster.linearize(req.hops).await?
         {
             let mut client = quill_proto::v1::keys_client::KeysClient::new(forward);
-            let forwarded = QueryRequest { hops: req.hops + 1, ..req };
+            let mut forwarded = Request::new(QueryRequest { hops: req.hops + 1, ..req });
+            let who =
+                caller.to_string().parse().map_err(|_| ApiError::Internal("caller is not metadata text".into()))?;
+            forwarded.metadata_mut().insert(super::ACTOR_METADATA, who);
             return client.query(forwarded).await.map(Response::into_inner).map_err(ApiError::Forwarded);
         }
         let id = req.id.clone();
@@ -372,7 +375,8 @@ fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
 #[tonic::async_trait]
 impl keys_server::Keys for KeysService {
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        Ok(Response::new(self.query(request.into_inner()).await?))
+        let caller = super::caller_of(&request)?;
+        Ok(Response::new(self.query(&caller, request.into_inner()).await?))
     }
 
     async fn generate(&self, request: Request<GenerateKeyRequest>) -> Result<Response<KeyResponse>, Status> {

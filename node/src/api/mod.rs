@@ -558,6 +558,36 @@ impl ForwardHandler for ClusterService {
     }
 }
 
+/// The metadata that names the caller of every Keys and Jobs call, `role:name`, until client
+/// certificates name it (the next issue): nobody is anonymous, not even to read.
+pub const ACTOR_METADATA: &str = "x-quill-actor";
+
+/// In front of the Keys and Jobs services (every method, reads included): the call must name its
+/// caller in [`ACTOR_METADATA`], not as a node; the caller goes into the request's extensions.
+/// A layer, so no handler can forget it.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn authenticate(mut req: Request<()>) -> Result<Request<()>, Status> {
+    let value = req
+        .metadata()
+        .get(ACTOR_METADATA)
+        .ok_or_else(|| Status::unauthenticated(format!("the call names no caller ({ACTOR_METADATA}: role:name)")))?;
+    let text = value.to_str().map_err(|_| Status::unauthenticated(format!("{ACTOR_METADATA} is not text")))?;
+    let actor = Actor::parse(text).map_err(|e| Status::unauthenticated(format!("{ACTOR_METADATA}: {e}")))?;
+    if actor.role == Role::Node {
+        return Err(Status::permission_denied("role node is reserved for the cluster's own nodes"));
+    }
+    req.extensions_mut().insert(actor);
+    Ok(req)
+}
+
+/// The caller [`authenticate`] found, for a handler; fails closed if the layer is missing.
+pub fn caller_of<T>(req: &Request<T>) -> ApiResult<Actor> {
+    req.extensions()
+        .get::<Actor>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("no caller identity: the authentication layer is missing".into()))
+}
+
 /// The caller of a client's write: present, with a client id, naming itself, and not claiming
 /// the node role (only the cluster's own nodes act as nodes, in-process).
 pub fn client_caller(c: Option<Caller>) -> ApiResult<(Caller, Actor)> {
