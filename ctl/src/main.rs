@@ -4,22 +4,14 @@
 //! `quilld` processes, `quill cluster` shows and changes its membership, and `quill bench raft`
 //! measures it (DESIGN.md §11).
 
-mod bench;
-mod bench_cluster;
 mod client;
-mod cluster;
-mod demo;
-mod demo_hsm;
-mod dev;
 mod exit_codes;
-mod hotfolder;
-mod issuers;
-mod jobs;
-mod keys;
-mod pkcs11;
-mod prep;
-mod profile;
-mod testset;
+mod lab;
+mod ops;
+mod output;
+
+use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
+use ops::{cluster, hotfolder, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
 use quill_node::keys::model::KeyState;

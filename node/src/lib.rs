@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! server, api        gRPC services, boot and shutdown (api maps requests to commands)
-//! keys::agent, jobs::worker, jobs::intake   the per-node runtime: HSM work, chunk workers
+//! runtime            the per-node actors: the key agent (HSM work), the job workers
 //! raft, network      openraft storage (calls state::apply) and the Raft transport
 //! state              one request applied: dispatch to a domain through a prefix-scoped view,
 //!                    the audit record; what a client may send (state::validate)
@@ -13,8 +13,7 @@
 //! store, identity    RocksDB column families and codecs; NodeId, Actor, Role
 //! ```
 //!
-//! Not yet as drawn: the runtime parts still live beside their domains (`keys::agent`,
-//! `jobs::worker`) rather than in a `runtime/` module of their own.
+//! Not yet as drawn: job intake (validate, chunk, data key, seal) is still in `api/jobs.rs`.
 
 pub mod api;
 pub mod audit;
@@ -25,6 +24,7 @@ pub mod jobs;
 pub mod keys;
 pub mod network;
 pub mod raft;
+pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod store;

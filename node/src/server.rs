@@ -16,9 +16,9 @@ use crate::api::jobs::JobsService;
 use crate::api::keys::KeysService;
 use crate::api::{ClusterService, http};
 use crate::config::Config;
-use crate::jobs::worker::Workers;
-use crate::keys::agent::{HostPathQueue, KeyAgent, Proposer};
 use crate::network::{Network, Raft, RaftService};
+use crate::runtime::agent::{HostPathQueue, KeyAgent, Proposer};
+use crate::runtime::worker::Workers;
 use crate::store::StoreError;
 use quill_hsm::Hsm as _;
 

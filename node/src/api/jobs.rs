@@ -21,12 +21,12 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ApiError, ClusterService};
-use crate::jobs::worker::{ChunkOutput, input_aad, output_aad};
 use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
-use crate::keys::agent::KeyAgent;
 use crate::keys::apply::{key, scan};
 use crate::keys::model::{Actor, KeyRecord, KeyState, Role};
 use crate::raft::{Command, Outcome, StateMachine};
+use crate::runtime::agent::KeyAgent;
+use crate::runtime::worker::{ChunkOutput, input_aad, output_aad};
 
 type ApiResult<T> = Result<T, ApiError>;
 

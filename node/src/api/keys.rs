@@ -20,11 +20,11 @@ use tonic::{Request, Response, Status};
 use super::{ApiError, ClusterService};
 use crate::audit;
 use crate::keys::KeyCommand;
-use crate::keys::agent::KeyAgent;
 use crate::keys::apply::issuers::{self, CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
 use crate::keys::apply::{key, read, scan};
 use crate::keys::model::*;
 use crate::raft::{Command, Outcome, StateMachine};
+use crate::runtime::agent::KeyAgent;
 
 type ApiResult<T> = Result<T, ApiError>;
 

@@ -35,9 +35,9 @@ use tonic::{Request, Response, Status};
 
 pub use self::error::{ApiError, LEADER_METADATA, MAX_HOPS};
 use crate::identity::{Actor, Role};
-use crate::keys::agent::KeyAgent;
 use crate::network::{ForwardHandler, Raft, lazy_channel};
 use crate::raft::{Command, NodeAddr, NodeId, Outcome, StateMachine, encode_command};
+use crate::runtime::agent::KeyAgent;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -483,7 +483,7 @@ impl ClusterService {
 }
 
 #[tonic::async_trait]
-impl crate::keys::agent::Proposer for ClusterService {
+impl crate::runtime::agent::Proposer for ClusterService {
     async fn propose(&self, actor: Actor, cmd: Command) -> Result<crate::raft::Outcome, String> {
         let client_id = format!("node-{}-agent-{}", self.inner.id, self.inner.boot_ms);
         let serial = self.inner.agent_serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -11,8 +11,6 @@
 //! Apply is deterministic: it reads the command, the entry's context and the state; the time is
 //! the leader's time in the request.
 
-pub mod worker;
-
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;

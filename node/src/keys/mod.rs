@@ -1,11 +1,11 @@
-//! Key management: the replicated model ([`model`]), the commands and how they apply
-//! ([`apply`]), and the per-node agent that does the HSM work the state asks for ([`agent`]).
+//! Key management: the replicated model ([`model`]) and the commands and how they apply
+//! ([`apply`]). The per-node agent that does the HSM work the state asks for is
+//! [`crate::runtime::agent`].
 //!
 //! Keys live only inside HSMs. The cluster state holds them wrapped under the storage master key
 //! (SMK), or sealed to a node's HSM transport key while a ceremony is under way; apply never sees
 //! a clear key, and neither does any log line or error message.
 
-pub mod agent;
 pub mod apply;
 pub mod model;
 

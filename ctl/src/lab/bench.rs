@@ -94,7 +94,7 @@ pub fn raft(args: &RaftArgs, json: bool) -> Result<u8> {
                 l.errors.to_string(),
             ]);
         }
-        print!("{}", crate::cluster::render_table(&rows));
+        print!("{}", crate::output::render_table(&rows));
         for l in levels.iter().filter(|l| l.errors > 0) {
             println!("{} clients: first error: {}", l.clients, l.first_error.as_deref().unwrap_or("?"));
         }

@@ -13,8 +13,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::client;
+use crate::client::{Session, Who};
 use crate::exit_codes::CliError;
-use crate::keys::{Session, Who, print};
+use crate::output::print;
 
 const PART: usize = 1 << 20;
 
@@ -192,7 +193,7 @@ pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
             j.failures.len().to_string(),
         ]);
     }
-    print!("{}", crate::cluster::render_table(&rows));
+    print!("{}", crate::output::render_table(&rows));
     Ok(crate::exit_codes::OK)
 }
 

@@ -8,7 +8,7 @@
 //! prepares the directory, then re-runs itself with `QUILL_HSM_CONF` pointing into it.
 
 use crate::exit_codes;
-use crate::pkcs11::{self, Ck};
+use crate::lab::pkcs11::{self, Ck};
 use anyhow::{Context as _, Result, anyhow, bail};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};

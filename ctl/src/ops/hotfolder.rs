@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::keys::{Session, Who};
+use crate::client::{Session, Who};
 
 /// Options of `quill job hot-folder`.
 #[derive(clap::Args, Debug)]
@@ -136,7 +136,7 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
                 }
                 continue;
             }
-            match crate::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key, 0) {
+            match crate::ops::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key, 0) {
                 Ok((job, records, skipped)) => {
                     event(
                         serde_json::json!({"file": name, "event": "submitted", "job": job, "records": records, "skipped": skipped.len()}),
@@ -168,7 +168,7 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
                     let tmp = a.out.join(format!("{stem}.tmp"));
                     let fin = a.out.join(&stem);
                     let _ = std::fs::remove_dir_all(&tmp);
-                    let got = crate::jobs::fetch_to(&s, &job, &tmp)?;
+                    let got = crate::ops::jobs::fetch_to(&s, &job, &tmp)?;
                     if fin.exists() {
                         std::fs::remove_dir_all(&fin)?;
                     }

@@ -178,7 +178,7 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
             ],
         });
     }
-    print!("{}", render_table(&table));
+    print!("{}", crate::output::render_table(&table));
     match leader {
         Some(l) => println!("leader: node {l}"),
         None => println!("leader: none"),
@@ -188,20 +188,6 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
             println!("unreachable: {e}");
         }
     }
-}
-
-/// Left-aligned columns separated by two spaces; the first row is the header.
-pub fn render_table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// `quill cluster add`: join a node as a learner.

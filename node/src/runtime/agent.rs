@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use tracing::{info, warn};
 
-use super::apply::{KeyCommand, key, read, scan};
-use super::model::*;
 use crate::audit::{self, AuditMac};
+use crate::keys::apply::{KeyCommand, key, read, scan};
+use crate::keys::model::*;
 use crate::network::Raft;
 use crate::raft::{Command, NodeId, Outcome, StateMachine};
 use quill_hsm::Hsm;

@@ -20,7 +20,8 @@ use quill_proto::v1::issuer_cert_import_request::Source;
 use quill_proto::v1::{CaImportRequest, CertFile, CertTags, IssuerCertImportRequest};
 use serde_json::json;
 
-use crate::keys::{Session, Who, print};
+use crate::client::{Session, Who};
+use crate::output::print;
 
 fn rid_bytes(s: &str) -> Result<[u8; 5]> {
     hex::decode(s).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("--rid: {s:?} is not 5 bytes of hex"))
@@ -68,7 +69,7 @@ pub fn ca_list(a: &CaListArgs, json: bool) -> Result<u8> {
             format!("imported by {}", c.imported_by),
         ]);
     }
-    print!("{}", crate::cluster::render_table(&rows));
+    print!("{}", crate::output::render_table(&rows));
     Ok(crate::exit_codes::OK)
 }
 
@@ -304,7 +305,7 @@ pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
             k.certificate.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", crate::cluster::render_table(&rows));
+    print!("{}", crate::output::render_table(&rows));
     let mut rows =
         vec![["CERTIFICATE", "CA", "ISSUER", "EXPIRY", "LAYOUT", "KEY", "BOUND TO"].map(String::from).to_vec()];
     for c in &certs {
@@ -318,6 +319,6 @@ pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
             c.key.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", crate::cluster::render_table(&rows));
+    print!("{}", crate::output::render_table(&rows));
     Ok(crate::exit_codes::OK)
 }

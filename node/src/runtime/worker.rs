@@ -27,8 +27,8 @@ use quill_prep::profile::Profile;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{CHUNK, ChunkRecord, ChunkState, INPUT, JobCommand, JobRecord, JobState, chunk_key, jobs};
 use crate::api::ClusterService;
+use crate::jobs::{CHUNK, ChunkRecord, ChunkState, INPUT, JobCommand, JobRecord, JobState, chunk_key, jobs};
 use crate::keys::apply::issuers::{self, IssuerCertRecord, IssuerKeyRecord};
 use crate::keys::apply::{key, scan};
 use crate::keys::model::{Actor, KeyRecord, KeyState};
@@ -155,7 +155,7 @@ impl Workers {
             .read(|kv| {
                 let mut out = Vec::new();
                 for j in jobs(kv)?.into_iter().filter(|j| j.state == JobState::Running) {
-                    let cs = super::chunks(kv, &j.id)?;
+                    let cs = crate::jobs::chunks(kv, &j.id)?;
                     out.push((j, cs));
                 }
                 Ok(out)

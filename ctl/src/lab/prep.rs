@@ -147,7 +147,7 @@ fn reexec_with_token(h: &HsmArgs) -> Result<Option<u8>> {
 fn open_hsm(h: &HsmArgs) -> Result<Arc<HsmPool>> {
     let module = match &h.module {
         Some(m) => m.clone(),
-        None => crate::pkcs11::sim_next_to_exe()?,
+        None => crate::lab::pkcs11::sim_next_to_exe()?,
     };
     let mut slot = SlotConfig::new(module, h.token.clone(), h.pin.clone());
     slot.sessions = h.threads.max(1) + 1;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::demo::{Runner, fresh_dir, setup};
+use crate::lab::demo::{Runner, fresh_dir, setup};
 
 /// Options of `quill bench cluster`.
 #[derive(clap::Args, Debug)]
@@ -53,7 +53,7 @@ fn log_bytes(dir: &Path, nodes: u64) -> u64 {
             let conf = std::fs::read_to_string(dir.join(format!("node-{i}/node.toml"))).ok()?;
             let v: toml::Value = toml::from_str(&conf).ok()?;
             let addr = v.get("http_addr")?.as_str()?.to_string();
-            let (_, body) = crate::dev::http_get(&addr, "/metrics").ok()?;
+            let (_, body) = crate::lab::dev::http_get(&addr, "/metrics").ok()?;
             body.lines()
                 .find(|l| l.starts_with("quill_raft_log_bytes_appended_total{"))
                 .and_then(|l| l.rsplit(' ').next())
@@ -98,7 +98,7 @@ pub fn run(a: &ClusterBenchArgs, json_out: bool) -> Result<u8> {
     let job = v["job"].as_str().ok_or_else(|| anyhow!("no job id"))?.to_string();
     let deadline = Instant::now() + Duration::from_secs(3600);
     let status = loop {
-        let s = r.quill_quiet(&["job", "status", &job, "--json"], Some(crate::demo::DEMO_OPERATOR))?;
+        let s = r.quill_quiet(&["job", "status", &job, "--json"], Some(crate::lab::demo::DEMO_OPERATOR))?;
         let st: Value = serde_json::from_str(s.trim()).unwrap_or(Value::Null);
         if st["state"] == "done" {
             break st;
@@ -109,7 +109,10 @@ pub fn run(a: &ClusterBenchArgs, json_out: bool) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(250));
     };
     let out_dir = dir.join("output");
-    r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], Some(crate::demo::DEMO_OPERATOR))?;
+    r.quill(
+        &["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()],
+        Some(crate::lab::demo::DEMO_OPERATOR),
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let bytes = log_bytes(&dir, a.nodes).saturating_sub(bytes0);
     let cards = status["cards_done"].as_u64().unwrap_or(0);

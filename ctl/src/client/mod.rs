@@ -12,6 +12,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::exit_codes::CliError;
 
+mod session;
+pub(crate) use session::{Session, Who};
+
 /// How long one Status call may take before the node counts as unreachable.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
@@ -42,7 +45,7 @@ impl Target {
         }
         out.extend(self.endpoints.iter().filter(|e| !e.trim().is_empty()).map(|e| normalize(e)));
         if out.is_empty() {
-            let dir = self.dev_dir.clone().unwrap_or_else(|| PathBuf::from(crate::dev::DEFAULT_DIR));
+            let dir = self.dev_dir.clone().unwrap_or_else(|| PathBuf::from(crate::lab::dev::DEFAULT_DIR));
             let env = read_env_file(&dir.join("env")).context(
                 "no cluster endpoint: pass --endpoint, set QUILL_ENDPOINT, or start a dev cluster (quill dev up)",
             )?;

@@ -232,11 +232,11 @@ pub(crate) fn setup(r: &mut Runner, nodes: u64) -> Result<()> {
     )?;
     r.show(&out, 3);
     // Wait until every node enrolled its HSM transport key.
-    let who = crate::keys::Who {
+    let who = crate::client::Who {
         actor: Some(DEMO_READER.into()),
         target: crate::client::Target { endpoint: None, endpoints: Vec::new(), dev_dir: Some(dir.clone()) },
     };
-    let session = crate::keys::Session::new(&who)?;
+    let session = crate::client::Session::new(&who)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let n = session.query("nodes", "").ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);

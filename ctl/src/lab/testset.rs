@@ -19,7 +19,8 @@ use quill_proto::v1::{CaImportRequest, CeremonyStartRequest, CeremonySubmitReque
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::keys::{Session, Who, print};
+use crate::client::{Session, Who};
+use crate::output::print;
 
 /// `quill dev load-test-keys`.
 #[derive(clap::Args, Debug)]
@@ -147,9 +148,9 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             continue;
         }
         if !issuers.iter().any(|h| h.label == i.label) {
-            crate::issuers::generate_request(&mut admin, &i.label, i.bits, i.exponent)?;
+            crate::ops::issuers::generate_request(&mut admin, &i.label, i.bits, i.exponent)?;
         }
-        crate::issuers::certify_test(&mut admin, &i.label, &i.issuer_id, &i.rid, &i.expiry)?;
+        crate::ops::issuers::certify_test(&mut admin, &i.label, &i.issuer_id, &i.rid, &i.expiry)?;
         certified += 1;
     }
     print(

@@ -10,229 +10,22 @@
 //! here, shows it, seals it with RSA-OAEP to every recipient node's transport key (from the
 //! cluster state) and sends only the sealed copies.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use quill_node::keys::model::{Actor, Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, Usage};
+use quill_node::keys::model::{Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, Usage};
 use quill_proto::v1::approval_ask_request::Action;
-use quill_proto::v1::jobs_client::JobsClient;
-use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{
-    AckRequest, ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditVerifyRequest, CaImportRequest,
-    Caller, CancelRequest, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest, Delivered, ExportAction,
-    ExportTr31Request, GenerateKeyRequest, ImportTr31Request, IssuerCertImportRequest, KeyStateRequest, QueryRequest,
-    SealedCopy, WriteResult,
+    ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditVerifyRequest, CeremonyCancelRequest,
+    CeremonyStartRequest, CeremonySubmitRequest, ExportAction, ExportTr31Request, GenerateKeyRequest,
+    ImportTr31Request, KeyStateRequest, SealedCopy,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::client::{self, Target};
+use crate::client::{Session, Who};
 use crate::exit_codes::CliError;
-
-/// One write or HSM call may take this long.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Who is calling, and where.
-#[derive(clap::Args, Debug, Clone)]
-pub struct Who {
-    /// Act as `role:name` (roles: admin, custodian, operator, auditor).
-    #[arg(long = "as", env = "QUILL_ACTOR", value_name = "ROLE:NAME", help_heading = "Identity")]
-    pub actor: Option<String>,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-impl Who {
-    fn actor(&self) -> Result<Actor> {
-        let s = self.actor.as_deref().ok_or_else(|| {
-            CliError::Usage("say who you are: --as role:name (or QUILL_ACTOR); every call names its caller".into())
-        })?;
-        Actor::parse(s).map_err(|e| CliError::Usage(format!("--as: {e}")).into())
-    }
-}
-
-/// A session with the cluster for one command: endpoints, caller, client id, serials.
-pub(crate) struct Session {
-    endpoints: Vec<String>,
-    actor: Actor,
-    ident: client::Identify,
-    client_id: String,
-    serial: u64,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Session {
-    /// A session as `who` (every call names its caller: nobody is anonymous, not even to read).
-    pub(crate) fn new(who: &Who) -> Result<Self> {
-        let actor = who.actor()?;
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let value = actor.to_string().parse().map_err(|_| anyhow!("--as {actor}: not a metadata value"))?;
-        Ok(Session {
-            endpoints: who.target.endpoints()?,
-            client_id: format!("quill-{}-{}-{ms}", actor.name, std::process::id()),
-            ident: client::Identify(value),
-            actor,
-            serial: 0,
-            rt: tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")?,
-        })
-    }
-
-    fn actor_str(&self) -> String {
-        self.actor.to_string()
-    }
-
-    /// A channel to `endpoint` whose calls name this session's caller.
-    pub(crate) fn chan(&self, endpoint: &str, timeout: Duration) -> Result<client::Chan> {
-        client::identified(endpoint, &self.ident, timeout)
-    }
-
-    pub(crate) fn caller(&mut self) -> Caller {
-        self.serial += 1;
-        Caller { client_id: self.client_id.clone(), serial: self.serial, actor: self.actor_str() }
-    }
-
-    fn keys(&self, endpoint: &str) -> Result<KeysClient<client::Chan>> {
-        Ok(KeysClient::new(self.chan(endpoint, CALL_TIMEOUT)?).max_decoding_message_size(64 << 20))
-    }
-
-    /// A typed write through the Keys or Jobs service (`call` gets a channel and the caller):
-    /// tried on each endpoint in turn and retried on transport failures and timeouts with the same
-    /// caller (client id and serial), so it applies at most once. Returns the outcome detail; a
-    /// refusal by the cluster is an error.
-    pub(crate) fn typed_write<F, Fut>(&mut self, call: F) -> Result<String>
-    where
-        F: Fn(client::Chan, Caller) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<WriteResult>, tonic::Status>>,
-    {
-        let caller = self.caller();
-        let endpoints = self.endpoints.clone();
-        let (client_id, serial) = (caller.client_id.clone(), caller.serial);
-        let r = self.rt.block_on(client::write_retrying(&endpoints, &client_id, serial, |ep| {
-            let caller = caller.clone();
-            let channel = self.chan(&ep, CALL_TIMEOUT);
-            let call = &call;
-            async move {
-                let channel = channel.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
-                call(channel, caller).await
-            }
-        }))?;
-        Ok(r.into_inner().detail)
-    }
-
-    /// A typed write of the Keys service.
-    pub(crate) fn keys_write<F, Fut>(&mut self, call: F) -> Result<String>
-    where
-        F: Fn(KeysClient<client::Chan>, Caller) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<WriteResult>, tonic::Status>>,
-    {
-        self.typed_write(|ch, caller| call(KeysClient::new(ch), caller))
-    }
-
-    /// `Keys.CeremonyStart` with this session's caller.
-    pub(crate) fn ceremony_start(&mut self, req: CeremonyStartRequest) -> Result<String> {
-        self.keys_write(|mut c, caller| {
-            let req = CeremonyStartRequest { caller: Some(caller), ..req.clone() };
-            async move { c.ceremony_start(req).await }
-        })
-    }
-
-    /// `Keys.CeremonySubmit` with this session's caller.
-    pub(crate) fn ceremony_submit(&mut self, req: CeremonySubmitRequest) -> Result<String> {
-        self.keys_write(|mut c, caller| {
-            let req = CeremonySubmitRequest { caller: Some(caller), ..req.clone() };
-            async move { c.ceremony_submit(req).await }
-        })
-    }
-
-    /// `Keys.CaImport` with this session's caller.
-    pub(crate) fn ca_import(&mut self, req: CaImportRequest) -> Result<String> {
-        self.keys_write(|mut c, caller| {
-            let req = CaImportRequest { caller: Some(caller), ..req.clone() };
-            async move { c.ca_import(req).await }
-        })
-    }
-
-    /// `Keys.IssuerCertImport` with this session's caller.
-    pub(crate) fn issuer_cert_import(&mut self, req: IssuerCertImportRequest) -> Result<String> {
-        self.keys_write(|mut c, caller| {
-            let req = IssuerCertImportRequest { caller: Some(caller), ..req.clone() };
-            async move { c.issuer_cert_import(req).await }
-        })
-    }
-
-    /// `Jobs.Ack` with this session's caller: `delivered` is (stream, SHA-256 hex) per file.
-    pub(crate) fn job_ack(&mut self, job: &str, delivered: Vec<(String, String)>) -> Result<String> {
-        let delivered: Vec<Delivered> =
-            delivered.into_iter().map(|(stream, sha256)| Delivered { stream, sha256 }).collect();
-        self.typed_write(|ch, caller| {
-            let req = AckRequest { caller: Some(caller), job: job.to_string(), delivered: delivered.clone() };
-            async move { JobsClient::new(ch).ack(req).await }
-        })
-    }
-
-    /// `Jobs.Cancel` with this session's caller.
-    pub(crate) fn job_cancel(&mut self, job: &str) -> Result<String> {
-        self.typed_write(|ch, caller| {
-            let req = CancelRequest { caller: Some(caller), job: job.to_string() };
-            async move { JobsClient::new(ch).cancel(req).await }
-        })
-    }
-
-    /// The endpoints, in order of preference.
-    pub(crate) fn endpoints(&self) -> &[String] {
-        &self.endpoints
-    }
-
-    /// The async runtime of the session.
-    pub(crate) fn rt(&self) -> &tokio::runtime::Runtime {
-        &self.rt
-    }
-
-    /// A JSON query of the replicated state, linearizable; rides out an election.
-    pub(crate) fn query(&self, what: &str, id: &str) -> Result<Value> {
-        let endpoints = self.endpoints.clone();
-        let json = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
-            let req = QueryRequest { what: what.into(), id: id.into(), linearizable: true, hops: 0 };
-            let c = self.keys(&ep);
-            async move {
-                let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
-                c.query(req).await.map(|r| r.into_inner().json)
-            }
-        }))?;
-        serde_json::from_str(&json).context("the node answered a query with invalid JSON")
-    }
-
-    pub(crate) fn query_as<T: serde::de::DeserializeOwned>(&self, what: &str, id: &str) -> Result<T> {
-        serde_json::from_value(self.query(what, id)?).with_context(|| format!("unexpected {what} document"))
-    }
-
-    /// Call the Keys service on the first endpoint that answers (HSM operations that carry
-    /// their caller's serial, and reads), with the shared retry policy.
-    pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
-    where
-        F: Fn(KeysClient<client::Chan>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let endpoints = self.endpoints.clone();
-        let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
-            let c = self.keys(&ep);
-            let f = &f;
-            async move {
-                let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
-                f(c).await
-            }
-        }))?;
-        Ok(r.into_inner())
-    }
-}
-
-pub(crate) fn print(json: bool, doc: Value, text: impl AsRef<str>) {
-    if json {
-        println!("{doc}");
-    } else {
-        println!("{}", text.as_ref());
-    }
-}
+use crate::output::print;
 
 fn new_id(prefix: &str) -> String {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
@@ -486,7 +279,7 @@ pub fn key_list(a: &KeyListArgs, json: bool) -> Result<u8> {
             k.created_by.to_string(),
         ]);
     }
-    print!("{}", crate::cluster::render_table(&rows));
+    print!("{}", crate::output::render_table(&rows));
     Ok(crate::exit_codes::OK)
 }
 

@@ -1,0 +1,9 @@
+//! Operator commands: they talk to a production cluster through `quill.v1` (membership, key
+//! ceremonies and the inventory, approvals, the audit chain, CA and issuer keys, batches).
+
+pub mod cluster;
+pub mod hotfolder;
+pub mod issuers;
+pub mod jobs;
+pub mod keys;
+pub mod profile;
