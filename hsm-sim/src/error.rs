@@ -52,9 +52,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<quill_hsm_crypto::CryptoError> for Error {
-    fn from(e: quill_hsm_crypto::CryptoError) -> Self {
-        use quill_hsm_crypto::CryptoError as C;
+impl From<quill_crypto::CryptoError> for Error {
+    fn from(e: quill_crypto::CryptoError) -> Self {
+        use quill_crypto::CryptoError as C;
         let rv = match &e {
             C::KeyLength { .. } => CKR_KEY_SIZE_RANGE,
             C::DataLength { .. } => CKR_DATA_LEN_RANGE,

@@ -4,33 +4,12 @@
 use crate::error::{Error, Result};
 use cryptoki_sys::*;
 
-/// Base of Quill's vendor mechanisms: `CKM_VENDOR_DEFINED | 0x5155_0000` ("QU").
-pub const CKM_QUILL_BASE: CK_MECHANISM_TYPE = CKM_VENDOR_DEFINED | 0x5155_0000;
-/// EMV ICC master key, Option A (C_DeriveKey; base = IMK).
-pub const CKM_QUILL_EMV_MK_OPTION_A: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x01;
-/// EMV ICC master key, Option B (C_DeriveKey; base = IMK).
-pub const CKM_QUILL_EMV_MK_OPTION_B: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x02;
-/// CVV/iCVV/CVV2 (C_Sign; key = CVK pair as one DES2 key).
-pub const CKM_QUILL_CVV: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x10;
-/// Visa PVV from an encrypted PIN block (C_Sign; key = PVK).
-pub const CKM_QUILL_VISA_PVV: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x11;
-/// IBM 3624 offset from an encrypted PIN block (C_Sign; key = PVK).
-pub const CKM_QUILL_IBM3624_OFFSET: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x12;
-/// Random PIN → encrypted PIN block + PVV/offset (C_Encrypt; key = PIN encryption key).
-pub const CKM_QUILL_PIN_GENERATE: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x20;
-/// Translate an encrypted PIN block to another key/format (C_Encrypt; key = destination key).
-pub const CKM_QUILL_PIN_TRANSLATE: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x21;
-/// Export one RSA private-key CRT component encrypted (C_WrapKey; wrapping key DES2/DES3/AES).
-pub const CKM_QUILL_RSA_CRT_COMPONENT_WRAP: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x30;
-/// XOR key components into a new key (C_DeriveKey; base = first component).
-pub const CKM_QUILL_KEY_COMPONENTS_XOR: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x40;
-/// ISO 9797-1 MAC algorithm 3 ("retail MAC") with a DES2 key (C_Sign/C_Verify).
-pub const CKM_QUILL_DES3_RETAIL_MAC: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x50;
-/// Export a secret key as a TR-31 key block, version B or D (C_WrapKey; wrapping key = KBPK,
-/// parameter = the ASCII header template).
-pub const CKM_QUILL_TR31_WRAP: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x60;
-/// Import a TR-31 key block, version B or D (C_UnwrapKey; unwrapping key = KBPK, no parameter).
-pub const CKM_QUILL_TR31_UNWRAP: CK_MECHANISM_TYPE = CKM_QUILL_BASE | 0x61;
+/// Quill's vendor mechanisms (numbers and names defined once, in `quill_crypto::mechanism`).
+pub use quill_crypto::mechanism::{
+    CKM_QUILL_BASE, CKM_QUILL_CVV, CKM_QUILL_DES3_RETAIL_MAC, CKM_QUILL_EMV_MK_OPTION_A, CKM_QUILL_EMV_MK_OPTION_B,
+    CKM_QUILL_IBM3624_OFFSET, CKM_QUILL_KEY_COMPONENTS_XOR, CKM_QUILL_PIN_GENERATE, CKM_QUILL_PIN_TRANSLATE,
+    CKM_QUILL_RSA_CRT_COMPONENT_WRAP, CKM_QUILL_TR31_UNWRAP, CKM_QUILL_TR31_WRAP, CKM_QUILL_VISA_PVV,
+};
 
 /// A mechanism with owned parameters (copied out of C memory at the boundary).
 #[derive(Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::object::{self, AttrRead, Material, NewObject, Object, Origin};
 use crate::ops::{self, Kind, Operation, secret_of};
 use crate::token::{Login, Token};
 use cryptoki_sys::*;
-use quill_hsm_crypto::{payment, sym};
+use quill_crypto::{payment, sym};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -722,8 +722,8 @@ impl Module {
         if e < 3 || e % 2 == 0 {
             return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, "public exponent must be odd and >= 3"));
         }
-        let key = quill_hsm_crypto::rsa::generate(bits as u32, e)?;
-        let engine = Arc::new(quill_hsm_crypto::rsa::RsaEngine::new(&key)?);
+        let key = quill_crypto::rsa::generate(bits as u32, e)?;
+        let engine = Arc::new(quill_crypto::rsa::RsaEngine::new(&key)?);
         let mut extra = AttrMap::default();
         extra.set(CKA_MODULUS, object::strip(&key.n));
         extra.set(CKA_PUBLIC_EXPONENT, object::strip(&key.e));
@@ -869,9 +869,9 @@ impl Module {
             ));
         }
         let der = ops::unwrap(mech, unwrapping, wrapped)?;
-        let key = quill_hsm_crypto::rsa::from_pkcs8(&der)
+        let key = quill_crypto::rsa::from_pkcs8(&der)
             .map_err(|e| Error::new(CKR_WRAPPED_KEY_INVALID, format!("unwrapped data: {e}")))?;
-        let engine = quill_hsm_crypto::rsa::RsaEngine::new(&key)?;
+        let engine = quill_crypto::rsa::RsaEngine::new(&key)?;
         let (attrs, material) = object::build(NewObject {
             template: tmpl,
             class: Some(CKO_PRIVATE_KEY),

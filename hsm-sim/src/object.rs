@@ -3,8 +3,8 @@
 use crate::attr::{AttrMap, Attribute, decode_bool, is_secret_attr, template_to_map};
 use crate::error::{Error, Result};
 use cryptoki_sys::*;
-use quill_hsm_crypto::rsa::{RsaEngine, RsaPrivateKey};
-use quill_hsm_crypto::sym;
+use quill_crypto::rsa::{RsaEngine, RsaPrivateKey};
+use quill_crypto::sym;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -189,7 +189,7 @@ pub fn check_value(kt: CK_KEY_TYPE, value: &[u8]) -> Result<Vec<u8>> {
     Ok(match kt {
         CKK_DES | CKK_DES2 | CKK_DES3 => sym::kcv_des(value)?.to_vec(),
         CKK_AES => sym::kcv_aes(value)?.to_vec(),
-        _ => quill_hsm_crypto::digest::digest(quill_hsm_crypto::digest::HashAlg::Sha1, value)[..3].to_vec(),
+        _ => quill_crypto::digest::digest(quill_crypto::digest::HashAlg::Sha1, value)[..3].to_vec(),
     })
 }
 
@@ -380,7 +380,7 @@ fn build_private(
                 zeroize::Zeroize::zeroize(&mut v);
             }
         }
-        let key = quill_hsm_crypto::rsa::from_components(&n, &e, &d, &p, &q)
+        let key = quill_crypto::rsa::from_components(&n, &e, &d, &p, &q)
             .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("RSA private key: {e}")))?;
         let engine = RsaEngine::new(&key)?;
         *material = Material::RsaPrivate(Arc::new(key), Arc::new(engine));
@@ -414,7 +414,7 @@ fn build_public(t: &mut AttrMap, kt: CK_KEY_TYPE, material: &mut Material, extra
         .map(strip)
         .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_PUBLIC_EXPONENT missing"))?;
     if let Material::None = material {
-        let engine = RsaEngine::public(&quill_hsm_crypto::rsa::RsaPublicKey { n: n.clone(), e: e.clone() })
+        let engine = RsaEngine::public(&quill_crypto::rsa::RsaPublicKey { n: n.clone(), e: e.clone() })
             .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("RSA public key: {e}")))?;
         *material = Material::RsaPublic(Arc::new(engine));
     }
@@ -510,7 +510,7 @@ pub fn material_from_stored(attrs: &AttrMap, secret: &AttrMap) -> Result<Materia
             let g = |m: &AttrMap, ty| {
                 m.get(ty).map(<[u8]>::to_vec).ok_or_else(|| Error::device(format!("stored RSA key lacks 0x{ty:X}")))
             };
-            let key = quill_hsm_crypto::rsa::from_components(
+            let key = quill_crypto::rsa::from_components(
                 &g(attrs, CKA_MODULUS)?,
                 &g(attrs, CKA_PUBLIC_EXPONENT)?,
                 &Zeroizing::new(g(secret, CKA_PRIVATE_EXPONENT)?),
@@ -524,7 +524,7 @@ pub fn material_from_stored(attrs: &AttrMap, secret: &AttrMap) -> Result<Materia
         Some(CKO_PUBLIC_KEY) => {
             let n = attrs.get(CKA_MODULUS).ok_or_else(|| Error::device("stored public key lacks modulus"))?;
             let e = attrs.get(CKA_PUBLIC_EXPONENT).ok_or_else(|| Error::device("stored public key lacks exponent"))?;
-            let engine = RsaEngine::public(&quill_hsm_crypto::rsa::RsaPublicKey { n: n.to_vec(), e: e.to_vec() })?;
+            let engine = RsaEngine::public(&quill_crypto::rsa::RsaPublicKey { n: n.to_vec(), e: e.to_vec() })?;
             Ok(Material::RsaPublic(Arc::new(engine)))
         }
         _ => Ok(Material::None),

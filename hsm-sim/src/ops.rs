@@ -6,10 +6,10 @@ use crate::error::{Error, Result};
 use crate::mechanism::*;
 use crate::object::{Material, Object, fixed_key_len};
 use cryptoki_sys::*;
-use quill_hsm_crypto::digest::{HashAlg, Hasher, HmacState};
-use quill_hsm_crypto::payment::{self, Ibm3624Params, PinBlockFormat};
-use quill_hsm_crypto::sym;
-use quill_hsm_crypto::tr31::{self, Exportability, Kbpk, ModeOfUse, Tr31Error, Tr31Header};
+use quill_crypto::digest::{HashAlg, Hasher, HmacState};
+use quill_crypto::payment::{self, Ibm3624Params, PinBlockFormat};
+use quill_crypto::sym;
+use quill_crypto::tr31::{self, Exportability, Kbpk, ModeOfUse, Tr31Error, Tr31Header};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -741,7 +741,7 @@ impl Operation {
     }
 }
 
-fn unwrap_err(_: quill_hsm_crypto::CryptoError) -> Error {
+fn unwrap_err(_: quill_crypto::CryptoError) -> Error {
     Error::new(CKR_ENCRYPTED_DATA_INVALID, "key unwrap integrity check failed")
 }
 
@@ -806,7 +806,7 @@ pub fn wrap(mech: &Mechanism, wrapping: &Object, key: &Object) -> Result<Vec<u8>
         // An RSA private key wraps as its PKCS#8 PrivateKeyInfo under an AES key-wrap mechanism
         // (as SoftHSM does), so that a key pair generated here can be kept wrapped elsewhere.
         (Material::RsaPrivate(k, _), CKO_PRIVATE_KEY) if is_aes_key_wrap(mech.mech) => {
-            Arc::new(quill_hsm_crypto::rsa::to_pkcs8(k).map_err(|e| Error::general(format!("PKCS#8 encoding: {e}")))?)
+            Arc::new(quill_crypto::rsa::to_pkcs8(k).map_err(|e| Error::general(format!("PKCS#8 encoding: {e}")))?)
         }
         _ => {
             return Err(Error::new(

@@ -3,7 +3,7 @@
 //! (hsm-sim/README.md, "Vendor mechanisms").
 //!
 //! The module's key blocks are read back twice: by the module itself (C_UnwrapKey) and by the
-//! pure implementation in `quill_hsm_crypto::tr31` with the KBPK value the test knows (that
+//! pure implementation in `quill_crypto::tr31` with the KBPK value the test knows (that
 //! implementation is checked against the TR-31:2018 / X9.143 examples in its unit tests; the
 //! third-party check against psec is tests/third_party/30_tr31_psec.sh). Published key blocks are
 //! imported and their keys' check values compared with OpenSSL's.
@@ -17,7 +17,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use quill_hsm_crypto::tr31::{self, Kbpk};
+use quill_crypto::tr31::{self, Kbpk};
 
 const TR31_WRAP: u64 = 0xD155_0060;
 const TR31_UNWRAP: u64 = 0xD155_0061;

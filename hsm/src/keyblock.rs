@@ -1,10 +1,10 @@
 //! TR-31 rules that need no key: the checks made on the host before a key is touched, the header
 //! of an export, and the mapping between TR-31 algorithms and [`KeyAlg`]. Both ways of doing
 //! TR-31 (hsm-sim's vendor mechanisms, the host path) go through these, so every module refuses
-//! the same requests with the same messages, which are those of `quill_hsm_crypto::tr31`.
+//! the same requests with the same messages, which are those of `quill_crypto::tr31`.
 
 use crate::types::KeyAlg;
-use quill_hsm_crypto::tr31::{
+use quill_crypto::tr31::{
     self, Algorithm, BlockId, Exportability, Kbpk, KeyUsage, ModeOfUse, OptionalBlock, Tr31Error, Tr31Header, Version,
 };
 
@@ -65,7 +65,7 @@ pub fn tr31_mode_of_use(usage: KeyUsage) -> Option<ModeOfUse> {
     })
 }
 
-/// Family name of a KBPK, as `quill_hsm_crypto::tr31` writes it.
+/// Family name of a KBPK, as `quill_crypto::tr31` writes it.
 fn family(alg: KeyAlg) -> &'static str {
     if alg.is_tdes() {
         "TDES"
@@ -99,13 +99,13 @@ pub(crate) fn check_kbpk(kbpk: KeyAlg, version: Version) -> Result<(), String> {
     Err(Tr31Error::KbpkType { version: version.id(), needs, got: family(kbpk) }.to_string())
 }
 
-/// The KBPK's value as `quill_hsm_crypto::tr31` takes it (`alg` has passed [`version_for`]).
+/// The KBPK's value as `quill_crypto::tr31` takes it (`alg` has passed [`version_for`]).
 pub(crate) fn kbpk(alg: KeyAlg, value: &[u8]) -> Kbpk<'_> {
     if alg.is_tdes() { Kbpk::Tdes(value) } else { Kbpk::Aes(value) }
 }
 
 /// The checks on a key block to import that need no key, made before any key is touched: the
-/// header (strictly, as `quill_hsm_crypto::tr31` parses it), the length field, the structure of
+/// header (strictly, as `quill_crypto::tr31` parses it), the length field, the structure of
 /// the encrypted key data and MAC, the KBPK's family for the version, an algorithm Quill can hold
 /// (`T`, `A`, `H` with SHA-256) and an exportability that lets the key be stored under the SMK
 /// (`E` or `S`). What is left for the HSM (or the host path) is the MAC and the key inside.

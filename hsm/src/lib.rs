@@ -44,8 +44,8 @@ pub use observer::{HostPathObserver, HostPathUse, LogHostPath};
 pub use payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest, PinVerification};
 pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
-/// TR-31 key blocks (`quill_hsm_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
-pub use quill_hsm_crypto::tr31;
+/// TR-31 key blocks (`quill_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
+pub use quill_crypto::tr31;
 pub use types::{
     Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
 };

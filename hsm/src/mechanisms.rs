@@ -10,49 +10,10 @@ use cryptoki_sys::{
 };
 use std::collections::BTreeSet;
 
-/// hsm-sim's vendor mechanisms (`CKM_VENDOR_DEFINED | 0x5155_0000 | n`; hsm-sim/README.md).
+/// hsm-sim's vendor mechanisms (`CKM_VENDOR_DEFINED | 0x5155_0000 | n`; hsm-sim/README.md),
+/// defined once in [`quill_crypto::mechanism`].
 pub mod vendor {
-    use cryptoki_sys::CK_MECHANISM_TYPE;
-    /// EMV ICC master key, Option A (`C_DeriveKey`, base = IMK).
-    pub const CKM_QUILL_EMV_MK_OPTION_A: CK_MECHANISM_TYPE = 0xD155_0001;
-    /// EMV ICC master key, Option B.
-    pub const CKM_QUILL_EMV_MK_OPTION_B: CK_MECHANISM_TYPE = 0xD155_0002;
-    /// CVV / iCVV / CVV2 (`C_Sign`).
-    pub const CKM_QUILL_CVV: CK_MECHANISM_TYPE = 0xD155_0010;
-    /// Visa PVV (`C_Sign`).
-    pub const CKM_QUILL_VISA_PVV: CK_MECHANISM_TYPE = 0xD155_0011;
-    /// IBM 3624 offset (`C_Sign`).
-    pub const CKM_QUILL_IBM3624_OFFSET: CK_MECHANISM_TYPE = 0xD155_0012;
-    /// Random PIN → encrypted PIN block + PVV/offset (`C_Encrypt`).
-    pub const CKM_QUILL_PIN_GENERATE: CK_MECHANISM_TYPE = 0xD155_0020;
-    /// PIN block translation (`C_Encrypt`).
-    pub const CKM_QUILL_PIN_TRANSLATE: CK_MECHANISM_TYPE = 0xD155_0021;
-    /// One RSA CRT component, encrypted (`C_WrapKey`).
-    pub const CKM_QUILL_RSA_CRT_COMPONENT_WRAP: CK_MECHANISM_TYPE = 0xD155_0030;
-    /// XOR of key components (`C_DeriveKey`, base = first component).
-    pub const CKM_QUILL_KEY_COMPONENTS_XOR: CK_MECHANISM_TYPE = 0xD155_0040;
-    /// ISO 9797-1 MAC algorithm 3 (`C_Sign`).
-    pub const CKM_QUILL_DES3_RETAIL_MAC: CK_MECHANISM_TYPE = 0xD155_0050;
-    /// TR-31 key block export (`C_WrapKey` under a KBPK; parameter = ASCII header template).
-    pub const CKM_QUILL_TR31_WRAP: CK_MECHANISM_TYPE = 0xD155_0060;
-    /// TR-31 key block import (`C_UnwrapKey` with a KBPK; no parameter).
-    pub const CKM_QUILL_TR31_UNWRAP: CK_MECHANISM_TYPE = 0xD155_0061;
-
-    /// (value, name) of every vendor mechanism above.
-    pub const NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
-        (CKM_QUILL_EMV_MK_OPTION_A, "CKM_QUILL_EMV_MK_OPTION_A"),
-        (CKM_QUILL_EMV_MK_OPTION_B, "CKM_QUILL_EMV_MK_OPTION_B"),
-        (CKM_QUILL_CVV, "CKM_QUILL_CVV"),
-        (CKM_QUILL_VISA_PVV, "CKM_QUILL_VISA_PVV"),
-        (CKM_QUILL_IBM3624_OFFSET, "CKM_QUILL_IBM3624_OFFSET"),
-        (CKM_QUILL_PIN_GENERATE, "CKM_QUILL_PIN_GENERATE"),
-        (CKM_QUILL_PIN_TRANSLATE, "CKM_QUILL_PIN_TRANSLATE"),
-        (CKM_QUILL_RSA_CRT_COMPONENT_WRAP, "CKM_QUILL_RSA_CRT_COMPONENT_WRAP"),
-        (CKM_QUILL_KEY_COMPONENTS_XOR, "CKM_QUILL_KEY_COMPONENTS_XOR"),
-        (CKM_QUILL_DES3_RETAIL_MAC, "CKM_QUILL_DES3_RETAIL_MAC"),
-        (CKM_QUILL_TR31_WRAP, "CKM_QUILL_TR31_WRAP"),
-        (CKM_QUILL_TR31_UNWRAP, "CKM_QUILL_TR31_UNWRAP"),
-    ];
+    pub use quill_crypto::mechanism::*;
 }
 
 /// Name of a mechanism value: ours for vendor values, `cryptoki`'s for standard ones, hex when

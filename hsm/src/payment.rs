@@ -5,7 +5,7 @@
 //! from every module; messages never contain a PAN, a PIN or key bytes.
 
 use crate::types::{Kcv, RsaPublic, WrappedKey};
-use quill_hsm_crypto::digest::{HashAlg, digest};
+use quill_crypto::digest::{HashAlg, digest};
 
 /// An EMV ICC master key derived inside the HSM, encrypted for the card output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,11 +196,11 @@ mod tests {
         let imk = hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap();
         for (pan, psn) in [("12345678901234567", "01"), ("4761739001010010", "00"), ("476173900101", "00")] {
             let y = emv_y(pan, psn);
-            let want = quill_hsm_crypto::payment::emv_option_b(&imk, pan, psn).unwrap();
+            let want = quill_crypto::payment::emv_option_b(&imk, pan, psn).unwrap();
             let mut yy = y.to_vec();
             yy.extend(y.iter().map(|b| b ^ 0xFF));
-            let mut got = quill_hsm_crypto::sym::des3_ecb_encrypt(&imk, &yy).unwrap();
-            quill_hsm_crypto::sym::set_odd_parity(&mut got);
+            let mut got = quill_crypto::sym::des3_ecb_encrypt(&imk, &yy).unwrap();
+            quill_crypto::sym::set_odd_parity(&mut got);
             assert_eq!(got, want.to_vec(), "{pan}");
         }
     }

@@ -7,8 +7,8 @@
 
 use openssl::bn::BigNum;
 use openssl::rsa::{Padding, Rsa};
-use quill_hsm_crypto::digest::{self, HashAlg};
-use quill_hsm_crypto::sym;
+use quill_crypto::digest::{self, HashAlg};
+use quill_crypto::sym;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;

@@ -1,5 +1,5 @@
 //! TR-31 import and export, run against hsm-sim (inside the HSM, `CKM_QUILL_TR31_UNWRAP`/`WRAP`)
-//! and SoftHSM 2 (the host path), checked with `quill_hsm_crypto::tr31` in software and with
+//! and SoftHSM 2 (the host path), checked with `quill_crypto::tr31` in software and with
 //! KBPKs and keys of known clear TEST values put on the token as key components.
 #![allow(clippy::unwrap_used)]
 

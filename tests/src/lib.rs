@@ -601,6 +601,24 @@ impl Cluster {
             .ok_or_else(|| format!("node {id} /metrics has no {name}"))
     }
 
+    /// Stop node `id`, flip one byte in the middle of its audit record `seq` on disk, and start it
+    /// again (an attacker with the disk, or a corruption): `quill audit verify` must name `seq`.
+    pub async fn tamper_audit_record(&mut self, id: u64, seq: u64) {
+        self.terminate(id);
+        {
+            let store = quill_node::store::Store::open(&self.node(id).dir.join("data").join("db")).expect("open store");
+            let key = format!("audit/rec/{seq:020}");
+            let cf = quill_node::store::Cf::SmData;
+            let mut value = store.get_raw(cf, key.as_bytes()).expect("read").expect("the audit record");
+            let at = value.len() / 2;
+            value[at] ^= 0x01;
+            let mut batch = quill_node::store::WriteBatch::default();
+            batch.put_cf(store.cf(cf).expect("cf"), key.as_bytes(), &value);
+            store.write(batch, true).expect("write");
+        }
+        self.restart(id).await;
+    }
+
     /// The end of node `id`'s log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
         tail(&self.node(id).log_path(), 40)

@@ -48,18 +48,7 @@ async fn every_exit_code_on_a_real_cluster() {
     }
     let (_, applied) = (0, cluster.status(1).await.expect("status").applied_index);
     cluster.wait_converged(&ids, applied, Duration::from_secs(20)).await;
-    cluster.terminate(3);
-    {
-        let store = quill_node::store::Store::open(&cluster.node(3).dir.join("data").join("db")).expect("open store");
-        let key = format!("audit/rec/{:020}", 2);
-        let mut value = store.get_raw(quill_node::store::Cf::SmData, key.as_bytes()).expect("read").expect("record 2");
-        let at = value.len() / 2;
-        value[at] ^= 0x01;
-        let mut batch = quill_node::store::WriteBatch::default();
-        batch.put_cf(store.cf(quill_node::store::Cf::SmData).expect("cf"), key.as_bytes(), &value);
-        store.write(batch, true).expect("write");
-    }
-    cluster.restart(3).await;
+    cluster.tamper_audit_record(3, 2).await;
     let (code, out, err) = cluster.quill(3, &["audit", "verify"], &[]);
     assert_eq!(code, 3, "{out}{err}");
 

@@ -10,16 +10,14 @@ use std::fmt::Display;
 use std::os::raw::c_ulong;
 use std::path::{Path, PathBuf};
 
+/// hsm-sim's vendor mechanisms the walk-through calls (defined once, in `quill_crypto::mechanism`).
+pub use quill_hsm::vendor::{
+    CKM_QUILL_CVV, CKM_QUILL_EMV_MK_OPTION_A, CKM_QUILL_EMV_MK_OPTION_B, CKM_QUILL_PIN_GENERATE,
+    CKM_QUILL_RSA_CRT_COMPONENT_WRAP, CKM_QUILL_VISA_PVV,
+};
+
 /// File name of the bundled simulator.
 pub const SIM_FILE: &str = "libquill_hsm_sim.so";
-
-/// hsm-sim's vendor mechanisms used here (values from hsm-sim/README.md).
-pub const CKM_QUILL_EMV_MK_OPTION_A: c_ulong = 0xD155_0001;
-pub const CKM_QUILL_EMV_MK_OPTION_B: c_ulong = 0xD155_0002;
-pub const CKM_QUILL_CVV: c_ulong = 0xD155_0010;
-pub const CKM_QUILL_VISA_PVV: c_ulong = 0xD155_0011;
-pub const CKM_QUILL_PIN_GENERATE: c_ulong = 0xD155_0020;
-pub const CKM_QUILL_RSA_CRT_COMPONENT_WRAP: c_ulong = 0xD155_0030;
 
 /// `PinIncorrect` -> `CKR_PIN_INCORRECT`.
 fn screaming(camel: &str) -> String {

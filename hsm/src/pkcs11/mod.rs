@@ -22,7 +22,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::{AuthPin, Ulong};
 use cryptoki_sys::{CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA};
-use quill_hsm_crypto::tr31::Tr31Header;
+use quill_crypto::tr31::Tr31Header;
 use session::{SessionPool, SlotSession};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use templates::Usage;

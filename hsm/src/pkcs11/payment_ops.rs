@@ -23,7 +23,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA};
-use quill_hsm_crypto::payment::{self as pay, Ibm3624Params, PinBlockFormat};
+use quill_crypto::payment::{self as pay, Ibm3624Params, PinBlockFormat};
 
 /// hsm-sim's `digits(n)`: one length byte, then the ASCII digits (the PAN is checked: ≤ 19).
 fn digits(v: &str) -> Vec<u8> {

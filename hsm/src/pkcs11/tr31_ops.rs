@@ -20,7 +20,7 @@ use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
 use cryptoki::session::Session;
-use quill_hsm_crypto::tr31::{self, Algorithm, Tr31Error, Tr31Header};
+use quill_crypto::tr31::{self, Algorithm, Tr31Error, Tr31Header};
 
 impl Pkcs11Hsm {
     /// [`crate::Hsm::tr31_import`] on session `s`.

@@ -242,7 +242,7 @@ impl KeysService {
         if actor.role != Role::Admin {
             return Err(ApiError::PermissionDenied(format!("{actor} may not import keys (needs role admin)")));
         }
-        let header = quill_hsm_crypto::tr31::parse_key_block_header(req.block.as_bytes())
+        let header = quill_crypto::tr31::parse_key_block_header(req.block.as_bytes())
             .map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
         let code = header.key_usage.code();
         let usage: Usage = String::from_utf8_lossy(&code)

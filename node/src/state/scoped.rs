@@ -1,8 +1,6 @@
 //! Staged writes confined to one domain's key prefix.
 
-use std::collections::BTreeMap;
-
-use crate::store::{Kv, Pairs, StoreError};
+use crate::store::{Kv, Overlay, Pairs, StoreError, with_overlay};
 
 /// A view of the replicated data for one command of one domain: reads see everything (a job
 /// reads the SMK's facts), writes are staged and only land if the command is done, and a write
@@ -10,18 +8,18 @@ use crate::store::{Kv, Pairs, StoreError};
 pub struct Scoped<'a> {
     inner: &'a dyn Kv,
     prefix: &'static str,
-    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    staged: Overlay,
     stray: Option<Vec<u8>>,
 }
 
 /// The staged writes of a command, ready to land.
 #[derive(Debug)]
-pub struct Writes(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+pub struct Writes(Overlay);
 
 impl<'a> Scoped<'a> {
     /// A view over `inner` whose writes must stay under `prefix`.
     pub fn new(inner: &'a dyn Kv, prefix: &'static str) -> Self {
-        Scoped { inner, prefix, staged: BTreeMap::new(), stray: None }
+        Scoped { inner, prefix, staged: Overlay::new(), stray: None }
     }
 
     /// The staged writes, or the first key written outside the prefix (as lossy text).
@@ -66,14 +64,7 @@ impl Kv for Scoped<'_> {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = self.inner.scan_prefix(prefix)?.into_iter().collect();
-        for (k, v) in self.staged.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
-        }
-        Ok(out.into_iter().collect())
+        Ok(with_overlay(self.inner.scan_prefix(prefix)?.into_iter().collect(), &self.staged, prefix))
     }
 
     fn put(&mut self, key: &[u8], value: Vec<u8>) {

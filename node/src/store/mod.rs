@@ -236,7 +236,7 @@ pub struct Tx<'a> {
     store: &'a Store,
     cf: &'a ColumnFamily,
     batch: &'a mut WriteBatch,
-    overlay: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: Overlay,
 }
 
 impl<'a> Tx<'a> {
@@ -272,13 +272,7 @@ impl Kv for Tx<'_> {
             }
             out.insert(k.to_vec(), v.to_vec());
         }
-        for (k, v) in self.overlay.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
-        }
-        Ok(out.into_iter().collect())
+        Ok(with_overlay(out, &self.overlay, prefix))
     }
 
     fn put(&mut self, key: &[u8], value: Vec<u8>) {
@@ -290,6 +284,20 @@ impl Kv for Tx<'_> {
         self.batch.delete_cf(self.cf, key);
         self.overlay.insert(key.to_vec(), None);
     }
+}
+
+/// Pending writes over a store: `Some` a value, `None` a deletion.
+pub type Overlay = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// `base` (the stored pairs under `prefix`) as the pending writes of `overlay` leave it.
+pub fn with_overlay(mut base: std::collections::BTreeMap<Vec<u8>, Vec<u8>>, overlay: &Overlay, prefix: &[u8]) -> Pairs {
+    for (k, v) in overlay.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+        match v {
+            Some(v) => base.insert(k.clone(), v.clone()),
+            None => base.remove(k),
+        };
+    }
+    base.into_iter().collect()
 }
 
 /// An in-memory [`Kv`] for unit tests of the domain modules.

@@ -22,40 +22,20 @@ pub const SIM_FILE: &str = "libquill_hsm_sim.so";
 /// Where Debian's `softhsm2` package puts SoftHSM 2.
 pub const SOFTHSM_PATH: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-/// hsm-sim's vendor mechanisms (values and names from hsm-sim/README.md).
-pub const CKM_QUILL_EMV_MK_OPTION_A: CK_MECHANISM_TYPE = 0xD155_0001;
-pub const CKM_QUILL_EMV_MK_OPTION_B: CK_MECHANISM_TYPE = 0xD155_0002;
-pub const CKM_QUILL_CVV: CK_MECHANISM_TYPE = 0xD155_0010;
-pub const CKM_QUILL_VISA_PVV: CK_MECHANISM_TYPE = 0xD155_0011;
-pub const CKM_QUILL_IBM3624_OFFSET: CK_MECHANISM_TYPE = 0xD155_0012;
-pub const CKM_QUILL_PIN_GENERATE: CK_MECHANISM_TYPE = 0xD155_0020;
-pub const CKM_QUILL_PIN_TRANSLATE: CK_MECHANISM_TYPE = 0xD155_0021;
-pub const CKM_QUILL_RSA_CRT_COMPONENT_WRAP: CK_MECHANISM_TYPE = 0xD155_0030;
-pub const CKM_QUILL_KEY_COMPONENTS_XOR: CK_MECHANISM_TYPE = 0xD155_0040;
-pub const CKM_QUILL_DES3_RETAIL_MAC: CK_MECHANISM_TYPE = 0xD155_0050;
-pub const CKM_QUILL_TR31_WRAP: CK_MECHANISM_TYPE = 0xD155_0060;
-pub const CKM_QUILL_TR31_UNWRAP: CK_MECHANISM_TYPE = 0xD155_0061;
-
-const VENDOR_NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
-    (CKM_QUILL_EMV_MK_OPTION_A, "CKM_QUILL_EMV_MK_OPTION_A"),
-    (CKM_QUILL_EMV_MK_OPTION_B, "CKM_QUILL_EMV_MK_OPTION_B"),
-    (CKM_QUILL_CVV, "CKM_QUILL_CVV"),
-    (CKM_QUILL_VISA_PVV, "CKM_QUILL_VISA_PVV"),
-    (CKM_QUILL_IBM3624_OFFSET, "CKM_QUILL_IBM3624_OFFSET"),
-    (CKM_QUILL_PIN_GENERATE, "CKM_QUILL_PIN_GENERATE"),
-    (CKM_QUILL_PIN_TRANSLATE, "CKM_QUILL_PIN_TRANSLATE"),
-    (CKM_QUILL_RSA_CRT_COMPONENT_WRAP, "CKM_QUILL_RSA_CRT_COMPONENT_WRAP"),
-    (CKM_QUILL_KEY_COMPONENTS_XOR, "CKM_QUILL_KEY_COMPONENTS_XOR"),
-    (CKM_QUILL_DES3_RETAIL_MAC, "CKM_QUILL_DES3_RETAIL_MAC"),
-    (CKM_QUILL_TR31_WRAP, "CKM_QUILL_TR31_WRAP"),
-    (CKM_QUILL_TR31_UNWRAP, "CKM_QUILL_TR31_UNWRAP"),
-];
+/// hsm-sim's vendor mechanisms (defined once, in `quill_crypto::mechanism`). Each binary that
+/// includes this module uses some of them.
+#[allow(unused_imports)]
+pub use quill_crypto::mechanism::{
+    CKM_QUILL_CVV, CKM_QUILL_DES3_RETAIL_MAC, CKM_QUILL_EMV_MK_OPTION_A, CKM_QUILL_EMV_MK_OPTION_B,
+    CKM_QUILL_IBM3624_OFFSET, CKM_QUILL_KEY_COMPONENTS_XOR, CKM_QUILL_PIN_GENERATE, CKM_QUILL_PIN_TRANSLATE,
+    CKM_QUILL_RSA_CRT_COMPONENT_WRAP, CKM_QUILL_TR31_UNWRAP, CKM_QUILL_TR31_WRAP, CKM_QUILL_VISA_PVV,
+};
 
 /// Name of a mechanism value: `cryptoki`'s own name where it has one, then the standard names
 /// it lacks, then Quill's vendor names; `None` when unknown.
 pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> Option<String> {
     if v >= CKM_VENDOR_DEFINED {
-        return VENDOR_NAMES.iter().find(|(m, _)| *m == v).map(|(_, n)| (*n).to_owned());
+        return quill_crypto::mechanism::vendor_name(v).map(str::to_owned);
     }
     if let Ok(t) = MechanismType::try_from(v) {
         let s = t.to_string();

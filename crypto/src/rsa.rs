@@ -866,7 +866,7 @@ mod tests {
     }
 
     /// Average time of `generate(1984, 3)`; run with
-    /// `cargo test --release -p quill-hsm-crypto -- --ignored --nocapture bench_generate`.
+    /// `cargo test --release -p quill-crypto -- --ignored --nocapture bench_generate`.
     #[test]
     #[ignore]
     fn bench_generate_1984_e3() {

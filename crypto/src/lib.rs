@@ -1,4 +1,6 @@
-//! Software cryptography of Quill's simulated HSM (`hsm-sim`).
+//! Software cryptography shared by Quill's simulated HSM (`hsm-sim`), the HSM adapter
+//! (`quill-hsm`) and the node, and the one definition of hsm-sim's vendor mechanism numbers and
+//! names ([`mechanism`]).
 //!
 //! Everything here is pure computation on byte slices: no I/O, no global state, no PKCS#11.
 //! The PKCS#11 layer in `quill-hsm-sim` parses mechanism parameters into Rust values and calls
@@ -11,6 +13,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod mechanism;
 pub mod payment;
 pub mod rsa;
 pub mod sym;
