@@ -320,11 +320,19 @@ pub fn key_destroy(a: &KeyIdArgs, json: bool) -> Result<u8> {
     request_approval(&a.who, Action::Destroy(a.id.clone()), json)
 }
 
+/// Ask for a dual-control approval; it lasts `QUILL_APPROVAL_TTL_HOURS` (default 24, at most 168).
 fn request_approval(who: &Who, action: Action, json: bool) -> Result<u8> {
+    let ttl_hours = match std::env::var("QUILL_APPROVAL_TTL_HOURS") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| CliError::Usage(format!("QUILL_APPROVAL_TTL_HOURS {v:?} is not a number of hours")))?,
+        _ => 0,
+    };
     let mut s = Session::new(who)?;
     let id = new_id("appr");
     let detail = s.keys_write(|mut c, caller| {
-        let req = ApprovalAskRequest { caller: Some(caller), id: id.clone(), action: Some(action.clone()) };
+        let req = ApprovalAskRequest { caller: Some(caller), id: id.clone(), action: Some(action.clone()), ttl_hours };
         async move { c.approval_ask(req).await }
     })?;
     print(

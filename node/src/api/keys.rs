@@ -443,7 +443,8 @@ impl keys_server::Keys for KeysService {
             Action::Export(e) => ApprovalAction::Export { key: e.key, kbpk: e.kbpk },
             Action::Destroy(key) => ApprovalAction::Destroy { key },
         };
-        self.write(r.caller, KeyCommand::ApprovalRequest { id: r.id, action }).await
+        let ttl_ms = u64::from(r.ttl_hours) * 3_600_000;
+        self.write(r.caller, KeyCommand::ApprovalRequest { id: r.id, action, ttl_ms }).await
     }
 
     async fn approval_decide(&self, request: Request<ApprovalDecideRequest>) -> Result<Response<WriteResult>, Status> {

@@ -127,6 +127,9 @@ pub enum KeyCommand {
         id: String,
         /// What it is for.
         action: ApprovalAction,
+        /// How long it may be granted and used, from the request (ms; 0: [`APPROVAL_TTL_MS`]; at
+        /// most [`APPROVAL_TTL_MAX_MS`]).
+        ttl_ms: u64,
     },
     /// Grant or deny an approval (actor: custodian).
     ApprovalDecide {
@@ -242,6 +245,19 @@ impl KeyCommand {
     }
 }
 
+/// How long an approval may be granted and used, unless its request says otherwise: 24 h.
+pub const APPROVAL_TTL_MS: u64 = 24 * 3_600_000;
+/// The longest an approval may last: 7 days.
+pub const APPROVAL_TTL_MAX_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Refuse an approval past its expiry (leader time).
+fn unexpired(a: &Approval, ctx: &Ctx<'_>) -> Step<()> {
+    if ctx.time_ms >= a.expires_ms {
+        return refuse(format!("approval {} expired {} s ago", a.id, (ctx.time_ms - a.expires_ms) / 1000));
+    }
+    Ok(())
+}
+
 /// Apply `cmd` to the state in `kv`.
 pub fn apply(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: KeyCommand) -> Result<Applied, StoreError> {
     let object = cmd.object();
@@ -324,7 +340,7 @@ impl State<'_> {
                 self.key_create(ctx, label, usage, exportable, origin, wrapped, active)
             }
             KeyCommand::KeySetState { id, state } => self.key_set_state(ctx, id, state),
-            KeyCommand::ApprovalRequest { id, action } => self.approval_request(ctx, id, action),
+            KeyCommand::ApprovalRequest { id, action, ttl_ms } => self.approval_request(ctx, id, action, ttl_ms),
             KeyCommand::ApprovalDecide { id, grant } => self.approval_decide(ctx, id, grant),
             KeyCommand::ExportDone { approval } => self.export_done(ctx, approval),
             KeyCommand::AuditKeysSet { keys } => self.audit_keys(ctx, keys),
@@ -598,6 +614,9 @@ impl State<'_> {
         if sealed.is_empty() {
             return Ok(refuse("empty wrapped SMK"));
         }
+        if let Err(r) = unexpired(&a, ctx) {
+            return Ok(Err(r));
+        }
         a.state = ApprovalState::Done;
         self.put(format!("{}{approval}", key::APPROVAL), &a)?;
         self.put(format!("keys/smk-grant/{node:020}"), &sealed)?;
@@ -734,9 +753,18 @@ impl State<'_> {
         ctx: &Ctx<'_>,
         id: String,
         action: ApprovalAction,
+        ttl_ms: u64,
     ) -> Result<Step<Applied>, StoreError> {
         if let Err(r) = self.role(ctx, &[Role::Admin, Role::Operator]) {
             return Ok(Err(r));
+        }
+        let ttl_ms = if ttl_ms == 0 { APPROVAL_TTL_MS } else { ttl_ms };
+        if ttl_ms > APPROVAL_TTL_MAX_MS {
+            return Ok(refuse(format!(
+                "an approval lasts at most {} h, not {} h",
+                APPROVAL_TTL_MAX_MS / 3_600_000,
+                ttl_ms / 3_600_000
+            )));
         }
         if let Err(r) = check_id("approval id", &id) {
             return Ok(Err(r));
@@ -793,6 +821,7 @@ impl State<'_> {
             action,
             requested_by: ctx.actor.clone(),
             requested_ms: ctx.time_ms,
+            expires_ms: ctx.time_ms.saturating_add(ttl_ms),
             granted_by: Vec::new(),
             denied_by: None,
             state: ApprovalState::Pending,
@@ -810,6 +839,9 @@ impl State<'_> {
         };
         if a.state != ApprovalState::Pending {
             return Ok(refuse(format!("approval {id} is {:?}, not pending", a.state).to_lowercase()));
+        }
+        if let Err(r) = unexpired(&a, ctx) {
+            return Ok(Err(r));
         }
         if a.requested_by.name == ctx.actor.name {
             return Ok(refuse(format!("{} requested approval {id} and cannot also approve it", ctx.actor.name)));
@@ -862,6 +894,9 @@ impl State<'_> {
         if a.state != ApprovalState::Approved {
             return Ok(refuse(format!("approval {approval} is {:?}, not approved", a.state).to_lowercase()));
         }
+        if let Err(r) = unexpired(&a, ctx) {
+            return Ok(Err(r));
+        }
         let mut k = match self.key(&kid)? {
             Ok(k) => k,
             Err(r) => return Ok(Err(r)),
@@ -908,8 +943,64 @@ mod tests {
     }
 
     fn run(kv: &mut MemKv, actor: &Actor, cmd: KeyCommand) -> Applied {
-        let ctx = Ctx { log_index: 1, time_ms: 1000, actor };
+        run_at(kv, actor, 1000, cmd)
+    }
+
+    fn run_at(kv: &mut MemKv, actor: &Actor, time_ms: u64, cmd: KeyCommand) -> Applied {
+        let ctx = Ctx { log_index: 1, time_ms, actor };
         apply(kv, &ctx, cmd).expect("apply")
+    }
+
+    #[test]
+    fn approvals_expire_and_an_expired_one_is_neither_granted_nor_used() {
+        let mut kv = with_smk();
+        let admin = who(Role::Admin, "ada");
+        let destroy = |id: &str, ttl_ms| KeyCommand::ApprovalRequest {
+            id: id.into(),
+            action: ApprovalAction::Destroy { key: "nope.v1".into() },
+            ttl_ms,
+        };
+        // the key does not exist: an approval for a real one
+        ok(run(
+            &mut kv,
+            &admin,
+            KeyCommand::KeyCreate {
+                label: "cvk".into(),
+                usage: Usage::C0,
+                exportable: false,
+                origin: Origin::Generated { node: 1 },
+                wrapped: wrapped(KeyAlg::Des2, "ABCDEF", "AAAAAAAAAA"),
+                active: true,
+            },
+        ));
+        let req = |id: &str, ttl_ms| KeyCommand::ApprovalRequest {
+            id: id.into(),
+            action: ApprovalAction::Destroy { key: "cvk.v1".into() },
+            ttl_ms,
+        };
+        assert!(refused(run(&mut kv, &admin, destroy("x", 0))).contains("nope.v1"));
+        let r = refused(run(&mut kv, &admin, req("long", APPROVAL_TTL_MAX_MS + 1)));
+        assert!(r.contains("at most 168 h"), "{r}");
+        // default: 24 h from the request (made at t = 1 s)
+        ok(run(&mut kv, &admin, req("d", 0)));
+        let a: Approval = read(&kv, &format!("{}d", key::APPROVAL)).expect("read").expect("approval");
+        assert_eq!(a.expires_ms, 1000 + APPROVAL_TTL_MS);
+        let (alice, bob) = (who(Role::Custodian, "alice"), who(Role::Custodian, "bob"));
+        ok(run_at(
+            &mut kv,
+            &alice,
+            1000 + APPROVAL_TTL_MS - 1,
+            KeyCommand::ApprovalDecide { id: "d".into(), grant: true },
+        ));
+        let r = refused(run_at(
+            &mut kv,
+            &bob,
+            1000 + APPROVAL_TTL_MS,
+            KeyCommand::ApprovalDecide { id: "d".into(), grant: true },
+        ));
+        assert!(r.contains("expired"), "{r}");
+        let k: KeyRecord = read(&kv, &format!("{}cvk.v1", key::KEY)).expect("read").expect("key");
+        assert_ne!(k.state, KeyState::Destroyed, "a late second grant destroys nothing");
     }
 
     fn ok(a: Applied) -> String {
@@ -1089,7 +1180,11 @@ mod tests {
         ok(run(
             &mut kv,
             &admin,
-            KeyCommand::ApprovalRequest { id: "d1".into(), action: ApprovalAction::Destroy { key: "cvk.v1".into() } },
+            KeyCommand::ApprovalRequest {
+                id: "d1".into(),
+                action: ApprovalAction::Destroy { key: "cvk.v1".into() },
+                ttl_ms: 0,
+            },
         ));
         let alice = who(Role::Custodian, "alice");
         assert!(ok(run(&mut kv, &alice, KeyCommand::ApprovalDecide { id: "d1".into(), grant: true })).contains("1/2"));
@@ -1105,14 +1200,14 @@ mod tests {
         let r = refused(run(
             &mut kv,
             &admin,
-            KeyCommand::ApprovalRequest { id: "n3".into(), action: ApprovalAction::SmkToNode { node: 1 } },
+            KeyCommand::ApprovalRequest { id: "n3".into(), action: ApprovalAction::SmkToNode { node: 1 }, ttl_ms: 0 },
         ));
         assert!(r.contains("already holds the SMK"), "{r}");
         ok(run(&mut kv, &Actor::node(3), KeyCommand::EnrollNode { node: 3, transport: pubkey(3), hsm: "sim".into() }));
         ok(run(
             &mut kv,
             &who(Role::Admin, "carol"),
-            KeyCommand::ApprovalRequest { id: "n3".into(), action: ApprovalAction::SmkToNode { node: 3 } },
+            KeyCommand::ApprovalRequest { id: "n3".into(), action: ApprovalAction::SmkToNode { node: 3 }, ttl_ms: 0 },
         ));
         let r = refused(run(
             &mut kv,

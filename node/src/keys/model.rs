@@ -458,6 +458,8 @@ pub struct Approval {
     pub requested_by: Actor,
     /// When.
     pub requested_ms: u64,
+    /// From then on it can be neither granted nor used (leader time, ms).
+    pub expires_ms: u64,
     /// Custodians who granted it, in order.
     pub granted_by: Vec<String>,
     /// The custodian who denied it.

@@ -250,7 +250,11 @@ impl KeyAgent {
 
         // 4. SMK grants, both sides
         if holds_smk {
-            for a in approvals.iter().filter(|a| a.state == ApprovalState::Approved) {
+            // An expired approval is refused by the state machine anyway: do not wrap the SMK for it.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            for a in approvals.iter().filter(|a| a.state == ApprovalState::Approved && a.expires_ms > now) {
                 let ApprovalAction::SmkToNode { node } = a.action else { continue };
                 let Some(target) = nodes.iter().find(|n| n.id == node) else { continue };
                 let peer = target.transport.clone();

@@ -94,11 +94,16 @@ fn corpus() -> Vec<(Actor, Command)> {
         Command::Keys(KeyCommand::ApprovalRequest {
             id: "x1".into(),
             action: ApprovalAction::Export { key: "imk.v1".into(), kbpk: "zmk.v1".into() },
+            ttl_ms: 0,
         }),
     ));
     c.push((
         admin.clone(),
-        Command::Keys(KeyCommand::ApprovalRequest { id: "g1".into(), action: ApprovalAction::SmkToNode { node: 3 } }),
+        Command::Keys(KeyCommand::ApprovalRequest {
+            id: "g1".into(),
+            action: ApprovalAction::SmkToNode { node: 3 },
+            ttl_ms: 0,
+        }),
     ));
     for who in [&alice, &bob] {
         c.push((who.clone(), Command::Keys(KeyCommand::ApprovalDecide { id: "x1".into(), grant: true })));
