@@ -1,0 +1,164 @@
+//! Key ceremonies: start, component submissions sealed to every recipient node, cancellation.
+
+use super::*;
+
+impl State<'_> {
+    pub(super) fn ceremony_start(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: String,
+        target: CeremonyTarget,
+        components: u8,
+    ) -> Result<Step<Applied>, StoreError> {
+        let step = (|| -> Result<Step<Ceremony>, StoreError> {
+            if let Err(r) = self.role(ctx, &[Role::Admin]) {
+                return Ok(Err(r));
+            }
+            if let Err(r) = check_id("ceremony id", &id) {
+                return Ok(Err(r));
+            }
+            if !(2..=9).contains(&components) {
+                return Ok(refuse(format!("a ceremony needs 2 to 9 components, not {components}")));
+            }
+            if self.get::<Ceremony>(&format!("{}{id}", key::CEREMONY))?.is_some() {
+                return Ok(refuse(format!("ceremony {id} already exists")));
+            }
+            let ceremonies: Vec<Ceremony> = scan(self.kv, key::CEREMONY)?;
+            match &target {
+                CeremonyTarget::Smk => {
+                    if let Some(smk) = self.get::<SmkInfo>(key::SMK)? {
+                        return Ok(refuse(format!(
+                            "the SMK already exists (KCV {}, ceremony {})",
+                            smk.kcv, smk.ceremony
+                        )));
+                    }
+                    if let Some(c) = ceremonies.iter().find(|c| {
+                        c.target == CeremonyTarget::Smk
+                            && matches!(c.state, CeremonyState::Open | CeremonyState::Complete)
+                    }) {
+                        return Ok(refuse(format!("SMK ceremony {} is already under way", c.id)));
+                    }
+                }
+                CeremonyTarget::Key { label, usage, alg, .. } => {
+                    if let Err(r) = check_id("label", label) {
+                        return Ok(Err(r));
+                    }
+                    if !usage.allows(*alg) {
+                        return Ok(refuse(format!("usage {usage} does not allow a {alg} key")));
+                    }
+                    if self.get::<SmkInfo>(key::SMK)?.is_none() {
+                        return Ok(refuse("no SMK yet: form it in an SMK ceremony first"));
+                    }
+                }
+            }
+            let nodes: Vec<NodeRecord> = scan(self.kv, key::NODE)?;
+            let recipients: Vec<NodeId> = match &target {
+                CeremonyTarget::Smk => nodes.iter().map(|n| n.id).collect(),
+                // A working key forms on one node holding the SMK: seal to all that hold it.
+                CeremonyTarget::Key { .. } => {
+                    nodes.iter().filter(|n| n.smk == NodeSmk::Present).map(|n| n.id).collect()
+                }
+            };
+            if recipients.is_empty() {
+                return Ok(refuse("no enrolled node can receive the components (no node has enrolled its HSM)"));
+            }
+            Ok(Ok(Ceremony {
+                id: id.clone(),
+                target,
+                components,
+                state: CeremonyState::Open,
+                started_by: ctx.actor.clone(),
+                started_ms: ctx.time_ms,
+                recipients,
+                submissions: Vec::new(),
+                sealed: Default::default(),
+                formed_on: Vec::new(),
+                kcv: None,
+            }))
+        })()?;
+        let c = match step {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        let detail = format!("{} components, recipients {:?}", c.components, c.recipients);
+        self.put(format!("{}{id}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("ceremony:{id}"), detail)))
+    }
+
+    pub(super) fn ceremony(&self, id: &str) -> Result<Step<Ceremony>, StoreError> {
+        Ok(match self.get::<Ceremony>(&format!("{}{id}", key::CEREMONY))? {
+            Some(c) => Ok(c),
+            None => refuse(format!("no ceremony {id}")),
+        })
+    }
+
+    pub(super) fn ceremony_submit(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: String,
+        kcv: Kcv,
+        sealed: Vec<(NodeId, SealedComponent)>,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Custodian]) {
+            return Ok(Err(r));
+        }
+        let mut c = match self.ceremony(&id)? {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        if c.state != CeremonyState::Open {
+            return Ok(refuse(format!("ceremony {id} is {:?}, not open", c.state).to_lowercase()));
+        }
+        if c.submissions.iter().any(|s| s.custodian == ctx.actor.name) {
+            return Ok(refuse(format!(
+                "custodian {} already submitted a component to ceremony {id}: each component needs a different custodian",
+                ctx.actor.name
+            )));
+        }
+        if !kcv.is_well_formed() {
+            return Ok(refuse(format!("KCV {kcv} is not hex of 3 to 8 bytes")));
+        }
+        let mut by_node = std::collections::BTreeMap::new();
+        for (node, s) in sealed {
+            if !c.recipients.contains(&node) {
+                return Ok(refuse(format!("node {node} is not a recipient of ceremony {id} ({:?})", c.recipients)));
+            }
+            if by_node.insert(node, s).is_some() {
+                return Ok(refuse(format!("two sealed components for node {node}")));
+            }
+        }
+        if let Some(missing) = c.recipients.iter().find(|n| !by_node.contains_key(n)) {
+            return Ok(refuse(format!("the component is not sealed to node {missing}, a recipient of ceremony {id}")));
+        }
+        for (node, s) in by_node {
+            c.sealed.entry(node).or_default().push(s);
+        }
+        c.submissions.push(Submission { custodian: ctx.actor.name.clone(), kcv: kcv.clone(), at_ms: ctx.time_ms });
+        let n = c.submissions.len();
+        if n == usize::from(c.components) {
+            c.state = CeremonyState::Complete;
+        }
+        self.put(format!("{}{id}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("ceremony:{id}"), format!("component {n}/{} KCV {kcv}", c.components))))
+    }
+
+    pub(super) fn ceremony_cancel(&mut self, ctx: &Ctx<'_>, id: String) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let mut c = match self.ceremony(&id)? {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        if !matches!(c.state, CeremonyState::Open | CeremonyState::Complete) || !c.formed_on.is_empty() {
+            return Ok(refuse(format!(
+                "ceremony {id} can no longer be cancelled: the key formed on {:?}",
+                c.formed_on
+            )));
+        }
+        c.state = CeremonyState::Cancelled;
+        c.sealed.clear();
+        self.put(format!("{}{id}", key::CEREMONY), &c)?;
+        Ok(Ok(Applied::done(format!("ceremony:{id}"), "cancelled; sealed components deleted")))
+    }
+}

@@ -1,0 +1,121 @@
+//! The key inventory: keys created in an HSM (generated, formed, imported), versions, life cycle.
+
+use super::*;
+
+impl State<'_> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn key_create(
+        &mut self,
+        ctx: &Ctx<'_>,
+        label: String,
+        usage: Usage,
+        exportable: bool,
+        origin: Origin,
+        wrapped: WrappedKey,
+        active: bool,
+    ) -> Result<Step<Applied>, StoreError> {
+        let allowed: &[Role] = match origin {
+            Origin::Components { .. } => &[Role::Node],
+            _ => &[Role::Admin],
+        };
+        if let Err(r) = self.role(ctx, allowed) {
+            return Ok(Err(r));
+        }
+        if let Err(r) = check_id("label", &label) {
+            return Ok(Err(r));
+        }
+        if !usage.allows(wrapped.alg) {
+            return Ok(refuse(format!("usage {usage} does not allow a {} key", wrapped.alg)));
+        }
+        let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
+        if wrapped.smk_kcv != smk.kcv {
+            return Ok(refuse(format!(
+                "the key is wrapped under an SMK with KCV {}, the cluster's is {}",
+                wrapped.smk_kcv, smk.kcv
+            )));
+        }
+        if let Origin::Components { ceremony, .. } = &origin {
+            let mut c = match self.ceremony(ceremony)? {
+                Ok(c) => c,
+                Err(r) => return Ok(Err(r)),
+            };
+            if c.state != CeremonyState::Complete || c.target == CeremonyTarget::Smk {
+                return Ok(refuse(format!("ceremony {ceremony} has no key waiting to form (it is {:?})", c.state)));
+            }
+            c.state = CeremonyState::Formed;
+            c.kcv = Some(wrapped.kcv.clone());
+            c.sealed.clear();
+            self.put(format!("{}{ceremony}", key::CEREMONY), &c)?;
+        }
+        if let Origin::Tr31 { kbpk } = &origin {
+            match self.get::<KeyRecord>(&format!("{}{kbpk}", key::KEY))? {
+                Some(k) if matches!(k.usage, Usage::K0 | Usage::K1) && k.state == KeyState::Active => {}
+                Some(k) => {
+                    return Ok(refuse(format!(
+                        "{kbpk} is a {} key in state {}, not an active K0/K1",
+                        k.usage,
+                        k.state.as_str()
+                    )));
+                }
+                None => return Ok(refuse(format!("no key {kbpk}"))),
+            }
+        }
+        let version = self.get::<u32>(&format!("{}{label}", key::LABEL))?.unwrap_or(0) + 1;
+        let id = format!("{label}.v{version}");
+        let rec = KeyRecord {
+            id: id.clone(),
+            label: label.clone(),
+            version,
+            usage,
+            alg: wrapped.alg,
+            kcv: wrapped.kcv.clone(),
+            state: if active { KeyState::Active } else { KeyState::Pending },
+            exportable,
+            origin,
+            wrapped: Some(wrapped),
+            created_by: ctx.actor.clone(),
+            created_ms: ctx.time_ms,
+            approvers: Vec::new(),
+            changed_by: None,
+            changed_ms: ctx.time_ms,
+        };
+        let detail = format!("{} {} KCV {} {}", rec.usage, rec.alg, rec.kcv, rec.state.as_str());
+        self.put(format!("{}{label}", key::LABEL), &version)?;
+        self.put(format!("{}{id}", key::KEY), &rec)?;
+        Ok(Ok(Applied::done(format!("key:{id}"), detail)))
+    }
+
+    pub(super) fn key(&self, id: &str) -> Result<Step<KeyRecord>, StoreError> {
+        Ok(match self.get::<KeyRecord>(&format!("{}{id}", key::KEY))? {
+            Some(k) => Ok(k),
+            None => refuse(format!("no key {id}")),
+        })
+    }
+
+    pub(super) fn key_set_state(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: String,
+        state: KeyState,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let mut k = match self.key(&id)? {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
+        if state == KeyState::Destroyed {
+            return Ok(refuse("destroying a key needs dual control: request an approval (quill key destroy)"));
+        }
+        if !k.state.can_become(state) {
+            return Ok(refuse(format!("key {id} cannot go from {} to {}", k.state.as_str(), state.as_str())));
+        }
+        let from = k.state;
+        k.state = state;
+        k.changed_by = Some(ctx.actor.clone());
+        k.changed_ms = ctx.time_ms;
+        self.put(format!("{}{id}", key::KEY), &k)?;
+        Ok(Ok(Applied::done(format!("key:{id}"), format!("{} -> {}", from.as_str(), state.as_str()))))
+    }
+}

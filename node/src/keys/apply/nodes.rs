@@ -1,0 +1,31 @@
+//! Node enrolment: a node records its HSM transport public key (only for itself).
+
+use super::*;
+
+impl State<'_> {
+    pub(super) fn enroll(
+        &mut self,
+        ctx: &Ctx<'_>,
+        node: NodeId,
+        transport: RsaPublic,
+        hsm: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.node_actor(ctx, node) {
+            return Ok(Err(r));
+        }
+        let fingerprint = transport.fingerprint();
+        let existing: Option<NodeRecord> = self.get(&key::node(node))?;
+        let smk = match existing {
+            Some(rec) if rec.transport == transport => {
+                return Ok(Ok(Applied::done(format!("node:{node}"), format!("already enrolled ({fingerprint})"))));
+            }
+            // A node that re-enrols with a new transport key (its HSM token was replaced) has
+            // lost its SMK with it.
+            Some(_) | None => NodeSmk::Missing,
+        };
+        let rec =
+            NodeRecord { id: node, transport, fingerprint: fingerprint.clone(), hsm, enrolled_ms: ctx.time_ms, smk };
+        self.put(key::node(node), &rec)?;
+        Ok(Ok(Applied::done(format!("node:{node}"), format!("transport key {fingerprint}"))))
+    }
+}
