@@ -13,7 +13,8 @@
 //! store, identity    RocksDB column families and codecs; NodeId, Actor, Role
 //! ```
 //!
-//! Not yet as drawn: job intake (validate, chunk, data key, seal) is still in `api/jobs.rs`.
+//! `jobs::intake` (check, chunk, seal a submitted file with a data key from this node's HSM) is the
+//! one domain part that calls an HSM; the API runs it before it proposes the job.
 
 pub mod api;
 pub mod audit;

@@ -7,38 +7,37 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use quill_hsm::{Hsm, KeyAlg, WrappedKey};
+use quill_hsm::Hsm;
 use quill_prep::engine::KeyRef;
 use quill_prep::engine::output::{FORMAT, Header, Stream, VERSION};
-use quill_prep::input::{self, CardRecord};
-use quill_prep::profile::{BadRecordPolicy, Profile};
 use quill_proto::v1::jobs_server::{self, JobsServer};
 use quill_proto::v1::{
     AckRequest, CancelRequest, FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse,
     WriteResult,
 };
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ApiError, ClusterService};
+use crate::jobs::intake::{self, IntakeError, output_aad};
 use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
 use crate::keys::apply::{key, scan};
 use crate::keys::model::{Actor, KeyRecord, KeyState, Role};
 use crate::raft::{Command, Outcome, StateMachine};
 use crate::runtime::agent::KeyAgent;
-use crate::runtime::worker::{ChunkOutput, input_aad, output_aad};
+use crate::runtime::worker::ChunkOutput;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Largest batch file accepted in one submission.
-pub const MAX_INPUT_BYTES: usize = 256 << 20;
-/// Input validation errors listed in a refusal.
-const MAX_LISTED: usize = 50;
-/// A chunk ready to propose: number, cards, sealed records.
-type SealedChunk = (u32, u32, Vec<u8>);
+pub use crate::jobs::intake::{DEFAULT_CHUNK, MAX_INPUT_BYTES};
 
-/// Default cards per chunk.
-pub const DEFAULT_CHUNK: u32 = 250;
+/// An intake failure as an API error: the submission's fault, or the HSM's (with its class).
+fn intake_error(e: IntakeError) -> ApiError {
+    match e {
+        IntakeError::Invalid(reason) => ApiError::BadRequest(reason),
+        IntakeError::Hsm(e) => ApiError::Hsm(e),
+        e @ IntakeError::Encode { .. } => ApiError::Internal(e.to_string()),
+    }
+}
 
 /// The `quill.v1.Jobs` service of one node.
 #[derive(Clone)]
@@ -107,37 +106,17 @@ impl JobsService {
             }
         }
         let file = first.file_name.clone();
-        if data.len() as u64 != first.total_bytes {
-            return Err(ApiError::BadRequest(format!(
-                "{file}: the upload is incomplete ({} of {} bytes arrived)",
-                data.len(),
-                first.total_bytes
-            )));
-        }
-        let digest = hex::encode_upper(Sha256::digest(&data));
-        if !first.digest.is_empty() && !first.digest.eq_ignore_ascii_case(&digest) {
-            return Err(ApiError::BadRequest(format!("{file}: SHA-256 of what arrived differs from the sender's")));
-        }
-        let profile = Profile::parse(&first.profile_toml, &first.profile_name)
-            .map_err(|e| ApiError::BadRequest(format!("profile {}: {e}", first.profile_name)))?;
-        // Validate the whole file before anything is created.
-        let summary = input::scan(&profile.input, &file, std::io::Cursor::new(&data));
-        if !summary.is_clean() && (profile.input.on_bad_record == BadRecordPolicy::FailBatch || summary.stopped) {
-            let list: Vec<String> = summary.errors.iter().take(MAX_LISTED).map(|e| e.to_string()).collect();
-            return Err(ApiError::BadRequest(format!(
-                "{} bad record(s); the profile fails the batch, nothing was submitted: {}",
-                summary.bad.max(1),
-                list.join("; ")
-            )));
-        }
-        let skipped: Vec<String> = summary.errors.iter().map(|e| e.to_string()).collect();
-        let records: Vec<CardRecord> = input::Batch::new(&profile.input, &file, std::io::Cursor::new(&data)).collect();
+        let checked = intake::check(&intake::Submission {
+            file: &file,
+            data: &data,
+            total_bytes: first.total_bytes,
+            digest: &first.digest,
+            profile_name: &first.profile_name,
+            profile_toml: &first.profile_toml,
+            chunk_size: first.chunk_size,
+        })
+        .map_err(intake_error)?;
         drop(data);
-        if records.is_empty() {
-            return Err(ApiError::BadRequest(format!("{file}: no valid record")));
-        }
-        let chunk_size = if first.chunk_size == 0 { DEFAULT_CHUNK } else { first.chunk_size.min(10_000) };
-        let chunks = records.len().div_ceil(chunk_size as usize) as u32;
         let mac_key = if first.mac_key.is_empty() { "MAC-OUTPUT".to_string() } else { first.mac_key.clone() };
         let label = mac_key.clone();
         if self.state(move |kv| active_key(kv, &label)).await?.is_none() {
@@ -149,20 +128,15 @@ impl JobsService {
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let id = format!("J{ms:x}{:03x}", std::process::id() & 0xfff);
         let id2 = id.clone();
-        let (data_key, sealed) =
-            tokio::task::spawn_blocking(move || -> Result<(WrappedKey, Vec<SealedChunk>), String> {
-                let data_key = hsm.generate_key(KeyAlg::Aes256).map_err(|e| e.to_string())?;
-                let mut out = Vec::new();
-                for (n, chunk) in records.chunks(chunk_size as usize).enumerate() {
-                    let bytes = zeroize::Zeroizing::new(postcard::to_allocvec(chunk).map_err(|e| e.to_string())?);
-                    let s = hsm.seal(&data_key, &input_aad(&id2, n as u32), &bytes).map_err(|e| e.to_string())?;
-                    out.push((n as u32, chunk.len() as u32, s));
-                }
-                Ok((data_key, out))
-            })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Precondition(format!("sealing the input: {e}")))?;
+        let (checked, (data_key, sealed)) = tokio::task::spawn_blocking(move || {
+            let sealed = intake::seal(&*hsm, &id2, &checked);
+            sealed.map(|s| (checked, s))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(intake_error)?;
+        let (profile, digest, skipped, chunk_size, chunks) =
+            (checked.profile, checked.digest, checked.skipped, checked.chunk_size, checked.chunks);
 
         let client = format!("{}-submit-{id}", caller.client_id);
         let mut serial = 0;

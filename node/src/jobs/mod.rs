@@ -11,6 +11,8 @@
 //! Apply is deterministic: it reads the command, the entry's context and the state; the time is
 //! the leader's time in the request.
 
+pub mod intake;
+
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;

@@ -52,15 +52,7 @@ pub struct ChunkOutput {
     pub carriers: Vec<String>,
 }
 
-/// AAD of a chunk's sealed input.
-pub fn input_aad(job: &str, n: u32) -> Vec<u8> {
-    format!("quill job {job} input chunk {n}").into_bytes()
-}
-
-/// AAD of a chunk's sealed output.
-pub fn output_aad(job: &str, n: u32) -> Vec<u8> {
-    format!("quill job {job} output chunk {n}").into_bytes()
-}
+pub use crate::jobs::intake::{input_aad, output_aad};
 
 /// The key set the engine takes, from the inventory: the newest active version of every label,
 /// and every issuer key pair bound to a verified certificate.
