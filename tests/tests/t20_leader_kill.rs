@@ -1,5 +1,5 @@
-//! SIGKILL the leader under a write load: a new leader is elected within four election timeouts
-//! (a split vote costs a round; the time is reported, not asserted), writes resume, every
+//! SIGKILL the leader under a write load: a new leader is elected within ten election timeouts
+//! (split votes cost rounds; the time is reported, not asserted), writes resume, every
 //! acknowledged write is present (read back from the new leader, linearizably), and no write is
 //! applied twice: each key is written by one request, so a retry that was applied again would
 //! report `replaced: true`.
@@ -83,10 +83,10 @@ async fn leader_kill_under_load_loses_and_duplicates_nothing() {
     let killed_at = Instant::now();
     cluster.sigkill(leader);
 
-    // Bounded by the wait (four election timeouts: a split vote costs a round); the time itself is
-    // reported, not asserted (a busy 2-core machine stretches it).
+    // Bounded by the wait (ten election timeouts: split votes cost rounds, and five nodes share a
+    // busy 2-core machine); the time itself is reported, not asserted.
     let (new_leader, new_term) =
-        cluster.wait_leader_after(&survivors, old_term, 4 * election_max, "a new leader among the survivors").await;
+        cluster.wait_leader_after(&survivors, old_term, 10 * election_max, "a new leader among the survivors").await;
     let elected_in = killed_at.elapsed();
     step(&format!("node {new_leader} leads term {new_term} after {elected_in:?}"));
 
