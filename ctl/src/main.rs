@@ -11,7 +11,7 @@ mod ops;
 mod output;
 
 use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
-use ops::{cluster, hotfolder, issuers, jobs, keys, profile};
+use ops::{cluster, hotfolder, identity, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
 use quill_node::keys::model::KeyState;
@@ -74,6 +74,34 @@ enum Cmd {
     /// The published benchmarks: Raft, data preparation, the whole cluster.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Certificates the cluster knows: revoke one, list the revoked, show who you are.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// A small PKI (node CA, client CA) for operators who do not bring their own.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+}
+
+/// Certificates and the cluster's revocation list.
+#[derive(Subcommand, Debug)]
+enum IdentityCmd {
+    /// Revoke a certificate (admin): refused on every listener and in apply from then on.
+    Revoke(identity::RevokeArgs),
+    /// The revoked certificates.
+    List(identity::ListArgs),
+    /// The identity this command line acts as (from --identity or --as).
+    Whoami(identity::ListArgs),
+}
+
+/// A PKI directory: two CAs and what they issued.
+#[derive(Subcommand, Debug)]
+enum PkiCmd {
+    /// Create the node CA and the client CA (keys 0600).
+    Init(identity::PkiInitArgs),
+    /// Issue a node certificate (--node ID) or a client certificate (--client ROLE:NAME).
+    Issue(identity::PkiIssueArgs),
+    /// Every certificate issued from the directory.
+    List(identity::PkiListArgs),
 }
 
 /// EMV CA public keys the cluster verifies issuer certificates with.
@@ -232,6 +260,8 @@ enum ClusterCmd {
     Promote(cluster::IdArgs),
     /// Take a node out of the cluster. Its data must not be reused without adding it again.
     Remove(cluster::IdArgs),
+    /// Enrolled nodes and their HSM transport-key fingerprints (what custodians pin).
+    Nodes(cluster::NodesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,6 +289,7 @@ fn main() -> ExitCode {
         Cmd::Cluster(ClusterCmd::Add(args)) => cluster::add(args, json),
         Cmd::Cluster(ClusterCmd::Promote(args)) => cluster::promote(args, json),
         Cmd::Cluster(ClusterCmd::Remove(args)) => cluster::remove(args, json),
+        Cmd::Cluster(ClusterCmd::Nodes(args)) => cluster::nodes(args, json),
         Cmd::Ceremony(CeremonyCmd::Start(a)) => keys::ceremony_start(a, json),
         Cmd::Ceremony(CeremonyCmd::Submit(a)) => keys::ceremony_submit(a, json),
         Cmd::Ceremony(CeremonyCmd::Status(a)) => keys::ceremony_status(a, json),
@@ -301,6 +332,12 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Raft(args)) => bench::raft(args, json),
         Cmd::Bench(BenchCmd::Prep(a)) => prep::bench(a, json),
         Cmd::Bench(BenchCmd::Cluster(a)) => bench_cluster::run(a, json),
+        Cmd::Identity(IdentityCmd::Revoke(a)) => identity::revoke(a, json),
+        Cmd::Identity(IdentityCmd::List(a)) => identity::list(a, json),
+        Cmd::Identity(IdentityCmd::Whoami(a)) => identity::whoami(a, json),
+        Cmd::Pki(PkiCmd::Init(a)) => identity::pki_init(a, json),
+        Cmd::Pki(PkiCmd::Issue(a)) => identity::pki_issue(a, json),
+        Cmd::Pki(PkiCmd::List(a)) => identity::pki_list(a, json),
     };
     match r {
         Ok(code) => ExitCode::from(code),

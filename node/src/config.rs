@@ -8,6 +8,11 @@
 //! http_addr = "127.0.0.1:7301"   # GET /health, /metrics, /raft
 //! data_dir = "/abs/path/data"
 //! log_format = "text"            # or "json"
+//! [tls]                          # required: every listener is mutual TLS (node/src/tls)
+//! cert = "tls/cert.pem"          # this node's certificate (SAN quill:node/<node_id>)
+//! key = "tls/key.pem"            # its private key (0600)
+//! peer_ca = "tls/ca.pem"         # the node CA: other nodes on the Raft port
+//! client_ca = "tls/client-ca.pem" # the client CA: callers on the API port
 //! [raft]                         # optional; every field has a default
 //! heartbeat_interval_ms = 100
 //! ```
@@ -41,6 +46,12 @@ pub struct Config {
     /// Raft timing, snapshot and transport settings.
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Mutual TLS: this node's certificate and the CAs it trusts (relative paths are relative to
+    /// the configuration file).
+    pub tls: TlsConfig,
+    /// Size limits of requests on every service.
+    #[serde(default)]
+    pub limits: Limits,
     /// Optional: reach some peers' Raft service at another address than the one they advertise
     /// (a relay, NAT, or a fault-injecting proxy in tests). Keys are node ids, values `host:port`:
     /// `[dial]` then `2 = "10.0.0.7:7101"`.
@@ -51,6 +62,72 @@ pub struct Config {
     /// replicates but does no key work (no enrolment, no ceremonies, no HSM operations).
     #[serde(default)]
     pub hsm: Option<quill_hsm::PoolConfig>,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate (PEM), naming `quill:node/<node_id>`.
+    pub cert: PathBuf,
+    /// Its private key (PEM; mode 0600).
+    pub key: PathBuf,
+    /// The node CA: the only issuer accepted on the Raft port and from the nodes this one dials.
+    pub peer_ca: PathBuf,
+    /// The client CA: the only issuer accepted from callers on the API port.
+    pub client_ca: PathBuf,
+}
+
+impl TlsConfig {
+    fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.cert, &mut self.key, &mut self.peer_ca, &mut self.client_ca] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// The files of the Raft port and of dialling peers.
+    pub fn peer_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles { cert: self.cert.clone(), key: self.key.clone(), ca: self.peer_ca.clone() }
+    }
+
+    /// The files of the API port.
+    pub fn api_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles { cert: self.cert.clone(), key: self.key.clone(), ca: self.client_ca.clone() }
+    }
+}
+
+/// The `[limits]` table: how large a message each service accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest Raft message (an AppendEntries batch, a snapshot chunk, a forwarded write), bytes.
+    pub raft_message_bytes: usize,
+    /// Largest client request message (one upload part, one typed call), bytes.
+    pub request_bytes: usize,
+    /// Uploads (`Jobs.Submit` streams) one caller may have open at once.
+    pub uploads_per_caller: usize,
+    /// How often the leader compares the nodes' state hashes (divergence check), ms.
+    pub divergence_check_ms: u64,
+}
+
+impl Limits {
+    /// The divergence check's period.
+    pub fn divergence_check(&self) -> Duration {
+        Duration::from_millis(self.divergence_check_ms.max(1000))
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            raft_message_bytes: 64 << 20,
+            request_bytes: 4 << 20,
+            uploads_per_caller: 2,
+            divergence_check_ms: 30_000,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -187,10 +264,12 @@ impl Config {
     /// Read, parse and check a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { line, message, .. } => ConfigError::Parse { path: path.into(), line, message },
             other => other,
-        })
+        })?;
+        config.tls.resolve(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
     }
 
     /// Parse and check configuration text (the path in errors is empty).
@@ -234,6 +313,13 @@ impl Config {
             return invalid("raft.*_timeout_ms", "timeouts must be > 0");
         }
         self.dial_overrides()?;
+        let l = &self.limits;
+        if l.raft_message_bytes < (r.snapshot_chunk_bytes as usize) + (64 << 10) {
+            return invalid("limits.raft_message_bytes", "must exceed raft.snapshot_chunk_bytes by at least 64 KiB");
+        }
+        if l.request_bytes < 64 << 10 || l.uploads_per_caller == 0 {
+            return invalid("limits", "request_bytes must be at least 65536 and uploads_per_caller at least 1");
+        }
         if let Some(h) = &self.hsm
             && h.slots.is_empty()
         {
@@ -265,6 +351,11 @@ raft_addr = "127.0.0.1:7101"
 api_addr = "127.0.0.1:7201"
 http_addr = "127.0.0.1:7301"
 data_dir = "/tmp/q"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+peer_ca = "p.pem"
+client_ca = "cl.pem"
 "#;
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Actor, NodeId, Role};
+use crate::identity::{Actor, CertRef, NodeId, Role};
 use crate::store::StoreError;
 
 /// The context of the entry being applied: all a domain may know besides the command and the
@@ -18,6 +18,8 @@ pub struct Ctx<'a> {
     pub time_ms: u64,
     /// Who asked, as the API established it.
     pub actor: &'a Actor,
+    /// The certificate it presented (`None` for a node's own proposals).
+    pub cert: Option<&'a CertRef>,
 }
 
 /// What applying a domain command did, for the response and the audit record.

@@ -91,3 +91,23 @@ impl fmt::Display for Actor {
         write!(f, "{}:{}", self.role, self.name)
     }
 }
+
+/// The certificate a caller presented, as the cluster records it: its serial (revocation is by
+/// serial) and its public key's fingerprint (two certificates of one key are one person, for
+/// dual control).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CertRef {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// SHA-256 of the SubjectPublicKeyInfo (first 16 bytes), hex.
+    pub key_fp: String,
+}
+
+/// An authenticated caller: the identity its certificate names and the certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Who, in which role.
+    pub actor: Actor,
+    /// The certificate it presented.
+    pub cert: CertRef,
+}

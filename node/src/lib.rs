@@ -10,7 +10,8 @@
 //!                    the audit record; what a client may send (state::validate)
 //! keys, jobs, audit  the domains: pure apply over a key-value view (keys/, jobs/, audit/)
 //! domain             what domains share: Ctx, Applied, the role check, field checks
-//! store, identity    RocksDB column families and codecs; NodeId, Actor, Role
+//! store, tls         RocksDB column families and codecs; mutual TLS, certificate identities, PKI
+//! identity           NodeId, Actor, Role, CertRef (a leaf)
 //! ```
 //!
 //! `jobs::intake` (check, chunk, seal a submitted file with a data key from this node's HSM) is the
@@ -29,3 +30,4 @@ pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::jobs::JobsService;
 use crate::api::keys::KeysService;
@@ -39,6 +38,9 @@ pub enum ServerError {
     /// Raft did not start.
     #[error("starting raft: {0}")]
     Raft(String),
+    /// The TLS files could not be loaded, or the certificate is not this node's.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The HSM pool could not be opened.
     #[error("opening the HSM pool: {0}")]
     Hsm(String),
@@ -94,10 +96,50 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
 }
 
+/// How long one connection lives: a revoked or expired certificate's open connection ends within
+/// this time (every call on it is refused meanwhile).
+pub const CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Keep `revoked` equal to the replicated list: re-read it whenever the applied index moves.
+async fn refresh_revocations(raft: Raft, sm: crate::raft::StateMachine, revoked: crate::tls::Revocations) {
+    let mut metrics = raft.metrics();
+    let mut seen = None;
+    loop {
+        let applied = metrics.borrow().last_applied.map(|l| l.index);
+        if applied != seen {
+            seen = applied;
+            match sm.read(crate::keys::revoked_serials).await {
+                Ok(list) => revoked.set(list),
+                Err(e) => warn!(error = %e, "reading the revocation list failed"),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Run the node until `shutdown` resolves, then tear down in order.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
     info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "[1/5] config loaded");
     let raft_config = Arc::new(config.raft.to_openraft()?);
+    let peer_files = config.tls.peer_files();
+    let named = peer_files.identity().map_err(|e| ServerError::Tls(e.to_string()))?;
+    if named.identity != crate::tls::Identity::Node(config.node_id) {
+        return Err(ServerError::Tls(format!(
+            "{} names {}, but this is node {}",
+            peer_files.cert.display(),
+            named.identity,
+            config.node_id
+        )));
+    }
+    let tls_err = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
+    let raft_tls = crate::tls::server_config(&peer_files).map_err(tls_err)?;
+    let api_tls = crate::tls::server_config(&config.tls.api_files()).map_err(tls_err)?;
+    let peer_tls = crate::tls::client_config(&peer_files).map_err(tls_err)?;
+    let links = crate::tls::Links::default();
+    let revoked = crate::tls::Revocations::default();
+    info!(serial = %named.serial, "TLS identity loaded (TLS 1.3, AES-GCM, X25519MLKEM768 preferred)");
 
     let dir = config.data_dir.clone();
     let (log_store, sm) =
@@ -109,6 +151,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         rpc_timeout: config.raft.rpc_timeout(),
         snapshot_timeout: config.raft.install_snapshot_timeout(),
         dial: config.dial_overrides()?,
+        tls: peer_tls.clone(),
+        links: links.clone(),
+        max_message_bytes: config.limits.raft_message_bytes,
     };
     let raft = Raft::new(config.node_id, raft_config, network, log_store, sm.clone())
         .await
@@ -143,27 +188,40 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         agent.clone(),
         config.raft.write_timeout(),
         config.raft.rpc_timeout(),
+        peer_tls,
+        links.clone(),
     );
-    let raft_svc = RaftService::new(raft.clone(), Arc::new(cluster_svc.clone())).into_server();
+    tokio::spawn(refresh_revocations(raft.clone(), sm.clone(), revoked.clone()));
+    let raft_svc = RaftService::new(
+        raft.clone(),
+        Arc::new(cluster_svc.clone()),
+        revoked.clone(),
+        config.limits.raft_message_bytes,
+    )
+    .into_server();
     let stop = shutdown.clone();
+    let raft_incoming = crate::tls::incoming(raft_listener, raft_tls, "raft");
     servers.push((
         "raft gRPC",
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .max_connection_age(CONNECTION_AGE)
                 .add_service(raft_svc)
-                .serve_with_incoming_shutdown(TcpIncoming::from(raft_listener).with_nodelay(Some(true)), stop.wait())
+                .serve_with_incoming_shutdown(raft_incoming, stop.wait())
                 .await
                 .map_err(|e| e.to_string())
         }),
     ));
-    // Every Keys and Jobs call names its caller (crate::api::authenticate).
+    // Every client call's caller is its certificate's identity (crate::api::authenticator).
+    let limit = config.limits.request_bytes;
     let keys_svc = tonic::service::interceptor::InterceptedService::new(
-        KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(),
-        crate::api::authenticate,
+        KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(limit),
+        crate::api::authenticator(revoked.clone()),
     );
     let jobs_svc = tonic::service::interceptor::InterceptedService::new(
-        JobsService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(),
-        crate::api::authenticate,
+        JobsService::new(cluster_svc.clone(), sm.clone(), agent.clone(), config.limits.uploads_per_caller)
+            .into_server(limit),
+        crate::api::authenticator(revoked.clone()),
     );
     if let Some(agent) = agent.clone() {
         let proposer: Arc<dyn Proposer> = Arc::new(cluster_svc.clone());
@@ -181,16 +239,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         tokio::spawn(workers.run(slots, flag));
         info!(workers = slots, "job workers started");
     }
-    let api_svc = cluster_svc.into_server();
+    tokio::spawn(cluster_svc.clone().check_divergence(config.limits.divergence_check(), shutdown.clone()));
+    let api_svc = tonic::service::interceptor::InterceptedService::new(
+        cluster_svc.into_server(limit),
+        crate::api::authenticator(revoked.clone()),
+    );
     let stop = shutdown.clone();
+    let api_incoming = crate::tls::incoming(api_listener, api_tls, "api");
     servers.push((
         "api gRPC",
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .max_connection_age(CONNECTION_AGE)
                 .add_service(api_svc)
                 .add_service(keys_svc)
                 .add_service(jobs_svc)
-                .serve_with_incoming_shutdown(TcpIncoming::from(api_listener).with_nodelay(Some(true)), stop.wait())
+                .serve_with_incoming_shutdown(api_incoming, stop.wait())
                 .await
                 .map_err(|e| e.to_string())
         }),

@@ -14,6 +14,8 @@ use quill_proto::v1::{BenchGetRequest, BenchPutRequest, InitRequest, NodeInfo, S
 use tonic::transport::Channel;
 
 struct Node {
+    /// The admin identity's directory (from the node's own test PKI).
+    admin: PathBuf,
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
@@ -30,14 +32,22 @@ impl Node {
     fn configure(dir: &Path) -> Self {
         let (raft, api, http) = (free_port(), free_port(), free_port());
         let config = dir.join("node1.toml");
+        let pki = quill_node::tls::PkiDir::init(&dir.join("pki")).expect("PKI");
+        let tls = dir.join("tls");
+        pki.issue(&quill_node::tls::Identity::Node(1), &[], Default::default(), &tls).expect("node certificate");
+        let admin = dir.join("admin");
+        let who = quill_node::identity::Actor::parse("admin:t1").expect("actor");
+        pki.issue(&quill_node::tls::Identity::Client(who), &[], Default::default(), &admin).expect("admin certificate");
         let text = format!(
             "node_id = 1\nraft_addr = \"127.0.0.1:{raft}\"\napi_addr = \"127.0.0.1:{api}\"\nhttp_addr = \"127.0.0.1:{http}\"\n\
              data_dir = \"{}\"\nlog_format = \"text\"\n[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\n\
-             election_timeout_max_ms = 600\n",
+             election_timeout_max_ms = 600\n[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\npeer_ca = \"tls/ca.pem\"\n\
+             client_ca = \"tls/client-ca.pem\"\n",
             dir.join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
         Node {
+            admin,
             child: None,
             config,
             log: dir.join("node1.log"),
@@ -80,16 +90,28 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A client as the admin identity, over mutual TLS, once the node answers.
     async fn client(&self) -> ClusterClient<Channel> {
+        let tls = quill_node::tls::client_config(&quill_node::tls::TlsFiles::in_dir(&self.admin)).expect("TLS");
+        let channel = quill_node::tls::channel(
+            &self.api,
+            tls,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(5)),
+            None,
+            Default::default(),
+        )
+        .expect("channel");
+        let mut c = ClusterClient::new(channel);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match ClusterClient::connect(format!("http://{}", self.api)).await {
-                Ok(c) => return c,
+            match c.status(StatusRequest {}).await {
+                Ok(_) => return c,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => panic!("cannot connect to {}: {e}; log:\n{}", self.api, self.log_text()),
+                Err(e) => panic!("cannot reach {}: {e}; log:\n{}", self.api, self.log_text()),
             }
         }
     }
@@ -129,13 +151,7 @@ impl Drop for Node {
 }
 
 fn put(client_id: &str, serial: u64, key: &str, value: &[u8]) -> BenchPutRequest {
-    BenchPutRequest {
-        client_id: client_id.into(),
-        serial,
-        key: key.into(),
-        value: value.to_vec(),
-        actor: "operator:t1".into(),
-    }
+    BenchPutRequest { client_id: client_id.into(), serial, key: key.into(), value: value.to_vec() }
 }
 
 fn get(key: &str) -> BenchGetRequest {

@@ -20,12 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use quill_node::raft::Outcome;
+use quill_node::tls::{Identity, PkiDir, TlsFiles};
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::{
     BenchGetRequest, BenchPutRequest, BenchPutResponse, InitRequest, NodeInfo, NodeStatus, StatusRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use quill_node::raft::Command as QuillCommand;
 
@@ -102,6 +105,9 @@ pub struct ClusterOptions {
     /// With `hsm` (hsm-sim nodes): tokens per node, one per hsm-sim slot (0 or 1: one; at most 2,
     /// hsm-sim's default slots). Faults are injected per node through `node-<id>/hsm/faults.toml`.
     pub hsm_slots: u32,
+    /// How often the leader runs the divergence check, ms (by default an hour: tests that compare
+    /// applied indexes do not want its entries; t92 sets it short).
+    pub divergence_check_ms: u64,
 }
 
 /// SoftHSM 2's module, where Debian installs it.
@@ -136,6 +142,7 @@ impl Default for ClusterOptions {
             hsm: false,
             softhsm_nodes: Vec::new(),
             hsm_slots: 1,
+            divergence_check_ms: 3_600_000,
         }
     }
 }
@@ -150,15 +157,16 @@ pub struct Node {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     child: Option<Child>,
-    /// Cached clients (channels reconnect by themselves after a restart): calls, status.
+    /// Cached clients (as [`ADMIN`]; channels reconnect by themselves after a restart): calls,
+    /// status.
     api: ClusterClient<Channel>,
     status_api: ClusterClient<Channel>,
 }
 
 impl Node {
-    /// `http://` URL of the client API.
+    /// `https://` URL of the client API.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.api_addr)
+        format!("https://{}", self.api_addr)
     }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("quilld.log")
@@ -181,6 +189,8 @@ pub struct Cluster {
     /// With `opts.proxies`: the link from node `.0` to node `.1`'s Raft service.
     pub links: BTreeMap<(u64, u64), FaultProxy>,
     quilld: PathBuf,
+    /// The cluster's PKI (`root/pki`): node CA, client CA.
+    pub pki: PkiDir,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -225,6 +235,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix(&format!("quill-{name}-")).tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let addrs = free_addrs(3 * opts.nodes as usize);
+        let pki = PkiDir::init(&root.join("pki")).expect("the cluster's PKI");
+        let admin = identity_in(&pki, &root, ADMIN);
         let mut links = BTreeMap::new();
         if opts.proxies {
             for (i, from) in (1..=opts.nodes).enumerate() {
@@ -244,7 +256,7 @@ impl Cluster {
                 "node_id = {i}\nraft_addr = \"{}\"\napi_addr = \"{}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\n\
                  log_format = \"text\"\n\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\n\
                  election_timeout_max_ms = {}\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n\
-                 rpc_timeout_ms = {}\nwrite_timeout_ms = {}\n",
+                 rpc_timeout_ms = {}\nwrite_timeout_ms = {}\n\n[limits]\ndivergence_check_ms = {}\n",
                 a[0],
                 a[1],
                 a[2],
@@ -256,6 +268,7 @@ impl Cluster {
                 r.max_in_snapshot_log_to_keep,
                 r.rpc_timeout_ms,
                 r.write_timeout_ms,
+                opts.divergence_check_ms,
             );
             let mut config = config;
             if opts.proxies {
@@ -305,6 +318,12 @@ impl Cluster {
                     ));
                 }
             }
+            let tls = node_dir.join("tls");
+            pki.issue(&Identity::Node(i), &["127.0.0.1".into()], Default::default(), &tls).expect("node certificate");
+            config.push_str(&format!(
+                "\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\npeer_ca = \"{0}/ca.pem\"\nclient_ca = \"{0}/client-ca.pem\"\n",
+                tls.display()
+            ));
             let config_path = node_dir.join("node.toml");
             fs::write(&config_path, config).expect("write node.toml");
             nodes.insert(
@@ -317,12 +336,54 @@ impl Cluster {
                     dir: node_dir,
                     config_path,
                     child: None,
-                    api: client_for(&format!("http://{}", a[1]), Duration::from_secs(5)),
-                    status_api: client_for(&format!("http://{}", a[1]), Duration::from_secs(2)),
+                    api: client_for(&admin, &a[1].to_string(), Duration::from_secs(5)),
+                    status_api: client_for(&admin, &a[1].to_string(), Duration::from_secs(2)),
                 },
             );
         }
-        Cluster { dir: Some(dir), root, nodes, opts, links, quilld }
+        Cluster { dir: Some(dir), root, nodes, opts, links, quilld, pki }
+    }
+
+    /// The TLS client configuration of `actor` (`role:name`), issued from the cluster's client CA
+    /// on first use (the same files `quill --as` uses).
+    pub fn identity(&self, actor: &str) -> Arc<rustls::ClientConfig> {
+        identity_in(&self.pki, &self.root, actor)
+    }
+
+    /// A channel from node `from` (with its own node certificate, as a member or an insider who
+    /// stole it would) to node `to`'s Raft port.
+    pub fn peer_channel(&self, from: u64, to: u64) -> Channel {
+        let files = TlsFiles::in_dir(&self.node(from).dir.join("tls"));
+        let cfg = quill_node::tls::client_config(&files).expect("node TLS config");
+        quill_node::tls::channel(
+            &self.node(to).raft_addr.to_string(),
+            cfg,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(10)),
+            Some(to),
+            Default::default(),
+        )
+        .expect("a valid address")
+    }
+
+    /// A TLS channel to `addr` that trusts the node CA but presents no client certificate.
+    pub fn channel_without_cert(&self, addr: std::net::SocketAddr) -> Channel {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in quill_node::tls::load_certs(&self.pki.ca_pem("node-ca")).expect("node CA") {
+            roots.add(c).expect("root");
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(quill_node::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        tls_channel(&Arc::new(cfg), &addr.to_string(), Duration::from_secs(5))
+    }
+
+    /// A channel to node `id`'s API as `actor`.
+    pub fn channel_as(&self, id: u64, actor: &str) -> Channel {
+        tls_channel(&self.identity(actor), &self.node(id).api_addr.to_string(), Duration::from_secs(5))
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -451,7 +512,9 @@ impl Cluster {
     pub fn quill(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let mut cmd = Command::new(binary("quill"));
         cmd.args(args).env("QUILL_ENDPOINT", self.node(id).endpoint()).env_remove("QUILL_ENDPOINTS");
-        cmd.env("QUILL_ACTOR", READER).env_remove("QUILL_DEV_DIR").env_remove("QUILL_COMPONENT");
+        cmd.env("QUILL_ACTOR", READER).env("QUILL_DEV_DIR", &self.root).env_remove("QUILL_COMPONENT");
+        // Custodians pin new nodes' transport keys without a prompt (t92 tests the pins).
+        cmd.env_remove("QUILL_IDENTITY").env("QUILL_PIN_NEW", "true");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -469,18 +532,8 @@ impl Cluster {
 
     /// A Keys-service query (JSON) on node `id`, linearizable.
     pub async fn query(&self, id: u64, what: &str, key_id: &str) -> Result<serde_json::Value, String> {
-        let ep = Endpoint::from_shared(self.node(id).endpoint())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5));
-        let mut c = quill_proto::v1::keys_client::KeysClient::new(ep.connect_lazy());
-        let mut req = tonic::Request::new(quill_proto::v1::QueryRequest {
-            what: what.into(),
-            id: key_id.into(),
-            linearizable: true,
-            hops: 0,
-        });
-        req.metadata_mut().insert(ACTOR_METADATA, READER.parse().expect("metadata"));
+        let mut c = quill_proto::v1::keys_client::KeysClient::new(self.channel_as(id, READER));
+        let req = quill_proto::v1::QueryRequest { what: what.into(), id: key_id.into(), linearizable: true, hops: 0 };
         let r = c.query(req).await.map_err(|s| format!("node {id}: {:?} {}", s.code(), s.message()))?;
         serde_json::from_str(&r.into_inner().json).map_err(|e| e.to_string())
     }
@@ -555,7 +608,7 @@ impl Cluster {
         .await
     }
 
-    /// Put `bench/<key>` = `value` through node `id` as (`client_id`, `serial`), as [`TEST_ACTOR`]
+    /// Put `bench/<key>` = `value` through node `id` as (`client_id`, `serial`), as [`ADMIN`]
     /// (plain writes are confined to the benchmark's key space).
     pub async fn put(
         &self,
@@ -566,14 +619,8 @@ impl Cluster {
         value: &[u8],
     ) -> Result<(BenchPutResponse, Outcome), tonic::Status> {
         let mut c = self.client(id);
-        let actor = TEST_ACTOR.to_string();
-        let req = BenchPutRequest {
-            client_id: client_id.to_string(),
-            serial,
-            key: bench_key(key),
-            value: value.to_vec(),
-            actor,
-        };
+        let req =
+            BenchPutRequest { client_id: client_id.to_string(), serial, key: bench_key(key), value: value.to_vec() };
         let r = c.bench_put(req).await?.into_inner();
         let outcome = Outcome::Put { replaced: r.replaced };
         Ok((r, outcome))
@@ -627,11 +674,8 @@ impl Cluster {
 
 /// Who reads when a test names nobody: every Keys and Jobs call names its caller.
 pub const READER: &str = "auditor:test";
-/// The metadata that names a caller (node/src/api, `ACTOR_METADATA`).
-pub const ACTOR_METADATA: &str = "x-quill-actor";
-
-/// Who the tests' plain writes are made by.
-pub const TEST_ACTOR: &str = "operator:test";
+/// Who the fixture's own clients are (membership, plain writes).
+pub const ADMIN: &str = "admin:fixture";
 
 /// The benchmark key space every plain write and read is confined to.
 fn bench_key(key: &str) -> String {
@@ -656,13 +700,26 @@ impl Drop for Cluster {
     }
 }
 
-/// A lazily connecting client for `endpoint` whose calls time out after `timeout`.
-pub fn client_for(endpoint: &str, timeout: Duration) -> ClusterClient<Channel> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .expect("a valid endpoint URL")
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(timeout);
-    ClusterClient::new(ep.connect_lazy())
+/// The identity of `actor` (`role:name`) in the cluster directory `root` (`root/identities/
+/// <role>-<name>`, as `quill --as` finds it), issued from `pki` on first use.
+pub fn identity_in(pki: &PkiDir, root: &Path, actor: &str) -> Arc<rustls::ClientConfig> {
+    let a = quill_node::identity::Actor::parse(actor).expect("role:name");
+    let dir = root.join("identities").join(format!("{}-{}", a.role, a.name));
+    pki.issue_once(&Identity::Client(a), &dir).expect("issue an identity");
+    quill_node::tls::client_config(&TlsFiles::in_dir(&dir)).expect("client TLS config")
+}
+
+/// A lazily connecting mutual-TLS channel to `addr` (`host:port`) whose calls time out after
+/// `timeout`.
+pub fn tls_channel(tls: &Arc<rustls::ClientConfig>, addr: &str, timeout: Duration) -> Channel {
+    quill_node::tls::channel(addr, tls.clone(), Duration::from_secs(1), Some(timeout), None, Default::default())
+        .expect("a valid address")
+}
+
+/// A lazily connecting client for `addr` (`host:port`) as `tls`, whose calls time out after
+/// `timeout`.
+pub fn client_for(tls: &Arc<rustls::ClientConfig>, addr: &str, timeout: Duration) -> ClusterClient<Channel> {
+    ClusterClient::new(tls_channel(tls, addr, timeout))
 }
 
 /// Poll `f` every 50 ms until it returns `Ok`, or panic after `timeout` naming `reason` and the

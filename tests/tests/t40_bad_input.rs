@@ -13,7 +13,7 @@ use quill_proto::v1::raft_client::RaftClient;
 use quill_proto::v1::{
     AddLearnerRequest, BenchPutRequest, ChangeMembershipRequest, NodeInfo, RaftPayload, SnapshotChunk,
 };
-use quill_tests::{Cluster, ClusterOptions, TEST_ACTOR, step};
+use quill_tests::{Cluster, ClusterOptions, step};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -41,13 +41,7 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
 
         step(&format!("node {node}: empty client id → InvalidArgument"));
         let mut c = cluster.client(node);
-        let req = BenchPutRequest {
-            client_id: String::new(),
-            serial: 3,
-            key: "bench/k".into(),
-            value: b"v".to_vec(),
-            actor: TEST_ACTOR.into(),
-        };
+        let req = BenchPutRequest { client_id: String::new(), serial: 3, key: "bench/k".into(), value: b"v".to_vec() };
         let err = c.bench_put(req).await.expect_err("empty client id accepted");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     }
@@ -120,14 +114,10 @@ async fn bad_input_is_refused_and_nodes_stay_up() {
     cluster.wait_converged(&ids, r.log_index, Duration::from_secs(20)).await;
 }
 
+/// A member's channel to `node`'s Raft port (another node's own certificate).
 fn raft_client(cluster: &Cluster, node: u64) -> RaftClient<Channel> {
-    let raft_ep = format!("http://{}", cluster.node(node).raft_addr);
-    RaftClient::new(
-        tonic::transport::Endpoint::from_shared(raft_ep)
-            .expect("endpoint")
-            .timeout(Duration::from_secs(5))
-            .connect_lazy(),
-    )
+    let from = cluster.ids().into_iter().find(|id| *id != node).expect("another node");
+    RaftClient::new(cluster.peer_channel(from, node))
 }
 
 /// A well-formed forwarded benchmark write, as a follower sends it to the leader.
@@ -136,8 +126,9 @@ fn valid_forwarded() -> Vec<u8> {
         client_id: "t40".into(),
         serial: 2,
         actor: Actor { name: "test".into(), role: Role::Operator },
+        cert: None,
         cmd: Command::Put { key: "bench/k".into(), value: b"v".to_vec() },
         hops: 1,
     };
-    postcard::to_stdvec(&w).expect("encode")
+    postcard::to_stdvec(&quill_node::api::PeerCall::Write(w)).expect("encode")
 }

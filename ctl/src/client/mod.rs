@@ -1,14 +1,18 @@
 //! Reaching a cluster: which endpoints to talk to (flag, environment, a dev cluster's `D/env`),
-//! gRPC channels to them, and the calls every cluster command shares.
+//! as whom (the client certificate of `--identity DIR`, or `--as role:name` on a dev cluster),
+//! mutual-TLS gRPC channels to them, and the calls every cluster command shares.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use quill_node::keys::model::Actor;
+use quill_node::tls::{Identity, Links, PkiDir, TlsFiles};
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::{NodeStatus, StatusRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::exit_codes::CliError;
 
@@ -34,9 +38,101 @@ pub struct Target {
     /// A dev cluster's directory, whose `env` file names the endpoints.
     #[arg(long = "dev-dir", env = "QUILL_DEV_DIR", help_heading = "Cluster")]
     pub dev_dir: Option<PathBuf>,
+    /// Your identity: a directory holding `cert.pem` (your client certificate, which names your
+    /// role and name), `key.pem` and `ca.pem` (the node CA).
+    #[arg(long, env = "QUILL_IDENTITY", value_name = "DIR", help_heading = "Identity")]
+    pub identity: Option<PathBuf>,
+    /// Dev clusters only: act as `role:name` with that dev identity (issued from the dev
+    /// cluster's own CA on first use). Wins over `--identity`.
+    #[arg(long = "as", env = "QUILL_ACTOR", value_name = "ROLE:NAME", help_heading = "Identity")]
+    pub actor: Option<String>,
+}
+
+/// A client identity, ready to dial: its TLS configuration and the actor its certificate names.
+#[derive(Clone)]
+pub struct Tls {
+    /// The rustls client configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// Who the certificate names.
+    pub actor: Actor,
+    /// Where it came from.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.actor, self.dir.display())
+    }
+}
+
+/// What this process's links negotiated.
+pub fn links() -> &'static Links {
+    static LINKS: std::sync::OnceLock<Links> = std::sync::OnceLock::new();
+    LINKS.get_or_init(Links::default)
+}
+
+/// The identity directory of `actor` in dev cluster `dev_dir`, issued from the dev PKI on first
+/// use.
+pub fn dev_identity(dev_dir: &Path, actor: &Actor) -> Result<PathBuf> {
+    let dir = dev_dir.join("identities").join(format!("{}-{}", actor.role, actor.name));
+    if dir.join("cert.pem").exists() {
+        return Ok(dir);
+    }
+    let pki = PkiDir::open(&dev_dir.join("pki")).map_err(|e| {
+        CliError::Usage(format!(
+            "--as {actor}: no dev identity in {} and no dev PKI to issue one ({e}); --as works on dev clusters, \
+             elsewhere use --identity DIR",
+            dir.display()
+        ))
+    })?;
+    pki.issue_once(&Identity::Client(actor.clone()), &dir)
+        .with_context(|| format!("issuing the dev identity {actor}"))?;
+    Ok(dir)
 }
 
 impl Target {
+    /// The dev cluster directory this target refers to.
+    pub fn dev_dir(&self) -> PathBuf {
+        self.dev_dir.clone().unwrap_or_else(|| PathBuf::from(crate::lab::dev::DEFAULT_DIR))
+    }
+
+    /// The caller's identity directory: `--as` (dev), else `--identity`, else the dev env file's.
+    pub fn identity_dir(&self) -> Result<PathBuf> {
+        if let Some(a) = &self.actor {
+            let actor = Actor::parse(a).map_err(|e| CliError::Usage(format!("--as: {e}")))?;
+            return dev_identity(&self.dev_dir(), &actor);
+        }
+        if let Some(d) = &self.identity {
+            return Ok(d.clone());
+        }
+        if let Ok(env) = read_env_file(&self.dev_dir().join("env"))
+            && let Some(d) = env.get("QUILL_IDENTITY")
+        {
+            return Ok(PathBuf::from(d));
+        }
+        Err(CliError::Usage(
+            "say who you are: --identity DIR (or QUILL_IDENTITY), or --as role:name on a dev cluster".into(),
+        )
+        .into())
+    }
+
+    /// The caller's TLS identity.
+    pub fn tls(&self) -> Result<Tls> {
+        let dir = self.identity_dir()?;
+        let files = TlsFiles::in_dir(&dir);
+        let named = files.identity().map_err(|e| CliError::Usage(format!("identity {}: {e}", dir.display())))?;
+        let Identity::Client(actor) = named.identity else {
+            return Err(CliError::Usage(format!(
+                "identity {}: a node certificate is not a client identity",
+                dir.display()
+            ))
+            .into());
+        };
+        let config = quill_node::tls::client_config(&files)
+            .map_err(|e| CliError::Usage(format!("identity {}: {e}", dir.display())))?;
+        Ok(Tls { config, actor, dir })
+    }
+
     /// Every endpoint known, normalised to `http://host:port`, first the one `--endpoint` names.
     pub fn endpoints(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
@@ -67,10 +163,11 @@ impl Target {
     }
 }
 
-/// `host:port` → `http://host:port`; a URL is kept as it is.
+/// `host:port` (or `http://host:port`) → `https://host:port`: every link is TLS.
 pub fn normalize(addr: &str) -> String {
-    let a = addr.trim();
-    if a.starts_with("http://") || a.starts_with("https://") { a.to_string() } else { format!("http://{a}") }
+    let a = addr.trim().trim_end_matches('/');
+    let hostport = a.trim_start_matches("https://").trim_start_matches("http://");
+    format!("https://{hostport}")
 }
 
 /// Parse a shell-sourceable `KEY=value` file (comments and blank lines skipped, quotes removed).
@@ -90,28 +187,31 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// A lazily connecting client for `endpoint` (`http://host:port`); `timeout` bounds every call.
-pub fn client(endpoint: &str, timeout: Duration) -> Result<ClusterClient<Channel>> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    Ok(ClusterClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+/// A lazily connecting mutual-TLS channel to `endpoint` as `tls`; `timeout` bounds every call.
+pub fn channel(tls: &Tls, endpoint: &str, timeout: Duration) -> Result<Channel> {
+    quill_node::tls::channel(endpoint, tls.config.clone(), CONNECT_TIMEOUT, Some(timeout), None, links().clone())
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// A lazily connecting client for `endpoint`; `timeout` bounds every call.
+pub fn client(tls: &Tls, endpoint: &str, timeout: Duration) -> Result<ClusterClient<Channel>> {
+    Ok(ClusterClient::new(channel(tls, endpoint, timeout)?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 /// One node's Status, or the one-line reason it could not be had.
-pub async fn status(endpoint: &str) -> Result<NodeStatus> {
-    let mut c = client(endpoint, STATUS_TIMEOUT)?;
+pub async fn status(tls: &Tls, endpoint: &str) -> Result<NodeStatus> {
+    let mut c = client(tls, endpoint, STATUS_TIMEOUT)?;
     let resp = c.status(StatusRequest {}).await.map_err(|s| anyhow!("{endpoint}: {}", grpc_reason(&s)))?;
     resp.into_inner().node.ok_or_else(|| anyhow!("{endpoint}: Status answered without a node"))
 }
 
 /// The leader's API endpoint, found by asking the given endpoints in turn.
-pub async fn find_leader(endpoints: &[String]) -> Result<(String, NodeStatus)> {
+pub async fn find_leader(tls: &Tls, endpoints: &[String]) -> Result<(String, NodeStatus)> {
     let mut last = anyhow!("no endpoint to ask");
     for ep in endpoints {
-        match status(ep).await {
+        match status(tls, ep).await {
             Ok(st) => {
                 let Some(leader) = st.leader else {
                     last = anyhow!("{ep}: node {} knows no leader (role {})", st.id, st.role);
@@ -125,7 +225,7 @@ pub async fn find_leader(endpoints: &[String]) -> Result<(String, NodeStatus)> {
                     continue;
                 };
                 let lep = normalize(&info.api_addr);
-                match status(&lep).await {
+                match status(tls, &lep).await {
                     Ok(lst) if lst.role == "leader" => return Ok((lep, lst)),
                     Ok(lst) => last = anyhow!("{lep}: node {} says it is {}, not leader", lst.id, lst.role),
                     Err(e) => last = e,
@@ -143,32 +243,8 @@ pub fn grpc_reason(s: &tonic::Status) -> String {
     if msg.is_empty() { format!("{:?}", s.code()) } else { format!("{:?}: {msg}", s.code()) }
 }
 
-/// The metadata that names the caller of every Keys and Jobs call (until client certificates do).
-pub const ACTOR_METADATA: &str = "x-quill-actor";
-
-/// Names the caller on every call it carries ([`ACTOR_METADATA`]).
-#[derive(Debug, Clone)]
-pub struct Identify(pub tonic::metadata::AsciiMetadataValue);
-
-impl tonic::service::Interceptor for Identify {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(ACTOR_METADATA, self.0.clone());
-        Ok(req)
-    }
-}
-
-/// A channel whose calls name their caller.
-pub type Chan = tonic::service::interceptor::InterceptedService<Channel, Identify>;
-
-/// A lazily connecting channel to `endpoint` whose calls name `who` and time out after `timeout`.
-pub fn identified(endpoint: &str, who: &Identify, timeout: Duration) -> Result<Chan> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    Ok(tonic::service::interceptor::InterceptedService::new(ep.connect_lazy(), who.clone()))
-}
+/// A channel of a session (mutual TLS; the caller is the certificate's identity).
+pub type Chan = Channel;
 
 /// How long a command keeps trying the cluster's endpoints (an election takes a second or two; a
 /// paused or dead node is passed over after its connect or call deadline).

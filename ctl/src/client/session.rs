@@ -1,11 +1,12 @@
-//! The one place `quill` talks to a cluster from: who calls ([`Who`]: `--as` or `QUILL_ACTOR`,
-//! and the endpoints), a [`Session`] per command (client id, serials, channels whose every call
-//! names the caller), and the calls they share.
+//! The one place `quill` talks to a cluster from: who calls ([`Who`]: the client certificate of
+//! `--identity DIR`, or `--as role:name` on a dev cluster, and the endpoints), a [`Session`] per
+//! command (client id, serials, one mutual-TLS channel per endpoint), and the calls they share.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, anyhow};
-use quill_node::keys::model::Actor;
+use anyhow::{Context as _, Result};
 use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{
@@ -16,68 +17,62 @@ use serde_json::Value;
 
 use super::Target;
 use crate::client;
-use crate::exit_codes::CliError;
 
 /// One write or HSM call may take this long.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Who is calling, and where.
+/// Who is calling, and where (the identity flags live in [`Target`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Who {
-    /// Act as `role:name` (roles: admin, custodian, operator, auditor).
-    #[arg(long = "as", env = "QUILL_ACTOR", value_name = "ROLE:NAME", help_heading = "Identity")]
-    pub actor: Option<String>,
     #[command(flatten)]
     pub target: Target,
-}
-
-impl Who {
-    fn actor(&self) -> Result<Actor> {
-        let s = self.actor.as_deref().ok_or_else(|| {
-            CliError::Usage("say who you are: --as role:name (or QUILL_ACTOR); every call names its caller".into())
-        })?;
-        Actor::parse(s).map_err(|e| CliError::Usage(format!("--as: {e}")).into())
-    }
 }
 
 /// A session with the cluster for one command: endpoints, caller, client id, serials.
 pub(crate) struct Session {
     endpoints: Vec<String>,
-    actor: Actor,
-    ident: client::Identify,
+    tls: client::Tls,
+    channels: Mutex<HashMap<(String, u64), client::Chan>>,
     client_id: String,
     serial: u64,
     rt: tokio::runtime::Runtime,
 }
 
 impl Session {
-    /// A session as `who` (every call names its caller: nobody is anonymous, not even to read).
+    /// A session as `who` (every call is made with its client certificate).
     pub(crate) fn new(who: &Who) -> Result<Self> {
-        let actor = who.actor()?;
+        let tls = who.target.tls()?;
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let value = actor.to_string().parse().map_err(|_| anyhow!("--as {actor}: not a metadata value"))?;
         Ok(Session {
             endpoints: who.target.endpoints()?,
-            client_id: format!("quill-{}-{}-{ms}", actor.name, std::process::id()),
-            ident: client::Identify(value),
-            actor,
+            client_id: format!("quill-{}-{}-{ms}", tls.actor.name, std::process::id()),
+            tls,
+            channels: Mutex::new(HashMap::new()),
             serial: 0,
             rt: tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")?,
         })
     }
 
-    fn actor_str(&self) -> String {
-        self.actor.to_string()
+    /// The session's TLS identity.
+    pub(crate) fn tls(&self) -> &client::Tls {
+        &self.tls
     }
 
-    /// A channel to `endpoint` whose calls name this session's caller.
+    /// A channel to `endpoint` (one per endpoint and timeout, reused: one handshake).
     pub(crate) fn chan(&self, endpoint: &str, timeout: Duration) -> Result<client::Chan> {
-        client::identified(endpoint, &self.ident, timeout)
+        let mut ch = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let k = (endpoint.to_string(), timeout.as_millis() as u64);
+        if let Some(c) = ch.get(&k) {
+            return Ok(c.clone());
+        }
+        let c = client::channel(&self.tls, endpoint, timeout)?;
+        ch.insert(k, c.clone());
+        Ok(c)
     }
 
     pub(crate) fn caller(&mut self) -> Caller {
         self.serial += 1;
-        Caller { client_id: self.client_id.clone(), serial: self.serial, actor: self.actor_str() }
+        Caller { client_id: self.client_id.clone(), serial: self.serial }
     }
 
     fn keys(&self, endpoint: &str) -> Result<KeysClient<client::Chan>> {

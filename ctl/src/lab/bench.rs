@@ -49,7 +49,8 @@ pub fn raft(args: &RaftArgs, json: bool) -> Result<u8> {
     }
     let seeds = args.target.endpoints()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")?;
-    let (leader_ep, st) = rt.block_on(client::find_leader(&seeds))?;
+    let tls = args.target.tls()?;
+    let (leader_ep, st) = rt.block_on(client::find_leader(&tls, &seeds))?;
     if !json {
         println!(
             "quill bench raft: {}-byte Put commands to the leader (node {}, {leader_ep}), {} s per level",
@@ -59,7 +60,7 @@ pub fn raft(args: &RaftArgs, json: bool) -> Result<u8> {
     let run_id = format!("{}-{}", std::process::id(), unix_ms());
     let mut levels = Vec::new();
     for &c in &args.clients {
-        let level = rt.block_on(run_level(&leader_ep, &run_id, c, Duration::from_secs(args.seconds)))?;
+        let level = rt.block_on(run_level(&tls, &leader_ep, &run_id, c, Duration::from_secs(args.seconds)))?;
         if !json {
             eprintln!("  {c} clients: {} commands", level.commands);
         }
@@ -102,12 +103,12 @@ pub fn raft(args: &RaftArgs, json: bool) -> Result<u8> {
     Ok(crate::exit_codes::OK)
 }
 
-async fn run_level(endpoint: &str, run_id: &str, clients: usize, dur: Duration) -> Result<Level> {
+async fn run_level(tls: &client::Tls, endpoint: &str, run_id: &str, clients: usize, dur: Duration) -> Result<Level> {
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let mut c = client::client(endpoint, WRITE_TIMEOUT)?;
+        let mut c = client::client(tls, endpoint, WRITE_TIMEOUT)?;
         let client_id = format!("bench-{run_id}-c{clients}-{i}");
         tasks.push(tokio::spawn(async move {
             let mut lat_us: Vec<u32> = Vec::new();
@@ -119,8 +120,7 @@ async fn run_level(endpoint: &str, run_id: &str, clients: usize, dur: Duration) 
                 let key = format!("bench/{i}/{}", serial % 1024);
                 let mut value = vec![0u8; VALUE_BYTES];
                 value[..8].copy_from_slice(&serial.to_le_bytes());
-                let actor = "operator:bench".to_string();
-                let req = BenchPutRequest { client_id: client_id.clone(), serial, key, value, actor };
+                let req = BenchPutRequest { client_id: client_id.clone(), serial, key, value };
                 let t = Instant::now();
                 match c.bench_put(req).await {
                     Ok(_) => lat_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),

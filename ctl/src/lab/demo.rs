@@ -84,7 +84,9 @@ impl Runner {
         let mut cmd = Command::new(&self.exe);
         cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
         // Every call names its caller; what the story does not attribute is read by its auditor.
-        cmd.env("QUILL_ACTOR", actor.unwrap_or(DEMO_READER));
+        cmd.env("QUILL_ACTOR", actor.unwrap_or(DEMO_READER)).env_remove("QUILL_IDENTITY");
+        // The demo's custodians see every node for the first time: pin their transport keys.
+        cmd.env("QUILL_PIN_NEW", "true");
         let out = cmd.output().with_context(|| format!("cannot run {}", self.exe.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
@@ -233,8 +235,13 @@ pub(crate) fn setup(r: &mut Runner, nodes: u64) -> Result<()> {
     r.show(&out, 3);
     // Wait until every node enrolled its HSM transport key.
     let who = crate::client::Who {
-        actor: Some(DEMO_READER.into()),
-        target: crate::client::Target { endpoint: None, endpoints: Vec::new(), dev_dir: Some(dir.clone()) },
+        target: crate::client::Target {
+            endpoint: None,
+            endpoints: Vec::new(),
+            dev_dir: Some(dir.clone()),
+            identity: None,
+            actor: Some(DEMO_READER.into()),
+        },
     };
     let session = crate::client::Session::new(&who)?;
     let deadline = Instant::now() + Duration::from_secs(90);

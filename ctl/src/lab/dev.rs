@@ -3,8 +3,12 @@
 //! Layout of the directory `D` (the operators' contract, DESIGN.md §11):
 //!
 //! ```text
-//! D/env                    QUILL_ENDPOINT, QUILL_ENDPOINTS, QUILL_DEV_DIR (shell-sourceable)
+//! D/env                    QUILL_ENDPOINT, QUILL_ENDPOINTS, QUILL_DEV_DIR, QUILL_IDENTITY (shell-sourceable)
+//! D/pki/                   the dev PKI: node CA and client CA (keys 0600; `quill pki`)
+//! D/identities/<role>-<n>/ client identities (`cert.pem`, `key.pem`, `ca.pem`); `admin-dev` is the
+//!                          env file's default, `--as role:name` picks (and first issues) another
 //! D/node-<id>/node.toml    the node's config (quilld's command line names it)
+//! D/node-<id>/tls/         its node certificate (quill:node/<id>), key, node CA and client CA
 //! D/node-<id>/data/        its data dir
 //! D/node-<id>/quilld.log   its stdout and stderr
 //! D/node-<id>/pid          its process id while it runs
@@ -28,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::client;
+use quill_node::tls::{Identity, PkiDir};
 
 /// Where `dev up` puts the cluster unless told otherwise.
 pub const DEFAULT_DIR: &str = ".quill/dev";
@@ -87,9 +92,22 @@ struct NodeConfig {
     http_addr: String,
     data_dir: PathBuf,
     log_format: String,
+    tls: TlsSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hsm: Option<HsmSection>,
 }
+
+/// The `[tls]` table of a dev node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TlsSection {
+    cert: PathBuf,
+    key: PathBuf,
+    peer_ca: PathBuf,
+    client_ca: PathBuf,
+}
+
+/// The identity the env file names (`--as` picks others).
+pub const DEV_ADMIN: &str = "admin:dev";
 
 /// The `[hsm]` table of a dev node: one hsm-sim slot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,8 +201,22 @@ pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
 
     let existing = load_nodes(&dir)?;
     let fresh = existing.is_empty();
+    let pki = match PkiDir::open(&dir.join("pki")) {
+        Ok(p) => p,
+        Err(_) => PkiDir::init(&dir.join("pki")).context("creating the dev PKI")?,
+    };
+    let admin = quill_node::identity::Actor::parse(DEV_ADMIN).map_err(|e| anyhow!(e))?;
+    let admin_dir = client::dev_identity(&dir, &admin)?;
+    let target = client::Target {
+        endpoint: None,
+        endpoints: Vec::new(),
+        dev_dir: Some(dir.clone()),
+        identity: Some(admin_dir.clone()),
+        actor: None,
+    };
+    let tls = target.tls()?;
     let nodes = if fresh {
-        write_configs(&dir, args.nodes.unwrap_or(5), args.base_port, &args.hsm)?
+        write_configs(&dir, &pki, args.nodes.unwrap_or(5), args.base_port, &args.hsm)?
     } else {
         if let Some(n) = args.nodes
             && existing.len() as u64 != n
@@ -214,11 +246,11 @@ pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
     // A fresh cluster needs Init; so does one whose first `dev up` stopped before Init (its
     // first node knows no voters).
     let first = &nodes[0];
-    let needs_init = fresh || rt.block_on(client::status(&first.endpoint()))?.voters.is_empty();
+    let needs_init = fresh || rt.block_on(client::status(&tls, &first.endpoint()))?.voters.is_empty();
     if needs_init {
         let members: Vec<NodeInfo> = nodes.iter().map(DevNode::info).collect();
         rt.block_on(async {
-            let mut c = client::client(&first.endpoint(), Duration::from_secs(10))?;
+            let mut c = client::client(&tls, &first.endpoint(), Duration::from_secs(10))?;
             c.init(InitRequest { members })
                 .await
                 .map_err(|s| anyhow!("Init on node {} failed: {}", first.config.node_id, client::grpc_reason(&s)))
@@ -227,14 +259,15 @@ pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
     }
 
     let endpoints: Vec<String> = nodes.iter().map(DevNode::endpoint).collect();
-    let leader = rt.block_on(wait_leader(&endpoints, LEADER_TIMEOUT))?;
+    let leader = rt.block_on(wait_leader(&tls, &endpoints, LEADER_TIMEOUT))?;
 
     let env_path = dir.join("env");
     let env = format!(
-        "QUILL_ENDPOINT={}\nQUILL_ENDPOINTS={}\nQUILL_DEV_DIR={}\n",
+        "QUILL_ENDPOINT={}\nQUILL_ENDPOINTS={}\nQUILL_DEV_DIR={}\nQUILL_IDENTITY={}\n",
         endpoints[0],
         endpoints.join(","),
-        dir.display()
+        dir.display(),
+        admin_dir.display()
     );
     write_atomic(&env_path, env.as_bytes())?;
 
@@ -373,8 +406,8 @@ fn load_nodes(dir: &Path) -> Result<Vec<DevNode>> {
     Ok(nodes.into_values().collect())
 }
 
-/// Write node-1..node-n with fresh ports; returns the nodes.
-fn write_configs(dir: &Path, n: u64, base_port: Option<u16>, hsm: &str) -> Result<Vec<DevNode>> {
+/// Write node-1..node-n with fresh ports and node certificates; returns the nodes.
+fn write_configs(dir: &Path, pki: &PkiDir, n: u64, base_port: Option<u16>, hsm: &str) -> Result<Vec<DevNode>> {
     let addrs: Vec<[String; 3]> = match base_port {
         Some(p) => (1..=n)
             .map(|i| {
@@ -401,8 +434,18 @@ fn write_configs(dir: &Path, n: u64, base_port: Option<u16>, hsm: &str) -> Resul
             "softhsm" => Some(init_softhsm_token(&node_dir, i)?),
             _ => None,
         };
+        let tls_dir = node_dir.join("tls");
+        pki.issue(&Identity::Node(i), &["127.0.0.1".into(), "localhost".into()], Default::default(), &tls_dir)
+            .with_context(|| format!("issuing node {i}'s certificate"))?;
+        let tls = TlsSection {
+            cert: tls_dir.join("cert.pem"),
+            key: tls_dir.join("key.pem"),
+            peer_ca: tls_dir.join("ca.pem"),
+            client_ca: tls_dir.join("client-ca.pem"),
+        };
         let config = NodeConfig {
             node_id: i,
+            tls,
             raft_addr: raft,
             api_addr: api,
             http_addr: http,
@@ -512,14 +555,14 @@ fn wait_health(n: &DevNode) -> Result<()> {
 }
 
 /// Poll Status on every endpoint until one node is leader and a majority agrees on it.
-async fn wait_leader(endpoints: &[String], timeout: Duration) -> Result<u64> {
+async fn wait_leader(tls: &client::Tls, endpoints: &[String], timeout: Duration) -> Result<u64> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no status yet");
     loop {
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
         let mut leader_says = None;
         for ep in endpoints {
-            match client::status(ep).await {
+            match client::status(tls, ep).await {
                 Ok(st) => {
                     if let Some(l) = st.leader {
                         *votes.entry(l).or_default() += 1;

@@ -50,12 +50,14 @@ fn usage_of(label: &str, alg: KeyAlg) -> Usage {
 }
 
 fn with_actor(who: &Who, actor: &str) -> Who {
-    Who { actor: Some(actor.to_string()), target: who.target.clone() }
+    let mut target = who.target.clone();
+    target.actor = Some(actor.to_string());
+    Who { target }
 }
 
 /// `quill dev load-test-keys`.
 pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
-    let admin_who = if a.who.actor.is_some() { a.who.clone() } else { with_actor(&a.who, "admin:TEST-loader") };
+    let admin_who = if a.who.target.actor.is_some() { a.who.clone() } else { with_actor(&a.who, "admin:TEST-loader") };
     let mut admin = Session::new(&admin_who)?;
     let mut alice = Session::new(&with_actor(&a.who, "custodian:TEST-alice"))?;
     let mut bob = Session::new(&with_actor(&a.who, "custodian:TEST-bob"))?;

@@ -68,7 +68,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `quill cluster status`.
 pub fn status(args: &StatusArgs, json: bool) -> Result<u8> {
     let seeds = args.target.endpoints()?;
-    let rows = runtime()?.block_on(collect(&seeds));
+    let tls = args.target.tls()?;
+    let rows = runtime()?.block_on(collect(&tls, &seeds));
     if rows.iter().all(|r| r.answer.is_err()) {
         let why: Vec<String> =
             rows.iter().filter_map(|r| r.answer.as_ref().err().map(|e| format!("{}: {e}", r.endpoint))).collect();
@@ -85,8 +86,14 @@ pub fn status(args: &StatusArgs, json: bool) -> Result<u8> {
     if json {
         let nodes: Vec<Value> = rows.iter().map(row_json).collect();
         let membership = rows.iter().filter_map(|r| r.answer.as_ref().ok()).find(|s| Some(s.id) == leader);
+        let client_links: Vec<Value> = client::links()
+            .snapshot()
+            .into_iter()
+            .map(|(peer, l)| json!({"peer": peer, "protocol": l.protocol, "suite": l.suite, "group": l.group}))
+            .collect();
         let doc = json!({
             "leader": leader,
+            "client_tls": client_links,
             "voters": membership.map(|s| s.voters.iter().map(|n| n.id).collect::<Vec<_>>()),
             "learners": membership.map(|s| s.learners.iter().map(|n| n.id).collect::<Vec<_>>()),
             "nodes": nodes,
@@ -99,11 +106,11 @@ pub fn status(args: &StatusArgs, json: bool) -> Result<u8> {
 }
 
 /// Ask the seeds, learn the membership from the answers, then ask every member.
-async fn collect(seeds: &[String]) -> Vec<Row> {
+async fn collect(tls: &client::Tls, seeds: &[String]) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let mut members: BTreeMap<u64, String> = BTreeMap::new();
     for ep in seeds {
-        let answer = client::status(ep).await.map_err(|e| format!("{e:#}"));
+        let answer = client::status(tls, ep).await.map_err(|e| format!("{e:#}"));
         if let Ok(st) = &answer {
             for n in st.voters.iter().chain(st.learners.iter()) {
                 members.entry(n.id).or_insert_with(|| client::normalize(&n.api_addr));
@@ -115,7 +122,7 @@ async fn collect(seeds: &[String]) -> Vec<Row> {
         if rows.iter().any(|r| r.id == Some(id) || r.endpoint == ep) {
             continue;
         }
-        let answer = client::status(&ep).await.map_err(|e| format!("{e:#}"));
+        let answer = client::status(tls, &ep).await.map_err(|e| format!("{e:#}"));
         rows.push(Row { id: Some(id), endpoint: ep, answer });
     }
     // A seed that did not answer but is a known member keeps its id from the membership.
@@ -132,6 +139,8 @@ fn row_json(r: &Row) -> Value {
             "purged_index": s.purged_index, "membership_index": s.membership_index, "state_hash": s.state_hash,
             "hsm": serde_json::from_str::<Value>(&s.hsm).unwrap_or(Value::Null),
             "raft_addr": s.raft_addr, "api_addr": s.api_addr,
+            "tls_links": s.tls_links.iter().map(|l| json!({"peer": l.peer, "protocol": l.protocol, "suite": l.suite, "group": l.group})).collect::<Vec<_>>(),
+            "divergence": (!s.divergence.is_empty()).then_some(&s.divergence),
         }),
         Err(e) => json!({"id": r.id, "endpoint": r.endpoint, "reachable": false, "error": e}),
     }
@@ -179,6 +188,20 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
         });
     }
     print!("{}", crate::output::render_table(&table));
+    println!("TLS links (negotiated):");
+    for (peer, l) in client::links().snapshot() {
+        println!("  this client -> {peer}: {l}");
+    }
+    for r in rows {
+        if let Ok(s) = &r.answer {
+            for l in &s.tls_links {
+                println!("  node {} -> {}: {} {} {}", s.id, l.peer, l.protocol, l.suite, l.group);
+            }
+            if !s.divergence.is_empty() {
+                println!("ALARM: node {}: {}", s.id, s.divergence);
+            }
+        }
+    }
     match leader {
         Some(l) => println!("leader: node {l}"),
         None => println!("leader: none"),
@@ -193,12 +216,13 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
 /// `quill cluster add`: join a node as a learner.
 pub fn add(args: &AddArgs, json: bool) -> Result<u8> {
     let seeds = args.target.endpoints()?;
+    let tls = args.target.tls()?;
     runtime()?.block_on(async {
-        let (leader_ep, st) = client::find_leader(&seeds).await?;
+        let (leader_ep, st) = client::find_leader(&tls, &seeds).await?;
         if st.voters.iter().chain(st.learners.iter()).any(|n| n.id == args.id) {
             bail!("node {} is already a member", args.id);
         }
-        let mut c = client::client(&leader_ep, CHANGE_TIMEOUT)?;
+        let mut c = client::client(&tls, &leader_ep, CHANGE_TIMEOUT)?;
         let node = NodeInfo { id: args.id, raft_addr: args.raft_addr.clone(), api_addr: args.api_addr.clone() };
         let r = c
             .add_learner(AddLearnerRequest { node: Some(node) })
@@ -222,8 +246,9 @@ pub fn remove(args: &IdArgs, json: bool) -> Result<u8> {
 
 fn change(args: &IdArgs, json: bool, promote: bool) -> Result<u8> {
     let seeds = args.target.endpoints()?;
+    let tls = args.target.tls()?;
     runtime()?.block_on(async {
-        let (leader_ep, st) = client::find_leader(&seeds).await?;
+        let (leader_ep, st) = client::find_leader(&tls, &seeds).await?;
         let mut voters: Vec<u64> = st.voters.iter().map(|n| n.id).collect();
         let is_voter = voters.contains(&args.id);
         let is_learner = st.learners.iter().any(|n| n.id == args.id);
@@ -245,7 +270,7 @@ fn change(args: &IdArgs, json: bool, promote: bool) -> Result<u8> {
             }
         }
         voters.sort_unstable();
-        let mut c = client::client(&leader_ep, CHANGE_TIMEOUT)?;
+        let mut c = client::client(&tls, &leader_ep, CHANGE_TIMEOUT)?;
         let req = ChangeMembershipRequest {
             voters,
             expected_membership_index: args.expected_membership_index.unwrap_or_else(|| expected_membership_index(&st)),
@@ -276,4 +301,37 @@ fn report(json: bool, verb: &str, id: u64, log_index: u64, text: &str) {
     } else {
         println!("{text} (log index {log_index})");
     }
+}
+
+/// Options of `quill cluster nodes`.
+#[derive(clap::Args, Debug)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    who: crate::client::Who,
+}
+
+/// `quill cluster nodes`: every enrolled node's HSM transport-key fingerprint (what custodians
+/// compare before they pin it), its HSM and whether it holds the SMK.
+pub fn nodes(a: &NodesArgs, json: bool) -> Result<u8> {
+    let s = crate::client::Session::new(&a.who)?;
+    let nodes: Vec<quill_node::keys::model::NodeRecord> = s.query_as("nodes", "")?;
+    if json {
+        let list: Vec<Value> = nodes
+            .iter()
+            .map(|n| json!({"id": n.id, "transport_fingerprint": n.fingerprint, "hsm": n.hsm, "smk": n.smk}))
+            .collect();
+        println!("{}", json!({"nodes": list}));
+    } else {
+        let mut rows = vec![vec!["NODE".into(), "TRANSPORT KEY (SHA-256 of SPKI)".into(), "SMK".into(), "HSM".into()]];
+        for n in &nodes {
+            rows.push(vec![
+                n.id.to_string(),
+                n.fingerprint.clone(),
+                format!("{:?}", n.smk).to_lowercase(),
+                n.hsm.chars().take(60).collect(),
+            ]);
+        }
+        print!("{}", crate::output::render_table(&rows));
+    }
+    Ok(crate::exit_codes::OK)
 }

@@ -319,13 +319,14 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
         // Check on arrival: structure, digest, count, and the MAC recomputed by the cluster (the
         // last endpoint first, so another node than the one that served it when there are several).
         let mac_eps: Vec<String> = endpoints.iter().rev().cloned().collect();
-        let checked = output::check_stream(stream.file_name(), &bytes, |_, d| {
+        let checked = output::check_stream_with(stream.file_name(), &bytes, |_, d, claimed| {
             s.rt().block_on(async {
                 let mut last = "no endpoint".to_string();
                 for ep in &mac_eps {
                     let mut c = jobs_client(s, ep, Duration::from_secs(30)).map_err(|e| e.to_string())?;
-                    match c.mac(MacRequest { job: job.into(), sha256: d.to_vec() }).await {
-                        Ok(r) => return r.into_inner().mac.try_into().map_err(|_| "MAC length".to_string()),
+                    let req = MacRequest { job: job.into(), sha256: d.to_vec(), mac: claimed.to_vec() };
+                    match c.mac(req).await {
+                        Ok(r) => return Ok(r.into_inner().valid),
                         Err(e) => last = client::grpc_reason(&e),
                     }
                 }

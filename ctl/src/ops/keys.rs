@@ -111,8 +111,75 @@ pub struct CeremonySubmitArgs {
     /// Refuse to submit unless the component's KCV is this (catches a mistyped component).
     #[arg(long, value_name = "KCV")]
     expect_kcv: Option<String>,
+    /// Trust (and pin) the transport keys of recipient nodes seen for the first time, without
+    /// asking. Compare their fingerprints (`quill cluster nodes`) over a channel you trust first.
+    /// A pinned key that changed is refused whatever this says.
+    #[arg(long, env = "QUILL_PIN_NEW")]
+    pin_new: bool,
     #[command(flatten)]
     who: Who,
+}
+
+/// The transport-key fingerprints a custodian has pinned, per node (`pins.json` in the identity
+/// directory): a component is sealed only to a node whose key is pinned and unchanged.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Pins {
+    nodes: std::collections::BTreeMap<u64, String>,
+}
+
+/// Check every recipient's transport key against the pins: a changed key is refused (exit 3), a
+/// new one is pinned after the custodian agrees (a terminal prompt, or `--pin-new`).
+fn check_pins(dir: &std::path::Path, recipients: &[&NodeRecord], pin_new: bool) -> Result<()> {
+    use std::io::IsTerminal as _;
+    let path = dir.join("pins.json");
+    let mut pins: Pins = match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: not a pins file", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Pins::default(),
+        Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let mut changed = false;
+    for n in recipients {
+        let fp = n.transport.fingerprint();
+        match pins.nodes.get(&n.id) {
+            Some(p) if *p == fp => {}
+            Some(p) => {
+                return Err(CliError::CheckFailed(format!(
+                    "node {}'s transport key is {fp}, but you pinned {p}: refusing to seal a component to it \
+                     (if the node was legitimately re-enrolled, remove its line from {} after checking)",
+                    n.id,
+                    path.display()
+                ))
+                .into());
+            }
+            None => {
+                let yes = if pin_new {
+                    true
+                } else if std::io::stdin().is_terminal() {
+                    eprint!("node {} presents transport key {fp} for the first time; trust it? [y/N] ", n.id);
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).context("reading the answer")?;
+                    line.trim().eq_ignore_ascii_case("y") || line.trim().eq_ignore_ascii_case("yes")
+                } else {
+                    false
+                };
+                if !yes {
+                    return Err(CliError::Refused(format!(
+                        "node {}'s transport key {fp} is not pinned: compare it with `quill cluster nodes` over a \
+                         channel you trust, then run again with --pin-new (nothing was sealed)",
+                        n.id
+                    ))
+                    .into());
+                }
+                pins.nodes.insert(n.id, fp);
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        let text = serde_json::to_string_pretty(&pins).context("encode pins")?;
+        quill_node::tls::pki::write_file(&path, text.as_bytes(), 0o600)?;
+    }
+    Ok(())
 }
 
 /// `quill ceremony submit`.
@@ -157,14 +224,21 @@ pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
         bail!("the component's KCV is {kcv}, not {want}: check the component (nothing was submitted)");
     }
     let nodes: Vec<NodeRecord> = s.query_as("nodes", "")?;
+    let recipients: Vec<&NodeRecord> = c
+        .recipients
+        .iter()
+        .map(|id| {
+            nodes
+                .iter()
+                .find(|n| n.id == *id)
+                .ok_or_else(|| anyhow!("recipient node {id} of ceremony {} is not enrolled", c.id))
+        })
+        .collect::<Result<_>>()?;
+    check_pins(&s.tls().dir, &recipients, a.pin_new)?;
     let mut sealed = Vec::new();
-    for id in &c.recipients {
-        let node = nodes
-            .iter()
-            .find(|n| n.id == *id)
-            .ok_or_else(|| anyhow!("recipient node {id} of ceremony {} is not enrolled", c.id))?;
-        let ct = node.transport.seal(&component).map_err(|e| anyhow!("sealing to node {id}: {e}"))?;
-        sealed.push(SealedCopy { node: *id, sealed: ct });
+    for node in recipients {
+        let ct = node.transport.seal(&component).map_err(|e| anyhow!("sealing to node {}: {e}", node.id))?;
+        sealed.push(SealedCopy { node: node.id, sealed: ct });
     }
     let req = CeremonySubmitRequest { caller: None, id: a.id.clone(), kcv: kcv.0.clone(), sealed };
     let detail = s.ceremony_submit(req)?;

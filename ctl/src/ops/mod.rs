@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod hotfolder;
+pub mod identity;
 pub mod issuers;
 pub mod jobs;
 pub mod keys;

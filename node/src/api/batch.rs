@@ -84,6 +84,7 @@ async fn run(id: NodeId, raft: Raft, mut rx: mpsc::Receiver<Pending>) {
                 time_ms,
                 actor: Actor::node(id),
                 audit_mac: None,
+                cert: None,
                 cmd: Command::Batch(reqs),
             };
             match raft.client_write(envelope).await {

@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The request names no caller: nobody is anonymous.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The caller has too much in flight (uploads); retry once one finished.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// The node's HSM refused or failed the operation (the message names the operation and the
     /// module, never key material).
     #[error("HSM: {0}")]
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::PermissionDenied(_) => tonic::Status::permission_denied(message),
             ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             // The device (module gone, slot dead, timeout, no healthy slot): try another node.
             ApiError::Hsm(e) if e.is_device_error() => tonic::Status::unavailable(message),
             // The request (wrong key, KCV mismatch, a TR-31 block that does not verify).

@@ -57,6 +57,13 @@ async fn metrics(State(raft): State<Raft>) -> impl IntoResponse {
         "# HELP {name} Bytes of encoded log entries appended to this node's log.\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {bytes}",
         m.id
     );
+    let name = "quill_state_divergences_total";
+    let n = crate::api::DIVERGENCES.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        body,
+        "# HELP {name} State hashes of another node that differed from this leader's at one applied index (an alarm).\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {n}",
+        m.id
+    );
     if let Some(ms) = m.millis_since_quorum_ack {
         let name = "quill_raft_millis_since_quorum_ack";
         let _ = writeln!(

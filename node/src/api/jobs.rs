@@ -18,10 +18,11 @@ use quill_proto::v1::{
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ApiError, ClusterService};
+use crate::identity::Principal;
 use crate::jobs::intake::{self, IntakeError, output_aad};
 use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
 use crate::keys::apply::{key, scan};
-use crate::keys::model::{Actor, KeyRecord, KeyState, Role};
+use crate::keys::model::{KeyRecord, KeyState, Role};
 use crate::raft::{Command, Outcome, StateMachine};
 use crate::runtime::agent::KeyAgent;
 use crate::runtime::worker::ChunkOutput;
@@ -45,6 +46,28 @@ pub struct JobsService {
     cluster: ClusterService,
     sm: StateMachine,
     agent: Option<Arc<KeyAgent>>,
+    /// Uploads in progress, by caller.
+    uploads: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// How many uploads one caller may have open.
+    uploads_per_caller: usize,
+}
+
+/// One upload slot of a caller, given back when dropped.
+struct UploadSlot {
+    uploads: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    who: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = u.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.remove(&self.who);
+            }
+        }
+    }
 }
 
 /// The newest active key with `label`.
@@ -55,13 +78,34 @@ fn active_key(kv: &dyn crate::store::Kv, label: &str) -> Result<Option<KeyRecord
 
 impl JobsService {
     /// Serve jobs over `cluster`, reading `sm`, with this node's HSM (through its agent).
-    pub fn new(cluster: ClusterService, sm: StateMachine, agent: Option<Arc<KeyAgent>>) -> Self {
-        Self { cluster, sm, agent }
+    /// Each caller may have `uploads_per_caller` uploads open at once.
+    pub fn new(
+        cluster: ClusterService,
+        sm: StateMachine,
+        agent: Option<Arc<KeyAgent>>,
+        uploads_per_caller: usize,
+    ) -> Self {
+        Self { cluster, sm, agent, uploads: Default::default(), uploads_per_caller }
     }
 
-    /// The tonic server.
-    pub fn into_server(self) -> JobsServer<Self> {
-        JobsServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    /// The tonic server; one request message (one upload part) is at most `max_request_bytes`.
+    pub fn into_server(self, max_request_bytes: usize) -> JobsServer<Self> {
+        JobsServer::new(self).max_decoding_message_size(max_request_bytes).max_encoding_message_size(64 << 20)
+    }
+
+    /// An upload slot for `who`, or a refusal when it has as many open as allowed.
+    fn upload_slot(&self, who: &Principal) -> ApiResult<UploadSlot> {
+        let key = who.actor.to_string();
+        let mut u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let n = u.entry(key.clone()).or_insert(0);
+        if *n >= self.uploads_per_caller {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{} already has {n} uploads open (at most {} at once); wait for one to finish",
+                who.actor, self.uploads_per_caller
+            )));
+        }
+        *n += 1;
+        Ok(UploadSlot { uploads: self.uploads.clone(), who: key })
     }
 
     fn hsm(&self) -> ApiResult<Arc<dyn Hsm>> {
@@ -78,9 +122,9 @@ impl JobsService {
         self.sm.read(f).await.map_err(|e| ApiError::Internal(e.to_string()))
     }
 
-    async fn propose(&self, client: &str, serial: &mut u64, actor: &Actor, cmd: JobCommand) -> ApiResult<String> {
+    async fn propose(&self, client: &str, serial: &mut u64, who: &Principal, cmd: JobCommand) -> ApiResult<String> {
         *serial += 1;
-        let resp = self.cluster.submit(client, *serial, actor.clone(), Command::Jobs(cmd)).await?;
+        let resp = self.cluster.submit_as(client, *serial, who, Command::Jobs(cmd)).await?;
         match resp.outcome {
             Outcome::Done { detail, .. } => Ok(detail),
             Outcome::Rejected { reason } => Err(ApiError::Precondition(reason)),
@@ -88,11 +132,13 @@ impl JobsService {
         }
     }
 
-    async fn submit(&self, mut parts: Streaming<SubmitPart>) -> ApiResult<SubmitResponse> {
+    async fn submit(&self, who: Principal, mut parts: Streaming<SubmitPart>) -> ApiResult<SubmitResponse> {
+        let _slot = self.upload_slot(&who)?;
         let broke = |s: Status| ApiError::BadRequest(format!("the upload broke off: {}", s.message()));
         let first =
             parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
-        let (caller, actor) = super::client_caller(first.caller.clone())?;
+        let caller = super::client_caller(first.caller.clone())?;
+        let actor = &who.actor;
         if !matches!(actor.role, Role::Operator | Role::Admin) {
             return Err(ApiError::PermissionDenied(format!(
                 "{actor} may not submit jobs (needs role operator or admin)"
@@ -156,17 +202,17 @@ impl JobsService {
             force: first.force,
             retention_ms: u64::from(first.retention_hours) * 3_600_000,
         };
-        self.propose(&client, &mut serial, &actor, create).await?;
+        self.propose(&client, &mut serial, &who, create).await?;
         let upload = async {
             for (n, cards, s) in sealed {
-                self.propose(&client, &mut serial, &actor, JobCommand::Input { id: id.clone(), n, cards, sealed: s })
+                self.propose(&client, &mut serial, &who, JobCommand::Input { id: id.clone(), n, cards, sealed: s })
                     .await?;
             }
-            self.propose(&client, &mut serial, &actor, JobCommand::Start { id: id.clone() }).await
+            self.propose(&client, &mut serial, &who, JobCommand::Start { id: id.clone() }).await
         };
         if let Err(e) = upload.await {
             // Leave nothing behind.
-            let _ = self.propose(&client, &mut serial, &actor, JobCommand::Abort { id: id.clone() }).await;
+            let _ = self.propose(&client, &mut serial, &who, JobCommand::Abort { id: id.clone() }).await;
             return Err(e);
         }
         Ok(SubmitResponse { job: id, records: records_n, chunks, skipped })
@@ -185,7 +231,7 @@ impl JobsService {
     }
 
     /// One output stream of a done job, framed and MACed.
-    async fn fetch(&self, req: FetchRequest) -> ApiResult<Vec<u8>> {
+    async fn fetch(&self, caller: &crate::identity::Actor, req: FetchRequest) -> ApiResult<Vec<u8>> {
         let stream = match req.stream.as_str() {
             "cards" => Stream::Cards,
             "pin-mailers" => Stream::PinMailers,
@@ -195,6 +241,7 @@ impl JobsService {
             }
         };
         let j = self.job(&req.job).await?;
+        jobs::owned_by(caller, &j).map_err(ApiError::PermissionDenied)?;
         if j.state != JobState::Done {
             return Err(ApiError::Precondition(format!("job {} is {}, not done", j.id, j.state.as_str())));
         }
@@ -244,8 +291,9 @@ impl JobsService {
         .map_err(|e| ApiError::Precondition(format!("assembling the output: {e}")))
     }
 
-    async fn mac(&self, req: MacRequest) -> ApiResult<MacResponse> {
+    async fn mac(&self, caller: &crate::identity::Actor, req: MacRequest) -> ApiResult<MacResponse> {
         let j = self.job(&req.job).await?;
+        jobs::owned_by(caller, &j).map_err(ApiError::PermissionDenied)?;
         let mac = self.mac_key(&j.mac_key).await?;
         let digest: [u8; 32] =
             req.sha256.as_slice().try_into().map_err(|_| ApiError::BadRequest("sha256 must be 32 bytes".into()))?;
@@ -254,45 +302,48 @@ impl JobsService {
         let m = tokio::task::spawn_blocking(move || hsm.hmac_sha256(&wrapped, &digest))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Precondition(format!("sealing the input: {e}")))?;
-        Ok(MacResponse { mac: m.to_vec(), key_label: mac.label, key_kcv: mac.kcv.to_string() })
+            .map_err(|e| ApiError::Precondition(format!("computing the MAC: {e}")))?;
+        // Compared without an early exit: the answer says only yes or no.
+        let valid = m.len() == req.mac.len() && m.iter().zip(&req.mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        Ok(MacResponse { valid, key_label: mac.label, key_kcv: mac.kcv.to_string() })
     }
 }
 
 #[tonic::async_trait]
 impl jobs_server::Jobs for JobsService {
     async fn submit(&self, request: Request<Streaming<SubmitPart>>) -> Result<Response<SubmitResponse>, Status> {
-        Ok(Response::new(self.submit(request.into_inner()).await?))
+        let (who, parts) = super::principal(request)?;
+        Ok(Response::new(self.submit(who, parts).await?))
     }
 
     type FetchStream = tokio_stream::Iter<std::vec::IntoIter<Result<FetchPart, Status>>>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
-        // Output holds cardholder data: operators (and admins) only.
-        crate::domain::require_role(&super::caller_of(&request)?, &[Role::Operator, Role::Admin])
-            .map_err(ApiError::PermissionDenied)?;
-        let bytes = self.fetch(request.into_inner()).await?;
+        // Output holds cardholder data: operators (and admins) only, and only the job's submitter.
+        let caller = super::caller_of(&request)?;
+        crate::domain::require_role(&caller, &[Role::Operator, Role::Admin]).map_err(ApiError::PermissionDenied)?;
+        let bytes = self.fetch(&caller, request.into_inner()).await?;
         let parts: Vec<Result<FetchPart, Status>> =
             bytes.chunks(1 << 20).map(|c| Ok(FetchPart { data: c.to_vec() })).collect();
         Ok(Response::new(tokio_stream::iter(parts)))
     }
 
     async fn mac(&self, request: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
-        crate::domain::require_role(&super::caller_of(&request)?, &[Role::Operator, Role::Admin])
-            .map_err(ApiError::PermissionDenied)?;
-        Ok(Response::new(self.mac(request.into_inner()).await?))
+        let caller = super::caller_of(&request)?;
+        crate::domain::require_role(&caller, &[Role::Operator, Role::Admin]).map_err(ApiError::PermissionDenied)?;
+        Ok(Response::new(self.mac(&caller, request.into_inner()).await?))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let delivered = r.delivered.into_iter().map(|d| (d.stream, d.sha256)).collect();
         let cmd = Command::Jobs(JobCommand::Ack { id: r.job, delivered });
-        Ok(Response::new(self.cluster.write_for(r.caller, cmd).await?))
+        Ok(Response::new(self.cluster.write_for(who, r.caller, cmd).await?))
     }
 
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let cmd = Command::Jobs(JobCommand::Cancel { id: r.job });
-        Ok(Response::new(self.cluster.write_for(r.caller, cmd).await?))
+        Ok(Response::new(self.cluster.write_for(who, r.caller, cmd).await?))
     }
 }

@@ -12,13 +12,14 @@ use quill_proto::v1::{
     ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
     AuditVerifyResponse, CaImportRequest, Caller, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
     ExportTr31Request, ExportTr31Response, GenerateKeyRequest, ImportTr31Request, IssuerCertImportRequest, KeyResponse,
-    KeyStateRequest, QueryRequest, QueryResponse, WriteResult,
+    KeyStateRequest, QueryRequest, QueryResponse, RevokeCertRequest, WriteResult,
 };
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, ClusterService};
 use crate::audit;
+use crate::identity::Principal;
 use crate::keys::KeyCommand;
 use crate::keys::apply::issuers::{self, CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
 use crate::keys::apply::{key, read, scan};
@@ -47,8 +48,8 @@ impl KeysService {
     }
 
     /// The tonic server of this service.
-    pub fn into_server(self) -> KeysServer<Self> {
-        KeysServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    pub fn into_server(self, max_request_bytes: usize) -> KeysServer<Self> {
+        KeysServer::new(self).max_decoding_message_size(max_request_bytes).max_encoding_message_size(64 << 20)
     }
 
     fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
@@ -57,8 +58,8 @@ impl KeysService {
             .ok_or_else(|| ApiError::Precondition("this node has no HSM configured ([[hsm]] in its config)".into()))
     }
 
-    fn caller(c: Option<Caller>) -> ApiResult<(Caller, Actor)> {
-        super::client_caller(c)
+    fn caller(who: Principal, c: Option<Caller>) -> ApiResult<(Caller, Principal)> {
+        Ok((super::client_caller(c)?, who))
     }
 
     async fn state<T: Send + 'static>(
@@ -68,16 +69,9 @@ impl KeysService {
         self.sm.read(f).await.map_err(|e| ApiError::Internal(e.to_string()))
     }
 
-    async fn query(&self, caller: &Actor, req: QueryRequest) -> ApiResult<QueryResponse> {
-        if req.linearizable
-            && let Some(forward) = self.cluster.linearize(req.hops).await?
-        {
-            let mut client = quill_proto::v1::keys_client::KeysClient::new(forward);
-            let mut forwarded = Request::new(QueryRequest { hops: req.hops + 1, ..req });
-            let who =
-                caller.to_string().parse().map_err(|_| ApiError::Internal("caller is not metadata text".into()))?;
-            forwarded.metadata_mut().insert(super::ACTOR_METADATA, who);
-            return client.query(forwarded).await.map(Response::into_inner).map_err(ApiError::Forwarded);
+    async fn query(&self, req: QueryRequest) -> ApiResult<QueryResponse> {
+        if req.linearizable {
+            self.cluster.linearize().await?;
         }
         let id = req.id.clone();
         let what = req.what.clone();
@@ -94,6 +88,7 @@ impl KeysService {
                     "key" => to(serde_json::to_value(read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))?)),
                     "approval" => to(serde_json::to_value(read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))?)),
                     "cas" => to(serde_json::to_value(scan::<CaKeyRecord>(kv, issuers::CA)?)),
+                    "revoked" => to(serde_json::to_value(crate::keys::apply::revocations(kv)?)),
                     "issuers" => to(serde_json::to_value(scan::<IssuerKeyRecord>(kv, issuers::ISSUER)?)),
                     "issuer" => {
                         to(serde_json::to_value(read::<IssuerKeyRecord>(kv, &format!("{}{id}", issuers::ISSUER))?))
@@ -128,8 +123,8 @@ impl KeysService {
 
     /// Propose a key command as `caller`, wait until this node applied it, and return the
     /// created key's record.
-    async fn create(&self, caller: Caller, actor: Actor, cmd: KeyCommand) -> ApiResult<KeyResponse> {
-        let resp = self.cluster.submit(&caller.client_id, caller.serial, actor, Command::Keys(cmd)).await?;
+    async fn create(&self, caller: Caller, who: &Principal, cmd: KeyCommand) -> ApiResult<KeyResponse> {
+        let resp = self.cluster.submit_as(&caller.client_id, caller.serial, who, Command::Keys(cmd)).await?;
         let object = match resp.outcome {
             Outcome::Done { object, .. } => object,
             Outcome::Rejected { reason } => return Err(ApiError::Precondition(reason)),
@@ -166,11 +161,12 @@ impl KeysService {
         Ok(())
     }
 
-    async fn generate(&self, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
-        let (caller, actor) = Self::caller(req.caller.clone())?;
+    async fn generate(&self, who: Principal, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
+        let (caller, who) = Self::caller(who, req.caller.clone())?;
+        let actor = who.actor.clone();
         let usage: Usage = req.usage.parse().map_err(ApiError::BadRequest)?;
         if usage == Usage::S0 || req.alg.eq_ignore_ascii_case("rsa") {
-            return self.generate_issuer(caller, actor, req).await;
+            return self.generate_issuer(caller, &who, req).await;
         }
         let alg: KeyAlg = req.alg.parse().map_err(ApiError::BadRequest)?;
         if !usage.allows(alg) {
@@ -194,12 +190,18 @@ impl KeysService {
             wrapped,
             active: req.active,
         };
-        self.create(caller, actor, cmd).await
+        self.create(caller, &who, cmd).await
     }
 
     /// An issuer RSA key pair (usage S0, alg `rsa`, `rsa_bits`, `rsa_exponent`) generated in this
     /// node's HSM; the private key is proposed only wrapped under the SMK.
-    async fn generate_issuer(&self, caller: Caller, actor: Actor, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
+    async fn generate_issuer(
+        &self,
+        caller: Caller,
+        who: &Principal,
+        req: GenerateKeyRequest,
+    ) -> ApiResult<KeyResponse> {
+        let actor = &who.actor;
         if !req.alg.eq_ignore_ascii_case("rsa") || req.usage != "S0" {
             return Err(ApiError::BadRequest("an issuer key pair is usage S0 with alg rsa".into()));
         }
@@ -224,7 +226,7 @@ impl KeysService {
             key,
             origin: Origin::Generated { node: self.cluster.node_id() },
         };
-        let resp = self.cluster.submit(&caller.client_id, caller.serial, actor, Command::Keys(cmd)).await?;
+        let resp = self.cluster.submit_as(&caller.client_id, caller.serial, who, Command::Keys(cmd)).await?;
         if let Outcome::Rejected { reason } = resp.outcome {
             return Err(ApiError::Precondition(reason));
         }
@@ -237,8 +239,9 @@ impl KeysService {
         Ok(KeyResponse { json, log_index: resp.log_index })
     }
 
-    async fn import_tr31(&self, req: ImportTr31Request) -> ApiResult<KeyResponse> {
-        let (caller, actor) = Self::caller(req.caller)?;
+    async fn import_tr31(&self, who: Principal, req: ImportTr31Request) -> ApiResult<KeyResponse> {
+        let (caller, who) = Self::caller(who, req.caller)?;
+        let actor = who.actor.clone();
         if actor.role != Role::Admin {
             return Err(ApiError::PermissionDenied(format!("{actor} may not import keys (needs role admin)")));
         }
@@ -278,11 +281,11 @@ impl KeysService {
             wrapped,
             active: req.active,
         };
-        self.create(caller, actor, cmd).await
+        self.create(caller, &who, cmd).await
     }
 
-    async fn export_tr31(&self, req: ExportTr31Request) -> ApiResult<ExportTr31Response> {
-        let (caller, actor) = Self::caller(req.caller)?;
+    async fn export_tr31(&self, who: Principal, req: ExportTr31Request) -> ApiResult<ExportTr31Response> {
+        let (caller, who) = Self::caller(who, req.caller)?;
         let approval_id = req.approval.clone();
         let (approval, keys) = self
             .state(move |kv| {
@@ -319,10 +322,10 @@ impl KeysService {
             .map_err(hsm_error)?;
         let resp = self
             .cluster
-            .submit(
+            .submit_as(
                 &caller.client_id,
                 caller.serial,
-                actor,
+                &who,
                 Command::Keys(KeyCommand::ExportDone { approval: approval.id }),
             )
             .await?;
@@ -375,20 +378,24 @@ fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
 #[tonic::async_trait]
 impl keys_server::Keys for KeysService {
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        let caller = super::caller_of(&request)?;
-        Ok(Response::new(self.query(&caller, request.into_inner()).await?))
+        // Every role may read the inventory's public records (no key value is in them).
+        let (_, req) = super::principal(request)?;
+        Ok(Response::new(self.query(req).await?))
     }
 
     async fn generate(&self, request: Request<GenerateKeyRequest>) -> Result<Response<KeyResponse>, Status> {
-        Ok(Response::new(self.generate(request.into_inner()).await?))
+        let (who, req) = super::principal(request)?;
+        Ok(Response::new(self.generate(who, req).await?))
     }
 
     async fn import_tr31(&self, request: Request<ImportTr31Request>) -> Result<Response<KeyResponse>, Status> {
-        Ok(Response::new(self.import_tr31(request.into_inner()).await?))
+        let (who, req) = super::principal(request)?;
+        Ok(Response::new(self.import_tr31(who, req).await?))
     }
 
     async fn export_tr31(&self, request: Request<ExportTr31Request>) -> Result<Response<ExportTr31Response>, Status> {
-        Ok(Response::new(self.export_tr31(request.into_inner()).await?))
+        let (who, req) = super::principal(request)?;
+        Ok(Response::new(self.export_tr31(who, req).await?))
     }
 
     async fn audit_tail(&self, request: Request<AuditTailRequest>) -> Result<Response<AuditTailResponse>, Status> {
@@ -403,7 +410,7 @@ impl keys_server::Keys for KeysService {
     }
 
     async fn ceremony_start(&self, request: Request<CeremonyStartRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let target = if r.smk {
             CeremonyTarget::Smk
         } else {
@@ -416,44 +423,49 @@ impl keys_server::Keys for KeysService {
         };
         let components =
             u8::try_from(r.components).map_err(|_| bad(format!("components {} is not 2-9", r.components)))?;
-        self.write(r.caller, KeyCommand::CeremonyStart { id: r.id, target, components }).await
+        self.write(who, r.caller, KeyCommand::CeremonyStart { id: r.id, target, components }).await
     }
 
     async fn ceremony_submit(&self, request: Request<CeremonySubmitRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let sealed = r.sealed.into_iter().map(|c| (c.node, SealedComponent(c.sealed))).collect();
-        self.write(r.caller, KeyCommand::CeremonySubmit { id: r.id, kcv: Kcv(r.kcv), sealed }).await
+        self.write(who, r.caller, KeyCommand::CeremonySubmit { id: r.id, kcv: Kcv(r.kcv), sealed }).await
     }
 
     async fn ceremony_cancel(&self, request: Request<CeremonyCancelRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
-        self.write(r.caller, KeyCommand::CeremonyCancel { id: r.id }).await
+        let (who, r) = super::principal(request)?;
+        self.write(who, r.caller, KeyCommand::CeremonyCancel { id: r.id }).await
     }
 
     async fn set_key_state(&self, request: Request<KeyStateRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
-        self.write(r.caller, KeyCommand::KeySetState { id: r.key, state: parse_field("state", &r.state)? }).await
+        let (who, r) = super::principal(request)?;
+        self.write(who, r.caller, KeyCommand::KeySetState { id: r.key, state: parse_field("state", &r.state)? }).await
     }
 
     async fn approval_ask(&self, request: Request<ApprovalAskRequest>) -> Result<Response<WriteResult>, Status> {
         use quill_proto::v1::approval_ask_request::Action;
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let action = match r.action.ok_or_else(|| bad("action is missing".into()))? {
             Action::SmkToNode(node) => ApprovalAction::SmkToNode { node },
             Action::Export(e) => ApprovalAction::Export { key: e.key, kbpk: e.kbpk },
             Action::Destroy(key) => ApprovalAction::Destroy { key },
         };
         let ttl_ms = u64::from(r.ttl_hours) * 3_600_000;
-        self.write(r.caller, KeyCommand::ApprovalRequest { id: r.id, action, ttl_ms }).await
+        self.write(who, r.caller, KeyCommand::ApprovalRequest { id: r.id, action, ttl_ms }).await
     }
 
     async fn approval_decide(&self, request: Request<ApprovalDecideRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
-        self.write(r.caller, KeyCommand::ApprovalDecide { id: r.id, grant: r.grant }).await
+        let (who, r) = super::principal(request)?;
+        self.write(who, r.caller, KeyCommand::ApprovalDecide { id: r.id, grant: r.grant }).await
+    }
+
+    async fn revoke_cert(&self, request: Request<RevokeCertRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        self.write(who, r.caller, KeyCommand::RevokeCert { serial: r.serial, reason: r.reason }).await
     }
 
     async fn ca_import(&self, request: Request<CaImportRequest>) -> Result<Response<WriteResult>, Status> {
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let index = u8::try_from(r.index).map_err(|_| bad(format!("index {} is not one byte", r.index)))?;
         let cmd = KeyCommand::CaKeyImport {
             rid: r.rid,
@@ -462,7 +474,7 @@ impl keys_server::Keys for KeysService {
             exponent: r.exponent,
             checksum: r.checksum,
         };
-        self.write(r.caller, cmd).await
+        self.write(who, r.caller, cmd).await
     }
 
     async fn issuer_cert_import(
@@ -470,7 +482,7 @@ impl keys_server::Keys for KeysService {
         request: Request<IssuerCertImportRequest>,
     ) -> Result<Response<WriteResult>, Status> {
         use quill_proto::v1::issuer_cert_import_request::Source;
-        let r = request.into_inner();
+        let (who, r) = super::principal(request)?;
         let source = match r.source.ok_or_else(|| bad("source is missing".into()))? {
             Source::File(f) => issuers::CertSource::File { layout: f.layout, bytes: f.bytes },
             Source::Tags(t) => issuers::CertSource::Tags {
@@ -483,14 +495,19 @@ impl keys_server::Keys for KeysService {
             },
         };
         let key = (!r.key.is_empty()).then_some(r.key);
-        self.write(r.caller, KeyCommand::IssuerCertImport { source, key }).await
+        self.write(who, r.caller, KeyCommand::IssuerCertImport { source, key }).await
     }
 }
 
 impl KeysService {
     /// A typed key-management write: the caller checked, the command validated and proposed.
-    async fn write(&self, caller: Option<Caller>, cmd: KeyCommand) -> Result<Response<WriteResult>, Status> {
-        Ok(Response::new(self.cluster.write_for(caller, Command::Keys(cmd)).await?))
+    async fn write(
+        &self,
+        who: Principal,
+        caller: Option<Caller>,
+        cmd: KeyCommand,
+    ) -> Result<Response<WriteResult>, Status> {
+        Ok(Response::new(self.cluster.write_for(who, caller, Command::Keys(cmd)).await?))
     }
 }
 

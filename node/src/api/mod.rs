@@ -1,9 +1,14 @@
 //! The client API: the `quill.v1.Cluster` gRPC service ([`ClusterService`]) and the HTTP
 //! endpoint for health and metrics ([`http`]).
 //!
-//! Writes and linearizable reads are served by the leader. A follower forwards them to the
-//! leader's API address (at most [`MAX_HOPS`] times, so a request cannot circle while leadership
-//! moves). Membership calls are not forwarded: a follower answers `NotLeader` with the leader's
+//! Writes are served by the leader: a follower forwards them to the leader's Raft port (mutual TLS
+//! between nodes; at most [`MAX_HOPS`] times, so a request cannot circle while leadership moves),
+//! carrying the caller its own API port authenticated. A linearizable read on a follower asks the
+//! leader for a read index over the same port, waits until it applied that index, and reads
+//! locally (no read is forwarded under another identity).
+//!
+//! Every call's caller is the identity its client certificate names ([`authenticator`]); no
+//! request field can claim one. Membership calls are not forwarded: a follower answers `NotLeader` with the leader's
 //! address in the message and in the `x-quill-leader` metadata. Every error leaves through
 //! [`ApiError::into_status`].
 
@@ -21,23 +26,23 @@ use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
 use openraft::{ServerState, StoredMembership};
-use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::cluster_server::{self, ClusterServer};
 use quill_proto::v1::raft_client::RaftClient;
 use quill_proto::v1::{
     AddLearnerRequest, BenchGetRequest, BenchGetResponse, BenchPutRequest, BenchPutResponse, Caller,
     ChangeMembershipRequest, InitRequest, InitResponse, MembershipResponse, NodeInfo, NodeStatus, RaftPayload,
-    StatusRequest, StatusResponse, WriteResult,
+    StatusRequest, StatusResponse, TlsLink, WriteResult,
 };
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use self::error::{ApiError, LEADER_METADATA, MAX_HOPS};
-use crate::identity::{Actor, Role};
-use crate::network::{ForwardHandler, Raft, lazy_channel};
+use crate::identity::{Actor, CertRef, Principal, Role};
+use crate::network::{ForwardHandler, Raft};
 use crate::raft::{Command, NodeAddr, NodeId, Outcome, StateMachine, encode_command};
 use crate::runtime::agent::KeyAgent;
+use crate::tls::{Identity, Links, PeerCert, Revocations};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -61,8 +66,14 @@ struct Inner {
     boot_ms: u64,
     /// The agent's next serial.
     agent_serial: std::sync::atomic::AtomicU64,
-    /// Channels to other nodes' API addresses, for forwarding.
-    peers: Mutex<HashMap<String, Channel>>,
+    /// Channels to other nodes' Raft ports, for forwarding writes and asking read indexes.
+    peers: Mutex<HashMap<(NodeId, String), Channel>>,
+    /// This node's TLS client configuration towards its peers.
+    peer_tls: Arc<rustls::ClientConfig>,
+    /// What each outgoing link negotiated.
+    links: Links,
+    /// The last divergence this node (as leader) found, for Status.
+    divergence: Mutex<String>,
 }
 
 impl ClusterService {
@@ -74,6 +85,8 @@ impl ClusterService {
         agent: Option<Arc<KeyAgent>>,
         write_timeout: Duration,
         connect_timeout: Duration,
+        peer_tls: Arc<rustls::ClientConfig>,
+        links: Links,
     ) -> Self {
         let batcher = batch::spawn(id, raft.clone());
         let inner = Inner {
@@ -87,6 +100,9 @@ impl ClusterService {
             boot_ms: now_ms(),
             agent_serial: std::sync::atomic::AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
+            peer_tls,
+            links,
+            divergence: Mutex::new(String::new()),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -110,17 +126,44 @@ impl ClusterService {
         actor: Actor,
         cmd: Command,
     ) -> ApiResult<crate::raft::Response> {
-        let w = Forwarded { client_id: client_id.to_string(), serial, actor, cmd, hops: 0 };
+        let w = Forwarded { client_id: client_id.to_string(), serial, actor, cert: None, cmd, hops: 0 };
         self.inner.write(w, false).await
     }
 
-    /// Propose a client's typed write: the caller's identity and (client id, serial) from
-    /// `caller`, refused if anonymous or claiming the node role. A state-machine refusal becomes
-    /// an error status ([`refusal`]).
-    pub async fn write_for(&self, caller: Option<Caller>, cmd: Command) -> ApiResult<WriteResult> {
-        let (caller, actor) = client_caller(caller)?;
+    /// Propose `cmd` as the authenticated caller `who` with (`client_id`, `serial`), through the
+    /// leader. The caller built `cmd` on this node.
+    pub async fn submit_as(
+        &self,
+        client_id: &str,
+        serial: u64,
+        who: &Principal,
+        cmd: Command,
+    ) -> ApiResult<crate::raft::Response> {
+        let w = Forwarded {
+            client_id: client_id.to_string(),
+            serial,
+            actor: who.actor.clone(),
+            cert: Some(who.cert.clone()),
+            cmd,
+            hops: 0,
+        };
+        self.inner.write(w, false).await
+    }
+
+    /// Propose a client's typed write as `who` (from its certificate) with the (client id,
+    /// serial) of `caller`. A state-machine refusal becomes an error status ([`refusal`]).
+    pub async fn write_for(&self, who: Principal, caller: Option<Caller>, cmd: Command) -> ApiResult<WriteResult> {
+        let caller = client_caller(caller)?;
         crate::state::validate::client_command(&cmd).map_err(ApiError::BadRequest)?;
-        let r = self.submit(&caller.client_id, caller.serial, actor, cmd).await?;
+        let w = Forwarded {
+            client_id: caller.client_id,
+            serial: caller.serial,
+            actor: who.actor,
+            cert: Some(who.cert),
+            cmd,
+            hops: 0,
+        };
+        let r = self.inner.write(w, false).await?;
         match r.outcome {
             Outcome::Done { object, detail } => {
                 Ok(WriteResult { log_index: r.log_index, duplicate: r.duplicate, object, detail })
@@ -130,19 +173,18 @@ impl ClusterService {
         }
     }
 
-    /// Make a read linearizable: `None` when this node is the leader and confirmed it (read
-    /// locally), or a channel to the leader to forward the read to.
-    pub async fn linearize(&self, hops: u32) -> ApiResult<Option<Channel>> {
+    /// Make a local read linearizable: on the leader, confirm leadership; on a follower, ask the
+    /// leader (over the Raft port) for its read index and wait until this node applied it.
+    pub async fn linearize(&self) -> ApiResult<()> {
         match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => Ok(None),
+            Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                if hops >= MAX_HOPS {
-                    return Err(ApiError::TooManyHops(hops + 1));
-                }
-                match (&f.leader_id, &f.leader_node) {
-                    (Some(id), Some(node)) if *id != self.inner.id => self.inner.peer_channel(&node.api_addr).map(Some),
-                    _ => Err(not_leader(&f)),
-                }
+                let mut client = self.inner.forward_target(&f, 0)?;
+                let data = postcard::to_stdvec(&PeerCall::ReadIndex).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let reply = client.forward(RaftPayload { data }).await.map_err(forwarded_error)?.into_inner();
+                let index: u64 = postcard::from_bytes(&reply.data)
+                    .map_err(|e| ApiError::Internal(format!("the leader's read index does not decode: {e}")))?;
+                self.wait_applied(index, self.inner.write_timeout).await
             }
             Err(e) => Err(leader_check_error(e)),
         }
@@ -160,26 +202,30 @@ impl ClusterService {
     }
 
     /// The tonic server of this service.
-    pub fn into_server(self) -> ClusterServer<Self> {
-        ClusterServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    pub fn into_server(self, max_request_bytes: usize) -> ClusterServer<Self> {
+        ClusterServer::new(self).max_decoding_message_size(max_request_bytes).max_encoding_message_size(64 << 20)
     }
 }
 
 impl Inner {
-    /// A client of the Cluster service at `api_addr`, reusing one lazy channel per address.
-    fn peer(&self, api_addr: &str) -> ApiResult<ClusterClient<Channel>> {
-        self.peer_channel(api_addr)
-            .map(|c| ClusterClient::new(c).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
-    }
-
-    /// One lazy channel per peer API address.
-    fn peer_channel(&self, api_addr: &str) -> ApiResult<Channel> {
+    /// One lazy mutual-TLS channel per peer Raft port; the peer must present node `id`'s
+    /// certificate.
+    fn peer_channel(&self, id: NodeId, raft_addr: &str) -> ApiResult<Channel> {
         let mut peers = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(channel) = peers.get(api_addr) {
+        let k = (id, raft_addr.to_string());
+        if let Some(channel) = peers.get(&k) {
             return Ok(channel.clone());
         }
-        let channel = lazy_channel(api_addr, self.connect_timeout).map_err(ApiError::Unavailable)?;
-        peers.insert(api_addr.to_string(), channel.clone());
+        let channel = crate::tls::channel(
+            raft_addr,
+            self.peer_tls.clone(),
+            self.connect_timeout,
+            None,
+            Some(id),
+            self.links.clone(),
+        )
+        .map_err(ApiError::Unavailable)?;
+        peers.insert(k, channel.clone());
         Ok(channel)
     }
 
@@ -191,23 +237,8 @@ impl Inner {
         }
         match (&f.leader_id, &f.leader_node) {
             (Some(id), Some(node)) if *id != self.id => self
-                .peer_channel(&node.raft_addr)
+                .peer_channel(*id, &node.raft_addr)
                 .map(|c| RaftClient::new(c).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)),
-            _ => Err(not_leader(f)),
-        }
-    }
-
-    /// The leader's client API, for forwarding a linearizable read.
-    fn forward_api_target(
-        &self,
-        f: &ForwardToLeader<NodeId, NodeAddr>,
-        hops: u32,
-    ) -> ApiResult<ClusterClient<Channel>> {
-        if hops >= MAX_HOPS {
-            return Err(ApiError::TooManyHops(hops + 1));
-        }
-        match (&f.leader_id, &f.leader_node) {
-            (Some(id), Some(node)) if *id != self.id => self.peer(&node.api_addr),
             _ => Err(not_leader(f)),
         }
     }
@@ -227,7 +258,7 @@ impl Inner {
         }
         // The leader MACs the request digest with the audit key before proposing it.
         let audit_mac = if self.raft.metrics().borrow().state == ServerState::Leader
-            && !matches!(w.cmd, Command::Noop | Command::AuditSeal { .. })
+            && !matches!(w.cmd, Command::Noop | Command::HashCheck | Command::AuditSeal { .. })
         {
             match &self.agent {
                 Some(agent) => {
@@ -245,6 +276,7 @@ impl Inner {
             serial: w.serial,
             time_ms: now_ms(),
             actor: w.actor.clone(),
+            cert: w.cert.clone(),
             audit_mac,
             cmd: w.cmd.clone(),
         };
@@ -260,7 +292,7 @@ impl Inner {
             Ok(Ok(Ok(resp))) => Ok(resp),
             Ok(Ok(Err(batch::WriteFail::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))))) => {
                 let mut client = self.forward_target(&f, w.hops)?;
-                let forwarded = Forwarded { hops: w.hops + 1, ..w };
+                let forwarded = PeerCall::Write(Forwarded { hops: w.hops + 1, ..w });
                 let data = postcard::to_stdvec(&forwarded).map_err(|e| ApiError::Internal(e.to_string()))?;
                 let reply = client.forward(RaftPayload { data }).await.map_err(forwarded_error)?.into_inner();
                 postcard::from_bytes(&reply.data)
@@ -274,28 +306,23 @@ impl Inner {
     async fn bench_get(&self, req: BenchGetRequest) -> ApiResult<BenchGetResponse> {
         // The raw read serves the benchmark's key space only; the domains answer typed queries.
         crate::state::validate::bench_key(&req.key).map_err(ApiError::PermissionDenied)?;
-        if req.linearizable {
-            match self.raft.ensure_linearizable().await {
-                Ok(_) => {}
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    let mut client = self.forward_api_target(&f, req.hops)?;
-                    let forwarded = BenchGetRequest { hops: req.hops + 1, ..req };
-                    return client.bench_get(forwarded).await.map(Response::into_inner).map_err(forwarded_error);
-                }
-                Err(e) => return Err(leader_check_error(e)),
-            }
-        }
         let applied_index = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
         let value = self.sm.get(&req.key).await.map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(BenchGetResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index })
     }
 
-    async fn bench_put(&self, req: BenchPutRequest) -> ApiResult<BenchPutResponse> {
-        let caller = Caller { client_id: req.client_id, serial: req.serial, actor: req.actor };
-        let (caller, actor) = client_caller(Some(caller))?;
+    async fn bench_put(&self, who: Principal, req: BenchPutRequest) -> ApiResult<BenchPutResponse> {
+        let caller = client_caller(Some(Caller { client_id: req.client_id, serial: req.serial }))?;
         let cmd = Command::Put { key: req.key, value: req.value };
         crate::state::validate::client_command(&cmd).map_err(ApiError::BadRequest)?;
-        let w = Forwarded { client_id: caller.client_id, serial: caller.serial, actor, cmd, hops: 0 };
+        let w = Forwarded {
+            client_id: caller.client_id,
+            serial: caller.serial,
+            actor: who.actor,
+            cert: Some(who.cert),
+            cmd,
+            hops: 0,
+        };
         let r = self.write(w, false).await?;
         match r.outcome {
             Outcome::Put { replaced } => {
@@ -340,6 +367,13 @@ impl Inner {
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             membership_index: membership_index(&m.membership_config),
             hsm: self.agent.as_ref().map(|a| a.status_json().to_string()).unwrap_or_default(),
+            tls_links: self
+                .links
+                .snapshot()
+                .into_iter()
+                .map(|(peer, l)| TlsLink { peer, protocol: l.protocol, suite: l.suite, group: l.group })
+                .collect(),
+            divergence: self.divergence.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         })
     }
 
@@ -495,32 +529,136 @@ impl crate::runtime::agent::Proposer for ClusterService {
 #[tonic::async_trait]
 impl cluster_server::Cluster for ClusterService {
     async fn bench_put(&self, request: Request<BenchPutRequest>) -> Result<Response<BenchPutResponse>, Status> {
-        Ok(Response::new(self.inner.bench_put(request.into_inner()).await?))
+        let (who, req) = principal(request)?;
+        Ok(Response::new(self.inner.bench_put(who, req).await?))
     }
 
     async fn bench_get(&self, request: Request<BenchGetRequest>) -> Result<Response<BenchGetResponse>, Status> {
-        Ok(Response::new(self.inner.bench_get(request.into_inner()).await?))
+        let (_, req) = principal(request)?;
+        if req.linearizable {
+            self.linearize().await?;
+        }
+        Ok(Response::new(self.inner.bench_get(req).await?))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        principal(request)?;
         Ok(Response::new(StatusResponse { node: Some(self.inner.status().await?) }))
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
-        self.inner.init(request.into_inner()).await?;
+        let req = admin(request)?;
+        self.inner.init(req).await?;
         Ok(Response::new(InitResponse {}))
     }
 
     async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        Ok(Response::new(self.inner.add_learner(request.into_inner()).await?))
+        let req = admin(request)?;
+        Ok(Response::new(self.inner.add_learner(req).await?))
     }
 
     async fn change_membership(
         &self,
         request: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        Ok(Response::new(self.inner.change_membership(request.into_inner()).await?))
+        let req = admin(request)?;
+        Ok(Response::new(self.inner.change_membership(req).await?))
     }
+}
+
+/// How many state divergences this node found (the `/metrics` alarm).
+pub static DIVERGENCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl ClusterService {
+    /// The divergence check (etcd's corruption check), every `every` while this node leads:
+    /// propose a hash-check entry; every node hashes its state right after applying it; ask each
+    /// member for its hash at that index and compare with this node's. A mismatch raises the
+    /// alarm: in Status, in `/metrics` (`quill_state_divergences_total`) and in the audit chain.
+    pub async fn check_divergence(self, every: Duration, stop: crate::server::Shutdown) {
+        let stopped = stop.wait();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.divergence_round().await {
+                tracing::debug!(error = %e, "divergence check skipped");
+            }
+        }
+    }
+
+    /// One round of [`Self::check_divergence`]; the nodes that differ.
+    pub async fn divergence_round(&self) -> ApiResult<Vec<NodeId>> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Ok(Vec::new());
+        }
+        let serial = self.next_agent_serial();
+        let client_id = self.agent_client_id("hash");
+        let r = self.submit(&client_id, serial, Actor::node(self.inner.id), Command::HashCheck).await?;
+        let index = r.log_index;
+        self.wait_applied(index, self.inner.write_timeout).await?;
+        let mine = self.inner.sm.checkpoint(index).ok_or_else(|| ApiError::Internal("no own checkpoint".into()))?;
+        let mut differ = Vec::new();
+        for (id, node) in m.membership_config.membership().nodes() {
+            if *id == self.inner.id {
+                continue;
+            }
+            let Ok(mut client) = self
+                .inner
+                .peer_channel(*id, &node.raft_addr)
+                .map(|c| RaftClient::new(c).max_decoding_message_size(1 << 20))
+            else {
+                continue;
+            };
+            let data = postcard::to_stdvec(&PeerCall::HashAt(index)).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let Ok(Ok(reply)) =
+                tokio::time::timeout(Duration::from_secs(8), client.forward(RaftPayload { data })).await
+            else {
+                continue;
+            };
+            let theirs: Option<String> = postcard::from_bytes(&reply.into_inner().data).unwrap_or(None);
+            if let Some(h) = theirs
+                && h != mine
+            {
+                differ.push(*id);
+                let what = format!(
+                    "node {id}'s state differs from the leader's (node {}) at applied index {index}: hash {}… vs {}…",
+                    self.inner.id,
+                    &h[..12.min(h.len())],
+                    &mine[..12.min(mine.len())]
+                );
+                tracing::error!(%what, "STATE DIVERGENCE");
+                DIVERGENCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *self.inner.divergence.lock().unwrap_or_else(|p| p.into_inner()) = what.clone();
+                let serial = self.next_agent_serial();
+                let alarm = Command::Keys(crate::keys::KeyCommand::Alarm { node: self.inner.id, what });
+                let _ = self.submit(&client_id, serial, Actor::node(self.inner.id), alarm).await;
+            }
+        }
+        Ok(differ)
+    }
+}
+
+/// A membership call's request, if its caller is an admin.
+fn admin<T>(request: Request<T>) -> Result<T, Status> {
+    let (who, req) = principal(request)?;
+    crate::domain::require_role(&who.actor, &[Role::Admin]).map_err(|e| ApiError::PermissionDenied(e).into_status())?;
+    Ok(req)
+}
+
+/// What one node asks another over the Raft port (postcard in `RaftPayload`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerCall {
+    /// A write for the leader to propose.
+    Write(Forwarded),
+    /// The leader's read index (answered as a postcard `u64` once the leader confirmed it leads
+    /// and applied it).
+    ReadIndex,
+    /// The state hash this node took at a hash-check entry (answered as a postcard
+    /// `Option<String>` once this node applied it, or `None`).
+    HashAt(u64),
 }
 
 /// A write forwarded from a follower to the leader over the Raft port (postcard in
@@ -534,6 +672,8 @@ pub struct Forwarded {
     pub serial: u64,
     /// Who asked.
     pub actor: Actor,
+    /// The certificate the caller presented to the first node.
+    pub cert: Option<CertRef>,
     /// What to do.
     pub cmd: Command,
     /// How many times it was forwarded already.
@@ -542,45 +682,67 @@ pub struct Forwarded {
 
 #[tonic::async_trait]
 impl ForwardHandler for ClusterService {
-    async fn forward(&self, data: &[u8]) -> Result<Vec<u8>, Status> {
-        let w: Forwarded = match postcard::take_from_bytes(data) {
-            Ok((w, [])) => w,
+    async fn forward(&self, from: NodeId, data: &[u8]) -> Result<Vec<u8>, Status> {
+        let call: PeerCall = match postcard::take_from_bytes(data) {
+            Ok((c, [])) => c,
             Ok((_, rest)) => {
-                return Err(Status::invalid_argument(format!(
-                    "malformed forwarded write: {} trailing bytes",
-                    rest.len()
+                return Err(Status::invalid_argument(format!("malformed peer call: {} trailing bytes", rest.len())));
+            }
+            Err(e) => return Err(Status::invalid_argument(format!("malformed peer call: {e}"))),
+        };
+        let encoded = match call {
+            PeerCall::Write(w) => {
+                if w.actor.role == Role::Node && w.actor != Actor::node(from) {
+                    return Err(Status::permission_denied(format!(
+                        "node {from} forwarded a write as {}; a node acts only as itself",
+                        w.actor
+                    )));
+                }
+                postcard::to_stdvec(&self.inner.write(w, true).await?)
+            }
+            PeerCall::HashAt(index) => {
+                let applied = self.wait_applied(index, Duration::from_secs(5)).await.is_ok();
+                postcard::to_stdvec(&applied.then(|| self.inner.sm.checkpoint(index)).flatten())
+            }
+            PeerCall::ReadIndex => {
+                let index = match self.inner.raft.ensure_linearizable().await {
+                    Ok(log_id) => log_id.map(|l| l.index).unwrap_or(0),
+                    Err(e) => return Err(leader_check_error(e).into_status()),
+                };
+                postcard::to_stdvec(&index)
+            }
+        };
+        encoded.map_err(|e| Status::internal(format!("encoding the answer: {e}")))
+    }
+}
+
+/// The interceptor in front of every client service: the caller is the identity its verified
+/// client certificate names, which must be a role (never a node), unexpired and not revoked.
+/// The [`Principal`] and its [`Actor`] go into the request's extensions.
+pub fn authenticator(
+    revoked: Revocations,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |mut req: Request<()>| {
+        let cert = PeerCert::of_request(&req)?;
+        let actor = match cert.identity {
+            Identity::Client(actor) => actor,
+            Identity::Node(id) => {
+                return Err(Status::permission_denied(format!(
+                    "node {id}'s certificate is not a client identity (the API port serves people and services)"
                 )));
             }
-            Err(e) => return Err(Status::invalid_argument(format!("malformed forwarded write: {e}"))),
         };
-        let resp = self.inner.write(w, true).await?;
-        postcard::to_stdvec(&resp).map_err(|e| Status::internal(format!("encoding the answer: {e}")))
+        if revoked.contains(&cert.serial) {
+            return Err(Status::unauthenticated(format!("certificate {} of {actor} is revoked", cert.serial)));
+        }
+        let principal = Principal { actor: actor.clone(), cert: CertRef { serial: cert.serial, key_fp: cert.key_fp } };
+        req.extensions_mut().insert(actor);
+        req.extensions_mut().insert(principal);
+        Ok(req)
     }
 }
 
-/// The metadata that names the caller of every Keys and Jobs call, `role:name`, until client
-/// certificates name it (the next issue): nobody is anonymous, not even to read.
-pub const ACTOR_METADATA: &str = "x-quill-actor";
-
-/// In front of the Keys and Jobs services (every method, reads included): the call must name its
-/// caller in [`ACTOR_METADATA`], not as a node; the caller goes into the request's extensions.
-/// A layer, so no handler can forget it.
-#[allow(clippy::result_large_err)] // tonic's interceptor signature
-pub fn authenticate(mut req: Request<()>) -> Result<Request<()>, Status> {
-    let value = req
-        .metadata()
-        .get(ACTOR_METADATA)
-        .ok_or_else(|| Status::unauthenticated(format!("the call names no caller ({ACTOR_METADATA}: role:name)")))?;
-    let text = value.to_str().map_err(|_| Status::unauthenticated(format!("{ACTOR_METADATA} is not text")))?;
-    let actor = Actor::parse(text).map_err(|e| Status::unauthenticated(format!("{ACTOR_METADATA}: {e}")))?;
-    if actor.role == Role::Node {
-        return Err(Status::permission_denied("role node is reserved for the cluster's own nodes"));
-    }
-    req.extensions_mut().insert(actor);
-    Ok(req)
-}
-
-/// The caller [`authenticate`] found, for a handler; fails closed if the layer is missing.
+/// The caller [`authenticator`] found, for a handler; fails closed if the layer is missing.
 pub fn caller_of<T>(req: &Request<T>) -> ApiResult<Actor> {
     req.extensions()
         .get::<Actor>()
@@ -588,21 +750,23 @@ pub fn caller_of<T>(req: &Request<T>) -> ApiResult<Actor> {
         .ok_or_else(|| ApiError::Internal("no caller identity: the authentication layer is missing".into()))
 }
 
-/// The caller of a client's write: present, with a client id, naming itself, and not claiming
-/// the node role (only the cluster's own nodes act as nodes, in-process).
-pub fn client_caller(c: Option<Caller>) -> ApiResult<(Caller, Actor)> {
-    let c = c.ok_or_else(|| ApiError::Unauthenticated("the request names no caller".into()))?;
-    if c.actor.is_empty() {
-        return Err(ApiError::Unauthenticated("the request names no caller (actor \"role:name\")".into()));
-    }
+/// The authenticated caller and the request's message.
+pub fn principal<T>(req: Request<T>) -> Result<(Principal, T), Status> {
+    let who = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("no caller identity: the authentication layer is missing".into()))?;
+    Ok((who, req.into_inner()))
+}
+
+/// The (client id, serial) of a client's write: present, with a client id.
+pub fn client_caller(c: Option<Caller>) -> ApiResult<Caller> {
+    let c = c.ok_or_else(|| ApiError::BadRequest("the request has no caller (client id and serial)".into()))?;
     if c.client_id.is_empty() {
         return Err(ApiError::BadRequest("caller.client_id is empty".into()));
     }
-    let actor = Actor::parse(&c.actor).map_err(|e| ApiError::BadRequest(format!("caller.actor: {e}")))?;
-    if actor.role == Role::Node {
-        return Err(ApiError::PermissionDenied("role node is reserved for the cluster's own nodes".into()));
-    }
-    Ok((c, actor))
+    Ok(c)
 }
 
 /// A state-machine refusal as an API error: a role refusal is `PermissionDenied`, anything else

@@ -377,6 +377,20 @@ fn job_or_refuse(kv: &dyn Kv, id: &str) -> Step<JobRecord> {
     job(kv, id)?.ok_or_else(|| Fail::Refused(format!("no job {id}")))
 }
 
+/// Only the identity that submitted a job may fetch, acknowledge or cancel it.
+pub fn owner(ctx: &Ctx<'_>, j: &JobRecord) -> Result<(), String> {
+    owned_by(ctx.actor, j)
+}
+
+/// Refuse unless `actor` submitted `j`.
+pub fn owned_by(actor: &Actor, j: &JobRecord) -> Result<(), String> {
+    if *actor == j.created_by {
+        Ok(())
+    } else {
+        Err(format!("job {} belongs to {}; {actor} may not touch it", j.id, j.created_by))
+    }
+}
+
 fn role(ctx: &Ctx<'_>, allowed: &[Role]) -> Result<(), String> {
     crate::domain::require_role(ctx.actor, allowed)
 }
@@ -614,6 +628,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         JobCommand::Ack { id, delivered } => {
             let mut j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter).map_err(Fail::Refused)?;
+            owner(ctx, &j).map_err(Fail::Refused)?;
             if j.state != JobState::Done {
                 return Err(Fail::Refused(format!(
                     "job {id} is {}; only a done job can be acknowledged",
@@ -631,6 +646,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         JobCommand::Cancel { id } => {
             let mut j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter).map_err(Fail::Refused)?;
+            owner(ctx, &j).map_err(Fail::Refused)?;
             if matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired) {
                 return Err(Fail::Refused(format!("job {id} is already {}", j.state.as_str())));
             }
@@ -672,7 +688,7 @@ mod tests {
     }
 
     fn run(kv: &mut MemKv, actor: &Actor, index: u64, time: u64, cmd: JobCommand) -> JobApplied {
-        apply(kv, &Ctx { log_index: index, time_ms: time, actor }, cmd).unwrap()
+        apply(kv, &Ctx { log_index: index, time_ms: time, actor, cert: None }, cmd).unwrap()
     }
 
     fn ok(a: JobApplied) -> String {

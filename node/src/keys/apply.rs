@@ -15,7 +15,10 @@ mod ceremonies;
 mod inventory;
 pub mod issuers;
 mod nodes;
+mod revocations;
 mod smk;
+
+pub use revocations::{Revoked, normalize_serial, revocations, revoked_serials};
 
 use super::model::*;
 use crate::identity::NodeId;
@@ -37,6 +40,8 @@ pub mod key {
     pub const LABEL: &str = "keys/label/";
     /// `keys/approval/<id>` → [`super::Approval`].
     pub const APPROVAL: &str = "keys/approval/";
+    /// The revoked certificates (serial → [`super::Revoked`]).
+    pub const REVOKED: &str = "keys/revoked";
 
     /// The key of node `id`'s record.
     pub fn node(id: u64) -> String {
@@ -188,6 +193,22 @@ pub enum KeyCommand {
         /// Where it was generated.
         origin: Origin,
     },
+    /// An alarm a node raises for the audit chain (actor: that node), e.g. state hashes that
+    /// differ between nodes at one applied index.
+    Alarm {
+        /// The node raising it.
+        node: NodeId,
+        /// What it saw.
+        what: String,
+    },
+    /// Revoke a certificate by serial (actor: admin): refused on every listener and in apply from
+    /// now on.
+    RevokeCert {
+        /// Serial, hex.
+        serial: String,
+        /// Why.
+        reason: String,
+    },
     /// Import a scheme issuer-certificate file, verified against the CA keys held (actor: admin);
     /// with `key`, bind it to that issuer key pair (the certified key must be its public key).
     IssuerCertImport {
@@ -224,6 +245,8 @@ impl KeyCommand {
             KeyCommand::CaKeyImport { .. } => "ca.import",
             KeyCommand::IssuerKeyCreate { .. } => "issuer.create",
             KeyCommand::IssuerCertImport { .. } => "issuer.certificate",
+            KeyCommand::RevokeCert { .. } => "identity.revoke",
+            KeyCommand::Alarm { .. } => "cluster.alarm",
         }
     }
 
@@ -234,7 +257,8 @@ impl KeyCommand {
             | KeyCommand::SmkFormed { node, .. }
             | KeyCommand::SmkGranted { node, .. }
             | KeyCommand::SmkInstalled { node, .. }
-            | KeyCommand::HostPathUsed { node, .. } => format!("node:{node}"),
+            | KeyCommand::HostPathUsed { node, .. }
+            | KeyCommand::Alarm { node, .. } => format!("node:{node}"),
             KeyCommand::CeremonyStart { id, .. }
             | KeyCommand::CeremonySubmit { id, .. }
             | KeyCommand::CeremonyCancel { id } => format!("ceremony:{id}"),
@@ -247,6 +271,7 @@ impl KeyCommand {
             KeyCommand::IssuerKeyCreate { label, .. } => format!("issuer:{label}"),
             KeyCommand::IssuerCertImport { key: Some(label), .. } => format!("issuer:{label}"),
             KeyCommand::IssuerCertImport { key: None, .. } => "issuer-cert".into(),
+            KeyCommand::RevokeCert { serial, .. } => format!("cert:{serial}"),
         }
     }
 }
@@ -361,6 +386,13 @@ impl State<'_> {
             }
             KeyCommand::IssuerKeyCreate { label, key, origin } => self.issuer_key_create(ctx, label, key, origin),
             KeyCommand::IssuerCertImport { source, key } => self.issuer_cert_import(ctx, source, key),
+            KeyCommand::RevokeCert { serial, reason } => self.revoke(ctx, serial, reason),
+            KeyCommand::Alarm { node, what } => {
+                if let Err(r) = self.node_actor(ctx, node) {
+                    return Ok(Err(r));
+                }
+                Ok(Ok(Applied::done(format!("node:{node}"), format!("ALARM: {what}"))))
+            }
         }
     }
 }
@@ -387,7 +419,7 @@ mod tests {
     }
 
     fn run_at(kv: &mut MemKv, actor: &Actor, time_ms: u64, cmd: KeyCommand) -> Applied {
-        let ctx = Ctx { log_index: 1, time_ms, actor };
+        let ctx = Ctx { log_index: 1, time_ms, actor, cert: None };
         apply(kv, &ctx, cmd).expect("apply")
     }
 

@@ -9,4 +9,4 @@
 pub mod apply;
 pub mod model;
 
-pub use apply::{Applied, Ctx, KeyCommand};
+pub use apply::{Applied, Ctx, KeyCommand, revoked_serials};

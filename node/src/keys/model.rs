@@ -367,6 +367,10 @@ pub struct Submission {
     pub kcv: Kcv,
     /// When it arrived.
     pub at_ms: u64,
+    /// The fingerprint of the key of the certificate it came with (two components under one key
+    /// are one person's, whatever names the certificates carry).
+    #[serde(default)]
+    pub key_fp: Option<String>,
 }
 
 /// A key ceremony.
@@ -462,6 +466,10 @@ pub struct Approval {
     pub expires_ms: u64,
     /// Custodians who granted it, in order.
     pub granted_by: Vec<String>,
+    /// The certificate key fingerprints of the requester and of each grant (one person with
+    /// two certificates of one key is refused the second time).
+    #[serde(default)]
+    pub keys: Vec<String>,
     /// The custodian who denied it.
     pub denied_by: Option<String>,
     /// State.

@@ -2,6 +2,13 @@
 //! peer's `raft_addr`, and the `quill.v1.Raft` gRPC service that hands received RPCs to the local
 //! `Raft`.
 //!
+//! Only members speak on this port: every connection is mutual TLS with a node certificate from
+//! the node CA (`crate::tls`), each RPC's sender is the node its certificate names, that node must
+//! be a member (voter or learner) of this node's current membership (a node that has none yet,
+//! being added, accepts any node certificate), must not be revoked, and an AppendEntries, Vote or
+//! InstallSnapshot must come from the leader or candidate it names. Messages are bounded by
+//! `limits.raft_message_bytes`.
+//!
 //! openraft's messages travel as postcard bytes inside the `RaftPayload`/`SnapshotChunk`
 //! envelopes; a response carries the whole `Result` so a remote Raft error arrives as
 //! `RPCError::RemoteError`. The contract with openraft (`network/factory.rs`, `network/network.rs`):
@@ -29,9 +36,10 @@ use quill_proto::v1::raft_server;
 use quill_proto::v1::{RaftPayload, SnapshotChunk};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::raft::{NodeAddr, NodeId, TypeConfig};
+use crate::tls::{Identity, Links, PeerCert, Revocations};
 
 /// The Raft instance of a Quill node.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -49,6 +57,12 @@ pub struct Network {
     pub snapshot_timeout: Duration,
     /// Peers dialled at another address than the one in the membership (config `[dial]`).
     pub dial: BTreeMap<NodeId, String>,
+    /// This node's TLS client configuration (its node certificate; trusts the node CA).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// What each outgoing link negotiated.
+    pub links: Links,
+    /// Largest message sent or accepted.
+    pub max_message_bytes: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -59,18 +73,19 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             id: self.id,
             target,
             node: node.clone(),
-            channel: lazy_channel(self.dial.get(&target).unwrap_or(&node.raft_addr), self.rpc_timeout),
+            channel: crate::tls::channel(
+                self.dial.get(&target).unwrap_or(&node.raft_addr),
+                self.tls.clone(),
+                self.rpc_timeout,
+                None,
+                Some(target),
+                self.links.clone(),
+            ),
+            max_message_bytes: self.max_message_bytes,
             rpc_timeout: self.rpc_timeout,
             snapshot_timeout: self.snapshot_timeout,
         }
     }
-}
-
-/// A channel to `addr` (`host:port`) that connects on first use. An address that is not even a
-/// valid URI yields `None`, and every RPC on it reports the peer unreachable.
-pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad address {addr:?}: {e}"))?;
-    Ok(endpoint.connect_timeout(connect_timeout).tcp_nodelay(true).connect_lazy())
 }
 
 /// The RPC client of one peer.
@@ -80,6 +95,7 @@ pub struct PeerClient {
     target: NodeId,
     node: NodeAddr,
     channel: Result<Channel, String>,
+    max_message_bytes: usize,
     rpc_timeout: Duration,
     snapshot_timeout: Duration,
 }
@@ -98,8 +114,9 @@ impl PeerClient {
     {
         let channel = self.channel.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))?;
         let data = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut client =
-            RaftClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
         let call = async {
             match action {
                 RPCTypes::InstallSnapshot => client.install_snapshot(SnapshotChunk { data }).await,
@@ -167,26 +184,64 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct RaftService {
     raft: Raft,
     forward: Arc<dyn ForwardHandler>,
+    revoked: Revocations,
+    max_message_bytes: usize,
 }
 
 /// Who serves the writes that followers forward to this node when it leads (the client API's
 /// write path; defined here so the transport does not depend on the API layer).
 #[tonic::async_trait]
 pub trait ForwardHandler: Send + Sync + 'static {
-    /// Apply a forwarded write (postcard in) and answer its response (postcard out).
-    async fn forward(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status>;
+    /// Answer a call node `from` sent (postcard in, postcard out).
+    async fn forward(&self, from: NodeId, data: &[u8]) -> Result<Vec<u8>, tonic::Status>;
 }
 
 impl RaftService {
-    /// Serve RPCs into `raft`, and forwarded writes into `forward`.
-    pub fn new(raft: Raft, forward: Arc<dyn ForwardHandler>) -> Self {
-        Self { raft, forward }
+    /// Serve RPCs into `raft`, and forwarded calls into `forward`; refuse senders whose
+    /// certificate serial is in `revoked`, and messages over `max_message_bytes`.
+    pub fn new(raft: Raft, forward: Arc<dyn ForwardHandler>, revoked: Revocations, max_message_bytes: usize) -> Self {
+        Self { raft, forward, revoked, max_message_bytes }
     }
 
-    /// The tonic server of this service (no message size limit: snapshot chunks and entry
-    /// batches are bounded by the Raft configuration instead).
+    /// The tonic server of this service.
     pub fn into_server(self) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(self).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+        let max = self.max_message_bytes;
+        raft_server::RaftServer::new(self).max_decoding_message_size(max).max_encoding_message_size(max)
+    }
+
+    /// The member node that sent `request`: a node certificate, not revoked, a member of the
+    /// current membership (or any node while this one has no membership yet).
+    fn sender<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
+        let cert = PeerCert::of_request(request)?;
+        let id = match cert.identity {
+            Identity::Node(id) => id,
+            other => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "{other} is not a node: the Raft port is for members"
+                )));
+            }
+        };
+        if self.revoked.contains(&cert.serial) {
+            return Err(tonic::Status::unauthenticated(format!("node {id}'s certificate {} is revoked", cert.serial)));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut members = membership.nodes().map(|(n, _)| *n).peekable();
+        if members.peek().is_some() && !members.any(|n| n == id) {
+            return Err(tonic::Status::permission_denied(format!("node {id} is not a member of this cluster")));
+        }
+        Ok(id)
+    }
+
+    /// Refuse a Raft message whose leader or candidate is not its sender.
+    fn same(sender: NodeId, named: Option<NodeId>, what: &str) -> Result<(), tonic::Status> {
+        if named == Some(sender) {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "node {sender} sent a {what} in the name of {named:?}; a node speaks only for itself"
+            )))
+        }
     }
 }
 
@@ -205,12 +260,16 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let sender = self.sender(&request)?;
         let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &request.get_ref().data)?;
+        Self::same(sender, req.vote.leader_id().voted_for(), "AppendEntries")?;
         encode(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let sender = self.sender(&request)?;
         let req: VoteRequest<NodeId> = decode("Vote", &request.get_ref().data)?;
+        Self::same(sender, req.vote.leader_id().voted_for(), "Vote")?;
         encode(&self.raft.vote(req).await)
     }
 
@@ -218,7 +277,9 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<SnapshotChunk>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let sender = self.sender(&request)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &request.get_ref().data)?;
+        Self::same(sender, req.vote.leader_id().voted_for(), "InstallSnapshot")?;
         encode(&self.raft.install_snapshot(req).await)
     }
 
@@ -226,7 +287,8 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let data = self.forward.forward(&request.get_ref().data).await?;
+        let sender = self.sender(&request)?;
+        let data = self.forward.forward(sender, &request.get_ref().data).await?;
         Ok(tonic::Response::new(RaftPayload { data }))
     }
 }

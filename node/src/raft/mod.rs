@@ -88,8 +88,11 @@ pub struct Request {
     /// Milliseconds since the Unix epoch, assigned by the leader when it accepted the request.
     /// Apply uses this, never the local clock.
     pub time_ms: u64,
-    /// Who asked (identity and role), as the API established it.
+    /// Who asked (identity and role), as the API established it from the caller's certificate.
     pub actor: Actor,
+    /// The certificate the caller presented (`None` for a node's own proposals): apply refuses
+    /// a request whose certificate serial is revoked at that point of the log.
+    pub cert: Option<crate::identity::CertRef>,
     /// The leader's audit MAC over the request digest (`None` before the audit key exists, or
     /// when the leader's HSM could not make it; the next seal covers the record then).
     pub audit_mac: Option<AuditMac>,
@@ -116,6 +119,9 @@ pub enum Command {
     /// Several clients' requests packed by the leader into one entry (applied in order, each
     /// with its own dedup record, audit record and response). Never nested.
     Batch(Vec<Request>),
+    /// Mark this log index for the divergence check: every node hashes its state right after
+    /// applying it, and the leader compares the hashes (the leader's own; not audited).
+    HashCheck,
     /// Seal the audit chain up to record `seq`, whose hash is `hash`, with the audit key.
     AuditSeal {
         /// The sealed record.

@@ -26,6 +26,26 @@ type Membership = StoredMembership<NodeId, NodeAddr>;
 pub struct StateMachine {
     pub(super) store: Arc<Store>,
     snaps: Arc<SnapshotDir>,
+    /// State hashes taken right after applying a [`Command::HashCheck`] entry, by log index
+    /// (the last few): what the divergence check compares between nodes.
+    checkpoints: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, String>>>,
+}
+
+/// How many hash checkpoints a node keeps.
+const CHECKPOINTS_KEPT: usize = 16;
+
+/// A hex SHA-256 over `sm_data` in key order (each key and value length-prefixed).
+fn hash_sm_data(store: &Store) -> Result<String, StoreError> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for item in store.db().iterator_cf(store.cf(Cf::SmData)?, IteratorMode::Start) {
+        let (key, value) = item?;
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(&key);
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(&value);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Builds a snapshot from a consistent view of the state machine, in its own task.
@@ -39,7 +59,7 @@ impl StateMachine {
     /// (the install marker is present), redo it from the current snapshot file, or reset to
     /// empty if the interrupted install was the first one.
     pub(super) fn open(store: Arc<Store>, snap_dir: &Path) -> Result<Self, StoreError> {
-        let sm = Self { store, snaps: Arc::new(SnapshotDir::open(snap_dir)?) };
+        let sm = Self { store, snaps: Arc::new(SnapshotDir::open(snap_dir)?), checkpoints: Default::default() };
         if sm.store.get_raw(Cf::SmMeta, sm_meta_key::INSTALLING)?.is_some() {
             sm.load_current()?;
         }
@@ -55,6 +75,7 @@ impl StateMachine {
     /// Apply one entry: its effects, its dedup record and the last applied log id in one batch.
     fn apply_entry(&self, entry: Entry<TypeConfig>) -> Result<Response, StoreError> {
         let log_id = entry.log_id;
+        let hash_check = matches!(&entry.payload, EntryPayload::Normal(r) if matches!(r.cmd, Command::HashCheck));
         let mut batch = WriteBatch::default();
         let response = match entry.payload {
             EntryPayload::Blank => Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Blank },
@@ -76,7 +97,20 @@ impl StateMachine {
         // Not synced: see the module doc of `crate::raft` (the log is the durable record, and a
         // snapshot build syncs the WAL before it reports).
         self.store.write(batch, false)?;
+        if hash_check {
+            let hash = hash_sm_data(&self.store)?;
+            let mut c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            c.insert(log_id.index, hash);
+            while c.len() > CHECKPOINTS_KEPT {
+                c.pop_first();
+            }
+        }
         Ok(response)
+    }
+
+    /// The state hash this node took right after applying the hash check at `index`.
+    pub fn checkpoint(&self, index: u64) -> Option<String> {
+        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner()).get(&index).cloned()
     }
 
     /// Apply a client request into `batch`, or return the stored response of its first
@@ -166,19 +200,7 @@ impl StateMachine {
     /// length-prefixed), for convergence checks between nodes at the same applied index.
     pub async fn state_hash(&self) -> Result<String, StoreError> {
         let store = self.store.clone();
-        blocking(move || {
-            use sha2::Digest;
-            let mut hasher = sha2::Sha256::new();
-            for item in store.db().iterator_cf(store.cf(Cf::SmData)?, IteratorMode::Start) {
-                let (key, value) = item?;
-                hasher.update((key.len() as u64).to_be_bytes());
-                hasher.update(&key);
-                hasher.update((value.len() as u64).to_be_bytes());
-                hasher.update(&value);
-            }
-            Ok(hex::encode(hasher.finalize()))
-        })
-        .await
+        blocking(move || hash_sm_data(&store)).await
     }
 
     /// Build a snapshot: dump the snapshot column families through one RocksDB snapshot view

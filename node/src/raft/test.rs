@@ -43,6 +43,7 @@ fn put(index: u64, client: &str, serial: u64, key: &str, value: &[u8]) -> Entry<
             time_ms: 1_700_000_000_000 + index,
             actor: crate::keys::model::Actor { name: "test".into(), role: crate::keys::model::Role::Operator },
             audit_mac: None,
+            cert: None,
             cmd: Command::Put { key: bench(key), value: value.to_vec() },
         }),
     }
@@ -117,6 +118,7 @@ async fn a_batch_entry_applies_each_request_once_in_order() {
         time_ms: 1,
         actor: crate::keys::model::Actor::node(1),
         audit_mac: None,
+        cert: None,
         cmd: Command::Batch(subs),
     };
     let out = sm.apply([Entry { log_id: log_id(1, 2), payload: EntryPayload::Normal(envelope) }]).await.unwrap();

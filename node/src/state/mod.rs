@@ -120,22 +120,48 @@ pub fn apply_domain<D: Domain>(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: D::Command) 
     }
 }
 
+/// [`apply_domain`], unless the caller's certificate is `revoked` (then refused with that reason).
+fn guarded<D: Domain>(
+    kv: &mut dyn Kv,
+    ctx: &Ctx<'_>,
+    cmd: D::Command,
+    revoked: Option<String>,
+) -> Result<Applied, StoreError> {
+    match revoked {
+        Some(reason) => Ok(Applied::Rejected { object: D::object(&cmd), reason }),
+        None => apply_domain::<D>(kv, ctx, cmd),
+    }
+}
+
 /// Apply one request (not a batch: `raft/` unpacks those) to `kv` at `log_index`, with its audit
 /// record. Deterministic: depends only on the request and the stored state.
 pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, StoreError> {
     let digest = audit::request_digest(&req.client_id, req.serial, &req.actor, &encode_command(&req.cmd));
-    let ctx = Ctx { log_index, time_ms: req.time_ms, actor: &req.actor };
+    let ctx = Ctx { log_index, time_ms: req.time_ms, actor: &req.actor, cert: req.cert.as_ref() };
+    // A request made with a certificate revoked before this point of the log is refused (and
+    // audited), whatever it asks.
+    let revoked = match (&req.cert, &req.cmd) {
+        (_, Command::Noop | Command::HashCheck) | (None, _) => None,
+        (Some(c), _) => crate::keys::revoked_serials(&*kv)?
+            .contains(&c.serial)
+            .then(|| format!("certificate {} of {} is revoked", c.serial, req.actor)),
+    };
     let mut put_replaced = None;
     let (action, applied) = match req.cmd {
         Command::Noop => return Ok(Outcome::Noop),
+        // The state machine hashes its state after this entry (`raft::state_machine`); nothing to
+        // apply. A node's own command: a client cannot send one (`validate`).
+        Command::HashCheck => return Ok(Outcome::Noop),
         Command::Batch(_) => ("batch", Applied::Rejected { object: String::new(), reason: "nested batch".into() }),
         Command::Put { key, value } => {
-            put_replaced = Some(kv.get(key.as_bytes())?.is_some());
             let cmd = (key, value);
-            (Bench::action(&cmd), apply_domain::<Bench>(kv, &ctx, cmd)?)
+            if revoked.is_none() {
+                put_replaced = Some(kv.get(cmd.0.as_bytes())?.is_some());
+            }
+            (Bench::action(&cmd), guarded::<Bench>(kv, &ctx, cmd, revoked)?)
         }
-        Command::Keys(cmd) => (Keys::action(&cmd), apply_domain::<Keys>(kv, &ctx, cmd)?),
-        Command::Jobs(cmd) => (Jobs::action(&cmd), apply_domain::<Jobs>(kv, &ctx, cmd)?),
+        Command::Keys(cmd) => (Keys::action(&cmd), guarded::<Keys>(kv, &ctx, cmd, revoked)?),
+        Command::Jobs(cmd) => (Jobs::action(&cmd), guarded::<Jobs>(kv, &ctx, cmd, revoked)?),
         Command::AuditSeal { seq, hash, mac } => {
             let object = format!("audit:{seq}");
             let refused = crate::domain::require_role(ctx.actor, &[Role::Node])

@@ -248,7 +248,7 @@ fn sequence(seed: u64) -> Vec<Request> {
     for (i, (actor, cmd)) in corpus.iter().enumerate() {
         time_ms += rng.below(3000) as u64;
         let mut push = |actor: Actor, cmd: Command, serial: u64| {
-            out.push(Request { client_id: "c".into(), serial, time_ms, actor, audit_mac: None, cmd })
+            out.push(Request { client_id: "c".into(), serial, time_ms, actor, audit_mac: None, cert: None, cmd })
         };
         push(actor.clone(), cmd.clone(), i as u64 * 10);
         for k in 1..=rng.below(4) as u64 {
@@ -303,7 +303,15 @@ fn apply_is_total_on_random_bytes() {
     let mut decoded = 0;
     let mut kv = MemKv::default();
     for (index, (actor, cmd)) in corpus().into_iter().enumerate() {
-        let req = Request { client_id: "c".into(), serial: index as u64, time_ms: 5, actor, audit_mac: None, cmd };
+        let req = Request {
+            client_id: "c".into(),
+            serial: index as u64,
+            time_ms: 5,
+            actor,
+            audit_mac: None,
+            cert: None,
+            cmd,
+        };
         apply(&mut kv, index as u64 + 1, req).unwrap();
     }
     for i in 0..200_000u64 {
@@ -320,7 +328,8 @@ fn apply_is_total_on_random_bytes() {
         let Ok((cmd, _)) = postcard::take_from_bytes::<Command>(&bytes) else { continue };
         decoded += 1;
         let actor = actors[rng.below(actors.len())].clone();
-        let req = Request { client_id: "r".into(), serial: i, time_ms: 10_000 + i, actor, audit_mac: None, cmd };
+        let req =
+            Request { client_id: "r".into(), serial: i, time_ms: 10_000 + i, actor, audit_mac: None, cert: None, cmd };
         apply(&mut kv, 1000 + i, req).unwrap();
     }
     eprintln!("{decoded} of 200000 random inputs decoded as commands and were applied");
@@ -333,7 +342,15 @@ fn a_job_digest_with_a_multibyte_character_at_byte_16_is_refused_not_a_panic() {
     // again on every restart as they replayed the entry.
     let mut kv = MemKv::default();
     for (index, (actor, cmd)) in corpus().into_iter().take(20).enumerate() {
-        let req = Request { client_id: "c".into(), serial: index as u64, time_ms: 5, actor, audit_mac: None, cmd };
+        let req = Request {
+            client_id: "c".into(),
+            serial: index as u64,
+            time_ms: 5,
+            actor,
+            audit_mac: None,
+            cert: None,
+            cmd,
+        };
         apply(&mut kv, index as u64 + 1, req).unwrap();
     }
     let digest = format!("{}é{}", &DIGEST[..15], &DIGEST[..47]);
@@ -362,6 +379,7 @@ fn a_job_digest_with_a_multibyte_character_at_byte_16_is_refused_not_a_panic() {
             time_ms: 6,
             actor: who(Role::Operator, "otto"),
             audit_mac: None,
+            cert: None,
             cmd: cmd(id),
         };
         match apply(&mut kv, 100 + i as u64, req).unwrap() {
@@ -382,6 +400,7 @@ fn a_benchmark_write_outside_bench_is_refused_and_changes_nothing() {
             time_ms: 1,
             actor: who(Role::Operator, "otto"),
             audit_mac: None,
+            cert: None,
             cmd: Command::Put { key: key.into(), value: b"forged".to_vec() },
         };
         assert!(super::validate::client_command(&req.cmd).is_err(), "{key:?} passes validation");
@@ -408,6 +427,7 @@ fn only_nodes_seal_the_audit_chain_and_clients_cannot_send_batches_or_seals() {
         time_ms: 1,
         actor: who(Role::Operator, "otto"),
         audit_mac: None,
+        cert: None,
         cmd: Command::Put { key: "bench/a".into(), value: vec![1] },
     };
     apply(&mut kv, 1, noop).unwrap();
@@ -418,6 +438,7 @@ fn only_nodes_seal_the_audit_chain_and_clients_cannot_send_batches_or_seals() {
         time_ms: 2,
         actor: who(Role::Admin, "ada"),
         audit_mac: None,
+        cert: None,
         cmd: Command::AuditSeal {
             seq: head.seq,
             hash: head.hash,

@@ -19,6 +19,7 @@ pub const MAX_BENCH_VALUE: usize = 1 << 20;
 pub fn client_command(cmd: &Command) -> Result<(), String> {
     match cmd {
         Command::Noop => Ok(()),
+        Command::HashCheck => Err("a hash check is proposed by the leader; a client cannot send one".into()),
         Command::Batch(_) => Err("a batch of requests is built by the leader; a client cannot send one".into()),
         Command::AuditSeal { .. } => {
             Err("audit seals are made by the cluster's nodes; a client cannot send one".into())
@@ -76,6 +77,12 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
         KeyCommand::SmkGranted { approval, .. } => id("approval id", approval),
         KeyCommand::IssuerCertImport { key, .. } => key.as_deref().map_or(Ok(()), |k| id("issuer key", k)),
         KeyCommand::SmkInstalled { .. } | KeyCommand::AuditKeysSet { .. } => Ok(()),
+        KeyCommand::Alarm { what, .. } => text("what", what, 1024),
+        KeyCommand::RevokeCert { serial, reason } => {
+            crate::keys::apply::normalize_serial(serial)
+                .ok_or_else(|| format!("serial {:?} is not a hex certificate serial", clip(serial)))?;
+            text("reason", reason, 200)
+        }
     }
 }
 

@@ -201,6 +201,16 @@ pub fn check_stream(
     bytes: &[u8],
     mac: impl FnOnce(&KeyRef, &[u8; 32]) -> Result<[u8; 32], String>,
 ) -> Result<CheckedStream, OutputError> {
+    check_stream_with(name, bytes, |key, digest, claimed| mac(key, digest).map(|m| m.as_slice() == claimed))
+}
+
+/// [`check_stream`] with a MAC *verifier*: `verify(key, digest, trailer MAC)` says whether the
+/// trailer's MAC is right (a cluster answers yes or no; it never hands out a MAC).
+pub fn check_stream_with(
+    name: &str,
+    bytes: &[u8],
+    verify: impl FnOnce(&KeyRef, &[u8; 32], &[u8]) -> Result<bool, String>,
+) -> Result<CheckedStream, OutputError> {
     let bad = |line: usize, reason: String| OutputError::Invalid { stream: name.to_owned(), line, reason };
     let text = std::str::from_utf8(bytes).map_err(|e| bad(0, format!("not UTF-8: {e}")))?;
     if !text.ends_with('\n') {
@@ -229,8 +239,10 @@ pub fn check_stream(
     if records.len() as u64 != trailer.end.records {
         return Err(bad(last, format!("{} records, the trailer says {}", records.len(), trailer.end.records)));
     }
-    let want = mac(&header.mac_key, &digest).map_err(|r| bad(last, format!("cannot compute the MAC: {r}")))?;
-    if hex::encode_upper(want) != trailer.end.mac.to_ascii_uppercase() {
+    let claimed = hex::decode(&trailer.end.mac).map_err(|_| bad(last, "the trailer's MAC is not hex".into()))?;
+    let valid =
+        verify(&header.mac_key, &digest, &claimed).map_err(|r| bad(last, format!("cannot verify the MAC: {r}")))?;
+    if !valid {
         return Err(bad(
             last,
             format!("MAC does not verify with key {} (KCV {})", header.mac_key.label, header.mac_key.kcv),

@@ -79,6 +79,7 @@ impl State<'_> {
             requested_ms: ctx.time_ms,
             expires_ms: ctx.time_ms.saturating_add(ttl_ms),
             granted_by: Vec::new(),
+            keys: ctx.cert.map(|c| c.key_fp.clone()).into_iter().collect(),
             denied_by: None,
             state: ApprovalState::Pending,
         };
@@ -110,9 +111,19 @@ impl State<'_> {
         if a.granted_by.contains(&ctx.actor.name) {
             return Ok(refuse(format!("custodian {} already granted approval {id}", ctx.actor.name)));
         }
+        if let Some(c) = ctx.cert
+            && a.keys.contains(&c.key_fp)
+        {
+            return Ok(refuse(format!(
+                "{}'s certificate has the same key as the requester or an earlier approver of {id}: one person, \
+                 two names",
+                ctx.actor
+            )));
+        }
         let detail;
         if grant {
             a.granted_by.push(ctx.actor.name.clone());
+            a.keys.extend(ctx.cert.map(|c| c.key_fp.clone()));
             if a.granted_by.len() >= APPROVALS_NEEDED {
                 a.state = ApprovalState::Approved;
                 detail = format!("granted ({}/{APPROVALS_NEEDED}): approved: {}", a.granted_by.len(), a.action);

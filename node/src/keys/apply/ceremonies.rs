@@ -133,7 +133,20 @@ impl State<'_> {
         for (node, s) in by_node {
             c.sealed.entry(node).or_default().push(s);
         }
-        c.submissions.push(Submission { custodian: ctx.actor.name.clone(), kcv: kcv.clone(), at_ms: ctx.time_ms });
+        if let Some(cert) = ctx.cert
+            && c.submissions.iter().any(|s| s.key_fp.as_deref() == Some(cert.key_fp.as_str()))
+        {
+            return Ok(refuse(format!(
+                "{}'s certificate has the same key as an earlier custodian of ceremony {id}: one person, two names",
+                ctx.actor
+            )));
+        }
+        c.submissions.push(Submission {
+            custodian: ctx.actor.name.clone(),
+            kcv: kcv.clone(),
+            at_ms: ctx.time_ms,
+            key_fp: ctx.cert.map(|c| c.key_fp.clone()),
+        });
         let n = c.submissions.len();
         if n == usize::from(c.components) {
             c.state = CeremonyState::Complete;

@@ -339,7 +339,7 @@ mod tests {
     }
 
     fn run(kv: &mut MemKv, actor: &Actor, cmd: crate::keys::KeyCommand) -> Applied {
-        apply(kv, &Ctx { log_index: 1, time_ms: 1000, actor }, cmd).expect("apply")
+        apply(kv, &Ctx { log_index: 1, time_ms: 1000, actor, cert: None }, cmd).expect("apply")
     }
 
     fn fixture(name: &str) -> Vec<u8> {
