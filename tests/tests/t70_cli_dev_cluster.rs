@@ -54,7 +54,8 @@ fn dev_up_status_bench_restart_down() {
     assert_eq!(up["initialised"], true);
     assert_eq!(up["nodes"].as_array().map(Vec::len), Some(3));
     let env = std::fs::read_to_string(dir.join("env")).expect("D/env");
-    assert!(env.contains("QUILL_ENDPOINT=http://127.0.0.1:"), "{env}");
+    assert!(env.contains("QUILL_ENDPOINT=https://127.0.0.1:"), "{env}");
+    assert!(env.contains("QUILL_IDENTITY="), "{env}");
     assert!(env.contains("QUILL_ENDPOINTS="), "{env}");
     for i in 1..=3 {
         assert!(dir.join(format!("node-{i}/node.toml")).is_file());
@@ -72,6 +73,15 @@ fn dev_up_status_bench_restart_down() {
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n["reachable"] == true), "{st}");
     assert!(nodes.iter().any(|n| n["id"] == leader && n["role"] == "leader"), "{st}");
+
+    step("every link is TLS 1.3 with the hybrid post-quantum key exchange (client and Raft links)");
+    let pq = |l: &Value| l["protocol"] == "TLSv1_3" && l["group"] == "X25519MLKEM768";
+    let client = st["client_tls"].as_array().expect("client_tls");
+    assert!(!client.is_empty() && client.iter().all(pq), "{st}");
+    let leader_links = nodes.iter().find(|n| n["id"] == leader).expect("leader row")["tls_links"].clone();
+    let leader_links = leader_links.as_array().expect("tls_links");
+    assert_eq!(leader_links.len(), 2, "the leader dials both followers: {st}");
+    assert!(leader_links.iter().all(pq), "{st}");
 
     step("quill bench raft --clients 1,4 --seconds 1 --json");
     let b = json_of(&quill(&["bench", "raft", "--clients", "1,4", "--seconds", "1", "--json"], &dir));

@@ -65,7 +65,7 @@ async fn a_late_node_gets_the_smk_after_two_approvals() {
             "--api-addr",
             &n4.api_addr.to_string(),
         ],
-        &[],
+        &admin,
     );
     wait_until(Duration::from_secs(60), "node 4 enrolled", || async {
         let nodes = cluster.query(1, "nodes", "").await?;

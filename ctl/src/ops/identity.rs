@@ -78,9 +78,10 @@ pub fn pki_issue(a: &PkiIssueArgs, json: bool) -> Result<u8> {
         (Some(id), None) => Identity::Node(*id),
         (None, Some(c)) => Identity::Client(Actor::parse(c).map_err(|e| crate::exit_codes::CliError::Usage(e))?),
         _ => {
-            return Err(
-                crate::exit_codes::CliError::Usage("say what to issue: --node ID or --client ROLE:NAME".into()).into()
-            );
+            return Err(crate::exit_codes::CliError::Usage(
+                "say what to issue: --node ID or --client ROLE:NAME".into(),
+            )
+            .into());
         }
     };
     if a.days < 1 {
