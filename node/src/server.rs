@@ -188,8 +188,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         agent.clone(),
         config.raft.write_timeout(),
         config.raft.rpc_timeout(),
-        peer_tls,
-        links.clone(),
+        crate::tls::Dialer { config: peer_tls, links: links.clone() },
     );
     tokio::spawn(refresh_revocations(raft.clone(), sm.clone(), revoked.clone()));
     let raft_svc = RaftService::new(

@@ -130,5 +130,5 @@ fn valid_forwarded() -> Vec<u8> {
         cmd: Command::Put { key: "bench/k".into(), value: b"v".to_vec() },
         hops: 1,
     };
-    postcard::to_stdvec(&quill_node::api::PeerCall::Write(w)).expect("encode")
+    postcard::to_stdvec(&quill_node::api::PeerCall::Write(Box::new(w))).expect("encode")
 }

@@ -32,7 +32,7 @@ fn bench_put(key: &str, serial: u64) -> BenchPutRequest {
 
 fn forwarded(cmd: Command, actor: Actor, serial: u64) -> RaftPayload {
     let w = Forwarded { client_id: "t91-eve".into(), serial, actor, cert: None, cmd, hops: 1 };
-    RaftPayload { data: postcard::to_stdvec(&PeerCall::Write(w)).expect("encode") }
+    RaftPayload { data: postcard::to_stdvec(&PeerCall::Write(Box::new(w))).expect("encode") }
 }
 
 /// A refusal of the node's own checks, or (for the seal forged in node 1's name by another

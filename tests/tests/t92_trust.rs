@@ -147,7 +147,7 @@ async fn every_door_refuses_the_wrong_credentials() {
         cmd: QuillCommand::Noop,
         hops: 0,
     };
-    let data = postcard::to_stdvec(&PeerCall::Write(w)).unwrap();
+    let data = postcard::to_stdvec(&PeerCall::Write(Box::new(w))).unwrap();
     let e = r.forward(RaftPayload { data }).await.expect_err("a non-member forwarded a write");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
@@ -162,7 +162,7 @@ async fn every_door_refuses_the_wrong_credentials() {
         cmd: QuillCommand::Noop,
         hops: 0,
     };
-    let data = postcard::to_stdvec(&PeerCall::Write(w)).unwrap();
+    let data = postcard::to_stdvec(&PeerCall::Write(Box::new(w))).unwrap();
     let e = r.forward(RaftPayload { data }).await.expect_err("a node wrote in another's name");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 

@@ -76,7 +76,7 @@ pub fn pki_init(a: &PkiInitArgs, json: bool) -> Result<u8> {
 pub fn pki_issue(a: &PkiIssueArgs, json: bool) -> Result<u8> {
     let identity = match (&a.node, &a.client) {
         (Some(id), None) => Identity::Node(*id),
-        (None, Some(c)) => Identity::Client(Actor::parse(c).map_err(|e| crate::exit_codes::CliError::Usage(e))?),
+        (None, Some(c)) => Identity::Client(Actor::parse(c).map_err(crate::exit_codes::CliError::Usage)?),
         _ => {
             return Err(crate::exit_codes::CliError::Usage(
                 "say what to issue: --node ID or --client ROLE:NAME".into(),

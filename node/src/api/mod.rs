@@ -42,7 +42,7 @@ use crate::identity::{Actor, CertRef, Principal, Role};
 use crate::network::{ForwardHandler, Raft};
 use crate::raft::{Command, NodeAddr, NodeId, Outcome, StateMachine, encode_command};
 use crate::runtime::agent::KeyAgent;
-use crate::tls::{Identity, Links, PeerCert, Revocations};
+use crate::tls::{Identity, PeerCert, Revocations};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -68,10 +68,8 @@ struct Inner {
     agent_serial: std::sync::atomic::AtomicU64,
     /// Channels to other nodes' Raft ports, for forwarding writes and asking read indexes.
     peers: Mutex<HashMap<(NodeId, String), Channel>>,
-    /// This node's TLS client configuration towards its peers.
-    peer_tls: Arc<rustls::ClientConfig>,
-    /// What each outgoing link negotiated.
-    links: Links,
+    /// How this node dials its peers (mutual TLS with its node certificate).
+    dialer: crate::tls::Dialer,
     /// The last divergence this node (as leader) found, for Status.
     divergence: Mutex<String>,
 }
@@ -85,8 +83,7 @@ impl ClusterService {
         agent: Option<Arc<KeyAgent>>,
         write_timeout: Duration,
         connect_timeout: Duration,
-        peer_tls: Arc<rustls::ClientConfig>,
-        links: Links,
+        dialer: crate::tls::Dialer,
     ) -> Self {
         let batcher = batch::spawn(id, raft.clone());
         let inner = Inner {
@@ -100,8 +97,7 @@ impl ClusterService {
             boot_ms: now_ms(),
             agent_serial: std::sync::atomic::AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
-            peer_tls,
-            links,
+            dialer,
             divergence: Mutex::new(String::new()),
         };
         Self { inner: Arc::new(inner) }
@@ -216,15 +212,7 @@ impl Inner {
         if let Some(channel) = peers.get(&k) {
             return Ok(channel.clone());
         }
-        let channel = crate::tls::channel(
-            raft_addr,
-            self.peer_tls.clone(),
-            self.connect_timeout,
-            None,
-            Some(id),
-            self.links.clone(),
-        )
-        .map_err(ApiError::Unavailable)?;
+        let channel = self.dialer.channel(raft_addr, self.connect_timeout, id).map_err(ApiError::Unavailable)?;
         peers.insert(k, channel.clone());
         Ok(channel)
     }
@@ -292,7 +280,7 @@ impl Inner {
             Ok(Ok(Ok(resp))) => Ok(resp),
             Ok(Ok(Err(batch::WriteFail::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))))) => {
                 let mut client = self.forward_target(&f, w.hops)?;
-                let forwarded = PeerCall::Write(Forwarded { hops: w.hops + 1, ..w });
+                let forwarded = PeerCall::Write(Box::new(Forwarded { hops: w.hops + 1, ..w }));
                 let data = postcard::to_stdvec(&forwarded).map_err(|e| ApiError::Internal(e.to_string()))?;
                 let reply = client.forward(RaftPayload { data }).await.map_err(forwarded_error)?.into_inner();
                 postcard::from_bytes(&reply.data)
@@ -368,6 +356,7 @@ impl Inner {
             membership_index: membership_index(&m.membership_config),
             hsm: self.agent.as_ref().map(|a| a.status_json().to_string()).unwrap_or_default(),
             tls_links: self
+                .dialer
                 .links
                 .snapshot()
                 .into_iter()
@@ -652,7 +641,7 @@ fn admin<T>(request: Request<T>) -> Result<T, Status> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerCall {
     /// A write for the leader to propose.
-    Write(Forwarded),
+    Write(Box<Forwarded>),
     /// The leader's read index (answered as a postcard `u64` once the leader confirmed it leads
     /// and applied it).
     ReadIndex,
@@ -698,7 +687,7 @@ impl ForwardHandler for ClusterService {
                         w.actor
                     )));
                 }
-                postcard::to_stdvec(&self.inner.write(w, true).await?)
+                postcard::to_stdvec(&self.inner.write(*w, true).await?)
             }
             PeerCall::HashAt(index) => {
                 let applied = self.wait_applied(index, Duration::from_secs(5)).await.is_ok();

@@ -213,6 +213,23 @@ impl Links {
     }
 }
 
+/// What a node dials its peers with: its node certificate's client configuration and the record
+/// of what each link negotiated.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    /// The client configuration (the node certificate; trusts the node CA).
+    pub config: Arc<ClientConfig>,
+    /// What each link negotiated.
+    pub links: Links,
+}
+
+impl Dialer {
+    /// A lazy channel to node `id` at `addr` ([`channel`]).
+    pub fn channel(&self, addr: &str, connect_timeout: Duration, id: NodeId) -> Result<Channel, String> {
+        channel(addr, self.config.clone(), connect_timeout, None, Some(id), self.links.clone())
+    }
+}
+
 /// The stream of finished handshakes on `listener`, for `serve_with_incoming`: each handshake
 /// runs in its own task (a slow one stalls no other) and is bounded by [`HANDSHAKE_TIMEOUT`].
 /// Refusals are logged with the peer address and rustls' reason.
