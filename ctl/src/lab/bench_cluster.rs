@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 use crate::lab::demo::{Runner, fresh_dir, setup};
 
+/// The operator who submits and fetches the benchmark's batch (only a job's submitter may fetch it).
+const BENCH_OPERATOR: &str = "operator:bench";
+
 /// Options of `quill bench cluster`.
 #[derive(clap::Args, Debug)]
 pub struct ClusterBenchArgs {
@@ -92,13 +95,13 @@ pub fn run(a: &ClusterBenchArgs, json_out: bool) -> Result<u8> {
             "--mac-key",
             "MAC-OUTPUT-TEST",
         ],
-        Some("operator:bench"),
+        Some(BENCH_OPERATOR),
     )?;
     let v: Value = serde_json::from_str(out.trim()).map_err(|e| anyhow!("{e}: {out}"))?;
     let job = v["job"].as_str().ok_or_else(|| anyhow!("no job id"))?.to_string();
     let deadline = Instant::now() + Duration::from_secs(3600);
     let status = loop {
-        let s = r.quill_quiet(&["job", "status", &job, "--json"], Some(crate::lab::demo::DEMO_OPERATOR))?;
+        let s = r.quill_quiet(&["job", "status", &job, "--json"], Some(BENCH_OPERATOR))?;
         let st: Value = serde_json::from_str(s.trim()).unwrap_or(Value::Null);
         if st["state"] == "done" {
             break st;
@@ -109,10 +112,7 @@ pub fn run(a: &ClusterBenchArgs, json_out: bool) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(250));
     };
     let out_dir = dir.join("output");
-    r.quill(
-        &["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()],
-        Some(crate::lab::demo::DEMO_OPERATOR),
-    )?;
+    r.quill(&["job", "fetch", &job, "-o", out_dir.to_str().unwrap_or_default()], Some(BENCH_OPERATOR))?;
     let secs = t0.elapsed().as_secs_f64();
     let bytes = log_bytes(&dir, a.nodes).saturating_sub(bytes0);
     let cards = status["cards_done"].as_u64().unwrap_or(0);

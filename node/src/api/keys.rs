@@ -285,6 +285,8 @@ impl KeysService {
     }
 
     async fn export_tr31(&self, who: Principal, req: ExportTr31Request) -> ApiResult<ExportTr31Response> {
+        // Checked before the HSM builds a block (apply checks it again when the export is recorded).
+        crate::domain::require_role(&who.actor, &[Role::Admin, Role::Operator]).map_err(ApiError::PermissionDenied)?;
         let (caller, who) = Self::caller(who, req.caller)?;
         let approval_id = req.approval.clone();
         let (approval, keys) = self
@@ -399,13 +401,15 @@ impl keys_server::Keys for KeysService {
     }
 
     async fn audit_tail(&self, request: Request<AuditTailRequest>) -> Result<Response<AuditTailResponse>, Status> {
-        Ok(Response::new(self.audit_tail(request.into_inner()).await?))
+        let req = auditor(request)?;
+        Ok(Response::new(self.audit_tail(req).await?))
     }
 
     async fn audit_verify(
         &self,
-        _request: Request<AuditVerifyRequest>,
+        request: Request<AuditVerifyRequest>,
     ) -> Result<Response<AuditVerifyResponse>, Status> {
+        auditor(request)?;
         Ok(Response::new(self.audit_verify().await?))
     }
 
@@ -509,6 +513,13 @@ impl KeysService {
     ) -> Result<Response<WriteResult>, Status> {
         Ok(Response::new(self.cluster.write_for(who, caller, Command::Keys(cmd)).await?))
     }
+}
+
+/// The audit chain is read by auditors (and admins).
+fn auditor<T>(request: Request<T>) -> Result<T, Status> {
+    let (who, req) = super::principal(request)?;
+    crate::domain::require_role(&who.actor, &[Role::Auditor, Role::Admin]).map_err(ApiError::PermissionDenied)?;
+    Ok(req)
 }
 
 fn bad(message: String) -> Status {

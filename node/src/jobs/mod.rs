@@ -626,8 +626,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             Ok(format!("node {node} token {token}: {prepared} cards ({}/{} chunks)", j.chunks_done, j.chunks))
         }
         JobCommand::Ack { id, delivered } => {
-            let mut j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter).map_err(Fail::Refused)?;
+            let mut j = job_or_refuse(kv, &id)?;
             owner(ctx, &j).map_err(Fail::Refused)?;
             if j.state != JobState::Done {
                 return Err(Fail::Refused(format!(
@@ -644,8 +644,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             Ok(format!("delivered {} cards; input and output purged", j.cards_done))
         }
         JobCommand::Cancel { id } => {
-            let mut j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter).map_err(Fail::Refused)?;
+            let mut j = job_or_refuse(kv, &id)?;
             owner(ctx, &j).map_err(Fail::Refused)?;
             if matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired) {
                 return Err(Fail::Refused(format!("job {id} is already {}", j.state.as_str())));

@@ -1,0 +1,235 @@
+//! Issue 12, the role × call matrix: every client role (admin, custodian, operator, auditor) calls
+//! every RPC of the client API with a hand-built request through its own certificate; each role is
+//! refused (`PERMISSION_DENIED`) every call outside its role, and never refused for its role on a
+//! call inside it (those may still fail for other reasons: an unknown id, no SMK yet).
+
+use std::time::Duration;
+
+use quill_proto::v1::approval_ask_request::Action;
+use quill_proto::v1::cluster_client::ClusterClient;
+use quill_proto::v1::issuer_cert_import_request::Source;
+use quill_proto::v1::jobs_client::JobsClient;
+use quill_proto::v1::keys_client::KeysClient;
+use quill_proto::v1::{
+    AckRequest, AddLearnerRequest, ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditVerifyRequest,
+    BenchGetRequest, BenchPutRequest, CaImportRequest, Caller, CancelRequest, CeremonyCancelRequest,
+    CeremonyStartRequest, CeremonySubmitRequest, CertTags, ChangeMembershipRequest, ExportTr31Request, FetchRequest,
+    GenerateKeyRequest, ImportTr31Request, InitRequest, IssuerCertImportRequest, KeyStateRequest, MacRequest, NodeInfo,
+    QueryRequest, RevokeCertRequest, StatusRequest, SubmitPart,
+};
+use quill_tests::{Cluster, ClusterOptions, step};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ROLES: [&str; 4] = ["admin", "custodian", "operator", "auditor"];
+
+/// Every call of the client API and the roles it admits.
+const CALLS: &[(&str, &[&str])] = &[
+    ("Cluster.Status", &["admin", "custodian", "operator", "auditor"]),
+    ("Cluster.BenchPut", &["admin", "operator"]),
+    ("Cluster.BenchGet", &["admin", "custodian", "operator", "auditor"]),
+    ("Cluster.Init", &["admin"]),
+    ("Cluster.AddLearner", &["admin"]),
+    ("Cluster.ChangeMembership", &["admin"]),
+    ("Keys.Query", &["admin", "custodian", "operator", "auditor"]),
+    ("Keys.CeremonyStart", &["admin"]),
+    ("Keys.CeremonySubmit", &["custodian"]),
+    ("Keys.CeremonyCancel", &["admin"]),
+    ("Keys.SetKeyState", &["admin"]),
+    ("Keys.ApprovalAsk", &["admin", "operator"]),
+    ("Keys.ApprovalDecide", &["custodian"]),
+    ("Keys.CaImport", &["admin"]),
+    ("Keys.IssuerCertImport", &["admin"]),
+    ("Keys.Generate", &["admin"]),
+    ("Keys.ImportTr31", &["admin"]),
+    ("Keys.ExportTr31", &["admin", "operator"]),
+    ("Keys.AuditTail", &["admin", "auditor"]),
+    ("Keys.AuditVerify", &["admin", "auditor"]),
+    ("Keys.RevokeCert", &["admin"]),
+    ("Jobs.Submit", &["admin", "operator"]),
+    ("Jobs.Fetch", &["admin", "operator"]),
+    ("Jobs.Mac", &["admin", "operator"]),
+    ("Jobs.Ack", &["admin", "operator"]),
+    ("Jobs.Cancel", &["admin", "operator"]),
+];
+
+/// `name` called once through `ch` as `role`; `Ok` or the status.
+async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), tonic::Status> {
+    let caller = Some(Caller { client_id: format!("t93-{role}"), serial });
+    let mut c = ClusterClient::new(ch.clone());
+    let mut k = KeysClient::new(ch.clone());
+    let mut j = JobsClient::new(ch);
+    let id = format!("t93-{role}-{serial}");
+    match name {
+        "Cluster.Status" => c.status(StatusRequest {}).await.map(drop),
+        "Cluster.BenchPut" => c
+            .bench_put(BenchPutRequest {
+                client_id: format!("t93-{role}"),
+                serial,
+                key: "bench/t93".into(),
+                value: vec![1],
+            })
+            .await
+            .map(drop),
+        "Cluster.BenchGet" => {
+            c.bench_get(BenchGetRequest { key: "bench/t93".into(), linearizable: true, hops: 0 }).await.map(drop)
+        }
+        "Cluster.Init" => {
+            let members = vec![NodeInfo { id: 77, raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() }];
+            c.init(InitRequest { members }).await.map(drop)
+        }
+        "Cluster.AddLearner" => {
+            let node = NodeInfo { id: 77, raft_addr: "nowhere".into(), api_addr: "nowhere".into() };
+            c.add_learner(AddLearnerRequest { node: Some(node) }).await.map(drop)
+        }
+        "Cluster.ChangeMembership" => c
+            .change_membership(ChangeMembershipRequest { voters: vec![1], expected_membership_index: 999_999 })
+            .await
+            .map(drop),
+        "Keys.Query" => k
+            .query(QueryRequest { what: "keys".into(), id: String::new(), linearizable: true, hops: 0 })
+            .await
+            .map(drop),
+        "Keys.CeremonyStart" => k
+            .ceremony_start(CeremonyStartRequest {
+                caller,
+                id,
+                components: 2,
+                smk: false,
+                label: "t93".into(),
+                usage: "E0".into(),
+                alg: "des2".into(),
+                exportable: false,
+            })
+            .await
+            .map(drop),
+        "Keys.CeremonySubmit" => k
+            .ceremony_submit(CeremonySubmitRequest { caller, id: "nope".into(), kcv: "ABCDEF".into(), sealed: vec![] })
+            .await
+            .map(drop),
+        "Keys.CeremonyCancel" => k.ceremony_cancel(CeremonyCancelRequest { caller, id: "nope".into() }).await.map(drop),
+        "Keys.SetKeyState" => k
+            .set_key_state(KeyStateRequest { caller, key: "nope.v1".into(), state: "suspended".into() })
+            .await
+            .map(drop),
+        "Keys.ApprovalAsk" => k
+            .approval_ask(ApprovalAskRequest {
+                caller,
+                id,
+                action: Some(Action::Destroy("nope.v1".into())),
+                ttl_hours: 1,
+            })
+            .await
+            .map(drop),
+        "Keys.ApprovalDecide" => {
+            k.approval_decide(ApprovalDecideRequest { caller, id: "nope".into(), grant: true }).await.map(drop)
+        }
+        "Keys.CaImport" => k
+            .ca_import(CaImportRequest {
+                caller,
+                rid: "A000000999".into(),
+                index: (serial % 200) as u32,
+                modulus: vec![0xC5; 128],
+                exponent: vec![3],
+                checksum: None,
+            })
+            .await
+            .map(drop),
+        "Keys.IssuerCertImport" => k
+            .issuer_cert_import(IssuerCertImportRequest {
+                caller,
+                key: String::new(),
+                source: Some(Source::Tags(CertTags {
+                    rid: "A000000003".into(),
+                    ca_index: 0x92,
+                    cert: vec![0; 176],
+                    remainder: vec![],
+                    exponent: vec![3],
+                })),
+            })
+            .await
+            .map(drop),
+        "Keys.Generate" => k
+            .generate(GenerateKeyRequest {
+                caller,
+                label: id,
+                usage: "E0".into(),
+                alg: "des2".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "Keys.ImportTr31" => k
+            .import_tr31(ImportTr31Request {
+                caller,
+                label: id,
+                kbpk: "nope.v1".into(),
+                block: "B0096E0TX00E0000".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "Keys.ExportTr31" => k.export_tr31(ExportTr31Request { caller, approval: "nope".into() }).await.map(drop),
+        "Keys.AuditTail" => k.audit_tail(AuditTailRequest { from: 0, limit: 5 }).await.map(drop),
+        "Keys.AuditVerify" => k.audit_verify(AuditVerifyRequest {}).await.map(drop),
+        "Keys.RevokeCert" => k
+            .revoke_cert(RevokeCertRequest { caller, serial: format!("7e93{serial:04x}"), reason: "t93".into() })
+            .await
+            .map(drop),
+        "Jobs.Submit" => {
+            let part = SubmitPart { caller, file_name: "x.csv".into(), data: b"x".to_vec(), ..Default::default() };
+            j.submit(tokio_stream::iter(vec![part])).await.map(drop)
+        }
+        "Jobs.Fetch" => j.fetch(FetchRequest { job: "nope".into(), stream: "cards".into() }).await.map(drop),
+        "Jobs.Mac" => j.mac(MacRequest { job: "nope".into(), sha256: vec![0; 32], mac: vec![0; 32] }).await.map(drop),
+        "Jobs.Ack" => j.ack(AckRequest { caller, job: "nope".into(), delivered: vec![] }).await.map(drop),
+        "Jobs.Cancel" => j.cancel(CancelRequest { caller, job: "nope".into() }).await.map(drop),
+        other => panic!("no call {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_role_is_refused_every_call_outside_its_role() {
+    let cluster = Cluster::start("t93", ClusterOptions { nodes: 3, ..ClusterOptions::default() }).await;
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, Duration::from_secs(10), "a leader").await;
+    let follower = ids.iter().copied().find(|i| *i != leader).expect("a follower");
+    let mut serial = 0;
+    let mut refused = 0;
+    let mut admitted = 0;
+    for node in [leader, follower] {
+        for role in ROLES {
+            step(&format!("node {node}: every call as {role}"));
+            let ch = cluster.channel_as(node, &format!("{role}:t93-{role}"));
+            for (name, allowed) in CALLS {
+                serial += 1;
+                let r = call(name, role, ch.clone(), serial).await;
+                if allowed.contains(&role) {
+                    if let Err(e) = &r {
+                        assert_ne!(
+                            e.code(),
+                            Code::PermissionDenied,
+                            "{role} was refused {name}, a call of its role: {e:?}"
+                        );
+                    }
+                    admitted += 1;
+                } else {
+                    let e = r.expect_err(&format!("{role} was allowed {name}"));
+                    assert_eq!(e.code(), Code::PermissionDenied, "{role} calling {name} on node {node}: {e:?}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    step(&format!("{refused} calls refused, {admitted} admitted (not refused for their role)"));
+    assert!(refused > 0 && admitted > 0);
+    step("every refusal that reached the state machine is in the audit chain, with the identity");
+    let audit = cluster.quill_ok(leader, &["audit", "export"], &[]);
+    for role in ["custodian", "operator", "auditor"] {
+        let line = audit
+            .lines()
+            .find(|l| l.contains(&format!("{role}:t93-{role}")) && l.contains("rejected"))
+            .unwrap_or_else(|| panic!("no audited refusal of {role}"));
+        assert!(line.contains("role"), "{line}");
+    }
+}
