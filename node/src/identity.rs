@@ -9,11 +9,10 @@ use serde::{Deserialize, Serialize};
 /// Raft node ids are small integers chosen when a node joins.
 pub type NodeId = u64;
 
-/// What a caller may do. Until the TLS issue authenticates client certificates, the role is
-/// declared by the client; the state machine checks it all the same, so authentication plugs in
-/// without changing the rules.
+/// What a caller may do: the role its client certificate names (`quill:role/<role>/<name>`), one
+/// per certificate. The state machine checks it per command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Starts ceremonies, manages keys and membership.
     Admin,
@@ -23,13 +22,28 @@ pub enum Role {
     Operator,
     /// Reads the audit chain.
     Auditor,
+    /// A partner system exchanging keys (the key-exchange endpoints; nothing else).
+    Partner,
+    /// Runs the EMV CA (the CA endpoints; nothing else).
+    CaOfficer,
+    /// A branch printer asking for one card (instant issuance; nothing else).
+    Branch,
     /// A cluster node acting on its own (enrolment, SMK formation, audit seals).
     Node,
 }
 
 impl Role {
     /// Every role, for help texts.
-    pub const ALL: [Role; 5] = [Role::Admin, Role::Custodian, Role::Operator, Role::Auditor, Role::Node];
+    pub const ALL: [Role; 8] = [
+        Role::Admin,
+        Role::Custodian,
+        Role::Operator,
+        Role::Auditor,
+        Role::Partner,
+        Role::CaOfficer,
+        Role::Branch,
+        Role::Node,
+    ];
 
     /// The role's name.
     pub fn as_str(self) -> &'static str {
@@ -38,6 +52,9 @@ impl Role {
             Role::Custodian => "custodian",
             Role::Operator => "operator",
             Role::Auditor => "auditor",
+            Role::Partner => "partner",
+            Role::CaOfficer => "ca-officer",
+            Role::Branch => "branch",
             Role::Node => "node",
         }
     }
@@ -52,10 +69,11 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?} (one of admin, custodian, operator, auditor, node)"))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown role {s:?} (one of admin, custodian, operator, auditor, partner, ca-officer, branch, node)"
+            )
+        })
     }
 }
 

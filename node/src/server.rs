@@ -188,7 +188,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         agent.clone(),
         config.raft.write_timeout(),
         config.raft.rpc_timeout(),
-        crate::tls::Dialer { config: peer_tls, links: links.clone() },
+        crate::tls::Dialer {
+            config: peer_tls,
+            links: links.clone(),
+            cert: crate::identity::CertRef { serial: named.serial.clone(), key_fp: named.key_fp.clone() },
+        },
     );
     tokio::spawn(refresh_revocations(raft.clone(), sm.clone(), revoked.clone()));
     let raft_svc = RaftService::new(

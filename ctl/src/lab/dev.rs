@@ -540,7 +540,10 @@ fn wait_health(n: &DevNode) -> Result<()> {
             Ok((code, body)) => format!("HTTP {code}: {}", body.lines().next().unwrap_or("")),
             Err(e) => format!("{e:#}"),
         };
-        if n.running_pid().is_none() {
+        // Not `running_pid`: between fork and exec the child's command line is still `quill`'s,
+        // which once made a node that was starting look dead.
+        let started: Option<u32> = fs::read_to_string(n.pid_path()).ok().and_then(|p| p.trim().parse().ok());
+        if !started.is_some_and(alive) {
             bail!(
                 "node {} exited during start-up; last log line: {}",
                 n.config.node_id,
@@ -611,6 +614,12 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 fn last_line(path: &Path) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string)
+}
+
+/// Is `pid` a live (not zombie) process?
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z")
 }
 
 /// Is `pid` a live (not zombie) process whose command line names `config`?

@@ -138,12 +138,7 @@ impl JobsService {
         let first =
             parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
         let caller = super::client_caller(first.caller.clone())?;
-        let actor = &who.actor;
-        if !matches!(actor.role, Role::Operator | Role::Admin) {
-            return Err(ApiError::PermissionDenied(format!(
-                "{actor} may not submit jobs (needs role operator or admin)"
-            )));
-        }
+        self.cluster.require(&who, &[Role::Operator, Role::Admin], "Jobs.Submit").await?;
         let mut data = first.data.clone();
         while let Some(p) = parts.message().await.map_err(broke)? {
             data.extend_from_slice(&p.data);
@@ -320,18 +315,18 @@ impl jobs_server::Jobs for JobsService {
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         // Output holds cardholder data: operators (and admins) only, and only the job's submitter.
-        let caller = super::caller_of(&request)?;
-        crate::domain::require_role(&caller, &[Role::Operator, Role::Admin]).map_err(ApiError::PermissionDenied)?;
-        let bytes = self.fetch(&caller, request.into_inner()).await?;
+        let (who, req) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::Operator, Role::Admin], "Jobs.Fetch").await?;
+        let bytes = self.fetch(&who.actor, req).await?;
         let parts: Vec<Result<FetchPart, Status>> =
             bytes.chunks(1 << 20).map(|c| Ok(FetchPart { data: c.to_vec() })).collect();
         Ok(Response::new(tokio_stream::iter(parts)))
     }
 
     async fn mac(&self, request: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
-        let caller = super::caller_of(&request)?;
-        crate::domain::require_role(&caller, &[Role::Operator, Role::Admin]).map_err(ApiError::PermissionDenied)?;
-        Ok(Response::new(self.mac(&caller, request.into_inner()).await?))
+        let (who, req) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::Operator, Role::Admin], "Jobs.Mac").await?;
+        Ok(Response::new(self.mac(&who.actor, req).await?))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<WriteResult>, Status> {

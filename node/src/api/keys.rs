@@ -162,8 +162,8 @@ impl KeysService {
     }
 
     async fn generate(&self, who: Principal, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
+        self.cluster.require(&who, &[Role::Admin], "Keys.Generate").await?;
         let (caller, who) = Self::caller(who, req.caller.clone())?;
-        let actor = who.actor.clone();
         let usage: Usage = req.usage.parse().map_err(ApiError::BadRequest)?;
         if usage == Usage::S0 || req.alg.eq_ignore_ascii_case("rsa") {
             return self.generate_issuer(caller, &who, req).await;
@@ -171,9 +171,6 @@ impl KeysService {
         let alg: KeyAlg = req.alg.parse().map_err(ApiError::BadRequest)?;
         if !usage.allows(alg) {
             return Err(ApiError::BadRequest(format!("usage {usage} does not allow a {alg} key")));
-        }
-        if actor.role != Role::Admin {
-            return Err(ApiError::PermissionDenied(format!("{actor} may not generate keys (needs role admin)")));
         }
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
@@ -201,12 +198,8 @@ impl KeysService {
         who: &Principal,
         req: GenerateKeyRequest,
     ) -> ApiResult<KeyResponse> {
-        let actor = &who.actor;
         if !req.alg.eq_ignore_ascii_case("rsa") || req.usage != "S0" {
             return Err(ApiError::BadRequest("an issuer key pair is usage S0 with alg rsa".into()));
-        }
-        if actor.role != Role::Admin {
-            return Err(ApiError::PermissionDenied(format!("{actor} may not generate keys (needs role admin)")));
         }
         let (bits, exponent) = (req.rsa_bits, if req.rsa_exponent == 0 { 3 } else { req.rsa_exponent });
         if !(512..=1984).contains(&bits) || !bits.is_multiple_of(8) {
@@ -241,10 +234,7 @@ impl KeysService {
 
     async fn import_tr31(&self, who: Principal, req: ImportTr31Request) -> ApiResult<KeyResponse> {
         let (caller, who) = Self::caller(who, req.caller)?;
-        let actor = who.actor.clone();
-        if actor.role != Role::Admin {
-            return Err(ApiError::PermissionDenied(format!("{actor} may not import keys (needs role admin)")));
-        }
+        self.cluster.require(&who, &[Role::Admin], "Keys.ImportTr31").await?;
         let header = quill_crypto::tr31::parse_key_block_header(req.block.as_bytes())
             .map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
         let code = header.key_usage.code();
@@ -286,7 +276,7 @@ impl KeysService {
 
     async fn export_tr31(&self, who: Principal, req: ExportTr31Request) -> ApiResult<ExportTr31Response> {
         // Checked before the HSM builds a block (apply checks it again when the export is recorded).
-        crate::domain::require_role(&who.actor, &[Role::Admin, Role::Operator]).map_err(ApiError::PermissionDenied)?;
+        self.cluster.require(&who, &[Role::Admin, Role::Operator], "Keys.ExportTr31").await?;
         let (caller, who) = Self::caller(who, req.caller)?;
         let approval_id = req.approval.clone();
         let (approval, keys) = self
@@ -380,8 +370,10 @@ fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
 #[tonic::async_trait]
 impl keys_server::Keys for KeysService {
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        // Every role may read the inventory's public records (no key value is in them).
-        let (_, req) = super::principal(request)?;
+        // The people who run the cluster may read the inventory's public records (no key value
+        // is in them); partner systems, CA officers and branches may not.
+        let (who, req) = super::principal(request)?;
+        self.cluster.require(&who, &super::STAFF, "Keys.Query").await?;
         Ok(Response::new(self.query(req).await?))
     }
 
@@ -401,7 +393,8 @@ impl keys_server::Keys for KeysService {
     }
 
     async fn audit_tail(&self, request: Request<AuditTailRequest>) -> Result<Response<AuditTailResponse>, Status> {
-        let req = auditor(request)?;
+        let (who, req) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::Auditor, Role::Admin], "Keys.AuditTail").await?;
         Ok(Response::new(self.audit_tail(req).await?))
     }
 
@@ -409,7 +402,8 @@ impl keys_server::Keys for KeysService {
         &self,
         request: Request<AuditVerifyRequest>,
     ) -> Result<Response<AuditVerifyResponse>, Status> {
-        auditor(request)?;
+        let (who, _) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::Auditor, Role::Admin], "Keys.AuditVerify").await?;
         Ok(Response::new(self.audit_verify().await?))
     }
 
@@ -513,13 +507,6 @@ impl KeysService {
     ) -> Result<Response<WriteResult>, Status> {
         Ok(Response::new(self.cluster.write_for(who, caller, Command::Keys(cmd)).await?))
     }
-}
-
-/// The audit chain is read by auditors (and admins).
-fn auditor<T>(request: Request<T>) -> Result<T, Status> {
-    let (who, req) = super::principal(request)?;
-    crate::domain::require_role(&who.actor, &[Role::Auditor, Role::Admin]).map_err(ApiError::PermissionDenied)?;
-    Ok(req)
 }
 
 fn bad(message: String) -> Status {

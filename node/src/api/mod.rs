@@ -122,7 +122,10 @@ impl ClusterService {
         actor: Actor,
         cmd: Command,
     ) -> ApiResult<crate::raft::Response> {
-        let w = Forwarded { client_id: client_id.to_string(), serial, actor, cert: None, cmd, hops: 0 };
+        // A node's own proposal carries its node certificate; another actor's (a caller's refusal
+        // record) is built by `require`.
+        let cert = (actor == Actor::node(self.inner.id)).then(|| self.inner.dialer.cert.clone());
+        let w = Forwarded { client_id: client_id.to_string(), serial, actor, cert, cmd, hops: 0 };
         self.inner.write(w, false).await
     }
 
@@ -536,13 +539,13 @@ impl cluster_server::Cluster for ClusterService {
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
-        let req = admin(request)?;
+        let req = self.admin(request, "Cluster.Init").await?;
         self.inner.init(req).await?;
         Ok(Response::new(InitResponse {}))
     }
 
     async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        let req = admin(request)?;
+        let req = self.admin(request, "Cluster.AddLearner").await?;
         Ok(Response::new(self.inner.add_learner(req).await?))
     }
 
@@ -550,7 +553,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        let req = admin(request)?;
+        let req = self.admin(request, "Cluster.ChangeMembership").await?;
         Ok(Response::new(self.inner.change_membership(req).await?))
     }
 }
@@ -630,11 +633,36 @@ impl ClusterService {
     }
 }
 
-/// A membership call's request, if its caller is an admin.
-fn admin<T>(request: Request<T>) -> Result<T, Status> {
-    let (who, req) = principal(request)?;
-    crate::domain::require_role(&who.actor, &[Role::Admin]).map_err(|e| ApiError::PermissionDenied(e).into_status())?;
-    Ok(req)
+/// The roles of the people who run the cluster (everything but partner systems, CA officers and
+/// branch printers, whose endpoints are their own).
+pub const STAFF: [Role; 4] = [Role::Admin, Role::Custodian, Role::Operator, Role::Auditor];
+
+impl ClusterService {
+    /// A membership call's request, if its caller is an admin (a refusal is audited).
+    async fn admin<T>(&self, request: Request<T>, call: &str) -> Result<T, Status> {
+        let (who, req) = principal(request)?;
+        self.require(&who, &[Role::Admin], call).await?;
+        Ok(req)
+    }
+
+    /// Refuse `who` unless its role is one of `roles`. A refusal is audited with the caller's
+    /// identity: proposed in its name as a `KeyCommand::Denied`, which apply records and rejects
+    /// (the call is refused whether or not the record could be written in time).
+    pub async fn require(&self, who: &Principal, roles: &[Role], call: &str) -> Result<(), ApiError> {
+        let Err(reason) = crate::domain::require_role(&who.actor, roles) else { return Ok(()) };
+        let w = Forwarded {
+            client_id: format!("denied-{}", self.agent_client_id("denied")),
+            serial: self.next_agent_serial(),
+            actor: who.actor.clone(),
+            cert: Some(who.cert.clone()),
+            cmd: Command::Keys(crate::keys::KeyCommand::Denied { call: call.to_string(), reason: reason.clone() }),
+            hops: 0,
+        };
+        if tokio::time::timeout(Duration::from_secs(2), self.inner.write(w, false)).await.is_err() {
+            tracing::warn!(%call, caller = %who.actor, "a refusal could not be audited in time");
+        }
+        Err(ApiError::PermissionDenied(reason))
+    }
 }
 
 /// What one node asks another over the Raft port (postcard in `RaftPayload`).

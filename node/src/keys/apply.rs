@@ -201,6 +201,14 @@ pub enum KeyCommand {
         /// What it saw.
         what: String,
     },
+    /// A call the API refused the caller for its role (actor: the caller): recorded in the audit
+    /// chain with the caller's identity, and always rejected.
+    Denied {
+        /// The RPC, e.g. `Jobs.Fetch`.
+        call: String,
+        /// Why.
+        reason: String,
+    },
     /// Revoke a certificate by serial (actor: admin): refused on every listener and in apply from
     /// now on.
     RevokeCert {
@@ -247,6 +255,7 @@ impl KeyCommand {
             KeyCommand::IssuerCertImport { .. } => "issuer.certificate",
             KeyCommand::RevokeCert { .. } => "identity.revoke",
             KeyCommand::Alarm { .. } => "cluster.alarm",
+            KeyCommand::Denied { .. } => "api.denied",
         }
     }
 
@@ -272,6 +281,7 @@ impl KeyCommand {
             KeyCommand::IssuerCertImport { key: Some(label), .. } => format!("issuer:{label}"),
             KeyCommand::IssuerCertImport { key: None, .. } => "issuer-cert".into(),
             KeyCommand::RevokeCert { serial, .. } => format!("cert:{serial}"),
+            KeyCommand::Denied { call, .. } => format!("call:{call}"),
         }
     }
 }
@@ -387,6 +397,7 @@ impl State<'_> {
             KeyCommand::IssuerKeyCreate { label, key, origin } => self.issuer_key_create(ctx, label, key, origin),
             KeyCommand::IssuerCertImport { source, key } => self.issuer_cert_import(ctx, source, key),
             KeyCommand::RevokeCert { serial, reason } => self.revoke(ctx, serial, reason),
+            KeyCommand::Denied { call, reason } => Ok(refuse(format!("{call}: {reason}"))),
             KeyCommand::Alarm { node, what } => {
                 if let Err(r) = self.node_actor(ctx, node) {
                     return Ok(Err(r));
@@ -419,7 +430,9 @@ mod tests {
     }
 
     fn run_at(kv: &mut MemKv, actor: &Actor, time_ms: u64, cmd: KeyCommand) -> Applied {
-        let ctx = Ctx { log_index: 1, time_ms, actor, cert: None };
+        // Each actor its own certificate (and key), as the API would establish it.
+        let cert = crate::identity::CertRef { serial: format!("{actor}"), key_fp: format!("key of {actor}") };
+        let ctx = Ctx { log_index: 1, time_ms, actor, cert: Some(&cert) };
         apply(kv, &ctx, cmd).expect("apply")
     }
 

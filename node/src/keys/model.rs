@@ -313,6 +313,9 @@ pub struct NodeRecord {
     pub enrolled_ms: u64,
     /// SMK status.
     pub smk: NodeSmk,
+    /// The node certificate it enrolled with (its transport key is bound to it).
+    #[serde(default)]
+    pub cert: Option<crate::identity::CertRef>,
 }
 
 /// What a ceremony forms.

@@ -224,10 +224,14 @@ impl RaftService {
         if self.revoked.contains(&cert.serial) {
             return Err(tonic::Status::unauthenticated(format!("node {id}'s certificate {} is revoked", cert.serial)));
         }
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let mut members = membership.nodes().map(|(n, _)| *n).peekable();
-        if members.peek().is_some() && !members.any(|n| n == id) {
+        let member = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let mut members = membership.nodes().map(|(n, _)| *n).peekable();
+            members.peek().is_none() || members.any(|n| n == id)
+        };
+        if !member {
             return Err(tonic::Status::permission_denied(format!("node {id} is not a member of this cluster")));
         }
         Ok(id)

@@ -248,7 +248,8 @@ fn sequence(seed: u64) -> Vec<Request> {
     for (i, (actor, cmd)) in corpus.iter().enumerate() {
         time_ms += rng.below(3000) as u64;
         let mut push = |actor: Actor, cmd: Command, serial: u64| {
-            out.push(Request { client_id: "c".into(), serial, time_ms, actor, audit_mac: None, cert: None, cmd })
+            let cert = Some(cert_of(&actor));
+            out.push(Request { client_id: "c".into(), serial, time_ms, actor, audit_mac: None, cert, cmd })
         };
         push(actor.clone(), cmd.clone(), i as u64 * 10);
         for k in 1..=rng.below(4) as u64 {
@@ -449,4 +450,9 @@ fn only_nodes_seal_the_audit_chain_and_clients_cannot_send_batches_or_seals() {
         Outcome::Rejected { reason } => assert!(reason.contains("needs role node"), "{reason}"),
         other => panic!("a seal by an admin was applied: {other:?}"),
     }
+}
+
+/// The certificate the API would have established for `actor` (one key per identity).
+fn cert_of(actor: &Actor) -> crate::identity::CertRef {
+    crate::identity::CertRef { serial: hex::encode(actor.to_string()), key_fp: actor.to_string() }
 }

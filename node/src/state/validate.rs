@@ -78,6 +78,10 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
         KeyCommand::IssuerCertImport { key, .. } => key.as_deref().map_or(Ok(()), |k| id("issuer key", k)),
         KeyCommand::SmkInstalled { .. } | KeyCommand::AuditKeysSet { .. } => Ok(()),
         KeyCommand::Alarm { what, .. } => text("what", what, 1024),
+        KeyCommand::Denied { call, reason } => {
+            text("call", call, 128)?;
+            text("reason", reason, 1024)
+        }
         KeyCommand::RevokeCert { serial, reason } => {
             crate::keys::apply::normalize_serial(serial)
                 .ok_or_else(|| format!("serial {:?} is not a hex certificate serial", clip(serial)))?;

@@ -1,4 +1,5 @@
-//! Node enrolment: a node records its HSM transport public key (only for itself).
+//! Node enrolment: a node records its HSM transport public key (only for itself), bound to the
+//! node certificate it proposed it with.
 
 use super::*;
 
@@ -13,19 +14,32 @@ impl State<'_> {
         if let Err(r) = self.node_actor(ctx, node) {
             return Ok(Err(r));
         }
+        let Some(cert) = ctx.cert else {
+            return Ok(refuse(format!("node {node} enrols with its node certificate; this request carries none")));
+        };
         let fingerprint = transport.fingerprint();
         let existing: Option<NodeRecord> = self.get(&key::node(node))?;
         let smk = match existing {
-            Some(rec) if rec.transport == transport => {
+            Some(rec) if rec.transport == transport && rec.cert.as_ref() == Some(cert) => {
                 return Ok(Ok(Applied::done(format!("node:{node}"), format!("already enrolled ({fingerprint})"))));
             }
             // A node that re-enrols with a new transport key (its HSM token was replaced) has
             // lost its SMK with it.
             Some(_) | None => NodeSmk::Missing,
         };
-        let rec =
-            NodeRecord { id: node, transport, fingerprint: fingerprint.clone(), hsm, enrolled_ms: ctx.time_ms, smk };
+        let rec = NodeRecord {
+            id: node,
+            transport,
+            fingerprint: fingerprint.clone(),
+            hsm,
+            enrolled_ms: ctx.time_ms,
+            smk,
+            cert: Some(cert.clone()),
+        };
         self.put(key::node(node), &rec)?;
-        Ok(Ok(Applied::done(format!("node:{node}"), format!("transport key {fingerprint}"))))
+        Ok(Ok(Applied::done(
+            format!("node:{node}"),
+            format!("transport key {fingerprint}, node certificate {}", cert.serial),
+        )))
     }
 }
