@@ -92,7 +92,7 @@ impl Actor {
         Actor { name: format!("node-{id}"), role: Role::Node }
     }
 
-    /// Parse `role:name` (the `x-quill-actor` metadata and the CLI's `--as`).
+    /// Parse `role:name` (the CLI's `--as` dev shortcut; certificates name `quill:role/<role>/<name>`).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (role, name) = s.split_once(':').ok_or_else(|| format!("actor {s:?} is not role:name"))?;
         let role: Role = role.parse()?;

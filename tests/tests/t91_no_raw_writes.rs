@@ -5,8 +5,9 @@
 //! node certificate), or stop the cluster with a command whose apply would panic (a job digest
 //! with a multi-byte character at byte 16 once aborted every node, on every restart).
 //!
-//! Every attack is refused before it reaches the log: afterwards every node has the same state
-//! hash as before the attacks, at the same applied index, and the cluster still commits.
+//! Every attack is refused: the only entries it leaves are the audit chain's records of the
+//! refusals made at the API (each `api.denied`, rejected, in the caller's name); every node
+//! converges to the same state, and the cluster still commits.
 
 use std::time::Duration;
 
@@ -60,6 +61,7 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
     step("an honest benchmark write, so the audit chain has a head");
     let (r, _) = cluster.put(leader, "t91-honest", 1, "t91/before", b"x").await.expect("honest put");
     let (applied, hash) = cluster.wait_converged(&ids, r.log_index, Duration::from_secs(20)).await;
+    let before = cluster.quill_ok(leader, &["audit", "export"], &[]);
 
     let eve = Actor { name: "eve".into(), role: Role::Admin };
     let mut serial = 100;
@@ -177,11 +179,19 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
         assert!(refused(&e), "{e:?}");
     }
 
-    step("nothing changed: same applied index and state hash on every node");
-    for id in &ids {
-        let st = cluster.status(*id).await.unwrap_or_else(|e| panic!("node {id} down: {e}\n{}", cluster.log_tail(*id)));
-        assert_eq!((st.applied_index, st.state_hash.as_str()), (applied, hash.as_str()), "node {id}");
+    step("nothing changed but the audit chain's records of the refusals, on every node alike");
+    let after = cluster.quill_ok(leader, &["audit", "export"], &[]);
+    let new: Vec<&str> = after.lines().skip(before.lines().count()).collect();
+    assert!(!new.is_empty(), "the refusals at the API were not audited");
+    for line in &new {
+        assert!(line.contains("rejected") && line.contains("api.denied"), "not a refusal record: {line}");
     }
+    let st = cluster.status(leader).await.expect("leader status");
+    assert!(st.applied_index > applied && st.state_hash != hash);
+    for id in &ids {
+        cluster.status(*id).await.unwrap_or_else(|e| panic!("node {id} down: {e}\n{}", cluster.log_tail(*id)));
+    }
+    cluster.wait_converged(&ids, st.applied_index, Duration::from_secs(20)).await;
 
     step("the cluster still commits");
     let (r, _) = cluster.put(follower, "t91-honest", 2, "t91/after", b"y").await.expect("put after the attacks");

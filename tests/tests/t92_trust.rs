@@ -9,7 +9,8 @@
 //!   speaking in another node's name, membership calls by a non-admin, exactly-once records keyed
 //!   by identity;
 //! - oversized messages on the API and the Raft port;
-//! - dual control: one key under two custodian names (ceremony component, approval);
+//! - dual control: one key under two custodian names (ceremony component, approval); an expired
+//!   approval;
 //! - jobs: another operator's fetch, cancel and acknowledgement; the MAC check answers yes or no
 //!   and a forged MAC gets no;
 //! - revocation: a revoked operator is refused on every node, reads and writes, and the
@@ -27,13 +28,14 @@ use quill_node::identity::Actor;
 use quill_node::raft::Command as QuillCommand;
 use quill_node::tls::pki::Validity;
 use quill_node::tls::{Identity, PkiDir, TlsFiles};
+use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::raft_client::RaftClient;
 use quill_proto::v1::{
-    AddLearnerRequest, BenchPutRequest, Caller, CancelRequest, CeremonyStartRequest, FetchRequest, MacRequest,
-    NodeInfo, QueryRequest, RaftPayload, StatusRequest,
+    AddLearnerRequest, ApprovalAskRequest, BenchPutRequest, Caller, CancelRequest, CeremonyStartRequest, FetchRequest,
+    MacRequest, NodeInfo, QueryRequest, RaftPayload, StatusRequest,
 };
 use quill_tests::{Cluster, ClusterOptions, step, tls_channel, wait_until, write_dda_batch};
 use tonic::Code;
@@ -121,6 +123,10 @@ async fn every_door_refuses_the_wrong_credentials() {
     step("... and on the Raft port it is not even a node CA certificate: refused at the handshake");
     let mut r = RaftClient::new(tls_channel(&tls_config(&fake_node), &raft_addr, Duration::from_secs(5)));
     r.vote(RaftPayload { data: vec![0; 8] }).await.expect_err("a client-CA certificate spoke Raft");
+
+    step("no certificate on the Raft port: refused");
+    let mut r = RaftClient::new(cluster.channel_without_cert(cluster.node(leader).raft_addr));
+    r.vote(RaftPayload { data: vec![0; 8] }).await.expect_err("an anonymous Raft vote");
 
     step("a client certificate on the Raft port, a node certificate on the API port: refused");
     let mut r = RaftClient::new(tls_channel(&cluster.identity("admin:fixture"), &raft_addr, Duration::from_secs(5)));
@@ -308,6 +314,23 @@ async fn every_door_refuses_the_wrong_credentials() {
     assert!(err.contains("same key"), "{err}");
     let a = cluster.query(leader, "approval", &approval).await.unwrap();
     assert_eq!(a["state"], "pending", "{a}");
+
+    step("an expired approval can be neither granted nor used");
+    let mut k = KeysClient::new(cluster.channel_as(leader, "admin:ada"));
+    k.approval_ask(ApprovalAskRequest {
+        caller: Some(Caller { client_id: "t92-ttl".into(), serial: 1 }),
+        id: "t92-short".into(),
+        action: Some(Action::Destroy(victim_key.clone())),
+        ttl_hours: 0,
+        ttl_seconds: 1,
+    })
+    .await
+    .expect("a one-second approval");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, _, err) =
+        cluster.quill(leader, &["approve", "grant", "t92-short"], &[("QUILL_ACTOR", "custodian:alice")]);
+    assert_eq!(code, 1, "an expired approval was granted: {err}");
+    assert!(err.contains("expired"), "{err}");
 
     step("a job of operator otto: another operator may not fetch, cancel or acknowledge it");
     let dir = tempfile::tempdir().unwrap();

@@ -122,6 +122,7 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
                 id,
                 action: Some(Action::Destroy("nope.v1".into())),
                 ttl_hours: 1,
+                ttl_seconds: 0,
             })
             .await
             .map(drop),
@@ -232,7 +233,7 @@ async fn every_role_is_refused_every_call_outside_its_role() {
     step("every refusal is in the audit chain, with the caller's identity");
     let audit = cluster.quill_ok(leader, &["audit", "export"], &[]);
     for (role, n) in refused_of {
-        let me = format!("\"name\":\"t93-{role}\"");
+        let me = format!("{role}:t93-{role}");
         let rejected = audit.lines().filter(|l| l.contains(&me) && l.contains("rejected")).count();
         assert!(rejected >= n, "{role}: {n} refusals, {rejected} audited rejections");
     }

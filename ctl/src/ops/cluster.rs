@@ -318,16 +318,26 @@ pub fn nodes(a: &NodesArgs, json: bool) -> Result<u8> {
     if json {
         let list: Vec<Value> = nodes
             .iter()
-            .map(|n| json!({"id": n.id, "transport_fingerprint": n.fingerprint, "hsm": n.hsm, "smk": n.smk}))
+            .map(|n| {
+                json!({"id": n.id, "transport_fingerprint": n.fingerprint, "hsm": n.hsm, "smk": n.smk,
+                       "certificate_serial": n.cert.as_ref().map(|c| c.serial.clone())})
+            })
             .collect();
         println!("{}", json!({"nodes": list}));
     } else {
-        let mut rows = vec![vec!["NODE".into(), "TRANSPORT KEY (SHA-256 of SPKI)".into(), "SMK".into(), "HSM".into()]];
+        let mut rows = vec![vec![
+            "NODE".into(),
+            "TRANSPORT KEY (SHA-256 of SPKI)".into(),
+            "SMK".into(),
+            "NODE CERTIFICATE".into(),
+            "HSM".into(),
+        ]];
         for n in &nodes {
             rows.push(vec![
                 n.id.to_string(),
                 n.fingerprint.clone(),
                 format!("{:?}", n.smk).to_lowercase(),
+                n.cert.as_ref().map_or_else(|| "-".to_string(), |c| c.serial.clone()),
                 n.hsm.chars().take(60).collect(),
             ]);
         }

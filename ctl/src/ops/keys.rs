@@ -406,7 +406,13 @@ fn request_approval(who: &Who, action: Action, json: bool) -> Result<u8> {
     let mut s = Session::new(who)?;
     let id = new_id("appr");
     let detail = s.keys_write(|mut c, caller| {
-        let req = ApprovalAskRequest { caller: Some(caller), id: id.clone(), action: Some(action.clone()), ttl_hours };
+        let req = ApprovalAskRequest {
+            caller: Some(caller),
+            id: id.clone(),
+            action: Some(action.clone()),
+            ttl_hours,
+            ttl_seconds: 0,
+        };
         async move { c.approval_ask(req).await }
     })?;
     print(

@@ -448,7 +448,8 @@ impl keys_server::Keys for KeysService {
             Action::Export(e) => ApprovalAction::Export { key: e.key, kbpk: e.kbpk },
             Action::Destroy(key) => ApprovalAction::Destroy { key },
         };
-        let ttl_ms = u64::from(r.ttl_hours) * 3_600_000;
+        let ttl_ms =
+            if r.ttl_seconds > 0 { u64::from(r.ttl_seconds) * 1000 } else { u64::from(r.ttl_hours) * 3_600_000 };
         self.write(who, r.caller, KeyCommand::ApprovalRequest { id: r.id, action, ttl_ms }).await
     }
 
