@@ -198,39 +198,17 @@ async fn every_door_refuses_the_wrong_credentials() {
     let second = ClusterClient::new(cluster.channel_as(leader, "operator:eve")).bench_put(put).await.unwrap();
     assert!(!first.get_ref().duplicate && !second.get_ref().duplicate, "{first:?} {second:?}");
 
+    let cert = p(&cluster, "admin-fixture/cert.pem");
+    let key = p(&cluster, "admin-fixture/key.pem");
+    let with_cert = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-cert", cert.as_str(), "-key", key.as_str()]);
+        s_client(&api, &all)
+    };
     if let (Some(bad12), Some(bad_chacha), Some(good)) = (
-        s_client(
-            &api,
-            &[
-                "-tls1_2",
-                "-cert",
-                &p(&cluster, "admin-fixture/cert.pem"),
-                "-key",
-                &p(&cluster, "admin-fixture/key.pem"),
-            ],
-        ),
-        s_client(
-            &api,
-            &[
-                "-tls1_3",
-                "-ciphersuites",
-                "TLS_CHACHA20_POLY1305_SHA256",
-                "-cert",
-                &p(&cluster, "admin-fixture/cert.pem"),
-                "-key",
-                &p(&cluster, "admin-fixture/key.pem"),
-            ],
-        ),
-        s_client(
-            &api,
-            &[
-                "-tls1_3",
-                "-cert",
-                &p(&cluster, "admin-fixture/cert.pem"),
-                "-key",
-                &p(&cluster, "admin-fixture/key.pem"),
-            ],
-        ),
+        with_cert(&["-tls1_2"]),
+        with_cert(&["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]),
+        with_cert(&["-tls1_3"]),
     ) {
         step("openssl s_client: TLS 1.2 and ChaCha20 refused, TLS 1.3 AES-GCM with a certificate accepted");
         assert!(good.contains("TLSv1.3") && good.contains("AES"), "positive control failed: {good}");

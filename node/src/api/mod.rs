@@ -138,15 +138,7 @@ impl ClusterService {
         who: &Principal,
         cmd: Command,
     ) -> ApiResult<crate::raft::Response> {
-        let w = Forwarded {
-            client_id: client_id.to_string(),
-            serial,
-            actor: who.actor.clone(),
-            cert: Some(who.cert.clone()),
-            cmd,
-            hops: 0,
-        };
-        self.inner.write(w, false).await
+        self.inner.write(Forwarded::of(who, client_id.to_string(), serial, cmd), false).await
     }
 
     /// Propose a client's typed write as `who` (from its certificate) with the (client id,
@@ -154,15 +146,7 @@ impl ClusterService {
     pub async fn write_for(&self, who: Principal, caller: Option<Caller>, cmd: Command) -> ApiResult<WriteResult> {
         let caller = client_caller(caller)?;
         crate::state::validate::client_command(&cmd).map_err(ApiError::BadRequest)?;
-        let w = Forwarded {
-            client_id: caller.client_id,
-            serial: caller.serial,
-            actor: who.actor,
-            cert: Some(who.cert),
-            cmd,
-            hops: 0,
-        };
-        let r = self.inner.write(w, false).await?;
+        let r = self.inner.write(Forwarded::of(&who, caller.client_id, caller.serial, cmd), false).await?;
         match r.outcome {
             Outcome::Done { object, detail } => {
                 Ok(WriteResult { log_index: r.log_index, duplicate: r.duplicate, object, detail })
@@ -306,15 +290,7 @@ impl Inner {
         let caller = client_caller(Some(Caller { client_id: req.client_id, serial: req.serial }))?;
         let cmd = Command::Put { key: req.key, value: req.value };
         crate::state::validate::client_command(&cmd).map_err(ApiError::BadRequest)?;
-        let w = Forwarded {
-            client_id: caller.client_id,
-            serial: caller.serial,
-            actor: who.actor,
-            cert: Some(who.cert),
-            cmd,
-            hops: 0,
-        };
-        let r = self.write(w, false).await?;
+        let r = self.write(Forwarded::of(&who, caller.client_id, caller.serial, cmd), false).await?;
         match r.outcome {
             Outcome::Put { replaced } => {
                 Ok(BenchPutResponse { log_index: r.log_index, duplicate: r.duplicate, replaced })
@@ -650,14 +626,9 @@ impl ClusterService {
     /// (the call is refused whether or not the record could be written in time).
     pub async fn require(&self, who: &Principal, roles: &[Role], call: &str) -> Result<(), ApiError> {
         let Err(reason) = crate::domain::require_role(&who.actor, roles) else { return Ok(()) };
-        let w = Forwarded {
-            client_id: format!("denied-{}", self.agent_client_id("denied")),
-            serial: self.next_agent_serial(),
-            actor: who.actor.clone(),
-            cert: Some(who.cert.clone()),
-            cmd: Command::Keys(crate::keys::KeyCommand::Denied { call: call.to_string(), reason: reason.clone() }),
-            hops: 0,
-        };
+        let denied = Command::Keys(crate::keys::KeyCommand::Denied { call: call.to_string(), reason: reason.clone() });
+        let w =
+            Forwarded::of(who, format!("denied-{}", self.agent_client_id("denied")), self.next_agent_serial(), denied);
         if tokio::time::timeout(Duration::from_secs(2), self.inner.write(w, false)).await.is_err() {
             tracing::warn!(%call, caller = %who.actor, "a refusal could not be audited in time");
         }
@@ -695,6 +666,14 @@ pub struct Forwarded {
     pub cmd: Command,
     /// How many times it was forwarded already.
     pub hops: u32,
+}
+
+impl Forwarded {
+    /// `cmd` in the name of the authenticated caller `who`, with (`client_id`, `serial`), not yet
+    /// forwarded.
+    pub fn of(who: &Principal, client_id: String, serial: u64, cmd: Command) -> Self {
+        Forwarded { client_id, serial, actor: who.actor.clone(), cert: Some(who.cert.clone()), cmd, hops: 0 }
+    }
 }
 
 #[tonic::async_trait]
