@@ -22,7 +22,7 @@ BENCH_HSM_ARGS ?=
 
 CARGO_NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: help setup build demo test fmt-check clippy unit-test third-party bench-hsm clean
+.PHONY: help setup build demo test fmt-check clippy production-build unit-test third-party bench-hsm clean
 
 help:
 	@echo "make demo       set up, build, and run the demo (target/release/quill demo)"
@@ -40,7 +40,12 @@ build:
 demo: setup build
 	"$(RELEASE)/quill" demo
 
-test: setup fmt-check clippy build unit-test third-party
+test: setup fmt-check clippy production-build build unit-test third-party
+
+# The operator binaries without the TEST keys (scripts/check-production-build.sh); `build` then
+# puts the default binaries back.
+production-build:
+	scripts/check-production-build.sh
 
 fmt-check:
 	cargo fmt --all -- --check

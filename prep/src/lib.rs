@@ -23,6 +23,8 @@ pub mod engine;
 pub mod input;
 pub mod magstripe;
 pub mod profile;
+pub mod test_ca;
+#[cfg(feature = "test-keys")]
 pub mod testkeys;
 pub mod tlv;
 

@@ -23,8 +23,7 @@ use crate::engine::{IssuerKey, KeySet};
 pub const TEST_KEYS_TOML: &str = include_str!("../test-keys/test-keys.toml");
 /// The Quill TEST CA private key (PEM, RSA-1984, e = 3).
 pub const TEST_CA_PEM: &str = include_str!("../test-keys/quill-TEST-ca-1984.pem");
-/// The CA index the TEST CA signs under, for every RID.
-pub const TEST_CA_INDEX: u8 = 0xFE;
+pub use crate::test_ca::TEST_CA_INDEX;
 
 /// One clear TEST key.
 #[derive(Clone, Deserialize)]

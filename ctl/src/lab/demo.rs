@@ -11,6 +11,7 @@
 //!
 //! Every step is a `quill` command run as a child process (shown as it runs), so the demo is also
 //! a script to copy. The cluster keeps running afterwards (`quill dev down --dir D` stops it).
+#![cfg_attr(not(feature = "test-keys"), allow(dead_code, unused_imports, unused_variables))]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,6 +123,13 @@ fn write_batch(path: &Path, n: usize) -> Result<()> {
 }
 
 /// `quill demo`.
+/// `quill demo` (a build without the TEST keys refuses it).
+#[cfg(not(feature = "test-keys"))]
+pub fn run(_: &StoryArgs, _: bool) -> Result<u8> {
+    Err(crate::lab::no_test_keys("quill demo"))
+}
+
+#[cfg(feature = "test-keys")]
 pub fn run(a: &StoryArgs, json: bool) -> Result<u8> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("cannot locate the quill executable")?;

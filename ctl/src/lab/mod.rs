@@ -9,3 +9,13 @@ pub mod dev;
 pub mod pkcs11;
 pub mod prep;
 pub mod testset;
+
+/// What a command that needs the TEST keys says in a build without them.
+#[cfg(not(feature = "test-keys"))]
+pub fn no_test_keys(what: &str) -> anyhow::Error {
+    crate::exit_codes::CliError::Usage(format!(
+        "{what} needs the TEST keys, and this quill was built without them (the `test-keys` feature is off: a \
+         production build). Use a default build for demos and labs."
+    ))
+    .into()
+}

@@ -8,6 +8,7 @@
 //! hsm-sim reads its token directory from the environment when it initialises, so the command
 //! makes the token with `quill-hsm init-token` and then runs itself again with
 //! `QUILL_HSM_DIR` pointing at it (no environment is changed inside a running process).
+#![cfg_attr(not(feature = "test-keys"), allow(dead_code, unused_imports, unused_variables))]
 
 use std::fs;
 use std::io::BufReader;
@@ -23,6 +24,7 @@ use quill_prep::engine::output::{self, Header, Stream, StreamWriter};
 use quill_prep::engine::{CardError, CardOutput, Engine, EngineSettings, KeyRef, PoolSettings};
 use quill_prep::input::{self, CardRecord, Pan};
 use quill_prep::profile::{BadRecordPolicy, Profile};
+#[cfg(feature = "test-keys")]
 use quill_prep::testkeys::{self, TestKeys};
 use serde_json::json;
 
@@ -191,6 +193,13 @@ fn prepare_all(engine: &Engine, records: &[CardRecord], threads: usize) -> Vec<R
 // ---------------------------------------------------------------------------------------------
 
 /// `quill prep run`.
+/// `quill prep run` (a build without the TEST keys refuses it).
+#[cfg(not(feature = "test-keys"))]
+pub fn run(_: &RunArgs, _: bool) -> Result<u8> {
+    Err(crate::lab::no_test_keys("quill prep run"))
+}
+
+#[cfg(feature = "test-keys")]
 pub fn run(a: &RunArgs, json: bool) -> Result<u8> {
     if let Some(code) = reexec_with_token(&a.hsm)? {
         return Ok(code);
@@ -291,6 +300,7 @@ pub fn run(a: &RunArgs, json: bool) -> Result<u8> {
 // ---------------------------------------------------------------------------------------------
 
 /// HMAC-SHA-256 in clear with a TEST key of the fixture (the header must name one).
+#[cfg(feature = "test-keys")]
 fn test_mac(r: &KeyRef, d: &[u8; 32]) -> Result<[u8; 32], String> {
     use openssl::hash::MessageDigest;
     use openssl::pkey::PKey;
@@ -309,6 +319,13 @@ fn test_mac(r: &KeyRef, d: &[u8; 32]) -> Result<[u8; 32], String> {
 }
 
 /// `quill prep check`: the three streams' structure, digests and MACs (TEST MAC key).
+/// `quill prep check` (a build without the TEST keys refuses it).
+#[cfg(not(feature = "test-keys"))]
+pub fn check(_: &CheckArgs, _: bool) -> Result<u8> {
+    Err(crate::lab::no_test_keys("quill prep check"))
+}
+
+#[cfg(feature = "test-keys")]
 pub fn check(a: &CheckArgs, json: bool) -> Result<u8> {
     let mut report = Vec::new();
     let mut bad = false;
@@ -338,7 +355,14 @@ pub fn check(a: &CheckArgs, json: bool) -> Result<u8> {
     Ok(if bad { crate::exit_codes::CHECK_FAILED } else { crate::exit_codes::OK })
 }
 
+/// `quill prep gp` (a build without the TEST keys refuses it: it checks the TEST MAC first).
+#[cfg(not(feature = "test-keys"))]
+pub fn gp(_: &GpArgs, _: bool) -> Result<u8> {
+    Err(crate::lab::no_test_keys("quill prep gp"))
+}
+
 /// `quill prep gp`: one card as GlobalPlatformPro `DGIxxxx=hex` lines.
+#[cfg(feature = "test-keys")]
 pub fn gp(a: &GpArgs, _json: bool) -> Result<u8> {
     let bytes = fs::read(&a.cards).with_context(|| format!("cannot read {}", a.cards.display()))?;
     let name = a.cards.display().to_string();
@@ -380,6 +404,13 @@ fn default_sample(profile_path: &Path, product: &str) -> Option<PathBuf> {
 }
 
 /// `quill bench prep`.
+/// `quill bench prep` (a build without the TEST keys refuses it).
+#[cfg(not(feature = "test-keys"))]
+pub fn bench(_: &BenchArgs, _: bool) -> Result<u8> {
+    Err(crate::lab::no_test_keys("quill bench prep"))
+}
+
+#[cfg(feature = "test-keys")]
 pub fn bench(a: &BenchArgs, json: bool) -> Result<u8> {
     if let Some(code) = reexec_with_token(&a.hsm)? {
         return Ok(code);

@@ -8,12 +8,14 @@
 //! - every TEST issuer key pair generated in a node's HSM and certified by the TEST CA.
 //!
 //! Keys that are already in the inventory are left alone, so running it twice is harmless.
+#![cfg_attr(not(feature = "test-keys"), allow(dead_code, unused_imports, unused_variables))]
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use quill_node::keys::apply::issuers::IssuerKeyRecord;
 use quill_node::keys::model::{Ceremony, CeremonyState, KeyAlg, KeyRecord, NodeRecord, Usage};
+#[cfg(feature = "test-keys")]
 use quill_prep::testkeys::TestKeys;
 use quill_proto::v1::{CaImportRequest, CeremonyStartRequest, CeremonySubmitRequest, SealedCopy};
 use serde_json::json;
@@ -56,6 +58,13 @@ fn with_actor(who: &Who, actor: &str) -> Who {
 }
 
 /// `quill dev load-test-keys`.
+/// `quill dev load-test-keys` (a build without the TEST keys refuses it).
+#[cfg(not(feature = "test-keys"))]
+pub fn load(_: &LoadArgs, _: bool) -> Result<u8> {
+    Err(crate::lab::no_test_keys("quill dev load-test-keys"))
+}
+
+#[cfg(feature = "test-keys")]
 pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
     let admin_who = if a.who.target.actor.is_some() { a.who.clone() } else { with_actor(&a.who, "admin:TEST-loader") };
     let mut admin = Session::new(&admin_who)?;
@@ -134,11 +143,11 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
         }
         let rid_bytes: [u8; 5] =
             hex::decode(rid).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| anyhow!("bad RID {rid}"))?;
-        let k = quill_prep::testkeys::TestCa::builtin().public(rid_bytes);
+        let k = quill_prep::test_ca::public(rid_bytes).map_err(|e| anyhow!(e))?;
         admin.ca_import(CaImportRequest {
             caller: None,
             rid: rid.clone(),
-            index: u32::from(quill_prep::testkeys::TEST_CA_INDEX),
+            index: u32::from(quill_prep::test_ca::TEST_CA_INDEX),
             modulus: k.public_key().modulus().to_vec(),
             exponent: k.public_key().exponent().to_vec(),
             checksum: None,

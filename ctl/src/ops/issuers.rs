@@ -8,13 +8,16 @@
 //! - `quill issuer certify-test LABEL --issuer-id BIN --rid RID`: certify an issuer key with the
 //!   Quill TEST CA (demo and lab only) and import the result bound to the key.
 //! - `quill issuer list`.
+#![cfg_attr(not(feature = "test-keys"), allow(unused_imports, unused_variables))]
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use quill_node::keys::apply::issuers::{CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
 use quill_prep::emv::cert::{self, CertExpiry, IssuerCertificateRequest, IssuerId, RsaPublicKey};
-use quill_prep::testkeys::{TEST_CA_INDEX, TestCa};
+use quill_prep::test_ca::TEST_CA_INDEX;
+#[cfg(feature = "test-keys")]
+use quill_prep::testkeys::TestCa;
 use quill_proto::v1::GenerateKeyRequest;
 use quill_proto::v1::issuer_cert_import_request::Source;
 use quill_proto::v1::{CaImportRequest, CertFile, CertTags, IssuerCertImportRequest};
@@ -102,7 +105,7 @@ pub struct CaImportArgs {
 pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
     let rid = rid_bytes(&a.rid)?;
     let (index, modulus, exponent) = if a.test_ca {
-        let k = TestCa::builtin().public(rid);
+        let k = quill_prep::test_ca::public(rid).map_err(|e| anyhow!(e))?;
         (TEST_CA_INDEX, k.public_key().modulus().to_vec(), k.public_key().exponent().to_vec())
     } else {
         let idx = a.index.as_deref().ok_or_else(|| anyhow!("--index is required"))?;
@@ -236,6 +239,13 @@ pub struct IssuerCertifyTestArgs {
 
 /// Certify issuer key `label` with the Quill TEST CA (signed here) and import the certificate
 /// bound to it; the cluster verifies it like any other. Returns the outcome detail.
+/// the TEST CA signing (a build without the TEST keys refuses it).
+#[cfg(not(feature = "test-keys"))]
+pub fn certify_test(_: &mut Session, _: &str, _: &str, _: &str, _: &str) -> Result<String> {
+    Err(crate::lab::no_test_keys("issuer certify-test"))
+}
+
+#[cfg(feature = "test-keys")]
 pub fn certify_test(s: &mut Session, label: &str, issuer_id: &str, rid: &str, expiry: &str) -> Result<String> {
     let rid = rid_bytes(rid)?;
     let rec: IssuerKeyRecord = s.query_as("issuer", label)?;
