@@ -59,6 +59,12 @@ fn dev_up_status_bench_restart_down() {
     assert!(env.contains("QUILL_ENDPOINTS="), "{env}");
     for i in 1..=3 {
         assert!(dir.join(format!("node-{i}/node.toml")).is_file());
+        // The config holds the token PIN, the key the node's certificate: owner only.
+        for f in ["node.toml", "tls/key.pem"] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.join(format!("node-{i}/{f}"))).expect("file").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "node-{i}/{f} is {mode:o}");
+        }
         assert!(dir.join(format!("node-{i}/pid")).is_file());
     }
 

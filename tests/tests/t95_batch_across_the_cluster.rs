@@ -83,6 +83,11 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     let out = dir.path().join("out");
     let alive = if victim == 1 { 2 } else { 1 };
     cluster.quill_ok(alive, &["job", "fetch", &job, "-o", out.to_str().unwrap()], &OPERATOR);
+    for f in ["cards.jsonl", "pin-mailers.jsonl", "carriers.jsonl"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} holds card data and is {mode:o}");
+    }
     let cards = std::fs::read_to_string(out.join("cards.jsonl")).unwrap();
     let lines: Vec<Value> = cards.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 5002, "header + 5,000 cards + trailer");

@@ -501,10 +501,10 @@ fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
     listeners.iter().map(|l| l.local_addr().context("local address")).collect()
 }
 
+/// Write a file the node's secrets may be in (its token PIN) readable by its owner only (0600 from
+/// creation), atomically.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    quill_node::tls::pki::write_file(path, data, 0o600).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Start quilld for `n` in its own process group (so a Ctrl-C in this terminal leaves it running).

@@ -336,7 +336,9 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
         .map_err(|e| CliError::CheckFailed(format!("{} of job {job}: {e}", stream.file_name())))?;
         let path = dir.join(stream.file_name());
         let tmp = path.with_extension("jsonl.part");
-        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        // Card data: readable by the operator only (0600 from creation).
+        quill_node::tls::pki::write_file(&tmp, &bytes, 0o600)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         out.push((name, hex::encode_upper(Sha256::digest(&bytes)), checked.records.len()));
     }
