@@ -556,6 +556,26 @@ mod tests {
     }
 
     #[test]
+    fn enrolment_is_bound_to_the_node_certificate() {
+        let mut kv = with_smk();
+        let node1 = Actor::node(1);
+        let enrol = |transport| KeyCommand::EnrollNode { node: 1, transport, hsm: "sim".into() };
+        let with = |kv: &mut MemKv, serial: &str, cmd| {
+            let cert = crate::identity::CertRef { serial: serial.into(), key_fp: format!("fp-{serial}") };
+            apply(kv, &Ctx { log_index: 9, time_ms: 9, actor: &node1, cert: Some(&cert) }, cmd).expect("apply")
+        };
+        let without = apply(&mut kv, &Ctx { log_index: 9, time_ms: 9, actor: &node1, cert: None }, enrol(pubkey(1)));
+        assert!(matches!(without.expect("apply"), Applied::Rejected { .. }), "an enrolment without a certificate");
+        ok(with(&mut kv, "renewed", enrol(pubkey(1))));
+        let n1: NodeRecord = read(&kv, &key::node(1)).expect("read").expect("node 1");
+        assert_eq!(n1.cert.as_ref().map(|c| c.serial.as_str()), Some("renewed"));
+        assert_eq!(n1.smk, NodeSmk::Present, "a renewed certificate with the same HSM keeps the SMK");
+        ok(with(&mut kv, "renewed", enrol(pubkey(7))));
+        let n1: NodeRecord = read(&kv, &key::node(1)).expect("read").expect("node 1");
+        assert_eq!(n1.smk, NodeSmk::Missing, "a new transport key is a new HSM: no SMK");
+    }
+
+    #[test]
     fn ceremony_rules() {
         let mut kv = MemKv::default();
         let admin = who(Role::Admin, "ada");

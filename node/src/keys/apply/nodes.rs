@@ -23,6 +23,8 @@ impl State<'_> {
             Some(rec) if rec.transport == transport && rec.cert.as_ref() == Some(cert) => {
                 return Ok(Ok(Applied::done(format!("node:{node}"), format!("already enrolled ({fingerprint})"))));
             }
+            // The same HSM transport key with a renewed node certificate: the SMK stays where it is.
+            Some(rec) if rec.transport == transport => rec.smk,
             // A node that re-enrols with a new transport key (its HSM token was replaced) has
             // lost its SMK with it.
             Some(_) | None => NodeSmk::Missing,
