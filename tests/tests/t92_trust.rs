@@ -145,30 +145,14 @@ async fn every_door_refuses_the_wrong_credentials() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = r.append_entries(RaftPayload { data: vec![0; 8] }).await.expect_err("a non-member appended");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let w = Forwarded {
-        client_id: "x".into(),
-        serial: 1,
-        actor: Actor::node(9),
-        cert: None,
-        cmd: QuillCommand::Noop,
-        hops: 0,
-    };
-    let data = postcard::to_stdvec(&PeerCall::Write(Box::new(w))).unwrap();
+    let data = write_as(Actor::node(9));
     let e = r.forward(RaftPayload { data }).await.expect_err("a non-member forwarded a write");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     step("a member writing in another node's name (node 2 forwards a write as node 1): refused");
     let (a, b) = (ids[0], ids[1]);
     let mut r = RaftClient::new(cluster.peer_channel(b, a));
-    let w = Forwarded {
-        client_id: "x".into(),
-        serial: 1,
-        actor: Actor::node(a),
-        cert: None,
-        cmd: QuillCommand::Noop,
-        hops: 0,
-    };
-    let data = postcard::to_stdvec(&PeerCall::Write(Box::new(w))).unwrap();
+    let data = write_as(Actor::node(a));
     let e = r.forward(RaftPayload { data }).await.expect_err("a node wrote in another's name");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
@@ -439,6 +423,12 @@ async fn every_door_refuses_the_wrong_credentials() {
     assert!(cluster.metric(leader, "quill_state_divergences_total").unwrap() >= 1);
     let audit = cluster.quill_ok(leader, &["audit", "tail", "--limit", "50"], &[]);
     assert!(audit.contains("cluster.alarm"), "{audit}");
+}
+
+/// A forwarded write (a no-op) in `actor`'s name, as a node sends it on the Raft port.
+fn write_as(actor: Actor) -> Vec<u8> {
+    let w = Forwarded { client_id: "x".into(), serial: 1, actor, cert: None, cmd: QuillCommand::Noop, hops: 0 };
+    postcard::to_stdvec(&PeerCall::Write(Box::new(w))).unwrap()
 }
 
 fn p(cluster: &Cluster, rel: &str) -> String {

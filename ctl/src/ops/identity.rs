@@ -171,11 +171,12 @@ pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
         println!("{}", json!({"revoked": revoked}));
     } else {
         let mut rows = vec![vec!["SERIAL".into(), "BY".into(), "REASON".into()]];
-        if let Value::Object(m) = &revoked {
-            for (serial, r) in m {
+        if let Value::Array(list) = &revoked {
+            for r in list {
+                let serial = r["serial"].as_str().unwrap_or("?").to_string();
                 let by =
                     r["by"]["role"].as_str().unwrap_or("?").to_string() + ":" + r["by"]["name"].as_str().unwrap_or("?");
-                rows.push(vec![serial.clone(), by, r["reason"].as_str().unwrap_or("").to_string()]);
+                rows.push(vec![serial, by, r["reason"].as_str().unwrap_or("").to_string()]);
             }
         }
         print!("{}", render_table(&rows));

@@ -58,10 +58,6 @@ impl KeysService {
             .ok_or_else(|| ApiError::Precondition("this node has no HSM configured ([[hsm]] in its config)".into()))
     }
 
-    fn caller(who: Principal, c: Option<Caller>) -> ApiResult<(Caller, Principal)> {
-        Ok((super::client_caller(c)?, who))
-    }
-
     async fn state<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn crate::store::Kv) -> Result<T, crate::store::StoreError> + Send + 'static,
@@ -163,7 +159,7 @@ impl KeysService {
 
     async fn generate(&self, who: Principal, req: GenerateKeyRequest) -> ApiResult<KeyResponse> {
         self.cluster.require(&who, &[Role::Admin], "Keys.Generate").await?;
-        let (caller, who) = Self::caller(who, req.caller.clone())?;
+        let caller = super::client_caller(req.caller.clone())?;
         let usage: Usage = req.usage.parse().map_err(ApiError::BadRequest)?;
         if usage == Usage::S0 || req.alg.eq_ignore_ascii_case("rsa") {
             return self.generate_issuer(caller, &who, req).await;
@@ -233,7 +229,7 @@ impl KeysService {
     }
 
     async fn import_tr31(&self, who: Principal, req: ImportTr31Request) -> ApiResult<KeyResponse> {
-        let (caller, who) = Self::caller(who, req.caller)?;
+        let caller = super::client_caller(req.caller)?;
         self.cluster.require(&who, &[Role::Admin], "Keys.ImportTr31").await?;
         let header = quill_crypto::tr31::parse_key_block_header(req.block.as_bytes())
             .map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
@@ -277,7 +273,7 @@ impl KeysService {
     async fn export_tr31(&self, who: Principal, req: ExportTr31Request) -> ApiResult<ExportTr31Response> {
         // Checked before the HSM builds a block (apply checks it again when the export is recorded).
         self.cluster.require(&who, &[Role::Admin, Role::Operator], "Keys.ExportTr31").await?;
-        let (caller, who) = Self::caller(who, req.caller)?;
+        let caller = super::client_caller(req.caller)?;
         let approval_id = req.approval.clone();
         let (approval, keys) = self
             .state(move |kv| {

@@ -714,7 +714,7 @@ impl ForwardHandler for ClusterService {
 
 /// The interceptor in front of every client service: the caller is the identity its verified
 /// client certificate names, which must be a role (never a node), unexpired and not revoked.
-/// The [`Principal`] and its [`Actor`] go into the request's extensions.
+/// The [`Principal`] goes into the request's extensions.
 pub fn authenticator(
     revoked: Revocations,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
@@ -731,19 +731,10 @@ pub fn authenticator(
         if revoked.contains(&cert.serial) {
             return Err(Status::unauthenticated(format!("certificate {} of {actor} is revoked", cert.serial)));
         }
-        let principal = Principal { actor: actor.clone(), cert: CertRef { serial: cert.serial, key_fp: cert.key_fp } };
-        req.extensions_mut().insert(actor);
+        let principal = Principal { actor, cert: CertRef { serial: cert.serial, key_fp: cert.key_fp } };
         req.extensions_mut().insert(principal);
         Ok(req)
     }
-}
-
-/// The caller [`authenticator`] found, for a handler; fails closed if the layer is missing.
-pub fn caller_of<T>(req: &Request<T>) -> ApiResult<Actor> {
-    req.extensions()
-        .get::<Actor>()
-        .cloned()
-        .ok_or_else(|| ApiError::Internal("no caller identity: the authentication layer is missing".into()))
 }
 
 /// The authenticated caller and the request's message.

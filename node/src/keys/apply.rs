@@ -18,7 +18,7 @@ mod nodes;
 mod revocations;
 mod smk;
 
-pub use revocations::{Revoked, normalize_serial, revocations, revoked_serials};
+pub use revocations::{Revoked, is_revoked, normalize_serial, revocations, revoked_serials};
 
 use super::model::*;
 use crate::identity::NodeId;
@@ -40,8 +40,8 @@ pub mod key {
     pub const LABEL: &str = "keys/label/";
     /// `keys/approval/<id>` → [`super::Approval`].
     pub const APPROVAL: &str = "keys/approval/";
-    /// The revoked certificates (serial → [`super::Revoked`]).
-    pub const REVOKED: &str = "keys/revoked";
+    /// `keys/revoked/<serial>` → [`super::Revoked`].
+    pub const REVOKED: &str = "keys/revoked/";
 
     /// The key of node `id`'s record.
     pub fn node(id: u64) -> String {

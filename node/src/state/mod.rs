@@ -142,8 +142,7 @@ pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, S
     // audited), whatever it asks.
     let revoked = match (&req.cert, &req.cmd) {
         (_, Command::Noop | Command::HashCheck) | (None, _) => None,
-        (Some(c), _) => crate::keys::revoked_serials(&*kv)?
-            .contains(&c.serial)
+        (Some(c), _) => crate::keys::apply::is_revoked(&*kv, &c.serial)?
             .then(|| format!("certificate {} of {} is revoked", c.serial, req.actor)),
     };
     let mut put_replaced = None;

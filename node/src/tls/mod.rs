@@ -481,3 +481,46 @@ impl Revocations {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = serials;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn identities_are_parsed_strictly() {
+        assert_eq!(Identity::from_uri("quill:node/3"), Ok(Identity::Node(3)));
+        let alice = Identity::from_uri("quill:role/custodian/alice").expect("a custodian");
+        assert_eq!(alice.uri(), "quill:role/custodian/alice");
+        for bad in [
+            "quill:role/node/node-1",
+            "quill:role/king/alice",
+            "quill:role/custodian/al ice",
+            "quill:role/custodian",
+            "quill:node/x",
+            "quill:admin",
+            "https://quill/role/admin/eve",
+        ] {
+            assert!(Identity::from_uri(bad).is_err(), "{bad} accepted");
+        }
+        assert!(PeerCert::from_der(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn an_issued_identity_round_trips_and_a_key_edited_to_world_readable_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = PkiDir::init(&dir.path().join("pki")).expect("PKI");
+        assert!(PkiDir::init(&dir.path().join("pki")).is_err(), "a second init overwrote the CAs");
+        let out = dir.path().join("alice");
+        let who = Identity::Client(Actor::parse("custodian:alice").expect("actor"));
+        let issued = pki.issue(&who, &[], pki::Validity::default(), &out).expect("issue");
+        let files = TlsFiles::in_dir(&out);
+        assert_eq!(files.identity().expect("identity"), issued);
+        assert_eq!(std::fs::metadata(&files.key).expect("key").permissions().mode() & 0o777, 0o600);
+        client_config(&files).expect("a usable identity");
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = client_config(&files).expect_err("a world-readable key was used");
+        assert!(e.to_string().contains("readable by others"), "{e}");
+    }
+}

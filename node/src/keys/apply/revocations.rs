@@ -2,7 +2,7 @@
 //! revoked certificate on its listeners (re-read whenever the applied index moves), and apply
 //! refuses any request made with one at the point in the log where it lands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::*;
 
@@ -19,14 +19,19 @@ pub struct Revoked {
     pub time_ms: u64,
 }
 
-/// Every revoked serial.
+/// Every revoked serial (what each node's listeners refuse).
 pub fn revoked_serials(kv: &dyn Kv) -> Result<BTreeSet<String>, StoreError> {
-    Ok(read::<BTreeMap<String, Revoked>>(kv, key::REVOKED)?.unwrap_or_default().into_keys().collect())
+    Ok(revocations(kv)?.into_iter().map(|r| r.serial).collect())
 }
 
-/// Every revocation, by serial.
-pub fn revocations(kv: &dyn Kv) -> Result<BTreeMap<String, Revoked>, StoreError> {
-    Ok(read::<BTreeMap<String, Revoked>>(kv, key::REVOKED)?.unwrap_or_default())
+/// Every revocation, in serial order.
+pub fn revocations(kv: &dyn Kv) -> Result<Vec<Revoked>, StoreError> {
+    scan(kv, key::REVOKED)
+}
+
+/// Is `serial` revoked? One point read: apply asks it for every request made with a certificate.
+pub fn is_revoked(kv: &dyn Kv, serial: &str) -> Result<bool, StoreError> {
+    Ok(kv.get(format!("{}{serial}", key::REVOKED).as_bytes())?.is_some())
 }
 
 /// A serial as the cluster writes it: hex (`:` separators and a `0x` prefix allowed), lower case,
@@ -60,16 +65,12 @@ impl State<'_> {
         if ctx.cert.is_some_and(|c| c.serial == serial) {
             return Ok(refuse("an admin cannot revoke the certificate it is using"));
         }
-        let mut list = revocations(self.kv)?;
-        if list.contains_key(&serial) {
+        if is_revoked(self.kv, &serial)? {
             return Ok(refuse(format!("certificate {serial} is already revoked")));
         }
         let detail = format!("certificate {serial} revoked: {reason}");
-        list.insert(
-            serial.clone(),
-            Revoked { serial: serial.clone(), reason, by: ctx.actor.clone(), time_ms: ctx.time_ms },
-        );
-        self.put(key::REVOKED, &list)?;
+        let rec = Revoked { serial: serial.clone(), reason, by: ctx.actor.clone(), time_ms: ctx.time_ms };
+        self.put(format!("{}{serial}", key::REVOKED), &rec)?;
         Ok(Ok(Applied::done(format!("cert:{serial}"), detail)))
     }
 }
