@@ -1,0 +1,246 @@
+//! TR-31 glue: `CKM_QUILL_TR31_WRAP` and `CKM_QUILL_TR31_UNWRAP` over [`quill_crypto::tr31`],
+//! mapping key types, modes of use and exportability to PKCS#11 attributes and errors to
+//! return codes.
+
+use super::{AES, TDES, secret_of};
+use crate::attr::{Attribute, decode_bool, template_to_map};
+use crate::error::{Error, Result};
+use crate::mechanism::*;
+use crate::object::Object;
+use cryptoki_sys::*;
+use quill_crypto::tr31::{self, Exportability, Kbpk, ModeOfUse, Tr31Error, Tr31Header};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// The KBPK of a TR-31 mechanism and whether it is AES (version D) rather than TDES (version B).
+fn tr31_kbpk(key: &Object, type_error: CK_RV) -> Result<(Arc<Zeroizing<Vec<u8>>>, bool)> {
+    let aes = match key.key_type() {
+        Some(CKK_DES2 | CKK_DES3) if key.class() == CKO_SECRET_KEY => false,
+        Some(CKK_AES) if key.class() == CKO_SECRET_KEY => true,
+        _ => {
+            return Err(Error::new(type_error, "a TR-31 KBPK must be a DES2, DES3 (version B) or AES (version D) key"));
+        }
+    };
+    Ok((secret_of(key, if aes { AES } else { TDES })?, aes))
+}
+
+fn kbpk_for(value: &[u8], aes: bool) -> Kbpk<'_> {
+    if aes { Kbpk::Aes(value) } else { Kbpk::Tdes(value) }
+}
+
+/// The TR-31 version a KBPK of this family protects.
+fn version_of(aes: bool) -> char {
+    if aes { 'D' } else { 'B' }
+}
+
+/// The KBPK family the other version needs, for messages.
+fn other_family(aes: bool) -> &'static str {
+    if aes { "a DES2/DES3" } else { "an AES" }
+}
+
+/// Does a TR-31 algorithm describe a PKCS#11 key type?
+fn tr31_algorithm_fits(algorithm: tr31::Algorithm, kt: CK_KEY_TYPE) -> bool {
+    use tr31::Algorithm as A;
+    matches!(
+        (algorithm, kt),
+        (A::Tdes, CKK_DES2 | CKK_DES3)
+            | (A::Aes, CKK_AES)
+            | (A::Des, CKK_DES)
+            | (A::Hmac, CKK_GENERIC_SECRET | CKK_SHA_1_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC)
+    )
+}
+
+/// `C_WrapKey` with `CKM_QUILL_TR31_WRAP`: the secret `value` of `key` as a TR-31 key block under
+/// `wrapping` (the KBPK), with the header template of the mechanism parameter. The key length is
+/// hidden (padding as for the longest key of the algorithm); the padding is random.
+pub(super) fn wrap_tr31(mech: &Mechanism, wrapping: &Object, key: &Object, value: &[u8]) -> Result<Vec<u8>> {
+    let template = Tr31Header::parse_template(mech.param.raw())
+        .map_err(|e| Error::param(format!("CKM_QUILL_TR31_WRAP header template: {e}")))?;
+    let (kbpk, aes) = tr31_kbpk(wrapping, CKR_WRAPPING_KEY_TYPE_INCONSISTENT)?;
+    if version_of(aes) != template.version.id() {
+        return Err(Error::new(
+            CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+            format!("a version {} key block needs {} KBPK", template.version.id(), other_family(aes)),
+        ));
+    }
+    let kt = key.key_type().unwrap_or(CK_UNAVAILABLE_INFORMATION);
+    if !tr31_algorithm_fits(template.algorithm, kt) {
+        return Err(Error::param(format!(
+            "CKM_QUILL_TR31_WRAP header template: algorithm {} does not describe key {} (key type 0x{kt:X})",
+            template.algorithm.code(),
+            key.handle
+        )));
+    }
+    let mut rng_failure = None;
+    let mut fill = |buf: &mut [u8]| {
+        if let Err(e) = getrandom::fill(buf) {
+            rng_failure = Some(e.to_string());
+        }
+    };
+    let masked = template.algorithm.max_key_len();
+    let block = tr31::wrap(kbpk_for(&kbpk, aes), &template, value, masked, &mut fill).map_err(tr31_wrap_err)?;
+    if let Some(e) = rng_failure {
+        return Err(Error::general(format!("getrandom: {e}")));
+    }
+    Ok(block.into_bytes())
+}
+
+fn tr31_wrap_err(e: Tr31Error) -> Error {
+    let rv = match &e {
+        Tr31Error::KbpkType { .. } => CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+        Tr31Error::KbpkLength { .. } | Tr31Error::KbpkWeaker { .. } => CKR_WRAPPING_KEY_SIZE_RANGE,
+        Tr31Error::KeyLength { .. } => CKR_KEY_SIZE_RANGE,
+        Tr31Error::Crypto(_) => CKR_FUNCTION_FAILED,
+        Tr31Error::Field { .. }
+        | Tr31Error::TooShort { .. }
+        | Tr31Error::NotAscii { .. }
+        | Tr31Error::OptionalBlock { .. }
+        | Tr31Error::BlockLength { .. }
+        | Tr31Error::BodyLength { .. }
+        | Tr31Error::NotHex { .. }
+        | Tr31Error::Mac
+        | Tr31Error::KeyLengthField { .. }
+        | Tr31Error::TooLong { .. } => CKR_MECHANISM_PARAM_INVALID,
+    };
+    Error::new(rv, format!("CKM_QUILL_TR31_WRAP: {e}"))
+}
+
+fn tr31_unwrap_err(e: Tr31Error) -> Error {
+    let rv = match &e {
+        Tr31Error::TooShort { .. } | Tr31Error::BlockLength { .. } | Tr31Error::BodyLength { .. } => {
+            CKR_WRAPPED_KEY_LEN_RANGE
+        }
+        Tr31Error::KbpkType { .. } => CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+        Tr31Error::KbpkLength { .. } => CKR_UNWRAPPING_KEY_SIZE_RANGE,
+        Tr31Error::Crypto(_) => CKR_FUNCTION_FAILED,
+        Tr31Error::Field { .. }
+        | Tr31Error::NotAscii { .. }
+        | Tr31Error::OptionalBlock { .. }
+        | Tr31Error::NotHex { .. }
+        | Tr31Error::Mac
+        | Tr31Error::KeyLengthField { .. }
+        | Tr31Error::KeyLength { .. }
+        | Tr31Error::KbpkWeaker { .. }
+        | Tr31Error::TooLong { .. } => CKR_WRAPPED_KEY_INVALID,
+    };
+    Error::new(rv, format!("CKM_QUILL_TR31_UNWRAP: {e}"))
+}
+
+/// The usage attributes a TR-31 mode of use allows.
+fn tr31_usages(mode: ModeOfUse) -> &'static [CK_ATTRIBUTE_TYPE] {
+    match mode {
+        ModeOfUse::EncryptDecrypt => &[CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP],
+        ModeOfUse::GenerateVerify => &[CKA_SIGN, CKA_VERIFY],
+        ModeOfUse::DecryptOnly => &[CKA_DECRYPT, CKA_UNWRAP],
+        ModeOfUse::EncryptOnly => &[CKA_ENCRYPT, CKA_WRAP],
+        ModeOfUse::GenerateOnly | ModeOfUse::SignatureOnly => &[CKA_SIGN],
+        ModeOfUse::SignDecrypt => &[CKA_SIGN, CKA_DECRYPT, CKA_UNWRAP],
+        ModeOfUse::VerifyOnly => &[CKA_VERIFY],
+        ModeOfUse::DeriveKeys | ModeOfUse::KeyVariants => &[CKA_DERIVE],
+        ModeOfUse::NoRestrictions => TR31_USAGE_ATTRS,
+    }
+}
+
+/// The usage attributes a TR-31 header decides.
+const TR31_USAGE_ATTRS: &[CK_ATTRIBUTE_TYPE] =
+    &[CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE];
+
+/// The unwrap template completed from a TR-31 header: class, key type and length must agree with
+/// the block; a usage the mode of use forbids, or CKA_EXTRACTABLE on a non-exportable key, is
+/// inconsistent; usages the template leaves out follow the mode of use.
+fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attribute]) -> Result<Vec<Attribute>> {
+    let t = template_to_map(tmpl)?;
+    let mode = header.mode_of_use.code();
+    if let Some(c) = t.ulong(CKA_CLASS)
+        && c != CKO_SECRET_KEY
+    {
+        return Err(Error::template(format!(
+            "the TR-31 block holds a secret key; the template asks for class 0x{c:X}"
+        )));
+    }
+    if let Some(k) = t.ulong(CKA_KEY_TYPE)
+        && k != kt
+    {
+        return Err(Error::template(format!(
+            "the TR-31 block holds a {len}-byte algorithm {} key (key type 0x{kt:X}); the template asks for key type 0x{k:X}",
+            header.algorithm.code()
+        )));
+    }
+    if let Some(l) = t.ulong(CKA_VALUE_LEN)
+        && l as usize != len
+    {
+        return Err(Error::template(format!(
+            "the TR-31 block holds a {len}-byte key; the template says CKA_VALUE_LEN {l}"
+        )));
+    }
+    let allowed = tr31_usages(header.mode_of_use);
+    let mut out = tmpl.to_vec();
+    for &usage in TR31_USAGE_ATTRS {
+        let ok = allowed.contains(&usage);
+        match t.get(usage) {
+            Some(v) if decode_bool(usage, v)? && !ok => {
+                return Err(Error::template(format!(
+                    "attribute 0x{usage:X} is not allowed by the TR-31 mode of use {mode}"
+                )));
+            }
+            Some(_) => {}
+            None => out.push(Attribute::bool(usage, ok)),
+        }
+    }
+    if header.exportability == Exportability::NonExportable {
+        match t.get(CKA_EXTRACTABLE) {
+            Some(v) if decode_bool(CKA_EXTRACTABLE, v)? => {
+                return Err(Error::template(
+                    "the TR-31 block says the key is not exportable (N): CKA_EXTRACTABLE must be false",
+                ));
+            }
+            Some(_) => {}
+            None => out.push(Attribute::bool(CKA_EXTRACTABLE, false)),
+        }
+    }
+    Ok(out)
+}
+
+/// `C_UnwrapKey` with `CKM_QUILL_TR31_UNWRAP`: verifies and decrypts the key block under the
+/// KBPK `unwrapping`. Returns the key type and value the block carries and the caller's template
+/// completed from the header (see [`tr31_template`]).
+pub fn unwrap_tr31(
+    mech: &Mechanism,
+    unwrapping: &Object,
+    wrapped: &[u8],
+    tmpl: &[Attribute],
+) -> Result<(CK_KEY_TYPE, Zeroizing<Vec<u8>>, Vec<Attribute>)> {
+    unwrapping.require(CKA_UNWRAP)?;
+    require(mech.mech, CKF_UNWRAP)?;
+    if mech.param != MechParam::None {
+        return Err(Error::param("CKM_QUILL_TR31_UNWRAP takes no parameter"));
+    }
+    let (kbpk, aes) = tr31_kbpk(unwrapping, CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)?;
+    // The version decides the KBPK type: check it before any cryptography.
+    let peek = tr31::parse_key_block_header(wrapped).map_err(tr31_unwrap_err)?;
+    if peek.version.id() != version_of(aes) {
+        return Err(Error::new(
+            CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+            format!("a version {} key block needs {} KBPK", peek.version.id(), other_family(aes)),
+        ));
+    }
+    let (header, key) = tr31::unwrap(kbpk_for(&kbpk, aes), wrapped).map_err(tr31_unwrap_err)?;
+    let kt = match (header.algorithm, key.len()) {
+        (tr31::Algorithm::Tdes, 16) => CKK_DES2,
+        (tr31::Algorithm::Tdes, 24) => CKK_DES3,
+        (tr31::Algorithm::Aes, _) => CKK_AES,
+        (tr31::Algorithm::Des, _) => CKK_DES,
+        (tr31::Algorithm::Hmac, _) => CKK_GENERIC_SECRET,
+        (a, _) => {
+            return Err(Error::new(
+                CKR_WRAPPED_KEY_INVALID,
+                format!(
+                    "the TR-31 block holds an algorithm {} key; hsm-sim imports only secret keys (T, A, D, H)",
+                    a.code()
+                ),
+            ));
+        }
+    };
+    let tmpl = tr31_template(&header, kt, key.len(), tmpl)?;
+    Ok((kt, key, tmpl))
+}
