@@ -319,6 +319,34 @@ pub fn rv_name(rv: RvError) -> String {
         // VendorDefined(x) / UnknownErrorCode(x)
         return format!("CKR_{camel}");
     }
+    screaming(&camel)
+}
+
+/// Name of a raw return value: `CKR_OK`, `CKR_PIN_INCORRECT`, or `CKR 0x…` for a vendor or
+/// unknown code.
+pub fn ckr_name(rv: CK_RV) -> String {
+    match rv_error(rv) {
+        None => "CKR_OK".to_owned(),
+        Some(e) if format!("{e:?}").contains('(') => format!("CKR 0x{rv:08X}"),
+        Some(e) => rv_name(e),
+    }
+}
+
+/// One-line text of a `cryptoki` error, `C_Login returned CKR_PIN_INCORRECT`, rather than the
+/// crate's paragraph-long descriptions.
+pub fn ck_text(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, f) => {
+            let camel = format!("{rv:?}");
+            let name = if camel.contains('(') { camel } else { screaming(&camel) };
+            format!("C_{f:?} returned {name}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `PinIncorrect` -> `CKR_PIN_INCORRECT`.
+fn screaming(camel: &str) -> String {
     let mut s = String::from("CKR_");
     for (i, c) in camel.chars().enumerate() {
         if c.is_ascii_uppercase() && i > 0 {
@@ -383,6 +411,11 @@ mod tests {
     fn rv_names() {
         assert_eq!(rv_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
         assert_eq!(rv_name(RvError::DeviceError), "CKR_DEVICE_ERROR");
+        assert_eq!(ckr_name(cryptoki_sys::CKR_OK), "CKR_OK");
+        assert_eq!(ckr_name(cryptoki_sys::CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
+        assert_eq!(ckr_name(0x8000_0001), "CKR 0x80000001");
+        let e = CkError::Pkcs11(RvError::PinIncorrect, cryptoki::context::Function::Login);
+        assert_eq!(ck_text(&e), "C_Login returned CKR_PIN_INCORRECT");
     }
 
     #[test]

@@ -22,24 +22,30 @@
 //!
 //! The API is blocking, as PKCS#11 is; async callers use `spawn_blocking`.
 //!
-//! `unsafe` code lives in one private module (`raw`), for the calls `cryptoki` cannot make.
+//! `unsafe` code lives in one module, [`raw`]: Quill's one raw PKCS#11 escape hatch, for the calls
+//! `cryptoki` cannot make, used by the adapter and by the tools. With the `tools` feature,
+//! [`tools`] holds the helpers the command-line tools share (loading a module, one-line errors,
+//! vendor mechanisms with byte-string parameters).
 
 mod config;
 mod error;
 mod keyblock;
+mod mechanism_names;
 mod mechanisms;
 mod module;
 mod observer;
 mod payment;
 mod pkcs11;
 mod pool;
-mod raw;
+pub mod raw;
+#[cfg(feature = "tools")]
+pub mod tools;
 mod types;
 
 pub use config::{PoolConfig, SlotConfig};
-pub use error::{HsmError, SlotRef, is_device_rv, rv_name};
+pub use error::{HsmError, SlotRef, ck_text, ckr_name, is_device_rv, rv_name};
 pub use keyblock::tr31_mode_of_use;
-pub use mechanisms::{mechanism_name, vendor};
+pub use mechanisms::{known_mechanism_name, mechanism_name, vendor};
 pub use observer::{HostPathObserver, HostPathUse, LogHostPath};
 pub use payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest, PinVerification};
 pub use pkcs11::Pkcs11Hsm;

@@ -1,6 +1,7 @@
 //! Mechanism values the adapter knows, and capability detection from a slot's unfiltered
 //! mechanism list (read through [`crate::raw`], because `cryptoki` drops vendor values).
 
+use crate::mechanism_names::STANDARD_NAMES;
 use crate::types::{Capability, Support};
 use cryptoki::mechanism::MechanismType;
 use cryptoki_sys::{
@@ -16,22 +17,31 @@ pub mod vendor {
     pub use quill_crypto::mechanism::*;
 }
 
-/// Name of a mechanism value: ours for vendor values, `cryptoki`'s for standard ones, hex when
-/// unknown.
-pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> String {
+/// Name of a mechanism value when it has one: Quill's vendor names for vendor values, then
+/// `cryptoki`'s names, then the standard names `cryptoki` lacks (`CKM_DES3_ECB_ENCRYPT_DATA`, …).
+pub fn known_mechanism_name(v: CK_MECHANISM_TYPE) -> Option<String> {
     if v >= CKM_VENDOR_DEFINED {
-        return vendor::NAMES
-            .iter()
-            .find(|(m, _)| *m == v)
-            .map_or_else(|| format!("CKM_VENDOR_DEFINED+0x{:X}", v - CKM_VENDOR_DEFINED), |(_, n)| (*n).to_owned());
+        return vendor::vendor_name(v).map(str::to_owned);
     }
-    if v == CKM_DES3_ECB_ENCRYPT_DATA {
-        return "CKM_DES3_ECB_ENCRYPT_DATA".to_owned();
+    if let Ok(t) = MechanismType::try_from(v) {
+        let s = t.to_string();
+        if !s.starts_with("unknown") {
+            return Some(s);
+        }
     }
-    match MechanismType::try_from(v) {
-        Ok(t) if !t.to_string().starts_with("unknown") => t.to_string(),
-        _ => format!("0x{v:08X}"),
-    }
+    STANDARD_NAMES.iter().find(|(m, _)| *m == v).map(|(_, n)| (*n).to_owned())
+}
+
+/// Name of a mechanism value: [`known_mechanism_name`], else `CKM_VENDOR_DEFINED+0x…` for a
+/// vendor value and the hex value for any other.
+pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> String {
+    known_mechanism_name(v).unwrap_or_else(|| {
+        if v >= CKM_VENDOR_DEFINED {
+            format!("CKM_VENDOR_DEFINED+0x{:X}", v - CKM_VENDOR_DEFINED)
+        } else {
+            format!("0x{v:08X}")
+        }
+    })
 }
 
 /// Mechanisms without which the adapter cannot work at all.
@@ -192,6 +202,16 @@ mod tests {
         assert_eq!(mechanism_name(CKM_DES3_ECB_ENCRYPT_DATA), "CKM_DES3_ECB_ENCRYPT_DATA");
         assert_eq!(mechanism_name(0x8000_0007), "CKM_VENDOR_DEFINED+0x7");
         assert!(mechanism_name(CKM_AES_GCM).contains("AES_GCM"), "{}", mechanism_name(CKM_AES_GCM));
+        assert_eq!(mechanism_name(0x0000_7FFF), "0x00007FFF");
+        assert_eq!(known_mechanism_name(0x0000_7FFF), None);
+        assert_eq!(known_mechanism_name(0x8000_0007), None);
+        assert_eq!(known_mechanism_name(CKM_DES3_ECB_ENCRYPT_DATA).as_deref(), Some("CKM_DES3_ECB_ENCRYPT_DATA"));
+    }
+
+    #[test]
+    fn standard_names_are_sorted_and_unique() {
+        assert!(STANDARD_NAMES.windows(2).all(|w| w[0].0 < w[1].0), "sorted by value, no value twice");
+        assert!(STANDARD_NAMES.iter().all(|(v, n)| *v < CKM_VENDOR_DEFINED && n.starts_with("CKM_")));
     }
 
     #[test]

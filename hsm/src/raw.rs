@@ -1,9 +1,11 @@
-//! The raw PKCS#11 function list: the crate's only `unsafe` code, for the calls `cryptoki` 0.12
-//! cannot make (see shared/reference/pkcs11.md, "Escape hatch that keeps keys inside the HSM"):
+//! The raw PKCS#11 function list: Quill's one escape hatch for the calls `cryptoki` 0.12 cannot
+//! make (see shared/reference/pkcs11.md, "Escape hatch that keeps keys inside the HSM"), used by
+//! the adapter and by the tools (`quill-hsm`, `quill-hsm-bench`); the crate's only `unsafe` code:
 //!
 //! - `C_GetMechanismList` unfiltered: `Pkcs11::get_mechanism_list` silently drops every vendor
 //!   mechanism and every standard one its `TryFrom` lacks (`CKM_DES3_ECB_ENCRYPT_DATA`), so
 //!   capability detection would see neither hsm-sim's payment functions nor SoftHSM's derivation;
+//!   `C_GetMechanismInfo` for those values, which `cryptoki` cannot name;
 //! - `C_DeriveKey` with `CKM_DES3_ECB_ENCRYPT_DATA` (0x1102): `cryptoki` has no variant for it and
 //!   cannot carry it as a vendor mechanism (values below `CKM_VENDOR_DEFINED` are rejected). It
 //!   derives an EMV ICC master key (Option A: ECB over `Y ‖ Y⊕FF…`) without the key leaving the HSM;
@@ -15,13 +17,19 @@
 //! - single-part `C_Encrypt`/`C_Sign` with such a mechanism (hsm-sim's `CKM_QUILL_VISA_PVV`,
 //!   `CKM_QUILL_PIN_GENERATE`, `CKM_QUILL_PIN_TRANSLATE`).
 //!
+//! hsm-sim's integration tests keep their own raw harness (`hsm-sim/tests/common/raw.rs`): it
+//! calls modules with deliberately invalid handles, short buffers and arguments to check return
+//! codes, which is no part of an escape hatch.
+//!
 //! Invariants every `unsafe` block below relies on (each block names the one it uses):
 //!
-//! - **(L) live table.** A [`RawModule`] is only made by [`RawModule::load`] from a path that a
-//!   live, initialised `cryptoki::context::Pkcs11` has already loaded (the caller passes that
-//!   context as proof). A second `dlopen` of the same path returns the already loaded instance
-//!   (same global state, same sessions), and the `RawModule` keeps its own `dlopen` reference in
-//!   `_lib`, so the copied function pointers stay valid for the `RawModule`'s whole life.
+//! - **(L) live table.** A [`RawModule`] is only made by [`RawModule::load`], whose `dlopen`
+//!   reference (`_lib`) keeps the library mapped for the `RawModule`'s whole life, so the copied
+//!   function pointers stay valid as long as it exists. The path is one that a live, initialised
+//!   `cryptoki::context::Pkcs11` has already loaded (the caller passes that context as proof): a
+//!   second `dlopen` of the same path returns the already loaded instance (same global state,
+//!   same sessions) and runs no initialiser again. Were a caller to break that contract, a
+//!   conforming module would answer `CKR_CRYPTOKI_NOT_INITIALIZED`; no pointer would dangle.
 //! - **(H) handles.** Session and object handles passed in come from `cryptoki` objects of that
 //!   same module instance ([`Session::handle`], [`ObjectHandle::handle`]); an invalid one only
 //!   makes the module return `CKR_*_HANDLE_INVALID`.
@@ -32,14 +40,14 @@
 //!   by the C API are never written by the module.
 #![allow(unsafe_code)]
 
-use crate::error::rv_error;
+use crate::error::{rv_error, rv_name};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{
-    CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_KEY_DERIVATION_STRING_DATA, CK_MECHANISM, CK_MECHANISM_TYPE, CK_OBJECT_HANDLE,
-    CK_RV, CK_SLOT_ID, CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA,
+    CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_KEY_DERIVATION_STRING_DATA, CK_MECHANISM, CK_MECHANISM_INFO, CK_MECHANISM_TYPE,
+    CK_OBJECT_HANDLE, CK_RV, CK_SLOT_ID, CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA,
 };
 use std::ffi::c_void;
 use std::path::Path;
@@ -47,7 +55,7 @@ use std::ptr;
 
 /// A failed raw call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RawError {
+pub enum RawError {
     /// The module returned this code.
     Rv(&'static str, RvError),
     /// The module's function list has no such function (NULL pointer).
@@ -56,9 +64,21 @@ pub(crate) enum RawError {
     Length(&'static str),
 }
 
+impl std::fmt::Display for RawError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawError::Rv(function, rv) => write!(f, "{function} returned {}", rv_name(*rv)),
+            RawError::Missing(function) => write!(f, "{function} is NULL in the module's function list"),
+            RawError::Length(function) => write!(f, "{function}: a length does not fit a CK_ULONG"),
+        }
+    }
+}
+
+impl std::error::Error for RawError {}
+
 /// A mechanism parameter for a raw call.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum RawParam<'a> {
+pub enum RawParam<'a> {
     /// The bytes as they are (packed vendor structures).
     Bytes(&'a [u8]),
     /// A `CK_KEY_DERIVATION_STRING_DATA` pointing at these bytes (`CKM_*_ECB_ENCRYPT_DATA`).
@@ -66,7 +86,7 @@ pub(crate) enum RawParam<'a> {
 }
 
 /// The module's `CK_FUNCTION_LIST`, copied, plus the library reference that keeps it valid.
-pub(crate) struct RawModule {
+pub struct RawModule {
     list: CK_FUNCTION_LIST,
     _lib: cryptoki_sys::Pkcs11,
 }
@@ -111,7 +131,8 @@ fn with_mechanism<R>(
 
 impl RawModule {
     /// Reach the function list of `path`, which `_ctx` has loaded and initialised (invariant L).
-    pub(crate) fn load(path: &Path, _ctx: &Pkcs11) -> Result<RawModule, String> {
+    /// The error names the path and what failed.
+    pub fn load(path: &Path, _ctx: &Pkcs11) -> Result<RawModule, String> {
         // SAFETY (L): loading a library runs its initialisers; `path` is already loaded by `_ctx`,
         // so this only takes another reference to the same instance.
         let lib = unsafe { cryptoki_sys::Pkcs11::new(path) }.map_err(|e| format!("dlopen {}: {e}", path.display()))?;
@@ -132,7 +153,7 @@ impl RawModule {
     }
 
     /// Every mechanism value the slot lists, unfiltered (vendor values included).
-    pub(crate) fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, RawError> {
+    pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, RawError> {
         const F: &str = "C_GetMechanismList";
         let f = self.list.C_GetMechanismList.ok_or(RawError::Missing(F))?;
         let mut n: CK_ULONG = 0;
@@ -146,9 +167,19 @@ impl RawModule {
         Ok(v)
     }
 
+    /// `C_GetMechanismInfo` for any value (vendor values included).
+    pub fn mechanism_info(&self, slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO, RawError> {
+        const F: &str = "C_GetMechanismInfo";
+        let f = self.list.C_GetMechanismInfo.ok_or(RawError::Missing(F))?;
+        let mut info = CK_MECHANISM_INFO::default();
+        // SAFETY (L, B): `info` is a valid out-pointer of the type the module writes.
+        check(F, unsafe { f(slot, mech, &mut info) })?;
+        Ok(info)
+    }
+
     /// `C_DeriveKey` with any mechanism and a byte-string or derivation-data parameter; the new
     /// key stays in the module.
-    pub(crate) fn derive_key(
+    pub fn derive_key(
         &self,
         session: &Session,
         mech: CK_MECHANISM_TYPE,
@@ -175,7 +206,7 @@ impl RawModule {
 
     /// `C_WrapKey` with any mechanism and a byte-string parameter: `key` wrapped under `wrapping`
     /// (two-call convention: the length first, then the data).
-    pub(crate) fn wrap_key(
+    pub fn wrap_key(
         &self,
         session: &Session,
         mech: CK_MECHANISM_TYPE,
@@ -203,7 +234,7 @@ impl RawModule {
     /// (`sign = true`) with any mechanism and a byte-string parameter (hsm-sim's PIN and PVV
     /// mechanisms, whose parameters are packed structures of run-time length). Two-call convention
     /// for the output; the module keeps the result of the size query for the second call.
-    pub(crate) fn single_part(
+    pub fn single_part(
         &self,
         session: &Session,
         sign: bool,
@@ -239,7 +270,7 @@ impl RawModule {
     /// `C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA, data)` from a DES2/DES3 `base`: the new key is the
     /// 3DES-ECB encryption of `data` (a multiple of 8 bytes) under `base`, computed inside the
     /// module.
-    pub(crate) fn des3_ecb_encrypt_data(
+    pub fn des3_ecb_encrypt_data(
         &self,
         session: &Session,
         base: ObjectHandle,
@@ -281,6 +312,15 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn errors_read_as_one_line() {
+        assert_eq!(
+            RawError::Rv("C_DeriveKey", RvError::MechanismInvalid).to_string(),
+            "C_DeriveKey returned CKR_MECHANISM_INVALID"
+        );
+        assert_eq!(RawError::Missing("C_WrapKey").to_string(), "C_WrapKey is NULL in the module's function list");
     }
 
     #[test]

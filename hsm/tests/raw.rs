@@ -1,5 +1,6 @@
 //! The raw escape hatch (`src/raw.rs`), through the safe API built on it: unfiltered mechanism
-//! lists (capability detection) and `C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA)` (EMV Option A).
+//! lists (capability detection) and `C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA)` (EMV Option A); and
+//! directly, as the tools use it: mechanism information for values `cryptoki` cannot name.
 #![allow(clippy::unwrap_used)]
 
 #[macro_use]
@@ -7,11 +8,18 @@ mod common;
 
 use common::reference::{self as r, h};
 use common::{Backend, token_host_path};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::MechanismType;
-use quill_hsm::{Hsm, HsmError, KeyAlg, LogHostPath, Pkcs11Hsm, Support};
+use cryptoki_sys::CKM_DES3_ECB_ENCRYPT_DATA;
+use quill_hsm::raw::{RawError, RawModule};
+use quill_hsm::{Hsm, HsmError, KeyAlg, LogHostPath, Pkcs11Hsm, Support, known_mechanism_name, vendor};
 use std::sync::Arc;
 
-per_backend!(mechanism_list_is_unfiltered, option_a_derivation_matches_the_published_vector);
+per_backend!(
+    mechanism_list_is_unfiltered,
+    option_a_derivation_matches_the_published_vector,
+    mechanism_info_of_values_cryptoki_cannot_name
+);
 
 fn mechanism_list_is_unfiltered(b: Backend) {
     let Some(c) = token_host_path(b, "raw-mechs") else { return };
@@ -68,4 +76,29 @@ fn option_a_derivation_matches_the_published_vector(b: Backend) {
     assert!(matches!(hsm.derive_des3_ecb_encrypt_data(&imk, &data[..8], KeyAlg::Des2), Err(HsmError::Misuse { .. })));
     let aes = hsm.generate_key(KeyAlg::Aes128).unwrap();
     assert!(matches!(hsm.derive_des3_ecb_encrypt_data(&aes, &data, KeyAlg::Des2), Err(HsmError::Misuse { .. })));
+}
+
+/// `RawModule::load` next to a live context, then `C_GetMechanismInfo` for a standard value
+/// `cryptoki` lacks, a vendor value, and a value no module lists.
+fn mechanism_info_of_values_cryptoki_cannot_name(b: Backend) {
+    let Some(c) = token_host_path(b, "raw-info") else { return };
+    let hsm = Pkcs11Hsm::open(&c, Arc::new(LogHostPath)).unwrap();
+    let slot = hsm.describe().slots.remove(0).slot;
+    let m = common::module(b).unwrap();
+    let pkcs11 = cryptoki::context::Pkcs11::new(&m.path).unwrap();
+    let raw = RawModule::load(&m.path, &pkcs11).unwrap();
+    let list = raw.mechanism_list(slot).unwrap();
+    assert!(list.contains(&CKM_DES3_ECB_ENCRYPT_DATA));
+    let info = raw.mechanism_info(slot, CKM_DES3_ECB_ENCRYPT_DATA).unwrap();
+    assert_ne!(info.flags & cryptoki_sys::CKF_DERIVE, 0, "{:#x}", info.flags);
+    if b == Backend::Sim {
+        assert!(list.contains(&vendor::CKM_QUILL_CVV));
+        let info = raw.mechanism_info(slot, vendor::CKM_QUILL_CVV).unwrap();
+        assert_ne!(info.flags & cryptoki_sys::CKF_SIGN, 0, "{:#x}", info.flags);
+        assert_eq!(known_mechanism_name(vendor::CKM_QUILL_CVV).as_deref(), Some("CKM_QUILL_CVV"));
+    }
+    let unlisted = cryptoki_sys::CKM_VENDOR_DEFINED | 0x7777;
+    let e = raw.mechanism_info(slot, unlisted).unwrap_err();
+    assert_eq!(e, RawError::Rv("C_GetMechanismInfo", RvError::MechanismInvalid));
+    assert_eq!(e.to_string(), "C_GetMechanismInfo returned CKR_MECHANISM_INVALID");
 }

@@ -6,18 +6,17 @@
 //! process loads a module once. The child sets up a throwaway token, measures every row and
 //! prints one JSON line; the parent prints the table.
 
-mod common;
-
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser;
-use common::Ck;
-use common::raw::RawModule;
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use quill_hsm::raw::RawModule;
+use quill_hsm::tools::{self, Ck};
+use quill_hsm::vendor::CKM_QUILL_EMV_MK_OPTION_A;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -93,9 +92,9 @@ fn parent(cli: &Cli) -> Result<ExitCode> {
         bail!("--threads must be ≥ 1");
     }
     let modules = if cli.modules.is_empty() {
-        let mut v = vec![common::sim_next_to_exe()?];
-        if Path::new(common::SOFTHSM_PATH).exists() {
-            v.push(PathBuf::from(common::SOFTHSM_PATH));
+        let mut v = vec![tools::sim_next_to_exe()?];
+        if Path::new(tools::SOFTHSM_PATH).exists() {
+            v.push(PathBuf::from(tools::SOFTHSM_PATH));
         }
         v
     } else {
@@ -371,14 +370,14 @@ struct Keys {
 }
 
 fn child(module: &Path, seconds: f64, threads: usize) -> Result<ExitCode> {
-    let ctx = common::load(module)?;
+    let ctx = tools::load(module)?;
     let info = ctx.get_library_info().ck(|| "C_GetInfo")?;
     let slot = fresh_token(&ctx)?;
     let setup = ctx.open_rw_session(slot).ck(|| "cannot open the setup session")?;
     setup.login(UserType::User, Some(&AuthPin::from(USER_PIN))).ck(|| "user login failed")?;
     let keys = make_keys(&setup)?;
-    let raw = RawModule::open(module, &ctx)?;
-    let vendor = raw.mechanism_list(slot.id())?.contains(&common::CKM_QUILL_EMV_MK_OPTION_A);
+    let raw = RawModule::load(module, &ctx).map_err(anyhow::Error::msg)?;
+    let vendor = raw.mechanism_list(slot.id())?.contains(&CKM_QUILL_EMV_MK_OPTION_A);
     let emv_mech = if vendor {
         "CKM_QUILL_EMV_MK_OPTION_A (0xD1550001)"
     } else {
@@ -595,10 +594,10 @@ fn derive_icc_mk(
         let mut p = vec![u8::try_from(pan.len())?];
         p.extend_from_slice(pan.as_bytes());
         p.extend_from_slice(psn.as_bytes());
-        common::with_vendor_mechanism(common::CKM_QUILL_EMV_MK_OPTION_A, &p, |m| s.derive_key(m, imk, tmpl))?
+        tools::with_vendor_mechanism(CKM_QUILL_EMV_MK_OPTION_A, &p, |m| s.derive_key(m, imk, tmpl))?
             .ck(|| "CKM_QUILL_EMV_MK_OPTION_A derive")
     } else {
-        raw.des3_ecb_encrypt_data(s, imk, &option_a_data(pan, psn)?, tmpl)
+        raw.des3_ecb_encrypt_data(s, imk, &option_a_data(pan, psn)?, tmpl).context("CKM_DES3_ECB_ENCRYPT_DATA derive")
     }
 }
 

@@ -2,17 +2,17 @@
 //!
 //! It initialises tokens and lists tokens, mechanisms and objects (never key values).
 
-mod common;
-
 use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand};
-use common::{Ck, hex_upper, mechanism_name};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
+use quill_hsm::raw::RawModule;
+use quill_hsm::tools::{self, Ck};
+use quill_hsm::{ck_text, known_mechanism_name};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,9 +87,9 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<()> {
     let path = match &cli.module {
         Some(p) => p.clone(),
-        None => common::sim_next_to_exe()?,
+        None => tools::sim_next_to_exe()?,
     };
-    let ctx = common::load(&path)?;
+    let ctx = tools::load(&path)?;
     let out = match &cli.cmd {
         Cmd::InitToken { slot, label, so_pin, pin } => init_token(&ctx, *slot, label, so_pin, pin)?,
         Cmd::ListTokens => list_tokens(&ctx)?,
@@ -115,7 +115,7 @@ fn init_token(ctx: &Pkcs11, slot_id: u64, label: &str, so_pin: &str, pin: &str) 
     if label.len() > 32 {
         return Err(anyhow!("label '{label}' is longer than 32 bytes"));
     }
-    let slot = common::slot(ctx, slot_id)?;
+    let slot = tools::slot(ctx, slot_id)?;
     let so_pin = AuthPin::from(so_pin);
     ctx.init_token(slot, &so_pin, label).ck(|| format!("cannot initialise the token in slot {slot_id}"))?;
     // Some modules (SoftHSM) move an initialised token to a new slot id: find it by label.
@@ -196,16 +196,16 @@ fn list_tokens(ctx: &Pkcs11) -> Result<Output> {
 }
 
 fn list_mechanisms(ctx: &Pkcs11, path: &std::path::Path, slot_id: u64) -> Result<Output> {
-    let slot = common::slot(ctx, slot_id)?;
+    let slot = tools::slot(ctx, slot_id)?;
     // cryptoki's get_mechanism_list drops every value it cannot name (all vendor mechanisms,
     // CKM_DES3_ECB_ENCRYPT_DATA, ...): read the full list through the raw function list.
-    let raw = common::raw::RawModule::open(path, ctx)?;
+    let raw = RawModule::load(path, ctx).map_err(anyhow::Error::msg)?;
     let list =
         raw.mechanism_list(slot.id()).map_err(|e| anyhow!("cannot list the mechanisms of slot {slot_id}: {e}"))?;
     let mut rows = vec![vec!["MECHANISM".into(), "VALUE".into(), "KEY SIZES".into(), "FUNCTIONS".into()]];
     let mut items = Vec::new();
     for v in list {
-        let name = mechanism_name(v);
+        let name = known_mechanism_name(v);
         let (min, max, flags) = match MechanismType::try_from(v) {
             Ok(t) => {
                 let i = ctx.get_mechanism_info(slot, t).ck(|| format!("cannot read mechanism 0x{v:08X} info"))?;
@@ -285,12 +285,12 @@ const OBJECT_ATTRS: &[AttributeType] = &[
 ];
 
 fn list_objects(ctx: &Pkcs11, slot_id: u64, pin: Option<&str>) -> Result<Output> {
-    let slot = common::slot(ctx, slot_id)?;
+    let slot = tools::slot(ctx, slot_id)?;
     let session = ctx.open_ro_session(slot).ck(|| format!("cannot open a session on slot {slot_id}"))?;
     if let Some(pin) = pin {
         match session.login(UserType::User, Some(&AuthPin::from(pin))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(anyhow!("user login on slot {slot_id} failed: {}", common::ck_text(&e))),
+            Err(e) => return Err(anyhow!("user login on slot {slot_id} failed: {}", ck_text(&e))),
         }
     }
     let handles = session.find_objects(&[]).ck(|| "cannot search objects")?;
@@ -352,8 +352,8 @@ fn describe(session: &Session, h: ObjectHandle) -> Result<ObjectRow> {
             Attribute::Class(c) => o.class = c.to_string(),
             Attribute::KeyType(k) => o.key_type = Some(k.to_string()),
             Attribute::Label(l) => o.label = String::from_utf8_lossy(&l).into_owned(),
-            Attribute::Id(i) => o.id = hex_upper(&i),
-            Attribute::CheckValue(v) if !v.is_empty() => o.kcv = Some(hex_upper(&v)),
+            Attribute::Id(i) => o.id = hex::encode_upper(&i),
+            Attribute::CheckValue(v) if !v.is_empty() => o.kcv = Some(hex::encode_upper(&v)),
             Attribute::ModulusBits(b) => o.size = Some(u64::from(b)),
             Attribute::ValueLen(l) if o.size.is_none() => o.size = Some(u64::from(l) * 8),
             Attribute::Token(true) => o.flags.push("token"),

@@ -1,19 +1,16 @@
-//! Code shared by `quill-hsm` and `quill-hsm-bench`. Both talk to modules only through the
-//! `cryptoki` crate (plus the small raw escape hatch in [`raw`]), never through hsm-sim
-//! internals, so they work with any PKCS#11 module.
-// Each binary compiles this module and uses a different part of it.
-#![allow(dead_code)]
+//! Helpers of the command-line tools that talk to PKCS#11 modules directly (`quill-hsm`,
+//! `quill-hsm-bench`, the lab commands of `quill`), over the `cryptoki` crate plus the escape
+//! hatch in [`crate::raw`]; no `unsafe` here. Behind the `tools` feature, which brings `anyhow`
+//! in: the adapter ([`crate::Pkcs11Hsm`]) does not use this module.
 
-mod mech_names;
-pub mod raw;
-
+use crate::error::ck_text;
 use anyhow::{Context as _, Result, anyhow, bail};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as CkError, Rv};
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::slot::Slot;
-use cryptoki_sys::{CK_MECHANISM_TYPE, CK_RV, CKM_VENDOR_DEFINED};
+use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
@@ -22,68 +19,9 @@ pub const SIM_FILE: &str = "libquill_hsm_sim.so";
 /// Where Debian's `softhsm2` package puts SoftHSM 2.
 pub const SOFTHSM_PATH: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-/// hsm-sim's vendor mechanisms (defined once, in `quill_crypto::mechanism`). Each binary that
-/// includes this module uses some of them.
-#[allow(unused_imports)]
-pub use quill_crypto::mechanism::{
-    CKM_QUILL_CVV, CKM_QUILL_DES3_RETAIL_MAC, CKM_QUILL_EMV_MK_OPTION_A, CKM_QUILL_EMV_MK_OPTION_B,
-    CKM_QUILL_IBM3624_OFFSET, CKM_QUILL_KEY_COMPONENTS_XOR, CKM_QUILL_PIN_GENERATE, CKM_QUILL_PIN_TRANSLATE,
-    CKM_QUILL_RSA_CRT_COMPONENT_WRAP, CKM_QUILL_TR31_UNWRAP, CKM_QUILL_TR31_WRAP, CKM_QUILL_VISA_PVV,
-};
-
-/// Name of a mechanism value: `cryptoki`'s own name where it has one, then the standard names
-/// it lacks, then Quill's vendor names; `None` when unknown.
-pub fn mechanism_name(v: CK_MECHANISM_TYPE) -> Option<String> {
-    if v >= CKM_VENDOR_DEFINED {
-        return quill_crypto::mechanism::vendor_name(v).map(str::to_owned);
-    }
-    if let Ok(t) = MechanismType::try_from(v) {
-        let s = t.to_string();
-        if !s.starts_with("unknown") {
-            return Some(s);
-        }
-    }
-    mech_names::STANDARD_NAMES.iter().find(|(m, _)| *m == v).map(|(_, n)| (*n).to_owned())
-}
-
-/// `PinIncorrect` -> `CKR_PIN_INCORRECT`.
-fn screaming(camel: &str) -> String {
-    let mut s = String::from("CKR_");
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            s.push('_');
-        }
-        s.push(c.to_ascii_uppercase());
-    }
-    s
-}
-
-/// Name of a return value, e.g. `CKR_PIN_INCORRECT`.
-pub fn ckr_name(rv: CK_RV) -> String {
-    match Rv::from(rv) {
-        Rv::Ok => "CKR_OK".to_owned(),
-        Rv::Error(e) => {
-            let camel = format!("{e:?}");
-            if camel.contains('(') { format!("CKR 0x{rv:08X}") } else { screaming(&camel) }
-        }
-    }
-}
-
-/// One-line text of a `cryptoki` error: `C_Login returned CKR_PIN_INCORRECT` rather than the
-/// crate's paragraph-long descriptions.
-pub fn ck_text(e: &CkError) -> String {
-    match e {
-        CkError::Pkcs11(rv, f) => {
-            let camel = format!("{rv:?}");
-            let name = if camel.contains('(') { camel } else { screaming(&camel) };
-            format!("C_{f:?} returned {name}")
-        }
-        other => other.to_string(),
-    }
-}
-
 /// `anyhow` context for `cryptoki` results, one line: "what: C_Fn returned CKR_…".
 pub trait Ck<T> {
+    /// The error as `what: C_Fn returned CKR_…` ([`ck_text`]).
     fn ck<S: Display>(self, what: impl FnOnce() -> S) -> Result<T>;
 }
 
@@ -121,7 +59,8 @@ pub fn slot(ctx: &Pkcs11, id: u64) -> Result<Slot> {
 ///
 /// `cryptoki` 0.12's `VendorDefinedMechanism::new` takes a `&T` and passes `size_of::<T>()` as
 /// the parameter length, so a variable-length byte string has to travel as a `[u8; N]`: this
-/// picks `N = param.len()` (up to 64 bytes).
+/// picks `N = param.len()` (up to 64 bytes). Longer parameters go through
+/// [`crate::raw::RawModule`].
 pub fn with_vendor_mechanism<R>(
     value: CK_MECHANISM_TYPE,
     param: &[u8],
@@ -147,7 +86,53 @@ pub fn with_vendor_mechanism<R>(
             33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64)
 }
 
-/// Hex, upper case.
-pub fn hex_upper(b: &[u8]) -> String {
-    hex::encode_upper(b)
+/// hsm-sim's `digits(n)` parameter field: one length byte, then the ASCII digits.
+pub fn digits(s: &str) -> Result<Vec<u8>> {
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("'{s}' is not decimal digits");
+    }
+    let mut v = vec![u8::try_from(s.len()).map_err(|_| anyhow!("'{s}' is too long"))?];
+    v.extend_from_slice(s.as_bytes());
+    Ok(v)
+}
+
+/// A `CK_ULONG` (C `unsigned long`) in host byte order, as hsm-sim's packed parameters carry it.
+pub fn ulong(v: CK_ULONG) -> Vec<u8> {
+    v.to_ne_bytes().to_vec()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::vendor::CKM_QUILL_CVV;
+
+    #[test]
+    fn digits_carry_their_length() {
+        assert_eq!(digits("0123").unwrap(), b"\x040123");
+        assert!(digits("12a4").is_err());
+        assert!(digits(&"1".repeat(256)).is_err());
+        assert_eq!(ulong(7).len(), size_of::<CK_ULONG>());
+    }
+
+    #[test]
+    fn vendor_mechanism_parameters_keep_their_length() {
+        let len = |p: &[u8]| {
+            with_vendor_mechanism(CKM_QUILL_CVV, p, |m| {
+                let raw = cryptoki_sys::CK_MECHANISM::from(m);
+                (raw.mechanism, raw.ulParameterLen)
+            })
+        };
+        assert_eq!(len(&[]).unwrap(), (CKM_QUILL_CVV, 0));
+        assert_eq!(len(&[1, 2, 3]).unwrap(), (CKM_QUILL_CVV, 3));
+        assert_eq!(len(&[0; 64]).unwrap(), (CKM_QUILL_CVV, 64));
+        assert!(len(&[0; 65]).is_err());
+        assert!(with_vendor_mechanism(0x1102, &[], |_| ()).is_err(), "not a vendor value");
+    }
+
+    #[test]
+    fn missing_modules_are_named() {
+        let e = load(Path::new("/nonexistent/libnone.so")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/libnone.so does not exist"), "{e}");
+    }
 }

@@ -1,11 +1,11 @@
 //! Names of standard mechanisms, for the values `cryptoki` 0.12 cannot turn into a named
-//! `MechanismType`. Generated from the `CKM_*` constants of `cryptoki-sys` 0.5 (first name per
+//! `MechanismType` (read through [`crate::mechanisms::known_mechanism_name`]). Generated from the `CKM_*` constants of `cryptoki-sys` 0.5 (first name per
 //! value; RSA, DSA, DH, EC, DES/DES2/DES3, AES, SHA, MD5, HKDF and generic key families).
 
 use cryptoki_sys::CK_MECHANISM_TYPE;
 
 /// `(value, name)`, sorted by value.
-pub const STANDARD_NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
+pub(crate) const STANDARD_NAMES: &[(CK_MECHANISM_TYPE, &str)] = &[
     (0x0000, "CKM_RSA_PKCS_KEY_PAIR_GEN"),
     (0x0001, "CKM_RSA_PKCS"),
     (0x0002, "CKM_RSA_9796"),
