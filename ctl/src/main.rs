@@ -166,6 +166,9 @@ enum ProfileCmd {
     /// Check a profile (every problem with file, line, field and reason), and with --input a
     /// batch file against its input layout; exit 3 when there are problems.
     Validate(profile::ValidateArgs),
+    /// Print the profile reference (every field, type, default and limit); with --json the
+    /// profile format as a JSON Schema (draft 2020-12).
+    Schema,
 }
 
 #[derive(Subcommand, Debug)]
@@ -312,6 +315,7 @@ fn main() -> ExitCode {
         Cmd::Audit(AuditCmd::Tail(a)) => keys::audit_tail(a, false, json),
         Cmd::Audit(AuditCmd::Export(a)) => keys::audit_tail(a, true, json),
         Cmd::Profile(ProfileCmd::Validate(a)) => profile::validate(a, json),
+        Cmd::Profile(ProfileCmd::Schema) => profile::schema(json),
         Cmd::Ca(CaCmd::List(a)) => issuers::ca_list(a, json),
         Cmd::Ca(CaCmd::Import(a)) => issuers::ca_import(a, json),
         Cmd::Issuer(IssuerCmd::List(a)) => issuers::issuer_list(a, json),

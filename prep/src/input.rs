@@ -18,7 +18,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, Read};
 
-use crate::profile::{BadRecordPolicy, Encoding, FieldKind, FieldSpec, InputFormat, InputLayout};
+use sha2::{Digest, Sha256};
+
+use crate::profile::{
+    BadRecordPolicy, DuplicatePolicy, Encoding, FieldKind, FieldSpec, InputFormat, InputLayout, NameTransliteration,
+};
 
 /// The longest line accepted, in bytes (a card record is a few hundred bytes at most).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -63,6 +67,8 @@ pub struct BadRecord {
     pub fatal: bool,
     /// Every problem found in the record (at least one).
     pub errors: Vec<InputError>,
+    /// The record repeats an earlier card (same PAN and PSN).
+    pub duplicate: bool,
 }
 
 /// Mask a PAN for messages and logs: first 6 and last 4 digits for PANs of 16 digits or more,
@@ -184,6 +190,12 @@ pub struct Yymm {
 }
 
 impl Yymm {
+    /// The current month (UTC).
+    pub fn now() -> Yymm {
+        let now = time::OffsetDateTime::now_utc();
+        Yymm { yy: u8::try_from(now.year().rem_euclid(100)).unwrap_or(0), mm: u8::from(now.month()) }
+    }
+
     /// Parse `YYMM` with month 01–12.
     pub fn parse(s: &str) -> Result<Yymm, String> {
         if s.len() != 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -240,6 +252,11 @@ pub struct CardRecord {
     pub cardholder_name: Option<String>,
     /// Embossing name.
     pub embossing_name: Option<String>,
+    /// The cardholder name as the issuer sent it, when transliteration changed it.
+    pub original_cardholder_name: Option<String>,
+    /// The embossing name as the issuer sent it, when transliteration changed it (the carrier
+    /// prints this one).
+    pub original_embossing_name: Option<String>,
     /// The other fields (`digits` and `text` kinds), by layout name; empty optional fields are
     /// absent.
     pub fields: BTreeMap<String, String>,
@@ -249,6 +266,22 @@ impl CardRecord {
     /// The PSN as two digits.
     pub fn psn_digits(&self) -> String {
         format!("{:02}", self.psn)
+    }
+
+    /// A name of this record was transliterated to fit ISO 7813.
+    pub fn transliterated(&self) -> bool {
+        self.original_cardholder_name.is_some() || self.original_embossing_name.is_some()
+    }
+
+    /// A fingerprint of PAN + PSN, to find the same card twice without keeping PANs around
+    /// (SHA-256 under a label; compared only within one process or one job's check).
+    pub fn card_fingerprint(&self) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(b"quill card fingerprint v1\0")
+            .chain_update(self.pan.digits().as_bytes())
+            .chain_update([self.psn])
+            .finalize()
+            .into()
     }
 }
 
@@ -264,6 +297,7 @@ impl fmt::Debug for CardRecord {
             .field("service_code", &self.service_code)
             .field("cardholder_name", &hidden(&self.cardholder_name))
             .field("embossing_name", &hidden(&self.embossing_name))
+            .field("transliterated", &self.transliterated())
             .field("fields", &self.fields.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -289,6 +323,10 @@ pub struct Records<'p, R> {
     /// CSV: number of columns a row must have.
     width: usize,
     done: bool,
+    /// The current month: earlier expiries are refused unless the layout allows them.
+    today: Yymm,
+    /// Fingerprints of the cards read so far, with their lines (the duplicate check).
+    seen: std::collections::HashMap<[u8; 32], u64>,
 }
 
 impl<'p, R: BufRead> Records<'p, R> {
@@ -308,7 +346,15 @@ impl<'p, R: BufRead> Records<'p, R> {
             columns,
             width: layout.fields.len(),
             done: false,
+            today: Yymm::now(),
+            seen: std::collections::HashMap::new(),
         }
+    }
+
+    /// Check expiries against `today` instead of the current month (tests, replays).
+    pub fn with_today(mut self, today: Yymm) -> Self {
+        self.today = today;
+        self
     }
 
     /// Lines read so far.
@@ -321,7 +367,7 @@ impl<'p, R: BufRead> Records<'p, R> {
     }
 
     fn bad(&self, fatal: bool, errors: Vec<InputError>) -> BadRecord {
-        BadRecord { line: self.line, fatal, errors }
+        BadRecord { line: self.line, fatal, errors, duplicate: false }
     }
 
     /// Read one line into `buf` (without the line end). `Ok(None)` at end of file; otherwise
@@ -477,7 +523,9 @@ impl<'p, R: BufRead> Records<'p, R> {
         let mut service_code = None;
         let mut cardholder_name = None;
         let mut embossing_name = None;
+        let (mut original_cardholder_name, mut original_embossing_name) = (None, None);
         let mut fields = BTreeMap::new();
+        let mode = self.layout.name_transliteration;
         for (spec, value) in self.layout.fields.iter().zip(values) {
             if value.is_empty() {
                 if spec.required {
@@ -491,10 +539,18 @@ impl<'p, R: BufRead> Records<'p, R> {
                 FieldKind::Expiry => Yymm::parse(&value).map(|d| expiry = Some(d)),
                 FieldKind::Effective => Yymm::parse(&value).map(|d| effective = Some(d)),
                 FieldKind::ServiceCode => check_service_code(&value).map(|()| service_code = Some(value)),
-                FieldKind::CardholderName => check_name(&value, spec, "").map(|()| cardholder_name = Some(value)),
-                FieldKind::EmbossingName => {
-                    check_name(&value, spec, &spec.extra_chars).map(|()| embossing_name = Some(value))
-                }
+                FieldKind::CardholderName => name(&value, spec, "", mode).map(|n| {
+                    if n != value {
+                        original_cardholder_name = Some(value);
+                    }
+                    cardholder_name = Some(n);
+                }),
+                FieldKind::EmbossingName => name(&value, spec, &spec.extra_chars, mode).map(|n| {
+                    if n != value {
+                        original_embossing_name = Some(value);
+                    }
+                    embossing_name = Some(n);
+                }),
                 FieldKind::Digits => check_other(&value, spec, true).map(|()| {
                     fields.insert(spec.name.clone(), value);
                 }),
@@ -512,6 +568,15 @@ impl<'p, R: BufRead> Records<'p, R> {
             let name = self.field_name(FieldKind::Effective);
             errors.push(self.error(name, "effective date is after the expiry date"));
         }
+        if let Some(exp) = expiry.filter(|e| *e < self.today && !self.layout.allow_expired) {
+            let name = self.field_name(FieldKind::Expiry);
+            let why = format!(
+                "the card expired in {} (before {}); only a lab profile with `allow_expired = true` takes it",
+                exp.yymm(),
+                self.today.yymm()
+            );
+            errors.push(self.error(name, why));
+        }
         match (pan, expiry) {
             (Some(pan), Some(expiry)) if errors.is_empty() => Ok(CardRecord {
                 line: self.line,
@@ -522,6 +587,8 @@ impl<'p, R: BufRead> Records<'p, R> {
                 service_code,
                 cardholder_name,
                 embossing_name,
+                original_cardholder_name,
+                original_embossing_name,
                 fields,
             }),
             _ => {
@@ -530,6 +597,37 @@ impl<'p, R: BufRead> Records<'p, R> {
                     errors.push(self.error(None, "the layout has no PAN or expiry field"));
                 }
                 Err(self.bad(false, errors))
+            }
+        }
+    }
+
+    /// The duplicate check: a card (PAN + PSN) seen on an earlier line is refused unless the
+    /// layout allows repeats.
+    fn unique(&mut self, r: CardRecord) -> Result<CardRecord, BadRecord> {
+        if self.layout.duplicates == DuplicatePolicy::Allow {
+            return Ok(r);
+        }
+        match self.seen.entry(r.card_fingerprint()) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                let why = format!(
+                    "PAN {} with PSN {} is already on line {} (duplicates = {})",
+                    r.pan.masked(),
+                    r.psn_digits(),
+                    first.get(),
+                    if self.layout.duplicates == DuplicatePolicy::RefuseBatch {
+                        "refuse_batch"
+                    } else {
+                        "refuse_record"
+                    }
+                );
+                let name = self.field_name(FieldKind::Pan);
+                let mut bad = self.bad(false, vec![self.error(name, why)]);
+                bad.duplicate = true;
+                Err(bad)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.line);
+                Ok(r)
             }
         }
     }
@@ -590,7 +688,7 @@ impl<R: BufRead> Iterator for Records<'_, R> {
                 continue;
             }
             return Some(match self.split(&text, newline) {
-                Ok(values) => self.record(values),
+                Ok(values) => self.record(values).and_then(|r| self.unique(r)),
                 Err(e) => Err(self.bad(false, vec![e])),
             });
         }
@@ -677,6 +775,77 @@ fn check_name(s: &str, spec: &FieldSpec, extra: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A name field's value as the card carries it: checked for length (on what the issuer sent),
+/// then, under `ascii`, uppercased and transliterated ([`transliterate`]) and cut to the field's
+/// maximum; under `refuse`, taken only if it is already in the character set.
+fn name(s: &str, spec: &FieldSpec, extra: &str, mode: NameTransliteration) -> Result<String, String> {
+    let n = s.chars().count();
+    let (min, max) = (spec.min_length.unwrap_or(2), spec.max_length.unwrap_or(26));
+    if n < min || n > max {
+        return Err(format!("name is {n} characters, must be {min}–{max}"));
+    }
+    if mode == NameTransliteration::Refuse {
+        return check_name(s, spec, extra).map(|()| s.to_owned());
+    }
+    let mut t = transliterate(s, extra)?;
+    if t.chars().count() > max {
+        t = t.chars().take(max).collect::<String>().trim_end().to_owned();
+    }
+    if t.chars().count() < min {
+        return Err(format!("name is {} characters once transliterated, must be {min}–{max}", t.chars().count()));
+    }
+    Ok(t)
+}
+
+/// Uppercase `s` and map it to the ISO 7813 name set (plus `extra`): letters with diacritics and
+/// other scripts through `deunicode` (é→E, ß→SS, Æ→AE, Ø→O, ı→I, Ж→ZH), combining marks dropped,
+/// any white space as one space, typographic punctuation to its ASCII form (’→', –→-). A
+/// character with no mapping into the set is an error naming its position (never the name).
+pub fn transliterate(s: &str, extra: &str) -> Result<String, String> {
+    let allowed = |c: char| iso7813_char(c) || extra.contains(c);
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().enumerate().peekable();
+    while let Some((i, c)) = chars.next() {
+        let upper: String = c.to_uppercase().collect();
+        if upper.chars().all(allowed) {
+            out.push_str(&upper);
+            continue;
+        }
+        if c.is_whitespace() {
+            out.push(' ');
+            continue;
+        }
+        let raw = deunicode::deunicode_char(c).unwrap_or("[?]");
+        let mapped = raw.trim().to_ascii_uppercase();
+        let fits = if c.is_alphabetic() {
+            !mapped.is_empty() && mapped.chars().all(|m| m.is_ascii_uppercase() || m == ' ')
+        } else if is_combining_mark(c) {
+            mapped.is_empty()
+        } else {
+            // Punctuation: only to punctuation of the set (no letters: a symbol is not a name).
+            !mapped.is_empty() && mapped.chars().all(|m| allowed(m) && !m.is_ascii_alphanumeric())
+        };
+        if !fits {
+            return Err(format!(
+                "character {} is not allowed and has no mapping to ISO 7813 (A–Z, 0–9, space, / . - '{})",
+                i + 1,
+                if extra.is_empty() { String::new() } else { format!(" and `{extra}`") }
+            ));
+        }
+        out.push_str(&mapped);
+        // Syllabic scripts map one character to one syllable followed by a space (张三 → ZHANG SAN).
+        if raw.ends_with(' ') && chars.peek().is_some_and(|&(_, n)| n.is_alphanumeric()) {
+            out.push(' ');
+        }
+    }
+    Ok(out)
+}
+
+/// Unicode combining diacritical marks (the blocks that decomposed input uses).
+fn is_combining_mark(c: char) -> bool {
+    matches!(c as u32, 0x0300..=0x036F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F)
+}
+
 fn check_other(s: &str, spec: &FieldSpec, digits: bool) -> Result<(), String> {
     let n = s.chars().count();
     if let Some(min) = spec.min_length.filter(|&m| n < m) {
@@ -710,8 +879,13 @@ pub struct BatchSummary {
     pub errors: Vec<InputError>,
     /// Errors beyond [`MAX_KEPT_ERRORS`], counted but not kept.
     pub errors_not_kept: u64,
-    /// Reading stopped early: `fail_batch` met a bad record, or the file could not be read on.
+    /// Reading stopped early: `fail_batch` met a bad record, a repeated card met
+    /// `duplicates = "refuse_batch"`, or the file could not be read on.
     pub stopped: bool,
+    /// Good records whose names were transliterated.
+    pub transliterated: u64,
+    /// Records refused as repeats of an earlier card (counted in `bad` too).
+    pub duplicates: u64,
 }
 
 impl BatchSummary {
@@ -720,8 +894,22 @@ impl BatchSummary {
         self.bad == 0 && !self.stopped
     }
 
+    /// The layout's policies refuse the whole batch: a bad record under `fail_batch`, a repeated
+    /// card under `duplicates = "refuse_batch"`, or a file that could not be read to the end.
+    pub fn refuses_batch(&self, layout: &InputLayout) -> bool {
+        self.stopped
+            || (self.bad > 0 && layout.on_bad_record == BadRecordPolicy::FailBatch)
+            || (self.duplicates > 0 && layout.duplicates == DuplicatePolicy::RefuseBatch)
+    }
+
+    fn ok(&mut self, r: &CardRecord) {
+        self.ok += 1;
+        self.transliterated += u64::from(r.transliterated());
+    }
+
     fn add(&mut self, bad: BadRecord) {
         self.bad += 1;
+        self.duplicates += u64::from(bad.duplicate);
         for e in bad.errors {
             if self.errors.len() < MAX_KEPT_ERRORS {
                 self.errors.push(e);
@@ -742,6 +930,7 @@ impl BatchSummary {
 pub struct Batch<'p, R> {
     records: Records<'p, R>,
     policy: BadRecordPolicy,
+    duplicates: DuplicatePolicy,
     summary: BatchSummary,
 }
 
@@ -751,8 +940,15 @@ impl<'p, R: BufRead> Batch<'p, R> {
         Batch {
             records: Records::new(layout, file, reader),
             policy: layout.on_bad_record,
+            duplicates: layout.duplicates,
             summary: BatchSummary::default(),
         }
+    }
+
+    /// Check expiries against `today` instead of the current month.
+    pub fn with_today(mut self, today: Yymm) -> Self {
+        self.records = self.records.with_today(today);
+        self
     }
 
     /// The summary so far (final once the iterator returned `None`).
@@ -776,11 +972,13 @@ impl<R: BufRead> Iterator for Batch<'_, R> {
         loop {
             match self.records.next()? {
                 Ok(r) => {
-                    self.summary.ok += 1;
+                    self.summary.ok(&r);
                     return Some(r);
                 }
                 Err(bad) => {
-                    let stop = bad.fatal || self.policy == BadRecordPolicy::FailBatch;
+                    let stop = bad.fatal
+                        || self.policy == BadRecordPolicy::FailBatch
+                        || (bad.duplicate && self.duplicates == DuplicatePolicy::RefuseBatch);
                     self.summary.add(bad);
                     if stop {
                         self.summary.stopped = true;
@@ -796,10 +994,15 @@ impl<R: BufRead> Iterator for Batch<'_, R> {
 /// [`MAX_KEPT_ERRORS`] errors), whatever the policy. `stopped` is set only if the file could not
 /// be read to the end.
 pub fn scan<R: BufRead>(layout: &InputLayout, file: &str, reader: R) -> BatchSummary {
+    scan_records(Records::new(layout, file, reader))
+}
+
+/// [`scan`] over a reader already set up (e.g. [`Records::with_today`]).
+pub fn scan_records<R: BufRead>(records: Records<'_, R>) -> BatchSummary {
     let mut summary = BatchSummary::default();
-    for item in Records::new(layout, file, reader) {
+    for item in records {
         match item {
-            Ok(_) => summary.ok += 1,
+            Ok(r) => summary.ok(&r),
             Err(bad) => {
                 summary.stopped |= bad.fatal;
                 summary.add(bad);
@@ -879,10 +1082,11 @@ mod tests {
         ("4761739001010010,01,2812,2512,20,TEST/CARD,TEST CARD,840", Some("service_code"), "3 digits"),
         ("4761739001010010,1,2812,2512,201,TEST/CARD,TEST CARD,840", Some("psn"), "2 digits"),
         (
-            "4761739001010010,01,2812,2512,201,test/card,TEST CARD,840",
+            "4761739001010010,01,2812,2512,201,#TEST/CARD,TEST CARD,840",
             Some("cardholder_name"),
             "character 1 is not allowed",
         ),
+        ("4761739001010010,01,2112,2012,201,TEST/CARD,TEST CARD,840", Some("expiry"), "the card expired in 2112"),
         (
             "4761739001010010,01,2812,2512,201,ABCDEFGHIJKLMNOPQRSTUVWXYZA,TEST CARD,840",
             Some("cardholder_name"),
@@ -994,7 +1198,8 @@ mod tests {
 
         // UTF-8 file: invalid sequence, then a valid accented name (refused by the charset, not
         // the decoder), and a BOM on the first line is ignored.
-        let m = profile("multi");
+        let mut m = profile("multi");
+        m.input.duplicates = DuplicatePolicy::Allow; // one card, three lines
         let mut bytes = b"\xEF\xBB\xBF4970100000000014;00;2810;201;MARTIN/CLAIRE;CLAIRE MARTIN;75001\n".to_vec();
         bytes.extend_from_slice(b"4970100000000014;00;2810;201;MARTIN/CLAIRE;CLAIRE \xC3MARTIN;75001\n");
         bytes.extend_from_slice("4970100000000014;00;2810;201;MARTIN/CLAIRE;CLAIRE MARTÍN;75001\n".as_bytes());
@@ -1003,6 +1208,15 @@ mod tests {
         let bad = items[1].as_ref().expect_err("invalid utf-8");
         assert_eq!(bad.errors[0].reason, "invalid UTF-8 at byte offset 50");
         assert_eq!(bad.line, 2);
+        // Accents are transliterated for the card (ascii, the default); the carrier keeps them.
+        let r = items[2].as_ref().expect("transliterated");
+        assert_eq!(r.embossing_name.as_deref(), Some("CLAIRE MARTIN"));
+        assert_eq!(r.original_embossing_name.as_deref(), Some("CLAIRE MARTÍN"));
+        assert!(r.transliterated() && r.original_cardholder_name.is_none());
+        // … and refused under `refuse`.
+        let mut strict = m.clone();
+        strict.input.name_transliteration = NameTransliteration::Refuse;
+        let items = read_all(&strict.input, &bytes);
         let bad = items[2].as_ref().expect_err("charset");
         assert_eq!(bad.errors[0].field.as_deref(), Some("embossing_name"));
         assert!(bad.errors[0].reason.contains("character 12 is not allowed"), "{:?}", bad.errors);
@@ -1014,9 +1228,106 @@ mod tests {
         let mut bytes = line.as_bytes().to_vec();
         bytes[58] = 0xC9; // first character of the embossing name
         bytes.push(b'\n');
-        let bad = read_all(&mc.input, &bytes).remove(0).expect_err("charset");
+        let r = read_all(&mc.input, &bytes).remove(0).expect("É transliterated");
+        assert_eq!(r.embossing_name.as_deref(), Some("ERIKA MUSTERMANN"));
+        assert_eq!(r.original_embossing_name.as_deref(), Some("ÉRIKA MUSTERMANN"));
+        let mut strict = mc.clone();
+        strict.input.name_transliteration = NameTransliteration::Refuse;
+        let bad = read_all(&strict.input, &bytes).remove(0).expect_err("charset");
         assert_eq!(bad.errors[0].field.as_deref(), Some("embossing_name"));
         assert!(bad.errors[0].reason.contains("character 1 is not allowed"));
+    }
+
+    #[test]
+    fn names_are_transliterated_by_a_documented_rule() {
+        let cases = [
+            ("García/José", "GARCIA/JOSE"),
+            ("MÜLLER/JÖRG", "MULLER/JORG"),
+            ("Lefèvre", "LEFEVRE"),
+            ("Straße/Åse", "STRASSE/ASE"),
+            ("Ærø/Bjørn", "AERO/BJORN"),
+            ("Yılmaz/Işıl Çağrı", "YILMAZ/ISIL CAGRI"),
+            ("Nguyễn/Thị Ánh", "NGUYEN/THI ANH"),
+            ("O\u{2019}Brien/Seán", "O'BRIEN/SEAN"),
+            ("Łukasz Wąs", "LUKASZ WAS"),
+            ("Zoe\u{0301} Dupont", "ZOE DUPONT"), // decomposed accent: the mark is dropped
+            ("smith\u{00A0}jones", "SMITH JONES"),
+            ("张/三", "ZHANG/SAN"),
+        ];
+        for (sent, want) in cases {
+            assert_eq!(transliterate(sent, "").as_deref(), Ok(want), "{sent}");
+        }
+        for (sent, pos) in [("SMITH☺", 6), ("A&B", 2), ("TEST#1", 5), ("X€Y", 2)] {
+            let e = transliterate(sent, "").expect_err(sent);
+            assert!(e.starts_with(&format!("character {pos} is not allowed")), "{sent}: {e}");
+            assert!(!e.contains(sent), "the error shows no name: {e}");
+        }
+        assert_eq!(transliterate("A&B", "&").as_deref(), Ok("A&B"), "extra_chars of an embossing field");
+        // A mapping that makes the name longer than the field's maximum is cut to it.
+        let spec = FieldSpec {
+            name: "n".into(),
+            kind: FieldKind::CardholderName,
+            column: None,
+            start: None,
+            length: None,
+            required: true,
+            min_length: None,
+            max_length: Some(10),
+            extra_chars: String::new(),
+        };
+        assert_eq!(name("Weiß/Straß", &spec, "", NameTransliteration::Ascii).as_deref(), Ok("WEISS/STRA"));
+        assert_eq!(
+            name("ßbcdefgh i", &spec, "", NameTransliteration::Ascii).as_deref(),
+            Ok("SSBCDEFGH"),
+            "no trailing space"
+        );
+        assert!(name("Weiß/Straß", &spec, "", NameTransliteration::Refuse).is_err());
+        assert!(name("ABCDEFGHIJK", &spec, "", NameTransliteration::Ascii).is_err(), "too long as sent: refused");
+    }
+
+    #[test]
+    fn repeated_cards_follow_the_duplicates_policy() {
+        let a = "4761739001010010,01,2812,2512,201,TEST/CARD,TEST CARD,840\n";
+        let other_psn = "4761739001010010,02,2812,2512,201,TEST/CARD,TEST CARD,840\n";
+        let text = format!("{VISA_HEADER}{a}{other_psn}{a}");
+        let mut p = profile("visa");
+        p.input.on_bad_record = BadRecordPolicy::SkipAndReport;
+        assert_eq!(p.input.duplicates, DuplicatePolicy::RefuseRecord, "the default");
+        let mut batch = Batch::new(&p.input, "f", text.as_bytes());
+        assert_eq!(batch.by_ref().map(|r| r.line).collect::<Vec<_>>(), [2, 3]);
+        let s = batch.into_summary();
+        assert_eq!((s.ok, s.bad, s.duplicates, s.stopped), (2, 1, 1, false));
+        assert!(!s.refuses_batch(&p.input));
+        let e = &s.errors[0];
+        assert_eq!((e.line, e.field.as_deref()), (4, Some("pan")));
+        assert!(e.reason.contains("476173******0010 with PSN 01 is already on line 2"), "{e}");
+        assert!(!e.to_string().contains("4761739001010010"));
+
+        p.input.duplicates = DuplicatePolicy::RefuseBatch;
+        let s = scan(&p.input, "f", text.as_bytes());
+        assert!(s.refuses_batch(&p.input), "{s:?}");
+        let mut batch = Batch::new(&p.input, "f", text.as_bytes());
+        assert_eq!(batch.by_ref().count(), 2);
+        assert!(batch.into_summary().stopped);
+
+        p.input.duplicates = DuplicatePolicy::Allow;
+        let s = scan(&p.input, "f", text.as_bytes());
+        assert_eq!((s.ok, s.bad), (3, 0));
+    }
+
+    #[test]
+    fn expired_cards_are_refused_unless_allowed() {
+        let text = format!("{VISA_HEADER}4761739001010010,01,2811,2501,201,TEST/CARD,TEST CARD,840\n");
+        let mut p = profile("visa");
+        let at = |p: &Profile, yy, mm| {
+            Records::new(&p.input, "f", text.as_bytes()).with_today(Yymm { yy, mm }).next().expect("one record")
+        };
+        assert!(at(&p, 28, 11).is_ok(), "valid through its expiry month");
+        let bad = at(&p, 28, 12).expect_err("expired");
+        assert_eq!(bad.errors[0].field.as_deref(), Some("expiry"));
+        assert!(bad.errors[0].reason.contains("expired in 2811 (before 2812)"), "{:?}", bad.errors);
+        p.input.allow_expired = true;
+        assert!(at(&p, 28, 12).is_ok());
     }
 
     #[test]
@@ -1046,6 +1357,7 @@ mod tests {
         let text = format!("{VISA_HEADER}{good}{bad}{good}{bad}{good}");
 
         let mut p = profile("visa");
+        p.input.duplicates = DuplicatePolicy::Allow; // the same good record three times
         assert_eq!(p.input.on_bad_record, BadRecordPolicy::FailBatch);
         let mut batch = Batch::new(&p.input, "f", text.as_bytes());
         assert_eq!(batch.by_ref().count(), 1);

@@ -1,7 +1,8 @@
 //! Quill data preparation.
 //!
 //! This crate turns card data into personalization data and does no I/O of its own: no files, no
-//! sockets, no clock. Every key operation goes through the [`quill_hsm::Hsm`] handle the caller
+//! sockets, and no clock but the current month for the expiry check ([`input::Yymm::now`], which
+//! readers let the caller override). Every key operation goes through the [`quill_hsm::Hsm`] handle the caller
 //! passes to the [`engine`]; where a private key signs (the issuer key signing an ICC certificate
 //! or Signed Static Application Data) the certificate code takes an implementation of
 //! [`emv::cert::RawRsaSigner`]: the engine's runs `CKM_RSA_X_509` in the HSM with the wrapped
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod input;
 pub mod magstripe;
 pub mod profile;
+pub mod profile_schema;
 pub mod test_ca;
 #[cfg(feature = "test-keys")]
 pub mod testkeys;

@@ -144,6 +144,18 @@ pub fn track2_equivalent(track2: &str) -> Result<Vec<u8>, TrackError> {
     Ok(out)
 }
 
+/// Track 2 Discretionary Data (tag `9F20`, format cn): the digits packed two per byte, padded
+/// with `F`, the same packing as `57`.
+pub fn discretionary_bcd(dd: &str) -> Result<Vec<u8>, TrackError> {
+    if let Some(c) = dd.chars().find(|c| !c.is_ascii_digit()) {
+        return Err(TrackError::Field {
+            field: "track 2 discretionary data",
+            reason: format!("character {c:?} is not a digit"),
+        });
+    }
+    track2_equivalent(dd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,7 @@ pub struct Profile {
 }
 
 /// `[product]`: what this profile is called.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Product {
     /// Short product name, e.g. `visa-dda-credit`.
@@ -60,7 +60,7 @@ pub struct Product {
 // ---------------------------------------------------------------------------------------------
 
 /// `[input]`: the layout of the issuer's batch file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputLayout {
     /// `csv` or `fixed_width`.
@@ -79,8 +79,50 @@ pub struct InputLayout {
     pub record_length: Option<usize>,
     /// What to do with a record that fails validation.
     pub on_bad_record: BadRecordPolicy,
+    /// Names outside the ISO 7813 set (accents, lower case): `ascii` (default) uppercases and
+    /// transliterates them for track 1, `5F20` and embossing (the carrier keeps the original);
+    /// `refuse` refuses the record.
+    #[serde(default)]
+    pub name_transliteration: NameTransliteration,
+    /// The same PAN and PSN twice in a batch (or in a batch and another job not yet
+    /// acknowledged): `refuse_record` (default), `refuse_batch` or `allow`.
+    #[serde(default)]
+    pub duplicates: DuplicatePolicy,
+    /// Accept cards whose expiry month has passed (lab use only; default `false`).
+    #[serde(default)]
+    pub allow_expired: bool,
+    /// Accept cards that expire after their issuer public key certificate (their offline data
+    /// authentication fails in their last months; default `false`).
+    #[serde(default)]
+    pub allow_beyond_issuer_expiry: bool,
     /// The fields of one record, in column order for a CSV file without header.
     pub fields: Vec<FieldSpec>,
+}
+
+/// How names outside the ISO 7813 character set are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NameTransliteration {
+    /// Uppercase and transliterate to ASCII (é→E, ß→SS, Æ→AE, Ø→O, ı→I); a character that has no
+    /// mapping refuses the record. A name the mapping makes longer than the field's maximum is cut
+    /// to the maximum (trailing spaces removed).
+    #[default]
+    Ascii,
+    /// Refuse any name outside A–Z, 0–9, space and `/ . - '` (and the field's `extra_chars`).
+    Refuse,
+}
+
+/// What a repeated PAN + PSN does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// The repeated record is refused (per record, naming the line of the first).
+    #[default]
+    RefuseRecord,
+    /// One repeat refuses the whole batch.
+    RefuseBatch,
+    /// Repeats are prepared (re-issues the issuer wants in one file).
+    Allow,
 }
 
 fn default_true() -> bool {
@@ -92,7 +134,7 @@ fn default_delimiter() -> char {
 }
 
 /// Input file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InputFormat {
     /// Delimited text with RFC 4180 quoting (`"a,b"`, `""` for a quote); no line breaks in fields.
@@ -102,7 +144,7 @@ pub enum InputFormat {
 }
 
 /// Character encoding of an input file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     /// 7-bit ASCII; any byte ≥ 0x80 is an error.
@@ -117,7 +159,7 @@ pub enum Encoding {
 }
 
 /// Bad-record policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BadRecordPolicy {
     /// One bad record fails the whole batch; nothing is produced.
@@ -127,7 +169,7 @@ pub enum BadRecordPolicy {
 }
 
 /// One field of an input record (`[[input.fields]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
     /// Name used by tag sources (`field = "…"`); lower-case letters, digits and `_`.
@@ -160,7 +202,7 @@ pub struct FieldSpec {
 }
 
 /// What an input field holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Ord, PartialOrd, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Ord, PartialOrd, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldKind {
     /// Primary account number: 12–19 digits with a valid Luhn check digit. Exactly one per layout.
@@ -225,7 +267,7 @@ impl Application {
 }
 
 /// An EMV (or CAP) application.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmvApplication {
     /// Short name, unique in the profile (used in output and logs).
@@ -279,7 +321,7 @@ pub struct EmvApplication {
 }
 
 /// Kernel style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kernel {
     /// Visa VSDC-like (also PBOC).
@@ -291,7 +333,7 @@ pub enum Kernel {
 }
 
 /// Offline data authentication method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Oda {
     /// No offline data authentication.
@@ -304,7 +346,7 @@ pub enum Oda {
 }
 
 /// ICC RSA key parameters (DDA).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IccKeySpec {
     /// Modulus size in bits: 1024–1984, a multiple of 8.
@@ -314,7 +356,7 @@ pub struct IccKeySpec {
 }
 
 /// ICC master-key derivation method (EMV Book 2 Annex A1.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyDerivation {
     /// Option A for PANs of up to 16 digits, Option B for longer ones.
@@ -327,7 +369,7 @@ pub enum KeyDerivation {
 }
 
 /// Issuer master keys of an EMV application, by label.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmvKeys {
     /// IMK for application cryptograms.
@@ -342,7 +384,7 @@ pub struct EmvKeys {
 }
 
 /// Secret DGIs and the transport key that protects them in the output.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretDgis {
     /// Label of the transport key (KEK shared with the personalization device).
@@ -352,7 +394,7 @@ pub struct SecretDgis {
 }
 
 /// Where a tag's value comes from (`"5A" = { derived = "pan" }`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TagSource {
     /// Copied from an input field (by layout name; not the PAN or the names, which are derived).
@@ -366,7 +408,7 @@ pub enum TagSource {
 }
 
 /// Values derived from the card record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Derived {
     /// `5A`: PAN, BCD, `F`-padded.
@@ -379,8 +421,10 @@ pub enum Derived {
     EffectiveYymmdd,
     /// `57`: track 2 equivalent data (with iCVV per `[mag_stripe.chip_track2]`).
     Track2Equivalent,
-    /// `9F1F`: track 1 discretionary data.
+    /// `9F1F`: track 1 discretionary data of the chip (with iCVV per `[mag_stripe.chip_track1]`).
     Track1Discretionary,
+    /// `9F20`: track 2 discretionary data of the chip (the discretionary data of `57`, with iCVV).
+    Track2Discretionary,
     /// `5F20`: cardholder name.
     CardholderName,
     /// `5F30`: service code.
@@ -388,7 +432,7 @@ pub enum Derived {
 }
 
 /// Values computed with keys during preparation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Computed {
     /// `8F`: CA public key index (from `ca_index`).
@@ -420,7 +464,7 @@ pub enum Computed {
 }
 
 /// One record: `[[applications.records]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordSpec {
     /// Short file identifier, 1–30.
@@ -443,7 +487,7 @@ impl RecordSpec {
 }
 
 /// A non-record DGI: `[[applications.data_groups]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataGroupSpec {
     /// DGI, 4 hex digits (e.g. `9102` SELECT response, `9104` GPO response, `0D01`).
@@ -453,7 +497,7 @@ pub struct DataGroupSpec {
 }
 
 /// CAP application data (`[applications.cap]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapData {
     /// Label of the CAP IMK-AC (per-card key by Option A).
@@ -471,7 +515,7 @@ pub struct CapData {
 }
 
 /// An e-purse application.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EpurseApplication {
     /// Short name, unique in the profile.
@@ -503,7 +547,7 @@ fn default_currency_exponent() -> u8 {
 // ---------------------------------------------------------------------------------------------
 
 /// `[mag_stripe]`: ISO 7813 tracks and card verification values.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MagStripe {
     /// Label of the CVK pair (CVV, iCVV, CVV2).
@@ -516,14 +560,33 @@ pub struct MagStripe {
     pub track1: Option<TrackLayout>,
     /// Track 2 layout.
     pub track2: TrackLayout,
-    /// Discretionary data of the chip's track 2 equivalent (`57`); default: track 2's with
-    /// `cvv` replaced by `icvv`.
+    /// Discretionary data of the chip's track 2 equivalent (`57`, `9F20`); default: track 2's
+    /// with `cvv` replaced by `icvv`.
     #[serde(default)]
     pub chip_track2: Option<TrackLayout>,
+    /// Discretionary data of the chip's track 1 (`9F1F`); default: track 1's with `cvv` replaced
+    /// by `icvv`. Track data on the chip never carries the stripe's CVV (emv.md §4.2): whoever
+    /// reads the chip must not be able to write a working stripe.
+    #[serde(default)]
+    pub chip_track1: Option<TrackLayout>,
+}
+
+impl MagStripe {
+    /// The chip's track 1 discretionary layout: `chip_track1`, or track 1's with the CVV swapped
+    /// for the iCVV. `None` when the product has no track 1 and no `chip_track1`.
+    pub fn chip_track1_layout(&self) -> Option<TrackLayout> {
+        self.chip_track1.clone().or_else(|| self.track1.as_ref().map(TrackLayout::for_chip))
+    }
+
+    /// The chip's track 2 discretionary layout: `chip_track2`, or track 2's with the CVV swapped
+    /// for the iCVV.
+    pub fn chip_track2_layout(&self) -> TrackLayout {
+        self.chip_track2.clone().unwrap_or_else(|| self.track2.for_chip())
+    }
 }
 
 /// Discretionary-data layout of one track.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackLayout {
     /// Items in order: `pvki`, `pvv`, `pin_offset`, `cvv`, `icvv`, `pad:<digits>`.
@@ -540,10 +603,17 @@ impl TrackLayout {
     pub fn is_empty(&self) -> bool {
         self.discretionary.is_empty()
     }
+
+    /// The same layout for the chip: every `cvv` becomes `icvv`.
+    pub fn for_chip(&self) -> TrackLayout {
+        let swap = |i: &DdItem| if *i == DdItem::Cvv { DdItem::Icvv } else { i.clone() };
+        TrackLayout { discretionary: self.discretionary.iter().map(swap).collect() }
+    }
 }
 
-/// One discretionary-data item.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One discretionary-data item, a string: `pvki`, `pvv`, `pin_offset`, `cvv` (stripe only), `icvv`
+/// (chip only) or `pad:<digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(from = "String")]
 pub enum DdItem {
     /// PIN verification key index, 1 digit.
@@ -592,7 +662,7 @@ impl From<String> for DdItem {
 }
 
 /// `[pin]`: PIN generation, verification value and PIN blocks.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PinConfig {
     /// How the PIN is tied to the card.
@@ -616,7 +686,7 @@ pub struct PinConfig {
 }
 
 /// PIN method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PinMethod {
     /// A random PIN with no verification value on the card.
@@ -628,7 +698,7 @@ pub enum PinMethod {
 }
 
 /// Visa PVV parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PvvParams {
     /// Label of the PVK pair.
@@ -638,7 +708,7 @@ pub struct PvvParams {
 }
 
 /// IBM 3624 offset parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ibm3624Params {
     /// Label of the PIN verification key.
@@ -669,7 +739,7 @@ fn default_pad() -> char {
 }
 
 /// ISO 9564-1 PIN block formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PinBlockFormat {
     /// Format 0 (PAN-bound).
@@ -685,7 +755,7 @@ pub enum PinBlockFormat {
 }
 
 /// Offline (reference) PIN on the chip.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChipPin {
     /// PIN block format of the reference PIN.
@@ -699,7 +769,7 @@ pub struct ChipPin {
 }
 
 /// PIN-mailer stream.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PinMailer {
     /// PIN block format in the mailer stream.
@@ -1269,6 +1339,7 @@ fn check_mag_stripe(cx: &mut Cx<'_, '_>, path: &Path, ms: &MagStripe, pin: Optio
         ("track1", ms.track1.as_ref(), 76 - (1 + 19 + 1 + 26 + 1 + 4 + 3)),
         ("track2", Some(&ms.track2), 37 - (19 + 1 + 4 + 3)),
         ("chip_track2", ms.chip_track2.as_ref(), 37 - (19 + 1 + 4 + 3)),
+        ("chip_track1", ms.chip_track1.as_ref(), 76 - (1 + 19 + 1 + 26 + 1 + 4 + 3)),
     ];
     for (name, layout, room) in tracks {
         let Some(layout) = layout else { continue };
@@ -1301,12 +1372,16 @@ fn check_mag_stripe(cx: &mut Cx<'_, '_>, path: &Path, ms: &MagStripe, pin: Optio
                 DdItem::PinOffset if pin.map(|p| p.method) != Some(PinMethod::Ibm3624) => {
                     cx.push(&ip, "pin_offset needs [pin] with method = \"ibm3624\"".to_owned())
                 }
-                DdItem::Icvv if name != "chip_track2" => {
-                    cx.push(&ip, "iCVV belongs in chip_track2 only; the stripe carries the CVV".to_owned())
+                DdItem::Icvv if !name.starts_with("chip_") => {
+                    cx.push(&ip, "iCVV belongs in chip_track1/chip_track2 only; the stripe carries the CVV".to_owned())
                 }
-                DdItem::Cvv if name == "chip_track2" => {
-                    cx.push(&ip, "the chip's track 2 equivalent carries the iCVV (`icvv`), not the CVV".to_owned())
-                }
+                DdItem::Cvv if name.starts_with("chip_") => cx.push(
+                    &ip,
+                    format!(
+                        "track data on the chip carries the iCVV (`icvv`), never the stripe's CVV: whoever reads \
+                         the chip could write a working stripe ({name})"
+                    ),
+                ),
                 _ => {}
             }
         }
@@ -1528,7 +1603,9 @@ fn check_emv(cx: &mut Cx<'_, '_>, path: &Path, a: &EmvApplication, is_cap: bool,
                 let need = match d {
                     Derived::EffectiveYymmdd => Some((FieldKind::Effective, "effective")),
                     Derived::CardholderName => Some((FieldKind::CardholderName, "cardholder_name")),
-                    Derived::ServiceCode | Derived::Track2Equivalent => Some((FieldKind::ServiceCode, "service_code")),
+                    Derived::ServiceCode | Derived::Track2Equivalent | Derived::Track2Discretionary => {
+                        Some((FieldKind::ServiceCode, "service_code"))
+                    }
                     Derived::Track1Discretionary => Some((FieldKind::CardholderName, "cardholder_name")),
                     Derived::Pan | Derived::Psn | Derived::ExpiryYymmdd => None,
                 };
@@ -1539,10 +1616,20 @@ fn check_emv(cx: &mut Cx<'_, '_>, path: &Path, a: &EmvApplication, is_cap: bool,
                 }
                 match d {
                     _ if p.broken.contains("mag_stripe") => {}
-                    Derived::Track2Equivalent if p.mag_stripe.is_none() => cx
-                        .push(&tp.key("derived"), "track2_equivalent needs [mag_stripe] (CVK for the iCVV)".to_owned()),
-                    Derived::Track1Discretionary if p.mag_stripe.as_ref().is_none_or(|m| m.track1.is_none()) => {
-                        cx.push(&tp.key("derived"), "track1_discretionary needs [mag_stripe.track1]".to_owned())
+                    Derived::Track2Equivalent | Derived::Track2Discretionary if p.mag_stripe.is_none() => cx.push(
+                        &tp.key("derived"),
+                        format!(
+                            "{} needs [mag_stripe] (CVK for the iCVV)",
+                            if *d == Derived::Track2Equivalent { "track2_equivalent" } else { "track2_discretionary" }
+                        ),
+                    ),
+                    Derived::Track1Discretionary
+                        if p.mag_stripe.as_ref().is_none_or(|m| m.chip_track1_layout().is_none()) =>
+                    {
+                        cx.push(
+                            &tp.key("derived"),
+                            "track1_discretionary needs [mag_stripe.track1] or [mag_stripe.chip_track1]".to_owned(),
+                        )
                     }
                     _ => {}
                 }

@@ -151,6 +151,41 @@ fn parse_rid(s: &str) -> Result<Rid, String> {
 /// sealed components, generate and certify the issuer key pairs. Returns the key set the engine
 /// takes. The output MAC key is `MAC-OUTPUT-TEST`.
 pub fn load(hsm: &dyn Hsm) -> Result<KeySet, String> {
+    load_with(hsm, IssuerParams::default())
+}
+
+/// Lab choice of the TEST issuer key pairs' size and exponent (`quill prep run --issuer-bits
+/// --issuer-exponent`), so that every size the profile model allows can be tried end to end.
+/// `None` keeps the fixture's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IssuerParams {
+    /// Modulus size: 1024–1984 bits (the TEST CA's size is the ceiling), a multiple of 8.
+    pub bits: Option<u32>,
+    /// Public exponent: 3 or 65537.
+    pub exponent: Option<u32>,
+}
+
+impl IssuerParams {
+    /// Refuse sizes and exponents EMV issuer keys cannot have under the TEST CA.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(b) = self.bits
+            && (!(1024..=1984).contains(&b) || b % 8 != 0)
+        {
+            return Err(format!("issuer key size must be 1024–1984 bits (the TEST CA's) and a multiple of 8, not {b}"));
+        }
+        if let Some(e) = self.exponent
+            && e != 3
+            && e != 65537
+        {
+            return Err(format!("issuer public exponent must be 3 or 65537, not {e}"));
+        }
+        Ok(())
+    }
+}
+
+/// [`load`] with the issuer key pairs made to `issuers`' size and exponent.
+pub fn load_with(hsm: &dyn Hsm, issuers: IssuerParams) -> Result<KeySet, String> {
+    issuers.check()?;
     let set = TestKeys::builtin();
     let transport = hsm.transport_public_key().map_err(|e| format!("transport key: {e}"))?;
     let seal = |k: &TestKey| -> Result<(Vec<SealedComponent>, Vec<Kcv>), String> {
@@ -181,7 +216,8 @@ pub fn load(hsm: &dyn Hsm) -> Result<KeySet, String> {
     let ca = TestCa::builtin();
     for i in &set.issuers {
         let rid = parse_rid(&i.rid)?;
-        let pair = hsm.generate_rsa_key_pair(i.bits, i.exponent).map_err(|e| format!("{}: {e}", i.label))?;
+        let (bits, exponent) = (issuers.bits.unwrap_or(i.bits), issuers.exponent.unwrap_or(i.exponent));
+        let pair = hsm.generate_rsa_key_pair(bits, exponent).map_err(|e| format!("{}: {e}", i.label))?;
         let public = cert::RsaPublicKey::new(&pair.public.modulus, &pair.public.exponent).map_err(|e| e.to_string())?;
         let mmyy = hex::decode(&i.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
         let expiry = mmyy

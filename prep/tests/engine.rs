@@ -292,6 +292,227 @@ fn the_sample_batches_prepare_and_check() {
     assert!(total > 30, "{total} checks");
 }
 
+/// Visa CVV (emv.md §4.2) with OpenSSL: PAN ‖ YYMM ‖ service code, zero-filled to 32 digits;
+/// DES(A) of the first half, XOR the second, 3DES(A,B), decimalise, first three digits.
+fn cvv_ref(cvk: &[u8], pan: &str, yymm: &str, sc: &str) -> String {
+    let data = format!("{:0<32}", format!("{pan}{yymm}{sc}"));
+    let (b1, b2) = (hex::decode(&data[..16]).unwrap(), hex::decode(&data[16..]).unwrap());
+    let single_a = [&cvk[..8], &cvk[..8]].concat();
+    let x: Vec<u8> = tdes(&single_a, &b1, Mode::Encrypt).iter().zip(&b2).map(|(a, b)| a ^ b).collect();
+    let h = hex::encode_upper(tdes(cvk, &x, Mode::Encrypt));
+    let digits = h.chars().filter(char::is_ascii_digit);
+    let letters = h.chars().filter(|c| c.is_ascii_alphabetic()).map(|c| char::from(b'0' + (c as u8 - b'A')));
+    digits.chain(letters).take(3).collect()
+}
+
+/// Every value of every clear DGI of the card, nested templates opened (tag, value).
+fn all_chip_values(card: &CardOutput) -> Vec<(String, Vec<u8>)> {
+    fn walk(bytes: &[u8], out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(objs) = tlv::parse_all(bytes) else { return };
+        for o in objs {
+            if o.tag.bytes()[0] & 0x20 != 0 {
+                walk(o.value, out);
+            }
+            out.push((hex::encode_upper(o.tag.bytes()), o.value.to_vec()));
+        }
+    }
+    let mut out = Vec::new();
+    for d in card.applications.iter().flat_map(|a| &a.dgis).filter(|d| !d.encrypted) {
+        let bytes = hex::decode(&d.data).unwrap();
+        walk(&bytes, &mut out);
+        out.push((format!("DGI {}", d.dgi), bytes));
+    }
+    out
+}
+
+/// Issue 16's defect: 9F1F carried the stripe's CVV. Every track on the chip holds the iCVV, and
+/// no chip value (as BCD digits or as characters) holds the stripe's discretionary data.
+#[test]
+fn no_chip_tag_carries_the_stripe_cvv() {
+    let (mut cards, mut track_tags) = (0, 0);
+    for (name, sample) in PROFILES {
+        let p = profile(name);
+        let Some(ms) = &p.mag_stripe else { continue };
+        let cvk = clear(&ms.cvk);
+        let e = engine(name, 4);
+        for r in records(&p, sample) {
+            let card = e.prepare(&r).unwrap();
+            let (pan, yymm) = (r.pan.digits(), r.expiry.yymm());
+            let cvv = cvv_ref(&cvk, pan, &yymm, r.service_code.as_deref().unwrap());
+            let icvv = cvv_ref(&cvk, pan, &yymm, "999");
+            let tracks = card.tracks.as_ref().unwrap();
+            // The stripe's discretionary data: after PAN, separator, YYMM and service code.
+            let t2_dd = &tracks.track2[pan.len() + 1 + 7..];
+            assert!(t2_dd.contains(&cvv), "{name} line {}: track 2 carries the CVV", r.line);
+            let mut stripe = vec![t2_dd.to_owned()];
+            if let Some(t1) = &tracks.track1 {
+                stripe.push(t1.rsplit('^').next().unwrap()[7..].to_owned());
+            }
+            let values = all_chip_values(&card);
+            for (tag, v) in &values {
+                if ["57", "9F1F", "9F20", "9F6B", "56"].contains(&tag.as_str()) {
+                    let text = format!("{}{}", hex::encode_upper(v), String::from_utf8_lossy(v));
+                    assert!(text.contains(&icvv), "{name} line {}: {tag} carries the iCVV {icvv}: {text}", r.line);
+                    track_tags += 1;
+                }
+            }
+            if cvv == icvv {
+                continue; // the same digits by chance: nothing to tell apart
+            }
+            for (tag, v) in &values {
+                for dd in &stripe {
+                    let leaks =
+                        hex::encode_upper(v).contains(dd.as_str()) || String::from_utf8_lossy(v).contains(dd.as_str());
+                    assert!(!leaks, "{name} line {}: chip {tag} carries the stripe's discretionary data (CVV)", r.line);
+                }
+            }
+            cards += 1;
+        }
+    }
+    assert!(cards >= 8 && track_tags > cards, "{cards} cards, {track_tags} track tags");
+}
+
+/// Issue 16: 1,000 generated international names (Latin, Nordic, Turkish, Vietnamese, German,
+/// Polish, Czech, Irish; mixed case, as core banking sends them) in a UTF-8 fixed-width file,
+/// read and prepared end to end: no refusal, every track valid ISO 7813, 5F20 the track's name,
+/// the carrier keeps the name as sent.
+#[test]
+fn a_thousand_international_names_prepare_with_valid_tracks() {
+    const FIRST: [&str; 20] = [
+        "José",
+        "Jörg",
+        "Søren",
+        "Åsa",
+        "Çağrı",
+        "Işıl",
+        "Thị Ánh",
+        "Đức",
+        "François",
+        "Zoë",
+        "Bjørn",
+        "Łukasz",
+        "Dvořák",
+        "Seán",
+        "Ümit",
+        "Ægir",
+        "Renée",
+        "Nguyễn Văn",
+        "Göran",
+        "Maël",
+    ];
+    const LAST: [&str; 20] = [
+        "García",
+        "Müller",
+        "Lefèvre",
+        "Øvergård",
+        "Yılmaz",
+        "Şahin",
+        "Trần",
+        "Phạm",
+        "Straße",
+        "O’Brien",
+        "Kowalczyk-Wąs",
+        "Ångström",
+        "Ñúñez",
+        "Dubois",
+        "Håkansson",
+        "Öztürk",
+        "Lê",
+        "Ní Bhriain",
+        "Weiß",
+        "Brontë",
+    ];
+    let mut p = profile("mc-cap");
+    p.input.encoding = quill_prep::profile::Encoding::Utf8;
+    let pad = |s: &str, n: usize| format!("{s}{}", " ".repeat(n.saturating_sub(s.chars().count())));
+    let mut text = String::new();
+    for i in 0..1000usize {
+        let (first, last) = (FIRST[i % 20], LAST[(i / 20 + i) % 20]);
+        let mut track = format!("{last}/{first}");
+        let mut emboss = format!("{first} {last}");
+        if track.chars().count() > 26 {
+            track = track.chars().take(26).collect();
+        }
+        if emboss.chars().count() > 26 {
+            emboss = format!("{} {last}", first.chars().next().unwrap());
+        }
+        let body = format!("5413338{:08}", 104_729 + i * 7_919);
+        let pan = format!("{body}{}", input::luhn_check_digit(&body));
+        text.push_str(&format!(
+            "{}{:02}{}2512201{}{}{:010}\n",
+            pad(&pan, 19),
+            i % 100,
+            ["2712", "2806", "3011"][i % 3],
+            pad(&track, 26),
+            pad(&emboss, 26),
+            i
+        ));
+    }
+    let mut batch = input::Batch::new(&p.input, "names.txt", text.as_bytes());
+    let records: Vec<CardRecord> = batch.by_ref().collect();
+    let summary = batch.into_summary();
+    assert!(summary.is_clean(), "{:?}", summary.errors.first());
+    assert_eq!((summary.ok, summary.transliterated), (1000, 1000));
+    let e = Engine::new(
+        p.clone(),
+        hsm_and_keys().1.clone(),
+        hsm_and_keys().0.clone(),
+        EngineSettings { pool: PoolSettings { capacity: 0, refill_threads: 1 } },
+    )
+    .unwrap();
+    let iso7813 = |s: &str| s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || " /.-'".contains(c));
+    for r in &records {
+        let card = e.prepare(r).unwrap_or_else(|err| panic!("line {}: {err}", r.line));
+        let sent = r.original_cardholder_name.as_deref().unwrap();
+        let name = r.cardholder_name.as_deref().unwrap();
+        assert_eq!(name, input::transliterate(sent, "").unwrap().chars().take(26).collect::<String>().trim_end());
+        // Track 1: B PAN ^ NAME ^ YYMM SC DD, ≤ 79 with sentinels, the name 2–26 ISO 7813.
+        let t1 = card.tracks.as_ref().unwrap().track1.as_deref().unwrap();
+        let parts: Vec<&str> = t1.split('^').collect();
+        assert_eq!(parts.len(), 3, "line {}", r.line);
+        assert_eq!((parts[0], parts[1]), (format!("B{}", r.pan.digits()).as_str(), name));
+        assert!((2..=26).contains(&name.len()) && iso7813(name), "line {}: {name}", r.line);
+        assert!(t1.len() <= 76 && t1.is_ascii(), "line {}: track 1 is {} characters", r.line, t1.len());
+        let t2 = &card.tracks.as_ref().unwrap().track2;
+        assert!(t2.len() <= 37 && t2.chars().all(|c| c.is_ascii_digit() || c == '='));
+        // 5F20 carries the same name; embossing the transliterated embossing name.
+        let t = tags(&card.applications[0]);
+        assert_eq!(t["5F20"], name.as_bytes(), "line {}", r.line);
+        let emb = r.embossing_name.as_deref().unwrap();
+        assert!(iso7813(emb) && card.embossing.last().map(String::as_str) == Some(emb), "line {}", r.line);
+        // The carrier prints the name as the issuer sent it.
+        let sent_emboss = r.original_embossing_name.as_deref().unwrap_or(emb);
+        assert_eq!(card.carrier.name.as_deref(), Some(sent_emboss));
+        assert!(!sent_emboss.is_ascii() || sent_emboss != emb);
+    }
+    check_card(&p, &e.prepare(&records[0]).unwrap());
+}
+
+/// Issue 16: a card that outlives its issuer certificate (TEST issuers expire 12/35) is refused
+/// per card, naming the line, unless the profile allows it.
+#[test]
+fn a_card_beyond_its_issuer_certificate_is_refused_unless_allowed() {
+    let mut p = profile("visa-dda-credit");
+    let mut r = records(&p, "visa-dda-credit.csv").remove(0);
+    r.expiry = Yymm { yy: 36, mm: 1 };
+    let e = engine("visa-dda-credit", 0);
+    let err = e.prepare(&r).expect_err("beyond the issuer certificate").to_string();
+    assert!(err.contains(&format!("line {}", r.line)) || err.contains(&r.line.to_string()), "{err}");
+    assert!(
+        err.contains("after its issuer certificate (1235 MMYY)") && err.contains("allow_beyond_issuer_expiry"),
+        "{err}"
+    );
+    assert!(!err.contains(r.pan.digits()), "{err}");
+    r.expiry = Yymm { yy: 35, mm: 12 };
+    e.prepare(&r).expect("the certificate's own month is fine");
+    p.input.allow_beyond_issuer_expiry = true;
+    r.expiry = Yymm { yy: 36, mm: 1 };
+    let (hsm, keys) = hsm_and_keys();
+    let settings = EngineSettings { pool: PoolSettings { capacity: 0, refill_threads: 1 } };
+    let allowed = Engine::new(p, keys.clone(), hsm.clone(), settings).unwrap();
+    allowed.prepare(&r).expect("allowed by the profile");
+}
+
 fn random_record(rng: &mut rand::rngs::StdRng, bin: &str, line: u64) -> CardRecord {
     let len = rng.random_range(13..=19usize);
     let mut body: String = bin.to_owned();
@@ -308,11 +529,13 @@ fn random_record(rng: &mut rand::rngs::StdRng, bin: &str, line: u64) -> CardReco
         line,
         pan: Pan::parse(&format!("{body}{check}")).unwrap(),
         psn: rng.random_range(0..100),
-        expiry: Yymm { yy: rng.random_range(26..=45), mm: rng.random_range(1..=12) },
+        expiry: Yymm { yy: rng.random_range(27..=35), mm: rng.random_range(1..=12) },
         effective: Some(Yymm { yy: 25, mm: rng.random_range(1..=12) }),
         service_code: Some(["201", "101", "221", "120"][rng.random_range(0..4)].to_owned()),
         cardholder_name: Some(format!("{last}/{first}")),
         embossing_name: Some(format!("{first} {last}")),
+        original_cardholder_name: None,
+        original_embossing_name: None,
         fields: BTreeMap::from([
             ("country".to_owned(), "840".to_owned()),
             ("postcode".to_owned(), "75001".to_owned()),

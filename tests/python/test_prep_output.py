@@ -357,7 +357,10 @@ class Card:
         self.pvv_or_offset = None
         self.cvv = self.icvv = None
         self.t1_dd = None
+        self.t2_dd = None
+        self.chip_t1_dd = None
         self.chip_t2 = None
+        self.chip_t2_dd = None
 
 
 def check_record_fields(R, c):
@@ -456,7 +459,7 @@ def check_tracks(R, c):
     R.eq(pan, c.pan, w, "track 2 PAN")
     R.eq(rest[:4], c.yymm, w, "track 2 expiry YYMM")
     R.eq(rest[4:7], c.sc, w, "track 2 service code = input's")
-    check_dd(R, c, "track 2", rest[7:], dd_items(c, ms["track2"]))
+    c.t2_dd = check_dd(R, c, "track 2", rest[7:], dd_items(c, ms["track2"]))
     if "track1" in ms:
         t1 = t.get("track1") or ""
         parts = t1.split("^")
@@ -468,11 +471,17 @@ def check_tracks(R, c):
         c.t1_dd = check_dd(R, c, "track 1", parts[2][7:], dd_items(c, ms["track1"]))
     else:
         R.check("track1" not in t, w, "no track 1 (the profile has none)")
-    chip_layout = ms.get("chip_track2") or {
-        "discretionary": ["icvv" if x == "cvv" else x for x in ms["track2"]["discretionary"]]
-    }
+    # The chip's track data carries the iCVV, never the stripe's CVV (emv.md 4.2).
+    def for_chip(layout):
+        return {"discretionary": ["icvv" if x == "cvv" else x for x in layout["discretionary"]]}
+
+    chip_layout = ms.get("chip_track2") or for_chip(ms["track2"])
     c.chip_items = dd_items(c, chip_layout)
-    c.chip_t2 = f"{c.pan}D{c.yymm}{c.sc}" + "".join(v for _, v in c.chip_items)
+    c.chip_t2_dd = "".join(v for _, v in c.chip_items)
+    c.chip_t2 = f"{c.pan}D{c.yymm}{c.sc}" + c.chip_t2_dd
+    chip_t1 = ms.get("chip_track1") or (for_chip(ms["track1"]) if "track1" in ms else None)
+    if chip_t1 is not None:
+        c.chip_t1_dd = "".join(v for _, v in dd_items(c, chip_t1))
     if ms.get("cvv2", True):  # profile default: true
         R.eq(c.card["carrier"].get("cvv2"), cvv_ref(R, c, "CVV2", "000"), w, "CVV2 on the carrier (service code 000)")
     else:
@@ -706,7 +715,9 @@ def tag_expected(c, tag, src, a):
         if d == "track2_equivalent":
             return cn(c.chip_t2)  # D, the separator, is a hex nibble
         if d == "track1_discretionary":
-            return c.t1_dd.encode()
+            return c.chip_t1_dd.encode()
+        if d == "track2_discretionary":
+            return cn(c.chip_t2_dd)
         raise ValueError(f"derived {d}")
     k = src["computed"]
     simple = {
@@ -752,7 +763,20 @@ def check_emv_records(R, c, name, a, dgis):
             R.eq(v, want, w, f"{name}: tag {t} value")
     if "57" in tags:
         check_tag57(R, c, tags["57"], name)
+    check_no_stripe_data(R, c, name, tags)
     return tags, records
+
+
+def check_no_stripe_data(R, c, name, tags):
+    """No chip tag carries the stripe's discretionary data (with its CVV): whoever reads the chip
+    must not be able to write a working stripe. Skipped for a card whose CVV equals its iCVV."""
+    if c.cvv is None or c.cvv == c.icvv:
+        return
+    stripe = [dd for dd in (c.t1_dd, c.t2_dd) if dd]
+    for t, v in tags.items():
+        texts = (v.hex().upper(), v.decode("latin-1"))
+        leak = [dd for dd in stripe if any(dd in x for x in texts)]
+        R.check(not leak, c.where, f"{name}: tag {t} does not carry the stripe's CVV", f"holds {leak}")
 
 
 def static_data(R, c, name, a, tags, records):
@@ -1029,11 +1053,16 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--keys", default=str(ROOT / "prep/test-keys/test-keys.toml"))
     ap.add_argument("--ca", default=str(ROOT / "prep/test-keys/quill-TEST-ca-1984.pem"))
+    ap.add_argument("--issuer-bits", type=int, help="the run made the TEST issuers this size (quill prep run --issuer-bits)")
+    ap.add_argument("--issuer-exponent", type=int, help="… with this public exponent")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every passed check too")
     args = ap.parse_args()
     R = Report(args.verbose)
     profile = tomllib.loads(Path(args.profile).read_text())
     keys = TestKeys(args.keys, args.ca)
+    for issuer in keys.issuers.values():
+        issuer["bits"] = args.issuer_bits or issuer["bits"]
+        issuer["exponent"] = args.issuer_exponent or issuer["exponent"]
     self_test(R, keys)
     out = Path(args.out)
     streams = {}

@@ -186,4 +186,37 @@ async fn malformed_submissions_leave_no_job_behind() {
 
     let jobs = cluster.query(1, "jobs", "").await.unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 0, "a job was left behind: {jobs}");
+
+    step("the same cards in a job not yet acknowledged: refused, skipped or forced (issue 16)");
+    let first = dir.path().join("first.csv");
+    write_dda_batch(&first, 20, 0);
+    let first_job = cluster.submit_dda_job(1, &first, "10");
+    let lines: Vec<String> = std::fs::read_to_string(&first).unwrap().lines().map(str::to_owned).collect();
+    let fresh = dir.path().join("fresh.csv");
+    write_dda_batch(&fresh, 5, 500);
+    let fresh_lines: Vec<String> =
+        std::fs::read_to_string(&fresh).unwrap().lines().skip(1).map(str::to_owned).collect();
+    let again = dir.path().join("again.csv");
+    // Header, 5 new cards, then 3 cards (PAN and PSN) of the first job.
+    let text = [vec![lines[0].clone()], fresh_lines, lines[16..19].to_vec()].concat().join("\n") + "\n";
+    std::fs::write(&again, text).unwrap();
+    let (code, _, err) = try_submit(&again, &profile);
+    assert_ne!(code, 0, "the fail_batch profile refuses the repeat: {err}");
+    assert!(err.contains(&format!("already in job {first_job}")) && err.contains("again.csv:7"), "{err}");
+    assert!(!err.contains(&dda_batch_pan(15)), "PAN in the error: {err}");
+    // A profile that skips bad records skips the repeats and reports them.
+    let skipping = dir.path().join("skipping.toml");
+    let toml = std::fs::read_to_string(&profile).unwrap();
+    assert!(toml.contains("on_bad_record = \"fail_batch\""));
+    std::fs::write(&skipping, toml.replace("on_bad_record = \"fail_batch\"", "on_bad_record = \"skip_and_report\""))
+        .unwrap();
+    let (code, out, err) = try_submit(&again, &skipping);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("5 card(s)") && out.contains("3 record(s) skipped"), "{out}");
+    assert_eq!(err.matches(&format!("already in job {first_job}")).count(), 3, "{err}");
+    // --force takes them (the operator says so; the job records who).
+    let mut args: Vec<&str> = vec!["job", "submit", "--force", "--profile", skipping.to_str().unwrap()];
+    args.extend(["--input", again.to_str().unwrap(), "--mac-key", "MAC-OUTPUT-TEST"]);
+    let out = cluster.quill_ok(1, &args, &[("QUILL_ACTOR", "operator:otto")]);
+    assert!(out.contains("8 card(s)") && !out.contains("skipped"), "{out}");
 }

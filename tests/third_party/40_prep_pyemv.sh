@@ -16,13 +16,21 @@ trap 'rm -rf "$work"' EXIT
 
 total=0
 failed=()
-for pair in visa-dda-credit:visa-dda-credit.csv mc-cap:mc-cap.txt multi-app:multi-app.csv; do
-  name="${pair%%:*}"
+# name:sample[:issuer bits:issuer exponent] — the last run makes the largest issuer key the TEST
+# CA can certify, with e = 65537, so a size other than the TEST set's is checked end to end.
+for run in visa-dda-credit:visa-dda-credit.csv mc-cap:mc-cap.txt multi-app:multi-app.csv \
+           visa-dda-credit:visa-dda-credit.csv:1984:65537; do
+  IFS=: read -r name sample_file bits exponent <<<"$run"
   profile="$root/prep/profiles/$name.toml"
-  sample="$root/prep/samples/${pair#*:}"
+  sample="$root/prep/samples/$sample_file"
+  extra=()
+  if [ -n "${bits:-}" ]; then
+    extra=(--issuer-bits "$bits" --issuer-exponent "$exponent")
+    name="$name-issuer-$bits-e$exponent"
+  fi
   out="$work/$name"
-  echo "== $name: quill prep run"
-  if ! "$RELEASE/quill" prep run --profile "$profile" --input "$sample" -o "$out"; then
+  echo "== $name: quill prep run ${extra[*]:-}"
+  if ! "$RELEASE/quill" prep run --profile "$profile" --input "$sample" -o "$out" "${extra[@]}"; then
     echo "prep-pyemv: $name: quill prep run failed" >&2
     failed+=("$name (prep run)")
     continue
@@ -34,7 +42,7 @@ for pair in visa-dda-credit:visa-dda-credit.csv mc-cap:mc-cap.txt multi-app:mult
   fi
   echo "== $name: pyemv/psec checker"
   set +e
-  "$VENV/bin/python" "$root/tests/python/test_prep_output.py" --profile "$profile" --input "$sample" --out "$out" \
+  "$VENV/bin/python" "$root/tests/python/test_prep_output.py" --profile "$profile" --input "$sample" --out "$out" "${extra[@]}" \
     | tee "$work/$name.log"
   rc=${PIPESTATUS[0]}
   set -e
@@ -45,7 +53,7 @@ for pair in visa-dda-credit:visa-dda-credit.csv mc-cap:mc-cap.txt multi-app:mult
   fi
 done
 
-echo "prep-pyemv: $total checks passed over 3 profiles"
+echo "prep-pyemv: $total checks passed over 3 profiles and 4 runs"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "prep-pyemv: FAILED: ${failed[*]}" >&2
   exit 1

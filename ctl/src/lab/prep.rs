@@ -23,7 +23,7 @@ use quill_hsm::{CrtPadding, Hsm, HsmPool, LogHostPath, PoolConfig, SlotConfig};
 use quill_prep::engine::output::{self, Header, Stream, StreamWriter};
 use quill_prep::engine::{CardError, CardOutput, Engine, EngineSettings, KeyRef, PoolSettings};
 use quill_prep::input::{self, CardRecord, Pan};
-use quill_prep::profile::{BadRecordPolicy, Profile};
+use quill_prep::profile::Profile;
 #[cfg(feature = "test-keys")]
 use quill_prep::testkeys::{self, TestKeys};
 use serde_json::json;
@@ -66,6 +66,13 @@ pub struct RunArgs {
     /// Pre-generated ICC key pairs kept ready per DDA key size (0: none).
     #[arg(long, default_value_t = 64)]
     pool: usize,
+    /// Size of the TEST issuer key pairs in bits (1024–1984, a multiple of 8; default: the
+    /// TEST set's, 1152 or 1408). Lab cards of every size the profile model allows.
+    #[arg(long)]
+    issuer_bits: Option<u32>,
+    /// Public exponent of the TEST issuer key pairs (3 or 65537; default 3).
+    #[arg(long)]
+    issuer_exponent: Option<u32>,
     #[command(flatten)]
     hsm: HsmArgs,
 }
@@ -201,6 +208,11 @@ pub fn run(_: &RunArgs, _: bool) -> Result<u8> {
 
 #[cfg(feature = "test-keys")]
 pub fn run(a: &RunArgs, json: bool) -> Result<u8> {
+    let issuers = testkeys::IssuerParams { bits: a.issuer_bits, exponent: a.issuer_exponent };
+    if let Err(e) = issuers.check() {
+        eprintln!("quill prep run: {e}");
+        return Ok(crate::exit_codes::USAGE);
+    }
     if let Some(code) = reexec_with_token(&a.hsm)? {
         return Ok(code);
     }
@@ -214,15 +226,19 @@ pub fn run(a: &RunArgs, json: bool) -> Result<u8> {
     for e in &summary.errors {
         eprintln!("{e}");
     }
-    if !summary.is_clean() && profile.input.on_bad_record == BadRecordPolicy::FailBatch {
-        eprintln!("{file}: {} bad record(s); the profile fails the batch: nothing was produced", summary.bad.max(1));
+    if summary.refuses_batch(&profile.input) {
+        eprintln!(
+            "{file}: {} bad record(s) ({} repeated card(s)); the profile fails the batch: nothing was produced",
+            summary.bad.max(1),
+            summary.duplicates
+        );
         return Ok(crate::exit_codes::CHECK_FAILED);
     }
     let records: Vec<CardRecord> = input::Batch::new(&profile.input, &file, open()?).collect();
 
     let hsm = open_hsm(&a.hsm)?;
     let started = Instant::now();
-    let keys = testkeys::load(&*hsm).map_err(|e| anyhow!("loading the TEST keys: {e}"))?;
+    let keys = testkeys::load_with(&*hsm, issuers).map_err(|e| anyhow!("loading the TEST keys: {e}"))?;
     let mac_key = keys.get("MAC-OUTPUT-TEST").cloned().ok_or_else(|| anyhow!("no MAC-OUTPUT-TEST key"))?;
     let settings = EngineSettings { pool: PoolSettings { capacity: a.pool, refill_threads: 1 } };
     let engine = Engine::new(profile.clone(), keys, hsm.clone(), settings).map_err(|e| anyhow!("{e}"))?;
@@ -280,15 +296,17 @@ pub fn run(a: &RunArgs, json: bool) -> Result<u8> {
         println!(
             "{}",
             json!({"product": profile.product.name, "cards": cards.len(), "skipped": summary.bad,
-                   "out": a.out.display().to_string(), "seconds": secs, "test_keys": true})
+                   "transliterated": summary.transliterated, "out": a.out.display().to_string(), "seconds": secs, "test_keys": true})
         );
     } else {
         println!(
-            "{}: {} card(s) prepared with the TEST keys in {:.2} s ({} bad record(s) skipped) -> {}",
+            "{}: {} card(s) prepared with the TEST keys in {:.2} s ({} bad record(s) skipped, {} name(s) \
+             transliterated) -> {}",
             profile.product.name,
             cards.len(),
             secs,
             summary.bad,
+            summary.transliterated,
             a.out.display()
         );
     }

@@ -137,10 +137,12 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
                 continue;
             }
             match crate::ops::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key, 0) {
-                Ok((job, records, skipped)) => {
+                Ok(r) => {
+                    let (job, records, skipped) = (r.job, r.records, r.skipped.len());
                     event(
-                        serde_json::json!({"file": name, "event": "submitted", "job": job, "records": records, "skipped": skipped.len()}),
-                        format!("{name}: submitted as job {job} ({records} cards, {} skipped)", skipped.len()),
+                        serde_json::json!({"file": name, "event": "submitted", "job": job, "records": records,
+                                           "skipped": skipped, "transliterated": r.transliterated}),
+                        format!("{name}: submitted as job {job} ({records} cards, {skipped} skipped)"),
                     );
                     st.files.insert(digest, Entry { file: name, job: Some(job), status: "submitted".into() });
                 }

@@ -37,7 +37,8 @@ pub struct SubmitArgs {
     /// Cards per chunk.
     #[arg(long, default_value_t = 250)]
     chunk_size: u32,
-    /// Submit even if the same file (same SHA-256) is already a job that was not acknowledged.
+    /// Submit even if the same file (same SHA-256), or cards of it (same PAN and PSN), are
+    /// already in a job that was not acknowledged (the profile's `duplicates` check across jobs).
     #[arg(long)]
     force: bool,
     /// Label of the output MAC key.
@@ -60,7 +61,7 @@ pub fn submit_file(
     force: bool,
     mac_key: &str,
     retention_hours: u32,
-) -> Result<(String, u64, Vec<String>)> {
+) -> Result<quill_proto::v1::SubmitResponse> {
     let name = profile.display().to_string();
     let toml = std::fs::read_to_string(profile).with_context(|| format!("cannot read {name}"))?;
     let p = Profile::parse(&toml, &name).map_err(|e| anyhow!("{e}"))?;
@@ -93,24 +94,24 @@ pub fn submit_file(
             c.submit(tokio_stream::iter(parts)).await
         }
     }))?;
-    let r = r.into_inner();
-    Ok((r.job, r.records, r.skipped))
+    Ok(r.into_inner())
 }
 
 /// `quill job submit`.
 pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let (job, records, skipped) =
-        submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key, a.retention_hours)?;
-    for k in &skipped {
+    let r = submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key, a.retention_hours)?;
+    for k in &r.skipped {
         eprintln!("skipped: {k}");
     }
+    let (job, records, skipped, transliterated) = (&r.job, r.records, r.skipped.len(), r.transliterated);
     print(
         json,
-        json!({"job": job, "records": records, "skipped": skipped.len()}),
+        json!({"job": job, "records": records, "skipped": skipped, "transliterated": transliterated}),
         format!(
-            "job {job} submitted: {records} card(s){}",
-            if skipped.is_empty() { String::new() } else { format!(", {} record(s) skipped", skipped.len()) }
+            "job {job} submitted: {records} card(s){}{}",
+            if skipped == 0 { String::new() } else { format!(", {skipped} record(s) skipped") },
+            if transliterated == 0 { String::new() } else { format!(", {transliterated} name(s) transliterated") }
         ),
     );
     Ok(crate::exit_codes::OK)

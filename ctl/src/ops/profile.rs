@@ -1,3 +1,6 @@
+//! `quill profile schema`: the profile reference (docs/profile-reference.md) or, with `--json`,
+//! the profile format as a JSON Schema.
+//!
 //! `quill profile validate`: check a card-product profile (and, with `--input`, a batch file
 //! against it) before anything is submitted. Every problem is listed with file, line, field and
 //! reason; the exit code is 0 when clean, 3 when there are problems.
@@ -17,6 +20,16 @@ pub struct ValidateArgs {
     /// A batch file to check against the profile's input layout (nothing is sent anywhere).
     #[arg(long)]
     input: Option<PathBuf>,
+}
+
+/// `quill profile schema`.
+pub fn schema(json: bool) -> Result<u8> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&quill_prep::profile_schema::schema())?);
+    } else {
+        print!("{}", quill_prep::profile_schema::reference_markdown());
+    }
+    Ok(crate::exit_codes::OK)
 }
 
 /// `quill profile validate`.
@@ -54,13 +67,18 @@ pub fn validate(a: &ValidateArgs, json: bool) -> Result<u8> {
         println!(
             "{}",
             json!({"profile": name, "input": file, "ok": summary.bad == 0 && errors.is_empty(),
-                   "records_ok": summary.ok, "records_bad": summary.bad, "errors": errors})
+                   "records_ok": summary.ok, "records_bad": summary.bad, "errors": errors,
+                   "transliterated": summary.transliterated, "duplicates": summary.duplicates,
+                   "refuses_batch": summary.refuses_batch(&profile.input)})
         );
     } else {
         for e in &errors {
             println!("{e}");
         }
-        println!("{file}: {} good record(s), {} bad", summary.ok, summary.bad);
+        println!(
+            "{file}: {} good record(s) ({} with names transliterated), {} bad ({} repeated card(s))",
+            summary.ok, summary.transliterated, summary.bad, summary.duplicates
+        );
     }
     Ok(if summary.bad == 0 && errors.is_empty() { crate::exit_codes::OK } else { crate::exit_codes::CHECK_FAILED })
 }

@@ -71,6 +71,22 @@ impl Drop for UploadSlot {
 }
 
 /// The newest active key with `label`.
+/// The sealed inputs of every job still open (uploading, running, done and not acknowledged).
+fn open_inputs(kv: &dyn crate::store::Kv) -> Result<Vec<intake::OpenInput>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for j in jobs::jobs(kv)? {
+        if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
+            continue;
+        }
+        for n in 0..j.chunks {
+            if let Some(sealed) = jobs::sealed(kv, jobs::INPUT, &j.id, n)? {
+                out.push(intake::OpenInput { job: j.id.clone(), data_key: j.data_key.clone(), n, sealed });
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn active_key(kv: &dyn crate::store::Kv, label: &str) -> Result<Option<KeyRecord>, crate::store::StoreError> {
     let keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
     Ok(keys.into_iter().filter(|k| k.label == label && k.state == KeyState::Active).max_by_key(|k| k.version))
@@ -147,7 +163,7 @@ impl JobsService {
             }
         }
         let file = first.file_name.clone();
-        let checked = intake::check(&intake::Submission {
+        let mut checked = intake::check(&intake::Submission {
             file: &file,
             data: &data,
             total_bytes: first.total_bytes,
@@ -166,6 +182,16 @@ impl JobsService {
 
         // The data key, made in this node's HSM, and the sealed chunks.
         let hsm = self.hsm()?;
+        // The same card in another open job (profile `duplicates`): their inputs, opened in
+        // this node's HSM and compared by fingerprint. `force` (audited with the job) takes them.
+        if checked.profile.input.duplicates != quill_prep::profile::DuplicatePolicy::Allow && !first.force {
+            let others = self.state(open_inputs).await?;
+            let h = hsm.clone();
+            checked = tokio::task::spawn_blocking(move || intake::drop_repeats(&*h, &others, checked))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(intake_error)?;
+        }
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let id = format!("J{ms:x}{:03x}", std::process::id() & 0xfff);
         let id2 = id.clone();
@@ -176,8 +202,14 @@ impl JobsService {
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(intake_error)?;
-        let (profile, digest, skipped, chunk_size, chunks) =
-            (checked.profile, checked.digest, checked.skipped, checked.chunk_size, checked.chunks);
+        let (profile, digest, skipped, chunk_size, chunks, transliterated) = (
+            checked.profile,
+            checked.digest,
+            checked.skipped,
+            checked.chunk_size,
+            checked.chunks,
+            checked.transliterated,
+        );
 
         let client = format!("{}-submit-{id}", caller.client_id);
         let mut serial = 0;
@@ -210,7 +242,7 @@ impl JobsService {
             let _ = self.propose(&client, &mut serial, &who, JobCommand::Abort { id: id.clone() }).await;
             return Err(e);
         }
-        Ok(SubmitResponse { job: id, records: records_n, chunks, skipped })
+        Ok(SubmitResponse { job: id, records: records_n, chunks, skipped, transliterated })
     }
 
     async fn job(&self, id: &str) -> ApiResult<JobRecord> {

@@ -81,6 +81,10 @@ pub struct Checked {
     pub skipped: Vec<String>,
     /// The valid records, in input order.
     pub records: Vec<CardRecord>,
+    /// Valid records whose names were transliterated to ISO 7813.
+    pub transliterated: u64,
+    /// The file's name, for messages.
+    pub skipped_file: String,
     /// Cards per chunk.
     pub chunk_size: u32,
     /// Number of chunks.
@@ -105,7 +109,7 @@ pub fn check(s: &Submission<'_>) -> Result<Checked, IntakeError> {
     let profile = Profile::parse(s.profile_toml, s.profile_name)
         .map_err(|e| IntakeError::Invalid(format!("profile {}: {e}", s.profile_name)))?;
     let summary = input::scan(&profile.input, file, std::io::Cursor::new(s.data));
-    if !summary.is_clean() && (profile.input.on_bad_record == BadRecordPolicy::FailBatch || summary.stopped) {
+    if summary.refuses_batch(&profile.input) {
         let list: Vec<String> = summary.errors.iter().take(MAX_LISTED).map(|e| e.to_string()).collect();
         return Err(IntakeError::Invalid(format!(
             "{} bad record(s); the profile fails the batch, nothing was submitted: {}",
@@ -121,7 +125,86 @@ pub fn check(s: &Submission<'_>) -> Result<Checked, IntakeError> {
     let chunk_size = if s.chunk_size == 0 { DEFAULT_CHUNK } else { s.chunk_size.min(MAX_CHUNK) };
     let chunks = u32::try_from(records.len().div_ceil(chunk_size as usize))
         .map_err(|_| IntakeError::Invalid(format!("{file}: too many chunks")))?;
-    Ok(Checked { profile, digest, skipped, records, chunk_size, chunks })
+    let transliterated = summary.transliterated;
+    Ok(Checked { profile, digest, skipped, records, transliterated, skipped_file: file.to_owned(), chunk_size, chunks })
+}
+
+/// One sealed input chunk of another open job, read from the state for [`drop_repeats`].
+#[derive(Debug)]
+pub struct OpenInput {
+    /// The job.
+    pub job: String,
+    /// Its data key (wrapped under the SMK).
+    pub data_key: WrappedKey,
+    /// The chunk number.
+    pub n: u32,
+    /// The sealed records.
+    pub sealed: Vec<u8>,
+}
+
+/// The duplicate check across jobs: a card (PAN + PSN) of this submission that is already in
+/// another job not yet acknowledged, cancelled or expired. Those jobs' inputs are opened in the
+/// HSM, compared by fingerprint and dropped (nothing of them is kept). Per the profile's
+/// `duplicates`: `refuse_record` skips the repeated records (reported like any bad record),
+/// `refuse_batch` refuses the submission, `allow` takes them. Blocking: call it off the async
+/// threads.
+pub fn drop_repeats(hsm: &dyn Hsm, others: &[OpenInput], mut c: Checked) -> Result<Checked, IntakeError> {
+    use quill_prep::profile::DuplicatePolicy;
+    let policy = c.profile.input.duplicates;
+    if policy == DuplicatePolicy::Allow || others.is_empty() {
+        return Ok(c);
+    }
+    let mut open = std::collections::HashMap::new();
+    for o in others {
+        let clear = zeroize::Zeroizing::new(hsm.open(&o.data_key, &input_aad(&o.job, o.n), &o.sealed)?);
+        let records: Vec<CardRecord> = postcard::from_bytes(&clear)
+            .map_err(|e| IntakeError::Encode { n: o.n, reason: format!("job {} input: {e}", o.job) })?;
+        for r in records {
+            open.entry(r.card_fingerprint()).or_insert_with(|| o.job.clone());
+        }
+    }
+    let file = c.skipped_file.clone();
+    let mut repeated = Vec::new();
+    c.records.retain(|r| match open.get(&r.card_fingerprint()) {
+        Some(job) => {
+            repeated.push(format!(
+                "{file}:{}: PAN {} with PSN {} is already in job {job}, not yet acknowledged",
+                r.line,
+                r.pan.masked(),
+                r.psn_digits()
+            ));
+            false
+        }
+        None => true,
+    });
+    if repeated.is_empty() {
+        return Ok(c);
+    }
+    // Within a file a repeat is a bad record, so `fail_batch` refuses the batch for it too.
+    if policy == DuplicatePolicy::RefuseBatch || c.profile.input.on_bad_record == BadRecordPolicy::FailBatch {
+        let list: Vec<&str> = repeated.iter().take(MAX_LISTED).map(String::as_str).collect();
+        return Err(IntakeError::Invalid(format!(
+            "{} card(s) already in open jobs; the profile refuses the batch ({}), nothing was submitted: {}",
+            repeated.len(),
+            if policy == DuplicatePolicy::RefuseBatch {
+                "duplicates = \"refuse_batch\""
+            } else {
+                "on_bad_record = \"fail_batch\""
+            },
+            list.join("; ")
+        )));
+    }
+    if c.records.is_empty() {
+        return Err(IntakeError::Invalid(format!(
+            "{file}: no valid record: every card is already in an open job ({})",
+            repeated.first().map_or("", String::as_str)
+        )));
+    }
+    c.transliterated = c.records.iter().filter(|r| r.transliterated()).count() as u64;
+    c.skipped.extend(repeated);
+    c.chunks = u32::try_from(c.records.len().div_ceil(c.chunk_size as usize))
+        .map_err(|_| IntakeError::Invalid(format!("{file}: too many chunks")))?;
+    Ok(c)
 }
 
 /// Seal the checked records of job `id` in chunks under a fresh AES-256 data key made in `hsm`

@@ -359,7 +359,6 @@ impl Engine {
                         .cardholder_name
                         .as_deref()
                         .ok_or_else(|| CardError::new(line, "track 1", "the record has no cardholder name"))?;
-                    c.track1_dd = Some(dd.clone());
                     Some(
                         magstripe::track1(pan, name, &yymm, sc, &dd)
                             .map_err(|e| CardError::new(line, "track 1", e.to_string()))?,
@@ -367,21 +366,13 @@ impl Engine {
                 }
                 None => None,
             };
-            let chip_dd = match &m.chip_track2 {
-                Some(l) => discretionary(l, &c),
-                None => {
-                    let swapped = TrackLayout {
-                        discretionary: m
-                            .track2
-                            .discretionary
-                            .iter()
-                            .map(|i| if *i == DdItem::Cvv { DdItem::Icvv } else { i.clone() })
-                            .collect(),
-                    };
-                    discretionary(&swapped, &c)
-                }
+            let chip_dd =
+                discretionary(&m.chip_track2_layout(), &c).map_err(|r| CardError::new(line, "chip track 2", r))?;
+            // The chip's track 1 discretionary data (9F1F) carries the iCVV, like 57 (emv.md §4.2).
+            if let Some(l) = m.chip_track1_layout() {
+                c.chip_track1_dd = Some(discretionary(&l, &c).map_err(|r| CardError::new(line, "chip track 1", r))?);
             }
-            .map_err(|r| CardError::new(line, "chip track 2", r))?;
+            c.chip_track2_dd = Some(chip_dd.clone());
             c.chip_track2 = Some(
                 magstripe::track2(pan, &yymm, sc, &chip_dd)
                     .map_err(|e| CardError::new(line, "chip track 2", e.to_string()))?,
@@ -428,7 +419,8 @@ impl Engine {
             carrier: CarrierRecord {
                 reference,
                 pan_masked: rec.pan.masked(),
-                name: rec.embossing_name.clone(),
+                // The carrier is a letter: it prints the name as the issuer sent it (UTF-8).
+                name: rec.original_embossing_name.clone().or_else(|| rec.embossing_name.clone()),
                 expiry: mm_yy,
                 cvv2,
             },
@@ -617,6 +609,22 @@ impl Engine {
             i.certificate
                 .check_pan(pan)
                 .map_err(|e| CardError::new(line, step("issuer certificate"), e.to_string()))?;
+            // A card outliving its issuer certificate fails offline data authentication in its
+            // last months.
+            let card = CertExpiry::new(rec.expiry.mm, rec.expiry.yy);
+            if !self.profile.input.allow_beyond_issuer_expiry && card.is_some_and(|c| c > i.certificate.expiry()) {
+                return Err(CardError::new(
+                    line,
+                    step("issuer certificate"),
+                    format!(
+                        "the card expires {} (YYMM), after its issuer certificate ({} MMYY): its offline data \
+                         authentication would fail first; renew the issuer key or set \
+                         input.allow_beyond_issuer_expiry",
+                        rec.expiry.yymm(),
+                        i.certificate.expiry()
+                    ),
+                ));
+            }
         }
 
         // Static data to be authenticated: the ODA records (EMV Book 3 §10.3), then the AIP when
@@ -748,7 +756,11 @@ impl Engine {
                     .map_err(|e| e.to_string())?
             }
             Derived::Track1Discretionary => {
-                c.track1_dd.as_deref().ok_or("the product has no track 1")?.as_bytes().to_vec()
+                c.chip_track1_dd.as_deref().ok_or("the product has no track 1")?.as_bytes().to_vec()
+            }
+            Derived::Track2Discretionary => {
+                magstripe::discretionary_bcd(c.chip_track2_dd.as_deref().ok_or("the product has no mag stripe")?)
+                    .map_err(|e| e.to_string())?
             }
         })
     }
@@ -762,7 +774,9 @@ struct CardValues {
     cvv: Option<String>,
     icvv: Option<String>,
     chip_track2: Option<String>,
-    track1_dd: Option<String>,
+    /// Discretionary data of the chip's tracks (iCVV, never the stripe CVV).
+    chip_track1_dd: Option<String>,
+    chip_track2_dd: Option<String>,
 }
 
 fn discretionary(layout: &TrackLayout, c: &CardValues) -> Result<String, String> {
