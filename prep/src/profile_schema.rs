@@ -86,7 +86,7 @@ pub fn reference_markdown() -> String {
     let defs = schema.get("$defs").and_then(Value::as_object).unwrap_or(&empty);
     let mut out = String::from(
         "# Card-product profile reference\n\n\
-         Generated from the profile model (`prep/src/profile.rs`, `prep/src/profile_schema.rs`) by \
+         Generated from the profile model (`prep/src/profile/mod.rs`, `prep/src/profile_schema.rs`) by \
          `quill profile schema`; `quill profile schema --json` prints the same as a JSON Schema. A test \
          keeps this file equal to the generator's output (`QUILL_DOCS=update cargo nextest run -E \
          'test(profile_reference)'` rewrites it). Worked examples: `prep/profiles/*.toml`.\n\n\
