@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::raft::NodeId;
+use crate::runtime::agent::ProposeError;
 
 /// Metadata key of a `NotLeader` status: the leader's API address, when known.
 pub const LEADER_METADATA: &str = "x-quill-leader";
@@ -116,6 +117,21 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
+/// A node's own proposal (the key agent's, a worker's) that got no outcome, classed by the gRPC
+/// code the same error gives a client (so both read it alike), its text unchanged.
+impl From<ApiError> for ProposeError {
+    fn from(e: ApiError) -> Self {
+        let status = e.into_status();
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::Unavailable => ProposeError::Unavailable(message),
+            tonic::Code::DeadlineExceeded => ProposeError::Indeterminate(message),
+            tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => ProposeError::Internal(message),
+            _ => ProposeError::Refused(message),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -123,6 +139,7 @@ mod tests {
     use quill_hsm::{HsmError, SlotRef};
 
     use super::ApiError;
+    use crate::runtime::agent::ProposeError;
 
     fn at() -> Arc<SlotRef> {
         Arc::new(SlotRef { module: "libquill_hsm_sim.so".into(), slot: 0, token: "TEST".into() })
@@ -138,5 +155,43 @@ mod tests {
         assert_eq!(ApiError::from(none).into_status().code(), tonic::Code::Unavailable);
         let smk = HsmError::NoSmk { operation: "unwrap", at: at() };
         assert_eq!(ApiError::from(smk).into_status().code(), tonic::Code::FailedPrecondition);
+        let altered = HsmError::AuthenticationFailed { operation: "open", at: at() };
+        assert_eq!(ApiError::from(altered).into_status().code(), tonic::Code::FailedPrecondition);
+        let block = HsmError::Tr31 { operation: "tr31_import", reason: "MAC does not verify".into(), at: at() };
+        assert_eq!(ApiError::from(block).into_status().code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn the_status_names_the_hsm_operation_and_slot() {
+        let gone = HsmError::Unavailable { operation: "seal", reason: "slot removed".into(), at: at() };
+        let status = ApiError::from(gone).into_status();
+        assert_eq!(status.message(), "HSM: seal: slot removed (libquill_hsm_sim.so slot 0 (token TEST))");
+    }
+
+    #[test]
+    fn a_proposal_error_keeps_its_class_and_its_text() {
+        let cases = [
+            (ApiError::NotLeader { leader_id: None, leader_api: None }, "unavailable"),
+            (ApiError::TooManyHops(3), "unavailable"),
+            (ApiError::Unavailable("no quorum".into()), "unavailable"),
+            (ApiError::Forwarded(tonic::Status::unavailable("leader gone")), "unavailable"),
+            (ApiError::Indeterminate(std::time::Duration::from_secs(5)), "indeterminate"),
+            (ApiError::Internal("raft stopped".into()), "internal"),
+            (ApiError::Forwarded(tonic::Status::internal("disk")), "internal"),
+            (ApiError::BadRequest("bad command".into()), "refused"),
+            (ApiError::PermissionDenied("node-2 may not".into()), "refused"),
+        ];
+        for (e, class) in cases {
+            let text = e.to_string();
+            let p = ProposeError::from(e);
+            let got = match &p {
+                ProposeError::Unavailable(_) => "unavailable",
+                ProposeError::Indeterminate(_) => "indeterminate",
+                ProposeError::Refused(_) => "refused",
+                ProposeError::Internal(_) => "internal",
+            };
+            assert_eq!(got, class, "{text}");
+            assert_eq!(p.to_string(), text);
+        }
     }
 }

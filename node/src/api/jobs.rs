@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use quill_hsm::Hsm;
 use quill_prep::engine::KeyRef;
-use quill_prep::engine::output::{FORMAT, Header, Stream, VERSION};
+use quill_prep::engine::output::{FORMAT, Header, OutputError, Stream, VERSION};
 use quill_proto::v1::jobs_server::{self, JobsServer};
 use quill_proto::v1::{
     AckRequest, CancelRequest, FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse,
@@ -36,7 +36,16 @@ fn intake_error(e: IntakeError) -> ApiError {
     match e {
         IntakeError::Invalid(reason) => ApiError::BadRequest(reason),
         IntakeError::Hsm(e) => ApiError::Hsm(e),
-        e @ IntakeError::Encode { .. } => ApiError::Internal(e.to_string()),
+        e @ (IntakeError::Encode { .. } | IntakeError::Decode { .. }) => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// An output stream that could not be assembled: the HSM's failure keeps its class (a device
+/// error is `unavailable`); anything else is the stored output's state.
+fn output_error(e: OutputError) -> ApiError {
+    match e {
+        OutputError::Hsm { source, .. } => ApiError::Hsm(source),
+        other => ApiError::Precondition(format!("assembling the output: {other}")),
     }
 }
 
@@ -295,27 +304,26 @@ impl JobsService {
             test_keys: mac.label.contains("TEST"),
         };
         let job = j.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let mut w =
-                quill_prep::engine::output::StreamWriter::new(Vec::new(), &header).map_err(|e| e.to_string())?;
+        let assembling = |reason: String| ApiError::Precondition(format!("assembling the output: {reason}"));
+        tokio::task::spawn_blocking(move || -> ApiResult<Vec<u8>> {
+            let mut w = quill_prep::engine::output::StreamWriter::new(Vec::new(), &header).map_err(output_error)?;
             for (i, s) in sealed.into_iter().enumerate() {
-                let s = s.ok_or_else(|| format!("chunk {i}'s output is missing"))?;
-                let clear = hsm.open(&job.data_key, &output_aad(&job.id, i as u32), &s).map_err(|e| e.to_string())?;
-                let out: ChunkOutput = postcard::from_bytes(&clear).map_err(|e| e.to_string())?;
+                let s = s.ok_or_else(|| assembling(format!("chunk {i}'s output is missing")))?;
+                let clear = hsm.open(&job.data_key, &output_aad(&job.id, i as u32), &s)?;
+                let out: ChunkOutput = postcard::from_bytes(&clear).map_err(|e| assembling(e.to_string()))?;
                 let lines = match stream {
                     Stream::Cards => out.cards,
                     Stream::PinMailers => out.mailers,
                     Stream::Carriers => out.carriers,
                 };
                 for l in lines {
-                    w.push_raw(&l).map_err(|e| e.to_string())?;
+                    w.push_raw(&l).map_err(output_error)?;
                 }
             }
-            w.finish(&*hsm, &mac_wrapped).map_err(|e| e.to_string())
+            w.finish(&*hsm, &mac_wrapped).map_err(output_error)
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Precondition(format!("assembling the output: {e}")))
     }
 
     async fn mac(&self, caller: &crate::identity::Actor, req: MacRequest) -> ApiResult<MacResponse> {
@@ -328,8 +336,7 @@ impl JobsService {
         let hsm = self.hsm()?;
         let m = tokio::task::spawn_blocking(move || hsm.hmac_sha256(&wrapped, &digest))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Precondition(format!("computing the MAC: {e}")))?;
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
         // Compared without an early exit: the answer says only yes or no.
         let valid = m.len() == req.mac.len() && m.iter().zip(&req.mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
         Ok(MacResponse { valid, key_label: mac.label, key_kcv: mac.kcv.to_string() })
@@ -372,5 +379,45 @@ impl jobs_server::Jobs for JobsService {
         let (who, r) = super::principal(request)?;
         let cmd = Command::Jobs(JobCommand::Cancel { id: r.job });
         Ok(Response::new(self.cluster.write_for(who, r.caller, cmd).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use quill_hsm::{HsmError, SlotRef};
+    use quill_prep::engine::output::OutputError;
+    use tonic::Code;
+
+    use super::{intake_error, output_error};
+    use crate::jobs::intake::IntakeError;
+
+    fn at() -> Arc<SlotRef> {
+        Arc::new(SlotRef { module: "libquill_hsm_sim.so".into(), slot: 0, token: "TEST".into() })
+    }
+
+    #[test]
+    fn an_unavailable_hsm_at_intake_is_unavailable_not_a_precondition() {
+        let gone = HsmError::Unavailable { operation: "generate_key", reason: "slot removed".into(), at: at() };
+        assert_eq!(intake_error(IntakeError::Hsm(gone)).into_status().code(), Code::Unavailable);
+        let none = HsmError::NoHealthySlot { operation: "seal", last: None };
+        assert_eq!(intake_error(IntakeError::Hsm(none)).into_status().code(), Code::Unavailable);
+        let altered = HsmError::AuthenticationFailed { operation: "open", at: at() };
+        assert_eq!(intake_error(IntakeError::Hsm(altered)).into_status().code(), Code::FailedPrecondition);
+        let bad = IntakeError::Invalid("batch.csv:3: pan: not a PAN".into());
+        assert_eq!(intake_error(bad).into_status().code(), Code::InvalidArgument);
+        let bug = IntakeError::Encode { n: 0, reason: "chunk size".into() };
+        assert_eq!(intake_error(bug).into_status().code(), Code::Internal);
+    }
+
+    #[test]
+    fn an_unavailable_hsm_while_assembling_the_output_is_unavailable() {
+        let late = HsmError::Timeout { operation: "hmac_sha256", after: std::time::Duration::from_secs(5), at: at() };
+        let e = OutputError::Hsm { stream: "cards.jsonl", source: late };
+        assert_eq!(output_error(e).into_status().code(), Code::Unavailable);
+        let wrong = HsmError::NoSmk { operation: "hmac_sha256", at: at() };
+        let e = OutputError::Hsm { stream: "cards.jsonl", source: wrong };
+        assert_eq!(output_error(e).into_status().code(), Code::FailedPrecondition);
     }
 }

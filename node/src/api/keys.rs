@@ -347,7 +347,7 @@ impl KeysService {
             .state(move |kv| {
                 let keys = read::<AuditKeys>(kv, key::AUDIT_KEYS)?;
                 audit::verify(kv, |mac, input| match (&agent, &keys) {
-                    (Some(agent), Some(keys)) => agent.check_audit_mac(keys, mac, input),
+                    (Some(agent), Some(keys)) => agent.check_audit_mac(keys, mac, input).map_err(|e| e.to_string()),
                     (None, _) => Err("this node has no HSM to check MACs with".into()),
                     (_, None) => Err("a MACed record but no audit key in the state".into()),
                 })

@@ -486,10 +486,14 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl crate::runtime::agent::Proposer for ClusterService {
-    async fn propose(&self, actor: Actor, cmd: Command) -> Result<crate::raft::Outcome, String> {
+    async fn propose(
+        &self,
+        actor: Actor,
+        cmd: Command,
+    ) -> Result<crate::raft::Outcome, crate::runtime::agent::ProposeError> {
         let client_id = format!("node-{}-agent-{}", self.inner.id, self.inner.boot_ms);
         let serial = self.inner.agent_serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let resp = self.submit(&client_id, serial, actor, cmd).await.map_err(|e| e.to_string())?;
+        let resp = self.submit(&client_id, serial, actor, cmd).await?;
         Ok(resp.outcome)
     }
 }

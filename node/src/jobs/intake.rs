@@ -38,9 +38,22 @@ pub enum IntakeError {
     /// created. The text names the file, line and field, never a card's data.
     #[error("{0}")]
     Invalid(String),
-    /// This node's HSM could not make the data key or seal a chunk.
+    /// This node's HSM could not make the data key, seal a chunk or open another job's input.
+    /// Its class is kept: a device error means another node may take the submission.
     #[error(transparent)]
     Hsm(#[from] HsmError),
+    /// Another open job's input, opened for the duplicate check, does not decode (the state is
+    /// damaged or was written by an incompatible build).
+    #[error("job {job} input chunk {n} does not decode: {source}")]
+    Decode {
+        /// The other job.
+        job: String,
+        /// Its chunk.
+        n: u32,
+        /// Why.
+        #[source]
+        source: postcard::Error,
+    },
     /// A chunk did not encode (a bug).
     #[error("encoding chunk {n}: {reason}")]
     Encode {
@@ -157,8 +170,11 @@ pub fn drop_repeats(hsm: &dyn Hsm, others: &[OpenInput], mut c: Checked) -> Resu
     let mut open = std::collections::HashMap::new();
     for o in others {
         let clear = zeroize::Zeroizing::new(hsm.open(&o.data_key, &input_aad(&o.job, o.n), &o.sealed)?);
-        let records: Vec<CardRecord> = postcard::from_bytes(&clear)
-            .map_err(|e| IntakeError::Encode { n: o.n, reason: format!("job {} input: {e}", o.job) })?;
+        let records: Vec<CardRecord> = postcard::from_bytes(&clear).map_err(|source| IntakeError::Decode {
+            job: o.job.clone(),
+            n: o.n,
+            source,
+        })?;
         for r in records {
             open.entry(r.card_fingerprint()).or_insert_with(|| o.job.clone());
         }

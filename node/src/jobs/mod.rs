@@ -348,9 +348,9 @@ pub fn sealed(kv: &dyn Kv, prefix: &str, id: &str, n: u32) -> Result<Option<Vec<
     kv.get(chunk_key(prefix, id, n).as_bytes())
 }
 
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Step<()> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(format!("job id {id:?}: 1-64 letters, digits, '-', '_' or '.'"));
+        return crate::domain::refuse(format!("job id {id:?}: 1-64 letters, digits, '-', '_' or '.'"));
     }
     Ok(())
 }
@@ -378,11 +378,12 @@ fn job_or_refuse(kv: &dyn Kv, id: &str) -> Step<JobRecord> {
 }
 
 /// Only the identity that submitted a job may fetch, acknowledge or cancel it.
-pub fn owner(ctx: &Ctx<'_>, j: &JobRecord) -> Result<(), String> {
-    owned_by(ctx.actor, j)
+pub fn owner(ctx: &Ctx<'_>, j: &JobRecord) -> Step<()> {
+    owned_by(ctx.actor, j).map_err(Fail::Refused)
 }
 
-/// Refuse unless `actor` submitted `j`.
+/// Refuse unless `actor` submitted `j`: the reason, which the API also gives a caller that
+/// fetches another's output (as `PermissionDenied`).
 pub fn owned_by(actor: &Actor, j: &JobRecord) -> Result<(), String> {
     if *actor == j.created_by {
         Ok(())
@@ -391,12 +392,12 @@ pub fn owned_by(actor: &Actor, j: &JobRecord) -> Result<(), String> {
     }
 }
 
-fn role(ctx: &Ctx<'_>, allowed: &[Role]) -> Result<(), String> {
-    crate::domain::require_role(ctx.actor, allowed)
+fn role(ctx: &Ctx<'_>, allowed: &[Role]) -> Step<()> {
+    crate::domain::require_role(ctx.actor, allowed).map_err(Fail::Refused)
 }
 
-fn node_actor(ctx: &Ctx<'_>, node: NodeId) -> Result<(), String> {
-    crate::domain::require_node(ctx.actor, node)
+fn node_actor(ctx: &Ctx<'_>, node: NodeId) -> Step<()> {
+    crate::domain::require_node(ctx.actor, node).map_err(Fail::Refused)
 }
 
 /// Validation first (no write before every check passed), then the writes.
@@ -419,8 +420,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             force,
             retention_ms,
         } => {
-            role(ctx, &submitter).map_err(Fail::Refused)?;
-            check_id(&id).map_err(Fail::Refused)?;
+            role(ctx, &submitter)?;
+            check_id(&id)?;
             crate::domain::sha256_hex("digest", &digest).map_err(Fail::Refused)?;
             if job(kv, &id)?.is_some() {
                 return Err(Fail::Refused(format!("job {id} already exists")));
@@ -476,7 +477,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         }
         JobCommand::Input { id, n, cards, sealed } => {
             let mut j = job_or_refuse(kv, &id)?;
-            role(ctx, &submitter).map_err(Fail::Refused)?;
+            role(ctx, &submitter)?;
             if j.state != JobState::Uploading {
                 return Err(Fail::Refused(format!("job {id} is {}, not uploading", j.state.as_str())));
             }
@@ -509,7 +510,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         }
         JobCommand::Start { id } => {
             let mut j = job_or_refuse(kv, &id)?;
-            role(ctx, &submitter).map_err(Fail::Refused)?;
+            role(ctx, &submitter)?;
             if j.state != JobState::Uploading {
                 return Err(Fail::Refused(format!("job {id} is {}, not uploading", j.state.as_str())));
             }
@@ -522,7 +523,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         }
         JobCommand::Abort { id } => {
             let j = job_or_refuse(kv, &id)?;
-            role(ctx, &submitter).map_err(Fail::Refused)?;
+            role(ctx, &submitter)?;
             if j.state != JobState::Uploading {
                 return Err(Fail::Refused(format!(
                     "job {id} is {}: only an upload can be aborted (cancel it)",
@@ -542,7 +543,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             Ok("upload aborted; nothing of the job remains".into())
         }
         JobCommand::Claim { id, n, node, lease_ms } => {
-            node_actor(ctx, node).map_err(Fail::Refused)?;
+            node_actor(ctx, node)?;
             let j = job_or_refuse(kv, &id)?;
             if j.state != JobState::Running {
                 return Err(Fail::Refused(format!("job {id} is {}", j.state.as_str())));
@@ -573,7 +574,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             })
         }
         JobCommand::Renew { id, n, node, token, lease_ms } => {
-            node_actor(ctx, node).map_err(Fail::Refused)?;
+            node_actor(ctx, node)?;
             let ck = chunk_key(CHUNK, &id, n);
             let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else {
                 return Err(Fail::Refused(format!("no chunk {n} in job {id}")));
@@ -586,7 +587,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             Ok(format!("lease renewed, token {token}"))
         }
         JobCommand::Complete { id, n, node, token, prepared, failures, sealed } => {
-            node_actor(ctx, node).map_err(Fail::Refused)?;
+            node_actor(ctx, node)?;
             let mut j = job_or_refuse(kv, &id)?;
             let ck = chunk_key(CHUNK, &id, n);
             let Some(mut c) = get::<ChunkRecord>(kv, &ck)? else { return Err(Fail::Refused(format!("no chunk {n}"))) };
@@ -626,9 +627,9 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             Ok(format!("node {node} token {token}: {prepared} cards ({}/{} chunks)", j.chunks_done, j.chunks))
         }
         JobCommand::Ack { id, delivered } => {
-            role(ctx, &submitter).map_err(Fail::Refused)?;
+            role(ctx, &submitter)?;
             let mut j = job_or_refuse(kv, &id)?;
-            owner(ctx, &j).map_err(Fail::Refused)?;
+            owner(ctx, &j)?;
             if j.state != JobState::Done {
                 return Err(Fail::Refused(format!(
                     "job {id} is {}; only a done job can be acknowledged",
@@ -644,9 +645,9 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             Ok(format!("delivered {} cards; input and output purged", j.cards_done))
         }
         JobCommand::Cancel { id } => {
-            role(ctx, &submitter).map_err(Fail::Refused)?;
+            role(ctx, &submitter)?;
             let mut j = job_or_refuse(kv, &id)?;
-            owner(ctx, &j).map_err(Fail::Refused)?;
+            owner(ctx, &j)?;
             if matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired) {
                 return Err(Fail::Refused(format!("job {id} is already {}", j.state.as_str())));
             }
@@ -659,7 +660,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         }
         JobCommand::Expire { id } => {
             let mut j = job_or_refuse(kv, &id)?;
-            role(ctx, &[Role::Node]).map_err(Fail::Refused)?;
+            role(ctx, &[Role::Node])?;
             if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
                 return Err(Fail::Refused(format!("job {id} is {}", j.state.as_str())));
             }

@@ -30,7 +30,8 @@ use crate::keys::apply::{KeyCommand, key, read, scan};
 use crate::keys::model::*;
 use crate::network::Raft;
 use crate::raft::{Command, NodeId, Outcome, StateMachine};
-use quill_hsm::Hsm;
+use crate::store::StoreError;
+use quill_hsm::{Hsm, HsmError};
 
 /// How often the agent looks at the state when nothing wakes it.
 const ROUND: Duration = Duration::from_millis(500);
@@ -40,8 +41,55 @@ const SEAL_EVERY: Duration = Duration::from_secs(3);
 /// Something that proposes a command as this node (through the leader).
 #[tonic::async_trait]
 pub trait Proposer: Send + Sync {
-    /// Propose `cmd` with `actor`; the outcome, or why it could not be had.
-    async fn propose(&self, actor: Actor, cmd: Command) -> Result<Outcome, String>;
+    /// Propose `cmd` with `actor`; the outcome (a refusal is an outcome,
+    /// [`Outcome::Rejected`]), or why none could be had.
+    async fn propose(&self, actor: Actor, cmd: Command) -> Result<Outcome, ProposeError>;
+}
+
+/// Why a proposal got no outcome, grouped by what the proposer does next. A refusal by the state
+/// machine is not an error: it is the outcome [`Outcome::Rejected`]. The text is the write path's
+/// own message (it names the leader, the index or the timeout).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader could take it now (an election, no quorum, a peer unreachable while
+    /// forwarding): nothing was applied; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Sent, but not confirmed in time: it may still be applied. Retry with the same client id
+    /// and serial to learn the outcome.
+    #[error("{0}")]
+    Indeterminate(String),
+    /// The write path would not propose it (the command or the node's identity failed a check
+    /// before Raft): a bug on this node; a retry gets the same answer.
+    #[error("{0}")]
+    Refused(String),
+    /// This node's (or the leader's) Raft or storage failed; the node needs attention.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a round of the key agent failed (it is retried on the next round), by whose fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// This node's HSM refused or failed an operation (the text names the operation and the
+    /// slot, never key material).
+    #[error("HSM: {0}")]
+    Hsm(#[from] HsmError),
+    /// A blocking HSM call did not finish (it panicked or the runtime is shutting down).
+    #[error("HSM call: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// This node's state could not be read.
+    #[error("reading the state: {0}")]
+    Store(#[from] StoreError),
+    /// A proposal got no outcome.
+    #[error("proposing {action}: {source}")]
+    Propose {
+        /// The command's audit action (`node.enroll`, `audit.seal`, …).
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: ProposeError,
+    },
 }
 
 /// Collects the HSM adapter's host-path uses (key material in host memory, allowed by config)
@@ -63,6 +111,7 @@ pub struct KeyAgent {
     hsm: Arc<dyn Hsm>,
     raft: Raft,
     sm: StateMachine,
+    /// The text of the last round's error, for status.
     last_error: Mutex<Option<String>>,
     audit_mac_key: Mutex<Option<WrappedKey>>,
     slots: Option<Arc<quill_hsm::HsmPool>>,
@@ -125,7 +174,7 @@ impl KeyAgent {
         let mut last_seal = Instant::now();
         loop {
             let result = self.round(&*proposer, &mut last_seal).await;
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = result.as_ref().err().map(ToString::to_string);
             if let Err(e) = result {
                 warn!(error = %e, "key agent round failed; retrying");
             }
@@ -139,15 +188,19 @@ impl KeyAgent {
     /// Run a blocking HSM call off the async threads.
     async fn hsm_call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn Hsm) -> Result<T, quill_hsm::HsmError> + Send + 'static,
-    ) -> Result<T, String> {
+        f: impl FnOnce(&dyn Hsm) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, AgentError> {
         let hsm = self.hsm.clone();
-        tokio::task::spawn_blocking(move || f(&*hsm)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        Ok(tokio::task::spawn_blocking(move || f(&*hsm)).await??)
     }
 
-    async fn propose(&self, proposer: &dyn Proposer, cmd: KeyCommand) -> Result<(), String> {
+    async fn propose(&self, proposer: &dyn Proposer, cmd: KeyCommand) -> Result<(), AgentError> {
         let action = cmd.action();
-        match proposer.propose(Actor::node(self.id), Command::Keys(cmd)).await? {
+        let outcome = proposer
+            .propose(Actor::node(self.id), Command::Keys(cmd))
+            .await
+            .map_err(|source| AgentError::Propose { action, source })?;
+        match outcome {
             Outcome::Rejected { reason } => {
                 info!(action, %reason, "key agent proposal refused (another node may have done it)");
                 Ok(())
@@ -159,7 +212,7 @@ impl KeyAgent {
         }
     }
 
-    async fn round(&self, proposer: &dyn Proposer, last_seal: &mut Instant) -> Result<(), String> {
+    async fn round(&self, proposer: &dyn Proposer, last_seal: &mut Instant) -> Result<(), AgentError> {
         let metrics = self.raft.metrics().borrow().clone();
         let Some(_leader) = metrics.current_leader else { return Ok(()) };
         if !metrics.membership_config.membership().nodes().any(|(id, _)| *id == self.id) {
@@ -179,8 +232,7 @@ impl KeyAgent {
                     scan::<NodeRecord>(kv, key::NODE)?,
                 ))
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let (me_rec, ceremonies, approvals, smk, audit_keys, grant, nodes) = view;
 
         // 0. record host-path uses in the audit chain (re-queued if the proposal fails)
@@ -289,14 +341,16 @@ impl KeyAgent {
                     let last = audit::record(kv, h.seq)?;
                     Ok((h, last))
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let (head, last) = head;
             if head.seq > 0 && last.map(|r| r.action != "audit.seal").unwrap_or(false) {
                 let input = audit::seal_input(head.seq, &head.hash);
                 if let Some(mac) = self.audit_mac(input).await {
                     let cmd = Command::AuditSeal { seq: head.seq, hash: head.hash, mac };
-                    proposer.propose(Actor::node(me), cmd).await?;
+                    proposer
+                        .propose(Actor::node(me), cmd)
+                        .await
+                        .map_err(|source| AgentError::Propose { action: "audit.seal", source })?;
                 }
             }
         }
@@ -326,11 +380,11 @@ impl KeyAgent {
     }
 
     /// Check an audit MAC with the audit key (for `quill audit verify`).
-    pub fn check_audit_mac(&self, audit_keys: &AuditKeys, mac: &AuditMac, input: &[u8]) -> Result<bool, String> {
+    pub fn check_audit_mac(&self, audit_keys: &AuditKeys, mac: &AuditMac, input: &[u8]) -> Result<bool, HsmError> {
         if mac.key_kcv != audit_keys.mac.kcv {
             return Ok(false);
         }
-        let got = self.hsm.hmac_sha256(&audit_keys.mac, input).map_err(|e| e.to_string())?;
+        let got = self.hsm.hmac_sha256(&audit_keys.mac, input)?;
         Ok(got == mac.mac)
     }
 }

@@ -7,6 +7,11 @@
 //!   SMK grants, the audit keys and seals, and the audit MAC of the requests this node proposes;
 //! - [`worker`]: the job workers: one per HSM slot, claiming chunks, preparing them, committing
 //!   sealed results with the claim's fencing token, and expiring jobs past their retention.
+//!
+//! Each has its own error ([`agent::AgentError`], [`worker::WorkerError`]) that keeps the class of
+//! its cause: the HSM's [`quill_hsm::HsmError`], the store's, or a proposal's
+//! [`agent::ProposeError`] (no leader now, outcome unknown, refused before Raft, node failure).
+//! A round that fails is logged and retried; none of them carries key material, a PIN or a PAN.
 
 pub mod agent;
 pub mod worker;

@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quill_hsm::Hsm;
-use quill_prep::emv::cert::IssuerCertificate;
-use quill_prep::engine::{CardOutput, Engine, EngineSettings, IssuerKey, KeySet, PoolSettings};
+use quill_hsm::{Hsm, HsmError};
+use quill_prep::emv::cert::{CertError, IssuerCertificate};
+use quill_prep::engine::{CardOutput, Engine, EngineSettings, IssuerKey, KeySet, PoolSettings, SetupError};
 use quill_prep::input::CardRecord;
-use quill_prep::profile::Profile;
+use quill_prep::profile::{Profile, ProfileErrors};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -33,6 +33,8 @@ use crate::keys::apply::issuers::{self, IssuerCertRecord, IssuerKeyRecord};
 use crate::keys::apply::{key, scan};
 use crate::keys::model::{Actor, KeyRecord, KeyState};
 use crate::raft::{Command, NodeId, Outcome, StateMachine};
+use crate::runtime::agent::ProposeError;
+use crate::store::StoreError;
 
 /// How long a claim lasts without renewal.
 pub const LEASE_MS: u64 = 10_000;
@@ -54,31 +56,126 @@ pub struct ChunkOutput {
 
 pub use crate::jobs::intake::{input_aad, output_aad};
 
+/// Why a worker's round failed (logged; the worker tries again after a pause), by whose fault.
+/// A claim lost to fencing is not a failure: the work is dropped and the round ends well.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// This node's state could not be read.
+    #[error("reading the state: {0}")]
+    Store(#[from] StoreError),
+    /// A claim, renewal or expiry got no outcome, or this node did not apply its claim in time.
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The chunk's result could not be committed before the retries ran out; its claim lapses
+    /// and another worker prepares the chunk again.
+    #[error("chunk {n}: result not committed: {source}")]
+    NotCommitted {
+        /// The chunk.
+        n: u32,
+        /// The last proposal error.
+        #[source]
+        source: ProposeError,
+    },
+    /// This node's HSM failed a step of the chunk's work (open the input, seal the output).
+    #[error("{step}: {source}")]
+    Hsm {
+        /// The step.
+        step: &'static str,
+        /// The HSM's error (names the operation and the slot, never key material).
+        #[source]
+        source: HsmError,
+    },
+    /// A blocking task did not finish (it panicked or the runtime is shutting down).
+    #[error("worker task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The job's profile does not parse (it did at intake: a different build?).
+    #[error("job {job}: {source}")]
+    Profile {
+        /// The job.
+        job: String,
+        /// The profile's problems.
+        #[source]
+        source: ProfileErrors,
+    },
+    /// The prep engine cannot start with the job's profile and the key inventory (a key the
+    /// profile names is missing or of the wrong kind).
+    #[error("job {job}: {source}")]
+    Engine {
+        /// The job.
+        job: String,
+        /// Why.
+        #[source]
+        source: SetupError,
+    },
+    /// An issuer certificate in the state does not recover with its CA key.
+    #[error("issuer certificate {id}: {source}")]
+    IssuerCertificate {
+        /// The certificate's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: CertError,
+    },
+    /// An issuer certificate in the state names a RID that is not 5 bytes of hex.
+    #[error("issuer certificate {id}: bad RID in the state")]
+    BadRid {
+        /// The certificate's id.
+        id: String,
+    },
+    /// An issuer key pair does not match its certificate.
+    #[error("issuer key {label}: {reason}")]
+    IssuerKey {
+        /// The key pair's label.
+        label: String,
+        /// Why.
+        reason: String,
+    },
+    /// The claimed chunk is not in this node's state although the claim applied.
+    #[error("the chunk vanished")]
+    ChunkVanished,
+    /// The claimed chunk's input is no longer in the state.
+    #[error("the chunk's input is gone (job cancelled?)")]
+    InputGone,
+    /// The chunk's input, opened, does not decode as card records.
+    #[error("the chunk input does not decode: {0}")]
+    InputDecode(#[source] postcard::Error),
+    /// A chunk's output does not encode (a bug).
+    #[error("the chunk output does not encode: {0}")]
+    OutputEncode(String),
+    /// The claim was lost while the cards were being prepared (fenced): the work is dropped.
+    #[error("claim lost")]
+    ClaimLost,
+}
+
 /// The key set the engine takes, from the inventory: the newest active version of every label,
 /// and every issuer key pair bound to a verified certificate.
-pub fn inventory_keys(kv: &dyn crate::store::Kv) -> Result<KeySet, String> {
+pub fn inventory_keys(kv: &dyn crate::store::Kv) -> Result<KeySet, WorkerError> {
     let mut set = KeySet::new();
-    let mut keys: Vec<KeyRecord> = scan(kv, key::KEY).map_err(|e| e.to_string())?;
+    let mut keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
     keys.sort_by_key(|k| (k.label.clone(), k.version));
     for k in keys.into_iter().filter(|k| k.state == KeyState::Active) {
         if let Some(w) = k.wrapped {
             set.insert(k.label.clone(), w);
         }
     }
-    let cas = issuers::ca_store(kv).map_err(|e| e.to_string())?;
-    let pairs: Vec<IssuerKeyRecord> = scan(kv, issuers::ISSUER).map_err(|e| e.to_string())?;
+    let cas = issuers::ca_store(kv)?;
+    let pairs: Vec<IssuerKeyRecord> = scan(kv, issuers::ISSUER)?;
     for p in pairs {
         let Some(cert_id) = &p.certificate else { continue };
-        let Some(c) = crate::keys::apply::read::<IssuerCertRecord>(kv, &format!("{}{cert_id}", issuers::ISSUER_CERT))
-            .map_err(|e| e.to_string())?
+        let Some(c) = crate::keys::apply::read::<IssuerCertRecord>(kv, &format!("{}{cert_id}", issuers::ISSUER_CERT))?
         else {
             continue;
         };
-        let rid: [u8; 5] = hex::decode(&c.rid).ok().and_then(|v| v.try_into().ok()).ok_or("bad RID in the state")?;
+        let rid: [u8; 5] = hex::decode(&c.rid)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| WorkerError::BadRid { id: cert_id.clone() })?;
         let h = |s: &str| hex::decode(s).unwrap_or_default();
         let cert = IssuerCertificate::recover(&cas, rid, c.ca_index, &h(&c.cert), &h(&c.remainder), &h(&c.exponent))
-            .map_err(|e| format!("issuer certificate {cert_id}: {e}"))?;
-        set.insert_issuer(p.label.clone(), IssuerKey::new(p.key.clone(), cert)?);
+            .map_err(|source| WorkerError::IssuerCertificate { id: cert_id.clone(), source })?;
+        let pair = IssuerKey::new(p.key.clone(), cert)
+            .map_err(|reason| WorkerError::IssuerKey { label: p.label.clone(), reason })?;
+        set.insert_issuer(p.label.clone(), pair);
     }
     Ok(set)
 }
@@ -129,19 +226,19 @@ impl Workers {
         }
     }
 
-    async fn submit(&self, cmd: JobCommand) -> Result<(u64, Outcome), String> {
+    async fn submit(&self, cmd: JobCommand) -> Result<(u64, Outcome), WorkerError> {
         let serial = self.cluster.next_agent_serial();
         let client = self.cluster.agent_client_id("jobs");
         let resp = self
             .cluster
             .submit(&client, serial, Actor::node(self.id), Command::Jobs(cmd))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ProposeError::from)?;
         Ok((resp.log_index, resp.outcome))
     }
 
     /// One round: find a chunk, claim it, prepare it. `Ok(false)`: nothing to do.
-    async fn round(&self, worker: usize) -> Result<bool, String> {
+    async fn round(&self, worker: usize) -> Result<bool, WorkerError> {
         let view = self
             .sm
             .read(|kv| {
@@ -152,8 +249,7 @@ impl Workers {
                 }
                 Ok(out)
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let now = now_ms();
         if worker == 0 {
             self.expire(now).await?;
@@ -183,7 +279,7 @@ impl Workers {
 
     /// Propose the expiry of jobs whose retention ran out unacknowledged (the state machine
     /// checks the time again with the leader's clock).
-    async fn expire(&self, now: u64) -> Result<(), String> {
+    async fn expire(&self, now: u64) -> Result<(), WorkerError> {
         let due = self
             .sm
             .read(move |kv| {
@@ -194,8 +290,7 @@ impl Workers {
                     .map(|j| j.id)
                     .collect::<Vec<_>>())
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         for id in due {
             if let (_, Outcome::Done { detail, .. }) = self.submit(JobCommand::Expire { id: id.clone() }).await? {
                 info!(job = %id, %detail, "job expired");
@@ -204,22 +299,26 @@ impl Workers {
         Ok(())
     }
 
-    fn engine(&self, job: &JobRecord, keys: KeySet) -> Result<Arc<Engine>, String> {
+    fn engine(&self, job: &JobRecord, keys: KeySet) -> Result<Arc<Engine>, WorkerError> {
         let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = engines.get(&job.id) {
             return Ok(e.clone());
         }
-        let profile = Profile::parse(&job.profile, &job.product).map_err(|e| e.to_string())?;
+        let profile = Profile::parse(&job.profile, &job.product)
+            .map_err(|source| WorkerError::Profile { job: job.id.clone(), source })?;
         let settings = EngineSettings { pool: PoolSettings { capacity: 0, refill_threads: 0 } };
-        let e = Arc::new(Engine::new(profile, keys, self.hsm.clone(), settings).map_err(|e| e.to_string())?);
+        let e = Arc::new(
+            Engine::new(profile, keys, self.hsm.clone(), settings)
+                .map_err(|source| WorkerError::Engine { job: job.id.clone(), source })?,
+        );
         engines.retain(|id, _| id == &job.id);
         engines.insert(job.id.clone(), e.clone());
         Ok(e)
     }
 
-    async fn prepare(&self, job: &JobRecord, n: u32, token: u64) -> Result<(), String> {
+    async fn prepare(&self, job: &JobRecord, n: u32, token: u64) -> Result<(), WorkerError> {
         // Our own state must show the claim before we read the input.
-        self.cluster.wait_applied(token, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        self.cluster.wait_applied(token, Duration::from_secs(10)).await.map_err(ProposeError::from)?;
         let id = job.id.clone();
         let (sealed, chunk, keys) = self
             .sm
@@ -228,14 +327,13 @@ impl Workers {
                 let chunk: Option<ChunkRecord> = crate::store::get_typed(kv, chunk_key(CHUNK, &id, n).as_bytes())?;
                 Ok((sealed, chunk, inventory_keys(kv)))
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        let chunk = chunk.ok_or("the chunk vanished")?;
+            .await?;
+        let chunk = chunk.ok_or(WorkerError::ChunkVanished)?;
         if chunk.token != token || chunk.node != Some(self.id) {
             info!(job = %job.id, chunk = n, token, current = chunk.token, "claim superseded before the work began (fenced); nothing to do");
             return Ok(());
         }
-        let sealed = sealed.ok_or("the chunk's input is gone (job cancelled?)")?;
+        let sealed = sealed.ok_or(WorkerError::InputGone)?;
         let engine = self.engine(job, keys?)?;
 
         let lost = Arc::new(AtomicBool::new(false));
@@ -271,10 +369,11 @@ impl Workers {
         let (aad_in, aad_out) = (input_aad(&job.id, n), output_aad(&job.id, n));
         let lost2 = lost.clone();
         let result =
-            tokio::task::spawn_blocking(move || -> Result<(ChunkOutput, u32, Vec<String>, Vec<u8>), String> {
-                let clear = hsm.open(&data_key, &aad_in, &sealed).map_err(|e| format!("open the chunk input: {e}"))?;
-                let records: Vec<CardRecord> =
-                    postcard::from_bytes(&clear).map_err(|e| format!("the chunk input does not decode: {e}"))?;
+            tokio::task::spawn_blocking(move || -> Result<(ChunkOutput, u32, Vec<String>, Vec<u8>), WorkerError> {
+                let clear = hsm
+                    .open(&data_key, &aad_in, &sealed)
+                    .map_err(|source| WorkerError::Hsm { step: "open the chunk input", source })?;
+                let records: Vec<CardRecord> = postcard::from_bytes(&clear).map_err(WorkerError::InputDecode)?;
                 let results = prepare_all(&engine, &records, threads, &lost2);
                 let mut out = ChunkOutput::default();
                 let mut failures = Vec::new();
@@ -286,16 +385,16 @@ impl Workers {
                             push_card(&mut out, &card)?;
                         }
                         Some(Err(e)) => failures.push(e.to_string()),
-                        None => return Err("claim lost".into()),
+                        None => return Err(WorkerError::ClaimLost),
                     }
                 }
-                let bytes = postcard::to_allocvec(&out).map_err(|e| e.to_string())?;
-                let sealed =
-                    hsm.seal(&data_key, &aad_out, &bytes).map_err(|e| format!("seal the chunk output: {e}"))?;
+                let bytes = postcard::to_allocvec(&out).map_err(|e| WorkerError::OutputEncode(e.to_string()))?;
+                let sealed = hsm
+                    .seal(&data_key, &aad_out, &bytes)
+                    .map_err(|source| WorkerError::Hsm { step: "seal the chunk output", source })?;
                 Ok((out, prepared, failures, sealed))
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         renew.abort();
         let (_, prepared, failures, sealed) = match result {
             Ok(r) => r,
@@ -319,7 +418,7 @@ impl Workers {
                     warn!(job = %job.id, chunk = n, error = %e, "cannot commit the chunk yet; retrying");
                     tokio::time::sleep(Duration::from_millis(1_000)).await;
                 }
-                Err(e) => return Err(format!("chunk {n}: result not committed: {e}")),
+                Err(e) => return Err(WorkerError::NotCommitted { n, source: e.into() }),
             }
         };
         match resp.outcome {
@@ -330,11 +429,11 @@ impl Workers {
     }
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String, String> {
-    serde_json::to_string(v).map_err(|e| e.to_string())
+fn json<T: Serialize>(v: &T) -> Result<String, WorkerError> {
+    serde_json::to_string(v).map_err(|e| WorkerError::OutputEncode(e.to_string()))
 }
 
-fn push_card(out: &mut ChunkOutput, card: &CardOutput) -> Result<(), String> {
+fn push_card(out: &mut ChunkOutput, card: &CardOutput) -> Result<(), WorkerError> {
     out.cards.push(json(card)?);
     if let Some(m) = &card.mailer {
         out.mailers.push(json(m)?);
