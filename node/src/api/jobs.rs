@@ -193,6 +193,13 @@ impl JobsService {
         let hsm = self.hsm()?;
         // The same card in another open job (profile `duplicates`): their inputs, opened in
         // this node's HSM and compared by fingerprint. `force` (audited with the job) takes them.
+        // The same file again says so first (apply checks it too, for writes that race).
+        if !first.force {
+            let digest = checked.digest.clone();
+            if let Some(other) = self.state(move |kv| jobs::open_job_with_digest(kv, &digest)).await? {
+                return Err(ApiError::Precondition(jobs::same_file(&checked.digest, &other)));
+            }
+        }
         if checked.profile.input.duplicates != quill_prep::profile::DuplicatePolicy::Allow && !first.force {
             let others = self.state(open_inputs).await?;
             let h = hsm.clone();

@@ -338,6 +338,23 @@ pub fn job(kv: &dyn Kv, id: &str) -> Result<Option<JobRecord>, StoreError> {
     get(kv, &format!("{JOB}{id}"))
 }
 
+/// The job not yet acknowledged, cancelled or expired that was made from the file with this
+/// SHA-256, if any.
+pub fn open_job_with_digest(kv: &dyn Kv, digest: &str) -> Result<Option<String>, StoreError> {
+    let Some(other) = get::<String>(kv, &format!("{DIGEST}{digest}"))? else { return Ok(None) };
+    let open =
+        job(kv, &other)?.is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired));
+    Ok(open.then_some(other))
+}
+
+/// The refusal of a file that is already an open job.
+pub fn same_file(digest: &str, other: &str) -> String {
+    format!(
+        "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
+        digest.get(..16).unwrap_or(digest)
+    )
+}
+
 /// A job's chunks, in order.
 pub fn chunks(kv: &dyn Kv, id: &str) -> Result<Vec<ChunkRecord>, StoreError> {
     crate::store::scan_typed(kv, format!("{CHUNK}{id}/").as_bytes())
@@ -436,15 +453,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 return Err(Fail::Refused("the data key is not wrapped under the cluster's SMK".into()));
             }
             let dkey = format!("{DIGEST}{digest}");
-            if let Some(other) = get::<String>(kv, &dkey)?
-                && !force
-                && job(kv, &other)?
-                    .is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired))
-            {
-                return Err(Fail::Refused(format!(
-                    "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
-                    digest.get(..16).unwrap_or(&digest)
-                )));
+            if !force && let Some(other) = open_job_with_digest(kv, &digest)? {
+                return Err(Fail::Refused(same_file(&digest, &other)));
             }
             let rec = JobRecord {
                 id: id.clone(),
