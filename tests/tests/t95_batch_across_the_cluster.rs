@@ -125,6 +125,14 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     let (code, _, err) = cluster.quill(alive, &["job", "fetch", &job, "-o", out.to_str().unwrap()], &OPERATOR);
     assert_ne!(code, 0);
     assert!(err.contains("acked"), "{err}");
+    // The delivered file again would make new PINs for the same PANs: refused, with the reason.
+    let resubmit = ["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    let (code, _, err) = cluster.quill(alive, &[&resubmit[..], &["--mac-key", "MAC-OUTPUT-TEST"]].concat(), &OPERATOR);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("was job {job}")) && err.contains("acknowledged") && err.contains("--force"),
+        "{err}"
+    );
     let audit = cluster.quill_ok(alive, &["audit", "export"], &[]);
     assert!(audit.contains("job.ack") && audit.contains("job.complete"), "audit lacks job records");
 }

@@ -338,21 +338,27 @@ pub fn job(kv: &dyn Kv, id: &str) -> Result<Option<JobRecord>, StoreError> {
     get(kv, &format!("{JOB}{id}"))
 }
 
-/// The job not yet acknowledged, cancelled or expired that was made from the file with this
-/// SHA-256, if any.
-pub fn open_job_with_digest(kv: &dyn Kv, digest: &str) -> Result<Option<String>, StoreError> {
+/// The job made from the file with this SHA-256 whose cards are still to be made or were
+/// delivered: not cancelled or expired. An acknowledged job counts: preparing the same file
+/// again makes new cards with new PINs for the same PANs, which only `--force` may ask for.
+pub fn open_job_with_digest(kv: &dyn Kv, digest: &str) -> Result<Option<(String, JobState)>, StoreError> {
     let Some(other) = get::<String>(kv, &format!("{DIGEST}{digest}"))? else { return Ok(None) };
-    let open =
-        job(kv, &other)?.is_some_and(|j| !matches!(j.state, JobState::Acked | JobState::Cancelled | JobState::Expired));
-    Ok(open.then_some(other))
+    Ok(job(kv, &other)?
+        .filter(|j| !matches!(j.state, JobState::Cancelled | JobState::Expired))
+        .map(|j| (other, j.state)))
 }
 
-/// The refusal of a file that is already an open job.
-pub fn same_file(digest: &str, other: &str) -> String {
-    format!(
-        "this file (SHA-256 {}…) is already job {other}; submit with --force to prepare it again",
-        digest.get(..16).unwrap_or(digest)
-    )
+/// The refusal of a file that is already a job (open, or acknowledged: delivered).
+pub fn same_file(digest: &str, (other, state): &(String, JobState)) -> String {
+    let short = digest.get(..16).unwrap_or(digest);
+    if *state == JobState::Acked {
+        format!(
+            "this file (SHA-256 {short}…) was job {other}, prepared and acknowledged: preparing it again makes \
+             new cards and new PINs for the same PANs; submit with --force if that is what the issuer asked"
+        )
+    } else {
+        format!("this file (SHA-256 {short}…) is already job {other}; submit with --force to prepare it again")
+    }
 }
 
 /// A job's chunks, in order.
@@ -843,7 +849,8 @@ mod tests {
         let j = job(&kv, "J").unwrap().unwrap();
         assert_eq!(j.state, JobState::Acked);
         assert_eq!(j.closed_by, Some(op()));
-        // The same file may now be submitted again; before the ack it needed --force.
+        // The same file needs --force before the ack, and after it too (it was delivered: new
+        // PINs for the same PANs), with the reason.
         let mut kv2 = running();
         let again = JobCommand::Create {
             id: "J2".into(),
@@ -861,7 +868,13 @@ mod tests {
             retention_ms: 0,
         };
         assert!(refused(run(&mut kv2, &op(), 60, 0, again.clone())).contains("--force"));
-        ok(run(&mut kv, &op(), 61, 0, again));
+        let after_ack = refused(run(&mut kv, &op(), 61, 0, again.clone()));
+        assert!(after_ack.contains("acknowledged") && after_ack.contains("--force"), "{after_ack}");
+        let mut forced = again.clone();
+        if let JobCommand::Create { id, force, .. } = &mut forced {
+            (*id, *force) = ("J3".into(), true);
+        }
+        ok(run(&mut kv, &op(), 62, 0, forced));
         // Cancel purges a running job.
         ok(run(&mut kv2, &op(), 62, 0, JobCommand::Cancel { id: "J".into() }));
         assert_eq!(sealed(&kv2, INPUT, "J", 0).unwrap(), None);
