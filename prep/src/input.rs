@@ -268,6 +268,21 @@ impl CardRecord {
         format!("{:02}", self.psn)
     }
 
+    /// Overwrite the cardholder data in memory (PAN, names, service code, the other fields) and
+    /// leave them empty. Dropping a record does this.
+    pub fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        self.pan.0.zeroize();
+        self.service_code.zeroize();
+        self.cardholder_name.zeroize();
+        self.embossing_name.zeroize();
+        self.original_cardholder_name.zeroize();
+        self.original_embossing_name.zeroize();
+        for v in self.fields.values_mut() {
+            v.zeroize();
+        }
+    }
+
     /// A name of this record was transliterated to fit ISO 7813.
     pub fn transliterated(&self) -> bool {
         self.original_cardholder_name.is_some() || self.original_embossing_name.is_some()
@@ -282,6 +297,12 @@ impl CardRecord {
             .chain_update([self.psn])
             .finalize()
             .into()
+    }
+}
+
+impl Drop for CardRecord {
+    fn drop(&mut self) {
+        self.wipe();
     }
 }
 
@@ -1313,6 +1334,18 @@ mod tests {
         p.input.duplicates = DuplicatePolicy::Allow;
         let s = scan(&p.input, "f", text.as_bytes());
         assert_eq!((s.ok, s.bad), (3, 0));
+    }
+
+    #[test]
+    fn a_record_wipes_its_cardholder_data() {
+        let p = profile("visa");
+        let mut r: Vec<CardRecord> =
+            Batch::new(&p.input, "v", &include_bytes!("../samples/visa-dda-credit.csv")[..]).collect();
+        let r = &mut r[0];
+        assert!(!r.pan.digits().is_empty() && r.cardholder_name.is_some() && !r.fields.is_empty());
+        r.wipe();
+        assert!(r.pan.digits().is_empty() && r.cardholder_name.is_none() && r.embossing_name.is_none());
+        assert!(r.service_code.is_none() && r.fields.values().all(String::is_empty));
     }
 
     #[test]

@@ -513,6 +513,23 @@ fn a_card_beyond_its_issuer_certificate_is_refused_unless_allowed() {
     allowed.prepare(&r).expect("allowed by the profile");
 }
 
+/// Issue 13: card buffers are wiped, not left for the allocator (Drop calls `wipe`).
+#[test]
+fn a_prepared_card_wipes_its_data() {
+    let p = profile("visa-dda-credit");
+    let r = records(&p, "visa-dda-credit.csv").remove(0);
+    let mut card = engine("visa-dda-credit", 0).prepare(&r).unwrap();
+    assert!(card.carrier.cvv2.is_some() && card.tracks.is_some() && card.mailer.is_some());
+    card.wipe();
+    assert!(card.pan.is_empty() && card.embossing.is_empty());
+    let t = card.tracks.as_ref().unwrap();
+    assert!(t.track1.is_none() && t.track2.is_empty());
+    assert!(card.applications.iter().flat_map(|a| &a.dgis).all(|d| d.data.is_empty()));
+    let m = card.mailer.as_ref().unwrap();
+    assert!(m.pin_block.is_empty() && m.name.is_none());
+    assert!(card.carrier.cvv2.is_none() && card.carrier.name.is_none() && card.carrier.pan_masked.is_empty());
+}
+
 fn random_record(rng: &mut rand::rngs::StdRng, bin: &str, line: u64) -> CardRecord {
     let len = rng.random_range(13..=19usize);
     let mut body: String = bin.to_owned();

@@ -84,6 +84,37 @@ pub struct CardOutput {
     pub carrier: CarrierRecord,
 }
 
+impl CardOutput {
+    /// Overwrite the card's data in memory (PAN, tracks, clear DGIs, embossing, names, CVV2, the
+    /// PIN block) and leave it empty. Dropping an output does this; what was written to the
+    /// (sealed) output stream is the copy that lives on.
+    pub fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        self.pan.zeroize();
+        self.embossing.zeroize();
+        if let Some(t) = &mut self.tracks {
+            t.track1.zeroize();
+            t.track2.zeroize();
+        }
+        for d in self.applications.iter_mut().flat_map(|a| a.dgis.iter_mut()) {
+            d.data.zeroize();
+        }
+        if let Some(m) = &mut self.mailer {
+            m.name.zeroize();
+            m.pin_block.zeroize();
+        }
+        self.carrier.pan_masked.zeroize();
+        self.carrier.name.zeroize();
+        self.carrier.cvv2.zeroize();
+    }
+}
+
+impl Drop for CardOutput {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
 impl fmt::Debug for CardOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CardOutput")
