@@ -966,12 +966,6 @@ impl<'p, R: BufRead> Batch<'p, R> {
         }
     }
 
-    /// Check expiries against `today` instead of the current month.
-    pub fn with_today(mut self, today: Yymm) -> Self {
-        self.records = self.records.with_today(today);
-        self
-    }
-
     /// The summary so far (final once the iterator returned `None`).
     pub fn summary(&self) -> &BatchSummary {
         &self.summary
@@ -1015,13 +1009,8 @@ impl<R: BufRead> Iterator for Batch<'_, R> {
 /// [`MAX_KEPT_ERRORS`] errors), whatever the policy. `stopped` is set only if the file could not
 /// be read to the end.
 pub fn scan<R: BufRead>(layout: &InputLayout, file: &str, reader: R) -> BatchSummary {
-    scan_records(Records::new(layout, file, reader))
-}
-
-/// [`scan`] over a reader already set up (e.g. [`Records::with_today`]).
-pub fn scan_records<R: BufRead>(records: Records<'_, R>) -> BatchSummary {
     let mut summary = BatchSummary::default();
-    for item in records {
+    for item in Records::new(layout, file, reader) {
         match item {
             Ok(r) => summary.ok(&r),
             Err(bad) => {

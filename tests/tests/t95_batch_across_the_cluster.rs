@@ -222,6 +222,17 @@ async fn malformed_submissions_leave_no_job_behind() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("5 card(s)") && out.contains("3 record(s) skipped"), "{out}");
     assert_eq!(err.matches(&format!("already in job {first_job}")).count(), 3, "{err}");
+    // Another operator learns that the cards are taken, not whose job holds them.
+    let olga = dir.path().join("olga.csv");
+    let one_new = [lines[0].clone(), "4761730000009004,00,2812,2512,201,TEST/OLGA,OLGA TEST,840".into()];
+    std::fs::write(&olga, [one_new.to_vec(), lines[16..19].to_vec()].concat().join("\n") + "\n").unwrap();
+    let mut args: Vec<&str> = vec!["job", "submit", "--profile", skipping.to_str().unwrap()];
+    args.extend(["--input", olga.to_str().unwrap(), "--mac-key", "MAC-OUTPUT-TEST"]);
+    let (code, out, err) = cluster.quill(1, &args, &[("QUILL_ACTOR", "operator:olga")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 card(s)") && out.contains("3 record(s) skipped"), "{out}");
+    assert_eq!(err.matches("already in another submitter's job").count(), 3, "{err}");
+    assert!(!err.contains(&first_job), "another submitter's job named: {err}");
     // --force takes them (the operator says so; the job records who).
     let mut args: Vec<&str> = vec!["job", "submit", "--force", "--profile", skipping.to_str().unwrap()];
     args.extend(["--input", again.to_str().unwrap(), "--mac-key", "MAC-OUTPUT-TEST"]);

@@ -133,7 +133,7 @@ impl From<ApiError> for ProposeError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use quill_hsm::{HsmError, SlotRef};
@@ -141,7 +141,8 @@ mod tests {
     use super::ApiError;
     use crate::runtime::agent::ProposeError;
 
-    fn at() -> Arc<SlotRef> {
+    /// A slot for HSM errors in tests (shared by the API's test modules).
+    pub(crate) fn at() -> Arc<SlotRef> {
         Arc::new(SlotRef { module: "libquill_hsm_sim.so".into(), slot: 0, token: "TEST".into() })
     }
 

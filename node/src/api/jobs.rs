@@ -81,7 +81,11 @@ impl Drop for UploadSlot {
 
 /// The newest active key with `label`.
 /// The sealed inputs of every job still open (uploading, running, done and not acknowledged).
-fn open_inputs(kv: &dyn crate::store::Kv) -> Result<Vec<intake::OpenInput>, crate::store::StoreError> {
+/// Jobs of other submitters are not named to the caller (no probing of who has which card).
+fn open_inputs(
+    kv: &dyn crate::store::Kv,
+    caller: &crate::identity::Actor,
+) -> Result<Vec<intake::OpenInput>, crate::store::StoreError> {
     let mut out = Vec::new();
     for j in jobs::jobs(kv)? {
         if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
@@ -89,7 +93,9 @@ fn open_inputs(kv: &dyn crate::store::Kv) -> Result<Vec<intake::OpenInput>, crat
         }
         for n in 0..j.chunks {
             if let Some(sealed) = jobs::sealed(kv, jobs::INPUT, &j.id, n)? {
-                out.push(intake::OpenInput { job: j.id.clone(), data_key: j.data_key.clone(), n, sealed });
+                let job =
+                    if j.created_by == *caller { format!("job {}", j.id) } else { "another submitter's job".into() };
+                out.push(intake::OpenInput { id: j.id.clone(), job, data_key: j.data_key.clone(), n, sealed });
             }
         }
     }
@@ -201,7 +207,8 @@ impl JobsService {
             }
         }
         if checked.profile.input.duplicates != quill_prep::profile::DuplicatePolicy::Allow && !first.force {
-            let others = self.state(open_inputs).await?;
+            let caller = who.actor.clone();
+            let others = self.state(move |kv| open_inputs(kv, &caller)).await?;
             let h = hsm.clone();
             checked = tokio::task::spawn_blocking(move || intake::drop_repeats(&*h, &others, checked))
                 .await
@@ -391,18 +398,14 @@ impl jobs_server::Jobs for JobsService {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use quill_hsm::{HsmError, SlotRef};
+    use quill_hsm::HsmError;
     use quill_prep::engine::output::OutputError;
     use tonic::Code;
 
     use super::{intake_error, output_error};
     use crate::jobs::intake::IntakeError;
 
-    fn at() -> Arc<SlotRef> {
-        Arc::new(SlotRef { module: "libquill_hsm_sim.so".into(), slot: 0, token: "TEST".into() })
-    }
+    use crate::api::error::tests::at;
 
     #[test]
     fn an_unavailable_hsm_at_intake_is_unavailable_not_a_precondition() {

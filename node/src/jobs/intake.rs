@@ -97,7 +97,7 @@ pub struct Checked {
     /// Valid records whose names were transliterated to ISO 7813.
     pub transliterated: u64,
     /// The file's name, for messages.
-    pub skipped_file: String,
+    pub file: String,
     /// Cards per chunk.
     pub chunk_size: u32,
     /// Number of chunks.
@@ -139,13 +139,15 @@ pub fn check(s: &Submission<'_>) -> Result<Checked, IntakeError> {
     let chunks = u32::try_from(records.len().div_ceil(chunk_size as usize))
         .map_err(|_| IntakeError::Invalid(format!("{file}: too many chunks")))?;
     let transliterated = summary.transliterated;
-    Ok(Checked { profile, digest, skipped, records, transliterated, skipped_file: file.to_owned(), chunk_size, chunks })
+    Ok(Checked { profile, digest, skipped, records, transliterated, file: file.to_owned(), chunk_size, chunks })
 }
 
 /// One sealed input chunk of another open job, read from the state for [`drop_repeats`].
 #[derive(Debug)]
 pub struct OpenInput {
-    /// The job.
+    /// The job's id.
+    pub id: String,
+    /// How messages name it: `job <id>` to its submitter, not by id to anyone else.
     pub job: String,
     /// Its data key (wrapped under the SMK).
     pub data_key: WrappedKey,
@@ -169,22 +171,19 @@ pub fn drop_repeats(hsm: &dyn Hsm, others: &[OpenInput], mut c: Checked) -> Resu
     }
     let mut open = std::collections::HashMap::new();
     for o in others {
-        let clear = zeroize::Zeroizing::new(hsm.open(&o.data_key, &input_aad(&o.job, o.n), &o.sealed)?);
-        let records: Vec<CardRecord> = postcard::from_bytes(&clear).map_err(|source| IntakeError::Decode {
-            job: o.job.clone(),
-            n: o.n,
-            source,
-        })?;
+        let clear = zeroize::Zeroizing::new(hsm.open(&o.data_key, &input_aad(&o.id, o.n), &o.sealed)?);
+        let records: Vec<CardRecord> =
+            postcard::from_bytes(&clear).map_err(|source| IntakeError::Decode { job: o.id.clone(), n: o.n, source })?;
         for r in records {
             open.entry(r.card_fingerprint()).or_insert_with(|| o.job.clone());
         }
     }
-    let file = c.skipped_file.clone();
+    let file = c.file.clone();
     let mut repeated = Vec::new();
     c.records.retain(|r| match open.get(&r.card_fingerprint()) {
         Some(job) => {
             repeated.push(format!(
-                "{file}:{}: PAN {} with PSN {} is already in job {job}, not yet acknowledged",
+                "{file}:{}: PAN {} with PSN {} is already in {job}, not yet acknowledged",
                 r.line,
                 r.pan.masked(),
                 r.psn_digits()
