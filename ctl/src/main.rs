@@ -11,7 +11,7 @@ mod ops;
 mod output;
 
 use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
-use ops::{cluster, hotfolder, identity, issuers, jobs, keys, profile};
+use ops::{audit, cluster, hotfolder, identity, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
 use quill_node::keys::model::KeyState;
@@ -224,12 +224,15 @@ enum ApproveCmd {
 
 #[derive(Subcommand, Debug)]
 enum AuditCmd {
-    /// Recompute the chain and every MAC and seal; exit 3 naming the first broken record.
-    Verify(keys::AuditVerifyArgs),
+    /// Recompute the chain and every MAC and seal, compare with the other members, hold it to
+    /// anchors; exit 3 naming the first broken record.
+    Verify(audit::AuditVerifyArgs),
+    /// Append the newest seal of the verified chain to an anchors file kept outside the cluster.
+    Anchor(audit::AuditAnchorArgs),
     /// The last records, one line each.
-    Tail(keys::AuditTailArgs),
+    Tail(audit::AuditTailArgs),
     /// Records as JSON lines (all, or from --from).
-    Export(keys::AuditTailArgs),
+    Export(audit::AuditTailArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,9 +314,10 @@ fn main() -> ExitCode {
         Cmd::Approve(ApproveCmd::List(a)) => keys::approve_list(a, json),
         Cmd::Approve(ApproveCmd::Grant(a)) => keys::approve_decide(a, true, json),
         Cmd::Approve(ApproveCmd::Deny(a)) => keys::approve_decide(a, false, json),
-        Cmd::Audit(AuditCmd::Verify(a)) => keys::audit_verify(a, json),
-        Cmd::Audit(AuditCmd::Tail(a)) => keys::audit_tail(a, false, json),
-        Cmd::Audit(AuditCmd::Export(a)) => keys::audit_tail(a, true, json),
+        Cmd::Audit(AuditCmd::Verify(a)) => audit::audit_verify(a, json),
+        Cmd::Audit(AuditCmd::Anchor(a)) => audit::audit_anchor(a, json),
+        Cmd::Audit(AuditCmd::Tail(a)) => audit::audit_tail(a, false, json),
+        Cmd::Audit(AuditCmd::Export(a)) => audit::audit_tail(a, true, json),
         Cmd::Profile(ProfileCmd::Validate(a)) => profile::validate(a, json),
         Cmd::Profile(ProfileCmd::Schema) => profile::schema(json),
         Cmd::Ca(CaCmd::List(a)) => issuers::ca_list(a, json),

@@ -128,6 +128,17 @@ pub trait Hsm: Send + Sync {
     /// HMAC-SHA-256 of `data` with a wrapped [`KeyAlg::HmacSha256`] key (audit chain MAC).
     fn hmac_sha256(&self, key: &WrappedKey, data: &[u8]) -> Result<[u8; 32], HsmError>;
 
+    /// HMAC-SHA-256 of `data` with this HSM's own node audit key, and that key's KCV. The key is a
+    /// persistent token object (256 bits, sensitive, never extractable, sign/verify only) found
+    /// by a fixed label and generated on first use, so it exists before the node joins a cluster
+    /// or any SMK does: the audit chain MACs every record with it from the first one on. Every
+    /// slot has its own; the KCV names the one that made a MAC.
+    fn node_audit_mac(&self, data: &[u8]) -> Result<(Kcv, [u8; 32]), HsmError>;
+
+    /// Check a [`Hsm::node_audit_mac`] MAC with the node audit key whose KCV is `kcv`:
+    /// `Some(true|false)`, or `None` when no slot here holds that key.
+    fn node_audit_verify(&self, kcv: &Kcv, data: &[u8], mac: &[u8; 32]) -> Result<Option<bool>, HsmError>;
+
     /// AES-GCM encryption with a wrapped AES key: `IV (12 random bytes from the HSM) ‖ ciphertext
     /// ‖ tag (16 bytes)`, with `aad` authenticated.
     fn seal(&self, key: &WrappedKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError>;

@@ -652,6 +652,36 @@ impl Hsm for HsmPool {
         )
     }
 
+    fn node_audit_mac(&self, data: &[u8]) -> Result<(Kcv, [u8; 32]), HsmError> {
+        let d = data.to_vec();
+        self.inner.run(
+            "node_audit_mac",
+            self.inner.op_timeout,
+            None,
+            Arc::new(move |h: &Pkcs11Hsm| h.node_audit_mac(&d)),
+        )
+    }
+
+    fn node_audit_verify(&self, kcv: &Kcv, data: &[u8], mac: &[u8; 32]) -> Result<Option<bool>, HsmError> {
+        // Each member holds its own audit key: ask every healthy one until one holds `kcv`.
+        let inner = &self.inner;
+        let mut last = None;
+        let mut asked = false;
+        for m in inner.members.iter().filter(|m| m.healthy()) {
+            let (k, d, mac) = (kcv.clone(), data.to_vec(), *mac);
+            match inner.call(m, "node_audit_verify", inner.op_timeout, move |h| h.node_audit_verify(&k, &d, &mac)) {
+                Ok(Some(ok)) => return Ok(Some(ok)),
+                Ok(None) => asked = true,
+                Err(e) if e.is_device_error() => last = Some(Box::new(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        match (asked, last) {
+            (false, last) => Err(HsmError::NoHealthySlot { operation: "node_audit_verify", last }),
+            (true, _) => Ok(None),
+        }
+    }
+
     fn seal(&self, key: &WrappedKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
         let (k, a, p) = (key.clone(), aad.to_vec(), Zeroizing::new(plaintext.to_vec()));
         self.inner.run(

@@ -146,6 +146,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         crate::raft::open(&dir).await.map_err(|source| ServerError::Storage { dir: dir.clone(), source })?;
     info!(dir = %dir.display(), "[2/5] RocksDB opened");
 
+    // The HSM pool opens before Raft starts: applying an entry MACs its audit records with this
+    // node's audit key, from the first entry replayed on.
+    let (pool, queue) = match config.hsm.clone() {
+        None => {
+            info!("no [hsm] configured: this node does no key work, and its audit records carry no MAC of its own");
+            (None, None)
+        }
+        Some(pool_config) => {
+            let queue = Arc::new(HostPathQueue::default());
+            let observer: Arc<dyn quill_hsm::HostPathObserver> = queue.clone();
+            let pool = tokio::task::spawn_blocking(move || quill_hsm::HsmPool::open(&pool_config, observer))
+                .await
+                .map_err(|e| ServerError::Hsm(e.to_string()))?
+                .map_err(|e| ServerError::Hsm(e.to_string()))?;
+            info!(slots = pool.describe().slots.len(), "HSM pool open");
+            (Some(Arc::new(pool)), Some(queue))
+        }
+    };
+    let sm = match &pool {
+        Some(p) => sm.with_node_audit(p.clone()),
+        None => sm,
+    };
+
     let network = Network {
         id: config.node_id,
         rpc_timeout: config.raft.rpc_timeout(),
@@ -160,21 +183,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     info!("[3/5] raft started");
 
-    let agent = match config.hsm.clone() {
-        None => {
-            info!("no [hsm] configured: this node does no key work");
-            None
-        }
-        Some(pool_config) => {
-            let queue = Arc::new(HostPathQueue::default());
-            let observer: Arc<dyn quill_hsm::HostPathObserver> = queue.clone();
-            let pool = tokio::task::spawn_blocking(move || quill_hsm::HsmPool::open(&pool_config, observer))
-                .await
-                .map_err(|e| ServerError::Hsm(e.to_string()))?
-                .map_err(|e| ServerError::Hsm(e.to_string()))?;
-            info!(slots = pool.describe().slots.len(), "HSM pool open");
-            Some(KeyAgent::with_pool(config.node_id, Arc::new(pool), raft.clone(), sm.clone(), queue))
-        }
+    let agent = match (pool, queue) {
+        (Some(pool), Some(queue)) => Some(KeyAgent::with_pool(config.node_id, pool, raft.clone(), sm.clone(), queue)),
+        _ => None,
     };
 
     let raft_listener = bind("raft gRPC", config.raft_addr).await?;
@@ -243,6 +254,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         info!(workers = slots, "job workers started");
     }
     tokio::spawn(cluster_svc.clone().check_divergence(config.limits.divergence_check(), shutdown.clone()));
+    tokio::spawn(crate::runtime::eraser::run(raft.clone(), sm.clone(), shutdown.clone().wait()));
     let api_svc = tonic::service::interceptor::InterceptedService::new(
         cluster_svc.into_server(limit),
         crate::api::authenticator(revoked.clone()),

@@ -4,7 +4,7 @@
 //! across a restart.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -24,13 +24,11 @@ struct Node {
     http: String,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 impl Node {
     fn configure(dir: &Path) -> Self {
-        let (raft, api, http) = (free_port(), free_port(), free_port());
+        let ports: Vec<u16> =
+            quill_node::config::free_loopback_addrs(3).expect("free ports").iter().map(|a| a.port()).collect();
+        let (raft, api, http) = (ports[0], ports[1], ports[2]);
         let config = dir.join("node1.toml");
         let pki = quill_node::tls::PkiDir::init(&dir.join("pki")).expect("PKI");
         let tls = dir.join("tls");

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::future::Future;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,11 +55,10 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
-/// `count` distinct free loopback ports (bound at once, then released).
+/// `count` distinct free loopback ports, below the ephemeral range
+/// ([`quill_node::config::free_loopback_addrs`]).
 pub fn free_addrs(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local address")).collect()
+    quill_node::config::free_loopback_addrs(count).expect("free loopback ports")
 }
 
 /// The `[raft]` table of every node's config.

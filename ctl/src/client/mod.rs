@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use crate::exit_codes::CliError;
 
 mod session;
-pub(crate) use session::{Session, Who};
+pub(crate) use session::{CALL_TIMEOUT, Session, Who};
 
 /// How long one Status call may take before the node counts as unreachable.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -494,11 +494,10 @@ fn init_sim_token(node_dir: &Path, i: u64) -> Result<HsmSection> {
     })
 }
 
-/// `count` distinct free loopback ports (bound at once, then released).
+/// `count` distinct free loopback ports, below the ephemeral range
+/// ([`quill_node::config::free_loopback_addrs`]).
 fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>().context("bind a port")?;
-    listeners.iter().map(|l| l.local_addr().context("local address")).collect()
+    quill_node::config::free_loopback_addrs(count).context("pick free loopback ports")
 }
 
 /// Write a file the node's secrets may be in (its token PIN) readable by its owner only (0600 from

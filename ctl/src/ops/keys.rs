@@ -16,9 +16,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use quill_node::keys::model::{Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, Usage};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::{
-    ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditVerifyRequest, CeremonyCancelRequest,
-    CeremonyStartRequest, CeremonySubmitRequest, ExportAction, ExportTr31Request, GenerateKeyRequest,
-    ImportTr31Request, KeyStateRequest, SealedCopy,
+    ApprovalAskRequest, ApprovalDecideRequest, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
+    ExportAction, ExportTr31Request, GenerateKeyRequest, ImportTr31Request, KeyStateRequest, SealedCopy,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -627,89 +626,5 @@ pub fn approve_decide(a: &ApproveIdArgs, grant: bool, json: bool) -> Result<u8> 
         async move { c.approval_decide(req).await }
     })?;
     print(json, json!({"approval": a.id, "detail": detail}), format!("approval {}: {detail}", a.id));
-    Ok(crate::exit_codes::OK)
-}
-
-// ---------------------------------------------------------------------------------------------
-// audit
-
-/// `quill audit verify`.
-#[derive(clap::Args, Debug)]
-pub struct AuditVerifyArgs {
-    #[command(flatten)]
-    who: Who,
-}
-
-/// `quill audit verify`: exit 0 when the chain verifies, 3 (and the first broken record) when not.
-pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who)?;
-    let r = s.call_keys(|mut c| async move { c.audit_verify(AuditVerifyRequest {}).await })?;
-    let report: Value = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
-    if json {
-        println!("{report}");
-    } else if r.ok {
-        println!(
-            "audit chain OK: {} records (head {} {}), {} MACs and {} seals verified, {} unkeyed records before the audit key (sealed up to {})",
-            report["records"],
-            report["head_seq"],
-            report["head_hash"].as_str().unwrap_or(""),
-            report["macs"],
-            report["seals"],
-            report["unkeyed"],
-            report["sealed_upto"]
-        );
-    } else {
-        println!(
-            "audit chain BROKEN at record {}: {}",
-            report["broken"][0],
-            report["broken"][1].as_str().unwrap_or("?")
-        );
-    }
-    Ok(if r.ok { crate::exit_codes::OK } else { crate::exit_codes::CHECK_FAILED })
-}
-
-/// `quill audit tail|export`.
-#[derive(clap::Args, Debug)]
-pub struct AuditTailArgs {
-    /// First record to show (export: default 1).
-    #[arg(long)]
-    from: Option<u64>,
-    /// How many records (tail: default 20).
-    #[arg(short = 'n', long)]
-    limit: Option<u32>,
-    #[command(flatten)]
-    who: Who,
-}
-
-/// `quill audit tail` (human lines) and `quill audit export` (JSON lines, everything from --from).
-pub fn audit_tail(a: &AuditTailArgs, export: bool, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who)?;
-    let mut from = a.from.unwrap_or(if export { 1 } else { 0 });
-    let limit = a.limit.unwrap_or(if export { 1000 } else { 20 });
-    loop {
-        let req = AuditTailRequest { from, limit };
-        let r = s.call_keys(|mut c| async move { c.audit_tail(req).await })?;
-        for line in &r.records {
-            if export || json {
-                println!("{line}");
-            } else {
-                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                println!(
-                    "{:>6} {} {:<16} {:<18} {:<28} {}",
-                    v["seq"],
-                    v["time_ms"],
-                    v["actor"].as_str().unwrap_or(""),
-                    v["action"].as_str().unwrap_or(""),
-                    v["object"].as_str().unwrap_or(""),
-                    v["outcome"].as_str().unwrap_or("")
-                );
-            }
-        }
-        let last = r.records.last().and_then(|l| serde_json::from_str::<Value>(l).ok()).and_then(|v| v["seq"].as_u64());
-        match last {
-            Some(seq) if export && seq < r.head_seq && a.limit.is_none() => from = seq + 1,
-            _ => break,
-        }
-    }
     Ok(crate::exit_codes::OK)
 }

@@ -1,6 +1,7 @@
 //! Operator commands: they talk to a production cluster through `quill.v1` (membership, key
 //! ceremonies and the inventory, approvals, the audit chain, CA and issuer keys, batches).
 
+pub mod audit;
 pub mod cluster;
 pub mod hotfolder;
 pub mod identity;

@@ -52,6 +52,8 @@ struct Smk {
 struct TokenCache {
     transport: Option<Transport>,
     smk: Option<Smk>,
+    /// The node audit key ([`Hsm::node_audit_mac`]) and its KCV.
+    audit: Option<(ObjectHandle, Kcv)>,
 }
 
 /// One slot of one PKCS#11 module, implementing [`Hsm`].
@@ -78,6 +80,7 @@ pub struct Pkcs11Hsm {
     allow_host: bool,
     transport_label: String,
     smk_label: String,
+    audit_label: String,
     observer: Arc<dyn HostPathObserver>,
     sessions: SessionPool,
     token: Mutex<TokenCache>,
@@ -233,6 +236,7 @@ impl Pkcs11Hsm {
             allow_host: config.allow_host_key_material,
             transport_label: format!("{}-transport", config.label_prefix),
             smk_label: format!("{}-smk", config.label_prefix),
+            audit_label: format!("{}-audit-mac", config.label_prefix),
             observer,
             sessions: SessionPool::new(config.sessions, config.key_cache),
             token: Mutex::new(TokenCache::default()),
@@ -415,6 +419,27 @@ impl Pkcs11Hsm {
         };
         lock(&self.token).transport = Some(t.clone());
         Ok(t)
+    }
+
+    /// The node audit key (found by its label, generated on first use) and its KCV.
+    fn node_audit_key(&self, s: &Session, op: Op<'_>) -> Result<(ObjectHandle, Kcv), HsmError> {
+        if let Some(k) = lock(&self.token).audit.clone() {
+            return Ok(k);
+        }
+        let _generating = lock(&self.transport_gen);
+        let handle = match self.find_one(s, op, &templates::find_node_audit_key(&self.audit_label), "node audit key")? {
+            Some(h) => h,
+            None => {
+                let h = op.ck(
+                    s.generate_key(&Mechanism::GenericSecretKeyGen, &templates::node_audit_key(&self.audit_label))
+                )?;
+                tracing::info!(slot = %self.at, "node audit key generated");
+                h
+            }
+        };
+        let k = (handle, self.kcv_of(s, op, handle, KeyAlg::HmacSha256)?);
+        lock(&self.token).audit = Some(k.clone());
+        Ok(k)
     }
 
     /// The SMK, if the token holds one.
@@ -867,6 +892,32 @@ impl Hsm for Pkcs11Hsm {
             let h = self.unwrap_working(s, op, &smk, key, Usage::Mac)?;
             let mac = op.ck(s.session.sign(&Mechanism::Sha256Hmac, h, data))?;
             mac.as_slice().try_into().map_err(|_| op.state(format!("HMAC-SHA-256 returned {} bytes", mac.len())))
+        })
+    }
+
+    fn node_audit_mac(&self, data: &[u8]) -> Result<(Kcv, [u8; 32]), HsmError> {
+        self.with_session("node_audit_mac", |s, op| {
+            let (h, kcv) = self.node_audit_key(&s.session, op)?;
+            let mac = op.ck(s.session.sign(&Mechanism::Sha256Hmac, h, data))?;
+            let mac = mac
+                .as_slice()
+                .try_into()
+                .map_err(|_| op.state(format!("HMAC-SHA-256 returned {} bytes", mac.len())))?;
+            Ok((kcv, mac))
+        })
+    }
+
+    fn node_audit_verify(&self, kcv: &Kcv, data: &[u8], mac: &[u8; 32]) -> Result<Option<bool>, HsmError> {
+        self.with_session("node_audit_verify", |s, op| {
+            let (h, own) = self.node_audit_key(&s.session, op)?;
+            if own != *kcv {
+                return Ok(None);
+            }
+            match s.session.verify(&Mechanism::Sha256Hmac, h, data, mac) {
+                Ok(()) => Ok(Some(true)),
+                Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::SignatureInvalid, _)) => Ok(Some(false)),
+                Err(e) => Err(op.err(e)),
+            }
         })
     }
 

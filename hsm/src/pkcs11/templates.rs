@@ -269,6 +269,26 @@ pub(crate) fn find_smk(label: &str) -> Vec<Attribute> {
     vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec())]
 }
 
+/// Search template for the node audit key.
+pub(crate) fn find_node_audit_key(label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// The node audit key: a persistent HMAC-SHA-256 key (256 bits), sensitive and never extractable,
+/// sign and verify only.
+pub(crate) fn node_audit_key(label: &str) -> Vec<Attribute> {
+    let mut t = find_node_audit_key(label);
+    t.extend([Attribute::Private(true), Attribute::Sensitive(true), Attribute::Extractable(false)]);
+    t.extend(no_usage().into_iter().filter(|a| !matches!(a, Attribute::Sign(_) | Attribute::Verify(_))));
+    t.extend([Attribute::Sign(true), Attribute::Verify(true), Attribute::ValueLen(Ulong::from(32u64))]);
+    t
+}
+
 /// Search template for one half of the transport key pair.
 pub(crate) fn find_transport(label: &str, class: ObjectClass) -> Vec<Attribute> {
     vec![

@@ -341,21 +341,64 @@ impl KeysService {
         .await
     }
 
-    async fn audit_verify(&self) -> ApiResult<AuditVerifyResponse> {
+    async fn audit_verify(&self, req: AuditVerifyRequest) -> ApiResult<AuditVerifyResponse> {
+        if req.anchors.len() > 100_000 {
+            return Err(ApiError::BadRequest(format!("{} anchors: at most 100,000 per request", req.anchors.len())));
+        }
+        let anchors = req
+            .anchors
+            .iter()
+            .map(|l| audit::Anchor::parse(&l.source, &l.json).map(|a| (l.source.clone(), a)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(ApiError::BadRequest)?;
         let agent = self.agent.clone();
-        let report = self
+        let node_macs = match self.sm.has_node_audit() {
+            true => Some(self.sm.node_macs().await.map_err(|e| ApiError::Internal(e.to_string()))?),
+            false => None,
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let (report, anchor) = self
             .state(move |kv| {
                 let keys = read::<AuditKeys>(kv, key::AUDIT_KEYS)?;
-                audit::verify(kv, |mac, input| match (&agent, &keys) {
+                let mut check_mac = |mac: &audit::AuditMac, input: &[u8]| match (&agent, &keys) {
                     (Some(agent), Some(keys)) => agent.check_audit_mac(keys, mac, input).map_err(|e| e.to_string()),
-                    (None, _) => Err("this node has no HSM to check MACs with".into()),
-                    (_, None) => Err("a MACed record but no audit key in the state".into()),
-                })
+                    (None, _) => Err("this node has no HSM to check MACs with".to_string()),
+                    (_, None) => Err("a MACed record but no audit key in the state".to_string()),
+                };
+                let mut check_node_mac = |m: &audit::NodeMac, input: &[u8]| match &agent {
+                    Some(agent) => agent.hsm().node_audit_verify(&m.key_kcv, input, &m.mac).map_err(|e| e.to_string()),
+                    None => Err("this node has no HSM to check MACs with".to_string()),
+                };
+                let report = audit::verify(
+                    kv,
+                    audit::Checks {
+                        node_macs: match &node_macs {
+                            Some(m) => audit::NodeMacs::Checked(m),
+                            None => audit::NodeMacs::NoHsm,
+                        },
+                        check_node_mac: &mut check_node_mac,
+                        check_mac: &mut check_mac,
+                        seals_required: keys.is_some(),
+                        now_ms,
+                        anchors: &anchors,
+                    },
+                )?;
+                let anchor = match report.broken {
+                    None => audit::latest_anchor(kv)?,
+                    Some(_) => None,
+                };
+                Ok((report, anchor))
             })
             .await?;
         let ok = report.broken.is_none();
         let json = serde_json::to_string(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(AuditVerifyResponse { json, ok })
+        let anchor = match anchor {
+            Some(a) => serde_json::to_string(&a).map_err(|e| ApiError::Internal(e.to_string()))?,
+            None => String::new(),
+        };
+        Ok(AuditVerifyResponse { json, ok, anchor })
     }
 }
 
@@ -398,9 +441,9 @@ impl keys_server::Keys for KeysService {
         &self,
         request: Request<AuditVerifyRequest>,
     ) -> Result<Response<AuditVerifyResponse>, Status> {
-        let (who, _) = super::principal(request)?;
+        let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Auditor, Role::Admin], "Keys.AuditVerify").await?;
-        Ok(Response::new(self.audit_verify().await?))
+        Ok(Response::new(self.audit_verify(req).await?))
     }
 
     async fn ceremony_start(&self, request: Request<CeremonyStartRequest>) -> Result<Response<WriteResult>, Status> {

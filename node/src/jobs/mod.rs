@@ -378,6 +378,13 @@ fn check_id(id: &str) -> Step<()> {
     Ok(())
 }
 
+/// Delete a job's sealed input and output and drop its wrapped data key from the record (its KCV
+/// stays, for the audit trail): with the key gone from the state (and, once this node's eraser
+/// has run, from its log and files), what sealed bytes remain anywhere open under no key.
+fn shred(j: &mut JobRecord) {
+    j.data_key.blob.clear();
+}
+
 fn purge(kv: &mut dyn Kv, id: &str) -> Result<(), StoreError> {
     for prefix in [INPUT, OUTPUT] {
         let keys: Vec<Vec<u8>> =
@@ -653,6 +660,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 )));
             }
             purge(kv, &id)?;
+            shred(&mut j);
             j.state = JobState::Acked;
             j.closed_by = Some(ctx.actor.clone());
             j.closed_ms = ctx.time_ms;
@@ -668,6 +676,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 return Err(Fail::Refused(format!("job {id} is already {}", j.state.as_str())));
             }
             purge(kv, &id)?;
+            shred(&mut j);
             j.state = JobState::Cancelled;
             j.closed_by = Some(ctx.actor.clone());
             j.closed_ms = ctx.time_ms;
@@ -684,6 +693,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 return Err(Fail::Refused(format!("job {id} is within its retention")));
             }
             purge(kv, &id)?;
+            shred(&mut j);
             j.state = JobState::Expired;
             j.closed_by = Some(ctx.actor.clone());
             j.closed_ms = ctx.time_ms;
@@ -849,6 +859,8 @@ mod tests {
         let j = job(&kv, "J").unwrap().unwrap();
         assert_eq!(j.state, JobState::Acked);
         assert_eq!(j.closed_by, Some(op()));
+        assert!(j.data_key.blob.is_empty(), "the wrapped data key is gone from the record");
+        assert_eq!(j.data_key.kcv, key().kcv, "its KCV stays for the audit trail");
         // The same file needs --force before the ack, and after it too (it was delivered: new
         // PINs for the same PANs), with the reason.
         let mut kv2 = running();
@@ -878,7 +890,8 @@ mod tests {
         // Cancel purges a running job.
         ok(run(&mut kv2, &op(), 62, 0, JobCommand::Cancel { id: "J".into() }));
         assert_eq!(sealed(&kv2, INPUT, "J", 0).unwrap(), None);
-        assert_eq!(job(&kv2, "J").unwrap().unwrap().state, JobState::Cancelled);
+        let j = job(&kv2, "J").unwrap().unwrap();
+        assert_eq!((j.state, j.data_key.blob.is_empty()), (JobState::Cancelled, true));
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn cf_tag(cf: Cf) -> Option<u8> {
     match cf {
         Cf::SmData => Some(1),
         Cf::Dedup => Some(2),
-        Cf::Log | Cf::Meta | Cf::SmMeta => None,
+        Cf::Log | Cf::Meta | Cf::SmMeta | Cf::AuditMac => None,
     }
 }
 

@@ -22,14 +22,36 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 type Membership = StoredMembership<NodeId, NodeAddr>;
 
 /// The state machine. Cheap to clone: clones share the database and the snapshot directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StateMachine {
     pub(super) store: Arc<Store>,
     snaps: Arc<SnapshotDir>,
     /// State hashes taken right after applying a [`Command::HashCheck`] entry, by log index
     /// (the last few): what the divergence check compares between nodes.
     checkpoints: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, String>>>,
+    /// This node's HSM, which MACs the audit records it applies ([`crate::audit::NodeMac`]);
+    /// `None` on a node without one (its records carry no MAC and verify says so).
+    node_audit: Option<Arc<dyn quill_hsm::Hsm>>,
+    /// The last audit record this node's MACs cover.
+    mac_covered: Arc<std::sync::atomic::AtomicU64>,
+    /// The log index of the last applied command that erased data (a job purged, a key
+    /// destroyed): [`crate::runtime::eraser`] then removes the erased bytes from this node's log,
+    /// snapshot and database files.
+    erased_at: Arc<std::sync::atomic::AtomicU64>,
 }
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("store", &self.store)
+            .field("node_audit", &self.node_audit.is_some())
+            .finish()
+    }
+}
+
+/// How long apply retries a failing audit MAC (another slot of the pool may take it) before it
+/// gives up and stops the node rather than write a record it cannot vouch for.
+const AUDIT_MAC_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many hash checkpoints a node keeps.
 const CHECKPOINTS_KEPT: usize = 16;
@@ -59,11 +81,104 @@ impl StateMachine {
     /// (the install marker is present), redo it from the current snapshot file, or reset to
     /// empty if the interrupted install was the first one.
     pub(super) fn open(store: Arc<Store>, snap_dir: &Path) -> Result<Self, StoreError> {
-        let sm = Self { store, snaps: Arc::new(SnapshotDir::open(snap_dir)?), checkpoints: Default::default() };
+        let sm = Self {
+            store,
+            snaps: Arc::new(SnapshotDir::open(snap_dir)?),
+            checkpoints: Default::default(),
+            node_audit: None,
+            mac_covered: Default::default(),
+            erased_at: Default::default(),
+        };
         if sm.store.get_raw(Cf::SmMeta, sm_meta_key::INSTALLING)?.is_some() {
             sm.load_current()?;
         }
+        let covered = match sm.store.db().iterator_cf(sm.store.cf(Cf::AuditMac)?, IteratorMode::End).next() {
+            Some(item) => crate::store::decode_log_key(&item?.0)?,
+            None => 0,
+        };
+        sm.mac_covered.store(covered, std::sync::atomic::Ordering::SeqCst);
         Ok(sm)
+    }
+
+    /// MAC the audit records this node applies with `hsm`'s node audit key from now on. Set before
+    /// Raft starts (before any entry applies).
+    pub fn with_node_audit(mut self, hsm: Arc<dyn quill_hsm::Hsm>) -> Self {
+        self.node_audit = Some(hsm);
+        self
+    }
+
+    /// The log index of the last applied command that erased data (0: none since start-up).
+    pub fn erased_at(&self) -> u64 {
+        self.erased_at.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Flush every column family (so the write-ahead log holding erased values can go) and compact
+    /// the log, the replicated state and the dedup table, so values deleted from them leave the
+    /// database files.
+    pub async fn compact_files(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        blocking(move || {
+            for cf in Cf::ALL {
+                store.db().flush_cf(store.cf(cf)?)?;
+            }
+            store.sync_wal()?;
+            for cf in [Cf::Log, Cf::SmData, Cf::Dedup] {
+                store.db().compact_range_cf(store.cf(cf)?, None::<&[u8]>, None::<&[u8]>);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether this node MACs its audit records (it has an HSM).
+    pub fn has_node_audit(&self) -> bool {
+        self.node_audit.is_some()
+    }
+
+    /// This node's MACs over the audit chain, in order.
+    pub async fn node_macs(&self) -> Result<Vec<crate::audit::NodeMac>, StoreError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for item in store.db().iterator_cf(store.cf(Cf::AuditMac)?, IteratorMode::Start) {
+                let (k, v) = item?;
+                out.push(codec::decode(&v).map_err(|reason| StoreError::corrupt(Cf::AuditMac, &k, reason))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The node MAC of the records after the last one covered up to `head`, into `tx`; nothing on
+    /// a node without an HSM. Retries a failing HSM for [`AUDIT_MAC_RETRY`], then fails: the
+    /// entry is not applied (the node stops) rather than written without a MAC.
+    fn mac_records(
+        &self,
+        tx: &mut Tx<'_>,
+        head: &crate::audit::AuditHead,
+        from_snapshot: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(hsm) = &self.node_audit else { return Ok(None) };
+        let first = self.mac_covered.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        if head.seq < first {
+            return Ok(None);
+        }
+        let input = crate::audit::node_mac_input(first, head.seq, &head.hash);
+        let deadline = std::time::Instant::now() + AUDIT_MAC_RETRY;
+        let (key_kcv, mac) = loop {
+            match hsm.node_audit_mac(&input) {
+                Ok(m) => break m,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, first, last = head.seq, "cannot MAC audit records; retrying before stopping");
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(e) => return Err(StoreError::AuditMac { first, last: head.seq, reason: e.to_string() }),
+            }
+        };
+        let m = crate::audit::NodeMac { first, last: head.seq, key_kcv, mac, from_snapshot };
+        let bytes = codec::encode(&m).map_err(|e| StoreError::encode("node audit MAC", e))?;
+        tx.put_cf(Cf::AuditMac, &crate::store::log_key(head.seq), &bytes)?;
+        Ok(Some(head.seq))
     }
 
     fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
@@ -77,6 +192,7 @@ impl StateMachine {
         let log_id = entry.log_id;
         let hash_check = matches!(&entry.payload, EntryPayload::Normal(r) if matches!(r.cmd, Command::HashCheck));
         let mut batch = WriteBatch::default();
+        let mut covered_to = None;
         let response = match entry.payload {
             EntryPayload::Blank => Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Blank },
             EntryPayload::Membership(m) => {
@@ -88,8 +204,14 @@ impl StateMachine {
             EntryPayload::Normal(req) => {
                 // One view for the whole entry: the requests of a batch see each other's writes.
                 let mut tx = Tx::new(&self.store, &mut batch)?;
+                let before = crate::audit::head(&tx)?.seq;
                 let mut seen = std::collections::HashMap::new();
-                self.apply_request(&mut tx, log_id.index, req, &mut seen, true)?
+                let response = self.apply_request(&mut tx, log_id.index, req, &mut seen, true)?;
+                let after = crate::audit::head(&tx)?;
+                if after.seq > before {
+                    covered_to = self.mac_records(&mut tx, &after, false)?;
+                }
+                response
             }
         };
         let applied = codec::encode(&log_id).map_err(|e| StoreError::encode("last applied log id", e))?;
@@ -97,6 +219,9 @@ impl StateMachine {
         // Not synced: see the module doc of `crate::raft` (the log is the durable record, and a
         // snapshot build syncs the WAL before it reports).
         self.store.write(batch, false)?;
+        if let Some(seq) = covered_to {
+            self.mac_covered.store(seq, std::sync::atomic::Ordering::SeqCst);
+        }
         if hash_check {
             let hash = hash_sm_data(&self.store)?;
             let mut c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
@@ -152,11 +277,15 @@ impl StateMachine {
             // The batch envelope itself is not deduplicated or audited: its requests are.
             return Ok(Response { log_index, duplicate: false, outcome: Outcome::Batch(responses) });
         }
+        let erases = crate::state::erases(&req.cmd);
         let outcome = if req.client_id.is_empty() {
             Outcome::Rejected { reason: "client id is empty".into() }
         } else {
             crate::state::apply(tx, log_index, req)?
         };
+        if erases && matches!(outcome, Outcome::Done { .. }) {
+            self.erased_at.fetch_max(log_index, std::sync::atomic::Ordering::SeqCst);
+        }
         self.finish(tx, seen, dkey, Response { log_index, duplicate: false, outcome })
     }
 
@@ -266,7 +395,37 @@ impl StateMachine {
         self.store.write(marker, true)?;
         self.snaps.promote(&tmp, meta, true)?;
         self.load_current()?;
+        self.mac_installed()?;
         self.snaps.remove_incoming()
+    }
+
+    /// After a snapshot install: MAC the records it brought (beyond those this node's MACs
+    /// already cover), if they link up into the chain head; otherwise leave them unMACed, which
+    /// `quill audit verify` reports, and log why.
+    fn mac_installed(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut tx = Tx::new(&self.store, &mut batch)?;
+        let head = match crate::audit::check_links(&tx)? {
+            Ok(head) => head,
+            Err(reason) => {
+                tracing::error!(%reason, "the installed snapshot's audit chain does not link up; its records stay unMACed");
+                return Ok(());
+            }
+        };
+        if head.seq < self.mac_covered.load(std::sync::atomic::Ordering::SeqCst) {
+            // The snapshot's chain is shorter than what this node MACed (an interrupted first
+            // install reset it): its old MACs vouch for nothing here any more.
+            drop(tx);
+            self.clear_cf(&mut batch, Cf::AuditMac)?;
+            self.mac_covered.store(0, std::sync::atomic::Ordering::SeqCst);
+            tx = Tx::new(&self.store, &mut batch)?;
+        }
+        let covered = self.mac_records(&mut tx, &head, true)?;
+        self.store.write(batch, true)?;
+        if let Some(seq) = covered {
+            self.mac_covered.store(seq, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Replace the state-machine families with the current snapshot (or with nothing, if there

@@ -131,7 +131,7 @@ async fn a_batch_entry_applies_each_request_once_in_order() {
     assert!(matches!(rs[4].outcome, Outcome::Rejected { .. }));
     assert_eq!(sm.get("bench/k").await.unwrap().as_deref(), Some(&b"two"[..]));
     // records: 1 (first put), then c2, c3 and the refused one — no gap, chain intact
-    let report = sm.read(|kv| crate::audit::verify(kv, |_, _| Ok(true))).await.unwrap();
+    let report = sm.read(|kv| crate::audit::verify_links(kv)).await.unwrap();
     assert_eq!((report.records, report.broken), (4, None));
 }
 

@@ -15,7 +15,8 @@
 //!    the new node's transport key (`SmkGranted`); **install** it on the receiving side.
 //! 5. **audit keys**: the leader, holding the SMK, generates the audit MAC and encryption keys
 //!    once.
-//! 6. **seal**: the leader seals the audit chain head every few seconds when it moved.
+//! 6. **seal**: the leader seals the audit chain head every few seconds when it moved, and at the
+//!    latest every [`audit::SEAL_EVERY_RECORDS`] records (verification requires seals).
 //!
 //! Failures are logged and retried on the next round; the last one is kept for status.
 
@@ -171,7 +172,7 @@ impl KeyAgent {
     /// Run rounds until `stop` resolves.
     pub async fn run(self: Arc<Self>, proposer: Arc<dyn Proposer>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut last_seal = Instant::now();
+        let mut last_seal = (Instant::now(), 0);
         loop {
             let result = self.round(&*proposer, &mut last_seal).await;
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = result.as_ref().err().map(ToString::to_string);
@@ -212,7 +213,7 @@ impl KeyAgent {
         }
     }
 
-    async fn round(&self, proposer: &dyn Proposer, last_seal: &mut Instant) -> Result<(), AgentError> {
+    async fn round(&self, proposer: &dyn Proposer, last_seal: &mut (Instant, u64)) -> Result<(), AgentError> {
         let metrics = self.raft.metrics().borrow().clone();
         let Some(_leader) = metrics.current_leader else { return Ok(()) };
         if !metrics.membership_config.membership().nodes().any(|(id, _)| *id == self.id) {
@@ -331,10 +332,10 @@ impl KeyAgent {
             *self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(k.mac.clone());
         }
 
-        // 6. seal
-        if leader && holds_smk && audit_keys.is_some() && last_seal.elapsed() >= SEAL_EVERY {
-            *last_seal = Instant::now();
-            let head = self
+        // 6. seal: every few seconds while the chain moves, and at the latest every
+        // `SEAL_EVERY_RECORDS` records
+        if leader && holds_smk && audit_keys.is_some() {
+            let (head, last) = self
                 .sm
                 .read(|kv| {
                     let h = audit::head(kv)?;
@@ -342,8 +343,9 @@ impl KeyAgent {
                     Ok((h, last))
                 })
                 .await?;
-            let (head, last) = head;
-            if head.seq > 0 && last.map(|r| r.action != "audit.seal").unwrap_or(false) {
+            let due = last_seal.0.elapsed() >= SEAL_EVERY || head.seq >= last_seal.1 + audit::SEAL_EVERY_RECORDS;
+            if due && head.seq > 0 && last.map(|r| r.action != "audit.seal").unwrap_or(false) {
+                *last_seal = (Instant::now(), head.seq);
                 let input = audit::seal_input(head.seq, &head.hash);
                 if let Some(mac) = self.audit_mac(input).await {
                     let cmd = Command::AuditSeal { seq: head.seq, hash: head.hash, mac };

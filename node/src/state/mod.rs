@@ -133,6 +133,17 @@ fn guarded<D: Domain>(
     }
 }
 
+/// Whether `cmd`, if done, may erase data: a job's purge (acknowledged, cancelled, expired) or a
+/// key destroyed by a granted approval. The node then erases the bytes from its files
+/// ([`crate::runtime::eraser`]).
+pub fn erases(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Jobs(JobCommand::Ack { .. } | JobCommand::Cancel { .. } | JobCommand::Expire { .. })
+            | Command::Keys(KeyCommand::ApprovalDecide { grant: true, .. })
+    )
+}
+
 /// Apply one request (not a batch: `raft/` unpacks those) to `kv` at `log_index`, with its audit
 /// record. Deterministic: depends only on the request and the stored state.
 pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, StoreError> {

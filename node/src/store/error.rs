@@ -57,6 +57,18 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// This node could not MAC the audit records an entry appends (its HSM failed): the entry is
+    /// not applied, because a node never writes a record it cannot vouch for (fail closed).
+    #[error("cannot MAC audit records {first}..={last} with this node's audit key: {reason}; not applying the entry")]
+    AuditMac {
+        /// First record of the entry.
+        first: u64,
+        /// Last record of the entry.
+        last: u64,
+        /// The HSM's error.
+        reason: String,
+    },
+
     /// A blocking storage task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(String),

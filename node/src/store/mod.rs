@@ -9,6 +9,10 @@
 //! | `sm_data` | application key (UTF-8) | the value bytes, raw | state machine |
 //! | `sm_meta` | [`sm_meta_key`] names | [`codec`] of last applied / membership / install marker | state machine |
 //! | `dedup` | [`dedup_key`] (identity, client id, serial) | [`codec`] of the stored response | state machine |
+//! | `audit_mac` | last audit sequence covered, u64 big-endian | [`codec`] of a [`crate::audit::NodeMac`] | state machine |
+//!
+//! `audit_mac` is this node's own: each node MACs the audit records it applies with its own HSM key,
+//! so it is in no snapshot and in no state hash.
 //!
 //! The state-machine families (`sm_data`, `sm_meta`, `dedup`) are what a snapshot captures; the log
 //! families never enter a snapshot. Keeping both halves in one database means one write-ahead log:
@@ -40,11 +44,13 @@ pub enum Cf {
     SmMeta,
     /// Client request deduplication: (client id, serial) -> the response first returned.
     Dedup,
+    /// This node's MACs over the audit chain ([`crate::audit::NodeMac`]), never replicated.
+    AuditMac,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 5] = [Cf::Log, Cf::Meta, Cf::SmData, Cf::SmMeta, Cf::Dedup];
+    pub const ALL: [Cf; 6] = [Cf::Log, Cf::Meta, Cf::SmData, Cf::SmMeta, Cf::Dedup, Cf::AuditMac];
 
     /// The families a snapshot carries and an install replaces (`sm_meta` is rebuilt from the
     /// snapshot's own metadata instead).
@@ -58,6 +64,7 @@ impl Cf {
             Cf::SmData => "sm_data",
             Cf::SmMeta => "sm_meta",
             Cf::Dedup => "dedup",
+            Cf::AuditMac => "audit_mac",
         }
     }
 }
@@ -181,6 +188,17 @@ impl Store {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Every (key, value) of a column family, in key order: for offline inspection and the tests
+    /// that search a stopped node's database for what must not be there.
+    pub fn pairs(&self, cf: Cf) -> Result<Pairs, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Fsync the write-ahead log: every write made so far is durable when this returns.

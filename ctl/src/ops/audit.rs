@@ -1,0 +1,245 @@
+//! `quill audit verify|anchor|tail|export`: the audit chain, for auditors.
+//!
+//! `verify` asks one node to recompute its chain and check every MAC with its HSM (its own MACs
+//! over every record, the seals, the cluster audit key's MACs), then compares that node's chain
+//! with every other member's at the same record, so a node whose disk was rewritten stands out
+//! even when it checks itself clean. `anchor` appends the newest seal of a verified chain to a file
+//! kept outside the cluster; `verify --anchors FILE` holds the chain to every line of it, which
+//! catches a history rewritten or truncated the same way on every node.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use quill_proto::v1::{AuditAnchorLine, AuditTailRequest, AuditVerifyRequest};
+use serde_json::Value;
+
+use crate::client::{Session, Who};
+use crate::exit_codes::{CHECK_FAILED, CliError, OK};
+
+/// `quill audit verify`.
+#[derive(clap::Args, Debug)]
+pub struct AuditVerifyArgs {
+    /// Hold the chain to the anchors in FILE (lines written by `quill audit anchor`): every
+    /// anchored record must still be in the chain with its anchored hash.
+    #[arg(long, value_name = "FILE")]
+    anchors: Option<PathBuf>,
+    /// Only verify on the endpoint node; do not compare its chain with the other members'.
+    #[arg(long)]
+    no_compare: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill audit anchor`.
+#[derive(clap::Args, Debug)]
+pub struct AuditAnchorArgs {
+    /// The anchors file to append to (created 0600 if missing); keep it outside the cluster.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// The lines of an anchors file, each named `FILE:LINE`; blank lines skipped.
+fn read_anchors(path: &PathBuf) -> Result<Vec<AuditAnchorLine>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read the anchors file {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| AuditAnchorLine { source: format!("{}:{}", path.display(), i + 1), json: l.trim().to_string() })
+        .collect())
+}
+
+/// Verify on the endpoint node; the report and the node's newest seal as an anchor line.
+fn verify_on_node(s: &Session, anchors: Vec<AuditAnchorLine>) -> Result<(bool, Value, String)> {
+    let r = s.call_keys(|mut c| {
+        let anchors = anchors.clone();
+        async move { c.audit_verify(AuditVerifyRequest { anchors }).await }
+    })?;
+    let report: Value = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
+    Ok((r.ok, report, r.anchor))
+}
+
+/// The hash of record `seq` as the node at `endpoint` has it, and its head sequence.
+fn record_hash_at(s: &Session, endpoint: &str, seq: u64) -> Result<(u64, Option<String>)> {
+    let _rt = s.rt().enter();
+    let mut c = quill_proto::v1::keys_client::KeysClient::new(s.chan(endpoint, crate::client::CALL_TIMEOUT)?);
+    let r = s
+        .rt()
+        .block_on(c.audit_tail(AuditTailRequest { from: seq.max(1), limit: 1 }))
+        .map_err(|st| anyhow::anyhow!("{endpoint}: {}", st.message()))?
+        .into_inner();
+    let hash = r
+        .records
+        .first()
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["seq"].as_u64() == Some(seq))
+        .and_then(|v| v["hash"].as_str().map(str::to_string));
+    Ok((r.head_seq, hash))
+}
+
+/// Compare the verified node's chain with every other member's at the last record both hold.
+/// Returns the disagreements, and notes on members that could not be asked.
+fn compare_with_members(s: &Session, head_seq: u64) -> Result<(Vec<String>, Vec<String>)> {
+    let me = s.endpoints().first().cloned().unwrap_or_default();
+    let status = s.rt().block_on(crate::client::status(s.tls(), &me))?;
+    let mut broken = Vec::new();
+    let mut notes = Vec::new();
+    for n in status.voters.iter().chain(status.learners.iter()).filter(|n| n.id != status.id) {
+        let ep = crate::client::normalize(&n.api_addr);
+        let theirs = match record_hash_at(s, &ep, 1) {
+            Ok((head, _)) => head,
+            Err(e) => {
+                notes.push(format!("node {} not compared: {e:#}", n.id));
+                continue;
+            }
+        };
+        let at = theirs.min(head_seq);
+        if at == 0 {
+            continue;
+        }
+        let (_, mine) = record_hash_at(s, &me, at)?;
+        let (_, other) = record_hash_at(s, &ep, at)?;
+        if mine != other || mine.is_none() {
+            broken.push(format!(
+                "node {} holds another record {at} than node {} (hash {} against {}): one of the two chains was rewritten; verify on each",
+                n.id,
+                status.id,
+                other.as_deref().unwrap_or("none"),
+                mine.as_deref().unwrap_or("none")
+            ));
+        }
+    }
+    Ok((broken, notes))
+}
+
+/// `quill audit verify`: exit 0 when the chain verifies (and agrees with every member's), 3 and
+/// the first broken record when not.
+pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who)?;
+    let anchors = match &a.anchors {
+        Some(p) => read_anchors(p)?,
+        None => Vec::new(),
+    };
+    let n_anchors = anchors.len();
+    let (mut ok, mut report, _) = verify_on_node(&s, anchors)?;
+    let mut notes = Vec::new();
+    if ok && !a.no_compare {
+        let head = report["head_seq"].as_u64().unwrap_or(0);
+        let (broken, n) = compare_with_members(&s, head)?;
+        notes = n;
+        if let Some(first) = broken.first() {
+            ok = false;
+            report["broken"] = serde_json::json!([head, first]);
+        }
+        report["compared_with_members"] = serde_json::json!(broken.is_empty());
+    }
+    if json {
+        println!("{report}");
+    } else if ok {
+        println!(
+            "audit chain OK: {} records (head {} {}); this node's MACs ({}) cover every record; {} seals verified (sealed up to {}); {} request MACs; {} of {n_anchors} anchors hold",
+            report["records"],
+            report["head_seq"],
+            report["head_hash"].as_str().unwrap_or(""),
+            report["node_macs"],
+            report["seals"],
+            report["sealed_upto"],
+            report["macs"],
+            report["anchors"],
+        );
+    } else {
+        println!(
+            "audit chain BROKEN at record {}: {}",
+            report["broken"][0],
+            report["broken"][1].as_str().unwrap_or("?")
+        );
+    }
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    Ok(if ok { OK } else { CHECK_FAILED })
+}
+
+/// `quill audit anchor --out FILE`: verify the chain on the endpoint node, then append its newest
+/// seal as one JSON line to FILE. Refuses (exit 3) when the chain does not verify or has no seal.
+pub fn audit_anchor(a: &AuditAnchorArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who)?;
+    let (ok, report, anchor) = verify_on_node(&s, Vec::new())?;
+    if !ok {
+        return Err(CliError::CheckFailed(format!(
+            "not anchoring a chain that does not verify: record {}: {}",
+            report["broken"][0],
+            report["broken"][1].as_str().unwrap_or("?")
+        ))
+        .into());
+    }
+    if anchor.is_empty() {
+        return Err(
+            CliError::CheckFailed("the chain has no seal yet (seals begin once the audit key exists)".into()).into()
+        );
+    }
+    let mut f = std::fs::OpenOptions::new();
+    f.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+    let mut file = f.open(&a.out).with_context(|| format!("cannot open {}", a.out.display()))?;
+    writeln!(file, "{anchor}").with_context(|| format!("cannot append to {}", a.out.display()))?;
+    file.sync_all().with_context(|| format!("cannot sync {}", a.out.display()))?;
+    if json {
+        println!("{anchor}");
+    } else {
+        let v: Value = serde_json::from_str(&anchor).unwrap_or(Value::Null);
+        println!("anchored record {} (hash {}) in {}", v["seq"], v["hash"].as_str().unwrap_or(""), a.out.display());
+    }
+    Ok(OK)
+}
+
+/// `quill audit tail|export`.
+#[derive(clap::Args, Debug)]
+pub struct AuditTailArgs {
+    /// First record to show (export: default 1).
+    #[arg(long)]
+    from: Option<u64>,
+    /// How many records (tail: default 20).
+    #[arg(short = 'n', long)]
+    limit: Option<u32>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill audit tail` (human lines) and `quill audit export` (JSON lines, everything from --from).
+pub fn audit_tail(a: &AuditTailArgs, export: bool, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who)?;
+    let mut from = a.from.unwrap_or(if export { 1 } else { 0 });
+    let limit = a.limit.unwrap_or(if export { 1000 } else { 20 });
+    loop {
+        let req = AuditTailRequest { from, limit };
+        let r = s.call_keys(|mut c| async move { c.audit_tail(req).await })?;
+        for line in &r.records {
+            if export || json {
+                println!("{line}");
+            } else {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                println!(
+                    "{:>6} {} {:<16} {:<18} {:<28} {}",
+                    v["seq"],
+                    v["time_ms"],
+                    v["actor"].as_str().unwrap_or(""),
+                    v["action"].as_str().unwrap_or(""),
+                    v["object"].as_str().unwrap_or(""),
+                    v["outcome"].as_str().unwrap_or("")
+                );
+            }
+        }
+        let last = r.records.last().and_then(|l| serde_json::from_str::<Value>(l).ok()).and_then(|v| v["seq"].as_u64());
+        match last {
+            Some(seq) if export && seq < r.head_seq && a.limit.is_none() => from = seq + 1,
+            _ => break,
+        }
+    }
+    Ok(OK)
+}

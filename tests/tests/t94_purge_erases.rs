@@ -1,0 +1,139 @@
+//! Purge that erases (issue 13): after `quill job ack` said "input and output purged", the job's
+//! data key was still in its record and, with the sealed chunks, in the Raft log, so with the SMK
+//! the "purged" PANs came back. Now the record drops the wrapped key and every node's eraser
+//! compacts its log, snapshot and database files: with every file of every node (and the SMK, which
+//! opens nothing without the data key), the wrapped data key is nowhere.
+//!
+//! The check looks for the wrapped data key as it sat in the job record in every value of every
+//! column family of each node's database (RocksDB compresses its table files, so a byte search of
+//! them would prove little) and, byte for byte, in every other file of the node (the snapshot
+//! file, the write-ahead log, the HSM's token files). Control: before the ack the same search finds
+//! the key.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use quill_node::jobs::JobRecord;
+use quill_node::store::{Cf, Store};
+use quill_tests::{Cluster, ClusterOptions, step, wait_until, write_dda_batch};
+
+const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
+
+/// The wrapped key as bytes and as the hex the records carry it in (either case).
+fn forms(blob: &[u8]) -> Vec<Vec<u8>> {
+    vec![blob.to_vec(), hex::encode(blob).into_bytes(), hex::encode_upper(blob).into_bytes()]
+}
+
+fn holds(hay: &[u8], needles: &[Vec<u8>]) -> bool {
+    needles.iter().any(|n| hay.windows(n.len()).any(|w| w == n.as_slice()))
+}
+
+/// Where a stopped node's database holds the key (column family and key), in any live value.
+fn values_holding(db: &Path, blob: &[u8]) -> Vec<String> {
+    let needles = forms(blob);
+    let store = Store::open(db).unwrap();
+    let mut found = Vec::new();
+    for cf in Cf::ALL {
+        for (k, v) in store.pairs(cf).unwrap() {
+            if holds(&v, &needles) {
+                found.push(format!("{} {}", cf.name(), String::from_utf8_lossy(&k)));
+            }
+        }
+    }
+    found
+}
+
+/// Files under `dir` (recursively) holding the key, RocksDB's compressed table files aside.
+fn files_holding(dir: &Path, blob: &[u8]) -> Vec<String> {
+    let needles = forms(blob);
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "sst") {
+                continue;
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && holds(&bytes, &needles)
+            {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start("t94", opts).await;
+    cluster.keys_ready().await;
+    let ids = cluster.ids();
+
+    step("a batch of 40 cards, prepared and fetched");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("purge.csv");
+    write_dda_batch(&input, 40, 4_000_000);
+    let job = cluster.submit_dda_job(1, &input, "20");
+    wait_until(Duration::from_secs(300), "job done", || async {
+        let j = cluster.query(1, "job", &job).await?;
+        if j["state"] == "done" { Ok(()) } else { Err(format!("{}", j["state"])) }
+    })
+    .await;
+    let out = dir.path().join("out");
+    cluster.quill_ok(1, &["job", "fetch", &job, "-o", out.to_str().unwrap()], &OPERATOR);
+
+    step("control: node 3's files hold the wrapped data key before the ack");
+    let applied = cluster.status(1).await.unwrap().applied_index;
+    cluster.wait_converged(&ids, applied, Duration::from_secs(30)).await;
+    cluster.terminate(3);
+    let blob = {
+        let store = Store::open(&cluster.node(3).dir.join("data").join("db")).unwrap();
+        let j: JobRecord = store.get(Cf::SmData, format!("jobs/job/{job}").as_bytes()).unwrap().unwrap();
+        j.data_key.blob
+    };
+    assert!(blob.len() >= 32, "a wrapped AES-256 key");
+    let before = values_holding(&cluster.node(3).dir.join("data").join("db"), &blob);
+    assert!(!before.is_empty(), "the search finds the wrapped key where it is");
+    eprintln!("before the ack, node 3 holds the wrapped data key at {before:?}");
+    cluster.restart(3).await;
+
+    step("acknowledge; every node's eraser runs");
+    let before_ack = cluster.status(1).await.unwrap().applied_index;
+    cluster.quill_ok(1, &["job", "ack", &job, "--fetched", out.to_str().unwrap()], &OPERATOR);
+    for id in &ids {
+        let log = cluster.node(*id).log_path();
+        wait_until(Duration::from_secs(120), "the eraser to finish", || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let done = text.lines().filter(|l| l.contains("purged data erased")).any(|l| {
+                l.split("up to log index ")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    > Some(before_ack)
+            });
+            if done { Ok(()) } else { Err(format!("node {id} has not erased yet")) }
+        })
+        .await;
+    }
+    let j = cluster.query(1, "job", &job).await.unwrap();
+    assert_eq!(j["state"], "acked");
+
+    step("with every file of every node: the wrapped data key is nowhere");
+    for id in &ids {
+        cluster.terminate(*id);
+    }
+    for id in &ids {
+        let dir = cluster.node(*id).dir.clone();
+        let found = files_holding(&dir, &blob);
+        assert!(found.is_empty(), "node {id} still holds the job's wrapped data key in {found:?}");
+        let found = values_holding(&dir.join("data").join("db"), &blob);
+        assert!(found.is_empty(), "node {id}'s database still holds the job's wrapped data key at {found:?}");
+        let store = Store::open(&dir.join("data").join("db")).unwrap();
+        let j: JobRecord = store.get(Cf::SmData, format!("jobs/job/{job}").as_bytes()).unwrap().unwrap();
+        assert!(j.data_key.blob.is_empty(), "node {id}: the record keeps only the key's KCV");
+    }
+}
