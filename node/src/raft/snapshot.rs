@@ -11,7 +11,7 @@
 //! ```text
 //! magic        8 bytes  "QUILLSN1"
 //! meta_len     u32      then meta_len bytes: codec-encoded SnapshotMeta
-//! records      repeated: tag u8 (1 = sm_data, 2 = dedup), key_len u32, key, value_len u32, value
+//! records      repeated: tag u8 (1 = sm_data, 2 = dedup, 3 = dedup_age), key_len u32, key, value_len u32, value
 //! end          tag 0xFF, record count u64
 //! ```
 //!
@@ -44,6 +44,7 @@ fn cf_tag(cf: Cf) -> Option<u8> {
     match cf {
         Cf::SmData => Some(1),
         Cf::Dedup => Some(2),
+        Cf::DedupAge => Some(3),
         Cf::Log | Cf::Meta | Cf::SmMeta | Cf::AuditMac => None,
     }
 }
@@ -52,6 +53,7 @@ fn tag_cf(tag: u8) -> Option<Cf> {
     match tag {
         1 => Some(Cf::SmData),
         2 => Some(Cf::Dedup),
+        3 => Some(Cf::DedupAge),
         _ => None,
     }
 }

@@ -53,6 +53,10 @@ impl std::fmt::Debug for StateMachine {
 /// gives up and stops the node rather than write a record it cannot vouch for.
 const AUDIT_MAC_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// At most this many old dedup records are pruned per entry (a steady trickle, never a long
+/// apply).
+pub(super) const DEDUP_PRUNE_PER_ENTRY: usize = 256;
+
 /// How many hash checkpoints a node keeps.
 const CHECKPOINTS_KEPT: usize = 16;
 
@@ -193,6 +197,10 @@ impl StateMachine {
         let hash_check = matches!(&entry.payload, EntryPayload::Normal(r) if matches!(r.cmd, Command::HashCheck));
         let mut batch = WriteBatch::default();
         let mut covered_to = None;
+        let request_time = match &entry.payload {
+            EntryPayload::Normal(r) => Some(r.time_ms),
+            _ => None,
+        };
         let response = match entry.payload {
             EntryPayload::Blank => Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Blank },
             EntryPayload::Membership(m) => {
@@ -214,6 +222,9 @@ impl StateMachine {
                 response
             }
         };
+        if let Some(now) = request_time {
+            self.prune_dedup(&mut batch, now)?;
+        }
         let applied = codec::encode(&log_id).map_err(|e| StoreError::encode("last applied log id", e))?;
         batch.put_cf(self.store.cf(Cf::SmMeta)?, sm_meta_key::LAST_APPLIED, applied);
         // Not synced: see the module doc of `crate::raft` (the log is the durable record, and a
@@ -278,6 +289,7 @@ impl StateMachine {
             return Ok(Response { log_index, duplicate: false, outcome: Outcome::Batch(responses) });
         }
         let erases = crate::state::erases(&req.cmd);
+        let time_ms = req.time_ms;
         let outcome = if req.client_id.is_empty() {
             Outcome::Rejected { reason: "client id is empty".into() }
         } else {
@@ -286,19 +298,41 @@ impl StateMachine {
         if erases && matches!(outcome, Outcome::Done { .. }) {
             self.erased_at.fetch_max(log_index, std::sync::atomic::Ordering::SeqCst);
         }
-        self.finish(tx, seen, dkey, Response { log_index, duplicate: false, outcome })
+        self.finish(tx, seen, (dkey, time_ms), Response { log_index, duplicate: false, outcome })
     }
 
-    /// Store the dedup record of a first application and return its response.
+    /// Delete (into `batch`) the dedup records of requests older than
+    /// [`crate::store::DEDUP_RETENTION_MS`] before `now` (this entry's leader time), oldest first,
+    /// at most [`DEDUP_PRUNE_PER_ENTRY`] per entry. Reads the stored state only, so every node
+    /// prunes the same records at the same entry.
+    fn prune_dedup(&self, batch: &mut WriteBatch, now: u64) -> Result<(), StoreError> {
+        let cutoff = now.saturating_sub(crate::store::DEDUP_RETENTION_MS);
+        let (age, dedup) = (self.store.cf(Cf::DedupAge)?, self.store.cf(Cf::Dedup)?);
+        for item in self.store.db().iterator_cf(age, IteratorMode::Start).take(DEDUP_PRUNE_PER_ENTRY) {
+            let (k, _) = item?;
+            let Some((t, dkey)) = k.split_first_chunk::<8>() else {
+                return Err(StoreError::corrupt(Cf::DedupAge, &k, "key shorter than its 8-byte time"));
+            };
+            if u64::from_be_bytes(*t) >= cutoff {
+                break;
+            }
+            batch.delete_cf(dedup, dkey);
+            batch.delete_cf(age, &k);
+        }
+        Ok(())
+    }
+
+    /// Store the dedup record of a first application (and its age index) and return its response.
     fn finish(
         &self,
         tx: &mut Tx<'_>,
         seen: &mut std::collections::HashMap<Vec<u8>, Response>,
-        dkey: Vec<u8>,
+        (dkey, time_ms): (Vec<u8>, u64),
         response: Response,
     ) -> Result<Response, StoreError> {
         let bytes = codec::encode(&response).map_err(|e| StoreError::encode("response", e))?;
         tx.put_cf(Cf::Dedup, &dkey, &bytes)?;
+        tx.put_cf(Cf::DedupAge, &crate::store::dedup_age_key(time_ms, &dkey), &[])?;
         seen.insert(dkey, response.clone());
         Ok(response)
     }

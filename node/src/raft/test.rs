@@ -11,6 +11,7 @@ use rocksdb::WriteBatch;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use super::state_machine::DEDUP_PRUNE_PER_ENTRY;
 use super::*;
 use crate::store::{Cf, codec, log_key, meta_key, sm_meta_key};
 
@@ -92,6 +93,37 @@ async fn retried_request_is_applied_once() {
     let bad = sm.apply([put(5, "c1", 9, "", b"x"), put(6, "c1", 9, "", b"x")]).await.unwrap();
     assert!(matches!(bad[0].outcome, Outcome::Rejected { .. }) && !bad[0].duplicate);
     assert!(bad[1].duplicate && bad[1].outcome == bad[0].outcome);
+}
+
+/// Dedup records have a retention: within a day a retry is answered from the record; a request
+/// older than that is pruned (with its age index) as later entries apply, in time order, and the
+/// same client id and serial sent again is applied anew. The table stays bounded.
+#[tokio::test]
+async fn dedup_records_are_pruned_past_their_retention() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path()).await.unwrap();
+    let at = |mut e: Entry<TypeConfig>, t: u64| {
+        if let EntryPayload::Normal(r) = &mut e.payload {
+            r.time_ms = t;
+        }
+        e
+    };
+    let t0 = 1_700_000_000_000;
+    let day = crate::store::DEDUP_RETENTION_MS;
+    for i in 0..300 {
+        sm.apply([at(put(1 + i, "old", i, "k", b"v"), t0 + i)]).await.unwrap();
+    }
+    let count = |sm: &StateMachine, cf| sm.store.pairs(cf).unwrap().len();
+    assert_eq!((count(&sm, Cf::Dedup), count(&sm, Cf::DedupAge)), (300, 300));
+    let r = sm.apply([at(put(400, "old", 5, "k", b"again"), t0 + day - 1)]).await.unwrap();
+    assert!(r[0].duplicate, "within the retention a retry is answered from the record");
+    // A day later: each entry prunes up to its per-entry limit, oldest first.
+    sm.apply([at(put(401, "new", 1, "k", b"v"), t0 + day + 1_000)]).await.unwrap();
+    assert_eq!(count(&sm, Cf::Dedup), 300 - DEDUP_PRUNE_PER_ENTRY + 1, "the oldest pruned first, at most the limit");
+    sm.apply([at(put(402, "new", 2, "k", b"v"), t0 + day + 1_001)]).await.unwrap();
+    assert_eq!((count(&sm, Cf::Dedup), count(&sm, Cf::DedupAge)), (2, 2), "only the day's records stay");
+    let r = sm.apply([at(put(403, "old", 5, "k", b"again"), t0 + day + 1_002)]).await.unwrap();
+    assert!(!r[0].duplicate, "past the retention the same serial is a new request");
 }
 
 /// A batch entry applies its requests in order, each deduplicated and audited on its own, and

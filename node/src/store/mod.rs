@@ -9,12 +9,14 @@
 //! | `sm_data` | application key (UTF-8) | the value bytes, raw | state machine |
 //! | `sm_meta` | [`sm_meta_key`] names | [`codec`] of last applied / membership / install marker | state machine |
 //! | `dedup` | [`dedup_key`] (identity, client id, serial) | [`codec`] of the stored response | state machine |
+//! | `dedup_age` | request time (ms, u64 big-endian) ‖ [`dedup_key`] | empty | state machine |
 //! | `audit_mac` | last audit sequence covered, u64 big-endian | [`codec`] of a [`crate::audit::NodeMac`] | state machine |
 //!
 //! `audit_mac` is this node's own: each node MACs the audit records it applies with its own HSM key,
 //! so it is in no snapshot and in no state hash.
 //!
-//! The state-machine families (`sm_data`, `sm_meta`, `dedup`) are what a snapshot captures; the log
+//! The state-machine families (`sm_data`, `sm_meta`, `dedup`, `dedup_age`) are what a snapshot
+//! captures; the log
 //! families never enter a snapshot. Keeping both halves in one database means one write-ahead log:
 //! a synced write from the log store also makes every earlier state-machine write durable.
 //!
@@ -44,17 +46,20 @@ pub enum Cf {
     SmMeta,
     /// Client request deduplication: (client id, serial) -> the response first returned.
     Dedup,
+    /// The dedup records by age (request time ‖ dedup key), so apply can prune those past
+    /// [`DEDUP_RETENTION_MS`] in order.
+    DedupAge,
     /// This node's MACs over the audit chain ([`crate::audit::NodeMac`]), never replicated.
     AuditMac,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 6] = [Cf::Log, Cf::Meta, Cf::SmData, Cf::SmMeta, Cf::Dedup, Cf::AuditMac];
+    pub const ALL: [Cf; 7] = [Cf::Log, Cf::Meta, Cf::SmData, Cf::SmMeta, Cf::Dedup, Cf::DedupAge, Cf::AuditMac];
 
     /// The families a snapshot carries and an install replaces (`sm_meta` is rebuilt from the
     /// snapshot's own metadata instead).
-    pub const SNAPSHOT: [Cf; 2] = [Cf::SmData, Cf::Dedup];
+    pub const SNAPSHOT: [Cf; 3] = [Cf::SmData, Cf::Dedup, Cf::DedupAge];
 
     /// The column family's name on disk.
     pub const fn name(self) -> &'static str {
@@ -64,6 +69,7 @@ impl Cf {
             Cf::SmData => "sm_data",
             Cf::SmMeta => "sm_meta",
             Cf::Dedup => "dedup",
+            Cf::DedupAge => "dedup_age",
             Cf::AuditMac => "audit_mac",
         }
     }
@@ -101,6 +107,21 @@ pub fn decode_log_key(key: &[u8]) -> Result<u64, StoreError> {
         .try_into()
         .map_err(|_| StoreError::corrupt(Cf::Log, key, format!("log key is {} bytes, expected 8", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
+}
+
+/// How long the answer to a request is kept for a retry with the same client id and serial: a
+/// day, far beyond any client's retry window (`quill` retries for seconds, and a client that
+/// gave up after a timeout learns the outcome by retrying within minutes). A request older than
+/// this, sent again, is applied anew. Pruned in apply, in request-time order, by leader time, so
+/// every node prunes the same records at the same entry.
+pub const DEDUP_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// The `dedup_age` key of a dedup record: request time (ms, big-endian) then the dedup key.
+pub fn dedup_age_key(time_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + dedup_key.len());
+    k.extend_from_slice(&time_ms.to_be_bytes());
+    k.extend_from_slice(dedup_key);
+    k
 }
 
 /// The `dedup` key of a request: the caller's identity and the client id, each preceded by its
