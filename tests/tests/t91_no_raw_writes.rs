@@ -81,7 +81,9 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
         keys.ceremony_start(start.clone()).await.expect_err("a ceremony without a caller");
         let query = QueryRequest { what: "keys".into(), id: String::new(), linearizable: false, hops: 0 };
         keys.query(query.clone()).await.expect_err("an anonymous read of the key inventory");
-        keys.audit_tail(AuditTailRequest { from: 1, limit: 10 }).await.expect_err("anonymous audit read");
+        keys.audit_tail(AuditTailRequest { from: 1, limit: 10, ..Default::default() })
+            .await
+            .expect_err("anonymous audit read");
         let fetch = FetchRequest { job: "J".into(), stream: "cards".into() };
         jobs.fetch(fetch.clone()).await.expect_err("anonymous fetch of card data");
         let mac = MacRequest { job: "J".into(), sha256: vec![0; 32], mac: vec![0; 32] };
@@ -171,6 +173,7 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
             data_key: data_key(),
             mac_key: "MAC-OUTPUT".into(),
             force: false,
+            reason: None,
             retention_ms: 0,
         });
         serial += 1;

@@ -175,7 +175,7 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
             .await
             .map(drop),
         "Keys.ExportTr31" => k.export_tr31(ExportTr31Request { caller, approval: "nope".into() }).await.map(drop),
-        "Keys.AuditTail" => k.audit_tail(AuditTailRequest { from: 0, limit: 5 }).await.map(drop),
+        "Keys.AuditTail" => k.audit_tail(AuditTailRequest { from: 0, limit: 5, ..Default::default() }).await.map(drop),
         "Keys.AuditVerify" => k.audit_verify(AuditVerifyRequest::default()).await.map(drop),
         "Keys.RevokeCert" => k
             .revoke_cert(RevokeCertRequest { caller, serial: format!("7e93{serial:04x}"), reason: "t93".into() })

@@ -233,9 +233,26 @@ async fn malformed_submissions_leave_no_job_behind() {
     assert!(out.contains("1 card(s)") && out.contains("3 record(s) skipped"), "{out}");
     assert_eq!(err.matches("already in another submitter's job").count(), 3, "{err}");
     assert!(!err.contains(&first_job), "another submitter's job named: {err}");
-    // --force takes them (the operator says so; the job records who).
+    // --force takes them, with the operator's reason; the job's audit record keeps who and why
+    // (sealed: only an auditor's export --decrypt shows it).
     let mut args: Vec<&str> = vec!["job", "submit", "--force", "--profile", skipping.to_str().unwrap()];
+    let (code, _, err) = cluster.quill(1, &[&args[..], &["--input", again.to_str().unwrap()]].concat(), &OPERATOR);
+    assert_eq!(code, 2, "--force without --reason is a usage error: {err}");
+    assert!(err.contains("--reason"), "{err}");
+    args.extend(["--reason", "TEST issuer ticket 4711: reissue after a lost parcel"]);
     args.extend(["--input", again.to_str().unwrap(), "--mac-key", "MAC-OUTPUT-TEST"]);
     let out = cluster.quill_ok(1, &args, &[("QUILL_ACTOR", "operator:otto")]);
     assert!(out.contains("8 card(s)") && !out.contains("skipped"), "{out}");
+    let export = cluster.quill_ok(1, &["audit", "export"], &[]);
+    let forced = export.lines().find(|l| l.contains("forced (the reason is sealed")).expect("the forced job's record");
+    assert!(forced.contains("\"note\"") && !export.contains("ticket 4711"), "the reason is sealed: {forced}");
+    let (code, _, err) = cluster.quill(1, &["audit", "export", "--decrypt"], &[("QUILL_ACTOR", "admin:ada")]);
+    assert_ne!(code, 0, "only an auditor opens notes: {err}");
+    let opened = cluster.quill_ok(1, &["audit", "export", "--decrypt"], &[("QUILL_ACTOR", "auditor:ann")]);
+    assert!(opened.contains("\"note_text\":\"TEST issuer ticket 4711: reissue after a lost parcel\""), "{opened}");
+    let after = cluster.quill_ok(1, &["audit", "export"], &[]);
+    assert!(
+        after.lines().any(|l| l.contains("audit.decrypt") && l.contains("auditor:ann")),
+        "the reading is itself audited"
+    );
 }

@@ -69,7 +69,7 @@ fn record_hash_at(s: &Session, endpoint: &str, seq: u64) -> Result<(u64, Option<
     let mut c = quill_proto::v1::keys_client::KeysClient::new(s.chan(endpoint, crate::client::CALL_TIMEOUT)?);
     let r = s
         .rt()
-        .block_on(c.audit_tail(AuditTailRequest { from: seq.max(1), limit: 1 }))
+        .block_on(c.audit_tail(AuditTailRequest { from: seq.max(1), limit: 1, ..Default::default() }))
         .map_err(|st| anyhow::anyhow!("{endpoint}: {}", st.message()))?
         .into_inner();
     let hash = r
@@ -207,25 +207,38 @@ pub struct AuditTailArgs {
     /// How many records (tail: default 20).
     #[arg(short = 'n', long)]
     limit: Option<u32>,
+    /// Open the records' sealed notes (an operator's reason for `--force`) and show them as
+    /// `note_text`: auditors only, and the reading is itself recorded in the chain first.
+    #[arg(long)]
+    decrypt: bool,
     #[command(flatten)]
     who: Who,
 }
 
 /// `quill audit tail` (human lines) and `quill audit export` (JSON lines, everything from --from).
 pub fn audit_tail(a: &AuditTailArgs, export: bool, json: bool) -> Result<u8> {
-    let s = Session::new(&a.who)?;
+    let mut s = Session::new(&a.who)?;
     let mut from = a.from.unwrap_or(if export { 1 } else { 0 });
     let limit = a.limit.unwrap_or(if export { 1000 } else { 20 });
     loop {
-        let req = AuditTailRequest { from, limit };
-        let r = s.call_keys(|mut c| async move { c.audit_tail(req).await })?;
+        let caller = a.decrypt.then(|| s.caller());
+        let req = AuditTailRequest { from, limit, decrypt: a.decrypt, caller };
+        let r = s.call_keys(|mut c| {
+            let req = req.clone();
+            async move { c.audit_tail(req).await }
+        })?;
         for line in &r.records {
             if export || json {
                 println!("{line}");
             } else {
                 let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                let note = match (v["note_text"].as_str(), v["note"].is_object()) {
+                    (Some(t), _) => format!(" [note: {t}]"),
+                    (None, true) => " [sealed note]".to_string(),
+                    (None, false) => String::new(),
+                };
                 println!(
-                    "{:>6} {} {:<16} {:<18} {:<28} {}",
+                    "{:>6} {} {:<16} {:<18} {:<28} {}{note}",
                     v["seq"],
                     v["time_ms"],
                     v["actor"].as_str().unwrap_or(""),

@@ -136,7 +136,7 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
                 }
                 continue;
             }
-            match crate::ops::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, false, &a.mac_key, 0) {
+            match crate::ops::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, None, &a.mac_key, 0) {
                 Ok(r) => {
                     let (job, records, skipped) = (r.job, r.records, r.skipped.len());
                     event(

@@ -37,10 +37,16 @@ pub struct SubmitArgs {
     /// Cards per chunk.
     #[arg(long, default_value_t = 250)]
     chunk_size: u32,
-    /// Submit even if the same file (same SHA-256), or cards of it (same PAN and PSN), are
-    /// already in a job that was not acknowledged (the profile's `duplicates` check across jobs).
-    #[arg(long)]
+    /// Submit even if the same file (same SHA-256) was submitted before (open or delivered:
+    /// new cards and PINs for the same PANs), or cards of it (same PAN and PSN) are in a job not
+    /// yet acknowledged. Needs --reason.
+    #[arg(long, requires = "reason")]
     force: bool,
+    /// Why --force (1-500 characters, e.g. the issuer's reissue request): sealed under the
+    /// cluster's audit encryption key into the job's audit record; only an auditor's
+    /// `quill audit export --decrypt` shows it.
+    #[arg(long, requires = "force", value_name = "TEXT")]
+    reason: Option<String>,
     /// Label of the output MAC key.
     #[arg(long, default_value = "MAC-OUTPUT")]
     mac_key: String,
@@ -58,7 +64,7 @@ pub fn submit_file(
     profile: &Path,
     input: &Path,
     chunk_size: u32,
-    force: bool,
+    force: Option<&str>,
     mac_key: &str,
     retention_hours: u32,
 ) -> Result<quill_proto::v1::SubmitResponse> {
@@ -78,7 +84,8 @@ pub fn submit_file(
         total_bytes: data.len() as u64,
         digest,
         chunk_size,
-        force,
+        force: force.is_some(),
+        reason: force.unwrap_or_default().to_string(),
         mac_key: mac_key.to_string(),
         data: Vec::new(),
         retention_hours,
@@ -100,7 +107,8 @@ pub fn submit_file(
 /// `quill job submit`.
 pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let r = submit_file(&mut s, &a.profile, &a.input, a.chunk_size, a.force, &a.mac_key, a.retention_hours)?;
+    let force = if a.force { a.reason.as_deref() } else { None };
+    let r = submit_file(&mut s, &a.profile, &a.input, a.chunk_size, force, &a.mac_key, a.retention_hours)?;
     for k in &r.skipped {
         eprintln!("skipped: {k}");
     }

@@ -22,7 +22,7 @@ use crate::identity::Principal;
 use crate::jobs::intake::{self, IntakeError, output_aad};
 use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
 use crate::keys::apply::{key, scan};
-use crate::keys::model::{KeyRecord, KeyState, Role};
+use crate::keys::model::{AuditKeys, KeyRecord, KeyState, Role};
 use crate::raft::{Command, Outcome, StateMachine};
 use crate::runtime::agent::KeyAgent;
 use crate::runtime::worker::ChunkOutput;
@@ -178,6 +178,22 @@ impl JobsService {
             }
         }
         let file = first.file_name.clone();
+        // `force` takes what would be refused (the same file again, cards another job holds):
+        // only with the operator's reason, which goes sealed into the audit chain.
+        let reason = match first.force {
+            false => None,
+            true => {
+                let text = first.reason.trim().to_string();
+                if text.is_empty() {
+                    return Err(ApiError::BadRequest(
+                        "--force needs --reason: why the issuer asked for it (kept, encrypted, in the audit chain)"
+                            .into(),
+                    ));
+                }
+                crate::domain::text("reason", &text, 500).map_err(ApiError::BadRequest)?;
+                Some(zeroize::Zeroizing::new(text))
+            }
+        };
         let mut checked = intake::check(&intake::Submission {
             file: &file,
             data: &data,
@@ -217,6 +233,24 @@ impl JobsService {
         }
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let id = format!("J{ms:x}{:03x}", std::process::id() & 0xfff);
+        let reason = match reason {
+            None => None,
+            Some(text) => {
+                let keys = self
+                    .state(|kv| crate::store::get_typed::<AuditKeys>(kv, key::AUDIT_KEYS.as_bytes()))
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Precondition("no audit encryption key yet to seal the --force reason".into())
+                    })?;
+                let (h, aad) = (hsm.clone(), crate::audit::note_aad(&format!("job:{id}")));
+                let key_kcv = keys.enc.kcv.clone();
+                let sealed = tokio::task::spawn_blocking(move || h.seal(&keys.enc, &aad, text.as_bytes()))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::Unavailable(format!("sealing the --force reason: {e}")))?;
+                Some(Box::new(crate::audit::AuditNote { key_kcv, sealed }))
+            }
+        };
         let id2 = id.clone();
         let (checked, (data_key, sealed)) = tokio::task::spawn_blocking(move || {
             let sealed = intake::seal(&*hsm, &id2, &checked);
@@ -250,6 +284,7 @@ impl JobsService {
             data_key,
             mac_key,
             force: first.force,
+            reason,
             retention_ms: u64::from(first.retention_hours) * 3_600_000,
         };
         self.propose(&client, &mut serial, &who, create).await?;

@@ -323,22 +323,72 @@ impl KeysService {
         }
     }
 
-    async fn audit_tail(&self, req: AuditTailRequest) -> ApiResult<AuditTailResponse> {
+    async fn audit_tail(&self, who: &Principal, req: AuditTailRequest) -> ApiResult<AuditTailResponse> {
         let limit = u64::from(req.limit.clamp(1, 10_000));
-        self.state(move |kv| {
-            let head = audit::head(kv)?;
-            let from = if req.from == 0 { head.seq.saturating_sub(limit - 1).max(1) } else { req.from };
-            let mut records = Vec::new();
-            let mut seq = from;
-            while seq <= head.seq && (records.len() as u64) < limit {
-                if let Some(r) = audit::record(kv, seq)? {
-                    records.push(audit::to_json(&r).to_string());
+        let (from, mut resp) = self
+            .state(move |kv| {
+                let head = audit::head(kv)?;
+                let from = if req.from == 0 { head.seq.saturating_sub(limit - 1).max(1) } else { req.from };
+                let mut records = Vec::new();
+                let mut seq = from;
+                while seq <= head.seq && (records.len() as u64) < limit {
+                    if let Some(r) = audit::record(kv, seq)? {
+                        records.push(r);
+                    }
+                    seq += 1;
                 }
-                seq += 1;
+                Ok((from, (records, head)))
+            })
+            .await?;
+        let notes: Vec<(u64, String, audit::AuditNote)> =
+            resp.0.iter().filter_map(|r| r.note.clone().map(|n| (r.seq, r.object.clone(), n))).collect();
+        let mut opened = std::collections::BTreeMap::new();
+        if req.decrypt && !notes.is_empty() {
+            // Only an auditor reads notes in clear, and the reading is recorded first: no record,
+            // no clear text.
+            if who.actor.role != Role::Auditor {
+                return Err(ApiError::PermissionDenied(format!(
+                    "{} may not open sealed audit notes (needs role auditor)",
+                    who.actor
+                )));
             }
-            Ok(AuditTailResponse { records, head_seq: head.seq, head_hash: hex::encode(head.hash) })
-        })
-        .await
+            let caller = super::client_caller(req.caller)?;
+            let to = resp.0.last().map_or(from, |r| r.seq);
+            let cmd = KeyCommand::AuditDecrypt { from, to };
+            let write = self.cluster.submit_as(&caller.client_id, caller.serial, who, Command::Keys(cmd)).await?;
+            if let Outcome::Rejected { reason } = write.outcome {
+                return Err(ApiError::Precondition(reason));
+            }
+            let keys = self
+                .state(|kv| read::<AuditKeys>(kv, key::AUDIT_KEYS))
+                .await?
+                .ok_or_else(|| ApiError::Precondition("no audit encryption key in the state".into()))?;
+            let hsm = self.agent()?.hsm().clone();
+            opened = tokio::task::spawn_blocking(move || {
+                let mut out = std::collections::BTreeMap::new();
+                for (seq, object, n) in notes {
+                    let text = match hsm.open(&keys.enc, &audit::note_aad(&object), &n.sealed) {
+                        Ok(clear) => String::from_utf8_lossy(&clear).into_owned(),
+                        Err(e) => format!("(cannot open: {e})"),
+                    };
+                    out.insert(seq, text);
+                }
+                out
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        let records = std::mem::take(&mut resp.0)
+            .iter()
+            .map(|r| {
+                let mut j = audit::to_json(r);
+                if let Some(text) = opened.get(&r.seq) {
+                    j["note_text"] = serde_json::Value::String(text.clone());
+                }
+                j.to_string()
+            })
+            .collect();
+        Ok(AuditTailResponse { records, head_seq: resp.1.seq, head_hash: hex::encode(resp.1.hash) })
     }
 
     async fn audit_verify(&self, req: AuditVerifyRequest) -> ApiResult<AuditVerifyResponse> {
@@ -434,7 +484,7 @@ impl keys_server::Keys for KeysService {
     async fn audit_tail(&self, request: Request<AuditTailRequest>) -> Result<Response<AuditTailResponse>, Status> {
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Auditor, Role::Admin], "Keys.AuditTail").await?;
-        Ok(Response::new(self.audit_tail(req).await?))
+        Ok(Response::new(self.audit_tail(&who, req).await?))
     }
 
     async fn audit_verify(

@@ -82,8 +82,28 @@ pub struct AuditRecord {
     pub mac: Option<AuditMac>,
     /// For an `audit.seal` record: the sealed record's sequence and hash, MACed.
     pub seal: Option<Seal>,
+    /// A sealed note (an operator's reason), if the command carried one.
+    pub note: Option<AuditNote>,
     /// Hash of the previous record (zeros for the first).
     pub prev: Hash,
+}
+
+/// A field that would reveal more than an id or a count (an operator's reason for `--force`),
+/// sealed with AES-GCM under the cluster's audit encryption key by the node that proposed the
+/// command; only `quill audit export --decrypt` (an auditor, itself audited) opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditNote {
+    /// KCV of the audit encryption key.
+    pub key_kcv: Kcv,
+    /// IV ‖ ciphertext ‖ tag, with [`note_aad`] of the record's object authenticated.
+    pub sealed: Vec<u8>,
+}
+
+/// The additional data a note is sealed with: it binds the note to the record's object.
+pub fn note_aad(object: &str) -> Vec<u8> {
+    let mut v = b"quill-audit-note-v1\0".to_vec();
+    v.extend_from_slice(object.as_bytes());
+    v
 }
 
 /// A seal over the chain up to one record.
@@ -289,6 +309,8 @@ pub struct NewRecord<'a> {
     pub mac: Option<AuditMac>,
     /// Seal, for seal records.
     pub seal: Option<Seal>,
+    /// Sealed note.
+    pub note: Option<AuditNote>,
 }
 
 /// The hash of a record: SHA-256 over a domain tag and the record's canonical (postcard) bytes.
@@ -352,6 +374,7 @@ pub fn append(kv: &mut dyn Kv, new: NewRecord<'_>) -> Result<AuditRecord, StoreE
         request: new.request,
         mac: new.mac,
         seal: new.seal,
+        note: new.note,
         prev: head.hash,
     };
     put_typed(kv, key::record(rec.seq).as_bytes(), &rec)?;
@@ -675,6 +698,7 @@ pub fn to_json(rec: &AuditRecord) -> serde_json::Value {
         "request": hex::encode(rec.request),
         "mac": rec.mac.as_ref().map(|m| serde_json::json!({"key_kcv": m.key_kcv.to_string(), "mac": hex::encode(m.mac)})),
         "seal": rec.seal.as_ref().map(|s| serde_json::json!({"seq": s.seq, "hash": hex::encode(s.hash), "mac": hex::encode(s.mac.mac)})),
+        "note": rec.note.as_ref().map(|n| serde_json::json!({"key_kcv": n.key_kcv.to_string(), "sealed": hex::encode(&n.sealed)})),
         "prev": hex::encode(rec.prev),
         "hash": hex::encode(record_hash(rec)),
     })
@@ -710,6 +734,7 @@ mod tests {
                 request,
                 mac,
                 seal: None,
+                note: None,
             },
         )
         .expect("append")
@@ -789,6 +814,7 @@ mod tests {
                 request: [1; 32],
                 mac: None,
                 seal: Some(seal),
+                note: None,
             },
         )
         .expect("append")

@@ -192,8 +192,12 @@ pub enum JobCommand {
         data_key: WrappedKey,
         /// Output MAC key label.
         mac_key: String,
-        /// Accept a file whose digest an earlier, unacknowledged job already has.
+        /// Accept a file whose digest an earlier job already has (open or delivered), or cards
+        /// another open job holds.
         force: bool,
+        /// Why, when forced (required then): sealed under the audit encryption key, kept in the
+        /// job's audit record.
+        reason: Option<Box<crate::audit::AuditNote>>,
         /// Purge unacknowledged data this long after submission (0: never).
         retention_ms: u64,
     },
@@ -448,10 +452,25 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             data_key,
             mac_key,
             force,
+            reason,
             retention_ms,
         } => {
             role(ctx, &submitter)?;
             check_id(&id)?;
+            if force {
+                let Some(note) = &reason else {
+                    return Err(Fail::Refused(
+                        "--force needs --reason: why the issuer asked for it (kept, encrypted, in the audit chain)"
+                            .into(),
+                    ));
+                };
+                let keys = get::<crate::keys::model::AuditKeys>(kv, keys_key::AUDIT_KEYS)?;
+                if keys.as_ref().map(|k| &k.enc.kcv) != Some(&note.key_kcv) {
+                    return Err(Fail::Refused(
+                        "the --force reason is not sealed under the cluster's audit encryption key".into(),
+                    ));
+                }
+            }
             crate::domain::sha256_hex("digest", &digest).map_err(Fail::Refused)?;
             if job(kv, &id)?.is_some() {
                 return Err(Fail::Refused(format!("job {id} already exists")));
@@ -496,7 +515,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             };
             put(kv, &format!("{JOB}{id}"), &rec)?;
             put(kv, &dkey, &id)?;
-            Ok(format!("{} records in {} chunks of {}", rec.records, rec.chunks, rec.chunk_size))
+            let forced = if force { "; forced (the reason is sealed in this record)" } else { "" };
+            Ok(format!("{} records in {} chunks of {}{forced}", rec.records, rec.chunks, rec.chunk_size))
         }
         JobCommand::Input { id, n, cards, sealed } => {
             let mut j = job_or_refuse(kv, &id)?;
@@ -759,6 +779,7 @@ mod tests {
             data_key: key(),
             mac_key: "MAC".into(),
             force,
+            reason: None,
             retention_ms: 60_000,
         };
         ok(run(&mut kv, &op(), 1, 0, create(false)));
@@ -877,6 +898,7 @@ mod tests {
             data_key: key(),
             mac_key: "MAC".into(),
             force: false,
+            reason: None,
             retention_ms: 0,
         };
         assert!(refused(run(&mut kv2, &op(), 60, 0, again.clone())).contains("--force"));
@@ -886,7 +908,21 @@ mod tests {
         if let JobCommand::Create { id, force, .. } = &mut forced {
             (*id, *force) = ("J3".into(), true);
         }
-        ok(run(&mut kv, &op(), 62, 0, forced));
+        // --force without a reason, or with one sealed under another key, is refused.
+        assert!(refused(run(&mut kv, &op(), 62, 0, forced.clone())).contains("--force needs --reason"));
+        let enc = WrappedKey { kcv: Kcv("AUDITENC".into()), ..key() };
+        let keys = crate::keys::model::AuditKeys { mac: key(), enc, node: 1 };
+        let note = |kcv: &str| crate::audit::AuditNote { key_kcv: Kcv(kcv.into()), sealed: vec![9; 40] };
+        if let JobCommand::Create { reason, .. } = &mut forced {
+            *reason = Some(Box::new(note("OTHER")));
+        }
+        assert!(refused(run(&mut kv, &op(), 62, 0, forced.clone())).contains("audit encryption key"));
+        crate::store::put_typed(&mut kv, keys_key::AUDIT_KEYS.as_bytes(), &keys).unwrap();
+        assert!(refused(run(&mut kv, &op(), 62, 0, forced.clone())).contains("audit encryption key"));
+        if let JobCommand::Create { reason, .. } = &mut forced {
+            *reason = Some(Box::new(note("AUDITENC")));
+        }
+        assert!(ok(run(&mut kv, &op(), 62, 0, forced)).contains("forced"));
         // Cancel purges a running job.
         ok(run(&mut kv2, &op(), 62, 0, JobCommand::Cancel { id: "J".into() }));
         assert_eq!(sealed(&kv2, INPUT, "J", 0).unwrap(), None);
@@ -931,6 +967,7 @@ mod tests {
                 data_key: key(),
                 mac_key: "MAC".into(),
                 force: false,
+                reason: None,
                 retention_ms: 0,
             },
         ));

@@ -166,6 +166,14 @@ pub enum KeyCommand {
         /// The PKCS#11 module.
         module: String,
     },
+    /// An auditor is about to read the sealed notes of audit records `from..=to` in clear
+    /// (`quill audit export --decrypt`): recorded first, so the reading is itself in the chain.
+    AuditDecrypt {
+        /// First record.
+        from: u64,
+        /// Last record.
+        to: u64,
+    },
     /// Store the audit keys (actor: a node holding the SMK). Only the first is kept.
     AuditKeysSet {
         /// The keys.
@@ -249,6 +257,7 @@ impl KeyCommand {
             KeyCommand::ApprovalDecide { grant: false, .. } => "approval.deny",
             KeyCommand::ExportDone { .. } => "key.export",
             KeyCommand::AuditKeysSet { .. } => "audit.keys",
+            KeyCommand::AuditDecrypt { .. } => "audit.decrypt",
             KeyCommand::HostPathUsed { .. } => "hsm.host_path",
             KeyCommand::CaKeyImport { .. } => "ca.import",
             KeyCommand::IssuerKeyCreate { .. } => "issuer.create",
@@ -276,6 +285,7 @@ impl KeyCommand {
             KeyCommand::ApprovalRequest { id, .. } | KeyCommand::ApprovalDecide { id, .. } => format!("approval:{id}"),
             KeyCommand::ExportDone { approval } => format!("approval:{approval}"),
             KeyCommand::AuditKeysSet { .. } => "audit-keys".into(),
+            KeyCommand::AuditDecrypt { from, to } => format!("audit:{from}..={to}"),
             KeyCommand::CaKeyImport { rid, index, .. } => format!("ca:{}/{index:02X}", rid.to_ascii_uppercase()),
             KeyCommand::IssuerKeyCreate { label, .. } => format!("issuer:{label}"),
             KeyCommand::IssuerCertImport { key: Some(label), .. } => format!("issuer:{label}"),
@@ -385,6 +395,18 @@ impl State<'_> {
             KeyCommand::ApprovalDecide { id, grant } => self.approval_decide(ctx, id, grant),
             KeyCommand::ExportDone { approval } => self.export_done(ctx, approval),
             KeyCommand::AuditKeysSet { keys } => self.audit_keys(ctx, keys),
+            KeyCommand::AuditDecrypt { from, to } => {
+                if let Err(r) = self.role(ctx, &[Role::Auditor]) {
+                    return Ok(Err(r));
+                }
+                if from == 0 || from > to {
+                    return Ok(refuse(format!("records {from}..={to} are not a range")));
+                }
+                Ok(Ok(Applied::done(
+                    format!("audit:{from}..={to}"),
+                    format!("sealed notes of records {from}..={to} opened for {}", ctx.actor),
+                )))
+            }
             KeyCommand::HostPathUsed { node, operation, what, module } => {
                 if let Err(r) = self.node_actor(ctx, node) {
                     return Ok(Err(r));

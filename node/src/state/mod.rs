@@ -157,6 +157,12 @@ pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, S
             .then(|| format!("certificate {} of {} is revoked", c.serial, req.actor)),
     };
     let mut put_replaced = None;
+    // An operator's reason for `--force`, sealed under the audit encryption key, goes into the
+    // record as it came.
+    let note = match &req.cmd {
+        Command::Jobs(JobCommand::Create { force: true, reason, .. }) => reason.as_deref().cloned(),
+        _ => None,
+    };
     let (action, applied) = match req.cmd {
         Command::Noop => return Ok(Outcome::Noop),
         // The state machine hashes its state after this entry (`raft::state_machine`); nothing to
@@ -191,6 +197,7 @@ pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, S
                         request: digest,
                         mac: None,
                         seal: Some(audit::Seal { seq, hash, mac }),
+                        note: None,
                     };
                     audit::append(kv, rec)?;
                     return Ok(Outcome::Done { object, detail });
@@ -218,6 +225,7 @@ pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, S
         request: digest,
         mac: req.audit_mac,
         seal: None,
+        note,
     };
     audit::append(kv, rec)?;
     Ok(outcome)

@@ -155,6 +155,7 @@ fn corpus() -> Vec<(Actor, Command)> {
             data_key: wrapped("AAAAAAAAAA"),
             mac_key: "MAC".into(),
             force: false,
+            reason: None,
             retention_ms: 60_000,
         }),
     ));
@@ -369,6 +370,7 @@ fn a_job_digest_with_a_multibyte_character_at_byte_16_is_refused_not_a_panic() {
             data_key: wrapped("AAAAAAAAAA"),
             mac_key: "MAC".into(),
             force: false,
+            reason: None,
             retention_ms: 0,
         })
     };

@@ -77,6 +77,12 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
         KeyCommand::SmkGranted { approval, .. } => id("approval id", approval),
         KeyCommand::IssuerCertImport { key, .. } => key.as_deref().map_or(Ok(()), |k| id("issuer key", k)),
         KeyCommand::SmkInstalled { .. } | KeyCommand::AuditKeysSet { .. } => Ok(()),
+        KeyCommand::AuditDecrypt { from, to } => {
+            if *from == 0 || from > to {
+                return Err(format!("records {from}..={to} are not a range"));
+            }
+            Ok(())
+        }
         KeyCommand::Alarm { what, .. } => text("what", what, 1024),
         KeyCommand::Denied { call, reason } => {
             text("call", call, 128)?;
@@ -92,8 +98,11 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
 
 fn job_command(cmd: &JobCommand) -> Result<(), String> {
     match cmd {
-        JobCommand::Create { id: j, product, file, digest, skipped, mac_key, .. } => {
+        JobCommand::Create { id: j, product, file, digest, skipped, mac_key, reason, .. } => {
             id("job id", j)?;
+            if reason.as_ref().is_some_and(|n| n.sealed.len() > 2048) {
+                return Err("the sealed --force reason is over 2048 bytes".into());
+            }
             text("product", product, 1024)?;
             text("file name", file, 1024)?;
             sha256_hex("digest", digest)?;
