@@ -165,7 +165,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         }
     };
     let sm = match &pool {
-        Some(p) => sm.with_node_audit(p.clone()),
+        Some(p) => sm.with_node_audit(p.clone()).map_err(|source| ServerError::Storage { dir: dir.clone(), source })?,
         None => sm,
     };
 

@@ -106,9 +106,25 @@ impl StateMachine {
 
     /// MAC the audit records this node applies with `hsm`'s node audit key from now on. Set before
     /// Raft starts (before any entry applies).
-    pub fn with_node_audit(mut self, hsm: Arc<dyn quill_hsm::Hsm>) -> Self {
+    ///
+    /// Records already in the chain beyond this node's last MAC (its MACs were removed on disk, or
+    /// it ran without an HSM before) are never MACed after the fact: the next MAC starts after the
+    /// current head, so `quill audit verify` on this node names them as unMACed for good. A node
+    /// only vouches for records it applied itself, or that a snapshot install brought.
+    pub fn with_node_audit(mut self, hsm: Arc<dyn quill_hsm::Hsm>) -> Result<Self, StoreError> {
+        let mut scratch = WriteBatch::default();
+        let head = crate::audit::head(&Tx::new(&self.store, &mut scratch)?)?;
+        let covered = self.mac_covered.load(std::sync::atomic::Ordering::SeqCst);
+        if head.seq > covered {
+            tracing::error!(
+                first = covered + 1,
+                last = head.seq,
+                "audit records in this node's chain carry no MAC of its own; they stay unMACed (audit verify reports them)"
+            );
+            self.mac_covered.store(head.seq, std::sync::atomic::Ordering::SeqCst);
+        }
         self.node_audit = Some(hsm);
-        self
+        Ok(self)
     }
 
     /// The log index of the last applied command that erased data (0: none since start-up).
