@@ -18,6 +18,7 @@ per_backend!(
     smk_moves_to_a_second_token,
     generated_keys_check_on_another_token_with_the_same_smk,
     hmac_matches_openssl,
+    node_audit_key_is_persistent_and_the_tokens_own,
     seal_open_round_trip_and_tamper_refused,
     keys_under_another_smk_are_refused,
     host_path_policy,
@@ -197,6 +198,33 @@ fn hmac_matches_openssl(b: Backend) {
     // And TDES keys import with their X9.24 KCV.
     let des = r::odd_parity(h("0123456789ABCDEFFEDCBA9876543210"));
     assert_eq!(import(&hsm, KeyAlg::Des2, &des).kcv, r::kcv(KeyAlg::Des2, &des));
+}
+
+/// The node audit key: made on first use before any SMK exists, the same after a reopen (a token
+/// object), checks its own MACs, refuses a changed MAC or changed data, and is another key on
+/// another token (whose MACs it does not claim to check).
+fn node_audit_key_is_persistent_and_the_tokens_own(b: Backend) {
+    let Some(c) = token(b, "node-audit") else { return };
+    let data = b"quill-audit-node-mac-v1 records 1..=7";
+    let (kcv, mac) = {
+        let hsm = open(&c);
+        assert_eq!(hsm.smk_kcv().unwrap(), None, "no SMK needed");
+        let (kcv, mac) = hsm.node_audit_mac(data).unwrap();
+        assert_eq!(hsm.node_audit_verify(&kcv, data, &mac).unwrap(), Some(true));
+        let mut bad = mac;
+        bad[0] ^= 1;
+        assert_eq!(hsm.node_audit_verify(&kcv, data, &bad).unwrap(), Some(false), "a changed MAC");
+        assert_eq!(hsm.node_audit_verify(&kcv, b"other data", &mac).unwrap(), Some(false), "changed data");
+        assert_ne!(hsm.node_audit_mac(b"other data").unwrap().1, mac);
+        (kcv, mac)
+    };
+    let hsm = open(&c);
+    assert_eq!(hsm.node_audit_mac(data).unwrap(), (kcv.clone(), mac), "the same key after a reopen");
+    let Some(c2) = token(b, "node-audit-2") else { return };
+    let other = open(&c2);
+    let (kcv2, mac2) = other.node_audit_mac(data).unwrap();
+    assert_ne!((&kcv2, mac2), (&kcv, mac), "each token has its own audit key");
+    assert_eq!(other.node_audit_verify(&kcv, data, &mac).unwrap(), None, "another token's key is not here");
 }
 
 fn seal_open_round_trip_and_tamper_refused(b: Backend) {
