@@ -65,6 +65,59 @@ pub fn tr31_mode_of_use(usage: KeyUsage) -> Option<ModeOfUse> {
     })
 }
 
+/// What a TR-31 key usage is for, in a few words (ANSI X9.143-2022 table 6), for messages that
+/// name a key's usage beside its code: `E0 (EMV IMK, application cryptograms)`.
+pub fn tr31_usage_name(usage: KeyUsage) -> &'static str {
+    use KeyUsage as U;
+    match usage {
+        U::Bdk => "DUKPT base derivation key",
+        U::InitialDukptKey => "initial DUKPT key",
+        U::BaseKeyVariantKey => "base key variant key",
+        U::Cvk => "card verification key",
+        U::DataEncryption => "data encryption",
+        U::AsymmetricDataEncryption => "asymmetric data encryption",
+        U::DecimalisationTable => "decimalisation table encryption",
+        U::EmvAc => "EMV IMK, application cryptograms",
+        U::EmvSmc => "EMV IMK, secure messaging for confidentiality",
+        U::EmvSmi => "EMV IMK, secure messaging for integrity",
+        U::EmvDac => "EMV IMK, data authentication code",
+        U::EmvDn => "EMV IMK, dynamic numbers",
+        U::EmvPersonalisation => "EMV IMK, card personalisation",
+        U::EmvOther => "EMV IMK, other",
+        U::Iv => "initialisation vector",
+        U::KeyEncryption => "key encryption",
+        U::Kbpk => "TR-31 key block protection",
+        U::Tr34Asymmetric => "TR-34 asymmetric key",
+        U::AsymmetricKeyAgreement => "asymmetric key agreement or wrapping",
+        U::Iso16609Mac => "ISO 16609 MAC",
+        U::Iso9797Mac1 => "ISO 9797-1 MAC algorithm 1",
+        U::Iso9797Mac2 => "ISO 9797-1 MAC algorithm 2",
+        U::Iso9797Mac3 => "ISO 9797-1 MAC algorithm 3, retail MAC",
+        U::Iso9797Mac4 => "ISO 9797-1 MAC algorithm 4",
+        U::Iso9797Mac5 => "ISO 9797-1:1999 MAC algorithm 5",
+        U::Cmac => "CMAC",
+        U::Hmac => "HMAC",
+        U::Iso9797Mac6 => "ISO 9797-1:2011 MAC algorithm 6",
+        U::PinEncryption => "PIN encryption",
+        U::AsymmetricSignature => "asymmetric digital signature",
+        U::AsymmetricCa => "asymmetric CA key",
+        U::AsymmetricOther => "asymmetric key, non-X9.24",
+        U::PinVerificationOther => "PIN verification, other algorithm",
+        U::PinVerificationIbm3624 => "PIN verification, IBM 3624",
+        U::PinVerificationVisaPvv => "PIN verification, Visa PVV",
+        U::PinVerificationX9132Alg1 => "PIN verification, X9.132 algorithm 1",
+        U::PinVerificationX9132Alg2 => "PIN verification, X9.132 algorithm 2",
+        U::Proprietary(_) => "proprietary",
+    }
+}
+
+/// Whether TR-31 lets a key of `alg` have `usage` (the usage's algorithms, as a received header is
+/// checked; an asymmetric usage fits no key Quill holds).
+pub fn tr31_usage_allows(usage: KeyUsage, alg: KeyAlg) -> bool {
+    let code = usage.code();
+    std::str::from_utf8(&code).is_ok_and(|c| export_header(KeyAlg::Aes256, alg, c, true).is_ok())
+}
+
 /// Family name of a KBPK, as `quill_crypto::tr31` writes it.
 fn family(alg: KeyAlg) -> &'static str {
     if alg.is_tdes() {
@@ -232,6 +285,27 @@ mod tests {
         for code in ["D1", "K2", "K3", "S0", "S1", "S2"] {
             let e = export_header(KeyAlg::Aes256, KeyAlg::Aes256, code, true).unwrap_err();
             assert!(e.contains("asymmetric"), "{e}");
+        }
+    }
+
+    #[test]
+    fn usage_names_and_algorithms() {
+        assert_eq!(tr31_usage_name(KeyUsage::EmvAc), "EMV IMK, application cryptograms");
+        assert_eq!(tr31_usage_name(KeyUsage::DataEncryption), "data encryption");
+        assert_eq!(tr31_usage_name(KeyUsage::KeyEncryption), "key encryption");
+        for (code, alg, fits) in [
+            (*b"E0", KeyAlg::Des2, true),
+            (*b"E0", KeyAlg::Aes128, true),
+            (*b"E0", KeyAlg::HmacSha256, false),
+            (*b"M7", KeyAlg::HmacSha256, true),
+            (*b"M7", KeyAlg::Des2, false),
+            (*b"M0", KeyAlg::Aes128, false),
+            (*b"P0", KeyAlg::Aes128, true),
+            (*b"C0", KeyAlg::Des2, true),
+            (*b"S0", KeyAlg::Des2, false),
+        ] {
+            let u = KeyUsage::from_code(code).unwrap();
+            assert_eq!(tr31_usage_allows(u, alg), fits, "{u:?} {alg}");
         }
     }
 

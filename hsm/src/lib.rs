@@ -44,7 +44,7 @@ mod types;
 
 pub use config::{PoolConfig, SlotConfig};
 pub use error::{HsmError, SlotRef, ck_text, ckr_name, is_device_rv, rv_name};
-pub use keyblock::tr31_mode_of_use;
+pub use keyblock::{tr31_mode_of_use, tr31_usage_allows, tr31_usage_name};
 pub use mechanisms::{known_mechanism_name, mechanism_name, vendor};
 pub use observer::{HostPathObserver, HostPathUse, LogHostPath};
 pub use payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest, PinVerification};

@@ -8,6 +8,7 @@
 use schemars::JsonSchema;
 use serde_json::{Map, Value};
 
+use crate::engine::KeyStep;
 use crate::profile::{EmvApplication, EpurseApplication, InputLayout, MagStripe, PinConfig, Product};
 
 /// A card-product profile file (TOML): the sections below, each a table.
@@ -108,6 +109,20 @@ pub fn reference_markdown() -> String {
     out.push_str("\n## Limits enforced by the checks\n\n| Field | Rule |\n|---|---|\n");
     for (field, rule) in LIMITS {
         out.push_str(&format!("| `{field}` | {rule} |\n"));
+    }
+    out.push_str(
+        "\n## Key usages\n\n\
+         Every key a profile names must have, in the key inventory, a TR-31 key usage (ANSI X9.143) its \
+         step needs: a key is bound to one use (PCI PIN requirement 18-3), and a key of another use is \
+         refused whatever its algorithm, when the job is submitted (and when a lab run starts), with the \
+         field, the label, the usage the key has and the usages the step needs.\n\n\
+         | Field | Usage | Why |\n|---|---|---|\n",
+    );
+    for step in KeyStep::ALL {
+        let codes: Vec<String> =
+            step.needs().iter().map(|u| format!("`{}`", String::from_utf8_lossy(&u.code()))).collect();
+        let fields: Vec<String> = step.field().split(", ").map(|f| format!("`{f}`")).collect();
+        out.push_str(&format!("| {} | {} | {} |\n", fields.join(", "), codes.join(" or "), step.why()));
     }
     out
 }
@@ -273,6 +288,9 @@ mod tests {
             "`kind = \"epurse\"`",
             "## PinConfig",
             "## MagStripe",
+            "## Key usages",
+            "| `applications.*.secret.transport_key` | `D0` or `K0` |",
+            "| `pin.mailer.key` | `P0` |",
         ] {
             assert!(md.contains(needle), "the reference lacks {needle}");
         }

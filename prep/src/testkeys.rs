@@ -10,6 +10,7 @@
 
 use openssl::pkey::Private;
 use openssl::rsa::{Padding, Rsa};
+use quill_hsm::tr31::KeyUsage;
 use quill_hsm::{Hsm, Kcv, KeyAlg, SealedComponent};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -32,6 +33,9 @@ pub struct TestKey {
     pub label: String,
     /// Algorithm name (`DES2`, `AES128`, `AES256`, `HMAC_SHA256`).
     pub alg: String,
+    /// TR-31 key usage code (`E0`, `D0`, `P0`, …): the step it serves
+    /// ([`crate::engine::KeyStep`]).
+    pub usage: String,
     /// What it is for.
     pub description: String,
     /// Clear components, hex.
@@ -44,9 +48,22 @@ pub struct TestKey {
     pub kcv: String,
 }
 
+impl TestKey {
+    /// The key's TR-31 usage, parsed (a proprietary or unknown code is refused).
+    pub fn key_usage(&self) -> Result<KeyUsage, String> {
+        let code: Option<[u8; 2]> = self.usage.as_bytes().try_into().ok();
+        match code.and_then(KeyUsage::from_code) {
+            Some(KeyUsage::Proprietary(_)) | None => {
+                Err(format!("{}: usage {:?} is not a TR-31 key usage", self.label, self.usage))
+            }
+            Some(u) => Ok(u),
+        }
+    }
+}
+
 impl std::fmt::Debug for TestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TestKey({} {} KCV {})", self.label, self.alg, self.kcv)
+        write!(f, "TestKey({} {} {} KCV {})", self.label, self.alg, self.usage, self.kcv)
     }
 }
 
@@ -149,7 +166,7 @@ fn parse_rid(s: &str) -> Result<Rid, String> {
 /// Load the TEST set into `hsm`: form the SMK from `SMK-TEST` when the token has none (an HSM with
 /// another SMK keeps it, and the keys are wrapped under that one), form every working key from its
 /// sealed components, generate and certify the issuer key pairs. Returns the key set the engine
-/// takes. The output MAC key is `MAC-OUTPUT-TEST`.
+/// takes, each key with its fixture usage. The output MAC key is `MAC-OUTPUT-TEST` (`M7`).
 pub fn load(hsm: &dyn Hsm) -> Result<KeySet, String> {
     load_with(hsm, IssuerParams::default())
 }
@@ -206,29 +223,59 @@ pub fn load_with(hsm: &dyn Hsm, issuers: IssuerParams) -> Result<KeySet, String>
     let mut keys = KeySet::new();
     for k in set.keys.iter().filter(|k| k.label != "SMK-TEST") {
         let alg: KeyAlg = k.alg.parse()?;
+        let usage = k.key_usage()?;
         let (sealed, kcvs) = seal(k)?;
         let w = hsm.import_components(alg, &sealed, &kcvs).map_err(|e| format!("{}: {e}", k.label))?;
         if w.kcv.as_str() != k.kcv {
             return Err(format!("{}: the HSM formed KCV {}, the fixture says {}", k.label, w.kcv, k.kcv));
         }
-        keys.insert(k.label.clone(), w);
+        keys.insert(k.label.clone(), w, usage);
     }
-    let ca = TestCa::builtin();
     for i in &set.issuers {
-        let rid = parse_rid(&i.rid)?;
         let (bits, exponent) = (issuers.bits.unwrap_or(i.bits), issuers.exponent.unwrap_or(i.exponent));
         let pair = hsm.generate_rsa_key_pair(bits, exponent).map_err(|e| format!("{}: {e}", i.label))?;
-        let public = cert::RsaPublicKey::new(&pair.public.modulus, &pair.public.exponent).map_err(|e| e.to_string())?;
-        let mmyy = hex::decode(&i.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
-        let expiry = mmyy
-            .and_then(CertExpiry::from_mmyy)
-            .ok_or_else(|| format!("{}: expiry {:?} is not MMYY", i.label, i.expiry))?;
-        let issuer_id =
-            IssuerId::from_digits(&i.issuer_id).ok_or_else(|| format!("{}: issuer id is not 3-8 digits", i.label))?;
-        let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0x00, 0x00, 0x01], issuer_key: &public };
-        let certificate =
-            cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| format!("{}: {e}", i.label))?;
-        keys.insert_issuer(i.label.clone(), IssuerKey::new(pair, certificate)?);
+        keys.insert_issuer(i.label.clone(), certify(i, pair)?);
+    }
+    Ok(keys)
+}
+
+/// `pair` certified by the Quill TEST CA as `i` says.
+fn certify(i: &TestIssuer, pair: quill_hsm::WrappedRsaKey) -> Result<IssuerKey, String> {
+    let ca = TestCa::builtin();
+    let rid = parse_rid(&i.rid)?;
+    let public = cert::RsaPublicKey::new(&pair.public.modulus, &pair.public.exponent).map_err(|e| e.to_string())?;
+    let mmyy = hex::decode(&i.expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
+    let expiry = mmyy
+        .and_then(CertExpiry::from_mmyy)
+        .ok_or_else(|| format!("{}: expiry {:?} is not MMYY", i.label, i.expiry))?;
+    let issuer_id =
+        IssuerId::from_digits(&i.issuer_id).ok_or_else(|| format!("{}: issuer id is not 3-8 digits", i.label))?;
+    let req = IssuerCertificateRequest { issuer_id, expiry, serial: [0x00, 0x00, 0x01], issuer_key: &public };
+    let certificate =
+        cert::build_issuer_certificate(&ca, &ca.public(rid), &req).map_err(|e| format!("{}: {e}", i.label))?;
+    IssuerKey::new(pair, certificate)
+}
+
+/// The TEST set as a [`KeySet`] without an HSM, for tests of the key checks: every working key
+/// with its fixture algorithm, KCV and usage but a blob that wraps nothing (an HSM would refuse
+/// it), and every issuer key pair generated here with OpenSSL (its private half thrown away) and
+/// certified by the TEST CA. Good for [`crate::engine::check_keys`], never for preparing a card.
+#[cfg(test)]
+pub(crate) fn unwrapped_set() -> Result<KeySet, String> {
+    let set = TestKeys::builtin();
+    let smk = Kcv("000000".into());
+    let mut keys = KeySet::new();
+    for k in set.keys.iter().filter(|k| k.label != "SMK-TEST") {
+        let alg: KeyAlg = k.alg.parse()?;
+        let w = quill_hsm::WrappedKey { alg, blob: Vec::new(), kcv: Kcv(k.kcv.clone()), smk_kcv: smk.clone() };
+        keys.insert(k.label.clone(), w, k.key_usage()?);
+    }
+    for i in &set.issuers {
+        let e = openssl::bn::BigNum::from_u32(i.exponent).map_err(|e| e.to_string())?;
+        let rsa = Rsa::generate_with_e(i.bits, &e).map_err(|e| e.to_string())?;
+        let public = quill_hsm::RsaPublic::new(&rsa.n().to_vec(), &rsa.e().to_vec());
+        let pair = quill_hsm::WrappedRsaKey { public, blob: Vec::new(), smk_kcv: smk.clone() };
+        keys.insert_issuer(i.label.clone(), certify(i, pair)?);
     }
     Ok(keys)
 }
@@ -250,6 +297,8 @@ mod tests {
             let xor: Vec<u8> = parts[0].iter().zip(&parts[1]).map(|(a, b)| a ^ b).collect();
             assert_eq!(xor, v, "{}", k.label);
             assert_eq!(Kcv::of_clear(alg, &v).unwrap().as_str(), k.kcv, "{}", k.label);
+            let usage = k.key_usage().unwrap();
+            assert!(quill_hsm::tr31_usage_allows(usage, alg), "{}: usage {} does not fit {alg}", k.label, k.usage);
             for (c, kcv) in parts.iter().zip(&k.component_kcvs) {
                 assert_eq!(Kcv::of_clear(alg, c).unwrap().as_str(), kcv, "{} component", k.label);
             }

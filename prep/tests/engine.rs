@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::symm::{Cipher, Crypter, Mode};
+use quill_hsm::tr31::KeyUsage;
 use quill_hsm::{Hsm, Pkcs11Hsm};
 use quill_prep::emv::cert::{self, IccCertificate, IssuerCertificate, RsaPublicKey};
 use quill_prep::engine::{AppOutput, CardOutput, Engine, EngineSettings, KeySet, PoolSettings, SetupError};
@@ -632,16 +633,51 @@ fn setup_errors_name_the_field_and_the_label() {
         matches!(&e, SetupError::MissingKey { field, label } if field == "mag_stripe.cvk" && label == "CVK-VISA-TEST"),
         "{e}"
     );
-    // A key of the wrong algorithm.
+    // A key of the wrong algorithm (its usage is right).
     let mut wrong = keys.clone();
-    wrong.insert("CVK-VISA-TEST", keys.get("ZPK-MAILER-AES-TEST").unwrap().clone());
+    wrong.insert("CVK-VISA-TEST", keys.get("ZPK-MAILER-AES-TEST").unwrap().clone(), KeyUsage::Cvk);
     let e = Engine::new(profile("visa-dda-credit"), wrong, hsm.clone(), EngineSettings::default()).unwrap_err();
     assert!(e.to_string().contains("mag_stripe.cvk") && e.to_string().contains("DES2"), "{e}");
+    // A key of the right algorithm and another use: the PIN-mailer key's value recorded as a CVK.
+    let mut other_use = keys.clone();
+    other_use.insert("ZPK-MAILER-TEST", keys.get("ZPK-MAILER-TEST").unwrap().clone(), KeyUsage::Cvk);
+    let e = Engine::new(profile("visa-dda-credit"), other_use, hsm.clone(), EngineSettings::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "pin.mailer.key: key \"ZPK-MAILER-TEST\" has usage C0 (card verification key); this step needs P0 (PIN encryption)"
+    );
     // An issuer key certified for another RID.
     let mut swapped = keys.clone();
     swapped.insert_issuer("ISS-VISA-TEST-1408", keys.issuer("ISS-MC-TEST-1408").unwrap().clone());
     let e = Engine::new(profile("visa-dda-credit"), swapped, hsm.clone(), EngineSettings::default()).unwrap_err();
     assert!(e.to_string().contains("RID A000000004"), "{e}");
+}
+
+/// The finding of issue 13: a profile naming the IMK-AC as the transport key and the CVK as the
+/// PIN-mailer key was accepted and produced output. Both algorithms fit (DES2); the usages do not.
+#[test]
+fn an_imk_as_transport_key_and_a_cvk_as_mailer_key_are_refused() {
+    let (hsm, keys) = hsm_and_keys();
+    let path = root().join("profiles/visa-dda-credit.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let attack = |from: &str, to: &str| {
+        let p = Profile::parse(&text.replacen(from, to, 1), "attack").unwrap();
+        Engine::new(p, keys.clone(), hsm.clone(), EngineSettings::default()).unwrap_err().to_string()
+    };
+    assert_eq!(
+        attack("transport_key = \"TK-DEK-TEST\"", "transport_key = \"IMK-AC-VISA-TEST\""),
+        "applications.visa-credit.secret.transport_key: key \"IMK-AC-VISA-TEST\" has usage E0 (EMV IMK, application \
+         cryptograms); this step needs D0 (data encryption) or K0 (key encryption)"
+    );
+    assert_eq!(
+        attack("key = \"ZPK-MAILER-TEST\"", "key = \"CVK-VISA-TEST\""),
+        "pin.mailer.key: key \"CVK-VISA-TEST\" has usage C0 (card verification key); this step needs P0 (PIN encryption)"
+    );
+    // The profile as it was still builds, and prepares a card.
+    let e = Engine::new(profile("visa-dda-credit"), keys.clone(), hsm.clone(), EngineSettings::default()).unwrap();
+    let p = profile("visa-dda-credit");
+    let r = records(&p, "visa-dda-credit.csv").into_iter().next().unwrap();
+    e.prepare(&r).unwrap();
 }
 
 #[test]

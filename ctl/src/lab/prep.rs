@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use quill_hsm::{CrtPadding, Hsm, HsmPool, LogHostPath, PoolConfig, SlotConfig};
 use quill_prep::engine::output::{self, Header, Stream, StreamWriter};
-use quill_prep::engine::{CardError, CardOutput, Engine, EngineSettings, KeyRef, PoolSettings};
+use quill_prep::engine::{CardError, CardOutput, Engine, EngineSettings, KeyRef, KeyStep, PoolSettings};
 use quill_prep::input::{self, CardRecord, Pan};
 use quill_prep::profile::Profile;
 #[cfg(feature = "test-keys")]
@@ -240,6 +240,8 @@ pub fn run(a: &RunArgs, json: bool) -> Result<u8> {
     let started = Instant::now();
     let keys = testkeys::load_with(&*hsm, issuers).map_err(|e| anyhow!("loading the TEST keys: {e}"))?;
     let mac_key = keys.get("MAC-OUTPUT-TEST").cloned().ok_or_else(|| anyhow!("no MAC-OUTPUT-TEST key"))?;
+    let usage = keys.usage("MAC-OUTPUT-TEST").ok_or_else(|| anyhow!("no MAC-OUTPUT-TEST key"))?;
+    KeyStep::OutputMac.check("output MAC key", "MAC-OUTPUT-TEST", usage).map_err(|e| anyhow!("{e}"))?;
     let settings = EngineSettings { pool: PoolSettings { capacity: a.pool, refill_threads: 1 } };
     let engine = Engine::new(profile.clone(), keys, hsm.clone(), settings).map_err(|e| anyhow!("{e}"))?;
     let results = prepare_all(&engine, &records, a.hsm.threads);

@@ -31,26 +31,6 @@ pub struct LoadArgs {
     who: Who,
 }
 
-/// The TR-31 usage a TEST key is loaded with, from its label.
-fn usage_of(label: &str, alg: KeyAlg) -> Usage {
-    let has = |p: &str| label.starts_with(p);
-    match () {
-        _ if alg == KeyAlg::HmacSha256 => Usage::M7,
-        _ if has("IMK-AC") || has("IMK-CAP") => Usage::E0,
-        _ if has("IMK-SMC") => Usage::E1,
-        _ if has("IMK-SMI") => Usage::E2,
-        _ if has("IMK-DN") => Usage::E4,
-        _ if has("KMC") => Usage::E5,
-        _ if has("IMK-") || has("PMK-") => Usage::E6,
-        _ if has("TK-") => Usage::D0,
-        _ if has("CVK") => Usage::C0,
-        _ if has("PVK-MC") => Usage::V1,
-        _ if has("PVK") => Usage::V2,
-        _ if has("ZPK") => Usage::P0,
-        _ => Usage::K0,
-    }
-}
-
 fn with_actor(who: &Who, actor: &str) -> Who {
     let mut target = who.target.clone();
     target.actor = Some(actor.to_string());
@@ -82,6 +62,8 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             continue;
         }
         let alg: KeyAlg = k.alg.parse().map_err(|e: String| anyhow!("{}: {e}", k.label))?;
+        // The usage the fixture gives the key: the one the prep engine needs of its step.
+        let usage: Usage = k.usage.parse().map_err(|e: String| anyhow!("{}: {e}", k.label))?;
         let id = format!("test-{}", k.label.to_ascii_lowercase());
         let req = CeremonyStartRequest {
             caller: None,
@@ -89,7 +71,7 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             components: 2,
             smk: false,
             label: k.label.clone(),
-            usage: usage_of(&k.label, alg).to_string(),
+            usage: usage.to_string(),
             alg: alg.to_string(),
             exportable: false,
         };

@@ -21,8 +21,8 @@ use super::{ApiError, ClusterService};
 use crate::identity::Principal;
 use crate::jobs::intake::{self, IntakeError, output_aad};
 use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
-use crate::keys::apply::{key, scan};
-use crate::keys::model::{AuditKeys, KeyRecord, KeyState, Role};
+use crate::keys::apply::key;
+use crate::keys::model::{AuditKeys, KeyRecord, Role};
 use crate::raft::{Command, Outcome, StateMachine};
 use crate::runtime::agent::KeyAgent;
 use crate::runtime::worker::ChunkOutput;
@@ -79,7 +79,6 @@ impl Drop for UploadSlot {
     }
 }
 
-/// The newest active key with `label`.
 /// The sealed inputs of every job still open (uploading, running, done and not acknowledged).
 /// Jobs of other submitters are not named to the caller (no probing of who has which card).
 fn open_inputs(
@@ -100,11 +99,6 @@ fn open_inputs(
         }
     }
     Ok(out)
-}
-
-fn active_key(kv: &dyn crate::store::Kv, label: &str) -> Result<Option<KeyRecord>, crate::store::StoreError> {
-    let keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
-    Ok(keys.into_iter().filter(|k| k.label == label && k.state == KeyState::Active).max_by_key(|k| k.version))
 }
 
 impl JobsService {
@@ -206,10 +200,12 @@ impl JobsService {
         .map_err(intake_error)?;
         drop(data);
         let mac_key = if first.mac_key.is_empty() { "MAC-OUTPUT".to_string() } else { first.mac_key.clone() };
-        let label = mac_key.clone();
-        if self.state(move |kv| active_key(kv, &label)).await?.is_none() {
-            return Err(ApiError::Precondition(format!("no active output MAC key {mac_key} in the inventory")));
-        }
+        // The keys the job names, checked against the inventory as the workers' engine will check
+        // them (labels, TR-31 usage per step, algorithms, issuer keys; the output MAC key is M7):
+        // a job no worker could prepare, or one naming a key outside its use, is refused here,
+        // before anything is stored.
+        let (label, profile) = (mac_key.clone(), checked.profile.clone());
+        self.state(move |kv| intake::check_keys(kv, &profile, &label)).await?.map_err(ApiError::Precondition)?;
 
         // The data key, made in this node's HSM, and the sealed chunks.
         let hsm = self.hsm()?;
@@ -310,9 +306,7 @@ impl JobsService {
 
     async fn mac_key(&self, label: &str) -> ApiResult<KeyRecord> {
         let l = label.to_string();
-        self.state(move |kv| active_key(kv, &l))
-            .await?
-            .ok_or_else(|| ApiError::Precondition(format!("no active output MAC key {label}")))
+        self.state(move |kv| intake::output_mac_key(kv, &l)).await?.map_err(ApiError::Precondition)
     }
 
     /// One output stream of a done job, framed and MACed.

@@ -165,9 +165,7 @@ impl KeysService {
             return self.generate_issuer(caller, &who, req).await;
         }
         let alg: KeyAlg = req.alg.parse().map_err(ApiError::BadRequest)?;
-        if !usage.allows(alg) {
-            return Err(ApiError::BadRequest(format!("usage {usage} does not allow a {alg} key")));
-        }
+        usage.check_alg(alg).map_err(ApiError::BadRequest)?;
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
         let wrapped = tokio::task::spawn_blocking(move || agent.hsm().generate_key(alg))
@@ -231,12 +229,12 @@ impl KeysService {
     async fn import_tr31(&self, who: Principal, req: ImportTr31Request) -> ApiResult<KeyResponse> {
         let caller = super::client_caller(req.caller)?;
         self.cluster.require(&who, &[Role::Admin], "Keys.ImportTr31").await?;
+        // The usage the inventory records comes from the block's header, never from the request
+        // (which has no usage field): checked here before the HSM is asked, and again on the
+        // header the HSM authenticated (its MAC covers the header) below.
         let header = quill_crypto::tr31::parse_key_block_header(req.block.as_bytes())
             .map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
-        let code = header.key_usage.code();
-        let usage: Usage = String::from_utf8_lossy(&code)
-            .parse()
-            .map_err(|e| ApiError::BadRequest(format!("TR-31 block: key usage: {e}")))?;
+        let usage = block_usage(&header)?;
         self.smk_ready().await?;
         let kbpk_id = req.kbpk.clone();
         let kbpk = self
@@ -255,10 +253,17 @@ impl KeysService {
             kbpk.wrapped.clone().ok_or_else(|| ApiError::Precondition(format!("{} is destroyed", kbpk.id)))?;
         let agent = self.agent()?.clone();
         let block = req.block.clone();
-        let (_, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&wrapped_kbpk, &block))
+        let (opened, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&wrapped_kbpk, &block))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(hsm_error)?;
+        if block_usage(&opened)? != usage {
+            return Err(ApiError::BadRequest(format!(
+                "TR-31 block: the authenticated header has usage {}, not {usage}: refused",
+                String::from_utf8_lossy(&opened.key_usage.code())
+            )));
+        }
+        usage.check_alg(wrapped.alg).map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
         let cmd = KeyCommand::KeyCreate {
             label: req.label,
             usage,
@@ -303,11 +308,25 @@ impl KeysService {
         };
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
+        // The block's usage is the key's inventory usage: no request field chooses it (the
+        // request names only the approval), and the block the HSM made is checked before it is
+        // released.
         let usage = k.usage.code().to_string();
-        let block = tokio::task::spawn_blocking(move || agent.hsm().tr31_export(&zw, &kw, &usage, k.exportable))
+        let exportable = k.exportable;
+        let block = tokio::task::spawn_blocking(move || agent.hsm().tr31_export(&zw, &kw, &usage, exportable))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(hsm_error)?;
+        let made = quill_crypto::tr31::parse_key_block_header(block.as_bytes())
+            .map_err(|e| ApiError::Internal(format!("the exported TR-31 block does not parse: {e}")))?;
+        if made.key_usage != k.usage.tr31() {
+            return Err(ApiError::Internal(format!(
+                "the exported TR-31 block has usage {}, key {} has {}: not released",
+                String::from_utf8_lossy(&made.key_usage.code()),
+                k.id,
+                k.usage
+            )));
+        }
         let resp = self
             .cluster
             .submit_as(
@@ -450,6 +469,13 @@ impl KeysService {
         };
         Ok(AuditVerifyResponse { json, ok, anchor })
     }
+}
+
+/// The inventory usage of a TR-31 block's header (a usage Quill does not manage is refused).
+fn block_usage(header: &quill_crypto::tr31::Tr31Header) -> Result<Usage, ApiError> {
+    String::from_utf8_lossy(&header.key_usage.code())
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("TR-31 block: key usage: {e}")))
 }
 
 fn hsm_error(e: quill_hsm::HsmError) -> ApiError {

@@ -5,9 +5,15 @@
 //! and position, shared with the workers that open inputs and seal outputs.
 
 use quill_hsm::{Hsm, HsmError, KeyAlg, WrappedKey};
+use quill_prep::engine::KeyStep;
 use quill_prep::input::{self, CardRecord};
 use quill_prep::profile::{BadRecordPolicy, Profile};
 use sha2::{Digest, Sha256};
+
+use crate::keys::apply::{key, scan};
+use crate::keys::model::{KeyRecord, KeyState};
+use crate::runtime::worker::{WorkerError, inventory_keys};
+use crate::store::{Kv, StoreError};
 
 /// Largest batch file accepted in one submission.
 pub const MAX_INPUT_BYTES: usize = 256 << 20;
@@ -102,6 +108,39 @@ pub struct Checked {
     pub chunk_size: u32,
     /// Number of chunks.
     pub chunks: u32,
+}
+
+/// The newest active key of the inventory with `label`.
+pub fn active_key(kv: &dyn Kv, label: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
+    Ok(keys.into_iter().filter(|k| k.label == label && k.state == KeyState::Active).max_by_key(|k| k.version))
+}
+
+/// The output MAC key `label` of a job: an active key of usage `M7` (HMAC-SHA-256 MACs the output
+/// streams). `Ok(Err(reason))` names the label and why.
+pub fn output_mac_key(kv: &dyn Kv, label: &str) -> Result<Result<KeyRecord, String>, StoreError> {
+    let Some(k) = active_key(kv, label)? else {
+        return Ok(Err(format!("no active output MAC key {label} in the inventory")));
+    };
+    Ok(KeyStep::OutputMac.check("--mac-key", label, k.usage.tr31()).map(|()| k).map_err(|e| e.to_string()))
+}
+
+/// The keys of a job checked against the key inventory in `kv` as the workers' engine will check
+/// them, so that a job no worker could prepare is refused at submission, before anything is
+/// stored: the output MAC key `mac_key` ([`output_mac_key`]), and every key the profile names
+/// ([`quill_prep::engine::check_keys`]: present and active, of a TR-31 usage its step needs and a
+/// fitting algorithm; issuer key pairs certified for the application). `Ok(Err(reason))` names
+/// the profile field, the label and why (the usage the key has and the usages the step needs).
+pub fn check_keys(kv: &dyn Kv, profile: &Profile, mac_key: &str) -> Result<Result<(), String>, StoreError> {
+    if let Err(reason) = output_mac_key(kv, mac_key)? {
+        return Ok(Err(reason));
+    }
+    let keys = match inventory_keys(kv) {
+        Ok(k) => k,
+        Err(WorkerError::Store(e)) => return Err(e),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    Ok(quill_prep::engine::check_keys(profile, &keys).map_err(|e| e.to_string()))
 }
 
 /// Check a submission: complete, unaltered, a valid profile, and records that pass it (with
@@ -237,4 +276,116 @@ pub fn seal(hsm: &dyn Hsm, id: &str, c: &Checked) -> Result<(WrappedKey, Vec<Sea
         out.push((n, cards, sealed));
     }
     Ok((data_key, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::model::{Actor, Kcv, Origin, Usage};
+    use crate::store::MemKv;
+
+    /// Active inventory keys (wrapped blobs that wrap nothing: only labels, algorithms and usages
+    /// matter to the checks) for the `visa-dda-credit` sample profile, without its issuer key.
+    fn inventory(extra: &[(&str, u32, Usage, KeyAlg, KeyState)]) -> MemKv {
+        let mut kv = MemKv::default();
+        let des2 = KeyAlg::Des2;
+        let base = [
+            ("IMK-AC-VISA-TEST", 1, Usage::E0, des2, KeyState::Active),
+            ("IMK-SMI-VISA-TEST", 1, Usage::E2, des2, KeyState::Active),
+            ("IMK-SMC-VISA-TEST", 1, Usage::E1, des2, KeyState::Active),
+            ("TK-DEK-TEST", 1, Usage::D0, des2, KeyState::Active),
+            ("CVK-VISA-TEST", 1, Usage::C0, des2, KeyState::Active),
+            ("PVK-VISA-TEST", 1, Usage::V2, des2, KeyState::Active),
+            ("ZPK-MAILER-TEST", 1, Usage::P0, des2, KeyState::Active),
+            ("MAC-OUTPUT-TEST", 1, Usage::M7, KeyAlg::HmacSha256, KeyState::Active),
+        ];
+        for (label, version, usage, alg, state) in base.iter().chain(extra) {
+            let id = format!("{label}.v{version}");
+            let wrapped =
+                WrappedKey { alg: *alg, blob: vec![0; 24], kcv: Kcv("ABCDEF".into()), smk_kcv: Kcv("00".into()) };
+            let rec = KeyRecord {
+                id: id.clone(),
+                label: (*label).into(),
+                version: *version,
+                usage: *usage,
+                alg: *alg,
+                kcv: wrapped.kcv.clone(),
+                state: *state,
+                exportable: false,
+                origin: Origin::Generated { node: 1 },
+                wrapped: Some(wrapped),
+                created_by: Actor::node(1),
+                created_ms: 0,
+                approvers: Vec::new(),
+                changed_by: None,
+                changed_ms: 0,
+            };
+            crate::store::put_typed(&mut kv, format!("{}{id}", key::KEY).as_bytes(), &rec).expect("put");
+        }
+        kv
+    }
+
+    fn profile(from: &str, to: &str) -> Profile {
+        let text = quill_prep::samples::VISA_DDA_CREDIT;
+        assert!(text.contains(from), "{from}");
+        Profile::parse(&text.replacen(from, to, 1), "visa-dda-credit").expect("profile")
+    }
+
+    fn sample() -> Profile {
+        Profile::parse(quill_prep::samples::VISA_DDA_CREDIT, "visa-dda-credit").expect("profile")
+    }
+
+    fn refusal(kv: &MemKv, p: &Profile, mac: &str) -> String {
+        check_keys(kv, p, mac).expect("state").expect_err("refused")
+    }
+
+    /// The finding of issue 13 at submission: the IMK-AC as the transport key, the CVK as the
+    /// PIN-mailer key, the CVK as the output MAC key; each refused naming field, label, the usage
+    /// the key has and the usages the step needs.
+    #[test]
+    fn a_submission_naming_a_key_outside_its_use_is_refused() {
+        let kv = inventory(&[]);
+        let p = profile("transport_key = \"TK-DEK-TEST\"", "transport_key = \"IMK-AC-VISA-TEST\"");
+        assert_eq!(
+            refusal(&kv, &p, "MAC-OUTPUT-TEST"),
+            "applications.visa-credit.secret.transport_key: key \"IMK-AC-VISA-TEST\" has usage E0 (EMV IMK, \
+             application cryptograms); this step needs D0 (data encryption) or K0 (key encryption)"
+        );
+        let p = profile("key = \"ZPK-MAILER-TEST\"", "key = \"CVK-VISA-TEST\"");
+        assert_eq!(
+            refusal(&kv, &p, "MAC-OUTPUT-TEST"),
+            "pin.mailer.key: key \"CVK-VISA-TEST\" has usage C0 (card verification key); this step needs P0 (PIN \
+             encryption)"
+        );
+        let p = sample();
+        assert_eq!(
+            refusal(&kv, &p, "CVK-VISA-TEST"),
+            "--mac-key: key \"CVK-VISA-TEST\" has usage C0 (card verification key); this step needs M7 (HMAC)"
+        );
+        assert_eq!(refusal(&kv, &p, "MAC-NONE"), "no active output MAC key MAC-NONE in the inventory");
+        // The right keys pass every working-key check; what is left is the issuer key pair this
+        // inventory does not have (refused too: no worker could sign the cards).
+        let r = refusal(&kv, &p, "MAC-OUTPUT-TEST");
+        assert!(r.starts_with("applications.visa-credit.issuer_key: issuer key \"ISS-VISA-TEST-1408\""), "{r}");
+    }
+
+    /// A label is checked with the usage of the version the workers would use: the newest active
+    /// one. A new version of the transport key's label that is an IMK is refused; a suspended
+    /// newer version leaves the older one in charge.
+    #[test]
+    fn the_newest_active_version_of_a_label_is_the_one_checked() {
+        let p = sample();
+        let kv = inventory(&[("TK-DEK-TEST", 2, Usage::E0, KeyAlg::Des2, KeyState::Active)]);
+        let r = refusal(&kv, &p, "MAC-OUTPUT-TEST");
+        assert!(
+            r.starts_with("applications.visa-credit.secret.transport_key: key \"TK-DEK-TEST\" has usage E0"),
+            "{r}"
+        );
+        let kv = inventory(&[("TK-DEK-TEST", 2, Usage::E0, KeyAlg::Des2, KeyState::Suspended)]);
+        let r = refusal(&kv, &p, "MAC-OUTPUT-TEST");
+        assert!(r.contains("issuer_key"), "{r}");
+        let kv = inventory(&[("MAC-OUTPUT-TEST", 2, Usage::K0, KeyAlg::Aes256, KeyState::Active)]);
+        let r = refusal(&kv, &p, "MAC-OUTPUT-TEST");
+        assert!(r.starts_with("--mac-key: key \"MAC-OUTPUT-TEST\" has usage K0 (key encryption)"), "{r}");
+    }
 }

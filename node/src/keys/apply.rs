@@ -658,6 +658,30 @@ mod tests {
         assert!(r.contains("cannot act for node 1"), "{r}");
     }
 
+    /// A working-key ceremony whose usage does not fit its algorithm is refused at its start,
+    /// before any custodian hands in a component, saying what the usage is for.
+    #[test]
+    fn a_ceremony_for_a_usage_that_does_not_fit_the_algorithm_is_refused_at_start() {
+        let mut kv = with_smk();
+        let admin = who(Role::Admin, "ada");
+        let start = |id: &str, usage, alg| KeyCommand::CeremonyStart {
+            id: id.into(),
+            target: CeremonyTarget::Key { label: "k".into(), usage, alg, exportable: false },
+            components: 2,
+        };
+        let r = refused(run(&mut kv, &admin, start("c1", Usage::E0, KeyAlg::HmacSha256)));
+        assert!(r.contains("usage E0 (EMV IMK, application cryptograms) does not allow a HMAC_SHA256 key"), "{r}");
+        let r = refused(run(&mut kv, &admin, start("c2", Usage::M7, KeyAlg::Des2)));
+        assert!(r.contains("usage M7 (HMAC) does not allow a DES2 key: it is for HMAC-SHA-256 keys"), "{r}");
+        let r = refused(run(&mut kv, &admin, start("c3", Usage::C0, KeyAlg::Aes128)));
+        assert!(r.contains("usage C0"), "{r}");
+        for id in ["c1", "c2", "c3"] {
+            assert!(read::<Ceremony>(&kv, &format!("{}{id}", key::CEREMONY)).expect("read").is_none(), "{id} stored");
+        }
+        ok(run(&mut kv, &admin, start("c4", Usage::E0, KeyAlg::Des2)));
+        ok(run(&mut kv, &admin, start("c5", Usage::M7, KeyAlg::HmacSha256)));
+    }
+
     #[test]
     fn keys_versions_usage_and_smk_checks() {
         let mut kv = with_smk();

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use quill_hsm::tr31::KeyUsage;
 pub use quill_hsm::{Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey};
 
 pub use crate::identity::{Actor, NodeId, Role};
@@ -113,6 +114,59 @@ impl Usage {
             Usage::V1 => "V1",
             Usage::V2 => "V2",
         }
+    }
+
+    /// The same usage as `quill_hsm::tr31` names it: what the prep engine checks a key's step
+    /// against ([`quill_prep::engine::KeyStep`]).
+    pub fn tr31(self) -> KeyUsage {
+        match self {
+            Usage::B0 => KeyUsage::Bdk,
+            Usage::C0 => KeyUsage::Cvk,
+            Usage::D0 => KeyUsage::DataEncryption,
+            Usage::E0 => KeyUsage::EmvAc,
+            Usage::E1 => KeyUsage::EmvSmc,
+            Usage::E2 => KeyUsage::EmvSmi,
+            Usage::E3 => KeyUsage::EmvDac,
+            Usage::E4 => KeyUsage::EmvDn,
+            Usage::E5 => KeyUsage::EmvPersonalisation,
+            Usage::E6 => KeyUsage::EmvOther,
+            Usage::K0 => KeyUsage::KeyEncryption,
+            Usage::K1 => KeyUsage::Kbpk,
+            Usage::M0 => KeyUsage::Iso16609Mac,
+            Usage::M1 => KeyUsage::Iso9797Mac1,
+            Usage::M3 => KeyUsage::Iso9797Mac3,
+            Usage::M6 => KeyUsage::Cmac,
+            Usage::M7 => KeyUsage::Hmac,
+            Usage::P0 => KeyUsage::PinEncryption,
+            Usage::S0 => KeyUsage::AsymmetricSignature,
+            Usage::V1 => KeyUsage::PinVerificationIbm3624,
+            Usage::V2 => KeyUsage::PinVerificationVisaPvv,
+        }
+    }
+
+    /// What the usage is for, in a few words (`EMV IMK, application cryptograms`).
+    pub fn name(self) -> &'static str {
+        quill_hsm::tr31_usage_name(self.tr31())
+    }
+
+    /// The key algorithms [`Usage::allows`], in words.
+    pub fn algorithms(self) -> &'static str {
+        match self {
+            Usage::M7 => "HMAC-SHA-256 keys",
+            Usage::S0 => "RSA issuer key pairs (quill key generate --alg rsa)",
+            Usage::M0 | Usage::M1 | Usage::M3 | Usage::V1 | Usage::V2 | Usage::C0 => "TDES (DES2, DES3) keys",
+            _ => "TDES (DES2, DES3) or AES keys",
+        }
+    }
+
+    /// Refuse a key of `alg` for this usage (a key ceremony, a generation, an import), saying what
+    /// the usage is for and which algorithms it takes: `usage E0 (EMV IMK, application
+    /// cryptograms) does not allow a HMAC_SHA256 key: it is for TDES (DES2, DES3) or AES keys`.
+    pub fn check_alg(self, alg: KeyAlg) -> Result<(), String> {
+        if self.allows(alg) {
+            return Ok(());
+        }
+        Err(format!("usage {self} ({}) does not allow a {alg} key: it is for {}", self.name(), self.algorithms()))
     }
 
     /// Whether a symmetric key of `alg` can serve this usage.
@@ -488,4 +542,37 @@ pub struct AuditKeys {
     pub enc: WrappedKey,
     /// The node that generated them.
     pub node: NodeId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every usage maps to the TR-31 usage of its code, and allows only algorithms TR-31 allows it.
+    #[test]
+    fn usages_are_their_tr31_codes() {
+        for u in Usage::ALL {
+            assert_eq!(u.tr31().code(), *<&[u8; 2]>::try_from(u.code().as_bytes()).expect("two characters"), "{u}");
+            for alg in KeyAlg::ALL {
+                if u.allows(alg) {
+                    assert!(quill_hsm::tr31_usage_allows(u.tr31(), alg), "{u} allows {alg}, TR-31 does not");
+                }
+            }
+        }
+    }
+
+    /// A usage that does not fit the algorithm is refused with what the usage is for.
+    #[test]
+    fn a_usage_that_does_not_fit_the_algorithm_says_why() {
+        let e = Usage::E0.check_alg(KeyAlg::HmacSha256).expect_err("E0 with HMAC");
+        assert_eq!(
+            e,
+            "usage E0 (EMV IMK, application cryptograms) does not allow a HMAC_SHA256 key: it is for TDES (DES2, DES3) or AES keys"
+        );
+        let e = Usage::M7.check_alg(KeyAlg::Des2).expect_err("M7 with TDES");
+        assert_eq!(e, "usage M7 (HMAC) does not allow a DES2 key: it is for HMAC-SHA-256 keys");
+        assert!(Usage::C0.check_alg(KeyAlg::Aes128).is_err());
+        assert!(Usage::P0.check_alg(KeyAlg::Aes128).is_ok());
+        assert!(Usage::D0.check_alg(KeyAlg::Des2).is_ok());
+    }
 }

@@ -147,15 +147,16 @@ pub enum WorkerError {
     ClaimLost,
 }
 
-/// The key set the engine takes, from the inventory: the newest active version of every label,
-/// and every issuer key pair bound to a verified certificate.
+/// The key set the engine takes, from the inventory: the newest active version of every label
+/// with the TR-31 usage its record has (the engine refuses a key for a step its usage is not
+/// for), and every issuer key pair bound to a verified certificate.
 pub fn inventory_keys(kv: &dyn crate::store::Kv) -> Result<KeySet, WorkerError> {
     let mut set = KeySet::new();
     let mut keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
     keys.sort_by_key(|k| (k.label.clone(), k.version));
     for k in keys.into_iter().filter(|k| k.state == KeyState::Active) {
         if let Some(w) = k.wrapped {
-            set.insert(k.label.clone(), w);
+            set.insert(k.label.clone(), w, k.usage.tr31());
         }
     }
     let cas = issuers::ca_store(kv)?;

@@ -25,8 +25,10 @@
 //! 5. **Embossing** lines, the **PIN-mailer** record (PIN block, a mailer reference that is not the
 //!    PAN) and the **carrier** record (masked PAN, name, expiry, CVV2).
 //!
-//! Every label and key algorithm is checked once, in [`Engine::new`]. Per-card errors name the
-//! input line, the application and the step, never the PAN or a key.
+//! Every label, every key's TR-31 usage for its step ([`KeyStep`]: an IMK is never a transport
+//! key, a CVK never a PIN key) and every key's algorithm is checked once, in [`Engine::new`] (and
+//! by [`check_keys`] where a job is submitted). Per-card errors name the input line, the
+//! application and the step, never the PAN or a key.
 
 mod keypool;
 mod keys;
@@ -34,12 +36,13 @@ pub mod output;
 
 pub use keypool::{IccKeyPool, PairSpec, PoolSettings, PoolStats};
 use keys::Need;
-pub use keys::{IssuerKey, KeyRef, KeySet};
+pub use keys::{IssuerKey, KeyRef, KeySet, KeyStep, usage_text, usages_text};
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use quill_hsm::tr31::KeyUsage;
 use quill_hsm::{CrtPadding, Hsm, HsmError, PinRequest, PinVerification, WrappedKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -229,6 +232,18 @@ pub enum SetupError {
         alg: String,
         /// What the use needs.
         need: &'static str,
+    },
+    /// A key's TR-31 usage is not one the step needs (PCI PIN 18-3: a key has one use).
+    #[error("{field}: key {label:?} has usage {}; this step needs {}", usage_text(.has), usages_text(.needs))]
+    WrongUsage {
+        /// The profile field naming it.
+        field: String,
+        /// The label.
+        label: String,
+        /// The usage the inventory records for the key.
+        has: KeyUsage,
+        /// The usages the step accepts (any one).
+        needs: &'static [KeyUsage],
     },
     /// An issuer key does not fit the application.
     #[error("{field}: issuer key {label:?}: {reason}")]
@@ -969,31 +984,39 @@ fn group_pan(pan: &str) -> String {
 // Key checks
 // ---------------------------------------------------------------------------------------------
 
-fn check_keys(p: &Profile, keys: &KeySet) -> Result<(), SetupError> {
-    let sym = |field: String, label: &str, need: Need| -> Result<(), SetupError> {
-        let k = keys.get(label).ok_or_else(|| SetupError::MissingKey { field: field.clone(), label: label.into() })?;
+/// Check every working key `p` names against `keys`, as [`Engine::new`] does: each label is in the
+/// set, has a TR-31 usage its step needs ([`KeyStep`]) and an algorithm that fits; then the issuer
+/// key pairs of SDA/DDA applications. The node runs it when a job is submitted, so that a profile
+/// the workers could not prepare is refused before anything is stored.
+pub fn check_keys(p: &Profile, keys: &KeySet) -> Result<(), SetupError> {
+    let sym = |field: String, label: &str, step: KeyStep, need: Need| -> Result<(), SetupError> {
+        let (Some(k), Some(usage)) = (keys.get(label), keys.usage(label)) else {
+            return Err(SetupError::MissingKey { field, label: label.into() });
+        };
+        step.check(field.clone(), label, usage)?;
         if !need.fits(k.alg) {
             return Err(SetupError::WrongKey { field, label: label.into(), alg: k.alg.to_string(), need: need.name() });
         }
         Ok(())
     };
+    // The working keys of every step first, then the issuer key pairs.
     for app in &p.applications {
         let at = |f: &str| format!("applications.{}.{f}", app.name());
         match app {
             Application::Emv(a) | Application::Cap(a) => {
                 if let Some(k) = &a.keys {
-                    sym(at("keys.ac"), &k.ac, Need::Tdes)?;
-                    sym(at("keys.smi"), &k.smi, Need::Tdes)?;
-                    sym(at("keys.smc"), &k.smc, Need::Tdes)?;
+                    sym(at("keys.ac"), &k.ac, KeyStep::ImkAc, Need::Tdes)?;
+                    sym(at("keys.smi"), &k.smi, KeyStep::ImkSmi, Need::Tdes)?;
+                    sym(at("keys.smc"), &k.smc, KeyStep::ImkSmc, Need::Tdes)?;
                     for (name, l) in &k.extra {
-                        sym(at(&format!("keys.extra.{name}")), l, Need::Tdes)?;
+                        sym(at(&format!("keys.extra.{name}")), l, KeyStep::extra(name), Need::Tdes)?;
                     }
                 }
                 if let Some(imk) = a.cap.as_ref().and_then(|c| c.imk.as_deref()) {
-                    sym(at("cap.imk"), imk, Need::Tdes)?;
+                    sym(at("cap.imk"), imk, KeyStep::CapImk, Need::Tdes)?;
                 }
                 if let Some(s) = &a.secret {
-                    sym(at("secret.transport_key"), &s.transport_key, Need::Tdes)?;
+                    sym(at("secret.transport_key"), &s.transport_key, KeyStep::Transport, Need::Tdes)?;
                 } else if a.keys.is_some() || a.oda == Oda::Dda || a.offline_pin {
                     return Err(SetupError::Profile {
                         field: at("secret"),
@@ -1001,64 +1024,69 @@ fn check_keys(p: &Profile, keys: &KeySet) -> Result<(), SetupError> {
                             .into(),
                     });
                 }
-                if matches!(a.oda, Oda::Sda | Oda::Dda) {
-                    let label = a.issuer_key.as_deref().unwrap_or_default();
-                    let field = at("issuer_key");
-                    let i = keys.issuer(label).ok_or_else(|| SetupError::Issuer {
-                        field: field.clone(),
-                        label: label.into(),
-                        reason: "no such issuer key pair with a certificate in the key inventory".into(),
-                    })?;
-                    let bad = |reason: String| SetupError::Issuer { field: field.clone(), label: label.into(), reason };
-                    let aid = hex::decode(&a.aid).unwrap_or_default();
-                    if aid.get(..5) != Some(&i.certificate.rid()[..]) {
-                        return Err(bad(format!(
-                            "its certificate is for RID {}, the application's AID {} has another",
-                            hex::encode_upper(i.certificate.rid()),
-                            a.aid
-                        )));
-                    }
-                    let want = a.ca_index.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
-                    if want != [i.certificate.ca_index()] {
-                        return Err(bad(format!(
-                            "its certificate is signed by CA index {:02X}, the profile's ca_index is {}",
-                            i.certificate.ca_index(),
-                            a.ca_index.as_deref().unwrap_or("absent")
-                        )));
-                    }
-                    if let Some(spec) = a.icc_key
-                        && spec.bits as usize / 8 > i.public().len()
-                    {
-                        return Err(bad(format!(
-                            "the ICC key ({} bits) is longer than the issuer key ({} bits)",
-                            spec.bits,
-                            i.public().len() * 8
-                        )));
-                    }
-                }
             }
             Application::Epurse(a) => {
                 for (name, l) in &a.master_keys {
-                    sym(at(&format!("master_keys.{name}")), l, Need::Tdes)?;
+                    sym(at(&format!("master_keys.{name}")), l, KeyStep::PurseMaster, Need::Tdes)?;
                 }
                 if let Some(s) = &a.secret {
-                    sym(at("secret.transport_key"), &s.transport_key, Need::Tdes)?;
+                    sym(at("secret.transport_key"), &s.transport_key, KeyStep::Transport, Need::Tdes)?;
                 }
             }
         }
     }
     if let Some(m) = &p.mag_stripe {
-        sym("mag_stripe.cvk".into(), &m.cvk, Need::Des2)?;
+        sym("mag_stripe.cvk".into(), &m.cvk, KeyStep::Cvk, Need::Des2)?;
     }
     if let Some(pin) = &p.pin {
         if let Some(v) = &pin.pvv {
-            sym("pin.pvv.pvk".into(), &v.pvk, Need::Tdes)?;
+            sym("pin.pvv.pvk".into(), &v.pvk, KeyStep::PvkVisa, Need::Tdes)?;
         }
         if let Some(v) = &pin.ibm3624 {
-            sym("pin.ibm3624.pvk".into(), &v.pvk, Need::Tdes)?;
+            sym("pin.ibm3624.pvk".into(), &v.pvk, KeyStep::PvkIbm3624, Need::Tdes)?;
         }
         let need = if pin.mailer.block_format == PinBlockFormat::Iso4 { Need::Aes } else { Need::Tdes };
-        sym("pin.mailer.key".into(), &pin.mailer.key, need)?;
+        sym("pin.mailer.key".into(), &pin.mailer.key, KeyStep::PinMailer, need)?;
+    }
+    for app in &p.applications {
+        let at = |f: &str| format!("applications.{}.{f}", app.name());
+        let (Application::Emv(a) | Application::Cap(a)) = app else { continue };
+        if !matches!(a.oda, Oda::Sda | Oda::Dda) {
+            continue;
+        }
+        let label = a.issuer_key.as_deref().unwrap_or_default();
+        let field = at("issuer_key");
+        let i = keys.issuer(label).ok_or_else(|| SetupError::Issuer {
+            field: field.clone(),
+            label: label.into(),
+            reason: "no such issuer key pair with a certificate in the key inventory".into(),
+        })?;
+        let bad = |reason: String| SetupError::Issuer { field: field.clone(), label: label.into(), reason };
+        let aid = hex::decode(&a.aid).unwrap_or_default();
+        if aid.get(..5) != Some(&i.certificate.rid()[..]) {
+            return Err(bad(format!(
+                "its certificate is for RID {}, the application's AID {} has another",
+                hex::encode_upper(i.certificate.rid()),
+                a.aid
+            )));
+        }
+        let want = a.ca_index.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
+        if want != [i.certificate.ca_index()] {
+            return Err(bad(format!(
+                "its certificate is signed by CA index {:02X}, the profile's ca_index is {}",
+                i.certificate.ca_index(),
+                a.ca_index.as_deref().unwrap_or("absent")
+            )));
+        }
+        if let Some(spec) = a.icc_key
+            && spec.bits as usize / 8 > i.public().len()
+        {
+            return Err(bad(format!(
+                "the ICC key ({} bits) is longer than the issuer key ({} bits)",
+                spec.bits,
+                i.public().len() * 8
+            )));
+        }
     }
     Ok(())
 }
@@ -1087,5 +1115,231 @@ mod tests {
         assert_eq!(group_pan("4761739001010010"), "4761 7390 0101 0010");
         assert_eq!(group_pan("378282246310005"), "3782 822463 10005");
         assert_eq!(group_pan("4970100000000000017"), "4970 1000 0000 0000 017");
+    }
+}
+
+/// The key checks against the TEST key set (no HSM: [`crate::testkeys::unwrapped_set`]): the
+/// usage each step needs, as an attacker's profile would try it.
+#[cfg(all(test, feature = "test-keys"))]
+#[allow(clippy::unwrap_used)]
+mod key_usage_tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// Every TR-31 usage code (X9.143-2022 table 6).
+    const CODES: [&[u8; 2]; 38] = [
+        b"B0", b"B1", b"B2", b"C0", b"D0", b"D1", b"D2", b"E0", b"E1", b"E2", b"E3", b"E4", b"E5", b"E6", b"I0", b"K0",
+        b"K1", b"K2", b"K3", b"M0", b"M1", b"M2", b"M3", b"M4", b"M5", b"M6", b"M7", b"M8", b"P0", b"S0", b"S1", b"S2",
+        b"V0", b"V1", b"V2", b"V3", b"V4", b"42",
+    ];
+
+    fn all_usages() -> impl Iterator<Item = KeyUsage> {
+        CODES.iter().map(|c| KeyUsage::from_code(**c).unwrap())
+    }
+
+    fn keys() -> &'static KeySet {
+        static S: OnceLock<KeySet> = OnceLock::new();
+        S.get_or_init(|| crate::testkeys::unwrapped_set().unwrap())
+    }
+
+    fn sample(name: &str) -> &'static str {
+        match name {
+            "visa-dda-credit" => crate::samples::VISA_DDA_CREDIT,
+            "mc-cap" => crate::samples::MC_CAP,
+            "multi-app" => crate::samples::MULTI_APP,
+            _ => unreachable!("no sample {name}"),
+        }
+    }
+
+    /// A sample profile with `from` replaced by `to` (once, where it must be).
+    fn edited(name: &str, from: &str, to: &str) -> Profile {
+        let text = sample(name);
+        assert!(text.contains(from), "{name} has no {from:?}");
+        Profile::parse(&text.replacen(from, to, 1), name).unwrap()
+    }
+
+    fn profile(name: &str) -> Profile {
+        Profile::parse(sample(name), name).unwrap()
+    }
+
+    #[test]
+    fn the_sample_profiles_pass_with_the_test_keys() {
+        for name in ["visa-dda-credit", "mc-cap", "multi-app"] {
+            check_keys(&profile(name), keys()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    /// The finding: the IMK-AC named as the transport key of the secret DGIs.
+    #[test]
+    fn an_imk_as_the_transport_key_is_refused() {
+        let p = edited("visa-dda-credit", "transport_key = \"TK-DEK-TEST\"", "transport_key = \"IMK-AC-VISA-TEST\"");
+        let e = check_keys(&p, keys()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "applications.visa-credit.secret.transport_key: key \"IMK-AC-VISA-TEST\" has usage E0 (EMV IMK, \
+             application cryptograms); this step needs D0 (data encryption) or K0 (key encryption)"
+        );
+        assert!(matches!(e, SetupError::WrongUsage { has: KeyUsage::EmvAc, .. }), "{e:?}");
+    }
+
+    /// The finding: the CVK named as the PIN-mailer key.
+    #[test]
+    fn a_cvk_as_the_pin_mailer_key_is_refused() {
+        let p = edited("visa-dda-credit", "key = \"ZPK-MAILER-TEST\"", "key = \"CVK-VISA-TEST\"");
+        let e = check_keys(&p, keys()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pin.mailer.key: key \"CVK-VISA-TEST\" has usage C0 (card verification key); this step needs P0 (PIN \
+             encryption)"
+        );
+        // Both at once: the first step in profile order answers.
+        let text = sample("visa-dda-credit")
+            .replacen("transport_key = \"TK-DEK-TEST\"", "transport_key = \"IMK-AC-VISA-TEST\"", 1)
+            .replacen("key = \"ZPK-MAILER-TEST\"", "key = \"CVK-VISA-TEST\"", 1);
+        let e = check_keys(&Profile::parse(&text, "both").unwrap(), keys()).unwrap_err();
+        assert!(e.to_string().starts_with("applications.visa-credit.secret.transport_key:"), "{e}");
+    }
+
+    /// Other swaps an attacker would try: an IMK of one use for another, the PVK as the CVK, the
+    /// PIN key as the transport key, the KMC as an IMK. Each refused by usage although its
+    /// algorithm fits.
+    #[test]
+    fn keys_of_another_use_are_refused_whatever_their_algorithm() {
+        for (name, from, to, field, has) in [
+            ("visa-dda-credit", "smi = \"IMK-SMI-VISA-TEST\"", "smi = \"IMK-AC-VISA-TEST\"", "keys.smi", "E0"),
+            ("visa-dda-credit", "ac = \"IMK-AC-VISA-TEST\"", "ac = \"IMK-SMC-VISA-TEST\"", "keys.ac", "E1"),
+            ("visa-dda-credit", "ac = \"IMK-AC-VISA-TEST\"", "ac = \"KMC-TEST\"", "keys.ac", "E5"),
+            ("visa-dda-credit", "cvk = \"CVK-VISA-TEST\"", "cvk = \"PVK-VISA-TEST\"", "mag_stripe.cvk", "V2"),
+            (
+                "visa-dda-credit",
+                "transport_key = \"TK-DEK-TEST\"",
+                "transport_key = \"ZPK-MAILER-TEST\"",
+                "secret.transport_key",
+                "P0",
+            ),
+            ("visa-dda-credit", "pvk = \"PVK-VISA-TEST\"", "pvk = \"PVK-MC-TEST\"", "pin.pvv.pvk", "V1"),
+            ("mc-cap", "pvk = \"PVK-MC-TEST\"", "pvk = \"PVK-VISA-TEST\"", "pin.ibm3624.pvk", "V2"),
+            ("mc-cap", "imk = \"IMK-CAP-MC-TEST\"", "imk = \"IMK-CVC3-MC-TEST\"", "cap.imk", "E6"),
+            ("multi-app", "load = \"PMK-LOAD-TEST\"", "load = \"TK-DEK-TEST\"", "master_keys.load", "D0"),
+            ("multi-app", "dn = \"IMK-DN-VISA-TEST\"", "dn = \"IMK-CVC3-MC-TEST\"", "keys.extra.dn", "E6"),
+            ("mc-cap", "cvc3 = \"IMK-CVC3-MC-TEST\"", "cvc3 = \"IMK-DN-VISA-TEST\"", "keys.extra.cvc3", "E4"),
+        ] {
+            let e = check_keys(&edited(name, from, to), keys()).unwrap_err();
+            let SetupError::WrongUsage { field: f, has: h, .. } = &e else { panic!("{name} {to}: {e}") };
+            assert!(f.ends_with(field), "{name} {to}: {e}");
+            assert_eq!(&h.code(), has.as_bytes(), "{name} {to}: {e}");
+            let label = to.split('"').nth(1).unwrap();
+            assert!(e.to_string().contains(&format!("key \"{label}\" has usage {has} (")), "{e}");
+        }
+    }
+
+    /// Every step, with its key given every TR-31 usage in turn: accepted exactly with the usages
+    /// of [`KeyStep::needs`], refused otherwise naming the field, the label, the usage and the
+    /// needed usages.
+    #[test]
+    fn every_step_takes_exactly_its_usages() {
+        let dac = sample("multi-app").replacen("dn = \"IMK-DN-VISA-TEST\"", "dac = \"IMK-DN-VISA-TEST\"", 1);
+        let dac = Profile::parse(&dac, "multi-app with dac").unwrap();
+        let idn = sample("multi-app").replacen("dn = \"IMK-DN-VISA-TEST\"", "idn = \"IMK-DN-VISA-TEST\"", 1);
+        let idn = Profile::parse(&idn, "multi-app with idn").unwrap();
+        let cases: Vec<(Profile, &str, &str, KeyStep)> = vec![
+            (profile("visa-dda-credit"), "IMK-AC-VISA-TEST", "applications.visa-credit.keys.ac", KeyStep::ImkAc),
+            (profile("visa-dda-credit"), "IMK-SMI-VISA-TEST", "applications.visa-credit.keys.smi", KeyStep::ImkSmi),
+            (profile("visa-dda-credit"), "IMK-SMC-VISA-TEST", "applications.visa-credit.keys.smc", KeyStep::ImkSmc),
+            (dac, "IMK-DN-VISA-TEST", "applications.international.keys.extra.dac", KeyStep::ImkDac),
+            (profile("multi-app"), "IMK-DN-VISA-TEST", "applications.international.keys.extra.dn", KeyStep::ImkDn),
+            (idn, "IMK-DN-VISA-TEST", "applications.international.keys.extra.idn", KeyStep::ImkDn),
+            (profile("mc-cap"), "IMK-CVC3-MC-TEST", "applications.mc-credit.keys.extra.cvc3", KeyStep::ImkOther),
+            (profile("mc-cap"), "IMK-CAP-MC-TEST", "applications.mc-cap.cap.imk", KeyStep::CapImk),
+            (profile("multi-app"), "PMK-LOAD-TEST", "applications.purse.master_keys.load", KeyStep::PurseMaster),
+            (
+                profile("visa-dda-credit"),
+                "TK-DEK-TEST",
+                "applications.visa-credit.secret.transport_key",
+                KeyStep::Transport,
+            ),
+            (profile("multi-app"), "TK-DEK-TEST", "applications.domestic.secret.transport_key", KeyStep::Transport),
+            (profile("visa-dda-credit"), "ZPK-MAILER-TEST", "pin.mailer.key", KeyStep::PinMailer),
+            (profile("mc-cap"), "ZPK-MAILER-AES-TEST", "pin.mailer.key", KeyStep::PinMailer),
+            (profile("visa-dda-credit"), "CVK-VISA-TEST", "mag_stripe.cvk", KeyStep::Cvk),
+            (profile("mc-cap"), "CVK-MC-TEST", "mag_stripe.cvk", KeyStep::Cvk),
+            (profile("visa-dda-credit"), "PVK-VISA-TEST", "pin.pvv.pvk", KeyStep::PvkVisa),
+            (profile("mc-cap"), "PVK-MC-TEST", "pin.ibm3624.pvk", KeyStep::PvkIbm3624),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for (p, label, field, step) in &cases {
+            covered.insert(format!("{step:?}"));
+            for u in all_usages() {
+                let mut set = keys().clone();
+                set.insert(*label, set.get(label).unwrap().clone(), u);
+                let got = check_keys(p, &set);
+                if step.needs().contains(&u) {
+                    got.unwrap_or_else(|e| panic!("{field} with {u:?}: {e}"));
+                } else {
+                    let e = got.unwrap_err();
+                    assert_eq!(
+                        e,
+                        SetupError::WrongUsage {
+                            field: (*field).into(),
+                            label: (*label).into(),
+                            has: u,
+                            needs: step.needs()
+                        },
+                        "{field} with {u:?}"
+                    );
+                    let text = e.to_string();
+                    assert!(text.starts_with(&format!("{field}: key \"{label}\" has usage ")), "{text}");
+                    assert!(text.ends_with(&format!("; this step needs {}", usages_text(step.needs()))), "{text}");
+                }
+            }
+        }
+        // The output MAC key is checked where the output is MACed (the node at submission, the
+        // lab run): only an HMAC (M7) key.
+        covered.insert(format!("{:?}", KeyStep::OutputMac));
+        for u in all_usages() {
+            let got = KeyStep::OutputMac.check("--mac-key", "MAC-OUTPUT", u);
+            assert_eq!(got.is_ok(), u == KeyUsage::Hmac, "{u:?}");
+        }
+        let e = KeyStep::OutputMac.check("--mac-key", "CVK-VISA-TEST", KeyUsage::Cvk).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--mac-key: key \"CVK-VISA-TEST\" has usage C0 (card verification key); this step needs M7 (HMAC)"
+        );
+        assert_eq!(covered.len(), KeyStep::ALL.len(), "a step without a test: {covered:?}");
+    }
+
+    /// The mapping, as the standards name the usages.
+    #[test]
+    fn the_mapping() {
+        let code =
+            |s: KeyStep| s.needs().iter().map(|u| String::from_utf8_lossy(&u.code()).into_owned()).collect::<Vec<_>>();
+        let want: [(KeyStep, &[&str]); 14] = [
+            (KeyStep::ImkAc, &["E0"]),
+            (KeyStep::ImkSmi, &["E2"]),
+            (KeyStep::ImkSmc, &["E1"]),
+            (KeyStep::ImkDac, &["E3"]),
+            (KeyStep::ImkDn, &["E4"]),
+            (KeyStep::ImkOther, &["E6"]),
+            (KeyStep::CapImk, &["E0"]),
+            (KeyStep::PurseMaster, &["E6"]),
+            (KeyStep::Transport, &["D0", "K0"]),
+            (KeyStep::PinMailer, &["P0"]),
+            (KeyStep::Cvk, &["C0"]),
+            (KeyStep::PvkVisa, &["V2"]),
+            (KeyStep::PvkIbm3624, &["V1"]),
+            (KeyStep::OutputMac, &["M7"]),
+        ];
+        for (s, codes) in want {
+            assert_eq!(code(s), codes, "{s:?}");
+        }
+        assert_eq!(KeyStep::extra("DAC"), KeyStep::ImkDac);
+        assert_eq!(KeyStep::extra("idn"), KeyStep::ImkDn);
+        assert_eq!(KeyStep::extra("cvc3"), KeyStep::ImkOther);
+        // A missing key is still named as such, before its usage.
+        let mut set = keys().clone();
+        set.remove("TK-DEK-TEST");
+        let e = check_keys(&profile("visa-dda-credit"), &set).unwrap_err();
+        assert!(matches!(e, SetupError::MissingKey { .. }), "{e}");
     }
 }

@@ -376,13 +376,14 @@ pub enum KeyDerivation {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmvKeys {
-    /// IMK for application cryptograms.
+    /// IMK for application cryptograms (TR-31 usage `E0`).
     pub ac: String,
-    /// IMK for issuer-script integrity.
+    /// IMK for issuer-script integrity (TR-31 usage `E2`).
     pub smi: String,
-    /// IMK for issuer-script confidentiality.
+    /// IMK for issuer-script confidentiality (TR-31 usage `E1`).
     pub smc: String,
-    /// Extra per-profile IMKs (e.g. `dn`, `cvc3`), name → label.
+    /// Extra per-profile IMKs (e.g. `dn`, `cvc3`), name → label; TR-31 usage `E3` for `dac`, `E4` for
+    /// `dn` and `idn`, `E6` for any other name.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
 }
@@ -391,7 +392,8 @@ pub struct EmvKeys {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretDgis {
-    /// Label of the transport key (KEK shared with the personalization device).
+    /// Label of the transport key (KEK shared with the personalization device; TR-31 usage `D0` or
+    /// `K0`).
     pub transport_key: String,
     /// DGIs, 4 hex digits each, written encrypted.
     pub dgis: Vec<String>,
@@ -504,7 +506,7 @@ pub struct DataGroupSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapData {
-    /// Label of the CAP IMK-AC (per-card key by Option A).
+    /// Label of the CAP IMK-AC (per-card key by Option A; TR-31 usage `E0`).
     #[serde(default)]
     pub imk: Option<String>,
     /// Issuer Authentication Flags (`9F55`), hex.
@@ -535,7 +537,7 @@ pub struct EpurseApplication {
     pub balance_limit: u64,
     /// Maximum amount of one purchase, in minor units.
     pub transaction_limit: u64,
-    /// Purse master keys (name → label); per-card keys are derived from them.
+    /// Purse master keys (name → label; TR-31 usage `E6`); per-card keys are derived from them.
     pub master_keys: BTreeMap<String, String>,
     /// Secret DGIs of the purse (the derived keys).
     #[serde(default)]
@@ -554,7 +556,7 @@ fn default_currency_exponent() -> u8 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MagStripe {
-    /// Label of the CVK pair (CVV, iCVV, CVV2).
+    /// Label of the CVK pair (CVV, iCVV, CVV2; TR-31 usage `C0`).
     pub cvk: String,
     /// Produce CVV2 (service code `000`) for the carrier/printing stream (default `true`).
     #[serde(default = "default_true")]
@@ -705,7 +707,7 @@ pub enum PinMethod {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PvvParams {
-    /// Label of the PVK pair.
+    /// Label of the PVK pair (TR-31 usage `V2`).
     pub pvk: String,
     /// PIN verification key index, 0–9 (usually 0–6).
     pub pvki: u8,
@@ -715,7 +717,7 @@ pub struct PvvParams {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ibm3624Params {
-    /// Label of the PIN verification key.
+    /// Label of the PIN verification key (TR-31 usage `V1`).
     pub pvk: String,
     /// Decimalisation table, 16 decimal digits.
     pub decimalisation: String,
@@ -778,7 +780,7 @@ pub struct ChipPin {
 pub struct PinMailer {
     /// PIN block format in the mailer stream.
     pub block_format: PinBlockFormat,
-    /// Label of the key the mailer PIN blocks are encrypted under.
+    /// Label of the key the mailer PIN blocks are encrypted under (TR-31 usage `P0`).
     pub key: String,
 }
 

@@ -43,8 +43,10 @@ impl State<'_> {
                     if let Err(r) = check_id("label", label) {
                         return Ok(Err(r));
                     }
-                    if !usage.allows(*alg) {
-                        return Ok(refuse(format!("usage {usage} does not allow a {alg} key")));
+                    // A usage that does not fit the algorithm (E0 with HMAC, M7 with TDES) is
+                    // refused before any custodian submits a component.
+                    if let Err(r) = usage.check_alg(*alg) {
+                        return Ok(refuse(r));
                     }
                     if self.get::<SmkInfo>(key::SMK)?.is_none() {
                         return Ok(refuse("no SMK yet: form it in an SMK ceremony first"));

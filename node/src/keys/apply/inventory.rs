@@ -24,8 +24,8 @@ impl State<'_> {
         if let Err(r) = check_id("label", &label) {
             return Ok(Err(r));
         }
-        if !usage.allows(wrapped.alg) {
-            return Ok(refuse(format!("usage {usage} does not allow a {} key", wrapped.alg)));
+        if let Err(r) = usage.check_alg(wrapped.alg) {
+            return Ok(refuse(r));
         }
         let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
         if wrapped.smk_kcv != smk.kcv {
