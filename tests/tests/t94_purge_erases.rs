@@ -1,4 +1,4 @@
-//! Purge that erases (issue 13): after `quill job ack` said "input and output purged", the job's
+//! Purge that erases (issue 13); key destruction erases the same way: after `quill job ack` said "input and output purged", the job's
 //! data key was still in its record and, with the sealed chunks, in the Raft log, so with the SMK
 //! the "purged" PANs came back. Now the record drops the wrapped key and every node's eraser
 //! compacts its log, snapshot and database files: with every file of every node (and the SMK, which
@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use quill_node::jobs::JobRecord;
+use quill_node::keys::model::KeyRecord;
 use quill_node::store::{Cf, Store};
 use quill_tests::{Cluster, ClusterOptions, step, wait_until, write_dda_batch};
 
@@ -66,6 +67,23 @@ fn files_holding(dir: &Path, blob: &[u8]) -> Vec<String> {
     found
 }
 
+/// Wait until node `id`'s eraser reports a pass beyond log index `after`.
+async fn wait_erased(cluster: &Cluster, id: u64, after: u64) {
+    let log = cluster.node(id).log_path();
+    wait_until(Duration::from_secs(120), "the eraser to finish", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let done = text.lines().filter(|l| l.contains("purged data erased")).any(|l| {
+            l.split("up to log index ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                > Some(after)
+        });
+        if done { Ok(()) } else { Err(format!("node {id} has not erased beyond index {after} yet")) }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
     let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
@@ -86,15 +104,24 @@ async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
     let out = dir.path().join("out");
     cluster.quill_ok(1, &["job", "fetch", &job, "-o", out.to_str().unwrap()], &OPERATOR);
 
-    step("control: node 3's files hold the wrapped data key before the ack");
+    step("control: node 3's files hold the wrapped data key (and the CVK's) before the ack");
+    let keys = cluster.query(1, "keys", "").await.unwrap();
+    let cvk = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|k| k["id"].as_str().filter(|id| id.starts_with("CVK")).map(str::to_string))
+        .expect("a TEST CVK in the inventory");
     let applied = cluster.status(1).await.unwrap().applied_index;
     cluster.wait_converged(&ids, applied, Duration::from_secs(30)).await;
     cluster.terminate(3);
-    let blob = {
+    let (blob, cvk_blob) = {
         let store = Store::open(&cluster.node(3).dir.join("data").join("db")).unwrap();
         let j: JobRecord = store.get(Cf::SmData, format!("jobs/job/{job}").as_bytes()).unwrap().unwrap();
-        j.data_key.blob
+        let k: KeyRecord = store.get(Cf::SmData, format!("keys/key/{cvk}").as_bytes()).unwrap().unwrap();
+        (j.data_key.blob, k.wrapped.expect("an active key is wrapped").blob)
     };
+    assert!(!values_holding(&cluster.node(3).dir.join("data").join("db"), &cvk_blob).is_empty());
     assert!(blob.len() >= 32, "a wrapped AES-256 key");
     let before = values_holding(&cluster.node(3).dir.join("data").join("db"), &blob);
     assert!(!before.is_empty(), "the search finds the wrapped key where it is");
@@ -122,7 +149,20 @@ async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
     let j = cluster.query(1, "job", &job).await.unwrap();
     assert_eq!(j["state"], "acked");
 
-    step("with every file of every node: the wrapped data key is nowhere");
+    step(&format!("destroy {cvk} under dual control; every node's eraser runs again"));
+    let admin = [("QUILL_ACTOR", "admin:ada")];
+    let out = cluster.quill_ok(1, &["key", "destroy", &cvk, "--json"], &admin);
+    let approval: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let approval = approval["approval"].as_str().unwrap().to_string();
+    let before_destroy = cluster.status(1).await.unwrap().applied_index;
+    for c in ["custodian:alice", "custodian:bob"] {
+        cluster.quill_ok(1, &["approve", "grant", &approval], &[("QUILL_ACTOR", c)]);
+    }
+    for id in &ids {
+        wait_erased(&cluster, *id, before_destroy).await;
+    }
+
+    step("with every file of every node: the wrapped data key and the destroyed key are nowhere");
     for id in &ids {
         cluster.terminate(*id);
     }
@@ -132,6 +172,8 @@ async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
         assert!(found.is_empty(), "node {id} still holds the job's wrapped data key in {found:?}");
         let found = values_holding(&dir.join("data").join("db"), &blob);
         assert!(found.is_empty(), "node {id}'s database still holds the job's wrapped data key at {found:?}");
+        let found = [files_holding(&dir, &cvk_blob), values_holding(&dir.join("data").join("db"), &cvk_blob)].concat();
+        assert!(found.is_empty(), "node {id} still holds the destroyed key's wrapped value in {found:?}");
         let store = Store::open(&dir.join("data").join("db")).unwrap();
         let j: JobRecord = store.get(Cf::SmData, format!("jobs/job/{job}").as_bytes()).unwrap().unwrap();
         assert!(j.data_key.blob.is_empty(), "node {id}: the record keeps only the key's KCV");
