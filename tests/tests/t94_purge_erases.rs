@@ -132,19 +132,7 @@ async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
     let before_ack = cluster.status(1).await.unwrap().applied_index;
     cluster.quill_ok(1, &["job", "ack", &job, "--fetched", out.to_str().unwrap()], &OPERATOR);
     for id in &ids {
-        let log = cluster.node(*id).log_path();
-        wait_until(Duration::from_secs(120), "the eraser to finish", || async {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let done = text.lines().filter(|l| l.contains("purged data erased")).any(|l| {
-                l.split("up to log index ")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                    > Some(before_ack)
-            });
-            if done { Ok(()) } else { Err(format!("node {id} has not erased yet")) }
-        })
-        .await;
+        wait_erased(&cluster, *id, before_ack).await;
     }
     let j = cluster.query(1, "job", &job).await.unwrap();
     assert_eq!(j["state"], "acked");

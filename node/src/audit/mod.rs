@@ -235,25 +235,6 @@ pub fn latest_anchor(kv: &dyn Kv) -> Result<Option<Anchor>, StoreError> {
     Ok(None)
 }
 
-/// Whether records `1..=head` link up (each `prev` the hash of the one before, the head the hash
-/// of the last): `Ok(Err(reason))` when not. What a node checks before it MACs records it did not
-/// apply itself (a snapshot's).
-pub fn check_links(kv: &dyn Kv) -> Result<Result<AuditHead, String>, StoreError> {
-    let head = head(kv)?;
-    let mut prev = [0; 32];
-    for seq in 1..=head.seq {
-        let Some(rec) = record(kv, seq)? else { return Ok(Err(format!("record {seq} is missing"))) };
-        if rec.seq != seq || rec.prev != prev {
-            return Ok(Err(format!("record {seq} does not link to record {}", seq.saturating_sub(1))));
-        }
-        prev = record_hash(&rec);
-    }
-    if prev != head.hash {
-        return Ok(Err(format!("record {} does not match the chain head", head.seq)));
-    }
-    Ok(Ok(head))
-}
-
 /// A check of a request or seal MAC with the cluster's audit key: `Ok(false)` for a wrong MAC.
 pub type MacCheck<'a> = &'a mut dyn FnMut(&AuditMac, &[u8]) -> Result<bool, String>;
 
@@ -670,7 +651,8 @@ fn check_anchors(
 }
 
 /// [`verify`] of the chain's links, sequence and seal positions alone, every MAC taken as valid and
-/// no node MACs asked for: for tests of the state machine, where there is no HSM.
+/// no node MACs asked for: what a node checks before it MACs records it did not apply itself (a
+/// snapshot's), and what the state machine's tests check, where there is no HSM.
 pub fn verify_links(kv: &dyn Kv) -> Result<VerifyReport, StoreError> {
     verify(
         kv,

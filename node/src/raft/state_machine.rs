@@ -159,26 +159,22 @@ impl StateMachine {
     pub async fn node_macs(&self) -> Result<Vec<crate::audit::NodeMac>, StoreError> {
         let store = self.store.clone();
         blocking(move || {
-            let mut out = Vec::new();
-            for item in store.db().iterator_cf(store.cf(Cf::AuditMac)?, IteratorMode::Start) {
-                let (k, v) = item?;
-                out.push(codec::decode(&v).map_err(|reason| StoreError::corrupt(Cf::AuditMac, &k, reason))?);
-            }
-            Ok(out)
+            store
+                .pairs(Cf::AuditMac)?
+                .into_iter()
+                .map(|(k, v)| codec::decode(&v).map_err(|reason| StoreError::corrupt(Cf::AuditMac, &k, reason)))
+                .collect()
         })
         .await
     }
 
-    /// The node MAC of the records after the last one covered up to `head`, into `tx`; nothing on
-    /// a node without an HSM. Retries a failing HSM for [`AUDIT_MAC_RETRY`], then fails: the
-    /// entry is not applied (the node stops) rather than written without a MAC.
-    fn mac_records(
-        &self,
-        tx: &mut Tx<'_>,
-        head: &crate::audit::AuditHead,
-        from_snapshot: bool,
-    ) -> Result<Option<u64>, StoreError> {
+    /// The node MAC of the records after the last one covered up to the chain head in `tx`, into
+    /// `tx` (nothing when no record was appended, and nothing on a node without an HSM); the last
+    /// record it covers. Retries a failing HSM for [`AUDIT_MAC_RETRY`], then fails: the entry is
+    /// not applied (the node stops) rather than written without a MAC.
+    fn mac_records(&self, tx: &mut Tx<'_>, from_snapshot: bool) -> Result<Option<u64>, StoreError> {
         let Some(hsm) = &self.node_audit else { return Ok(None) };
+        let head = crate::audit::head(&*tx)?;
         let first = self.mac_covered.load(std::sync::atomic::Ordering::SeqCst) + 1;
         if head.seq < first {
             return Ok(None);
@@ -228,13 +224,9 @@ impl StateMachine {
             EntryPayload::Normal(req) => {
                 // One view for the whole entry: the requests of a batch see each other's writes.
                 let mut tx = Tx::new(&self.store, &mut batch)?;
-                let before = crate::audit::head(&tx)?.seq;
                 let mut seen = std::collections::HashMap::new();
                 let response = self.apply_request(&mut tx, log_id.index, req, &mut seen, true)?;
-                let after = crate::audit::head(&tx)?;
-                if after.seq > before {
-                    covered_to = self.mac_records(&mut tx, &after, false)?;
-                }
+                covered_to = self.mac_records(&mut tx, false)?;
                 response
             }
         };
@@ -455,13 +447,13 @@ impl StateMachine {
     fn mac_installed(&self) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         let mut tx = Tx::new(&self.store, &mut batch)?;
-        let head = match crate::audit::check_links(&tx)? {
-            Ok(head) => head,
-            Err(reason) => {
-                tracing::error!(%reason, "the installed snapshot's audit chain does not link up; its records stay unMACed");
-                return Ok(());
-            }
-        };
+        let head = crate::audit::head(&tx)?;
+        if let Some((seq, reason)) = crate::audit::verify_links(&tx)?.broken {
+            tracing::error!(seq, %reason, "the installed snapshot's audit chain is broken; its records stay unMACed");
+            // The next entry's MAC starts after them, so they stay a visible gap.
+            self.mac_covered.fetch_max(head.seq, std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
+        }
         if head.seq < self.mac_covered.load(std::sync::atomic::Ordering::SeqCst) {
             // The snapshot's chain is shorter than what this node MACed (an interrupted first
             // install reset it): its old MACs vouch for nothing here any more.
@@ -470,7 +462,7 @@ impl StateMachine {
             self.mac_covered.store(0, std::sync::atomic::Ordering::SeqCst);
             tx = Tx::new(&self.store, &mut batch)?;
         }
-        let covered = self.mac_records(&mut tx, &head, true)?;
+        let covered = self.mac_records(&mut tx, true)?;
         self.store.write(batch, true)?;
         if let Some(seq) = covered {
             self.mac_covered.store(seq, std::sync::atomic::Ordering::SeqCst);
