@@ -8,6 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quill_proto::v1::jobs_client::JobsClient;
+use quill_proto::v1::keys_client::KeysClient;
+use quill_proto::v1::{AuditTailRequest, Caller, SubmitPart};
 use quill_tests::{Cluster, ClusterOptions, dda_batch_pan, repo_root, step, wait_until, write_dda_batch};
 use serde_json::Value;
 
@@ -192,6 +195,25 @@ async fn malformed_submissions_leave_no_job_behind() {
     assert_ne!(code, 0);
     assert!(err.contains("no-such-profile.toml"), "{err}");
 
+    step("hand-built: force without a reason, with a reason holding a control character, or an oversized one");
+    let mut jobs_api = JobsClient::new(cluster.channel_as(1, "operator:otto"));
+    for (n, reason) in [(1, String::new()), (2, "line\nbreak".to_string()), (3, "r".repeat(501))] {
+        let part = SubmitPart {
+            caller: Some(Caller { client_id: "t95-force".into(), serial: n }),
+            file_name: "f.csv".into(),
+            force: true,
+            reason,
+            data: sample.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let e = jobs_api
+            .submit(tokio_stream::iter(vec![part]))
+            .await
+            .expect_err("a forced submission without a fit reason");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("reason"), "{e:?}");
+    }
+
     let jobs = cluster.query(1, "jobs", "").await.unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 0, "a job was left behind: {jobs}");
 
@@ -255,4 +277,15 @@ async fn malformed_submissions_leave_no_job_behind() {
         after.lines().any(|l| l.contains("audit.decrypt") && l.contains("auditor:ann")),
         "the reading is itself audited"
     );
+    // Hand-built: a decrypt with no caller, and a replayed client id and serial (for another
+    // range), are refused; a fresh serial works.
+    let mut k = KeysClient::new(cluster.channel_as(1, "auditor:ann"));
+    let tail = |from, caller: Option<Caller>| AuditTailRequest { from, limit: 10_000, decrypt: true, caller };
+    let e = k.audit_tail(tail(1, None)).await.expect_err("a decrypt without a caller");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let caller = || Some(Caller { client_id: "t95-decrypt".into(), serial: 1 });
+    let r = k.audit_tail(tail(1, caller())).await.expect("a fresh serial").into_inner();
+    assert!(r.records.iter().any(|l| l.contains("note_text")));
+    let e = k.audit_tail(tail(2, caller())).await.expect_err("a replayed serial");
+    assert!(e.message().contains("was used before"), "{e:?}");
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use quill_node::audit::{AuditHead, AuditRecord, NodeMac, key, record_hash};
 use quill_node::identity::Actor;
 use quill_node::store::{Cf, Store, WriteBatch, codec};
+use quill_proto::v1::keys_client::KeysClient;
+use quill_proto::v1::{AuditAnchorLine, AuditVerifyRequest};
 use quill_tests::{Cluster, ClusterOptions, http_get, step, wait_until};
 
 fn store_of(cluster: &Cluster, id: u64) -> Store {
@@ -112,11 +114,25 @@ async fn the_audit_chain_fails_closed_and_holds_to_its_anchors() {
     let anchors = dir.path().join("anchors.jsonl");
     let anchors_arg = anchors.to_str().unwrap();
     cluster.quill_ok(leader, &["audit", "anchor", "--out", anchors_arg], &[]);
-    let line: serde_json::Value =
+    let line_json: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(&anchors).unwrap().lines().next().unwrap()).unwrap();
-    let anchored = line["seq"].as_u64().unwrap();
+    let anchored = line_json["seq"].as_u64().unwrap();
     let out = cluster.quill_ok(leader, &["audit", "verify", "--anchors", anchors_arg], &[]);
     assert!(out.contains("1 of 1 anchors hold"), "{out}");
+    // Hand-built anchors: a line that is not an anchor is refused naming it; a forged anchor
+    // (the right record and hash, a MAC nobody with the audit key made) breaks verification.
+    let mut k = KeysClient::new(cluster.channel_as(leader, "auditor:ann"));
+    let line = |json: String| AuditAnchorLine { source: "forged.jsonl:1".into(), json };
+    let e = k
+        .audit_verify(AuditVerifyRequest { anchors: vec![line("{\"anchor\":1,\"seq\":\"x\"}".into())] })
+        .await
+        .expect_err("a malformed anchor");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("forged.jsonl:1"), "{e:?}");
+    let mut forged = line_json.clone();
+    forged["mac"] = serde_json::Value::String("00".repeat(32));
+    let r = k.audit_verify(AuditVerifyRequest { anchors: vec![line(forged.to_string())] }).await.unwrap().into_inner();
+    assert!(!r.ok && r.json.contains("seal MAC does not verify"), "{}", r.json);
 
     step("2. the same truncation on every node: records and their MACs removed, head moved back");
     for id in &ids {

@@ -344,7 +344,7 @@ impl KeysService {
 
     async fn audit_tail(&self, who: &Principal, req: AuditTailRequest) -> ApiResult<AuditTailResponse> {
         let limit = u64::from(req.limit.clamp(1, 10_000));
-        let (from, mut resp) = self
+        let (from, records, head) = self
             .state(move |kv| {
                 let head = audit::head(kv)?;
                 let from = if req.from == 0 { head.seq.saturating_sub(limit - 1).max(1) } else { req.from };
@@ -356,11 +356,11 @@ impl KeysService {
                     }
                     seq += 1;
                 }
-                Ok((from, (records, head)))
+                Ok((from, records, head))
             })
             .await?;
         let notes: Vec<(u64, String, audit::AuditNote)> =
-            resp.0.iter().filter_map(|r| r.note.clone().map(|n| (r.seq, r.object.clone(), n))).collect();
+            records.iter().filter_map(|r| r.note.clone().map(|n| (r.seq, r.object.clone(), n))).collect();
         let mut opened = std::collections::BTreeMap::new();
         if req.decrypt && !notes.is_empty() {
             // Only an auditor reads notes in clear, and the reading is recorded first: no record,
@@ -372,9 +372,17 @@ impl KeysService {
                 )));
             }
             let caller = super::client_caller(req.caller)?;
-            let to = resp.0.last().map_or(from, |r| r.seq);
+            let to = records.last().map_or(from, |r| r.seq);
             let cmd = KeyCommand::AuditDecrypt { from, to };
             let write = self.cluster.submit_as(&caller.client_id, caller.serial, who, Command::Keys(cmd)).await?;
+            // A replayed client id and serial would be answered with the first reading's record
+            // (maybe for other records): every reading needs its own.
+            if write.duplicate {
+                return Err(ApiError::Precondition(format!(
+                    "client id {} serial {} was used before: opening audit notes needs a fresh serial, so the reading is recorded",
+                    caller.client_id, caller.serial
+                )));
+            }
             if let Outcome::Rejected { reason } = write.outcome {
                 return Err(ApiError::Precondition(reason));
             }
@@ -397,7 +405,7 @@ impl KeysService {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
-        let records = std::mem::take(&mut resp.0)
+        let records = records
             .iter()
             .map(|r| {
                 let mut j = audit::to_json(r);
@@ -407,7 +415,7 @@ impl KeysService {
                 j.to_string()
             })
             .collect();
-        Ok(AuditTailResponse { records, head_seq: resp.1.seq, head_hash: hex::encode(resp.1.hash) })
+        Ok(AuditTailResponse { records, head_seq: head.seq, head_hash: hex::encode(head.hash) })
     }
 
     async fn audit_verify(&self, req: AuditVerifyRequest) -> ApiResult<AuditVerifyResponse> {
