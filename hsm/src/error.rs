@@ -36,7 +36,7 @@ impl fmt::Display for SlotRef {
 ///   out and try another ([`HsmError::is_device_error`]);
 /// - the key material offered ([`HsmError::ComponentKcv`], [`HsmError::CannotOpen`],
 ///   [`HsmError::BadWrappedKey`], [`HsmError::KcvMismatch`], [`HsmError::WrongSmk`],
-///   [`HsmError::AuthenticationFailed`], [`HsmError::Tr31`], and [`HsmError::Module`] with any
+///   [`HsmError::AuthenticationFailed`], [`HsmError::Tr31`], [`HsmError::KeyBlock`], and [`HsmError::Module`] with any
 ///   other return code): retrying elsewhere gives the same answer;
 /// - policy and state ([`HsmError::HostPathRefused`], [`HsmError::SmkConflict`],
 ///   [`HsmError::NoSmk`], [`HsmError::Unsupported`]);
@@ -203,6 +203,18 @@ pub enum HsmError {
         /// Where.
         at: Arc<SlotRef>,
     },
+    /// A key block at rest is refused before or while it is opened: a header that is not an
+    /// at-rest header, a usage the operation does not allow, a block that does not open under
+    /// this HSM's SMK (altered or forged), a use its mode of use forbids. Never retried elsewhere.
+    #[error("{operation}: {reason} ({at})")]
+    KeyBlock {
+        /// Adapter operation.
+        operation: &'static str,
+        /// What is wrong.
+        reason: String,
+        /// Where.
+        at: Arc<SlotRef>,
+    },
     /// The module cannot do this at all.
     #[error("{operation}: {at} does not support {what}")]
     Unsupported {
@@ -277,6 +289,7 @@ impl HsmError {
             | HsmError::WrongSmk { operation, .. }
             | HsmError::AuthenticationFailed { operation, .. }
             | HsmError::Tr31 { operation, .. }
+            | HsmError::KeyBlock { operation, .. }
             | HsmError::Unsupported { operation, .. }
             | HsmError::TokenState { operation, .. }
             | HsmError::Misuse { operation, .. } => operation,

@@ -3,9 +3,10 @@
 //! TR-31 (hsm-sim's vendor mechanisms, the host path) go through these, so every module refuses
 //! the same requests with the same messages, which are those of `quill_crypto::tr31`.
 
-use crate::types::KeyAlg;
+use crate::types::{Kcv, KeyAlg, KeyUse, WrappedKey};
 use quill_crypto::tr31::{
-    self, Algorithm, BlockId, Exportability, Kbpk, KeyUsage, ModeOfUse, OptionalBlock, Tr31Error, Tr31Header, Version,
+    self, Algorithm, BlockId, Exportability, Kbpk, KeyContext, KeyUsage, ModeOfUse, OptionalBlock, Tr31Error,
+    Tr31Header, Version,
 };
 
 /// `HM` optional block value of SHA-256 (ANSI X9.143-2022 table 13, TR-31:2018 A.5.9): the hash of
@@ -265,6 +266,191 @@ pub(crate) fn export_header(kbpk: KeyAlg, key: KeyAlg, usage: &str, exportable: 
     Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
 }
 
+// ---- key blocks at rest ------------------------------------------------------------------------
+
+/// What the adapter does with a key at rest, and so the TR-31 usages a block must name to serve
+/// it: the HSM adapter refuses any other before the block is opened (PCI PIN 18-3), whatever the
+/// inventory record beside it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Protect TR-31 key blocks (import/export): `K0`, `K1`.
+    Kbpk,
+    /// Derive ICC master keys: `E0`–`E6`.
+    Imk,
+    /// Encrypt what goes to the card (secret DGIs, the offline PIN): `D0`, `K0`.
+    Transport,
+    /// CVV/iCVV/CVV2: `C0`.
+    Cvk,
+    /// Encrypt or decrypt PIN blocks: `P0`.
+    PinKey,
+    /// Receive a translated PIN block: a PIN key, or the transport key a chip's offline PIN
+    /// travels under (`P0`, `D0`, `K0`).
+    PinTarget,
+    /// PVV or IBM 3624 offset: `V0`–`V4`.
+    Pvk,
+    /// HMAC-SHA-256: `M7`.
+    Hmac,
+    /// AES-GCM sealing of data: `D0`.
+    Data,
+}
+
+impl Role {
+    fn allows(self, u: KeyUsage) -> bool {
+        use KeyUsage as U;
+        match self {
+            Role::Kbpk => matches!(u, U::KeyEncryption | U::Kbpk),
+            Role::Imk => {
+                matches!(
+                    u,
+                    U::EmvAc | U::EmvSmc | U::EmvSmi | U::EmvDac | U::EmvDn | U::EmvPersonalisation | U::EmvOther
+                )
+            }
+            Role::Transport => matches!(u, U::DataEncryption | U::KeyEncryption),
+            Role::Cvk => u == U::Cvk,
+            Role::PinKey => u == U::PinEncryption,
+            Role::PinTarget => matches!(u, U::PinEncryption | U::DataEncryption | U::KeyEncryption),
+            Role::Pvk => matches!(
+                u,
+                U::PinVerificationOther
+                    | U::PinVerificationIbm3624
+                    | U::PinVerificationVisaPvv
+                    | U::PinVerificationX9132Alg1
+                    | U::PinVerificationX9132Alg2
+            ),
+            Role::Hmac => u == U::Hmac,
+            Role::Data => u == U::DataEncryption,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Kbpk => "a key-block protection key or KEK (K1, K0)",
+            Role::Imk => "an EMV issuer master key (E0-E6)",
+            Role::Transport => "a transport key: data encryption or KEK (D0, K0)",
+            Role::Cvk => "a card verification key (C0)",
+            Role::PinKey => "a PIN encryption key (P0)",
+            Role::PinTarget => "a PIN encryption key or a transport key (P0, D0, K0)",
+            Role::Pvk => "a PIN verification key (V0-V4)",
+            Role::Hmac => "an HMAC key (M7)",
+            Role::Data => "a data encryption key (D0)",
+        }
+    }
+}
+
+/// The KBPK of blocks at rest is AES-256 (version D).
+pub(crate) const AT_REST_KBPK: KeyAlg = KeyAlg::Aes256;
+
+/// The `KC` optional block of a key's KCV: algorithm `00` (legacy: encrypt zeros, TDES) or `01`
+/// (CMAC, AES), then the KCV in hex. HMAC keys have no KC algorithm; their blocks carry none.
+fn kc_block(alg: KeyAlg, kcv: &Kcv) -> Option<OptionalBlock> {
+    let algorithm = if alg.is_tdes() {
+        "00"
+    } else if alg.is_aes() {
+        "01"
+    } else {
+        return None;
+    };
+    Some(OptionalBlock::new(BlockId::Kc, format!("{algorithm}{kcv}")))
+}
+
+/// The header of a key block at rest: version D, the use's usage, the algorithm of the key, the
+/// mode of use of the usage ([`tr31_mode_of_use`]), exportability `E` or `N`, key version `00`,
+/// key context `1` (storage only: it never travels), `HM` for HMAC keys and `KC` with the KCV.
+pub(crate) fn at_rest_header(alg: KeyAlg, key_use: KeyUse, kcv: &Kcv) -> Result<Tr31Header, String> {
+    let mut header = export_header(AT_REST_KBPK, alg, &key_use.code(), key_use.exportable)?;
+    header.key_context = KeyContext::Storage;
+    header.optional_blocks.extend(kc_block(alg, kcv));
+    let text = header.encode().map_err(|e| e.to_string())?;
+    Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// The header at rest of a key imported from `imported`: its usage, mode of use, exportability
+/// and key version are kept (a narrower mode stays narrow), the rest as [`at_rest_header`].
+pub(crate) fn at_rest_from_import(imported: &Tr31Header, alg: KeyAlg, kcv: &Kcv) -> Result<Tr31Header, String> {
+    let code = String::from_utf8_lossy(&imported.key_usage.code()).into_owned();
+    let exportable = imported.exportability != Exportability::NonExportable;
+    let mut header = at_rest_header(alg, KeyUse::from_code(&code, exportable)?, kcv)?;
+    header.mode_of_use = imported.mode_of_use;
+    header.exportability = imported.exportability;
+    header.key_version = imported.key_version;
+    let text = header.encode().map_err(|e| e.to_string())?;
+    Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// The header of a block at rest, read before it is opened, and the checks it must pass for
+/// `role` (none: any role, e.g. a KCV or an export): version D, key context `1`, the algorithm of
+/// the record, a usage the role allows. The MAC (checked when the block is opened, inside the
+/// HSM or on the host path) proves the header is the one the HSM wrote.
+pub(crate) fn at_rest_check(key: &WrappedKey, role: Option<Role>) -> Result<Tr31Header, String> {
+    let header = key.header()?;
+    if header.version != Version::D || header.key_context != KeyContext::Storage {
+        return Err(format!(
+            "the key block at rest must be version D with key context 1 (storage), not version {} context {}",
+            header.version.id(),
+            header.key_context.code()
+        ));
+    }
+    let fits = match header.algorithm {
+        Algorithm::Tdes => key.alg.is_tdes(),
+        Algorithm::Aes => key.alg.is_aes(),
+        Algorithm::Hmac => key.alg == KeyAlg::HmacSha256,
+        _ => false,
+    };
+    if !fits {
+        return Err(format!(
+            "the key block at rest holds an algorithm {} key; the record says {}",
+            header.algorithm.code(),
+            key.alg
+        ));
+    }
+    if let Some(role) = role
+        && !role.allows(header.key_usage)
+    {
+        let code = String::from_utf8_lossy(&header.key_usage.code()).into_owned();
+        return Err(format!(
+            "the key's block says usage {code} ({}); this operation needs {}",
+            tr31_usage_name(header.key_usage),
+            role.name()
+        ));
+    }
+    Ok(header)
+}
+
+/// The KCV a block at rest carries in its `KC` block, if any.
+pub(crate) fn at_rest_kcv(header: &Tr31Header) -> Option<Kcv> {
+    let kc = header.optional_block(BlockId::Kc)?;
+    Kcv::parse(kc.get(2..)?)
+}
+
+/// Which PKCS#11 usage attributes a TR-31 mode of use allows (as hsm-sim's
+/// `CKM_QUILL_TR31_UNWRAP` grants them): the host path opens a block with no more than these.
+pub(crate) fn mode_allows(mode: ModeOfUse, want: Want) -> bool {
+    use ModeOfUse as M;
+    match want {
+        Want::Encrypt => matches!(mode, M::EncryptDecrypt | M::EncryptOnly | M::NoRestrictions),
+        Want::Decrypt => matches!(mode, M::EncryptDecrypt | M::DecryptOnly | M::SignDecrypt | M::NoRestrictions),
+        Want::Wrap => matches!(mode, M::EncryptDecrypt | M::EncryptOnly | M::NoRestrictions),
+        Want::Unwrap => matches!(mode, M::EncryptDecrypt | M::DecryptOnly | M::SignDecrypt | M::NoRestrictions),
+        Want::Sign => {
+            matches!(mode, M::GenerateVerify | M::GenerateOnly | M::SignatureOnly | M::SignDecrypt | M::NoRestrictions)
+        }
+        Want::Verify => matches!(mode, M::GenerateVerify | M::VerifyOnly | M::NoRestrictions),
+        Want::Derive => matches!(mode, M::DeriveKeys | M::KeyVariants | M::NoRestrictions),
+    }
+}
+
+/// A PKCS#11 usage attribute, for [`mode_allows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    Encrypt,
+    Decrypt,
+    Wrap,
+    Unwrap,
+    Sign,
+    Verify,
+    Derive,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -362,6 +548,61 @@ mod tests {
         let d = Tr31Header::parse_template(b"B0000D0DB00E0000").unwrap();
         let block = tr31::wrap(Kbpk::Tdes(&kbpk), &d, &[0x33; 8], None, &mut |b: &mut [u8]| b.fill(7)).unwrap();
         assert!(check_import(KeyAlg::Des2, &block).unwrap_err().contains("single DES"));
+    }
+
+    #[test]
+    fn headers_at_rest() {
+        let kcv = Kcv::parse("08D7B4").unwrap();
+        let h = at_rest_header(KeyAlg::Des2, KeyUse::new(KeyUsage::Cvk, false), &kcv).unwrap();
+        assert_eq!(h.encode().unwrap(), "D0000C0TC00N0110KC0C0008D7B4");
+        let h = at_rest_header(KeyAlg::HmacSha256, KeyUse::new(KeyUsage::Hmac, true), &kcv).unwrap();
+        assert_eq!(h.encode().unwrap(), "D0000M7HC00E0110HM0621");
+        // An imported key keeps its narrower mode, its exportability and version.
+        let mut imported = Tr31Header::parse_template(b"B0000P0TE12S0000").unwrap();
+        imported.key_context = KeyContext::Exchange;
+        let h = at_rest_from_import(&imported, KeyAlg::Des2, &kcv).unwrap();
+        assert_eq!(h.encode().unwrap(), "D0000P0TE12S0110KC0C0008D7B4");
+        // Usage and algorithm must fit, as for an export.
+        assert!(at_rest_header(KeyAlg::HmacSha256, KeyUse::new(KeyUsage::EmvAc, true), &kcv).is_err());
+    }
+
+    #[test]
+    fn blocks_at_rest_are_checked_before_they_are_opened() {
+        let kbpk = [0x11u8; 32];
+        let kcv = Kcv::parse("08D7B4").unwrap();
+        let block = |text: &str| {
+            let h = Tr31Header::parse_template(text.as_bytes()).unwrap();
+            let b = tr31::wrap(Kbpk::Aes(&kbpk), &h, &[0x22; 16], Some(24), &mut |b: &mut [u8]| b.fill(7)).unwrap();
+            WrappedKey { alg: KeyAlg::Des2, blob: b.into_bytes(), kcv: kcv.clone(), smk_kcv: kcv.clone() }
+        };
+        let cvk = block("D0000C0TC00N0110KC0C0008D7B4");
+        assert_eq!(at_rest_check(&cvk, Some(Role::Cvk)).unwrap().key_usage, KeyUsage::Cvk);
+        assert_eq!(at_rest_kcv(&at_rest_check(&cvk, None).unwrap()), Some(kcv.clone()));
+        let e = at_rest_check(&cvk, Some(Role::Imk)).unwrap_err();
+        assert_eq!(
+            e,
+            "the key's block says usage C0 (card verification key); this operation needs an EMV issuer master key (E0-E6)"
+        );
+        assert!(at_rest_check(&block("D0000C0TC00N0000"), None).unwrap_err().contains("key context 1"));
+        let lying = WrappedKey { alg: KeyAlg::Aes128, ..cvk.clone() };
+        assert!(at_rest_check(&lying, None).unwrap_err().contains("the record says AES128"));
+        for (role, usage, ok) in [
+            (Role::Transport, KeyUsage::KeyEncryption, true),
+            (Role::Transport, KeyUsage::PinEncryption, false),
+            (Role::PinTarget, KeyUsage::DataEncryption, true),
+            (Role::PinKey, KeyUsage::KeyEncryption, false),
+            (Role::Kbpk, KeyUsage::Kbpk, true),
+            (Role::Data, KeyUsage::KeyEncryption, false),
+            (Role::Hmac, KeyUsage::Hmac, true),
+            (Role::Pvk, KeyUsage::PinVerificationIbm3624, true),
+        ] {
+            assert_eq!(role.allows(usage), ok, "{role:?} {usage:?}");
+        }
+        assert!(mode_allows(ModeOfUse::DeriveKeys, Want::Derive));
+        assert!(!mode_allows(ModeOfUse::DeriveKeys, Want::Encrypt));
+        assert!(!mode_allows(ModeOfUse::GenerateVerify, Want::Decrypt));
+        assert!(mode_allows(ModeOfUse::EncryptOnly, Want::Wrap));
+        assert!(!mode_allows(ModeOfUse::EncryptOnly, Want::Unwrap));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
 pub use quill_crypto::tr31;
 pub use types::{
-    Capability, HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
+    Capability, HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
 };
 pub use zeroize::Zeroizing;
 
@@ -69,8 +69,13 @@ pub use zeroize::Zeroizing;
 ///   send it to another node's transport key.
 /// - An SMK is never replaced: forming or installing one where a different one exists fails
 ///   with [`HsmError::SmkConflict`]; doing it again with the same key is a no-op.
-/// - Every [`WrappedKey`] carries the KCV of the SMK it is wrapped under; an HSM holding another
-///   SMK refuses it ([`HsmError::WrongSmk`]) before trying to unwrap.
+/// - Every [`WrappedKey`] is a TR-31 key block (version D, key context 1: storage) under a KBPK
+///   each HSM derives from its SMK inside itself, and carries the KCV of that SMK; an HSM holding
+///   another SMK refuses it ([`HsmError::WrongSmk`]) before trying to unwrap. The block's header
+///   binds the key's usage, mode of use and exportability: every operation names the usages it
+///   accepts and refuses any other block before opening it ([`HsmError::KeyBlock`]); a block whose
+///   header was edited does not open. Only RSA private keys ([`WrappedRsaKey`]) stay AES key
+///   wrap with padding under the SMK itself.
 /// - Component operations check each component's KCV inside the HSM and name the failing
 ///   component by index; they need at least two components.
 /// - KCVs are computed inside the HSM (see [`Kcv`] for the algorithms).
@@ -109,14 +114,16 @@ pub trait Hsm: Send + Sync {
     /// transport key, checked against `expected`, stored. Idempotent for the same SMK.
     fn install_smk(&self, sealed: &[u8], expected: &Kcv) -> Result<(), HsmError>;
 
-    /// A new random working key generated inside the HSM, returned wrapped under the SMK.
-    fn generate_key(&self, alg: KeyAlg) -> Result<WrappedKey, HsmError>;
+    /// A new random working key generated inside the HSM, returned as a key block at rest
+    /// ([`WrappedKey`]) whose header binds `key_use`.
+    fn generate_key(&self, alg: KeyAlg, key_use: KeyUse) -> Result<WrappedKey, HsmError>;
 
     /// A working key formed from sealed components (same checks as [`Hsm::form_smk`]), returned
-    /// wrapped under the SMK.
+    /// as a key block at rest whose header binds `key_use`.
     fn import_components(
         &self,
         alg: KeyAlg,
+        key_use: KeyUse,
         components: &[SealedComponent],
         expected: &[Kcv],
     ) -> Result<WrappedKey, HsmError>;

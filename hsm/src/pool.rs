@@ -31,7 +31,7 @@ use crate::observer::HostPathObserver;
 use crate::payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest};
 use crate::pkcs11::Pkcs11Hsm;
 use crate::tr31::Tr31Header;
-use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey, WrappedRsaKey};
+use crate::types::{HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, WrappedKey, WrappedRsaKey};
 use crate::{Hsm, Zeroizing};
 use serde::Serialize;
 use std::panic::AssertUnwindSafe;
@@ -615,25 +615,26 @@ impl Hsm for HsmPool {
         Ok(())
     }
 
-    fn generate_key(&self, alg: KeyAlg) -> Result<WrappedKey, HsmError> {
+    fn generate_key(&self, alg: KeyAlg, key_use: KeyUse) -> Result<WrappedKey, HsmError> {
         let smk = self.inner.pool_smk();
         self.inner.run(
             "generate_key",
             self.inner.op_timeout,
             smk.as_ref(),
-            Arc::new(move |h: &Pkcs11Hsm| h.generate_key(alg)),
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_key(alg, key_use)),
         )
     }
 
     fn import_components(
         &self,
         alg: KeyAlg,
+        key_use: KeyUse,
         components: &[SealedComponent],
         expected: &[Kcv],
     ) -> Result<WrappedKey, HsmError> {
         let (c, e) = (components.to_vec(), expected.to_vec());
         self.inner
-            .run_sealed("import_components", Arc::new(move |h: &Pkcs11Hsm| h.import_components(alg, &c, &e)))
+            .run_sealed("import_components", Arc::new(move |h: &Pkcs11Hsm| h.import_components(alg, key_use, &c, &e)))
             .map(|(w, _)| w)
     }
 

@@ -9,6 +9,7 @@ use openssl::bn::BigNum;
 use openssl::rsa::{Padding, Rsa};
 use quill_crypto::digest::{self, HashAlg};
 use quill_crypto::sym;
+use quill_crypto::tr31::{self, KeyUsage, Tr31Header};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
@@ -281,23 +282,73 @@ fn der_uint(b: &[u8]) -> Vec<u8> {
     der_tlv(0x02, &c)
 }
 
-/// A symmetric key wrapped under the storage master key (SMK) with AES key wrap with padding
-/// (RFC 5649, `CKM_AES_KEY_WRAP_PAD`), with its KCV and the KCV of the SMK it is wrapped under.
-/// This is what the key inventory stores; it is useless without an HSM holding that SMK.
+/// What a key is for, as the key block that holds it at rest binds it: its TR-31 key usage
+/// (ANSI X9.143 table 6: `E0` for an IMK-AC, `C0` for a CVK, `D0` for a data key …) and whether it
+/// may ever leave the cluster in a TR-31 export. The mode of use follows from the usage
+/// ([`crate::tr31_mode_of_use`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUse {
+    /// TR-31 key usage.
+    pub usage: KeyUsage,
+    /// Exportable (`E`) or not (`N`).
+    pub exportable: bool,
+}
+
+impl KeyUse {
+    /// A use.
+    pub fn new(usage: KeyUsage, exportable: bool) -> Self {
+        Self { usage, exportable }
+    }
+
+    /// A use from a two-character usage code (`"E0"`).
+    pub fn from_code(code: &str, exportable: bool) -> Result<Self, String> {
+        let c: [u8; 2] = code
+            .as_bytes()
+            .try_into()
+            .map_err(|_| format!("TR-31 key usage {code:?} must be two characters (for example \"E0\")"))?;
+        let usage = KeyUsage::from_code(c).ok_or_else(|| format!("{code:?} is not a TR-31 key usage"))?;
+        Ok(Self { usage, exportable })
+    }
+
+    /// The usage code (`"E0"`).
+    pub fn code(&self) -> String {
+        String::from_utf8_lossy(&self.usage.code()).into_owned()
+    }
+}
+
+/// A symmetric key at rest: a TR-31 key block, version D (ANSI X9.143 AES key block), under a
+/// key-block protection key that every HSM derives from the storage master key (SMK) inside
+/// itself, with its KCV and the KCV of that SMK. The block's authenticated header binds the key's
+/// algorithm, usage, mode of use, exportability and version, with key context `1` (storage
+/// only) and the KCV in a `KC` block; the HSM adapter opens a block only for an operation its
+/// header allows (hsm-sim checks the MAC and the mode of use inside the module, with
+/// `CKM_QUILL_TR31_UNWRAP`). This is what the key inventory stores; it is useless without an HSM
+/// holding that SMK, and editing its header breaks its MAC.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
     /// Algorithm of the wrapped key.
     pub alg: KeyAlg,
-    /// RFC 5649 ciphertext of the key value under the SMK.
+    /// The key block (ASCII).
     #[serde(with = "hex_bytes")]
     pub blob: Vec<u8>,
     /// KCV of the wrapped key.
     pub kcv: Kcv,
-    /// KCV of the SMK that wraps it.
+    /// KCV of the SMK whose key-block protection key protects it.
     pub smk_kcv: Kcv,
 }
 
 impl WrappedKey {
+    /// The key block's header, as written (authenticated only when the block is opened in an
+    /// HSM: read it to decide, never to trust).
+    pub fn header(&self) -> Result<Tr31Header, String> {
+        tr31::parse_key_block_header(&self.blob).map_err(|e| format!("the key block at rest: {e}"))
+    }
+
+    /// The TR-31 usage the block's header names.
+    pub fn usage(&self) -> Option<KeyUsage> {
+        self.header().ok().map(|h| h.key_usage)
+    }
+
     /// SHA-256 of the blob: the key of the per-session handle cache.
     pub(crate) fn digest(&self) -> [u8; 32] {
         Sha256::digest(&self.blob).into()

@@ -7,7 +7,10 @@ mod common;
 
 use common::reference::{self as r, h};
 use common::{Backend, Recorder, token, token_host_path};
-use quill_hsm::{Hsm, HsmError, Kcv, KeyAlg, LogHostPath, Pkcs11Hsm, SealedComponent, SlotConfig, Support, WrappedKey};
+use quill_hsm::tr31::KeyUsage;
+use quill_hsm::{
+    Hsm, HsmError, Kcv, KeyAlg, KeyUse, LogHostPath, Pkcs11Hsm, SealedComponent, SlotConfig, Support, WrappedKey,
+};
 use std::sync::Arc;
 
 per_backend!(
@@ -25,6 +28,8 @@ per_backend!(
     misuse_is_reported,
     key_cache_evicts_and_reunwraps,
     operator_tools_seal_and_kcv_match_the_hsm,
+    keys_at_rest_are_key_blocks_under_the_smk,
+    keys_at_rest_serve_only_their_use,
 );
 
 fn open(c: &SlotConfig) -> Pkcs11Hsm {
@@ -46,7 +51,7 @@ fn token_with_smk(b: Backend, name: &str) -> Option<(Pkcs11Hsm, Vec<u8>)> {
 /// Import a known clear key through sealed components.
 fn import(hsm: &Pkcs11Hsm, alg: KeyAlg, key: &[u8]) -> WrappedKey {
     let (comps, kcvs) = r::sealed_components(alg, key, 3, &hsm.transport_public_key().unwrap());
-    let w = hsm.import_components(alg, &comps, &kcvs).unwrap();
+    let w = hsm.import_components(alg, common::default_use(alg), &comps, &kcvs).unwrap();
     assert_eq!(w.kcv, r::kcv(alg, key), "{alg} imported key KCV");
     w
 }
@@ -168,18 +173,18 @@ fn smk_moves_to_a_second_token(b: Backend) {
 
 fn generated_keys_check_on_another_token_with_the_same_smk(b: Backend) {
     let Some((a, _)) = token_with_smk(b, "gen-a") else { return };
-    let Some(cb) = token(b, "gen-b") else { return };
+    let Some(cb) = token_host_path(b, "gen-b") else { return };
     let bb = open(&cb);
     let smk = a.smk_kcv().unwrap().unwrap();
     bb.install_smk(&a.wrap_smk_for(&bb.transport_public_key().unwrap()).unwrap(), &smk).unwrap();
     for alg in [KeyAlg::Des2, KeyAlg::Des3, KeyAlg::Aes128, KeyAlg::Aes192, KeyAlg::Aes256, KeyAlg::HmacSha256] {
-        let w = a.generate_key(alg).unwrap();
+        let w = a.generate_key(alg, common::default_use(alg)).unwrap();
         assert_eq!(w.alg, alg);
         assert_eq!(w.smk_kcv, smk);
         assert_eq!(w.kcv.as_str().len(), 2 * alg.kcv_len());
         assert_eq!(a.kcv(&w).unwrap(), w.kcv, "{alg} on the generating token");
         assert_eq!(bb.kcv(&w).unwrap(), w.kcv, "{alg} on the other token");
-        assert_ne!(a.generate_key(alg).unwrap().kcv, w.kcv, "{alg}: keys are random");
+        assert_ne!(a.generate_key(alg, common::default_use(alg)).unwrap().kcv, w.kcv, "{alg}: keys are random");
     }
 }
 
@@ -193,7 +198,7 @@ fn hmac_matches_openssl(b: Backend) {
     // Known components, KCV as documented.
     assert_eq!(hsm.kcv(&w).unwrap(), r::kcv(KeyAlg::HmacSha256, &key));
     // Generated HMAC keys work too (the same key twice gives the same MAC).
-    let g = hsm.generate_key(KeyAlg::HmacSha256).unwrap();
+    let g = hsm.generate_key(KeyAlg::HmacSha256, common::default_use(KeyAlg::HmacSha256)).unwrap();
     assert_eq!(hsm.hmac_sha256(&g, b"x").unwrap(), hsm.hmac_sha256(&g, b"x").unwrap());
     // And TDES keys import with their X9.24 KCV.
     let des = r::odd_parity(h("0123456789ABCDEFFEDCBA9876543210"));
@@ -247,7 +252,7 @@ fn seal_open_round_trip_and_tamper_refused(b: Backend) {
     }
     assert!(matches!(hsm.open(&w, b"other aad", &sealed), Err(HsmError::AuthenticationFailed { .. })));
     assert!(matches!(hsm.open(&w, aad, &sealed[..20]), Err(HsmError::AuthenticationFailed { .. })));
-    let other = hsm.generate_key(KeyAlg::Aes128).unwrap();
+    let other = hsm.generate_key(KeyAlg::Aes128, common::default_use(KeyAlg::Aes128)).unwrap();
     assert!(matches!(hsm.open(&other, aad, &sealed), Err(HsmError::AuthenticationFailed { .. })));
     let s2 = hsm.seal(&other, b"", b"").unwrap();
     assert!(hsm.open(&other, b"", &s2).unwrap().is_empty());
@@ -256,23 +261,28 @@ fn seal_open_round_trip_and_tamper_refused(b: Backend) {
 fn keys_under_another_smk_are_refused(b: Backend) {
     let Some((a, _)) = token_with_smk(b, "othersmk-a") else { return };
     let Some((c, _)) = token_with_smk(b, "othersmk-c") else { return };
-    let w = a.generate_key(KeyAlg::Aes256).unwrap();
+    let w = a.generate_key(KeyAlg::Aes256, common::default_use(KeyAlg::Aes256)).unwrap();
     let e = c.kcv(&w).unwrap_err();
     assert!(matches!(e, HsmError::WrongSmk { .. }), "{e}");
-    // A blob that claims C's SMK but is not wrapped under it fails in C_UnwrapKey, as a key error
-    // (SoftHSM answers CKR_GENERAL_ERROR; the adapter tells it from a device error by a probe).
+    // A block that claims C's SMK but is not made under it does not open, as a key error (on
+    // hsm-sim C_UnwrapKey fails the MAC; on SoftHSM the host path does).
     let forged = WrappedKey { smk_kcv: c.smk_kcv().unwrap().unwrap(), ..w.clone() };
     let e = c.kcv(&forged).unwrap_err();
-    assert!(matches!(&e, HsmError::BadWrappedKey { function, .. } if function == "C_UnwrapKey"), "{e}");
+    assert!(matches!(&e, HsmError::KeyBlock { reason, .. } if reason.contains("does not open")), "{e}");
     assert!(!e.is_device_error(), "{e}");
+    // Its usage edited from D0 to E0: the MAC fails.
     let mut bad = w.clone();
     bad.blob[5] ^= 1;
+    assert_eq!(&bad.blob[5..7], b"E0");
     let e = a.kcv(&bad).unwrap_err();
-    assert!(matches!(e, HsmError::BadWrappedKey { .. }), "{e}");
+    assert!(matches!(e, HsmError::KeyBlock { .. }), "{e}");
     assert_eq!(a.kcv(&w).unwrap(), w.kcv, "the slot still works");
     // No SMK at all.
     let Some(cn) = token(b, "othersmk-none") else { return };
-    assert!(matches!(open(&cn).generate_key(KeyAlg::Aes256), Err(HsmError::NoSmk { .. })));
+    assert!(matches!(
+        open(&cn).generate_key(KeyAlg::Aes256, common::default_use(KeyAlg::Aes256)),
+        Err(HsmError::NoSmk { .. })
+    ));
 }
 
 fn host_path_policy(b: Backend) {
@@ -319,17 +329,22 @@ fn host_path_policy(b: Backend) {
             assert_eq!(uses[0].token_label, "TEST-hostpath");
             let key = r::random_key(KeyAlg::Des3);
             import(&hsm, KeyAlg::Des3, &key);
-            assert_eq!(rec.uses().len(), 2);
-            assert_eq!(rec.uses()[1].operation, "import_components");
-            // Generating a key never needs the host path.
-            hsm.generate_key(KeyAlg::Des2).unwrap();
-            assert_eq!(rec.uses().len(), 2);
+            // The XOR, then the key block at rest (SoftHSM has no TR-31 wrap inside).
+            let uses = rec.uses();
+            assert_eq!(uses.len(), 3, "{uses:?}");
+            assert!(uses[1..].iter().all(|u| u.operation == "import_components"), "{uses:?}");
+            assert!(uses[2].what.contains("key block at rest made in host memory (usage D0)"), "{}", uses[2].what);
+            // A generated key is made inside the HSM; its block at rest takes the host path.
+            hsm.generate_key(KeyAlg::Des2, common::default_use(KeyAlg::Des2)).unwrap();
+            let uses = rec.uses();
+            assert_eq!(uses.len(), 4, "{uses:?}");
+            assert_eq!(uses[3].operation, "generate_key");
             // And without the flag, importing is refused as well.
             drop(hsm);
             let hsm = Pkcs11Hsm::open(&c, rec.clone()).unwrap();
             let (comps, kcvs) = r::sealed_components(KeyAlg::Des3, &key, 2, &pk);
             assert!(matches!(
-                hsm.import_components(KeyAlg::Des3, &comps, &kcvs),
+                hsm.import_components(KeyAlg::Des3, common::default_use(KeyAlg::Des3), &comps, &kcvs),
                 Err(HsmError::HostPathRefused { .. })
             ));
         }
@@ -338,8 +353,8 @@ fn host_path_policy(b: Backend) {
 
 fn misuse_is_reported(b: Backend) {
     let Some((hsm, _)) = token_with_smk(b, "misuse") else { return };
-    let aes = hsm.generate_key(KeyAlg::Aes256).unwrap();
-    let mac = hsm.generate_key(KeyAlg::HmacSha256).unwrap();
+    let aes = hsm.generate_key(KeyAlg::Aes256, common::default_use(KeyAlg::Aes256)).unwrap();
+    let mac = hsm.generate_key(KeyAlg::HmacSha256, common::default_use(KeyAlg::HmacSha256)).unwrap();
     assert!(matches!(hsm.hmac_sha256(&aes, b"x"), Err(HsmError::Misuse { .. })));
     assert!(matches!(hsm.seal(&mac, b"", b"x"), Err(HsmError::Misuse { .. })));
     let e = hsm.open(&mac, b"", &[0; 40]).unwrap_err();
@@ -347,26 +362,27 @@ fn misuse_is_reported(b: Backend) {
     assert!(!e.to_string().contains(&hex::encode_upper(&mac.blob)), "errors carry no key material");
 }
 
-/// SMK formed on hsm-sim, sent to SoftHSM; keys generated on either work on the other (the
-/// blob format, RFC 5649 under the SMK, is the module-independent part).
+/// SMK formed on hsm-sim, sent to SoftHSM; keys generated on either work on the other (the key
+/// block at rest, TR-31 version D under a KBPK both derive from the SMK, is the module-independent
+/// part; SoftHSM makes and opens it on the host path).
 #[test]
 fn smk_and_keys_cross_modules() {
     let Some((sim, _)) = token_with_smk(Backend::Sim, "cross-sim") else { return };
-    let Some(cs) = token(Backend::SoftHsm, "cross-soft") else { return };
+    let Some(cs) = token_host_path(Backend::SoftHsm, "cross-soft") else { return };
     let soft = open(&cs);
     let smk = sim.smk_kcv().unwrap().unwrap();
     soft.install_smk(&sim.wrap_smk_for(&soft.transport_public_key().unwrap()).unwrap(), &smk).unwrap();
     assert_eq!(soft.smk_kcv().unwrap(), Some(smk));
     for alg in [KeyAlg::Des2, KeyAlg::Aes256, KeyAlg::HmacSha256] {
-        let w = sim.generate_key(alg).unwrap();
+        let w = sim.generate_key(alg, common::default_use(alg)).unwrap();
         assert_eq!(soft.kcv(&w).unwrap(), w.kcv, "{alg} generated on hsm-sim");
-        let w = soft.generate_key(alg).unwrap();
+        let w = soft.generate_key(alg, common::default_use(alg)).unwrap();
         assert_eq!(sim.kcv(&w).unwrap(), w.kcv, "{alg} generated on SoftHSM");
     }
-    let k = soft.generate_key(KeyAlg::Aes256).unwrap();
+    let k = soft.generate_key(KeyAlg::Aes256, common::default_use(KeyAlg::Aes256)).unwrap();
     let sealed = soft.seal(&k, b"a", b"hello").unwrap();
     assert_eq!(*sim.open(&k, b"a", &sealed).unwrap(), b"hello");
-    let m = sim.generate_key(KeyAlg::HmacSha256).unwrap();
+    let m = sim.generate_key(KeyAlg::HmacSha256, common::default_use(KeyAlg::HmacSha256)).unwrap();
     assert_eq!(sim.hmac_sha256(&m, b"d").unwrap(), soft.hmac_sha256(&m, b"d").unwrap());
 }
 
@@ -399,7 +415,8 @@ fn key_cache_evicts_and_reunwraps(b: Backend) {
     let hsm = open(&c);
     let (comps, kcvs) = r::sealed_components(KeyAlg::Aes256, &r::random(32), 2, &hsm.transport_public_key().unwrap());
     hsm.form_smk(&comps, &kcvs).unwrap();
-    let keys: Vec<WrappedKey> = (0..5).map(|_| hsm.generate_key(KeyAlg::Aes128).unwrap()).collect();
+    let keys: Vec<WrappedKey> =
+        (0..5).map(|_| hsm.generate_key(KeyAlg::Aes128, common::default_use(KeyAlg::Aes128)).unwrap()).collect();
     for _ in 0..3 {
         for k in &keys {
             assert_eq!(hsm.kcv(k).unwrap(), k.kcv);
@@ -431,7 +448,7 @@ fn operator_tools_seal_and_kcv_match_the_hsm(b: Backend) {
     for alg in KeyAlg::ALL {
         let key = r::random_key(alg);
         let (comps, kcvs) = seal(alg, &r::split(alg, &key, 2));
-        let w = hsm.import_components(alg, &comps, &kcvs).unwrap();
+        let w = hsm.import_components(alg, common::default_use(alg), &comps, &kcvs).unwrap();
         let want = Kcv::of_clear(alg, &key).unwrap();
         assert_eq!(w.kcv, want, "{alg}: HSM KCV = Kcv::of_clear");
         assert_eq!(hsm.kcv(&w).unwrap(), want, "{alg}");
@@ -441,5 +458,99 @@ fn operator_tools_seal_and_kcv_match_the_hsm(b: Backend) {
     // A KCV of the wrong component is still caught by the HSM.
     let (comps, mut kcvs) = seal(KeyAlg::Des2, &r::split(KeyAlg::Des2, &r::random_key(KeyAlg::Des2), 2));
     kcvs.swap(0, 1);
-    assert!(matches!(hsm.import_components(KeyAlg::Des2, &comps, &kcvs), Err(HsmError::ComponentKcv { index: 0, .. })));
+    assert!(matches!(
+        hsm.import_components(KeyAlg::Des2, common::default_use(KeyAlg::Des2), &comps, &kcvs),
+        Err(HsmError::ComponentKcv { index: 0, .. })
+    ));
+}
+
+/// Keys at rest are TR-31 version D key blocks (key context 1: storage) under a KBPK derived from
+/// the SMK: with the SMK's clear value (test only) the KBPK is AES-CBC(SMK, IV 0, the fixed
+/// label), and the block opens with an implementation of X9.143 written on OpenSSL, giving the
+/// key back; the header carries the usage, mode of use, exportability and the KCV.
+fn keys_at_rest_are_key_blocks_under_the_smk(b: Backend) {
+    let Some((hsm, smk)) = token_with_smk(b, "atrest-format") else { return };
+    let kbpk = r::aes_cbc_encrypt(&smk, &[0u8; 16], b"QUILL KEY BLOCKS AT REST KBPK v1");
+    for (alg, usage, exportable, head) in [
+        (KeyAlg::Des2, KeyUsage::Cvk, false, "C0TC00N"),
+        (KeyAlg::Des3, KeyUsage::EmvAc, true, "E0TX00E"),
+        (KeyAlg::Aes128, KeyUsage::PinEncryption, false, "P0AB00N"),
+        (KeyAlg::Aes256, KeyUsage::DataEncryption, false, "D0AB00N"),
+        (KeyAlg::HmacSha256, KeyUsage::Hmac, true, "M7HC00E"),
+    ] {
+        let key = if alg.is_tdes() { r::odd_parity(r::random(alg.key_len())) } else { r::random(alg.key_len()) };
+        let (comps, kcvs) = r::sealed_components(alg, &key, 2, &hsm.transport_public_key().unwrap());
+        let w = hsm.import_components(alg, KeyUse::new(usage, exportable), &comps, &kcvs).unwrap();
+        let text = std::str::from_utf8(&w.blob).unwrap();
+        assert_eq!(&text[..1], "D", "{text}");
+        assert_eq!(&text[5..12], head, "{alg}: usage, algorithm, mode, version, exportability: {text}");
+        assert_eq!(&text[14..15], "1", "key context: storage only: {text}");
+        if !alg.is_tdes() && !alg.is_aes() {
+            assert!(text.contains("HM0621"), "{text}");
+        } else {
+            let kc = format!("{}{}", if alg.is_tdes() { "00" } else { "01" }, r::kcv(alg, &key));
+            assert!(text.contains(&kc), "the KC block holds the KCV {kc}: {text}");
+        }
+        assert_eq!(r::tr31_d_unwrap_aes256(&kbpk, text).as_deref(), Some(&key[..]), "{alg}: {text}");
+        assert_eq!(hsm.kcv(&w).unwrap(), r::kcv(alg, &key), "{alg}");
+        // The key never appears in the block.
+        assert!(!text.contains(&hex::encode_upper(&key)));
+    }
+}
+
+/// Every operation names the usages it takes and refuses any other block before opening it; a
+/// block whose header was edited (to give a CVK an IMK's usage) does not open; a non-exportable
+/// key never leaves, and no key leaves under another usage.
+fn keys_at_rest_serve_only_their_use(b: Backend) {
+    let Some((hsm, _)) = token_with_smk(b, "atrest-use") else { return };
+    let import = |alg: KeyAlg, usage: KeyUsage, exportable: bool, key: &[u8]| {
+        let (comps, kcvs) = r::sealed_components(alg, key, 2, &hsm.transport_public_key().unwrap());
+        hsm.import_components(alg, KeyUse::new(usage, exportable), &comps, &kcvs).unwrap()
+    };
+    let des = |v: &str| r::odd_parity(h(v));
+    let cvk = import(KeyAlg::Des2, KeyUsage::Cvk, false, &des("0123456789ABCDEFFEDCBA9876543210"));
+    let imk = import(KeyAlg::Des2, KeyUsage::EmvAc, true, &des("0123456789ABCDEF0123456789ABCDEF"));
+    let dek = import(KeyAlg::Des2, KeyUsage::DataEncryption, true, &des("FEDCBA98765432100123456789ABCDEF"));
+    let pin = import(KeyAlg::Aes128, KeyUsage::PinEncryption, true, &r::random(16));
+    let kbpk = import(KeyAlg::Aes256, KeyUsage::Kbpk, false, &r::random(32));
+    let is_block = |e: &HsmError, needle: &str| {
+        assert!(matches!(e, HsmError::KeyBlock { .. }), "{e:?}");
+        assert!(e.to_string().contains(needle), "{e}");
+        assert!(!e.is_device_error(), "{e}");
+    };
+    // The right keys work.
+    let cvv = hsm.cvv(&cvk, "4123456789012345", "8701", "101").unwrap();
+    hsm.derive_icc_master_key(&imk, "4123456789012345", "00", &dek).unwrap();
+    // Each key in another key's place is refused, naming what it is and what was needed.
+    is_block(&hsm.cvv(&imk, "4123456789012345", "8701", "101").unwrap_err(), "usage E0");
+    is_block(&hsm.derive_icc_master_key(&cvk, "4123456789012345", "00", &dek).unwrap_err(), "usage C0");
+    is_block(&hsm.derive_icc_master_key(&imk, "4123456789012345", "00", &cvk).unwrap_err(), "transport key");
+    is_block(&hsm.seal(&pin, b"", b"x").unwrap_err(), "a data encryption key (D0)");
+    is_block(&hsm.tr31_export(&dek, &imk, "E0", true).unwrap_err(), "key-block protection key");
+    // A CVK re-labelled as an IMK in its header: the MAC no longer verifies.
+    let mut relabelled = cvk.clone();
+    relabelled.blob[5..9].copy_from_slice(b"E0TX");
+    assert_eq!(relabelled.usage(), Some(KeyUsage::EmvAc));
+    is_block(&hsm.derive_icc_master_key(&relabelled, "4123456789012345", "00", &dek).unwrap_err(), "does not open");
+    // Any flipped character of the body or MAC, too.
+    let mut flipped = cvk.clone();
+    let last = flipped.blob.len() - 1;
+    flipped.blob[last] = if flipped.blob[last] == b'0' { b'1' } else { b'0' };
+    is_block(&hsm.cvv(&flipped, "4123456789012345", "8701", "101").unwrap_err(), "does not open");
+    // A record that lies about the algorithm.
+    let lying = WrappedKey { alg: KeyAlg::Aes128, ..cvk.clone() };
+    is_block(&hsm.kcv(&lying).unwrap_err(), "the record says AES128");
+    // Exports: never a non-exportable key, never under another usage.
+    let e = hsm.tr31_export(&kbpk, &cvk, "C0", true).unwrap_err();
+    assert!(matches!(e, HsmError::Tr31 { .. }) && e.to_string().contains("not exportable"), "{e}");
+    let e = hsm.tr31_export(&kbpk, &imk, "C0", true).unwrap_err();
+    assert!(matches!(e, HsmError::Tr31 { .. }) && e.to_string().contains("says usage E0"), "{e}");
+    let block = hsm.tr31_export(&kbpk, &imk, "E0", true).unwrap();
+    let (header, back) = hsm.tr31_import(&kbpk, &block).unwrap();
+    assert_eq!(
+        (header.key_usage, back.kcv.clone(), back.usage()),
+        (KeyUsage::EmvAc, imk.kcv.clone(), Some(KeyUsage::EmvAc))
+    );
+    // The originals still work.
+    assert_eq!(hsm.cvv(&cvk, "4123456789012345", "8701", "101").unwrap(), cvv);
 }

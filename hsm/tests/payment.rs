@@ -56,9 +56,10 @@ impl Fixture {
         let hsm = Pkcs11Hsm::open(&config, rec.clone()).unwrap();
         let (comps, kcvs) = components(&hsm, KeyAlg::Aes256, &r::random(32));
         hsm.form_smk(&comps, &kcvs).unwrap();
-        let des2 = |v: &str| import(&hsm, KeyAlg::Des2, &r::odd_parity(h(v)));
-        let (imk, cvk, pvk, dek, mailer) = (des2(IMK), des2(CVK), des2(PVK), des2(DEK), des2(MAILER));
-        let pin_aes = import(&hsm, KeyAlg::Aes128, &h(PIN_AES));
+        let des2 = |u: &str, v: &str| import(&hsm, KeyAlg::Des2, u, &r::odd_parity(h(v)));
+        let (imk, cvk, pvk, dek, mailer) =
+            (des2("E0", IMK), des2("C0", CVK), des2("V2", PVK), des2("D0", DEK), des2("P0", MAILER));
+        let pin_aes = import(&hsm, KeyAlg::Aes128, "P0", &h(PIN_AES));
         Some(Fixture { config, hsm, rec, imk, cvk, pvk, dek, mailer, pin_aes })
     }
 
@@ -76,9 +77,9 @@ fn components(hsm: &dyn Hsm, alg: KeyAlg, key: &[u8]) -> (Vec<SealedComponent>, 
     )
 }
 
-fn import(hsm: &dyn Hsm, alg: KeyAlg, key: &[u8]) -> WrappedKey {
+fn import(hsm: &dyn Hsm, alg: KeyAlg, usage: &str, key: &[u8]) -> WrappedKey {
     let (comps, kcvs) = components(hsm, alg, key);
-    let w = hsm.import_components(alg, &comps, &kcvs).unwrap();
+    let w = hsm.import_components(alg, common::key_use(usage), &comps, &kcvs).unwrap();
     assert_eq!(w.kcv, Kcv::of_clear(alg, key).unwrap(), "{alg}");
     w
 }
@@ -232,7 +233,9 @@ fn icc_master_keys_equal_the_known_answers(b: Backend) {
     let want = r::odd_parity(r::tdes_ecb(&h(IMK), &yy));
     let d = f.hsm.derive_icc_master_key(&f.imk, pan, psn, &f.dek).unwrap();
     assert_eq!(tdes_dec(&dek, &d.encrypted), want);
-    let expect_host = usize::from(b == Backend::SoftHsm) * 4;
+    // On SoftHSM: each of the four derivations, and the IMK's and DEK's blocks at rest opened once
+    // (then cached in the session).
+    let expect_host = usize::from(b == Backend::SoftHsm) * (4 + 2);
     assert_eq!(f.uses("derive_icc_master_key"), expect_host);
 }
 
@@ -451,10 +454,15 @@ fn bad_input_is_named(b: Backend) {
             verification: PinVerification::None,
         })
         .unwrap();
+    // Under another PIN key the block does not decrypt to a valid one; the DEK is no PIN key at
+    // all, and its block at rest says so before anything is decrypted.
+    let other = import(&f.hsm, KeyAlg::Des2, "P0", &r::odd_parity(h("0123456789ABCDEFFEDCBA9876543210")));
     assert_misuse(
-        hsm.translate_pin_block(&f.dek, 0, &f.mailer, 2, pan, &g.encrypted_block).unwrap_err(),
+        hsm.translate_pin_block(&other, 0, &f.mailer, 2, pan, &g.encrypted_block).unwrap_err(),
         "does not decrypt to a valid PIN block",
     );
+    let e = hsm.translate_pin_block(&f.dek, 0, &f.mailer, 2, pan, &g.encrypted_block).unwrap_err();
+    assert!(matches!(&e, HsmError::KeyBlock { reason, .. } if reason.contains("usage D0")), "{e:?}");
 }
 
 fn host_path_policy_for_payment(b: Backend) {
@@ -508,9 +516,9 @@ fn pool_forwards_payment_operations() {
     let pool = HsmPool::open(&cfg, Arc::new(LogHostPath)).unwrap();
     let (comps, kcvs) = components(&pool, KeyAlg::Aes256, &r::random(32));
     pool.form_smk(&comps, &kcvs).unwrap();
-    let imk = import(&pool, KeyAlg::Des2, &h(IMK));
-    let dek = import(&pool, KeyAlg::Des2, &r::odd_parity(h(DEK)));
-    let cvk = import(&pool, KeyAlg::Des2, &h(CVK));
+    let imk = import(&pool, KeyAlg::Des2, "E0", &h(IMK));
+    let dek = import(&pool, KeyAlg::Des2, "D0", &r::odd_parity(h(DEK)));
+    let cvk = import(&pool, KeyAlg::Des2, "C0", &h(CVK));
     for _ in 0..4 {
         let d = pool.derive_icc_master_key(&imk, "12345678901234567", "01", &dek).unwrap();
         assert_eq!(

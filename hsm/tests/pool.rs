@@ -39,7 +39,7 @@ fn form_smk_reaches_every_member() {
         assert_eq!(Pkcs11Hsm::open(cfg, Arc::new(LogHostPath)).unwrap().smk_kcv().unwrap(), Some(kcv.clone()));
     }
     // Work spreads over the members.
-    let w = p.generate_key(KeyAlg::Aes256).unwrap();
+    let w = p.generate_key(KeyAlg::Aes256, common::default_use(KeyAlg::Aes256)).unwrap();
     for _ in 0..30 {
         let s = p.seal(&w, b"", b"x").unwrap();
         assert_eq!(*p.open(&w, b"", &s).unwrap(), b"x");
@@ -64,7 +64,7 @@ fn components_sealed_to_a_later_member_are_opened_there() {
     let stranger = token(Backend::Sim, "pool-later-x").unwrap();
     let pk = Pkcs11Hsm::open(&stranger, Arc::new(LogHostPath)).unwrap().transport_public_key().unwrap();
     let (comps, kcvs) = r::sealed_components(KeyAlg::Des2, &r::random_key(KeyAlg::Des2), 2, &pk);
-    let e = p.import_components(KeyAlg::Des2, &comps, &kcvs).unwrap_err();
+    let e = p.import_components(KeyAlg::Des2, common::default_use(KeyAlg::Des2), &comps, &kcvs).unwrap_err();
     assert!(matches!(e, HsmError::CannotOpen { .. }), "{e}");
     assert!(p.status().iter().all(|s| s.state == SlotState::Healthy));
 }
@@ -88,7 +88,7 @@ fn members_get_the_smk_at_open_and_another_smk_is_kept_out() {
     assert_eq!(st[1].state, SlotState::Out, "{st:#?}");
     assert!(st[1].last_error.as_deref().unwrap().contains(&format!("holds SMK {other}")), "{st:#?}");
     // Keys go only to members with their SMK; a key under C's SMK finds no one.
-    let w = p.generate_key(KeyAlg::Des2).unwrap();
+    let w = p.generate_key(KeyAlg::Des2, common::default_use(KeyAlg::Des2)).unwrap();
     assert_eq!(w.smk_kcv, kcv);
     assert_eq!(p.kcv(&w).unwrap(), w.kcv);
     std::thread::sleep(std::time::Duration::from_millis(400));
@@ -106,7 +106,7 @@ fn a_pool_can_mix_modules() {
     assert!(st[1].module.to_string_lossy().contains("softhsm"));
     let key = r::random(32);
     let (comps, kcvs) = r::sealed_components(KeyAlg::HmacSha256, &key, 2, &p.transport_public_key().unwrap());
-    let w = p.import_components(KeyAlg::HmacSha256, &comps, &kcvs).unwrap();
+    let w = p.import_components(KeyAlg::HmacSha256, common::default_use(KeyAlg::HmacSha256), &comps, &kcvs).unwrap();
     for _ in 0..10 {
         assert_eq!(p.hmac_sha256(&w, b"m").unwrap().to_vec(), r::hmac_sha256(&key, b"m"));
     }

@@ -48,7 +48,7 @@ fn failing_and_dead_slots_are_taken_out_and_readmitted() {
     let smk = p.form_smk(&comps, &kcvs).unwrap();
     let key = r::random(32);
     let (comps, kcvs) = r::sealed_components(KeyAlg::HmacSha256, &key, 2, &p.transport_public_key().unwrap());
-    let w = p.import_components(KeyAlg::HmacSha256, &comps, &kcvs).unwrap();
+    let w = p.import_components(KeyAlg::HmacSha256, common::default_use(KeyAlg::HmacSha256), &comps, &kcvs).unwrap();
     let want = r::hmac_sha256(&key, b"audit");
     let work = |n: usize| {
         for _ in 0..n {
@@ -69,7 +69,7 @@ fn failing_and_dead_slots_are_taken_out_and_readmitted() {
     assert_eq!(st[1].state, SlotState::Healthy);
     assert!(st[1].ops >= b_ops + 20, "{st:#?}");
     // Keys generated now come from B and are usable on A later (same SMK).
-    let g = p.generate_key(KeyAlg::Aes128).unwrap();
+    let g = p.generate_key(KeyAlg::Aes128, common::default_use(KeyAlg::Aes128)).unwrap();
 
     // --- A revives: the health checker re-admits it.
     faults("");

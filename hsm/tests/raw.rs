@@ -62,20 +62,26 @@ fn option_a_derivation_matches_the_published_vector(b: Backend) {
     hsm.form_smk(&comps, &kcvs).unwrap();
     let imk_clear = h("0123456789ABCDEFFEDCBA9876543210");
     let (comps, kcvs) = r::sealed_components(KeyAlg::Des2, &imk_clear, 3, &pk);
-    let imk = hsm.import_components(KeyAlg::Des2, &comps, &kcvs).unwrap();
+    let imk = hsm.import_components(KeyAlg::Des2, common::key_use("E0"), &comps, &kcvs).unwrap();
     // Y = rightmost 16 digits of PAN ‖ PSN; data = Y ‖ (Y ⊕ FF…FF).
     let y = h("4567890123456701");
     let data: Vec<u8> = y.iter().copied().chain(y.iter().map(|b| b ^ 0xFF)).collect();
-    let mk = hsm.derive_des3_ecb_encrypt_data(&imk, &data, KeyAlg::Des2).unwrap();
+    let mk = hsm.derive_des3_ecb_encrypt_data(&imk, &data, KeyAlg::Des2, common::key_use("E6")).unwrap();
     let expected = h("73AD54688CEF2934B0979857E3C719F1");
     assert_eq!(mk.kcv, r::kcv(KeyAlg::Des2, &expected), "KCV of the published ICC MK");
     assert_eq!(hsm.kcv(&mk).unwrap(), mk.kcv);
     // Independent of the vector: OpenSSL's 3DES-ECB of the same data under the same IMK.
     assert_eq!(mk.kcv, r::kcv(KeyAlg::Des2, &r::tdes_ecb(&imk_clear, &data)));
     // Misuse: wrong data length, non-TDES base.
-    assert!(matches!(hsm.derive_des3_ecb_encrypt_data(&imk, &data[..8], KeyAlg::Des2), Err(HsmError::Misuse { .. })));
-    let aes = hsm.generate_key(KeyAlg::Aes128).unwrap();
-    assert!(matches!(hsm.derive_des3_ecb_encrypt_data(&aes, &data, KeyAlg::Des2), Err(HsmError::Misuse { .. })));
+    assert!(matches!(
+        hsm.derive_des3_ecb_encrypt_data(&imk, &data[..8], KeyAlg::Des2, common::key_use("E6")),
+        Err(HsmError::Misuse { .. })
+    ));
+    let aes = hsm.generate_key(KeyAlg::Aes128, common::default_use(KeyAlg::Aes128)).unwrap();
+    assert!(matches!(
+        hsm.derive_des3_ecb_encrypt_data(&aes, &data, KeyAlg::Des2, common::key_use("E6")),
+        Err(HsmError::Misuse { .. })
+    ));
 }
 
 /// `RawModule::load` next to a live context, then `C_GetMechanismInfo` for a standard value

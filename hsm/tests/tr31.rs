@@ -58,8 +58,8 @@ impl Fixture {
         let smk = r::random(32);
         let (comps, kcvs) = components(&hsm, KeyAlg::Aes256, &smk);
         assert_eq!(hsm.form_smk(&comps, &kcvs).unwrap(), Kcv::of_clear(KeyAlg::Aes256, &smk).unwrap());
-        let tdes_kbpk = import(&hsm, KeyAlg::Des2, &h(KBPK_TDES));
-        let aes_kbpk = import(&hsm, KeyAlg::Aes256, &h(KBPK_AES));
+        let tdes_kbpk = import(&hsm, KeyAlg::Des2, "K1", &h(KBPK_TDES));
+        let aes_kbpk = import(&hsm, KeyAlg::Aes256, "K1", &h(KBPK_AES));
         Some(Fixture { config, hsm, rec, tdes_kbpk, aes_kbpk })
     }
 
@@ -79,9 +79,9 @@ fn components(hsm: &dyn Hsm, alg: KeyAlg, key: &[u8]) -> (Vec<SealedComponent>, 
 }
 
 /// A key of known clear value on the token, through components.
-fn import(hsm: &dyn Hsm, alg: KeyAlg, key: &[u8]) -> WrappedKey {
+fn import(hsm: &dyn Hsm, alg: KeyAlg, usage: &str, key: &[u8]) -> WrappedKey {
     let (comps, kcvs) = components(hsm, alg, key);
-    let w = hsm.import_components(alg, &comps, &kcvs).unwrap();
+    let w = hsm.import_components(alg, common::key_use(usage), &comps, &kcvs).unwrap();
     assert_eq!(w.kcv, Kcv::of_clear(alg, key).unwrap(), "{alg}");
     w
 }
@@ -138,20 +138,31 @@ fn import_blocks_made_in_software(b: Backend) {
         assert_eq!(w.kcv, Kcv::of_clear(alg, &key).unwrap(), "{template}: KCV of the imported key");
         assert_eq!(f.hsm.kcv(&w).unwrap(), w.kcv, "{template}: the blob unwraps under the SMK");
         assert_eq!(w.smk_kcv, f.hsm.smk_kcv().unwrap().unwrap());
-        // The key inside is the known one, whatever the block's mode of use.
-        match alg {
-            KeyAlg::HmacSha256 => assert_eq!(f.hsm.hmac_sha256(&w, b"d").unwrap().to_vec(), r::hmac_sha256(&key, b"d")),
-            a if a.is_aes() => {
+        // The block at rest keeps the imported usage, mode of use and exportability.
+        let at_rest = w.header().unwrap();
+        assert_eq!(
+            (at_rest.key_usage, at_rest.mode_of_use, at_rest.exportability),
+            (header.key_usage, header.mode_of_use, header.exportability),
+            "{template}"
+        );
+        // The key inside is the known one, where its use allows a check.
+        match (alg, header.key_usage) {
+            (KeyAlg::HmacSha256, _) => {
+                assert_eq!(f.hsm.hmac_sha256(&w, b"d").unwrap().to_vec(), r::hmac_sha256(&key, b"d"))
+            }
+            (a, KeyUsage::DataEncryption) if a.is_aes() => {
                 let sealed = f.hsm.seal(&w, b"a", b"p").unwrap();
                 assert_eq!(r::gcm_open(&key, b"a", &sealed).unwrap(), b"p", "{template}");
             }
             _ => {}
         }
-        let expected_uses = if b == Backend::SoftHsm { i + 1 } else { 0 };
+        // On SoftHSM: the import itself, the KBPK's block at rest opened and the new block made.
+        let expected_uses = if b == Backend::SoftHsm { 3 * (i + 1) } else { 0 };
         assert_eq!(f.uses("tr31_import") - before, expected_uses, "{:?}", f.rec.uses());
     }
     if b == Backend::SoftHsm {
-        let u = f.rec.uses().into_iter().rfind(|u| u.operation == "tr31_import").unwrap();
+        let u =
+            f.rec.uses().into_iter().rfind(|u| u.operation == "tr31_import" && u.what.starts_with("TR-31")).unwrap();
         assert_eq!(u.alg, KeyAlg::Aes256, "the KBPK's algorithm");
         assert!(
             u.what.contains("TR-31 import in host memory (version D key block, usage M7, algorithm H)"),
@@ -164,9 +175,23 @@ fn import_blocks_made_in_software(b: Backend) {
 
 fn export_opens_in_software_with_the_known_kbpk(b: Backend) {
     let Some(f) = Fixture::new(b, "tr31-export") else { return };
-    let keys: Vec<(KeyAlg, WrappedKey)> =
-        KeyAlg::ALL.into_iter().map(|a| (a, import(&f.hsm, a, &known_key(a)))).collect();
-    let key = |alg: KeyAlg| &keys.iter().find(|(a, _)| *a == alg).unwrap().1;
+    // Each key is held for the use it is exported with (a key never changes use on the way out).
+    let keys: Vec<(KeyAlg, &str, WrappedKey)> = [
+        (KeyAlg::Des2, "E0"),
+        (KeyAlg::Des2, "P0"),
+        (KeyAlg::Des3, "K0"),
+        (KeyAlg::Des2, "C0"),
+        (KeyAlg::Aes128, "M6"),
+        (KeyAlg::Aes192, "B0"),
+        (KeyAlg::Aes256, "D0"),
+        (KeyAlg::HmacSha256, "M7"),
+        (KeyAlg::Aes128, "D0"),
+    ]
+    .into_iter()
+    .map(|(a, u)| (a, u, import(&f.hsm, a, u, &known_key(a))))
+    .collect();
+    let key_for = |alg: KeyAlg, usage: &str| &keys.iter().find(|(a, u, _)| *a == alg && *u == usage).unwrap().2;
+    let key = |alg: KeyAlg| &keys.iter().find(|(a, _, _)| *a == alg).unwrap().2;
     let before = f.uses("tr31_export");
     let cases = [
         (&f.tdes_kbpk, KeyAlg::Des2, "E0", true, KeyUsage::EmvAc, ModeOfUse::DeriveKeys),
@@ -179,8 +204,10 @@ fn export_opens_in_software_with_the_known_kbpk(b: Backend) {
         (&f.aes_kbpk, KeyAlg::HmacSha256, "M7", true, KeyUsage::Hmac, ModeOfUse::GenerateVerify),
     ];
     for (n, (kbpk, alg, usage, exportable, want_usage, want_mode)) in cases.into_iter().enumerate() {
-        let block =
-            f.hsm.tr31_export(kbpk, key(alg), usage, exportable).unwrap_or_else(|e| panic!("{alg} {usage}: {e}"));
+        let block = f
+            .hsm
+            .tr31_export(kbpk, key_for(alg, usage), usage, exportable)
+            .unwrap_or_else(|e| panic!("{alg} {usage}: {e}"));
         let version = if kbpk.alg.is_tdes() { Version::B } else { Version::D };
         let kbpk_value = h(if version == Version::B { KBPK_TDES } else { KBPK_AES });
         let (header, clear) = tr31::unwrap(kbpk_of(version, &kbpk_value), block.as_bytes()).unwrap();
@@ -203,7 +230,7 @@ fn export_opens_in_software_with_the_known_kbpk(b: Backend) {
         assert_eq!(header.block_length, block.len());
         assert_eq!(quill_hsm::tr31_mode_of_use(want_usage), Some(want_mode));
         // The key length is hidden and the padding random.
-        let other = f.hsm.tr31_export(kbpk, key(alg), usage, exportable).unwrap();
+        let other = f.hsm.tr31_export(kbpk, key_for(alg, usage), usage, exportable).unwrap();
         assert_eq!(other.len(), block.len());
         assert_ne!(other, block, "random padding");
         if alg.is_tdes() {
@@ -212,9 +239,10 @@ fn export_opens_in_software_with_the_known_kbpk(b: Backend) {
         // An exportable block imports back to the same key.
         if exportable {
             let (h2, w) = f.hsm.tr31_import(kbpk, &block).unwrap();
-            assert_eq!((h2, w.kcv.clone(), w.alg), (header, key(alg).kcv.clone(), alg));
+            assert_eq!((h2, w.kcv.clone(), w.alg), (header, key_for(alg, usage).kcv.clone(), alg));
         }
-        let expected = if b == Backend::SoftHsm { 2 * (n + 1) } else { 0 };
+        // On SoftHSM, each of the two exports: the wrap, and the KBPK's and the key's blocks at rest.
+        let expected = if b == Backend::SoftHsm { 6 * (n + 1) } else { 0 };
         assert_eq!(f.uses("tr31_export") - before, expected);
     }
     // Requests that cannot be met, refused before any key is touched.
@@ -258,7 +286,7 @@ fn tampered_or_malformed_blocks_are_named(b: Backend) {
         assert_eq!(e.operation(), "tr31_import");
     }
     // Under another KBPK of the right family: the MAC does not verify either.
-    let other = f.hsm.generate_key(KeyAlg::Des2).unwrap();
+    let other = f.hsm.generate_key(KeyAlg::Des2, common::key_use("K1")).unwrap();
     assert_tr31(&f.hsm.tr31_import(&other, &block).unwrap_err(), "MAC verification failed");
     // Malformed blocks: the problem and its position.
     let mut lower = block.clone();
@@ -280,7 +308,7 @@ fn tampered_or_malformed_blocks_are_named(b: Backend) {
 
 fn kbpk_must_fit_the_version(b: Backend) {
     let Some(f) = Fixture::new(b, "tr31-version") else { return };
-    let mac_key = import(&f.hsm, KeyAlg::HmacSha256, &known_key(KeyAlg::HmacSha256));
+    let mac_key = import(&f.hsm, KeyAlg::HmacSha256, "M7", &known_key(KeyAlg::HmacSha256));
     let uses = f.rec.uses().len();
     let d = wrap_sw("D0000P0TE00E0000", &h(KBPK_AES), &known_key(KeyAlg::Des2), None);
     assert_tr31(
@@ -302,15 +330,16 @@ fn kbpk_must_fit_the_version(b: Backend) {
     assert_tr31(&f.hsm.tr31_import(&f.aes_kbpk, &sha1).unwrap_err(), "not SHA-256");
     let short_hmac = wrap_sw("D0000M7HC00E0100HM0621", &h(KBPK_AES), &[7u8; 20], None);
     assert_tr31(&f.hsm.tr31_import(&f.aes_kbpk, &short_hmac).unwrap_err(), "20-byte algorithm H key");
-    // Only the last one got as far as the key (host path on SoftHSM).
-    let expected = if b == Backend::SoftHsm { 1 } else { 0 };
+    // Only the last one got as far as the key (host path on SoftHSM: the import, and the KBPK's
+    // block at rest opened).
+    let expected = if b == Backend::SoftHsm { 2 } else { 0 };
     assert_eq!(f.rec.uses().len() - uses, expected, "{:?}", f.rec.uses());
 }
 
 fn host_path_policy_for_tr31(b: Backend) {
     let Some(f) = Fixture::new(b, "tr31-policy") else { return };
     let block = wrap_sw("D0000P0AE00E0000", &h(KBPK_AES), &known_key(KeyAlg::Aes128), None);
-    let key = import(&f.hsm, KeyAlg::Aes128, &known_key(KeyAlg::Aes128));
+    let key = import(&f.hsm, KeyAlg::Aes128, "P0", &known_key(KeyAlg::Aes128));
     // The same token without allow_host_key_material.
     let mut strict = f.config.clone();
     strict.allow_host_key_material = false;
@@ -349,7 +378,11 @@ fn host_path_policy_for_tr31(b: Backend) {
             let n = f.rec.uses().len();
             f.hsm.tr31_export(&f.aes_kbpk, &key, "P0", true).unwrap();
             let uses = f.rec.uses();
-            assert_eq!(uses.len(), n + 1);
+            assert_eq!(uses.len(), n + 3, "the export, then the KBPK's and the key's blocks at rest opened");
+            assert!(
+                uses[n + 1..].iter().all(|u| u.what.contains("key block at rest opened in host memory")),
+                "{uses:?}"
+            );
             let u = &uses[n];
             assert_eq!((u.operation, u.alg), ("tr31_export", KeyAlg::Aes128));
             assert!(u.what.contains("the AES128 key and the AES256 KBPK are read into host memory"), "{}", u.what);
@@ -369,7 +402,7 @@ fn pool_forwards_tr31() {
     let pool = HsmPool::open(&cfg, Arc::new(LogHostPath)).unwrap();
     let (comps, kcvs) = components(&pool, KeyAlg::Aes256, &r::random(32));
     pool.form_smk(&comps, &kcvs).unwrap();
-    let kbpk = import(&pool, KeyAlg::Aes256, &h(KBPK_AES));
+    let kbpk = import(&pool, KeyAlg::Aes256, "K1", &h(KBPK_AES));
     let key = known_key(KeyAlg::Aes256);
     let block = wrap_sw("D0000D0AB00E0000", &h(KBPK_AES), &key, None);
     for _ in 0..4 {

@@ -633,19 +633,21 @@ fn setup_errors_name_the_field_and_the_label() {
         matches!(&e, SetupError::MissingKey { field, label } if field == "mag_stripe.cvk" && label == "CVK-VISA-TEST"),
         "{e}"
     );
-    // A key of the wrong algorithm (its usage is right).
+    // A key of the wrong algorithm recorded with the usage the step needs: its block at rest says
+    // P0, and that answers first.
     let mut wrong = keys.clone();
     wrong.insert("CVK-VISA-TEST", keys.get("ZPK-MAILER-AES-TEST").unwrap().clone(), KeyUsage::Cvk);
     let e = Engine::new(profile("visa-dda-credit"), wrong, hsm.clone(), EngineSettings::default()).unwrap_err();
-    assert!(e.to_string().contains("mag_stripe.cvk") && e.to_string().contains("DES2"), "{e}");
-    // A key of the right algorithm and another use: the PIN-mailer key's value recorded as a CVK.
-    let mut other_use = keys.clone();
-    other_use.insert("ZPK-MAILER-TEST", keys.get("ZPK-MAILER-TEST").unwrap().clone(), KeyUsage::Cvk);
-    let e = Engine::new(profile("visa-dda-credit"), other_use, hsm.clone(), EngineSettings::default()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "pin.mailer.key: key \"ZPK-MAILER-TEST\" has usage C0 (card verification key); this step needs P0 (PIN encryption)"
+        "mag_stripe.cvk: key \"CVK-VISA-TEST\" has usage P0 (PIN encryption); this step needs C0 (card verification key)"
     );
+    // The PIN-mailer key recorded as a CVK: the record's usage changes nothing, its block says P0,
+    // which is what the step needs.
+    let mut other_use = keys.clone();
+    other_use.insert("ZPK-MAILER-TEST", keys.get("ZPK-MAILER-TEST").unwrap().clone(), KeyUsage::Cvk);
+    assert_eq!(other_use.usage("ZPK-MAILER-TEST"), Some(KeyUsage::PinEncryption));
+    Engine::new(profile("visa-dda-credit"), other_use, hsm.clone(), EngineSettings::default()).unwrap();
     // An issuer key certified for another RID.
     let mut swapped = keys.clone();
     swapped.insert_issuer("ISS-VISA-TEST-1408", keys.issuer("ISS-MC-TEST-1408").unwrap().clone());
@@ -689,4 +691,26 @@ fn a_pan_outside_the_issuer_certificate_is_refused_per_card() {
     assert_eq!(err.line, 42);
     assert!(err.step.contains("issuer certificate"), "{err}");
     assert!(!err.to_string().contains(r.pan.digits()), "{err}");
+}
+
+/// A key inventory record that lies about a key's usage does not turn the key to another use:
+/// the IMK-AC's block at rest says E0, so recorded as the transport key (D0) it is refused when
+/// the engine is built, from the block's header; and the HSM refuses it for a transport step
+/// even when asked directly, before the block is opened.
+#[test]
+fn a_record_that_lies_about_usage_changes_nothing() {
+    let (hsm, keys) = hsm_and_keys();
+    let imk = keys.get("IMK-AC-VISA-TEST").unwrap().clone();
+    assert_eq!(imk.usage(), Some(KeyUsage::EmvAc));
+    let mut lying = keys.clone();
+    lying.insert("TK-DEK-TEST", imk.clone(), KeyUsage::DataEncryption);
+    let settings = EngineSettings { pool: PoolSettings { capacity: 1, refill_threads: 1 } };
+    let Err(e) = Engine::new(profile("visa-dda-credit"), lying, hsm.clone(), settings) else {
+        panic!("an engine with the IMK recorded as the transport key was built")
+    };
+    assert!(matches!(e, SetupError::WrongUsage { has: KeyUsage::EmvAc, .. }), "{e:?}");
+    assert!(e.to_string().contains("\"TK-DEK-TEST\" has usage E0"), "{e}");
+    let e = hsm.derive_icc_master_key(&imk, "4761739001010010", "01", &imk).unwrap_err();
+    assert!(matches!(e, quill_hsm::HsmError::KeyBlock { .. }), "{e:?}");
+    assert!(e.to_string().contains("usage E0") && e.to_string().contains("transport key"), "{e}");
 }

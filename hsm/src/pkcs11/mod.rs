@@ -1,5 +1,6 @@
 //! [`Pkcs11Hsm`]: the [`Hsm`] operations on one slot of any PKCS#11 module.
 
+mod atrest;
 mod payment_ops;
 mod session;
 mod templates;
@@ -7,12 +8,13 @@ mod tr31_ops;
 
 use crate::config::SlotConfig;
 use crate::error::{HsmError, Op, SlotRef, is_device_rv, is_session_rv};
+use crate::keyblock::Role;
 use crate::mechanisms::{Capabilities, mechanism_name, vendor};
 use crate::module::{self, Module};
 use crate::observer::{HostPathObserver, HostPathUse};
 use crate::payment::{CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest};
 use crate::raw::{RawError, RawParam};
-use crate::types::{HsmInfo, Kcv, KeyAlg, RsaPublic, SealedComponent, SlotInfo, WrappedKey, WrappedRsaKey};
+use crate::types::{HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, SlotInfo, WrappedKey, WrappedRsaKey};
 use crate::{Hsm, Zeroizing};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -275,6 +277,7 @@ impl Pkcs11Hsm {
         base: &WrappedKey,
         data: &[u8],
         derived: KeyAlg,
+        key_use: KeyUse,
     ) -> Result<WrappedKey, HsmError> {
         self.with_session("derive_des3_ecb_encrypt_data", |s, op| {
             if !base.alg.is_tdes() || !derived.is_tdes() {
@@ -287,15 +290,15 @@ impl Pkcs11Hsm {
                 return Err(op.unsupported("CKM_DES3_ECB_ENCRYPT_DATA"));
             }
             let smk = self.require_smk(&s.session, op)?;
-            let hbase = self.unwrap_working(s, op, &smk, base, Usage::Derive)?;
+            let hbase = self.unwrap_working(s, op, &smk, base, Role::Imk, Usage::Derive)?;
             let h = self
                 .module
                 .raw
                 .des3_ecb_encrypt_data(&s.session, hbase, data, &templates::transient(derived))
                 .map_err(|e| op.raw(e))?;
-            let mut tmp = Temporaries::new(&s.session);
-            tmp.add(h);
-            self.finish_wrapped(&s.session, op, &smk, h, derived)
+            let r = self.finish_block(s, op, &smk, h, derived, key_use);
+            let _ = s.session.destroy_object(h);
+            r
         })
     }
 
@@ -475,20 +478,6 @@ impl Pkcs11Hsm {
         Ok(Kcv::from_bytes(&full[..n]))
     }
 
-    /// `C_WrapKey` under the SMK, KCV, and the [`WrappedKey`].
-    fn finish_wrapped(
-        &self,
-        s: &Session,
-        op: Op<'_>,
-        smk: &Smk,
-        h: ObjectHandle,
-        alg: KeyAlg,
-    ) -> Result<WrappedKey, HsmError> {
-        let kcv = self.kcv_of(s, op, h, alg)?;
-        let blob = op.ck(s.wrap_key(&Mechanism::AesKeyWrapPad, smk.handle, h))?;
-        Ok(WrappedKey { alg, blob, kcv, smk_kcv: smk.kcv.clone() })
-    }
-
     /// [`HsmError::WrongSmk`] unless `key` is wrapped under this token's SMK.
     fn check_smk(&self, op: Op<'_>, smk: &Smk, key: &WrappedKey) -> Result<(), HsmError> {
         self.check_smk_kcv(op, smk, &key.smk_kcv)
@@ -505,19 +494,6 @@ impl Pkcs11Hsm {
             hsm_smk: smk.kcv.clone(),
             at: self.at.clone(),
         })
-    }
-
-    /// `C_UnwrapKey` of `key`'s blob under the SMK with `template` (not cached: the caller owns
-    /// the handle).
-    fn unwrap_blob(
-        &self,
-        s: &Session,
-        op: Op<'_>,
-        smk: &Smk,
-        key: &WrappedKey,
-        template: &[Attribute],
-    ) -> Result<ObjectHandle, HsmError> {
-        self.unwrap_under_smk(s, op, smk, &key.smk_kcv, &key.blob, template)
     }
 
     /// `C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)` of any blob wrapped under the SMK (a secret key or a
@@ -539,19 +515,6 @@ impl Pkcs11Hsm {
             }
             other => op.err(other),
         })
-    }
-
-    /// A handle for `key` usable for `usage`, from the session's cache or unwrapped now.
-    fn unwrap_working(
-        &self,
-        s: &mut SlotSession,
-        op: Op<'_>,
-        smk: &Smk,
-        key: &WrappedKey,
-        usage: Usage,
-    ) -> Result<ObjectHandle, HsmError> {
-        let template = templates::working_key(key.alg, usage);
-        self.unwrap_cached(s, op, smk, &key.smk_kcv, &key.blob, key.digest(), usage, &template)
     }
 
     /// A handle for a wrapped blob, from the session's cache (keyed by the blob's digest and
@@ -852,44 +815,42 @@ impl Hsm for Pkcs11Hsm {
         })
     }
 
-    fn generate_key(&self, alg: KeyAlg) -> Result<WrappedKey, HsmError> {
+    fn generate_key(&self, alg: KeyAlg, key_use: KeyUse) -> Result<WrappedKey, HsmError> {
         self.with_session("generate_key", |s, op| {
             let smk = self.require_smk(&s.session, op)?;
             let (mech, template) = templates::generate(alg);
-            let mut tmp = Temporaries::new(&s.session);
-            let h = tmp.add(op.ck(s.session.generate_key(&mech, &template))?);
-            self.finish_wrapped(&s.session, op, &smk, h, alg)
+            let h = op.ck(s.session.generate_key(&mech, &template))?;
+            let r = self.finish_block(s, op, &smk, h, alg, key_use);
+            let _ = s.session.destroy_object(h);
+            r
         })
     }
 
     fn import_components(
         &self,
         alg: KeyAlg,
+        key_use: KeyUse,
         components: &[SealedComponent],
         expected: &[Kcv],
     ) -> Result<WrappedKey, HsmError> {
         self.with_session("import_components", |s, op| {
             let smk = self.require_smk(&s.session, op)?;
             let h = self.combine(&s.session, op, alg, components, expected, &templates::transient(alg))?;
-            let mut tmp = Temporaries::new(&s.session);
-            tmp.add(h);
-            self.finish_wrapped(&s.session, op, &smk, h, alg)
+            let r = self.finish_block(s, op, &smk, h, alg, key_use);
+            let _ = s.session.destroy_object(h);
+            r
         })
     }
 
     fn kcv(&self, key: &WrappedKey) -> Result<Kcv, HsmError> {
-        self.with_session("kcv", |s, op| {
-            let smk = self.require_smk(&s.session, op)?;
-            let h = self.unwrap_working(s, op, &smk, key, Usage::Check)?;
-            self.kcv_of(&s.session, op, h, key.alg)
-        })
+        self.with_session("kcv", |s, op| self.kcv_in(s, op, key))
     }
 
     fn hmac_sha256(&self, key: &WrappedKey, data: &[u8]) -> Result<[u8; 32], HsmError> {
         self.with_session("hmac_sha256", |s, op| {
             Self::require_alg(op, key, key.alg == KeyAlg::HmacSha256, "an HMAC_SHA256 key")?;
             let smk = self.require_smk(&s.session, op)?;
-            let h = self.unwrap_working(s, op, &smk, key, Usage::Mac)?;
+            let h = self.unwrap_working(s, op, &smk, key, Role::Hmac, Usage::Mac)?;
             let mac = op.ck(s.session.sign(&Mechanism::Sha256Hmac, h, data))?;
             mac.as_slice().try_into().map_err(|_| op.state(format!("HMAC-SHA-256 returned {} bytes", mac.len())))
         })
@@ -925,7 +886,7 @@ impl Hsm for Pkcs11Hsm {
         self.with_session("seal", |s, op| {
             Self::require_alg(op, key, key.alg.is_aes(), "an AES key")?;
             let smk = self.require_smk(&s.session, op)?;
-            let h = self.unwrap_working(s, op, &smk, key, Usage::Aead)?;
+            let h = self.unwrap_working(s, op, &smk, key, Role::Data, Usage::Aead)?;
             let mut iv = [0u8; GCM_IV_LEN];
             op.ck(s.session.generate_random_slice(&mut iv))?;
             let mut iv_param = iv;
@@ -946,7 +907,7 @@ impl Hsm for Pkcs11Hsm {
             if sealed.len() < GCM_IV_LEN + GCM_TAG_LEN {
                 return Err(auth_failed());
             }
-            let h = self.unwrap_working(s, op, &smk, key, Usage::Aead)?;
+            let h = self.unwrap_working(s, op, &smk, key, Role::Data, Usage::Aead)?;
             let (iv, ct) = sealed.split_at(GCM_IV_LEN);
             let mut iv = <[u8; GCM_IV_LEN]>::try_from(iv).map_err(|_| auth_failed())?;
             let params = op.ck(GcmParams::new(&mut iv, aad, Ulong::from(8 * GCM_TAG_LEN as u64)))?;

@@ -11,6 +11,7 @@ use super::tr31_ops::vendor_mechanism;
 use super::{Pkcs11Hsm, Temporaries, set_odd_parity};
 use crate::Zeroizing;
 use crate::error::{HsmError, Op};
+use crate::keyblock::Role;
 use crate::mechanisms::{mechanism_name, vendor};
 use crate::payment::{
     self, CrtPadding, DerivedKey, GeneratedPin, IccKeyPair, PinRequest, PinVerification, check_digits, check_format,
@@ -21,7 +22,6 @@ use crate::types::{KeyAlg, WrappedKey};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
-use cryptoki::session::Session;
 use cryptoki_sys::{CK_ULONG, CKM_DES3_ECB_ENCRYPT_DATA};
 use quill_crypto::payment::{self as pay, Ibm3624Params, PinBlockFormat};
 
@@ -148,8 +148,8 @@ impl Pkcs11Hsm {
         self.check_smk(op, &smk, transport)?;
         let native = self.native(&[vendor::CKM_QUILL_EMV_MK_OPTION_A, vendor::CKM_QUILL_EMV_MK_OPTION_B]);
         if native {
-            let himk = self.unwrap_working(s, op, &smk, imk, Usage::Derive)?;
-            let htr = self.unwrap_working(s, op, &smk, transport, Usage::Wrap)?;
+            let himk = self.unwrap_working(s, op, &smk, imk, Role::Imk, Usage::Derive)?;
+            let htr = self.unwrap_working(s, op, &smk, transport, Role::Transport, Usage::Wrap)?;
             let mech =
                 if pan.len() <= 16 { vendor::CKM_QUILL_EMV_MK_OPTION_A } else { vendor::CKM_QUILL_EMV_MK_OPTION_B };
             let mut param = digits(pan);
@@ -179,8 +179,8 @@ impl Pkcs11Hsm {
                 mechanism_name(vendor::CKM_QUILL_EMV_MK_OPTION_A)
             ),
         )?;
-        let himk = self.unwrap_working(s, op, &smk, imk, Usage::Derive)?;
-        let htr = self.unwrap_working(s, op, &smk, transport, Usage::Encrypt)?;
+        let himk = self.unwrap_working(s, op, &smk, imk, Role::Imk, Usage::Derive)?;
+        let htr = self.unwrap_working(s, op, &smk, transport, Role::Transport, Usage::Encrypt)?;
         let y = payment::emv_y(pan, psn);
         let mut data = y.to_vec();
         data.extend(y.iter().map(|b| b ^ 0xFF));
@@ -225,7 +225,7 @@ impl Pkcs11Hsm {
         self.check_smk(op, &smk, cvk)?;
         let data = format!("{pan}{expiry_yymm}{service_code}");
         let out = if self.caps.has(vendor::CKM_QUILL_CVV) {
-            let h = self.unwrap_working(s, op, &smk, cvk, Usage::Sign)?;
+            let h = self.unwrap_working(s, op, &smk, cvk, Role::Cvk, Usage::Sign)?;
             op.ck(s.session.sign(&vendor_mechanism(op, vendor::CKM_QUILL_CVV)?, h, data.as_bytes()))?
         } else {
             self.host_path(
@@ -237,7 +237,7 @@ impl Pkcs11Hsm {
                     mechanism_name(vendor::CKM_QUILL_CVV)
                 ),
             )?;
-            let value = self.read_key(&s.session, op, &smk, cvk, "the CVK")?;
+            let value = self.read_key(s, op, &smk, cvk, Role::Cvk, "the CVK")?;
             return pay::cvv(&value, pan, expiry_yymm, service_code).map_err(|e| op.misuse(format!("CVV: {e}")));
         };
         String::from_utf8(out)
@@ -265,9 +265,9 @@ impl Pkcs11Hsm {
             self.check_smk(op, &smk, pvk)?;
         }
         if self.caps.has(vendor::CKM_QUILL_PIN_GENERATE) {
-            let hpin = self.unwrap_working(s, op, &smk, &req.pin_key, Usage::Encrypt)?;
+            let hpin = self.unwrap_working(s, op, &smk, &req.pin_key, Role::PinKey, Usage::Encrypt)?;
             let hpvk = match pvk {
-                Some(k) => Some(self.unwrap_working(s, op, &smk, k, Usage::Sign)?),
+                Some(k) => Some(self.unwrap_working(s, op, &smk, k, Role::Pvk, Usage::Sign)?),
                 None => None,
             };
             let (method, pvki) = match &req.verification {
@@ -328,7 +328,7 @@ impl Pkcs11Hsm {
                 mechanism_name(vendor::CKM_QUILL_PIN_GENERATE)
             ),
         )?;
-        let key = self.read_key(&s.session, op, &smk, &req.pin_key, "the PIN key")?;
+        let key = self.read_key(s, op, &smk, &req.pin_key, Role::PinKey, "the PIN key")?;
         let pin = pay::random_pin(usize::from(req.pin_length), req.exclude_weak)
             .map_err(|e| op.misuse(format!("PIN generation: {e}")))?;
         let encrypted_block = pay::encrypt_pin_block(pin_format(req.format), &key, &pin, &req.pan)
@@ -336,11 +336,11 @@ impl Pkcs11Hsm {
         drop(key);
         let pvv_or_offset = match (&req.verification, &ibm) {
             (PinVerification::VisaPvv { pvk, pvki }, _) => {
-                let v = self.read_key(&s.session, op, &smk, pvk, "the PVK")?;
+                let v = self.read_key(s, op, &smk, pvk, Role::Pvk, "the PVK")?;
                 pay::visa_pvv(&v, &req.pan, *pvki, &pin[..4]).map_err(|e| op.misuse(format!("PVV: {e}")))?
             }
             (PinVerification::Ibm3624 { pvk, .. }, Some(params)) => {
-                let v = self.read_key(&s.session, op, &smk, pvk, "the PVK")?;
+                let v = self.read_key(s, op, &smk, pvk, Role::Pvk, "the PVK")?;
                 pay::ibm3624_offset(&v, &req.pan, params, &pin)
                     .map_err(|e| op.misuse(format!("IBM 3624 offset: {e}")))?
             }
@@ -378,8 +378,8 @@ impl Pkcs11Hsm {
         self.check_smk(op, &smk, from_key)?;
         self.check_smk(op, &smk, to_key)?;
         if self.caps.has(vendor::CKM_QUILL_PIN_TRANSLATE) {
-            let hfrom = self.unwrap_working(s, op, &smk, from_key, Usage::Decrypt)?;
-            let hto = self.unwrap_working(s, op, &smk, to_key, Usage::Encrypt)?;
+            let hfrom = self.unwrap_working(s, op, &smk, from_key, Role::PinKey, Usage::Decrypt)?;
+            let hto = self.unwrap_working(s, op, &smk, to_key, Role::PinTarget, Usage::Encrypt)?;
             let mut p = ulong(hfrom).to_vec();
             p.extend_from_slice(&[from_format, to_format]);
             p.extend(digits(pan));
@@ -398,14 +398,14 @@ impl Pkcs11Hsm {
                 mechanism_name(vendor::CKM_QUILL_PIN_TRANSLATE)
             ),
         )?;
-        let from = self.read_key(&s.session, op, &smk, from_key, "the source PIN key")?;
+        let from = self.read_key(s, op, &smk, from_key, Role::PinKey, "the source PIN key")?;
         let pin = pay::decrypt_pin_block(pin_format(from_format), &from, block, pan).map_err(|_| {
             op.misuse(
                 "the PIN block does not decrypt to a valid PIN block of the given format under the given key and PAN",
             )
         })?;
         drop(from);
-        let to = self.read_key(&s.session, op, &smk, to_key, "the destination PIN key")?;
+        let to = self.read_key(s, op, &smk, to_key, Role::PinTarget, "the destination PIN key")?;
         pay::encrypt_pin_block(pin_format(to_format), &to, &pin, pan).map_err(|e| op.misuse(format!("PIN block: {e}")))
     }
 
@@ -448,7 +448,14 @@ impl Pkcs11Hsm {
                 ),
             )?;
         }
-        let htr = self.unwrap_working(s, op, &smk, transport, if native { Usage::Wrap } else { Usage::Encrypt })?;
+        let htr = self.unwrap_working(
+            s,
+            op,
+            &smk,
+            transport,
+            Role::Transport,
+            if native { Usage::Wrap } else { Usage::Encrypt },
+        )?;
         let session = &s.session;
         let mut tmp = Temporaries::new(session);
         let (pub_t, priv_t) = templates::icc_pair(bits, &e, !native);
@@ -519,18 +526,18 @@ impl Pkcs11Hsm {
 
     // ---- host path ----------------------------------------------------------------------------
 
-    /// The value of a wrapped key, read from a readable session copy (destroyed at once).
+    /// The value of a key at rest in host memory (the block opened on the host path), for
+    /// `role`.
     fn read_key(
         &self,
-        s: &Session,
+        s: &mut SlotSession,
         op: Op<'_>,
         smk: &super::Smk,
         key: &WrappedKey,
+        role: Role,
         what: &str,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let mut tmp = Temporaries::new(s);
-        let h = tmp.add(self.unwrap_blob(s, op, smk, key, &templates::readable(key.alg))?);
-        let v = self.read_value(s, op, h, what)?;
+        let v = self.block_value(s, op, smk, key, Some(role))?;
         if v.len() != key.alg.key_len() {
             return Err(op.state(format!("{what}: {} bytes for a {} key", v.len(), key.alg)));
         }

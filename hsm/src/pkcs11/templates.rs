@@ -259,8 +259,52 @@ pub(crate) fn smk(label: &str, token: bool) -> Vec<Attribute> {
         Attribute::Sign(true),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
+        // The at-rest key-block protection key is derived from it (`atrest.rs`).
+        Attribute::Derive(true),
+    ]);
+    t
+}
+
+/// The at-rest KBPK derived from the SMK on a module that makes and opens key blocks inside:
+/// session object, AES-256, sensitive, never extractable, wrap and unwrap only.
+pub(crate) fn at_rest_kbpk() -> Vec<Attribute> {
+    let mut t = secret(KeyAlg::Aes256);
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::ValueLen(Ulong::from(32u64)),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
         Attribute::Derive(false),
     ]);
+    t
+}
+
+/// The at-rest KBPK derived from the SMK for the host path (a module without TR-31 inside):
+/// session object, AES-256, readable, no usage.
+pub(crate) fn readable_at_rest_kbpk() -> Vec<Attribute> {
+    let mut t = readable(KeyAlg::Aes256);
+    t.push(Attribute::ValueLen(Ulong::from(32u64)));
+    t
+}
+
+/// A key opened from its block only to prove the block is genuine: session object, sensitive,
+/// never extractable, no usage.
+pub(crate) fn no_use(alg: KeyAlg) -> Vec<Attribute> {
+    let mut t = secret(alg);
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+    ]);
+    t.extend(no_usage());
     t
 }
 

@@ -10,11 +10,11 @@ use super::session::SlotSession;
 use super::templates::{self, Usage};
 use super::{Pkcs11Hsm, Smk, Temporaries};
 use crate::error::{HsmError, Op, rv_name};
-use crate::keyblock;
+use crate::keyblock::{self, Role};
 use crate::mechanisms::{mechanism_name, vendor};
 use crate::observer::HostPathUse;
 use crate::raw::{RawError, RawParam};
-use crate::types::{Kcv, KeyAlg, WrappedKey};
+use crate::types::{KeyAlg, WrappedKey};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -37,7 +37,7 @@ impl Pkcs11Hsm {
         if self.caps.native_tr31_unwrap() {
             self.tr31_import_native(s, op, &smk, kbpk, header, block)
         } else {
-            self.tr31_import_host(&s.session, op, &smk, kbpk, &header, block)
+            self.tr31_import_host(s, op, &smk, kbpk, &header, block)
         }
     }
 
@@ -55,18 +55,21 @@ impl Pkcs11Hsm {
         let smk = self.require_smk(&s.session, op)?;
         self.check_smk(op, &smk, kbpk)?;
         self.check_smk(op, &smk, key)?;
+        self.check_exportable(op, key, usage)?;
         if self.caps.native_tr31_wrap() {
             self.tr31_export_native(s, op, &smk, kbpk, key, &header)
         } else {
-            self.tr31_export_host(&s.session, op, &smk, kbpk, key, &header)
+            self.tr31_export_host(s, op, &smk, kbpk, key, &header)
         }
     }
 
     // ---- inside the HSM (hsm-sim) -------------------------------------------------------------
 
     /// The KBPK unwrapped for wrap/unwrap (cached), `C_UnwrapKey(CKM_QUILL_TR31_UNWRAP)` to a
-    /// session key, `C_WrapKey` of that under the SMK, and its KCV computed in the HSM from the
-    /// new blob (the block's mode of use may forbid the KCV operation on the key as unwrapped).
+    /// session key, its KCV computed in the HSM (through a copy wrapped under the SMK and unwrapped
+    /// for the KCV only: the block's mode of use may forbid the KCV operation on the key as
+    /// unwrapped), then the key wrapped as a block at rest with the imported usage, mode of use,
+    /// exportability and version.
     fn tr31_import_native(
         &self,
         s: &mut SlotSession,
@@ -76,22 +79,31 @@ impl Pkcs11Hsm {
         header: Tr31Header,
         block: &str,
     ) -> Result<(Tr31Header, WrappedKey), HsmError> {
-        let hkbpk = self.unwrap_working(s, op, smk, kbpk, Usage::Kbpk)?;
+        let hkbpk = self.unwrap_working(s, op, smk, kbpk, Role::Kbpk, Usage::Kbpk)?;
         let mech = vendor_mechanism(op, vendor::CKM_QUILL_TR31_UNWRAP)?;
-        let (alg, blob) = {
-            let session = &s.session;
-            let mut tmp = Temporaries::new(session);
-            let h = session
-                .unwrap_key(&mech, hkbpk, block.as_bytes(), &templates::tr31_unwrapped())
-                .map_err(|e| self.tr31_refused(op, e))?;
-            tmp.add(h);
-            let alg = self.imported_alg(session, op, h, header.algorithm)?;
-            (alg, op.ck(session.wrap_key(&Mechanism::AesKeyWrapPad, smk.handle, h))?)
-        };
-        let mut wrapped = WrappedKey { alg, blob, kcv: Kcv(String::new()), smk_kcv: smk.kcv.clone() };
-        let h = self.unwrap_working(s, op, smk, &wrapped, Usage::Check)?;
-        wrapped.kcv = self.kcv_of(&s.session, op, h, alg)?;
-        Ok((header, wrapped))
+        let h = s
+            .session
+            .unwrap_key(&mech, hkbpk, block.as_bytes(), &templates::tr31_unwrapped())
+            .map_err(|e| self.tr31_refused(op, e))?;
+        let r = (|| {
+            let alg = self.imported_alg(&s.session, op, h, header.algorithm)?;
+            let kcv = {
+                let session = &s.session;
+                let mut tmp = Temporaries::new(session);
+                let blob = op.ck(session.wrap_key(&Mechanism::AesKeyWrapPad, smk.handle, h))?;
+                let hk = tmp.add(op.ck(session.unwrap_key(
+                    &Mechanism::AesKeyWrapPad,
+                    smk.handle,
+                    &blob,
+                    &templates::transient(alg),
+                ))?);
+                self.kcv_of(session, op, hk, alg)?
+            };
+            let at_rest = keyblock::at_rest_from_import(&header, alg, &kcv).map_err(|r| op.tr31(r))?;
+            self.make_block(s, op, smk, h, None, alg, &at_rest, kcv)
+        })();
+        let _ = s.session.destroy_object(h);
+        Ok((header, r?))
     }
 
     /// The KBPK unwrapped for wrap/unwrap (cached), the key unwrapped as an extractable session
@@ -105,11 +117,12 @@ impl Pkcs11Hsm {
         key: &WrappedKey,
         header: &Tr31Header,
     ) -> Result<String, HsmError> {
-        let hkbpk = self.unwrap_working(s, op, smk, kbpk, Usage::Kbpk)?;
+        let hkbpk = self.unwrap_working(s, op, smk, kbpk, Role::Kbpk, Usage::Kbpk)?;
         let template = header.encode().map_err(|e| op.tr31(e.to_string()))?;
+        let hkey = self.open_block(s, op, smk, key, None, &templates::exportable(key.alg))?;
         let session = &s.session;
         let mut tmp = Temporaries::new(session);
-        let hkey = tmp.add(self.unwrap_blob(session, op, smk, key, &templates::exportable(key.alg))?);
+        tmp.add(hkey);
         let block = self
             .module
             .raw
@@ -203,7 +216,7 @@ impl Pkcs11Hsm {
     /// created with `C_CreateObject` and wrapped under the SMK (KCV computed in the HSM).
     fn tr31_import_host(
         &self,
-        s: &Session,
+        s: &mut SlotSession,
         op: Op<'_>,
         smk: &Smk,
         kbpk: &WrappedKey,
@@ -223,24 +236,26 @@ impl Pkcs11Hsm {
                 mechanism_name(vendor::CKM_QUILL_TR31_UNWRAP)
             ),
         )?;
-        let mut tmp = Temporaries::new(s);
-        let hkbpk = tmp.add(self.unwrap_blob(s, op, smk, kbpk, &templates::readable(kbpk.alg))?);
         let (header, key) = {
-            let kbpk_value = self.read_value(s, op, hkbpk, "the KBPK")?;
+            let kbpk_value = self.block_value(s, op, smk, kbpk, Some(Role::Kbpk))?;
             tr31::unwrap(keyblock::kbpk(kbpk.alg, &kbpk_value), block.as_bytes()).map_err(|e| op.tr31(e.to_string()))?
         };
         let alg = keyblock::key_alg_of(header.algorithm, key.len()).map_err(|r| op.tr31(r))?;
-        let h = tmp.add(self.create_secret(s, op, &templates::transient(alg), &key)?);
-        drop(key);
-        let wrapped = self.finish_wrapped(s, op, smk, h, alg)?;
-        Ok((header, wrapped))
+        let h = self.create_secret(&s.session, op, &templates::transient(alg), &key)?;
+        let r = (|| {
+            let kcv = self.kcv_of(&s.session, op, h, alg)?;
+            let at_rest = keyblock::at_rest_from_import(&header, alg, &kcv).map_err(|r| op.tr31(r))?;
+            self.make_block(s, op, smk, h, Some(&key), alg, &at_rest, kcv)
+        })();
+        let _ = s.session.destroy_object(h);
+        Ok((header, r?))
     }
 
     /// The KBPK's and the key's values read from readable session copies, `tr31::wrap` in host
     /// memory with random padding from `C_GenerateRandom`.
     fn tr31_export_host(
         &self,
-        s: &Session,
+        s: &mut SlotSession,
         op: Op<'_>,
         smk: &Smk,
         kbpk: &WrappedKey,
@@ -260,12 +275,9 @@ impl Pkcs11Hsm {
                 mechanism_name(vendor::CKM_QUILL_TR31_WRAP)
             ),
         )?;
-        let mut tmp = Temporaries::new(s);
-        let hkbpk = tmp.add(self.unwrap_blob(s, op, smk, kbpk, &templates::readable(kbpk.alg))?);
-        let hkey = tmp.add(self.unwrap_blob(s, op, smk, key, &templates::readable(key.alg))?);
-        let kbpk_value = self.read_value(s, op, hkbpk, "the KBPK")?;
-        let key_value = self.read_value(s, op, hkey, "the key")?;
-        drop(tmp);
+        let kbpk_value = self.block_value(s, op, smk, kbpk, Some(Role::Kbpk))?;
+        let key_value = self.block_value(s, op, smk, key, None)?;
+        let s = &s.session;
         if key_value.len() != key.alg.key_len() {
             return Err(op.state(format!("the {} key has {} bytes", key.alg, key_value.len())));
         }

@@ -19,7 +19,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use quill_hsm::{HostPathObserver, HostPathUse, SlotConfig};
+use quill_hsm::{HostPathObserver, HostPathUse, KeyAlg, KeyUse, SlotConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -263,4 +263,15 @@ macro_rules! per_backend {
             $( #[test] fn $name() { super::$name($crate::common::Backend::SoftHsm) } )*
         }
     };
+}
+
+/// An exportable use from a TR-31 usage code (`"E0"`).
+pub fn key_use(code: &str) -> KeyUse {
+    KeyUse::from_code(code, true).unwrap()
+}
+
+/// The use a test gives a key it only checks, MACs or seals with: `D0` for TDES and AES keys (a
+/// data key: seal/open, a transport key), `M7` for HMAC keys.
+pub fn default_use(alg: KeyAlg) -> KeyUse {
+    key_use(if alg == KeyAlg::HmacSha256 { "M7" } else { "D0" })
 }

@@ -110,6 +110,66 @@ pub fn aes_cmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     s.sign_to_vec().unwrap()
 }
 
+/// AES-CBC encryption without padding (`data` a multiple of 16 bytes).
+pub fn aes_cbc_encrypt(key: &[u8], iv: &[u8; 16], data: &[u8]) -> Vec<u8> {
+    aes_cbc(key, iv, data, openssl::symm::Mode::Encrypt)
+}
+
+fn aes_cbc(key: &[u8], iv: &[u8], data: &[u8], mode: openssl::symm::Mode) -> Vec<u8> {
+    let cipher = match key.len() {
+        16 => Cipher::aes_128_cbc(),
+        24 => Cipher::aes_192_cbc(),
+        _ => Cipher::aes_256_cbc(),
+    };
+    let mut c = openssl::symm::Crypter::new(cipher, mode, key, Some(iv)).unwrap();
+    c.pad(false);
+    let mut out = vec![0u8; data.len() + 16];
+    let mut n = c.update(data, &mut out).unwrap();
+    n += c.finalize(&mut out[n..]).unwrap();
+    out.truncate(n);
+    out
+}
+
+/// Open a TR-31 version D key block (ANSI X9.143 AES key block) under an AES-256 KBPK, written
+/// from the standard with OpenSSL, independently of `quill_crypto::tr31`: KBEK and KBAK by the
+/// CMAC counter-mode KDF (derivation data: counter, usage 0000 encryption / 0001 MAC, separator
+/// 00, algorithm 0004 AES-256, length 0100), the key data AES-CBC-decrypted with the MAC as IV,
+/// the MAC CMAC(KBAK, header ‖ clear key data). Returns the key, or `None` when the MAC fails.
+pub fn tr31_d_unwrap_aes256(kbpk: &[u8], block: &str) -> Option<Vec<u8>> {
+    let derive = |usage: u8| -> Vec<u8> {
+        let mut k = Vec::new();
+        for counter in 1u8..=2 {
+            k.extend(aes_cmac(kbpk, &[counter, 0x00, usage, 0x00, 0x00, 0x04, 0x01, 0x00]));
+        }
+        k
+    };
+    let (kbek, kbak) = (derive(0), derive(1));
+    let header_len = {
+        // The fixed header is 16 characters; then the optional blocks (count at 12..14), each
+        // with a two-character id and a two-hex-digit length (short form) that counts itself.
+        let count: usize = block[12..14].parse().unwrap();
+        let mut pos = 16;
+        for _ in 0..count {
+            let len = usize::from_str_radix(&block[pos + 2..pos + 4], 16).unwrap();
+            assert_ne!(len, 0, "long-form lengths are not used at rest");
+            pos += len;
+        }
+        pos
+    };
+    let (header, body) = block.split_at(header_len);
+    let (enc_hex, mac_hex) = body.split_at(body.len() - 32);
+    let enc = hex::decode(enc_hex).unwrap();
+    let mac: [u8; 16] = hex::decode(mac_hex).unwrap().try_into().unwrap();
+    let clear = aes_cbc(&kbek, &mac, &enc, openssl::symm::Mode::Decrypt);
+    let mut macced = header.as_bytes().to_vec();
+    macced.extend_from_slice(&clear);
+    if aes_cmac(&kbak, &macced) != mac {
+        return None;
+    }
+    let bits = usize::from(u16::from_be_bytes([clear[0], clear[1]]));
+    Some(clear[2..2 + bits / 8].to_vec())
+}
+
 /// HMAC-SHA-256.
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     let pkey = PKey::hmac(key).unwrap();

@@ -26,6 +26,7 @@ use crate::keys::apply::{key, read, scan};
 use crate::keys::model::*;
 use crate::raft::{Command, Outcome, StateMachine};
 use crate::runtime::agent::KeyAgent;
+use quill_hsm::KeyUse;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -168,7 +169,8 @@ impl KeysService {
         usage.check_alg(alg).map_err(ApiError::BadRequest)?;
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
-        let wrapped = tokio::task::spawn_blocking(move || agent.hsm().generate_key(alg))
+        let key_use = KeyUse::new(usage.tr31(), req.exportable);
+        let wrapped = tokio::task::spawn_blocking(move || agent.hsm().generate_key(alg, key_use))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(hsm_error)?;

@@ -4,7 +4,8 @@
 //! proposes the job, its chunks and its start. Also the AAD that binds a sealed chunk to its job
 //! and position, shared with the workers that open inputs and seal outputs.
 
-use quill_hsm::{Hsm, HsmError, KeyAlg, WrappedKey};
+use quill_hsm::tr31::KeyUsage;
+use quill_hsm::{Hsm, HsmError, KeyAlg, KeyUse, WrappedKey};
 use quill_prep::engine::KeyStep;
 use quill_prep::input::{self, CardRecord};
 use quill_prep::profile::{BadRecordPolicy, Profile};
@@ -264,7 +265,8 @@ pub fn drop_repeats(hsm: &dyn Hsm, others: &[OpenInput], mut c: Checked) -> Resu
 /// Seal the checked records of job `id` in chunks under a fresh AES-256 data key made in `hsm`
 /// (returned wrapped under the SMK). Blocking: call it off the async threads.
 pub fn seal(hsm: &dyn Hsm, id: &str, c: &Checked) -> Result<(WrappedKey, Vec<SealedChunk>), IntakeError> {
-    let data_key = hsm.generate_key(KeyAlg::Aes256)?;
+    // A data key (D0) that never leaves the HSMs: its block at rest says so.
+    let data_key = hsm.generate_key(KeyAlg::Aes256, KeyUse::new(KeyUsage::DataEncryption, false))?;
     let mut out = Vec::with_capacity(c.chunks as usize);
     for (n, chunk) in c.records.chunks(c.chunk_size as usize).enumerate() {
         let n = u32::try_from(n).map_err(|_| IntakeError::Encode { n: u32::MAX, reason: "chunk number".into() })?;

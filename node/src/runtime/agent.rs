@@ -32,7 +32,8 @@ use crate::keys::model::*;
 use crate::network::Raft;
 use crate::raft::{Command, NodeId, Outcome, StateMachine};
 use crate::store::StoreError;
-use quill_hsm::{Hsm, HsmError};
+use quill_hsm::tr31::KeyUsage;
+use quill_hsm::{Hsm, HsmError, KeyUse};
 
 /// How often the agent looks at the state when nothing wakes it.
 const ROUND: Duration = Duration::from_millis(500);
@@ -281,8 +282,9 @@ impl KeyAgent {
                 }
                 CeremonyTarget::Key { label, usage, alg, exportable } if holds_smk => {
                     let alg = *alg;
+                    let key_use = KeyUse::new(usage.tr31(), *exportable);
                     info!(ceremony = %c.id, %label, "forming a working key from {} sealed components", sealed.len());
-                    let wrapped = self.hsm_call(move |h| h.import_components(alg, &sealed, &kcvs)).await?;
+                    let wrapped = self.hsm_call(move |h| h.import_components(alg, key_use, &sealed, &kcvs)).await?;
                     let origin = Origin::Components {
                         ceremony: c.id.clone(),
                         custodians: c.submissions.iter().map(|s| s.custodian.clone()).collect(),
@@ -324,8 +326,11 @@ impl KeyAgent {
         let leader = metrics.state == ServerState::Leader;
         // 5. audit keys
         if leader && holds_smk && audit_keys.is_none() {
-            let mac = self.hsm_call(|h| h.generate_key(KeyAlg::HmacSha256)).await?;
-            let enc = self.hsm_call(|h| h.generate_key(KeyAlg::Aes256)).await?;
+            // Bound to their use and never exportable: the MAC key is an HMAC key (M7), the
+            // encryption key a data key (D0).
+            let mac = self.hsm_call(|h| h.generate_key(KeyAlg::HmacSha256, KeyUse::new(KeyUsage::Hmac, false))).await?;
+            let enc =
+                self.hsm_call(|h| h.generate_key(KeyAlg::Aes256, KeyUse::new(KeyUsage::DataEncryption, false))).await?;
             self.propose(proposer, KeyCommand::AuditKeysSet { keys: AuditKeys { mac, enc, node: me } }).await?;
         }
         if let Some(k) = &audit_keys {

@@ -87,9 +87,10 @@ impl KeySet {
         self.symmetric.get(label).map(|w| &w.key)
     }
 
-    /// The TR-31 usage of the working key with this label.
+    /// The TR-31 usage of the working key with this label: the one its key block's header names
+    /// (which the HSM holds the key to), else the one recorded beside it.
     pub fn usage(&self, label: &str) -> Option<KeyUsage> {
-        self.symmetric.get(label).map(|w| w.usage)
+        self.symmetric.get(label).map(|w| w.key.usage().unwrap_or(w.usage))
     }
 
     /// The issuer key pair with this label.
