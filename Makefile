@@ -22,7 +22,7 @@ BENCH_HSM_ARGS ?=
 
 CARGO_NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: help setup build demo test fmt-check clippy production-build unit-test third-party bench-hsm clean
+.PHONY: help setup build demo test fmt-check clippy production-build unit-test c-conformance third-party bench-hsm clean
 
 help:
 	@echo "make demo       set up, build, and run the demo (target/release/quill demo)"
@@ -40,7 +40,7 @@ build:
 demo: setup build
 	"$(RELEASE)/quill" demo
 
-test: setup fmt-check clippy production-build build unit-test third-party
+test: setup fmt-check clippy production-build build unit-test c-conformance third-party
 
 # The operator binaries without the TEST keys (scripts/check-production-build.sh); `build` then
 # puts the default binaries back.
@@ -61,6 +61,13 @@ ifneq ($(CARGO_NEXTEST),)
 else
 	cargo test --release --workspace --no-fail-fast
 endif
+
+# hsm-sim's PKCS#11 conformance checks in plain C (hsm-sim/tests/c/conformance.c): the module is
+# loaded with dlopen and called through its function lists, on a throwaway token directory.
+c-conformance: build
+	cc -std=c11 -Wall -Wextra -Werror -o "$(RELEASE)/p11-conformance" hsm-sim/tests/c/conformance.c -ldl
+	@dir="$$(mktemp -d)"; trap 'rm -rf "$$dir"' EXIT; \
+	QUILL_HSM_DIR="$$dir" "$(RELEASE)/p11-conformance" "$(QUILL_HSM_MODULE)"
 
 third-party: build
 	@failed=(); \

@@ -185,3 +185,114 @@ pub fn template_to_map(tmpl: &[Attribute]) -> Result<AttrMap> {
     }
     Ok(m)
 }
+
+/// Attributes every object has (PKCS#11 3.0 §4.2, §4.4).
+const COMMON_ATTRS: &[CK_ATTRIBUTE_TYPE] =
+    &[CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_COPYABLE, CKA_DESTROYABLE, CKA_LABEL, CKA_UNIQUE_ID];
+
+/// Attributes every key has (§4.7).
+const KEY_ATTRS: &[CK_ATTRIBUTE_TYPE] =
+    &[CKA_KEY_TYPE, CKA_ID, CKA_START_DATE, CKA_END_DATE, CKA_DERIVE, CKA_LOCAL, CKA_KEY_GEN_MECHANISM];
+
+/// Attributes of one class beyond the common ones. What is not listed here the module does not
+/// define, and a template naming it gets `CKR_ATTRIBUTE_TYPE_INVALID`: among them
+/// `CKA_ALLOWED_MECHANISMS`, `CKA_WRAP_TEMPLATE` and `CKA_UNWRAP_TEMPLATE`, which the module does
+/// not enforce and so must not accept silently.
+fn class_attrs(class: CK_OBJECT_CLASS) -> &'static [CK_ATTRIBUTE_TYPE] {
+    match class {
+        CKO_DATA => &[CKA_APPLICATION, CKA_OBJECT_ID, CKA_VALUE],
+        CKO_CERTIFICATE => &[
+            CKA_CERTIFICATE_TYPE,
+            CKA_TRUSTED,
+            CKA_CERTIFICATE_CATEGORY,
+            CKA_CHECK_VALUE,
+            CKA_START_DATE,
+            CKA_END_DATE,
+            CKA_PUBLIC_KEY_INFO,
+            CKA_SUBJECT,
+            CKA_ID,
+            CKA_ISSUER,
+            CKA_SERIAL_NUMBER,
+            CKA_VALUE,
+            CKA_URL,
+            CKA_HASH_OF_SUBJECT_PUBLIC_KEY,
+            CKA_HASH_OF_ISSUER_PUBLIC_KEY,
+            CKA_JAVA_MIDP_SECURITY_DOMAIN,
+            CKA_NAME_HASH_ALGORITHM,
+        ],
+        CKO_PUBLIC_KEY => &[
+            CKA_SUBJECT,
+            CKA_ENCRYPT,
+            CKA_VERIFY,
+            CKA_VERIFY_RECOVER,
+            CKA_WRAP,
+            CKA_TRUSTED,
+            CKA_PUBLIC_KEY_INFO,
+            CKA_MODULUS,
+            CKA_MODULUS_BITS,
+            CKA_PUBLIC_EXPONENT,
+            CKA_EC_PARAMS,
+            CKA_EC_POINT,
+        ],
+        CKO_PRIVATE_KEY => &[
+            CKA_SUBJECT,
+            CKA_SENSITIVE,
+            CKA_DECRYPT,
+            CKA_SIGN,
+            CKA_SIGN_RECOVER,
+            CKA_UNWRAP,
+            CKA_EXTRACTABLE,
+            CKA_ALWAYS_SENSITIVE,
+            CKA_NEVER_EXTRACTABLE,
+            CKA_WRAP_WITH_TRUSTED,
+            CKA_ALWAYS_AUTHENTICATE,
+            CKA_PUBLIC_KEY_INFO,
+            CKA_MODULUS,
+            CKA_PUBLIC_EXPONENT,
+            CKA_PRIVATE_EXPONENT,
+            CKA_PRIME_1,
+            CKA_PRIME_2,
+            CKA_EXPONENT_1,
+            CKA_EXPONENT_2,
+            CKA_COEFFICIENT,
+            CKA_EC_PARAMS,
+            CKA_VALUE,
+        ],
+        CKO_SECRET_KEY => &[
+            CKA_SENSITIVE,
+            CKA_ENCRYPT,
+            CKA_DECRYPT,
+            CKA_SIGN,
+            CKA_VERIFY,
+            CKA_WRAP,
+            CKA_UNWRAP,
+            CKA_EXTRACTABLE,
+            CKA_ALWAYS_SENSITIVE,
+            CKA_NEVER_EXTRACTABLE,
+            CKA_CHECK_VALUE,
+            CKA_WRAP_WITH_TRUSTED,
+            CKA_TRUSTED,
+            CKA_VALUE,
+            CKA_VALUE_LEN,
+        ],
+        _ => &[],
+    }
+}
+
+/// Does the module define attribute `ty` for objects of `class`?
+pub fn is_known_attr(class: CK_OBJECT_CLASS, ty: CK_ATTRIBUTE_TYPE) -> bool {
+    let key = matches!(class, CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY);
+    COMMON_ATTRS.contains(&ty) || (key && KEY_ATTRS.contains(&ty)) || class_attrs(class).contains(&ty)
+}
+
+/// Refuse a template naming an attribute the module does not define for `class`
+/// (`CKR_ATTRIBUTE_TYPE_INVALID`, PKCS#11 3.0 §5.1 "an invalid attribute type was specified").
+pub fn check_known(class: CK_OBJECT_CLASS, tmpl: &AttrMap) -> Result<()> {
+    match tmpl.0.keys().find(|ty| !is_known_attr(class, **ty)) {
+        Some(ty) => Err(Error::new(
+            CKR_ATTRIBUTE_TYPE_INVALID,
+            format!("attribute 0x{ty:X} is not defined for objects of class 0x{class:X}"),
+        )),
+        None => Ok(()),
+    }
+}

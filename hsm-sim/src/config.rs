@@ -9,6 +9,7 @@
 //! [[slot]]
 //! id = 0
 //! description = "quill sim slot 0"
+//! key_separation = true               # the payment-HSM key policy (default on; README "Key hygiene")
 //! ```
 
 use crate::error::{Error, Result};
@@ -30,6 +31,15 @@ pub struct SlotConfig {
     /// Free text for `CK_SLOT_INFO.slotDescription`.
     #[serde(default)]
     pub description: Option<String>,
+    /// The key-separation policy of this token (README "Key hygiene"): a secret or private key
+    /// may not be both a key-encryption key (`CKA_WRAP`/`CKA_UNWRAP`) and a data key
+    /// (`CKA_ENCRYPT`/`CKA_DECRYPT`). On unless the configuration turns it off.
+    #[serde(default = "default_true")]
+    pub key_separation: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The whole configuration.
@@ -75,7 +85,7 @@ impl Config {
 
     fn with_default_slots(mut self) -> Self {
         if self.slots.is_empty() {
-            self.slots = (0..2).map(|id| SlotConfig { id, description: None }).collect();
+            self.slots = (0..2).map(|id| SlotConfig { id, description: None, key_separation: true }).collect();
         }
         self
     }

@@ -37,8 +37,31 @@ pub struct Session {
     pub slot: CK_SLOT_ID,
     /// Read/write?
     pub rw: bool,
-    ops: HashMap<Kind, Operation>,
+    ops: HashMap<Kind, ActiveOp>,
     find: Option<(Vec<CK_OBJECT_HANDLE>, usize)>,
+}
+
+/// An active operation of a session.
+pub struct ActiveOp {
+    op: Operation,
+    /// An `*Update` (or `C_DigestKey`, or a `*Final`) has run: one-shot calls are refused.
+    multipart: bool,
+    /// Output computed for a length query or a short buffer.
+    pending: Option<Pending>,
+}
+
+/// Output computed for a length query or a short buffer, handed out by the next call.
+enum Pending {
+    /// A one-shot call's output, valid only for the same input.
+    Single { input: Zeroizing<Vec<u8>>, out: Zeroizing<Vec<u8>> },
+    /// A `*Final` output.
+    Final(Zeroizing<Vec<u8>>),
+}
+
+/// An object lookup that failed on the handle becomes `CKR_KEY_HANDLE_INVALID`; other errors
+/// (an invalid session, above all) keep their code.
+fn key_handle_invalid(e: Error) -> Error {
+    if e.rv == CKR_OBJECT_HANDLE_INVALID { Error::new(CKR_KEY_HANDLE_INVALID, e.reason) } else { e }
 }
 
 /// Library information for `C_GetInfo`.
@@ -368,9 +391,30 @@ impl Module {
         }
     }
 
-    /// Store a new object (session or token) and return its handle.
+    /// Is the key-separation policy on for this slot's token (README "Key hygiene")?
+    pub fn key_separation(&self, slot: CK_SLOT_ID) -> bool {
+        self.cfg.slots.iter().find(|s| s.id == slot).is_none_or(|s| s.key_separation)
+    }
+
+    /// Refuse attributes that break the key-separation policy (`CKR_TEMPLATE_INCONSISTENT`: the
+    /// template asks for roles this token does not give one key).
+    fn check_policy(&self, slot: CK_SLOT_ID, attrs: &AttrMap) -> Result<()> {
+        if self.key_separation(slot) && object::mixes_roles(attrs) {
+            return Err(Error::template(
+                "key separation policy: a key is either a key-encryption key (CKA_WRAP/CKA_UNWRAP) or a data key (CKA_ENCRYPT/CKA_DECRYPT), not both",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Store a new object (session or token) and return its handle. Every object gets a fresh
+    /// `CKA_UNIQUE_ID` here (a copy too).
     fn insert_object(&self, h: CK_SESSION_HANDLE, attrs: AttrMap, material: Material) -> Result<CK_OBJECT_HANDLE> {
         let (slot, rw) = self.slot_of(h)?;
+        self.check_policy(slot, &attrs)?;
+        let mut attrs = attrs;
+        let uid = crate::store::new_uid()?;
+        attrs.set(CKA_UNIQUE_ID, uid.clone().into_bytes());
         let login = self.login_of(slot)?;
         let token = attrs.flag(CKA_TOKEN);
         let private = attrs.flag(CKA_PRIVATE);
@@ -383,9 +427,9 @@ impl Module {
         let handle = self.handles.fetch_add(1, Ordering::SeqCst);
         if token {
             let t = self.token(slot)?;
-            let obj = Object { handle, uid: Some(crate::store::new_uid()?), owner: None, attrs, material };
+            let obj = Object { handle, uid: Some(uid), owner: None, attrs, material };
             let mut st = t.write();
-            t.persist(&st, &obj)?;
+            t.persist(&mut st, &obj)?;
             if let Some(u) = &obj.uid {
                 st.by_uid.insert(u.clone(), handle);
             }
@@ -487,6 +531,7 @@ impl Module {
         let (slot, rw) = self.slot_of(h)?;
         let o = self.object(h, oh)?;
         let attrs = object::modify(&o, tmpl, self.is_so(slot), false)?;
+        self.check_policy(slot, &attrs)?;
         let new = Object { attrs, ..(*o).clone() };
         if o.is_token() {
             if !rw {
@@ -495,7 +540,7 @@ impl Module {
             let t = self.token(slot)?;
             let mut st = t.write();
             if !matches!(new.material, Material::None) || new.secret_attrs().0.is_empty() {
-                t.persist(&st, &new)?;
+                t.persist(&mut st, &new)?;
             } else {
                 return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "log in to modify this object"));
             }
@@ -569,102 +614,191 @@ impl Module {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "an operation of this kind is active"));
         }
         let key = match key {
-            Some(k) => Some(self.object(h, k).map_err(|e| Error::new(CKR_KEY_HANDLE_INVALID, e.reason))?),
+            Some(k) => Some(self.object(h, k).map_err(key_handle_invalid)?),
             None => None,
         };
+        if let Some(k) = &key
+            && matches!(kind, Kind::Encrypt | Kind::Decrypt)
+            && self.key_separation(slot)
+            && object::mixes_roles(&k.attrs)
+        {
+            return Err(Error::new(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                format!("key {} is both a key-encryption key and a data key (key separation policy)", k.handle),
+            ));
+        }
         let resolve = |oh| self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)));
         let op = Operation::init(kind, mech, key, &resolve)?;
-        lock(&s).ops.insert(kind, op);
+        lock(&s).ops.insert(kind, ActiveOp { op, multipart: false, pending: None });
         Ok(())
     }
 
-    fn with_op(
-        &self,
-        h: CK_SESSION_HANDLE,
-        kind: Kind,
-        cap: Option<usize>,
-        finishing: bool,
-        f: impl FnOnce(&mut Operation) -> Result<Vec<u8>>,
-    ) -> Result<Out> {
+    /// Take the active operation of `kind` out of its session for one call (put back with
+    /// [`Module::put_op`] when the operation goes on). An injected fault ends the operation.
+    fn take_op(&self, h: CK_SESSION_HANDLE, kind: Kind) -> Result<(Arc<Mutex<Session>>, CK_SLOT_ID, ActiveOp)> {
         let (slot, _) = self.slot_of(h)?;
+        let s = self.session(h)?;
         if let Err(e) = self.faults.apply(slot) {
-            if let Ok(s) = self.session(h) {
-                lock(&s).ops.remove(&kind);
-            }
+            lock(&s).ops.remove(&kind);
             return Err(e);
         }
-        let s = self.session(h)?;
-        let mut s = lock(&s);
-        let op = s
+        let a = lock(&s)
             .ops
-            .get_mut(&kind)
+            .remove(&kind)
             .ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no operation of this kind is active"))?;
-        let data = match op.pending.take() {
-            Some(d) => d,
-            None => match f(op) {
-                Ok(d) => d,
-                Err(e) => {
-                    s.ops.remove(&kind);
-                    return Err(e);
-                }
-            },
+        Ok((s, slot, a))
+    }
+
+    fn put_op(s: &Mutex<Session>, kind: Kind, a: ActiveOp) {
+        lock(s).ops.insert(kind, a);
+    }
+
+    /// End the active operation of `kind`, if any (a failed one-shot or final call).
+    pub fn op_abort(&self, h: CK_SESSION_HANDLE, kind: Kind) {
+        if let Ok(s) = self.session(h) {
+            lock(&s).ops.remove(&kind);
+        }
+    }
+
+    /// Single-part call (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_SignRecover`,
+    /// `C_VerifyRecover`). Refused with `CKR_OPERATION_ACTIVE` (the multi-part operation stays) after
+    /// an `*Update`. A length query or a short buffer keeps the output with the input it belongs
+    /// to; the next call returns it only for the same input and starts afresh for another.
+    pub fn op_single(&self, h: CK_SESSION_HANDLE, kind: Kind, data: &[u8], cap: Option<usize>) -> Result<Out> {
+        let (s, slot, mut a) = self.take_op(h, kind)?;
+        if a.multipart {
+            Self::put_op(&s, kind, a);
+            return Err(Error::new(
+                CKR_OPERATION_ACTIVE,
+                "a multi-part operation is active: finish it with the *Final function",
+            ));
+        }
+        let out = match a.pending.take() {
+            Some(Pending::Single { input, out }) if input.as_slice() == data => out,
+            Some(_) => {
+                let resolve =
+                    |oh| self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)));
+                a.op = a.op.restart(&resolve)?;
+                Zeroizing::new(a.op.run(data)?)
+            }
+            None => Zeroizing::new(a.op.run(data)?),
         };
-        let n = data.len();
+        let n = out.len();
+        match cap {
+            Some(c) if c >= n => Ok(Out::Data(out.to_vec())),
+            _ => {
+                a.pending = Some(Pending::Single { input: Zeroizing::new(data.to_vec()), out });
+                Self::put_op(&s, kind, a);
+                Ok(if cap.is_none() { Out::Len(n) } else { Out::TooSmall(n) })
+            }
+        }
+    }
+
+    /// `C_*Update` (and `C_DigestKey`). A length query or a short buffer leaves the operation as
+    /// it was; any error ends it.
+    pub fn op_update(&self, h: CK_SESSION_HANDLE, kind: Kind, data: &[u8], cap: Option<usize>) -> Result<Out> {
+        let (s, slot, mut a) = self.take_op(h, kind)?;
+        match a.pending.take() {
+            Some(Pending::Single { .. }) => {
+                let resolve =
+                    |oh| self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)));
+                a.op = a.op.restart(&resolve)?;
+            }
+            Some(p @ Pending::Final(_)) => {
+                a.pending = Some(p);
+                Self::put_op(&s, kind, a);
+                return Err(Error::new(
+                    CKR_OPERATION_ACTIVE,
+                    "the final part was already computed by a length query: call the *Final function",
+                ));
+            }
+            None => {}
+        }
+        let n = a.op.update_len(data);
         match cap {
             None => {
-                op.pending = Some(data);
+                Self::put_op(&s, kind, a);
                 Ok(Out::Len(n))
             }
             Some(c) if c < n => {
-                op.pending = Some(data);
+                Self::put_op(&s, kind, a);
                 Ok(Out::TooSmall(n))
             }
             Some(_) => {
-                if finishing {
-                    s.ops.remove(&kind);
-                }
-                Ok(Out::Data(data))
+                a.multipart = true;
+                let out = a.op.update(data)?;
+                Self::put_op(&s, kind, a);
+                Ok(Out::Data(out))
             }
         }
-    }
-
-    /// Single-part call (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_SignRecover`, `C_VerifyRecover`).
-    pub fn op_single(&self, h: CK_SESSION_HANDLE, kind: Kind, data: &[u8], cap: Option<usize>) -> Result<Out> {
-        self.with_op(h, kind, cap, true, |op| op.run(data))
-    }
-
-    /// `C_*Update`.
-    pub fn op_update(&self, h: CK_SESSION_HANDLE, kind: Kind, data: &[u8], cap: Option<usize>) -> Result<Out> {
-        self.with_op(h, kind, cap, false, |op| op.update(data))
     }
 
     /// `C_*Final`.
     pub fn op_final(&self, h: CK_SESSION_HANDLE, kind: Kind, cap: Option<usize>) -> Result<Out> {
-        self.with_op(h, kind, cap, true, Operation::finish)
-    }
-
-    /// `C_Verify` (data given) or `C_VerifyFinal` (data `None`).
-    pub fn verify(&self, h: CK_SESSION_HANDLE, data: Option<&[u8]>, sig: &[u8]) -> Result<()> {
-        let (slot, _) = self.slot_of(h)?;
-        self.faults.apply(slot)?;
-        let s = self.session(h)?;
-        let mut s = lock(&s);
-        let mut op = s
-            .ops
-            .remove(&Kind::Verify)
-            .ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no verification active"))?;
-        match data {
-            Some(d) => op.verify_run(d, sig),
-            None => op.verify(sig),
+        let (s, _, mut a) = self.take_op(h, kind)?;
+        a.multipart = true;
+        let out = match a.pending.take() {
+            Some(Pending::Final(out)) => out,
+            Some(Pending::Single { .. }) | None => Zeroizing::new(a.op.finish()?),
+        };
+        let n = out.len();
+        match cap {
+            Some(c) if c >= n => Ok(Out::Data(out.to_vec())),
+            _ => {
+                a.pending = Some(Pending::Final(out));
+                Self::put_op(&s, kind, a);
+                Ok(if cap.is_none() { Out::Len(n) } else { Out::TooSmall(n) })
+            }
         }
     }
 
-    /// `C_DigestKey`.
+    /// `C_Verify` (data given) or `C_VerifyFinal` (data `None`). Any outcome ends the
+    /// verification, except `C_Verify` after `C_VerifyUpdate` (refused, `CKR_OPERATION_ACTIVE`).
+    pub fn verify(&self, h: CK_SESSION_HANDLE, data: Option<&[u8]>, sig: &[u8]) -> Result<()> {
+        let (s, _, mut a) = self.take_op(h, Kind::Verify)?;
+        match data {
+            Some(_) if a.multipart => {
+                Self::put_op(&s, Kind::Verify, a);
+                Err(Error::new(CKR_OPERATION_ACTIVE, "a multi-part verification is active: use C_VerifyFinal"))
+            }
+            Some(d) => a.op.verify_run(d, sig),
+            None => a.op.verify(sig),
+        }
+    }
+
+    /// `C_DigestKey`: the session first, then the active digest, then the key.
     pub fn digest_key(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<()> {
-        let o = self.object(h, key).map_err(|e| Error::new(CKR_KEY_HANDLE_INVALID, e.reason))?;
+        let s = self.session(h)?;
+        if !lock(&s).ops.contains_key(&Kind::Digest) {
+            return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED, "no digest is active"));
+        }
+        let o = self.object(h, key).map_err(key_handle_invalid)?;
         let v = secret_of(&o, &[CKK_DES, CKK_DES2, CKK_DES3, CKK_AES, CKK_GENERIC_SECRET])
             .map_err(|_| Error::new(CKR_KEY_INDIGESTIBLE, "only secret keys can be digested"))?;
         self.op_update(h, Kind::Digest, &v, Some(0)).map(|_| ())
+    }
+
+    /// `C_SessionCancel` (3.0 §5.6.4 of the 3.0 base): end the operations `flags` name.
+    pub fn session_cancel(&self, h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
+        let s = self.session(h)?;
+        let mut s = lock(&s);
+        for kind in [
+            Kind::Encrypt,
+            Kind::Decrypt,
+            Kind::Digest,
+            Kind::Sign,
+            Kind::Verify,
+            Kind::SignRecover,
+            Kind::VerifyRecover,
+        ] {
+            if flags & kind.flag() != 0 {
+                s.ops.remove(&kind);
+            }
+        }
+        if flags & CKF_FIND_OBJECTS != 0 {
+            s.find = None;
+        }
+        Ok(())
     }
 
     /// `C_GenerateKey`.
@@ -680,8 +814,13 @@ impl Module {
         };
         let t = template_to_map(tmpl)?;
         let len = t.ulong(CKA_VALUE_LEN).map(|l| l as usize);
-        if kt == CKK_AES && !matches!(len, Some(16 | 24 | 32)) {
-            return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "AES key generation needs CKA_VALUE_LEN 16, 24 or 32"));
+        match (object::fixed_key_len(kt), len) {
+            (None, None) => {
+                return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "this key type needs CKA_VALUE_LEN"));
+            }
+            // Checked before anything is generated: a huge CKA_VALUE_LEN must not allocate.
+            (None, Some(l)) => object::check_secret_len(kt, l)?,
+            (Some(_), _) => {}
         }
         let v = ops::generate_secret(kt, len)?;
         let (attrs, material) = object::build(NewObject {
@@ -712,7 +851,11 @@ impl Module {
             .ulong(CKA_MODULUS_BITS)
             .ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS_BITS missing"))?;
         if !(512..=4096).contains(&bits) || bits % 8 != 0 {
-            return Err(Error::new(CKR_KEY_SIZE_RANGE, format!("RSA modulus of {bits} bits: 512..4096 in steps of 8")));
+            // C_GenerateKeyPair lists no CKR_KEY_SIZE_RANGE: the bad value is a template attribute.
+            return Err(Error::new(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                format!("RSA modulus of {bits} bits: 512..4096 in steps of 8"),
+            ));
         }
         let e_bytes = pt.get(CKA_PUBLIC_EXPONENT).map(object::strip).unwrap_or_else(|| vec![1, 0, 1]);
         if e_bytes.len() > 4 || e_bytes.is_empty() {
@@ -771,6 +914,12 @@ impl Module {
         self.faults.apply(slot)?;
         let w = self.object(h, wrapping).map_err(|e| Error::new(CKR_WRAPPING_KEY_HANDLE_INVALID, e.reason))?;
         let k = self.object(h, key).map_err(|e| Error::new(CKR_KEY_HANDLE_INVALID, e.reason))?;
+        if self.key_separation(slot) && object::mixes_roles(&w.attrs) {
+            return Err(Error::new(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                "the wrapping key is also a data key (key separation policy)",
+            ));
+        }
         // Deterministic mechanisms give the same bytes on the second call of the two-call
         // convention; RSA padding is random, which the caller sees only as a length.
         let out = ops::wrap(mech, &w, &k)?;
@@ -793,6 +942,14 @@ impl Module {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         let u = self.object(h, unwrapping).map_err(|e| Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID, e.reason))?;
+        // Every unwrapping mechanism, the vendor ones included, needs CKA_UNWRAP.
+        u.require(CKA_UNWRAP)?;
+        if self.key_separation(slot) && object::mixes_roles(&u.attrs) {
+            return Err(Error::new(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                "the unwrapping key is also a data key (key separation policy)",
+            ));
+        }
         if mech.mech == CKM_QUILL_TR31_UNWRAP {
             // Class, key type and length come from the key block.
             let (kt, value, tmpl) = ops::unwrap_tr31(mech, &u, wrapped, tmpl)?;
@@ -974,7 +1131,7 @@ impl Module {
         };
         if want > value.len() || want == 0 {
             return Err(Error::new(
-                CKR_TEMPLATE_INCONSISTENT,
+                CKR_ATTRIBUTE_VALUE_INVALID,
                 format!("derivation gives {} bytes; the key needs {want}", value.len()),
             ));
         }

@@ -1,6 +1,6 @@
 //! Objects: attributes, key material, template defaults and rules.
 
-use crate::attr::{AttrMap, Attribute, decode_bool, is_secret_attr, template_to_map};
+use crate::attr::{AttrMap, Attribute, check_known, decode_bool, is_known_attr, is_secret_attr, template_to_map};
 use crate::error::{Error, Result};
 use cryptoki_sys::*;
 use quill_crypto::rsa::{RsaEngine, RsaPrivateKey};
@@ -158,7 +158,41 @@ pub enum AttrRead {
 
 /// Attributes a caller may never set.
 fn read_only_on_create(ty: CK_ATTRIBUTE_TYPE) -> bool {
-    matches!(ty, CKA_LOCAL | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE | CKA_KEY_GEN_MECHANISM)
+    matches!(ty, CKA_LOCAL | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE | CKA_KEY_GEN_MECHANISM | CKA_UNIQUE_ID)
+}
+
+/// Does a key hold both a key-encryption role (`CKA_WRAP`/`CKA_UNWRAP`) and a data role
+/// (`CKA_ENCRYPT`/`CKA_DECRYPT`)? The key-separation policy (README "Key hygiene") forbids it for
+/// secret and private keys: with both, `C_WrapKey` then `C_Decrypt` under the same key gives any
+/// extractable key in clear, and `C_Encrypt` of a chosen value then `C_UnwrapKey` plants a key
+/// whose value the caller knows. A public key is exempt: whatever it wraps or encrypts, only its
+/// private half opens, and that half is held to the rule.
+pub fn mixes_roles(attrs: &AttrMap) -> bool {
+    matches!(attrs.ulong(CKA_CLASS), Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY))
+        && (attrs.flag(CKA_WRAP) || attrs.flag(CKA_UNWRAP))
+        && (attrs.flag(CKA_ENCRYPT) || attrs.flag(CKA_DECRYPT))
+}
+
+/// Default usage flags of a new key: the flags of `data` (encrypt/decrypt side) and `kek`
+/// (wrap/unwrap side) the template leaves out. A template that names a key-encryption role
+/// (`CKA_WRAP` or `CKA_UNWRAP` true) gets the data roles off by default and the other way round, so
+/// that defaults never mix the two roles (README "Key hygiene"); `others` default on.
+fn default_usages(
+    t: &mut AttrMap,
+    data: &[CK_ATTRIBUTE_TYPE],
+    kek: &[CK_ATTRIBUTE_TYPE],
+    others: &[CK_ATTRIBUTE_TYPE],
+) {
+    let wants_kek = kek.iter().any(|f| t.flag(*f));
+    for f in data {
+        t.default_flag(*f, !wants_kek);
+    }
+    for f in kek {
+        t.default_flag(*f, false);
+    }
+    for f in others {
+        t.default_flag(*f, true);
+    }
 }
 
 /// Fixed key length of a secret key type (`None`: variable).
@@ -171,7 +205,11 @@ pub fn fixed_key_len(kt: CK_KEY_TYPE) -> Option<usize> {
     }
 }
 
-/// Check a secret key length for its type.
+/// Check a secret key length for its type. Both failures are `CKR_ATTRIBUTE_VALUE_INVALID`: the
+/// key type or the length (`CKA_VALUE`, `CKA_VALUE_LEN`) came from the caller's template, and
+/// `C_CreateObject`, `C_GenerateKey` and `C_DeriveKey` list no other code for a bad value (PKCS#11
+/// 3.0 §5.7.1, §5.14.1, §5.14.5). `C_UnwrapKey` turns a wrong length into
+/// `CKR_WRAPPED_KEY_LEN_RANGE` (the length came from the wrapped key).
 pub fn check_secret_len(kt: CK_KEY_TYPE, len: usize) -> Result<()> {
     let ok = match kt {
         CKK_DES => len == 8,
@@ -179,9 +217,13 @@ pub fn check_secret_len(kt: CK_KEY_TYPE, len: usize) -> Result<()> {
         CKK_DES3 => len == 24,
         CKK_AES => matches!(len, 16 | 24 | 32),
         CKK_GENERIC_SECRET => (1..=512).contains(&len),
-        _ => return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("unsupported secret key type 0x{kt:X}"))),
+        _ => return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("unsupported secret key type 0x{kt:X}"))),
     };
-    if ok { Ok(()) } else { Err(Error::new(CKR_KEY_SIZE_RANGE, format!("{len}-byte value for key type 0x{kt:X}"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("{len}-byte value for key type 0x{kt:X}")))
+    }
 }
 
 /// `CKA_CHECK_VALUE` of a secret key.
@@ -229,6 +271,7 @@ pub fn build(n: NewObject<'_>) -> Result<(AttrMap, Material)> {
         (None, Some(b)) => b,
         (None, None) => return Err(Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing")),
     };
+    check_known(class, &t)?;
     t.set_ulong(CKA_CLASS, class);
     if t.flag(CKA_TRUSTED) && !n.so {
         return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY, "only the security officer may set CKA_TRUSTED"));
@@ -304,10 +347,9 @@ fn sensitivity_flags(t: &mut AttrMap, origin: &Origin) {
 fn build_secret(t: &mut AttrMap, kt: CK_KEY_TYPE, origin: &Origin, material: &mut Material) -> Result<()> {
     t.default_flag(CKA_PRIVATE, true);
     t.default_flag(CKA_SENSITIVE, false);
-    t.default_flag(CKA_EXTRACTABLE, true);
-    for f in [CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP] {
-        t.default_flag(f, true);
-    }
+    // Like SoftHSM: a key leaves the token only when its template says so.
+    t.default_flag(CKA_EXTRACTABLE, false);
+    default_usages(t, &[CKA_ENCRYPT, CKA_DECRYPT], &[CKA_WRAP, CKA_UNWRAP], &[CKA_SIGN, CKA_VERIFY]);
     t.default_flag(CKA_WRAP_WITH_TRUSTED, false);
     t.default_flag(CKA_TRUSTED, false);
     if let Material::None = material {
@@ -317,11 +359,19 @@ fn build_secret(t: &mut AttrMap, kt: CK_KEY_TYPE, origin: &Origin, material: &mu
         return Err(Error::template("CKA_VALUE is produced by the token for this operation"));
     }
     let Material::Secret(v) = &*material else { return Err(Error::template("secret key without a value")) };
-    check_secret_len(kt, v.len())?;
+    check_secret_len(kt, v.len()).map_err(|e| match origin {
+        Origin::Unwrapped if e.rv == CKR_ATTRIBUTE_VALUE_INVALID && fixed_or_known(kt) => {
+            Error::new(CKR_WRAPPED_KEY_LEN_RANGE, e.reason)
+        }
+        _ => e,
+    })?;
     if let Some(l) = t.ulong(CKA_VALUE_LEN)
         && l as usize != v.len()
     {
-        return Err(Error::template(format!("CKA_VALUE_LEN {l} but the value has {} bytes", v.len())));
+        return Err(Error::new(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!("CKA_VALUE_LEN {l} but the value has {} bytes", v.len()),
+        ));
     }
     t.set_ulong(CKA_VALUE_LEN, v.len() as CK_ULONG);
     let kcv = check_value(kt, v)?;
@@ -336,6 +386,11 @@ fn build_secret(t: &mut AttrMap, kt: CK_KEY_TYPE, origin: &Origin, material: &mu
     Ok(())
 }
 
+/// A secret key type the module supports (a length error on it is about the length).
+fn fixed_or_known(kt: CK_KEY_TYPE) -> bool {
+    matches!(kt, CKK_DES | CKK_DES2 | CKK_DES3 | CKK_AES | CKK_GENERIC_SECRET)
+}
+
 fn build_private(
     t: &mut AttrMap,
     kt: CK_KEY_TYPE,
@@ -344,14 +399,12 @@ fn build_private(
     extra: &AttrMap,
 ) -> Result<()> {
     if kt != CKK_RSA {
-        return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("private key type 0x{kt:X} not supported")));
+        return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("private key type 0x{kt:X} not supported")));
     }
     t.default_flag(CKA_PRIVATE, true);
     t.default_flag(CKA_SENSITIVE, true);
-    t.default_flag(CKA_EXTRACTABLE, true);
-    for f in [CKA_DECRYPT, CKA_SIGN, CKA_SIGN_RECOVER, CKA_UNWRAP] {
-        t.default_flag(f, true);
-    }
+    t.default_flag(CKA_EXTRACTABLE, false);
+    default_usages(t, &[CKA_DECRYPT], &[CKA_UNWRAP], &[CKA_SIGN, CKA_SIGN_RECOVER]);
     t.default_flag(CKA_WRAP_WITH_TRUSTED, false);
     t.default_flag(CKA_ALWAYS_AUTHENTICATE, false);
     t.default_bytes(CKA_SUBJECT, b"");
@@ -397,9 +450,10 @@ fn build_private(
 
 fn build_public(t: &mut AttrMap, kt: CK_KEY_TYPE, material: &mut Material, extra: &AttrMap) -> Result<()> {
     if kt != CKK_RSA {
-        return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("public key type 0x{kt:X} not supported")));
+        return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("public key type 0x{kt:X} not supported")));
     }
     t.default_flag(CKA_PRIVATE, false);
+    // Public keys keep every usage on by default (they are exempt from key separation).
     for f in [CKA_ENCRYPT, CKA_VERIFY, CKA_VERIFY_RECOVER, CKA_WRAP] {
         t.default_flag(f, true);
     }
@@ -446,6 +500,15 @@ pub fn modify(obj: &Object, tmpl: &[Attribute], so: bool, copying: bool) -> Resu
     }
     let t = template_to_map(tmpl)?;
     let mut out = obj.attrs.clone();
+    if t.get(CKA_UNIQUE_ID).is_some() {
+        return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY, "CKA_UNIQUE_ID is set by the token"));
+    }
+    if let Some(ty) = t.0.keys().find(|ty| !is_known_attr(obj.class(), **ty)) {
+        return Err(Error::new(
+            CKR_ATTRIBUTE_TYPE_INVALID,
+            format!("attribute 0x{ty:X} is not defined for this object"),
+        ));
+    }
     for (ty, v) in &t.0 {
         let cur = obj.attrs.get(*ty);
         if cur == Some(v.as_slice()) {

@@ -135,6 +135,23 @@ pub struct TokenRecord {
     pub so_failures: u32,
     /// Consecutive wrong user PINs.
     pub user_failures: u32,
+    /// Hex public-object key: seals the secret attributes of public objects (`CKA_PRIVATE` false),
+    /// which a public session may create and use without a PIN. Kept in clear: it binds those
+    /// blobs to their object and token but hides nothing from whoever reads the directory
+    /// (`docs/storage-encryption.md`). Absent in tokens made before it; made at first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl TokenRecord {
+    /// The public-object key, if the token has one.
+    pub fn public_object_key(&self) -> Result<Option<TokenKey>> {
+        let Some(h) = &self.public_key else { return Ok(None) };
+        let v = Zeroizing::new(unhex("public_key", h)?);
+        let arr: [u8; 32] =
+            v.as_slice().try_into().map_err(|_| Error::device("token storage: bad public-object key length"))?;
+        Ok(Some(Zeroizing::new(arr)))
+    }
 }
 
 /// Secret attributes sealed under the token key.
@@ -145,6 +162,9 @@ pub struct Sealed {
     pub nonce: String,
     /// Hex ciphertext‖tag.
     pub ct: String,
+    /// Sealed under the public-object key (a public object) rather than the token key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 /// One token object as stored.
@@ -161,13 +181,22 @@ pub struct StoredObject {
     pub sealed: Option<Sealed>,
 }
 
-fn aad(serial: &str, uid: &str) -> Vec<u8> {
-    format!("quill-hsm-sim/v{FORMAT}/object/{serial}/{uid}").into_bytes()
+fn aad(serial: &str, uid: &str, public: bool) -> Vec<u8> {
+    let kind = if public { "public-object" } else { "object" };
+    format!("quill-hsm-sim/v{FORMAT}/{kind}/{serial}/{uid}").into_bytes()
 }
 
 impl StoredObject {
-    /// Build from plain attributes and secret attributes (sealed here).
-    pub fn build(uid: &str, serial: &str, attrs: &AttrMap, secret: &AttrMap, key: &TokenKey) -> Result<Self> {
+    /// Build from plain attributes and secret attributes (sealed here under `key`: the token key,
+    /// or the public-object key when `public`).
+    pub fn build(
+        uid: &str,
+        serial: &str,
+        attrs: &AttrMap,
+        secret: &AttrMap,
+        key: &TokenKey,
+        public: bool,
+    ) -> Result<Self> {
         let plain = attrs.0.iter().map(|(t, v)| (format!("{t:x}"), hex::encode(v))).collect();
         let sealed = if secret.0.is_empty() {
             None
@@ -182,9 +211,9 @@ impl StoredObject {
             let nonce = random::<12>()?;
             let cipher = Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| Error::general("token key length"))?;
             let ct = cipher
-                .encrypt(&nonce_of(&nonce)?, Payload { msg: &json, aad: &aad(serial, uid) })
+                .encrypt(&nonce_of(&nonce)?, Payload { msg: &json, aad: &aad(serial, uid, public) })
                 .map_err(|_| Error::general("object sealing failed"))?;
-            Some(Sealed { nonce: hex::encode(nonce), ct: hex::encode(ct) })
+            Some(Sealed { nonce: hex::encode(nonce), ct: hex::encode(ct), public })
         };
         Ok(StoredObject { format: FORMAT, uid: uid.into(), attrs: plain, sealed })
     }
@@ -194,7 +223,12 @@ impl StoredObject {
         decode_map(&self.attrs)
     }
 
-    /// Open the sealed attributes with the token key.
+    /// Are the secret attributes sealed under the public-object key?
+    pub fn sealed_public(&self) -> bool {
+        self.sealed.as_ref().is_some_and(|s| s.public)
+    }
+
+    /// Open the sealed attributes with the key they were sealed under.
     pub fn open_secret(&self, serial: &str, key: &TokenKey) -> Result<AttrMap> {
         let Some(s) = &self.sealed else { return Ok(AttrMap::default()) };
         let nonce = unhex("nonce", &s.nonce)?;
@@ -205,7 +239,7 @@ impl StoredObject {
         let cipher = Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| Error::general("token key length"))?;
         let pt = Zeroizing::new(
             cipher
-                .decrypt(&nonce_of(&nonce)?, Payload { msg: &ct, aad: &aad(serial, &self.uid) })
+                .decrypt(&nonce_of(&nonce)?, Payload { msg: &ct, aad: &aad(serial, &self.uid, s.public) })
                 .map_err(|_| Error::device(format!("object {}: sealed attributes fail authentication", self.uid)))?,
         );
         let mut map: BTreeMap<String, String> = serde_json::from_slice(&pt)
@@ -369,7 +403,7 @@ mod tests {
         plain.set_ulong(cryptoki_sys::CKA_CLASS, cryptoki_sys::CKO_SECRET_KEY);
         let mut secret = AttrMap::default();
         secret.set(cryptoki_sys::CKA_VALUE, vec![0x42; 16]);
-        let o = StoredObject::build("u1", "S1", &plain, &secret, &k).unwrap();
+        let o = StoredObject::build("u1", "S1", &plain, &secret, &k, false).unwrap();
         let text = serde_json::to_string(&o).unwrap();
         assert!(!text.contains(&hex::encode([0x42u8; 16])), "secret value stored in clear");
         assert_eq!(o.open_secret("S1", &k).unwrap(), secret);
@@ -387,7 +421,7 @@ mod tests {
         let s = TokenStore::open(d.path(), 3).unwrap();
         assert!(s.load_token().unwrap().is_none());
         let k = new_token_key().unwrap();
-        let o = StoredObject::build("abc", "S", &AttrMap::default(), &AttrMap::default(), &k).unwrap();
+        let o = StoredObject::build("abc", "S", &AttrMap::default(), &AttrMap::default(), &k, false).unwrap();
         s.save_object(&o).unwrap();
         std::fs::write(s.dir().join("objects").join(".abc.json.tmp.123"), b"torn").unwrap();
         let l = s.list_objects().unwrap();

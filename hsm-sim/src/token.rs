@@ -108,15 +108,27 @@ impl Token {
             if st.by_uid.contains_key(&so.uid) {
                 continue;
             }
-            let attrs = so.plain_attrs()?;
+            let mut attrs = so.plain_attrs()?;
+            // Objects stored before CKA_UNIQUE_ID existed: their uid is unique and stable.
+            attrs.0.entry(CKA_UNIQUE_ID).or_insert_with(|| so.uid.clone().into_bytes());
             let h = handles.fetch_add(1, Ordering::SeqCst);
             let needs_secret = so.sealed.is_some();
-            let material = match (&st.key, needs_secret) {
-                (_, false) => material_from_stored(&attrs, &AttrMap::default())?,
-                (Some(k), true) => material_from_stored(&attrs, &so.open_secret(&serial, k)?)?,
-                (None, true) => Material::None,
+            let public_key = match (needs_secret && so.sealed_public(), &st.record) {
+                (true, Some(r)) => r.public_object_key()?,
+                _ => None,
             };
-            if needs_secret && matches!(material, Material::None) {
+            if so.sealed_public() && attrs.flag(CKA_PRIVATE) {
+                return Err(Error::device(format!("object {}: a private object sealed as a public one", so.uid)));
+            }
+            let material = match (&st.key, needs_secret, &public_key) {
+                (_, false, _) => material_from_stored(&attrs, &AttrMap::default())?,
+                (_, true, Some(pk)) => material_from_stored(&attrs, &so.open_secret(&serial, pk)?)?,
+                (Some(k), true, None) if !so.sealed_public() => {
+                    material_from_stored(&attrs, &so.open_secret(&serial, k)?)?
+                }
+                _ => Material::None,
+            };
+            if needs_secret && !so.sealed_public() && matches!(material, Material::None) {
                 st.pending.insert(h, so.clone());
             }
             st.by_uid.insert(so.uid.clone(), h);
@@ -159,6 +171,7 @@ impl Token {
             user: None,
             so_failures: 0,
             user_failures: 0,
+            public_key: Some(hex::encode(new_token_key()?.as_ref())),
         };
         self.store.wipe_objects()?;
         self.store.save_token(&rec)?;
@@ -342,20 +355,40 @@ impl Token {
         self.store.save_token(&r)
     }
 
-    /// Persist a new token object (the caller inserts it in the map after success).
-    pub fn persist(&self, st: &TokenState, obj: &Object) -> Result<()> {
-        let rec = st.record.as_ref().ok_or_else(|| Error::new(CKR_TOKEN_NOT_RECOGNIZED, "token not initialised"))?;
+    /// Persist a new token object (the caller inserts it in the map after success). A private
+    /// object's secret attributes are sealed under the token key (a login is needed); a public
+    /// object's under the public-object key, so that a public R/W session can store it.
+    pub fn persist(&self, st: &mut TokenState, obj: &Object) -> Result<()> {
         let uid = obj.uid.as_deref().ok_or_else(|| Error::general("token object without uid"))?;
         let secret = obj.secret_attrs();
-        let key = match (&st.key, secret.0.is_empty()) {
-            (Some(k), _) => k.clone(),
-            (None, true) => new_token_key()?, // nothing sealed: the key is not used
-            (None, false) => {
-                return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "storing a secret token object needs a login"));
+        let public = !obj.is_private() && !secret.0.is_empty();
+        let key = if public {
+            self.public_object_key(st)?
+        } else {
+            match (&st.key, secret.0.is_empty()) {
+                (Some(k), _) => k.clone(),
+                (None, true) => new_token_key()?, // nothing sealed: the key is not used
+                (None, false) => {
+                    return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "storing a private secret object needs a login"));
+                }
             }
         };
-        let so = StoredObject::build(uid, &rec.serial, &obj.attrs, &secret, &key)?;
+        let rec = st.record.as_ref().ok_or_else(|| Error::new(CKR_TOKEN_NOT_RECOGNIZED, "token not initialised"))?;
+        let so = StoredObject::build(uid, &rec.serial, &obj.attrs, &secret, &key, public)?;
         self.store.save_object(&so)
+    }
+
+    /// The public-object key, made (and saved) on first use for tokens initialised before it.
+    fn public_object_key(&self, st: &mut TokenState) -> Result<TokenKey> {
+        let rec = st.record.as_mut().ok_or_else(|| Error::new(CKR_TOKEN_NOT_RECOGNIZED, "token not initialised"))?;
+        if let Some(k) = rec.public_object_key()? {
+            return Ok(k);
+        }
+        let k = new_token_key()?;
+        rec.public_key = Some(hex::encode(k.as_ref()));
+        let rec = rec.clone();
+        self.store.save_token(&rec)?;
+        Ok(k)
     }
 }
 

@@ -22,7 +22,7 @@ use std::num::NonZeroUsize;
 use std::time::Instant;
 
 fn hsm3() -> &'static Hsm {
-    hsm_with(HsmConfig { slots: 12, max_pin_tries: 3 })
+    hsm_with(HsmConfig { slots: 12, max_pin_tries: 3, ..HsmConfig::default() })
 }
 
 fn state(s: &Session) -> SessionState {

@@ -274,7 +274,7 @@ fn tagged(lines: &[String], tag: &str) -> BTreeMap<String, String> {
 #[test]
 fn token_keys_survive_module_restart() {
     let tmp = temp_dir("hsm-persist-");
-    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10 });
+    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10, ..HsmConfig::default() });
     run_child(&conf, "init", &[]);
     let created = run_child(&conf, "create", &[]);
     let made = keys(&created);
@@ -298,7 +298,7 @@ fn token_keys_survive_module_restart() {
 #[test]
 fn token_survives_pin_change_across_restart() {
     let tmp = temp_dir("hsm-persist-pin-");
-    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10 });
+    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10, ..HsmConfig::default() });
     run_child(&conf, "init", &[]);
     let made = keys(&run_child(&conf, "create", &[]));
     run_child(&conf, "setpin", &[]);
@@ -312,7 +312,7 @@ fn token_survives_pin_change_across_restart() {
 #[test]
 fn concurrent_token_writes_survive_restart() {
     let tmp = temp_dir("hsm-persist-par-");
-    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10 });
+    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10, ..HsmConfig::default() });
     run_child(&conf, "init", &[]);
     let made = keys(&run_child(&conf, "parallel", &[]));
     assert_eq!(made.len(), 4 * 15, "keys reported by the writer threads");
@@ -323,7 +323,7 @@ fn concurrent_token_writes_survive_restart() {
 #[test]
 fn acknowledged_keys_survive_sigkill() {
     let tmp = temp_dir("hsm-persist-kill-");
-    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10 });
+    let conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10, ..HsmConfig::default() });
     run_child(&conf, "init", &[]);
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     let mut deleted: Vec<String> = Vec::new();

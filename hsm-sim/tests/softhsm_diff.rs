@@ -78,7 +78,7 @@ fn both() -> Option<&'static Both> {
         std::fs::create_dir_all(&soft_tokens).unwrap();
         let soft_conf = tmp.path().join("softhsm2.conf");
         std::fs::write(&soft_conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", soft_tokens.display())).unwrap();
-        let quill_conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10 });
+        let quill_conf = write_config(tmp.path(), HsmConfig { slots: 1, max_pin_tries: 10, ..HsmConfig::default() });
         common::raw::set_env("SOFTHSM2_CONF", soft_conf.as_os_str());
         common::raw::set_env("QUILL_HSM_CONF", quill_conf.as_os_str());
         // hsm-sim.

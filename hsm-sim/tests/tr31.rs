@@ -207,8 +207,9 @@ fn published_blocks_import_with_their_check_values() {
         assert_eq!(key_type(&s, k), kt);
         assert_eq!(kcv(&s, k), reference_kcv(kt, &key), "{}", &block[..16]);
         assert_eq!(bytes(&s, k, AttributeType::Value), key);
-        // Mode E (encrypt only): encrypt and wrap, nothing else.
-        assert_eq!(usages(&s, k), [true, false, false, false, true, false, false], "{}", &block[..16]);
+        // Mode E (encrypt only) allows encrypt and wrap; a P0 key gets the data role only (the
+        // filled usages never mix the two roles, README "Key hygiene").
+        assert_eq!(usages(&s, k), [true, false, false, false, false, false, false], "{}", &block[..16]);
     }
     // TR-31:2018 A.7.3.2: a BDK (mode X) with a KS block; the imported key only derives.
     let kbpk = des_key(&s, &h("1D22BF32387C600AD97F9B97A51311AC"), &[]);

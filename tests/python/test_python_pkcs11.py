@@ -18,7 +18,7 @@ from importlib.metadata import version
 warnings.filterwarnings("ignore", message=".*TripleDES.*")
 
 import pkcs11  # noqa: E402
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass  # noqa: E402
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass  # noqa: E402
 from psec import cvv as psec_cvv  # noqa: E402
 from pyemv import kd, tools  # noqa: E402
 
@@ -145,8 +145,10 @@ def main() -> int:
         moduli = []
 
         def rsa_keypair():
+            # Explicit capabilities: python-pkcs11's default (encrypt, sign and wrap) mixes roles
+            # that hsm-sim's key separation policy keeps apart (hsm-sim/README.md "Key hygiene").
             pub, priv = session.generate_keypair(
-                KeyType.RSA, 1984, store=False,
+                KeyType.RSA, 1984, store=False, capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
                 public_template={Attribute.PUBLIC_EXPONENT: b"\x03"},
             )
             n = int.from_bytes(pub[Attribute.MODULUS], "big")
@@ -174,6 +176,7 @@ def main() -> int:
             param, buf = key_derivation_string_data(option_a_input(PAN, PSN))
             mk = imk.derive_key(
                 KeyType.DES2, 128, mechanism=Mechanism.DES3_ECB_ENCRYPT_DATA, mechanism_param=param,
+                capabilities=MechanismFlag.ENCRYPT,
                 template={Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False, Attribute.ENCRYPT: True},
             )
             del buf
@@ -191,6 +194,7 @@ def main() -> int:
             def run():
                 mk = imk.derive_key(
                     KeyType.DES2, 128, mechanism=mechanism, mechanism_param=emv_mk_param(PAN, PSN),
+                    capabilities=MechanismFlag.ENCRYPT,
                     template={Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False, Attribute.ENCRYPT: True},
                 )
                 kcv = kcv_of(session, mk)

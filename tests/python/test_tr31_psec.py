@@ -57,17 +57,19 @@ TDES_USAGES = {
     "M6": "CGV", "C0": "CGV", "V1": "CGV", "V2": "CGV", "E0": "X", "E2": "X", "E5": "X", "B0": "X",
 }
 AES_USAGES = {k: v for k, v in TDES_USAGES.items()}
-# PKCS#11 usages the module gives an unwrapped key for each mode of use (hsm-sim/README.md).
+# PKCS#11 usages asked for the unwrapped key, per mode of use: what the mode allows, within
+# hsm-sim's key separation policy (hsm-sim/README.md "Key hygiene": never wrap/unwrap together with
+# encrypt/decrypt), so the data role where a mode allows both.
 MODE_FLAGS = {
-    "B": MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+    "B": MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
     "C": MechanismFlag.SIGN | MechanismFlag.VERIFY,
-    "D": MechanismFlag.DECRYPT | MechanismFlag.UNWRAP,
-    "E": MechanismFlag.ENCRYPT | MechanismFlag.WRAP,
+    "D": MechanismFlag.DECRYPT,
+    "E": MechanismFlag.ENCRYPT,
     "G": MechanismFlag.SIGN,
     "V": MechanismFlag.VERIFY,
     "X": MechanismFlag.DERIVE,
     "N": MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.SIGN | MechanismFlag.VERIFY
-    | MechanismFlag.WRAP | MechanismFlag.UNWRAP | MechanismFlag.DERIVE,
+    | MechanismFlag.DERIVE,
 }
 USAGE_ATTRS = [
     (Attribute.ENCRYPT, MechanismFlag.ENCRYPT), (Attribute.DECRYPT, MechanismFlag.DECRYPT),

@@ -62,7 +62,7 @@ pub unsafe extern "C" fn C_GetInfo(pInfo: CK_INFO_PTR) -> CK_RV {
     guard("C_GetInfo", || {
         module()?;
         let info = CK_INFO {
-            cryptokiVersion: CK_VERSION { major: 2, minor: 40 },
+            cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
             manufacturerID: padded(crate::module::MANUFACTURER),
             flags: 0,
             libraryDescription: padded(crate::module::LIBRARY_DESCRIPTION),
@@ -149,15 +149,25 @@ pub unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO
     })
 }
 
-/// `C_WaitForSlotEvent` (§5.5.4): not supported (slots never change).
-pub unsafe extern "C" fn C_WaitForSlotEvent(
-    _flags: CK_FLAGS,
-    _pSlot: CK_SLOT_ID_PTR,
-    _pReserved: CK_VOID_PTR,
-) -> CK_RV {
+/// `C_WaitForSlotEvent` (§5.5.4). Slots and tokens never come or go, so there is never an
+/// event: with `CKF_DONT_BLOCK` the answer is `CKR_NO_EVENT`; without it the call blocks until
+/// `C_Finalize`, and then returns `CKR_CRYPTOKI_NOT_INITIALIZED` as the standard says.
+pub unsafe extern "C" fn C_WaitForSlotEvent(flags: CK_FLAGS, pSlot: CK_SLOT_ID_PTR, pReserved: CK_VOID_PTR) -> CK_RV {
     guard("C_WaitForSlotEvent", || {
-        module()?;
-        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED, "slot events are not supported"))
+        let m = module()?;
+        if pSlot.is_null() || !pReserved.is_null() {
+            return Err(Error::args("pSlot must be given and pReserved NULL"));
+        }
+        if flags & CKF_DONT_BLOCK != 0 {
+            return Err(Error::new(CKR_NO_EVENT, "no slot event"));
+        }
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            match module() {
+                Ok(now) if Arc::ptr_eq(&now, &m) => {}
+                _ => return Err(Error::new(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Finalize was called")),
+            }
+        }
     })
 }
 
@@ -495,6 +505,37 @@ fn init(
     })
 }
 
+/// Does a failed one-shot or final call end the active operation? Every error does (PKCS#11
+/// §5.8–§5.12: "a call … which results in an error other than CKR_BUFFER_TOO_SMALL terminates the
+/// current operation"), except those that say the call never reached an operation: no module, no
+/// session, no operation of this kind, or a one-shot call refused because a multi-part operation
+/// is active (that operation goes on).
+fn ends_operation(rv: CK_RV) -> bool {
+    !matches!(
+        rv,
+        CKR_BUFFER_TOO_SMALL
+            | CKR_OPERATION_ACTIVE
+            | CKR_OPERATION_NOT_INITIALIZED
+            | CKR_SESSION_HANDLE_INVALID
+            | CKR_SESSION_CLOSED
+            | CKR_CRYPTOKI_NOT_INITIALIZED
+    )
+}
+
+/// [`guard`] for a one-shot or final call of `kind`: a failure ends the operation.
+fn guard_op(name: &str, h: CK_SESSION_HANDLE, kind: Kind, f: impl FnOnce(&Module) -> Result<()>) -> CK_RV {
+    guard(name, || {
+        let m = module()?;
+        let r = f(&m);
+        if let Err(e) = &r
+            && ends_operation(e.rv)
+        {
+            m.op_abort(h, kind);
+        }
+        r
+    })
+}
+
 fn single(
     name: &str,
     h: CK_SESSION_HANDLE,
@@ -504,8 +545,7 @@ fn single(
     out: CK_BYTE_PTR,
     outl: CK_ULONG_PTR,
 ) -> CK_RV {
-    guard(name, || {
-        let m = module()?;
+    guard_op(name, h, kind, |m| {
         // SAFETY: buffers per the convention.
         let data = unsafe { bytes(p, l) }?;
         let cap = unsafe { out_cap(out, outl) }?;
@@ -526,11 +566,16 @@ fn update(
     guard(name, || {
         let m = module()?;
         // SAFETY: buffers per the convention.
-        let data = unsafe { bytes(p, l) }?;
         if outl.is_null() {
+            if matches!(kind, Kind::Encrypt | Kind::Decrypt) {
+                // Checked before anything else: the operation is left exactly as it was.
+                return Err(Error::args("null output length pointer"));
+            }
+            let data = unsafe { bytes(p, l) }?;
             // Digest/sign/verify updates produce no output.
             return m.op_update(h, kind, data, Some(0)).map(|_| ());
         }
+        let data = unsafe { bytes(p, l) }?;
         let cap = unsafe { out_cap(out, outl) }?;
         let o = m.op_update(h, kind, data, cap)?;
         unsafe { write_out(o, out, outl) }
@@ -538,8 +583,7 @@ fn update(
 }
 
 fn final_(name: &str, h: CK_SESSION_HANDLE, kind: Kind, out: CK_BYTE_PTR, outl: CK_ULONG_PTR) -> CK_RV {
-    guard(name, || {
-        let m = module()?;
+    guard_op(name, h, kind, |m| {
         // SAFETY: buffers per the convention.
         let cap = unsafe { out_cap(out, outl) }?;
         let o = m.op_final(h, kind, cap)?;
@@ -697,8 +741,7 @@ pub unsafe extern "C" fn C_Verify(
     s: CK_BYTE_PTR,
     sl: CK_ULONG,
 ) -> CK_RV {
-    guard("C_Verify", || {
-        let m = module()?;
+    guard_op("C_Verify", h, Kind::Verify, |m| {
         // SAFETY: buffers per the convention.
         let data = unsafe { bytes(p, l) }?;
         let sig = unsafe { bytes(s, sl) }?;
@@ -711,8 +754,7 @@ pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, p: CK_BYTE_PTR, l:
 }
 /// `C_VerifyFinal` (§5.12.4).
 pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, s: CK_BYTE_PTR, sl: CK_ULONG) -> CK_RV {
-    guard("C_VerifyFinal", || {
-        let m = module()?;
+    guard_op("C_VerifyFinal", h, Kind::Verify, |m| {
         // SAFETY: buffer per the convention.
         let sig = unsafe { bytes(s, sl) }?;
         m.verify(h, None, sig)
@@ -912,34 +954,38 @@ pub unsafe extern "C" fn C_CancelFunction(hSession: CK_SESSION_HANDLE) -> CK_RV 
 
 // ---- PKCS#11 3.0 interface discovery (§5.2 of 3.0) -------------------------------------------
 
-/// `C_GetInterfaceList`: one interface, "PKCS 11" version 2.40.
+/// `C_GetInterfaceList` (3.0 §5.4.5): "PKCS 11" 3.0 (the default) and "PKCS 11" 2.40.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetInterfaceList(pInterfacesList: CK_INTERFACE_PTR, pulCount: CK_ULONG_PTR) -> CK_RV {
     guard("C_GetInterfaceList", || {
         if pulCount.is_null() {
             return Err(Error::args("null pulCount"));
         }
+        let list = info::interfaces();
         if pInterfacesList.is_null() {
-            unsafe { *pulCount = 1 };
+            unsafe { *pulCount = list.len() as CK_ULONG };
             return Ok(());
         }
         let cap = unsafe { *pulCount };
-        unsafe { *pulCount = 1 };
-        if cap < 1 {
-            return Err(Error::new(CKR_BUFFER_TOO_SMALL, "one interface"));
+        unsafe { *pulCount = list.len() as CK_ULONG };
+        if (cap as usize) < list.len() {
+            return Err(Error::new(CKR_BUFFER_TOO_SMALL, "two interfaces"));
         }
-        unsafe { std::ptr::write_unaligned(pInterfacesList, info::interface()) };
+        // SAFETY: room for cap >= 2 interfaces.
+        unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), pInterfacesList, list.len()) };
         Ok(())
     })
 }
 
-/// `C_GetInterface`: the default (NULL name) or "PKCS 11" at version 2.40 (or NULL version).
+/// `C_GetInterface` (3.0 §5.4.6): name NULL or "PKCS 11"; version NULL (the default, 3.0), 3.0
+/// or 2.40; no flags (the module offers none). Anything else matches no interface:
+/// `CKR_ARGUMENTS_BAD`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetInterface(
     pInterfaceName: CK_UTF8CHAR_PTR,
     pVersion: CK_VERSION_PTR,
     ppInterface: CK_INTERFACE_PTR_PTR,
-    _flags: CK_FLAGS,
+    flags: CK_FLAGS,
 ) -> CK_RV {
     guard("C_GetInterface", || {
         if ppInterface.is_null() {
@@ -952,14 +998,21 @@ pub unsafe extern "C" fn C_GetInterface(
                 return Err(Error::args("unknown interface name"));
             }
         }
-        if !pVersion.is_null() {
+        if flags != 0 {
+            return Err(Error::args("no interface offers these flags"));
+        }
+        let i = if pVersion.is_null() {
+            0
+        } else {
             // SAFETY: non-null CK_VERSION.
             let v = unsafe { std::ptr::read_unaligned(pVersion) };
-            if (v.major, v.minor) != (2, 40) {
-                return Err(Error::args("only version 2.40 is offered"));
+            match (v.major, v.minor) {
+                (3, 0) => 0,
+                (2, 40) => 1,
+                _ => return Err(Error::args("versions 3.0 and 2.40 are offered")),
             }
-        }
-        unsafe { *ppInterface = info::interface_ptr() };
+        };
+        unsafe { *ppInterface = info::interface_ptr(i) };
         Ok(())
     })
 }

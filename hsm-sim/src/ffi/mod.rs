@@ -16,6 +16,7 @@ mod info;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+mod v3;
 
 use crate::attr::Attribute;
 use crate::error::{Error, Result};
@@ -26,6 +27,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, RwLock};
 
 pub use entry::*;
+pub use v3::*;
 
 static MODULE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
 

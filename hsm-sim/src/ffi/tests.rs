@@ -139,6 +139,7 @@ fn c_boundary() {
     assert_eq!(call!(C_EncryptInit, h, &mut mech, key), CKR_OK, "a failed Init leaves nothing active");
     assert_eq!(call!(C_EncryptInit, h, &mut mech, key), CKR_OPERATION_ACTIVE);
     assert_eq!(call!(C_Encrypt, h, data.as_ptr() as *mut _, 16, null_mut(), null_mut()), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(C_EncryptInit, h, &mut mech, key), CKR_OK, "the failed C_Encrypt ended the operation");
     assert_eq!(call!(C_Encrypt, h, data.as_ptr() as *mut _, 16, null_mut(), &mut outl), CKR_OK);
     assert_eq!(outl, 16, "length query");
     outl = 8;
@@ -161,12 +162,17 @@ fn c_boundary() {
     let mut pif: CK_INTERFACE_PTR = null_mut();
     assert_eq!(unsafe { C_GetInterface(null_mut(), null_mut(), &mut pif, 0) }, CKR_OK);
     let iface = unsafe { &*pif };
-    assert_eq!(iface.pFunctionList as *const CK_FUNCTION_LIST, fl() as *const _);
-    let mut v = CK_VERSION { major: 3, minor: 0 };
+    // The default interface is the 3.0 one; 2.40 is the list C_GetFunctionList gives.
+    let v3 = unsafe { &*(iface.pFunctionList as *const CK_FUNCTION_LIST_3_0) };
+    assert_eq!((v3.version.major, v3.version.minor), (3, 0));
+    let mut v = CK_VERSION { major: 2, minor: 40 };
+    assert_eq!(unsafe { C_GetInterface(null_mut(), &mut v, &mut pif, 0) }, CKR_OK);
+    assert_eq!(unsafe { &*pif }.pFunctionList as *const CK_FUNCTION_LIST, fl() as *const _);
+    let mut v = CK_VERSION { major: 3, minor: 1 };
     assert_eq!(unsafe { C_GetInterface(null_mut(), &mut v, &mut pif, 0) }, CKR_ARGUMENTS_BAD);
     let mut cnt: CK_ULONG = 0;
     assert_eq!(unsafe { C_GetInterfaceList(null_mut(), &mut cnt) }, CKR_OK);
-    assert_eq!(cnt, 1);
+    assert_eq!(cnt, 2);
 
     // --- unsupported functions say so
     assert_eq!(call!(C_GetOperationState, h, null_mut(), &mut outl), CKR_FUNCTION_NOT_SUPPORTED);

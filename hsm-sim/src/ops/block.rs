@@ -55,6 +55,17 @@ impl BlockStream {
         Ok(out)
     }
 
+    /// Bytes [`BlockStream::update`] would return for `data`, without consuming it.
+    pub(super) fn update_len(&self, data: &[u8]) -> usize {
+        let bs = self.alg.size();
+        let total = self.buf.len() + data.len();
+        let mut n = total / bs * bs;
+        if !self.encrypt && self.pad && n == total && n > 0 {
+            n -= bs;
+        }
+        n
+    }
+
     pub(super) fn update(&mut self, data: &[u8]) -> Result<Vec<u8>> {
         self.buf.extend_from_slice(data);
         let bs = self.alg.size();

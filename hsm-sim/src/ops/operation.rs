@@ -29,8 +29,6 @@ pub struct Operation {
     key: Option<Arc<Object>>,
     state: State,
     vendor: Option<Vendor>,
-    /// Output computed for a length query or short buffer, returned by the next call.
-    pub pending: Option<Vec<u8>>,
 }
 
 fn hash_of(mech: CK_MECHANISM_TYPE) -> Result<HashAlg> {
@@ -164,7 +162,23 @@ impl Operation {
                 ));
             }
         };
-        Ok(Operation { kind, mech: mech.clone(), key, state, vendor, pending: None })
+        Ok(Operation { kind, mech: mech.clone(), key, state, vendor })
+    }
+
+    /// The same operation started afresh (same function, mechanism and key): a one-shot call
+    /// whose input differs from the one a length query computed for starts over from here.
+    pub fn restart(&self, resolve: Resolver<'_>) -> Result<Self> {
+        Operation::init(self.kind, &self.mech, self.key.clone(), resolve)
+    }
+
+    /// Bytes [`Operation::update`] would return for `data`, without consuming it (a length query
+    /// or a short buffer must leave the operation as it was). Only block streams output anything
+    /// before the final part.
+    pub fn update_len(&self, data: &[u8]) -> usize {
+        match &self.state {
+            State::Stream(s) => s.update_len(data),
+            _ => 0,
+        }
     }
 
     /// Feed data; returns output produced now (stream ciphers only).

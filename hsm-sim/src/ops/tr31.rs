@@ -175,6 +175,28 @@ fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attri
     }
     let allowed = tr31_usages(header.mode_of_use);
     let mut out = tmpl.to_vec();
+    // Usages the template leaves out follow the mode of use, but never give one key both a
+    // key-encryption role (wrap/unwrap) and a data role (encrypt/decrypt) (README "Key hygiene"):
+    // the side the template names wins; when it names neither, a key-encryption key (usage K*)
+    // keeps wrap/unwrap and every other key encrypt/decrypt.
+    let given = |tys: &[CK_ATTRIBUTE_TYPE]| -> Result<bool> {
+        for ty in tys {
+            if let Some(v) = t.get(*ty)
+                && decode_bool(*ty, v)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let (kek_side, data_side) = ([CKA_WRAP, CKA_UNWRAP], [CKA_ENCRYPT, CKA_DECRYPT]);
+    let keep_kek = if given(&kek_side)? {
+        true
+    } else if given(&data_side)? {
+        false
+    } else {
+        header.key_usage.code()[0] == b'K'
+    };
     for &usage in TR31_USAGE_ATTRS {
         let ok = allowed.contains(&usage);
         match t.get(usage) {
@@ -184,7 +206,10 @@ fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attri
                 )));
             }
             Some(_) => {}
-            None => out.push(Attribute::bool(usage, ok)),
+            None => {
+                let other_side = if keep_kek { data_side.contains(&usage) } else { kek_side.contains(&usage) };
+                out.push(Attribute::bool(usage, ok && !other_side));
+            }
         }
     }
     if header.exportability == Exportability::NonExportable {

@@ -67,11 +67,15 @@ pub struct HsmConfig {
     pub slots: usize,
     /// `max_pin_tries`.
     pub max_pin_tries: u32,
+    /// Slots `0..policy_slots` keep the key-separation policy on (the module's default); the
+    /// others turn it off. The mechanism suites turn it off everywhere (their keys do everything:
+    /// [`secret`]); `hygiene.rs` tests the policy.
+    pub policy_slots: usize,
 }
 
 impl Default for HsmConfig {
     fn default() -> Self {
-        HsmConfig { slots: 4, max_pin_tries: 10 }
+        HsmConfig { slots: 4, max_pin_tries: 10, policy_slots: 0 }
     }
 }
 
@@ -91,7 +95,8 @@ pub fn write_config(dir: &Path, cfg: HsmConfig) -> PathBuf {
         faults.display().to_string()
     );
     for id in 0..cfg.slots {
-        s.push_str(&format!("\n[[slot]]\nid = {id}\ndescription = \"test slot {id}\"\n"));
+        let on = id < cfg.policy_slots;
+        s.push_str(&format!("\n[[slot]]\nid = {id}\ndescription = \"test slot {id}\"\nkey_separation = {on}\n"));
     }
     let path = dir.join("quill-hsm.toml");
     std::fs::write(&path, s).unwrap();
@@ -221,6 +226,11 @@ impl Hsm {
 }
 
 impl Token {
+    /// A token whose login `keeper` holds.
+    pub fn from_keeper(slot: Slot, keeper: Session) -> Token {
+        Token { slot, keeper: Mutex::new(keeper) }
+    }
+
     /// Run `f` with the session that holds the login.
     pub fn with_keeper<R>(&self, f: impl FnOnce(&Session) -> R) -> R {
         let s = self.keeper.lock().unwrap();
