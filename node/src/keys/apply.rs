@@ -710,6 +710,28 @@ mod tests {
         ok(run(&mut kv, &admin, KeyCommand::KeySetState { id: "imk.v1".into(), state: KeyState::Retired }));
         let r = refused(run(&mut kv, &admin, KeyCommand::KeySetState { id: "imk.v1".into(), state: KeyState::Active }));
         assert!(r.contains("cannot go from retired to active"), "{r}");
+        // A record that disagrees with its key block at rest: a CVK's block recorded as an IMK,
+        // a non-exportable block recorded as exportable.
+        use quill_hsm::tr31::{self, Kbpk, Tr31Header};
+        let block = |template: &str| {
+            let h = Tr31Header::parse_template(template.as_bytes()).expect("template");
+            let b = tr31::wrap(Kbpk::Aes(&[1; 32]), &h, &[2; 16], Some(24), &mut |b: &mut [u8]| b.fill(3)).expect("wrap");
+            WrappedKey { blob: b.into_bytes(), ..wrapped(KeyAlg::Des2, "123456", "AAAAAAAAAA") }
+        };
+        let with = |w: WrappedKey, usage, exportable| KeyCommand::KeyCreate {
+            label: "cvk".into(),
+            usage,
+            exportable,
+            origin: Origin::Generated { node: 1 },
+            wrapped: w,
+            active: true,
+        };
+        let r = refused(run(&mut kv, &admin, with(block("D0000C0TC00N0010"), Usage::E0, false)));
+        assert_eq!(r, "the key block says usage C0; the record says E0");
+        let r = refused(run(&mut kv, &admin, with(block("D0000C0TC00N0010"), Usage::C0, true)));
+        assert!(r.contains("not exportable (N)"), "{r}");
+        ok(run(&mut kv, &admin, with(block("D0000C0TC00N0010"), Usage::C0, false)));
+        ok(run(&mut kv, &admin, with(block("D0000C0TC00E0010"), Usage::C0, false)));
     }
 
     #[test]

@@ -27,6 +27,21 @@ impl State<'_> {
         if let Err(r) = usage.check_alg(wrapped.alg) {
             return Ok(refuse(r));
         }
+        // The record says what the key block at rest binds (the HSMs hold the key to the block's
+        // header whatever the record says; a record that disagrees is refused here, so the
+        // inventory never shows a usage the key does not have). Blobs that are no key block at
+        // all cannot be used by any HSM; the unit tests' placeholders are such blobs.
+        if let Ok(header) = wrapped.header() {
+            let block_usage = String::from_utf8_lossy(&header.key_usage.code()).into_owned();
+            if block_usage != usage.code() {
+                return Ok(refuse(format!("the key block says usage {block_usage}; the record says {usage}")));
+            }
+            // A record may be narrower than its block (an imported `E` block kept non-exportable:
+            // the export path checks the record too), never wider.
+            if exportable && header.exportability == quill_hsm::tr31::Exportability::NonExportable {
+                return Ok(refuse("the key block says the key is not exportable (N); the record says exportable"));
+            }
+        }
         let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
         if wrapped.smk_kcv != smk.kcv {
             return Ok(refuse(format!(
