@@ -9,6 +9,8 @@
 //! - `tr31`: the TR-31 key block mechanisms.
 
 mod block;
+pub mod ec;
+pub mod kdf;
 mod operation;
 mod payment;
 mod tr31;
