@@ -43,6 +43,9 @@ struct Cli {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Measure only the rows whose key contains this text (e.g. `ec`, `rsa_x509`).
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
     /// Leave out the OpenSSL column (libcrypto called directly, the physical limit).
     #[arg(long)]
     no_openssl: bool,
@@ -82,8 +85,8 @@ const BENCH_PSN: &str = "00";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.child {
-        Some(m) if m.as_os_str() == OPENSSL => openssl_child(cli.seconds, cli.threads),
-        Some(m) => child(m, cli.seconds, cli.threads),
+        Some(m) if m.as_os_str() == OPENSSL => openssl_child(cli.seconds, cli.threads, cli.only.as_deref()),
+        Some(m) => child(m, cli.seconds, cli.threads, cli.only.as_deref()),
         None => parent(&cli),
     };
     match r {
@@ -125,7 +128,7 @@ fn parent(cli: &Cli) -> Result<ExitCode> {
         if !cli.json {
             eprintln!("measuring {} ({}) ...", names[i], m.display());
         }
-        let r = run_child(i, m, cli.seconds, cli.threads).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+        let r = run_child(i, m, cli, cli.only.as_deref()).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
         results.push(r);
     }
     let failed = results.iter().any(|r| r.get("error").is_some());
@@ -196,7 +199,8 @@ fn machine() -> Machine {
 }
 
 /// Run the child for module `i` with its environment, and return its JSON.
-fn run_child(i: usize, module: &Path, seconds: f64, threads: usize) -> Result<Value> {
+fn run_child(i: usize, module: &Path, cli: &Cli, only: Option<&str>) -> Result<Value> {
+    let (seconds, threads) = (cli.seconds, cli.threads);
     if !module.exists() && module.as_os_str() != OPENSSL {
         bail!("module {} does not exist", module.display());
     }
@@ -210,6 +214,7 @@ fn run_child(i: usize, module: &Path, seconds: f64, threads: usize) -> Result<Va
         .arg(seconds.to_string())
         .arg("--threads")
         .arg(threads.to_string())
+        .args(only.map(|o| vec!["--only".to_owned(), o.to_owned()]).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -296,6 +301,9 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
     header.extend(names.iter().skip(1).map(|n| format!("{}/{n}", names[0])));
     let mut rows = vec![header];
     for (key, label) in ROWS {
+        if !selected(key, cli.only.as_deref()) {
+            continue;
+        }
         let mut row = vec![(*label).to_owned()];
         for r in results {
             row.push(match (rate(r, key), row_error(r, key)) {
@@ -326,7 +334,7 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
     for (j, other) in names.iter().enumerate().skip(1) {
         if modules[j].as_os_str() == OPENSSL {
             let (mut priv_ok, mut keygen_ok) = (true, true);
-            for (key, _) in ROWS {
+            for (key, _) in ROWS.iter().filter(|(k, _)| selected(k, cli.only.as_deref())) {
                 let ratio = match (rate(&results[0], key), rate(&results[j], key)) {
                     (Some(a), Some(b)) if b > 0.0 => a / b,
                     _ => continue,
@@ -346,7 +354,7 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
         }
         let mut keygen_ok = true;
         let mut rest_ok = true;
-        for (key, _) in ROWS {
+        for (key, _) in ROWS.iter().filter(|(k, _)| selected(k, cli.only.as_deref())) {
             let ok_ratio = match (rate(&results[0], key), rate(&results[j], key)) {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                 _ => None,
@@ -364,6 +372,11 @@ fn render(machine: &str, cli: &Cli, modules: &[PathBuf], names: &[String], resul
         ));
     }
     s
+}
+
+/// Is row `key` measured under `--only`?
+fn selected(key: &str, only: Option<&str>) -> bool {
+    only.is_none_or(|o| key.contains(o))
 }
 
 fn row_error<'a>(r: &'a Value, key: &str) -> Option<&'a str> {
@@ -419,7 +432,7 @@ struct Keys {
     p256: Option<ObjectHandle>,
 }
 
-fn child(module: &Path, seconds: f64, threads: usize) -> Result<ExitCode> {
+fn child(module: &Path, seconds: f64, threads: usize, only: Option<&str>) -> Result<ExitCode> {
     let ctx = tools::load(module)?;
     let info = ctx.get_library_info().ck(|| "C_GetInfo")?;
     let slot = fresh_token(&ctx)?;
@@ -436,7 +449,7 @@ fn child(module: &Path, seconds: f64, threads: usize) -> Result<ExitCode> {
     let emv_kat = emv_known_answer(&setup, &raw, vendor, keys.imk);
     let deadline = Duration::from_secs_f64(seconds);
     let mut rows = Vec::new();
-    for (key, _) in ROWS {
+    for (key, _) in ROWS.iter().filter(|(k, _)| selected(k, only)) {
         let op = |s: &Session| -> Result<()> {
             match *key {
                 "rsa_keygen_1024_e3" => rsa_keygen(s, 1024),
@@ -682,7 +695,7 @@ fn ecdsa_sign(s: &Session, key: Option<ObjectHandle>) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The OpenSSL column: the same operations on libcrypto directly, same threads, same seconds.
 
-fn openssl_child(seconds: f64, threads: usize) -> Result<ExitCode> {
+fn openssl_child(seconds: f64, threads: usize, only: Option<&str>) -> Result<ExitCode> {
     use openssl::bn::BigNum;
     use openssl::ec::{EcGroup, EcKey};
     use openssl::ecdsa::EcdsaSig;
@@ -708,7 +721,7 @@ fn openssl_child(seconds: f64, threads: usize) -> Result<ExitCode> {
     };
     let deadline = Duration::from_secs_f64(seconds);
     let mut rows = Vec::new();
-    for (key, _) in ROWS {
+    for (key, _) in ROWS.iter().filter(|(k, _)| selected(k, only)) {
         let op = |_: &()| -> Result<()> {
             match *key {
                 "rsa_keygen_1024_e3" => keygen(1024),

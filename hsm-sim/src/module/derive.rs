@@ -113,7 +113,7 @@ impl Module {
             return Err(Error::template("the two templates name different curves"));
         }
         let key = EcKeyMaterial::generate(curve)?;
-        let public = EcKeyMaterial::from_public_point(curve, &key.point)?;
+        let public = key.public_only();
         let mut extra = AttrMap::default();
         extra.set(CKA_EC_PARAMS, params);
         let so = self.is_so(slot);

@@ -224,6 +224,11 @@ impl EcKeyMaterial {
         Ok(Self { curve, private: None, public, point })
     }
 
+    /// The public half of a key pair (no re-parsing: the point is the key's own).
+    pub fn public_only(&self) -> Self {
+        Self { curve: self.curve, private: None, public: self.public.clone(), point: self.point.clone() }
+    }
+
     /// Does it hold the private key?
     pub fn has_private(&self) -> bool {
         self.private.is_some()
@@ -316,9 +321,13 @@ fn ec_public(curve: Curve, raw: &[u8]) -> std::result::Result<(PKey<Public>, Vec
     }
     let group = EcGroup::from_curve_name(curve.nid())?;
     let mut ctx = BigNumContext::new()?;
+    // oct2point refuses a point off the curve; the three curves have cofactor 1, so a point on
+    // the curve other than infinity is in the group (no n·Q check needed).
     let p = EcPoint::from_bytes(&group, raw, &mut ctx)?;
+    if p.is_infinity(&group) {
+        return Err(openssl::error::ErrorStack::get());
+    }
     let k = EcKey::from_public_key(&group, &p)?;
-    k.check_key()?;
     let point = p.to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)?;
     Ok((PKey::from_ec_key(k)?, point))
 }
