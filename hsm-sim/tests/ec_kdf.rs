@@ -842,6 +842,20 @@ fn sp800_108_bad_data_parameters_are_mechanism_param_invalid() {
             .unwrap();
         assert_eq!(v[(i as usize - 1) * 20..i as usize * 20], b[..], "block {i}");
     }
+    // A length no key can have is refused before the KDF runs (no 2^40-byte allocation).
+    let huge = plain(&[Attribute::ValueLen((1u64 << 40).into())]);
+    let r =
+        s.derive_key(&Mechanism::KbkdfCounter(KbkdfParams::new(MechanismType::SHA256_HMAC, &ok, None)), base, &huge);
+    assert!(r.is_err(), "a 2^40-byte key was derived");
+    let r = s.derive_key(
+        &Mechanism::Ecdh1Derive(cryptoki::mechanism::elliptic_curve::Ecdh1DeriveParams::new(
+            EcKdf::sha256(b""),
+            &[4u8; 65],
+        )),
+        base,
+        &huge,
+    );
+    assert!(r.is_err());
     // No length for the derived key.
     expect_rv(
         s.derive_key(

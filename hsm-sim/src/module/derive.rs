@@ -164,6 +164,11 @@ impl Module {
         b.require(CKA_DERIVE)?;
         let t = template_to_map(tmpl)?;
         let (kt, want) = wanted(&t);
+        // A length the key type cannot have is refused before anything is computed (the KDFs
+        // would otherwise make as many bytes as the template asks for).
+        if let Some(n) = want {
+            object::check_secret_len(kt, n)?;
+        }
         let mut always_sensitive = b.flag(CKA_ALWAYS_SENSITIVE);
         let mut never_extractable = b.flag(CKA_NEVER_EXTRACTABLE);
         let keys: Vec<NewKey> = match (mech.mech, &mech.param) {
@@ -221,6 +226,9 @@ impl Module {
                 let mut specs = vec![(tmpl.to_vec(), kt, want)];
                 for a in &p.additional {
                     let (akt, aw) = wanted(&template_to_map(a)?);
+                    if let Some(n) = aw {
+                        object::check_secret_len(akt, n)?;
+                    }
                     specs.push((a.clone(), akt, aw));
                 }
                 let mut lens = Vec::with_capacity(specs.len());
