@@ -874,3 +874,86 @@ fn expect_rv_named<T: std::fmt::Debug>(r: cryptoki::error::Result<T>, want: RvEr
         Err(e) => assert_eq!(rv(e), want, "{what}"),
     }
 }
+
+#[test]
+fn signature_and_point_edge_cases_are_refused() {
+    // Wycheproof-style cases (the suite itself is not vendored): r or s out of range, a
+    // malleated Ed25519 S (S + L), the point at infinity and a compressed point.
+    let hsm = hsm();
+    let s = hsm.session();
+    let point = h("0460FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6\
+                   7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299");
+    let public = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(h(P256)),
+            Attribute::EcPoint(point.clone()),
+        ])
+        .unwrap();
+    let r = "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716";
+    let sv = "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8";
+    let n = "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551";
+    let zero = "00".repeat(32);
+    s.verify(&Mechanism::EcdsaSha256, public, b"sample", &h(&format!("{r}{sv}"))).unwrap();
+    for (what, sig) in [
+        ("r = 0", format!("{zero}{sv}")),
+        ("s = 0", format!("{r}{zero}")),
+        ("r = n", format!("{n}{sv}")),
+        ("s = n", format!("{r}{n}")),
+    ] {
+        expect_rv_named(
+            s.verify(&Mechanism::EcdsaSha256, public, b"sample", &h(&sig)),
+            RvError::SignatureInvalid,
+            what,
+        );
+    }
+    // The point at infinity and a point with a wrong prefix are not public keys.
+    for bad in ["00", "0560FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6"] {
+        expect_rv_named(
+            s.create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(false),
+                Attribute::EcParams(h(P256)),
+                Attribute::EcPoint(h(bad)),
+            ]),
+            RvError::AttributeValueInvalid,
+            bad,
+        );
+    }
+    // A compressed point (02/03 ‖ X) is accepted and stored uncompressed.
+    let compressed = [vec![0x02 | (point[64] & 1)], point[1..33].to_vec()].concat();
+    let c = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(h(P256)),
+            Attribute::EcPoint(compressed),
+        ])
+        .unwrap();
+    assert_eq!(raw_attr(&s, c, CKA_EC_POINT), [vec![0x04, 0x41], point].concat());
+    // Ed25519, RFC 8032 test 1 with S replaced by S + L: OpenSSL (and so the module) checks S < L.
+    let ed = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(h(ED25519_OID)),
+            Attribute::EcPoint(h("0420d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")),
+        ])
+        .unwrap();
+    let pure = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    let r8 = "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155";
+    s.verify(&pure, ed, b"", &h(&format!("{r8}5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")))
+        .unwrap();
+    expect_rv(
+        s.verify(&pure, ed, b"", &h(&format!("{r8}4c8c7872aa064e049dbb3013fbf29380d25bf5f0595bbe24655141438e7a101b"))),
+        RvError::SignatureInvalid,
+    );
+}
