@@ -60,6 +60,24 @@ pub enum MechParam {
         /// Data to encrypt.
         data: Vec<u8>,
     },
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh1 {
+        /// `CKD_*` key derivation function.
+        kdf: CK_EC_KDF_TYPE,
+        /// Shared data (X9.63 SharedInfo).
+        shared: Vec<u8>,
+        /// The other party's public point.
+        public: Vec<u8>,
+    },
+    /// `CK_EDDSA_PARAMS`.
+    Eddsa {
+        /// `phFlag` (Ed25519ph).
+        ph: bool,
+        /// Context data (Ed25519ctx).
+        context: Vec<u8>,
+    },
+    /// `CK_SP800_108_KDF_PARAMS` / `CK_SP800_108_FEEDBACK_KDF_PARAMS`.
+    Sp800108(Box<crate::ops::kdf::Sp800108>),
 }
 
 /// Which parameter shape a mechanism takes (the C boundary uses this to copy parameters).
@@ -77,6 +95,14 @@ pub enum ParamShape {
     DesCbcDeriveData,
     /// `CK_AES_CBC_ENCRYPT_DATA_PARAMS`.
     AesCbcDeriveData,
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh1,
+    /// `CK_EDDSA_PARAMS` (or none).
+    Eddsa,
+    /// `CK_SP800_108_KDF_PARAMS`.
+    Sp800108Counter,
+    /// `CK_SP800_108_FEEDBACK_KDF_PARAMS`.
+    Sp800108Feedback,
 }
 
 /// Parameter shape of a mechanism.
@@ -85,6 +111,11 @@ pub fn param_shape(mech: CK_MECHANISM_TYPE) -> ParamShape {
         CKM_RSA_PKCS_OAEP => ParamShape::Oaep,
         CKM_AES_GCM => ParamShape::Gcm,
         CKM_DES3_ECB_ENCRYPT_DATA | CKM_AES_ECB_ENCRYPT_DATA | CKM_DES_ECB_ENCRYPT_DATA => ParamShape::DeriveData,
+        CKM_CONCATENATE_BASE_AND_DATA | CKM_CONCATENATE_DATA_AND_BASE | CKM_XOR_BASE_AND_DATA => ParamShape::DeriveData,
+        CKM_ECDH1_DERIVE => ParamShape::Ecdh1,
+        CKM_EDDSA => ParamShape::Eddsa,
+        CKM_SP800_108_COUNTER_KDF => ParamShape::Sp800108Counter,
+        CKM_SP800_108_FEEDBACK_KDF => ParamShape::Sp800108Feedback,
         CKM_DES3_CBC_ENCRYPT_DATA | CKM_DES_CBC_ENCRYPT_DATA => ParamShape::DesCbcDeriveData,
         CKM_AES_CBC_ENCRYPT_DATA => ParamShape::AesCbcDeriveData,
         _ => ParamShape::Raw,
@@ -117,6 +148,8 @@ pub struct MechInfo {
 const ED: CK_FLAGS = CKF_ENCRYPT | CKF_DECRYPT;
 const SV: CK_FLAGS = CKF_SIGN | CKF_VERIFY;
 const WU: CK_FLAGS = CKF_WRAP | CKF_UNWRAP;
+/// Prime-field curves, named by OID, uncompressed points (as SoftHSM 2 says).
+const ECF: CK_FLAGS = CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS;
 
 /// The mechanisms every slot offers.
 pub const MECHANISMS: &[MechInfo] = &[
@@ -160,6 +193,36 @@ pub const MECHANISMS: &[MechInfo] = &[
     MechInfo { mech: CKM_SHA384_HMAC, min: 1, max: 512, flags: SV },
     MechInfo { mech: CKM_SHA512_HMAC, min: 1, max: 512, flags: SV },
     MechInfo { mech: CKM_GENERIC_SECRET_KEY_GEN, min: 1, max: 512, flags: CKF_GENERATE },
+    // Issue 14: EC (sizes in bits of the curve's order), Ed25519, SHA-224 HMAC, the 3.0 HMAC
+    // key generators (sizes in bytes), the key-from-key mechanisms and SP 800-108.
+    MechInfo { mech: CKM_EC_KEY_PAIR_GEN, min: 256, max: 521, flags: CKF_GENERATE_KEY_PAIR | ECF },
+    MechInfo { mech: CKM_ECDSA, min: 256, max: 521, flags: SV | ECF },
+    MechInfo { mech: CKM_ECDSA_SHA1, min: 256, max: 521, flags: SV | ECF },
+    MechInfo { mech: CKM_ECDSA_SHA224, min: 256, max: 521, flags: SV | ECF },
+    MechInfo { mech: CKM_ECDSA_SHA256, min: 256, max: 521, flags: SV | ECF },
+    MechInfo { mech: CKM_ECDSA_SHA384, min: 256, max: 521, flags: SV | ECF },
+    MechInfo { mech: CKM_ECDSA_SHA512, min: 256, max: 521, flags: SV | ECF },
+    MechInfo { mech: CKM_ECDH1_DERIVE, min: 256, max: 521, flags: CKF_DERIVE | ECF },
+    MechInfo {
+        mech: CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        min: 256,
+        max: 256,
+        flags: CKF_GENERATE_KEY_PAIR | CKF_EC_OID | CKF_EC_CURVENAME,
+    },
+    MechInfo { mech: CKM_EDDSA, min: 256, max: 256, flags: SV | CKF_EC_OID | CKF_EC_CURVENAME },
+    MechInfo { mech: CKM_SHA224_HMAC, min: 1, max: 512, flags: SV },
+    MechInfo { mech: CKM_SHA_1_KEY_GEN, min: 1, max: 512, flags: CKF_GENERATE },
+    MechInfo { mech: CKM_SHA224_KEY_GEN, min: 1, max: 512, flags: CKF_GENERATE },
+    MechInfo { mech: CKM_SHA256_KEY_GEN, min: 1, max: 512, flags: CKF_GENERATE },
+    MechInfo { mech: CKM_SHA384_KEY_GEN, min: 1, max: 512, flags: CKF_GENERATE },
+    MechInfo { mech: CKM_SHA512_KEY_GEN, min: 1, max: 512, flags: CKF_GENERATE },
+    MechInfo { mech: CKM_CONCATENATE_BASE_AND_KEY, min: 1, max: 512, flags: CKF_DERIVE },
+    MechInfo { mech: CKM_CONCATENATE_BASE_AND_DATA, min: 1, max: 512, flags: CKF_DERIVE },
+    MechInfo { mech: CKM_CONCATENATE_DATA_AND_BASE, min: 1, max: 512, flags: CKF_DERIVE },
+    MechInfo { mech: CKM_XOR_BASE_AND_DATA, min: 1, max: 512, flags: CKF_DERIVE },
+    MechInfo { mech: CKM_EXTRACT_KEY_FROM_KEY, min: 1, max: 512, flags: CKF_DERIVE },
+    MechInfo { mech: CKM_SP800_108_COUNTER_KDF, min: 1, max: 512, flags: CKF_DERIVE },
+    MechInfo { mech: CKM_SP800_108_FEEDBACK_KDF, min: 1, max: 512, flags: CKF_DERIVE },
     MechInfo { mech: CKM_QUILL_EMV_MK_OPTION_A, min: 16, max: 24, flags: CKF_DERIVE },
     MechInfo { mech: CKM_QUILL_EMV_MK_OPTION_B, min: 16, max: 24, flags: CKF_DERIVE },
     MechInfo { mech: CKM_QUILL_CVV, min: 16, max: 16, flags: CKF_SIGN },

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use zeroize::Zeroizing;
 
+mod derive;
+
 /// Output of a function following the PKCS#11 length convention.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
@@ -810,6 +812,11 @@ impl Module {
             CKM_DES2_KEY_GEN => CKK_DES2,
             CKM_DES3_KEY_GEN => CKK_DES3,
             CKM_AES_KEY_GEN => CKK_AES,
+            CKM_SHA_1_KEY_GEN => CKK_SHA_1_HMAC,
+            CKM_SHA224_KEY_GEN => CKK_SHA224_HMAC,
+            CKM_SHA256_KEY_GEN => CKK_SHA256_HMAC,
+            CKM_SHA384_KEY_GEN => CKK_SHA384_HMAC,
+            CKM_SHA512_KEY_GEN => CKK_SHA512_HMAC,
             _ => CKK_GENERIC_SECRET,
         };
         let t = template_to_map(tmpl)?;
@@ -846,6 +853,9 @@ impl Module {
         let (slot, _) = self.slot_of(h)?;
         self.faults.apply(slot)?;
         mechanism::require(mech.mech, CKF_GENERATE_KEY_PAIR)?;
+        if matches!(mech.mech, CKM_EC_KEY_PAIR_GEN | CKM_EC_EDWARDS_KEY_PAIR_GEN) {
+            return self.generate_ec_key_pair(h, mech, pub_tmpl, priv_tmpl, slot);
+        }
         let pt = template_to_map(pub_tmpl)?;
         let bits = pt
             .ulong(CKA_MODULUS_BITS)

@@ -2,6 +2,7 @@
 
 use crate::attr::{AttrMap, Attribute, check_known, decode_bool, is_known_attr, is_secret_attr, template_to_map};
 use crate::error::{Error, Result};
+use crate::ops::ec;
 use cryptoki_sys::*;
 use quill_crypto::rsa::{RsaEngine, RsaPrivateKey};
 use quill_crypto::sym;
@@ -19,6 +20,8 @@ pub enum Material {
     RsaPrivate(Arc<RsaPrivateKey>, Arc<RsaEngine>),
     /// RSA public key with a prepared engine.
     RsaPublic(Arc<RsaEngine>),
+    /// EC or Ed25519 key (private or public).
+    Ec(Arc<crate::ops::ec::EcKeyMaterial>),
 }
 
 /// One object.
@@ -115,6 +118,11 @@ impl Object {
                 m.set(CKA_EXPONENT_1, k.dp.clone());
                 m.set(CKA_EXPONENT_2, k.dq.clone());
                 m.set(CKA_COEFFICIENT, k.qinv.clone());
+            }
+            Material::Ec(k) if k.has_private() => {
+                if let Ok(v) = k.private_value() {
+                    m.set(CKA_VALUE, v.to_vec());
+                }
             }
             _ => {}
         }
@@ -217,6 +225,9 @@ pub fn check_secret_len(kt: CK_KEY_TYPE, len: usize) -> Result<()> {
         CKK_DES3 => len == 24,
         CKK_AES => matches!(len, 16 | 24 | 32),
         CKK_GENERIC_SECRET => (1..=512).contains(&len),
+        CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => {
+            (1..=512).contains(&len)
+        }
         _ => return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("unsupported secret key type 0x{kt:X}"))),
     };
     if ok {
@@ -398,7 +409,7 @@ fn build_private(
     material: &mut Material,
     extra: &AttrMap,
 ) -> Result<()> {
-    if kt != CKK_RSA {
+    if kt != CKK_RSA && !ec::is_ec_key_type(kt) {
         return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("private key type 0x{kt:X} not supported")));
     }
     t.default_flag(CKA_PRIVATE, true);
@@ -410,6 +421,11 @@ fn build_private(
     t.default_bytes(CKA_SUBJECT, b"");
     for (k, v) in &extra.0 {
         t.set(*k, v.clone());
+    }
+    if ec::is_ec_key_type(kt) {
+        ec::build_private(t, kt, material)?;
+        sensitivity_flags(t, origin);
+        return Ok(());
     }
     if let Material::None = material {
         let take = |t: &mut AttrMap, ty| {
@@ -449,7 +465,7 @@ fn build_private(
 }
 
 fn build_public(t: &mut AttrMap, kt: CK_KEY_TYPE, material: &mut Material, extra: &AttrMap) -> Result<()> {
-    if kt != CKK_RSA {
+    if kt != CKK_RSA && !ec::is_ec_key_type(kt) {
         return Err(Error::new(CKR_ATTRIBUTE_VALUE_INVALID, format!("public key type 0x{kt:X} not supported")));
     }
     t.default_flag(CKA_PRIVATE, false);
@@ -461,6 +477,9 @@ fn build_public(t: &mut AttrMap, kt: CK_KEY_TYPE, material: &mut Material, extra
     t.default_bytes(CKA_SUBJECT, b"");
     for (k, v) in &extra.0 {
         t.set(*k, v.clone());
+    }
+    if ec::is_ec_key_type(kt) {
+        return ec::build_public(t, kt, material);
     }
     let n = t.get(CKA_MODULUS).map(strip).ok_or_else(|| Error::new(CKR_TEMPLATE_INCOMPLETE, "CKA_MODULUS missing"))?;
     let e = t
@@ -564,6 +583,9 @@ pub fn modify(obj: &Object, tmpl: &[Attribute], so: bool, copying: bool) -> Resu
 
 /// Rebuild an object's material from stored (plain + secret) attributes at load time.
 pub fn material_from_stored(attrs: &AttrMap, secret: &AttrMap) -> Result<Material> {
+    if let Some(m) = ec::material_from_stored(attrs, secret)? {
+        return Ok(m);
+    }
     match attrs.ulong(CKA_CLASS) {
         Some(CKO_SECRET_KEY) => {
             let v = secret.get(CKA_VALUE).ok_or_else(|| Error::device("stored secret key has no value"))?;

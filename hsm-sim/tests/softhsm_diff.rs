@@ -310,3 +310,140 @@ fn sha256_and_hmac_sha256_match() {
         openssl::sign::Signer::new(MessageDigest::sha256(), &pk).unwrap().sign_oneshot_to_vec(data).unwrap()
     );
 }
+
+// ---- Issue 14: EC and EdDSA (SoftHSM 2.6.1 has ECDSA, ECDH1_DERIVE and EDDSA; no KBKDF) ----
+
+const P256_PARAMS: &str = "06082A8648CE3D030107";
+const ED25519_PARAMS: &str = "06032B6570";
+
+fn ec_attr(s: &Session, o: ObjectHandle, want: cryptoki::object::AttributeType) -> Vec<u8> {
+    match s.get_attributes(o, &[want]).unwrap().into_iter().next() {
+        Some(Attribute::EcPoint(v) | Attribute::EcParams(v) | Attribute::Value(v)) => v,
+        other => panic!("{want:?}: {other:?}"),
+    }
+}
+
+fn gen_ec(s: &Session, mech: &Mechanism, params: &str) -> (ObjectHandle, ObjectHandle) {
+    s.generate_key_pair(
+        mech,
+        &[Attribute::Token(false), Attribute::EcParams(h(params)), Attribute::Verify(true)],
+        &[
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::Derive(true),
+        ],
+    )
+    .unwrap()
+}
+
+fn import_ec_public(s: &Session, kt: KeyType, params: &str, point_der: &[u8]) -> ObjectHandle {
+    s.create_object(&[
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(kt),
+        Attribute::Token(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(h(params)),
+        Attribute::EcPoint(point_der.to_vec()),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn ecdsa_signed_on_one_verifies_on_the_other() {
+    let Some(b) = both() else { return };
+    let digest = openssl::sha::sha256(b"Quill differential ECDSA");
+    let pairs = [(&b.quill, &b.soft), (&b.soft, &b.quill)];
+    for (signer, verifier) in pairs {
+        let ss = signer.pkcs11.open_rw_session(signer.slot).unwrap();
+        let vs = verifier.pkcs11.open_rw_session(verifier.slot).unwrap();
+        let (public, private) = gen_ec(&ss, &Mechanism::EccKeyPairGen, P256_PARAMS);
+        let point = ec_attr(&ss, public, cryptoki::object::AttributeType::EcPoint);
+        assert_eq!((point.len(), &point[..3]), (67, &[0x04u8, 0x41, 0x04][..]), "{}: CKA_EC_POINT", signer.name);
+        let sig = ss.sign(&Mechanism::Ecdsa, private, &digest).unwrap();
+        assert_eq!(sig.len(), 64, "{}: r ‖ s", signer.name);
+        let theirs = import_ec_public(&vs, KeyType::EC, P256_PARAMS, &point);
+        vs.verify(&Mechanism::Ecdsa, theirs, &digest, &sig)
+            .unwrap_or_else(|e| panic!("{} rejects a signature of {}: {e}", verifier.name, signer.name));
+        let mut bad = sig.clone();
+        bad[40] ^= 0x80;
+        assert!(
+            vs.verify(&Mechanism::Ecdsa, theirs, &digest, &bad).is_err(),
+            "{} accepts a bad signature",
+            verifier.name
+        );
+    }
+}
+
+#[test]
+fn ecdh_both_ways_gives_one_secret() {
+    let Some(b) = both() else { return };
+    use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+    let qs = b.quill.pkcs11.open_rw_session(b.quill.slot).unwrap();
+    let ss = b.soft.pkcs11.open_rw_session(b.soft.slot).unwrap();
+    let (qpub, qpriv) = gen_ec(&qs, &Mechanism::EccKeyPairGen, P256_PARAMS);
+    let (spub, spriv) = gen_ec(&ss, &Mechanism::EccKeyPairGen, P256_PARAMS);
+    let qpoint = ec_attr(&qs, qpub, cryptoki::object::AttributeType::EcPoint);
+    let spoint = ec_attr(&ss, spub, cryptoki::object::AttributeType::EcPoint);
+    let tmpl = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::ValueLen(32u64.into()),
+    ];
+    // Each side gets the other's CKA_EC_POINT as it is (a DER OCTET STRING), and the raw point.
+    for (qpeer, speer) in [(&spoint[..], &qpoint[..]), (&spoint[2..], &qpoint[2..])] {
+        let kq =
+            qs.derive_key(&Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), qpeer)), qpriv, &tmpl).unwrap();
+        let ks =
+            ss.derive_key(&Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), speer)), spriv, &tmpl).unwrap();
+        let zq = ec_attr(&qs, kq, cryptoki::object::AttributeType::Value);
+        let zs = ec_attr(&ss, ks, cryptoki::object::AttributeType::Value);
+        assert_eq!(zq.len(), 32);
+        assert_eq!(zq, zs, "ECDH: hsm-sim (left) and SoftHSM (right) disagree");
+    }
+}
+
+#[test]
+fn ed25519_signatures_are_identical() {
+    let Some(b) = both() else { return };
+    use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+    // RFC 8032 §7.1 TEST 2.
+    let sk = h("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb");
+    let pk = h("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c");
+    let msg = b"Quill differential Ed25519, one message, one signature";
+    let pure = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    let sig = b.same("Ed25519 signature with the RFC 8032 test 2 key", |s, _| {
+        let private = s
+            .create_object(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC_EDWARDS),
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Sign(true),
+                Attribute::EcParams(h(ED25519_PARAMS)),
+                Attribute::Value(sk.clone()),
+            ])
+            .unwrap();
+        s.sign(&pure, private, msg).unwrap()
+    });
+    // And a generated key on one verifies on the other.
+    for (signer, verifier) in [(&b.quill, &b.soft), (&b.soft, &b.quill)] {
+        let ss = signer.pkcs11.open_rw_session(signer.slot).unwrap();
+        let vs = verifier.pkcs11.open_rw_session(verifier.slot).unwrap();
+        let (public, private) = gen_ec(&ss, &Mechanism::EccEdwardsKeyPairGen, ED25519_PARAMS);
+        let point = ec_attr(&ss, public, cryptoki::object::AttributeType::EcPoint);
+        assert_eq!((point.len(), &point[..2]), (34, &[0x04u8, 0x20][..]), "{}: CKA_EC_POINT", signer.name);
+        let sig = ss.sign(&pure, private, msg).unwrap();
+        let theirs = import_ec_public(&vs, KeyType::EC_EDWARDS, ED25519_PARAMS, &point);
+        vs.verify(&pure, theirs, msg, &sig)
+            .unwrap_or_else(|e| panic!("{} rejects {}: {e}", verifier.name, signer.name));
+    }
+    let s = b.quill.pkcs11.open_rw_session(b.quill.slot).unwrap();
+    let public = import_ec_public(&s, KeyType::EC_EDWARDS, ED25519_PARAMS, &[vec![0x04, 0x20], pk].concat());
+    s.verify(&pure, public, msg, &sig).unwrap();
+}

@@ -221,6 +221,36 @@ def main() -> int:
 
             r.check(f"vendor 0xD1550010 CVV PAN {pan} {yymm} SC {sc} = {want}", cvv)
 
+        # EC (issue 14): a P-256 key pair, ECDSA-SHA256 verified by `cryptography` with the public
+        # key python-pkcs11 encodes from CKA_EC_PARAMS/CKA_EC_POINT, and ECDH both ways.
+        def ec_p256():
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+            from pkcs11 import KDF
+            from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+            pub, priv = params.generate_keypair(store=False, private_template={Attribute.DERIVE: True})
+            data = b"Quill python-pkcs11 ECDSA"
+            sig = priv.sign(data, mechanism=Mechanism.ECDSA_SHA256)
+            expect(len(sig), 64, "r || s length")
+            der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+            theirs = serialization.load_der_public_key(encode_ec_public_key(pub))
+            theirs.verify(der, data, ec.ECDSA(hashes.SHA256()))
+            peer = ec.generate_private_key(ec.SECP256R1())
+            peer_point = peer.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+            secret = priv.derive_key(
+                KeyType.GENERIC_SECRET, 256, store=False,
+                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+                mechanism_param=(KDF.NULL, None, peer_point))
+            expect(secret[Attribute.VALUE], peer.exchange(ec.ECDH(), theirs), "ECDH shared secret")
+            return "cryptography verifies the signature and computes the same ECDH secret"
+
+        r.check("EC P-256: ECDSA_SHA256 and ECDH1_DERIVE against cryptography", ec_p256)
+
     print(f"python-pkcs11: {r.passed} passed, {r.failed} failed")
     return 0 if r.failed == 0 else 1
 

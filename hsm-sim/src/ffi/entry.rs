@@ -902,8 +902,23 @@ pub unsafe extern "C" fn C_DeriveKey(
         if phKey.is_null() {
             return Err(Error::args("null phKey"));
         }
-        let k = m.derive_key(hSession, &mech, hBaseKey, &t)?;
-        unsafe { put(phKey, k) }
+        // SP 800-108 additional keys: their handles go to the phKey of each CK_DERIVED_KEY.
+        // SAFETY: pMechanism was read above; the pointers were checked non-null there.
+        let extra = unsafe { params::additional_outputs(pMechanism) };
+        match m.derive_keys(hSession, &mech, hBaseKey, &t) {
+            Ok(keys) => {
+                for (p, k) in extra.iter().zip(keys.iter().skip(1)) {
+                    unsafe { put(*p, *k) }?;
+                }
+                unsafe { put(phKey, keys.first().copied().unwrap_or(CK_INVALID_HANDLE)) }
+            }
+            Err(e) => {
+                for p in &extra {
+                    unsafe { put(*p, CK_INVALID_HANDLE) }?;
+                }
+                Err(e)
+            }
+        }
     })
 }
 

@@ -13,6 +13,7 @@
 
 mod entry;
 mod info;
+mod params;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
@@ -157,6 +158,11 @@ unsafe fn mechanism(p: *const CK_MECHANISM) -> Result<Mechanism> {
             let d: CK_AES_CBC_ENCRYPT_DATA_PARAMS = unsafe { param_struct(&m, "CK_AES_CBC_ENCRYPT_DATA_PARAMS") }?;
             MechParam::CbcDeriveData { iv: d.iv.to_vec(), data: unsafe { bytes(d.pData, d.length) }?.to_vec() }
         }
+        // SAFETY (these four): `m` follows the convention; the parsers check sizes and nulls.
+        ParamShape::Ecdh1 => unsafe { params::ecdh1(&m) }?,
+        ParamShape::Eddsa => unsafe { params::eddsa(&m) }?,
+        ParamShape::Sp800108Counter => unsafe { params::sp800_108(&m, false) }?,
+        ParamShape::Sp800108Feedback => unsafe { params::sp800_108(&m, true) }?,
     };
     Ok(Mechanism { mech: m.mechanism, param })
 }

@@ -6,9 +6,13 @@
 //! - `block`: block-cipher streaming for it;
 //! - `payment`: the payment vendor mechanisms (CVV, MACs, PINs, CRT component export);
 //! - `wrap`: `C_WrapKey`/`C_UnwrapKey` values;
-//! - `tr31`: the TR-31 key block mechanisms.
+//! - `tr31`: the TR-31 key block mechanisms;
+//! - [`ec`]: EC (P-256/384/521) and Ed25519 keys, ECDSA, ECDH, EdDSA;
+//! - [`kdf`]: concatenate/XOR/extract derivations, the X9.63 KDF of ECDH, SP 800-108.
 
 mod block;
+pub mod ec;
+pub mod kdf;
 mod operation;
 mod payment;
 mod tr31;

@@ -19,6 +19,7 @@ enum State {
     HashSign(Hasher, HashAlg),
     Hmac(HmacState),
     Buffer(Zeroizing<Vec<u8>>),
+    Ec(super::ec::EcSign),
 }
 
 /// An active multi-part operation.
@@ -111,10 +112,19 @@ impl Operation {
                 let h = hash_of(mech.mech)?;
                 State::HashSign(Hasher::new(h), h)
             }
-            CKM_SHA_1_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => {
+            m if super::ec::is_ec_sign(m) => State::Ec(super::ec::EcSign::init(kind, mech, keyref()?)?),
+            CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => {
                 let k = secret_of(
                     keyref()?,
-                    &[CKK_GENERIC_SECRET, CKK_SHA_1_HMAC, CKK_SHA256_HMAC, CKK_SHA384_HMAC, CKK_SHA512_HMAC, CKK_AES],
+                    &[
+                        CKK_GENERIC_SECRET,
+                        CKK_SHA_1_HMAC,
+                        CKK_SHA224_HMAC,
+                        CKK_SHA256_HMAC,
+                        CKK_SHA384_HMAC,
+                        CKK_SHA512_HMAC,
+                        CKK_AES,
+                    ],
                 )?;
                 let h = hash_of(mech.mech)?;
                 State::Hmac(HmacState::new(h, &k)?)
@@ -193,6 +203,10 @@ impl Operation {
                 h.update(data);
                 Ok(Vec::new())
             }
+            State::Ec(e) => {
+                e.update(data);
+                Ok(Vec::new())
+            }
             State::Buffer(b) => {
                 if matches!(self.kind, Kind::Encrypt | Kind::Decrypt) && !matches!(self.mech.mech, CKM_AES_GCM) {
                     return Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED, "this mechanism is single-part only"));
@@ -220,6 +234,7 @@ impl Operation {
                 Ok(self.key()?.rsa_engine()?.pkcs1_sign(&di)?)
             }
             State::Buffer(data) => self.finish_buffer(&data),
+            State::Ec(mut e) => e.sign(),
         }
     }
 
@@ -351,6 +366,9 @@ impl Operation {
 
     /// Finish a verification against `sig`.
     pub fn verify(&mut self, sig: &[u8]) -> Result<()> {
+        if let State::Ec(e) = &mut self.state {
+            return e.verify(sig);
+        }
         let m = self.mech.mech;
         let is_rsa_sig = matches!(&self.state, State::HashSign(..)) || matches!(m, CKM_RSA_PKCS | CKM_RSA_X_509);
         if is_rsa_sig {
