@@ -715,7 +715,8 @@ mod tests {
         use quill_hsm::tr31::{self, Kbpk, Tr31Header};
         let block = |template: &str| {
             let h = Tr31Header::parse_template(template.as_bytes()).expect("template");
-            let b = tr31::wrap(Kbpk::Aes(&[1; 32]), &h, &[2; 16], Some(24), &mut |b: &mut [u8]| b.fill(3)).expect("wrap");
+            let b =
+                tr31::wrap(Kbpk::Aes(&[1; 32]), &h, &[2; 16], Some(24), &mut |b: &mut [u8]| b.fill(3)).expect("wrap");
             WrappedKey { blob: b.into_bytes(), ..wrapped(KeyAlg::Des2, "123456", "AAAAAAAAAA") }
         };
         let with = |w: WrappedKey, usage, exportable| KeyCommand::KeyCreate {
