@@ -1026,8 +1026,22 @@ impl Module {
         key_type: Option<CK_KEY_TYPE>,
         slot: CK_SLOT_ID,
     ) -> Result<CK_OBJECT_HANDLE> {
-        if key_type != Some(CKK_RSA) {
-            return Err(Error::new(CKR_TEMPLATE_INCONSISTENT, "an unwrapped private key must be CKK_RSA"));
+        // C_UnwrapKey's codes: a template without the key type is incomplete; a key type the
+        // module cannot unwrap into is a bad attribute value (PKCS#11 3.0 §5.18.8).
+        match key_type {
+            Some(CKK_RSA) => {}
+            None => {
+                return Err(Error::new(
+                    CKR_TEMPLATE_INCOMPLETE,
+                    "an unwrapped private key needs CKA_KEY_TYPE (CKK_RSA)",
+                ));
+            }
+            Some(kt) => {
+                return Err(Error::new(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    format!("private key type 0x{kt:X} cannot be unwrapped here: only CKK_RSA (PKCS#8)"),
+                ));
+            }
         }
         if !ops::is_aes_key_wrap(mech.mech) {
             return Err(Error::new(

@@ -598,3 +598,43 @@ fn eight_threads_sign_and_encrypt_concurrently() {
     }
     assert_eq!(count, 8 * iterations);
 }
+
+/// `C_UnwrapKey` of a private key: the template's key type decides the code (issue 14): none is
+/// `CKR_TEMPLATE_INCOMPLETE`, one the module cannot unwrap into `CKR_ATTRIBUTE_VALUE_INVALID`;
+/// CKK_RSA unwraps (PKCS#8 under AES key wrap with padding).
+#[test]
+fn private_key_unwrap_template_codes() {
+    let hsm = hsm3();
+    let t = hsm.shared();
+    let s = hsm.session_on(t);
+    let kek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+            ],
+        )
+        .unwrap();
+    let (_, private) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[Attribute::Token(false), Attribute::ModulusBits(1024.into()), Attribute::PublicExponent(vec![3])],
+            &[Attribute::Token(false), Attribute::Sensitive(true), Attribute::Extractable(true), Attribute::Sign(true)],
+        )
+        .unwrap();
+    let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, private).unwrap();
+    let with = |kt: Option<KeyType>| {
+        let mut t = vec![Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Token(false), Attribute::Sign(true)];
+        t.extend(kt.map(Attribute::KeyType));
+        s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped, &t)
+    };
+    expect_rv(with(None), RvError::TemplateIncomplete);
+    expect_rv(with(Some(KeyType::EC)), RvError::AttributeValueInvalid);
+    expect_rv(with(Some(KeyType::DSA)), RvError::AttributeValueInvalid);
+    with(Some(KeyType::RSA)).unwrap();
+}
