@@ -349,7 +349,47 @@ pub enum ModeOfUse {
     KeyVariants,
 }
 
+/// What a key does with an operation, for [`ModeOfUse::allows`] (the PKCS#11 usage attributes
+/// `CKA_ENCRYPT` … `CKA_DERIVE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFunction {
+    /// Encrypt data.
+    Encrypt,
+    /// Decrypt data.
+    Decrypt,
+    /// Wrap (encrypt) a key.
+    Wrap,
+    /// Unwrap (decrypt) a key.
+    Unwrap,
+    /// Sign or generate a MAC.
+    Sign,
+    /// Verify a signature or MAC.
+    Verify,
+    /// Derive other keys.
+    Derive,
+}
+
 impl ModeOfUse {
+    /// Whether a key of this mode of use may perform `f`: `B` encrypt/decrypt and wrap/unwrap,
+    /// `C` sign/verify, `D` decrypt/unwrap, `E` encrypt/wrap, `G` and `S` sign, `T` sign and
+    /// decrypt/unwrap, `V` verify, `X` and `Y` derive, `N` everything. The one table hsm-sim's
+    /// `CKM_QUILL_TR31_UNWRAP` and the adapter's host path both apply.
+    pub fn allows(self, f: KeyFunction) -> bool {
+        use KeyFunction as F;
+        use ModeOfUse as M;
+        match self {
+            M::NoRestrictions => true,
+            M::EncryptDecrypt => matches!(f, F::Encrypt | F::Decrypt | F::Wrap | F::Unwrap),
+            M::GenerateVerify => matches!(f, F::Sign | F::Verify),
+            M::DecryptOnly => matches!(f, F::Decrypt | F::Unwrap),
+            M::EncryptOnly => matches!(f, F::Encrypt | F::Wrap),
+            M::GenerateOnly | M::SignatureOnly => f == F::Sign,
+            M::SignDecrypt => matches!(f, F::Sign | F::Decrypt | F::Unwrap),
+            M::VerifyOnly => f == F::Verify,
+            M::DeriveKeys | M::KeyVariants => f == F::Derive,
+        }
+    }
+
     const ALL: [ModeOfUse; 11] = [
         ModeOfUse::EncryptDecrypt,
         ModeOfUse::GenerateVerify,

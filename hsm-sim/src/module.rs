@@ -411,6 +411,24 @@ impl Module {
 
     /// Store a new object (session or token) and return its handle. Every object gets a fresh
     /// `CKA_UNIQUE_ID` here (a copy too).
+    /// Insert a generated key pair, public half first; the public half is destroyed again if
+    /// the private half cannot be stored, so a failed generation leaves nothing behind.
+    fn insert_pair(
+        &self,
+        h: CK_SESSION_HANDLE,
+        public: (AttrMap, Material),
+        private: (AttrMap, Material),
+    ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let ph = self.insert_object(h, public.0, public.1)?;
+        match self.insert_object(h, private.0, private.1) {
+            Ok(sh) => Ok((ph, sh)),
+            Err(e) => {
+                let _ = self.destroy_object(h, ph);
+                Err(e)
+            }
+        }
+    }
+
     fn insert_object(&self, h: CK_SESSION_HANDLE, attrs: AttrMap, material: Material) -> Result<CK_OBJECT_HANDLE> {
         let (slot, rw) = self.slot_of(h)?;
         self.check_policy(slot, &attrs)?;
@@ -901,14 +919,7 @@ impl Module {
             extra,
             so,
         })?;
-        let ph = self.insert_object(h, pattrs, pmat)?;
-        match self.insert_object(h, sattrs, smat) {
-            Ok(sh) => Ok((ph, sh)),
-            Err(e) => {
-                let _ = self.destroy_object(h, ph);
-                Err(e)
-            }
-        }
+        self.insert_pair(h, (pattrs, pmat), (sattrs, smat))
     }
 
     /// `C_WrapKey`.

@@ -422,35 +422,6 @@ pub(crate) fn at_rest_kcv(header: &Tr31Header) -> Option<Kcv> {
     Kcv::parse(kc.get(2..)?)
 }
 
-/// Which PKCS#11 usage attributes a TR-31 mode of use allows (as hsm-sim's
-/// `CKM_QUILL_TR31_UNWRAP` grants them): the host path opens a block with no more than these.
-pub(crate) fn mode_allows(mode: ModeOfUse, want: Want) -> bool {
-    use ModeOfUse as M;
-    match want {
-        Want::Encrypt => matches!(mode, M::EncryptDecrypt | M::EncryptOnly | M::NoRestrictions),
-        Want::Decrypt => matches!(mode, M::EncryptDecrypt | M::DecryptOnly | M::SignDecrypt | M::NoRestrictions),
-        Want::Wrap => matches!(mode, M::EncryptDecrypt | M::EncryptOnly | M::NoRestrictions),
-        Want::Unwrap => matches!(mode, M::EncryptDecrypt | M::DecryptOnly | M::SignDecrypt | M::NoRestrictions),
-        Want::Sign => {
-            matches!(mode, M::GenerateVerify | M::GenerateOnly | M::SignatureOnly | M::SignDecrypt | M::NoRestrictions)
-        }
-        Want::Verify => matches!(mode, M::GenerateVerify | M::VerifyOnly | M::NoRestrictions),
-        Want::Derive => matches!(mode, M::DeriveKeys | M::KeyVariants | M::NoRestrictions),
-    }
-}
-
-/// A PKCS#11 usage attribute, for [`mode_allows`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Want {
-    Encrypt,
-    Decrypt,
-    Wrap,
-    Unwrap,
-    Sign,
-    Verify,
-    Derive,
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -598,11 +569,12 @@ mod tests {
         ] {
             assert_eq!(role.allows(usage), ok, "{role:?} {usage:?}");
         }
-        assert!(mode_allows(ModeOfUse::DeriveKeys, Want::Derive));
-        assert!(!mode_allows(ModeOfUse::DeriveKeys, Want::Encrypt));
-        assert!(!mode_allows(ModeOfUse::GenerateVerify, Want::Decrypt));
-        assert!(mode_allows(ModeOfUse::EncryptOnly, Want::Wrap));
-        assert!(!mode_allows(ModeOfUse::EncryptOnly, Want::Unwrap));
+        use tr31::KeyFunction as F;
+        assert!(ModeOfUse::DeriveKeys.allows(F::Derive));
+        assert!(!ModeOfUse::DeriveKeys.allows(F::Encrypt));
+        assert!(!ModeOfUse::GenerateVerify.allows(F::Decrypt));
+        assert!(ModeOfUse::EncryptOnly.allows(F::Wrap));
+        assert!(!ModeOfUse::EncryptOnly.allows(F::Unwrap));
     }
 
     #[test]

@@ -135,14 +135,7 @@ impl Module {
             extra,
             so,
         })?;
-        let ph = self.insert_object(h, pattrs, pmat)?;
-        match self.insert_object(h, sattrs, smat) {
-            Ok(sh) => Ok((ph, sh)),
-            Err(e) => {
-                let _ = self.destroy_object(h, ph);
-                Err(e)
-            }
-        }
+        self.insert_pair(h, (pattrs, pmat), (sattrs, smat))
     }
 
     /// `C_DeriveKey`: the handles of the derived keys, the one `phKey` receives first (SP

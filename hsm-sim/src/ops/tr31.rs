@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::mechanism::*;
 use crate::object::Object;
 use cryptoki_sys::*;
-use quill_crypto::tr31::{self, Exportability, Kbpk, ModeOfUse, Tr31Error, Tr31Header};
+use quill_crypto::tr31::{self, Exportability, Kbpk, KeyFunction, ModeOfUse, Tr31Error, Tr31Header};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -127,18 +127,22 @@ fn tr31_unwrap_err(e: Tr31Error) -> Error {
 }
 
 /// The usage attributes a TR-31 mode of use allows.
-fn tr31_usages(mode: ModeOfUse) -> &'static [CK_ATTRIBUTE_TYPE] {
-    match mode {
-        ModeOfUse::EncryptDecrypt => &[CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP],
-        ModeOfUse::GenerateVerify => &[CKA_SIGN, CKA_VERIFY],
-        ModeOfUse::DecryptOnly => &[CKA_DECRYPT, CKA_UNWRAP],
-        ModeOfUse::EncryptOnly => &[CKA_ENCRYPT, CKA_WRAP],
-        ModeOfUse::GenerateOnly | ModeOfUse::SignatureOnly => &[CKA_SIGN],
-        ModeOfUse::SignDecrypt => &[CKA_SIGN, CKA_DECRYPT, CKA_UNWRAP],
-        ModeOfUse::VerifyOnly => &[CKA_VERIFY],
-        ModeOfUse::DeriveKeys | ModeOfUse::KeyVariants => &[CKA_DERIVE],
-        ModeOfUse::NoRestrictions => TR31_USAGE_ATTRS,
-    }
+fn tr31_usages(mode: ModeOfUse) -> Vec<CK_ATTRIBUTE_TYPE> {
+    TR31_USAGE_ATTRS.iter().copied().filter(|&a| function_of(a).is_some_and(|f| mode.allows(f))).collect()
+}
+
+/// The function a usage attribute grants.
+fn function_of(attr: CK_ATTRIBUTE_TYPE) -> Option<KeyFunction> {
+    Some(match attr {
+        CKA_ENCRYPT => KeyFunction::Encrypt,
+        CKA_DECRYPT => KeyFunction::Decrypt,
+        CKA_WRAP => KeyFunction::Wrap,
+        CKA_UNWRAP => KeyFunction::Unwrap,
+        CKA_SIGN => KeyFunction::Sign,
+        CKA_VERIFY => KeyFunction::Verify,
+        CKA_DERIVE => KeyFunction::Derive,
+        _ => return None,
+    })
 }
 
 /// The usage attributes a TR-31 header decides.

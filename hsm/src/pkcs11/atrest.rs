@@ -21,7 +21,7 @@ use super::tr31_ops::vendor_mechanism;
 use super::{Pkcs11Hsm, Smk, Temporaries};
 use crate::Zeroizing;
 use crate::error::{HsmError, Op};
-use crate::keyblock::{self, Role, Want};
+use crate::keyblock::{self, Role};
 use crate::mechanisms::vendor;
 use crate::raw::RawParam;
 use crate::types::{Kcv, KeyAlg, KeyUse, WrappedKey};
@@ -30,7 +30,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
-use quill_crypto::tr31::{self, Exportability, Kbpk, Tr31Header};
+use quill_crypto::tr31::{self, Exportability, Kbpk, KeyFunction, Tr31Header};
 use sha2::{Digest as _, Sha256};
 
 /// The data the SMK encrypts (AES-CBC, IV zero) into the at-rest KBPK: 32 bytes, so the KBPK is
@@ -306,24 +306,25 @@ impl Pkcs11Hsm {
     }
 }
 
-/// The host path's copy of hsm-sim's rule: a key opened from a block gets no usage attribute its
-/// mode of use forbids, and is not extractable when the block says `N`.
+/// hsm-sim's rule on the host path (the same table, [`tr31::ModeOfUse::allows`]): a key opened
+/// from a block gets no usage attribute its mode of use forbids, and is not extractable when the
+/// block says `N`.
 fn check_template(header: &Tr31Header, template: &[Attribute]) -> Result<(), String> {
     for a in template {
         let want = match a {
-            Attribute::Encrypt(true) => Want::Encrypt,
-            Attribute::Decrypt(true) => Want::Decrypt,
-            Attribute::Wrap(true) => Want::Wrap,
-            Attribute::Unwrap(true) => Want::Unwrap,
-            Attribute::Sign(true) => Want::Sign,
-            Attribute::Verify(true) => Want::Verify,
-            Attribute::Derive(true) => Want::Derive,
+            Attribute::Encrypt(true) => KeyFunction::Encrypt,
+            Attribute::Decrypt(true) => KeyFunction::Decrypt,
+            Attribute::Wrap(true) => KeyFunction::Wrap,
+            Attribute::Unwrap(true) => KeyFunction::Unwrap,
+            Attribute::Sign(true) => KeyFunction::Sign,
+            Attribute::Verify(true) => KeyFunction::Verify,
+            Attribute::Derive(true) => KeyFunction::Derive,
             Attribute::Extractable(true) if header.exportability == Exportability::NonExportable => {
                 return Err("the key block at rest says the key is not exportable (N)".to_owned());
             }
             _ => continue,
         };
-        if !keyblock::mode_allows(header.mode_of_use, want) {
+        if !header.mode_of_use.allows(want) {
             return Err(format!(
                 "the key block at rest has mode of use {}, which does not allow {want:?}",
                 header.mode_of_use.code()

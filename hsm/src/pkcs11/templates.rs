@@ -78,16 +78,22 @@ fn secret(alg: KeyAlg) -> Vec<Attribute> {
     vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(key_type(alg))]
 }
 
-/// A working key unwrapped from its blob for one usage: session object, sensitive, never
-/// extractable.
-pub(crate) fn working_key(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
+/// A private session secret key of `alg`, sensitive and extractable as said (usages to add).
+fn session_secret(alg: KeyAlg, sensitive: bool, extractable: bool) -> Vec<Attribute> {
     let mut t = secret(alg);
     t.extend([
         Attribute::Token(false),
         Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
+        Attribute::Sensitive(sensitive),
+        Attribute::Extractable(extractable),
     ]);
+    t
+}
+
+/// A working key unwrapped from its blob for one usage: session object, sensitive, never
+/// extractable.
+pub(crate) fn working_key(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
+    let mut t = session_secret(alg, true, false);
     t.extend(usage_attrs(alg, usage));
     t
 }
@@ -95,13 +101,7 @@ pub(crate) fn working_key(alg: KeyAlg, usage: Usage) -> Vec<Attribute> {
 /// A new key on its way to being wrapped under the SMK: session object, sensitive, extractable
 /// (for `C_WrapKey`), KCV usage only. Destroyed right after wrapping.
 pub(crate) fn transient(alg: KeyAlg) -> Vec<Attribute> {
-    let mut t = secret(alg);
-    t.extend([
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-    ]);
+    let mut t = session_secret(alg, true, true);
     t.extend(usage_attrs(alg, Usage::Check));
     t
 }
@@ -109,13 +109,7 @@ pub(crate) fn transient(alg: KeyAlg) -> Vec<Attribute> {
 /// A working key unwrapped only to be exported in a TR-31 key block inside the HSM: session
 /// object, sensitive, extractable, no usage. Destroyed right after the export.
 pub(crate) fn exportable(alg: KeyAlg) -> Vec<Attribute> {
-    let mut t = secret(alg);
-    t.extend([
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-    ]);
+    let mut t = session_secret(alg, true, true);
     t.extend(no_usage());
     t
 }
@@ -123,13 +117,7 @@ pub(crate) fn exportable(alg: KeyAlg) -> Vec<Attribute> {
 /// A working key (or KBPK) unwrapped so that the host path can read its value: session object,
 /// non-sensitive, extractable, no usage. Destroyed as soon as the value is read.
 pub(crate) fn readable(alg: KeyAlg) -> Vec<Attribute> {
-    let mut t = secret(alg);
-    t.extend([
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-    ]);
+    let mut t = session_secret(alg, false, true);
     t.extend(no_usage());
     t
 }
@@ -268,12 +256,8 @@ pub(crate) fn smk(label: &str, token: bool) -> Vec<Attribute> {
 /// The at-rest KBPK derived from the SMK on a module that makes and opens key blocks inside:
 /// session object, AES-256, sensitive, never extractable, wrap and unwrap only.
 pub(crate) fn at_rest_kbpk() -> Vec<Attribute> {
-    let mut t = secret(KeyAlg::Aes256);
+    let mut t = session_secret(KeyAlg::Aes256, true, false);
     t.extend([
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
         Attribute::ValueLen(Ulong::from(32u64)),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
@@ -297,13 +281,7 @@ pub(crate) fn readable_at_rest_kbpk() -> Vec<Attribute> {
 /// A key opened from its block only to prove the block is genuine: session object, sensitive,
 /// never extractable, no usage.
 pub(crate) fn no_use(alg: KeyAlg) -> Vec<Attribute> {
-    let mut t = secret(alg);
-    t.extend([
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-    ]);
+    let mut t = session_secret(alg, true, false);
     t.extend(no_usage());
     t
 }
