@@ -9,6 +9,14 @@ RELEASE="${CARGO_TARGET_DIR:-target}/release"
 say() { printf 'production build: %s\n' "$*"; }
 die() { printf 'production build: FAILED: %s\n' "$*" >&2; exit 1; }
 
+# The client speaks only the wire contract (quill-proto): it never links the node, so nothing
+# added inside the node can change what `quill` sends (issue 11).
+deps=$(cargo tree -p quill-ctl -e normal,build --prefix none) || die "cargo tree -p quill-ctl failed"
+grep -q '^quill-proto ' <<<"$deps" || die "cargo tree -p quill-ctl does not list quill-proto: $deps"
+if grep -q '^quill-node ' <<<"$deps"; then
+  die "quill (quill-ctl) depends on quill-node"
+fi
+say "quill depends on quill-proto and quill-trust, not on quill-node"
 cargo build --release --workspace --no-default-features --bins
 # A component of SMK-TEST and the TEST CA key's PEM header: neither may be in any binary.
 component=$(grep -m1 -o '"[0-9A-F]\{64\}"' prep/test-keys/test-keys.toml | tr -d '"')

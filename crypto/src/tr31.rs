@@ -1244,6 +1244,14 @@ pub fn parse_key_block_header(block: &[u8]) -> Result<Tr31Header> {
     parse_block_header(block).map(|(h, _)| h)
 }
 
+/// The header of a key block as written (its first characters, through the optional blocks): what
+/// the block's MAC authenticates and an auditor may read; it holds no key material.
+pub fn key_block_header_text(block: &[u8]) -> Result<&str> {
+    let (_, len) = parse_block_header(block)?;
+    // check_printable passed: the header is ASCII.
+    block.get(..len).and_then(|h| std::str::from_utf8(h).ok()).ok_or(Tr31Error::TooShort { len: block.len() })
+}
+
 /// The header of a key block and the number of characters it takes there (as written: the
 /// extended length form can make that differ from [`Tr31Header::encoded_len`]).
 fn parse_block_header(block: &[u8]) -> Result<(Tr31Header, usize)> {

@@ -14,7 +14,6 @@ use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
 use ops::{audit, cluster, hotfolder, identity, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
-use quill_node::keys::model::KeyState;
 use std::process::ExitCode;
 
 /// Quill: EMV card data preparation and key management.
@@ -305,10 +304,10 @@ fn main() -> ExitCode {
         Cmd::Key(KeyCmd::Generate(a)) => keys::key_generate(a, json),
         Cmd::Key(KeyCmd::Import(a)) => keys::key_import(a, json),
         Cmd::Key(KeyCmd::Export(a)) => keys::key_export(a, json),
-        Cmd::Key(KeyCmd::Activate(a)) => keys::key_set_state(a, KeyState::Active, json),
-        Cmd::Key(KeyCmd::Suspend(a)) => keys::key_set_state(a, KeyState::Suspended, json),
-        Cmd::Key(KeyCmd::Retire(a)) => keys::key_set_state(a, KeyState::Retired, json),
-        Cmd::Key(KeyCmd::Compromised(a)) => keys::key_set_state(a, KeyState::Compromised, json),
+        Cmd::Key(KeyCmd::Activate(a)) => keys::key_set_state(a, "active", json),
+        Cmd::Key(KeyCmd::Suspend(a)) => keys::key_set_state(a, "suspended", json),
+        Cmd::Key(KeyCmd::Retire(a)) => keys::key_set_state(a, "retired", json),
+        Cmd::Key(KeyCmd::Compromised(a)) => keys::key_set_state(a, "compromised", json),
         Cmd::Key(KeyCmd::Destroy(a)) => keys::key_destroy(a, json),
         Cmd::Key(KeyCmd::SmkGrant(a)) => keys::smk_grant(a, json),
         Cmd::Approve(ApproveCmd::List(a)) => keys::approve_list(a, json),

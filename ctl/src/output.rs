@@ -10,6 +10,11 @@ pub(crate) fn print(json: bool, doc: Value, text: impl AsRef<str>) {
     }
 }
 
+/// Who, as the CLI prints it: `role:name` (`-` for nobody).
+pub(crate) fn actor(a: Option<&quill_proto::v1::ActorView>) -> String {
+    a.map_or_else(|| "-".to_string(), |a| format!("{}:{}", a.role, a.name))
+}
+
 /// Left-aligned columns separated by two spaces; the first row is the header.
 pub fn render_table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);

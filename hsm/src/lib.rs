@@ -41,6 +41,7 @@ pub mod raw;
 #[cfg(feature = "tools")]
 pub mod tools;
 mod types;
+mod usage;
 
 pub use config::{PoolConfig, SlotConfig};
 pub use error::{HsmError, SlotRef, ck_text, ckr_name, is_device_rv, rv_name};
@@ -52,6 +53,7 @@ pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
 pub use quill_crypto::tr31;
+pub use usage::Usage;
 pub use types::{
     Capability, HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
 };

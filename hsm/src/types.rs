@@ -344,6 +344,11 @@ impl WrappedKey {
         tr31::parse_key_block_header(&self.blob).map_err(|e| format!("the key block at rest: {e}"))
     }
 
+    /// The block's header as written (`D0144E0TB00E0200KC...`): no key material, what an auditor reads.
+    pub fn header_text(&self) -> Option<String> {
+        tr31::key_block_header_text(&self.blob).ok().map(str::to_string)
+    }
+
     /// The TR-31 usage the block's header names.
     pub fn usage(&self) -> Option<KeyUsage> {
         self.header().ok().map(|h| h.key_usage)

@@ -12,6 +12,7 @@
 //! domain             what domains share: Ctx, Applied, the role check, field checks
 //! store, tls         RocksDB column families and codecs; mutual TLS, certificate identities, PKI
 //! identity           NodeId, Actor, Role, CertRef (a leaf)
+//!                    (identity and tls are the quill-trust crate, which the client shares)
 //! ```
 //!
 //! `jobs::intake` (check, chunk, seal a submitted file with a data key from this node's HSM) is the
@@ -21,7 +22,6 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod domain;
-pub mod identity;
 pub mod jobs;
 pub mod keys;
 pub mod network;
@@ -30,4 +30,8 @@ pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod tls;
+
+/// `NodeId`, `Role`, `Actor`, `CertRef`: the `quill-trust` crate's leaf, shared with the client.
+pub use quill_trust::identity;
+/// Mutual TLS, certificate identities and the PKI: the `quill-trust` crate, shared with the client.
+pub use quill_trust::tls;

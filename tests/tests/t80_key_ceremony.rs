@@ -180,7 +180,7 @@ async fn ceremony_inventory_tr31_and_audit_on_five_nodes() {
     cluster.restart(5).await;
     wait_until(Duration::from_secs(60), "the SMK formed on node 5 too", || async {
         let c = cluster.query(1, "ceremony", "smk-1").await?;
-        if c["state"] == "formed" && c["sealed"].as_object().map(|o| o.is_empty()).unwrap_or(false) {
+        if c["state"] == "formed" && c["sealed_for"].as_array().map(|o| o.is_empty()).unwrap_or(false) {
             Ok(())
         } else {
             Err(format!("state {} formed on {}", c["state"], c["formed_on"]))

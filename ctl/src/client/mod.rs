@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use quill_node::keys::model::Actor;
-use quill_node::tls::{Identity, Links, PkiDir, TlsFiles};
+use quill_trust::identity::Actor;
+use quill_trust::tls::{Identity, Links, PkiDir, TlsFiles};
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::{NodeStatus, StatusRequest};
 use tonic::transport::Channel;
@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use crate::exit_codes::CliError;
 
 mod session;
+mod views;
 pub(crate) use session::{CALL_TIMEOUT, Session, Who};
 
 /// How long one Status call may take before the node counts as unreachable.
@@ -128,7 +129,7 @@ impl Target {
             ))
             .into());
         };
-        let config = quill_node::tls::client_config(&files)
+        let config = quill_trust::tls::client_config(&files)
             .map_err(|e| CliError::Usage(format!("identity {}: {e}", dir.display())))?;
         Ok(Tls { config, actor, dir })
     }
@@ -189,7 +190,7 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
 
 /// A lazily connecting mutual-TLS channel to `endpoint` as `tls`; `timeout` bounds every call.
 pub fn channel(tls: &Tls, endpoint: &str, timeout: Duration) -> Result<Channel> {
-    quill_node::tls::channel(endpoint, tls.config.clone(), CONNECT_TIMEOUT, Some(timeout), None, links().clone())
+    quill_trust::tls::channel(endpoint, tls.config.clone(), CONNECT_TIMEOUT, Some(timeout), None, links().clone())
         .map_err(|e| anyhow!("{e}"))
 }
 

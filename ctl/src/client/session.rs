@@ -11,9 +11,8 @@ use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{
     AckRequest, CaImportRequest, Caller, CancelRequest, CeremonyStartRequest, CeremonySubmitRequest, Delivered,
-    IssuerCertImportRequest, QueryRequest, WriteResult,
+    IssuerCertImportRequest, WriteResult,
 };
-use serde_json::Value;
 
 use super::Target;
 use crate::client;
@@ -172,24 +171,6 @@ impl Session {
         &self.rt
     }
 
-    /// A JSON query of the replicated state, linearizable; rides out an election.
-    pub(crate) fn query(&self, what: &str, id: &str) -> Result<Value> {
-        let endpoints = self.endpoints.clone();
-        let json = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
-            let req = QueryRequest { what: what.into(), id: id.into(), linearizable: true, hops: 0 };
-            let c = self.keys(&ep);
-            async move {
-                let mut c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
-                c.query(req).await.map(|r| r.into_inner().json)
-            }
-        }))?;
-        serde_json::from_str(&json).context("the node answered a query with invalid JSON")
-    }
-
-    pub(crate) fn query_as<T: serde::de::DeserializeOwned>(&self, what: &str, id: &str) -> Result<T> {
-        serde_json::from_value(self.query(what, id)?).with_context(|| format!("unexpected {what} document"))
-    }
-
     /// Call the Keys service on the first endpoint that answers (HSM operations that carry
     /// their caller's serial, and reads), with the shared retry policy.
     pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
@@ -204,6 +185,24 @@ impl Session {
             async move {
                 let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
                 f(c).await
+            }
+        }))?;
+        Ok(r.into_inner())
+    }
+
+    /// Call the Jobs service like [`Session::call_keys`] (its queries).
+    pub(crate) fn call_jobs<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(JobsClient<client::Chan>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let endpoints = self.endpoints.clone();
+        let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
+            let c = self.chan(&ep, CALL_TIMEOUT);
+            let f = &f;
+            async move {
+                let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+                f(JobsClient::new(c).max_decoding_message_size(64 << 20)).await
             }
         }))?;
         Ok(r.into_inner())

@@ -254,7 +254,7 @@ pub(crate) fn setup(r: &mut Runner, nodes: u64) -> Result<()> {
     let session = crate::client::Session::new(&who)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let n = session.query("nodes", "").ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
+        let n = session.nodes().map(|n| n.len()).unwrap_or(0);
         if n as u64 >= nodes {
             tell!(r, "  {n} nodes up, each enrolled with its HSM transport key");
             break;

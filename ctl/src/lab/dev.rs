@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::client;
-use quill_node::tls::{Identity, PkiDir};
+use quill_trust::tls::{Identity, PkiDir};
 
 /// Where `dev up` puts the cluster unless told otherwise.
 pub const DEFAULT_DIR: &str = ".quill/dev";
@@ -205,7 +205,7 @@ pub fn up(args: &UpArgs, json: bool) -> Result<u8> {
         Ok(p) => p,
         Err(_) => PkiDir::init(&dir.join("pki")).context("creating the dev PKI")?,
     };
-    let admin = quill_node::identity::Actor::parse(DEV_ADMIN).map_err(|e| anyhow!(e))?;
+    let admin = quill_trust::identity::Actor::parse(DEV_ADMIN).map_err(|e| anyhow!(e))?;
     let admin_dir = client::dev_identity(&dir, &admin)?;
     let target = client::Target {
         endpoint: None,
@@ -495,15 +495,15 @@ fn init_sim_token(node_dir: &Path, i: u64) -> Result<HsmSection> {
 }
 
 /// `count` distinct free loopback ports, below the ephemeral range
-/// ([`quill_node::config::free_loopback_addrs`]).
+/// ([`quill_trust::loopback::free_loopback_addrs`]).
 fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
-    quill_node::config::free_loopback_addrs(count).context("pick free loopback ports")
+    quill_trust::loopback::free_loopback_addrs(count).context("pick free loopback ports")
 }
 
 /// Write a file the node's secrets may be in (its token PIN) readable by its owner only (0600 from
 /// creation), atomically.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    quill_node::tls::pki::write_file(path, data, 0o600).with_context(|| format!("cannot write {}", path.display()))
+    quill_trust::tls::pki::write_file(path, data, 0o600).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Start quilld for `n` in its own process group (so a Ctrl-C in this terminal leaves it running).

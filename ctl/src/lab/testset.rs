@@ -13,8 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use quill_node::keys::apply::issuers::IssuerKeyRecord;
-use quill_node::keys::model::{Ceremony, CeremonyState, KeyAlg, KeyRecord, NodeRecord, Usage};
+use quill_hsm::{KeyAlg, Usage};
 #[cfg(feature = "test-keys")]
 use quill_prep::testkeys::TestKeys;
 use quill_proto::v1::{CaImportRequest, CeremonyStartRequest, CeremonySubmitRequest, SealedCopy};
@@ -51,8 +50,8 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
     let mut alice = Session::new(&with_actor(&a.who, "custodian:TEST-alice"))?;
     let mut bob = Session::new(&with_actor(&a.who, "custodian:TEST-bob"))?;
     let set = TestKeys::builtin();
-    let held: Vec<KeyRecord> = admin.query_as("keys", "")?;
-    let nodes: Vec<NodeRecord> = admin.query_as("nodes", "")?;
+    let held = admin.keys_list()?;
+    let nodes = admin.nodes()?;
     if nodes.is_empty() {
         bail!("no node is enrolled yet");
     }
@@ -76,7 +75,7 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             exportable: false,
         };
         admin.ceremony_start(req).with_context(|| k.label.clone())?;
-        let c: Ceremony = admin.query_as("ceremony", &id)?;
+        let c = admin.ceremony(&id)?;
         for (s, comp, kcv) in
             [(&mut alice, &k.components[0], &k.component_kcvs[0]), (&mut bob, &k.components[1], &k.component_kcvs[1])]
         {
@@ -84,7 +83,8 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             let mut sealed = Vec::new();
             for nid in &c.recipients {
                 let n = nodes.iter().find(|n| n.id == *nid).ok_or_else(|| anyhow!("node {nid} is not enrolled"))?;
-                sealed.push(SealedCopy { node: *nid, sealed: n.transport.seal(&clear).map_err(|e| anyhow!("{e}"))? });
+                let transport = crate::ops::keys::transport_key(n)?;
+                sealed.push(SealedCopy { node: *nid, sealed: transport.seal(&clear).map_err(|e| anyhow!("{e}"))? });
             }
             s.ceremony_submit(CeremonySubmitRequest { caller: None, id: id.clone(), kcv: kcv.clone(), sealed })
                 .with_context(|| format!("{}: component", k.label))?;
@@ -95,31 +95,31 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
     let deadline = Instant::now() + Duration::from_secs(120);
     for (id, label, kcv) in &started {
         loop {
-            let c: Ceremony = admin.query_as("ceremony", id)?;
-            if c.state == CeremonyState::Formed {
-                let got = c.kcv.map(|k| k.0).unwrap_or_default();
+            let c = admin.ceremony(id)?;
+            if c.state == "formed" {
+                let got = c.kcv;
                 if &got != kcv {
                     bail!("{label}: formed with KCV {got}, the TEST set says {kcv}");
                 }
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{label}: ceremony {id} did not form within 120 s (state {:?})", c.state);
+                bail!("{label}: ceremony {id} did not form within 120 s (state {})", c.state);
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     // Issuers: the TEST CA, key pairs generated in an HSM, certified.
-    let issuers: Vec<IssuerKeyRecord> = admin.query_as("issuers", "")?;
+    let issuers = admin.issuer_keys()?;
     let mut rids = Vec::new();
     for i in &set.issuers {
         if !rids.contains(&i.rid) {
             rids.push(i.rid.clone());
         }
     }
-    let cas: serde_json::Value = admin.query("cas", "")?;
+    let cas = admin.ca_keys()?;
     for rid in &rids {
-        let already = cas.as_array().is_some_and(|a| a.iter().any(|c| c["rid"] == rid.as_str() && c["index"] == 0xFE));
+        let already = cas.iter().any(|c| c.rid == *rid && c.index == 0xFE);
         if already {
             continue;
         }
@@ -137,7 +137,7 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
     }
     let mut certified = 0;
     for i in &set.issuers {
-        if issuers.iter().any(|h| h.label == i.label && h.certificate.is_some()) {
+        if issuers.iter().any(|h| h.label == i.label && !h.certificate.is_empty()) {
             continue;
         }
         if !issuers.iter().any(|h| h.label == i.label) {

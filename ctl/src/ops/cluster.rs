@@ -314,12 +314,17 @@ pub struct NodesArgs {
 /// compare before they pin it), its HSM and whether it holds the SMK.
 pub fn nodes(a: &NodesArgs, json: bool) -> Result<u8> {
     let s = crate::client::Session::new(&a.who)?;
-    let nodes: Vec<quill_node::keys::model::NodeRecord> = s.query_as("nodes", "")?;
+    let nodes = s.nodes()?;
+    // The fingerprint is computed here from the transport key the cluster lists (what
+    // `ceremony submit` pins), not taken from the node's own claim.
+    let fingerprints: Vec<String> =
+        nodes.iter().map(|n| crate::ops::keys::transport_key(n).map(|t| t.fingerprint())).collect::<Result<_>>()?;
     if json {
         let list: Vec<Value> = nodes
             .iter()
-            .map(|n| {
-                json!({"id": n.id, "transport_fingerprint": n.fingerprint, "hsm": n.hsm, "smk": n.smk,
+            .zip(&fingerprints)
+            .map(|(n, fp)| {
+                json!({"id": n.id, "transport_fingerprint": fp, "hsm": n.hsm, "smk": n.smk,
                        "certificate_serial": n.cert.as_ref().map(|c| c.serial.clone())})
             })
             .collect();
@@ -332,11 +337,11 @@ pub fn nodes(a: &NodesArgs, json: bool) -> Result<u8> {
             "NODE CERTIFICATE".into(),
             "HSM".into(),
         ]];
-        for n in &nodes {
+        for (n, fp) in nodes.iter().zip(&fingerprints) {
             rows.push(vec![
                 n.id.to_string(),
-                n.fingerprint.clone(),
-                format!("{:?}", n.smk).to_lowercase(),
+                fp.clone(),
+                if n.smk == "mismatch" { format!("mismatch ({})", n.smk_mismatch_kcv) } else { n.smk.clone() },
                 n.cert.as_ref().map_or_else(|| "-".to_string(), |c| c.serial.clone()),
                 n.hsm.chars().take(60).collect(),
             ]);

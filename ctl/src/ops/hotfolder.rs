@@ -163,9 +163,9 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
         let mut waiting = false;
         for (digest, e) in st.files.clone() {
             let (Some(job), "submitted") = (e.job.clone(), e.status.as_str()) else { continue };
-            let j: serde_json::Value = s.query("job", &job)?;
-            match j["state"].as_str() {
-                Some("done") => {
+            let j = s.job(&job)?;
+            match j.state.as_str() {
+                "done" => {
                     let stem = e.file.clone();
                     let tmp = a.out.join(format!("{stem}.tmp"));
                     let fin = a.out.join(&stem);
@@ -189,12 +189,11 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
                     st.files.insert(digest, Entry { status: "delivered".into(), ..e });
                     save_state(&a.input, &st)?;
                 }
-                Some("cancelled") | Some("acked") => {
-                    st.files.insert(digest, Entry { status: j["state"].as_str().unwrap_or("").into(), ..e });
+                "cancelled" | "acked" | "expired" => {
+                    st.files.insert(digest, Entry { status: j.state.clone(), ..e });
                     save_state(&a.input, &st)?;
                 }
-                Some(_) => waiting = true,
-                None => return Err(anyhow!("job {job}: unexpected answer {j}")),
+                _ => waiting = true,
             }
         }
         if a.once && !waiting && !pending_files {

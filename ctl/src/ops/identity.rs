@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
-use quill_node::keys::model::Actor;
-use quill_node::tls::pki::Validity;
-use quill_node::tls::{Identity, PkiDir, TlsFiles};
+use quill_trust::identity::Actor;
+use quill_trust::tls::pki::Validity;
+use quill_trust::tls::{Identity, PkiDir, TlsFiles};
 use quill_proto::v1::RevokeCertRequest;
 use serde_json::{Value, json};
 
@@ -40,7 +40,7 @@ pub struct PkiIssueArgs {
     #[arg(long = "host")]
     hosts: Vec<String>,
     /// Validity in days.
-    #[arg(long, default_value_t = quill_node::tls::pki::LEAF_DAYS)]
+    #[arg(long, default_value_t = quill_trust::tls::pki::LEAF_DAYS)]
     days: i64,
     /// Where to write `cert.pem`, `key.pem` (0600), `ca.pem` (and `client-ca.pem` for a node).
     #[arg(long, value_name = "DIR")]
@@ -166,18 +166,13 @@ pub fn revoke(a: &RevokeArgs, json: bool) -> Result<u8> {
 /// `quill identity list`: the revoked certificates.
 pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let revoked = s.query("revoked", "")?;
+    let revoked = s.revoked()?;
     if json {
         println!("{}", json!({"revoked": revoked}));
     } else {
         let mut rows = vec![vec!["SERIAL".into(), "BY".into(), "REASON".into()]];
-        if let Value::Array(list) = &revoked {
-            for r in list {
-                let serial = r["serial"].as_str().unwrap_or("?").to_string();
-                let by =
-                    r["by"]["role"].as_str().unwrap_or("?").to_string() + ":" + r["by"]["name"].as_str().unwrap_or("?");
-                rows.push(vec![serial, by, r["reason"].as_str().unwrap_or("").to_string()]);
-            }
+        for r in &revoked {
+            rows.push(vec![r.serial.clone(), crate::output::actor(r.by.as_ref()), r.reason.clone()]);
         }
         print!("{}", render_table(&rows));
     }

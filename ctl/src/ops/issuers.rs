@@ -13,12 +13,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
-use quill_node::keys::apply::issuers::{CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
 use quill_prep::emv::cert::{self, CertExpiry, IssuerCertificateRequest, IssuerId, RsaPublicKey};
 use quill_prep::test_ca::TEST_CA_INDEX;
 #[cfg(feature = "test-keys")]
 use quill_prep::testkeys::TestCa;
-use quill_proto::v1::GenerateKeyRequest;
+use quill_proto::v1::{GenerateKeyRequest, IssuerKeyView};
 use quill_proto::v1::issuer_cert_import_request::Source;
 use quill_proto::v1::{CaImportRequest, CertFile, CertTags, IssuerCertImportRequest};
 use serde_json::json;
@@ -44,7 +43,7 @@ pub struct CaListArgs {
 /// `quill ca list`: the imported CA keys and the built-in scheme TEST keys.
 pub fn ca_list(a: &CaListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let cas: Vec<CaKeyRecord> = s.query_as("cas", "")?;
+    let cas = s.ca_keys()?;
     let builtin: Vec<_> = cert::SCHEME_TEST_CA_KEYS
         .iter()
         .map(|k| json!({"rid": hex::encode_upper(k.rid), "index": format!("{:02X}", k.index), "checksum": k.checksum}))
@@ -69,7 +68,7 @@ pub fn ca_list(a: &CaListArgs, json: bool) -> Result<u8> {
             format!("{:02X}", c.index),
             (c.modulus.len() * 4).to_string(),
             c.checksum.clone(),
-            format!("imported by {}", c.imported_by),
+            format!("imported by {}", crate::output::actor(c.imported_by.as_ref())),
         ]);
     }
     print!("{}", crate::output::render_table(&rows));
@@ -147,7 +146,7 @@ pub struct IssuerGenerateArgs {
 }
 
 /// Generate an issuer key pair in a node's HSM; its record.
-pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) -> Result<IssuerKeyRecord> {
+pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) -> Result<IssuerKeyView> {
     let req = GenerateKeyRequest {
         caller: Some(s.caller()),
         label: label.to_string(),
@@ -162,24 +161,32 @@ pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) 
         let req = req.clone();
         async move { c.generate(req).await }
     })?;
-    serde_json::from_str(&r.json).context("invalid JSON from the node")
+    r.issuer_key.ok_or_else(|| anyhow!("the node answered without the issuer key it generated"))
+}
+
+/// An issuer key pair's public key (modulus, exponent), as the cluster lists it.
+pub(crate) fn issuer_public(k: &IssuerKeyView) -> Result<(Vec<u8>, Vec<u8>)> {
+    let p = k.public.as_ref().ok_or_else(|| anyhow!("issuer key {} is listed without its public key", k.label))?;
+    let bytes = |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow!("issuer key {}: {what} is not hex", k.label));
+    Ok((bytes("modulus", &p.modulus)?, bytes("exponent", &p.exponent)?))
 }
 
 /// `quill issuer generate`.
 pub fn issuer_generate(a: &IssuerGenerateArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
     let rec = generate_request(&mut s, &a.label, a.bits, a.exponent)?;
+    let (modulus, exponent) = issuer_public(&rec)?;
     print(
         json,
         json!({"label": rec.label, "bits": rec.bits, "fingerprint": rec.fingerprint,
-               "modulus": hex::encode_upper(&rec.key.public.modulus), "exponent": hex::encode_upper(&rec.key.public.exponent)}),
+               "modulus": hex::encode_upper(&modulus), "exponent": hex::encode_upper(&exponent)}),
         format!(
             "issuer key {} generated: RSA-{} e={}, public key {}\nmodulus {}\n(send the public key to the scheme CA; import the certificate with `quill issuer import`)",
             rec.label,
             rec.bits,
-            hex::encode_upper(&rec.key.public.exponent),
+            hex::encode_upper(&exponent),
             rec.fingerprint,
-            hex::encode_upper(&rec.key.public.modulus)
+            hex::encode_upper(&modulus)
         ),
     );
     Ok(crate::exit_codes::OK)
@@ -248,8 +255,8 @@ pub fn certify_test(_: &mut Session, _: &str, _: &str, _: &str, _: &str) -> Resu
 #[cfg(feature = "test-keys")]
 pub fn certify_test(s: &mut Session, label: &str, issuer_id: &str, rid: &str, expiry: &str) -> Result<String> {
     let rid = rid_bytes(rid)?;
-    let rec: IssuerKeyRecord = s.query_as("issuer", label)?;
-    let public = RsaPublicKey::new(&rec.key.public.modulus, &rec.key.public.exponent).map_err(|e| anyhow!("{e}"))?;
+    let (modulus, exponent) = issuer_public(&s.issuer_key(label)?)?;
+    let public = RsaPublicKey::new(&modulus, &exponent).map_err(|e| anyhow!("{e}"))?;
     let mmyy = hex::decode(expiry).ok().and_then(|v| <[u8; 2]>::try_from(v).ok());
     let expiry = mmyy.and_then(CertExpiry::from_mmyy).ok_or_else(|| anyhow!("--expiry: {expiry:?} is not MMYY"))?;
     let issuer_id =
@@ -293,14 +300,15 @@ pub struct IssuerListArgs {
 /// `quill issuer list`: issuer key pairs and imported certificates.
 pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let keys: Vec<IssuerKeyRecord> = s.query_as("issuers", "")?;
-    let certs: Vec<IssuerCertRecord> = s.query_as("issuer-certs", "")?;
+    let keys = s.issuer_keys()?;
+    let certs = s.issuer_certs()?;
     if json {
         let keys: Vec<_> = keys
             .iter()
             .map(|k| {
-                json!({"label": k.label, "bits": k.bits, "fingerprint": k.fingerprint, "certificate": k.certificate,
-                            "created_by": k.created_by.to_string()})
+                json!({"label": k.label, "bits": k.bits, "fingerprint": k.fingerprint,
+                       "certificate": (!k.certificate.is_empty()).then_some(&k.certificate),
+                       "created_by": crate::output::actor(k.created_by.as_ref())})
             })
             .collect();
         println!("{}", json!({"issuer_keys": keys, "certificates": certs}));
@@ -311,8 +319,8 @@ pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
         rows.push(vec![
             k.label.clone(),
             k.bits.to_string(),
-            k.fingerprint[..16].to_string(),
-            k.certificate.clone().unwrap_or_else(|| "-".into()),
+            k.fingerprint.get(..16).unwrap_or(&k.fingerprint).to_string(),
+            if k.certificate.is_empty() { "-".into() } else { k.certificate.clone() },
         ]);
     }
     print!("{}", crate::output::render_table(&rows));
@@ -325,8 +333,8 @@ pub fn issuer_list(a: &IssuerListArgs, json: bool) -> Result<u8> {
             c.issuer_id.clone(),
             c.expiry.clone(),
             c.layout.clone(),
-            c.key_fingerprint[..16].to_string(),
-            c.key.clone().unwrap_or_else(|| "-".into()),
+            c.key_fingerprint.get(..16).unwrap_or(&c.key_fingerprint).to_string(),
+            if c.key.is_empty() { "-".into() } else { c.key.clone() },
         ]);
     }
     print!("{}", crate::output::render_table(&rows));

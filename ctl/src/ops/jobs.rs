@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use quill_node::jobs::{ChunkRecord, JobRecord, JobState};
+use quill_proto::v1::{ChunkView, JobView};
 use quill_prep::engine::output::{self, Stream};
 use quill_prep::profile::Profile;
 use quill_proto::v1::jobs_client::JobsClient;
@@ -141,9 +141,9 @@ pub struct ListArgs {
     who: Who,
 }
 
-fn progress(j: &JobRecord, chunks: &[ChunkRecord]) -> (String, serde_json::Value) {
+fn progress(j: &JobView, chunks: &[ChunkView]) -> (String, serde_json::Value) {
     let mut per_node: std::collections::BTreeMap<u64, (u32, u64)> = Default::default();
-    for c in chunks.iter().filter(|c| c.state == quill_node::jobs::ChunkState::Done) {
+    for c in chunks.iter().filter(|c| c.state == "done") {
         let e = per_node.entry(c.node.unwrap_or_default()).or_default();
         e.0 += 1;
         e.1 += u64::from(c.prepared);
@@ -153,13 +153,13 @@ fn progress(j: &JobRecord, chunks: &[ChunkRecord]) -> (String, serde_json::Value
     let rate = j.cards_done as f64 * 1000.0 / elapsed as f64;
     let left = j.records.saturating_sub(j.cards_done + j.failures.len() as u64);
     let eta =
-        if rate > 0.0 && j.state == JobState::Running { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
+        if rate > 0.0 && j.state == "running" { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
     let nodes: Vec<String> =
         per_node.iter().map(|(n, (c, k))| format!("node {n}: {c} chunk(s), {k} card(s)")).collect();
     let text = format!(
         "job {} [{}] {}: {}/{} cards, {}/{} chunks, {} failed, {:.1} cards/s, ETA {}\n  {}",
         j.id,
-        j.state.as_str(),
+        j.state,
         j.product,
         j.cards_done,
         j.records,
@@ -170,10 +170,10 @@ fn progress(j: &JobRecord, chunks: &[ChunkRecord]) -> (String, serde_json::Value
         eta,
         nodes.join("; ")
     );
-    let doc = json!({"id": j.id, "state": j.state.as_str(), "product": j.product, "file": j.file, "records": j.records,
+    let doc = json!({"id": j.id, "state": j.state, "product": j.product, "file": j.file, "records": j.records,
         "cards_done": j.cards_done, "chunks": j.chunks, "chunks_done": j.chunks_done, "failures": j.failures,
         "skipped": j.skipped, "cards_per_s": rate, "per_node": per_node.iter().map(|(n, (c, k))| json!({"node": n, "chunks": c, "cards": k})).collect::<Vec<_>>(),
-        "chunk_nodes": chunks.iter().map(|c| json!({"chunk": c.n, "state": format!("{:?}", c.state).to_lowercase(), "node": c.node, "claims": c.claims})).collect::<Vec<_>>()});
+        "chunk_nodes": chunks.iter().map(|c| json!({"chunk": c.n, "state": c.state, "node": c.node, "claims": c.claims})).collect::<Vec<_>>()});
     (text, doc)
 }
 
@@ -184,9 +184,9 @@ fn now_ms() -> u64 {
 /// `quill job list`.
 pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let jobs: Vec<JobRecord> = s.query_as("jobs", "")?;
+    let jobs = s.jobs()?;
     if json {
-        let v: Vec<_> = jobs.iter().map(|j| json!({"id": j.id, "state": j.state.as_str(), "product": j.product, "records": j.records, "cards_done": j.cards_done, "file": j.file})).collect();
+        let v: Vec<_> = jobs.iter().map(|j| json!({"id": j.id, "state": j.state, "product": j.product, "records": j.records, "cards_done": j.cards_done, "file": j.file})).collect();
         println!("{}", serde_json::Value::Array(v));
         return Ok(crate::exit_codes::OK);
     }
@@ -194,7 +194,7 @@ pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
     for j in &jobs {
         rows.push(vec![
             j.id.clone(),
-            j.state.as_str().into(),
+            j.state.clone(),
             j.product.clone(),
             j.file.clone(),
             j.records.to_string(),
@@ -206,8 +206,8 @@ pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
     Ok(crate::exit_codes::OK)
 }
 
-fn load(s: &Session, id: &str) -> Result<(JobRecord, Vec<ChunkRecord>)> {
-    Ok((s.query_as("job", id)?, s.query_as("chunks", id)?))
+fn load(s: &Session, id: &str) -> Result<(JobView, Vec<ChunkView>)> {
+    Ok((s.job(id)?, s.chunks(id)?))
 }
 
 /// `quill job status`.
@@ -277,7 +277,7 @@ pub fn watch(a: &JobArgs, json: bool) -> Result<u8> {
                 b.set_message(first);
             }
         }
-        if j.state != JobState::Running && j.state != JobState::Uploading {
+        if j.state != "running" && j.state != "uploading" {
             if let Some(b) = bar.take() {
                 b.finish();
             }
@@ -346,7 +346,7 @@ pub fn fetch_to(s: &Session, job: &str, dir: &Path) -> Result<Vec<(String, Strin
         let path = dir.join(stream.file_name());
         let tmp = path.with_extension("jsonl.part");
         // Card data: readable by the operator only (0600 from creation).
-        quill_node::tls::pki::write_file(&tmp, &bytes, 0o600)
+        quill_trust::tls::pki::write_file(&tmp, &bytes, 0o600)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         out.push((name, hex::encode_upper(Sha256::digest(&bytes)), checked.records.len()));

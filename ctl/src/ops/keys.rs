@@ -13,11 +13,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use quill_node::keys::model::{Ceremony, CeremonyTarget, Kcv, KeyAlg, KeyRecord, KeyState, NodeRecord, Usage};
+use quill_hsm::{Kcv, KeyAlg, RsaPublic, Usage};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::{
     ApprovalAskRequest, ApprovalDecideRequest, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
-    ExportAction, ExportTr31Request, GenerateKeyRequest, ImportTr31Request, KeyStateRequest, SealedCopy,
+    CeremonyView, ExportAction, ExportTr31Request, GenerateKeyRequest, ImportTr31Request, KeyStateRequest, NodeView,
+    SealedCopy,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -128,7 +129,40 @@ struct Pins {
 
 /// Check every recipient's transport key against the pins: a changed key is refused (exit 3), a
 /// new one is pinned after the custodian agrees (a terminal prompt, or `--pin-new`).
-fn check_pins(dir: &std::path::Path, recipients: &[&NodeRecord], pin_new: bool) -> Result<()> {
+/// `quill ceremony submit`.
+#[derive(clap::Args, Debug)]
+pub struct CeremonySubmitArgs {
+    /// Ceremony id.
+    #[arg(long)]
+    id: String,
+    /// The component, hex (environment QUILL_COMPONENT keeps it out of the shell history).
+    #[arg(long, env = "QUILL_COMPONENT", hide_env_values = true, conflicts_with = "generate")]
+    component: Option<String>,
+    /// Generate a random component here and show it once (write it down: it is not kept).
+    #[arg(long)]
+    generate: bool,
+    /// Refuse to submit unless the component's KCV is this (catches a mistyped component).
+    #[arg(long, value_name = "KCV")]
+    expect_kcv: Option<String>,
+    /// Trust (and pin) the transport keys of recipient nodes seen for the first time, without
+    /// asking. Compare their fingerprints (`quill cluster nodes`) over a channel you trust first.
+    /// A pinned key that changed is refused whatever this says.
+    #[arg(long, env = "QUILL_PIN_NEW")]
+    pin_new: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// The transport-key fingerprints a custodian has pinned, per node (`pins.json` in the identity
+/// directory): a component is sealed only to a node whose key is pinned and unchanged.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Pins {
+    nodes: std::collections::BTreeMap<u64, String>,
+}
+
+/// Check every recipient's transport key against the pins: a changed key is refused (exit 3), a
+/// new one is pinned after the custodian agrees (a terminal prompt, or `--pin-new`).
+fn check_pins(dir: &std::path::Path, recipients: &[(u64, RsaPublic)], pin_new: bool) -> Result<()> {
     use std::io::IsTerminal as _;
     let path = dir.join("pins.json");
     let mut pins: Pins = match std::fs::read_to_string(&path) {
@@ -137,9 +171,9 @@ fn check_pins(dir: &std::path::Path, recipients: &[&NodeRecord], pin_new: bool) 
         Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
     };
     let mut changed = false;
-    for n in recipients {
-        let fp = n.transport.fingerprint();
-        match pins.nodes.get(&n.id) {
+    for (id, transport) in recipients {
+        let fp = transport.fingerprint();
+        match pins.nodes.get(id) {
             Some(p) if *p == fp => {}
             Some(p) => {
                 return Err(CliError::CheckFailed(format!(
@@ -176,16 +210,32 @@ fn check_pins(dir: &std::path::Path, recipients: &[&NodeRecord], pin_new: bool) 
     }
     if changed {
         let text = serde_json::to_string_pretty(&pins).context("encode pins")?;
-        quill_node::tls::pki::write_file(&path, text.as_bytes(), 0o600)?;
+        quill_trust::tls::pki::write_file(&path, text.as_bytes(), 0o600)?;
     }
     Ok(())
+}
+
+/// The algorithm a ceremony's components have (the SMK is AES-256).
+fn ceremony_alg(c: &CeremonyView) -> Result<KeyAlg> {
+    match &c.target {
+        Some(t) if !t.smk => t.alg.parse::<KeyAlg>().map_err(|e| anyhow!("ceremony {}: {e}", c.id)),
+        _ => Ok(KeyAlg::Aes256),
+    }
+}
+
+/// A node's HSM transport key, as the cluster lists it (the custodian pins its fingerprint,
+/// computed here).
+pub(crate) fn transport_key(n: &NodeView) -> Result<RsaPublic> {
+    let t = n.transport.as_ref().ok_or_else(|| anyhow!("node {} is listed without its transport key", n.id))?;
+    let bytes = |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow!("node {}: transport key {what} is not hex", n.id));
+    Ok(RsaPublic::new(&bytes("modulus", &t.modulus)?, &bytes("exponent", &t.exponent)?))
 }
 
 /// `quill ceremony submit`.
 pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let c: Ceremony = s.query_as("ceremony", &a.id)?;
-    let alg = c.target.alg();
+    let c = s.ceremony(&a.id)?;
+    let alg = ceremony_alg(&c)?;
     let component: Zeroizing<Vec<u8>> = match (&a.component, a.generate) {
         (Some(hexs), false) => {
             let bytes = Zeroizing::new(
@@ -222,22 +272,23 @@ pub fn ceremony_submit(a: &CeremonySubmitArgs, json: bool) -> Result<u8> {
     {
         bail!("the component's KCV is {kcv}, not {want}: check the component (nothing was submitted)");
     }
-    let nodes: Vec<NodeRecord> = s.query_as("nodes", "")?;
-    let recipients: Vec<&NodeRecord> = c
+    let nodes = s.nodes()?;
+    let recipients: Vec<(u64, RsaPublic)> = c
         .recipients
         .iter()
         .map(|id| {
-            nodes
+            let node = nodes
                 .iter()
                 .find(|n| n.id == *id)
-                .ok_or_else(|| anyhow!("recipient node {id} of ceremony {} is not enrolled", c.id))
+                .ok_or_else(|| anyhow!("recipient node {id} of ceremony {} is not enrolled", c.id))?;
+            Ok((*id, transport_key(node)?))
         })
         .collect::<Result<_>>()?;
     check_pins(&s.tls().dir, &recipients, a.pin_new)?;
     let mut sealed = Vec::new();
-    for node in recipients {
-        let ct = node.transport.seal(&component).map_err(|e| anyhow!("sealing to node {}: {e}", node.id))?;
-        sealed.push(SealedCopy { node: node.id, sealed: ct });
+    for (node, transport) in &recipients {
+        let ct = transport.seal(&component).map_err(|e| anyhow!("sealing to node {node}: {e}"))?;
+        sealed.push(SealedCopy { node: *node, sealed: ct });
     }
     let req = CeremonySubmitRequest { caller: None, id: a.id.clone(), kcv: kcv.0.clone(), sealed };
     let detail = s.ceremony_submit(req)?;
@@ -263,9 +314,9 @@ pub struct CeremonyIdArgs {
 /// `quill ceremony status`.
 pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let list: Vec<Ceremony> = match &a.id {
-        Some(id) => vec![s.query_as("ceremony", id)?],
-        None => s.query_as("ceremonies", "")?,
+    let list: Vec<CeremonyView> = match &a.id {
+        Some(id) => vec![s.ceremony(id)?],
+        None => s.ceremonies()?,
     };
     if json {
         println!("{}", serde_json::to_value(&list)?);
@@ -276,16 +327,16 @@ pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
     }
     for c in &list {
         let what = match &c.target {
-            CeremonyTarget::Smk => "SMK".to_string(),
-            CeremonyTarget::Key { label, usage, alg, .. } => format!("key {label} ({usage} {alg})"),
+            Some(t) if !t.smk => format!("key {} ({} {})", t.label, t.usage, t.alg),
+            _ => "SMK".to_string(),
         };
         println!(
-            "ceremony {}: {what}, {:?}, {}/{} components, started by {}",
+            "ceremony {}: {what}, {}, {}/{} components, started by {}",
             c.id,
             c.state,
             c.submissions.len(),
             c.components,
-            c.started_by
+            crate::output::actor(c.started_by.as_ref())
         );
         for (i, sub) in c.submissions.iter().enumerate() {
             println!("  component {}: custodian {} KCV {}", i + 1, sub.custodian, sub.kcv);
@@ -294,7 +345,7 @@ pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
             "  recipients {:?}, formed on {:?}, KCV {}",
             c.recipients,
             c.formed_on,
-            c.kcv.as_ref().map_or("-", |k| &k.0)
+            if c.kcv.is_empty() { "-" } else { &c.kcv }
         );
     }
     Ok(crate::exit_codes::OK)
@@ -335,7 +386,7 @@ pub struct KeyListArgs {
 /// `quill key list`.
 pub fn key_list(a: &KeyListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let keys: Vec<KeyRecord> = s.query_as("keys", "")?;
+    let keys = s.keys_list()?;
     if json {
         println!("{}", serde_json::to_value(&keys)?);
         return Ok(crate::exit_codes::OK);
@@ -344,12 +395,12 @@ pub fn key_list(a: &KeyListArgs, json: bool) -> Result<u8> {
     for k in &keys {
         rows.push(vec![
             k.id.clone(),
-            k.usage.to_string(),
-            k.alg.to_string(),
-            k.kcv.to_string(),
-            k.state.as_str().into(),
+            k.usage.clone(),
+            k.alg.clone(),
+            k.kcv.clone(),
+            k.state.clone(),
             k.exportable.to_string(),
-            k.created_by.to_string(),
+            crate::output::actor(k.created_by.as_ref()),
         ]);
     }
     print!("{}", crate::output::render_table(&rows));
@@ -368,9 +419,9 @@ pub struct KeyIdArgs {
 /// `quill key show`.
 pub fn key_show(a: &KeyIdArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let k = s.query("key", &a.id)?;
+    let k = s.key(&a.id)?;
     if json {
-        println!("{k}");
+        println!("{}", serde_json::to_value(&k)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&k)?);
     }
@@ -378,13 +429,13 @@ pub fn key_show(a: &KeyIdArgs, json: bool) -> Result<u8> {
 }
 
 /// `quill key activate|suspend|retire|compromised`.
-pub fn key_set_state(a: &KeyIdArgs, state: KeyState, json: bool) -> Result<u8> {
+pub fn key_set_state(a: &KeyIdArgs, state: &str, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
     let detail = s.keys_write(|mut c, caller| {
-        let req = KeyStateRequest { caller: Some(caller), key: a.id.clone(), state: state.as_str().into() };
+        let req = KeyStateRequest { caller: Some(caller), key: a.id.clone(), state: state.into() };
         async move { c.set_key_state(req).await }
     })?;
-    print(json, json!({"result": state.as_str(), "key": a.id, "detail": detail}), format!("key {}: {detail}", a.id));
+    print(json, json!({"result": state, "key": a.id, "detail": detail}), format!("key {}: {detail}", a.id));
     Ok(crate::exit_codes::OK)
 }
 
@@ -465,22 +516,15 @@ pub fn key_generate(a: &KeyGenerateArgs, json: bool) -> Result<u8> {
         let req = req.clone();
         async move { c.generate(req).await }
     })?;
-    print_key_response(&r.json, json)
+    print_key_response(&r, json)
 }
 
-fn print_key_response(doc: &str, json: bool) -> Result<u8> {
-    let v: Value = serde_json::from_str(doc).context("invalid JSON from the node")?;
+fn print_key_response(r: &quill_proto::v1::KeyResponse, json: bool) -> Result<u8> {
+    let k = r.key.as_ref().ok_or_else(|| anyhow!("the node answered without the key it created"))?;
     if json {
-        println!("{v}");
+        println!("{}", serde_json::to_value(k)?);
     } else {
-        println!(
-            "key {} created: {} {} KCV {} ({})",
-            v["id"].as_str().unwrap_or("?"),
-            v["usage"].as_str().unwrap_or("?"),
-            v["alg"].as_str().unwrap_or("?"),
-            v["kcv"].as_str().unwrap_or("?"),
-            v["state"].as_str().unwrap_or("?")
-        );
+        println!("key {} created: {} {} KCV {} ({})", k.id, k.usage, k.alg, k.kcv, k.state);
     }
     Ok(crate::exit_codes::OK)
 }
@@ -522,7 +566,7 @@ pub fn key_import(a: &KeyImportArgs, json: bool) -> Result<u8> {
         let req = req.clone();
         async move { c.import_tr31(req).await }
     })?;
-    print_key_response(&r.json, json)
+    print_key_response(&r, json)
 }
 
 /// `quill key export`.
@@ -586,24 +630,22 @@ pub struct ApproveListArgs {
 /// `quill approve list`.
 pub fn approve_list(a: &ApproveListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let list = s.query("approvals", "")?;
+    let items = s.approvals()?;
     if json {
-        println!("{list}");
+        println!("{}", serde_json::to_value(&items)?);
         return Ok(crate::exit_codes::OK);
     }
-    let empty = Vec::new();
-    let items = list.as_array().unwrap_or(&empty);
     if items.is_empty() {
         println!("no approvals");
     }
-    for ap in items {
+    for ap in &items {
         println!(
-            "{} {} requested by {} granted by {} {}",
-            ap["id"].as_str().unwrap_or("?"),
-            ap["state"],
-            ap["requested_by"]["name"].as_str().unwrap_or("?"),
-            ap["granted_by"],
-            ap["action"]
+            "{} {} requested by {} granted by [{}]: {}",
+            ap.id,
+            ap.state,
+            crate::output::actor(ap.requested_by.as_ref()),
+            ap.granted_by.join(", "),
+            ap.action.as_ref().map_or("?", |a| a.text.as_str())
         );
     }
     Ok(crate::exit_codes::OK)

@@ -12,12 +12,13 @@ use quill_prep::engine::KeyRef;
 use quill_prep::engine::output::{FORMAT, Header, OutputError, Stream, VERSION};
 use quill_proto::v1::jobs_server::{self, JobsServer};
 use quill_proto::v1::{
+    GetJobRequest, GetJobResponse, ListChunksRequest, ListChunksResponse, ListJobsRequest, ListJobsResponse,
     AckRequest, CancelRequest, FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse,
     WriteResult,
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{ApiError, ClusterService};
+use super::{ApiError, ClusterService, views};
 use crate::identity::Principal;
 use crate::jobs::intake::{self, IntakeError, output_aad};
 use crate::jobs::{self, JobCommand, JobRecord, JobState, OUTPUT, chunk_key};
@@ -388,6 +389,35 @@ impl JobsService {
 
 #[tonic::async_trait]
 impl jobs_server::Jobs for JobsService {
+    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (jobs, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Jobs.ListJobs", req.linearizable, views::read_jobs).await?;
+        Ok(Response::new(ListJobsResponse { jobs, applied_index }))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let id = req.id.clone();
+        let (job, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Jobs.GetJob", req.linearizable, move |kv| {
+                views::read_job(kv, &id)
+            })
+            .await?;
+        Ok(Response::new(GetJobResponse { job: Some(views::found(job, "job", &req.id)?), applied_index }))
+    }
+
+    async fn list_chunks(&self, request: Request<ListChunksRequest>) -> Result<Response<ListChunksResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let id = req.id.clone();
+        let (chunks, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Jobs.ListChunks", req.linearizable, move |kv| {
+                views::read_chunks(kv, &id)
+            })
+            .await?;
+        Ok(Response::new(ListChunksResponse { chunks, applied_index }))
+    }
+
     async fn submit(&self, request: Request<Streaming<SubmitPart>>) -> Result<Response<SubmitResponse>, Status> {
         let (who, parts) = super::principal(request)?;
         Ok(Response::new(self.submit(who, parts).await?))

@@ -12,12 +12,18 @@ use quill_proto::v1::{
     ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
     AuditVerifyResponse, CaImportRequest, Caller, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
     ExportTr31Request, ExportTr31Response, GenerateKeyRequest, ImportTr31Request, IssuerCertImportRequest, KeyResponse,
-    KeyStateRequest, QueryRequest, QueryResponse, RevokeCertRequest, WriteResult,
+    GetApprovalRequest, GetApprovalResponse, GetAuditKeysRequest, GetAuditKeysResponse, GetCeremonyRequest,
+    GetCeremonyResponse, GetIssuerKeyRequest, GetIssuerKeyResponse, GetKeyRequest, GetKeyResponse, GetSmkRequest,
+    GetSmkResponse, KeyStateRequest, ListApprovalsRequest, ListApprovalsResponse, ListCaKeysRequest,
+    ListCaKeysResponse, ListCeremoniesRequest, ListCeremoniesResponse, ListIssuerCertsRequest,
+    ListIssuerCertsResponse, ListIssuerKeysRequest, ListIssuerKeysResponse, ListKeysRequest, ListKeysResponse,
+    ListNodesRequest, ListNodesResponse, ListRevokedCertsRequest, ListRevokedCertsResponse, QueryRequest,
+    QueryResponse, RevokeCertRequest, WriteResult,
 };
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::{ApiError, ClusterService};
+use super::{ApiError, ClusterService, views};
 use crate::audit;
 use crate::identity::Principal;
 use crate::keys::KeyCommand;
@@ -66,51 +72,16 @@ impl KeysService {
         self.sm.read(f).await.map_err(|e| ApiError::Internal(e.to_string()))
     }
 
+    /// The superseded `Keys.Query`: the JSON of the views the typed queries answer.
     async fn query(&self, req: QueryRequest) -> ApiResult<QueryResponse> {
         if req.linearizable {
             self.cluster.linearize().await?;
         }
-        let id = req.id.clone();
-        let what = req.what.clone();
-        let json: Value = self
-            .state(move |kv| {
-                let to = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
-                Ok(match what.as_str() {
-                    "smk" => to(serde_json::to_value(read::<SmkInfo>(kv, key::SMK)?)),
-                    "nodes" => to(serde_json::to_value(scan::<NodeRecord>(kv, key::NODE)?)),
-                    "ceremonies" => to(serde_json::to_value(scan::<Ceremony>(kv, key::CEREMONY)?)),
-                    "keys" => to(serde_json::to_value(scan::<KeyRecord>(kv, key::KEY)?)),
-                    "approvals" => to(serde_json::to_value(scan::<Approval>(kv, key::APPROVAL)?)),
-                    "ceremony" => to(serde_json::to_value(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?)),
-                    "key" => to(serde_json::to_value(read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))?)),
-                    "approval" => to(serde_json::to_value(read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))?)),
-                    "cas" => to(serde_json::to_value(scan::<CaKeyRecord>(kv, issuers::CA)?)),
-                    "revoked" => to(serde_json::to_value(crate::keys::apply::revocations(kv)?)),
-                    "issuers" => to(serde_json::to_value(scan::<IssuerKeyRecord>(kv, issuers::ISSUER)?)),
-                    "issuer" => {
-                        to(serde_json::to_value(read::<IssuerKeyRecord>(kv, &format!("{}{id}", issuers::ISSUER))?))
-                    }
-                    "issuer-certs" => to(serde_json::to_value(scan::<IssuerCertRecord>(kv, issuers::ISSUER_CERT)?)),
-                    // Job records without the profile text and the wrapped data key.
-                    "jobs" => to(serde_json::to_value(
-                        crate::jobs::jobs(kv)?.into_iter().map(crate::jobs::JobRecord::public).collect::<Vec<_>>(),
-                    )),
-                    "job" => to(serde_json::to_value(crate::jobs::job(kv, &id)?.map(crate::jobs::JobRecord::public))),
-                    "chunks" => to(serde_json::to_value(crate::jobs::chunks(kv, &id)?)),
-                    "audit-keys" => to(serde_json::to_value(
-                        read::<AuditKeys>(kv, key::AUDIT_KEYS)?
-                            .map(|k| serde_json::json!({"mac_kcv": k.mac.kcv, "enc_kcv": k.enc.kcv, "node": k.node})),
-                    )),
-                    _ => Value::String("\u{0}unknown".into()),
-                })
-            })
-            .await?;
-        if json == Value::String("\u{0}unknown".into()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown query {:?} (smk, nodes, ceremonies, ceremony, keys, key, approvals, approval, cas, issuers, issuer, issuer-certs, jobs, job, chunks, audit-keys)",
-                req.what
-            )));
-        }
+        let (what, id) = (req.what.clone(), req.id.clone());
+        let json = self.state(move |kv| views::query_json(kv, &what, &id)).await?;
+        let Some(json) = json else {
+            return Err(ApiError::BadRequest(format!("unknown query {:?} ({})", req.what, views::QUERIES)));
+        };
         if json.is_null() && matches!(req.what.as_str(), "ceremony" | "key" | "approval" | "issuer" | "job") {
             return Err(ApiError::NotFound(format!("no {} {:?}", req.what, req.id)));
         }
@@ -129,12 +100,12 @@ impl KeysService {
         };
         self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
         let id = object.trim_start_matches("key:").to_string();
-        let rec = self
-            .state(move |kv| read::<KeyRecord>(kv, &format!("{}{id}", key::KEY)))
+        let view = self
+            .state(move |kv| views::read_key(kv, &id))
             .await?
             .ok_or_else(|| ApiError::Internal(format!("{object} is not in the state after it was created")))?;
-        let json = serde_json::to_string(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(KeyResponse { json, log_index: resp.log_index })
+        let json = serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(KeyResponse { json, log_index: resp.log_index, key: Some(view), issuer_key: None })
     }
 
     async fn smk_ready(&self) -> ApiResult<()> {
@@ -220,12 +191,12 @@ impl KeysService {
             return Err(ApiError::Precondition(reason));
         }
         self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
-        let rec = self
-            .state(move |kv| read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER)))
+        let view = self
+            .state(move |kv| views::read_issuer_key(kv, &label))
             .await?
             .ok_or_else(|| ApiError::Internal("the issuer key is not in the state after it was created".into()))?;
-        let json = serde_json::to_string(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(KeyResponse { json, log_index: resp.log_index })
+        let json = serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(KeyResponse { json, log_index: resp.log_index, key: None, issuer_key: Some(view) })
     }
 
     async fn import_tr31(&self, who: Principal, req: ImportTr31Request) -> ApiResult<KeyResponse> {
@@ -500,6 +471,165 @@ impl keys_server::Keys for KeysService {
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &super::STAFF, "Keys.Query").await?;
         Ok(Response::new(self.query(req).await?))
+    }
+
+    async fn get_smk(&self, request: Request<GetSmkRequest>) -> Result<Response<GetSmkResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (smk, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetSmk", req.linearizable, views::read_smk).await?;
+        let smk = smk.ok_or_else(|| ApiError::NotFound("no SMK yet: the SMK ceremony has not formed one".into()))?;
+        Ok(Response::new(GetSmkResponse { smk: Some(smk), applied_index }))
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (nodes, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListNodes", req.linearizable, views::read_nodes).await?;
+        Ok(Response::new(ListNodesResponse { nodes, applied_index }))
+    }
+
+    async fn list_ceremonies(
+        &self,
+        request: Request<ListCeremoniesRequest>,
+    ) -> Result<Response<ListCeremoniesResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (ceremonies, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCeremonies", req.linearizable, views::read_ceremonies)
+                .await?;
+        Ok(Response::new(ListCeremoniesResponse { ceremonies, applied_index }))
+    }
+
+    async fn get_ceremony(&self, request: Request<GetCeremonyRequest>) -> Result<Response<GetCeremonyResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let id = req.id.clone();
+        let (c, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetCeremony", req.linearizable, move |kv| {
+                views::read_ceremony(kv, &id)
+            })
+            .await?;
+        Ok(Response::new(GetCeremonyResponse {
+            ceremony: Some(views::found(c, "ceremony", &req.id)?),
+            applied_index,
+        }))
+    }
+
+    async fn list_keys(&self, request: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (keys, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListKeys", req.linearizable, views::read_keys).await?;
+        Ok(Response::new(ListKeysResponse { keys, applied_index }))
+    }
+
+    async fn get_key(&self, request: Request<GetKeyRequest>) -> Result<Response<GetKeyResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let id = req.id.clone();
+        let (k, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetKey", req.linearizable, move |kv| {
+                views::read_key(kv, &id)
+            })
+            .await?;
+        Ok(Response::new(GetKeyResponse { key: Some(views::found(k, "key", &req.id)?), applied_index }))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<ListApprovalsRequest>,
+    ) -> Result<Response<ListApprovalsResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (approvals, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListApprovals", req.linearizable, views::read_approvals)
+                .await?;
+        Ok(Response::new(ListApprovalsResponse { approvals, applied_index }))
+    }
+
+    async fn get_approval(&self, request: Request<GetApprovalRequest>) -> Result<Response<GetApprovalResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let id = req.id.clone();
+        let (a, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetApproval", req.linearizable, move |kv| {
+                views::read_approval(kv, &id)
+            })
+            .await?;
+        Ok(Response::new(GetApprovalResponse {
+            approval: Some(views::found(a, "approval", &req.id)?),
+            applied_index,
+        }))
+    }
+
+    async fn list_ca_keys(&self, request: Request<ListCaKeysRequest>) -> Result<Response<ListCaKeysResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (ca_keys, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCaKeys", req.linearizable, views::read_ca_keys)
+                .await?;
+        Ok(Response::new(ListCaKeysResponse { ca_keys, applied_index }))
+    }
+
+    async fn list_revoked_certs(
+        &self,
+        request: Request<ListRevokedCertsRequest>,
+    ) -> Result<Response<ListRevokedCertsResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (revoked, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListRevokedCerts", req.linearizable, views::read_revoked)
+                .await?;
+        Ok(Response::new(ListRevokedCertsResponse { revoked, applied_index }))
+    }
+
+    async fn list_issuer_keys(
+        &self,
+        request: Request<ListIssuerKeysRequest>,
+    ) -> Result<Response<ListIssuerKeysResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (issuer_keys, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListIssuerKeys", req.linearizable, views::read_issuer_keys)
+                .await?;
+        Ok(Response::new(ListIssuerKeysResponse { issuer_keys, applied_index }))
+    }
+
+    async fn get_issuer_key(
+        &self,
+        request: Request<GetIssuerKeyRequest>,
+    ) -> Result<Response<GetIssuerKeyResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let id = req.id.clone();
+        let (k, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetIssuerKey", req.linearizable, move |kv| {
+                views::read_issuer_key(kv, &id)
+            })
+            .await?;
+        Ok(Response::new(GetIssuerKeyResponse {
+            issuer_key: Some(views::found(k, "issuer key", &req.id)?),
+            applied_index,
+        }))
+    }
+
+    async fn list_issuer_certs(
+        &self,
+        request: Request<ListIssuerCertsRequest>,
+    ) -> Result<Response<ListIssuerCertsResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (issuer_certs, applied_index) = views::serve(
+            &self.cluster,
+            &self.sm,
+            &who,
+            "Keys.ListIssuerCerts",
+            req.linearizable,
+            views::read_issuer_certs,
+        )
+        .await?;
+        Ok(Response::new(ListIssuerCertsResponse { issuer_certs, applied_index }))
+    }
+
+    async fn get_audit_keys(
+        &self,
+        request: Request<GetAuditKeysRequest>,
+    ) -> Result<Response<GetAuditKeysResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (k, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetAuditKeys", req.linearizable, views::read_audit_keys)
+                .await?;
+        let k = k.ok_or_else(|| ApiError::NotFound("no audit keys yet: they are formed with the cluster".into()))?;
+        Ok(Response::new(GetAuditKeysResponse { audit_keys: Some(k), applied_index }))
     }
 
     async fn generate(&self, request: Request<GenerateKeyRequest>) -> Result<Response<KeyResponse>, Status> {

@@ -17,6 +17,7 @@ mod error;
 pub mod http;
 pub mod jobs;
 pub mod keys;
+pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
