@@ -53,10 +53,10 @@ pub use pkcs11::Pkcs11Hsm;
 pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
 pub use quill_crypto::tr31;
-pub use usage::Usage;
 pub use types::{
     Capability, HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
 };
+pub use usage::Usage;
 pub use zeroize::Zeroizing;
 
 /// Key-management operations of a node's HSM(s).

@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tr31::KeyUsage;
 use crate::KeyAlg;
+use crate::tr31::KeyUsage;
 
 /// A TR-31 key usage (ANSI X9.143 two-character code) that Quill manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -15,8 +15,7 @@ use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{
     GetAuditKeysRequest, GetCeremonyRequest, GetJobRequest, GetKeyRequest, GetSmkRequest, KeyView,
     ListApprovalsRequest, ListCaKeysRequest, ListCeremoniesRequest, ListChunksRequest, ListIssuerCertsRequest,
-    ListIssuerKeysRequest, ListJobsRequest, ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest,
-    QueryRequest,
+    ListIssuerKeysRequest, ListJobsRequest, ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest, QueryRequest,
 };
 use quill_tests::{Cluster, ClusterOptions, step, write_dda_batch};
 use tonic::Code;
@@ -87,7 +86,11 @@ async fn queries_answer_views_without_key_material() {
         )
         .unwrap(),
         serde_json::to_string(
-            &k.list_issuer_certs(ListIssuerCertsRequest { linearizable: true }).await.unwrap().into_inner().issuer_certs,
+            &k.list_issuer_certs(ListIssuerCertsRequest { linearizable: true })
+                .await
+                .unwrap()
+                .into_inner()
+                .issuer_certs,
         )
         .unwrap(),
         serde_json::to_string(
@@ -101,7 +104,11 @@ async fn queries_answer_views_without_key_material() {
         )
         .unwrap(),
         serde_json::to_string(
-            &j.list_chunks(ListChunksRequest { linearizable: true, id: job.clone() }).await.unwrap().into_inner().chunks,
+            &j.list_chunks(ListChunksRequest { linearizable: true, id: job.clone() })
+                .await
+                .unwrap()
+                .into_inner()
+                .chunks,
         )
         .unwrap(),
     ];

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use quill_trust::identity::Actor;
-use quill_trust::tls::{Identity, Links, PkiDir, TlsFiles};
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::{NodeStatus, StatusRequest};
+use quill_trust::identity::Actor;
+use quill_trust::tls::{Identity, Links, PkiDir, TlsFiles};
 use tonic::transport::Channel;
 
 use crate::exit_codes::CliError;

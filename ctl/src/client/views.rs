@@ -4,11 +4,10 @@
 
 use anyhow::Result;
 use quill_proto::v1::{
-    ApprovalView, AuditKeysView, CaKeyView, CeremonyView, ChunkView, GetApprovalRequest, GetAuditKeysRequest,
-    GetCeremonyRequest, GetIssuerKeyRequest, GetJobRequest, GetKeyRequest, GetSmkRequest, IssuerCertView,
-    IssuerKeyView, JobView, KeyView, ListApprovalsRequest, ListCaKeysRequest, ListCeremoniesRequest,
-    ListChunksRequest, ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest, ListKeysRequest,
-    ListNodesRequest, ListRevokedCertsRequest, NodeView, RevokedCertView, SmkView,
+    ApprovalView, CaKeyView, CeremonyView, ChunkView, GetCeremonyRequest, GetIssuerKeyRequest, GetJobRequest,
+    GetKeyRequest, IssuerCertView, IssuerKeyView, JobView, KeyView, ListApprovalsRequest, ListCaKeysRequest,
+    ListCeremoniesRequest, ListChunksRequest, ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest,
+    ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest, NodeView, RevokedCertView,
 };
 
 use super::Session;
@@ -38,19 +37,6 @@ macro_rules! get {
 }
 
 impl Session {
-    /// The storage master key (an error until it is formed).
-    pub(crate) fn smk(&self) -> Result<SmkView> {
-        let r = self.call_keys(|mut c| async move { c.get_smk(GetSmkRequest { linearizable: true }).await })?;
-        r.smk.ok_or_else(|| anyhow::anyhow!("the node answered GetSmk without the SMK"))
-    }
-
-    /// The audit keys' check values (an error until they are formed).
-    pub(crate) fn audit_keys(&self) -> Result<AuditKeysView> {
-        let r =
-            self.call_keys(|mut c| async move { c.get_audit_keys(GetAuditKeysRequest { linearizable: true }).await })?;
-        r.audit_keys.ok_or_else(|| anyhow::anyhow!("the node answered GetAuditKeys without them"))
-    }
-
     list!(
         /// Enrolled nodes.
         nodes, call_keys, list_nodes, ListNodesRequest, nodes, NodeView
@@ -74,10 +60,6 @@ impl Session {
     list!(
         /// Every approval.
         approvals, call_keys, list_approvals, ListApprovalsRequest, approvals, ApprovalView
-    );
-    get!(
-        /// One approval.
-        approval, call_keys, get_approval, GetApprovalRequest, approval, ApprovalView
     );
     list!(
         /// Scheme CA public keys.

@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
+use quill_proto::v1::RevokeCertRequest;
 use quill_trust::identity::Actor;
 use quill_trust::tls::pki::Validity;
 use quill_trust::tls::{Identity, PkiDir, TlsFiles};
-use quill_proto::v1::RevokeCertRequest;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::client::{Session, Who};
 use crate::output::render_table;

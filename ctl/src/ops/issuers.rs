@@ -17,9 +17,9 @@ use quill_prep::emv::cert::{self, CertExpiry, IssuerCertificateRequest, IssuerId
 use quill_prep::test_ca::TEST_CA_INDEX;
 #[cfg(feature = "test-keys")]
 use quill_prep::testkeys::TestCa;
-use quill_proto::v1::{GenerateKeyRequest, IssuerKeyView};
 use quill_proto::v1::issuer_cert_import_request::Source;
 use quill_proto::v1::{CaImportRequest, CertFile, CertTags, IssuerCertImportRequest};
+use quill_proto::v1::{GenerateKeyRequest, IssuerKeyView};
 use serde_json::json;
 
 use crate::client::{Session, Who};

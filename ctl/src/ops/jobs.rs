@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use quill_proto::v1::{ChunkView, JobView};
 use quill_prep::engine::output::{self, Stream};
 use quill_prep::profile::Profile;
 use quill_proto::v1::jobs_client::JobsClient;
+use quill_proto::v1::{ChunkView, JobView};
 use quill_proto::v1::{FetchRequest, MacRequest, SubmitPart};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -152,8 +152,7 @@ fn progress(j: &JobView, chunks: &[ChunkView]) -> (String, serde_json::Value) {
     let elapsed = end.saturating_sub(j.created_ms).max(1);
     let rate = j.cards_done as f64 * 1000.0 / elapsed as f64;
     let left = j.records.saturating_sub(j.cards_done + j.failures.len() as u64);
-    let eta =
-        if rate > 0.0 && j.state == "running" { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
+    let eta = if rate > 0.0 && j.state == "running" { format!("{:.0} s", left as f64 / rate) } else { "-".into() };
     let nodes: Vec<String> =
         per_node.iter().map(|(n, (c, k))| format!("node {n}: {c} chunk(s), {k} card(s)")).collect();
     let text = format!(

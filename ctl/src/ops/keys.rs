@@ -20,7 +20,7 @@ use quill_proto::v1::{
     CeremonyView, ExportAction, ExportTr31Request, GenerateKeyRequest, ImportTr31Request, KeyStateRequest, NodeView,
     SealedCopy,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::client::{Session, Who};
@@ -129,39 +129,6 @@ struct Pins {
 
 /// Check every recipient's transport key against the pins: a changed key is refused (exit 3), a
 /// new one is pinned after the custodian agrees (a terminal prompt, or `--pin-new`).
-/// `quill ceremony submit`.
-#[derive(clap::Args, Debug)]
-pub struct CeremonySubmitArgs {
-    /// Ceremony id.
-    #[arg(long)]
-    id: String,
-    /// The component, hex (environment QUILL_COMPONENT keeps it out of the shell history).
-    #[arg(long, env = "QUILL_COMPONENT", hide_env_values = true, conflicts_with = "generate")]
-    component: Option<String>,
-    /// Generate a random component here and show it once (write it down: it is not kept).
-    #[arg(long)]
-    generate: bool,
-    /// Refuse to submit unless the component's KCV is this (catches a mistyped component).
-    #[arg(long, value_name = "KCV")]
-    expect_kcv: Option<String>,
-    /// Trust (and pin) the transport keys of recipient nodes seen for the first time, without
-    /// asking. Compare their fingerprints (`quill cluster nodes`) over a channel you trust first.
-    /// A pinned key that changed is refused whatever this says.
-    #[arg(long, env = "QUILL_PIN_NEW")]
-    pin_new: bool,
-    #[command(flatten)]
-    who: Who,
-}
-
-/// The transport-key fingerprints a custodian has pinned, per node (`pins.json` in the identity
-/// directory): a component is sealed only to a node whose key is pinned and unchanged.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Pins {
-    nodes: std::collections::BTreeMap<u64, String>,
-}
-
-/// Check every recipient's transport key against the pins: a changed key is refused (exit 3), a
-/// new one is pinned after the custodian agrees (a terminal prompt, or `--pin-new`).
 fn check_pins(dir: &std::path::Path, recipients: &[(u64, RsaPublic)], pin_new: bool) -> Result<()> {
     use std::io::IsTerminal as _;
     let path = dir.join("pins.json");
@@ -179,7 +146,7 @@ fn check_pins(dir: &std::path::Path, recipients: &[(u64, RsaPublic)], pin_new: b
                 return Err(CliError::CheckFailed(format!(
                     "node {}'s transport key is {fp}, but you pinned {p}: refusing to seal a component to it \
                      (if the node was legitimately re-enrolled, remove its line from {} after checking)",
-                    n.id,
+                    id,
                     path.display()
                 ))
                 .into());
@@ -188,7 +155,7 @@ fn check_pins(dir: &std::path::Path, recipients: &[(u64, RsaPublic)], pin_new: b
                 let yes = if pin_new {
                     true
                 } else if std::io::stdin().is_terminal() {
-                    eprint!("node {} presents transport key {fp} for the first time; trust it? [y/N] ", n.id);
+                    eprint!("node {} presents transport key {fp} for the first time; trust it? [y/N] ", id);
                     let mut line = String::new();
                     std::io::stdin().read_line(&mut line).context("reading the answer")?;
                     line.trim().eq_ignore_ascii_case("y") || line.trim().eq_ignore_ascii_case("yes")
@@ -199,11 +166,11 @@ fn check_pins(dir: &std::path::Path, recipients: &[(u64, RsaPublic)], pin_new: b
                     return Err(CliError::Refused(format!(
                         "node {}'s transport key {fp} is not pinned: compare it with `quill cluster nodes` over a \
                          channel you trust, then run again with --pin-new (nothing was sealed)",
-                        n.id
+                        id
                     ))
                     .into());
                 }
-                pins.nodes.insert(n.id, fp);
+                pins.nodes.insert(*id, fp);
                 changed = true;
             }
         }
@@ -227,7 +194,8 @@ fn ceremony_alg(c: &CeremonyView) -> Result<KeyAlg> {
 /// computed here).
 pub(crate) fn transport_key(n: &NodeView) -> Result<RsaPublic> {
     let t = n.transport.as_ref().ok_or_else(|| anyhow!("node {} is listed without its transport key", n.id))?;
-    let bytes = |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow!("node {}: transport key {what} is not hex", n.id));
+    let bytes =
+        |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow!("node {}: transport key {what} is not hex", n.id));
     Ok(RsaPublic::new(&bytes("modulus", &t.modulus)?, &bytes("exponent", &t.exponent)?))
 }
 

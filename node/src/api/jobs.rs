@@ -12,8 +12,8 @@ use quill_prep::engine::KeyRef;
 use quill_prep::engine::output::{FORMAT, Header, OutputError, Stream, VERSION};
 use quill_proto::v1::jobs_server::{self, JobsServer};
 use quill_proto::v1::{
-    GetJobRequest, GetJobResponse, ListChunksRequest, ListChunksResponse, ListJobsRequest, ListJobsResponse,
-    AckRequest, CancelRequest, FetchPart, FetchRequest, MacRequest, MacResponse, SubmitPart, SubmitResponse,
+    AckRequest, CancelRequest, FetchPart, FetchRequest, GetJobRequest, GetJobResponse, ListChunksRequest,
+    ListChunksResponse, ListJobsRequest, ListJobsResponse, MacRequest, MacResponse, SubmitPart, SubmitResponse,
     WriteResult,
 };
 use tonic::{Request, Response, Status, Streaming};

@@ -11,24 +11,23 @@ use quill_proto::v1::keys_server::{self, KeysServer};
 use quill_proto::v1::{
     ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
     AuditVerifyResponse, CaImportRequest, Caller, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
-    ExportTr31Request, ExportTr31Response, GenerateKeyRequest, ImportTr31Request, IssuerCertImportRequest, KeyResponse,
-    GetApprovalRequest, GetApprovalResponse, GetAuditKeysRequest, GetAuditKeysResponse, GetCeremonyRequest,
-    GetCeremonyResponse, GetIssuerKeyRequest, GetIssuerKeyResponse, GetKeyRequest, GetKeyResponse, GetSmkRequest,
-    GetSmkResponse, KeyStateRequest, ListApprovalsRequest, ListApprovalsResponse, ListCaKeysRequest,
-    ListCaKeysResponse, ListCeremoniesRequest, ListCeremoniesResponse, ListIssuerCertsRequest,
+    ExportTr31Request, ExportTr31Response, GenerateKeyRequest, GetApprovalRequest, GetApprovalResponse,
+    GetAuditKeysRequest, GetAuditKeysResponse, GetCeremonyRequest, GetCeremonyResponse, GetIssuerKeyRequest,
+    GetIssuerKeyResponse, GetKeyRequest, GetKeyResponse, GetSmkRequest, GetSmkResponse, ImportTr31Request,
+    IssuerCertImportRequest, KeyResponse, KeyStateRequest, ListApprovalsRequest, ListApprovalsResponse,
+    ListCaKeysRequest, ListCaKeysResponse, ListCeremoniesRequest, ListCeremoniesResponse, ListIssuerCertsRequest,
     ListIssuerCertsResponse, ListIssuerKeysRequest, ListIssuerKeysResponse, ListKeysRequest, ListKeysResponse,
     ListNodesRequest, ListNodesResponse, ListRevokedCertsRequest, ListRevokedCertsResponse, QueryRequest,
     QueryResponse, RevokeCertRequest, WriteResult,
 };
-use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, ClusterService, views};
 use crate::audit;
 use crate::identity::Principal;
 use crate::keys::KeyCommand;
-use crate::keys::apply::issuers::{self, CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
-use crate::keys::apply::{key, read, scan};
+use crate::keys::apply::issuers;
+use crate::keys::apply::{key, read};
 use crate::keys::model::*;
 use crate::raft::{Command, Outcome, StateMachine};
 use crate::runtime::agent::KeyAgent;
@@ -493,13 +492,22 @@ impl keys_server::Keys for KeysService {
         request: Request<ListCeremoniesRequest>,
     ) -> Result<Response<ListCeremoniesResponse>, Status> {
         let (who, req) = super::principal(request)?;
-        let (ceremonies, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCeremonies", req.linearizable, views::read_ceremonies)
-                .await?;
+        let (ceremonies, applied_index) = views::serve(
+            &self.cluster,
+            &self.sm,
+            &who,
+            "Keys.ListCeremonies",
+            req.linearizable,
+            views::read_ceremonies,
+        )
+        .await?;
         Ok(Response::new(ListCeremoniesResponse { ceremonies, applied_index }))
     }
 
-    async fn get_ceremony(&self, request: Request<GetCeremonyRequest>) -> Result<Response<GetCeremonyResponse>, Status> {
+    async fn get_ceremony(
+        &self,
+        request: Request<GetCeremonyRequest>,
+    ) -> Result<Response<GetCeremonyResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (c, applied_index) =
@@ -507,10 +515,7 @@ impl keys_server::Keys for KeysService {
                 views::read_ceremony(kv, &id)
             })
             .await?;
-        Ok(Response::new(GetCeremonyResponse {
-            ceremony: Some(views::found(c, "ceremony", &req.id)?),
-            applied_index,
-        }))
+        Ok(Response::new(GetCeremonyResponse { ceremony: Some(views::found(c, "ceremony", &req.id)?), applied_index }))
     }
 
     async fn list_keys(&self, request: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
@@ -542,7 +547,10 @@ impl keys_server::Keys for KeysService {
         Ok(Response::new(ListApprovalsResponse { approvals, applied_index }))
     }
 
-    async fn get_approval(&self, request: Request<GetApprovalRequest>) -> Result<Response<GetApprovalResponse>, Status> {
+    async fn get_approval(
+        &self,
+        request: Request<GetApprovalRequest>,
+    ) -> Result<Response<GetApprovalResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (a, applied_index) =
@@ -550,10 +558,7 @@ impl keys_server::Keys for KeysService {
                 views::read_approval(kv, &id)
             })
             .await?;
-        Ok(Response::new(GetApprovalResponse {
-            approval: Some(views::found(a, "approval", &req.id)?),
-            applied_index,
-        }))
+        Ok(Response::new(GetApprovalResponse { approval: Some(views::found(a, "approval", &req.id)?), applied_index }))
     }
 
     async fn list_ca_keys(&self, request: Request<ListCaKeysRequest>) -> Result<Response<ListCaKeysResponse>, Status> {
@@ -580,9 +585,15 @@ impl keys_server::Keys for KeysService {
         request: Request<ListIssuerKeysRequest>,
     ) -> Result<Response<ListIssuerKeysResponse>, Status> {
         let (who, req) = super::principal(request)?;
-        let (issuer_keys, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListIssuerKeys", req.linearizable, views::read_issuer_keys)
-                .await?;
+        let (issuer_keys, applied_index) = views::serve(
+            &self.cluster,
+            &self.sm,
+            &who,
+            "Keys.ListIssuerKeys",
+            req.linearizable,
+            views::read_issuer_keys,
+        )
+        .await?;
         Ok(Response::new(ListIssuerKeysResponse { issuer_keys, applied_index }))
     }
 

@@ -16,7 +16,6 @@ pub use quill_hsm::{Kcv, KeyAlg, RsaPublic, SealedComponent, Usage, WrappedKey};
 
 pub use crate::identity::{Actor, NodeId, Role};
 
-
 /// The life-cycle state of an inventory key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
