@@ -232,6 +232,11 @@ enum AuditCmd {
     Tail(audit::AuditTailArgs),
     /// Records as JSON lines (all, or from --from).
     Export(audit::AuditTailArgs),
+    /// Write the oldest live records to an archive file (MACed by the cluster's audit key) and ask
+    /// the dual-control approval that prunes them (auditors).
+    Archive(audit::AuditArchiveArgs),
+    /// Prune the records of an archive once two custodians granted its approval (auditors).
+    Prune(audit::AuditPruneArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,6 +322,8 @@ fn main() -> ExitCode {
         Cmd::Audit(AuditCmd::Anchor(a)) => audit::audit_anchor(a, json),
         Cmd::Audit(AuditCmd::Tail(a)) => audit::audit_tail(a, false, json),
         Cmd::Audit(AuditCmd::Export(a)) => audit::audit_tail(a, true, json),
+        Cmd::Audit(AuditCmd::Archive(a)) => audit::audit_archive(a, json),
+        Cmd::Audit(AuditCmd::Prune(a)) => audit::audit_prune(a, json),
         Cmd::Profile(ProfileCmd::Validate(a)) => profile::validate(a, json),
         Cmd::Profile(ProfileCmd::Schema) => profile::schema(json),
         Cmd::Ca(CaCmd::List(a)) => issuers::ca_list(a, json),

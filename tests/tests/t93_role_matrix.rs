@@ -20,7 +20,7 @@ use quill_proto::v1::{
     QueryRequest, RevokeCertRequest, StatusRequest, SubmitPart,
 };
 use quill_proto::v1::{
-    GetApprovalRequest, GetAuditKeysRequest, GetCeremonyRequest, GetIssuerKeyRequest, GetJobRequest, GetKeyRequest,
+    AuditArchiveRequest, AuditPruneRequest, GetApprovalRequest, GetAuditKeysRequest, GetCeremonyRequest, GetIssuerKeyRequest, GetJobRequest, GetKeyRequest,
     GetSmkRequest, ListApprovalsRequest, ListCaKeysRequest, ListCeremoniesRequest, ListChunksRequest,
     ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest, ListKeysRequest, ListNodesRequest,
     ListRevokedCertsRequest,
@@ -72,6 +72,8 @@ const CALLS: &[(&str, &[&str])] = &[
     ("Keys.ExportTr31", &["admin", "operator"]),
     ("Keys.AuditTail", &["admin", "auditor"]),
     ("Keys.AuditVerify", &["admin", "auditor"]),
+    ("Keys.AuditArchive", &["auditor"]),
+    ("Keys.AuditPrune", &["auditor"]),
     ("Keys.RevokeCert", &["admin"]),
     ("Jobs.Submit", &["admin", "operator"]),
     ("Jobs.Fetch", &["admin", "operator"]),
@@ -229,6 +231,8 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
         "Jobs.ListJobs" => j.list_jobs(ListJobsRequest { linearizable: true }).await.map(drop),
         "Jobs.GetJob" => j.get_job(GetJobRequest { linearizable: true, id }).await.map(drop),
         "Jobs.ListChunks" => j.list_chunks(ListChunksRequest { linearizable: true, id }).await.map(drop),
+        "Keys.AuditArchive" => k.audit_archive(AuditArchiveRequest { upto: 0 }).await.map(drop),
+        "Keys.AuditPrune" => k.audit_prune(AuditPruneRequest { caller, approval: "nope".into() }).await.map(drop),
         other => panic!("no call {other}"),
     }
 }

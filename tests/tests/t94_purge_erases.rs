@@ -142,12 +142,21 @@ async fn an_acknowledged_job_leaves_no_data_key_on_any_node() {
     let out = cluster.quill_ok(1, &["key", "destroy", &cvk, "--json"], &admin);
     let approval: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let approval = approval["approval"].as_str().unwrap().to_string();
-    let before_destroy = cluster.status(1).await.unwrap().applied_index;
     for c in ["custodian:alice", "custodian:bob"] {
         cluster.quill_ok(1, &["approve", "grant", &approval], &[("QUILL_ACTOR", c)]);
     }
+    // The first grant erases too (any granted approval may): wait for an erase that covers the
+    // entry of the second grant, the one that destroyed the key (its audit record's log index).
+    let audit = cluster.quill_ok(1, &["audit", "export"], &[("QUILL_ACTOR", "auditor:audrey")]);
+    let destroyed_at = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["object"] == format!("approval:{approval}"))
+        .filter_map(|r| r["log_index"].as_u64())
+        .max()
+        .expect("the grants are in the audit chain");
     for id in &ids {
-        wait_erased(&cluster, *id, before_destroy).await;
+        wait_erased(&cluster, *id, destroyed_at - 1).await;
     }
 
     step("with every file of every node: the wrapped data key and the destroyed key are nowhere");

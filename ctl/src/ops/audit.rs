@@ -6,12 +6,23 @@
 //! even when it checks itself clean. `anchor` appends the newest seal of a verified chain to a file
 //! kept outside the cluster; `verify --anchors FILE` holds the chain to every line of it, which
 //! catches a history rewritten or truncated the same way on every node.
+//!
+//! `archive` bounds the live chain: it writes the oldest live records (up to a sealed one) to a
+//! file whose last line, the trailer, carries the cluster audit key's MAC over the records' range,
+//! links and SHA-256, and asks the approval that prunes them; once two custodians granted it,
+//! `prune` removes them from the cluster, whose chain then starts from the archive's last hash.
+//! `verify --archive FILE` checks archive files (contents against the trailer here, the trailer's
+//! MAC on the node) and that they lead up to where the live chain starts.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use quill_proto::v1::{AuditAnchorLine, AuditTailRequest, AuditVerifyRequest};
+use quill_proto::v1::approval_ask_request::Action;
+use quill_proto::v1::{
+    ApprovalAskRequest, AuditAnchorLine, AuditArchiveRequest, AuditPruneRequest, AuditTailRequest, AuditVerifyRequest,
+};
+use sha2::{Digest as _, Sha256};
 use serde_json::Value;
 
 use crate::client::{Session, Who};
@@ -24,11 +35,145 @@ pub struct AuditVerifyArgs {
     /// anchored record must still be in the chain with its anchored hash.
     #[arg(long, value_name = "FILE")]
     anchors: Option<PathBuf>,
+    /// Also check archive files (`quill audit archive`; repeat for each, oldest first or not):
+    /// every record line against its trailer, the trailer's MAC, and that together they lead from
+    /// record 1 to where the live chain starts.
+    #[arg(long, value_name = "FILE")]
+    archive: Vec<PathBuf>,
     /// Only verify on the endpoint node; do not compare its chain with the other members'.
     #[arg(long)]
     no_compare: bool,
     #[command(flatten)]
     who: Who,
+}
+
+/// `quill audit archive`.
+#[derive(clap::Args, Debug)]
+pub struct AuditArchiveArgs {
+    /// The archive file to write (created 0600; an existing file is never overwritten). Keep it
+    /// outside the cluster, like anchors.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The last record to archive (default: the last record a seal covers; at most 100,000
+    /// records per archive).
+    #[arg(long)]
+    upto: Option<u64>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill audit prune`.
+#[derive(clap::Args, Debug)]
+pub struct AuditPruneArgs {
+    /// The approval `quill audit archive` asked for, granted by two custodians.
+    #[arg(long)]
+    approval: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// An archive file checked line by line against its trailer: the trailer line, and the records.
+fn check_archive_file(path: &PathBuf) -> Result<(String, u64)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read the archive {}: {e}", path.display())))?;
+    let what = path.display();
+    let broken = |line: usize, why: String| -> anyhow::Error {
+        CliError::CheckFailed(format!("{what}:{line}: {why}: the archive was altered or is incomplete")).into()
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let Some((trailer, records)) = lines.split_last() else { return Err(broken(1, "empty".into())) };
+    let t: Value = serde_json::from_str(trailer).map_err(|e| broken(lines.len(), format!("no trailer ({e})")))?;
+    let (first, last) = (t["first"].as_u64().unwrap_or(0), t["last"].as_u64().unwrap_or(0));
+    if t["archive"] != 1 || first == 0 || last < first || records.len() as u64 != last - first + 1 {
+        return Err(broken(lines.len(), format!("the trailer announces records {first}..={last}, the file holds {}", records.len())));
+    }
+    let mut digest = Sha256::new();
+    let mut prev = t["prev"].as_str().unwrap_or("").to_string();
+    for (i, line) in records.iter().enumerate() {
+        let v: Value = serde_json::from_str(line).map_err(|e| broken(i + 1, format!("not a record ({e})")))?;
+        let seq = first + i as u64;
+        if v["seq"].as_u64() != Some(seq) {
+            return Err(broken(i + 1, format!("record {seq} expected, found {}", v["seq"])));
+        }
+        if v["prev"].as_str() != Some(prev.as_str()) {
+            return Err(broken(i + 1, format!("record {seq} does not link to the record before it")));
+        }
+        prev = v["hash"].as_str().unwrap_or("").to_string();
+        digest.update(line.as_bytes());
+        digest.update(b"\n");
+    }
+    if t["last_hash"].as_str() != Some(prev.as_str()) {
+        return Err(broken(lines.len(), "the trailer's last hash is not the last record's".into()));
+    }
+    if t["sha256"].as_str() != Some(hex::encode(digest.finalize()).as_str()) {
+        return Err(broken(lines.len(), "the records' SHA-256 is not the trailer's".into()));
+    }
+    Ok((trailer.to_string(), last))
+}
+
+/// `quill audit archive --out FILE`: the oldest live records up to a sealed one, written with
+/// their MACed trailer, checked as written, then the approval that prunes them asked for.
+pub fn audit_archive(a: &AuditArchiveArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who)?;
+    let upto = a.upto.unwrap_or(0);
+    let r = s.call_keys(|mut c| async move { c.audit_archive(AuditArchiveRequest { upto }).await })?;
+    let mut body = String::new();
+    for l in &r.lines {
+        body.push_str(l);
+        body.push('\n');
+    }
+    body.push_str(&r.trailer);
+    body.push('\n');
+    let mut f = std::fs::OpenOptions::new();
+    f.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+    let mut file = f
+        .open(&a.out)
+        .map_err(|e| CliError::Usage(format!("cannot create the archive {} (never overwritten): {e}", a.out.display())))?;
+    file.write_all(body.as_bytes()).with_context(|| format!("cannot write {}", a.out.display()))?;
+    file.sync_all().with_context(|| format!("cannot sync {}", a.out.display()))?;
+    let (trailer, last) = check_archive_file(&a.out)?;
+    let t: Value = serde_json::from_str(&trailer).unwrap_or(Value::Null);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let id = format!("audit-prune-{ms:x}");
+    let detail = s.keys_write(|mut c, caller| {
+        let req = ApprovalAskRequest {
+            caller: Some(caller),
+            id: id.clone(),
+            action: Some(Action::AuditPrune(trailer.clone())),
+            ttl_hours: 0,
+            ttl_seconds: 0,
+        };
+        async move { c.approval_ask(req).await }
+    })?;
+    crate::output::print(
+        json,
+        serde_json::json!({"archive": a.out, "first": t["first"], "last": last, "sha256": t["sha256"],
+                           "approval": id, "detail": detail}),
+        format!(
+            "archived records {}..={last} to {} (sha256 {}); approval {id} asked: two custodians grant it (quill approve grant {id}), then `quill audit prune --approval {id}` prunes them",
+            t["first"],
+            a.out.display(),
+            t["sha256"].as_str().unwrap_or("")
+        ),
+    );
+    Ok(OK)
+}
+
+/// `quill audit prune --approval ID`.
+pub fn audit_prune(a: &AuditPruneArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who)?;
+    let detail = s.keys_write(|mut c, caller| {
+        let req = AuditPruneRequest { caller: Some(caller), approval: a.approval.clone() };
+        async move { c.audit_prune(req).await }
+    })?;
+    crate::output::print(
+        json,
+        serde_json::json!({"result": "pruned", "approval": a.approval, "detail": detail}),
+        format!("approval {}: {detail}", a.approval),
+    );
+    Ok(OK)
 }
 
 /// `quill audit anchor`.
@@ -54,10 +199,14 @@ fn read_anchors(path: &PathBuf) -> Result<Vec<AuditAnchorLine>> {
 }
 
 /// Verify on the endpoint node; the report and the node's newest seal as an anchor line.
-fn verify_on_node(s: &Session, anchors: Vec<AuditAnchorLine>) -> Result<(bool, Value, String)> {
+fn verify_on_node(
+    s: &Session,
+    anchors: Vec<AuditAnchorLine>,
+    archives: Vec<AuditAnchorLine>,
+) -> Result<(bool, Value, String)> {
     let r = s.call_keys(|mut c| {
-        let anchors = anchors.clone();
-        async move { c.audit_verify(AuditVerifyRequest { anchors }).await }
+        let (anchors, archives) = (anchors.clone(), archives.clone());
+        async move { c.audit_verify(AuditVerifyRequest { anchors, archives }).await }
     })?;
     let report: Value = serde_json::from_str(&r.json).context("invalid JSON from the node")?;
     Ok((r.ok, report, r.anchor))
@@ -125,7 +274,12 @@ pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
         None => Vec::new(),
     };
     let n_anchors = anchors.len();
-    let (mut ok, mut report, _) = verify_on_node(&s, anchors)?;
+    let mut archives = Vec::new();
+    for path in &a.archive {
+        let (trailer, _) = check_archive_file(path)?;
+        archives.push(AuditAnchorLine { source: path.display().to_string(), json: trailer });
+    }
+    let (mut ok, mut report, _) = verify_on_node(&s, anchors, archives)?;
     let mut notes = Vec::new();
     if ok && !a.no_compare {
         let head = report["head_seq"].as_u64().unwrap_or(0);
@@ -151,6 +305,12 @@ pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
             report["macs"],
             report["anchors"],
         );
+        if report["archived"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "records 1..={} were archived and pruned; {} archive file(s) checked",
+                report["archived"], report["archives"]
+            );
+        }
     } else {
         println!(
             "audit chain BROKEN at record {}: {}",
@@ -168,7 +328,7 @@ pub fn audit_verify(a: &AuditVerifyArgs, json: bool) -> Result<u8> {
 /// seal as one JSON line to FILE. Refuses (exit 3) when the chain does not verify or has no seal.
 pub fn audit_anchor(a: &AuditAnchorArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
-    let (ok, report, anchor) = verify_on_node(&s, Vec::new())?;
+    let (ok, report, anchor) = verify_on_node(&s, Vec::new(), Vec::new())?;
     if !ok {
         return Err(CliError::CheckFailed(format!(
             "not anchoring a chain that does not verify: record {}: {}",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use quill_proto::v1::keys_server::{self, KeysServer};
 use quill_proto::v1::{
-    ApprovalAskRequest, ApprovalDecideRequest, AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
+    ApprovalAskRequest, ApprovalDecideRequest, AuditArchiveRequest, AuditArchiveResponse, AuditPruneRequest,
+    AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
     AuditVerifyResponse, CaImportRequest, Caller, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
     ExportTr31Request, ExportTr31Response, GenerateKeyRequest, GetApprovalRequest, GetApprovalResponse,
     GetAuditKeysRequest, GetAuditKeysResponse, GetCeremonyRequest, GetCeremonyResponse, GetIssuerKeyRequest,
@@ -319,7 +320,9 @@ impl KeysService {
         let (from, records, head) = self
             .state(move |kv| {
                 let head = audit::head(kv)?;
-                let from = if req.from == 0 { head.seq.saturating_sub(limit - 1).max(1) } else { req.from };
+                // Records before the base were archived and pruned: the live chain starts after it.
+                let first = audit::base(kv)?.map_or(1, |b| b.trailer.last + 1);
+                let from = if req.from == 0 { head.seq.saturating_sub(limit - 1) } else { req.from }.max(first);
                 let mut records = Vec::new();
                 let mut seq = from;
                 while seq <= head.seq && (records.len() as u64) < limit {
@@ -390,6 +393,68 @@ impl KeysService {
         Ok(AuditTailResponse { records, head_seq: head.seq, head_hash: hex::encode(head.hash) })
     }
 
+    /// Check an archive trailer's MAC with the cluster's audit key, in this node's HSM.
+    async fn check_trailer(&self, t: &audit::ArchiveTrailer) -> ApiResult<()> {
+        let agent = self.agent()?.clone();
+        let keys = self
+            .state(|kv| read::<AuditKeys>(kv, key::AUDIT_KEYS))
+            .await?
+            .ok_or_else(|| ApiError::Precondition("no audit key yet: nothing can be archived".into()))?;
+        let (mac, input) = (t.mac(), t.input());
+        let ok = tokio::task::spawn_blocking(move || agent.check_audit_mac(&keys, &mac, &input))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        if !ok {
+            return Err(ApiError::Precondition(format!(
+                "the archive of records {}..={} does not carry the cluster audit key's MAC: not an archive of this cluster, or altered",
+                t.first, t.last
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`keys_server::Keys::audit_archive`]: the oldest live records and their MACed trailer.
+    async fn audit_archive(&self, req: AuditArchiveRequest) -> ApiResult<AuditArchiveResponse> {
+        let agent = self.agent()?.clone();
+        let asked = req.upto;
+        let made = self
+            .state(move |kv| {
+                let first = audit::base(kv)?.map_or(1, |b| b.trailer.last + 1);
+                let sealed = audit::sealed_upto(kv)?;
+                let upto = match asked {
+                    0 if sealed < first => {
+                        return Ok(Err(format!(
+                            "no live record is sealed yet (the live chain starts at record {first}): wait for a seal"
+                        )));
+                    }
+                    0 => sealed.min(first + audit::ARCHIVE_MAX_RECORDS - 1),
+                    n if n >= first && n - first >= audit::ARCHIVE_MAX_RECORDS => {
+                        return Ok(Err(format!(
+                            "records {first}..={n}: an archive holds at most {} records",
+                            audit::ARCHIVE_MAX_RECORDS
+                        )));
+                    }
+                    n if n > sealed => {
+                        return Ok(Err(format!(
+                            "record {n} is not covered by a seal yet (seals cover up to {sealed}): archive up to a sealed record"
+                        )));
+                    }
+                    n => n,
+                };
+                audit::archive_lines(kv, upto)
+            })
+            .await?;
+        let (lines, mut trailer) = made.map_err(ApiError::Precondition)?;
+        let mac = agent.audit_mac(trailer.input()).await.ok_or_else(|| {
+            ApiError::Precondition("this node's HSM could not MAC the archive with the audit key".into())
+        })?;
+        trailer.key_kcv = mac.key_kcv.to_string();
+        trailer.mac = hex::encode(mac.mac);
+        let trailer = serde_json::to_string(&trailer).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(AuditArchiveResponse { lines, trailer })
+    }
+
     async fn audit_verify(&self, req: AuditVerifyRequest) -> ApiResult<AuditVerifyResponse> {
         if req.anchors.len() > 100_000 {
             return Err(ApiError::BadRequest(format!("{} anchors: at most 100,000 per request", req.anchors.len())));
@@ -400,6 +465,16 @@ impl KeysService {
             .map(|l| audit::Anchor::parse(&l.source, &l.json).map(|a| (l.source.clone(), a)))
             .collect::<Result<Vec<_>, String>>()
             .map_err(ApiError::BadRequest)?;
+        if req.archives.len() > 10_000 {
+            return Err(ApiError::BadRequest(format!("{} archives: at most 10,000 per request", req.archives.len())));
+        }
+        let mut archives = req
+            .archives
+            .iter()
+            .map(|l| audit::ArchiveTrailer::parse(&l.source, &l.json).map(|t| (l.source.clone(), t)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(ApiError::BadRequest)?;
+        archives.sort_by_key(|(_, t)| t.first);
         let agent = self.agent.clone();
         let node_macs = match self.sm.has_node_audit() {
             true => Some(self.sm.node_macs().await.map_err(|e| ApiError::Internal(e.to_string()))?),
@@ -420,7 +495,7 @@ impl KeysService {
                     Some(agent) => agent.hsm().node_audit_verify(&m.key_kcv, input, &m.mac).map_err(|e| e.to_string()),
                     None => Err("this node has no HSM to check MACs with".to_string()),
                 };
-                let report = audit::verify(
+                let mut report = audit::verify(
                     kv,
                     audit::Checks {
                         node_macs: match &node_macs {
@@ -434,6 +509,10 @@ impl KeysService {
                         anchors: &anchors,
                     },
                 )?;
+                if report.broken.is_none() && !archives.is_empty() {
+                    let base = audit::base(kv)?;
+                    report.broken = audit::check_archives(&mut report, &archives, base.as_ref(), &mut check_mac);
+                }
                 let anchor = match report.broken {
                     None => audit::latest_anchor(kv)?,
                     Some(_) => None,
@@ -664,6 +743,22 @@ impl keys_server::Keys for KeysService {
         Ok(Response::new(self.audit_tail(&who, req).await?))
     }
 
+    async fn audit_archive(
+        &self,
+        request: Request<AuditArchiveRequest>,
+    ) -> Result<Response<AuditArchiveResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::Auditor], "Keys.AuditArchive").await?;
+        Ok(Response::new(self.audit_archive(req).await?))
+    }
+
+    async fn audit_prune(&self, request: Request<AuditPruneRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::Auditor], "Keys.AuditPrune").await?;
+        let cmd = Command::AuditPrune { approval: r.approval };
+        Ok(Response::new(self.cluster.write_for(who, r.caller, cmd).await?))
+    }
+
     async fn audit_verify(
         &self,
         request: Request<AuditVerifyRequest>,
@@ -713,6 +808,12 @@ impl keys_server::Keys for KeysService {
             Action::SmkToNode(node) => ApprovalAction::SmkToNode { node },
             Action::Export(e) => ApprovalAction::Export { key: e.key, kbpk: e.kbpk },
             Action::Destroy(key) => ApprovalAction::Destroy { key },
+            Action::AuditPrune(line) => {
+                let archive = audit::ArchiveTrailer::parse("audit_prune", &line).map_err(bad)?;
+                // A trailer this cluster's audit key did not MAC never reaches an approval.
+                self.check_trailer(&archive).await?;
+                ApprovalAction::AuditPrune { archive }
+            }
         };
         let ttl_ms =
             if r.ttl_seconds > 0 { u64::from(r.ttl_seconds) * 1000 } else { u64::from(r.ttl_hours) * 3_600_000 };

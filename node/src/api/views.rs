@@ -142,6 +142,13 @@ pub fn approval(a: Approval) -> pb::ApprovalView {
         ApprovalAction::Destroy { key } => {
             pb::ApprovalActionView { kind: "destroy".into(), key, text, ..Default::default() }
         }
+        ApprovalAction::AuditPrune { archive } => pb::ApprovalActionView {
+            kind: "audit_prune".into(),
+            upto: archive.last,
+            sha256: archive.sha256,
+            text,
+            ..Default::default()
+        },
     };
     let state = match a.state {
         crate::keys::model::ApprovalState::Pending => "pending",

@@ -40,6 +40,8 @@ pub mod key {
     pub const HEAD: &str = "audit/head";
     /// `audit/rec/<seq, 20 digits>` → [`super::AuditRecord`].
     pub const RECORD: &str = "audit/rec/";
+    /// Where the live chain starts once records were archived and pruned ([`super::AuditBase`]).
+    pub const BASE: &str = "audit/base";
 
     /// The key of record `seq`.
     pub fn record(seq: u64) -> String {
@@ -222,6 +224,208 @@ impl Anchor {
     }
 }
 
+/// The last line of an archive file (`quill audit archive`): which records the file holds, how they
+/// link to what came before, the SHA-256 of the record lines, and the cluster audit key's HMAC
+/// over all of it ([`archive_input`]). Whoever holds the file can check it against the cluster
+/// (the MAC) and the cluster's chain continues from `last_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveTrailer {
+    /// Format version (1).
+    pub archive: u32,
+    /// First record in the file.
+    pub first: u64,
+    /// Last record in the file: the live chain continues after it.
+    pub last: u64,
+    /// The hash record `first` links to (hex; zeros for record 1).
+    pub prev: String,
+    /// Record `last`'s hash (hex).
+    pub last_hash: String,
+    /// SHA-256 of the file's record lines, each with its newline (hex).
+    pub sha256: String,
+    /// KCV of the cluster's audit MAC key.
+    pub key_kcv: String,
+    /// HMAC over [`archive_input`] (hex).
+    pub mac: String,
+}
+
+impl ArchiveTrailer {
+    /// Parse an archive file's last line (`what` names it in errors).
+    pub fn parse(what: &str, line: &str) -> Result<ArchiveTrailer, String> {
+        let t: ArchiveTrailer =
+            serde_json::from_str(line).map_err(|e| format!("{what}: not an audit archive trailer: {e}"))?;
+        if t.archive != 1 {
+            return Err(format!("{what}: archive format {} is not known (1 is)", t.archive));
+        }
+        if t.first == 0 || t.last < t.first {
+            return Err(format!("{what}: records {}..={} is not a range of records", t.first, t.last));
+        }
+        for (field, v) in [("prev", &t.prev), ("last_hash", &t.last_hash), ("sha256", &t.sha256), ("mac", &t.mac)] {
+            let ok = hex::decode(v).map(|b| b.len() == 32).unwrap_or(false);
+            if !ok {
+                return Err(format!("{what}: {field} is not 32 bytes of hex"));
+            }
+        }
+        Ok(t)
+    }
+
+    fn bytes(v: &str) -> Hash {
+        hex::decode(v).ok().and_then(|b| b.try_into().ok()).unwrap_or([0; 32])
+    }
+
+    /// `prev` as bytes.
+    pub fn prev_hash(&self) -> Hash {
+        Self::bytes(&self.prev)
+    }
+
+    /// `last_hash` as bytes.
+    pub fn last_hash(&self) -> Hash {
+        Self::bytes(&self.last_hash)
+    }
+
+    /// The MAC as the audit key's.
+    pub fn mac(&self) -> AuditMac {
+        AuditMac { key_kcv: Kcv(self.key_kcv.clone()), mac: Self::bytes(&self.mac) }
+    }
+
+    /// What the MAC covers.
+    pub fn input(&self) -> Vec<u8> {
+        archive_input(self.first, self.last, &self.prev_hash(), &self.last_hash(), &Self::bytes(&self.sha256))
+    }
+}
+
+/// What the audit key MACs for an archive: its range, its links and the digest of its lines.
+pub fn archive_input(first: u64, last: u64, prev: &Hash, last_hash: &Hash, sha256: &Hash) -> Vec<u8> {
+    let mut v = b"quill-audit-archive-v1\0".to_vec();
+    v.extend_from_slice(&first.to_be_bytes());
+    v.extend_from_slice(&last.to_be_bytes());
+    v.extend_from_slice(prev);
+    v.extend_from_slice(last_hash);
+    v.extend_from_slice(sha256);
+    v
+}
+
+/// Where the live chain starts: records `1..=trailer.last` were archived (the last archive's
+/// trailer, MACed) and pruned after two custodians approved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditBase {
+    /// The trailer of the archive that ends at the base.
+    pub trailer: ArchiveTrailer,
+    /// The approval it was pruned under.
+    pub approval: String,
+    /// When (leader time).
+    pub pruned_ms: u64,
+}
+
+/// The base of the live chain, if records were pruned.
+pub fn base(kv: &dyn Kv) -> Result<Option<AuditBase>, StoreError> {
+    get_typed(kv, key::BASE.as_bytes())
+}
+
+/// Records `from..=upto` as archive lines (`to_json`, one per line) and the trailer's fields but
+/// its MAC: `(lines, trailer without key_kcv and mac)`. `from` is the first live record.
+pub fn archive_lines(kv: &dyn Kv, upto: u64) -> Result<Result<(Vec<String>, ArchiveTrailer), String>, StoreError> {
+    let base = base(kv)?;
+    let (first, prev) = match &base {
+        Some(b) => (b.trailer.last + 1, b.trailer.last_hash()),
+        None => (1, [0; 32]),
+    };
+    let head = head(kv)?;
+    if upto < first || upto > head.seq {
+        return Ok(Err(format!("records {first}..={upto}: the live chain holds records {first}..={}", head.seq)));
+    }
+    let mut lines = Vec::new();
+    let mut digest = Sha256::new();
+    let mut last_hash = prev;
+    for seq in first..=upto {
+        let Some(rec) = record(kv, seq)? else { return Ok(Err(format!("record {seq} is missing"))) };
+        let line = to_json(&rec).to_string();
+        digest.update(line.as_bytes());
+        digest.update(b"\n");
+        last_hash = record_hash(&rec);
+        lines.push(line);
+    }
+    let sha256: Hash = digest.finalize().into();
+    Ok(Ok((
+        lines,
+        ArchiveTrailer {
+            archive: 1,
+            first,
+            last: upto,
+            prev: hex::encode(prev),
+            last_hash: hex::encode(last_hash),
+            sha256: hex::encode(sha256),
+            key_kcv: String::new(),
+            mac: String::new(),
+        },
+    )))
+}
+
+/// The highest record a seal in the live chain covers (0: none).
+pub fn sealed_upto(kv: &dyn Kv) -> Result<u64, StoreError> {
+    let mut upto = 0;
+    for (_, v) in kv.scan_prefix(key::RECORD.as_bytes())? {
+        if let Ok(rec) = crate::store::codec::decode::<AuditRecord>(&v)
+            && let Some(seal) = rec.seal
+        {
+            upto = upto.max(seal.seq);
+        }
+    }
+    Ok(upto)
+}
+
+/// At most this many records go into one archive (and one prune): an archive is one answer.
+pub const ARCHIVE_MAX_RECORDS: u64 = 100_000;
+
+/// Whether the archive `t` describes may be pruned now: the live chain's first records, linked
+/// and hashed as the trailer says, covered by a seal, the trailer well formed. (Its MAC is checked
+/// where an HSM is: by the node that takes the request, and by every `verify` after.)
+pub fn check_archive(kv: &dyn Kv, t: &ArchiveTrailer) -> Result<Result<(), String>, StoreError> {
+    if let Err(r) = ArchiveTrailer::parse("the archive trailer", &serde_json::to_string(t).unwrap_or_default()) {
+        return Ok(Err(r));
+    }
+    let first = base(kv)?.map_or(1, |b| b.trailer.last + 1);
+    if t.first != first {
+        return Ok(Err(format!("the archive starts at record {}, the live chain at {first}", t.first)));
+    }
+    if t.last - t.first >= ARCHIVE_MAX_RECORDS {
+        return Ok(Err(format!("an archive holds at most {ARCHIVE_MAX_RECORDS} records")));
+    }
+    let sealed = sealed_upto(kv)?;
+    if t.last > sealed {
+        return Ok(Err(format!(
+            "record {} is not covered by a seal yet (seals cover up to {sealed}): archive up to a sealed record",
+            t.last
+        )));
+    }
+    let Some(first_rec) = record(kv, t.first)? else { return Ok(Err(format!("record {} is missing", t.first))) };
+    if first_rec.prev != t.prev_hash() {
+        return Ok(Err(format!("record {} does not link to the archive's prev hash", t.first)));
+    }
+    let Some(last_rec) = record(kv, t.last)? else { return Ok(Err(format!("record {} is missing", t.last))) };
+    if record_hash(&last_rec) != t.last_hash() {
+        return Ok(Err(format!("record {} does not have the archived hash: the archive is not of this chain", t.last)));
+    }
+    Ok(Ok(()))
+}
+
+/// Prune records up to `t.last` (the approved archive, [`check_archive`]) and write the new base.
+pub fn prune(
+    kv: &mut dyn Kv,
+    t: &ArchiveTrailer,
+    approval: &str,
+    time_ms: u64,
+) -> Result<Result<String, String>, StoreError> {
+    if let Err(r) = check_archive(&*kv, t)? {
+        return Ok(Err(r));
+    }
+    for seq in t.first..=t.last {
+        kv.delete(key::record(seq).as_bytes());
+    }
+    let b = AuditBase { trailer: t.clone(), approval: approval.to_string(), pruned_ms: time_ms };
+    put_typed(kv, key::BASE.as_bytes(), &b)?;
+    Ok(Ok(format!("records {}..={} archived (sha256 {}) and pruned", t.first, t.last, t.sha256)))
+}
+
 /// The newest seal of the chain as an [`Anchor`] (walking back from the head), if any.
 pub fn latest_anchor(kv: &dyn Kv) -> Result<Option<Anchor>, StoreError> {
     let head = head(kv)?;
@@ -394,6 +598,12 @@ pub struct VerifyReport {
     pub head_seq: u64,
     /// Head hash (hex).
     pub head_hash: String,
+    /// Records `1..=archived` were archived and pruned (0: none): the live chain starts after.
+    pub archived: u64,
+    /// Anchors of archived records: their seal MACs verified (the archive holds the records).
+    pub anchors_archived: u64,
+    /// Archive trailers checked (their MACs, and that they link up to the live chain).
+    pub archives: u64,
     /// The first problem: (record sequence, reason). `None`: the chain verifies.
     pub broken: Option<(u64, String)>,
 }
@@ -405,11 +615,37 @@ pub fn verify(kv: &dyn Kv, checks: Checks<'_>) -> Result<VerifyReport, StoreErro
     let check_mac = checks.check_mac;
     let head = head(kv)?;
     let mut report = VerifyReport { head_seq: head.seq, head_hash: hex::encode(head.hash), ..VerifyReport::default() };
+    // Records 1..=base were archived and pruned: the live chain links to the base's hash, and the
+    // base itself must carry the audit key's MAC (an archive made by this cluster).
+    let (base, base_hash) = match self::base(kv)? {
+        None => (0, [0; 32]),
+        Some(b) => {
+            let t = &b.trailer;
+            let fail = |reason: String| Some((t.last, reason));
+            match check_mac(&t.mac(), &t.input()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    report.broken = fail(format!(
+                        "the archive base (records {}..={} pruned under approval {}) does not carry the audit key's MAC: it was forged or altered",
+                        t.first, t.last, b.approval
+                    ));
+                    return Ok(report);
+                }
+                Err(e) => {
+                    report.broken = fail(format!("cannot check the archive base's MAC: {e}"));
+                    return Ok(report);
+                }
+            }
+            (t.last, t.last_hash())
+        }
+    };
+    report.archived = base;
+    report.sealed_upto = base;
     // Pass 1: decode every record, in key order, checking that keys and sequences agree.
     let mut records: Vec<AuditRecord> = Vec::new();
     for (k, v) in kv.scan_prefix(key::RECORD.as_bytes())? {
         let key_seq: u64 = String::from_utf8_lossy(&k).trim_start_matches(key::RECORD).parse().unwrap_or(0);
-        let expect = records.len() as u64 + 1;
+        let expect = base + records.len() as u64 + 1;
         let rec: AuditRecord = match crate::store::codec::decode(&v) {
             Ok(r) => r,
             Err(e) => {
@@ -433,12 +669,12 @@ pub fn verify(kv: &dyn Kv, checks: Checks<'_>) -> Result<VerifyReport, StoreErro
     let remembered = |i: usize| -> Option<Hash> {
         match records.get(i + 1) {
             Some(next) => Some(next.prev),
-            None => (head.seq == records.len() as u64).then_some(head.hash),
+            None => (head.seq == base + records.len() as u64).then_some(head.hash),
         }
     };
     // Pass 2: the chain links, then each record's MAC and seal, in order.
     for (i, rec) in records.iter().enumerate() {
-        let prev = if i == 0 { [0; 32] } else { hashes[i - 1] };
+        let prev = if i == 0 { base_hash } else { hashes[i - 1] };
         if rec.prev != prev {
             // Either this record's `prev` was changed, or the previous record was: if this
             // record still hashes to what its successor remembers, it is intact.
@@ -469,7 +705,13 @@ pub fn verify(kv: &dyn Kv, checks: Checks<'_>) -> Result<VerifyReport, StoreErro
             },
         }
         if let Some(seal) = &rec.seal {
-            let sealed = (seal.seq as usize).checked_sub(1).filter(|s| *s < i).map(|s| hashes[s]);
+            // A seal of an archived record is checked by its MAC alone (the archive holds the
+            // record); of the base, against the base's hash.
+            let sealed = match seal.seq.checked_sub(base) {
+                None => Some(seal.hash),
+                Some(0) if base > 0 => Some(base_hash),
+                Some(d) => (d as usize).checked_sub(1).filter(|s| *s < i).map(|s| hashes[s]),
+            };
             if sealed != Some(seal.hash) {
                 report.broken =
                     fail(format!("record {}: seals record {} with a hash the chain does not have", rec.seq, seal.seq));
@@ -491,44 +733,73 @@ pub fn verify(kv: &dyn Kv, checks: Checks<'_>) -> Result<VerifyReport, StoreErro
             }
         }
     }
-    let n = records.len() as u64;
+    let n = base + records.len() as u64;
     if n != head.seq {
         report.broken = Some((n.min(head.seq) + 1, format!("the head says {} records, the chain has {n}", head.seq)));
         return Ok(report);
-    } else if n > 0 && hashes[hashes.len() - 1] != head.hash {
+    } else if n > 0 && hashes.last().copied().unwrap_or(base_hash) != head.hash {
         report.broken = Some((n, format!("record {n} was altered: its hash does not match the chain head")));
         return Ok(report);
     }
-    report.broken = check_node_macs(&mut report, &hashes, checks.node_macs, checks.check_node_mac)
+    let live = Live { base, base_hash, hashes: &hashes };
+    report.broken = check_node_macs(&mut report, &live, checks.node_macs, checks.check_node_mac)
         .or_else(|| check_sealed(&records, report.sealed_upto, checks.seals_required, checks.now_ms))
-        .or_else(|| check_anchors(&mut report, &hashes, checks.anchors, check_mac));
+        .or_else(|| check_anchors(&mut report, &live, checks.anchors, check_mac));
     Ok(report)
 }
 
 /// This node's MACs must cover records `1..=n` in consecutive ranges, each verifying.
+/// The live chain: the base (0: nothing pruned) and the hashes of records `base+1..`.
+struct Live<'a> {
+    base: u64,
+    base_hash: Hash,
+    hashes: &'a [Hash],
+}
+
+impl Live<'_> {
+    /// The last record.
+    fn end(&self) -> u64 {
+        self.base + self.hashes.len() as u64
+    }
+
+    /// The hash of record `seq` if the live chain knows it (the base's, or a live record's).
+    fn hash(&self, seq: u64) -> Option<Hash> {
+        match seq.checked_sub(self.base)? {
+            0 => (self.base > 0).then_some(self.base_hash),
+            d => self.hashes.get((d - 1) as usize).copied(),
+        }
+    }
+}
+
 fn check_node_macs(
     report: &mut VerifyReport,
-    hashes: &[Hash],
+    live: &Live<'_>,
     macs: NodeMacs<'_>,
     check: NodeMacCheck<'_>,
 ) -> Option<(u64, String)> {
-    let n = hashes.len() as u64;
+    let n = live.end();
     let macs = match macs {
         NodeMacs::Checked(macs) => macs,
         NodeMacs::Skip => return None,
         NodeMacs::NoHsm => {
-            return (n > 0).then(|| {
+            return (n > live.base).then(|| {
                 (
-                    1,
+                    live.base + 1,
                     "this node has no HSM, so no MAC of its own vouches for its records: verify on a node with an HSM"
                         .into(),
                 )
             });
         }
     };
-    let mut next = 1;
+    let mut next = live.base + 1;
     for m in macs {
-        if m.first != next || m.last < m.first {
+        // A MAC over archived records only: the archive vouches for them now. The first MAC
+        // over live records may start before the base (its input is the hash of its last record).
+        if m.last <= live.base {
+            continue;
+        }
+        let starts_right = if next == live.base + 1 { m.first <= next } else { m.first == next };
+        if !starts_right || m.last < m.first {
             let upto = if m.first > next { m.first - 1 } else { m.last };
             return Some((
                 next,
@@ -546,7 +817,7 @@ fn check_node_macs(
                 ),
             ));
         }
-        let input = node_mac_input(m.first, m.last, &hashes[(m.last - 1) as usize]);
+        let input = node_mac_input(m.first, m.last, &live.hash(m.last).unwrap_or([0; 32]));
         let range =
             if m.first == m.last { format!("record {}", m.first) } else { format!("records {}..={}", m.first, m.last) };
         match check(m, &input) {
@@ -590,7 +861,7 @@ fn check_sealed(records: &[AuditRecord], sealed_upto: u64, required: bool, now_m
     }
     let stale = records
         .iter()
-        .skip(sealed_upto as usize)
+        .filter(|r| r.seq > sealed_upto)
         .find(|r| r.seal.is_none() && r.time_ms.saturating_add(SEAL_GRACE_MS) < now_ms)?;
     Some((
         stale.seq,
@@ -606,7 +877,7 @@ fn check_sealed(records: &[AuditRecord], sealed_upto: u64, required: bool, now_m
 /// the anchored record with the anchored hash.
 fn check_anchors(
     report: &mut VerifyReport,
-    hashes: &[Hash],
+    live: &Live<'_>,
     anchors: &[(String, Anchor)],
     check_mac: MacCheck<'_>,
 ) -> Option<(u64, String)> {
@@ -624,18 +895,23 @@ fn check_anchors(
             }
             Err(e) => return Some((a.seq, format!("{what}: cannot check the anchor's seal MAC: {e}"))),
         }
-        match a.seq.checked_sub(1).and_then(|i| hashes.get(i as usize)) {
+        if a.seq < live.base {
+            // Archived: its seal MAC verified; the archive file holds the record.
+            report.anchors_archived += 1;
+            continue;
+        }
+        match live.hash(a.seq) {
             None => {
                 return Some((
                     a.seq,
                     format!(
                         "{what}: record {} was anchored, but the chain now ends at record {}: history was truncated after it was anchored",
                         a.seq,
-                        hashes.len()
+                        live.end()
                     ),
                 ));
             }
-            Some(h) if *h != hash => {
+            Some(h) if h != hash => {
                 return Some((
                     a.seq,
                     format!(
@@ -646,6 +922,52 @@ fn check_anchors(
             }
             Some(_) => report.anchors += 1,
         }
+    }
+    None
+}
+
+/// Archive trailers (`quill audit verify --archive FILE`, sorted by `first`): each carries the
+/// audit key's MAC, they link from record 1 on without a gap, and the newest ends where the live
+/// chain starts (the base), with the base's hash.
+pub fn check_archives(
+    report: &mut VerifyReport,
+    archives: &[(String, ArchiveTrailer)],
+    base: Option<&AuditBase>,
+    check_mac: MacCheck<'_>,
+) -> Option<(u64, String)> {
+    let mut next = 1;
+    let mut prev = [0u8; 32];
+    for (what, t) in archives {
+        match check_mac(&t.mac(), &t.input()) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some((
+                    t.first,
+                    format!("{what}: the archive trailer's MAC does not verify with the cluster's audit key"),
+                ));
+            }
+            Err(e) => return Some((t.first, format!("{what}: cannot check the archive trailer's MAC: {e}"))),
+        }
+        if t.first != next || t.prev_hash() != prev {
+            return Some((
+                next,
+                format!("{what}: holds records {}..={}, but the archives before it end at record {}", t.first, t.last, next - 1),
+            ));
+        }
+        next = t.last + 1;
+        prev = t.last_hash();
+        report.archives += 1;
+    }
+    let (base_seq, base_hash) = base.map_or((0, [0; 32]), |b| (b.trailer.last, b.trailer.last_hash()));
+    if next - 1 != base_seq || prev != base_hash {
+        return Some((
+            next,
+            format!(
+                "the archives end at record {}, but the live chain starts after record {base_seq}{}",
+                next - 1,
+                if next - 1 == base_seq { " with another hash" } else { "" }
+            ),
+        ));
     }
     None
 }
@@ -959,5 +1281,101 @@ mod tests {
         assert!(r.broken.as_ref().is_some_and(|b| b.1.contains("seal MAC does not verify")), "{r:?}");
         assert!(Anchor::parse("f:2", "{\"anchor\":1}").is_err());
         assert!(Anchor::parse("f:3", "not json").expect_err("not json").starts_with("f:3:"));
+    }
+
+    /// An archive of the live chain up to `upto`, its trailer MACed with the stand-in audit key.
+    fn archive(kv: &MemKv, upto: u64) -> (Vec<String>, ArchiveTrailer) {
+        let (lines, mut t) = archive_lines(kv, upto).expect("read").expect("archive");
+        t.key_kcv = "ABCDEF".into();
+        t.mac = hex::encode(fake_mac(&t.input()));
+        (lines, t)
+    }
+
+    /// 6 records, a seal of record 6 (record 7), 2 more records; node MACs per record.
+    fn sealed_chain() -> (MemKv, Vec<NodeMac>) {
+        let (mut kv, mut macs) = chain(6);
+        seal_now(&mut kv, 1100);
+        macs.push(node_mac(&kv, 7));
+        for i in 8..=9 {
+            add(&mut kv, i, true);
+            macs.push(node_mac(&kv, i));
+        }
+        (kv, macs)
+    }
+
+    #[test]
+    fn an_archived_and_pruned_chain_still_verifies_from_its_base() {
+        let (mut kv, macs) = sealed_chain();
+        let (lines, t) = archive(&kv, 6);
+        assert_eq!((lines.len(), t.first, t.last), (6, 1, 6));
+        assert_eq!(t.prev, hex::encode([0u8; 32]));
+        let detail = prune(&mut kv, &t, "appr-1", 2000).expect("store").expect("pruned");
+        assert!(detail.contains("records 1..=6"), "{detail}");
+        assert!(record(&kv, 6).expect("read").is_none() && record(&kv, 7).expect("read").is_some());
+        let r = run(&kv, NodeMacs::Checked(&macs), true, 1500, &[]);
+        assert_eq!((r.broken.clone(), r.archived, r.records, r.head_seq), (None, 6, 3, 9), "{r:?}");
+        // The next archive starts after the base and links to it.
+        let (more, t2) = archive_lines(&kv, 7).expect("read").expect("archive");
+        assert_eq!((more.len(), t2.first, t2.prev.clone()), (1, 7, t.last_hash.clone()));
+        // The archives, given together, lead to the base; without the first they do not.
+        let mut report = VerifyReport::default();
+        let base = base(&kv).expect("read").expect("base");
+        assert_eq!(check_archives(&mut report, &[("a".into(), t.clone())], Some(&base), &mut checker), None);
+        let mut forged = t.clone();
+        forged.sha256 = hex::encode([7u8; 32]);
+        let e = check_archives(&mut report, &[("a".into(), forged)], Some(&base), &mut checker).expect("refused");
+        assert!(e.1.contains("MAC does not verify"), "{e:?}");
+        let e = check_archives(&mut report, &[], Some(&base), &mut checker).expect("refused");
+        assert!(e.1.contains("end at record 0"), "{e:?}");
+    }
+
+    #[test]
+    fn a_prune_that_does_not_fit_the_chain_is_refused_and_changes_nothing() {
+        let (kv, _) = sealed_chain();
+        let refused = |t: &ArchiveTrailer, why: &str| {
+            let mut k = MemKv(kv.0.clone());
+            let e = prune(&mut k, t, "appr", 2000).expect("store").expect_err("refused");
+            assert!(e.contains(why), "{e}");
+            assert_eq!(k.0, kv.0, "a refused prune wrote something");
+        };
+        // Past the last seal (record 6 is the last sealed one).
+        let (_, t) = archive(&kv, 8);
+        refused(&t, "not covered by a seal");
+        // Another chain's record 6.
+        let (_, mut t) = archive(&kv, 6);
+        t.last_hash = hex::encode([9u8; 32]);
+        refused(&t, "does not have the archived hash");
+        // Not the live chain's first records.
+        let (_, mut t) = archive(&kv, 6);
+        t.first = 2;
+        refused(&t, "the live chain at 1");
+        // A malformed trailer.
+        let (_, mut t) = archive(&kv, 6);
+        t.mac = "zz".into();
+        refused(&t, "not 32 bytes of hex");
+    }
+
+    #[test]
+    fn a_base_or_live_records_edited_after_a_prune_are_caught() {
+        let (mut kv, macs) = sealed_chain();
+        let (_, t) = archive(&kv, 6);
+        prune(&mut kv, &t, "appr-1", 2000).expect("store").expect("pruned");
+        // A base whose trailer was changed (to hide a longer prune) no longer carries the MAC.
+        let mut forged = base(&kv).expect("read").expect("base");
+        forged.trailer.last = 7;
+        let mut k = MemKv(kv.0.clone());
+        put_typed(&mut k, key::BASE.as_bytes(), &forged).expect("put");
+        let r = run(&k, NodeMacs::Checked(&macs), true, 1500, &[]);
+        assert!(r.broken.as_ref().is_some_and(|b| b.1.contains("does not carry the audit key's MAC")), "{r:?}");
+        // Record 7 removed as well, behind the base's back.
+        let mut k = MemKv(kv.0.clone());
+        k.delete(key::record(7).as_bytes());
+        let r = run(&k, NodeMacs::Checked(&macs), true, 1500, &[]);
+        assert_eq!(r.broken.as_ref().map(|b| b.0), Some(7), "{r:?}");
+        // The base removed: the chain no longer starts at record 1.
+        let mut k = MemKv(kv.0.clone());
+        k.delete(key::BASE.as_bytes());
+        let r = run(&k, NodeMacs::Checked(&macs), true, 1500, &[]);
+        assert!(r.broken.is_some(), "{r:?}");
     }
 }

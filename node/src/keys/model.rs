@@ -284,6 +284,13 @@ pub enum ApprovalAction {
         /// The key.
         key: String,
     },
+    /// Prune the audit records an archive holds (`quill audit archive`), once two custodians
+    /// granted it; its trailer names the records, their hashes and the archive's digest, MACed
+    /// with the cluster's audit key.
+    AuditPrune {
+        /// The archive's trailer.
+        archive: crate::audit::ArchiveTrailer,
+    },
 }
 
 impl fmt::Display for ApprovalAction {
@@ -292,6 +299,13 @@ impl fmt::Display for ApprovalAction {
             ApprovalAction::SmkToNode { node } => write!(f, "wrap the SMK to node {node}"),
             ApprovalAction::Export { key, kbpk } => write!(f, "export {key} under {kbpk}"),
             ApprovalAction::Destroy { key } => write!(f, "destroy {key}"),
+            ApprovalAction::AuditPrune { archive: a } => write!(
+                f,
+                "prune audit records {}..={} (archived, sha256 {})",
+                a.first,
+                a.last,
+                a.sha256.get(..16).unwrap_or(&a.sha256)
+            ),
         }
     }
 }

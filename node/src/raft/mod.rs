@@ -131,6 +131,11 @@ pub enum Command {
         /// HMAC over `audit::seal_input(seq, hash)`.
         mac: AuditMac,
     },
+    /// Prune the audit records an approved archive holds (`quill audit prune`, an auditor).
+    AuditPrune {
+        /// The approval (action `AuditPrune`) two custodians granted.
+        approval: String,
+    },
 }
 
 /// The result of applying one log entry.

@@ -11,7 +11,12 @@ impl State<'_> {
         action: ApprovalAction,
         ttl_ms: u64,
     ) -> Result<Step<Applied>, StoreError> {
-        if let Err(r) = self.role(ctx, &[Role::Admin, Role::Operator]) {
+        // Pruning audit records is an auditor's request; everything else an admin's or operator's.
+        let requesters: &[Role] = match &action {
+            ApprovalAction::AuditPrune { .. } => &[Role::Auditor],
+            _ => &[Role::Admin, Role::Operator],
+        };
+        if let Err(r) = self.role(ctx, requesters) {
             return Ok(Err(r));
         }
         let ttl_ms = if ttl_ms == 0 { APPROVAL_TTL_MS } else { ttl_ms };
@@ -70,6 +75,12 @@ impl State<'_> {
                 Ok(_) => {}
                 Err(r) => return Ok(Err(r)),
             },
+            // The archive must be of this chain as it stands (checked again when it is pruned).
+            ApprovalAction::AuditPrune { archive } => {
+                if let Err(r) = crate::audit::check_archive(self.kv, archive)? {
+                    return Ok(refuse(r));
+                }
+            }
         }
         let detail = action.to_string();
         let a = Approval {
