@@ -32,7 +32,8 @@ async fn audit_records_are_archived_to_signed_files_and_pruned_under_dual_contro
     let first_arg = first.to_str().unwrap().to_string();
 
     step("archive the sealed records as an auditor (an operator may not)");
-    let (code, _, err) = cluster.quill(1, &["audit", "archive", "--out", &first_arg], &[("QUILL_ACTOR", "operator:otto")]);
+    let (code, _, err) =
+        cluster.quill(1, &["audit", "archive", "--out", &first_arg], &[("QUILL_ACTOR", "operator:otto")]);
     assert_eq!(code, 1, "an operator archived: {err}");
     assert!(!first.exists(), "a refused archive wrote a file");
     let out = wait_until(Duration::from_secs(30), "a sealed record to archive", || {
@@ -111,6 +112,10 @@ async fn audit_records_are_archived_to_signed_files_and_pruned_under_dual_contro
     })
     .await;
     assert_eq!(json(&out)["first"].as_u64(), Some(last + 1), "{out}");
-    let (code, _, err) = cluster.quill(1, &["audit", "verify", "--archive", &first_arg, "--archive", second.to_str().unwrap()], &AUDITOR);
+    let (code, _, err) = cluster.quill(
+        1,
+        &["audit", "verify", "--archive", &first_arg, "--archive", second.to_str().unwrap()],
+        &AUDITOR,
+    );
     assert_eq!(code, 3, "the second archive is not pruned yet, so the archives overshoot the base: {err}");
 }

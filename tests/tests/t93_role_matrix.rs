@@ -20,10 +20,10 @@ use quill_proto::v1::{
     QueryRequest, RevokeCertRequest, StatusRequest, SubmitPart,
 };
 use quill_proto::v1::{
-    AuditArchiveRequest, AuditPruneRequest, GetApprovalRequest, GetAuditKeysRequest, GetCeremonyRequest, GetIssuerKeyRequest, GetJobRequest, GetKeyRequest,
-    GetSmkRequest, ListApprovalsRequest, ListCaKeysRequest, ListCeremoniesRequest, ListChunksRequest,
-    ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest, ListKeysRequest, ListNodesRequest,
-    ListRevokedCertsRequest,
+    AuditArchiveRequest, AuditPruneRequest, GetApprovalRequest, GetAuditKeysRequest, GetCeremonyRequest,
+    GetIssuerKeyRequest, GetJobRequest, GetKeyRequest, GetSmkRequest, ListApprovalsRequest, ListCaKeysRequest,
+    ListCeremoniesRequest, ListChunksRequest, ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest,
+    ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest,
 };
 use quill_tests::{Cluster, ClusterOptions, step};
 use tonic::Code;

@@ -124,14 +124,21 @@ async fn the_audit_chain_fails_closed_and_holds_to_its_anchors() {
     let mut k = KeysClient::new(cluster.channel_as(leader, "auditor:ann"));
     let line = |json: String| AuditAnchorLine { source: "forged.jsonl:1".into(), json };
     let e = k
-        .audit_verify(AuditVerifyRequest { anchors: vec![line("{\"anchor\":1,\"seq\":\"x\"}".into())] })
+        .audit_verify(AuditVerifyRequest {
+            anchors: vec![line("{\"anchor\":1,\"seq\":\"x\"}".into())],
+            archives: vec![],
+        })
         .await
         .expect_err("a malformed anchor");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("forged.jsonl:1"), "{e:?}");
     let mut forged = line_json.clone();
     forged["mac"] = serde_json::Value::String("00".repeat(32));
-    let r = k.audit_verify(AuditVerifyRequest { anchors: vec![line(forged.to_string())] }).await.unwrap().into_inner();
+    let r = k
+        .audit_verify(AuditVerifyRequest { anchors: vec![line(forged.to_string())], archives: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!r.ok && r.json.contains("seal MAC does not verify"), "{}", r.json);
 
     step("2. the same truncation on every node: records and their MACs removed, head moved back");

@@ -22,8 +22,8 @@ use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::{
     ApprovalAskRequest, AuditAnchorLine, AuditArchiveRequest, AuditPruneRequest, AuditTailRequest, AuditVerifyRequest,
 };
-use sha2::{Digest as _, Sha256};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::client::{Session, Who};
 use crate::exit_codes::{CHECK_FAILED, CliError, OK};
@@ -85,7 +85,10 @@ fn check_archive_file(path: &PathBuf) -> Result<(String, u64)> {
     let t: Value = serde_json::from_str(trailer).map_err(|e| broken(lines.len(), format!("no trailer ({e})")))?;
     let (first, last) = (t["first"].as_u64().unwrap_or(0), t["last"].as_u64().unwrap_or(0));
     if t["archive"] != 1 || first == 0 || last < first || records.len() as u64 != last - first + 1 {
-        return Err(broken(lines.len(), format!("the trailer announces records {first}..={last}, the file holds {}", records.len())));
+        return Err(broken(
+            lines.len(),
+            format!("the trailer announces records {first}..={last}, the file holds {}", records.len()),
+        ));
     }
     let mut digest = Sha256::new();
     let mut prev = t["prev"].as_str().unwrap_or("").to_string();
@@ -128,9 +131,9 @@ pub fn audit_archive(a: &AuditArchiveArgs, json: bool) -> Result<u8> {
     f.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
-    let mut file = f
-        .open(&a.out)
-        .map_err(|e| CliError::Usage(format!("cannot create the archive {} (never overwritten): {e}", a.out.display())))?;
+    let mut file = f.open(&a.out).map_err(|e| {
+        CliError::Usage(format!("cannot create the archive {} (never overwritten): {e}", a.out.display()))
+    })?;
     file.write_all(body.as_bytes()).with_context(|| format!("cannot write {}", a.out.display()))?;
     file.sync_all().with_context(|| format!("cannot sync {}", a.out.display()))?;
     let (trailer, last) = check_archive_file(&a.out)?;

@@ -10,16 +10,15 @@ use std::time::Duration;
 use quill_proto::v1::keys_server::{self, KeysServer};
 use quill_proto::v1::{
     ApprovalAskRequest, ApprovalDecideRequest, AuditArchiveRequest, AuditArchiveResponse, AuditPruneRequest,
-    AuditTailRequest, AuditTailResponse, AuditVerifyRequest,
-    AuditVerifyResponse, CaImportRequest, Caller, CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest,
-    ExportTr31Request, ExportTr31Response, GenerateKeyRequest, GetApprovalRequest, GetApprovalResponse,
-    GetAuditKeysRequest, GetAuditKeysResponse, GetCeremonyRequest, GetCeremonyResponse, GetIssuerKeyRequest,
-    GetIssuerKeyResponse, GetKeyRequest, GetKeyResponse, GetSmkRequest, GetSmkResponse, ImportTr31Request,
-    IssuerCertImportRequest, KeyResponse, KeyStateRequest, ListApprovalsRequest, ListApprovalsResponse,
-    ListCaKeysRequest, ListCaKeysResponse, ListCeremoniesRequest, ListCeremoniesResponse, ListIssuerCertsRequest,
-    ListIssuerCertsResponse, ListIssuerKeysRequest, ListIssuerKeysResponse, ListKeysRequest, ListKeysResponse,
-    ListNodesRequest, ListNodesResponse, ListRevokedCertsRequest, ListRevokedCertsResponse, QueryRequest,
-    QueryResponse, RevokeCertRequest, WriteResult,
+    AuditTailRequest, AuditTailResponse, AuditVerifyRequest, AuditVerifyResponse, CaImportRequest, Caller,
+    CeremonyCancelRequest, CeremonyStartRequest, CeremonySubmitRequest, ExportTr31Request, ExportTr31Response,
+    GenerateKeyRequest, GetApprovalRequest, GetApprovalResponse, GetAuditKeysRequest, GetAuditKeysResponse,
+    GetCeremonyRequest, GetCeremonyResponse, GetIssuerKeyRequest, GetIssuerKeyResponse, GetKeyRequest, GetKeyResponse,
+    GetSmkRequest, GetSmkResponse, ImportTr31Request, IssuerCertImportRequest, KeyResponse, KeyStateRequest,
+    ListApprovalsRequest, ListApprovalsResponse, ListCaKeysRequest, ListCaKeysResponse, ListCeremoniesRequest,
+    ListCeremoniesResponse, ListIssuerCertsRequest, ListIssuerCertsResponse, ListIssuerKeysRequest,
+    ListIssuerKeysResponse, ListKeysRequest, ListKeysResponse, ListNodesRequest, ListNodesResponse,
+    ListRevokedCertsRequest, ListRevokedCertsResponse, QueryRequest, QueryResponse, RevokeCertRequest, WriteResult,
 };
 use tonic::{Request, Response, Status};
 

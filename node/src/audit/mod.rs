@@ -951,7 +951,12 @@ pub fn check_archives(
         if t.first != next || t.prev_hash() != prev {
             return Some((
                 next,
-                format!("{what}: holds records {}..={}, but the archives before it end at record {}", t.first, t.last, next - 1),
+                format!(
+                    "{what}: holds records {}..={}, but the archives before it end at record {}",
+                    t.first,
+                    t.last,
+                    next - 1
+                ),
             ));
         }
         next = t.last + 1;

@@ -133,6 +133,41 @@ fn guarded<D: Domain>(
     }
 }
 
+/// `quill audit prune`: an auditor prunes the records of an archive that two custodians approved
+/// (the approval names the archive's trailer); the approval is then done. Refused unless the
+/// archive still describes the live chain's first records ([`audit::check_archive`]).
+fn audit_prune(kv: &mut dyn Kv, ctx: &Ctx<'_>, approval: &str, revoked: Option<String>) -> Result<Applied, StoreError> {
+    use crate::keys::apply::{key, read};
+    use crate::keys::model::{Approval, ApprovalAction, ApprovalState};
+    let object = format!("approval:{approval}");
+    let refuse = |reason: String| Ok(Applied::Rejected { object: object.clone(), reason });
+    if let Some(reason) = revoked {
+        return refuse(reason);
+    }
+    if let Err(reason) = crate::domain::require_role(ctx.actor, &[Role::Auditor]) {
+        return refuse(reason);
+    }
+    let at = format!("{}{approval}", key::APPROVAL);
+    let Some(mut a) = read::<Approval>(&*kv, &at)? else { return refuse(format!("no approval {approval}")) };
+    let ApprovalAction::AuditPrune { archive } = a.action.clone() else {
+        return refuse(format!("approval {approval} is not a prune of archived audit records ({})", a.action));
+    };
+    if a.state != ApprovalState::Approved {
+        return refuse(format!("approval {approval} is {:?}, not approved", a.state).to_lowercase());
+    }
+    if ctx.time_ms >= a.expires_ms {
+        return refuse(format!("approval {approval} expired"));
+    }
+    match audit::prune(kv, &archive, approval, ctx.time_ms)? {
+        Err(reason) => refuse(reason),
+        Ok(detail) => {
+            a.state = ApprovalState::Done;
+            crate::store::put_typed(kv, at.as_bytes(), &a)?;
+            Ok(Applied::done(format!("audit:{}..={}", archive.first, archive.last), detail))
+        }
+    }
+}
+
 /// Whether `cmd`, if done, may erase data: a job's purge (acknowledged, cancelled, expired) or a
 /// key destroyed by a granted approval. The node then erases the bytes from its files
 /// ([`crate::runtime::eraser`]).
@@ -204,6 +239,7 @@ pub fn apply(kv: &mut dyn Kv, log_index: u64, req: Request) -> Result<Outcome, S
                 }
             }
         }
+        Command::AuditPrune { approval } => ("audit.prune", audit_prune(kv, &ctx, &approval, revoked)?),
     };
     let (object, text, outcome) = match applied {
         Applied::Done { object, detail } => {

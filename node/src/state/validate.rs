@@ -24,6 +24,7 @@ pub fn client_command(cmd: &Command) -> Result<(), String> {
         Command::AuditSeal { .. } => {
             Err("audit seals are made by the cluster's nodes; a client cannot send one".into())
         }
+        Command::AuditPrune { approval } => id("approval id", approval),
         Command::Put { key, value } => {
             bench_key(key)?;
             if value.len() > MAX_BENCH_VALUE {
