@@ -647,7 +647,19 @@ impl Module {
                 format!("key {} is both a key-encryption key and a data key (key separation policy)", k.handle),
             ));
         }
-        let resolve = |oh| self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)));
+        let separation = self.key_separation(slot);
+        let resolve = |oh| {
+            let o = self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)))?;
+            // TR-31 translation unwraps under its second key (the source KBPK): the policy holds
+            // it to the same rule as C_UnwrapKey's unwrapping key.
+            if mech.mech == CKM_QUILL_TR31_TRANSLATE && separation && object::mixes_roles(&o.attrs) {
+                return Err(Error::new(
+                    CKR_KEY_FUNCTION_NOT_PERMITTED,
+                    format!("the source KBPK {oh} is also a data key (key separation policy)"),
+                ));
+            }
+            Ok(o)
+        };
         let op = Operation::init(kind, mech, key, &resolve)?;
         lock(&s).ops.insert(kind, ActiveOp { op, multipart: false, pending: None });
         Ok(())
