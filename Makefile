@@ -63,11 +63,13 @@ else
 endif
 
 # hsm-sim's PKCS#11 conformance checks in plain C (hsm-sim/tests/c/conformance.c): the module is
-# loaded with dlopen and called through its function lists, on a throwaway token directory.
+# loaded with dlopen and called through its function lists, on a throwaway token directory (two
+# slots that offer CKM_QUILL_TR31_TRANSLATE, which the module's default leaves off).
 c-conformance: build
 	cc -std=c11 -Wall -Wextra -Werror -o "$(RELEASE)/p11-conformance" hsm-sim/tests/c/conformance.c -ldl
 	@dir="$$(mktemp -d)"; trap 'rm -rf "$$dir"' EXIT; \
-	QUILL_HSM_DIR="$$dir" "$(RELEASE)/p11-conformance" "$(QUILL_HSM_MODULE)"
+	printf 'token_dir = "%s"\n[[slot]]\nid = 0\nkbpk_translate = true\n[[slot]]\nid = 1\nkbpk_translate = true\n' "$$dir" > "$$dir/quill-hsm.toml"; \
+	QUILL_HSM_CONF="$$dir/quill-hsm.toml" "$(RELEASE)/p11-conformance" "$(QUILL_HSM_MODULE)"
 
 third-party: build
 	@failed=(); \

@@ -33,6 +33,9 @@ pub const CKM_QUILL_DES3_RETAIL_MAC: c_ulong = CKM_QUILL_BASE | 0x50;
 pub const CKM_QUILL_TR31_WRAP: c_ulong = CKM_QUILL_BASE | 0x60;
 /// TR-31 key block import (`C_UnwrapKey` with a KBPK; no parameter).
 pub const CKM_QUILL_TR31_UNWRAP: c_ulong = CKM_QUILL_BASE | 0x61;
+/// TR-31 key block translation from one KBPK to another (`C_Encrypt` under the destination KBPK;
+/// parameter = the source KBPK's handle).
+pub const CKM_QUILL_TR31_TRANSLATE: c_ulong = CKM_QUILL_BASE | 0x62;
 
 /// (value, name) of every vendor mechanism above.
 pub const NAMES: &[(c_ulong, &str)] = &[
@@ -48,6 +51,7 @@ pub const NAMES: &[(c_ulong, &str)] = &[
     (CKM_QUILL_DES3_RETAIL_MAC, "CKM_QUILL_DES3_RETAIL_MAC"),
     (CKM_QUILL_TR31_WRAP, "CKM_QUILL_TR31_WRAP"),
     (CKM_QUILL_TR31_UNWRAP, "CKM_QUILL_TR31_UNWRAP"),
+    (CKM_QUILL_TR31_TRANSLATE, "CKM_QUILL_TR31_TRANSLATE"),
 ];
 
 /// The name of one of Quill's vendor mechanisms.
@@ -64,11 +68,14 @@ mod tests {
         // hsm-sim/README.md's table, written out: a changed base or offset fails here.
         assert_eq!(CKM_QUILL_EMV_MK_OPTION_A, 0xD155_0001);
         assert_eq!(CKM_QUILL_TR31_UNWRAP, 0xD155_0061);
-        assert_eq!(NAMES.len(), 12);
+        assert_eq!(CKM_QUILL_TR31_TRANSLATE, 0xD155_0062);
+        assert_eq!(NAMES.len(), 13);
         let mut values: Vec<c_ulong> = NAMES.iter().map(|(v, _)| *v).collect();
+        values.sort_unstable();
         values.dedup();
-        assert_eq!(values.len(), 12, "no value twice");
+        assert_eq!(values.len(), 13, "no value twice");
         assert_eq!(vendor_name(0xD155_0010), Some("CKM_QUILL_CVV"));
+        assert_eq!(vendor_name(0xD155_0062), Some("CKM_QUILL_TR31_TRANSLATE"));
         assert_eq!(vendor_name(0xD155_00FF), None);
     }
 }

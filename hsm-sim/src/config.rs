@@ -10,6 +10,7 @@
 //! id = 0
 //! description = "quill sim slot 0"
 //! key_separation = true               # the payment-HSM key policy (default on; README "Key hygiene")
+//! kbpk_translate = false              # CKM_QUILL_TR31_TRANSLATE (default off; README "TR-31 translation")
 //! ```
 
 use crate::error::{Error, Result};
@@ -36,6 +37,12 @@ pub struct SlotConfig {
     /// (`CKA_ENCRYPT`/`CKA_DECRYPT`). On unless the configuration turns it off.
     #[serde(default = "default_true")]
     pub key_separation: bool,
+    /// Whether `CKM_QUILL_TR31_TRANSLATE` is available on this token (README "TR-31
+    /// translation"): off unless the configuration turns it on, because a logged-in user who
+    /// creates a KBPK from bytes they know can translate a non-exportable block to it and open it
+    /// outside the module. Turn it on only for the window of a storage-master-key rotation.
+    #[serde(default)]
+    pub kbpk_translate: bool,
 }
 
 fn default_true() -> bool {
@@ -85,7 +92,7 @@ impl Config {
 
     fn with_default_slots(mut self) -> Self {
         if self.slots.is_empty() {
-            self.slots = (0..2).map(|id| SlotConfig { id, description: None, key_separation: true }).collect();
+            self.slots = (0..2).map(|id| SlotConfig { id, description: None, key_separation: true, kbpk_translate: false }).collect();
         }
         self
     }

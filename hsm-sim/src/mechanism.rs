@@ -8,7 +8,8 @@ use cryptoki_sys::*;
 pub use quill_crypto::mechanism::{
     CKM_QUILL_BASE, CKM_QUILL_CVV, CKM_QUILL_DES3_RETAIL_MAC, CKM_QUILL_EMV_MK_OPTION_A, CKM_QUILL_EMV_MK_OPTION_B,
     CKM_QUILL_IBM3624_OFFSET, CKM_QUILL_KEY_COMPONENTS_XOR, CKM_QUILL_PIN_GENERATE, CKM_QUILL_PIN_TRANSLATE,
-    CKM_QUILL_RSA_CRT_COMPONENT_WRAP, CKM_QUILL_TR31_UNWRAP, CKM_QUILL_TR31_WRAP, CKM_QUILL_VISA_PVV,
+    CKM_QUILL_RSA_CRT_COMPONENT_WRAP, CKM_QUILL_TR31_TRANSLATE, CKM_QUILL_TR31_UNWRAP, CKM_QUILL_TR31_WRAP,
+    CKM_QUILL_VISA_PVV,
 };
 
 /// A mechanism with owned parameters (copied out of C memory at the boundary).
@@ -235,6 +236,7 @@ pub const MECHANISMS: &[MechInfo] = &[
     MechInfo { mech: CKM_QUILL_DES3_RETAIL_MAC, min: 16, max: 16, flags: SV },
     MechInfo { mech: CKM_QUILL_TR31_WRAP, min: 16, max: 32, flags: CKF_WRAP },
     MechInfo { mech: CKM_QUILL_TR31_UNWRAP, min: 16, max: 32, flags: CKF_UNWRAP },
+    MechInfo { mech: CKM_QUILL_TR31_TRANSLATE, min: 16, max: 32, flags: CKF_ENCRYPT },
 ];
 
 /// Look a mechanism up.

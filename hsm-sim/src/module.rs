@@ -200,15 +200,24 @@ impl Module {
         Ok(TokenInfo { label, serial, flags, sessions, rw_sessions })
     }
 
-    /// `C_GetMechanismList`.
+    /// `C_GetMechanismList` (without `CKM_QUILL_TR31_TRANSLATE` where the token leaves it off).
     pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>> {
         self.token(slot)?;
-        Ok(MECHANISMS.iter().map(|m| m.mech).collect())
+        let translate = self.kbpk_translate(slot);
+        Ok(MECHANISMS.iter().map(|m| m.mech).filter(|m| translate || *m != CKM_QUILL_TR31_TRANSLATE).collect())
+    }
+
+    /// Whether the token of `slot` offers `CKM_QUILL_TR31_TRANSLATE` (`kbpk_translate`).
+    pub fn kbpk_translate(&self, slot: CK_SLOT_ID) -> bool {
+        self.cfg.slots.iter().find(|s| s.id == slot).is_some_and(|s| s.kbpk_translate)
     }
 
     /// `C_GetMechanismInfo`.
     pub fn mechanism_info(&self, slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE) -> Result<MechInfo> {
         self.token(slot)?;
+        if mech == CKM_QUILL_TR31_TRANSLATE && !self.kbpk_translate(slot) {
+            return Err(translate_off(slot));
+        }
         // The simulated device performs every mechanism itself (pkcs11-tool --test looks for CKF_HW).
         mechanism::info(mech).map(|i| MechInfo { flags: i.flags | CKF_HW, ..*i })
     }
@@ -647,7 +656,22 @@ impl Module {
                 format!("key {} is both a key-encryption key and a data key (key separation policy)", k.handle),
             ));
         }
-        let resolve = |oh| self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)));
+        if mech.mech == CKM_QUILL_TR31_TRANSLATE && !self.kbpk_translate(slot) {
+            return Err(translate_off(slot));
+        }
+        let separation = self.key_separation(slot);
+        let resolve = |oh| {
+            let o = self.object_in(slot, oh).map_err(|e| Error::param(format!("second key: {}", e.reason)))?;
+            // TR-31 translation unwraps under its second key (the source KBPK): the policy holds
+            // it to the same rule as C_UnwrapKey's unwrapping key.
+            if mech.mech == CKM_QUILL_TR31_TRANSLATE && separation && object::mixes_roles(&o.attrs) {
+                return Err(Error::new(
+                    CKR_KEY_FUNCTION_NOT_PERMITTED,
+                    format!("the source KBPK {oh} is also a data key (key separation policy)"),
+                ));
+            }
+            Ok(o)
+        };
         let op = Operation::init(kind, mech, key, &resolve)?;
         lock(&s).ops.insert(kind, ActiveOp { op, multipart: false, pending: None });
         Ok(())
@@ -1204,4 +1228,12 @@ impl Module {
         self.sessions.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         self.session_objects.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
+}
+
+/// `CKR_MECHANISM_INVALID`: the token of `slot` leaves `CKM_QUILL_TR31_TRANSLATE` off.
+fn translate_off(slot: CK_SLOT_ID) -> Error {
+    Error::new(
+        CKR_MECHANISM_INVALID,
+        format!("CKM_QUILL_TR31_TRANSLATE is off on slot {slot} (kbpk_translate = false in the module configuration)"),
+    )
 }

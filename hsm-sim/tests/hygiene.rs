@@ -17,7 +17,7 @@ const TR31_WRAP: u64 = 0xD155_0060;
 const TR31_UNWRAP: u64 = 0xD155_0061;
 
 fn hsm4() -> &'static Hsm {
-    hsm_with(HsmConfig { slots: 9, max_pin_tries: 10, policy_slots: 8 })
+    hsm_with(HsmConfig { slots: 9, max_pin_tries: 10, policy_slots: 8, translate_slots: 0 })
 }
 
 /// A user session on a fresh token: with the policy (slots 0–7, one per test) or without (slot 8).
@@ -252,4 +252,32 @@ fn pkcs11_3_0_info_unique_id_and_slot_events() {
     expect_rv(s.update_attributes(a, &[Attribute::UniqueId(b"mine".to_vec())]), RvError::AttributeReadOnly);
     let found = s.find_objects(&[Attribute::UniqueId(uid(a))]).unwrap();
     assert_eq!(found, vec![a], "C_FindObjects by CKA_UNIQUE_ID");
+}
+
+/// `CKM_QUILL_TR31_TRANSLATE` is off unless the token's configuration turns it on
+/// (`kbpk_translate`): with it, a user who made a KBPK from bytes they know could move a
+/// non-exportable block under it and open it outside the module. Off, it is neither listed nor
+/// usable, whatever keys the caller brings.
+#[test]
+fn kbpk_translation_is_off_unless_the_token_turns_it_on() {
+    const TR31_TRANSLATE: u64 = 0xD155_0062;
+    let hsm = hsm4();
+    let (t, s) = token(true);
+    assert!(!hsm.raw.mechanism_list(t.slot.id()).contains(&TR31_TRANSLATE), "listed on a token that leaves it off");
+    let ty = cryptoki::mechanism::MechanismType::new_vendor_defined(TR31_TRANSLATE).unwrap();
+    expect_rv(hsm.pkcs11.get_mechanism_info(t.slot, ty), RvError::MechanismInvalid);
+    let kbpk = |value: &str| {
+        s.create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Value(h(value)),
+        ])
+        .unwrap()
+    };
+    let (k1, k2) = (kbpk(&"11".repeat(32)), kbpk(&"22".repeat(32)));
+    let param = k1.handle().to_ne_bytes();
+    expect_rv(s.encrypt(&vendor(TR31_TRANSLATE, &param), k2, b"D0000"), RvError::MechanismInvalid);
 }

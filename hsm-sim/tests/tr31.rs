@@ -1,6 +1,6 @@
-//! TR-31 key blocks through the vendor mechanisms `CKM_QUILL_TR31_WRAP` (0xD1550060) and
-//! `CKM_QUILL_TR31_UNWRAP` (0xD1550061), on the built module through `cryptoki`
-//! (hsm-sim/README.md, "Vendor mechanisms").
+//! TR-31 key blocks through the vendor mechanisms `CKM_QUILL_TR31_WRAP` (0xD1550060),
+//! `CKM_QUILL_TR31_UNWRAP` (0xD1550061) and `CKM_QUILL_TR31_TRANSLATE` (0xD1550062), on the built
+//! module through `cryptoki` (hsm-sim/README.md, "Vendor mechanisms").
 //!
 //! The module's key blocks are read back twice: by the module itself (C_UnwrapKey) and by the
 //! pure implementation in `quill_crypto::tr31` with the KBPK value the test knows (that
@@ -11,16 +11,19 @@
 
 mod common;
 
+use common::raw::{Param, object_handle};
 use common::reference as r;
 use common::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use quill_crypto::tr31::{self, Kbpk};
+use cryptoki_sys::{CKR_BUFFER_TOO_SMALL, CKR_OK};
+use quill_crypto::tr31::{self, BlockId, Exportability, Kbpk, Tr31Error};
 
 const TR31_WRAP: u64 = 0xD155_0060;
 const TR31_UNWRAP: u64 = 0xD155_0061;
+const TR31_TRANSLATE: u64 = 0xD155_0062;
 const EMV_MK_OPTION_A: u64 = 0xD155_0001;
 
 /// C_WrapKey with `CKM_QUILL_TR31_WRAP` and this header template.
@@ -391,4 +394,244 @@ fn wrap_refusals() {
     expect_rv(wrap(&s, "B0000P0TE00E0000", no_wrap, des2), RvError::KeyFunctionNotPermitted);
     // TR-31 unwrap is not a wrap mechanism, and the reverse.
     expect_rv(s.wrap_key(&vendor(TR31_UNWRAP, &[]), des2_kbpk, des2), RvError::MechanismInvalid);
+}
+
+// ---- CKM_QUILL_TR31_TRANSLATE ----------------------------------------------------------------
+
+/// The two AES-256 KBPKs of the translation tests (the old and the new at-rest KBPK, say): the
+/// test knows both values, to read the blocks with `quill_crypto::tr31` too.
+const KBPK1: &str = "88E1AB2A2E3DD38C1FA039A536500CC8A87AB9D62DC92C01058FA79F44657DE6";
+const KBPK2: &str = "00112233445566778899AABBCCDDEEFF0123456789ABCDEFFEDCBA9876543210";
+/// Two DES3 KBPKs for version B.
+const TDES_KBPK1: &str = "0123456789ABCDEFFEDCBA9876543210F1E2D3C4B5A69788";
+const TDES_KBPK2: &str = "F1E2D3C4B5A697880123456789ABCDEFFEDCBA9876543210";
+
+/// A KBPK as the at-rest one is: wrap and unwrap only, sensitive, not extractable; `extra`
+/// overrides.
+fn kbpk(s: &Session, kt: KeyType, value: &[u8], extra: &[Attribute]) -> ObjectHandle {
+    let base = vec![
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::Extractable(false),
+    ];
+    secret(s, kt, value, &merge(base, extra))
+}
+
+/// C_EncryptInit + C_Encrypt (length query, then the block) with `CKM_QUILL_TR31_TRANSLATE`, whose
+/// parameter is the source KBPK's handle (one `CK_ULONG`): `block` under `source` re-protected
+/// under `dest`.
+fn translate(s: &Session, source: ObjectHandle, dest: ObjectHandle, block: &str) -> cryptoki::error::Result<String> {
+    let param = ulong(source.handle());
+    s.encrypt(&vendor(TR31_TRANSLATE, &param), dest, block.as_bytes()).map(|b| String::from_utf8(b).unwrap())
+}
+
+/// The header text of a key block (everything before the encrypted key data).
+fn header_text(block: &str) -> &str {
+    tr31::key_block_header_text(block.as_bytes()).unwrap()
+}
+
+/// The translated block is the source's header, byte for byte, then another payload of the same
+/// length; it holds the same key under KBPK2 (read by the module and by `quill_crypto::tr31`),
+/// no longer opens under KBPK1, and never shows the key.
+#[track_caller]
+fn check_translated(s: &Session, old: &str, new: &str, kbpks: [(ObjectHandle, &[u8]); 2], key_v: &[u8], what: &str) {
+    let [(k1, v1), (k2, v2)] = kbpks;
+    let kt = if old.starts_with('D') { KeyType::AES } else { KeyType::DES3 };
+    assert_eq!(new.len(), old.len(), "{what}: same length");
+    assert_eq!(header_text(new), header_text(old), "{what}: same header text");
+    assert_ne!(&new[header_text(old).len()..], &old[header_text(old).len()..], "{what}: a new payload");
+    assert_eq!(new[1..5].parse::<usize>().unwrap(), new.len(), "{what}: length field");
+    for k in [hex::encode(key_v), hex::encode_upper(key_v)] {
+        assert!(!new.contains(&k), "{what}: the clear key is in the output");
+    }
+    // The independent implementation with KBPK2's value: the same header and key.
+    let (header, clear) = tr31::unwrap(kbpk_of(kt, v2), new.as_bytes()).unwrap();
+    assert_eq!(*clear, key_v, "{what}: key in the translated block");
+    assert_eq!(header, tr31::parse_key_block_header(old.as_bytes()).unwrap(), "{what}: header");
+    assert_eq!(tr31::unwrap(kbpk_of(kt, v1), new.as_bytes()).unwrap_err(), Tr31Error::Mac, "{what}: under KBPK1");
+    // The module: opens under KBPK2 into the same key, not under KBPK1.
+    let tmpl = if header.exportability == Exportability::NonExportable {
+        vec![Attribute::Token(false)]
+    } else {
+        open_template()
+    };
+    let back = unwrap(s, k2, new, &tmpl).unwrap_or_else(|e| panic!("{what}: C_UnwrapKey under KBPK2: {e}"));
+    let kt = key_type(s, back);
+    assert_eq!(kcv(s, back), reference_kcv(kt, key_v), "{what}: KCV of the key opened under KBPK2");
+    expect_rv(unwrap(s, k1, new, &tmpl), RvError::WrappedKeyInvalid);
+}
+
+#[test]
+fn translate_is_listed_as_an_encrypt_mechanism() {
+    let hsm = hsm();
+    let slot = hsm.shared().slot;
+    assert!(hsm.raw.mechanism_list(slot.id()).contains(&TR31_TRANSLATE));
+    let info = hsm.pkcs11.get_mechanism_info(slot, MechanismType::new_vendor_defined(TR31_TRANSLATE).unwrap()).unwrap();
+    assert!(info.encrypt() && !info.decrypt() && !info.wrap() && !info.unwrap());
+    assert_eq!((info.min_key_size(), info.max_key_size()), (16, 32), "KBPK sizes in bytes");
+}
+
+#[test]
+fn translate_moves_e_and_n_blocks_to_another_kbpk() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let (v1, v2) = (h(KBPK1), h(KBPK2));
+    let (k1, k2) = (kbpk(&s, KeyType::AES, &v1, &[]), kbpk(&s, KeyType::AES, &v2, &[]));
+
+    // E: an extractable AES-256 key wrapped out by the module, KS and TS blocks (then PB).
+    let e_key_v = h(CASES[3].key);
+    let e_key = aes_key(&s, &e_key_v, &[]);
+    let e_block = wrap(&s, CASES[3].header, k1, e_key).unwrap();
+    let e_new = translate(&s, k1, k2, &e_block).unwrap();
+    check_translated(&s, &e_block, &e_new, [(k1, &v1), (k2, &v2)], &e_key_v, "D E block");
+    assert!(e_new.starts_with(CASES[3].expect_header));
+    // Fresh padding: a second translation differs and opens too.
+    let again = translate(&s, k1, k2, &e_block).unwrap();
+    assert_ne!(again, e_new, "padding is random");
+    check_translated(&s, &e_block, &again, [(k1, &v1), (k2, &v2)], &e_key_v, "D E block again");
+    // And back: the block translated to KBPK2 goes home to KBPK1.
+    let home = translate(&s, k2, k1, &e_new).unwrap();
+    check_translated(&s, &e_new, &home, [(k2, &v2), (k1, &v1)], &e_key_v, "D E block back");
+
+    // N with a KC block and key version 12: such a key never wraps out, so the block is made from
+    // the key's bytes, as an HSM of the old SMK wrote it.
+    let n_key_v = h("3F419E1CB7079442AA37474C2EFBF8B8");
+    let cmac_kcv = &quill_crypto::sym::aes_cmac(&n_key_v, &[0u8; 16]).unwrap()[..5];
+    let template = format!("D0000D0AB12N0110KC1001{}", hex::encode_upper(cmac_kcv));
+    let header = tr31::Tr31Header::parse_template(template.as_bytes()).unwrap();
+    let n_block = tr31::wrap(Kbpk::Aes(&v1), &header, &n_key_v, Some(32), &mut |b: &mut [u8]| b.fill(0x5A)).unwrap();
+    assert_eq!(header_text(&n_block), format!("D0160{}", &template[5..]), "no PB block: KC fills 16");
+    let n_new = translate(&s, k1, k2, &n_block).unwrap();
+    check_translated(&s, &n_block, &n_new, [(k1, &v1), (k2, &v2)], &n_key_v, "D N block");
+    let (h2, _) = tr31::unwrap(Kbpk::Aes(&v2), n_new.as_bytes()).unwrap();
+    assert_eq!(h2.optional_block(BlockId::Kc), Some(&template[20..]), "KC block kept");
+    let n_key = unwrap(&s, k2, &n_new, &[Attribute::Token(false)]).unwrap();
+    assert!(!flag(&s, n_key, AttributeType::Extractable), "still not exportable");
+
+    // Version B between two DES3 KBPKs.
+    let (t1v, t2v) = (h(TDES_KBPK1), h(TDES_KBPK2));
+    let (t1, t2) = (kbpk(&s, KeyType::DES3, &t1v, &[]), kbpk(&s, KeyType::DES3, &t2v, &[]));
+    let b_key_v = h(CASES[1].key);
+    let b_block = wrap(&s, CASES[1].header, t1, des_key(&s, &b_key_v, &[])).unwrap();
+    let b_new = translate(&s, t1, t2, &b_block).unwrap();
+    check_translated(&s, &b_block, &b_new, [(t1, &t1v), (t2, &t2v)], &b_key_v, "B block");
+}
+
+#[test]
+fn translate_length_query_and_short_buffer() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let (v1, v2) = (h(KBPK1), h(KBPK2));
+    let (k1, k2) = (kbpk(&s, KeyType::AES, &v1, &[]), kbpk(&s, KeyType::AES, &v2, &[]));
+    let key_v = h(CASES[2].key);
+    let block = wrap(&s, CASES[2].header, k1, aes_key(&s, &key_v, &[])).unwrap();
+    let rv = hsm.raw.encrypt_init(s.handle(), TR31_TRANSLATE, Param::Ulong(k1.handle()), k2.handle());
+    assert_eq!(rv, CKR_OK);
+    let (rv, len, _) = hsm.raw.encrypt_call(&s, block.as_bytes(), None);
+    assert_eq!((rv, len), (CKR_OK, block.len() as u64), "length query");
+    let (rv, len, _) = hsm.raw.encrypt_call(&s, block.as_bytes(), Some(block.len() - 1));
+    assert_eq!((rv, len), (CKR_BUFFER_TOO_SMALL, block.len() as u64), "short buffer");
+    let (rv, len, out) = hsm.raw.encrypt_call(&s, block.as_bytes(), Some(block.len()));
+    assert_eq!((rv, len), (CKR_OK, block.len() as u64));
+    let out = String::from_utf8(out).unwrap();
+    check_translated(&s, &block, &out, [(k1, &v1), (k2, &v2)], &key_v, "D block, two calls");
+}
+
+#[test]
+fn translate_refusals() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let (v1, v2) = (h(KBPK1), h(KBPK2));
+    let (k1, k2) = (kbpk(&s, KeyType::AES, &v1, &[]), kbpk(&s, KeyType::AES, &v2, &[]));
+    let key_v = h(CASES[2].key);
+    let key = aes_key(&s, &key_v, &[]);
+    let block = wrap(&s, CASES[2].header, k1, key).unwrap();
+    translate(&s, k1, k2, &block).unwrap();
+
+    // The block: one MAC character flipped; the encrypted key data touched; truncated.
+    let mut bad_mac = block.clone().into_bytes();
+    let last = bad_mac.len() - 1;
+    bad_mac[last] = if bad_mac[last] == b'0' { b'1' } else { b'0' };
+    let bad_mac = String::from_utf8(bad_mac).unwrap();
+    expect_rv(translate(&s, k1, k2, &bad_mac), RvError::DataInvalid);
+    let mut bad_data = block.clone();
+    let pos = header_text(&block).len() + 1;
+    let c = if &bad_data[pos..=pos] == "0" { "1" } else { "0" };
+    bad_data.replace_range(pos..=pos, c);
+    expect_rv(translate(&s, k1, k2, &bad_data), RvError::DataInvalid);
+    expect_rv(translate(&s, k1, k2, &block[..block.len() - 2]), RvError::DataLenRange);
+    expect_rv(translate(&s, k1, k2, &format!("{block}00")), RvError::DataLenRange);
+    // The header edited without a new MAC: usage E0 -> D0 (mode N, so that both headers are
+    // valid and only the MAC stops it), and E0 mode X -> D0 (a header D0 does not allow).
+    let imk_v = h(CASES[2].key);
+    let imk = aes_key(&s, &imk_v, &[]);
+    for header in ["D0000E0AN00E0000", "D0000E0AX00E0000"] {
+        let e0 = wrap(&s, header, k1, imk).unwrap();
+        translate(&s, k1, k2, &e0).unwrap();
+        let d0 = e0.replacen("E0A", "D0A", 1);
+        assert_ne!(d0, e0);
+        expect_rv(translate(&s, k1, k2, &d0), RvError::DataInvalid);
+        if header.contains("AN") {
+            assert_eq!(tr31::unwrap(Kbpk::Aes(&v1), d0.as_bytes()).unwrap_err(), Tr31Error::Mac);
+        }
+    }
+    // The right block under a KBPK that is not its own.
+    let mut other_v = v1.clone();
+    other_v[3] ^= 0x40;
+    let k3 = kbpk(&s, KeyType::AES, &other_v, &[]);
+    expect_rv(translate(&s, k3, k2, &block), RvError::DataInvalid);
+
+    // The parameter: not one CK_ULONG, or the handle of no object (never was, or destroyed).
+    for p in [&[][..], &[1u8; 4][..], &[1u8; 9][..]] {
+        expect_rv(s.encrypt(&vendor(TR31_TRANSLATE, p), k2, block.as_bytes()), RvError::MechanismParamInvalid);
+    }
+    expect_rv(translate(&s, object_handle(0xDEAD_BEEF), k2, &block), RvError::MechanismParamInvalid);
+    let gone = kbpk(&s, KeyType::AES, &v1, &[]);
+    s.destroy_object(gone).unwrap();
+    expect_rv(translate(&s, gone, k2, &block), RvError::MechanismParamInvalid);
+
+    // Key attributes: a source without CKA_UNWRAP, a destination without CKA_WRAP (CKA_ENCRYPT is
+    // not enough), an N block to an extractable destination.
+    let no_unwrap = kbpk(&s, KeyType::AES, &v1, &[Attribute::Unwrap(false)]);
+    expect_rv(translate(&s, no_unwrap, k2, &block), RvError::KeyFunctionNotPermitted);
+    let no_wrap = kbpk(&s, KeyType::AES, &v2, &[Attribute::Wrap(false), Attribute::Encrypt(true)]);
+    expect_rv(translate(&s, k1, no_wrap, &block), RvError::KeyFunctionNotPermitted);
+    let raw_rv = hsm.raw.encrypt_init(s.handle(), TR31_TRANSLATE, Param::Ulong(k1.handle()), no_wrap.handle());
+    assert_eq!(raw_rv, cryptoki_sys::CKR_KEY_FUNCTION_NOT_PERMITTED, "refused at C_EncryptInit");
+    let n_block = wrap(&s, "D0000D0AB00N0000", k1, key).unwrap();
+    let extractable = kbpk(&s, KeyType::AES, &v2, &[Attribute::Extractable(true)]);
+    expect_rv(translate(&s, k1, extractable, &n_block), RvError::KeyFunctionNotPermitted);
+    translate(&s, k1, extractable, &block).unwrap();
+    translate(&s, k1, k2, &n_block).unwrap();
+
+    // Key types and versions: translation keeps the version.
+    let (t1, t2) = (kbpk(&s, KeyType::DES3, &h(TDES_KBPK1), &[]), kbpk(&s, KeyType::DES3, &h(TDES_KBPK2), &[]));
+    let b_block = wrap(&s, CASES[1].header, t1, des_key(&s, &h(CASES[1].key), &[])).unwrap();
+    translate(&s, t1, t2, &b_block).unwrap();
+    // A version B block from a TDES source to an AES destination: refused at C_EncryptInit...
+    expect_rv(translate(&s, t1, k2, &b_block), RvError::KeyTypeInconsistent);
+    let raw_rv = hsm.raw.encrypt_init(s.handle(), TR31_TRANSLATE, Param::Ulong(t1.handle()), k2.handle());
+    assert_eq!(raw_rv, cryptoki_sys::CKR_KEY_TYPE_INCONSISTENT);
+    // ... and with AES at both ends, at C_Encrypt; the same for a D block between TDES KBPKs.
+    expect_rv(translate(&s, k1, k2, &b_block), RvError::KeyTypeInconsistent);
+    expect_rv(translate(&s, t1, t2, &block), RvError::KeyTypeInconsistent);
+    // A KBPK that is no KBPK (generic secret) at either end.
+    let generic = generic_key(&s, &v1, &[Attribute::Encrypt(false), Attribute::Decrypt(false)]);
+    expect_rv(translate(&s, generic, k2, &block), RvError::KeyTypeInconsistent);
+    expect_rv(translate(&s, k1, generic, &block), RvError::KeyTypeInconsistent);
+    // A key stronger than the destination KBPK: AES-256 under an AES-128 KBPK.
+    let strong = wrap(&s, CASES[3].header, k1, aes_key(&s, &h(CASES[3].key), &[])).unwrap();
+    let weak = kbpk(&s, KeyType::AES, &h(CASES[2].kbpk), &[]);
+    expect_rv(translate(&s, k1, weak, &strong), RvError::KeySizeRange);
+
+    // Single-part only; and no other function takes the mechanism.
+    let param = ulong(k1.handle());
+    let mech = vendor(TR31_TRANSLATE, &param);
+    s.encrypt_init(&mech, k2).unwrap();
+    expect_rv(s.encrypt_update(block.as_bytes()), RvError::FunctionNotSupported);
+    expect_rv(s.decrypt(&mech, k2, block.as_bytes()), RvError::MechanismInvalid);
+    expect_rv(s.wrap_key(&mech, k2, key), RvError::MechanismInvalid);
 }

@@ -3,6 +3,7 @@
 
 use super::block::{BlockAlg, BlockStream};
 use super::payment::{self, Vendor};
+use super::tr31::{self, Translate};
 use super::{AES, Kind, Resolver, TDES, constant_eq, secret_of};
 use crate::error::{Error, Result};
 use crate::mechanism::*;
@@ -30,6 +31,7 @@ pub struct Operation {
     key: Option<Arc<Object>>,
     state: State,
     vendor: Option<Vendor>,
+    translate: Option<Translate>,
 }
 
 fn hash_of(mech: CK_MECHANISM_TYPE) -> Result<HashAlg> {
@@ -75,11 +77,14 @@ impl Operation {
         if let Some(k) = &key
             && kind != Kind::Digest
         {
-            k.require(kind.usage())?;
+            // TR-31 translation runs through C_Encrypt but puts a key under the destination KBPK:
+            // a wrap, and the KBPK a key-encryption key.
+            k.require(if mech.mech == CKM_QUILL_TR31_TRANSLATE { CKA_WRAP } else { kind.usage() })?;
         }
         let keyref = || key.as_deref().ok_or_else(|| Error::new(CKR_KEY_HANDLE_INVALID, "no key"));
         let enc = matches!(kind, Kind::Encrypt);
         let mut vendor = None;
+        let mut translate = None;
         let state = match mech.mech {
             CKM_SHA_1 | CKM_SHA224 | CKM_SHA256 | CKM_SHA384 | CKM_SHA512 => {
                 State::Hash(Hasher::new(hash_of(mech.mech)?))
@@ -165,6 +170,10 @@ impl Operation {
                 vendor = payment::init(mech, keyref, resolve)?;
                 State::Buffer(Zeroizing::new(Vec::new()))
             }
+            CKM_QUILL_TR31_TRANSLATE => {
+                translate = Some(tr31::translate_init(mech, keyref()?, resolve)?);
+                State::Buffer(Zeroizing::new(Vec::new()))
+            }
             m => {
                 return Err(Error::new(
                     CKR_MECHANISM_INVALID,
@@ -172,7 +181,7 @@ impl Operation {
                 ));
             }
         };
-        Ok(Operation { kind, mech: mech.clone(), key, state, vendor })
+        Ok(Operation { kind, mech: mech.clone(), key, state, vendor, translate })
     }
 
     /// The same operation started afresh (same function, mechanism and key): a one-shot call
@@ -338,6 +347,10 @@ impl Operation {
                 Ok(sym::des3_cbc_mac(&secret_of(key, TDES)?, &d)?[..4].to_vec())
             }
             (kind, m) if payment::is_payment(m) => payment::finish(kind, &self.mech, self.vendor.as_ref(), key, data),
+            (Kind::Encrypt, CKM_QUILL_TR31_TRANSLATE) => {
+                let t = self.translate.as_ref().ok_or_else(|| Error::general("TR-31 translate state"))?;
+                tr31::translate(t, key, data)
+            }
             _ => Err(Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{m:X} cannot be used for this function"))),
         }
     }

@@ -1,8 +1,8 @@
-//! TR-31 glue: `CKM_QUILL_TR31_WRAP` and `CKM_QUILL_TR31_UNWRAP` over [`quill_crypto::tr31`],
-//! mapping key types, modes of use and exportability to PKCS#11 attributes and errors to
-//! return codes.
+//! TR-31 glue: `CKM_QUILL_TR31_WRAP`, `CKM_QUILL_TR31_UNWRAP` and `CKM_QUILL_TR31_TRANSLATE` over
+//! [`quill_crypto::tr31`], mapping key types, modes of use and exportability to PKCS#11
+//! attributes and errors to return codes.
 
-use super::{AES, TDES, secret_of};
+use super::{AES, Resolver, TDES, secret_of};
 use crate::attr::{Attribute, decode_bool, template_to_map};
 use crate::error::{Error, Result};
 use crate::mechanism::*;
@@ -71,18 +71,31 @@ pub(super) fn wrap_tr31(mech: &Mechanism, wrapping: &Object, key: &Object, value
             key.handle
         )));
     }
+    let masked = template.algorithm.max_key_len();
+    let block = wrap_random(kbpk_for(&kbpk, aes), &template, value, masked, tr31_wrap_err)?;
+    Ok(block.into_bytes())
+}
+
+/// [`tr31::wrap`] with random padding from the operating system (`map` turns its errors into
+/// return codes).
+fn wrap_random(
+    kbpk: Kbpk<'_>,
+    header: &Tr31Header,
+    key: &[u8],
+    masked: Option<usize>,
+    map: impl FnOnce(Tr31Error) -> Error,
+) -> Result<String> {
     let mut rng_failure = None;
     let mut fill = |buf: &mut [u8]| {
         if let Err(e) = getrandom::fill(buf) {
             rng_failure = Some(e.to_string());
         }
     };
-    let masked = template.algorithm.max_key_len();
-    let block = tr31::wrap(kbpk_for(&kbpk, aes), &template, value, masked, &mut fill).map_err(tr31_wrap_err)?;
+    let block = tr31::wrap(kbpk, header, key, masked, &mut fill).map_err(map)?;
     if let Some(e) = rng_failure {
         return Err(Error::general(format!("getrandom: {e}")));
     }
-    Ok(block.into_bytes())
+    Ok(block)
 }
 
 fn tr31_wrap_err(e: Tr31Error) -> Error {
@@ -254,7 +267,15 @@ pub fn unwrap_tr31(
         ));
     }
     let (header, key) = tr31::unwrap(kbpk_for(&kbpk, aes), wrapped).map_err(tr31_unwrap_err)?;
-    let kt = match (header.algorithm, key.len()) {
+    let kt = secret_key_type(&header, key.len(), CKR_WRAPPED_KEY_INVALID)?;
+    let tmpl = tr31_template(&header, kt, key.len(), tmpl)?;
+    Ok((kt, key, tmpl))
+}
+
+/// The PKCS#11 key type of the key a block holds (`len` bytes); a block of another algorithm
+/// than the secret-key ones hsm-sim imports fails with `rv`.
+fn secret_key_type(header: &Tr31Header, len: usize, rv: CK_RV) -> Result<CK_KEY_TYPE> {
+    Ok(match (header.algorithm, len) {
         (tr31::Algorithm::Tdes, 16) => CKK_DES2,
         (tr31::Algorithm::Tdes, 24) => CKK_DES3,
         (tr31::Algorithm::Aes, _) => CKK_AES,
@@ -262,14 +283,127 @@ pub fn unwrap_tr31(
         (tr31::Algorithm::Hmac, _) => CKK_GENERIC_SECRET,
         (a, _) => {
             return Err(Error::new(
-                CKR_WRAPPED_KEY_INVALID,
+                rv,
                 format!(
                     "the TR-31 block holds an algorithm {} key; hsm-sim imports only secret keys (T, A, D, H)",
                     a.code()
                 ),
             ));
         }
+    })
+}
+
+/// What a `CKM_QUILL_TR31_TRANSLATE` operation keeps from `C_EncryptInit`: the source KBPK.
+pub(super) struct Translate {
+    source: Arc<Object>,
+}
+
+/// `C_EncryptInit` with `CKM_QUILL_TR31_TRANSLATE`: the parameter is exactly one `CK_ULONG`, the
+/// handle of the source KBPK (unknown or invisible handle, other length:
+/// `CKR_MECHANISM_PARAM_INVALID`). The source needs `CKA_UNWRAP` (the caller has checked
+/// `CKA_WRAP` on the destination `dest`); both must be KBPKs of one family, since translation
+/// never changes the version (`CKR_KEY_TYPE_INCONSISTENT`).
+pub(super) fn translate_init(mech: &Mechanism, dest: &Object, resolve: Resolver<'_>) -> Result<Translate> {
+    let mut r = ParamReader::new(mech.param.raw(), "CKM_QUILL_TR31_TRANSLATE parameter (CK_OBJECT_HANDLE hSourceKbpk)");
+    let handle = r.ulong("hSourceKbpk")?;
+    r.end()?;
+    let source = resolve(handle)?;
+    source.require(CKA_UNWRAP)?;
+    let (_, dest_aes) = tr31_kbpk(dest, CKR_KEY_TYPE_INCONSISTENT)?;
+    let (_, source_aes) = tr31_kbpk(&source, CKR_KEY_TYPE_INCONSISTENT)?;
+    if dest_aes != source_aes {
+        return Err(Error::new(
+            CKR_KEY_TYPE_INCONSISTENT,
+            format!(
+                "CKM_QUILL_TR31_TRANSLATE keeps the version: the source KBPK {} protects version {} blocks, the destination KBPK {} version {}",
+                source.handle,
+                version_of(source_aes),
+                dest.handle,
+                version_of(dest_aes)
+            ),
+        ));
+    }
+    Ok(Translate { source })
+}
+
+fn tr31_translate_err(what: &str, e: Tr31Error) -> Error {
+    let rv = match &e {
+        Tr31Error::TooShort { .. } | Tr31Error::BlockLength { .. } | Tr31Error::BodyLength { .. } => CKR_DATA_LEN_RANGE,
+        Tr31Error::KbpkType { .. } => CKR_KEY_TYPE_INCONSISTENT,
+        Tr31Error::KbpkLength { .. } | Tr31Error::KbpkWeaker { .. } => CKR_KEY_SIZE_RANGE,
+        Tr31Error::Crypto(_) => CKR_FUNCTION_FAILED,
+        Tr31Error::Field { .. }
+        | Tr31Error::NotAscii { .. }
+        | Tr31Error::OptionalBlock { .. }
+        | Tr31Error::NotHex { .. }
+        | Tr31Error::Mac
+        | Tr31Error::KeyLengthField { .. }
+        | Tr31Error::KeyLength { .. }
+        | Tr31Error::TooLong { .. } => CKR_DATA_INVALID,
     };
-    let tmpl = tr31_template(&header, kt, key.len(), tmpl)?;
-    Ok((kt, key, tmpl))
+    Error::new(rv, format!("CKM_QUILL_TR31_TRANSLATE: {what}: {e}"))
+}
+
+/// `C_Encrypt` with `CKM_QUILL_TR31_TRANSLATE`: the key block `block` under the source KBPK of
+/// `t`, verified and opened as `CKM_QUILL_TR31_UNWRAP` opens it, then the same key under the same
+/// header (every field and optional block as written; the length stays, as the key data keeps
+/// its length) protected under `dest`, with fresh random padding. The clear key stays in zeroized
+/// memory and never becomes an object.
+pub(super) fn translate(t: &Translate, dest: &Object, block: &[u8]) -> Result<Vec<u8>> {
+    let source_err = |e| tr31_translate_err("the source key block", e);
+    let (source_kbpk, source_aes) = tr31_kbpk(&t.source, CKR_KEY_TYPE_INCONSISTENT)?;
+    let (dest_kbpk, dest_aes) = tr31_kbpk(dest, CKR_KEY_TYPE_INCONSISTENT)?;
+    // The version decides the KBPK type: check it before any cryptography.
+    let peek = tr31::parse_key_block_header(block).map_err(source_err)?;
+    for (role, handle, aes) in [("source", t.source.handle, source_aes), ("destination", dest.handle, dest_aes)] {
+        if peek.version.id() != version_of(aes) {
+            return Err(Error::new(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!(
+                    "CKM_QUILL_TR31_TRANSLATE: a version {} key block needs {} KBPK; the {role} KBPK {handle} protects version {} (translation keeps the version)",
+                    peek.version.id(),
+                    other_family(aes),
+                    version_of(aes)
+                ),
+            ));
+        }
+    }
+    let header_text = tr31::key_block_header_text(block).map_err(source_err)?;
+    let (header, key) = tr31::unwrap(kbpk_for(&source_kbpk, source_aes), block).map_err(source_err)?;
+    secret_key_type(&header, key.len(), CKR_DATA_INVALID)?;
+    // What C_UnwrapKey gives a block marked N (a key that never leaves the module) its translation
+    // keeps: the destination KBPK must not be extractable itself.
+    if header.exportability == Exportability::NonExportable && dest.flag(CKA_EXTRACTABLE) {
+        return Err(Error::new(
+            CKR_KEY_FUNCTION_NOT_PERMITTED,
+            format!(
+                "CKM_QUILL_TR31_TRANSLATE: the key block is not exportable (N); the destination KBPK {} is extractable",
+                dest.handle
+            ),
+        ));
+    }
+    // tr31::wrap writes the header afresh: a header it would write differently (an extended
+    // length form where the short form fits) is refused rather than changed.
+    let mut rewritten = header.clone();
+    rewritten.block_length = block.len();
+    if rewritten.encode().ok().as_deref() != Some(header_text) {
+        return Err(Error::new(
+            CKR_DATA_INVALID,
+            "CKM_QUILL_TR31_TRANSLATE: the header's optional blocks use a length encoding hsm-sim does not write (the extended form where the short one fits); the translated header would differ",
+        ));
+    }
+    // Keep the length of the key data (and so of the block): padding as long as the source's.
+    let mac_chars = 2 * header.version.mac_len();
+    let data_len = block.len().saturating_sub(header_text.len() + mac_chars) / 2;
+    let masked = data_len.checked_sub(2);
+    rewritten.block_length = 0;
+    let out = wrap_random(kbpk_for(&dest_kbpk, dest_aes), &rewritten, &key, masked, |e| {
+        tr31_translate_err("protecting the key under the destination KBPK", e)
+    })?;
+    if out.len() != block.len() || !out.starts_with(header_text) {
+        return Err(Error::general(
+            "CKM_QUILL_TR31_TRANSLATE: the translated block's header differs from the source's",
+        ));
+    }
+    Ok(out.into_bytes())
 }

@@ -7,9 +7,11 @@
  *   QUILL_HSM_DIR=<empty dir> ./p11-conformance <module.so>
  *
  * Each check names the call and the exact return code the standard (PKCS#11 Base 3.0) asks
- * for; issue 14 lists the violations this program guards against. The types below are the
- * standard's, written out here so that the program needs no header: the function list is the
- * version followed by the function pointers in the standard's order.
+ * for; issue 14 lists the violations this program guards against. One vendor mechanism
+ * (CKM_QUILL_TR31_TRANSLATE, hsm-sim/README.md) is driven through the function list too, with
+ * the return codes the README documents. The types below are the standard's, written out here
+ * so that the program needs no header: the function list is the version followed by the function
+ * pointers in the standard's order.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
@@ -33,6 +35,7 @@ typedef struct {
     CK_VERSION libraryVersion;
 } CK_INFO;
 typedef struct { void *pData; CK_ULONG ulLen; } CK_KEY_DERIVATION_STRING_DATA;
+typedef struct { CK_ULONG ulMinKeySize, ulMaxKeySize, flags; } CK_MECHANISM_INFO;
 typedef void (*FN)(void);
 typedef struct { CK_VERSION version; FN f[92]; } FUNCTION_LIST; /* 3.0: 92 functions, 2.40: 68 */
 
@@ -65,17 +68,21 @@ enum {
 #define CKR_ATTRIBUTE_READ_ONLY 0x10UL
 #define CKR_ATTRIBUTE_TYPE_INVALID 0x12UL
 #define CKR_ATTRIBUTE_VALUE_INVALID 0x13UL
+#define CKR_DATA_INVALID 0x20UL
 #define CKR_DATA_LEN_RANGE 0x21UL
 #define CKR_ENCRYPTED_DATA_LEN_RANGE 0x41UL
 #define CKR_FUNCTION_NOT_SUPPORTED 0x54UL
+#define CKR_MECHANISM_PARAM_INVALID 0x71UL
 #define CKR_OPERATION_ACTIVE 0x90UL
 #define CKR_OPERATION_NOT_INITIALIZED 0x91UL
 #define CKR_SESSION_HANDLE_INVALID 0xB3UL
 #define CKR_SIGNATURE_INVALID 0xC0UL
 #define CKR_TEMPLATE_INCOMPLETE 0xD0UL
+#define CKR_WRAPPED_KEY_INVALID 0x110UL
 #define CKR_USER_NOT_LOGGED_IN 0x101UL
 #define CKR_BUFFER_TOO_SMALL 0x150UL
 
+#define CKF_HW 1UL
 #define CKF_DONT_BLOCK 1UL
 #define CKF_RW_SESSION 2UL
 #define CKF_SERIAL_SESSION 4UL
@@ -98,6 +105,7 @@ enum {
 #define CKA_LABEL 0x3UL
 #define CKA_UNIQUE_ID 0x4UL
 #define CKA_VALUE 0x11UL
+#define CKA_CHECK_VALUE 0x90UL
 #define CKA_KEY_TYPE 0x100UL
 #define CKA_SENSITIVE 0x103UL
 #define CKA_ENCRYPT 0x104UL
@@ -121,6 +129,10 @@ enum {
 #define CKM_AES_KEY_GEN 0x1080UL
 #define CKM_DES3_ECB_ENCRYPT_DATA 0x1102UL
 #define CKM_AES_KEY_WRAP 0x2109UL
+/* Quill's vendor mechanisms (hsm-sim/README.md). */
+#define CKM_QUILL_TR31_WRAP 0xD1550060UL
+#define CKM_QUILL_TR31_UNWRAP 0xD1550061UL
+#define CKM_QUILL_TR31_TRANSLATE 0xD1550062UL
 
 typedef CK_RV (*GetInterface_t)(CK_BYTE *, CK_VERSION *, CK_INTERFACE **, CK_ULONG);
 typedef CK_RV (*GetInterfaceList_t)(CK_INTERFACE *, CK_ULONG *);
@@ -128,6 +140,7 @@ typedef CK_RV (*GetFunctionList_t)(FUNCTION_LIST **);
 typedef CK_RV (*Initialize_t)(void *);
 typedef CK_RV (*GetInfo_t)(CK_INFO *);
 typedef CK_RV (*WaitForSlotEvent_t)(CK_ULONG, CK_ULONG *, void *);
+typedef CK_RV (*GetMechanismInfo_t)(CK_ULONG, CK_ULONG, CK_MECHANISM_INFO *);
 typedef CK_RV (*InitToken_t)(CK_ULONG, CK_BYTE *, CK_ULONG, CK_BYTE *);
 typedef CK_RV (*InitPIN_t)(CK_HANDLE, CK_BYTE *, CK_ULONG);
 typedef CK_RV (*OpenSession_t)(CK_ULONG, CK_ULONG, void *, void *, CK_HANDLE *);
@@ -581,6 +594,65 @@ int main(int argc, char **argv) {
         } else {
             expect("C_SessionCancel (3.0 list)", 0);
         }
+    }
+
+    printf("== a vendor mechanism through the function list: CKM_QUILL_TR31_TRANSLATE\n");
+    {
+        CK_MECHANISM_INFO mi = {0, 0, 0};
+        check("C_GetMechanismInfo(CKM_QUILL_TR31_TRANSLATE)",
+              CALL(GetMechanismInfo_t, F_GetMechanismInfo)(0, CKM_QUILL_TR31_TRANSLATE, &mi), CKR_OK);
+        expect("  CKF_ENCRYPT (and CKF_HW) only, KBPKs of 16..32 bytes",
+               (mi.flags & ~CKF_HW) == CKF_ENCRYPT && mi.ulMinKeySize == 16 && mi.ulMaxKeySize == 32);
+        /* Two AES KBPKs (wrap/unwrap only, not extractable), an extractable AES key under KBPK1. */
+        CK_MECHANISM aes_gen = {CKM_AES_KEY_GEN, NULL, 0};
+        CK_ULONG len16 = 16;
+        CK_ATTRIBUTE kbpk_t[] = {ATTR(CKA_TOKEN, FALSE_), ATTR(CKA_VALUE_LEN, len16), ATTR(CKA_WRAP, TRUE_),
+                                 ATTR(CKA_UNWRAP, TRUE_), ATTR(CKA_EXTRACTABLE, FALSE_)};
+        CK_ATTRIBUTE key_t[] = {ATTR(CKA_TOKEN, FALSE_), ATTR(CKA_VALUE_LEN, len16), ATTR(CKA_ENCRYPT, TRUE_),
+                                ATTR(CKA_EXTRACTABLE, TRUE_)};
+        CK_HANDLE kbpk1 = 0, kbpk2 = 0, key = 0, back = 0;
+        must("C_GenerateKey(KBPK1)", CALL(GenerateKey_t, F_GenerateKey)(s, &aes_gen, kbpk_t, N(kbpk_t), &kbpk1));
+        must("C_GenerateKey(KBPK2)", CALL(GenerateKey_t, F_GenerateKey)(s, &aes_gen, kbpk_t, N(kbpk_t), &kbpk2));
+        must("C_GenerateKey(AES key)", CALL(GenerateKey_t, F_GenerateKey)(s, &aes_gen, key_t, N(key_t), &key));
+        CK_BYTE header[] = "D0000D0AB00E0000";
+        CK_MECHANISM tr31_wrap = {CKM_QUILL_TR31_WRAP, header, 16}, tr31_unwrap = {CKM_QUILL_TR31_UNWRAP, NULL, 0};
+        CK_BYTE block[256], moved[256];
+        CK_ULONG bl = sizeof block, ml = 0;
+        must("C_WrapKey(CKM_QUILL_TR31_WRAP) under KBPK1", CALL(WrapKey_t, F_WrapKey)(s, &tr31_wrap, kbpk1, key, block, &bl));
+        CK_ULONG source = kbpk1; /* the parameter: the source KBPK's handle, one CK_ULONG */
+        CK_MECHANISM translate = {CKM_QUILL_TR31_TRANSLATE, &source, sizeof source};
+        must("C_EncryptInit(CKM_QUILL_TR31_TRANSLATE, KBPK2)", CALL(OpInit_t, F_EncryptInit)(s, &translate, kbpk2));
+        check("C_Encrypt(NULL, block) (length query)", CALL(OneShot_t, F_Encrypt)(s, block, bl, NULL, &ml), CKR_OK);
+        expect("  the length of the block", ml == bl);
+        ml = sizeof moved;
+        check("C_Encrypt(block)", CALL(OneShot_t, F_Encrypt)(s, block, bl, moved, &ml), CKR_OK);
+        expect("  the same header, another payload",
+               ml == bl && memcmp(moved, block, 16) == 0 && memcmp(moved + 16, block + 16, bl - 16) != 0);
+        CK_ATTRIBUTE session_key[] = {ATTR(CKA_TOKEN, FALSE_)};
+        check("C_UnwrapKey(CKM_QUILL_TR31_UNWRAP) of the translated block under KBPK2",
+              CALL(UnwrapKey_t, F_UnwrapKey)(s, &tr31_unwrap, kbpk2, moved, ml, session_key, 1, &back), CKR_OK);
+        CK_BYTE kcv1[3] = {0}, kcv2[3] = {1};
+        CK_ATTRIBUTE c1[] = {{CKA_CHECK_VALUE, kcv1, 3}}, c2[] = {{CKA_CHECK_VALUE, kcv2, 3}};
+        must("C_GetAttributeValue(CKA_CHECK_VALUE) of the key", CALL(Attrs_t, F_GetAttributeValue)(s, key, c1, 1));
+        must("C_GetAttributeValue(CKA_CHECK_VALUE) of the translated key",
+             CALL(Attrs_t, F_GetAttributeValue)(s, back, c2, 1));
+        expect("  the same key (same check value)", memcmp(kcv1, kcv2, 3) == 0);
+        check("  it no longer opens under KBPK1",
+              CALL(UnwrapKey_t, F_UnwrapKey)(s, &tr31_unwrap, kbpk1, moved, ml, session_key, 1, &back),
+              CKR_WRAPPED_KEY_INVALID);
+
+        CK_MECHANISM short_param = {CKM_QUILL_TR31_TRANSLATE, &source, 4};
+        check("C_EncryptInit(CKM_QUILL_TR31_TRANSLATE) with a 4-byte parameter",
+              CALL(OpInit_t, F_EncryptInit)(s, &short_param, kbpk2), CKR_MECHANISM_PARAM_INVALID);
+        block[bl - 1] = block[bl - 1] == '0' ? '1' : '0';
+        must("C_EncryptInit(CKM_QUILL_TR31_TRANSLATE, KBPK2)", CALL(OpInit_t, F_EncryptInit)(s, &translate, kbpk2));
+        ml = sizeof moved;
+        check("C_Encrypt of the block with one MAC character changed",
+              CALL(OneShot_t, F_Encrypt)(s, block, bl, moved, &ml), CKR_DATA_INVALID);
+        must("C_EncryptInit(CKM_QUILL_TR31_TRANSLATE, KBPK2)", CALL(OpInit_t, F_EncryptInit)(s, &translate, kbpk2));
+        ml = sizeof moved;
+        check("C_EncryptUpdate (single-part only)", CALL(OneShot_t, F_EncryptUpdate)(s, block, bl, moved, &ml),
+              CKR_FUNCTION_NOT_SUPPORTED);
     }
 
     printf("== C_DigestKey checks the session first\n");

@@ -71,11 +71,14 @@ pub struct HsmConfig {
     /// others turn it off. The mechanism suites turn it off everywhere (their keys do everything:
     /// [`secret`]); `hygiene.rs` tests the policy.
     pub policy_slots: usize,
+    /// Slots `0..translate_slots` offer `CKM_QUILL_TR31_TRANSLATE` (`kbpk_translate`, off in the
+    /// module's default); `hygiene.rs` keeps it off everywhere and tests that.
+    pub translate_slots: usize,
 }
 
 impl Default for HsmConfig {
     fn default() -> Self {
-        HsmConfig { slots: 4, max_pin_tries: 10, policy_slots: 0 }
+        HsmConfig { slots: 4, max_pin_tries: 10, policy_slots: 0, translate_slots: usize::MAX }
     }
 }
 
@@ -96,7 +99,10 @@ pub fn write_config(dir: &Path, cfg: HsmConfig) -> PathBuf {
     );
     for id in 0..cfg.slots {
         let on = id < cfg.policy_slots;
-        s.push_str(&format!("\n[[slot]]\nid = {id}\ndescription = \"test slot {id}\"\nkey_separation = {on}\n"));
+        let translate = id < cfg.translate_slots;
+        s.push_str(&format!(
+            "\n[[slot]]\nid = {id}\ndescription = \"test slot {id}\"\nkey_separation = {on}\nkbpk_translate = {translate}\n"
+        ));
     }
     let path = dir.join("quill-hsm.toml");
     std::fs::write(&path, s).unwrap();
