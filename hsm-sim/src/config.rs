@@ -92,7 +92,9 @@ impl Config {
 
     fn with_default_slots(mut self) -> Self {
         if self.slots.is_empty() {
-            self.slots = (0..2).map(|id| SlotConfig { id, description: None, key_separation: true, kbpk_translate: false }).collect();
+            self.slots = (0..2)
+                .map(|id| SlotConfig { id, description: None, key_separation: true, kbpk_translate: false })
+                .collect();
         }
         self
     }

@@ -33,6 +33,7 @@ use tonic::transport::Channel;
 pub use quill_node::raft::Command as QuillCommand;
 
 mod proxy;
+pub mod secrets;
 pub use proxy::FaultProxy;
 
 /// Log one step of a test story.

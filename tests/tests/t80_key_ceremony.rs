@@ -22,7 +22,7 @@ use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use openssl::symm::Cipher;
 use quill_crypto::tr31;
-use quill_tests::{Cluster, ClusterOptions, step, wait_until};
+use quill_tests::{Cluster, ClusterOptions, secrets, step, wait_until};
 use serde_json::Value;
 
 /// TEST components of the SMK (AES-256): never used outside tests.
@@ -73,22 +73,7 @@ fn tdes_kcv(key: &[u8]) -> String {
 
 /// Every file under `dir` that contains `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(data) = std::fs::read(&p)
-                && data.windows(needle.len()).any(|w| w == needle)
-            {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
+    secrets::files_holding(dir, &[needle.to_vec()], false)
 }
 
 fn as_(who: &str) -> [(&'static str, String); 1] {
@@ -355,4 +340,15 @@ async fn ceremony_inventory_tr31_and_audit_on_five_nodes() {
     assert!(out.contains("record 5"), "verify names the record: {out}");
     let (code, _, _) = cluster.quill(1, &["audit", "verify"], &[]);
     assert_eq!(code, 0, "untampered node 1 still verifies");
+
+    step("stopped, every live value of every node's database (decompressed): no clear secret");
+    let needles: Vec<Vec<u8>> = secrets.clone();
+    for id in ids.clone() {
+        cluster.terminate(id);
+        let db = cluster.node(id).dir.join("data").join("db");
+        // The search does find what is there.
+        assert!(!secrets::values_holding(&db, &[b"zmk-test".to_vec()]).is_empty(), "node {id}: nothing found at all");
+        let hits = secrets::values_holding(&db, &needles);
+        assert!(hits.is_empty(), "node {id}: a clear TEST secret is in the database at {hits:?}");
+    }
 }

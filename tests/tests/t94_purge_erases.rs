@@ -17,54 +17,19 @@ use std::time::Duration;
 use quill_node::jobs::JobRecord;
 use quill_node::keys::model::KeyRecord;
 use quill_node::store::{Cf, Store};
+use quill_tests::secrets;
 use quill_tests::{Cluster, ClusterOptions, step, wait_until, write_dda_batch};
 
 const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
 
-/// The wrapped key as bytes and as the hex the records carry it in (either case).
-fn forms(blob: &[u8]) -> Vec<Vec<u8>> {
-    vec![blob.to_vec(), hex::encode(blob).into_bytes(), hex::encode_upper(blob).into_bytes()]
-}
-
-fn holds(hay: &[u8], needles: &[Vec<u8>]) -> bool {
-    needles.iter().any(|n| hay.windows(n.len()).any(|w| w == n.as_slice()))
-}
-
-/// Where a stopped node's database holds the key (column family and key), in any live value.
+/// Where a stopped node's database holds the key, in any live value.
 fn values_holding(db: &Path, blob: &[u8]) -> Vec<String> {
-    let needles = forms(blob);
-    let store = Store::open(db).unwrap();
-    let mut found = Vec::new();
-    for cf in Cf::ALL {
-        for (k, v) in store.pairs(cf).unwrap() {
-            if holds(&v, &needles) {
-                found.push(format!("{} {}", cf.name(), String::from_utf8_lossy(&k)));
-            }
-        }
-    }
-    found
+    secrets::values_holding(db, &secrets::forms(blob))
 }
 
-/// Files under `dir` (recursively) holding the key, RocksDB's compressed table files aside.
+/// Files under `dir` holding the key, RocksDB's compressed table files aside.
 fn files_holding(dir: &Path, blob: &[u8]) -> Vec<String> {
-    let needles = forms(blob);
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "sst") {
-                continue;
-            } else if let Ok(bytes) = std::fs::read(&p)
-                && holds(&bytes, &needles)
-            {
-                found.push(p.display().to_string());
-            }
-        }
-    }
-    found
+    secrets::files_holding(dir, &secrets::forms(blob), true)
 }
 
 /// Wait until node `id`'s eraser reports a pass beyond log index `after`.

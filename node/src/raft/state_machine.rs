@@ -194,6 +194,17 @@ impl StateMachine {
         let m = crate::audit::NodeMac { first, last: head.seq, key_kcv, mac, from_snapshot };
         let bytes = codec::encode(&m).map_err(|e| StoreError::encode("node audit MAC", e))?;
         tx.put_cf(Cf::AuditMac, &crate::store::log_key(head.seq), &bytes)?;
+        // MACs over archived records only (pruned up to the base) go with them: the archive's
+        // MACed trailer vouches for those records now.
+        if let Some(b) = crate::audit::base(&*tx)? {
+            let upto = crate::store::log_key(b.trailer.last.saturating_add(1));
+            let oldest = self.store.db().iterator_cf(self.store.cf(Cf::AuditMac)?, IteratorMode::Start).next();
+            if let Some(Ok((k, _))) = oldest
+                && k.as_ref() < upto.as_slice()
+            {
+                tx.delete_range_cf(Cf::AuditMac, &crate::store::log_key(0), &upto)?;
+            }
+        }
         Ok(Some(head.seq))
     }
 

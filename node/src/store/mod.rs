@@ -291,6 +291,12 @@ impl Tx<'_> {
         self.batch.put_cf(self.store.cf(cf)?, key, value);
         Ok(())
     }
+
+    /// Delete keys `from..to` of another column family in the same batch.
+    pub fn delete_range_cf(&mut self, cf: Cf, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        self.batch.delete_range_cf(self.store.cf(cf)?, from, to);
+        Ok(())
+    }
 }
 
 impl Kv for Tx<'_> {
