@@ -74,7 +74,8 @@ impl Session {
         issuer_keys, call_keys, list_issuer_keys, ListIssuerKeysRequest, issuer_keys, IssuerKeyView
     );
     get!(
-        /// One issuer key pair, by label.
+        /// One issuer key pair, by label (the TEST CA's `issuer certify-test`).
+        #[cfg(feature = "test-keys")]
         issuer_key, call_keys, get_issuer_key, GetIssuerKeyRequest, issuer_key, IssuerKeyView
     );
     list!(

@@ -224,12 +224,7 @@ fn record_hash_at(s: &Session, endpoint: &str, seq: u64) -> Result<(u64, Option<
         .block_on(c.audit_tail(AuditTailRequest { from: seq.max(1), limit: 1, ..Default::default() }))
         .map_err(|st| anyhow::anyhow!("{endpoint}: {}", st.message()))?
         .into_inner();
-    let hash = r
-        .records
-        .first()
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["seq"].as_u64() == Some(seq))
-        .and_then(|v| v["hash"].as_str().map(str::to_string));
+    let hash = r.views.first().filter(|v| v.seq == seq).map(|v| v.hash.clone());
     Ok((r.head_seq, hash))
 }
 
@@ -390,28 +385,25 @@ pub fn audit_tail(a: &AuditTailArgs, export: bool, json: bool) -> Result<u8> {
             let req = req.clone();
             async move { c.audit_tail(req).await }
         })?;
-        for line in &r.records {
-            if export || json {
+        if export || json {
+            // The export lines: the form archives and auditors' tools read.
+            for line in &r.records {
                 println!("{line}");
-            } else {
-                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                let note = match (v["note_text"].as_str(), v["note"].is_object()) {
+            }
+        } else {
+            for v in &r.views {
+                let note = match (&v.note_text, &v.note) {
                     (Some(t), _) => format!(" [note: {t}]"),
-                    (None, true) => " [sealed note]".to_string(),
-                    (None, false) => String::new(),
+                    (None, Some(_)) => " [sealed note]".to_string(),
+                    (None, None) => String::new(),
                 };
                 println!(
                     "{:>6} {} {:<16} {:<18} {:<28} {}{note}",
-                    v["seq"],
-                    v["time_ms"],
-                    v["actor"].as_str().unwrap_or(""),
-                    v["action"].as_str().unwrap_or(""),
-                    v["object"].as_str().unwrap_or(""),
-                    v["outcome"].as_str().unwrap_or("")
+                    v.seq, v.time_ms, v.actor, v.action, v.object, v.outcome
                 );
             }
         }
-        let last = r.records.last().and_then(|l| serde_json::from_str::<Value>(l).ok()).and_then(|v| v["seq"].as_u64());
+        let last = r.views.last().map(|v| v.seq);
         match last {
             Some(seq) if export && seq < r.head_seq && a.limit.is_none() => from = seq + 1,
             _ => break,

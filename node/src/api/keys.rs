@@ -379,17 +379,19 @@ impl KeysService {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
-        let records = records
+        let lines: Vec<serde_json::Value> = records
             .iter()
             .map(|r| {
                 let mut j = audit::to_json(r);
                 if let Some(text) = opened.get(&r.seq) {
                     j["note_text"] = serde_json::Value::String(text.clone());
                 }
-                j.to_string()
+                j
             })
             .collect();
-        Ok(AuditTailResponse { records, head_seq: head.seq, head_hash: hex::encode(head.hash) })
+        let views = lines.iter().map(views::audit_record).collect();
+        let records = lines.iter().map(ToString::to_string).collect();
+        Ok(AuditTailResponse { records, head_seq: head.seq, head_hash: hex::encode(head.hash), views })
     }
 
     /// Check an archive trailer's MAC with the cluster's audit key, in this node's HSM.
@@ -464,8 +466,8 @@ impl KeysService {
             .map(|l| audit::Anchor::parse(&l.source, &l.json).map(|a| (l.source.clone(), a)))
             .collect::<Result<Vec<_>, String>>()
             .map_err(ApiError::BadRequest)?;
-        if req.archives.len() > 10_000 {
-            return Err(ApiError::BadRequest(format!("{} archives: at most 10,000 per request", req.archives.len())));
+        if req.archives.len() > 1_000 {
+            return Err(ApiError::BadRequest(format!("{} archives: at most 1,000 per request", req.archives.len())));
         }
         let mut archives = req
             .archives
@@ -525,7 +527,7 @@ impl KeysService {
             Some(a) => serde_json::to_string(&a).map_err(|e| ApiError::Internal(e.to_string()))?,
             None => String::new(),
         };
-        Ok(AuditVerifyResponse { json, ok, anchor })
+        Ok(AuditVerifyResponse { json, ok, anchor, report: Some(views::verify_report(&report)) })
     }
 }
 

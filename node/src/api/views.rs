@@ -419,3 +419,30 @@ pub(super) async fn serve<T: Send + 'static>(
 pub(super) fn found<T>(v: Option<T>, what: &str, id: &str) -> Result<T, super::ApiError> {
     v.ok_or_else(|| super::ApiError::NotFound(format!("no {what} {id:?}")))
 }
+
+/// An audit record: its export line (`audit::to_json`, the `quill audit export` and archive form)
+/// read as the view, so the two never disagree; with the opened note when an auditor asked.
+pub fn audit_record(line: &serde_json::Value) -> pb::AuditRecordView {
+    serde_json::from_value(line.clone()).unwrap_or_default()
+}
+
+/// What `AuditVerify` found.
+pub fn verify_report(r: &crate::audit::VerifyReport) -> pb::AuditVerifyReport {
+    let (broken_seq, broken_reason) = r.broken.clone().unwrap_or_default();
+    pb::AuditVerifyReport {
+        records: r.records,
+        macs: r.macs,
+        unkeyed: r.unkeyed,
+        node_macs: r.node_macs,
+        anchors: r.anchors,
+        anchors_archived: r.anchors_archived,
+        seals: r.seals,
+        sealed_upto: r.sealed_upto,
+        head_seq: r.head_seq,
+        head_hash: r.head_hash.clone(),
+        archived: r.archived,
+        archives: r.archives,
+        broken_seq,
+        broken_reason,
+    }
+}

@@ -360,17 +360,11 @@ pub fn archive_lines(kv: &dyn Kv, upto: u64) -> Result<Result<(Vec<String>, Arch
     )))
 }
 
-/// The highest record a seal in the live chain covers (0: none).
+/// The highest record a seal in the live chain covers (0: none): the newest seal's, found walking
+/// back from the head (seals come at least every [`SEAL_EVERY_RECORDS`], so the walk is short and
+/// apply never scans the chain; a chain whose last seals are further back archives nothing).
 pub fn sealed_upto(kv: &dyn Kv) -> Result<u64, StoreError> {
-    let mut upto = 0;
-    for (_, v) in kv.scan_prefix(key::RECORD.as_bytes())? {
-        if let Ok(rec) = crate::store::codec::decode::<AuditRecord>(&v)
-            && let Some(seal) = rec.seal
-        {
-            upto = upto.max(seal.seq);
-        }
-    }
-    Ok(upto)
+    Ok(latest_anchor(kv)?.map_or(0, |a| a.seq))
 }
 
 /// At most this many records go into one archive (and one prune): an archive is one answer.
