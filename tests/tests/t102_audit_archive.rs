@@ -103,6 +103,11 @@ async fn audit_records_are_archived_to_signed_files_and_pruned_under_dual_contro
     let report = json(&cluster.quill_ok(2, &["--json", "audit", "verify", "--archive", &first_arg], &AUDITOR));
     assert!(report["broken"].is_null() && report["archived"].as_u64() == Some(last), "{report}");
 
+    step("a prune approval for the archive is refused now: its records are no longer the live chain's first");
+    let (code, _, err) = cluster.quill(1, &["audit", "archive", "--ask", &first_arg], &AUDITOR);
+    assert_eq!(code, 1, "an approval was asked for records already pruned: {err}");
+    assert!(err.contains("the live chain at"), "{err}");
+
     step("the next archive continues from the base; the first one no longer fits");
     let second = dir.path().join("audit-2.jsonl");
     let out = wait_until(Duration::from_secs(30), "a newer seal", || {

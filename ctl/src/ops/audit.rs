@@ -52,8 +52,12 @@ pub struct AuditVerifyArgs {
 pub struct AuditArchiveArgs {
     /// The archive file to write (created 0600; an existing file is never overwritten). Keep it
     /// outside the cluster, like anchors.
-    #[arg(long, value_name = "FILE")]
-    out: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "ask", conflicts_with = "ask")]
+    out: Option<PathBuf>,
+    /// Ask the prune approval again for an archive already written (its approval expired, was
+    /// denied, or the request failed): the file is checked first, nothing is archived anew.
+    #[arg(long, value_name = "FILE", conflicts_with = "upto")]
+    ask: Option<PathBuf>,
     /// The last record to archive (default: the last record a seal covers; at most 100,000
     /// records per archive).
     #[arg(long)]
@@ -116,8 +120,14 @@ fn check_archive_file(path: &PathBuf) -> Result<(String, u64)> {
 
 /// `quill audit archive --out FILE`: the oldest live records up to a sealed one, written with
 /// their MACed trailer, checked as written, then the approval that prunes them asked for.
+/// `--ask FILE` asks that approval again for an archive already written.
 pub fn audit_archive(a: &AuditArchiveArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
+    let out = match (&a.out, &a.ask) {
+        (_, Some(existing)) => return ask_prune(&mut s, existing, json),
+        (Some(out), None) => out,
+        (None, None) => return Err(CliError::Usage("give --out FILE (or --ask FILE)".into()).into()),
+    };
     let upto = a.upto.unwrap_or(0);
     let r = s.call_keys(|mut c| async move { c.audit_archive(AuditArchiveRequest { upto }).await })?;
     let mut body = String::new();
@@ -131,12 +141,17 @@ pub fn audit_archive(a: &AuditArchiveArgs, json: bool) -> Result<u8> {
     f.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
-    let mut file = f.open(&a.out).map_err(|e| {
-        CliError::Usage(format!("cannot create the archive {} (never overwritten): {e}", a.out.display()))
+    let mut file = f.open(out).map_err(|e| {
+        CliError::Usage(format!("cannot create the archive {} (never overwritten): {e}", out.display()))
     })?;
-    file.write_all(body.as_bytes()).with_context(|| format!("cannot write {}", a.out.display()))?;
-    file.sync_all().with_context(|| format!("cannot sync {}", a.out.display()))?;
-    let (trailer, last) = check_archive_file(&a.out)?;
+    file.write_all(body.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+    file.sync_all().with_context(|| format!("cannot sync {}", out.display()))?;
+    ask_prune(&mut s, out, json)
+}
+
+/// Check the archive at `path` and ask the approval that prunes its records.
+fn ask_prune(s: &mut Session, path: &PathBuf, json: bool) -> Result<u8> {
+    let (trailer, last) = check_archive_file(path)?;
     let t: Value = serde_json::from_str(&trailer).unwrap_or(Value::Null);
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let id = format!("audit-prune-{ms:x}");
@@ -152,12 +167,12 @@ pub fn audit_archive(a: &AuditArchiveArgs, json: bool) -> Result<u8> {
     })?;
     crate::output::print(
         json,
-        serde_json::json!({"archive": a.out, "first": t["first"], "last": last, "sha256": t["sha256"],
+        serde_json::json!({"archive": path, "first": t["first"], "last": last, "sha256": t["sha256"],
                            "approval": id, "detail": detail}),
         format!(
             "archived records {}..={last} to {} (sha256 {}); approval {id} asked: two custodians grant it (quill approve grant {id}), then `quill audit prune --approval {id}` prunes them",
             t["first"],
-            a.out.display(),
+            path.display(),
             t["sha256"].as_str().unwrap_or("")
         ),
     );
