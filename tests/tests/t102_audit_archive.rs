@@ -66,6 +66,9 @@ async fn audit_records_are_archived_to_signed_files_and_pruned_under_dual_contro
     std::fs::write(&forged, lines.join("\n") + "\n").unwrap();
     let (code, out, err) = cluster.quill(1, &["audit", "verify", "--archive", forged.to_str().unwrap()], &AUDITOR);
     assert_eq!(code, 3, "a trailer without the audit key's MAC verified: {out} {err}");
+    let (code, _, err) = cluster.quill(1, &["audit", "archive", "--ask", forged.to_str().unwrap()], &AUDITOR);
+    assert_eq!(code, 1, "a prune approval was asked with a forged trailer: {err}");
+    assert!(err.contains("does not carry the cluster audit key's MAC"), "{err}");
 
     step("prune is refused before two custodians grant it, and to an operator");
     let (code, _, err) = cluster.quill(1, &["audit", "prune", "--approval", &approval], &AUDITOR);

@@ -19,6 +19,7 @@ use crate::exit_codes::CliError;
 mod session;
 mod views;
 pub(crate) use session::{CALL_TIMEOUT, Session, Who};
+pub(crate) use views::rsa_public;
 
 /// How long one Status call may take before the node counts as unreachable.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -12,6 +12,14 @@ use quill_proto::v1::{
 
 use super::Session;
 
+/// An RSA public key as a view lists it (hex), for `whose` in errors.
+pub(crate) fn rsa_public(view: Option<&quill_proto::v1::RsaPublicView>, whose: &str) -> Result<quill_hsm::RsaPublic> {
+    let v = view.ok_or_else(|| anyhow::anyhow!("{whose} is listed without its public key"))?;
+    let bytes =
+        |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow::anyhow!("{whose}: public key {what} is not hex"));
+    Ok(quill_hsm::RsaPublic::new(&bytes("modulus", &v.modulus)?, &bytes("exponent", &v.exponent)?))
+}
+
 /// A list query of the Keys service: `fn name(&self) -> Result<Vec<View>>`.
 macro_rules! list {
     ($(#[$doc:meta])* $name:ident, $call:ident, $rpc:ident, $req:ident, $field:ident, $view:ty) => {

@@ -166,9 +166,8 @@ pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) 
 
 /// An issuer key pair's public key (modulus, exponent), as the cluster lists it.
 pub(crate) fn issuer_public(k: &IssuerKeyView) -> Result<(Vec<u8>, Vec<u8>)> {
-    let p = k.public.as_ref().ok_or_else(|| anyhow!("issuer key {} is listed without its public key", k.label))?;
-    let bytes = |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow!("issuer key {}: {what} is not hex", k.label));
-    Ok((bytes("modulus", &p.modulus)?, bytes("exponent", &p.exponent)?))
+    let p = crate::client::rsa_public(k.public.as_ref(), &format!("issuer key {}", k.label))?;
+    Ok((p.modulus, p.exponent))
 }
 
 /// `quill issuer generate`.

@@ -193,10 +193,7 @@ fn ceremony_alg(c: &CeremonyView) -> Result<KeyAlg> {
 /// A node's HSM transport key, as the cluster lists it (the custodian pins its fingerprint,
 /// computed here).
 pub(crate) fn transport_key(n: &NodeView) -> Result<RsaPublic> {
-    let t = n.transport.as_ref().ok_or_else(|| anyhow!("node {} is listed without its transport key", n.id))?;
-    let bytes =
-        |what: &str, h: &str| hex::decode(h).map_err(|_| anyhow!("node {}: transport key {what} is not hex", n.id));
-    Ok(RsaPublic::new(&bytes("modulus", &t.modulus)?, &bytes("exponent", &t.exponent)?))
+    crate::client::rsa_public(n.transport.as_ref(), &format!("node {}'s transport key", n.id))
 }
 
 /// `quill ceremony submit`.

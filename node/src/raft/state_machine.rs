@@ -194,18 +194,17 @@ impl StateMachine {
         let m = crate::audit::NodeMac { first, last: head.seq, key_kcv, mac, from_snapshot };
         let bytes = codec::encode(&m).map_err(|e| StoreError::encode("node audit MAC", e))?;
         tx.put_cf(Cf::AuditMac, &crate::store::log_key(head.seq), &bytes)?;
-        // MACs over archived records only (pruned up to the base) go with them: the archive's
-        // MACed trailer vouches for those records now.
+        Ok(Some(head.seq))
+    }
+
+    /// After an entry that pruned audit records: this node's MACs over archived records only go
+    /// with them (the archive's MACed trailer vouches for those records now).
+    fn drop_archived_macs(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         if let Some(b) = crate::audit::base(&*tx)? {
             let upto = crate::store::log_key(b.trailer.last.saturating_add(1));
-            let oldest = self.store.db().iterator_cf(self.store.cf(Cf::AuditMac)?, IteratorMode::Start).next();
-            if let Some(Ok((k, _))) = oldest
-                && k.as_ref() < upto.as_slice()
-            {
-                tx.delete_range_cf(Cf::AuditMac, &crate::store::log_key(0), &upto)?;
-            }
+            tx.delete_range_cf(Cf::AuditMac, &crate::store::log_key(0), &upto)?;
         }
-        Ok(Some(head.seq))
+        Ok(())
     }
 
     fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
@@ -233,11 +232,19 @@ impl StateMachine {
                 Response { log_index: log_id.index, duplicate: false, outcome: Outcome::Membership }
             }
             EntryPayload::Normal(req) => {
+                let prunes = match &req.cmd {
+                    Command::AuditPrune { .. } => true,
+                    Command::Batch(reqs) => reqs.iter().any(|r| matches!(r.cmd, Command::AuditPrune { .. })),
+                    _ => false,
+                };
                 // One view for the whole entry: the requests of a batch see each other's writes.
                 let mut tx = Tx::new(&self.store, &mut batch)?;
                 let mut seen = std::collections::HashMap::new();
                 let response = self.apply_request(&mut tx, log_id.index, req, &mut seen, true)?;
                 covered_to = self.mac_records(&mut tx, false)?;
+                if prunes {
+                    self.drop_archived_macs(&mut tx)?;
+                }
                 response
             }
         };
