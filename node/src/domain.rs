@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Actor, CertRef, NodeId, Role};
+use crate::identity::{Actor, CertRef, NodeId, Role, Tenants};
 use crate::store::StoreError;
 
 /// The context of the entry being applied: all a domain may know besides the command and the
@@ -20,6 +20,23 @@ pub struct Ctx<'a> {
     pub actor: &'a Actor,
     /// The certificate it presented (`None` for a node's own proposals).
     pub cert: Option<&'a CertRef>,
+}
+
+impl Ctx<'_> {
+    /// The tenants the caller may act for: its certificate's; every tenant for a node's own
+    /// proposal (which names no certificate).
+    pub fn tenants(&self) -> &Tenants {
+        static ALL: Tenants = Tenants::All;
+        self.cert.map_or(&ALL, |c| &c.tenants)
+    }
+
+    /// Refuse unless the caller may act for `tenant`.
+    pub fn require_tenant(&self, tenant: &str) -> Result<(), String> {
+        if self.tenants().covers(tenant) {
+            return Ok(());
+        }
+        Err(format!("{} may not act for tenant {tenant:?} (its certificate names {})", self.actor, self.tenants()))
+    }
 }
 
 /// What applying a domain command did, for the response and the audit record.

@@ -202,7 +202,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         crate::tls::Dialer {
             config: peer_tls,
             links: links.clone(),
-            cert: crate::identity::CertRef { serial: named.serial.clone(), key_fp: named.key_fp.clone() },
+            cert: crate::identity::CertRef {
+                serial: named.serial.clone(),
+                key_fp: named.key_fp.clone(),
+                tenants: Default::default(),
+            },
         },
     );
     tokio::spawn(refresh_revocations(raft.clone(), sm.clone(), revoked.clone()));

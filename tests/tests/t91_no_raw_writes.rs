@@ -175,6 +175,7 @@ async fn raw_writes_and_reads_of_the_domains_are_refused() {
             force: false,
             reason: None,
             retention_ms: 0,
+            tenant: "default".into(),
         });
         serial += 1;
         let otto = Actor { name: "otto".into(), role: Role::Operator };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use quill_proto::v1::cluster_client::ClusterClient;
 use quill_proto::v1::{NodeStatus, StatusRequest};
-use quill_trust::identity::Actor;
+use quill_trust::identity::{Actor, Tenants};
 use quill_trust::tls::{Identity, Links, PkiDir, TlsFiles};
 use tonic::transport::Channel;
 
@@ -74,7 +74,7 @@ pub fn links() -> &'static Links {
 }
 
 /// The identity directory of `actor` in dev cluster `dev_dir`, issued from the dev PKI on first
-/// use.
+/// use. Dev identities act for every tenant (a tenant-bound identity: `quill pki issue --tenant`).
 pub fn dev_identity(dev_dir: &Path, actor: &Actor) -> Result<PathBuf> {
     let dir = dev_dir.join("identities").join(format!("{}-{}", actor.role, actor.name));
     if dir.join("cert.pem").exists() {
@@ -87,7 +87,7 @@ pub fn dev_identity(dev_dir: &Path, actor: &Actor) -> Result<PathBuf> {
             dir.display()
         ))
     })?;
-    pki.issue_once(&Identity::Client(actor.clone()), &dir)
+    pki.issue_once(&Identity::Client(actor.clone()), &Tenants::All, &dir)
         .with_context(|| format!("issuing the dev identity {actor}"))?;
     Ok(dir)
 }

@@ -96,6 +96,24 @@ impl Runner {
         Ok(stdout)
     }
 
+    /// Run `quill args…` with the identity in `identity` (not a dev `--as` one); its stdout, or
+    /// its one-line refusal when `refused` (a refusal expected and not seen fails the story).
+    pub(crate) fn quill_identity(&self, args: &[&str], identity: &Path, refused: bool) -> Result<String> {
+        tell!(self, "$ quill {} --identity {}", args.join(" "), identity.display());
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
+        cmd.env("QUILL_IDENTITY", identity).env_remove("QUILL_ACTOR");
+        let out = cmd.output().with_context(|| format!("cannot run {}", self.exe.display()))?;
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        match (out.status.success(), refused) {
+            (true, false) => Ok(stdout),
+            (false, true) => Ok(stderr.trim().to_string()),
+            (true, true) => bail!("quill {} was expected to be refused and was not: {stdout}", args.join(" ")),
+            (false, false) => bail!("quill {} failed: {stdout}{}", args.join(" "), stderr.trim()),
+        }
+    }
+
     pub(crate) fn show(&self, text: &str, lines: usize) {
         for l in text.lines().take(lines) {
             tell!(self, "  {l}");
@@ -206,6 +224,8 @@ pub fn run(a: &StoryArgs, json: bool) -> Result<u8> {
     let out = r.quill(&["audit", "verify"], None)?;
     r.show(&out, 2);
 
+    second_tenant(&mut r, &profile, &input)?;
+
     if json {
         let doc = serde_json::json!({
             "result": "done",
@@ -230,6 +250,50 @@ pub fn run(a: &StoryArgs, json: bool) -> Result<u8> {
         r.quill(&["dev", "down", "--dir", dir.to_str().unwrap_or_default()], None)?;
     }
     Ok(crate::exit_codes::OK)
+}
+
+/// A bureau prepares cards for many issuers: a second tenant, `bank-b`, whose operator's
+/// certificate names that tenant only. It sees none of the first tenant's keys or jobs, and the
+/// first tenant's keys cannot prepare its cards.
+#[cfg(feature = "test-keys")]
+fn second_tenant(r: &mut Runner, profile: &Path, input: &Path) -> Result<()> {
+    const TENANT: &str = "bank-b";
+    let dir = r.dir.clone();
+    r.say("a second tenant: bank-b's operator holds a certificate for tenant bank-b only");
+    let id_dir = dir.join("identities").join("operator-bank-b-ops");
+    let (pki, id) = (dir.join("pki"), id_dir.to_str().unwrap_or_default().to_string());
+    let out = r.quill(
+        &[
+            "pki",
+            "issue",
+            "--dir",
+            pki.to_str().unwrap_or_default(),
+            "--client",
+            "operator:bank-b-ops",
+            "--tenant",
+            TENANT,
+            "--out",
+            &id,
+        ],
+        None,
+    )?;
+    r.show(&out, 1);
+    let out = r.quill(
+        &["key", "generate", "--label", "MAC-OUTPUT-TEST", "--usage", "M7", "--alg", "hmac-sha256", "--tenant", TENANT],
+        Some("admin:demo-admin"),
+    )?;
+    r.show(&out, 1);
+    tell!(r, "  bank-b's operator sees bank-b's one key, none of the first tenant's, and none of its jobs:");
+    let out = r.quill_identity(&["key", "list"], &id_dir, false)?;
+    r.show(&out, 4);
+    let out = r.quill_identity(&["job", "list"], &id_dir, false)?;
+    r.show(&out, 2);
+    tell!(r, "  the first tenant's profile names keys bank-b does not have: refused before anything is stored");
+    let (p, i) = (profile.to_str().unwrap_or_default(), input.to_str().unwrap_or_default());
+    let args = ["job", "submit", "--profile", p, "--input", i, "--mac-key", "MAC-OUTPUT-TEST"];
+    let out = r.quill_identity(&args, &id_dir, true)?;
+    r.show(&out, 1);
+    Ok(())
 }
 
 /// Steps 1–3 of the story: a dev cluster of `nodes` in `r.dir`, the SMK ceremony, the TEST keys.

@@ -73,6 +73,7 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             usage: usage.to_string(),
             alg: alg.to_string(),
             exportable: false,
+            tenant: String::new(),
         };
         admin.ceremony_start(req).with_context(|| k.label.clone())?;
         let c = admin.ceremony(&id)?;
@@ -141,7 +142,7 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             continue;
         }
         if !issuers.iter().any(|h| h.label == i.label) {
-            crate::ops::issuers::generate_request(&mut admin, &i.label, i.bits, i.exponent)?;
+            crate::ops::issuers::generate_request(&mut admin, &i.label, (i.bits, i.exponent), "")?;
         }
         crate::ops::issuers::certify_test(&mut admin, &i.label, &i.issuer_id, &i.rid, &i.expiry)?;
         certified += 1;

@@ -136,7 +136,9 @@ pub fn run(a: &HotFolderArgs, json: bool) -> Result<u8> {
                 }
                 continue;
             }
-            match crate::ops::jobs::submit_file(&mut s, &a.profile, &p, a.chunk_size, None, &a.mac_key, 0) {
+            let opts =
+                crate::ops::jobs::SubmitOptions { chunk_size: a.chunk_size, mac_key: &a.mac_key, ..Default::default() };
+            match crate::ops::jobs::submit_file(&mut s, &a.profile, &p, &opts) {
                 Ok(r) => {
                     let (job, records, skipped) = (r.job, r.records, r.skipped.len());
                     event(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use quill_proto::v1::RevokeCertRequest;
-use quill_trust::identity::Actor;
+use quill_trust::identity::{Actor, Tenants};
 use quill_trust::tls::pki::Validity;
 use quill_trust::tls::{Identity, PkiDir, TlsFiles};
 use serde_json::json;
@@ -39,6 +39,10 @@ pub struct PkiIssueArgs {
     /// A node's addresses or DNS names (repeatable; `quill-node.internal` is always included).
     #[arg(long = "host")]
     hosts: Vec<String>,
+    /// A tenant the client acts for (repeatable; `*` for every tenant). None: the default
+    /// tenant only.
+    #[arg(long = "tenant", value_name = "T", conflicts_with = "node")]
+    tenants: Vec<String>,
     /// Validity in days.
     #[arg(long, default_value_t = quill_trust::tls::pki::LEAF_DAYS)]
     days: i64,
@@ -87,15 +91,23 @@ pub fn pki_issue(a: &PkiIssueArgs, json: bool) -> Result<u8> {
     if a.days < 1 {
         return Err(crate::exit_codes::CliError::Usage("--days must be at least 1".into()).into());
     }
+    let tenants = Tenants::parse(a.tenants.iter().map(String::as_str))
+        .map_err(|e| crate::exit_codes::CliError::Usage(format!("--tenant: {e}")))?;
     let pki = PkiDir::open(&a.dir)?;
-    let cert = pki.issue(&identity, &a.hosts, Validity { from_days: 0, days: a.days }, &a.out)?;
+    let validity = Validity { from_days: 0, days: a.days };
+    let cert = if a.tenants.is_empty() {
+        pki.issue(&identity, &a.hosts, validity, &a.out)?
+    } else {
+        pki.issue_for_tenants(&identity, &tenants, validity, &a.out)?
+    };
     if json {
         println!(
             "{}",
-            json!({"identity": identity.uri(), "serial": cert.serial, "key_fp": cert.key_fp, "not_after": cert.not_after, "dir": a.out})
+            json!({"identity": identity.uri(), "tenants": cert.tenants, "serial": cert.serial, "key_fp": cert.key_fp, "not_after": cert.not_after, "dir": a.out})
         );
     } else {
-        println!("{} issued: serial {}, in {}", identity.uri(), cert.serial, a.out.display());
+        let acts = if matches!(identity, Identity::Client(_)) { format!(", acts for {}", cert.tenants) } else { String::new() };
+        println!("{} issued: serial {}{acts}, in {}", identity.uri(), cert.serial, a.out.display());
     }
     Ok(crate::exit_codes::OK)
 }
@@ -186,10 +198,10 @@ pub fn whoami(a: &ListArgs, json: bool) -> Result<u8> {
     if json {
         println!(
             "{}",
-            json!({"identity": cert.identity.uri(), "serial": cert.serial, "key_fp": cert.key_fp, "dir": dir})
+            json!({"identity": cert.identity.uri(), "tenants": cert.tenants, "serial": cert.serial, "key_fp": cert.key_fp, "dir": dir})
         );
     } else {
-        println!("{} (serial {}, {})", cert.identity, cert.serial, dir.display());
+        println!("{} acting for {} (serial {}, {})", cert.identity, cert.tenants, cert.serial, dir.display());
     }
     Ok(crate::exit_codes::OK)
 }

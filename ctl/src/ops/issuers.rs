@@ -141,12 +141,20 @@ pub struct IssuerGenerateArgs {
     /// Public exponent (3 or 65537).
     #[arg(long, default_value_t = 3)]
     exponent: u32,
+    /// The tenant the key pair belongs to [default: the identity's one tenant, or `default`].
+    #[arg(long, value_name = "T")]
+    tenant: Option<String>,
     #[command(flatten)]
     who: Who,
 }
 
 /// Generate an issuer key pair in a node's HSM; its record.
-pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) -> Result<IssuerKeyView> {
+pub fn generate_request(
+    s: &mut Session,
+    label: &str,
+    (bits, exponent): (u32, u32),
+    tenant: &str,
+) -> Result<IssuerKeyView> {
     let req = GenerateKeyRequest {
         caller: Some(s.caller()),
         label: label.to_string(),
@@ -156,6 +164,7 @@ pub fn generate_request(s: &mut Session, label: &str, bits: u32, exponent: u32) 
         active: true,
         rsa_bits: bits,
         rsa_exponent: exponent,
+        tenant: tenant.to_string(),
     };
     let r = s.call_keys(|mut c| {
         let req = req.clone();
@@ -173,7 +182,7 @@ pub(crate) fn issuer_public(k: &IssuerKeyView) -> Result<(Vec<u8>, Vec<u8>)> {
 /// `quill issuer generate`.
 pub fn issuer_generate(a: &IssuerGenerateArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let rec = generate_request(&mut s, &a.label, a.bits, a.exponent)?;
+    let rec = generate_request(&mut s, &a.label, (a.bits, a.exponent), a.tenant.as_deref().unwrap_or_default())?;
     let (modulus, exponent) = issuer_public(&rec)?;
     print(
         json,

@@ -54,8 +54,27 @@ pub struct SubmitArgs {
     /// (default: kept until acknowledged or cancelled).
     #[arg(long, default_value_t = 0)]
     retention_hours: u32,
+    /// The tenant the job belongs to [default: the identity's one tenant, or `default`]; its
+    /// profile may name only that tenant's keys.
+    #[arg(long, value_name = "T")]
+    tenant: Option<String>,
     #[command(flatten)]
     who: Who,
+}
+
+/// How a file is submitted, besides its profile and input.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions<'a> {
+    /// Cards per chunk.
+    pub chunk_size: u32,
+    /// `--force` with its reason.
+    pub force: Option<&'a str>,
+    /// Output MAC key label.
+    pub mac_key: &'a str,
+    /// Purge after this many hours unless acknowledged (0: never).
+    pub retention_hours: u32,
+    /// The job's tenant ("": the identity's one tenant, or `default`).
+    pub tenant: &'a str,
 }
 
 /// Submit a file; returns the job id.
@@ -63,11 +82,9 @@ pub fn submit_file(
     s: &mut Session,
     profile: &Path,
     input: &Path,
-    chunk_size: u32,
-    force: Option<&str>,
-    mac_key: &str,
-    retention_hours: u32,
+    o: &SubmitOptions<'_>,
 ) -> Result<quill_proto::v1::SubmitResponse> {
+    let SubmitOptions { chunk_size, force, mac_key, retention_hours, tenant } = o.clone();
     let name = profile.display().to_string();
     let toml = std::fs::read_to_string(profile).with_context(|| format!("cannot read {name}"))?;
     let p = Profile::parse(&toml, &name).map_err(|e| anyhow!("{e}"))?;
@@ -89,6 +106,7 @@ pub fn submit_file(
         mac_key: mac_key.to_string(),
         data: Vec::new(),
         retention_hours,
+        tenant: tenant.to_string(),
     };
     let mut parts = vec![first];
     parts.extend(data.chunks(PART).map(|c| SubmitPart { data: c.to_vec(), ..Default::default() }));
@@ -108,7 +126,14 @@ pub fn submit_file(
 pub fn submit(a: &SubmitArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
     let force = if a.force { a.reason.as_deref() } else { None };
-    let r = submit_file(&mut s, &a.profile, &a.input, a.chunk_size, force, &a.mac_key, a.retention_hours)?;
+    let opts = SubmitOptions {
+        chunk_size: a.chunk_size,
+        force,
+        mac_key: &a.mac_key,
+        retention_hours: a.retention_hours,
+        tenant: a.tenant.as_deref().unwrap_or_default(),
+    };
+    let r = submit_file(&mut s, &a.profile, &a.input, &opts)?;
     for k in &r.skipped {
         eprintln!("skipped: {k}");
     }
@@ -169,7 +194,7 @@ fn progress(j: &JobView, chunks: &[ChunkView]) -> (String, serde_json::Value) {
         eta,
         nodes.join("; ")
     );
-    let doc = json!({"id": j.id, "state": j.state, "product": j.product, "file": j.file, "records": j.records,
+    let doc = json!({"id": j.id, "tenant": j.tenant, "state": j.state, "product": j.product, "file": j.file, "records": j.records,
         "cards_done": j.cards_done, "chunks": j.chunks, "chunks_done": j.chunks_done, "failures": j.failures,
         "skipped": j.skipped, "cards_per_s": rate, "per_node": per_node.iter().map(|(n, (c, k))| json!({"node": n, "chunks": c, "cards": k})).collect::<Vec<_>>(),
         "chunk_nodes": chunks.iter().map(|c| json!({"chunk": c.n, "state": c.state, "node": c.node, "claims": c.claims})).collect::<Vec<_>>()});
@@ -189,10 +214,12 @@ pub fn list(a: &ListArgs, json: bool) -> Result<u8> {
         println!("{}", serde_json::Value::Array(v));
         return Ok(crate::exit_codes::OK);
     }
-    let mut rows = vec![["JOB", "STATE", "PRODUCT", "FILE", "CARDS", "DONE", "FAILED"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["JOB", "TENANT", "STATE", "PRODUCT", "FILE", "CARDS", "DONE", "FAILED"].map(String::from).to_vec()];
     for j in &jobs {
         rows.push(vec![
             j.id.clone(),
+            j.tenant.clone(),
             j.state.clone(),
             j.product.clone(),
             j.file.clone(),

@@ -59,6 +59,9 @@ pub struct CeremonyStartArgs {
     /// Working key: may be exported as TR-31 (under dual control).
     #[arg(long)]
     exportable: bool,
+    /// The tenant the working key belongs to [default: the identity's one tenant, or `default`].
+    #[arg(long, value_name = "T")]
+    tenant: Option<String>,
     #[command(flatten)]
     who: Who,
 }
@@ -84,6 +87,7 @@ pub fn ceremony_start(a: &CeremonyStartArgs, json: bool) -> Result<u8> {
         usage,
         alg,
         exportable: a.exportable,
+        tenant: a.tenant.clone().unwrap_or_default(),
     };
     let detail = s.ceremony_start(req)?;
     print(
@@ -356,10 +360,12 @@ pub fn key_list(a: &KeyListArgs, json: bool) -> Result<u8> {
         println!("{}", serde_json::to_value(&keys)?);
         return Ok(crate::exit_codes::OK);
     }
-    let mut rows = vec![["ID", "USAGE", "ALG", "KCV", "STATE", "EXPORTABLE", "CREATED BY"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["ID", "TENANT", "USAGE", "ALG", "KCV", "STATE", "EXPORTABLE", "CREATED BY"].map(String::from).to_vec()];
     for k in &keys {
         rows.push(vec![
             k.id.clone(),
+            k.tenant.clone(),
             k.usage.clone(),
             k.alg.clone(),
             k.kcv.clone(),
@@ -458,6 +464,9 @@ pub struct KeyGenerateArgs {
     /// Create it pending (activate it later) instead of active.
     #[arg(long)]
     pending: bool,
+    /// The tenant the key belongs to [default: the identity's one tenant, or `default`].
+    #[arg(long, value_name = "T")]
+    tenant: Option<String>,
     #[command(flatten)]
     who: Who,
 }
@@ -476,6 +485,7 @@ pub fn key_generate(a: &KeyGenerateArgs, json: bool) -> Result<u8> {
         active: !a.pending,
         rsa_bits: 0,
         rsa_exponent: 0,
+        tenant: a.tenant.clone().unwrap_or_default(),
     };
     let r = s.call_keys(|mut c| {
         let req = req.clone();
@@ -512,6 +522,9 @@ pub struct KeyImportArgs {
     /// Create it pending instead of active.
     #[arg(long)]
     pending: bool,
+    /// The tenant the key belongs to [default: the KBPK's] (it must be the KBPK's).
+    #[arg(long, value_name = "T")]
+    tenant: Option<String>,
     #[command(flatten)]
     who: Who,
 }
@@ -526,6 +539,7 @@ pub fn key_import(a: &KeyImportArgs, json: bool) -> Result<u8> {
         block: a.tr31.trim().to_string(),
         exportable: a.exportable,
         active: !a.pending,
+        tenant: a.tenant.clone().unwrap_or_default(),
     };
     let r = s.call_keys(|mut c| {
         let req = req.clone();

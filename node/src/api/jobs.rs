@@ -85,10 +85,12 @@ impl Drop for UploadSlot {
 fn open_inputs(
     kv: &dyn crate::store::Kv,
     caller: &crate::identity::Actor,
+    tenant: &str,
 ) -> Result<Vec<intake::OpenInput>, crate::store::StoreError> {
     let mut out = Vec::new();
     for j in jobs::jobs(kv)? {
-        if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
+        // Cards belong to an issuer: a tenant's jobs are compared with its own only.
+        if j.tenant != tenant || !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
             continue;
         }
         for n in 0..j.chunks {
@@ -165,6 +167,7 @@ impl JobsService {
             parts.message().await.map_err(broke)?.ok_or_else(|| ApiError::BadRequest("empty submission".into()))?;
         let caller = super::client_caller(first.caller.clone())?;
         self.cluster.require(&who, &[Role::Operator, Role::Admin], "Jobs.Submit").await?;
+        let tenant = self.cluster.tenant(&who, &first.tenant, "Jobs.Submit").await?;
         let mut data = first.data.clone();
         while let Some(p) = parts.message().await.map_err(broke)? {
             data.extend_from_slice(&p.data);
@@ -205,8 +208,8 @@ impl JobsService {
         // them (labels, TR-31 usage per step, algorithms, issuer keys; the output MAC key is M7):
         // a job no worker could prepare, or one naming a key outside its use, is refused here,
         // before anything is stored.
-        let (label, profile) = (mac_key.clone(), checked.profile.clone());
-        self.state(move |kv| intake::check_keys(kv, &profile, &label)).await?.map_err(ApiError::Precondition)?;
+        let (label, profile, t) = (mac_key.clone(), checked.profile.clone(), tenant.clone());
+        self.state(move |kv| intake::check_keys(kv, &t, &profile, &label)).await?.map_err(ApiError::Precondition)?;
 
         // The data key, made in this node's HSM, and the sealed chunks.
         let hsm = self.hsm()?;
@@ -214,14 +217,14 @@ impl JobsService {
         // this node's HSM and compared by fingerprint. `force` (audited with the job) takes them.
         // The same file again says so first (apply checks it too, for writes that race).
         if !first.force {
-            let digest = checked.digest.clone();
-            if let Some(other) = self.state(move |kv| jobs::open_job_with_digest(kv, &digest)).await? {
+            let (digest, t) = (checked.digest.clone(), tenant.clone());
+            if let Some(other) = self.state(move |kv| jobs::open_job_with_digest(kv, &t, &digest)).await? {
                 return Err(ApiError::Precondition(jobs::same_file(&checked.digest, &other)));
             }
         }
         if checked.profile.input.duplicates != quill_prep::profile::DuplicatePolicy::Allow && !first.force {
-            let caller = who.actor.clone();
-            let others = self.state(move |kv| open_inputs(kv, &caller)).await?;
+            let (caller, t) = (who.actor.clone(), tenant.clone());
+            let others = self.state(move |kv| open_inputs(kv, &caller, &t)).await?;
             let h = hsm.clone();
             checked = tokio::task::spawn_blocking(move || intake::drop_repeats(&*h, &others, checked))
                 .await
@@ -283,6 +286,7 @@ impl JobsService {
             force: first.force,
             reason,
             retention_ms: u64::from(first.retention_hours) * 3_600_000,
+            tenant,
         };
         self.propose(&client, &mut serial, &who, create).await?;
         let upload = async {
@@ -300,18 +304,27 @@ impl JobsService {
         Ok(SubmitResponse { job: id, records: records_n, chunks, skipped, transliterated })
     }
 
-    async fn job(&self, id: &str) -> ApiResult<JobRecord> {
+    /// Job `id`, if `who` may act for its tenant (to anyone else it does not exist) and
+    /// submitted it.
+    async fn job(&self, who: &Principal, id: &str) -> ApiResult<JobRecord> {
         let id2 = id.to_string();
-        self.state(move |kv| jobs::job(kv, &id2)).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+        let j = self
+            .state(move |kv| jobs::job(kv, &id2))
+            .await?
+            .filter(|j| who.cert.tenants.covers(&j.tenant))
+            .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+        jobs::owned_by(&who.actor, &j).map_err(ApiError::PermissionDenied)?;
+        Ok(j)
     }
 
-    async fn mac_key(&self, label: &str) -> ApiResult<KeyRecord> {
-        let l = label.to_string();
-        self.state(move |kv| intake::output_mac_key(kv, &l)).await?.map_err(ApiError::Precondition)
+    /// The output MAC key of job `j` (its tenant's key of that label).
+    async fn mac_key(&self, j: &JobRecord) -> ApiResult<KeyRecord> {
+        let (t, l) = (j.tenant.clone(), j.mac_key.clone());
+        self.state(move |kv| intake::output_mac_key(kv, &t, &l)).await?.map_err(ApiError::Precondition)
     }
 
     /// One output stream of a done job, framed and MACed.
-    async fn fetch(&self, caller: &crate::identity::Actor, req: FetchRequest) -> ApiResult<Vec<u8>> {
+    async fn fetch(&self, who: &Principal, req: FetchRequest) -> ApiResult<Vec<u8>> {
         let stream = match req.stream.as_str() {
             "cards" => Stream::Cards,
             "pin-mailers" => Stream::PinMailers,
@@ -320,12 +333,11 @@ impl JobsService {
                 return Err(ApiError::BadRequest(format!("unknown stream {other:?} (cards, pin-mailers, carriers)")));
             }
         };
-        let j = self.job(&req.job).await?;
-        jobs::owned_by(caller, &j).map_err(ApiError::PermissionDenied)?;
+        let j = self.job(who, &req.job).await?;
         if j.state != JobState::Done {
             return Err(ApiError::Precondition(format!("job {} is {}, not done", j.id, j.state.as_str())));
         }
-        let mac = self.mac_key(&j.mac_key).await?;
+        let mac = self.mac_key(&j).await?;
         let mac_wrapped =
             mac.wrapped.clone().ok_or_else(|| ApiError::Precondition("the MAC key is destroyed".into()))?;
         let id = j.id.clone();
@@ -370,10 +382,9 @@ impl JobsService {
         .map_err(|e| ApiError::Internal(e.to_string()))?
     }
 
-    async fn mac(&self, caller: &crate::identity::Actor, req: MacRequest) -> ApiResult<MacResponse> {
-        let j = self.job(&req.job).await?;
-        jobs::owned_by(caller, &j).map_err(ApiError::PermissionDenied)?;
-        let mac = self.mac_key(&j.mac_key).await?;
+    async fn mac(&self, who: &Principal, req: MacRequest) -> ApiResult<MacResponse> {
+        let j = self.job(who, &req.job).await?;
+        let mac = self.mac_key(&j).await?;
         let digest: [u8; 32] =
             req.sha256.as_slice().try_into().map_err(|_| ApiError::BadRequest("sha256 must be 32 bytes".into()))?;
         let wrapped = mac.wrapped.ok_or_else(|| ApiError::Precondition("the MAC key is destroyed".into()))?;
@@ -400,8 +411,8 @@ impl jobs_server::Jobs for JobsService {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (job, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Jobs.GetJob", req.linearizable, move |kv| {
-                views::read_job(kv, &id)
+            views::serve(&self.cluster, &self.sm, &who, "Jobs.GetJob", req.linearizable, move |kv, t| {
+                views::read_job(kv, t, &id)
             })
             .await?;
         Ok(Response::new(GetJobResponse { job: Some(views::found(job, "job", &req.id)?), applied_index }))
@@ -411,8 +422,8 @@ impl jobs_server::Jobs for JobsService {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (chunks, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Jobs.ListChunks", req.linearizable, move |kv| {
-                views::read_chunks(kv, &id)
+            views::serve(&self.cluster, &self.sm, &who, "Jobs.ListChunks", req.linearizable, move |kv, t| {
+                views::read_chunks(kv, t, &id)
             })
             .await?;
         Ok(Response::new(ListChunksResponse { chunks, applied_index }))
@@ -429,7 +440,7 @@ impl jobs_server::Jobs for JobsService {
         // Output holds cardholder data: operators (and admins) only, and only the job's submitter.
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Operator, Role::Admin], "Jobs.Fetch").await?;
-        let bytes = self.fetch(&who.actor, req).await?;
+        let bytes = self.fetch(&who, req).await?;
         let parts: Vec<Result<FetchPart, Status>> =
             bytes.chunks(1 << 20).map(|c| Ok(FetchPart { data: c.to_vec() })).collect();
         Ok(Response::new(tokio_stream::iter(parts)))
@@ -438,7 +449,7 @@ impl jobs_server::Jobs for JobsService {
     async fn mac(&self, request: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Operator, Role::Admin], "Jobs.Mac").await?;
-        Ok(Response::new(self.mac(&who.actor, req).await?))
+        Ok(Response::new(self.mac(&who, req).await?))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<WriteResult>, Status> {

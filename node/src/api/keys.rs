@@ -72,12 +72,13 @@ impl KeysService {
     }
 
     /// The superseded `Keys.Query`: the JSON of the views the typed queries answer.
-    async fn query(&self, req: QueryRequest) -> ApiResult<QueryResponse> {
+    async fn query(&self, who: &Principal, req: QueryRequest) -> ApiResult<QueryResponse> {
         if req.linearizable {
             self.cluster.linearize().await?;
         }
         let (what, id) = (req.what.clone(), req.id.clone());
-        let json = self.state(move |kv| views::query_json(kv, &what, &id)).await?;
+        let tenants = who.cert.tenants.clone();
+        let json = self.state(move |kv| views::query_json(kv, &tenants, &what, &id)).await?;
         let Some(json) = json else {
             return Err(ApiError::BadRequest(format!("unknown query {:?} ({})", req.what, views::QUERIES)));
         };
@@ -99,8 +100,9 @@ impl KeysService {
         };
         self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
         let id = object.trim_start_matches("key:").to_string();
+        let tenants = who.cert.tenants.clone();
         let view = self
-            .state(move |kv| views::read_key(kv, &id))
+            .state(move |kv| views::read_key(kv, &tenants, &id))
             .await?
             .ok_or_else(|| ApiError::Internal(format!("{object} is not in the state after it was created")))?;
         let json = serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -137,6 +139,7 @@ impl KeysService {
         }
         let alg: KeyAlg = req.alg.parse().map_err(ApiError::BadRequest)?;
         usage.check_alg(alg).map_err(ApiError::BadRequest)?;
+        let tenant = self.cluster.tenant(&who, &req.tenant, "Keys.Generate").await?;
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
         let key_use = KeyUse::new(usage.tr31(), req.exportable);
@@ -152,6 +155,7 @@ impl KeysService {
             origin,
             wrapped,
             active: req.active,
+            tenant,
         };
         self.create(caller, &who, cmd).await
     }
@@ -167,6 +171,7 @@ impl KeysService {
         if !req.alg.eq_ignore_ascii_case("rsa") || req.usage != "S0" {
             return Err(ApiError::BadRequest("an issuer key pair is usage S0 with alg rsa".into()));
         }
+        let tenant = self.cluster.tenant(who, &req.tenant, "Keys.Generate").await?;
         let (bits, exponent) = (req.rsa_bits, if req.rsa_exponent == 0 { 3 } else { req.rsa_exponent });
         if !(512..=1984).contains(&bits) || !bits.is_multiple_of(8) {
             return Err(ApiError::BadRequest(format!(
@@ -184,14 +189,16 @@ impl KeysService {
             label: req.label,
             key,
             origin: Origin::Generated { node: self.cluster.node_id() },
+            tenant,
         };
         let resp = self.cluster.submit_as(&caller.client_id, caller.serial, who, Command::Keys(cmd)).await?;
         if let Outcome::Rejected { reason } = resp.outcome {
             return Err(ApiError::Precondition(reason));
         }
         self.cluster.wait_applied(resp.log_index, APPLY_WAIT).await?;
+        let tenants = who.cert.tenants.clone();
         let view = self
-            .state(move |kv| views::read_issuer_key(kv, &label))
+            .state(move |kv| views::read_issuer_key(kv, &tenants, &label))
             .await?
             .ok_or_else(|| ApiError::Internal("the issuer key is not in the state after it was created".into()))?;
         let json = serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -212,7 +219,21 @@ impl KeysService {
         let kbpk = self
             .state(move |kv| read::<KeyRecord>(kv, &format!("{}{kbpk_id}", key::KEY)))
             .await?
+            .filter(|k| who.cert.tenants.covers(&k.tenant))
             .ok_or_else(|| ApiError::NotFound(format!("no key {}", req.kbpk)))?;
+        // The imported key belongs to the KBPK's tenant: a block under one tenant's KBPK never
+        // becomes another tenant's key.
+        let tenant = if req.tenant.is_empty() {
+            kbpk.tenant.clone()
+        } else {
+            self.cluster.tenant(&who, &req.tenant, "Keys.ImportTr31").await?
+        };
+        if tenant != kbpk.tenant {
+            return Err(ApiError::BadRequest(format!(
+                "{} belongs to tenant {:?}: a block under it imports into that tenant, not {tenant:?}",
+                kbpk.id, kbpk.tenant
+            )));
+        }
         if !matches!(kbpk.usage, Usage::K0 | Usage::K1) || kbpk.state != KeyState::Active {
             return Err(ApiError::BadRequest(format!(
                 "{} is a {} key in state {}: a TR-31 block needs an active K0/K1 key-block protection key",
@@ -243,6 +264,7 @@ impl KeysService {
             origin: Origin::Tr31 { kbpk: kbpk.id },
             wrapped,
             active: req.active,
+            tenant,
         };
         self.create(caller, &who, cmd).await
     }
@@ -275,6 +297,9 @@ impl KeysService {
         let Some((Some(k), Some(z))) = keys else {
             return Err(ApiError::Precondition(format!("approval {} is not an export of existing keys", approval.id)));
         };
+        if !who.cert.tenants.covers(&k.tenant) || z.tenant != k.tenant {
+            return Err(ApiError::NotFound(format!("no approval {}", req.approval)));
+        }
         let (Some(kw), Some(zw)) = (k.wrapped.clone(), z.wrapped.clone()) else {
             return Err(ApiError::Precondition("the key or the KBPK is destroyed".into()));
         };
@@ -549,13 +574,13 @@ impl keys_server::Keys for KeysService {
         // is in them); partner systems, CA officers and branches may not.
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &super::STAFF, "Keys.Query").await?;
-        Ok(Response::new(self.query(req).await?))
+        Ok(Response::new(self.query(&who, req).await?))
     }
 
     async fn get_smk(&self, request: Request<GetSmkRequest>) -> Result<Response<GetSmkResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (smk, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetSmk", req.linearizable, views::read_smk).await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetSmk", req.linearizable, |kv, _| views::read_smk(kv)).await?;
         let smk = smk.ok_or_else(|| ApiError::NotFound("no SMK yet: the SMK ceremony has not formed one".into()))?;
         Ok(Response::new(GetSmkResponse { smk: Some(smk), applied_index }))
     }
@@ -563,7 +588,7 @@ impl keys_server::Keys for KeysService {
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (nodes, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListNodes", req.linearizable, views::read_nodes).await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListNodes", req.linearizable, |kv, _| views::read_nodes(kv)).await?;
         Ok(Response::new(ListNodesResponse { nodes, applied_index }))
     }
 
@@ -591,8 +616,8 @@ impl keys_server::Keys for KeysService {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (c, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetCeremony", req.linearizable, move |kv| {
-                views::read_ceremony(kv, &id)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetCeremony", req.linearizable, move |kv, t| {
+                views::read_ceremony(kv, t, &id)
             })
             .await?;
         Ok(Response::new(GetCeremonyResponse { ceremony: Some(views::found(c, "ceremony", &req.id)?), applied_index }))
@@ -609,8 +634,8 @@ impl keys_server::Keys for KeysService {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (k, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetKey", req.linearizable, move |kv| {
-                views::read_key(kv, &id)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetKey", req.linearizable, move |kv, t| {
+                views::read_key(kv, t, &id)
             })
             .await?;
         Ok(Response::new(GetKeyResponse { key: Some(views::found(k, "key", &req.id)?), applied_index }))
@@ -634,8 +659,8 @@ impl keys_server::Keys for KeysService {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (a, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetApproval", req.linearizable, move |kv| {
-                views::read_approval(kv, &id)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetApproval", req.linearizable, move |kv, t| {
+                views::read_approval(kv, t, &id)
             })
             .await?;
         Ok(Response::new(GetApprovalResponse { approval: Some(views::found(a, "approval", &req.id)?), applied_index }))
@@ -644,7 +669,7 @@ impl keys_server::Keys for KeysService {
     async fn list_ca_keys(&self, request: Request<ListCaKeysRequest>) -> Result<Response<ListCaKeysResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (ca_keys, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCaKeys", req.linearizable, views::read_ca_keys)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCaKeys", req.linearizable, |kv, _| views::read_ca_keys(kv))
                 .await?;
         Ok(Response::new(ListCaKeysResponse { ca_keys, applied_index }))
     }
@@ -655,7 +680,7 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<ListRevokedCertsResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (revoked, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListRevokedCerts", req.linearizable, views::read_revoked)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListRevokedCerts", req.linearizable, |kv, _| views::read_revoked(kv))
                 .await?;
         Ok(Response::new(ListRevokedCertsResponse { revoked, applied_index }))
     }
@@ -684,8 +709,8 @@ impl keys_server::Keys for KeysService {
         let (who, req) = super::principal(request)?;
         let id = req.id.clone();
         let (k, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetIssuerKey", req.linearizable, move |kv| {
-                views::read_issuer_key(kv, &id)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetIssuerKey", req.linearizable, move |kv, t| {
+                views::read_issuer_key(kv, t, &id)
             })
             .await?;
         Ok(Response::new(GetIssuerKeyResponse {
@@ -717,7 +742,7 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<GetAuditKeysResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (k, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetAuditKeys", req.linearizable, views::read_audit_keys)
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetAuditKeys", req.linearizable, |kv, _| views::read_audit_keys(kv))
                 .await?;
         let k = k.ok_or_else(|| ApiError::NotFound("no audit keys yet: they are formed with the cluster".into()))?;
         Ok(Response::new(GetAuditKeysResponse { audit_keys: Some(k), applied_index }))
@@ -779,6 +804,7 @@ impl keys_server::Keys for KeysService {
                 usage: parse_field("usage", &r.usage)?,
                 alg: parse_field("alg", &r.alg)?,
                 exportable: r.exportable,
+                tenant: self.cluster.tenant(&who, &r.tenant, "Keys.CeremonyStart").await?,
             }
         };
         let components =

@@ -631,13 +631,28 @@ impl ClusterService {
     /// (the call is refused whether or not the record could be written in time).
     pub async fn require(&self, who: &Principal, roles: &[Role], call: &str) -> Result<(), ApiError> {
         let Err(reason) = crate::domain::require_role(&who.actor, roles) else { return Ok(()) };
+        Err(self.deny(who, call, reason).await)
+    }
+
+    /// The tenant `who` acts in for `call`: the one it asked for, else its certificate's one
+    /// tenant (or the default tenant for a certificate acting for every tenant). A tenant its
+    /// certificate does not name is refused and audited like a role refusal.
+    pub async fn tenant(&self, who: &Principal, asked: &str, call: &str) -> Result<String, ApiError> {
+        match who.cert.tenants.resolve(asked) {
+            Ok(t) => Ok(t),
+            Err(reason) => Err(self.deny(who, call, format!("{}: {reason}", who.actor)).await),
+        }
+    }
+
+    /// Audit a refusal of `call` for `who` and return it as `PermissionDenied`.
+    async fn deny(&self, who: &Principal, call: &str, reason: String) -> ApiError {
         let denied = Command::Keys(crate::keys::KeyCommand::Denied { call: call.to_string(), reason: reason.clone() });
         let w =
             Forwarded::of(who, format!("denied-{}", self.agent_client_id("denied")), self.next_agent_serial(), denied);
         if tokio::time::timeout(Duration::from_secs(2), self.inner.write(w, false)).await.is_err() {
             tracing::warn!(%call, caller = %who.actor, "a refusal could not be audited in time");
         }
-        Err(ApiError::PermissionDenied(reason))
+        ApiError::PermissionDenied(reason)
     }
 }
 
@@ -736,7 +751,7 @@ pub fn authenticator(
         if revoked.contains(&cert.serial) {
             return Err(Status::unauthenticated(format!("certificate {} of {actor} is revoked", cert.serial)));
         }
-        let principal = Principal { actor, cert: CertRef { serial: cert.serial, key_fp: cert.key_fp } };
+        let principal = Principal { actor, cert: CertRef { serial: cert.serial, key_fp: cert.key_fp, tenants: cert.tenants } };
         req.extensions_mut().insert(principal);
         Ok(req)
     }

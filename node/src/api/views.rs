@@ -4,7 +4,7 @@
 
 use quill_proto::v1 as pb;
 
-use crate::identity::{Actor, CertRef};
+use crate::identity::{Actor, CertRef, Tenants};
 use crate::jobs::{ChunkRecord, JobRecord};
 use crate::keys::apply::Revoked;
 use crate::keys::apply::issuers::{self, CaKeyRecord, IssuerCertRecord, IssuerKeyRecord};
@@ -69,12 +69,13 @@ pub fn node(n: NodeRecord) -> pb::NodeView {
 pub fn ceremony(c: Ceremony) -> pb::CeremonyView {
     let target = match &c.target {
         CeremonyTarget::Smk => pb::CeremonyTargetView { smk: true, ..Default::default() },
-        CeremonyTarget::Key { label, usage, alg, exportable } => pb::CeremonyTargetView {
+        CeremonyTarget::Key { label, usage, alg, exportable, tenant } => pb::CeremonyTargetView {
             smk: false,
             label: label.clone(),
             usage: usage.code().into(),
             alg: alg.name().into(),
             exportable: *exportable,
+            tenant: tenant.clone(),
         },
     };
     let state = match c.state {
@@ -126,6 +127,7 @@ pub fn key(k: KeyRecord) -> pb::KeyView {
         changed_ms: k.changed_ms,
         smk_kcv: k.wrapped.as_ref().map(|w| w.smk_kcv.0.clone()).unwrap_or_default(),
         block_header: k.wrapped.as_ref().and_then(|w| w.header_text()).unwrap_or_default(),
+        tenant: k.tenant,
     }
 }
 
@@ -198,6 +200,7 @@ pub fn issuer_key(k: IssuerKeyRecord) -> pb::IssuerKeyView {
         certificate: k.certificate.unwrap_or_default(),
         created_by: Some(actor(&k.created_by)),
         created_ms: k.created_ms,
+        tenant: k.tenant,
     }
 }
 
@@ -251,6 +254,7 @@ pub fn job(j: JobRecord) -> pb::JobView {
         closed_ms: j.closed_ms,
         delivered: j.delivered.into_iter().map(|(stream, sha256)| pb::DeliveredView { stream, sha256 }).collect(),
         retention_ms: j.retention_ms,
+        tenant: j.tenant,
     }
 }
 
@@ -276,8 +280,27 @@ pub fn chunk(c: ChunkRecord) -> pb::ChunkView {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Readers: one per query, over a snapshot of the applied state. The typed methods and the
-// superseded `Keys.Query` both answer through these.
+// Readers: one per query, over a snapshot of the applied state, showing only what the caller's
+// tenants hold (a record of another tenant is absent, as if it did not exist). The typed methods
+// and the superseded `Keys.Query` both answer through these.
+
+/// Whether `t` may see the ceremony: an SMK ceremony is the bureau's, a key's is its tenant's.
+fn ceremony_visible(c: &Ceremony, t: &Tenants) -> bool {
+    match &c.target {
+        CeremonyTarget::Smk => true,
+        CeremonyTarget::Key { tenant, .. } => t.covers(tenant),
+    }
+}
+
+/// Whether `t` may see the approval: one about a key only when it may see the key.
+fn approval_visible(kv: &dyn Kv, a: &Approval, t: &Tenants) -> Result<bool, StoreError> {
+    Ok(match &a.action {
+        ApprovalAction::Export { key: k, .. } | ApprovalAction::Destroy { key: k } => {
+            read::<KeyRecord>(kv, &format!("{}{k}", key::KEY))?.is_some_and(|k| t.covers(&k.tenant))
+        }
+        ApprovalAction::SmkToNode { .. } | ApprovalAction::AuditPrune { .. } => true,
+    })
+}
 
 /// The SMK, once formed.
 pub fn read_smk(kv: &dyn Kv) -> Result<Option<pb::SmkView>, StoreError> {
@@ -290,33 +313,42 @@ pub fn read_nodes(kv: &dyn Kv) -> Result<Vec<pb::NodeView>, StoreError> {
 }
 
 /// Every ceremony.
-pub fn read_ceremonies(kv: &dyn Kv) -> Result<Vec<pb::CeremonyView>, StoreError> {
-    Ok(scan::<Ceremony>(kv, key::CEREMONY)?.into_iter().map(ceremony).collect())
+pub fn read_ceremonies(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::CeremonyView>, StoreError> {
+    Ok(scan::<Ceremony>(kv, key::CEREMONY)?.into_iter().filter(|c| ceremony_visible(c, t)).map(ceremony).collect())
 }
 
 /// One ceremony.
-pub fn read_ceremony(kv: &dyn Kv, id: &str) -> Result<Option<pb::CeremonyView>, StoreError> {
-    Ok(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?.map(ceremony))
+pub fn read_ceremony(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Option<pb::CeremonyView>, StoreError> {
+    Ok(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?.filter(|c| ceremony_visible(c, t)).map(ceremony))
 }
 
 /// The key inventory.
-pub fn read_keys(kv: &dyn Kv) -> Result<Vec<pb::KeyView>, StoreError> {
-    Ok(scan::<KeyRecord>(kv, key::KEY)?.into_iter().map(self::key).collect())
+pub fn read_keys(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::KeyView>, StoreError> {
+    Ok(scan::<KeyRecord>(kv, key::KEY)?.into_iter().filter(|k| t.covers(&k.tenant)).map(self::key).collect())
 }
 
 /// One key.
-pub fn read_key(kv: &dyn Kv, id: &str) -> Result<Option<pb::KeyView>, StoreError> {
-    Ok(read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))?.map(self::key))
+pub fn read_key(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Option<pb::KeyView>, StoreError> {
+    Ok(read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))?.filter(|k| t.covers(&k.tenant)).map(self::key))
 }
 
 /// Every approval.
-pub fn read_approvals(kv: &dyn Kv) -> Result<Vec<pb::ApprovalView>, StoreError> {
-    Ok(scan::<Approval>(kv, key::APPROVAL)?.into_iter().map(approval).collect())
+pub fn read_approvals(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::ApprovalView>, StoreError> {
+    let mut out = Vec::new();
+    for a in scan::<Approval>(kv, key::APPROVAL)? {
+        if approval_visible(kv, &a, t)? {
+            out.push(approval(a));
+        }
+    }
+    Ok(out)
 }
 
 /// One approval.
-pub fn read_approval(kv: &dyn Kv, id: &str) -> Result<Option<pb::ApprovalView>, StoreError> {
-    Ok(read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))?.map(approval))
+pub fn read_approval(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Option<pb::ApprovalView>, StoreError> {
+    match read::<Approval>(kv, &format!("{}{id}", key::APPROVAL))? {
+        Some(a) if approval_visible(kv, &a, t)? => Ok(Some(approval(a))),
+        _ => Ok(None),
+    }
 }
 
 /// Scheme CA public keys.
@@ -330,18 +362,35 @@ pub fn read_revoked(kv: &dyn Kv) -> Result<Vec<pb::RevokedCertView>, StoreError>
 }
 
 /// Issuer key pairs.
-pub fn read_issuer_keys(kv: &dyn Kv) -> Result<Vec<pb::IssuerKeyView>, StoreError> {
-    Ok(scan::<IssuerKeyRecord>(kv, issuers::ISSUER)?.into_iter().map(issuer_key).collect())
+pub fn read_issuer_keys(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::IssuerKeyView>, StoreError> {
+    Ok(scan::<IssuerKeyRecord>(kv, issuers::ISSUER)?
+        .into_iter()
+        .filter(|k| t.covers(&k.tenant))
+        .map(issuer_key)
+        .collect())
 }
 
 /// One issuer key pair.
-pub fn read_issuer_key(kv: &dyn Kv, label: &str) -> Result<Option<pb::IssuerKeyView>, StoreError> {
-    Ok(read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER))?.map(issuer_key))
+pub fn read_issuer_key(kv: &dyn Kv, t: &Tenants, label: &str) -> Result<Option<pb::IssuerKeyView>, StoreError> {
+    Ok(read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER))?
+        .filter(|k| t.covers(&k.tenant))
+        .map(issuer_key))
 }
 
-/// Issuer certificates.
-pub fn read_issuer_certs(kv: &dyn Kv) -> Result<Vec<pb::IssuerCertView>, StoreError> {
-    Ok(scan::<IssuerCertRecord>(kv, issuers::ISSUER_CERT)?.into_iter().map(issuer_cert).collect())
+/// Issuer certificates: those bound to an issuer key pair only when it may see the pair.
+pub fn read_issuer_certs(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::IssuerCertView>, StoreError> {
+    let mut out = Vec::new();
+    for c in scan::<IssuerCertRecord>(kv, issuers::ISSUER_CERT)? {
+        let visible = match &c.key {
+            None => true,
+            Some(label) => read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER))?
+                .is_some_and(|k| t.covers(&k.tenant)),
+        };
+        if visible {
+            out.push(issuer_cert(c));
+        }
+    }
+    Ok(out)
 }
 
 /// The audit keys' check values.
@@ -350,17 +399,20 @@ pub fn read_audit_keys(kv: &dyn Kv) -> Result<Option<pb::AuditKeysView>, StoreEr
 }
 
 /// Jobs not yet erased.
-pub fn read_jobs(kv: &dyn Kv) -> Result<Vec<pb::JobView>, StoreError> {
-    Ok(crate::jobs::jobs(kv)?.into_iter().map(job).collect())
+pub fn read_jobs(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::JobView>, StoreError> {
+    Ok(crate::jobs::jobs(kv)?.into_iter().filter(|j| t.covers(&j.tenant)).map(job).collect())
 }
 
 /// One job.
-pub fn read_job(kv: &dyn Kv, id: &str) -> Result<Option<pb::JobView>, StoreError> {
-    Ok(crate::jobs::job(kv, id)?.map(job))
+pub fn read_job(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Option<pb::JobView>, StoreError> {
+    Ok(crate::jobs::job(kv, id)?.filter(|j| t.covers(&j.tenant)).map(job))
 }
 
-/// A job's chunks.
-pub fn read_chunks(kv: &dyn Kv, id: &str) -> Result<Vec<pb::ChunkView>, StoreError> {
+/// A job's chunks (none of a job it may not see).
+pub fn read_chunks(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Vec<pb::ChunkView>, StoreError> {
+    if !crate::jobs::job(kv, id)?.is_some_and(|j| t.covers(&j.tenant)) {
+        return Ok(Vec::new());
+    }
     Ok(crate::jobs::chunks(kv, id)?.into_iter().map(chunk).collect())
 }
 
@@ -370,28 +422,28 @@ pub const QUERIES: &str = "smk, nodes, ceremonies, ceremony, keys, key, approval
 
 /// The superseded `Keys.Query`: the JSON of the same views (`null` for an absent record), or
 /// `None` for a `what` it does not know.
-pub fn query_json(kv: &dyn Kv, what: &str, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+pub fn query_json(kv: &dyn Kv, t: &Tenants, what: &str, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
     fn json<T: serde::Serialize>(v: T) -> serde_json::Value {
         serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
     }
     Ok(Some(match what {
         "smk" => json(read_smk(kv)?),
         "nodes" => json(read_nodes(kv)?),
-        "ceremonies" => json(read_ceremonies(kv)?),
-        "ceremony" => json(read_ceremony(kv, id)?),
-        "keys" => json(read_keys(kv)?),
-        "key" => json(read_key(kv, id)?),
-        "approvals" => json(read_approvals(kv)?),
-        "approval" => json(read_approval(kv, id)?),
+        "ceremonies" => json(read_ceremonies(kv, t)?),
+        "ceremony" => json(read_ceremony(kv, t, id)?),
+        "keys" => json(read_keys(kv, t)?),
+        "key" => json(read_key(kv, t, id)?),
+        "approvals" => json(read_approvals(kv, t)?),
+        "approval" => json(read_approval(kv, t, id)?),
         "cas" => json(read_ca_keys(kv)?),
         "revoked" => json(read_revoked(kv)?),
-        "issuers" => json(read_issuer_keys(kv)?),
-        "issuer" => json(read_issuer_key(kv, id)?),
-        "issuer-certs" => json(read_issuer_certs(kv)?),
+        "issuers" => json(read_issuer_keys(kv, t)?),
+        "issuer" => json(read_issuer_key(kv, t, id)?),
+        "issuer-certs" => json(read_issuer_certs(kv, t)?),
         "audit-keys" => json(read_audit_keys(kv)?),
-        "jobs" => json(read_jobs(kv)?),
-        "job" => json(read_job(kv, id)?),
-        "chunks" => json(read_chunks(kv, id)?),
+        "jobs" => json(read_jobs(kv, t)?),
+        "job" => json(read_job(kv, t, id)?),
+        "chunks" => json(read_chunks(kv, t, id)?),
         _ => return Ok(None),
     }))
 }
@@ -405,13 +457,14 @@ pub(super) async fn serve<T: Send + 'static>(
     who: &crate::identity::Principal,
     call: &str,
     linearizable: bool,
-    f: impl FnOnce(&dyn Kv) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Kv, &Tenants) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<(T, u64), super::ApiError> {
     cluster.require(who, &super::STAFF, call).await?;
     if linearizable {
         cluster.linearize().await?;
     }
-    let v = sm.read(f).await.map_err(|e| super::ApiError::Internal(e.to_string()))?;
+    let tenants = who.cert.tenants.clone();
+    let v = sm.read(move |kv| f(kv, &tenants)).await.map_err(|e| super::ApiError::Internal(e.to_string()))?;
     Ok((v, cluster.applied_index()))
 }
 

@@ -111,32 +111,40 @@ pub struct Checked {
     pub chunks: u32,
 }
 
-/// The newest active key of the inventory with `label`.
-pub fn active_key(kv: &dyn Kv, label: &str) -> Result<Option<KeyRecord>, StoreError> {
+/// The newest active key of `tenant` with `label`.
+pub fn active_key(kv: &dyn Kv, tenant: &str, label: &str) -> Result<Option<KeyRecord>, StoreError> {
     let keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
-    Ok(keys.into_iter().filter(|k| k.label == label && k.state == KeyState::Active).max_by_key(|k| k.version))
+    Ok(keys
+        .into_iter()
+        .filter(|k| k.label == label && k.tenant == tenant && k.state == KeyState::Active)
+        .max_by_key(|k| k.version))
 }
 
 /// The output MAC key `label` of a job: an active key of usage `M7` (HMAC-SHA-256 MACs the output
 /// streams). `Ok(Err(reason))` names the label and why.
-pub fn output_mac_key(kv: &dyn Kv, label: &str) -> Result<Result<KeyRecord, String>, StoreError> {
-    let Some(k) = active_key(kv, label)? else {
-        return Ok(Err(format!("no active output MAC key {label} in the inventory")));
+pub fn output_mac_key(kv: &dyn Kv, tenant: &str, label: &str) -> Result<Result<KeyRecord, String>, StoreError> {
+    let Some(k) = active_key(kv, tenant, label)? else {
+        return Ok(Err(format!("no active output MAC key {label} in tenant {tenant:?}'s inventory")));
     };
     Ok(KeyStep::OutputMac.check("--mac-key", label, k.usage.tr31()).map(|()| k).map_err(|e| e.to_string()))
 }
 
-/// The keys of a job checked against the key inventory in `kv` as the workers' engine will check
+/// The keys of a job of `tenant` checked against that tenant's keys in `kv` as the workers' engine will check
 /// them, so that a job no worker could prepare is refused at submission, before anything is
 /// stored: the output MAC key `mac_key` ([`output_mac_key`]), and every key the profile names
 /// ([`quill_prep::engine::check_keys`]: present and active, of a TR-31 usage its step needs and a
 /// fitting algorithm; issuer key pairs certified for the application). `Ok(Err(reason))` names
 /// the profile field, the label and why (the usage the key has and the usages the step needs).
-pub fn check_keys(kv: &dyn Kv, profile: &Profile, mac_key: &str) -> Result<Result<(), String>, StoreError> {
-    if let Err(reason) = output_mac_key(kv, mac_key)? {
+pub fn check_keys(
+    kv: &dyn Kv,
+    tenant: &str,
+    profile: &Profile,
+    mac_key: &str,
+) -> Result<Result<(), String>, StoreError> {
+    if let Err(reason) = output_mac_key(kv, tenant, mac_key)? {
         return Ok(Err(reason));
     }
-    let keys = match inventory_keys(kv) {
+    let keys = match inventory_keys(kv, tenant) {
         Ok(k) => k,
         Err(WorkerError::Store(e)) => return Err(e),
         Err(e) => return Ok(Err(e.to_string())),
@@ -290,6 +298,12 @@ mod tests {
     /// matter to the checks) for the `visa-dda-credit` sample profile, without its issuer key.
     fn inventory(extra: &[(&str, u32, Usage, KeyAlg, KeyState)]) -> MemKv {
         let mut kv = MemKv::default();
+        add(&mut kv, "default", extra);
+        kv
+    }
+
+    /// The sample profile's keys and `extra`, in `tenant`.
+    fn add(kv: &mut MemKv, tenant: &str, extra: &[(&str, u32, Usage, KeyAlg, KeyState)]) {
         let des2 = KeyAlg::Des2;
         let base = [
             ("IMK-AC-VISA-TEST", 1, Usage::E0, des2, KeyState::Active),
@@ -301,6 +315,7 @@ mod tests {
             ("ZPK-MAILER-TEST", 1, Usage::P0, des2, KeyState::Active),
             ("MAC-OUTPUT-TEST", 1, Usage::M7, KeyAlg::HmacSha256, KeyState::Active),
         ];
+        let base = if tenant == "default" { &base[..] } else { &[] };
         for (label, version, usage, alg, state) in base.iter().chain(extra) {
             let id = format!("{label}.v{version}");
             let wrapped =
@@ -315,6 +330,7 @@ mod tests {
                 state: *state,
                 exportable: false,
                 origin: Origin::Generated { node: 1 },
+                tenant: tenant.into(),
                 wrapped: Some(wrapped),
                 created_by: Actor::node(1),
                 created_ms: 0,
@@ -322,9 +338,8 @@ mod tests {
                 changed_by: None,
                 changed_ms: 0,
             };
-            crate::store::put_typed(&mut kv, format!("{}{id}", key::KEY).as_bytes(), &rec).expect("put");
+            crate::store::put_typed(kv, format!("{}{id}", key::KEY).as_bytes(), &rec).expect("put");
         }
-        kv
     }
 
     fn profile(from: &str, to: &str) -> Profile {
@@ -338,7 +353,7 @@ mod tests {
     }
 
     fn refusal(kv: &MemKv, p: &Profile, mac: &str) -> String {
-        check_keys(kv, p, mac).expect("state").expect_err("refused")
+        check_keys(kv, "default", p, mac).expect("state").expect_err("refused")
     }
 
     /// The finding of issue 13 at submission: the IMK-AC as the transport key, the CVK as the
@@ -364,7 +379,7 @@ mod tests {
             refusal(&kv, &p, "CVK-VISA-TEST"),
             "--mac-key: key \"CVK-VISA-TEST\" has usage C0 (card verification key); this step needs M7 (HMAC)"
         );
-        assert_eq!(refusal(&kv, &p, "MAC-NONE"), "no active output MAC key MAC-NONE in the inventory");
+        assert_eq!(refusal(&kv, &p, "MAC-NONE"), "no active output MAC key MAC-NONE in tenant \"default\"'s inventory");
         // The right keys pass every working-key check; what is left is the issuer key pair this
         // inventory does not have (refused too: no worker could sign the cards).
         let r = refusal(&kv, &p, "MAC-OUTPUT-TEST");
@@ -389,5 +404,26 @@ mod tests {
         let kv = inventory(&[("MAC-OUTPUT-TEST", 2, Usage::K0, KeyAlg::Aes256, KeyState::Active)]);
         let r = refusal(&kv, &p, "MAC-OUTPUT-TEST");
         assert!(r.starts_with("--mac-key: key \"MAC-OUTPUT-TEST\" has usage K0 (key encryption)"), "{r}");
+    }
+
+    /// Keys of another tenant are not there for a job: a bank-b job naming the default tenant's
+    /// keys finds none of them (its own MAC key passes, the profile's first key is missing), and
+    /// the worker's key set for bank-b holds bank-b's keys only.
+    #[test]
+    fn a_job_sees_only_its_own_tenants_keys() {
+        let mut kv = inventory(&[]);
+        let p = sample();
+        let r = check_keys(&kv, "bank-b", &p, "MAC-OUTPUT-TEST").expect("state").expect_err("refused");
+        assert_eq!(r, "no active output MAC key MAC-OUTPUT-TEST in tenant \"bank-b\"'s inventory");
+        add(&mut kv, "bank-b", &[("MAC-OUTPUT-TEST", 2, Usage::M7, KeyAlg::HmacSha256, KeyState::Active)]);
+        let r = check_keys(&kv, "bank-b", &p, "MAC-OUTPUT-TEST").expect("state").expect_err("refused");
+        assert!(r.contains("-TEST") && !r.contains("MAC-OUTPUT") && !r.contains("has usage"), "{r}");
+        let set = inventory_keys(&kv, "bank-b").expect("key set");
+        assert_eq!(set.labels().collect::<Vec<_>>(), vec!["MAC-OUTPUT-TEST"]);
+        let set = inventory_keys(&kv, "default").expect("key set");
+        let labels: Vec<&str> = set.labels().collect();
+        assert!(labels.contains(&"IMK-AC-VISA-TEST") && labels.len() == 8, "{labels:?}");
+        // The default tenant's newest MAC key is still its own v1, not bank-b's v2.
+        assert_eq!(active_key(&kv, "default", "MAC-OUTPUT-TEST").expect("state").expect("key").version, 1);
     }
 }

@@ -74,6 +74,10 @@ impl JobState {
 pub struct JobRecord {
     /// Job id.
     pub id: String,
+    /// The tenant it belongs to: its profile names only that tenant's keys, and only callers
+    /// acting for it see the job.
+    #[serde(default = "crate::identity::default_tenant")]
+    pub tenant: String,
     /// Card product (profile name and version).
     pub product: String,
     /// The profile's TOML text (workers parse it; it holds labels, never keys).
@@ -200,6 +204,9 @@ pub enum JobCommand {
         reason: Option<Box<crate::audit::AuditNote>>,
         /// Purge unacknowledged data this long after submission (0: never).
         retention_ms: u64,
+        /// The tenant it belongs to (the caller must act for it).
+        #[serde(default = "crate::identity::default_tenant")]
+        tenant: String,
     },
     /// One chunk's sealed input (actor: the submitter).
     Input {
@@ -345,11 +352,21 @@ pub fn job(kv: &dyn Kv, id: &str) -> Result<Option<JobRecord>, StoreError> {
 /// The job made from the file with this SHA-256 whose cards are still to be made or were
 /// delivered: not cancelled or expired. An acknowledged job counts: preparing the same file
 /// again makes new cards with new PINs for the same PANs, which only `--force` may ask for.
-pub fn open_job_with_digest(kv: &dyn Kv, digest: &str) -> Result<Option<(String, JobState)>, StoreError> {
-    let Some(other) = get::<String>(kv, &format!("{DIGEST}{digest}"))? else { return Ok(None) };
+/// Files are told apart per tenant: another tenant's jobs are neither refused for nor named.
+pub fn open_job_with_digest(
+    kv: &dyn Kv,
+    tenant: &str,
+    digest: &str,
+) -> Result<Option<(String, JobState)>, StoreError> {
+    let Some(other) = get::<String>(kv, &digest_key(tenant, digest))? else { return Ok(None) };
     Ok(job(kv, &other)?
         .filter(|j| !matches!(j.state, JobState::Cancelled | JobState::Expired))
         .map(|j| (other, j.state)))
+}
+
+/// Where the job made from a file (by SHA-256) of a tenant is noted.
+fn digest_key(tenant: &str, digest: &str) -> String {
+    format!("{DIGEST}{tenant}/{digest}")
 }
 
 /// The refusal of a file that is already a job (open, or acknowledged: delivered).
@@ -413,6 +430,9 @@ fn job_or_refuse(kv: &dyn Kv, id: &str) -> Step<JobRecord> {
 
 /// Only the identity that submitted a job may fetch, acknowledge or cancel it.
 pub fn owner(ctx: &Ctx<'_>, j: &JobRecord) -> Step<()> {
+    if !ctx.tenants().covers(&j.tenant) {
+        return Err(Fail::Refused(format!("no job {}", j.id)));
+    }
     owned_by(ctx.actor, j).map_err(Fail::Refused)
 }
 
@@ -454,9 +474,11 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             force,
             reason,
             retention_ms,
+            tenant,
         } => {
             role(ctx, &submitter)?;
             check_id(&id)?;
+            crate::identity::check_tenant(&tenant).and_then(|()| ctx.require_tenant(&tenant)).map_err(Fail::Refused)?;
             if force {
                 let Some(note) = &reason else {
                     return Err(Fail::Refused(
@@ -484,12 +506,13 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             if data_key.smk_kcv != smk.kcv {
                 return Err(Fail::Refused("the data key is not wrapped under the cluster's SMK".into()));
             }
-            let dkey = format!("{DIGEST}{digest}");
-            if !force && let Some(other) = open_job_with_digest(kv, &digest)? {
+            let dkey = digest_key(&tenant, &digest);
+            if !force && let Some(other) = open_job_with_digest(kv, &tenant, &digest)? {
                 return Err(Fail::Refused(same_file(&digest, &other)));
             }
             let rec = JobRecord {
                 id: id.clone(),
+                tenant,
                 product,
                 profile,
                 file,
@@ -521,6 +544,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         JobCommand::Input { id, n, cards, sealed } => {
             let mut j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter)?;
+            owner(ctx, &j)?;
             if j.state != JobState::Uploading {
                 return Err(Fail::Refused(format!("job {id} is {}, not uploading", j.state.as_str())));
             }
@@ -554,6 +578,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         JobCommand::Start { id } => {
             let mut j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter)?;
+            owner(ctx, &j)?;
             if j.state != JobState::Uploading {
                 return Err(Fail::Refused(format!("job {id} is {}, not uploading", j.state.as_str())));
             }
@@ -567,6 +592,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
         JobCommand::Abort { id } => {
             let j = job_or_refuse(kv, &id)?;
             role(ctx, &submitter)?;
+            owner(ctx, &j)?;
             if j.state != JobState::Uploading {
                 return Err(Fail::Refused(format!(
                     "job {id} is {}: only an upload can be aborted (cancel it)",
@@ -580,8 +606,9 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 kv.delete(&k);
             }
             kv.delete(format!("{JOB}{id}").as_bytes());
-            if get::<String>(kv, &format!("{DIGEST}{}", j.digest))?.as_deref() == Some(id.as_str()) {
-                kv.delete(format!("{DIGEST}{}", j.digest).as_bytes());
+            let dkey = digest_key(&j.tenant, &j.digest);
+            if get::<String>(kv, &dkey)?.as_deref() == Some(id.as_str()) {
+                kv.delete(dkey.as_bytes());
             }
             Ok("upload aborted; nothing of the job remains".into())
         }
@@ -781,6 +808,7 @@ mod tests {
             force,
             reason: None,
             retention_ms: 60_000,
+            tenant: "default".into(),
         };
         ok(run(&mut kv, &op(), 1, 0, create(false)));
         for (n, cards) in [(0, 2), (1, 2), (2, 1)] {
@@ -900,6 +928,7 @@ mod tests {
             force: false,
             reason: None,
             retention_ms: 0,
+            tenant: "default".into(),
         };
         assert!(refused(run(&mut kv2, &op(), 60, 0, again.clone())).contains("--force"));
         let after_ack = refused(run(&mut kv, &op(), 61, 0, again.clone()));
@@ -969,6 +998,7 @@ mod tests {
                 force: false,
                 reason: None,
                 retention_ms: 0,
+                tenant: "default".into(),
             },
         ));
         ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J".into(), n: 0, cards: 2, sealed: vec![1] }));

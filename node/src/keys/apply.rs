@@ -124,6 +124,10 @@ pub enum KeyCommand {
         wrapped: WrappedKey,
         /// Start active (otherwise pending).
         active: bool,
+        /// The tenant it belongs to (the caller must act for it; a ceremony's key: the
+        /// ceremony's tenant).
+        #[serde(default = "crate::identity::default_tenant")]
+        tenant: String,
     },
     /// Change a key's state (actor: admin).
     KeySetState {
@@ -200,6 +204,9 @@ pub enum KeyCommand {
         key: quill_hsm::WrappedRsaKey,
         /// Where it was generated.
         origin: Origin,
+        /// The tenant it belongs to (the caller must act for it).
+        #[serde(default = "crate::identity::default_tenant")]
+        tenant: String,
     },
     /// An alarm a node raises for the audit chain (actor: that node), e.g. state hashes that
     /// differ between nodes at one applied index.
@@ -387,8 +394,8 @@ impl State<'_> {
             KeyCommand::SmkFormed { node, ceremony, kcv } => self.smk_formed(ctx, node, ceremony, kcv),
             KeyCommand::SmkGranted { approval, node, sealed } => self.smk_granted(ctx, approval, node, sealed),
             KeyCommand::SmkInstalled { node, kcv } => self.smk_installed(ctx, node, kcv),
-            KeyCommand::KeyCreate { label, usage, exportable, origin, wrapped, active } => {
-                self.key_create(ctx, label, usage, exportable, origin, wrapped, active)
+            KeyCommand::KeyCreate { label, usage, exportable, origin, wrapped, active, tenant } => {
+                self.key_create(ctx, label, usage, exportable, origin, wrapped, active, tenant)
             }
             KeyCommand::KeySetState { id, state } => self.key_set_state(ctx, id, state),
             KeyCommand::ApprovalRequest { id, action, ttl_ms } => self.approval_request(ctx, id, action, ttl_ms),
@@ -416,7 +423,9 @@ impl State<'_> {
             KeyCommand::CaKeyImport { rid, index, modulus, exponent, checksum } => {
                 self.ca_import(ctx, rid, index, modulus, exponent, checksum)
             }
-            KeyCommand::IssuerKeyCreate { label, key, origin } => self.issuer_key_create(ctx, label, key, origin),
+            KeyCommand::IssuerKeyCreate { label, key, origin, tenant } => {
+                self.issuer_key_create(ctx, label, key, origin, tenant)
+            }
             KeyCommand::IssuerCertImport { source, key } => self.issuer_cert_import(ctx, source, key),
             KeyCommand::RevokeCert { serial, reason } => self.revoke(ctx, serial, reason),
             KeyCommand::Denied { call, reason } => Ok(refuse(format!("{call}: {reason}"))),
@@ -453,7 +462,11 @@ mod tests {
 
     fn run_at(kv: &mut MemKv, actor: &Actor, time_ms: u64, cmd: KeyCommand) -> Applied {
         // Each actor its own certificate (and key), as the API would establish it.
-        let cert = crate::identity::CertRef { serial: format!("{actor}"), key_fp: format!("key of {actor}") };
+        let cert = crate::identity::CertRef {
+            serial: format!("{actor}"),
+            key_fp: format!("key of {actor}"),
+            tenants: crate::identity::Tenants::All,
+        };
         let ctx = Ctx { log_index: 1, time_ms, actor, cert: Some(&cert) };
         apply(kv, &ctx, cmd).expect("apply")
     }
@@ -478,6 +491,7 @@ mod tests {
                 origin: Origin::Generated { node: 1 },
                 wrapped: wrapped(KeyAlg::Des2, "ABCDEF", "AAAAAAAAAA"),
                 active: true,
+                tenant: "default".into(),
             },
         ));
         let req = |id: &str, ttl_ms| KeyCommand::ApprovalRequest {
@@ -508,6 +522,74 @@ mod tests {
         assert!(r.contains("expired"), "{r}");
         let k: KeyRecord = read(&kv, &format!("{}cvk.v1", key::KEY)).expect("read").expect("key");
         assert_ne!(k.state, KeyState::Destroyed, "a late second grant destroys nothing");
+    }
+
+    /// `cmd` by `actor` with a certificate naming `tenants`.
+    fn run_for(kv: &mut MemKv, actor: &Actor, tenants: &[&str], cmd: KeyCommand) -> Applied {
+        let cert = crate::identity::CertRef {
+            serial: format!("{actor}"),
+            key_fp: format!("key of {actor}"),
+            tenants: crate::identity::Tenants::parse(tenants.iter().copied()).expect("tenants"),
+        };
+        let ctx = Ctx { log_index: 1, time_ms: 1000, actor, cert: Some(&cert) };
+        apply(kv, &ctx, cmd).expect("apply")
+    }
+
+    /// Tenants in apply (whatever the API checked before): a key is made only in a tenant the
+    /// certificate names; another tenant's key is "no key" to every change, approval and grant;
+    /// a key leaves only under its own tenant's KBPK.
+    #[test]
+    fn a_tenant_changes_nothing_of_another() {
+        let mut kv = with_smk();
+        let create = |label: &str, usage, alg, tenant: &str| KeyCommand::KeyCreate {
+            label: label.into(),
+            usage,
+            exportable: true,
+            origin: Origin::Generated { node: 1 },
+            wrapped: wrapped(alg, "ABCDEF", "AAAAAAAAAA"),
+            active: true,
+            tenant: tenant.into(),
+        };
+        let (a_admin, b_admin) = (who(Role::Admin, "ann"), who(Role::Admin, "bert"));
+        ok(run_for(&mut kv, &a_admin, &["bank-a"], create("cvk", Usage::C0, KeyAlg::Des2, "bank-a")));
+        ok(run_for(&mut kv, &a_admin, &["bank-a"], create("zmk", Usage::K0, KeyAlg::Des2, "bank-a")));
+        ok(run_for(&mut kv, &b_admin, &["bank-b"], create("zmk", Usage::K0, KeyAlg::Des2, "bank-b")));
+        let r = refused(run_for(&mut kv, &b_admin, &["bank-b"], create("cvk", Usage::C0, KeyAlg::Des2, "bank-a")));
+        assert!(r.contains("may not act for tenant \"bank-a\""), "{r}");
+        let r = refused(run_for(&mut kv, &b_admin, &[], create("cvk", Usage::C0, KeyAlg::Des2, "bank-b")));
+        assert!(r.contains("may not act for tenant \"bank-b\""), "a certificate naming no tenant: {r}");
+        let r = refused(run_for(&mut kv, &b_admin, &["*"], create("cvk", Usage::C0, KeyAlg::Des2, "Bank B")));
+        assert!(r.contains("1-32 characters"), "{r}");
+
+        let suspend = KeyCommand::KeySetState { id: "cvk.v1".into(), state: KeyState::Suspended };
+        assert_eq!(refused(run_for(&mut kv, &b_admin, &["bank-b"], suspend.clone())), "no key cvk.v1");
+        let destroy = |id: &str| KeyCommand::ApprovalRequest {
+            id: id.into(),
+            action: ApprovalAction::Destroy { key: "cvk.v1".into() },
+            ttl_ms: 0,
+        };
+        assert_eq!(refused(run_for(&mut kv, &b_admin, &["bank-b"], destroy("b"))), "no key cvk.v1");
+        let export = |kbpk: &str| KeyCommand::ApprovalRequest {
+            id: format!("x-{kbpk}"),
+            action: ApprovalAction::Export { key: "cvk.v1".into(), kbpk: kbpk.into() },
+            ttl_ms: 0,
+        };
+        // bank-b's ZMK (zmk.v2) is "no key" to bank-a; to bureau staff it is another tenant's.
+        assert_eq!(refused(run_for(&mut kv, &a_admin, &["bank-a"], export("zmk.v2"))), "no key zmk.v2");
+        let r = refused(run_for(&mut kv, &a_admin, &["*"], export("zmk.v2")));
+        assert!(r.contains("its own tenant's KBPK"), "{r}");
+        ok(run_for(&mut kv, &a_admin, &["bank-a"], export("zmk.v1")));
+
+        // A bank-b custodian decides nothing about bank-a's key; bank-a's custodians do.
+        ok(run_for(&mut kv, &a_admin, &["bank-a"], destroy("a")));
+        let grant = KeyCommand::ApprovalDecide { id: "a".into(), grant: true };
+        let (carl, cora, cleo) =
+            (who(Role::Custodian, "carl"), who(Role::Custodian, "cora"), who(Role::Custodian, "cleo"));
+        assert_eq!(refused(run_for(&mut kv, &carl, &["bank-b"], grant.clone())), "no key cvk.v1");
+        ok(run_for(&mut kv, &cora, &["bank-a"], grant.clone()));
+        ok(run_for(&mut kv, &cleo, &["*"], grant));
+        let k: KeyRecord = read(&kv, &format!("{}cvk.v1", key::KEY)).expect("read").expect("key");
+        assert_eq!((k.state, k.tenant.as_str()), (KeyState::Destroyed, "bank-a"));
     }
 
     fn ok(a: Applied) -> String {
@@ -583,7 +665,11 @@ mod tests {
         let node1 = Actor::node(1);
         let enrol = |transport| KeyCommand::EnrollNode { node: 1, transport, hsm: "sim".into() };
         let with = |kv: &mut MemKv, serial: &str, cmd| {
-            let cert = crate::identity::CertRef { serial: serial.into(), key_fp: format!("fp-{serial}") };
+            let cert = crate::identity::CertRef {
+                serial: serial.into(),
+                key_fp: format!("fp-{serial}"),
+                tenants: crate::identity::Tenants::All,
+            };
             apply(kv, &Ctx { log_index: 9, time_ms: 9, actor: &node1, cert: Some(&cert) }, cmd).expect("apply")
         };
         let without = apply(&mut kv, &Ctx { log_index: 9, time_ms: 9, actor: &node1, cert: None }, enrol(pubkey(1)));
@@ -666,7 +752,7 @@ mod tests {
         let admin = who(Role::Admin, "ada");
         let start = |id: &str, usage, alg| KeyCommand::CeremonyStart {
             id: id.into(),
-            target: CeremonyTarget::Key { label: "k".into(), usage, alg, exportable: false },
+            target: CeremonyTarget::Key { label: "k".into(), usage, alg, exportable: false, tenant: "default".into() },
             components: 2,
         };
         let r = refused(run(&mut kv, &admin, start("c1", Usage::E0, KeyAlg::HmacSha256)));
@@ -693,6 +779,7 @@ mod tests {
             origin: Origin::Generated { node: 1 },
             wrapped: wrapped(alg, "123456", smk),
             active: true,
+            tenant: "default".into(),
         };
         assert!(ok(run(&mut kv, &admin, create(KeyAlg::Des2, Usage::E0, "AAAAAAAAAA"))).contains("E0"));
         ok(run(&mut kv, &admin, create(KeyAlg::Des2, Usage::E0, "AAAAAAAAAA")));
@@ -726,6 +813,7 @@ mod tests {
             origin: Origin::Generated { node: 1 },
             wrapped: w,
             active: true,
+            tenant: "default".into(),
         };
         let r = refused(run(&mut kv, &admin, with(block("D0000C0TC00N0010"), Usage::E0, false)));
         assert_eq!(r, "the key block says usage C0; the record says E0");
@@ -749,6 +837,7 @@ mod tests {
                 origin: Origin::Generated { node: 1 },
                 wrapped: wrapped(KeyAlg::Des2, "ABCDEF", "AAAAAAAAAA"),
                 active: true,
+                tenant: "default".into(),
             },
         ));
         ok(run(

@@ -101,6 +101,9 @@ pub enum Origin {
 pub struct KeyRecord {
     /// `label.vN`: unique, never reused.
     pub id: String,
+    /// The tenant it belongs to: only callers acting for it see or use it, and only its jobs.
+    #[serde(default = "crate::identity::default_tenant")]
+    pub tenant: String,
     /// The operator's name for the key (several versions share it).
     pub label: String,
     /// 1 for the first key of a label, then +1 for each new one.
@@ -193,6 +196,9 @@ pub enum CeremonyTarget {
         alg: KeyAlg,
         /// Exportable as TR-31 later.
         exportable: bool,
+        /// The tenant the key will belong to.
+        #[serde(default = "crate::identity::default_tenant")]
+        tenant: String,
     },
 }
 

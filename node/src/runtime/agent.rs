@@ -280,7 +280,7 @@ impl KeyAgent {
                     let kcv = self.hsm_call(move |h| h.form_smk(&sealed, &kcvs)).await?;
                     self.propose(proposer, KeyCommand::SmkFormed { node: me, ceremony: c.id.clone(), kcv }).await?;
                 }
-                CeremonyTarget::Key { label, usage, alg, exportable } if holds_smk => {
+                CeremonyTarget::Key { label, usage, alg, exportable, tenant } if holds_smk => {
                     let alg = *alg;
                     let key_use = KeyUse::new(usage.tr31(), *exportable);
                     info!(ceremony = %c.id, %label, "forming a working key from {} sealed components", sealed.len());
@@ -296,6 +296,7 @@ impl KeyAgent {
                         origin,
                         wrapped,
                         active: true,
+                        tenant: tenant.clone(),
                     };
                     self.propose(proposer, cmd).await?;
                 }

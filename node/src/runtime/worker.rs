@@ -147,21 +147,23 @@ pub enum WorkerError {
     ClaimLost,
 }
 
-/// The key set the engine takes, from the inventory: the newest active version of every label
-/// with the TR-31 usage its record has (the engine refuses a key for a step its usage is not
-/// for), and every issuer key pair bound to a verified certificate.
-pub fn inventory_keys(kv: &dyn crate::store::Kv) -> Result<KeySet, WorkerError> {
+/// The key set the engine takes for a job of `tenant`, from the inventory: the newest active
+/// version of every label of that tenant with the TR-31 usage its record has (the engine refuses
+/// a key for a step its usage is not for), and every issuer key pair of that tenant bound to a
+/// verified certificate. Another tenant's keys are not in the set at all: a profile naming one
+/// finds no such key.
+pub fn inventory_keys(kv: &dyn crate::store::Kv, tenant: &str) -> Result<KeySet, WorkerError> {
     let mut set = KeySet::new();
     let mut keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
     keys.sort_by_key(|k| (k.label.clone(), k.version));
-    for k in keys.into_iter().filter(|k| k.state == KeyState::Active) {
+    for k in keys.into_iter().filter(|k| k.state == KeyState::Active && k.tenant == tenant) {
         if let Some(w) = k.wrapped {
             set.insert(k.label.clone(), w, k.usage.tr31());
         }
     }
     let cas = issuers::ca_store(kv)?;
     let pairs: Vec<IssuerKeyRecord> = scan(kv, issuers::ISSUER)?;
-    for p in pairs {
+    for p in pairs.into_iter().filter(|p| p.tenant == tenant) {
         let Some(cert_id) = &p.certificate else { continue };
         let Some(c) = crate::keys::apply::read::<IssuerCertRecord>(kv, &format!("{}{cert_id}", issuers::ISSUER_CERT))?
         else {
@@ -320,13 +322,13 @@ impl Workers {
     async fn prepare(&self, job: &JobRecord, n: u32, token: u64) -> Result<(), WorkerError> {
         // Our own state must show the claim before we read the input.
         self.cluster.wait_applied(token, Duration::from_secs(10)).await.map_err(ProposeError::from)?;
-        let id = job.id.clone();
+        let (id, tenant) = (job.id.clone(), job.tenant.clone());
         let (sealed, chunk, keys) = self
             .sm
             .read(move |kv| {
                 let sealed = kv.get(chunk_key(INPUT, &id, n).as_bytes())?;
                 let chunk: Option<ChunkRecord> = crate::store::get_typed(kv, chunk_key(CHUNK, &id, n).as_bytes())?;
-                Ok((sealed, chunk, inventory_keys(kv)))
+                Ok((sealed, chunk, inventory_keys(kv, &tenant)))
             })
             .await?;
         let chunk = chunk.ok_or(WorkerError::ChunkVanished)?;

@@ -85,6 +85,7 @@ fn corpus() -> Vec<(Actor, Command)> {
                 origin: Origin::Generated { node: 1 },
                 wrapped: wrapped("AAAAAAAAAA"),
                 active: true,
+                tenant: "default".into(),
             }),
         ));
     }
@@ -138,6 +139,7 @@ fn corpus() -> Vec<(Actor, Command)> {
                 smk_kcv: Kcv("AAAAAAAAAA".into()),
             },
             origin: Origin::Generated { node: 1 },
+            tenant: "default".into(),
         }),
     ));
     c.push((
@@ -157,6 +159,7 @@ fn corpus() -> Vec<(Actor, Command)> {
             force: false,
             reason: None,
             retention_ms: 60_000,
+            tenant: "default".into(),
         }),
     ));
     for (n, cards) in [(0u32, 2u32), (1, 1)] {
@@ -372,6 +375,7 @@ fn a_job_digest_with_a_multibyte_character_at_byte_16_is_refused_not_a_panic() {
             force: false,
             reason: None,
             retention_ms: 0,
+            tenant: "default".into(),
         })
     };
     assert!(super::validate::client_command(&cmd("J2")).unwrap_err().contains("SHA-256"));
@@ -456,5 +460,9 @@ fn only_nodes_seal_the_audit_chain_and_clients_cannot_send_batches_or_seals() {
 
 /// The certificate the API would have established for `actor` (one key per identity).
 fn cert_of(actor: &Actor) -> crate::identity::CertRef {
-    crate::identity::CertRef { serial: hex::encode(actor.to_string()), key_fp: actor.to_string() }
+    crate::identity::CertRef {
+        serial: hex::encode(actor.to_string()),
+        key_fp: actor.to_string(),
+        tenants: crate::identity::Tenants::All,
+    }
 }

@@ -58,7 +58,10 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
         KeyCommand::KeySetState { id: k, .. } => text("key id", k, 80),
         KeyCommand::ApprovalRequest { id: a, .. } | KeyCommand::ApprovalDecide { id: a, .. } => id("approval id", a),
         KeyCommand::ExportDone { approval } => id("approval id", approval),
-        KeyCommand::KeyCreate { label, .. } | KeyCommand::IssuerKeyCreate { label, .. } => id("label", label),
+        KeyCommand::KeyCreate { label, tenant, .. } | KeyCommand::IssuerKeyCreate { label, tenant, .. } => {
+            id("label", label)?;
+            crate::identity::check_tenant(tenant)
+        }
         KeyCommand::CaKeyImport { rid, modulus, exponent, .. } => {
             if rid.len() != 10 || !rid.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("RID {:?} is not 5 bytes in hex", clip(rid)));
@@ -99,8 +102,9 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
 
 fn job_command(cmd: &JobCommand) -> Result<(), String> {
     match cmd {
-        JobCommand::Create { id: j, product, file, digest, skipped, mac_key, reason, .. } => {
+        JobCommand::Create { id: j, product, file, digest, skipped, mac_key, reason, tenant, .. } => {
             id("job id", j)?;
+            crate::identity::check_tenant(tenant)?;
             if reason.as_ref().is_some_and(|n| n.sealed.len() > 2048) {
                 return Err("the sealed --force reason is over 2048 bytes".into());
             }

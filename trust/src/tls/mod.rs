@@ -12,7 +12,8 @@
 //!   reach a node).
 //! - Identity comes from the verified leaf and nothing else ([`PeerCert`]): exactly one SAN URI
 //!   `quill:node/<id>` or `quill:role/<role>/<name>`. One role per certificate: a person who is
-//!   both custodian and auditor holds two certificates.
+//!   both custodian and auditor holds two certificates. A client certificate may also name the
+//!   tenants it acts for (`quill:tenant/<name>`, or `quill:tenant/*`; none: the default tenant).
 //! - Every node certificate carries the DNS name [`NODE_NAME`]; our clients verify that name
 //!   whatever address they dial, and a Raft dial also checks that the peer is the node it meant
 //!   to reach ([`channel`] with `expect`).
@@ -37,7 +38,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, warn};
 
-use crate::identity::{Actor, NodeId, Role};
+use crate::identity::{Actor, NodeId, Role, TENANT_URI, Tenants};
 
 /// The DNS name in every node certificate, which our clients verify.
 pub const NODE_NAME: &str = "quill-node.internal";
@@ -375,6 +376,8 @@ impl Identity {
 pub struct PeerCert {
     /// The identity the SAN URI names.
     pub identity: Identity,
+    /// The tenants its `quill:tenant/…` URIs name (a node's: the default, unused).
+    pub tenants: Tenants,
     /// The serial number, lower-case hex without leading zero bytes.
     pub serial: String,
     /// SHA-256 of the SubjectPublicKeyInfo, hex (first 16 bytes).
@@ -401,7 +404,7 @@ impl PeerCert {
             .subject_alternative_name()
             .map_err(|e| format!("bad subjectAltName: {e}"))?
             .ok_or("the certificate has no subjectAltName naming a quill: identity")?;
-        let uris: Vec<&str> = san
+        let all: Vec<&str> = san
             .value
             .general_names
             .iter()
@@ -410,14 +413,21 @@ impl PeerCert {
                 _ => None,
             })
             .collect();
+        let (tenant_uris, uris): (Vec<&str>, Vec<&str>) = all.into_iter().partition(|u| u.starts_with(TENANT_URI));
+        let tenants = Tenants::parse(tenant_uris.iter().map(|u| &u[TENANT_URI.len()..]))?;
         let uri = match uris.as_slice() {
             [one] => *one,
             [] => return Err("the certificate names no quill: URI".into()),
             _ => return Err(format!("the certificate names {} quill: URIs; exactly one is allowed", uris.len())),
         };
+        let identity = Identity::from_uri(uri)?;
+        if matches!(identity, Identity::Node(_)) && !tenant_uris.is_empty() {
+            return Err(format!("{uri:?}: a node certificate names no tenant"));
+        }
         let spki = Sha256::digest(cert.public_key().raw);
         Ok(PeerCert {
-            identity: Identity::from_uri(uri)?,
+            identity,
+            tenants,
             serial: serial_hex(cert.raw_serial()),
             key_fp: hex::encode(&spki[..16]),
             not_after: cert.validity().not_after.timestamp(),

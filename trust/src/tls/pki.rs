@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{Identity, NODE_NAME, PeerCert, TlsError, TlsFiles};
+use crate::identity::Tenants;
 
 /// The node CA's files in a PKI directory.
 pub const NODE_CA: &str = "node-ca";
@@ -60,6 +61,9 @@ pub struct IssuedRecord {
     pub identity: String,
     /// Public key fingerprint.
     pub key_fp: String,
+    /// The tenants it may act for (records written before tenants: the default tenant).
+    #[serde(default)]
+    pub tenants: Tenants,
     /// notAfter, seconds since the epoch.
     pub not_after: i64,
     /// Where the files were written.
@@ -169,7 +173,21 @@ impl PkiDir {
         validity: Validity,
         out: &Path,
     ) -> Result<PeerCert, TlsError> {
-        self.issue_inner(identity, hosts, validity, out, None)
+        self.issue_inner(identity, &Tenants::default(), hosts, validity, out, None)
+    }
+
+    /// Like [`Self::issue`] for a client acting for `tenants` (`quill:tenant/…` URIs).
+    pub fn issue_for_tenants(
+        &self,
+        identity: &Identity,
+        tenants: &Tenants,
+        validity: Validity,
+        out: &Path,
+    ) -> Result<PeerCert, TlsError> {
+        if matches!(identity, Identity::Node(_)) && *tenants != Tenants::default() {
+            return Err(TlsError::Identity("a node certificate names no tenant".into()));
+        }
+        self.issue_inner(identity, tenants, &[], validity, out, None)
     }
 
     /// Like [`Self::issue`] for the key pair already in `key` (PEM): renewing a certificate
@@ -183,12 +201,13 @@ impl PkiDir {
     ) -> Result<PeerCert, TlsError> {
         let pem = zeroize::Zeroizing::new(std::fs::read_to_string(key).map_err(|e| io_err(key, e))?);
         let pair = KeyPair::from_pem(&pem).map_err(|e| io_err(key, e))?;
-        self.issue_inner(identity, &[], validity, out, Some(pair))
+        self.issue_inner(identity, &Tenants::default(), &[], validity, out, Some(pair))
     }
 
     fn issue_inner(
         &self,
         identity: &Identity,
+        tenants: &Tenants,
         hosts: &[String],
         validity: Validity,
         out: &Path,
@@ -206,6 +225,9 @@ impl PkiDir {
         p.serial_number = Some(random_serial());
         let uri = identity.uri().try_into().map_err(issue_err)?;
         p.subject_alt_names = vec![SanType::URI(uri)];
+        for t in tenants.uris() {
+            p.subject_alt_names.push(SanType::URI(t.try_into().map_err(issue_err)?));
+        }
         if is_node {
             p.subject_alt_names.push(SanType::DnsName(NODE_NAME.try_into().map_err(issue_err)?));
             for h in hosts {
@@ -245,6 +267,7 @@ impl PkiDir {
             serial: issued.serial.clone(),
             identity: identity.uri(),
             key_fp: issued.key_fp.clone(),
+            tenants: issued.tenants.clone(),
             not_after: issued.not_after,
             dir: out.to_path_buf(),
         };
@@ -263,13 +286,13 @@ impl PkiDir {
     /// Issue a certificate for `identity` into `out` unless one is there already. Issued into a
     /// private directory and renamed into place, so two processes issuing the same identity at
     /// once never mix one's certificate with the other's key.
-    pub fn issue_once(&self, identity: &Identity, out: &Path) -> Result<(), TlsError> {
+    pub fn issue_once(&self, identity: &Identity, tenants: &Tenants, out: &Path) -> Result<(), TlsError> {
         if out.join("cert.pem").exists() {
             return Ok(());
         }
         let tmp = out.with_extension(format!("tmp-{}-{:?}", std::process::id(), std::thread::current().id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        self.issue(identity, &[], Validity::default(), &tmp)?;
+        self.issue_for_tenants(identity, tenants, Validity::default(), &tmp)?;
         if std::fs::rename(&tmp, out).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
             if !out.join("cert.pem").exists() {
@@ -292,5 +315,51 @@ impl PkiDir {
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| io_err(&log, format!("line {}: {e}", i + 1))))
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::identity::Actor;
+
+    /// A leaf signed by the client CA with exactly the SAN URIs given (what an attacker holding
+    /// a CA-signed certificate with odd names would present).
+    fn forged(pki: &PkiDir, uris: &[&str]) -> Result<PeerCert, String> {
+        let issuer = pki.issuer(CLIENT_CA).unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())).collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        PeerCert::from_der(cert.der().as_ref())
+    }
+
+    #[test]
+    fn tenants_travel_in_the_certificate_and_odd_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = PkiDir::init(&dir.path().join("pki")).unwrap();
+        let who = Identity::Client(Actor::parse("operator:ann").unwrap());
+        let t = Tenants::parse(["bank-a", "bank-b"]).unwrap();
+        let issued = pki.issue_for_tenants(&who, &t, Validity::default(), &dir.path().join("ann")).unwrap();
+        assert_eq!(issued.tenants, t);
+        assert_eq!(TlsFiles::in_dir(&dir.path().join("ann")).identity().unwrap().tenants, t);
+        assert_eq!(pki.list().unwrap()[0].tenants, t);
+        let plain = pki.issue(&who, &[], Validity::default(), &dir.path().join("ann2")).unwrap();
+        assert_eq!(plain.tenants, Tenants::default());
+        let node = Identity::Node(1);
+        assert!(pki.issue_for_tenants(&node, &t, Validity::default(), &dir.path().join("n1")).is_err());
+
+        let all = forged(&pki, &["quill:role/operator/eve", "quill:tenant/bank-a", "quill:tenant/*"]).unwrap();
+        assert_eq!(all.tenants, Tenants::All);
+        for (uris, why) in [
+            (&["quill:role/operator/eve", "quill:tenant/Bank A"][..], "tenant \"Bank A\""),
+            (&["quill:role/operator/eve", "quill:tenant/"][..], "tenant \"\""),
+            (&["quill:node/3", "quill:tenant/bank-a"][..], "a node certificate names no tenant"),
+            (&["quill:tenant/bank-a"][..], "names no quill: URI"),
+        ] {
+            let e = forged(&pki, uris).expect_err("an odd certificate was accepted");
+            assert!(e.contains(why), "{uris:?}: {e}");
+        }
     }
 }

@@ -46,7 +46,7 @@ impl State<'_> {
                 }
             }
             ApprovalAction::Export { key: kid, kbpk } => {
-                let k = match self.key(kid)? {
+                let k = match self.key(ctx, kid)? {
                     Ok(k) => k,
                     Err(r) => return Ok(Err(r)),
                 };
@@ -56,7 +56,13 @@ impl State<'_> {
                 if !matches!(k.state, KeyState::Active | KeyState::Pending) {
                     return Ok(refuse(format!("key {kid} is {}", k.state.as_str())));
                 }
-                match self.key(kbpk)? {
+                match self.key(ctx, kbpk)? {
+                    Ok(z) if z.tenant != k.tenant => {
+                        return Ok(refuse(format!(
+                            "{kbpk} belongs to tenant {:?}, {kid} to {:?}: a key leaves only under its own tenant's KBPK",
+                            z.tenant, k.tenant
+                        )));
+                    }
                     Ok(z) if matches!(z.usage, Usage::K0 | Usage::K1) && z.state == KeyState::Active => {}
                     Ok(z) => {
                         return Ok(refuse(format!(
@@ -68,7 +74,7 @@ impl State<'_> {
                     Err(r) => return Ok(Err(r)),
                 }
             }
-            ApprovalAction::Destroy { key: kid } => match self.key(kid)? {
+            ApprovalAction::Destroy { key: kid } => match self.key(ctx, kid)? {
                 Ok(k) if k.state == KeyState::Destroyed => {
                     return Ok(refuse(format!("key {kid} is already destroyed")));
                 }
@@ -116,6 +122,12 @@ impl State<'_> {
         if let Err(r) = unexpired(&a, ctx) {
             return Ok(Err(r));
         }
+        // A custodian decides only on keys of tenants it acts for.
+        if let ApprovalAction::Export { key: kid, .. } | ApprovalAction::Destroy { key: kid } = &a.action
+            && let Err(r) = self.key(ctx, kid)?
+        {
+            return Ok(Err(r));
+        }
         if a.requested_by.name == ctx.actor.name {
             return Ok(refuse(format!("{} requested approval {id} and cannot also approve it", ctx.actor.name)));
         }
@@ -140,7 +152,7 @@ impl State<'_> {
                 detail = format!("granted ({}/{APPROVALS_NEEDED}): approved: {}", a.granted_by.len(), a.action);
                 // Destruction runs as soon as it is approved: it needs no HSM.
                 if let ApprovalAction::Destroy { key: kid } = &a.action {
-                    let mut k = match self.key(kid)? {
+                    let mut k = match self.key(ctx, kid)? {
                         Ok(k) => k,
                         Err(r) => return Ok(Err(r)),
                     };
@@ -180,7 +192,7 @@ impl State<'_> {
         if let Err(r) = unexpired(&a, ctx) {
             return Ok(Err(r));
         }
-        let mut k = match self.key(&kid)? {
+        let mut k = match self.key(ctx, &kid)? {
             Ok(k) => k,
             Err(r) => return Ok(Err(r)),
         };

@@ -39,9 +39,12 @@ impl State<'_> {
                         return Ok(refuse(format!("SMK ceremony {} is already under way", c.id)));
                     }
                 }
-                CeremonyTarget::Key { label, usage, alg, .. } => {
+                CeremonyTarget::Key { label, usage, alg, tenant, .. } => {
                     if let Err(r) = check_id("label", label) {
                         return Ok(Err(r));
+                    }
+                    if let Err(r) = crate::identity::check_tenant(tenant).and_then(|()| ctx.require_tenant(tenant)) {
+                        return Ok(refuse(r));
                     }
                     // A usage that does not fit the algorithm (E0 with HMAC, M7 with TDES) is
                     // refused before any custodian submits a component.
@@ -87,10 +90,14 @@ impl State<'_> {
         Ok(Ok(Applied::done(format!("ceremony:{id}"), detail)))
     }
 
-    pub(super) fn ceremony(&self, id: &str) -> Result<Step<Ceremony>, StoreError> {
+    /// Ceremony `id`; one forming a key of a tenant the caller does not act for does not exist
+    /// to it (an SMK ceremony is the bureau's).
+    pub(super) fn ceremony(&self, ctx: &Ctx<'_>, id: &str) -> Result<Step<Ceremony>, StoreError> {
         Ok(match self.get::<Ceremony>(&format!("{}{id}", key::CEREMONY))? {
-            Some(c) => Ok(c),
-            None => refuse(format!("no ceremony {id}")),
+            Some(c) if !matches!(&c.target, CeremonyTarget::Key { tenant, .. } if !ctx.tenants().covers(tenant)) => {
+                Ok(c)
+            }
+            _ => refuse(format!("no ceremony {id}")),
         })
     }
 
@@ -104,7 +111,7 @@ impl State<'_> {
         if let Err(r) = self.role(ctx, &[Role::Custodian]) {
             return Ok(Err(r));
         }
-        let mut c = match self.ceremony(&id)? {
+        let mut c = match self.ceremony(ctx, &id)? {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
@@ -161,7 +168,7 @@ impl State<'_> {
         if let Err(r) = self.role(ctx, &[Role::Admin]) {
             return Ok(Err(r));
         }
-        let mut c = match self.ceremony(&id)? {
+        let mut c = match self.ceremony(ctx, &id)? {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };

@@ -13,6 +13,7 @@ impl State<'_> {
         origin: Origin,
         wrapped: WrappedKey,
         active: bool,
+        tenant: String,
     ) -> Result<Step<Applied>, StoreError> {
         let allowed: &[Role] = match origin {
             Origin::Components { .. } => &[Role::Node],
@@ -23,6 +24,9 @@ impl State<'_> {
         }
         if let Err(r) = check_id("label", &label) {
             return Ok(Err(r));
+        }
+        if let Err(r) = crate::identity::check_tenant(&tenant).and_then(|()| ctx.require_tenant(&tenant)) {
+            return Ok(refuse(r));
         }
         if let Err(r) = usage.check_alg(wrapped.alg) {
             return Ok(refuse(r));
@@ -50,12 +54,17 @@ impl State<'_> {
             )));
         }
         if let Origin::Components { ceremony, .. } = &origin {
-            let mut c = match self.ceremony(ceremony)? {
+            let mut c = match self.ceremony(ctx, ceremony)? {
                 Ok(c) => c,
                 Err(r) => return Ok(Err(r)),
             };
             if c.state != CeremonyState::Complete || c.target == CeremonyTarget::Smk {
                 return Ok(refuse(format!("ceremony {ceremony} has no key waiting to form (it is {:?})", c.state)));
+            }
+            if let CeremonyTarget::Key { tenant: t, .. } = &c.target
+                && *t != tenant
+            {
+                return Ok(refuse(format!("ceremony {ceremony} forms a key of tenant {t:?}, not {tenant:?}")));
             }
             c.state = CeremonyState::Formed;
             c.kcv = Some(wrapped.kcv.clone());
@@ -63,7 +72,7 @@ impl State<'_> {
             self.put(format!("{}{ceremony}", key::CEREMONY), &c)?;
         }
         if let Origin::Tr31 { kbpk } = &origin {
-            match self.get::<KeyRecord>(&format!("{}{kbpk}", key::KEY))? {
+            match self.get::<KeyRecord>(&format!("{}{kbpk}", key::KEY))?.filter(|k| k.tenant == tenant) {
                 Some(k) if matches!(k.usage, Usage::K0 | Usage::K1) && k.state == KeyState::Active => {}
                 Some(k) => {
                     return Ok(refuse(format!(
@@ -79,6 +88,7 @@ impl State<'_> {
         let id = format!("{label}.v{version}");
         let rec = KeyRecord {
             id: id.clone(),
+            tenant,
             label: label.clone(),
             version,
             usage,
@@ -100,10 +110,11 @@ impl State<'_> {
         Ok(Ok(Applied::done(format!("key:{id}"), detail)))
     }
 
-    pub(super) fn key(&self, id: &str) -> Result<Step<KeyRecord>, StoreError> {
+    /// Key `id`, if the caller may act for its tenant: to anyone else it does not exist.
+    pub(super) fn key(&self, ctx: &Ctx<'_>, id: &str) -> Result<Step<KeyRecord>, StoreError> {
         Ok(match self.get::<KeyRecord>(&format!("{}{id}", key::KEY))? {
-            Some(k) => Ok(k),
-            None => refuse(format!("no key {id}")),
+            Some(k) if ctx.tenants().covers(&k.tenant) => Ok(k),
+            _ => refuse(format!("no key {id}")),
         })
     }
 
@@ -116,7 +127,7 @@ impl State<'_> {
         if let Err(r) = self.role(ctx, &[Role::Admin]) {
             return Ok(Err(r));
         }
-        let mut k = match self.key(&id)? {
+        let mut k = match self.key(ctx, &id)? {
             Ok(k) => k,
             Err(r) => return Ok(Err(r)),
         };

@@ -53,6 +53,9 @@ pub struct CaKeyRecord {
 pub struct IssuerKeyRecord {
     /// Label (unique).
     pub label: String,
+    /// The tenant it belongs to: only callers acting for it see or use it, and only its jobs.
+    #[serde(default = "crate::identity::default_tenant")]
+    pub tenant: String,
     /// Modulus bits.
     pub bits: usize,
     /// SHA-256 fingerprint of the public key (SPKI DER).
@@ -201,12 +204,16 @@ impl State<'_> {
         label: String,
         key: WrappedRsaKey,
         origin: Origin,
+        tenant: String,
     ) -> Result<Step<Applied>, StoreError> {
         if let Err(r) = self.role(ctx, &[Role::Admin]) {
             return Ok(Err(r));
         }
         if let Err(r) = check_id("label", &label) {
             return Ok(Err(r));
+        }
+        if let Err(r) = crate::identity::check_tenant(&tenant).and_then(|()| ctx.require_tenant(&tenant)) {
+            return Ok(refuse(r));
         }
         let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
         if key.smk_kcv != smk.kcv {
@@ -225,6 +232,7 @@ impl State<'_> {
         let fingerprint = key.public.fingerprint();
         let rec = IssuerKeyRecord {
             label: label.clone(),
+            tenant,
             bits,
             fingerprint: fingerprint.clone(),
             key,
@@ -275,7 +283,7 @@ impl State<'_> {
         let id = format!("{rid}-{}-{}", c.issuer_id().digits(), hex::encode_upper(c.serial()));
         let mut pair = None;
         if let Some(label) = &bind {
-            match self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))? {
+            match self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))?.filter(|k| ctx.tenants().covers(&k.tenant)) {
                 None => return Ok(refuse(format!("no issuer key {label}"))),
                 Some(k) if k.key.public != public => {
                     return Ok(refuse(format!(

@@ -14,7 +14,7 @@ impl State<'_> {
         if let Err(r) = self.node_actor(ctx, node) {
             return Ok(Err(r));
         }
-        let mut c = match self.ceremony(&ceremony)? {
+        let mut c = match self.ceremony(ctx, &ceremony)? {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
