@@ -25,7 +25,7 @@ use quill_proto::v1::{
     GenerateKeyRequest, GetJobRequest, GetKeyRequest, KeyStateRequest, ListChunksRequest, ListJobsRequest,
     ListKeysRequest, MacRequest, QueryRequest, SubmitPart,
 };
-use quill_tests::{Cluster, ClusterOptions, repo_root, step, tls_channel, write_dda_batch};
+use quill_tests::{Cluster, ClusterOptions, binary, repo_root, step, tls_channel, write_dda_batch};
 use quill_node::identity::{Actor, Tenants};
 use quill_node::tls::{Identity, TlsFiles};
 use tonic::Code;
@@ -67,7 +67,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     step("bank-b's admin makes bank-b's own output MAC key; naming another tenant is refused and audited");
     let (b_admin, _) = as_tenant(&cluster, 2, "admin:bert", &["bank-b"]);
     let mut ka = KeysClient::new(b_admin.clone());
-    let gen = |tenant: &str, serial| GenerateKeyRequest {
+    let generate = |tenant: &str, serial| GenerateKeyRequest {
         caller: caller("t103-bert", serial),
         label: "MAC-OUTPUT-TEST".into(),
         usage: "M7".into(),
@@ -77,10 +77,10 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
         tenant: tenant.into(),
         ..Default::default()
     };
-    let made = ka.generate(gen("", 1)).await.unwrap().into_inner().key.unwrap();
+    let made = ka.generate(generate("", 1)).await.unwrap().into_inner().key.unwrap();
     assert_eq!(made.tenant, "bank-b");
     assert_eq!(made.id, "MAC-OUTPUT-TEST.v2", "a label's versions count across the cluster");
-    let e = ka.generate(gen("default", 2)).await.unwrap_err();
+    let e = ka.generate(generate("default", 2)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("may not act for tenant \"default\""), "{}", e.message());
     let e = ka
@@ -157,22 +157,19 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
 
     step("a bank-b job whose profile names the default tenant's keys is refused at submission");
     let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
-    let (code, out, err) = cluster.quill(
-        3,
-        &[
-            "job",
-            "submit",
-            "--profile",
-            profile.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--mac-key",
-            "MAC-OUTPUT-TEST",
-        ],
-        &[("QUILL_IDENTITY", b_dir.to_str().unwrap()), ("QUILL_ACTOR", "")],
-    );
-    assert_eq!(code, 1, "a job with another tenant's keys was accepted: {out}{err}");
-    assert!(err.contains("no") && err.contains("TEST"), "the refusal names the missing key: {err}");
+    let out = std::process::Command::new(binary("quill"))
+        .args(["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()])
+        .args(["--mac-key", "MAC-OUTPUT-TEST"])
+        .env("QUILL_ENDPOINT", cluster.node(3).endpoint())
+        .env("QUILL_IDENTITY", &b_dir)
+        .env_remove("QUILL_ACTOR")
+        .env_remove("QUILL_ENDPOINTS")
+        .env_remove("QUILL_DEV_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a job with another tenant's keys was accepted: {err}");
+    assert!(err.contains("is not in the key inventory"), "the refusal names the key bank-b lacks: {err}");
     assert!(JobsClient::new(b_op.clone()).list_jobs(ListJobsRequest { linearizable: true }).await.unwrap().into_inner().jobs.is_empty());
     // The same by hand, asking for the default tenant in the request: the certificate decides.
     let toml = std::fs::read_to_string(&profile).unwrap();

@@ -562,7 +562,7 @@ mod tests {
         assert!(r.contains("1-32 characters"), "{r}");
 
         let suspend = KeyCommand::KeySetState { id: "cvk.v1".into(), state: KeyState::Suspended };
-        assert_eq!(refused(run_for(&mut kv, &b_admin, &["bank-b"], suspend.clone())), "no key cvk.v1");
+        assert_eq!(refused(run_for(&mut kv, &b_admin, &["bank-b"], suspend)), "no key cvk.v1");
         let destroy = |id: &str| KeyCommand::ApprovalRequest {
             id: id.into(),
             action: ApprovalAction::Destroy { key: "cvk.v1".into() },
