@@ -705,7 +705,7 @@ impl Drop for Cluster {
 pub fn identity_in(pki: &PkiDir, root: &Path, actor: &str) -> Arc<rustls::ClientConfig> {
     let a = quill_node::identity::Actor::parse(actor).expect("role:name");
     let dir = root.join("identities").join(format!("{}-{}", a.role, a.name));
-    pki.issue_once(&Identity::Client(a), &quill_trust::identity::Tenants::All, &dir).expect("issue an identity");
+    pki.issue_once(&Identity::Client(a), &quill_node::identity::Tenants::All, &dir).expect("issue an identity");
     quill_node::tls::client_config(&TlsFiles::in_dir(&dir)).expect("client TLS config")
 }
 

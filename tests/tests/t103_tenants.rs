@@ -17,17 +17,17 @@
 
 use std::time::Duration;
 
+use quill_node::identity::{Actor, Tenants};
+use quill_node::tls::{Identity, TlsFiles};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{
-    AckRequest, ApprovalAskRequest, AuditTailRequest, CancelRequest, Caller, CeremonyStartRequest, FetchRequest,
+    AckRequest, ApprovalAskRequest, AuditTailRequest, Caller, CancelRequest, CeremonyStartRequest, FetchRequest,
     GenerateKeyRequest, GetJobRequest, GetKeyRequest, KeyStateRequest, ListChunksRequest, ListJobsRequest,
     ListKeysRequest, MacRequest, QueryRequest, SubmitPart,
 };
 use quill_tests::{Cluster, ClusterOptions, binary, repo_root, step, tls_channel, write_dda_batch};
-use quill_node::identity::{Actor, Tenants};
-use quill_node::tls::{Identity, TlsFiles};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -60,7 +60,14 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     cluster.wait_converged(&ids, 0, Duration::from_secs(30)).await;
     let theirs: Vec<String> = {
         let mut k = KeysClient::new(cluster.channel_as(1, "auditor:t103-audrey"));
-        k.list_keys(ListKeysRequest { linearizable: true }).await.unwrap().into_inner().keys.into_iter().map(|k| k.id).collect()
+        k.list_keys(ListKeysRequest { linearizable: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(|k| k.id)
+            .collect()
     };
     assert!(theirs.iter().any(|k| k == "MAC-OUTPUT-TEST.v1"), "{theirs:?}");
 
@@ -101,8 +108,15 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     step("what bank-b's operator reads: its own key only; the default tenant's keys and job do not exist");
     let (b_op, b_dir) = as_tenant(&cluster, 3, "operator:bea", &["bank-b"]);
     let (mut k, mut j) = (KeysClient::new(b_op.clone()), JobsClient::new(b_op.clone()));
-    let mine: Vec<String> =
-        k.list_keys(ListKeysRequest { linearizable: true }).await.unwrap().into_inner().keys.into_iter().map(|k| k.id).collect();
+    let mine: Vec<String> = k
+        .list_keys(ListKeysRequest { linearizable: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
     assert_eq!(mine, vec!["MAC-OUTPUT-TEST.v2".to_string()]);
     for id in &theirs {
         let e = k.get_key(GetKeyRequest { id: id.clone(), linearizable: true }).await.unwrap_err();
@@ -170,7 +184,15 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "a job with another tenant's keys was accepted: {err}");
     assert!(err.contains("is not in the key inventory"), "the refusal names the key bank-b lacks: {err}");
-    assert!(JobsClient::new(b_op.clone()).list_jobs(ListJobsRequest { linearizable: true }).await.unwrap().into_inner().jobs.is_empty());
+    assert!(
+        JobsClient::new(b_op.clone())
+            .list_jobs(ListJobsRequest { linearizable: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .is_empty()
+    );
     // The same by hand, asking for the default tenant in the request: the certificate decides.
     let toml = std::fs::read_to_string(&profile).unwrap();
     let data = std::fs::read(&input).unwrap();
@@ -209,5 +231,8 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
         .into_iter()
         .map(|k| k.id)
         .collect();
-    assert!(ids.contains(&"MAC-OUTPUT-TEST.v1".to_string()) && !ids.contains(&"MAC-OUTPUT-TEST.v2".to_string()), "{ids:?}");
+    assert!(
+        ids.contains(&"MAC-OUTPUT-TEST.v1".to_string()) && !ids.contains(&"MAC-OUTPUT-TEST.v2".to_string()),
+        "{ids:?}"
+    );
 }

@@ -129,6 +129,7 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
                 usage: "E0".into(),
                 alg: "des2".into(),
                 exportable: false,
+                tenant: String::new(),
             })
             .await
             .map(drop),

@@ -212,7 +212,11 @@ pub fn check_tenant(name: &str) -> Result<(), String> {
         && name.len() <= 32
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok { Ok(()) } else { Err(format!("tenant {name:?}: 1-32 characters of a-z 0-9 - _ . (first a letter or digit)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("tenant {name:?}: 1-32 characters of a-z 0-9 - _ . (first a letter or digit)"))
+    }
 }
 
 /// The certificate a caller presented, as the cluster records it: its serial (revocation is by

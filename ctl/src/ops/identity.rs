@@ -106,7 +106,11 @@ pub fn pki_issue(a: &PkiIssueArgs, json: bool) -> Result<u8> {
             json!({"identity": identity.uri(), "tenants": cert.tenants, "serial": cert.serial, "key_fp": cert.key_fp, "not_after": cert.not_after, "dir": a.out})
         );
     } else {
-        let acts = if matches!(identity, Identity::Client(_)) { format!(", acts for {}", cert.tenants) } else { String::new() };
+        let acts = if matches!(identity, Identity::Client(_)) {
+            format!(", acts for {}", cert.tenants)
+        } else {
+            String::new()
+        };
         println!("{} issued: serial {}{acts}, in {}", identity.uri(), cert.serial, a.out.display());
     }
     Ok(crate::exit_codes::OK)

@@ -580,7 +580,8 @@ impl keys_server::Keys for KeysService {
     async fn get_smk(&self, request: Request<GetSmkRequest>) -> Result<Response<GetSmkResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (smk, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetSmk", req.linearizable, |kv, _| views::read_smk(kv)).await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetSmk", req.linearizable, |kv, _| views::read_smk(kv))
+                .await?;
         let smk = smk.ok_or_else(|| ApiError::NotFound("no SMK yet: the SMK ceremony has not formed one".into()))?;
         Ok(Response::new(GetSmkResponse { smk: Some(smk), applied_index }))
     }
@@ -588,7 +589,10 @@ impl keys_server::Keys for KeysService {
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (nodes, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListNodes", req.linearizable, |kv, _| views::read_nodes(kv)).await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListNodes", req.linearizable, |kv, _| {
+                views::read_nodes(kv)
+            })
+            .await?;
         Ok(Response::new(ListNodesResponse { nodes, applied_index }))
     }
 
@@ -669,8 +673,10 @@ impl keys_server::Keys for KeysService {
     async fn list_ca_keys(&self, request: Request<ListCaKeysRequest>) -> Result<Response<ListCaKeysResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (ca_keys, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCaKeys", req.linearizable, |kv, _| views::read_ca_keys(kv))
-                .await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListCaKeys", req.linearizable, |kv, _| {
+                views::read_ca_keys(kv)
+            })
+            .await?;
         Ok(Response::new(ListCaKeysResponse { ca_keys, applied_index }))
     }
 
@@ -680,8 +686,10 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<ListRevokedCertsResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (revoked, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.ListRevokedCerts", req.linearizable, |kv, _| views::read_revoked(kv))
-                .await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListRevokedCerts", req.linearizable, |kv, _| {
+                views::read_revoked(kv)
+            })
+            .await?;
         Ok(Response::new(ListRevokedCertsResponse { revoked, applied_index }))
     }
 
@@ -742,8 +750,10 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<GetAuditKeysResponse>, Status> {
         let (who, req) = super::principal(request)?;
         let (k, applied_index) =
-            views::serve(&self.cluster, &self.sm, &who, "Keys.GetAuditKeys", req.linearizable, |kv, _| views::read_audit_keys(kv))
-                .await?;
+            views::serve(&self.cluster, &self.sm, &who, "Keys.GetAuditKeys", req.linearizable, |kv, _| {
+                views::read_audit_keys(kv)
+            })
+            .await?;
         let k = k.ok_or_else(|| ApiError::NotFound("no audit keys yet: they are formed with the cluster".into()))?;
         Ok(Response::new(GetAuditKeysResponse { audit_keys: Some(k), applied_index }))
     }

@@ -751,7 +751,8 @@ pub fn authenticator(
         if revoked.contains(&cert.serial) {
             return Err(Status::unauthenticated(format!("certificate {} of {actor} is revoked", cert.serial)));
         }
-        let principal = Principal { actor, cert: CertRef { serial: cert.serial, key_fp: cert.key_fp, tenants: cert.tenants } };
+        let principal =
+            Principal { actor, cert: CertRef { serial: cert.serial, key_fp: cert.key_fp, tenants: cert.tenants } };
         req.extensions_mut().insert(principal);
         Ok(req)
     }

@@ -353,11 +353,7 @@ pub fn job(kv: &dyn Kv, id: &str) -> Result<Option<JobRecord>, StoreError> {
 /// delivered: not cancelled or expired. An acknowledged job counts: preparing the same file
 /// again makes new cards with new PINs for the same PANs, which only `--force` may ask for.
 /// Files are told apart per tenant: another tenant's jobs are neither refused for nor named.
-pub fn open_job_with_digest(
-    kv: &dyn Kv,
-    tenant: &str,
-    digest: &str,
-) -> Result<Option<(String, JobState)>, StoreError> {
+pub fn open_job_with_digest(kv: &dyn Kv, tenant: &str, digest: &str) -> Result<Option<(String, JobState)>, StoreError> {
     let Some(other) = get::<String>(kv, &digest_key(tenant, digest))? else { return Ok(None) };
     Ok(job(kv, &other)?
         .filter(|j| !matches!(j.state, JobState::Cancelled | JobState::Expired))

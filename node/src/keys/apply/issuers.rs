@@ -283,7 +283,8 @@ impl State<'_> {
         let id = format!("{rid}-{}-{}", c.issuer_id().digits(), hex::encode_upper(c.serial()));
         let mut pair = None;
         if let Some(label) = &bind {
-            match self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))?.filter(|k| ctx.tenants().covers(&k.tenant)) {
+            match self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))?.filter(|k| ctx.tenants().covers(&k.tenant))
+            {
                 None => return Ok(refuse(format!("no issuer key {label}"))),
                 Some(k) if k.key.public != public => {
                     return Ok(refuse(format!(
