@@ -163,6 +163,10 @@ pub struct RaftConfig {
     pub rpc_timeout_ms: u64,
     /// How long a client write waits to be applied before it is reported as indeterminate.
     pub write_timeout_ms: u64,
+    /// Bytes of log entries one AppendEntries carries at most (at least one entry is always
+    /// sent): a follower catching up receives the log in pieces that arrive within the RPC's
+    /// time (openraft gives each AppendEntries `heartbeat_interval_ms`).
+    pub max_append_bytes: usize,
 }
 
 impl Default for RaftConfig {
@@ -177,6 +181,7 @@ impl Default for RaftConfig {
             install_snapshot_timeout_ms: 120_000,
             rpc_timeout_ms: 2000,
             write_timeout_ms: 10_000,
+            max_append_bytes: crate::raft::log_store::MAX_APPEND_BYTES,
         }
     }
 }

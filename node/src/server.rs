@@ -144,6 +144,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     let dir = config.data_dir.clone();
     let (log_store, sm) =
         crate::raft::open(&dir).await.map_err(|source| ServerError::Storage { dir: dir.clone(), source })?;
+    let log_store = log_store.with_append_limit(config.raft.max_append_bytes);
     info!(dir = %dir.display(), "[2/5] RocksDB opened");
 
     // The HSM pool opens before Raft starts: applying an entry MACs its audit records with this

@@ -15,22 +15,40 @@ use crate::store::{Cf, Store, StoreError, codec, decode_log_key, log_key, meta_k
 /// Bytes of log entries this process appended to its log store (encoded), for `/metrics`.
 pub static LOG_BYTES_APPENDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The most bytes (encoded entries) one AppendEntries carries by default, whatever openraft's
+/// entry count allows: see [`LogStore::limited_get_log_entries`].
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
 /// The durable Raft log. Cheap to clone (it shares the database); a clone is also its reader.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     pub(super) store: Arc<Store>,
+    /// Bytes of entries one replication payload may carry (at least one entry is always sent).
+    append_bytes: usize,
 }
 
 impl LogStore {
     pub(super) fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self { store, append_bytes: MAX_APPEND_BYTES }
+    }
+
+    /// The same log, whose replication payloads carry at most `bytes` of entries (at least one).
+    pub fn with_append_limit(self, bytes: usize) -> Self {
+        Self { append_bytes: bytes.max(1), ..self }
     }
 
     /// Read the entries with index in `[start, end)`, checking that each is stored under its
-    /// own index.
-    fn read_range(store: &Store, start: u64, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    /// own index; with `max_bytes`, stop before the entry that would pass that many encoded bytes
+    /// (the first entry is always read).
+    fn read_range(
+        store: &Store,
+        start: u64,
+        end: Bound<u64>,
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
         let cf = store.cf(Cf::Log)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let from = log_key(start);
         for item in store.db().iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
             let (key, value) = item?;
@@ -41,6 +59,13 @@ impl LogStore {
                 Bound::Unbounded => true,
             };
             if !in_range {
+                break;
+            }
+            bytes = bytes.saturating_add(value.len());
+            if let Some(max) = max_bytes
+                && bytes > max
+                && !out.is_empty()
+            {
                 break;
             }
             let entry = decode_entry(&key, &value)?;
@@ -97,7 +122,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let end = range.end_bound().cloned();
         let store = self.store.clone();
-        blocking(move || Self::read_range(&store, start, end))
+        blocking(move || Self::read_range(&store, start, end, None))
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    /// What one AppendEntries carries: the entries of `[start, end)` up to `append_bytes`
+    /// encoded bytes (never none). openraft 0.9 bounds a payload only by entry count
+    /// (`max_payload_entries`, 300) and gives the whole RPC `heartbeat_interval` (100 ms) to
+    /// complete; entries holding a sealed chunk are ~0.5 MB, so a follower that fell behind was
+    /// sent hundreds of megabytes it could never take in time, timed out on every retry, and
+    /// stayed behind (calling elections) while the cluster wrote. Bounded by bytes, each append of
+    /// a catch-up is small enough to land.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let (store, max) = (self.store.clone(), self.append_bytes);
+        blocking(move || Self::read_range(&store, start, Bound::Excluded(end), Some(max)))
             .await
             .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))
     }

@@ -314,3 +314,25 @@ async fn interrupted_install_is_redone_at_open() {
     assert_eq!(sm.get("bench/later").await.unwrap(), None, "re-applied from the log later, not kept half-way");
     assert!(sm.store.get_raw(Cf::SmMeta, sm_meta_key::INSTALLING).unwrap().is_none());
 }
+
+/// A replication payload is bounded by bytes, not only by openraft's entry count: a follower that
+/// fell behind gets the log in pieces that can arrive within an AppendEntries' time. The first
+/// entry always goes, however large; `try_get_log_entries` (apply, snapshots) is not limited.
+#[tokio::test]
+async fn replication_payloads_are_bounded_by_bytes() {
+    let dir = TempDir::new().unwrap();
+    let (log, _sm) = open(dir.path()).await.unwrap();
+    let mut log = log.with_append_limit(250_000);
+    let big = vec![7u8; 100_000];
+    let entries: Vec<_> = (1..=10).map(|i| put(i, "c", i, "k", &big)).collect();
+    log.blocking_append(entries).await.unwrap();
+    let first = log.limited_get_log_entries(1, 11).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![1, 2], "two 100 kB entries fit 250 kB");
+    let next = log.limited_get_log_entries(3, 11).await.unwrap();
+    assert_eq!(next.first().map(|e| e.log_id.index), Some(3));
+    let mut tiny = log.clone().with_append_limit(10);
+    assert_eq!(tiny.limited_get_log_entries(5, 11).await.unwrap().len(), 1, "one entry always goes");
+    assert_eq!(log.try_get_log_entries(1..11).await.unwrap().len(), 10, "reads outside replication are whole");
+    let mut default = log.clone().with_append_limit(log_store::MAX_APPEND_BYTES);
+    assert_eq!(default.limited_get_log_entries(1, 11).await.unwrap().len(), 10, "1 MiB holds ten 100 kB entries");
+}
