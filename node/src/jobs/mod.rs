@@ -170,6 +170,9 @@ pub struct ChunkRecord {
 }
 
 /// A job command, as replicated in the log.
+// `Create` is the large one (a job's whole description); it is built once per job and moved, never
+// held in bulk, so boxing it would only add an allocation and an indirection to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobCommand {
     /// Create a job (actor: operator or admin); input chunks follow.
