@@ -10,7 +10,9 @@
 //! - create keys, ceremonies or jobs in the other tenant by naming it in the request: refused
 //!   (the certificate decides, not a request field) and audited;
 //! - prepare a job whose profile names the other tenant's keys: refused at submission, naming the
-//!   key its tenant lacks.
+//!   key its tenant lacks;
+//! - read the audit chain, which names every tenant's keys and jobs: refused to a certificate bound
+//!   to named tenants.
 //!
 //! A certificate naming no tenant acts for `default` only: it does not see bank-b's key.
 #![allow(clippy::unwrap_used)]
@@ -210,6 +212,13 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     let e = j.submit(tokio_stream::iter(vec![part])).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
+    step("bank-b's admin reads no audit chain: it holds every tenant's records");
+    let e = ka.audit_tail(AuditTailRequest { limit: 10, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("bureau certificate"), "{}", e.message());
+    let e = ka.audit_verify(quill_proto::v1::AuditVerifyRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
     step("the refusals are in the audit chain under bank-b's identities");
     let mut aud = KeysClient::new(cluster.channel_as(1, "auditor:t103-audrey"));
     let tail = aud.audit_tail(AuditTailRequest { limit: 200, ..Default::default() }).await.unwrap().into_inner();
@@ -218,7 +227,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
         .iter()
         .filter(|r| r.action == "api.denied" && (r.actor == "admin:bert" || r.actor == "operator:bea"))
         .collect();
-    assert!(denied.len() >= 3, "{} audited tenant refusals: {:?}", denied.len(), tail.views.len());
+    assert!(denied.len() >= 5, "{} audited tenant refusals: {:?}", denied.len(), tail.views.len());
 
     step("a certificate naming no tenant acts for the default tenant only");
     let (plain, _) = as_tenant(&cluster, 1, "operator:dora", &[]);

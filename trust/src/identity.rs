@@ -155,6 +155,12 @@ impl Tenants {
         Ok(if set.is_empty() { Tenants::default() } else { Tenants::Only(set) })
     }
 
+    /// Whether these are the bureau's own: every tenant, or none named (the bureau's `default`).
+    /// A certificate bound to named tenants is a client issuer's staff.
+    pub fn is_bureau(&self) -> bool {
+        matches!(self, Tenants::All) || *self == Tenants::default()
+    }
+
     /// Whether `tenant` is one of them.
     pub fn covers(&self, tenant: &str) -> bool {
         match self {
@@ -254,7 +260,9 @@ mod tests {
         assert_eq!(none.resolve(""), Ok(DEFAULT_TENANT.into()));
         assert!(none.resolve("bank-b").is_err());
         assert!(none.uris().is_empty());
+        assert!(none.is_bureau());
         let one = Tenants::parse(["bank-a"]).expect("one");
+        assert!(!one.is_bureau());
         assert_eq!(one.resolve(""), Ok("bank-a".into()));
         assert!(one.resolve(DEFAULT_TENANT).unwrap_err().contains("may not act for tenant \"default\""));
         let two = Tenants::parse(["bank-a", "bank-b"]).expect("two");
@@ -262,6 +270,7 @@ mod tests {
         assert_eq!(two.resolve("bank-b"), Ok("bank-b".into()));
         let all = Tenants::parse(["bank-a", "*"]).expect("all");
         assert_eq!(all, Tenants::All);
+        assert!(all.is_bureau());
         assert_eq!(all.resolve(""), Ok(DEFAULT_TENANT.into()));
         assert_eq!(all.uris(), vec!["quill:tenant/*".to_string()]);
         for bad in ["", "Bank", "-a", "a/b", "a b", &"x".repeat(33)] {

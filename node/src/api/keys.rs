@@ -776,6 +776,7 @@ impl keys_server::Keys for KeysService {
     async fn audit_tail(&self, request: Request<AuditTailRequest>) -> Result<Response<AuditTailResponse>, Status> {
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Auditor, Role::Admin], "Keys.AuditTail").await?;
+        self.cluster.require_bureau(&who, "Keys.AuditTail").await?;
         Ok(Response::new(self.audit_tail(&who, req).await?))
     }
 
@@ -785,12 +786,14 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<AuditArchiveResponse>, Status> {
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Auditor], "Keys.AuditArchive").await?;
+        self.cluster.require_bureau(&who, "Keys.AuditArchive").await?;
         Ok(Response::new(self.audit_archive(req).await?))
     }
 
     async fn audit_prune(&self, request: Request<AuditPruneRequest>) -> Result<Response<WriteResult>, Status> {
         let (who, r) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Auditor], "Keys.AuditPrune").await?;
+        self.cluster.require_bureau(&who, "Keys.AuditPrune").await?;
         let cmd = Command::AuditPrune { approval: r.approval };
         Ok(Response::new(self.cluster.write_for(who, r.caller, cmd).await?))
     }
@@ -801,6 +804,7 @@ impl keys_server::Keys for KeysService {
     ) -> Result<Response<AuditVerifyResponse>, Status> {
         let (who, req) = super::principal(request)?;
         self.cluster.require(&who, &[Role::Auditor, Role::Admin], "Keys.AuditVerify").await?;
+        self.cluster.require_bureau(&who, "Keys.AuditVerify").await?;
         Ok(Response::new(self.audit_verify(req).await?))
     }
 

@@ -644,6 +644,21 @@ impl ClusterService {
         }
     }
 
+    /// Refuse `who` for `call` unless its certificate is the bureau's ([`crate::identity::Tenants::is_bureau`]:
+    /// it names no tenant, or every tenant). The audit chain holds every tenant's records (key
+    /// ids, job ids, identities); a certificate bound to named tenants does not read it.
+    pub async fn require_bureau(&self, who: &Principal, call: &str) -> Result<(), ApiError> {
+        if who.cert.tenants.is_bureau() {
+            return Ok(());
+        }
+        let reason = format!(
+            "{} acts for {} only; the audit chain holds every tenant's records: reading it needs a bureau \
+             certificate (one naming no tenant, or quill:tenant/*)",
+            who.actor, who.cert.tenants
+        );
+        Err(self.deny(who, call, reason).await)
+    }
+
     /// Audit a refusal of `call` for `who` and return it as `PermissionDenied`.
     async fn deny(&self, who: &Principal, call: &str, reason: String) -> ApiError {
         let denied = Command::Keys(crate::keys::KeyCommand::Denied { call: call.to_string(), reason: reason.clone() });
