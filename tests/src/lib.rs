@@ -769,6 +769,19 @@ impl Cluster {
         self.quill_ok(1, &["dev", "load-test-keys"], &admin);
     }
 
+    /// Wait (up to 10 minutes) until job `job` is done, as node `node` sees it; its record.
+    pub async fn wait_job_done(&self, node: u64, job: &str) -> serde_json::Value {
+        wait_until(Duration::from_secs(600), "job done", || async {
+            let j = self.query(node, "job", job).await?;
+            if j["state"] == "done" {
+                Ok(j)
+            } else {
+                Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"]))
+            }
+        })
+        .await
+    }
+
     /// `quill job submit` of `input` with the `visa-dda-credit` profile and the TEST MAC key, as
     /// an operator, through node `node`; the job id.
     pub fn submit_dda_job(&self, node: u64, input: &Path, chunk: &str) -> String {

@@ -44,6 +44,12 @@ fn as_tenant(c: &Cluster, node: u64, actor: &str, tenants: &[&str]) -> (Channel,
     (tls_channel(&cfg, &c.node(node).api_addr.to_string(), Duration::from_secs(30)), dir)
 }
 
+/// The ids of the keys a caller on `ch` sees.
+async fn key_ids(ch: Channel) -> Vec<String> {
+    let keys = KeysClient::new(ch).list_keys(ListKeysRequest { linearizable: true }).await.unwrap().into_inner().keys;
+    keys.into_iter().map(|k| k.id).collect()
+}
+
 fn caller(id: &str, serial: u64) -> Option<Caller> {
     Some(Caller { client_id: id.into(), serial })
 }
@@ -60,17 +66,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     let job = cluster.submit_dda_job(1, &input, "2");
     let ids = cluster.ids();
     cluster.wait_converged(&ids, 0, Duration::from_secs(30)).await;
-    let theirs: Vec<String> = {
-        let mut k = KeysClient::new(cluster.channel_as(1, "auditor:t103-audrey"));
-        k.list_keys(ListKeysRequest { linearizable: true })
-            .await
-            .unwrap()
-            .into_inner()
-            .keys
-            .into_iter()
-            .map(|k| k.id)
-            .collect()
-    };
+    let theirs = key_ids(cluster.channel_as(1, "auditor:t103-audrey")).await;
     assert!(theirs.iter().any(|k| k == "MAC-OUTPUT-TEST.v1"), "{theirs:?}");
 
     step("bank-b's admin makes bank-b's own output MAC key; naming another tenant is refused and audited");
@@ -110,15 +106,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     step("what bank-b's operator reads: its own key only; the default tenant's keys and job do not exist");
     let (b_op, b_dir) = as_tenant(&cluster, 3, "operator:bea", &["bank-b"]);
     let (mut k, mut j) = (KeysClient::new(b_op.clone()), JobsClient::new(b_op.clone()));
-    let mine: Vec<String> = k
-        .list_keys(ListKeysRequest { linearizable: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-        .into_iter()
-        .map(|k| k.id)
-        .collect();
+    let mine = key_ids(b_op.clone()).await;
     assert_eq!(mine, vec!["MAC-OUTPUT-TEST.v2".to_string()]);
     for id in &theirs {
         let e = k.get_key(GetKeyRequest { id: id.clone(), linearizable: true }).await.unwrap_err();
@@ -231,15 +219,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
 
     step("a certificate naming no tenant acts for the default tenant only");
     let (plain, _) = as_tenant(&cluster, 1, "operator:dora", &[]);
-    let ids: Vec<String> = KeysClient::new(plain)
-        .list_keys(ListKeysRequest { linearizable: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-        .into_iter()
-        .map(|k| k.id)
-        .collect();
+    let ids = key_ids(plain).await;
     assert!(
         ids.contains(&"MAC-OUTPUT-TEST.v1".to_string()) && !ids.contains(&"MAC-OUTPUT-TEST.v2".to_string()),
         "{ids:?}"

@@ -26,11 +26,7 @@ async fn a_follower_back_from_the_dead_catches_up_without_an_election() {
     let input = dir.path().join("cards.csv");
     write_dda_batch(&input, 3000, 3_000_000);
     let job = cluster.submit_dda_job(leader, &input, "100");
-    wait_until(Duration::from_secs(600), "the batch done", || async {
-        let j = cluster.query(leader, "job", &job).await?;
-        if j["state"] == "done" { Ok(()) } else { Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"])) }
-    })
-    .await;
+    cluster.wait_job_done(leader, &job).await;
     let before = cluster.status(leader).await.unwrap();
     assert_eq!(before.role, "leader");
     let missed = before.applied_index;
@@ -51,11 +47,7 @@ async fn a_follower_back_from_the_dead_catches_up_without_an_election() {
     let b = cluster.query(leader, "job", &second).await.unwrap();
     eprintln!("caught up in {caught_up:?}; the second batch then at {}/{} cards", b["cards_done"], b["records"]);
     assert_ne!(b["state"], "done", "the follower caught up only once the cluster stopped writing");
-    wait_until(Duration::from_secs(600), "the second batch done", || async {
-        let j = cluster.query(leader, "job", &second).await?;
-        if j["state"] == "done" { Ok(()) } else { Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"])) }
-    })
-    .await;
+    cluster.wait_job_done(leader, &second).await;
     let after = cluster.status(leader).await.unwrap();
     assert_eq!(
         (after.role.as_str(), after.term),

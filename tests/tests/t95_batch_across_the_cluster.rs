@@ -68,11 +68,7 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     cluster.sigkill(victim);
 
     step("the batch completes without the killed node");
-    let status = wait_until(Duration::from_secs(600), "job done", || async {
-        let j = cluster.query(1, "job", &job).await?;
-        if j["state"] == "done" { Ok(j) } else { Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"])) }
-    })
-    .await;
+    let status = cluster.wait_job_done(1, &job).await;
     assert_eq!(status["cards_done"], 5000);
     assert_eq!(status["failures"].as_array().unwrap().len(), 0);
     let chunks = cluster.query(1, "chunks", &job).await.unwrap();

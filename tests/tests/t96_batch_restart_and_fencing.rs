@@ -13,14 +13,6 @@ use serde_json::Value;
 
 const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
 
-async fn wait_done(cluster: &Cluster, node: u64, job: &str) -> Value {
-    wait_until(Duration::from_secs(600), "job done", || async {
-        let j = cluster.query(node, "job", job).await?;
-        if j["state"] == "done" { Ok(j) } else { Err(format!("{} {}/{}", j["state"], j["cards_done"], j["records"])) }
-    })
-    .await
-}
-
 /// Fetch and check: every input line exactly once, in order.
 fn fetch_and_check(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usize) {
     let out = dir.join(format!("out-{job}"));
@@ -62,7 +54,7 @@ async fn a_full_restart_mid_batch_resumes_and_completes() {
     cluster.wait_leader(&cluster.ids(), Duration::from_secs(30), "after the restart").await;
 
     step("the batch resumes and completes");
-    let j = wait_done(&cluster, 2, &job).await;
+    let j = cluster.wait_job_done(2, &job).await;
     assert_eq!(j["cards_done"], 1000);
     fetch_and_check(&cluster, 3, &job, dir.path(), 1000);
 }
@@ -131,7 +123,7 @@ async fn fenced_after(cut: Cut) {
         Cut::Freeze => cluster.resume(frozen),
         Cut::Partition => cluster.heal(),
     }
-    let j = wait_done(&cluster, leader, &job).await;
+    let j = cluster.wait_job_done(leader, &job).await;
     assert_eq!(j["cards_done"], 1200, "{j}");
     // Give the resumed node's renewal or late result time to arrive.
     // Fencing shows one of two ways: the node's stale renewal or late result is refused by the

@@ -29,11 +29,7 @@ async fn work_moves_off_a_failing_slot() {
     let fault_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
 
     step("the batch completes, nothing failed, node 2 kept working on its other slot");
-    let j = wait_until(Duration::from_secs(600), "job done", || async {
-        let j = cluster.query(1, "job", &job).await?;
-        if j["state"] == "done" { Ok(j) } else { Err(format!("{} {}/1200", j["state"], j["cards_done"])) }
-    })
-    .await;
+    let j = cluster.wait_job_done(1, &job).await;
     assert_eq!(j["cards_done"], 1200);
     assert_eq!(j["failures"].as_array().unwrap().len(), 0, "{}", j["failures"]);
     let chunks = cluster.query(1, "chunks", &job).await.unwrap();

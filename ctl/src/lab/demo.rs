@@ -80,10 +80,16 @@ impl Runner {
         self.quill_quiet(args, actor)
     }
 
-    /// Like [`Runner::quill`], without showing the command (for polling).
-    pub(crate) fn quill_quiet(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
+    /// `quill args…` aimed at the demo cluster, its caller not yet named.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.exe);
         cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
+        cmd
+    }
+
+    /// Like [`Runner::quill`], without showing the command (for polling).
+    pub(crate) fn quill_quiet(&self, args: &[&str], actor: Option<&str>) -> Result<String> {
+        let mut cmd = self.command(args);
         // Every call names its caller; what the story does not attribute is read by its auditor.
         cmd.env("QUILL_ACTOR", actor.unwrap_or(DEMO_READER)).env_remove("QUILL_IDENTITY");
         // The demo's custodians see every node for the first time: pin their transport keys.
@@ -100,8 +106,7 @@ impl Runner {
     /// its one-line refusal when `refused` (a refusal expected and not seen fails the story).
     pub(crate) fn quill_identity(&self, args: &[&str], identity: &Path, refused: bool) -> Result<String> {
         tell!(self, "$ quill {} --identity {}", args.join(" "), identity.display());
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(args).env("QUILL_DEV_DIR", &self.dir).env_remove("QUILL_ENDPOINT").env_remove("QUILL_ENDPOINTS");
+        let mut cmd = self.command(args);
         cmd.env("QUILL_IDENTITY", identity).env_remove("QUILL_ACTOR");
         let out = cmd.output().with_context(|| format!("cannot run {}", self.exe.display()))?;
         let (stdout, stderr) =

@@ -284,14 +284,6 @@ pub fn chunk(c: ChunkRecord) -> pb::ChunkView {
 // tenants hold (a record of another tenant is absent, as if it did not exist). The typed methods
 // and the superseded `Keys.Query` both answer through these.
 
-/// Whether `t` may see the ceremony: an SMK ceremony is the bureau's, a key's is its tenant's.
-fn ceremony_visible(c: &Ceremony, t: &Tenants) -> bool {
-    match &c.target {
-        CeremonyTarget::Smk => true,
-        CeremonyTarget::Key { tenant, .. } => t.covers(tenant),
-    }
-}
-
 /// Whether `t` may see the approval: one about a key only when it may see the key.
 fn approval_visible(kv: &dyn Kv, a: &Approval, t: &Tenants) -> Result<bool, StoreError> {
     Ok(match &a.action {
@@ -314,12 +306,12 @@ pub fn read_nodes(kv: &dyn Kv) -> Result<Vec<pb::NodeView>, StoreError> {
 
 /// Every ceremony.
 pub fn read_ceremonies(kv: &dyn Kv, t: &Tenants) -> Result<Vec<pb::CeremonyView>, StoreError> {
-    Ok(scan::<Ceremony>(kv, key::CEREMONY)?.into_iter().filter(|c| ceremony_visible(c, t)).map(ceremony).collect())
+    Ok(scan::<Ceremony>(kv, key::CEREMONY)?.into_iter().filter(|c| c.target.visible_to(t)).map(ceremony).collect())
 }
 
 /// One ceremony.
 pub fn read_ceremony(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Option<pb::CeremonyView>, StoreError> {
-    Ok(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?.filter(|c| ceremony_visible(c, t)).map(ceremony))
+    Ok(read::<Ceremony>(kv, &format!("{}{id}", key::CEREMONY))?.filter(|c| c.target.visible_to(t)).map(ceremony))
 }
 
 /// The key inventory.

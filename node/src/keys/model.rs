@@ -210,6 +210,19 @@ impl CeremonyTarget {
             CeremonyTarget::Key { alg, .. } => *alg,
         }
     }
+
+    /// The tenant of the key it forms (`None`: the SMK, the bureau's).
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            CeremonyTarget::Smk => None,
+            CeremonyTarget::Key { tenant, .. } => Some(tenant),
+        }
+    }
+
+    /// Whether a caller acting for `tenants` may see and take part in it.
+    pub fn visible_to(&self, tenants: &crate::identity::Tenants) -> bool {
+        self.tenant().is_none_or(|t| tenants.covers(t))
+    }
 }
 
 /// A ceremony's progress.

@@ -94,9 +94,7 @@ impl State<'_> {
     /// to it (an SMK ceremony is the bureau's).
     pub(super) fn ceremony(&self, ctx: &Ctx<'_>, id: &str) -> Result<Step<Ceremony>, StoreError> {
         Ok(match self.get::<Ceremony>(&format!("{}{id}", key::CEREMONY))? {
-            Some(c) if !matches!(&c.target, CeremonyTarget::Key { tenant, .. } if !ctx.tenants().covers(tenant)) => {
-                Ok(c)
-            }
+            Some(c) if c.target.visible_to(ctx.tenants()) => Ok(c),
             _ => refuse(format!("no ceremony {id}")),
         })
     }

@@ -61,8 +61,8 @@ impl State<'_> {
             if c.state != CeremonyState::Complete || c.target == CeremonyTarget::Smk {
                 return Ok(refuse(format!("ceremony {ceremony} has no key waiting to form (it is {:?})", c.state)));
             }
-            if let CeremonyTarget::Key { tenant: t, .. } = &c.target
-                && *t != tenant
+            if let Some(t) = c.target.tenant()
+                && t != tenant
             {
                 return Ok(refuse(format!("ceremony {ceremony} forms a key of tenant {t:?}, not {tenant:?}")));
             }
