@@ -209,6 +209,11 @@ enum KeyCmd {
     /// Let a node that enrolled after the SMK ceremony receive the SMK (wrapped to its HSM
     /// transport key by a node that holds it) once two custodians approve.
     SmkGrant(keys::SmkGrantArgs),
+    /// Rotate the SMK: a ceremony forms the next SMK on every node, every key block is switched
+    /// to it in one step, and every node destroys the old SMK in its HSM.
+    RotateSmk(keys::RotateSmkArgs),
+    /// The SMK's KCV, a rotation under way, the SMKs it replaced, and each node's state.
+    Smk(keys::SmkShowArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -315,6 +320,8 @@ fn main() -> ExitCode {
         Cmd::Key(KeyCmd::Compromised(a)) => keys::key_set_state(a, "compromised", json),
         Cmd::Key(KeyCmd::Destroy(a)) => keys::key_destroy(a, json),
         Cmd::Key(KeyCmd::SmkGrant(a)) => keys::smk_grant(a, json),
+        Cmd::Key(KeyCmd::RotateSmk(a)) => keys::rotate_smk(a, json),
+        Cmd::Key(KeyCmd::Smk(a)) => keys::smk_show(a, json),
         Cmd::Approve(ApproveCmd::List(a)) => keys::approve_list(a, json),
         Cmd::Approve(ApproveCmd::Grant(a)) => keys::approve_decide(a, true, json),
         Cmd::Approve(ApproveCmd::Deny(a)) => keys::approve_decide(a, false, json),

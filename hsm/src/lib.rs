@@ -116,6 +116,37 @@ pub trait Hsm: Send + Sync {
     /// transport key, checked against `expected`, stored. Idempotent for the same SMK.
     fn install_smk(&self, sealed: &[u8], expected: &Kcv) -> Result<(), HsmError>;
 
+    // ---- SMK rotation (`pkcs11/rotation.rs`) ----------------------------------------------------
+
+    /// KCV of the next SMK (formed by a rotation ceremony, not yet this HSM's SMK), `None` when
+    /// there is none.
+    fn next_smk_kcv(&self) -> Result<Option<Kcv>, HsmError>;
+
+    /// Form the next SMK from components sealed to [`Hsm::transport_public_key`] (the same checks
+    /// as [`Hsm::form_smk`]) and keep it beside the current SMK as a persistent token key. Needs
+    /// an SMK; refuses components that form the current one ([`HsmError::Misuse`]). Idempotent for
+    /// the same key; a different next SMK (of an abandoned rotation) is replaced. Returns its KCV.
+    fn form_next_smk(&self, components: &[SealedComponent], expected: &[Kcv]) -> Result<Kcv, HsmError>;
+
+    /// A key block at rest under the current SMK re-protected under the at-rest KBPK of the next
+    /// SMK: the same header and key, fresh padding, the same KCV; a block already under the next
+    /// SMK comes back as it is. Inside the HSM where the module offers a translation mechanism
+    /// (hsm-sim's `CKM_QUILL_TR31_TRANSLATE`, which also moves blocks marked non-exportable); on a
+    /// module that makes blocks on the host path (SoftHSM), on the host path too (allowed and
+    /// audited as every host-path use); a module that makes blocks inside but offers no
+    /// translation is [`HsmError::Unsupported`], naming the setting.
+    fn translate_to_next(&self, key: &WrappedKey) -> Result<WrappedKey, HsmError>;
+
+    /// An RSA private key wrapped under the current SMK, unwrapped and wrapped again under the
+    /// next SMK inside the HSM (a key already under the next SMK comes back as it is).
+    fn rewrap_rsa_to_next(&self, key: &WrappedRsaKey) -> Result<WrappedRsaKey, HsmError>;
+
+    /// Make the next SMK, whose KCV must be `expected`, this HSM's SMK: the old SMK is destroyed
+    /// in the token and the next one takes its place. Idempotent (once done, the SMK is
+    /// `expected` and there is no next one); anything else is [`HsmError::TokenState`]. Until
+    /// then, blocks under the next SMK already open (every operation picks the SMK a block names).
+    fn promote_next_smk(&self, expected: &Kcv) -> Result<(), HsmError>;
+
     /// A new random working key generated inside the HSM, returned as a key block at rest
     /// ([`WrappedKey`]) whose header binds `key_use`.
     fn generate_key(&self, alg: KeyAlg, key_use: KeyUse) -> Result<WrappedKey, HsmError>;

@@ -89,6 +89,12 @@ impl Capabilities {
         self.has(vendor::CKM_QUILL_TR31_WRAP)
     }
 
+    /// Key blocks re-protected under another KBPK inside the HSM (`CKM_QUILL_TR31_TRANSLATE`,
+    /// offered by hsm-sim only on a slot that turns it on for a rotation).
+    pub fn native_tr31_translate(&self) -> bool {
+        self.has(vendor::CKM_QUILL_TR31_TRANSLATE)
+    }
+
     /// The capability table for [`crate::Hsm::describe`].
     pub fn describe(&self) -> Vec<Capability> {
         let std = |name: &str, mechs: &[CK_MECHANISM_TYPE]| {

@@ -24,6 +24,11 @@
 //!   transport key)` then `install_smk` on the member ([`PoolConfig::sync_smk`], on by default).
 //!   The key never leaves the HSMs in clear. A member holding a *different* SMK is kept out.
 //! - Operations on a [`WrappedKey`] go to healthy members holding the SMK it is wrapped under.
+//! - An SMK rotation forms the next SMK on the member that opens the components and gives it to
+//!   every other healthy member the same way (wrapped to the member's transport key);
+//!   [`Hsm::next_smk_kcv`] names it only when every healthy member holds it, and
+//!   [`Hsm::promote_next_smk`] promotes it on every healthy member. A member that was out during
+//!   the promotion still holds the old SMK when it answers again, and is kept out.
 
 use crate::config::PoolConfig;
 use crate::error::HsmError;
@@ -537,6 +542,19 @@ impl Inner {
         tracing::info!(slot = %m.hsm.slot_ref(), "HSM slot re-admitted to the pool");
     }
 
+    /// Give the next SMK `kcv`, formed on member `source`, to every other healthy member.
+    fn sync_next(&self, source: usize, kcv: &Kcv) -> Result<(), HsmError> {
+        let Some(src) = self.members.get(source) else { return Ok(()) };
+        for m in self.members.iter().filter(|m| m.index != source && m.healthy()) {
+            let peer = self.call(m, "sync_next_smk", self.keygen_timeout, |h| h.transport_public_key())?;
+            let sealed = self.call(src, "sync_next_smk", self.op_timeout, move |h| h.wrap_next_smk_for(&peer))?;
+            let k = kcv.clone();
+            self.call(m, "sync_next_smk", self.op_timeout, move |h| h.install_next_smk(&sealed, &k))?;
+            tracing::info!(slot = %m.hsm.slot_ref(), next_smk_kcv = %kcv, "next SMK installed on pool member");
+        }
+        Ok(())
+    }
+
     /// After forming or installing the SMK on member `index`: make the others hold it too.
     fn after_smk_change(&self, index: usize, kcv: &Kcv) {
         if let Some(m) = self.members.get(index) {
@@ -612,6 +630,68 @@ impl Hsm for HsmPool {
         let (s, k) = (sealed.to_vec(), expected.clone());
         let ((), index) = self.inner.run_sealed("install_smk", Arc::new(move |h: &Pkcs11Hsm| h.install_smk(&s, &k)))?;
         self.inner.after_smk_change(index, expected);
+        Ok(())
+    }
+
+    fn next_smk_kcv(&self) -> Result<Option<Kcv>, HsmError> {
+        let inner = &self.inner;
+        let mut agreed: Option<Option<Kcv>> = None;
+        let mut last = None;
+        for m in inner.members.iter().filter(|m| m.healthy()) {
+            match inner.call(m, "next_smk_kcv", inner.op_timeout, |h| h.next_smk_kcv()) {
+                Ok(k) => match &agreed {
+                    None => agreed = Some(k),
+                    // Members disagree: none is the pool's until it is formed (and synced) again.
+                    Some(a) if *a != k => return Ok(None),
+                    Some(_) => {}
+                },
+                Err(e) if e.is_device_error() => last = Some(Box::new(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        agreed.ok_or(HsmError::NoHealthySlot { operation: "next_smk_kcv", last })
+    }
+
+    fn form_next_smk(&self, components: &[SealedComponent], expected: &[Kcv]) -> Result<Kcv, HsmError> {
+        let (c, e) = (components.to_vec(), expected.to_vec());
+        let (kcv, index) =
+            self.inner.run_sealed("form_next_smk", Arc::new(move |h: &Pkcs11Hsm| h.form_next_smk(&c, &e)))?;
+        self.inner.sync_next(index, &kcv)?;
+        Ok(kcv)
+    }
+
+    fn translate_to_next(&self, key: &WrappedKey) -> Result<WrappedKey, HsmError> {
+        let k = key.clone();
+        self.inner.run(
+            "translate_to_next",
+            self.inner.op_timeout,
+            Some(&key.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.translate_to_next(&k)),
+        )
+    }
+
+    fn rewrap_rsa_to_next(&self, key: &WrappedRsaKey) -> Result<WrappedRsaKey, HsmError> {
+        let k = key.clone();
+        self.inner.run(
+            "rewrap_rsa_to_next",
+            self.inner.op_timeout,
+            Some(&key.smk_kcv),
+            Arc::new(move |h: &Pkcs11Hsm| h.rewrap_rsa_to_next(&k)),
+        )
+    }
+
+    fn promote_next_smk(&self, expected: &Kcv) -> Result<(), HsmError> {
+        let inner = &self.inner;
+        let mut done = 0;
+        for m in inner.members.iter().filter(|m| m.healthy()) {
+            let k = expected.clone();
+            inner.call(m, "promote_next_smk", inner.op_timeout, move |h| h.promote_next_smk(&k))?;
+            m.state().smk = Some(Some(expected.clone()));
+            done += 1;
+        }
+        if done == 0 {
+            return Err(HsmError::NoHealthySlot { operation: "promote_next_smk", last: None });
+        }
         Ok(())
     }
 

@@ -105,9 +105,23 @@ pub struct ClusterOptions {
     /// With `hsm` (hsm-sim nodes): tokens per node, one per hsm-sim slot (0 or 1: one; at most 2,
     /// hsm-sim's default slots). Faults are injected per node through `node-<id>/hsm/faults.toml`.
     pub hsm_slots: u32,
+    /// With `hsm` (hsm-sim nodes): the slots offer `CKM_QUILL_TR31_TRANSLATE` (`kbpk_translate`
+    /// in `node-<id>/hsm/quill-hsm.toml`, the module's `QUILL_HSM_CONF`), as for an SMK rotation.
+    pub hsm_translate: bool,
     /// How often the leader runs the divergence check, ms (by default an hour: tests that compare
     /// applied indexes do not want its entries; t92 sets it short).
     pub divergence_check_ms: u64,
+}
+
+/// Point `cmd` at hsm-sim's configuration in `hsm_dir` when the cluster wrote one
+/// ([`ClusterOptions::hsm_translate`]); otherwise the defaults for `QUILL_HSM_DIR`.
+fn hsm_conf(cmd: &mut Command, hsm_dir: &Path) {
+    let conf = hsm_dir.join("quill-hsm.toml");
+    if conf.exists() {
+        cmd.env("QUILL_HSM_CONF", conf);
+    } else {
+        cmd.env_remove("QUILL_HSM_CONF");
+    }
 }
 
 /// SoftHSM 2's module, where Debian installs it.
@@ -142,6 +156,7 @@ impl Default for ClusterOptions {
             hsm: false,
             softhsm_nodes: Vec::new(),
             hsm_slots: 1,
+            hsm_translate: false,
             divergence_check_ms: 3_600_000,
         }
     }
@@ -301,16 +316,26 @@ impl Cluster {
             } else if opts.hsm {
                 let hsm_dir = node_dir.join("hsm");
                 fs::create_dir_all(&hsm_dir).expect("hsm dir");
+                if opts.hsm_translate {
+                    let mut conf = format!(
+                        "token_dir = {:?}\nfault_file = {:?}\n",
+                        hsm_dir.display().to_string(),
+                        hsm_dir.join("faults.toml").display().to_string()
+                    );
+                    for id in 0..2 {
+                        conf.push_str(&format!("\n[[slot]]\nid = {id}\nkbpk_translate = true\n"));
+                    }
+                    fs::write(hsm_dir.join("quill-hsm.toml"), conf).expect("write quill-hsm.toml");
+                }
                 config.push_str("\n[hsm]\n");
                 for slot in 0..opts.hsm_slots.clamp(1, 2) {
                     let label = if slot == 0 { format!("TEST-node-{i}") } else { format!("TEST-node-{i}-s{slot}") };
-                    let out = Command::new(binary("quill-hsm"))
-                        .args(["init-token", "--slot", &slot.to_string(), "--label", &label])
+                    let mut init = Command::new(binary("quill-hsm"));
+                    init.args(["init-token", "--slot", &slot.to_string(), "--label", &label])
                         .args(["--so-pin", TEST_SO_PIN, "--pin", TEST_PIN])
-                        .env("QUILL_HSM_DIR", &hsm_dir)
-                        .env_remove("QUILL_HSM_CONF")
-                        .output()
-                        .expect("run quill-hsm init-token");
+                        .env("QUILL_HSM_DIR", &hsm_dir);
+                    hsm_conf(&mut init, &hsm_dir);
+                    let out = init.output().expect("run quill-hsm init-token");
                     assert!(out.status.success(), "quill-hsm init-token: {}", String::from_utf8_lossy(&out.stderr));
                     config.push_str(&format!(
                         "[[hsm.slots]]\nmodule = \"{}\"\ntoken_label = \"{label}\"\npin = \"{TEST_PIN}\"\nlabel_prefix = \"TEST-quill\"\n",
@@ -400,12 +425,13 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
         assert!(node.child.is_none(), "node {id} already runs");
         let log = fs::OpenOptions::new().create(true).append(true).open(node.log_path()).expect("open log");
-        let child = Command::new(&quilld)
-            .arg("--config")
+        let mut cmd = Command::new(&quilld);
+        cmd.arg("--config")
             .arg(&node.config_path)
             .env("QUILL_HSM_DIR", node.dir.join("hsm"))
-            .env("SOFTHSM2_CONF", node.dir.join("softhsm").join("softhsm2.conf"))
-            .env_remove("QUILL_HSM_CONF")
+            .env("SOFTHSM2_CONF", node.dir.join("softhsm").join("softhsm2.conf"));
+        hsm_conf(&mut cmd, &node.dir.join("hsm"));
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -536,6 +562,17 @@ impl Cluster {
         let req = quill_proto::v1::QueryRequest { what: what.into(), id: key_id.into(), linearizable: true, hops: 0 };
         let r = c.query(req).await.map_err(|s| format!("node {id}: {:?} {}", s.code(), s.message()))?;
         serde_json::from_str(&r.into_inner().json).map_err(|e| e.to_string())
+    }
+
+    /// A channel to node `node` as `actor`, with a certificate naming exactly `tenants` (none:
+    /// the default tenant only); the identity directory, for the CLI.
+    pub fn as_tenant(&self, node: u64, actor: &str, tenants: &[&str]) -> (Channel, PathBuf) {
+        let a = quill_node::identity::Actor::parse(actor).expect("role:name");
+        let dir = self.root.join("identities").join(format!("tenant-{}-{}", a.role, a.name));
+        let t = quill_node::identity::Tenants::parse(tenants.iter().copied()).expect("tenant names");
+        self.pki.issue_for_tenants(&Identity::Client(a), &t, Default::default(), &dir).expect("a tenant certificate");
+        let cfg = quill_node::tls::client_config(&TlsFiles::in_dir(&dir)).expect("its TLS configuration");
+        (tls_channel(&cfg, &self.node(node).api_addr.to_string(), Duration::from_secs(30)), dir)
     }
 
     /// A client for node `id` with a 5 s call timeout.

@@ -19,8 +19,6 @@
 
 use std::time::Duration;
 
-use quill_node::identity::{Actor, Tenants};
-use quill_node::tls::{Identity, TlsFiles};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::jobs_client::JobsClient;
 use quill_proto::v1::keys_client::KeysClient;
@@ -29,20 +27,9 @@ use quill_proto::v1::{
     GenerateKeyRequest, GetJobRequest, GetKeyRequest, KeyStateRequest, ListChunksRequest, ListJobsRequest,
     ListKeysRequest, MacRequest, QueryRequest, SubmitPart,
 };
-use quill_tests::{Cluster, ClusterOptions, binary, repo_root, step, tls_channel, write_dda_batch};
+use quill_tests::{Cluster, ClusterOptions, binary, repo_root, step, write_dda_batch};
 use tonic::Code;
 use tonic::transport::Channel;
-
-/// A channel to node `node` as `actor`, with a certificate naming exactly `tenants` (none: the
-/// default tenant only); the identity directory, for the CLI.
-fn as_tenant(c: &Cluster, node: u64, actor: &str, tenants: &[&str]) -> (Channel, std::path::PathBuf) {
-    let a = Actor::parse(actor).unwrap();
-    let dir = c.root.join("identities").join(format!("tenant-{}-{}", a.role, a.name));
-    let t = Tenants::parse(tenants.iter().copied()).unwrap();
-    c.pki.issue_for_tenants(&Identity::Client(a), &t, Default::default(), &dir).unwrap();
-    let cfg = quill_node::tls::client_config(&TlsFiles::in_dir(&dir)).unwrap();
-    (tls_channel(&cfg, &c.node(node).api_addr.to_string(), Duration::from_secs(30)), dir)
-}
 
 /// The ids of the keys a caller on `ch` sees.
 async fn key_ids(ch: Channel) -> Vec<String> {
@@ -70,7 +57,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     assert!(theirs.iter().any(|k| k == "MAC-OUTPUT-TEST.v1"), "{theirs:?}");
 
     step("bank-b's admin makes bank-b's own output MAC key; naming another tenant is refused and audited");
-    let (b_admin, _) = as_tenant(&cluster, 2, "admin:bert", &["bank-b"]);
+    let (b_admin, _) = cluster.as_tenant(2, "admin:bert", &["bank-b"]);
     let mut ka = KeysClient::new(b_admin.clone());
     let generate = |tenant: &str, serial| GenerateKeyRequest {
         caller: caller("t103-bert", serial),
@@ -104,7 +91,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     step("what bank-b's operator reads: its own key only; the default tenant's keys and job do not exist");
-    let (b_op, b_dir) = as_tenant(&cluster, 3, "operator:bea", &["bank-b"]);
+    let (b_op, b_dir) = cluster.as_tenant(3, "operator:bea", &["bank-b"]);
     let (mut k, mut j) = (KeysClient::new(b_op.clone()), JobsClient::new(b_op.clone()));
     let mine = key_ids(b_op.clone()).await;
     assert_eq!(mine, vec!["MAC-OUTPUT-TEST.v2".to_string()]);
@@ -218,7 +205,7 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
     assert!(denied.len() >= 5, "{} audited tenant refusals: {:?}", denied.len(), tail.views.len());
 
     step("a certificate naming no tenant acts for the default tenant only");
-    let (plain, _) = as_tenant(&cluster, 1, "operator:dora", &[]);
+    let (plain, _) = cluster.as_tenant(1, "operator:dora", &[]);
     let ids = key_ids(plain).await;
     assert!(
         ids.contains(&"MAC-OUTPUT-TEST.v1".to_string()) && !ids.contains(&"MAC-OUTPUT-TEST.v2".to_string()),

@@ -130,6 +130,7 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
                 alg: "des2".into(),
                 exportable: false,
                 tenant: String::new(),
+                smk_next: false,
             })
             .await
             .map(drop),

@@ -74,6 +74,7 @@ pub fn load(a: &LoadArgs, json: bool) -> Result<u8> {
             alg: alg.to_string(),
             exportable: false,
             tenant: String::new(),
+            smk_next: false,
         };
         admin.ceremony_start(req).with_context(|| k.label.clone())?;
         let c = admin.ceremony(&id)?;

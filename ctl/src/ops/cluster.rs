@@ -325,6 +325,7 @@ pub fn nodes(a: &NodesArgs, json: bool) -> Result<u8> {
             .zip(&fingerprints)
             .map(|(n, fp)| {
                 json!({"id": n.id, "transport_fingerprint": fp, "hsm": n.hsm, "smk": n.smk,
+                       "next_smk_kcv": n.next_smk_kcv, "retiring_smk_kcv": n.retiring_smk_kcv,
                        "certificate_serial": n.cert.as_ref().map(|c| c.serial.clone())})
             })
             .collect();
@@ -341,7 +342,7 @@ pub fn nodes(a: &NodesArgs, json: bool) -> Result<u8> {
             rows.push(vec![
                 n.id.to_string(),
                 fp.clone(),
-                if n.smk == "mismatch" { format!("mismatch ({})", n.smk_mismatch_kcv) } else { n.smk.clone() },
+                crate::ops::keys::node_smk(n),
                 n.cert.as_ref().map_or_else(|| "-".to_string(), |c| c.serial.clone()),
                 n.hsm.chars().take(60).collect(),
             ]);

@@ -38,8 +38,9 @@ fn new_id(prefix: &str) -> String {
 /// `quill ceremony start`.
 #[derive(clap::Args, Debug)]
 pub struct CeremonyStartArgs {
-    /// What to form: `smk` (the cluster storage master key) or `working` (a working key).
-    #[arg(long, value_parser = ["smk", "working"])]
+    /// What to form: `smk` (the cluster storage master key), `smk-next` (the next SMK of a
+    /// rotation, as `quill key rotate-smk`) or `working` (a working key).
+    #[arg(long, value_parser = ["smk", "smk-next", "working"])]
     key: String,
     /// Number of components (2-9), each from a different custodian.
     #[arg(long)]
@@ -69,15 +70,15 @@ pub struct CeremonyStartArgs {
 /// `quill ceremony start`.
 pub fn ceremony_start(a: &CeremonyStartArgs, json: bool) -> Result<u8> {
     let smk = a.key == "smk";
-    let (label, usage, alg) = if smk {
+    let smk_next = a.key == "smk-next";
+    let (label, usage, alg) = if smk || smk_next {
         (String::new(), String::new(), String::new())
     } else {
         let usage = parse_usage(a.usage.as_deref())?.to_string();
         let alg = parse_alg(a.alg.as_deref())?.to_string();
         (a.label.clone().unwrap_or_default(), usage, alg)
     };
-    let id = a.id.clone().unwrap_or_else(|| new_id(if smk { "smk" } else { "key" }));
-    let mut s = Session::new(&a.who)?;
+    let id = a.id.clone().unwrap_or_else(|| new_id(if smk || smk_next { "smk" } else { "key" }));
     let req = CeremonyStartRequest {
         caller: None,
         id: id.clone(),
@@ -88,7 +89,15 @@ pub fn ceremony_start(a: &CeremonyStartArgs, json: bool) -> Result<u8> {
         alg,
         exportable: a.exportable,
         tenant: a.tenant.clone().unwrap_or_default(),
+        smk_next,
     };
+    start(&a.who, req, json)
+}
+
+/// Send a ceremony start and tell the custodians what to do.
+fn start(who: &Who, req: CeremonyStartRequest, json: bool) -> Result<u8> {
+    let id = req.id.clone();
+    let mut s = Session::new(who)?;
     let detail = s.ceremony_start(req)?;
     print(
         json,
@@ -189,7 +198,7 @@ fn check_pins(dir: &std::path::Path, recipients: &[(u64, RsaPublic)], pin_new: b
 /// The algorithm a ceremony's components have (the SMK is AES-256).
 fn ceremony_alg(c: &CeremonyView) -> Result<KeyAlg> {
     match &c.target {
-        Some(t) if !t.smk => t.alg.parse::<KeyAlg>().map_err(|e| anyhow!("ceremony {}: {e}", c.id)),
+        Some(t) if !t.smk && !t.smk_next => t.alg.parse::<KeyAlg>().map_err(|e| anyhow!("ceremony {}: {e}", c.id)),
         _ => Ok(KeyAlg::Aes256),
     }
 }
@@ -296,6 +305,7 @@ pub fn ceremony_status(a: &CeremonyIdArgs, json: bool) -> Result<u8> {
     }
     for c in &list {
         let what = match &c.target {
+            Some(t) if t.smk_next => "the next SMK (rotation)".to_string(),
             Some(t) if !t.smk => format!("key {} ({} {})", t.label, t.usage, t.alg),
             _ => "SMK".to_string(),
         };
@@ -578,6 +588,85 @@ pub fn key_export(a: &KeyExportArgs, json: bool) -> Result<u8> {
     })?;
     print(json, json!({"approval": approval, "block": r.block, "kcv": r.kcv}), format!("{}\n(KCV {})", r.block, r.kcv));
     Ok(crate::exit_codes::OK)
+}
+
+/// `quill key rotate-smk`.
+#[derive(clap::Args, Debug)]
+pub struct RotateSmkArgs {
+    /// Number of components (2-9), each from a different custodian.
+    #[arg(long)]
+    components: u8,
+    /// Ceremony id [default: generated].
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key rotate-smk`: open the ceremony of the next SMK. Once its components are in, every
+/// node holding the SMK forms the next one beside it, the cluster switches every key block to it
+/// in one step and each node destroys the old SMK (`quill key smk` follows it).
+pub fn rotate_smk(a: &RotateSmkArgs, json: bool) -> Result<u8> {
+    let req = CeremonyStartRequest {
+        id: a.id.clone().unwrap_or_else(|| new_id("smk")),
+        components: u32::from(a.components),
+        smk_next: true,
+        ..Default::default()
+    };
+    start(&a.who, req, json)
+}
+
+/// `quill key smk`.
+#[derive(clap::Args, Debug)]
+pub struct SmkShowArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill key smk`: the SMK's KCV and ceremony, a rotation under way, the SMKs it replaced, and
+/// where each node stands.
+pub fn smk_show(a: &SmkShowArgs, json: bool) -> Result<u8> {
+    let s = Session::new(&a.who)?;
+    let smk = s
+        .call_keys(|mut c| async move { c.get_smk(quill_proto::v1::GetSmkRequest { linearizable: true }).await })?
+        .smk
+        .ok_or_else(|| anyhow!("the node answered GetSmk without the SMK"))?;
+    let nodes = s.nodes()?;
+    if json {
+        println!(
+            "{}",
+            json!({"smk": smk, "nodes": nodes.iter().map(|n| json!({
+            "id": n.id, "smk": n.smk, "next_smk_kcv": n.next_smk_kcv, "retiring_smk_kcv": n.retiring_smk_kcv,
+        })).collect::<Vec<_>>()})
+        );
+        return Ok(crate::exit_codes::OK);
+    }
+    println!("SMK {} (ceremony {})", smk.kcv, smk.ceremony);
+    if !smk.next_kcv.is_empty() {
+        println!(
+            "rotation: next SMK {} (ceremony {}) formed on every node; switching",
+            smk.next_kcv, smk.next_ceremony
+        );
+    }
+    for r in &smk.retired {
+        println!("replaced: SMK {} (ceremony {})", r.kcv, r.ceremony);
+    }
+    for n in &nodes {
+        println!("node {}: {}", n.id, node_smk(n));
+    }
+    Ok(crate::exit_codes::OK)
+}
+
+/// Where a node stands with the SMK, in words (`cluster nodes`, `key smk`).
+pub(crate) fn node_smk(n: &NodeView) -> String {
+    let mut text = if n.smk == "mismatch" { format!("mismatch ({})", n.smk_mismatch_kcv) } else { n.smk.clone() };
+    if !n.next_smk_kcv.is_empty() {
+        text.push_str(&format!(", next {} formed", n.next_smk_kcv));
+    }
+    if !n.retiring_smk_kcv.is_empty() {
+        text.push_str(&format!(", old {} not yet destroyed", n.retiring_smk_kcv));
+    }
+    text
 }
 
 /// `quill key smk-grant`.

@@ -44,7 +44,7 @@ impl Pkcs11Hsm {
     }
 
     /// The at-rest KBPK of `smk` on this session, derived on first use and cached.
-    fn at_rest_kbpk(&self, s: &mut SlotSession, op: Op<'_>, smk: &Smk) -> Result<ObjectHandle, HsmError> {
+    pub(super) fn at_rest_kbpk(&self, s: &mut SlotSession, op: Op<'_>, smk: &Smk) -> Result<ObjectHandle, HsmError> {
         let mut d = Sha256::new();
         d.update(b"quill at-rest kbpk\0");
         d.update(smk.kcv.as_str().as_bytes());
@@ -113,31 +113,45 @@ impl Pkcs11Hsm {
                     String::from_utf8_lossy(&header.key_usage.code())
                 ),
             )?;
-            let hkbpk = self.at_rest_kbpk(s, op, smk)?;
-            let session = &s.session;
-            let kbpk_value = self.read_value(session, op, hkbpk, "the at-rest KBPK")?;
             let owned;
             let value = match value {
                 Some(v) => v,
                 None => {
-                    owned = self.value_of(session, op, smk, h, alg)?;
+                    owned = self.value_of(&s.session, op, smk, h, alg)?;
                     owned.as_slice()
                 }
             };
-            let mut rng = None;
-            let mut fill = |buf: &mut [u8]| {
-                if let Err(e) = session.generate_random_slice(buf) {
-                    rng = Some(e);
-                }
-            };
-            let block = tr31::wrap(Kbpk::Aes(&kbpk_value), header, value, header.algorithm.max_key_len(), &mut fill)
-                .map_err(|e| op.tr31(e.to_string()))?;
-            if let Some(e) = rng {
-                return Err(op.err(e));
-            }
-            block.into_bytes()
+            self.wrap_on_host(s, op, smk, header, value)?
         };
         Ok(WrappedKey { alg, blob, kcv, smk_kcv: smk.kcv.clone() })
+    }
+
+    /// `tr31::wrap` of `value` with `header` in host memory under the readable at-rest KBPK of
+    /// `smk` (host path only: the caller has reported the use), padded as for the algorithm's
+    /// longest key with random bytes from the HSM.
+    pub(super) fn wrap_on_host(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        header: &Tr31Header,
+        value: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let hkbpk = self.at_rest_kbpk(s, op, smk)?;
+        let session = &s.session;
+        let kbpk_value = self.read_value(session, op, hkbpk, "the at-rest KBPK")?;
+        let mut rng = None;
+        let mut fill = |buf: &mut [u8]| {
+            if let Err(e) = session.generate_random_slice(buf) {
+                rng = Some(e);
+            }
+        };
+        let block = tr31::wrap(Kbpk::Aes(&kbpk_value), header, value, header.algorithm.max_key_len(), &mut fill)
+            .map_err(|e| op.tr31(e.to_string()))?;
+        if let Some(e) = rng {
+            return Err(op.err(e));
+        }
+        Ok(block.into_bytes())
     }
 
     /// The value of session key `h` in host memory (host path only): wrapped under the SMK and
@@ -169,7 +183,7 @@ impl Pkcs11Hsm {
         role: Option<Role>,
         template: &[Attribute],
     ) -> Result<ObjectHandle, HsmError> {
-        self.check_smk(op, smk, key)?;
+        let smk = &self.smk_of(op, smk, &key.smk_kcv)?;
         let header = keyblock::at_rest_check(key, role).map_err(|r| self.block_refused(op, r))?;
         if self.native_blocks() {
             let hkbpk = self.at_rest_kbpk(s, op, smk)?;
@@ -201,13 +215,13 @@ impl Pkcs11Hsm {
         key: &WrappedKey,
         role: Option<Role>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.check_smk(op, smk, key)?;
+        let smk = &self.smk_of(op, smk, &key.smk_kcv)?;
         let header = keyblock::at_rest_check(key, role).map_err(|r| self.block_refused(op, r))?;
         Ok(self.open_on_host(s, op, smk, key, &header)?.1)
     }
 
     /// `tr31::unwrap` of a block at rest in host memory under the readable at-rest KBPK.
-    fn open_on_host(
+    pub(super) fn open_on_host(
         &self,
         s: &mut SlotSession,
         op: Op<'_>,

@@ -2,6 +2,7 @@
 
 mod atrest;
 mod payment_ops;
+mod rotation;
 mod session;
 mod templates;
 mod tr31_ops;
@@ -54,6 +55,8 @@ struct Smk {
 struct TokenCache {
     transport: Option<Transport>,
     smk: Option<Smk>,
+    /// The next SMK of a rotation (`None`: not looked up yet; `Some(None)`: there is none).
+    next: Option<Option<Smk>>,
     /// The node audit key ([`Hsm::node_audit_mac`]) and its KCV.
     audit: Option<(ObjectHandle, Kcv)>,
 }
@@ -82,6 +85,8 @@ pub struct Pkcs11Hsm {
     allow_host: bool,
     transport_label: String,
     smk_label: String,
+    /// The label of the next SMK while a rotation forms it (`<prefix>-smk-next`).
+    next_label: String,
     audit_label: String,
     observer: Arc<dyn HostPathObserver>,
     sessions: SessionPool,
@@ -238,6 +243,7 @@ impl Pkcs11Hsm {
             allow_host: config.allow_host_key_material,
             transport_label: format!("{}-transport", config.label_prefix),
             smk_label: format!("{}-smk", config.label_prefix),
+            next_label: format!("{}-smk-next", config.label_prefix),
             audit_label: format!("{}-audit-mac", config.label_prefix),
             observer,
             sessions: SessionPool::new(config.sessions, config.key_cache),
@@ -459,7 +465,30 @@ impl Pkcs11Hsm {
     }
 
     fn require_smk(&self, s: &Session, op: Op<'_>) -> Result<Smk, HsmError> {
-        self.smk(s, op)?.ok_or_else(|| HsmError::NoSmk { operation: op.name, at: self.at.clone() })
+        let smk = self.smk(s, op)?.ok_or_else(|| HsmError::NoSmk { operation: op.name, at: self.at.clone() })?;
+        // Blocks re-protected under the next SMK of a rotation open from the moment the cluster
+        // switches to it, before this token has promoted it (`rotation.rs`).
+        self.next_smk(s, op)?;
+        Ok(smk)
+    }
+
+    /// The SMK a key under `key_smk` opens with: `smk` (the token's SMK) or, during a rotation,
+    /// the next SMK when that is the one; otherwise [`HsmError::WrongSmk`].
+    fn smk_of(&self, op: Op<'_>, smk: &Smk, key_smk: &Kcv) -> Result<Smk, HsmError> {
+        if *key_smk == smk.kcv {
+            return Ok(smk.clone());
+        }
+        if let Some(Some(next)) = lock(&self.token).next.clone()
+            && next.kcv == *key_smk
+        {
+            return Ok(next);
+        }
+        Err(HsmError::WrongSmk {
+            operation: op.name,
+            key_smk: key_smk.clone(),
+            hsm_smk: smk.kcv.clone(),
+            at: self.at.clone(),
+        })
     }
 
     // ---- building blocks ----------------------------------------------------------------------
@@ -483,17 +512,10 @@ impl Pkcs11Hsm {
         self.check_smk_kcv(op, smk, &key.smk_kcv)
     }
 
-    /// [`HsmError::WrongSmk`] unless `key_smk` is the KCV of this token's SMK.
+    /// [`HsmError::WrongSmk`] unless `key_smk` is the KCV of this token's SMK (or of the next
+    /// one, during a rotation: [`Pkcs11Hsm::smk_of`]).
     fn check_smk_kcv(&self, op: Op<'_>, smk: &Smk, key_smk: &Kcv) -> Result<(), HsmError> {
-        if *key_smk == smk.kcv {
-            return Ok(());
-        }
-        Err(HsmError::WrongSmk {
-            operation: op.name,
-            key_smk: key_smk.clone(),
-            hsm_smk: smk.kcv.clone(),
-            at: self.at.clone(),
-        })
+        self.smk_of(op, smk, key_smk).map(drop)
     }
 
     /// `C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)` of any blob wrapped under the SMK (a secret key or a
@@ -508,7 +530,7 @@ impl Pkcs11Hsm {
         blob: &[u8],
         template: &[Attribute],
     ) -> Result<ObjectHandle, HsmError> {
-        self.check_smk_kcv(op, smk, key_smk)?;
+        let smk = self.smk_of(op, smk, key_smk)?;
         s.unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, blob, template).map_err(|e| match e {
             CkError::Pkcs11(rv, f) if self.is_data_error(s, &e) => {
                 HsmError::BadWrappedKey { operation: op.name, function: format!("C_{f:?}"), rv, at: self.at.clone() }
@@ -755,6 +777,27 @@ impl Pkcs11Hsm {
         HsmError::CannotOpen { operation: op.name, what, function: format!("C_{f:?}"), rv, at: self.at.clone() }
     }
 
+    /// Token key `h` (an SMK) wrapped with RSA-OAEP to another node's (or pool member's)
+    /// transport public key.
+    fn wrap_for(&self, s: &Session, op: Op<'_>, peer: &RsaPublic, h: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+        if peer.bits() < templates::TRANSPORT_BITS as usize {
+            return Err(op.misuse(format!("peer transport key has {} bits; at least 2048 needed", peer.bits())));
+        }
+        let mut tmp = Temporaries::new(s);
+        let hpub = tmp.add(op.ck(s.create_object(&templates::peer_public(peer)))?);
+        op.ck(s.wrap_key(&templates::oaep(), hpub, h))
+    }
+
+    /// Give the next SMK to another member of the pool (see [`Pkcs11Hsm::install_next_smk`]).
+    pub(crate) fn wrap_next_smk_for(&self, peer: &RsaPublic) -> Result<Vec<u8>, HsmError> {
+        self.with_session("wrap_next_smk_for", |s, op| self.wrap_next_for(s, op, peer))
+    }
+
+    /// Receive the next SMK from [`Pkcs11Hsm::wrap_next_smk_for`] of another pool member.
+    pub(crate) fn install_next_smk(&self, sealed: &[u8], expected: &Kcv) -> Result<(), HsmError> {
+        self.with_session("install_next_smk", |s, op| self.install_next_in(s, op, sealed, expected))
+    }
+
     fn require_alg(op: Op<'_>, key: &WrappedKey, ok: bool, want: &str) -> Result<(), HsmError> {
         if ok { Ok(()) } else { Err(op.misuse(format!("needs {want}, got a {} key", key.alg))) }
     }
@@ -785,13 +828,8 @@ impl Hsm for Pkcs11Hsm {
 
     fn wrap_smk_for(&self, peer: &RsaPublic) -> Result<Vec<u8>, HsmError> {
         self.with_session("wrap_smk_for", |s, op| {
-            if peer.bits() < templates::TRANSPORT_BITS as usize {
-                return Err(op.misuse(format!("peer transport key has {} bits; at least 2048 needed", peer.bits())));
-            }
             let smk = self.require_smk(&s.session, op)?;
-            let mut tmp = Temporaries::new(&s.session);
-            let hpub = tmp.add(op.ck(s.session.create_object(&templates::peer_public(peer)))?);
-            let sealed = op.ck(s.session.wrap_key(&templates::oaep(), hpub, smk.handle))?;
+            let sealed = self.wrap_for(&s.session, op, peer, smk.handle)?;
             tracing::info!(slot = %self.at, peer = %peer.fingerprint(), smk_kcv = %smk.kcv, "SMK wrapped to a peer transport key");
             Ok(sealed)
         })
@@ -813,6 +851,26 @@ impl Hsm for Pkcs11Hsm {
             )?;
             self.settle_smk(&s.session, op, h, existing, Some(expected)).map(drop)
         })
+    }
+
+    fn next_smk_kcv(&self) -> Result<Option<Kcv>, HsmError> {
+        self.with_session("next_smk_kcv", |s, op| Ok(self.next_smk(&s.session, op)?.map(|k| k.kcv)))
+    }
+
+    fn form_next_smk(&self, components: &[SealedComponent], expected: &[Kcv]) -> Result<Kcv, HsmError> {
+        self.with_session("form_next_smk", |s, op| self.form_next_smk_in(s, op, components, expected))
+    }
+
+    fn translate_to_next(&self, key: &WrappedKey) -> Result<WrappedKey, HsmError> {
+        self.with_session("translate_to_next", |s, op| self.translate_in(s, op, key))
+    }
+
+    fn rewrap_rsa_to_next(&self, key: &WrappedRsaKey) -> Result<WrappedRsaKey, HsmError> {
+        self.with_session("rewrap_rsa_to_next", |s, op| self.rewrap_rsa_in(s, op, key))
+    }
+
+    fn promote_next_smk(&self, expected: &Kcv) -> Result<(), HsmError> {
+        self.with_session("promote_next_smk", |s, op| self.promote_in(s, op, expected))
     }
 
     fn generate_key(&self, alg: KeyAlg, key_use: KeyUse) -> Result<WrappedKey, HsmError> {

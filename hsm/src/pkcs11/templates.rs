@@ -179,6 +179,15 @@ pub(crate) fn signing_pair(bits: u32, exponent: &[u8]) -> (Vec<Attribute>, Vec<A
     (public, private)
 }
 
+/// A signing private key unwrapped from its blob only to be wrapped again under the next SMK of a
+/// rotation: session object, sensitive, extractable (by wrapping), no use.
+pub(crate) fn rewrap_private() -> Vec<Attribute> {
+    let mut t = signing_private();
+    t.retain(|a| !matches!(a, Attribute::Extractable(_) | Attribute::Sign(_)));
+    t.extend([Attribute::Extractable(true), Attribute::Sign(false)]);
+    t
+}
+
 /// A signing private key unwrapped from its blob: session object, sensitive, never extractable,
 /// sign only.
 pub(crate) fn signing_private() -> Vec<Attribute> {

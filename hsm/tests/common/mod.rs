@@ -30,6 +30,9 @@ pub const SO_PIN: &str = "so-pin-0000";
 pub const USER_PIN: &str = "user-pin-1111";
 /// Slots of the per-binary hsm-sim instance.
 pub const SIM_SLOTS: usize = 24;
+/// Further hsm-sim slots, after those, that offer `CKM_QUILL_TR31_TRANSLATE` (`kbpk_translate`,
+/// as a token would for an SMK rotation's window): [`token_translating`].
+pub const SIM_TRANSLATE_SLOTS: usize = 4;
 /// SoftHSM as Debian installs it.
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Label prefix of the adapter's token objects in tests.
@@ -98,6 +101,9 @@ fn env() -> &'static Env {
         for id in 0..SIM_SLOTS {
             conf.push_str(&format!("\n[[slot]]\nid = {id}\ndescription = \"TEST slot {id}\"\n"));
         }
+        for id in SIM_SLOTS..SIM_SLOTS + SIM_TRANSLATE_SLOTS {
+            conf.push_str(&format!("\n[[slot]]\nid = {id}\ndescription = \"TEST slot {id}\"\nkbpk_translate = true\n"));
+        }
         std::fs::write(sim_dir.join("quill-hsm.toml"), conf).unwrap();
         let soft_dir = tmp.path().join("softhsm");
         std::fs::create_dir_all(soft_dir.join("tokens")).unwrap();
@@ -125,6 +131,7 @@ pub struct Module {
     pkcs11: Pkcs11,
     init: Mutex<()>,
     next_sim_slot: AtomicUsize,
+    next_translate_slot: AtomicUsize,
 }
 
 fn load(path: &Path) -> Module {
@@ -133,7 +140,13 @@ fn load(path: &Path) -> Module {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => panic!("C_Initialize {}: {e}", path.display()),
     }
-    Module { path: path.to_path_buf(), pkcs11, init: Mutex::new(()), next_sim_slot: AtomicUsize::new(0) }
+    Module {
+        path: path.to_path_buf(),
+        pkcs11,
+        init: Mutex::new(()),
+        next_sim_slot: AtomicUsize::new(0),
+        next_translate_slot: AtomicUsize::new(0),
+    }
 }
 
 /// The hsm-sim instance.
@@ -176,14 +189,21 @@ fn pin(p: &str) -> AuthPin {
 
 impl Module {
     /// Initialise a fresh token labelled `label` (SO PIN, user PIN) and return its slot.
-    fn new_token(&self, backend: Backend, label: &str) -> Slot {
+    fn new_token(&self, backend: Backend, label: &str, translate: bool) -> Slot {
         let _serial = self.init.lock().unwrap();
         let slot = match backend {
             Backend::Sim => {
                 let mut slots = self.pkcs11.get_all_slots().unwrap();
                 slots.sort_by_key(Slot::id);
-                let i = self.next_sim_slot.fetch_add(1, Ordering::SeqCst);
-                *slots.get(i).unwrap_or_else(|| panic!("out of hsm-sim slots: raise SIM_SLOTS above {SIM_SLOTS}"))
+                let i = if translate {
+                    let j = self.next_translate_slot.fetch_add(1, Ordering::SeqCst);
+                    assert!(j < SIM_TRANSLATE_SLOTS, "out of translating hsm-sim slots: raise SIM_TRANSLATE_SLOTS");
+                    SIM_SLOTS + j
+                } else {
+                    self.next_sim_slot.fetch_add(1, Ordering::SeqCst)
+                };
+                assert!(translate || i < SIM_SLOTS, "out of hsm-sim slots: raise SIM_SLOTS above {SIM_SLOTS}");
+                *slots.get(i).unwrap_or_else(|| panic!("hsm-sim shows no slot {i}"))
             }
             // SoftHSM always shows one slot with an uninitialised token, and a new one after each
             // C_InitToken.
@@ -215,10 +235,19 @@ pub fn module(backend: Backend) -> Option<&'static Module> {
 /// A fresh token `TEST-<name>` on `backend` and the adapter configuration for it (host path off),
 /// or `None` when the backend is unavailable (the test returns early: skipped).
 pub fn token(backend: Backend, name: &str) -> Option<SlotConfig> {
+    new_token(backend, name, false)
+}
+
+/// A fresh hsm-sim token `TEST-<name>` whose slot offers `CKM_QUILL_TR31_TRANSLATE`.
+pub fn token_translating(name: &str) -> SlotConfig {
+    new_token(Backend::Sim, name, true).expect("hsm-sim is always there")
+}
+
+fn new_token(backend: Backend, name: &str, translate: bool) -> Option<SlotConfig> {
     let m = module(backend)?;
     let label = format!("TEST-{name}");
     assert!(label.len() <= 32, "token label {label} longer than 32 bytes");
-    m.new_token(backend, &label);
+    m.new_token(backend, &label, translate);
     let mut c = SlotConfig::new(&m.path, label, USER_PIN);
     c.label_prefix = TEST_PREFIX.to_owned();
     Some(c)

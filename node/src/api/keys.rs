@@ -810,8 +810,12 @@ impl keys_server::Keys for KeysService {
 
     async fn ceremony_start(&self, request: Request<CeremonyStartRequest>) -> Result<Response<WriteResult>, Status> {
         let (who, r) = super::principal(request)?;
-        let target = if r.smk {
+        let target = if r.smk && r.smk_next {
+            return Err(bad("smk and smk_next: a ceremony forms one key".into()));
+        } else if r.smk {
             CeremonyTarget::Smk
+        } else if r.smk_next {
+            CeremonyTarget::SmkNext
         } else {
             CeremonyTarget::Key {
                 label: r.label,

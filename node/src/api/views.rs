@@ -43,7 +43,18 @@ fn origin(o: &Origin) -> pb::KeyOriginView {
 
 /// The storage master key.
 pub fn smk(s: SmkInfo) -> pb::SmkView {
-    pb::SmkView { kcv: s.kcv.0, ceremony: s.ceremony, formed_ms: s.formed_ms }
+    pb::SmkView {
+        kcv: s.kcv.0,
+        ceremony: s.ceremony,
+        formed_ms: s.formed_ms,
+        next_kcv: s.next.as_ref().map(|n| n.kcv.0.clone()).unwrap_or_default(),
+        next_ceremony: s.next.map(|n| n.ceremony).unwrap_or_default(),
+        retired: s
+            .retired
+            .into_iter()
+            .map(|r| pb::RetiredSmkView { kcv: r.kcv.0, ceremony: r.ceremony, retired_ms: r.retired_ms })
+            .collect(),
+    }
 }
 
 /// An enrolled node: its transport public key (custodians seal to it), not its certificate's key.
@@ -62,6 +73,8 @@ pub fn node(n: NodeRecord) -> pb::NodeView {
         smk: smk.into(),
         smk_mismatch_kcv,
         cert: n.cert.as_ref().map(cert),
+        next_smk_kcv: n.next_smk.map(|k| k.0).unwrap_or_default(),
+        retiring_smk_kcv: n.retiring.map(|k| k.0).unwrap_or_default(),
     }
 }
 
@@ -69,6 +82,7 @@ pub fn node(n: NodeRecord) -> pb::NodeView {
 pub fn ceremony(c: Ceremony) -> pb::CeremonyView {
     let target = match &c.target {
         CeremonyTarget::Smk => pb::CeremonyTargetView { smk: true, ..Default::default() },
+        CeremonyTarget::SmkNext => pb::CeremonyTargetView { smk_next: true, ..Default::default() },
         CeremonyTarget::Key { label, usage, alg, exportable, tenant } => pb::CeremonyTargetView {
             smk: false,
             label: label.clone(),
@@ -76,6 +90,7 @@ pub fn ceremony(c: Ceremony) -> pb::CeremonyView {
             alg: alg.name().into(),
             exportable: *exportable,
             tenant: tenant.clone(),
+            smk_next: false,
         },
     };
     let state = match c.state {

@@ -19,7 +19,7 @@ use crate::identity::NodeId;
 use crate::keys::apply::key as keys_key;
 use crate::keys::model::{Actor, Role, SmkInfo};
 use crate::store::{Kv, StoreError};
-use quill_hsm::WrappedKey;
+use quill_hsm::{Kcv, WrappedKey};
 
 /// `jobs/job/<id>` → [`JobRecord`].
 pub const JOB: &str = "jobs/job/";
@@ -292,6 +292,15 @@ pub enum JobCommand {
         /// Job id.
         id: String,
     },
+    /// During an SMK rotation, before the switch: open jobs' data keys re-protected under the
+    /// next SMK, formed on every node (actor: a node; the leader's key agent). Each must be the
+    /// same key (algorithm, KCV) as the job's, which must still be under the current SMK.
+    DataKeysMoved {
+        /// The next SMK's KCV.
+        smk: Kcv,
+        /// Job id and its data key under the next SMK.
+        keys: Vec<(String, WrappedKey)>,
+    },
 }
 
 /// What applying a job command did (the one outcome type of every domain).
@@ -311,6 +320,7 @@ impl JobCommand {
             JobCommand::Ack { .. } => "job.ack",
             JobCommand::Cancel { .. } => "job.cancel",
             JobCommand::Expire { .. } => "job.expire",
+            JobCommand::DataKeysMoved { .. } => "job.data_keys_moved",
         }
     }
 
@@ -327,6 +337,7 @@ impl JobCommand {
             | JobCommand::Claim { id, n, .. }
             | JobCommand::Renew { id, n, .. }
             | JobCommand::Complete { id, n, .. } => format!("job:{id}/chunk:{n}"),
+            JobCommand::DataKeysMoved { smk, .. } => format!("smk:{smk}"),
         }
     }
 }
@@ -746,7 +757,50 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             put(kv, &format!("{JOB}{id}"), &j)?;
             Ok(format!("retention of {} s ran out unacknowledged; input and output purged", j.retention_ms / 1000))
         }
+        JobCommand::DataKeysMoved { smk, keys } => {
+            role(ctx, &[Role::Node])?;
+            let Some(info) = get::<SmkInfo>(kv, keys_key::SMK)? else { return Err(Fail::Refused("no SMK yet".into())) };
+            if info.next.as_ref().map(|n| &n.kcv) != Some(&smk) {
+                return Err(Fail::Refused(format!("SMK {smk} is not the next SMK formed on every node")));
+            }
+            let mut moved = Vec::with_capacity(keys.len());
+            for (id, w) in keys {
+                let mut j = job_or_refuse(kv, &id)?;
+                let was = &j.data_key;
+                if was.blob.is_empty() || was.smk_kcv != info.kcv {
+                    return Err(Fail::Refused(format!(
+                        "job {id}'s data key is not under the current SMK {}",
+                        info.kcv
+                    )));
+                }
+                if w.smk_kcv != smk || w.alg != was.alg || w.kcv != was.kcv || w.blob.is_empty() {
+                    return Err(Fail::Refused(format!(
+                        "job {id}: the key offered is not its data key (KCV {}) under SMK {smk}",
+                        was.kcv
+                    )));
+                }
+                if moved.iter().any(|m: &JobRecord| m.id == id) {
+                    return Err(Fail::Refused(format!("job {id} is offered twice")));
+                }
+                j.data_key = w;
+                moved.push(j);
+            }
+            let n = moved.len();
+            for j in moved {
+                put(kv, &format!("{JOB}{}", j.id), &j)?;
+            }
+            Ok(format!("{n} data keys re-protected under the next SMK {smk}"))
+        }
     }
+}
+
+/// Open jobs' data keys under SMK `smk` (an SMK rotation moves them before the switch).
+pub fn data_keys_under(kv: &dyn Kv, smk: &Kcv) -> Result<Vec<(String, WrappedKey)>, StoreError> {
+    Ok(jobs(kv)?
+        .into_iter()
+        .filter(|j| !j.data_key.blob.is_empty() && j.data_key.smk_kcv == *smk)
+        .map(|j| (j.id, j.data_key))
+        .collect())
 }
 
 #[cfg(test)]
@@ -790,7 +844,8 @@ mod tests {
     /// A running job `J` of 3 chunks (2 + 2 + 1 cards).
     fn running() -> MemKv {
         let mut kv = MemKv::default();
-        let smk = SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0 };
+        let smk =
+            SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0, next: None, retired: Vec::new() };
         crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
         let create = |force| JobCommand::Create {
             id: "J".into(),
@@ -974,7 +1029,8 @@ mod tests {
     #[test]
     fn an_aborted_upload_leaves_nothing() {
         let mut kv = MemKv::default();
-        let smk = SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0 };
+        let smk =
+            SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0, next: None, retired: Vec::new() };
         crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
         let before = kv.scan_prefix(b"jobs/").unwrap().len();
         ok(run(

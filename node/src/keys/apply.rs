@@ -16,6 +16,7 @@ mod inventory;
 pub mod issuers;
 mod nodes;
 mod revocations;
+pub mod rotation;
 mod smk;
 
 pub use revocations::{Revoked, is_revoked, normalize_serial, revocations, revoked_serials};
@@ -91,6 +92,35 @@ pub enum KeyCommand {
         /// The ceremony.
         ceremony: String,
         /// The formed key's KCV.
+        kcv: Kcv,
+    },
+    /// A node formed the next SMK of a rotation ceremony in its HSM (actor: that node).
+    SmkNextFormed {
+        /// The node.
+        node: NodeId,
+        /// The rotation ceremony.
+        ceremony: String,
+        /// The next SMK's KCV.
+        kcv: Kcv,
+    },
+    /// Switch the cluster to the next SMK: every key block under the current SMK, re-protected
+    /// under the next one in a node's HSM, replaces its record's in one step (actor: a node; the
+    /// leader's key agent). Refused unless it covers exactly the blocks under the current SMK.
+    SmkSwitch {
+        /// The rotation ceremony.
+        ceremony: String,
+        /// The next SMK's KCV.
+        kcv: Kcv,
+        /// Every key block, re-protected, by where it lives.
+        blocks: Vec<(rotation::BlockAt, WrappedKey)>,
+        /// Every RSA private key (issuer keys), wrapped again, by label.
+        rsa: Vec<(String, quill_hsm::WrappedRsaKey)>,
+    },
+    /// A node destroyed the old SMK in its HSM after the switch (actor: that node).
+    OldSmkDestroyed {
+        /// The node.
+        node: NodeId,
+        /// The old SMK's KCV.
         kcv: Kcv,
     },
     /// A node holding the SMK wrapped it to a later node after approval (actor: the wrapping node).
@@ -255,6 +285,9 @@ impl KeyCommand {
             KeyCommand::CeremonySubmit { .. } => "ceremony.submit",
             KeyCommand::CeremonyCancel { .. } => "ceremony.cancel",
             KeyCommand::SmkFormed { .. } => "smk.formed",
+            KeyCommand::SmkNextFormed { .. } => "smk.next_formed",
+            KeyCommand::SmkSwitch { .. } => "smk.switch",
+            KeyCommand::OldSmkDestroyed { .. } => "smk.old_destroyed",
             KeyCommand::SmkGranted { .. } => "smk.grant",
             KeyCommand::SmkInstalled { .. } => "smk.installed",
             KeyCommand::KeyCreate { .. } => "key.create",
@@ -280,6 +313,8 @@ impl KeyCommand {
         match self {
             KeyCommand::EnrollNode { node, .. }
             | KeyCommand::SmkFormed { node, .. }
+            | KeyCommand::SmkNextFormed { node, .. }
+            | KeyCommand::OldSmkDestroyed { node, .. }
             | KeyCommand::SmkGranted { node, .. }
             | KeyCommand::SmkInstalled { node, .. }
             | KeyCommand::HostPathUsed { node, .. }
@@ -292,6 +327,7 @@ impl KeyCommand {
             KeyCommand::ApprovalRequest { id, .. } | KeyCommand::ApprovalDecide { id, .. } => format!("approval:{id}"),
             KeyCommand::ExportDone { approval } => format!("approval:{approval}"),
             KeyCommand::AuditKeysSet { .. } => "audit-keys".into(),
+            KeyCommand::SmkSwitch { ceremony, .. } => format!("ceremony:{ceremony}"),
             KeyCommand::AuditDecrypt { from, to } => format!("audit:{from}..={to}"),
             KeyCommand::CaKeyImport { rid, index, .. } => format!("ca:{}/{index:02X}", rid.to_ascii_uppercase()),
             KeyCommand::IssuerKeyCreate { label, .. } => format!("issuer:{label}"),
@@ -392,6 +428,9 @@ impl State<'_> {
             KeyCommand::CeremonySubmit { id, kcv, sealed } => self.ceremony_submit(ctx, id, kcv, sealed),
             KeyCommand::CeremonyCancel { id } => self.ceremony_cancel(ctx, id),
             KeyCommand::SmkFormed { node, ceremony, kcv } => self.smk_formed(ctx, node, ceremony, kcv),
+            KeyCommand::SmkNextFormed { node, ceremony, kcv } => self.smk_next_formed(ctx, node, ceremony, kcv),
+            KeyCommand::SmkSwitch { ceremony, kcv, blocks, rsa } => self.smk_switch(ctx, ceremony, kcv, blocks, rsa),
+            KeyCommand::OldSmkDestroyed { node, kcv } => self.old_smk_destroyed(ctx, node, kcv),
             KeyCommand::SmkGranted { approval, node, sealed } => self.smk_granted(ctx, approval, node, sealed),
             KeyCommand::SmkInstalled { node, kcv } => self.smk_installed(ctx, node, kcv),
             KeyCommand::KeyCreate { label, usage, exportable, origin, wrapped, active, tenant } => {
@@ -646,6 +685,116 @@ mod tests {
             ));
         }
         kv
+    }
+
+    /// SMK rotation in apply (`rotation.rs`): only the bureau starts one, one at a time; the next
+    /// SMK differs from the current one and is the same on every node; the switch covers exactly
+    /// the blocks under the current SMK, each the same key, or changes nothing; the old SMK is
+    /// then retired node by node, and no new rotation starts before every node destroyed it.
+    #[test]
+    fn smk_rotation_switches_every_block_or_nothing() {
+        let mut kv = with_smk();
+        let admin = who(Role::Admin, "ada");
+        let (n1, n2) = (Actor::node(1), Actor::node(2));
+        let create = |label: &str, kcv: &str, smk: &str| KeyCommand::KeyCreate {
+            label: label.into(),
+            usage: Usage::C0,
+            exportable: false,
+            origin: Origin::Generated { node: 1 },
+            wrapped: wrapped(KeyAlg::Des2, kcv, smk),
+            active: true,
+            tenant: "default".into(),
+        };
+        ok(run(&mut kv, &admin, create("cvk", "111111", "AAAAAAAAAA")));
+        ok(run(&mut kv, &admin, create("pvk", "222222", "AAAAAAAAAA")));
+        let start =
+            |id: &str| KeyCommand::CeremonyStart { id: id.into(), target: CeremonyTarget::SmkNext, components: 2 };
+        let r = refused(run_for(&mut kv, &admin, &["bank-a"], start("r0")));
+        assert!(r.contains("only the bureau rotates the SMK"), "{r}");
+        ok(run(&mut kv, &admin, start("r1")));
+        let r = refused(run(&mut kv, &admin, start("r2")));
+        assert!(r.contains("already under way"), "{r}");
+        for c in ["alice", "bob"] {
+            let sealed = vec![(1, SealedComponent(vec![1])), (2, SealedComponent(vec![2]))];
+            ok(run(
+                &mut kv,
+                &who(Role::Custodian, c),
+                KeyCommand::CeremonySubmit { id: "r1".into(), kcv: Kcv("0102030405".into()), sealed },
+            ));
+        }
+        // A rotation ceremony forms no working key.
+        let r = refused(run(
+            &mut kv,
+            &n1,
+            KeyCommand::KeyCreate {
+                label: "x".into(),
+                usage: Usage::C0,
+                exportable: false,
+                origin: Origin::Components { ceremony: "r1".into(), custodians: Vec::new() },
+                wrapped: wrapped(KeyAlg::Des2, "333333", "AAAAAAAAAA"),
+                active: true,
+                tenant: "default".into(),
+            },
+        ));
+        assert!(r.contains("no key waiting to form"), "{r}");
+        let formed =
+            |node: u64, kcv: &str| KeyCommand::SmkNextFormed { node, ceremony: "r1".into(), kcv: Kcv(kcv.into()) };
+        assert!(refused(run(&mut kv, &n1, formed(1, "AAAAAAAAAA"))).contains("form the current SMK"));
+        assert!(refused(run(&mut kv, &n2, formed(1, "BBBBBBBBBB"))).contains("cannot act for node 1"));
+        ok(run(&mut kv, &n1, formed(1, "BBBBBBBBBB")));
+        assert!(refused(run(&mut kv, &n2, formed(2, "CCCCCCCCCC"))).contains("formed BBBBBBBBBB before"));
+        let switch = |blocks: Vec<(rotation::BlockAt, WrappedKey)>| KeyCommand::SmkSwitch {
+            ceremony: "r1".into(),
+            kcv: Kcv("BBBBBBBBBB".into()),
+            blocks,
+            rsa: Vec::new(),
+        };
+        let moved = |id: &str, kcv: &str| (rotation::BlockAt::Key(id.into()), wrapped(KeyAlg::Des2, kcv, "BBBBBBBBBB"));
+        let all = || vec![moved("cvk.v1", "111111"), moved("pvk.v1", "222222")];
+        assert!(refused(run(&mut kv, &n1, switch(all()))).contains("no next SMK formed on every node"));
+        ok(run(&mut kv, &n2, formed(2, "BBBBBBBBBB")));
+        let info: SmkInfo = read(&kv, key::SMK).expect("read").expect("smk");
+        assert_eq!(info.next.map(|n| n.kcv), Some(Kcv("BBBBBBBBBB".into())));
+
+        // Every incomplete or dishonest switch changes nothing.
+        let r = refused(run(&mut kv, &n1, switch(vec![moved("cvk.v1", "111111")])));
+        assert!(r.contains("key pvk.v1 is under the current SMK"), "{r}");
+        let r = refused(run(&mut kv, &n1, switch(vec![moved("cvk.v1", "111111"), moved("pvk.v1", "999999")])));
+        assert!(r.contains("not the same"), "another key in pvk's place: {r}");
+        let twice = vec![moved("cvk.v1", "111111"), moved("cvk.v1", "111111"), moved("pvk.v1", "222222")];
+        assert!(refused(run(&mut kv, &n1, switch(twice))).contains("offered twice"));
+        let mut stale = all();
+        stale[1].1.smk_kcv = Kcv("AAAAAAAAAA".into());
+        assert!(refused(run(&mut kv, &n1, switch(stale))).contains("not the same"));
+        assert!(refused(run(&mut kv, &admin, switch(all()))).contains("needs role node"));
+        // A key made meanwhile under the old SMK is caught; the agent translates again.
+        ok(run(&mut kv, &admin, create("zmk", "444444", "AAAAAAAAAA")));
+        assert!(refused(run(&mut kv, &n1, switch(all()))).contains("key zmk.v1 is under the current SMK"));
+        let mut full = all();
+        full.push(moved("zmk.v1", "444444"));
+        ok(run(&mut kv, &n1, switch(full)));
+
+        let info: SmkInfo = read(&kv, key::SMK).expect("read").expect("smk");
+        assert_eq!((info.kcv.0.as_str(), info.ceremony.as_str(), info.next.is_none()), ("BBBBBBBBBB", "r1", true));
+        assert_eq!(info.retired.iter().map(|r| r.kcv.0.as_str()).collect::<Vec<_>>(), ["AAAAAAAAAA"]);
+        for id in ["cvk.v1", "pvk.v1", "zmk.v1"] {
+            let k: KeyRecord = read(&kv, &format!("{}{id}", key::KEY)).expect("read").expect("key");
+            assert_eq!(k.wrapped.map(|w| w.smk_kcv.0), Some("BBBBBBBBBB".into()), "{id}");
+        }
+        assert!(refused(run(&mut kv, &admin, create("late", "555555", "AAAAAAAAAA"))).contains("SMK"));
+        ok(run(&mut kv, &admin, create("new", "555555", "BBBBBBBBBB")));
+        assert!(refused(run(&mut kv, &admin, KeyCommand::CeremonyCancel { id: "r1".into() })).contains("switched"));
+
+        // The old SMK leaves node by node; the next rotation waits for all of them.
+        let gone = |node: u64| KeyCommand::OldSmkDestroyed { node, kcv: Kcv("AAAAAAAAAA".into()) };
+        ok(run(&mut kv, &n1, gone(1)));
+        assert!(refused(run(&mut kv, &n1, gone(1))).contains("no old SMK"));
+        assert!(refused(run(&mut kv, &admin, start("r3"))).contains("node 2 has not yet destroyed"));
+        assert!(ok(run(&mut kv, &n2, gone(2))).contains("gone from every node"));
+        ok(run(&mut kv, &admin, start("r3")));
+        // Abandoned before the switch: the nodes' next SMK is forgotten.
+        ok(run(&mut kv, &admin, KeyCommand::CeremonyCancel { id: "r3".into() }));
+        ok(run(&mut kv, &admin, start("r4")));
     }
 
     #[test]

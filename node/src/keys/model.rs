@@ -141,8 +141,35 @@ pub struct SmkInfo {
     pub kcv: Kcv,
     /// The ceremony that formed it.
     pub ceremony: String,
-    /// When the first node reported it formed.
+    /// When the first node reported it formed (after a rotation: when the cluster switched to it).
     pub formed_ms: u64,
+    /// A rotation's next SMK, once every recipient node formed it and until the cluster switches
+    /// every key block to it.
+    #[serde(default)]
+    pub next: Option<NextSmk>,
+    /// The SMKs this one replaced, oldest first (the KCV and when it was retired).
+    #[serde(default)]
+    pub retired: Vec<RetiredSmk>,
+}
+
+/// A rotation's next SMK (see [`SmkInfo::next`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextSmk {
+    /// Its KCV.
+    pub kcv: Kcv,
+    /// The rotation ceremony that formed it.
+    pub ceremony: String,
+}
+
+/// An SMK a rotation replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredSmk {
+    /// Its KCV.
+    pub kcv: Kcv,
+    /// The ceremony that had formed it.
+    pub ceremony: String,
+    /// When the cluster switched away from it (leader time, ms).
+    pub retired_ms: u64,
 }
 
 /// Where a node stands with the SMK.
@@ -175,6 +202,12 @@ pub struct NodeRecord {
     pub enrolled_ms: u64,
     /// SMK status.
     pub smk: NodeSmk,
+    /// During a rotation: the next SMK this node formed in its HSM (KCV).
+    #[serde(default)]
+    pub next_smk: Option<Kcv>,
+    /// After a rotation: the old SMK, still in this node's HSM until it reports it destroyed.
+    #[serde(default)]
+    pub retiring: Option<Kcv>,
     /// The node certificate it enrolled with (its transport key is bound to it).
     #[serde(default)]
     pub cert: Option<crate::identity::CertRef>,
@@ -186,6 +219,10 @@ pub struct NodeRecord {
 pub enum CeremonyTarget {
     /// The cluster storage master key (AES-256).
     Smk,
+    /// The next storage master key of a rotation (`quill key rotate-smk`): formed beside the
+    /// current one on every node holding it; the cluster then switches every key block to it
+    /// and every node destroys the old one.
+    SmkNext,
     /// A working key imported from components.
     Key {
         /// Inventory label.
@@ -206,7 +243,7 @@ impl CeremonyTarget {
     /// The algorithm of each component.
     pub fn alg(&self) -> KeyAlg {
         match self {
-            CeremonyTarget::Smk => KeyAlg::Aes256,
+            CeremonyTarget::Smk | CeremonyTarget::SmkNext => KeyAlg::Aes256,
             CeremonyTarget::Key { alg, .. } => *alg,
         }
     }
@@ -214,7 +251,7 @@ impl CeremonyTarget {
     /// The tenant of the key it forms (`None`: the SMK, the bureau's).
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            CeremonyTarget::Smk => None,
+            CeremonyTarget::Smk | CeremonyTarget::SmkNext => None,
             CeremonyTarget::Key { tenant, .. } => Some(tenant),
         }
     }

@@ -17,6 +17,10 @@
 //!    once.
 //! 6. **seal**: the leader seals the audit chain head every few seconds when it moved, and at the
 //!    latest every [`audit::SEAL_EVERY_RECORDS`] records (verification requires seals).
+//! 7. **rotate the SMK** (`keys/apply/rotation.rs`): a complete rotation ceremony and this node
+//!    holds the SMK: form the next SMK beside it (`SmkNextFormed`); the leader, once every node
+//!    has, re-protects every key block under it and proposes the switch (`SmkSwitch`); after the
+//!    switch, each node destroys the old SMK in its HSM (`OldSmkDestroyed`).
 //!
 //! Failures are logged and retried on the next round; the last one is kept for status.
 
@@ -27,7 +31,7 @@ use openraft::ServerState;
 use tracing::{info, warn};
 
 use crate::audit::{self, AuditMac};
-use crate::keys::apply::{KeyCommand, key, read, scan};
+use crate::keys::apply::{KeyCommand, key, read, rotation, scan};
 use crate::keys::model::*;
 use crate::network::Raft;
 use crate::raft::{Command, NodeId, Outcome, StateMachine};
@@ -267,6 +271,17 @@ impl KeyAgent {
             self.propose(proposer, KeyCommand::EnrollNode { node: me, transport, hsm }).await?;
             return Ok(());
         }
+        // 7c. after a switch: destroy the old SMK here (before anything else uses this HSM's SMK)
+        if let (Some(old), Some(info)) = (me_rec.as_ref().and_then(|r| r.retiring.clone()), &smk) {
+            if let Some(k) = &audit_keys {
+                // The audit key as switched (it opens under the next SMK already).
+                *self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(k.mac.clone());
+            }
+            let new = info.kcv.clone();
+            info!(old = %old, new = %new, "destroying the old SMK in this node's HSM");
+            self.hsm_call(move |h| h.promote_next_smk(&new)).await?;
+            self.propose(proposer, KeyCommand::OldSmkDestroyed { node: me, kcv: old }).await?;
+        }
         let local_smk = self.hsm_call(|h| h.smk_kcv()).await?;
         let holds_smk = matches!((&local_smk, &smk), (Some(l), Some(c)) if l == &c.kcv);
 
@@ -279,6 +294,12 @@ impl KeyAgent {
                     info!(ceremony = %c.id, "forming the SMK from {} sealed components", sealed.len());
                     let kcv = self.hsm_call(move |h| h.form_smk(&sealed, &kcvs)).await?;
                     self.propose(proposer, KeyCommand::SmkFormed { node: me, ceremony: c.id.clone(), kcv }).await?;
+                }
+                // 7a. the next SMK of a rotation, beside the current one
+                CeremonyTarget::SmkNext if holds_smk && !c.formed_on.contains(&me) => {
+                    info!(ceremony = %c.id, "forming the next SMK from {} sealed components", sealed.len());
+                    let kcv = self.hsm_call(move |h| h.form_next_smk(&sealed, &kcvs)).await?;
+                    self.propose(proposer, KeyCommand::SmkNextFormed { node: me, ceremony: c.id.clone(), kcv }).await?;
                 }
                 CeremonyTarget::Key { label, usage, alg, exportable, tenant } if holds_smk => {
                     let alg = *alg;
@@ -325,6 +346,11 @@ impl KeyAgent {
         }
 
         let leader = metrics.state == ServerState::Leader;
+        // 7b. the switch to the next SMK, formed on every node
+        if let (true, true, Some(next)) = (leader, holds_smk, smk.as_ref().and_then(|i| i.next.clone())) {
+            self.switch_smk(proposer, next).await?;
+            return Ok(());
+        }
         // 5. audit keys
         if leader && holds_smk && audit_keys.is_none() {
             // Bound to their use and never exportable: the MAC key is an HMAC key (M7), the
@@ -363,6 +389,66 @@ impl KeyAgent {
             }
         }
         Ok(())
+    }
+
+    /// Re-protect every key block and RSA key of the state under the next SMK in this node's HSM
+    /// and propose the switch. Refused (and tried again next round) when a key was made meanwhile.
+    async fn switch_smk(&self, proposer: &dyn Proposer, next: NextSmk) -> Result<(), AgentError> {
+        let here = self.hsm_call(|h| h.next_smk_kcv()).await?;
+        if here.as_ref() != Some(&next.kcv) {
+            warn!(next = %next.kcv, here = ?here, "this node's HSM does not hold the next SMK the cluster formed; not switching");
+            return Ok(());
+        }
+        // Open jobs' data keys first (the jobs domain's own command), then the rest in one switch.
+        let jobs = self
+            .sm
+            .read(|kv| match read::<SmkInfo>(kv, key::SMK)? {
+                Some(info) => crate::jobs::data_keys_under(kv, &info.kcv),
+                None => Ok(Vec::new()),
+            })
+            .await?;
+        if !jobs.is_empty() {
+            info!(jobs = jobs.len(), next = %next.kcv, "re-protecting open jobs' data keys under the next SMK");
+            let keys = self
+                .hsm_call(move |h| {
+                    jobs.into_iter()
+                        .map(|(id, w)| Ok((id, h.translate_to_next(&w)?)))
+                        .collect::<Result<Vec<_>, HsmError>>()
+                })
+                .await?;
+            let cmd = Command::Jobs(crate::jobs::JobCommand::DataKeysMoved { smk: next.kcv.clone(), keys });
+            let outcome = proposer
+                .propose(Actor::node(self.id), cmd)
+                .await
+                .map_err(|source| AgentError::Propose { action: "job.data_keys_moved", source })?;
+            if let Outcome::Rejected { reason } = outcome {
+                info!(%reason, "moving jobs' data keys refused; trying again");
+            }
+            return Ok(());
+        }
+        let (blocks, rsa) = self
+            .sm
+            .read(|kv| {
+                let Some(info) = read::<SmkInfo>(kv, key::SMK)? else { return Ok(Default::default()) };
+                Ok((rotation::blocks_under(kv, &info.kcv)?, rotation::rsa_keys_under(kv, &info.kcv)?))
+            })
+            .await?;
+        info!(blocks = blocks.len(), rsa = rsa.len(), next = %next.kcv, "re-protecting every key block under the next SMK");
+        let (blocks, rsa) = self
+            .hsm_call(move |h| {
+                let blocks = blocks.into_iter().map(|(at, w)| Ok((at, h.translate_to_next(&w)?))).collect::<Result<
+                    Vec<_>,
+                    HsmError,
+                >>(
+                )?;
+                let rsa =
+                    rsa.into_iter()
+                        .map(|(label, k)| Ok((label, h.rewrap_rsa_to_next(&k)?)))
+                        .collect::<Result<Vec<_>, HsmError>>()?;
+                Ok((blocks, rsa))
+            })
+            .await?;
+        self.propose(proposer, KeyCommand::SmkSwitch { ceremony: next.ceremony, kcv: next.kcv, blocks, rsa }).await
     }
 
     /// The audit MAC of `input` with the audit key, if this node knows it and its HSM answers.

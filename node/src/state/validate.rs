@@ -77,7 +77,18 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
             text("module", module, 1024)
         }
         KeyCommand::EnrollNode { hsm, .. } => text("hsm", hsm, 8192),
-        KeyCommand::SmkFormed { ceremony, .. } => id("ceremony id", ceremony),
+        KeyCommand::SmkFormed { ceremony, .. } | KeyCommand::SmkNextFormed { ceremony, .. } => {
+            id("ceremony id", ceremony)
+        }
+        KeyCommand::SmkSwitch { ceremony, blocks, rsa, .. } => {
+            id("ceremony id", ceremony)?;
+            // A block at rest is a few hundred bytes, an RSA key under 4 KiB.
+            if blocks.iter().any(|(_, w)| w.blob.len() > 1024) || rsa.iter().any(|(_, k)| k.blob.len() > 4096) {
+                return Err("a key block over 1 KiB or an RSA key over 4 KiB in an SMK switch".into());
+            }
+            Ok(())
+        }
+        KeyCommand::OldSmkDestroyed { .. } => Ok(()),
         KeyCommand::SmkGranted { approval, .. } => id("approval id", approval),
         KeyCommand::IssuerCertImport { key, .. } => key.as_deref().map_or(Ok(()), |k| id("issuer key", k)),
         KeyCommand::SmkInstalled { .. } | KeyCommand::AuditKeysSet { .. } => Ok(()),
@@ -142,5 +153,14 @@ fn job_command(cmd: &JobCommand) -> Result<(), String> {
         | JobCommand::Renew { id: j, .. }
         | JobCommand::Cancel { id: j }
         | JobCommand::Expire { id: j } => id("job id", j),
+        JobCommand::DataKeysMoved { keys, .. } => {
+            for (j, w) in keys {
+                id("job id", j)?;
+                if w.blob.len() > 1024 {
+                    return Err(format!("job {j}: a data key block over 1 KiB"));
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -39,6 +39,39 @@ impl State<'_> {
                         return Ok(refuse(format!("SMK ceremony {} is already under way", c.id)));
                     }
                 }
+                CeremonyTarget::SmkNext => {
+                    // The SMK protects every tenant's keys: only the bureau rotates it.
+                    if !ctx.tenants().is_bureau() {
+                        return Ok(refuse(format!(
+                            "{} acts for tenants {}: only the bureau rotates the SMK",
+                            ctx.actor,
+                            ctx.tenants()
+                        )));
+                    }
+                    let Some(smk) = self.get::<SmkInfo>(key::SMK)? else {
+                        return Ok(refuse("no SMK to rotate: form it in an SMK ceremony first"));
+                    };
+                    if let Some(n) = &smk.next {
+                        return Ok(refuse(format!(
+                            "next SMK {} of ceremony {} is formed and not yet switched to",
+                            n.kcv, n.ceremony
+                        )));
+                    }
+                    if let Some(c) = ceremonies.iter().find(|c| {
+                        matches!(c.target, CeremonyTarget::Smk | CeremonyTarget::SmkNext)
+                            && matches!(c.state, CeremonyState::Open | CeremonyState::Complete)
+                    }) {
+                        return Ok(refuse(format!("SMK ceremony {} is already under way", c.id)));
+                    }
+                    let nodes: Vec<NodeRecord> = scan(self.kv, key::NODE)?;
+                    if let Some(n) = nodes.iter().find(|n| n.retiring.is_some()) {
+                        return Ok(refuse(format!(
+                            "node {} has not yet destroyed the SMK of the last rotation ({})",
+                            n.id,
+                            n.retiring.as_ref().map(ToString::to_string).unwrap_or_default()
+                        )));
+                    }
+                }
                 CeremonyTarget::Key { label, usage, alg, tenant, .. } => {
                     if let Err(r) = check_id("label", label) {
                         return Ok(Err(r));
@@ -59,8 +92,9 @@ impl State<'_> {
             let nodes: Vec<NodeRecord> = scan(self.kv, key::NODE)?;
             let recipients: Vec<NodeId> = match &target {
                 CeremonyTarget::Smk => nodes.iter().map(|n| n.id).collect(),
-                // A working key forms on one node holding the SMK: seal to all that hold it.
-                CeremonyTarget::Key { .. } => {
+                // A working key forms on one node holding the SMK, and the next SMK on every node
+                // holding it: seal to all that hold it.
+                CeremonyTarget::Key { .. } | CeremonyTarget::SmkNext => {
                     nodes.iter().filter(|n| n.smk == NodeSmk::Present).map(|n| n.id).collect()
                 }
             };
@@ -170,7 +204,25 @@ impl State<'_> {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
-        if !matches!(c.state, CeremonyState::Open | CeremonyState::Complete) || !c.formed_on.is_empty() {
+        if c.target == CeremonyTarget::SmkNext {
+            // A rotation can be abandoned until the cluster switches: the next SMK some nodes
+            // formed protects nothing yet (the next rotation replaces it in their HSMs).
+            let mut info = self.get::<SmkInfo>(key::SMK)?;
+            let switched = info.as_ref().is_some_and(|i| i.ceremony == id);
+            if switched || c.state == CeremonyState::Cancelled {
+                return Ok(refuse(format!(
+                    "ceremony {id} can no longer be cancelled: the cluster switched to its SMK"
+                )));
+            }
+            for mut n in scan::<NodeRecord>(self.kv, key::NODE)?.into_iter().filter(|n| n.next_smk.is_some()) {
+                n.next_smk = None;
+                self.put(key::node(n.id), &n)?;
+            }
+            if let Some(i) = info.as_mut().filter(|i| i.next.as_ref().is_some_and(|n| n.ceremony == id)) {
+                i.next = None;
+                self.put(key::SMK, &*i)?;
+            }
+        } else if !matches!(c.state, CeremonyState::Open | CeremonyState::Complete) || !c.formed_on.is_empty() {
             return Ok(refuse(format!(
                 "ceremony {id} can no longer be cancelled: the key formed on {:?}",
                 c.formed_on

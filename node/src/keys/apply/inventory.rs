@@ -58,7 +58,7 @@ impl State<'_> {
                 Ok(c) => c,
                 Err(r) => return Ok(Err(r)),
             };
-            if c.state != CeremonyState::Complete || c.target == CeremonyTarget::Smk {
+            if c.state != CeremonyState::Complete || !matches!(c.target, CeremonyTarget::Key { .. }) {
                 return Ok(refuse(format!("ceremony {ceremony} has no key waiting to form (it is {:?})", c.state)));
             }
             if let Some(t) = c.target.tenant()

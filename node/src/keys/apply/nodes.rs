@@ -19,15 +19,15 @@ impl State<'_> {
         };
         let fingerprint = transport.fingerprint();
         let existing: Option<NodeRecord> = self.get(&key::node(node))?;
-        let smk = match existing {
+        let (smk, next_smk, retiring) = match existing {
             Some(rec) if rec.transport == transport && rec.cert.as_ref() == Some(cert) => {
                 return Ok(Ok(Applied::done(format!("node:{node}"), format!("already enrolled ({fingerprint})"))));
             }
             // The same HSM transport key with a renewed node certificate: the SMK stays where it is.
-            Some(rec) if rec.transport == transport => rec.smk,
+            Some(rec) if rec.transport == transport => (rec.smk, rec.next_smk, rec.retiring),
             // A node that re-enrols with a new transport key (its HSM token was replaced) has
             // lost its SMK with it.
-            Some(_) | None => NodeSmk::Missing,
+            Some(_) | None => (NodeSmk::Missing, None, None),
         };
         let rec = NodeRecord {
             id: node,
@@ -36,6 +36,8 @@ impl State<'_> {
             hsm,
             enrolled_ms: ctx.time_ms,
             smk,
+            next_smk,
+            retiring,
             cert: Some(cert.clone()),
         };
         self.put(key::node(node), &rec)?;

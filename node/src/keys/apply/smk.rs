@@ -35,7 +35,13 @@ impl State<'_> {
                 if smk.is_none() {
                     self.put(
                         key::SMK,
-                        &SmkInfo { kcv: kcv.clone(), ceremony: ceremony.clone(), formed_ms: ctx.time_ms },
+                        &SmkInfo {
+                            kcv: kcv.clone(),
+                            ceremony: ceremony.clone(),
+                            formed_ms: ctx.time_ms,
+                            next: None,
+                            retired: Vec::new(),
+                        },
                     )?;
                 }
                 rec.smk = NodeSmk::Present;
