@@ -892,6 +892,39 @@ mod tests {
         }
     }
 
+    /// An SMK rotation moves a job's data key only to the next SMK formed on every node, as
+    /// the same key, by a node; anything else changes nothing.
+    #[test]
+    fn data_keys_move_only_to_the_next_smk_as_the_same_key() {
+        let mut kv = running();
+        let node = Actor::node(1);
+        let moved = |kcv: &str, smk: &str| WrappedKey {
+            kcv: Kcv(kcv.into()),
+            smk_kcv: Kcv(smk.into()),
+            blob: vec![2; 40],
+            ..key()
+        };
+        let cmd = |keys: Vec<(String, WrappedKey)>| JobCommand::DataKeysMoved { smk: Kcv("NEXT".into()), keys };
+        let r = refused(run(&mut kv, &node, 20, 20, cmd(vec![("J".into(), moved("K", "NEXT"))])));
+        assert!(r.contains("not the next SMK"), "{r}");
+        let mut smk: SmkInfo = get(&kv, keys_key::SMK).unwrap().unwrap();
+        smk.next = Some(crate::keys::model::NextSmk { kcv: Kcv("NEXT".into()), ceremony: "smk-2".into() });
+        crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
+        assert_eq!(data_keys_under(&kv, &Kcv("SMK".into())).unwrap().len(), 1);
+        let r = refused(run(&mut kv, &op(), 21, 21, cmd(vec![("J".into(), moved("K", "NEXT"))])));
+        assert!(r.contains("needs role node"), "{r}");
+        let r = refused(run(&mut kv, &node, 22, 22, cmd(vec![("J".into(), moved("OTHER", "NEXT"))])));
+        assert!(r.contains("not its data key"), "another key in the job's place: {r}");
+        let r = refused(run(&mut kv, &node, 23, 23, cmd(vec![("J".into(), moved("K", "SMK"))])));
+        assert!(r.contains("not its data key"), "{r}");
+        let r = refused(run(&mut kv, &node, 24, 24, cmd(vec![("NOPE".into(), moved("K", "NEXT"))])));
+        assert!(r.contains("no job NOPE"), "{r}");
+        ok(run(&mut kv, &node, 25, 25, cmd(vec![("J".into(), moved("K", "NEXT"))])));
+        assert!(data_keys_under(&kv, &Kcv("SMK".into())).unwrap().is_empty());
+        assert_eq!(job(&kv, "J").unwrap().unwrap().data_key.smk_kcv, Kcv("NEXT".into()));
+        let r = refused(run(&mut kv, &node, 26, 26, cmd(vec![("J".into(), moved("K", "NEXT"))])));
+        assert!(r.contains("not under the current SMK"), "moved twice: {r}");
+    }
     #[test]
     fn a_late_result_is_fenced_by_the_token_of_the_current_claim() {
         let mut kv = running();
