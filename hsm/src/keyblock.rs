@@ -353,23 +353,48 @@ fn kc_block(alg: KeyAlg, kcv: &Kcv) -> Option<OptionalBlock> {
     Some(OptionalBlock::new(BlockId::Kc, format!("{algorithm}{kcv}")))
 }
 
+/// The proprietary optional block (numeric ids are proprietary in X9.143) that binds a key at rest
+/// to its tenant: the tenant's name (1-32 of `a-z 0-9 - _ .`).
+pub(crate) const OWNER_BLOCK: BlockId = BlockId::Other(*b"0T");
+
+/// The tenant a header at rest binds its key to ([`OWNER_BLOCK`]).
+pub(crate) fn at_rest_owner(header: &Tr31Header) -> Option<String> {
+    header.optional_block(OWNER_BLOCK).map(str::to_owned)
+}
+
 /// The header of a key block at rest: version D, the use's usage, the algorithm of the key, the
 /// mode of use of the usage ([`tr31_mode_of_use`]), exportability `E` or `N`, key version `00`,
-/// key context `1` (storage only: it never travels), `HM` for HMAC keys and `KC` with the KCV.
+/// key context `1` (storage only: it never travels), `HM` for HMAC keys, `KC` with the KCV, and
+/// the owning tenant in [`OWNER_BLOCK`] when the use names one.
 pub(crate) fn at_rest_header(alg: KeyAlg, key_use: KeyUse, kcv: &Kcv) -> Result<Tr31Header, String> {
     let mut header = export_header(AT_REST_KBPK, alg, &key_use.code(), key_use.exportable)?;
     header.key_context = KeyContext::Storage;
     header.optional_blocks.extend(kc_block(alg, kcv));
+    if let Some(owner) = &key_use.owner {
+        let ok = (1..=32).contains(&owner.len())
+            && owner.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !ok {
+            return Err(format!("tenant {owner:?}: 1-32 characters of a-z 0-9 - _ ."));
+        }
+        header.optional_blocks.push(OptionalBlock::new(OWNER_BLOCK, owner.clone()));
+    }
     let text = header.encode().map_err(|e| e.to_string())?;
     Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// The header at rest of a key imported from `imported`: its usage, mode of use, exportability
-/// and key version are kept (a narrower mode stays narrow), the rest as [`at_rest_header`].
-pub(crate) fn at_rest_from_import(imported: &Tr31Header, alg: KeyAlg, kcv: &Kcv) -> Result<Tr31Header, String> {
+/// The header at rest of a key imported from `imported` under a KBPK of tenant `owner`: its usage,
+/// mode of use, exportability and key version are kept (a narrower mode stays narrow), the rest as
+/// [`at_rest_header`]; the key belongs to the KBPK's tenant.
+pub(crate) fn at_rest_from_import(
+    imported: &Tr31Header,
+    alg: KeyAlg,
+    kcv: &Kcv,
+    owner: Option<String>,
+) -> Result<Tr31Header, String> {
     let code = String::from_utf8_lossy(&imported.key_usage.code()).into_owned();
     let exportable = imported.exportability != Exportability::NonExportable;
-    let mut header = at_rest_header(alg, KeyUse::from_code(&code, exportable)?, kcv)?;
+    let key_use = KeyUse { owner, ..KeyUse::from_code(&code, exportable)? };
+    let mut header = at_rest_header(alg, key_use, kcv)?;
     header.mode_of_use = imported.mode_of_use;
     header.exportability = imported.exportability;
     header.key_version = imported.key_version;
@@ -531,8 +556,17 @@ mod tests {
         // An imported key keeps its narrower mode, its exportability and version.
         let mut imported = Tr31Header::parse_template(b"B0000P0TE12S0000").unwrap();
         imported.key_context = KeyContext::Exchange;
-        let h = at_rest_from_import(&imported, KeyAlg::Des2, &kcv).unwrap();
+        let h = at_rest_from_import(&imported, KeyAlg::Des2, &kcv, None).unwrap();
         assert_eq!(h.encode().unwrap(), "D0000P0TE12S0110KC0C0008D7B4");
+        // The owning tenant is bound in a proprietary block (and inherited from the KBPK).
+        let h = at_rest_header(KeyAlg::Des2, KeyUse::new(KeyUsage::Cvk, false).owned_by("bank-b"), &kcv).unwrap();
+        assert_eq!(h.encode().unwrap(), "D0000C0TC00N0210KC0C0008D7B40T0Abank-b");
+        assert_eq!(at_rest_owner(&h).as_deref(), Some("bank-b"));
+        let h = at_rest_from_import(&imported, KeyAlg::Des2, &kcv, Some("bank-b".into())).unwrap();
+        assert_eq!(at_rest_owner(&h).as_deref(), Some("bank-b"));
+        for bad in ["", "Bank B", "x".repeat(33).as_str()] {
+            assert!(at_rest_header(KeyAlg::Des2, KeyUse::new(KeyUsage::Cvk, false).owned_by(bad), &kcv).is_err());
+        }
         // Usage and algorithm must fit, as for an export.
         assert!(at_rest_header(KeyAlg::HmacSha256, KeyUse::new(KeyUsage::EmvAc, true), &kcv).is_err());
     }

@@ -701,7 +701,7 @@ impl Hsm for HsmPool {
             "generate_key",
             self.inner.op_timeout,
             smk.as_ref(),
-            Arc::new(move |h: &Pkcs11Hsm| h.generate_key(alg, key_use)),
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_key(alg, key_use.clone())),
         )
     }
 
@@ -714,7 +714,10 @@ impl Hsm for HsmPool {
     ) -> Result<WrappedKey, HsmError> {
         let (c, e) = (components.to_vec(), expected.to_vec());
         self.inner
-            .run_sealed("import_components", Arc::new(move |h: &Pkcs11Hsm| h.import_components(alg, key_use, &c, &e)))
+            .run_sealed(
+                "import_components",
+                Arc::new(move |h: &Pkcs11Hsm| h.import_components(alg, key_use.clone(), &c, &e)),
+            )
             .map(|(w, _)| w)
     }
 

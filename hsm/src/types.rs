@@ -284,20 +284,30 @@ fn der_uint(b: &[u8]) -> Vec<u8> {
 
 /// What a key is for, as the key block that holds it at rest binds it: its TR-31 key usage
 /// (ANSI X9.143 table 6: `E0` for an IMK-AC, `C0` for a CVK, `D0` for a data key …) and whether it
-/// may ever leave the cluster in a TR-31 export. The mode of use follows from the usage
-/// ([`crate::tr31_mode_of_use`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// may ever leave the cluster in a TR-31 export, and the tenant it belongs to. The mode of use
+/// follows from the usage ([`crate::tr31_mode_of_use`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyUse {
     /// TR-31 key usage.
     pub usage: KeyUsage,
     /// Exportable (`E`) or not (`N`).
     pub exportable: bool,
+    /// The tenant the key belongs to, bound in the block's authenticated header (proprietary
+    /// optional block `0T`, [`WrappedKey::owner`]); `None` for the bureau's own keys (the audit
+    /// keys) and keys that never enter the inventory.
+    pub owner: Option<String>,
 }
 
 impl KeyUse {
     /// A use.
     pub fn new(usage: KeyUsage, exportable: bool) -> Self {
-        Self { usage, exportable }
+        Self { usage, exportable, owner: None }
+    }
+
+    /// The same use, for a key of `tenant`.
+    pub fn owned_by(mut self, tenant: &str) -> Self {
+        self.owner = Some(tenant.to_owned());
+        self
     }
 
     /// A use from a two-character usage code (`"E0"`).
@@ -307,7 +317,7 @@ impl KeyUse {
             .try_into()
             .map_err(|_| format!("TR-31 key usage {code:?} must be two characters (for example \"E0\")"))?;
         let usage = KeyUsage::from_code(c).ok_or_else(|| format!("{code:?} is not a TR-31 key usage"))?;
-        Ok(Self { usage, exportable })
+        Ok(Self { usage, exportable, owner: None })
     }
 
     /// The usage code (`"E0"`).
@@ -352,6 +362,13 @@ impl WrappedKey {
     /// The TR-31 usage the block's header names.
     pub fn usage(&self) -> Option<KeyUsage> {
         self.header().ok().map(|h| h.key_usage)
+    }
+
+    /// The tenant the block's header binds the key to (its `0T` block), if any. As written: the
+    /// HSM checks the header's MAC when it opens the block, so a record whose block was given
+    /// another tenant opens for nothing.
+    pub fn owner(&self) -> Option<String> {
+        self.header().ok().as_ref().and_then(crate::keyblock::at_rest_owner)
     }
 
     /// SHA-256 of the blob: the key of the per-session handle cache.

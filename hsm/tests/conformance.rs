@@ -30,6 +30,7 @@ per_backend!(
     operator_tools_seal_and_kcv_match_the_hsm,
     keys_at_rest_are_key_blocks_under_the_smk,
     keys_at_rest_serve_only_their_use,
+    keys_at_rest_bind_their_tenant,
 );
 
 fn open(c: &SlotConfig) -> Pkcs11Hsm {
@@ -553,4 +554,32 @@ fn keys_at_rest_serve_only_their_use(b: Backend) {
     );
     // The originals still work.
     assert_eq!(hsm.cvv(&cvk, "4123456789012345", "8701", "101").unwrap(), cvv);
+}
+
+/// A key's tenant is bound in its block's authenticated header (`0T`): read back as written, a
+/// block whose tenant was edited opens for nothing, and a key imported under a tenant's KBPK
+/// belongs to that tenant.
+fn keys_at_rest_bind_their_tenant(b: Backend) {
+    let Some((hsm, _)) = token_with_smk(b, "atrest-tenant") else { return };
+    let bank = |usage: KeyUsage, exportable| KeyUse::new(usage, exportable).owned_by("bank-b");
+    let key = hsm.generate_key(KeyAlg::Des2, bank(KeyUsage::Cvk, true)).unwrap();
+    assert_eq!(key.owner().as_deref(), Some("bank-b"));
+    let text = std::str::from_utf8(&key.blob).unwrap().to_owned();
+    assert!(text.contains("0T0Abank-b"), "{text}");
+    let bureau = hsm.generate_key(KeyAlg::Des2, KeyUse::new(KeyUsage::Cvk, true)).unwrap();
+    assert_eq!(bureau.owner(), None);
+    // The tenant edited in the block (same length): the MAC fails, whatever the record says.
+    let mut moved = key.clone();
+    moved.blob = text.replace("bank-b", "bank-c").into_bytes();
+    assert_eq!(moved.owner().as_deref(), Some("bank-c"));
+    let e = hsm.kcv(&moved).unwrap_err();
+    assert!(matches!(e, HsmError::KeyBlock { .. }), "{e}");
+    assert!(hsm.cvv(&moved, "4123456789012345", "8701", "101").is_err());
+    // Imported under bank-b's KBPK: bank-b's key, whoever's key was exported.
+    let kbpk = hsm.generate_key(KeyAlg::Des3, bank(KeyUsage::Kbpk, false)).unwrap();
+    let block = hsm.tr31_export(&kbpk, &bureau, "C0", true).unwrap();
+    let (_, imported) = hsm.tr31_import(&kbpk, &block).unwrap();
+    assert_eq!((imported.owner().as_deref(), imported.kcv.clone()), (Some("bank-b"), bureau.kcv.clone()));
+    // A tenant name outside the rules is refused before anything is made.
+    assert!(hsm.generate_key(KeyAlg::Des2, KeyUse::new(KeyUsage::Cvk, false).owned_by("Bank B")).is_err());
 }

@@ -40,6 +40,12 @@ fn import(hsm: &dyn Hsm, alg: KeyAlg, usage: KeyUsage, exportable: bool, key: &[
     hsm.import_components(alg, KeyUse::new(usage, exportable), &comps, &kcvs).unwrap()
 }
 
+/// An exportable key of tenant `bank-b`.
+fn import_owned(hsm: &dyn Hsm, alg: KeyAlg, usage: KeyUsage, key: &[u8]) -> WrappedKey {
+    let (comps, kcvs) = r::sealed_components(alg, key, 2, &hsm.transport_public_key().unwrap());
+    hsm.import_components(alg, KeyUse::new(usage, true).owned_by("bank-b"), &comps, &kcvs).unwrap()
+}
+
 fn rotation_moves_every_key_and_retires_the_old_smk(b: Backend) {
     let Some(cfg) = rotating_token(b, "rotate") else { return };
     let rec = Recorder::new();
@@ -55,7 +61,7 @@ fn rotation_moves_every_key_and_retires_the_old_smk(b: Backend) {
     let mac_clear = r::random(32);
     let keys = [
         (import(&hsm, KeyAlg::Des2, KeyUsage::Cvk, false, &cvk_clear), cvk_clear.clone()),
-        (import(&hsm, KeyAlg::Des2, KeyUsage::EmvAc, true, &imk_clear), imk_clear),
+        (import_owned(&hsm, KeyAlg::Des2, KeyUsage::EmvAc, &imk_clear), imk_clear),
         (import(&hsm, KeyAlg::Aes256, KeyUsage::DataEncryption, false, &data_clear), data_clear),
         (import(&hsm, KeyAlg::HmacSha256, KeyUsage::Hmac, false, &mac_clear), mac_clear.clone()),
     ];
@@ -86,6 +92,7 @@ fn rotation_moves_every_key_and_retires_the_old_smk(b: Backend) {
             "opens under the next SMK: {n}"
         );
         assert_eq!(hsm.translate_to_next(&new).unwrap(), new, "a block already moved comes back as it is");
+        assert_eq!(new.owner(), old.owner(), "the tenant stays bound");
         // Before the promotion both open here.
         assert_eq!(hsm.kcv(old).unwrap(), old.kcv);
         assert_eq!(hsm.kcv(&new).unwrap(), old.kcv);

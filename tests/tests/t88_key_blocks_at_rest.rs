@@ -97,3 +97,65 @@ async fn an_imk_block_swapped_into_the_transport_key_record_is_refused() {
     let job = cluster.submit_dda_job(1, &input, "5");
     assert!(!job.is_empty());
 }
+
+/// Keys bound to their tenant at rest: with the disks of every node, an attacker moves every key
+/// of the `default` tenant to `bank-b` in the inventory (the record's tenant is just a field), so
+/// that bank-b's staff would prepare cards with the default issuer's keys. Each key's block binds
+/// the tenant it was made for in its authenticated header (`0T` block): bank-b's job is refused at
+/// submission, naming the key whose block belongs to `default`, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_moved_to_another_tenant_on_disk_are_refused_by_their_blocks() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start("t88-tenant", opts).await;
+    step("SMK ceremony, TEST keys by ceremony (tenant default)");
+    cluster.keys_ready().await;
+    let ids = cluster.ids();
+    cluster.wait_converged(&ids, 0, Duration::from_secs(30)).await;
+    let keys = cluster.query(1, "keys", "").await.unwrap();
+    let key_ids: Vec<String> = keys.as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_owned()).collect();
+    assert!(key_ids.len() >= 8, "{key_ids:?}");
+
+    step("offline, on every node: every key's record moved to tenant bank-b");
+    for id in ids.clone() {
+        cluster.terminate(id);
+        let store = store_of(&cluster, id);
+        for k in &key_ids {
+            let r = record(&store, k);
+            assert_eq!(r.wrapped.as_ref().unwrap().owner().as_deref(), Some("default"), "{k}'s block names its tenant");
+            put(&store, &KeyRecord { tenant: "bank-b".into(), ..r });
+        }
+    }
+    for id in ids.clone() {
+        cluster.restart(id).await;
+    }
+    cluster.wait_leader(&ids, Duration::from_secs(30), "after the restart").await;
+
+    step("bank-b's operator sees the keys in its inventory, but its job is refused: the blocks say default");
+    let (bank_b, dir_b) = cluster.as_tenant(1, "operator:bea", &["bank-b"]);
+    let mut k = quill_proto::v1::keys_client::KeysClient::new(bank_b);
+    let listed = k.list_keys(quill_proto::v1::ListKeysRequest { linearizable: true }).await.unwrap().into_inner().keys;
+    assert_eq!(listed.len(), key_ids.len(), "the records say bank-b");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cards.csv");
+    write_dda_batch(&input, 10, 0);
+    let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
+    let out = std::process::Command::new(quill_tests::binary("quill"))
+        .args(["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()])
+        .args(["--mac-key", "MAC-OUTPUT-TEST"])
+        .env("QUILL_ENDPOINT", cluster.node(1).endpoint())
+        .env("QUILL_IDENTITY", &dir_b)
+        .env_remove("QUILL_ACTOR")
+        .env_remove("QUILL_ENDPOINTS")
+        .env_remove("QUILL_DEV_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "bank-b's job with default's keys was taken: {err}");
+    eprintln!("refused: {}", err.trim());
+    assert!(
+        err.contains("MAC-OUTPUT-TEST") && err.contains("belongs to tenant \"default\"") && err.contains("\"bank-b\""),
+        "the refusal names the key and both tenants: {err}"
+    );
+    let jobs = cluster.query(1, "jobs", "").await.unwrap();
+    assert!(jobs.as_array().is_none_or(Vec::is_empty), "nothing was stored: {jobs}");
+}

@@ -99,7 +99,7 @@ impl Pkcs11Hsm {
                 ))?);
                 self.kcv_of(session, op, hk, alg)?
             };
-            let at_rest = keyblock::at_rest_from_import(&header, alg, &kcv).map_err(|r| op.tr31(r))?;
+            let at_rest = keyblock::at_rest_from_import(&header, alg, &kcv, kbpk.owner()).map_err(|r| op.tr31(r))?;
             self.make_block(s, op, smk, h, None, alg, &at_rest, kcv)
         })();
         let _ = s.session.destroy_object(h);
@@ -244,7 +244,7 @@ impl Pkcs11Hsm {
         let h = self.create_secret(&s.session, op, &templates::transient(alg), &key)?;
         let r = (|| {
             let kcv = self.kcv_of(&s.session, op, h, alg)?;
-            let at_rest = keyblock::at_rest_from_import(&header, alg, &kcv).map_err(|r| op.tr31(r))?;
+            let at_rest = keyblock::at_rest_from_import(&header, alg, &kcv, kbpk.owner()).map_err(|r| op.tr31(r))?;
             self.make_block(s, op, smk, h, Some(&key), alg, &at_rest, kcv)
         })();
         let _ = s.session.destroy_object(h);

@@ -97,7 +97,9 @@ fn open_inputs(
             if let Some(sealed) = jobs::sealed(kv, jobs::INPUT, &j.id, n)? {
                 let job =
                     if j.created_by == *caller { format!("job {}", j.id) } else { "another submitter's job".into() };
-                out.push(intake::OpenInput { id: j.id.clone(), job, data_key: j.data_key.clone(), n, sealed });
+                // A record whose data key is another tenant's was altered: nothing of it opens.
+                let Ok(data_key) = j.data_key().cloned() else { continue };
+                out.push(intake::OpenInput { id: j.id.clone(), job, data_key, n, sealed });
             }
         }
     }
@@ -251,9 +253,9 @@ impl JobsService {
                 Some(Box::new(crate::audit::AuditNote { key_kcv, sealed }))
             }
         };
-        let id2 = id.clone();
+        let (id2, t) = (id.clone(), tenant.clone());
         let (checked, (data_key, sealed)) = tokio::task::spawn_blocking(move || {
-            let sealed = intake::seal(&*hsm, &id2, &checked);
+            let sealed = intake::seal(&*hsm, &id2, &t, &checked);
             sealed.map(|s| (checked, s))
         })
         .await
@@ -359,6 +361,7 @@ impl JobsService {
             mac_key: KeyRef::new(&mac.label, &mac.kcv),
             test_keys: mac.label.contains("TEST"),
         };
+        j.data_key().map_err(ApiError::Precondition)?;
         let job = j.clone();
         let assembling = |reason: String| ApiError::Precondition(format!("assembling the output: {reason}"));
         tokio::task::spawn_blocking(move || -> ApiResult<Vec<u8>> {

@@ -142,7 +142,7 @@ impl KeysService {
         let tenant = self.cluster.tenant(&who, &req.tenant, "Keys.Generate").await?;
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
-        let key_use = KeyUse::new(usage.tr31(), req.exportable);
+        let key_use = KeyUse::new(usage.tr31(), req.exportable).owned_by(&tenant);
         let wrapped = tokio::task::spawn_blocking(move || agent.hsm().generate_key(alg, key_use))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -242,8 +242,11 @@ impl KeysService {
                 kbpk.state.as_str()
             )));
         }
-        let wrapped_kbpk =
-            kbpk.wrapped.clone().ok_or_else(|| ApiError::Precondition(format!("{} is destroyed", kbpk.id)))?;
+        let wrapped_kbpk = kbpk
+            .block()
+            .map_err(ApiError::Precondition)?
+            .cloned()
+            .ok_or_else(|| ApiError::Precondition(format!("{} is destroyed", kbpk.id)))?;
         let agent = self.agent()?.clone();
         let block = req.block.clone();
         let (opened, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&wrapped_kbpk, &block))
@@ -300,7 +303,9 @@ impl KeysService {
         if !who.cert.tenants.covers(&k.tenant) || z.tenant != k.tenant {
             return Err(ApiError::NotFound(format!("no approval {}", req.approval)));
         }
-        let (Some(kw), Some(zw)) = (k.wrapped.clone(), z.wrapped.clone()) else {
+        let (Some(kw), Some(zw)) =
+            (k.block().map_err(ApiError::Precondition)?.cloned(), z.block().map_err(ApiError::Precondition)?.cloned())
+        else {
             return Err(ApiError::Precondition("the key or the KBPK is destroyed".into()));
         };
         self.smk_ready().await?;

@@ -126,6 +126,9 @@ pub fn output_mac_key(kv: &dyn Kv, tenant: &str, label: &str) -> Result<Result<K
     let Some(k) = active_key(kv, tenant, label)? else {
         return Ok(Err(format!("no active output MAC key {label} in tenant {tenant:?}'s inventory")));
     };
+    if let Err(reason) = k.block() {
+        return Ok(Err(reason));
+    }
     Ok(KeyStep::OutputMac.check("--mac-key", label, k.usage.tr31()).map(|()| k).map_err(|e| e.to_string()))
 }
 
@@ -270,11 +273,11 @@ pub fn drop_repeats(hsm: &dyn Hsm, others: &[OpenInput], mut c: Checked) -> Resu
     Ok(c)
 }
 
-/// Seal the checked records of job `id` in chunks under a fresh AES-256 data key made in `hsm`
-/// (returned wrapped under the SMK). Blocking: call it off the async threads.
-pub fn seal(hsm: &dyn Hsm, id: &str, c: &Checked) -> Result<(WrappedKey, Vec<SealedChunk>), IntakeError> {
-    // A data key (D0) that never leaves the HSMs: its block at rest says so.
-    let data_key = hsm.generate_key(KeyAlg::Aes256, KeyUse::new(KeyUsage::DataEncryption, false))?;
+/// Seal the checked records of job `id` of `tenant` in chunks under a fresh AES-256 data key made
+/// in `hsm` (returned wrapped under the SMK). Blocking: call it off the async threads.
+pub fn seal(hsm: &dyn Hsm, id: &str, tenant: &str, c: &Checked) -> Result<(WrappedKey, Vec<SealedChunk>), IntakeError> {
+    // A data key (D0) of the job's tenant that never leaves the HSMs: its block at rest says so.
+    let data_key = hsm.generate_key(KeyAlg::Aes256, KeyUse::new(KeyUsage::DataEncryption, false).owned_by(tenant))?;
     let mut out = Vec::with_capacity(c.chunks as usize);
     for (n, chunk) in c.records.chunks(c.chunk_size as usize).enumerate() {
         let n = u32::try_from(n).map_err(|_| IntakeError::Encode { n: u32::MAX, reason: "chunk number".into() })?;
@@ -302,6 +305,20 @@ mod tests {
         kv
     }
 
+    /// A placeholder key block whose header binds `tenant` and `usage` (as the HSMs write it; no
+    /// HSM here).
+    fn owned_block(tenant: &str, usage: Usage, alg: KeyAlg) -> Vec<u8> {
+        use quill_hsm::tr31::{self, Kbpk, Tr31Header};
+        let mode = quill_hsm::tr31_mode_of_use(usage.tr31()).expect("a mode").code();
+        let (a, hm, len) = if alg == KeyAlg::HmacSha256 { ('H', "HM0621", 32) } else { ('T', "", 16) };
+        let blocks = if hm.is_empty() { 1 } else { 2 };
+        let template = format!("D0000{}{a}{mode}00N0{blocks}10{hm}0T{:02X}{tenant}", usage.code(), 4 + tenant.len());
+        let h = Tr31Header::parse_template(template.as_bytes()).unwrap_or_else(|e| panic!("{template}: {e}"));
+        let b = tr31::wrap(Kbpk::Aes(&[1; 32]), &h, &vec![2; len], Some(32), &mut |b: &mut [u8]| b.fill(3))
+            .unwrap_or_else(|e| panic!("{template}: {e}"));
+        b.into_bytes()
+    }
+
     /// The sample profile's keys and `extra`, in `tenant`.
     fn add(kv: &mut MemKv, tenant: &str, extra: &[(&str, u32, Usage, KeyAlg, KeyState)]) {
         let des2 = KeyAlg::Des2;
@@ -318,8 +335,12 @@ mod tests {
         let base = if tenant == "default" { &base[..] } else { &[] };
         for (label, version, usage, alg, state) in base.iter().chain(extra) {
             let id = format!("{label}.v{version}");
-            let wrapped =
-                WrappedKey { alg: *alg, blob: vec![0; 24], kcv: Kcv("ABCDEF".into()), smk_kcv: Kcv("00".into()) };
+            let wrapped = WrappedKey {
+                alg: *alg,
+                blob: owned_block(tenant, *usage, *alg),
+                kcv: Kcv("ABCDEF".into()),
+                smk_kcv: Kcv("00".into()),
+            };
             let rec = KeyRecord {
                 id: id.clone(),
                 label: (*label).into(),

@@ -126,6 +126,20 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The job's data key, if its block at rest binds it to the job's tenant (see
+    /// `KeyRecord::block`): a record moved to another tenant on disk opens nothing.
+    pub fn data_key(&self) -> Result<&WrappedKey, String> {
+        match self.data_key.owner() {
+            Some(owner) if owner == self.tenant => Ok(&self.data_key),
+            owner => Err(format!(
+                "job {}: its data key belongs to tenant {}, its record says {:?}: the record was altered",
+                self.id,
+                owner.map_or_else(|| "(none)".to_owned(), |o| format!("{o:?}")),
+                self.tenant
+            )),
+        }
+    }
+
     /// The record as clients see it: without the profile text and the wrapped data key.
     pub fn public(self) -> JobRecord {
         JobRecord { profile: String::new(), data_key: WrappedKey { blob: Vec::new(), ..self.data_key.clone() }, ..self }
@@ -515,6 +529,9 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             let Some(smk) = get::<SmkInfo>(kv, keys_key::SMK)? else { return Err(Fail::Refused("no SMK yet".into())) };
             if data_key.smk_kcv != smk.kcv {
                 return Err(Fail::Refused("the data key is not wrapped under the cluster's SMK".into()));
+            }
+            if let Some(owner) = data_key.owner().filter(|o| *o != tenant) {
+                return Err(Fail::Refused(format!("the data key's block belongs to tenant {owner:?}, not {tenant:?}")));
             }
             let dkey = digest_key(&tenant, &digest);
             if !force && let Some(other) = open_job_with_digest(kv, &tenant, &digest)? {

@@ -134,6 +134,25 @@ pub struct KeyRecord {
     pub changed_ms: u64,
 }
 
+impl KeyRecord {
+    /// The key's block at rest, if its header binds it to this record's tenant (the `0T` block;
+    /// the HSM checks the header's MAC when it opens the block). A record whose tenant was edited
+    /// on disk, or a block of another tenant's key put in it, is refused here, naming both.
+    /// `Ok(None)`: destroyed.
+    pub fn block(&self) -> Result<Option<&WrappedKey>, String> {
+        let Some(w) = &self.wrapped else { return Ok(None) };
+        match w.owner() {
+            Some(owner) if owner == self.tenant => Ok(Some(w)),
+            owner => Err(format!(
+                "key {}: its block at rest belongs to tenant {}, its record says {:?}: the record was altered, the key is not used",
+                self.id,
+                owner.map_or_else(|| "(none)".to_owned(), |o| format!("{o:?}")),
+                self.tenant
+            )),
+        }
+    }
+}
+
 /// The storage master key's cluster-wide facts (never the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SmkInfo {

@@ -303,7 +303,7 @@ impl KeyAgent {
                 }
                 CeremonyTarget::Key { label, usage, alg, exportable, tenant } if holds_smk => {
                     let alg = *alg;
-                    let key_use = KeyUse::new(usage.tr31(), *exportable);
+                    let key_use = KeyUse::new(usage.tr31(), *exportable).owned_by(tenant);
                     info!(ceremony = %c.id, %label, "forming a working key from {} sealed components", sealed.len());
                     let wrapped = self.hsm_call(move |h| h.import_components(alg, key_use, &sealed, &kcvs)).await?;
                     let origin = Origin::Components {

@@ -130,6 +130,9 @@ pub enum WorkerError {
         /// Why.
         reason: String,
     },
+    /// A key's block at rest belongs to another tenant than its record (the record was altered).
+    #[error("{0}")]
+    ForeignBlock(String),
     /// The claimed chunk is not in this node's state although the claim applied.
     #[error("the chunk vanished")]
     ChunkVanished,
@@ -156,9 +159,9 @@ pub fn inventory_keys(kv: &dyn crate::store::Kv, tenant: &str) -> Result<KeySet,
     let mut set = KeySet::new();
     let mut keys: Vec<KeyRecord> = scan(kv, key::KEY)?;
     keys.sort_by_key(|k| (k.label.clone(), k.version));
-    for k in keys.into_iter().filter(|k| k.state == KeyState::Active && k.tenant == tenant) {
-        if let Some(w) = k.wrapped {
-            set.insert(k.label.clone(), w, k.usage.tr31());
+    for k in keys.iter().filter(|k| k.state == KeyState::Active && k.tenant == tenant) {
+        if let Some(w) = k.block().map_err(WorkerError::ForeignBlock)? {
+            set.insert(k.label.clone(), w.clone(), k.usage.tr31());
         }
     }
     let cas = issuers::ca_store(kv)?;
@@ -367,7 +370,7 @@ impl Workers {
             })
         };
         let hsm = self.hsm.clone();
-        let data_key = job.data_key.clone();
+        let data_key = job.data_key().map_err(WorkerError::ForeignBlock)?.clone();
         let threads = self.threads;
         let (aad_in, aad_out) = (input_aad(&job.id, n), output_aad(&job.id, n));
         let lost2 = lost.clone();

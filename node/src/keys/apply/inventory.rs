@@ -47,6 +47,10 @@ impl State<'_> {
             }
         }
         let Some(smk) = self.get::<SmkInfo>(key::SMK)? else { return Ok(refuse("no SMK yet")) };
+        // The block binds its tenant: a node may not file a key of one tenant under another.
+        if let Some(owner) = wrapped.owner().filter(|o| *o != tenant) {
+            return Ok(refuse(format!("the key's block belongs to tenant {owner:?}, not {tenant:?}")));
+        }
         if wrapped.smk_kcv != smk.kcv {
             return Ok(refuse(format!(
                 "the key is wrapped under an SMK with KCV {}, the cluster's is {}",
