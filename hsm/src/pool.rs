@@ -28,7 +28,8 @@
 //!   every other healthy member the same way (wrapped to the member's transport key);
 //!   [`Hsm::next_smk_kcv`] names it only when every healthy member holds it, and
 //!   [`Hsm::promote_next_smk`] promotes it on every healthy member. A member that was out during
-//!   the promotion still holds the old SMK when it answers again, and is kept out.
+//!   the promotion holds the pool's SMK as its next one when it answers again: it is promoted
+//!   then and re-admitted.
 
 use crate::config::PoolConfig;
 use crate::error::HsmError;
@@ -518,12 +519,25 @@ impl Inner {
         }
     }
 
-    fn readmit(&self, m: &Member, smk: Option<Kcv>) {
+    fn readmit(&self, m: &Member, mut smk: Option<Kcv>) {
         let pool = self.pool_smk();
         match (&pool, &smk) {
             (Some(p), Some(s)) if p != s => {
-                self.keep_out_other_smk(m, s, p);
-                return;
+                // Out while the pool promoted a rotation's next SMK: it holds that as its next
+                // one, and is promoted now. Any other SMK keeps it out.
+                match self.promote_late(m, p) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.keep_out_other_smk(m, s, p);
+                        return;
+                    }
+                    Err(e) => {
+                        m.state().last_error = Some(format!("promoting the rotated SMK {p}: {e}"));
+                        return;
+                    }
+                }
+                smk = Some(p.clone());
+                m.state().smk = Some(smk.clone());
             }
             (Some(p), None) if self.sync_smk => {
                 if let Err(e) = self.install_on(m, p) {
@@ -553,6 +567,22 @@ impl Inner {
             tracing::info!(slot = %m.hsm.slot_ref(), next_smk_kcv = %kcv, "next SMK installed on pool member");
         }
         Ok(())
+    }
+
+    /// Promote member `m`'s next SMK if it is `pool` (the SMK the pool promoted while `m` was
+    /// out); whether it was.
+    fn promote_late(&self, m: &Member, pool: &Kcv) -> Result<bool, HsmError> {
+        let k = pool.clone();
+        let promoted = self.call(m, "promote_next_smk", self.op_timeout, move |h| {
+            if h.next_smk_kcv()?.as_ref() != Some(&k) {
+                return Ok(false);
+            }
+            h.promote_next_smk(&k).map(|()| true)
+        })?;
+        if promoted {
+            tracing::info!(slot = %m.hsm.slot_ref(), smk_kcv = %pool, "rotated SMK promoted on a re-admitted pool member");
+        }
+        Ok(promoted)
     }
 
     /// After forming or installing the SMK on member `index`: make the others hold it too.

@@ -190,3 +190,60 @@ async fn the_smk_rotates_under_a_running_cluster() {
     assert_eq!(j["cards_done"], 100, "{j}");
     assert!(j["failures"].as_array().unwrap().is_empty(), "{j}");
 }
+
+/// A node that is down when the rotation starts holds it up: the others form the next SMK, but
+/// the cluster does not switch (a switch would leave that node unable to open anything); once it
+/// returns it forms the next SMK from the components sealed to it, the cluster switches and every
+/// node destroys the old SMK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_holds_the_rotation_until_it_returns() {
+    let opts = ClusterOptions { nodes: 3, hsm: true, hsm_translate: true, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start("t105-down", opts).await;
+    cluster.keys_ready().await;
+    let before = smk(&cluster, 1).await;
+
+    step("node 3 killed; rotation ceremony through nodes 1 and 2");
+    cluster.kill(3);
+    cluster.quill_ok(1, &["key", "rotate-smk", "--components", "2", "--id", "smk-2"], &ADMIN);
+    for (i, c) in [(1, "custodian:alice"), (2, "custodian:bob")] {
+        cluster.quill_ok(i, &["ceremony", "submit", "--id", "smk-2", "--generate"], &[("QUILL_ACTOR", c)]);
+    }
+    wait_until(Duration::from_secs(60), "the next SMK formed on nodes 1 and 2", || async {
+        let c = cluster.query(1, "ceremony", "smk-2").await?;
+        let formed: Vec<u64> = c["formed_on"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+        if formed.len() == 2 { Ok(()) } else { Err(format!("formed on {formed:?}")) }
+    })
+    .await;
+    // Several agent rounds later: still the old SMK, no switch, nothing retired.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = smk(&cluster, 1).await;
+    assert_eq!((waiting.kcv.as_str(), waiting.next_kcv.as_str()), (before.kcv.as_str(), ""), "{waiting:?}");
+    let unmoved = keys(&cluster).await;
+    assert!(unmoved.values().all(|(_, s)| *s == before.kcv), "no block moved while node 3 is down: {unmoved:?}");
+
+    step("node 3 back: it forms the next SMK, the cluster switches, every node retires the old one");
+    cluster.restart(3).await;
+    wait_until(Duration::from_secs(120), "the rotation done on every node", || async {
+        let s = smk(&cluster, 1).await;
+        let nodes = cluster.query(1, "nodes", "").await?;
+        let done = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["smk"] == "present" && n["retiring_smk_kcv"] == "" && n["next_smk_kcv"] == "");
+        if s.kcv != before.kcv && done { Ok(()) } else { Err(format!("SMK {} next {:?}", s.kcv, s.next_kcv)) }
+    })
+    .await;
+    let after = smk(&cluster, 3).await;
+    assert!(keys(&cluster).await.values().all(|(_, s)| *s == after.kcv));
+    for id in cluster.ids() {
+        let hsm: Value = serde_json::from_str(&cluster.status(id).await.unwrap().hsm).unwrap();
+        assert_eq!(hsm["smk_kcv"], after.kcv.as_str(), "node {id}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("after.txt");
+    write_dda_batch(&input, 40, 0);
+    let job = cluster.submit_dda_job(3, &input, "20");
+    let j = cluster.wait_job_done(3, &job).await;
+    assert_eq!(j["cards_done"], 40, "{j}");
+}
