@@ -536,14 +536,28 @@ impl Cluster {
     /// stderr). `env` adds variables (e.g. `QUILL_ACTOR`); every call names its caller, so the
     /// auditor [`READER`] reads when a test names nobody.
     pub fn quill(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        self.run_quill(id, args, |cmd| {
+            cmd.env("QUILL_ACTOR", READER).env("QUILL_DEV_DIR", &self.root).env_remove("QUILL_IDENTITY");
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Like [`Cluster::quill`], as the identity in directory `identity` (`QUILL_IDENTITY`, e.g.
+    /// from [`Cluster::as_tenant`]) instead of a dev identity.
+    pub fn quill_as(&self, id: u64, identity: &Path, args: &[&str]) -> (i32, String, String) {
+        self.run_quill(id, args, |cmd| {
+            cmd.env("QUILL_IDENTITY", identity).env_remove("QUILL_ACTOR").env_remove("QUILL_DEV_DIR");
+        })
+    }
+
+    fn run_quill(&self, id: u64, args: &[&str], caller: impl FnOnce(&mut Command)) -> (i32, String, String) {
         let mut cmd = Command::new(binary("quill"));
         cmd.args(args).env("QUILL_ENDPOINT", self.node(id).endpoint()).env_remove("QUILL_ENDPOINTS");
-        cmd.env("QUILL_ACTOR", READER).env("QUILL_DEV_DIR", &self.root).env_remove("QUILL_COMPONENT");
         // Custodians pin new nodes' transport keys without a prompt (t92 tests the pins).
-        cmd.env_remove("QUILL_IDENTITY").env("QUILL_PIN_NEW", "true");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        cmd.env_remove("QUILL_COMPONENT").env("QUILL_PIN_NEW", "true");
+        caller(&mut cmd);
         let out = cmd.output().expect("run quill");
         let code = out.status.code().unwrap_or(-1);
         (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())

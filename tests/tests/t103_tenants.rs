@@ -27,7 +27,7 @@ use quill_proto::v1::{
     GenerateKeyRequest, GetJobRequest, GetKeyRequest, KeyStateRequest, ListChunksRequest, ListJobsRequest,
     ListKeysRequest, MacRequest, QueryRequest, SubmitPart,
 };
-use quill_tests::{Cluster, ClusterOptions, binary, repo_root, step, write_dda_batch};
+use quill_tests::{Cluster, ClusterOptions, repo_root, step, write_dda_batch};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -148,18 +148,9 @@ async fn one_tenant_sees_and_uses_nothing_of_another() {
 
     step("a bank-b job whose profile names the default tenant's keys is refused at submission");
     let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
-    let out = std::process::Command::new(binary("quill"))
-        .args(["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()])
-        .args(["--mac-key", "MAC-OUTPUT-TEST"])
-        .env("QUILL_ENDPOINT", cluster.node(3).endpoint())
-        .env("QUILL_IDENTITY", &b_dir)
-        .env_remove("QUILL_ACTOR")
-        .env_remove("QUILL_ENDPOINTS")
-        .env_remove("QUILL_DEV_DIR")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "a job with another tenant's keys was accepted: {err}");
+    let submit = ["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    let (code, _, err) = cluster.quill_as(3, &b_dir, &[&submit[..], &["--mac-key", "MAC-OUTPUT-TEST"]].concat());
+    assert_eq!(code, 1, "a job with another tenant's keys was accepted: {err}");
     assert!(err.contains("is not in the key inventory"), "the refusal names the key bank-b lacks: {err}");
     assert!(
         JobsClient::new(b_op.clone())

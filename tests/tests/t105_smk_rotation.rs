@@ -100,6 +100,17 @@ async fn the_smk_rotates_under_a_running_cluster() {
     };
     let e = KeysClient::new(bank_admin).ceremony_start(start).await.unwrap_err();
     assert!(e.message().contains("only the bureau rotates the SMK"), "{e:?}");
+    // A request no client of ours sends: both the SMK and the next SMK in one ceremony.
+    let both = CeremonyStartRequest {
+        caller: Some(Caller { client_id: "t105-ada".into(), serial: 1 }),
+        id: "smk-both".into(),
+        components: 2,
+        smk: true,
+        smk_next: true,
+        ..Default::default()
+    };
+    let e = KeysClient::new(cluster.channel_as(1, "admin:ada")).ceremony_start(both).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 
     step("quill key rotate-smk: two custodians");
     cluster.quill_ok(1, &["key", "rotate-smk", "--components", "2", "--id", "smk-2"], &ADMIN);

@@ -139,18 +139,9 @@ async fn keys_moved_to_another_tenant_on_disk_are_refused_by_their_blocks() {
     let input = dir.path().join("cards.csv");
     write_dda_batch(&input, 10, 0);
     let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
-    let out = std::process::Command::new(quill_tests::binary("quill"))
-        .args(["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()])
-        .args(["--mac-key", "MAC-OUTPUT-TEST"])
-        .env("QUILL_ENDPOINT", cluster.node(1).endpoint())
-        .env("QUILL_IDENTITY", &dir_b)
-        .env_remove("QUILL_ACTOR")
-        .env_remove("QUILL_ENDPOINTS")
-        .env_remove("QUILL_DEV_DIR")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "bank-b's job with default's keys was taken: {err}");
+    let submit = ["job", "submit", "--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    let (code, _, err) = cluster.quill_as(1, &dir_b, &[&submit[..], &["--mac-key", "MAC-OUTPUT-TEST"]].concat());
+    assert_ne!(code, 0, "bank-b's job with default's keys was taken: {err}");
     eprintln!("refused: {}", err.trim());
     assert!(
         err.contains("MAC-OUTPUT-TEST") && err.contains("belongs to tenant \"default\"") && err.contains("\"bank-b\""),

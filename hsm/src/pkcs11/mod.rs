@@ -460,16 +460,15 @@ impl Pkcs11Hsm {
             return Ok(None);
         };
         let smk = Smk { handle, kcv: self.kcv_of(s, op, handle, KeyAlg::Aes256)? };
+        // Found with it (and cached), the next SMK of a rotation: blocks re-protected under it
+        // open from the moment the cluster switches, before this token promotes it (`rotation.rs`).
+        self.next_smk(s, op)?;
         lock(&self.token).smk = Some(smk.clone());
         Ok(Some(smk))
     }
 
     fn require_smk(&self, s: &Session, op: Op<'_>) -> Result<Smk, HsmError> {
-        let smk = self.smk(s, op)?.ok_or_else(|| HsmError::NoSmk { operation: op.name, at: self.at.clone() })?;
-        // Blocks re-protected under the next SMK of a rotation open from the moment the cluster
-        // switches to it, before this token has promoted it (`rotation.rs`).
-        self.next_smk(s, op)?;
-        Ok(smk)
+        self.smk(s, op)?.ok_or_else(|| HsmError::NoSmk { operation: op.name, at: self.at.clone() })
     }
 
     /// The SMK a key under `key_smk` opens with: `smk` (the token's SMK) or, during a rotation,

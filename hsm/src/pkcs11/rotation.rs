@@ -47,6 +47,18 @@ impl Pkcs11Hsm {
             .ok_or_else(|| op.state("this token holds no next SMK: a rotation ceremony forms it first"))
     }
 
+    /// The current and the next SMK, to move a key under `key_smk` from one to the other; `None`
+    /// when it is under the next one already, [`HsmError::WrongSmk`] when under neither.
+    fn move_pair(&self, s: &Session, op: Op<'_>, key_smk: &Kcv) -> Result<Option<(Smk, Smk)>, HsmError> {
+        let smk = self.require_smk(s, op)?;
+        let next = self.require_next(s, op)?;
+        if *key_smk == next.kcv {
+            return Ok(None);
+        }
+        self.check_smk_kcv(op, &smk, key_smk)?;
+        Ok(Some((smk, next)))
+    }
+
     /// [`crate::Hsm::form_next_smk`] on this token.
     pub(super) fn form_next_smk_in(
         &self,
@@ -162,19 +174,7 @@ impl Pkcs11Hsm {
         op: Op<'_>,
         key: &WrappedKey,
     ) -> Result<WrappedKey, HsmError> {
-        let smk = self.require_smk(&s.session, op)?;
-        let next = self.require_next(&s.session, op)?;
-        if key.smk_kcv == next.kcv {
-            return Ok(key.clone());
-        }
-        if key.smk_kcv != smk.kcv {
-            return Err(HsmError::WrongSmk {
-                operation: op.name,
-                key_smk: key.smk_kcv.clone(),
-                hsm_smk: smk.kcv.clone(),
-                at: self.at.clone(),
-            });
-        }
+        let Some((smk, next)) = self.move_pair(&s.session, op, &key.smk_kcv)? else { return Ok(key.clone()) };
         let header = keyblock::at_rest_check(key, None).map_err(|r| self.block_refused(op, r))?;
         let blob = if self.native_blocks() {
             if !self.caps.native_tr31_translate() {
@@ -222,11 +222,7 @@ impl Pkcs11Hsm {
         op: Op<'_>,
         key: &WrappedRsaKey,
     ) -> Result<WrappedRsaKey, HsmError> {
-        let smk = self.require_smk(&s.session, op)?;
-        let next = self.require_next(&s.session, op)?;
-        if key.smk_kcv == next.kcv {
-            return Ok(key.clone());
-        }
+        let Some((smk, next)) = self.move_pair(&s.session, op, &key.smk_kcv)? else { return Ok(key.clone()) };
         let session = &s.session;
         let mut tmp = Temporaries::new(session);
         let h =

@@ -129,15 +129,7 @@ impl JobRecord {
     /// The job's data key, if its block at rest binds it to the job's tenant (see
     /// `KeyRecord::block`): a record moved to another tenant on disk opens nothing.
     pub fn data_key(&self) -> Result<&WrappedKey, String> {
-        match self.data_key.owner() {
-            Some(owner) if owner == self.tenant => Ok(&self.data_key),
-            owner => Err(format!(
-                "job {}: its data key belongs to tenant {}, its record says {:?}: the record was altered",
-                self.id,
-                owner.map_or_else(|| "(none)".to_owned(), |o| format!("{o:?}")),
-                self.tenant
-            )),
-        }
+        crate::keys::model::bound_to(&self.data_key, &self.tenant, &format!("job {}: its data key", self.id))
     }
 
     /// The record as clients see it: without the profile text and the wrapped data key.

@@ -141,15 +141,19 @@ impl KeyRecord {
     /// `Ok(None)`: destroyed.
     pub fn block(&self) -> Result<Option<&WrappedKey>, String> {
         let Some(w) = &self.wrapped else { return Ok(None) };
-        match w.owner() {
-            Some(owner) if owner == self.tenant => Ok(Some(w)),
-            owner => Err(format!(
-                "key {}: its block at rest belongs to tenant {}, its record says {:?}: the record was altered, the key is not used",
-                self.id,
-                owner.map_or_else(|| "(none)".to_owned(), |o| format!("{o:?}")),
-                self.tenant
-            )),
-        }
+        bound_to(w, &self.tenant, &format!("key {}: its block at rest", self.id)).map(Some)
+    }
+}
+
+/// `w`, if its block's header binds it to `tenant` (see [`KeyRecord::block`]); otherwise why,
+/// `what` naming the block ("key X: its block at rest").
+pub fn bound_to<'a>(w: &'a WrappedKey, tenant: &str, what: &str) -> Result<&'a WrappedKey, String> {
+    match w.owner() {
+        Some(owner) if owner == tenant => Ok(w),
+        owner => Err(format!(
+            "{what} belongs to tenant {}, its record says {tenant:?}: the record was altered, the key is not used",
+            owner.map_or_else(|| "(none)".to_owned(), |o| format!("{o:?}")),
+        )),
     }
 }
 
