@@ -997,13 +997,20 @@ impl Module {
         }
         if mech.mech == CKM_QUILL_TR31_UNWRAP {
             // Class, key type and length come from the key block.
-            let (kt, value, tmpl) = ops::unwrap_tr31(mech, &u, wrapped, tmpl)?;
+            let (key, tmpl) = ops::unwrap_tr31(mech, &u, wrapped, tmpl)?;
+            let (class, kt, material) = match key {
+                ops::Unwrapped::Secret(kt, value) => (CKO_SECRET_KEY, kt, Material::Secret(Arc::new(value))),
+                ops::Unwrapped::RsaPrivate(key) => {
+                    let engine = quill_crypto::rsa::RsaEngine::new(&key)?;
+                    (CKO_PRIVATE_KEY, CKK_RSA, Material::RsaPrivate(Arc::new(key), Arc::new(engine)))
+                }
+            };
             let (attrs, material) = object::build(NewObject {
                 template: &tmpl,
-                class: Some(CKO_SECRET_KEY),
+                class: Some(class),
                 key_type: Some(kt),
                 origin: Origin::Unwrapped,
-                material: Some(Material::Secret(Arc::new(value))),
+                material: Some(material),
                 extra: AttrMap::default(),
                 so: self.is_so(slot),
             })?;

@@ -635,3 +635,107 @@ fn translate_refusals() {
     expect_rv(s.decrypt(&mech, k2, block.as_bytes()), RvError::MechanismInvalid);
     expect_rv(s.wrap_key(&mech, k2, key), RvError::MechanismInvalid);
 }
+
+// ---- RSA private keys (algorithm R) -----------------------------------------------------------
+
+/// An RSA key pair generated in the module: the private key sensitive and extractable (it may be
+/// wrapped), sign only; the public key for verification.
+fn rsa_pair(s: &Session, bits: u64) -> (ObjectHandle, ObjectHandle) {
+    let public = [
+        Attribute::Token(false),
+        Attribute::ModulusBits(bits.into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Verify(true),
+    ];
+    let private = [
+        Attribute::Token(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+    ];
+    s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private).unwrap()
+}
+
+/// The header of an issuer key at rest: usage S0, algorithm R, mode S (sign only), version 00,
+/// not exportable, key context 1.
+const RSA_AT_REST: &str = "D0000S0RS00N0010";
+
+/// An RSA private key wraps as a version D block whose key data is its DER PKCS#8 (X9.143:
+/// asymmetric keys are DER-encoded), which OpenSSL parses as the module's key pair; the block
+/// opens back into a private key with the header's rights only (sign; not extractable, as `N`
+/// says), which signs what the public key verifies; a translation keeps the header and the key.
+#[test]
+fn rsa_private_keys_travel_as_algorithm_r_blocks() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let (v1, v2) = (h(KBPK1), h(KBPK2));
+    let (k1, k2) = (kbpk(&s, KeyType::AES, &v1, &[]), kbpk(&s, KeyType::AES, &v2, &[]));
+    let (public, private) = rsa_pair(&s, 1024);
+    let modulus = bytes(&s, public, AttributeType::Modulus);
+    let block = wrap(&s, RSA_AT_REST, k1, private).unwrap();
+    assert_eq!(&block[5..16], "S0RS00N0010", "{block}");
+    assert_eq!(block[1..5].parse::<usize>().unwrap(), block.len());
+    let (header, der) = tr31::unwrap(Kbpk::Aes(&v1), block.as_bytes()).unwrap();
+    assert_eq!(header.algorithm, tr31::Algorithm::Rsa);
+    let rsa = openssl::pkey::PKey::private_key_from_pkcs8(&der).unwrap().rsa().unwrap();
+    assert!(rsa.check_key().unwrap(), "OpenSSL: a consistent RSA private key");
+    assert_eq!(rsa.n().to_vec(), modulus);
+    let d = hex::encode_upper(rsa.d().to_vec());
+    assert!(!block.contains(&d[..32]), "the private exponent shows in the block");
+
+    // Opened: a private RSA key, sign only, not extractable, the same modulus; it signs.
+    let opened = unwrap(&s, k1, &block, &[Attribute::Token(false)]).unwrap();
+    assert_eq!(key_type(&s, opened), KeyType::RSA);
+    let private_usages = [AttributeType::Sign, AttributeType::Decrypt, AttributeType::Unwrap, AttributeType::Derive]
+        .map(|t| flag(&s, opened, t));
+    assert_eq!(private_usages, [true, false, false, false], "sign only (mode S)");
+    assert!(!flag(&s, opened, AttributeType::Extractable), "N: never extractable");
+    assert_eq!(bytes(&s, opened, AttributeType::Modulus), modulus);
+    let sig = s.sign(&Mechanism::RsaPkcs, opened, b"issuer certificate").unwrap();
+    s.verify(&Mechanism::RsaPkcs, public, b"issuer certificate", &sig).unwrap();
+    // A template asking for more than the header allows, or for another class, is refused.
+    for bad in [
+        vec![Attribute::Decrypt(true)],
+        vec![Attribute::Extractable(true)],
+        vec![Attribute::Class(ObjectClass::SECRET_KEY)],
+        vec![Attribute::KeyType(KeyType::AES)],
+    ] {
+        expect_rv(unwrap(&s, k1, &block, &bad), RvError::TemplateInconsistent);
+    }
+    // Under another KBPK it does not open; translated, it opens there into the same key.
+    expect_rv(unwrap(&s, k2, &block, &[Attribute::Token(false)]), RvError::WrappedKeyInvalid);
+    let moved = translate(&s, k1, k2, &block).unwrap();
+    assert_eq!((header_text(&moved), moved.len()), (header_text(&block), block.len()));
+    let back = unwrap(&s, k2, &moved, &[Attribute::Token(false)]).unwrap();
+    assert_eq!(bytes(&s, back, AttributeType::Modulus), modulus);
+    let sig2 = s.sign(&Mechanism::RsaPkcs, back, b"issuer certificate").unwrap();
+    assert_eq!(sig2, sig, "PKCS#1 v1.5 signatures are deterministic: the same key");
+    expect_rv(unwrap(&s, k1, &moved, &[Attribute::Token(false)]), RvError::WrappedKeyInvalid);
+}
+
+/// What an RSA block must not be: a header whose algorithm does not describe the key, a
+/// private key that may not be extracted, key data that is no PKCS#8 RSA key (made with the
+/// KBPK's value, so the MAC holds).
+#[test]
+fn rsa_block_refusals() {
+    let hsm = hsm();
+    let s = hsm.session();
+    let v1 = h(KBPK1);
+    let k1 = kbpk(&s, KeyType::AES, &v1, &[]);
+    let (_, private) = rsa_pair(&s, 1024);
+    expect_rv(wrap(&s, "D0000D0AB00N0000", k1, private), RvError::MechanismParamInvalid);
+    let aes = aes_key(&s, &h(CASES[2].key), &[]);
+    expect_rv(wrap(&s, RSA_AT_REST, k1, aes), RvError::MechanismParamInvalid);
+    let (_, locked) = {
+        let public = [Attribute::Token(false), Attribute::ModulusBits(1024u64.into())];
+        let private = [Attribute::Token(false), Attribute::Extractable(false), Attribute::Sign(true)];
+        s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private).unwrap()
+    };
+    expect_rv(wrap(&s, RSA_AT_REST, k1, locked), RvError::KeyUnextractable);
+    let header = tr31::Tr31Header::parse_template(RSA_AT_REST.as_bytes()).unwrap();
+    let junk = tr31::wrap(Kbpk::Aes(&v1), &header, &[0x30, 0x03, 0x02, 0x01, 0x00], None, &mut |b| b.fill(7)).unwrap();
+    expect_rv(unwrap(&s, k1, &junk, &[Attribute::Token(false)]), RvError::WrappedKeyInvalid);
+    let k2 = kbpk(&s, KeyType::AES, &h(KBPK2), &[]);
+    expect_rv(translate(&s, k1, k2, &junk), RvError::DataInvalid);
+}

@@ -3,7 +3,7 @@
 //! TR-31 (hsm-sim's vendor mechanisms, the host path) go through these, so every module refuses
 //! the same requests with the same messages, which are those of `quill_crypto::tr31`.
 
-use crate::types::{Kcv, KeyAlg, KeyUse, WrappedKey};
+use crate::types::{Kcv, KeyAlg, KeyUse, RsaPublic, WrappedKey, WrappedRsaKey};
 use quill_crypto::tr31::{
     self, Algorithm, BlockId, Exportability, Kbpk, KeyContext, KeyUsage, ModeOfUse, OptionalBlock, Tr31Error,
     Tr31Header, Version,
@@ -370,16 +370,92 @@ pub(crate) fn at_rest_header(alg: KeyAlg, key_use: KeyUse, kcv: &Kcv) -> Result<
     let mut header = export_header(AT_REST_KBPK, alg, &key_use.code(), key_use.exportable)?;
     header.key_context = KeyContext::Storage;
     header.optional_blocks.extend(kc_block(alg, kcv));
-    if let Some(owner) = &key_use.owner {
+    push_owner(&mut header, key_use.owner.as_deref())?;
+    as_template(&header)
+}
+
+/// `header` with the owning tenant's [`OWNER_BLOCK`] added, when there is one.
+fn push_owner(header: &mut Tr31Header, owner: Option<&str>) -> Result<(), String> {
+    if let Some(owner) = owner {
         let ok = (1..=32).contains(&owner.len())
             && owner.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
         if !ok {
             return Err(format!("tenant {owner:?}: 1-32 characters of a-z 0-9 - _ ."));
         }
-        header.optional_blocks.push(OptionalBlock::new(OWNER_BLOCK, owner.clone()));
+        header.optional_blocks.push(OptionalBlock::new(OWNER_BLOCK, owner.to_owned()));
     }
+    Ok(())
+}
+
+/// `header` as the wrap mechanisms take it (checked as hsm-sim checks the parameter).
+fn as_template(header: &Tr31Header) -> Result<Tr31Header, String> {
     let text = header.encode().map_err(|e| e.to_string())?;
     Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Proprietary optional block binding an RSA private key at rest to its public key: the
+/// fingerprint (upper-case hex SHA-256 of the SPKI, [`RsaPublic::fingerprint`]).
+pub(crate) const PUBLIC_BLOCK: BlockId = BlockId::Other(*b"0P");
+
+/// The header of an issuer RSA private key at rest: version D, usage `S0` (digital signature),
+/// algorithm `R`, mode of use `S` (sign only), exportability `N` (it never leaves the HSMs but as
+/// this block), key version `00`, key context `1`, the public key's fingerprint in
+/// [`PUBLIC_BLOCK`] and the owning tenant in [`OWNER_BLOCK`]. The key data is its DER PKCS#8.
+pub(crate) fn rsa_at_rest_header(public: &RsaPublic, owner: Option<&str>) -> Result<Tr31Header, String> {
+    let mut header = Tr31Header::new(
+        Version::D,
+        KeyUsage::AsymmetricSignature,
+        Algorithm::Rsa,
+        ModeOfUse::SignatureOnly,
+        Exportability::NonExportable,
+    );
+    header.key_context = KeyContext::Storage;
+    header.optional_blocks.push(OptionalBlock::new(PUBLIC_BLOCK, public.fingerprint()));
+    push_owner(&mut header, owner)?;
+    as_template(&header)
+}
+
+/// The header of an RSA block at rest, read before it is opened, and what it must say: every
+/// field [`rsa_at_rest_header`] writes, the fingerprint of the record's public key among them.
+/// The MAC (checked when the block is opened) proves the header is the one the HSM wrote.
+pub(crate) fn rsa_at_rest_check(key: &WrappedRsaKey) -> Result<Tr31Header, String> {
+    let header = key.header()?;
+    let found = (
+        header.version,
+        header.key_context,
+        header.algorithm,
+        header.key_usage,
+        header.mode_of_use,
+        header.exportability,
+    );
+    let wanted = (
+        Version::D,
+        KeyContext::Storage,
+        Algorithm::Rsa,
+        KeyUsage::AsymmetricSignature,
+        ModeOfUse::SignatureOnly,
+        Exportability::NonExportable,
+    );
+    if found != wanted {
+        return Err(format!(
+            "an issuer key's block at rest must be version D, key context 1, algorithm R, usage S0, mode S, exportability N; this one is version {}, context {}, algorithm {}, usage {}, mode {}, exportability {}",
+            header.version.id(),
+            header.key_context.code(),
+            header.algorithm.code(),
+            String::from_utf8_lossy(&header.key_usage.code()),
+            header.mode_of_use.code(),
+            header.exportability.code()
+        ));
+    }
+    let fingerprint = key.public.fingerprint();
+    match header.optional_block(PUBLIC_BLOCK) {
+        Some(f) if f == fingerprint => Ok(header),
+        f => Err(format!(
+            "the RSA key block at rest is bound to public key {}, the record's is {}: the record was altered",
+            f.map_or("(none)", |f| f.get(..16).unwrap_or(f)),
+            &fingerprint[..16]
+        )),
+    }
 }
 
 /// The header at rest of a key imported from `imported` under a KBPK of tenant `owner`: its usage,
@@ -398,8 +474,7 @@ pub(crate) fn at_rest_from_import(
     header.mode_of_use = imported.mode_of_use;
     header.exportability = imported.exportability;
     header.key_version = imported.key_version;
-    let text = header.encode().map_err(|e| e.to_string())?;
-    Tr31Header::parse_template(text.as_bytes()).map_err(|e| e.to_string())
+    as_template(&header)
 }
 
 /// The header of a block at rest, read before it is opened, and the checks it must pass for

@@ -54,7 +54,8 @@ pub use pool::{HsmPool, SlotState, SlotStatus};
 /// TR-31 key blocks (`quill_crypto::tr31`): the header type [`Hsm::tr31_import`] returns.
 pub use quill_crypto::tr31;
 pub use types::{
-    Capability, HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey, WrappedRsaKey,
+    AtRest, Capability, HsmInfo, Kcv, KeyAlg, KeyUse, RsaPublic, SealedComponent, SlotInfo, Support, WrappedKey,
+    WrappedRsaKey,
 };
 pub use usage::Usage;
 pub use zeroize::Zeroizing;
@@ -76,8 +77,8 @@ pub use zeroize::Zeroizing;
 ///   another SMK refuses it ([`HsmError::WrongSmk`]) before trying to unwrap. The block's header
 ///   binds the key's usage, mode of use and exportability: every operation names the usages it
 ///   accepts and refuses any other block before opening it ([`HsmError::KeyBlock`]); a block whose
-///   header was edited does not open. Only RSA private keys ([`WrappedRsaKey`]) stay AES key
-///   wrap with padding under the SMK itself.
+///   header was edited does not open. Issuer RSA private keys ([`WrappedRsaKey`]) are blocks of
+///   the same kind (algorithm `R`, usage `S0`, sign only, never exportable).
 /// - Component operations check each component's KCV inside the HSM and name the failing
 ///   component by index; they need at least two components.
 /// - KCVs are computed inside the HSM (see [`Kcv`] for the algorithms).
@@ -137,8 +138,9 @@ pub trait Hsm: Send + Sync {
     /// translation is [`HsmError::Unsupported`], naming the setting.
     fn translate_to_next(&self, key: &WrappedKey) -> Result<WrappedKey, HsmError>;
 
-    /// An RSA private key wrapped under the current SMK, unwrapped and wrapped again under the
-    /// next SMK inside the HSM (a key already under the next SMK comes back as it is).
+    /// An RSA private key's block at rest under the current SMK, re-protected under the next
+    /// SMK as [`Hsm::translate_to_next`] does (a key already under the next SMK comes back as it
+    /// is).
     fn rewrap_rsa_to_next(&self, key: &WrappedRsaKey) -> Result<WrappedRsaKey, HsmError>;
 
     /// Make the next SMK, whose KCV must be `expected`, this HSM's SMK: the old SMK is destroyed
@@ -272,8 +274,9 @@ pub trait Hsm: Send + Sync {
 
     /// An RSA key pair for signing (an issuer key: `bits` 1024–1984 in steps of 8 for EMV, any
     /// 512–4096 here; odd `exponent` ≥ 3) generated inside the HSM. The private key leaves only
-    /// wrapped under the SMK (PKCS#8 under AES key wrap with padding), like every working key.
-    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32) -> Result<WrappedRsaKey, HsmError>;
+    /// as a block at rest (TR-31 version D under the SMK's at-rest KBPK; algorithm `R`, usage
+    /// `S0`, sign only, never exportable), bound to its public key and to tenant `owner`.
+    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32, owner: Option<&str>) -> Result<WrappedRsaKey, HsmError>;
 
     /// The raw RSA private operation (`CKM_RSA_X_509`: `block^d mod n`, no padding) with a
     /// wrapped private key: EMV certificates and Signed Static Application Data are formatted by

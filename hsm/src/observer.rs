@@ -1,6 +1,5 @@
 //! Reporting uses of the host path (key material in host memory) so the node can audit them.
 
-use crate::types::KeyAlg;
 use std::path::PathBuf;
 
 /// One use of the host path: an operation the module could not do inside the HSM, done with key
@@ -12,8 +11,8 @@ pub struct HostPathUse {
     /// What was done in host memory and why (`XOR of 3 key components: the module lacks
     /// CKM_QUILL_KEY_COMPONENTS_XOR`).
     pub what: String,
-    /// Algorithm of the key material.
-    pub alg: KeyAlg,
+    /// Algorithm of the key material (`AES-256`, `RSA-1024`).
+    pub alg: String,
     /// Module path.
     pub module: PathBuf,
     /// Slot id.

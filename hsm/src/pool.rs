@@ -912,12 +912,13 @@ impl Hsm for HsmPool {
         )
     }
 
-    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32) -> Result<WrappedRsaKey, HsmError> {
+    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32, owner: Option<&str>) -> Result<WrappedRsaKey, HsmError> {
+        let owner = owner.map(str::to_owned);
         self.inner.run(
             "generate_rsa_key_pair",
             self.inner.keygen_timeout,
             None,
-            Arc::new(move |h: &Pkcs11Hsm| h.generate_rsa_key_pair(bits, exponent)),
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_rsa_key_pair(bits, exponent, owner.as_deref())),
         )
     }
 

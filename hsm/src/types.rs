@@ -347,33 +347,57 @@ pub struct WrappedKey {
     pub smk_kcv: Kcv,
 }
 
+/// A key at rest, a block whose header may bind it to a tenant ([`WrappedKey`],
+/// [`WrappedRsaKey`]): for code that checks either kind alike.
+pub trait AtRest {
+    /// The tenant the block's header binds the key to (its `0T` block), if any.
+    fn owner(&self) -> Option<String>;
+}
+
+/// Inherent `header`, `header_text` and `owner` of a key-at-rest type whose block is `blob`.
+macro_rules! at_rest_block {
+    ($t:ty) => {
+        impl $t {
+            /// The key block's header, as written (authenticated only when the block is opened in
+            /// an HSM: read it to decide, never to trust).
+            pub fn header(&self) -> Result<Tr31Header, String> {
+                tr31::parse_key_block_header(&self.blob).map_err(|e| format!("the key block at rest: {e}"))
+            }
+
+            /// The block's header as written (`D0144E0TB00E0200KC...`): no key material, what an
+            /// auditor reads.
+            pub fn header_text(&self) -> Option<String> {
+                tr31::key_block_header_text(&self.blob).ok().map(str::to_string)
+            }
+
+            /// The tenant the block's header binds the key to (its `0T` block), if any. As
+            /// written: the HSM checks the header's MAC when it opens the block, so a record whose
+            /// block was given another tenant opens for nothing.
+            pub fn owner(&self) -> Option<String> {
+                self.header().ok().as_ref().and_then(crate::keyblock::at_rest_owner)
+            }
+
+            /// SHA-256 of the blob: the key of the per-session handle cache.
+            pub(crate) fn digest(&self) -> [u8; 32] {
+                Sha256::digest(&self.blob).into()
+            }
+        }
+
+        impl AtRest for $t {
+            fn owner(&self) -> Option<String> {
+                <$t>::owner(self)
+            }
+        }
+    };
+}
+
+at_rest_block!(WrappedKey);
+at_rest_block!(WrappedRsaKey);
+
 impl WrappedKey {
-    /// The key block's header, as written (authenticated only when the block is opened in an
-    /// HSM: read it to decide, never to trust).
-    pub fn header(&self) -> Result<Tr31Header, String> {
-        tr31::parse_key_block_header(&self.blob).map_err(|e| format!("the key block at rest: {e}"))
-    }
-
-    /// The block's header as written (`D0144E0TB00E0200KC...`): no key material, what an auditor reads.
-    pub fn header_text(&self) -> Option<String> {
-        tr31::key_block_header_text(&self.blob).ok().map(str::to_string)
-    }
-
     /// The TR-31 usage the block's header names.
     pub fn usage(&self) -> Option<KeyUsage> {
         self.header().ok().map(|h| h.key_usage)
-    }
-
-    /// The tenant the block's header binds the key to (its `0T` block), if any. As written: the
-    /// HSM checks the header's MAC when it opens the block, so a record whose block was given
-    /// another tenant opens for nothing.
-    pub fn owner(&self) -> Option<String> {
-        self.header().ok().as_ref().and_then(crate::keyblock::at_rest_owner)
-    }
-
-    /// SHA-256 of the blob: the key of the per-session handle cache.
-    pub(crate) fn digest(&self) -> [u8; 32] {
-        Sha256::digest(&self.blob).into()
     }
 }
 
@@ -383,25 +407,22 @@ impl fmt::Debug for WrappedKey {
     }
 }
 
-/// An RSA private key (an issuer key) wrapped under the SMK: the PKCS#8 `PrivateKeyInfo`
-/// encrypted with AES key wrap with padding (RFC 5649) inside the HSM, and its public half. Only
-/// an HSM holding the same SMK can use it ([`crate::Hsm::rsa_sign_raw`]).
+/// An RSA private key (an issuer key) at rest, and its public half: a TR-31 key block, version D,
+/// under the same at-rest KBPK as [`WrappedKey`] (derived from the SMK inside the HSM), whose key
+/// data is the DER PKCS#8 `PrivateKeyInfo` (ANSI X9.143 for asymmetric keys). Its authenticated
+/// header says algorithm `R`, usage `S0` (digital signature), mode of use `S` (sign only),
+/// exportability `N`, key context `1` (storage), the public key's fingerprint (proprietary block
+/// `0P`) and the tenant (`0T`). Only an HSM holding the same SMK opens it
+/// ([`crate::Hsm::rsa_sign_raw`]), and only to sign.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedRsaKey {
     /// The public key.
     pub public: RsaPublic,
-    /// RFC 5649 ciphertext of the PKCS#8 private key under the SMK.
+    /// The key block (ASCII).
     #[serde(with = "hex_bytes")]
     pub blob: Vec<u8>,
     /// KCV of the SMK that wraps it.
     pub smk_kcv: Kcv,
-}
-
-impl WrappedRsaKey {
-    /// SHA-256 of the blob: the key of the per-session handle cache.
-    pub(crate) fn digest(&self) -> [u8; 32] {
-        Sha256::digest(&self.blob).into()
-    }
 }
 
 impl fmt::Debug for WrappedRsaKey {

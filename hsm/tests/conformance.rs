@@ -325,7 +325,7 @@ fn host_path_policy(b: Backend) {
             let uses = rec.uses();
             assert_eq!(uses.len(), 1, "{uses:?}");
             assert_eq!(uses[0].operation, "form_smk");
-            assert_eq!(uses[0].alg, KeyAlg::Aes256);
+            assert_eq!(uses[0].alg, KeyAlg::Aes256.to_string());
             assert!(uses[0].what.contains("XOR of 2 key components"), "{}", uses[0].what);
             assert_eq!(uses[0].token_label, "TEST-hostpath");
             let key = r::random_key(KeyAlg::Des3);

@@ -14,7 +14,7 @@ use openssl::bn::{BigNum, BigNumContext};
 use openssl::symm::{Cipher, Crypter, Mode};
 use quill_hsm::{
     CrtPadding, Hsm, HsmError, HsmPool, Kcv, KeyAlg, LogHostPath, PinRequest, PinVerification, Pkcs11Hsm, PoolConfig,
-    SealedComponent, SlotConfig, WrappedKey,
+    SealedComponent, SlotConfig, WrappedKey, WrappedRsaKey,
 };
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ per_backend!(
     cvv_known_answers,
     generated_pins_translate_and_verify,
     icc_rsa_crt_components_decrypt,
-    issuer_keys_wrap_under_the_smk_and_sign_raw,
+    issuer_keys_rest_as_rsa_key_blocks_and_sign_raw,
     bad_input_is_named,
     host_path_policy_for_payment,
 );
@@ -38,6 +38,8 @@ const MAILER: &str = "E3F7A4C4B0FD7CB51FA8EC1C6157469D";
 const PIN_AES: &str = "00112233445566778899AABBCCDDEEFF";
 
 struct Fixture {
+    /// The clear SMK (TEST): the reference opens blocks at rest with it.
+    smk: Vec<u8>,
     config: SlotConfig,
     hsm: Pkcs11Hsm,
     rec: Arc<Recorder>,
@@ -54,13 +56,14 @@ impl Fixture {
         let config = token_host_path(b, name)?;
         let rec = Recorder::new();
         let hsm = Pkcs11Hsm::open(&config, rec.clone()).unwrap();
-        let (comps, kcvs) = components(&hsm, KeyAlg::Aes256, &r::random(32));
+        let smk = r::random(32);
+        let (comps, kcvs) = components(&hsm, KeyAlg::Aes256, &smk);
         hsm.form_smk(&comps, &kcvs).unwrap();
         let des2 = |u: &str, v: &str| import(&hsm, KeyAlg::Des2, u, &r::odd_parity(h(v)));
         let (imk, cvk, pvk, dek, mailer) =
             (des2("E0", IMK), des2("C0", CVK), des2("V2", PVK), des2("D0", DEK), des2("P0", MAILER));
         let pin_aes = import(&hsm, KeyAlg::Aes128, "P0", &h(PIN_AES));
-        Some(Fixture { config, hsm, rec, imk, cvk, pvk, dek, mailer, pin_aes })
+        Some(Fixture { smk, config, hsm, rec, imk, cvk, pvk, dek, mailer, pin_aes })
     }
 
     fn uses(&self, operation: &str) -> usize {
@@ -355,16 +358,36 @@ fn icc_rsa_crt_components_decrypt(b: Backend) {
     }
 }
 
-/// An issuer key pair generated inside the HSM leaves only wrapped under the SMK, signs raw blocks
-/// that OpenSSL recovers with its public key, works from a second token holding the same SMK, and
-/// is refused by a token with another SMK.
-fn issuer_keys_wrap_under_the_smk_and_sign_raw(b: Backend) {
+/// An issuer key pair generated inside the HSM leaves only as a TR-31 version D block at rest
+/// (algorithm R, usage S0, mode S, exportability N, key context 1, bound to its public key and
+/// tenant), which an independent reference (OpenSSL, from the standard) opens under the KBPK of
+/// the TEST SMK into a PKCS#8 key that OpenSSL parses as the same key pair. It signs raw blocks
+/// that OpenSSL recovers with its public key; a block altered anywhere, a record given another
+/// public key, a symmetric block in its place, or a token with another SMK are refused.
+fn issuer_keys_rest_as_rsa_key_blocks_and_sign_raw(b: Backend) {
     let Some(f) = Fixture::new(b, "pay-issuer") else { return };
-    let key = f.hsm.generate_rsa_key_pair(1152, 3).unwrap();
+    let key = f.hsm.generate_rsa_key_pair(1152, 3, Some("bank-a")).unwrap();
     assert_eq!(key.public.bits(), 1152);
     assert_eq!(key.public.exponent, vec![3]);
-    // The blob is ciphertext: neither the modulus nor a PKCS#8 header shows in it.
-    assert!(!key.blob.windows(16).any(|w| key.public.modulus.windows(16).any(|m| m == w)));
+    let text = std::str::from_utf8(&key.blob).unwrap().to_owned();
+    let header = key.header().unwrap();
+    assert_eq!(&text[..1], "D", "{text}");
+    assert_eq!(&text[5..12], "S0RS00N", "usage S0, algorithm R, mode S, version 00, not exportable: {text}");
+    assert_eq!(&text[14..16], "10", "key context 1 (storage): {text}");
+    assert_eq!(key.owner().as_deref(), Some("bank-a"));
+    assert_eq!(header.optional_block(quill_hsm::tr31::BlockId::Other(*b"0P")), Some(key.public.fingerprint().as_str()));
+    // The reference opens it: the key data is a DER PKCS#8 RSA key whose public half is the record's.
+    let kbpk = r::aes_cbc_encrypt(&f.smk, &[0u8; 16], b"QUILL KEY BLOCKS AT REST KBPK v1");
+    let der = r::tr31_d_unwrap_aes256(&kbpk, &text).expect("the block opens under the TEST SMK's KBPK");
+    let pkey = openssl::pkey::PKey::private_key_from_pkcs8(&der).expect("PKCS#8");
+    let rsa = pkey.rsa().unwrap();
+    assert!(rsa.check_key().unwrap());
+    assert_eq!((rsa.n().to_vec(), rsa.e().to_vec()), (key.public.modulus.clone(), vec![3]));
+    // The clear key shows nowhere in the block.
+    let d = rsa.d().to_vec();
+    assert!(!key.blob.windows(16).any(|w| d.windows(16).any(|m| m == w)));
+    assert!(!text.contains(&hex::encode_upper(&d[..16])));
+
     let n = BigNum::from_slice(&key.public.modulus).unwrap();
     let e = BigNum::from_u32(3).unwrap();
     let mut ctx = BigNumContext::new().unwrap();
@@ -381,16 +404,53 @@ fn issuer_keys_wrap_under_the_smk_and_sign_raw(b: Backend) {
     }
     assert_misuse(f.hsm.rsa_sign_raw(&key, &block[..100]).unwrap_err(), "must be 144 bytes");
     assert_misuse(f.hsm.rsa_sign_raw(&key, &[0xFF; 144]).unwrap_err(), "below the modulus");
-    assert_misuse(f.hsm.generate_rsa_key_pair(1004, 3).unwrap_err(), "steps of 8");
-    // A corrupted blob is a bad wrapped key, not a device error.
-    let mut bad = key.clone();
-    let mid = bad.blob.len() / 2;
-    bad.blob[mid] ^= 1;
-    let err = f.hsm.rsa_sign_raw(&bad, &block).unwrap_err();
-    assert!(!err.is_device_error(), "{err:?}");
+    assert_misuse(f.hsm.generate_rsa_key_pair(1004, 3, None).unwrap_err(), "steps of 8");
+
+    // Attacks on the record, each refused as a key block (never a device error), none signing.
+    let other = f.hsm.generate_rsa_key_pair(1152, 3, Some("bank-a")).unwrap();
+    let refused = |k: &WrappedRsaKey, needle: &str| {
+        let err = f.hsm.rsa_sign_raw(k, &block).unwrap_err();
+        assert!(matches!(err, HsmError::KeyBlock { .. }), "{needle}: {err:?}");
+        assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
+    };
+    // One bit of the encrypted key data, or of the MAC.
+    for at in [text.len() / 2, text.len() - 3] {
+        let mut bad = key.clone();
+        bad.blob[at] = if bad.blob[at] == b'0' { b'1' } else { b'0' };
+        refused(&bad, "does not open");
+    }
+    // The header made exportable, or for another use: refused before opening; another key
+    // version: its MAC no longer holds.
+    for (at, to, needle) in [
+        (11, b'E', "must be version D"),
+        (6, b'1', "must be version D"),
+        (8, b'N', "must be version D"),
+        (10, b'1', "does not open"),
+    ] {
+        let mut bad = key.clone();
+        bad.blob[at] = to;
+        refused(&bad, needle);
+    }
+    // The tenant renamed in the header: the checks pass, the MAC does not.
+    let mut renamed = key.clone();
+    renamed.blob = text.replace("0T0Abank-a", "0T0Abank-b").into_bytes();
+    assert_ne!(renamed.blob, key.blob);
+    refused(&renamed, "does not open");
+    // Another key's public half in the record, or another key's block under this public key.
+    refused(&WrappedRsaKey { public: other.public.clone(), ..key.clone() }, "bound to public key");
+    refused(&WrappedRsaKey { blob: other.blob.clone(), ..key.clone() }, "bound to public key");
+    // A symmetric key's block in its place.
+    refused(
+        &WrappedRsaKey { blob: f.dek.blob.clone(), ..key.clone() },
+        "must be version D, key context 1, algorithm R",
+    );
+    // And the RSA block as a symmetric key's.
+    let err = f.hsm.kcv(&WrappedKey { blob: key.blob.clone(), ..f.dek.clone() }).unwrap_err();
+    assert!(matches!(err, HsmError::KeyBlock { .. }), "{err:?}");
+    assert!(f.hsm.rsa_sign_raw(&other, &block).is_ok(), "the other key still signs");
     // Another token with another SMK refuses it before unwrapping.
-    let Some(other) = Fixture::new(b, "pay-issuer-2") else { return };
-    let err = other.hsm.rsa_sign_raw(&key, &block).unwrap_err();
+    let Some(second) = Fixture::new(b, "pay-issuer-2") else { return };
+    let err = second.hsm.rsa_sign_raw(&key, &block).unwrap_err();
     assert!(matches!(err, HsmError::WrongSmk { .. }), "{err:?}");
 }
 

@@ -65,7 +65,7 @@ fn rotation_moves_every_key_and_retires_the_old_smk(b: Backend) {
         (import(&hsm, KeyAlg::Aes256, KeyUsage::DataEncryption, false, &data_clear), data_clear),
         (import(&hsm, KeyAlg::HmacSha256, KeyUsage::Hmac, false, &mac_clear), mac_clear.clone()),
     ];
-    let rsa = hsm.generate_rsa_key_pair(1024, 3).unwrap();
+    let rsa = hsm.generate_rsa_key_pair(1024, 3, Some("bank-a")).unwrap();
     let mut block = vec![0u8; 128];
     block[1..].copy_from_slice(&r::random(127));
     let signed_before = hsm.rsa_sign_raw(&rsa, &block).unwrap();
@@ -101,6 +101,12 @@ fn rotation_moves_every_key_and_retires_the_old_smk(b: Backend) {
     let rsa_new = hsm.rewrap_rsa_to_next(&rsa).unwrap();
     assert_eq!((rsa_new.public.clone(), rsa_new.smk_kcv.clone()), (rsa.public.clone(), next_kcv.clone()));
     assert_ne!(rsa_new.blob, rsa.blob);
+    let (o, n) = (std::str::from_utf8(&rsa.blob).unwrap(), std::str::from_utf8(&rsa_new.blob).unwrap());
+    assert_eq!(rsa_new.header_text(), rsa.header_text(), "the same header, owner and public key bound: {n}");
+    assert_eq!((o.len(), rsa_new.owner().as_deref()), (n.len(), Some("bank-a")));
+    let der = r::tr31_d_unwrap_aes256(&next_kbpk, n).expect("the RSA block opens under the next SMK");
+    let moved_rsa = openssl::pkey::PKey::private_key_from_pkcs8(&der).unwrap().rsa().unwrap();
+    assert_eq!(moved_rsa.n().to_vec(), rsa.public.modulus, "the same key pair");
     assert_eq!(hsm.rsa_sign_raw(&rsa_new, &block).unwrap(), signed_before, "the same private key");
 
     hsm.promote_next_smk(&next_kcv).unwrap();

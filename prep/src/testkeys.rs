@@ -236,7 +236,7 @@ pub fn load_with(hsm: &dyn Hsm, issuers: IssuerParams) -> Result<KeySet, String>
     }
     for i in &set.issuers {
         let (bits, exponent) = (issuers.bits.unwrap_or(i.bits), issuers.exponent.unwrap_or(i.exponent));
-        let pair = hsm.generate_rsa_key_pair(bits, exponent).map_err(|e| format!("{}: {e}", i.label))?;
+        let pair = hsm.generate_rsa_key_pair(bits, exponent, None).map_err(|e| format!("{}: {e}", i.label))?;
         keys.insert_issuer(i.label.clone(), certify(i, pair)?);
     }
     Ok(keys)

@@ -19,7 +19,7 @@ mod tr31;
 mod wrap;
 
 pub use operation::Operation;
-pub use tr31::unwrap_tr31;
+pub use tr31::{Unwrapped, unwrap_tr31};
 pub use wrap::{is_aes_key_wrap, unwrap, wrap};
 
 use crate::error::{Error, Result};

@@ -47,12 +47,15 @@ fn tr31_algorithm_fits(algorithm: tr31::Algorithm, kt: CK_KEY_TYPE) -> bool {
             | (A::Aes, CKK_AES)
             | (A::Des, CKK_DES)
             | (A::Hmac, CKK_GENERIC_SECRET | CKK_SHA_1_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC)
+            | (A::Rsa, CKK_RSA)
     )
 }
 
 /// `C_WrapKey` with `CKM_QUILL_TR31_WRAP`: the secret `value` of `key` as a TR-31 key block under
 /// `wrapping` (the KBPK), with the header template of the mechanism parameter. The key length is
-/// hidden (padding as for the longest key of the algorithm); the padding is random.
+/// hidden (padding as for the longest key of the algorithm); the padding is random. An RSA private
+/// key (algorithm `R`) travels as its DER PKCS#8 `PrivateKeyInfo` (ANSI X9.143: asymmetric keys
+/// in the key data field are DER-encoded), whose length follows from the public modulus anyway.
 pub(super) fn wrap_tr31(mech: &Mechanism, wrapping: &Object, key: &Object, value: &[u8]) -> Result<Vec<u8>> {
     let template = Tr31Header::parse_template(mech.param.raw())
         .map_err(|e| Error::param(format!("CKM_QUILL_TR31_WRAP header template: {e}")))?;
@@ -165,15 +168,20 @@ const TR31_USAGE_ATTRS: &[CK_ATTRIBUTE_TYPE] =
 /// The unwrap template completed from a TR-31 header: class, key type and length must agree with
 /// the block; a usage the mode of use forbids, or CKA_EXTRACTABLE on a non-exportable key, is
 /// inconsistent; usages the template leaves out follow the mode of use.
-fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attribute]) -> Result<Vec<Attribute>> {
+fn tr31_template(
+    header: &Tr31Header,
+    class: CK_OBJECT_CLASS,
+    kt: CK_KEY_TYPE,
+    len: usize,
+    tmpl: &[Attribute],
+) -> Result<Vec<Attribute>> {
     let t = template_to_map(tmpl)?;
     let mode = header.mode_of_use.code();
+    let kind = if class == CKO_PRIVATE_KEY { "an RSA private key" } else { "a secret key" };
     if let Some(c) = t.ulong(CKA_CLASS)
-        && c != CKO_SECRET_KEY
+        && c != class
     {
-        return Err(Error::template(format!(
-            "the TR-31 block holds a secret key; the template asks for class 0x{c:X}"
-        )));
+        return Err(Error::template(format!("the TR-31 block holds {kind}; the template asks for class 0x{c:X}")));
     }
     if let Some(k) = t.ulong(CKA_KEY_TYPE)
         && k != kt
@@ -184,7 +192,7 @@ fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attri
         )));
     }
     if let Some(l) = t.ulong(CKA_VALUE_LEN)
-        && l as usize != len
+        && (class != CKO_SECRET_KEY || l as usize != len)
     {
         return Err(Error::template(format!(
             "the TR-31 block holds a {len}-byte key; the template says CKA_VALUE_LEN {l}"
@@ -214,7 +222,10 @@ fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attri
     } else {
         header.key_usage.code()[0] == b'K'
     };
-    for &usage in TR31_USAGE_ATTRS {
+    // A private key has no encrypt, verify or wrap attribute (its public half does those).
+    let applies =
+        |usage: CK_ATTRIBUTE_TYPE| class != CKO_PRIVATE_KEY || !matches!(usage, CKA_ENCRYPT | CKA_VERIFY | CKA_WRAP);
+    for &usage in TR31_USAGE_ATTRS.iter().filter(|u| applies(**u)) {
         let ok = allowed.contains(&usage);
         match t.get(usage) {
             Some(v) if decode_bool(usage, v)? && !ok => {
@@ -243,15 +254,23 @@ fn tr31_template(header: &Tr31Header, kt: CK_KEY_TYPE, len: usize, tmpl: &[Attri
     Ok(out)
 }
 
+/// What a key block opened by `CKM_QUILL_TR31_UNWRAP` holds.
+pub enum Unwrapped {
+    /// A secret key: its PKCS#11 key type and value.
+    Secret(CK_KEY_TYPE, Zeroizing<Vec<u8>>),
+    /// An RSA private key (algorithm `R`), parsed from its DER PKCS#8 `PrivateKeyInfo`.
+    RsaPrivate(quill_crypto::rsa::RsaPrivateKey),
+}
+
 /// `C_UnwrapKey` with `CKM_QUILL_TR31_UNWRAP`: verifies and decrypts the key block under the
-/// KBPK `unwrapping`. Returns the key type and value the block carries and the caller's template
-/// completed from the header (see [`tr31_template`]).
+/// KBPK `unwrapping`. Returns the key the block carries and the caller's template completed from
+/// the header (see [`tr31_template`]).
 pub fn unwrap_tr31(
     mech: &Mechanism,
     unwrapping: &Object,
     wrapped: &[u8],
     tmpl: &[Attribute],
-) -> Result<(CK_KEY_TYPE, Zeroizing<Vec<u8>>, Vec<Attribute>)> {
+) -> Result<(Unwrapped, Vec<Attribute>)> {
     unwrapping.require(CKA_UNWRAP)?;
     require(mech.mech, CKF_UNWRAP)?;
     if mech.param != MechParam::None {
@@ -267,25 +286,38 @@ pub fn unwrap_tr31(
         ));
     }
     let (header, key) = tr31::unwrap(kbpk_for(&kbpk, aes), wrapped).map_err(tr31_unwrap_err)?;
-    let kt = secret_key_type(&header, key.len(), CKR_WRAPPED_KEY_INVALID)?;
-    let tmpl = tr31_template(&header, kt, key.len(), tmpl)?;
-    Ok((kt, key, tmpl))
+    let (class, kt) = block_key_type(&header, key.len(), CKR_WRAPPED_KEY_INVALID)?;
+    let tmpl = tr31_template(&header, class, kt, key.len(), tmpl)?;
+    let key = if class == CKO_PRIVATE_KEY {
+        Unwrapped::RsaPrivate(rsa_private(&key, CKR_WRAPPED_KEY_INVALID)?)
+    } else {
+        Unwrapped::Secret(kt, key)
+    };
+    Ok((key, tmpl))
 }
 
-/// The PKCS#11 key type of the key a block holds (`len` bytes); a block of another algorithm
-/// than the secret-key ones hsm-sim imports fails with `rv`.
-fn secret_key_type(header: &Tr31Header, len: usize, rv: CK_RV) -> Result<CK_KEY_TYPE> {
+/// The RSA private key of a block's key data (DER PKCS#8); not one: `rv`.
+fn rsa_private(der: &[u8], rv: CK_RV) -> Result<quill_crypto::rsa::RsaPrivateKey> {
+    quill_crypto::rsa::from_pkcs8(der)
+        .map_err(|e| Error::new(rv, format!("the TR-31 block's RSA key data is not a PKCS#8 RSA private key: {e}")))
+}
+
+/// The PKCS#11 class and key type of the key a block holds (`len` bytes); a block of another
+/// algorithm than the ones hsm-sim imports (secret keys T, A, D, H; RSA private keys R) fails
+/// with `rv`.
+fn block_key_type(header: &Tr31Header, len: usize, rv: CK_RV) -> Result<(CK_OBJECT_CLASS, CK_KEY_TYPE)> {
     Ok(match (header.algorithm, len) {
-        (tr31::Algorithm::Tdes, 16) => CKK_DES2,
-        (tr31::Algorithm::Tdes, 24) => CKK_DES3,
-        (tr31::Algorithm::Aes, _) => CKK_AES,
-        (tr31::Algorithm::Des, _) => CKK_DES,
-        (tr31::Algorithm::Hmac, _) => CKK_GENERIC_SECRET,
+        (tr31::Algorithm::Tdes, 16) => (CKO_SECRET_KEY, CKK_DES2),
+        (tr31::Algorithm::Tdes, 24) => (CKO_SECRET_KEY, CKK_DES3),
+        (tr31::Algorithm::Aes, _) => (CKO_SECRET_KEY, CKK_AES),
+        (tr31::Algorithm::Des, _) => (CKO_SECRET_KEY, CKK_DES),
+        (tr31::Algorithm::Hmac, _) => (CKO_SECRET_KEY, CKK_GENERIC_SECRET),
+        (tr31::Algorithm::Rsa, _) => (CKO_PRIVATE_KEY, CKK_RSA),
         (a, _) => {
             return Err(Error::new(
                 rv,
                 format!(
-                    "the TR-31 block holds an algorithm {} key; hsm-sim imports only secret keys (T, A, D, H)",
+                    "the TR-31 block holds an algorithm {} key; hsm-sim imports secret keys (T, A, D, H) and RSA private keys (R)",
                     a.code()
                 ),
             ));
@@ -370,7 +402,9 @@ pub(super) fn translate(t: &Translate, dest: &Object, block: &[u8]) -> Result<Ve
     }
     let header_text = tr31::key_block_header_text(block).map_err(source_err)?;
     let (header, key) = tr31::unwrap(kbpk_for(&source_kbpk, source_aes), block).map_err(source_err)?;
-    secret_key_type(&header, key.len(), CKR_DATA_INVALID)?;
+    if block_key_type(&header, key.len(), CKR_DATA_INVALID)?.0 == CKO_PRIVATE_KEY {
+        rsa_private(&key, CKR_DATA_INVALID)?;
+    }
     // What C_UnwrapKey gives a block marked N (a key that never leaves the module) its translation
     // keeps: the destination KBPK must not be extractable itself.
     if header.exportability == Exportability::NonExportable && dest.flag(CKA_EXTRACTABLE) {

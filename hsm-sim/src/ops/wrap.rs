@@ -26,13 +26,16 @@ pub fn wrap(mech: &Mechanism, wrapping: &Object, key: &Object) -> Result<Vec<u8>
         (Material::None, _) => return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "key is not available: log in first")),
         // An RSA private key wraps as its PKCS#8 PrivateKeyInfo under an AES key-wrap mechanism
         // (as SoftHSM does), so that a key pair generated here can be kept wrapped elsewhere.
-        (Material::RsaPrivate(k, _), CKO_PRIVATE_KEY) if is_aes_key_wrap(mech.mech) => {
+        // Inside a TR-31 block (CKM_QUILL_TR31_WRAP, algorithm R) it is the same DER structure.
+        (Material::RsaPrivate(k, _), CKO_PRIVATE_KEY)
+            if is_aes_key_wrap(mech.mech) || mech.mech == CKM_QUILL_TR31_WRAP =>
+        {
             Arc::new(quill_crypto::rsa::to_pkcs8(k).map_err(|e| Error::general(format!("PKCS#8 encoding: {e}")))?)
         }
         _ => {
             return Err(Error::new(
                 CKR_KEY_NOT_WRAPPABLE,
-                "secret keys wrap with this mechanism; RSA private keys only with CKM_AES_KEY_WRAP(_PAD/_KWP) (CRT parts: CKM_QUILL_RSA_CRT_COMPONENT_WRAP)",
+                "secret keys wrap with this mechanism; RSA private keys only with CKM_AES_KEY_WRAP(_PAD/_KWP) or CKM_QUILL_TR31_WRAP (CRT parts: CKM_QUILL_RSA_CRT_COMPONENT_WRAP)",
             ));
         }
     };

@@ -24,11 +24,11 @@ use crate::error::{HsmError, Op};
 use crate::keyblock::{self, Role};
 use crate::mechanisms::vendor;
 use crate::raw::RawParam;
-use crate::types::{Kcv, KeyAlg, KeyUse, WrappedKey};
+use crate::types::{Kcv, KeyAlg, KeyUse, RsaPublic, WrappedKey, WrappedRsaKey};
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use quill_crypto::tr31::{self, Exportability, Kbpk, KeyFunction, Tr31Header};
 use sha2::{Digest as _, Sha256};
@@ -186,19 +186,7 @@ impl Pkcs11Hsm {
         let smk = &self.smk_of(op, smk, &key.smk_kcv)?;
         let header = keyblock::at_rest_check(key, role).map_err(|r| self.block_refused(op, r))?;
         if self.native_blocks() {
-            let hkbpk = self.at_rest_kbpk(s, op, smk)?;
-            let mech = vendor_mechanism(op, vendor::CKM_QUILL_TR31_UNWRAP)?;
-            return s.session.unwrap_key(&mech, hkbpk, &key.blob, template).map_err(|e| match e {
-                CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => self.block_refused(
-                    op,
-                    format!(
-                        "the key block at rest does not open under this HSM's SMK {} (altered, forged, or asked for a use its header forbids): C_{f:?}(CKM_QUILL_TR31_UNWRAP) returned {}",
-                        smk.kcv,
-                        crate::error::rv_name(rv)
-                    ),
-                ),
-                other => op.err(other),
-            });
+            return self.unwrap_native(s, op, smk, &key.blob, template);
         }
         let (opened, value) = self.open_on_host(s, op, smk, key, &header)?;
         check_template(&opened, template).map_err(|r| self.block_refused(op, r))?;
@@ -229,22 +217,13 @@ impl Pkcs11Hsm {
         key: &WrappedKey,
         header: &Tr31Header,
     ) -> Result<(Tr31Header, Zeroizing<Vec<u8>>), HsmError> {
-        self.host_path(
-            op,
-            "a TR-31 unwrap mechanism (CKM_QUILL_TR31_UNWRAP)",
-            key.alg,
-            format!(
-                "key block at rest opened in host memory (usage {}): the at-rest KBPK and the {} key are read into host memory",
-                String::from_utf8_lossy(&header.key_usage.code()),
-                key.alg
-            ),
-        )?;
-        let hkbpk = self.at_rest_kbpk(s, op, smk)?;
-        let kbpk_value = self.read_value(&s.session, op, hkbpk, "the at-rest KBPK")?;
-        let (opened, value) = tr31::unwrap(Kbpk::Aes(&kbpk_value), &key.blob).map_err(|e| {
-            self.block_refused(op, format!("the key block at rest does not open under this HSM's SMK {}: {e}", smk.kcv))
-        })?;
-        let value = Zeroizing::new(value.to_vec());
+        let (opened, value) = self.unwrap_on_host(s, op, smk, &key.blob, header, key.alg)?;
+        self.check_len(op, key, &value)?;
+        Ok((opened, value))
+    }
+
+    /// A symmetric key opened from `key`'s block must have its algorithm's length.
+    pub(super) fn check_len(&self, op: Op<'_>, key: &WrappedKey, value: &[u8]) -> Result<(), HsmError> {
         if value.len() != key.alg.key_len() {
             return Err(self.block_refused(
                 op,
@@ -256,7 +235,182 @@ impl Pkcs11Hsm {
                 ),
             ));
         }
-        Ok((opened, value))
+        Ok(())
+    }
+
+    /// `tr31::unwrap` in host memory of the block at rest `blob` (whose header is `header`) under
+    /// the readable at-rest KBPK of `smk`: a host-path use, reported first, of a key of `alg`.
+    pub(super) fn unwrap_on_host(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        blob: &[u8],
+        header: &Tr31Header,
+        alg: impl std::fmt::Display,
+    ) -> Result<(Tr31Header, Zeroizing<Vec<u8>>), HsmError> {
+        self.host_path(
+            op,
+            "a TR-31 unwrap mechanism (CKM_QUILL_TR31_UNWRAP)",
+            &alg,
+            format!(
+                "key block at rest opened in host memory (usage {}): the at-rest KBPK and the {alg} key are read into host memory",
+                String::from_utf8_lossy(&header.key_usage.code()),
+            ),
+        )?;
+        self.host_unwrap(s, op, smk, blob)
+    }
+
+    /// [`Self::unwrap_on_host`] for a caller that has reported the host-path use itself.
+    pub(super) fn host_unwrap(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        blob: &[u8],
+    ) -> Result<(Tr31Header, Zeroizing<Vec<u8>>), HsmError> {
+        let hkbpk = self.at_rest_kbpk(s, op, smk)?;
+        let kbpk_value = self.read_value(&s.session, op, hkbpk, "the at-rest KBPK")?;
+        let (opened, value) = tr31::unwrap(Kbpk::Aes(&kbpk_value), blob).map_err(|e| {
+            self.block_refused(op, format!("the key block at rest does not open under this HSM's SMK {}: {e}", smk.kcv))
+        })?;
+        Ok((opened, Zeroizing::new(value.to_vec())))
+    }
+
+    /// `C_UnwrapKey(CKM_QUILL_TR31_UNWRAP)` of the block at rest `blob` under the at-rest KBPK of
+    /// `smk` with `template`: the MAC and the mode of use checked inside the module.
+    fn unwrap_native(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        blob: &[u8],
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        let hkbpk = self.at_rest_kbpk(s, op, smk)?;
+        let mech = vendor_mechanism(op, vendor::CKM_QUILL_TR31_UNWRAP)?;
+        s.session.unwrap_key(&mech, hkbpk, blob, template).map_err(|e| match e {
+            CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => self.block_refused(
+                op,
+                format!(
+                    "the key block at rest does not open under this HSM's SMK {} (altered, forged, or asked for a use its header forbids): C_{f:?}(CKM_QUILL_TR31_UNWRAP) returned {}",
+                    smk.kcv,
+                    crate::error::rv_name(rv)
+                ),
+            ),
+            other => op.err(other),
+        })
+    }
+
+    /// The RSA private key behind `hpriv` (extractable) as a block at rest
+    /// ([`keyblock::rsa_at_rest_header`]: bound to `public` and to `owner`); its key data is the
+    /// key's DER PKCS#8.
+    pub(super) fn make_rsa_block(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        hpriv: ObjectHandle,
+        public: &RsaPublic,
+        owner: Option<&str>,
+    ) -> Result<Vec<u8>, HsmError> {
+        let header = keyblock::rsa_at_rest_header(public, owner).map_err(|r| op.tr31(r))?;
+        if self.native_blocks() {
+            let template = header.encode().map_err(|e| op.tr31(e.to_string()))?;
+            let hkbpk = self.at_rest_kbpk(s, op, smk)?;
+            return self
+                .module
+                .raw
+                .wrap_key(&s.session, vendor::CKM_QUILL_TR31_WRAP, RawParam::Bytes(template.as_bytes()), hkbpk, hpriv)
+                .map_err(|e| op.raw(e));
+        }
+        let alg = rsa_name(public);
+        self.host_path(
+            op,
+            "a TR-31 wrap mechanism (CKM_QUILL_TR31_WRAP)",
+            &alg,
+            format!(
+                "key block at rest made in host memory (usage S0): the {alg} private key (PKCS#8) and the at-rest KBPK are read into host memory"
+            ),
+        )?;
+        let der = self.private_der(&s.session, op, hpriv)?;
+        self.wrap_on_host(s, op, smk, &header, &der)
+    }
+
+    /// Open the RSA block at rest of `key` as a session private key with `template` (the caller
+    /// owns the handle): refused unless the header passes [`keyblock::rsa_at_rest_check`], its MAC
+    /// holds (in the module, or on the host path) and the key it holds has the record's modulus.
+    pub(super) fn open_rsa_block(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        smk: &Smk,
+        key: &WrappedRsaKey,
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        let smk = &self.smk_of(op, smk, &key.smk_kcv)?;
+        let header = keyblock::rsa_at_rest_check(key).map_err(|r| self.block_refused(op, r))?;
+        let h = if self.native_blocks() {
+            self.unwrap_native(s, op, smk, &key.blob, template)?
+        } else {
+            let (opened, der) = self.unwrap_on_host(s, op, smk, &key.blob, &header, rsa_name(&key.public))?;
+            check_template(&opened, template).map_err(|r| self.block_refused(op, r))?;
+            self.private_from_der(&s.session, op, &der, template)?
+        };
+        let modulus = op.ck(s.session.get_attributes(h, &[AttributeType::Modulus])).map(|attrs| {
+            attrs.into_iter().find_map(|a| match a {
+                Attribute::Modulus(m) => Some(m),
+                _ => None,
+            })
+        });
+        let same = matches!(&modulus, Ok(Some(m)) if RsaPublic::new(m, &[1]).modulus == key.public.modulus);
+        if !same {
+            let _ = s.session.destroy_object(h);
+            modulus?;
+            return Err(self.block_refused(
+                op,
+                "the RSA key block at rest holds another key than the record's public key".to_owned(),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The DER PKCS#8 of the extractable private key `h` in host memory (host path only): wrapped
+    /// (`CKM_AES_KEY_WRAP_PAD`) under a one-time session AES key made of host random bytes, which
+    /// the host then unwraps.
+    fn private_der(&self, s: &Session, op: Op<'_>, h: ObjectHandle) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let kek = self.one_time_kek(s, op)?;
+        let mut tmp = Temporaries::new(s);
+        let hk = tmp.add(self.create_secret(s, op, &templates::one_time_kek(), &kek[..])?);
+        let wrapped = op.ck(s.wrap_key(&Mechanism::AesKeyWrapPad, hk, h))?;
+        quill_crypto::sym::aes_key_unwrap_pad(&kek[..], &wrapped)
+            .map_err(|e| op.state(format!("the private key wrapped for the host path does not unwrap: {e}")))
+    }
+
+    /// The private key of DER PKCS#8 `der` (host memory, host path only) as a session object
+    /// with `template`: wrapped on the host under a one-time session AES key and unwrapped in the
+    /// module with `CKM_AES_KEY_WRAP_PAD`.
+    fn private_from_der(
+        &self,
+        s: &Session,
+        op: Op<'_>,
+        der: &[u8],
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, HsmError> {
+        let kek = self.one_time_kek(s, op)?;
+        let wrapped = quill_crypto::sym::aes_key_wrap_pad(&kek[..], der)
+            .map_err(|e| op.state(format!("wrapping the private key for the module: {e}")))?;
+        let mut tmp = Temporaries::new(s);
+        let hk = tmp.add(self.create_secret(s, op, &templates::one_time_kek(), &kek[..])?);
+        op.ck(s.unwrap_key(&Mechanism::AesKeyWrapPad, hk, &wrapped, template))
+    }
+
+    /// 32 random bytes from the HSM: a one-time AES key for moving a private key between the
+    /// module and host memory on the host path.
+    fn one_time_kek(&self, s: &Session, op: Op<'_>) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        let mut kek = Zeroizing::new([0u8; 32]);
+        op.ck(s.generate_random_slice(&mut kek[..]))?;
+        Ok(kek)
     }
 
     /// A handle for the block at rest `key` usable for `usage`, from the session's cache or
@@ -346,4 +500,9 @@ fn check_template(header: &Tr31Header, template: &[Attribute]) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// `RSA-1024`: an RSA key's name in host-path reports and messages.
+pub(super) fn rsa_name(public: &RsaPublic) -> String {
+    format!("RSA-{}", public.bits())
 }

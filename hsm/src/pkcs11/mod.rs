@@ -9,7 +9,7 @@ mod tr31_ops;
 
 use crate::config::SlotConfig;
 use crate::error::{HsmError, Op, SlotRef, is_device_rv, is_session_rv};
-use crate::keyblock::Role;
+use crate::keyblock::{self, Role};
 use crate::mechanisms::{Capabilities, mechanism_name, vendor};
 use crate::module::{self, Module};
 use crate::observer::{HostPathObserver, HostPathUse};
@@ -517,50 +517,6 @@ impl Pkcs11Hsm {
         self.smk_of(op, smk, key_smk).map(drop)
     }
 
-    /// `C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)` of any blob wrapped under the SMK (a secret key or a
-    /// PKCS#8 private key, as `template` says); a blob that does not unwrap is
-    /// [`HsmError::BadWrappedKey`].
-    fn unwrap_under_smk(
-        &self,
-        s: &Session,
-        op: Op<'_>,
-        smk: &Smk,
-        key_smk: &Kcv,
-        blob: &[u8],
-        template: &[Attribute],
-    ) -> Result<ObjectHandle, HsmError> {
-        let smk = self.smk_of(op, smk, key_smk)?;
-        s.unwrap_key(&Mechanism::AesKeyWrapPad, smk.handle, blob, template).map_err(|e| match e {
-            CkError::Pkcs11(rv, f) if self.is_data_error(s, &e) => {
-                HsmError::BadWrappedKey { operation: op.name, function: format!("C_{f:?}"), rv, at: self.at.clone() }
-            }
-            other => op.err(other),
-        })
-    }
-
-    /// A handle for a wrapped blob, from the session's cache (keyed by the blob's digest and
-    /// `usage`) or unwrapped now with `template` and cached.
-    #[allow(clippy::too_many_arguments)]
-    fn unwrap_cached(
-        &self,
-        s: &mut SlotSession,
-        op: Op<'_>,
-        smk: &Smk,
-        key_smk: &Kcv,
-        blob: &[u8],
-        digest: [u8; 32],
-        usage: Usage,
-        template: &[Attribute],
-    ) -> Result<ObjectHandle, HsmError> {
-        self.check_smk_kcv(op, smk, key_smk)?;
-        if let Some(h) = s.cache.get(&digest, usage) {
-            return Ok(h);
-        }
-        let h = self.unwrap_under_smk(&s.session, op, smk, key_smk, blob, template)?;
-        s.cache.insert(&s.session, digest, usage, h);
-        Ok(h)
-    }
-
     /// `CKA_VALUE` of a readable key (host path only), in zeroized memory.
     fn read_value(&self, s: &Session, op: Op<'_>, h: ObjectHandle, what: &str) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         op.ck(s.get_attributes(h, &[AttributeType::Value]))?
@@ -692,7 +648,7 @@ impl Pkcs11Hsm {
                     components.len(),
                     mechanism_name(vendor::CKM_QUILL_KEY_COMPONENTS_XOR)
                 ),
-                alg,
+                alg: alg.to_string(),
                 module: self.info.module.clone(),
                 slot: self.info.slot,
                 token_label: self.info.token_label.clone(),
@@ -1032,7 +988,7 @@ impl Hsm for Pkcs11Hsm {
         self.with_session("generate_icc_rsa_key", |s, op| self.icc_rsa_in(s, op, bits, exponent, transport, padding))
     }
 
-    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32) -> Result<WrappedRsaKey, HsmError> {
+    fn generate_rsa_key_pair(&self, bits: u32, exponent: u32, owner: Option<&str>) -> Result<WrappedRsaKey, HsmError> {
         self.with_session("generate_rsa_key_pair", |s, op| {
             if !(512..=4096).contains(&bits) || !bits.is_multiple_of(8) {
                 return Err(op.misuse(format!("RSA keys have 512 to 4096 bits in steps of 8, not {bits}")));
@@ -1042,14 +998,14 @@ impl Hsm for Pkcs11Hsm {
             }
             let smk = self.require_smk(&s.session, op)?;
             let e: Vec<u8> = exponent.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
-            let session = &s.session;
-            let mut tmp = Temporaries::new(session);
             let (pub_t, priv_t) = templates::signing_pair(bits, &e);
-            let (hpub, hpriv) = op.ck(session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t))?;
-            tmp.add(hpub);
-            tmp.add(hpriv);
-            let public = self.read_public(session, op, hpub)?;
-            let blob = op.ck(session.wrap_key(&Mechanism::AesKeyWrapPad, smk.handle, hpriv))?;
+            let (hpub, hpriv) = op.ck(s.session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t))?;
+            let blob = self
+                .read_public(&s.session, op, hpub)
+                .and_then(|public| Ok((self.make_rsa_block(s, op, &smk, hpriv, &public, owner)?, public)));
+            let _ = s.session.destroy_object(hpub);
+            let _ = s.session.destroy_object(hpriv);
+            let (blob, public) = blob?;
             Ok(WrappedRsaKey { public, blob, smk_kcv: smk.kcv.clone() })
         })
     }
@@ -1065,8 +1021,19 @@ impl Hsm for Pkcs11Hsm {
                 )));
             }
             let smk = self.require_smk(&s.session, op)?;
-            let template = templates::signing_private();
-            let h = self.unwrap_cached(s, op, &smk, &key.smk_kcv, &key.blob, key.digest(), Usage::Sign, &template)?;
+            self.check_smk_kcv(op, &smk, &key.smk_kcv)?;
+            // Checked before the cache too: a record pairing a cached block with another public
+            // key is refused, not served.
+            keyblock::rsa_at_rest_check(key).map_err(|r| self.block_refused(op, r))?;
+            let digest = key.digest();
+            let h = match s.cache.get(&digest, Usage::Sign) {
+                Some(h) => h,
+                None => {
+                    let h = self.open_rsa_block(s, op, &smk, key, &templates::signing_private())?;
+                    s.cache.insert(&s.session, digest, Usage::Sign, h);
+                    h
+                }
+            };
             let sig = op.ck(s.session.sign(&Mechanism::RsaX509, h, block))?;
             // Some modules strip leading zeros of the result; EMV wants the full length.
             let mut out = vec![0u8; n.len().saturating_sub(sig.len())];

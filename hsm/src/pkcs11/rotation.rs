@@ -5,8 +5,8 @@
 //! at rest is then re-protected under the at-rest KBPK of the next SMK
 //! ([`crate::Hsm::translate_to_next`]): inside the module with hsm-sim's
 //! `CKM_QUILL_TR31_TRANSLATE` (the clear key never becomes an object, blocks marked `N`
-//! included), on the audited host path where the module makes no blocks inside (SoftHSM). RSA
-//! private keys are unwrapped and wrapped again inside the HSM. Once the cluster has switched
+//! included), on the audited host path where the module makes no blocks inside (SoftHSM); issuer
+//! RSA private keys are blocks of the same kind and move the same way. Once the cluster has switched
 //! every record to the next SMK, the token promotes it ([`crate::Hsm::promote_next_smk`]): the old
 //! SMK is destroyed and the next one takes the SMK's label, so nothing sealed under the old one
 //! (old log entries, snapshots, backups) opens here again.
@@ -15,6 +15,7 @@
 //! serves keys the cluster has switched before it has promoted its own token. New keys are made
 //! under the current SMK until the promotion.
 
+use super::atrest::rsa_name;
 use super::session::SlotSession;
 use super::{Pkcs11Hsm, Smk, Temporaries, lock, templates};
 use crate::error::{HsmError, Op};
@@ -23,10 +24,10 @@ use crate::mechanisms::vendor;
 use crate::raw::RawParam;
 use crate::types::{Kcv, KeyAlg, RsaPublic, SealedComponent, WrappedKey, WrappedRsaKey};
 use cryptoki::error::Error as CkError;
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::CK_ULONG;
+use quill_crypto::tr31::Tr31Header;
 
 impl Pkcs11Hsm {
     /// The next SMK of a rotation, if the token holds one (found once, then cached).
@@ -176,46 +177,14 @@ impl Pkcs11Hsm {
     ) -> Result<WrappedKey, HsmError> {
         let Some((smk, next)) = self.move_pair(&s.session, op, &key.smk_kcv)? else { return Ok(key.clone()) };
         let header = keyblock::at_rest_check(key, None).map_err(|r| self.block_refused(op, r))?;
-        let blob = if self.native_blocks() {
-            if !self.caps.native_tr31_translate() {
-                return Err(op.unsupported(
-                    "re-protecting key blocks at rest under the next SMK: this slot makes key blocks inside the module \
-                     but does not offer CKM_QUILL_TR31_TRANSLATE (hsm-sim: `kbpk_translate = true` under the slot, for \
-                     the rotation's window)",
-                ));
-            }
-            let from = self.at_rest_kbpk(s, op, &smk)?;
-            let to = self.at_rest_kbpk(s, op, &next)?;
-            let source: CK_ULONG = from.handle();
-            self.module
-                .raw
-                .single_part(
-                    &s.session,
-                    false,
-                    vendor::CKM_QUILL_TR31_TRANSLATE,
-                    RawParam::Bytes(&source.to_ne_bytes()),
-                    to,
-                    &key.blob,
-                )
-                .map_err(|e| op.raw(e))?
-        } else {
-            self.host_path(
-                op,
-                "a TR-31 translate mechanism (CKM_QUILL_TR31_TRANSLATE)",
-                key.alg,
-                format!(
-                    "key block at rest re-protected under the next SMK in host memory (usage {}): both at-rest KBPKs and the {} key are read into host memory",
-                    String::from_utf8_lossy(&header.key_usage.code()),
-                    key.alg
-                ),
-            )?;
-            let (opened, value) = self.open_on_host(s, op, &smk, key, &header)?;
-            self.wrap_on_host(s, op, &next, &opened, &value)?
-        };
+        let blob = self.translate_block(s, op, (&smk, &next), &key.blob, &header, key.alg, |value| {
+            self.check_len(op, key, value)
+        })?;
         Ok(WrappedKey { alg: key.alg, blob, kcv: key.kcv.clone(), smk_kcv: next.kcv })
     }
 
-    /// [`crate::Hsm::rewrap_rsa_to_next`] on this token.
+    /// [`crate::Hsm::rewrap_rsa_to_next`] on this token: the RSA block re-protected under the next
+    /// SMK's at-rest KBPK, as [`Self::translate_in`] does for symmetric keys.
     pub(super) fn rewrap_rsa_in(
         &self,
         s: &mut SlotSession,
@@ -223,12 +192,61 @@ impl Pkcs11Hsm {
         key: &WrappedRsaKey,
     ) -> Result<WrappedRsaKey, HsmError> {
         let Some((smk, next)) = self.move_pair(&s.session, op, &key.smk_kcv)? else { return Ok(key.clone()) };
-        let session = &s.session;
-        let mut tmp = Temporaries::new(session);
-        let h =
-            tmp.add(self.unwrap_under_smk(session, op, &smk, &key.smk_kcv, &key.blob, &templates::rewrap_private())?);
-        let blob = op.ck(session.wrap_key(&Mechanism::AesKeyWrapPad, next.handle, h))?;
+        let header = keyblock::rsa_at_rest_check(key).map_err(|r| self.block_refused(op, r))?;
+        let blob = self.translate_block(s, op, (&smk, &next), &key.blob, &header, rsa_name(&key.public), |_| Ok(()))?;
         Ok(WrappedRsaKey { public: key.public.clone(), blob, smk_kcv: next.kcv })
+    }
+
+    /// The block at rest `blob` (header `header`, a key of `alg`) under the at-rest KBPK of the
+    /// next SMK instead of the current one: `CKM_QUILL_TR31_TRANSLATE` inside the module, or on
+    /// the host path (`check` judges the opened key data first).
+    #[allow(clippy::too_many_arguments)]
+    fn translate_block(
+        &self,
+        s: &mut SlotSession,
+        op: Op<'_>,
+        (smk, next): (&Smk, &Smk),
+        blob: &[u8],
+        header: &Tr31Header,
+        alg: impl std::fmt::Display,
+        check: impl FnOnce(&[u8]) -> Result<(), HsmError>,
+    ) -> Result<Vec<u8>, HsmError> {
+        if self.native_blocks() {
+            if !self.caps.native_tr31_translate() {
+                return Err(op.unsupported(
+                    "re-protecting key blocks at rest under the next SMK: this slot makes key blocks inside the module \
+                     but does not offer CKM_QUILL_TR31_TRANSLATE (hsm-sim: `kbpk_translate = true` under the slot, for \
+                     the rotation's window)",
+                ));
+            }
+            let from = self.at_rest_kbpk(s, op, smk)?;
+            let to = self.at_rest_kbpk(s, op, next)?;
+            let source: CK_ULONG = from.handle();
+            return self
+                .module
+                .raw
+                .single_part(
+                    &s.session,
+                    false,
+                    vendor::CKM_QUILL_TR31_TRANSLATE,
+                    RawParam::Bytes(&source.to_ne_bytes()),
+                    to,
+                    blob,
+                )
+                .map_err(|e| op.raw(e));
+        }
+        self.host_path(
+            op,
+            "a TR-31 translate mechanism (CKM_QUILL_TR31_TRANSLATE)",
+            &alg,
+            format!(
+                "key block at rest re-protected under the next SMK in host memory (usage {}): both at-rest KBPKs and the {alg} key are read into host memory",
+                String::from_utf8_lossy(&header.key_usage.code()),
+            ),
+        )?;
+        let (opened, value) = self.host_unwrap(s, op, smk, blob)?;
+        check(&value)?;
+        self.wrap_on_host(s, op, next, &opened, &value)
     }
 
     /// [`crate::Hsm::promote_next_smk`] on this token.

@@ -122,6 +122,15 @@ pub(crate) fn readable(alg: KeyAlg) -> Vec<Attribute> {
     t
 }
 
+/// The one-time AES-256 key that moves a private key between the module and host memory on the
+/// host path (its value came from the host): session object, wrap/unwrap only. Destroyed at once.
+pub(crate) fn one_time_kek() -> Vec<Attribute> {
+    let mut t = session_secret(KeyAlg::Aes256, true, false);
+    t.extend(no_usage().into_iter().filter(|a| !matches!(a, Attribute::Wrap(_) | Attribute::Unwrap(_))));
+    t.extend([Attribute::Wrap(true), Attribute::Unwrap(true)]);
+    t
+}
+
 /// A key derived inside the HSM whose value the host path reads (SoftHSM's ICC master key):
 /// session object, non-sensitive, extractable, encrypt only (for its KCV). Destroyed as soon as
 /// its value and KCV are read.
@@ -177,15 +186,6 @@ pub(crate) fn signing_pair(bits: u32, exponent: &[u8]) -> (Vec<Attribute>, Vec<A
         Attribute::Unwrap(false),
     ];
     (public, private)
-}
-
-/// A signing private key unwrapped from its blob only to be wrapped again under the next SMK of a
-/// rotation: session object, sensitive, extractable (by wrapping), no use.
-pub(crate) fn rewrap_private() -> Vec<Attribute> {
-    let mut t = signing_private();
-    t.retain(|a| !matches!(a, Attribute::Extractable(_) | Attribute::Sign(_)));
-    t.extend([Attribute::Extractable(true), Attribute::Sign(false)]);
-    t
 }
 
 /// A signing private key unwrapped from its blob: session object, sensitive, never extractable,

@@ -195,7 +195,7 @@ impl Pkcs11Hsm {
         &self,
         op: Op<'_>,
         missing: &'static str,
-        alg: KeyAlg,
+        alg: impl std::fmt::Display,
         what: String,
     ) -> Result<(), HsmError> {
         if !self.allow_host {
@@ -204,7 +204,7 @@ impl Pkcs11Hsm {
         self.observer.host_path_used(&HostPathUse {
             operation: op.name,
             what,
-            alg,
+            alg: alg.to_string(),
             module: self.info.module.clone(),
             slot: self.info.slot,
             token_label: self.info.token_label.clone(),

@@ -161,7 +161,7 @@ impl KeysService {
     }
 
     /// An issuer RSA key pair (usage S0, alg `rsa`, `rsa_bits`, `rsa_exponent`) generated in this
-    /// node's HSM; the private key is proposed only wrapped under the SMK.
+    /// node's HSM; the private key is proposed only as a block at rest bound to the tenant.
     async fn generate_issuer(
         &self,
         caller: Caller,
@@ -180,7 +180,8 @@ impl KeysService {
         }
         self.smk_ready().await?;
         let agent = self.agent()?.clone();
-        let key = tokio::task::spawn_blocking(move || agent.hsm().generate_rsa_key_pair(bits, exponent))
+        let owner = tenant.clone();
+        let key = tokio::task::spawn_blocking(move || agent.hsm().generate_rsa_key_pair(bits, exponent, Some(&owner)))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(hsm_error)?;

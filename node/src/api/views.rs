@@ -216,6 +216,8 @@ pub fn issuer_key(k: IssuerKeyRecord) -> pb::IssuerKeyView {
         created_by: Some(actor(&k.created_by)),
         created_ms: k.created_ms,
         tenant: k.tenant,
+        smk_kcv: k.key.smk_kcv.to_string(),
+        block_header: k.key.header_text().unwrap_or_default(),
     }
 }
 

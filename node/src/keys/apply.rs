@@ -972,6 +972,44 @@ mod tests {
         ok(run(&mut kv, &admin, with(block("D0000C0TC00E0010"), Usage::C0, false)));
     }
 
+    /// An issuer key pair enters the inventory only with a private-key block whose header names
+    /// the tenant the record gives it; a record edited to another tenant afterwards is refused
+    /// where the key would be used.
+    #[test]
+    fn an_issuer_key_is_taken_only_with_a_block_naming_its_tenant() {
+        use quill_hsm::WrappedRsaKey;
+        use quill_hsm::tr31::{self, Kbpk, Tr31Header};
+        let mut kv = with_smk();
+        let admin = who(Role::Admin, "ada");
+        let public = RsaPublic::new(&[0xC1; 128], &[3]);
+        let fp = public.fingerprint();
+        let key = |blocks: &str| {
+            let count = blocks.matches("0P").count() + blocks.matches("0T").count();
+            let template = format!("D0000S0RS00N{count:02}10{blocks}");
+            let h = Tr31Header::parse_template(template.as_bytes()).expect("template");
+            let b =
+                tr31::wrap(Kbpk::Aes(&[1; 32]), &h, &[0x30; 600], None, &mut |b: &mut [u8]| b.fill(3)).expect("wrap");
+            WrappedRsaKey { public: public.clone(), blob: b.into_bytes(), smk_kcv: Kcv("AAAAAAAAAA".into()) }
+        };
+        let create = |label: &str, key: WrappedRsaKey| KeyCommand::IssuerKeyCreate {
+            label: label.into(),
+            key,
+            origin: Origin::Generated { node: 1 },
+            tenant: "bank-a".into(),
+        };
+        let r = refused(run(&mut kv, &admin, create("iss", key(&format!("0P44{fp}0T0Abank-b")))));
+        assert!(r.contains("belongs to tenant \"bank-b\"") && r.contains("\"bank-a\""), "{r}");
+        let r = refused(run(&mut kv, &admin, create("iss", key(&format!("0P44{fp}")))));
+        assert!(r.contains("belongs to tenant (none)"), "{r}");
+        ok(run(&mut kv, &admin, create("iss", key(&format!("0P44{fp}0T0Abank-a")))));
+        let rec: issuers::IssuerKeyRecord =
+            read(&kv, &format!("{}iss", issuers::ISSUER)).expect("read").expect("issuer key");
+        assert!(rec.block().is_ok());
+        let moved = issuers::IssuerKeyRecord { tenant: "bank-c".into(), ..rec };
+        let r = moved.block().unwrap_err();
+        assert!(r.contains("issuer key iss") && r.contains("\"bank-a\"") && r.contains("\"bank-c\""), "{r}");
+    }
+
     #[test]
     fn destroy_needs_two_distinct_custodians_who_did_not_ask() {
         let mut kv = with_smk();

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use quill_hsm::AtRest;
 use serde::{Deserialize, Serialize};
 
 pub use quill_hsm::tr31::KeyUsage;
@@ -147,7 +148,7 @@ impl KeyRecord {
 
 /// `w`, if its block's header binds it to `tenant` (see [`KeyRecord::block`]); otherwise why,
 /// `what` naming the block ("key X: its block at rest").
-pub fn bound_to<'a>(w: &'a WrappedKey, tenant: &str, what: &str) -> Result<&'a WrappedKey, String> {
+pub fn bound_to<'a, W: AtRest>(w: &'a W, tenant: &str, what: &str) -> Result<&'a W, String> {
     match w.owner() {
         Some(owner) if owner == tenant => Ok(w),
         owner => Err(format!(

@@ -179,8 +179,9 @@ pub fn inventory_keys(kv: &dyn crate::store::Kv, tenant: &str) -> Result<KeySet,
         let h = |s: &str| hex::decode(s).unwrap_or_default();
         let cert = IssuerCertificate::recover(&cas, rid, c.ca_index, &h(&c.cert), &h(&c.remainder), &h(&c.exponent))
             .map_err(|source| WorkerError::IssuerCertificate { id: cert_id.clone(), source })?;
-        let pair = IssuerKey::new(p.key.clone(), cert)
-            .map_err(|reason| WorkerError::IssuerKey { label: p.label.clone(), reason })?;
+        let block = p.block().map_err(WorkerError::ForeignBlock)?.clone();
+        let pair =
+            IssuerKey::new(block, cert).map_err(|reason| WorkerError::IssuerKey { label: p.label.clone(), reason })?;
         set.insert_issuer(p.label.clone(), pair);
     }
     Ok(set)

@@ -35,6 +35,16 @@ fn who(role: Role, name: &str) -> Actor {
     Actor { name: name.into(), role }
 }
 
+/// An issuer key's block at rest as an HSM writes it (algorithm R, usage S0, bound to `public`
+/// and `tenant`; the key data is filler under a made-up KBPK: apply reads only the header).
+fn issuer_block(public: RsaPublic, tenant: &str) -> quill_hsm::WrappedRsaKey {
+    use quill_hsm::tr31::{self, Kbpk, Tr31Header};
+    let template = format!("D0000S0RS00N02100P44{}0T{:02X}{tenant}", public.fingerprint(), 4 + tenant.len());
+    let h = Tr31Header::parse_template(template.as_bytes()).expect("template");
+    let blob = tr31::wrap(Kbpk::Aes(&[1; 32]), &h, &[0x30; 300], None, &mut |b: &mut [u8]| b.fill(3)).expect("wrap");
+    quill_hsm::WrappedRsaKey { public, blob: blob.into_bytes(), smk_kcv: Kcv("AAAAAAAAAA".into()) }
+}
+
 fn wrapped(smk: &str) -> WrappedKey {
     WrappedKey { alg: KeyAlg::Aes256, blob: vec![7; 40], kcv: Kcv("0A0B0C0D0E".into()), smk_kcv: Kcv(smk.into()) }
 }
@@ -133,11 +143,7 @@ fn corpus() -> Vec<(Actor, Command)> {
         admin.clone(),
         Command::Keys(KeyCommand::IssuerKeyCreate {
             label: "iss".into(),
-            key: quill_hsm::WrappedRsaKey {
-                public: RsaPublic::new(&[0xC1; 64], &[3]),
-                blob: vec![5; 48],
-                smk_kcv: Kcv("AAAAAAAAAA".into()),
-            },
+            key: issuer_block(RsaPublic::new(&[0xC1; 64], &[3]), "default"),
             origin: Origin::Generated { node: 1 },
             tenant: "default".into(),
         }),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, State, Step, check_id, key, refuse, scan};
 use crate::keys::Applied;
-use crate::keys::model::{Actor, Origin, Role, SmkInfo};
+use crate::keys::model::{Actor, Origin, Role, SmkInfo, bound_to};
 use crate::store::StoreError;
 
 /// `keys/ca/<RID>/<index>` → [`CaKeyRecord`].
@@ -70,6 +70,14 @@ pub struct IssuerKeyRecord {
     pub created_by: Actor,
     /// When (leader time, ms).
     pub created_ms: u64,
+}
+
+impl IssuerKeyRecord {
+    /// The private key's block at rest, if its header binds it to this record's tenant (see
+    /// [`crate::keys::model::KeyRecord::block`]).
+    pub fn block(&self) -> Result<&WrappedRsaKey, String> {
+        bound_to(&self.key, &self.tenant, &format!("issuer key {}: its block at rest", self.label))
+    }
 }
 
 /// A verified issuer public-key certificate.
@@ -228,6 +236,11 @@ impl State<'_> {
         }
         if self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))?.is_some() {
             return Ok(refuse(format!("issuer key {label} already exists")));
+        }
+        // The block must bind the key to the tenant the record gives it (an HSM opens it only
+        // to sign, and only with its own public key: both bound in the header).
+        if let Err(r) = bound_to(&key, &tenant, &format!("issuer key {label}: its block at rest")) {
+            return Ok(refuse(r));
         }
         let fingerprint = key.public.fingerprint();
         let rec = IssuerKeyRecord {
