@@ -8,6 +8,10 @@
 //! Status with a timeout and a reason, never a bare sleep. Every process is killed when the
 //! fixture drops. Set `QUILL_TEST_KEEP=1` to keep the directory (configs, data, logs) after a run.
 //!
+//! With [`ClusterOptions::containers`] the same fixture runs each node as a container on the
+//! machine's Docker engine instead ([`containers`]): its own address on a per-cluster network,
+//! and the faults a process cannot have (network disconnect, partitions by blackhole routes).
+//!
 //! Tests live in `tests/tests/tNN_<what>.rs` (t10 basic replication, t20 faults, t30 life cycle,
 //! t40 bad input, t50 snapshots, t70 the `quill` CLI) and log `--- step` lines.
 
@@ -32,6 +36,7 @@ use tonic::transport::Channel;
 
 pub use quill_node::raft::Command as QuillCommand;
 
+pub mod containers;
 mod proxy;
 pub mod secrets;
 pub use proxy::FaultProxy;
@@ -111,6 +116,9 @@ pub struct ClusterOptions {
     /// How often the leader runs the divergence check, ms (by default an hour: tests that compare
     /// applied indexes do not want its entries; t92 sets it short).
     pub divergence_check_ms: u64,
+    /// Run each node as a container of the node image on a network of the cluster's own (hsm-sim
+    /// nodes only; the engine must answer: check with [`containers::Engine::or_skip`] first).
+    pub containers: bool,
 }
 
 /// Point `cmd` at hsm-sim's configuration in `hsm_dir` when the cluster wrote one
@@ -158,6 +166,7 @@ impl Default for ClusterOptions {
             hsm_slots: 1,
             hsm_translate: false,
             divergence_check_ms: 3_600_000,
+            containers: false,
         }
     }
 }
@@ -172,6 +181,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     child: Option<Child>,
+    /// In a containerised cluster: how its container is made.
+    pub container: Option<containers::NodeSpec>,
     /// Cached clients (as [`ADMIN`]; channels reconnect by themselves after a restart): calls,
     /// status.
     api: ClusterClient<Channel>,
@@ -206,6 +217,16 @@ pub struct Cluster {
     quilld: PathBuf,
     /// The cluster's PKI (`root/pki`): node CA, client CA.
     pub pki: PkiDir,
+    /// With `opts.containers`: the engine, the node image and the cluster's network.
+    pub docker: Option<Docker>,
+}
+
+/// A containerised cluster's engine, image and network.
+#[derive(Debug)]
+pub struct Docker {
+    pub engine: containers::Engine,
+    pub image: String,
+    pub net: containers::Net,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -226,7 +247,8 @@ impl Cluster {
     /// to be added (`quill cluster add`).
     pub async fn start_with_members(name: &str, opts: ClusterOptions, members: &[u64]) -> Cluster {
         let mut c = Cluster::configure(name, opts);
-        step(&format!("start {} quilld processes in {}", c.opts.nodes, c.root.display()));
+        let how = if c.docker.is_some() { "containers" } else { "processes" };
+        step(&format!("start {} quilld {how} in {}", c.opts.nodes, c.root.display()));
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in &ids {
             c.spawn(*id);
@@ -249,7 +271,26 @@ impl Cluster {
         let quilld = binary("quilld");
         let dir = tempfile::Builder::new().prefix(&format!("quill-{name}-")).tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
-        let addrs = free_addrs(3 * opts.nodes as usize);
+        let docker = opts.containers.then(|| {
+            assert!(opts.softhsm_nodes.is_empty() && !opts.proxies, "containers: hsm-sim nodes, no proxies");
+            let engine = containers::Engine::connect().expect("a Docker engine (check with Engine::or_skip)");
+            let image = engine.node_image(&bin_dir()).expect("the node image");
+            let net = engine.create_network(&format!("quill-{name}")).expect("the cluster's network");
+            let [a, b, c] = net.prefix;
+            step(&format!("containers: image {image}, network {} ({a}.{b}.{c}.0/24)", net.name));
+            Docker { engine, image, net }
+        });
+        let addrs = match &docker {
+            Some(d) => (1..=opts.nodes)
+                .flat_map(|i| [7100, 7101, 7102].map(|port| SocketAddr::new(d.net.ip(i).into(), port)))
+                .collect(),
+            None => free_addrs(3 * opts.nodes as usize),
+        };
+        let sim_module = if docker.is_some() {
+            PathBuf::from(containers::SIM_MODULE)
+        } else {
+            bin_dir().join("libquill_hsm_sim.so")
+        };
         let pki = PkiDir::init(&root.join("pki")).expect("the cluster's PKI");
         let admin = identity_in(&pki, &root, ADMIN);
         let mut links = BTreeMap::new();
@@ -339,7 +380,7 @@ impl Cluster {
                     assert!(out.status.success(), "quill-hsm init-token: {}", String::from_utf8_lossy(&out.stderr));
                     config.push_str(&format!(
                         "[[hsm.slots]]\nmodule = \"{}\"\ntoken_label = \"{label}\"\npin = \"{TEST_PIN}\"\nlabel_prefix = \"TEST-quill\"\n",
-                        bin_dir().join("libquill_hsm_sim.so").display()
+                        sim_module.display()
                     ));
                 }
             }
@@ -351,6 +392,20 @@ impl Cluster {
             ));
             let config_path = node_dir.join("node.toml");
             fs::write(&config_path, config).expect("write node.toml");
+            let container = docker.as_ref().map(|d| {
+                let hsm_dir = node_dir.join("hsm");
+                let mut env = vec![format!("QUILL_HSM_DIR={}", hsm_dir.display())];
+                if hsm_dir.join("quill-hsm.toml").exists() {
+                    env.push(format!("QUILL_HSM_CONF={}", hsm_dir.join("quill-hsm.toml").display()));
+                }
+                containers::NodeSpec {
+                    name: format!("{}-n{i}", d.net.name),
+                    ip: d.net.ip(i),
+                    args: vec!["--config".into(), config_path.display().to_string()],
+                    env,
+                    dirs: vec![node_dir.clone()],
+                }
+            });
             nodes.insert(
                 i,
                 Node {
@@ -361,12 +416,13 @@ impl Cluster {
                     dir: node_dir,
                     config_path,
                     child: None,
+                    container,
                     api: client_for(&admin, &a[1].to_string(), Duration::from_secs(5)),
                     status_api: client_for(&admin, &a[1].to_string(), Duration::from_secs(2)),
                 },
             );
         }
-        Cluster { dir: Some(dir), root, nodes, opts, links, quilld, pki }
+        Cluster { dir: Some(dir), root, nodes, opts, links, quilld, pki, docker }
     }
 
     /// The TLS client configuration of `actor` (`role:name`), issued from the cluster's client CA
@@ -421,6 +477,11 @@ impl Cluster {
 
     /// Start node `id`'s quilld (stdout and stderr appended to its log).
     pub fn spawn(&mut self, id: u64) {
+        if let Some(d) = &self.docker {
+            let spec = self.node(id).container.clone().expect("a container spec");
+            d.engine.start_node(&d.image, &d.net, &spec, &d.net.name).expect("start the node's container");
+            return;
+        }
         let quilld = self.quilld.clone();
         let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
         assert!(node.child.is_none(), "node {id} already runs");
@@ -448,6 +509,13 @@ impl Cluster {
             if let Ok((200, _)) = http_get(http, "/health") {
                 return;
             }
+            if let Some((d, spec)) = self.docker.as_ref().zip(self.node(id).container.as_ref()) {
+                let running = d.engine.running(&spec.name).unwrap_or(false);
+                assert!(running, "node {id}'s container stopped during start-up; log:\n{}", self.log_tail(id));
+                assert!(Instant::now() < deadline, "node {id} did not answer /health in 30 s:\n{}", self.log_tail(id));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let node = self.nodes.get_mut(&id).expect("node");
             if let Some(child) = node.child.as_mut()
                 && let Ok(Some(st)) = child.try_wait()
@@ -465,6 +533,12 @@ impl Cluster {
 
     /// SIGKILL node `id` and reap it.
     pub fn kill(&mut self, id: u64) {
+        if let Some(name) = self.container_name(id) {
+            let e = &self.docker.as_ref().expect("engine").engine;
+            let _ = e.kill(&name, "SIGKILL");
+            e.wait_stopped(&name, Duration::from_secs(10)).expect("the container stops");
+            return;
+        }
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
@@ -475,11 +549,19 @@ impl Cluster {
     /// SIGKILL node `id` through a shared fixture; the process is reaped when the fixture drops
     /// (or by [`Cluster::kill`]).
     pub fn sigkill(&self, id: u64) {
+        if let Some(name) = self.container_name(id) {
+            self.docker.as_ref().expect("engine").engine.kill(&name, "SIGKILL").expect("SIGKILL");
+            return;
+        }
         signal(self.node(id).pid().expect("node runs"), "KILL");
     }
 
     /// SIGTERM node `id` and wait for it to exit (SIGKILL after 10 s).
     pub fn terminate(&mut self, id: u64) {
+        if let Some(name) = self.container_name(id) {
+            self.docker.as_ref().expect("engine").engine.stop(&name, Duration::from_secs(10)).expect("stop");
+            return;
+        }
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(mut child) = node.child.take() {
             signal(child.id(), "TERM");
@@ -501,12 +583,45 @@ impl Cluster {
 
     /// SIGSTOP node `id` (it keeps its sockets but answers nothing).
     pub fn pause(&self, id: u64) {
+        if let Some(name) = self.container_name(id) {
+            self.docker.as_ref().expect("engine").engine.pause(&name).expect("pause");
+            return;
+        }
         signal(self.node(id).pid().expect("node runs"), "STOP");
     }
 
     /// SIGCONT node `id`.
     pub fn resume(&self, id: u64) {
+        if let Some(name) = self.container_name(id) {
+            self.docker.as_ref().expect("engine").engine.unpause(&name).expect("unpause");
+            return;
+        }
         signal(self.node(id).pid().expect("node runs"), "CONT");
+    }
+
+    /// The container of node `id`, in a containerised cluster.
+    pub fn container_name(&self, id: u64) -> Option<String> {
+        self.node(id).container.as_ref().map(|c| c.name.clone())
+    }
+
+    /// Take node `id`'s container off the cluster's network (containers only): it runs on, alone.
+    pub fn disconnect(&self, id: u64) {
+        let d = self.docker.as_ref().expect("a containerised cluster");
+        d.engine.disconnect(&d.net, &self.container_name(id).expect("container")).expect("disconnect");
+    }
+
+    /// Put it back at its address.
+    pub fn reconnect(&self, id: u64) {
+        let d = self.docker.as_ref().expect("a containerised cluster");
+        d.engine.reconnect(&d.net, &self.container_name(id).expect("container"), d.net.ip(id)).expect("connect");
+    }
+
+    /// Drop every packet from node `from` to node `to` (containers only: a blackhole route in
+    /// `from`'s network namespace), or stop dropping them. One way: TCP between them stalls both
+    /// ways, as a one-way cut does to a connection-oriented protocol.
+    pub fn cut(&self, from: u64, to: u64, on: bool) {
+        let d = self.docker.as_ref().expect("a containerised cluster");
+        d.engine.blackhole(&self.container_name(from).expect("container"), d.net.ip(to), on).expect("blackhole");
     }
 
     /// Start a stopped node again with the same config and data, and wait for `/health`.
@@ -517,6 +632,15 @@ impl Cluster {
 
     /// Cut every Raft link between `side` and the other nodes, both ways (needs `opts.proxies`).
     pub fn partition(&self, side: &[u64]) {
+        if self.docker.is_some() {
+            for a in self.ids().into_iter().filter(|a| side.contains(a)) {
+                for b in self.ids().into_iter().filter(|b| !side.contains(b)) {
+                    self.cut(a, b, true);
+                    self.cut(b, a, true);
+                }
+            }
+            return;
+        }
         assert!(self.opts.proxies, "partition needs ClusterOptions::proxies");
         for ((from, to), link) in &self.links {
             if side.contains(from) != side.contains(to) {
@@ -527,6 +651,15 @@ impl Cluster {
 
     /// Heal every cut link.
     pub fn heal(&self) {
+        if let Some(d) = &self.docker {
+            for a in self.ids() {
+                for b in self.ids().into_iter().filter(|b| *b != a) {
+                    // A node that is not running has no routes to remove.
+                    let _ = d.engine.blackhole(&self.container_name(a).expect("container"), d.net.ip(b), false);
+                }
+            }
+            return;
+        }
         for link in self.links.values() {
             link.heal();
         }
@@ -719,6 +852,9 @@ impl Cluster {
 
     /// The end of node `id`'s log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
+        if let Some((d, name)) = self.docker.as_ref().zip(self.container_name(id)) {
+            return d.engine.logs(&name, 40);
+        }
         tail(&self.node(id).log_path(), 40)
     }
 }
@@ -735,6 +871,16 @@ fn bench_key(key: &str) -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(d) = &self.docker {
+            // Each container's output goes to its node's log file first, as a process writes it.
+            for node in self.nodes.values() {
+                if let Some(c) = &node.container {
+                    let _ = fs::write(node.log_path(), d.engine.logs(&c.name, 100_000));
+                    d.engine.remove(&c.name);
+                }
+            }
+            d.engine.remove_network(&d.net.name);
+        }
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
                 // A SIGSTOPped process dies of SIGKILL too.
