@@ -1006,7 +1006,7 @@ mod tests {
             read(&kv, &format!("{}iss", issuers::ISSUER)).expect("read").expect("issuer key");
         assert!(rec.block().is_ok());
         let moved = issuers::IssuerKeyRecord { tenant: "bank-c".into(), ..rec };
-        let r = moved.block().unwrap_err();
+        let r = moved.block().expect_err("a record moved to another tenant");
         assert!(r.contains("issuer key iss") && r.contains("\"bank-a\"") && r.contains("\"bank-c\""), "{r}");
     }
 
