@@ -1,5 +1,10 @@
-//! `quill-chaos`: fault injection (killed nodes, cut links, slow or failing HSM slots through the
-//! simulator's fault file), a card-batch workload, and the invariant checks run against a live
-//! cluster (no card lost or issued twice, the audit chain intact).
-//!
-//! The crate is empty until the cluster issues fill it.
+//! `quill-chaos`: a workload (a card batch and register clients) against a live cluster of
+//! processes or containers while a seeded nemesis injects faults (leader and node kills, pauses,
+//! partitions with the leader in the minority or the majority, full restarts), then the checks
+//! of the project's promises: every card exactly once, every acknowledged write kept (each key's
+//! history linearizable, [`linearizable`]), every node converged, the audit chain intact on every
+//! node, no clear TEST key or PAN on any disk ([`run`]).
+
+pub mod linearizable;
+pub mod nemesis;
+pub mod run;

@@ -46,12 +46,12 @@ pub fn step(msg: &str) {
     eprintln!("--- {msg}");
 }
 
-/// The directory of the binaries Cargo built with this test (`target/release`).
+/// The directory of the binaries Cargo built with this test or tool (`target/release`).
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // target/release/deps/<test>-<hash> → target/release
-    let dir = exe.parent().and_then(Path::parent).expect("the test executable sits in target/<profile>/deps");
-    dir.to_path_buf()
+    let exe = std::env::current_exe().expect("the executable's path");
+    // A test: target/release/deps/<test>-<hash>; a tool (quill-chaos): target/release/<tool>.
+    let dir = exe.parent().expect("the executable sits in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf()
 }
 
 /// A binary built by `cargo build --release --workspace`, or a panic that says so.

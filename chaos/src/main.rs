@@ -1,0 +1,104 @@
+//! `quill-chaos run --target processes|containers --nodes N --duration S --seed N
+//! [--nemesis LIST] [--cards N] [--clients N] [--keys N] [--json]`: one seeded chaos run (see the
+//! crate documentation); prints the schedule, each fault as it happens and a report, `--json` a
+//! summary object whose `violations` must be empty. Exit code 0: no violation; 1: violations;
+//! 2: bad arguments.
+
+use clap::{Parser, Subcommand};
+use quill_chaos::nemesis::Kind;
+use quill_chaos::run::{Options, Report, Target, run};
+
+#[derive(Parser)]
+#[command(name = "quill-chaos", version, about = "Faults under load against a Quill cluster, and the checks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One seeded run.
+    Run {
+        #[arg(long, value_enum, default_value = "processes")]
+        target: Target,
+        #[arg(long, default_value_t = 5)]
+        nodes: u64,
+        /// Seconds of workload; faults stop after three quarters of it.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Comma-separated faults (leader-kill, kill, pause, partition-leader,
+        /// partition-minority, restart-all) or `all`.
+        #[arg(long, default_value = "all")]
+        nemesis: String,
+        /// Cards in the batch.
+        #[arg(long, default_value_t = 5000)]
+        cards: usize,
+        /// Register clients.
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        /// Keys they share.
+        #[arg(long, default_value_t = 4)]
+        keys: u64,
+        /// End with the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print(r: &Report) {
+    println!("seed {}  target {:?}  nodes {}  duration {} s", r.seed, r.target, r.nodes, r.duration_s);
+    println!("faults injected: {}", r.faults.len());
+    for f in &r.faults {
+        let leader = f.new_leader_ms.map(|m| format!(", new leader after {m} ms")).unwrap_or_default();
+        println!("  +{:>6.1} s  {:<18} on {:?}{leader}", f.at_ms as f64 / 1000.0, f.kind.name(), f.nodes);
+    }
+    println!("operations:");
+    for (kind, c) in &r.ops {
+        println!(
+            "  {kind:<6} ok {:>6}  attempts refused {:>5}  timed out {:>5}  never acknowledged {:>3}",
+            c.ok, c.refused, c.indeterminate, c.unacknowledged
+        );
+    }
+    match (r.batch_ms, r.cards_per_s) {
+        (Some(ms), Some(cps)) => {
+            println!("batch: {} cards in {:.1} s with faults ({cps:.1} cards/s)", r.cards, ms as f64 / 1000.0)
+        }
+        _ => println!("batch: not done"),
+    }
+    if let Some(c) = r.converge_ms {
+        println!("converged {:.1} s after the workload stopped", c as f64 / 1000.0);
+    }
+    for u in &r.undecided {
+        println!("undecided (linearizability search budget): {u}");
+    }
+    println!("violations: {}", r.violations.len());
+    for v in &r.violations {
+        println!("  - {v}");
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Cmd::Run { target, nodes, duration, seed, nemesis, cards, clients, keys, json } = cli.command;
+    let kinds = match Kind::parse_list(&nemesis) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("quill-chaos: {e}");
+            std::process::exit(2);
+        }
+    };
+    if !(3..=9).contains(&nodes) || duration < 10 || clients == 0 || keys == 0 {
+        eprintln!("quill-chaos: --nodes 3..=9, --duration at least 10, --clients and --keys at least 1");
+        std::process::exit(2);
+    }
+    let opts = Options { target, nodes, duration_s: duration, seed, kinds, cards, clients, keys };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+    let report = rt.block_on(run(&opts));
+    print(&report);
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    std::process::exit(if report.violations.is_empty() { 0 } else { 1 });
+}

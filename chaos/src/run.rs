@@ -1,0 +1,470 @@
+//! One chaos run: a cluster (processes or containers, hsm-sim tokens), a workload of a card batch
+//! and register clients, the nemesis's schedule, then the checks.
+//!
+//! Workload: after the SMK ceremony and the TEST keys, one DDA batch of `cards` cards in chunks of
+//! 50, and `clients` register clients that write unique values to and read (linearizable reads)
+//! `keys` keys of the benchmark key space through random nodes, each call bounded by 3 s. Every
+//! operation is recorded with its invocation and completion times; a write the client did not
+//! hear back about is indeterminate, a read that failed is dropped.
+//!
+//! Checks, after the faults stopped and the workload ended: every node runs and converges (same
+//! applied index and state hash) within 60 s; the batch completes within 10 minutes with every
+//! card exactly once, in order; each key's history is linearizable; `quill audit verify` passes
+//! on every node; and, every node stopped, no clear TEST key value and no PAN of the batch is in
+//! any file of any node, nor in any live value of its database.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quill_proto::v1::{BenchGetRequest, BenchPutRequest};
+use quill_tests::{Cluster, ClusterOptions, dda_batch_pan, secrets, write_dda_batch};
+use serde::Serialize;
+
+use crate::linearizable::{self, Call, Op, Verdict};
+use crate::nemesis::{self, Fault, Kind, Rng};
+
+/// Where the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// `quilld` processes on loopback; partitions through per-link proxies.
+    Processes,
+    /// Containers on the Docker engine; partitions by blackhole routes.
+    Containers,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: Target,
+    pub nodes: u64,
+    pub duration_s: u64,
+    pub seed: u64,
+    pub kinds: Vec<Kind>,
+    pub cards: usize,
+    pub clients: u32,
+    pub keys: u64,
+}
+
+/// A fault as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Injected {
+    pub at_ms: u64,
+    pub kind: Kind,
+    /// The nodes it hit.
+    pub nodes: Vec<u64>,
+    /// After a leader kill or a leader partition: ms until another node led.
+    pub new_leader_ms: Option<u64>,
+}
+
+/// Operations by kind and outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub ok: u64,
+    /// Attempts answered with an error (a read: dropped; a write: tried again).
+    pub refused: u64,
+    /// Attempts not answered within 3 s (a read: dropped; a write: tried again with its serial).
+    pub indeterminate: u64,
+    /// Writes never acknowledged by the end (they may or may not have happened).
+    #[serde(default)]
+    pub unacknowledged: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub target: Target,
+    pub nodes: u64,
+    pub duration_s: u64,
+    pub schedule: Vec<Fault>,
+    pub faults: Vec<Injected>,
+    pub ops: BTreeMap<String, Counts>,
+    pub cards: usize,
+    /// Time from submission to the batch done, ms.
+    pub batch_ms: Option<u64>,
+    /// Cards per second over the batch (with faults).
+    pub cards_per_s: Option<f64>,
+    /// Time from the end of the workload until every node converged, ms.
+    pub converge_ms: Option<u64>,
+    /// Keys whose history the checker could not decide within its budget.
+    pub undecided: Vec<String>,
+    /// Every broken promise; must be empty.
+    pub violations: Vec<String>,
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Poll `f` every 100 ms until it gives `Some`, at most `timeout`.
+async fn poll<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader the nodes of `among` agree on, if a majority of them name the same one in `among`.
+async fn leader_among(cluster: &Cluster, among: &[u64]) -> Option<u64> {
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for id in among {
+        if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), cluster.status(*id)).await
+            && let Ok(s) = s
+            && let Some(l) = s.leader
+        {
+            *votes.entry(l).or_default() += 1;
+        }
+    }
+    votes.into_iter().find(|(l, n)| among.contains(l) && *n > among.len() / 2).map(|(l, _)| l)
+}
+
+/// The register clients' shared record.
+#[derive(Default)]
+struct Record {
+    ops: Vec<(u64, Op)>,
+    counts: BTreeMap<String, Counts>,
+}
+
+/// One register client until `stop`.
+async fn client(
+    n: u32,
+    seed: u64,
+    keys: u64,
+    nodes: Vec<quill_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+) {
+    let mut rng = Rng::new(seed ^ (u64::from(n) << 40));
+    let mut serial = 0u64;
+    let micros = |t: Instant| u64::try_from(t.duration_since(start).as_micros()).unwrap_or(u64::MAX);
+    while !stop.load(Ordering::Relaxed) {
+        let key = rng.next_u64() % keys;
+        let mut node = nodes[(rng.next_u64() % nodes.len() as u64) as usize].clone();
+        let invoke = Instant::now();
+        if rng.next_u64().is_multiple_of(2) {
+            // A write is retried with the same serial (the cluster applies a serial once) until
+            // it is acknowledged, for up to 20 s: only then, or at the end of the run, does it
+            // stay indeterminate (applied or not, the client cannot tell).
+            serial += 1;
+            let value = (u64::from(n) << 32) | serial;
+            let req = BenchPutRequest {
+                client_id: format!("chaos-{n}"),
+                serial,
+                key: format!("bench/chaos/{key}"),
+                value: value.to_be_bytes().to_vec(),
+            };
+            let mut complete = None;
+            let (mut refused, mut timed_out) = (0, 0);
+            while complete.is_none() && invoke.elapsed() < Duration::from_secs(20) {
+                match tokio::time::timeout(Duration::from_secs(3), node.bench_put(req.clone())).await {
+                    Ok(Ok(_)) => complete = Some(micros(Instant::now())),
+                    Ok(Err(_)) => refused += 1,
+                    Err(_) => timed_out += 1,
+                }
+                if complete.is_none() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    node = nodes[(rng.next_u64() % nodes.len() as u64) as usize].clone();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            let mut rec = record.lock().expect("record");
+            let c = rec.counts.entry("write".into()).or_default();
+            c.refused += refused;
+            c.indeterminate += timed_out;
+            if complete.is_some() {
+                c.ok += 1;
+            } else {
+                c.unacknowledged += 1;
+            }
+            rec.ops.push((key, Op { client: n, call: Call::Write(value), invoke: micros(invoke), complete }));
+        } else {
+            let req = BenchGetRequest { key: format!("bench/chaos/{key}"), linearizable: true, hops: 0 };
+            let r = tokio::time::timeout(Duration::from_secs(3), node.bench_get(req)).await;
+            let mut rec = record.lock().expect("record");
+            let c = rec.counts.entry("read".into()).or_default();
+            match r {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let value = resp.found.then(|| {
+                        <[u8; 8]>::try_from(resp.value.as_slice()).map(u64::from_be_bytes).unwrap_or(u64::MAX)
+                    });
+                    c.ok += 1;
+                    let complete = Some(micros(Instant::now()));
+                    rec.ops.push((key, Op { client: n, call: Call::Read(value), invoke: micros(invoke), complete }));
+                }
+                Ok(Err(_)) => c.refused += 1,
+                Err(_) => c.indeterminate += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5 + rng.next_u64() % 20)).await;
+    }
+}
+
+/// Apply `f` and return the nodes it hit; undo it after `len`.
+async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: Instant) {
+    let ids = cluster.ids();
+    let n = ids.len() as u64;
+    let leader = leader_among(cluster, &ids).await;
+    let at_ms = ms(start);
+    let len = Duration::from_secs(f.len_s);
+    let pick = ids[(f.pick % n) as usize];
+    let mut injected = Injected { at_ms, kind: f.kind, nodes: Vec::new(), new_leader_ms: None };
+    match f.kind {
+        Kind::LeaderKill | Kind::Kill => {
+            let victim = if f.kind == Kind::LeaderKill { leader.unwrap_or(pick) } else { pick };
+            injected.nodes = vec![victim];
+            let t = Instant::now();
+            cluster.kill(victim);
+            if f.kind == Kind::LeaderKill {
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != victim).collect();
+                injected.new_leader_ms = poll(len, || leader_among(cluster, &others)).await.map(|_| ms(t));
+            }
+            tokio::time::sleep(len.saturating_sub(t.elapsed())).await;
+            cluster.restart(victim).await;
+        }
+        Kind::Pause => {
+            injected.nodes = vec![pick];
+            cluster.pause(pick);
+            tokio::time::sleep(len).await;
+            cluster.resume(pick);
+        }
+        Kind::PartitionLeader | Kind::PartitionMinority => {
+            let side: Vec<u64> = if f.kind == Kind::PartitionLeader {
+                vec![leader.unwrap_or(pick)]
+            } else {
+                // A minority of (n-1)/2 nodes from `pick` on.
+                let size = ((n - 1) / 2).max(1) as usize;
+                let from = (f.pick % n) as usize;
+                (0..size).map(|k| ids[(from + k) % ids.len()]).collect()
+            };
+            injected.nodes = side.clone();
+            let t = Instant::now();
+            cluster.partition(&side);
+            if f.kind == Kind::PartitionLeader {
+                let rest: Vec<u64> = ids.iter().copied().filter(|i| !side.contains(i)).collect();
+                injected.new_leader_ms = poll(len, || leader_among(cluster, &rest)).await.map(|_| ms(t));
+            }
+            tokio::time::sleep(len.saturating_sub(t.elapsed())).await;
+            cluster.heal();
+        }
+        Kind::RestartAll => {
+            injected.nodes = ids.clone();
+            for id in &ids {
+                cluster.terminate(*id);
+            }
+            tokio::time::sleep(len).await;
+            for id in &ids {
+                cluster.spawn(*id);
+            }
+            for id in &ids {
+                cluster.wait_health(*id).await;
+            }
+        }
+    }
+    eprintln!(
+        "chaos: +{:.1}s {} on {:?}{}",
+        at_ms as f64 / 1000.0,
+        f.kind.name(),
+        injected.nodes,
+        injected.new_leader_ms.map(|m| format!(" (new leader after {m} ms)")).unwrap_or_default()
+    );
+    report.faults.push(injected);
+}
+
+/// Every card line exactly once, in order, in the fetched output of `job`; why not.
+fn check_output(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usize) -> Result<(), String> {
+    let out = dir.join(format!("out-{job}"));
+    let operator = [("QUILL_ACTOR", "operator:otto")];
+    let (code, _, err) = cluster.quill(node, &["job", "fetch", job, "-o", out.to_str().unwrap_or(".")], &operator);
+    if code != 0 {
+        return Err(format!("quill job fetch {job} exited {code}: {}", err.trim()));
+    }
+    let text = std::fs::read_to_string(out.join("cards.jsonl")).map_err(|e| format!("cards.jsonl: {e}"))?;
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(serde_json::from_str).collect::<Result<_, _>>().map_err(|e| format!("cards.jsonl: {e}"))?;
+    if lines.len() != cards + 2 {
+        return Err(format!("{} output lines for {cards} cards (+ header and trailer)", lines.len()));
+    }
+    for (i, c) in lines[1..=cards].iter().enumerate() {
+        if c["line"].as_u64() != Some(i as u64 + 2) {
+            return Err(format!("output card {i} is input line {}, not {}", c["line"], i + 2));
+        }
+    }
+    Ok(())
+}
+
+/// Run `opts`: start the cluster, the workload and the nemesis, then check.
+pub async fn run(opts: &Options) -> Report {
+    let faults_until = opts.duration_s * 3 / 4;
+    let schedule = nemesis::schedule(opts.seed, &opts.kinds, faults_until);
+    let mut report = Report {
+        seed: opts.seed,
+        target: opts.target,
+        nodes: opts.nodes,
+        duration_s: opts.duration_s,
+        schedule: schedule.clone(),
+        faults: Vec::new(),
+        ops: BTreeMap::new(),
+        cards: opts.cards,
+        batch_ms: None,
+        cards_per_s: None,
+        converge_ms: None,
+        undecided: Vec::new(),
+        violations: Vec::new(),
+    };
+    eprintln!("chaos: seed {}, schedule:", opts.seed);
+    for f in &schedule {
+        eprintln!("chaos:   +{}s {} for {}s (pick {})", f.at_s, f.kind.name(), f.len_s, f.pick % opts.nodes);
+    }
+    let containers = opts.target == Target::Containers;
+    let cluster_opts =
+        ClusterOptions { nodes: opts.nodes, hsm: true, proxies: !containers, containers, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(&format!("chaos-{}", opts.seed), cluster_opts).await;
+    cluster.keys_ready().await;
+    let ids = cluster.ids();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let input = dir.path().join("cards.csv");
+    write_dda_batch(&input, opts.cards, 0);
+    let job = cluster.submit_dda_job(1, &input, "50");
+    let start = Instant::now();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Mutex::new(Record::default()));
+    // The batch's end, seen by polling it through whichever node answers.
+    let batch_done: Arc<Mutex<Option<u64>>> = Arc::default();
+    let poller = {
+        let keys: Vec<_> = ids
+            .iter()
+            .map(|id| quill_proto::v1::keys_client::KeysClient::new(cluster.channel_as(*id, quill_tests::READER)))
+            .collect();
+        let (job, batch_done) = (job.clone(), batch_done.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                let mut k = keys[i % keys.len()].clone();
+                let req =
+                    quill_proto::v1::QueryRequest { what: "job".into(), id: job.clone(), linearizable: true, hops: 0 };
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), k.query(req)).await
+                    && serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
+                        .is_ok_and(|j| j["state"] == "done")
+                {
+                    *batch_done.lock().expect("batch") = Some(ms(start));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let channels: Vec<_> = ids.iter().map(|id| cluster.client(*id)).collect();
+    let tasks: Vec<_> = (0..opts.clients)
+        .map(|n| tokio::spawn(client(n, opts.seed, opts.keys, channels.clone(), start, stop.clone(), record.clone())))
+        .collect();
+
+    for f in &schedule {
+        tokio::time::sleep(Duration::from_secs(f.at_s).saturating_sub(start.elapsed())).await;
+        inject(&mut cluster, f, &mut report, start).await;
+    }
+    tokio::time::sleep(Duration::from_secs(opts.duration_s).saturating_sub(start.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let workload_over = Instant::now();
+
+    // Every node converges.
+    let converged = poll(Duration::from_secs(60), || async {
+        let mut seen = Vec::new();
+        for id in &ids {
+            seen.push(cluster.status(*id).await.ok()?);
+        }
+        let same = seen.iter().all(|s| s.applied_index == seen[0].applied_index && s.state_hash == seen[0].state_hash);
+        same.then_some(())
+    })
+    .await;
+    match converged {
+        Some(()) => report.converge_ms = Some(ms(workload_over)),
+        None => report.violations.push("the nodes did not converge within 60 s of the end of the workload".into()),
+    }
+
+    // The batch: done, every card once.
+    let done = tokio::time::timeout(Duration::from_secs(600), poller).await;
+    let batch_ms = *batch_done.lock().expect("batch");
+    match (done, batch_ms) {
+        (Ok(_), Some(batch_ms)) => {
+            report.batch_ms = Some(batch_ms);
+            report.cards_per_s = Some(opts.cards as f64 * 1000.0 / batch_ms.max(1) as f64);
+            if let Err(e) = check_output(&cluster, ids[ids.len() - 1], &job, dir.path(), opts.cards) {
+                report.violations.push(format!("batch {job}: {e}"));
+            }
+        }
+        _ => report.violations.push(format!("batch {job} not done within 10 minutes")),
+    }
+
+    // Histories.
+    let rec = std::mem::take(&mut *record.lock().expect("record"));
+    report.ops = rec.counts;
+    let mut by_key: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
+    for (k, op) in rec.ops {
+        by_key.entry(k).or_default().push(op);
+    }
+    for (k, history) in &by_key {
+        match linearizable::check_within(history, 2_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable(v) => {
+                report.violations.push(format!("key chaos/{k} ({} operations) is not linearizable: {v}", history.len()))
+            }
+            Verdict::Undecided(states) => {
+                report.undecided.push(format!("key chaos/{k}: {} operations, {states} states", history.len()));
+            }
+        }
+    }
+
+    // The audit chain on every node.
+    for id in &ids {
+        let (code, out, err) = cluster.quill(*id, &["audit", "verify"], &[]);
+        if code != 0 {
+            report.violations.push(format!(
+                "quill audit verify on node {id} exited {code}: {} {}",
+                out.trim(),
+                err.trim()
+            ));
+        }
+    }
+
+    // No clear TEST key value or PAN on any disk.
+    let mut needles: Vec<Vec<u8>> = Vec::new();
+    for k in quill_prep::testkeys::TestKeys::builtin().keys {
+        if let Ok(v) = hex::decode(&k.value) {
+            needles.extend(secrets::forms(&v));
+        }
+    }
+    for i in 0..opts.cards.min(50) {
+        needles.push(dda_batch_pan(i).into_bytes());
+    }
+    for id in &ids {
+        cluster.terminate(*id);
+        let node_dir = cluster.node(*id).dir.clone();
+        let mut hits = secrets::files_holding(&node_dir, &needles, true);
+        hits.extend(secrets::values_holding(&node_dir.join("data").join("db"), &needles));
+        if !hits.is_empty() {
+            report.violations.push(format!("node {id}: a clear TEST key or PAN in {hits:?}"));
+        }
+    }
+    report
+}
