@@ -310,6 +310,20 @@ fn check_output(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usiz
     Ok(())
 }
 
+/// The clear values of the published TEST key set (`prep/test-keys/test-keys.toml`, `[[key]]`
+/// tables' `value`), read from the repository rather than linked: this tool must not turn the
+/// `test-keys` feature on for the workspace's production build.
+fn test_key_values() -> Vec<Vec<u8>> {
+    let path = quill_tests::repo_root().join("prep/test-keys/test-keys.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let keys = doc.get("key").and_then(toml::Value::as_array).cloned().unwrap_or_default();
+    let values: Vec<Vec<u8>> =
+        keys.iter().filter_map(|k| k.get("value")?.as_str()).filter_map(|v| hex::decode(v).ok()).collect();
+    assert!(values.len() >= 5, "{}: only {} key values", path.display(), values.len());
+    values
+}
+
 /// Run `opts`: start the cluster, the workload and the nemesis, then check.
 pub async fn run(opts: &Options) -> Report {
     let faults_until = opts.duration_s * 3 / 4;
@@ -449,10 +463,8 @@ pub async fn run(opts: &Options) -> Report {
 
     // No clear TEST key value or PAN on any disk.
     let mut needles: Vec<Vec<u8>> = Vec::new();
-    for k in quill_prep::testkeys::TestKeys::builtin().keys {
-        if let Ok(v) = hex::decode(&k.value) {
-            needles.extend(secrets::forms(&v));
-        }
+    for v in test_key_values() {
+        needles.extend(secrets::forms(&v));
     }
     for i in 0..opts.cards.min(50) {
         needles.push(dda_batch_pan(i).into_bytes());
