@@ -67,6 +67,17 @@ fn print(r: &Report) {
         }
         _ => println!("batch: not done"),
     }
+    if let Some(c) = r.catch_up_ms {
+        println!(
+            "every node at the leader's applied index {:.1} s after the faults (batch running)",
+            c as f64 / 1000.0
+        );
+    }
+    println!("longest time without batch progress: {:.1} s", r.longest_stall_ms as f64 / 1000.0);
+    println!("leader changes: {}; outside every fault window: {}", r.leader_changes, r.unprovoked_leader_changes.len());
+    for u in &r.unprovoked_leader_changes {
+        println!("  {u}");
+    }
     if let Some(c) = r.converge_ms {
         println!("converged {:.1} s after the workload stopped", c as f64 / 1000.0);
     }

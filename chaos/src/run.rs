@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quill_proto::v1::{BenchGetRequest, BenchPutRequest};
+use quill_proto::v1::{BenchGetRequest, BenchPutRequest, StatusRequest};
 use quill_tests::{Cluster, ClusterOptions, dda_batch_pan, secrets, write_dda_batch};
 use serde::Serialize;
 
@@ -54,6 +54,8 @@ pub struct Options {
 pub struct Injected {
     pub at_ms: u64,
     pub kind: Kind,
+    /// How long it lasted (until undone), ms.
+    pub len_ms: u64,
     /// The nodes it hit.
     pub nodes: Vec<u64>,
     /// After a leader kill or a leader partition: ms until another node led.
@@ -90,6 +92,15 @@ pub struct Report {
     pub cards_per_s: Option<f64>,
     /// Time from the end of the workload until every node converged, ms.
     pub converge_ms: Option<u64>,
+    /// Once the faults stopped (the workload still running): ms until every node had applied the
+    /// leader's applied index of that moment (goal: 10 s).
+    pub catch_up_ms: Option<u64>,
+    /// Longest time the batch's card count stood still, ms (goal: 30 s while a quorum is up).
+    pub longest_stall_ms: u64,
+    /// Leader changes seen during the workload.
+    pub leader_changes: usize,
+    /// Those outside every fault's window (the fault and 5 s after): a healthy leader displaced.
+    pub unprovoked_leader_changes: Vec<String>,
     /// Keys whose history the checker could not decide within its budget.
     pub undecided: Vec<String>,
     /// Every broken promise; must be empty.
@@ -225,7 +236,7 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
     let at_ms = ms(start);
     let len = Duration::from_secs(f.len_s);
     let pick = ids[(f.pick % n) as usize];
-    let mut injected = Injected { at_ms, kind: f.kind, nodes: Vec::new(), new_leader_ms: None };
+    let mut injected = Injected { at_ms, kind: f.kind, len_ms: 0, nodes: Vec::new(), new_leader_ms: None };
     match f.kind {
         Kind::LeaderKill | Kind::Kill => {
             let victim = if f.kind == Kind::LeaderKill { leader.unwrap_or(pick) } else { pick };
@@ -278,6 +289,7 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
             }
         }
     }
+    injected.len_ms = ms(start).saturating_sub(at_ms);
     eprintln!(
         "chaos: +{:.1}s {} on {:?}{}",
         at_ms as f64 / 1000.0,
@@ -340,6 +352,10 @@ pub async fn run(opts: &Options) -> Report {
         batch_ms: None,
         cards_per_s: None,
         converge_ms: None,
+        catch_up_ms: None,
+        longest_stall_ms: 0,
+        leader_changes: 0,
+        unprovoked_leader_changes: Vec::new(),
         undecided: Vec::new(),
         violations: Vec::new(),
     };
@@ -363,23 +379,57 @@ pub async fn run(opts: &Options) -> Report {
     let record = Arc::new(Mutex::new(Record::default()));
     // The batch's end, seen by polling it through whichever node answers.
     let batch_done: Arc<Mutex<Option<u64>>> = Arc::default();
+    let stall: Arc<Mutex<u64>> = Arc::default();
     let poller = {
         let keys: Vec<_> = ids
             .iter()
             .map(|id| quill_proto::v1::keys_client::KeysClient::new(cluster.channel_as(*id, quill_tests::READER)))
             .collect();
-        let (job, batch_done) = (job.clone(), batch_done.clone());
+        let (job, batch_done, stall) = (job.clone(), batch_done.clone(), stall.clone());
         tokio::spawn(async move {
+            // The longest time the batch's card count stood still (from submission).
+            let (mut last_count, mut last_change) = (0u64, 0u64);
             for i in 0.. {
                 let mut k = keys[i % keys.len()].clone();
                 let req =
                     quill_proto::v1::QueryRequest { what: "job".into(), id: job.clone(), linearizable: true, hops: 0 };
                 if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), k.query(req)).await
-                    && serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
-                        .is_ok_and(|j| j["state"] == "done")
+                    && let Ok(j) = serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
                 {
-                    *batch_done.lock().expect("batch") = Some(ms(start));
-                    return;
+                    let now = ms(start);
+                    let count = j["cards_done"].as_u64().unwrap_or(0);
+                    if count > last_count {
+                        (last_count, last_change) = (count, now);
+                    }
+                    let mut s = stall.lock().expect("stall");
+                    *s = (*s).max(now - last_change);
+                    if j["state"] == "done" {
+                        *batch_done.lock().expect("batch") = Some(now);
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    // Who leads, as the nodes say, every 250 ms: leader changes the nemesis did not cause.
+    let leaders: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let observer = {
+        let nodes: Vec<_> = ids.iter().map(|id| cluster.client(*id)).collect();
+        let (leaders, stop) = (leaders.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for mut c in nodes.clone() {
+                    let r = tokio::time::timeout(Duration::from_millis(500), c.status(StatusRequest {})).await;
+                    if let Ok(Ok(s)) = r
+                        && let Some(l) = s.into_inner().node.and_then(|n| n.leader)
+                    {
+                        let mut v = leaders.lock().expect("leaders");
+                        if v.last().map(|(_, prev)| *prev) != Some(l) {
+                            v.push((ms(start), l));
+                        }
+                        break;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -394,10 +444,47 @@ pub async fn run(opts: &Options) -> Report {
         tokio::time::sleep(Duration::from_secs(f.at_s).saturating_sub(start.elapsed())).await;
         inject(&mut cluster, f, &mut report, start).await;
     }
+    // Faults over, workload still running: how long until every node has applied what the
+    // leader had applied at this moment.
+    let faults_over = Instant::now();
+    let target = match leader_among(&cluster, &ids).await {
+        Some(l) => cluster.status(l).await.map(|s| s.applied_index).unwrap_or(0),
+        None => 0,
+    };
+    let caught_up = poll(Duration::from_secs(60), || async {
+        for id in &ids {
+            if cluster.status(*id).await.ok()?.applied_index < target {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    report.catch_up_ms = caught_up.map(|()| ms(faults_over));
+    match report.catch_up_ms {
+        Some(c) if c <= 10_000 => {}
+        Some(c) => report.violations.push(format!(
+            "a node took {c} ms after the faults to reach the leader's applied index {target} (goal: 10 s)"
+        )),
+        None => report
+            .violations
+            .push(format!("a node had not reached the leader's applied index {target} 60 s after the faults")),
+    }
     tokio::time::sleep(Duration::from_secs(opts.duration_s).saturating_sub(start.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
+    }
+    let _ = observer.await;
+    // Leader changes outside every fault window that could move the leadership (the fault and
+    // 5 s after it).
+    let changes = leaders.lock().expect("leaders").clone();
+    report.leader_changes = changes.len().saturating_sub(1);
+    for (at, l) in changes.iter().skip(1) {
+        let explained = report.faults.iter().any(|f| *at + 500 >= f.at_ms && *at <= f.at_ms + f.len_ms + 5_000);
+        if !explained {
+            report.unprovoked_leader_changes.push(format!("+{:.1} s: node {l}", *at as f64 / 1000.0));
+        }
     }
     let workload_over = Instant::now();
 
@@ -419,6 +506,13 @@ pub async fn run(opts: &Options) -> Report {
     // The batch: done, every card once.
     let done = tokio::time::timeout(Duration::from_secs(600), poller).await;
     let batch_ms = *batch_done.lock().expect("batch");
+    report.longest_stall_ms = *stall.lock().expect("stall");
+    if report.longest_stall_ms > 30_000 {
+        report.violations.push(format!(
+            "the batch made no progress for {} ms (goal: 30 s while a quorum is up)",
+            report.longest_stall_ms
+        ));
+    }
     match (done, batch_ms) {
         (Ok(_), Some(batch_ms)) => {
             report.batch_ms = Some(batch_ms);

@@ -100,6 +100,16 @@ async fn fenced_after(cut: Cut) {
         Err("no follower claim yet".into())
     })
     .await;
+    if cut == Cut::Partition {
+        // The claimant must have applied its own claim before the cut, or it never works on the
+        // chunk (it waits for the entry, gives up) and has nothing stale to send after the heal.
+        let claimed_at = cluster.status(leader).await.unwrap().applied_index;
+        wait_until(Duration::from_secs(10), "the claimant applied its claim", || async {
+            let applied = cluster.status(frozen).await?.applied_index;
+            if applied >= claimed_at { Ok(()) } else { Err(format!("node {frozen} at {applied} < {claimed_at}")) }
+        })
+        .await;
+    }
     match cut {
         Cut::Freeze => cluster.pause(frozen),
         Cut::Partition => cluster.partition(&[frozen]),
