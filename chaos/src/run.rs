@@ -14,7 +14,6 @@
 //! any file of any node, nor in any live value of its database.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -300,28 +299,6 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
     report.faults.push(injected);
 }
 
-/// Every card line exactly once, in order, in the fetched output of `job`; why not.
-fn check_output(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usize) -> Result<(), String> {
-    let out = dir.join(format!("out-{job}"));
-    let operator = [("QUILL_ACTOR", "operator:otto")];
-    let (code, _, err) = cluster.quill(node, &["job", "fetch", job, "-o", out.to_str().unwrap_or(".")], &operator);
-    if code != 0 {
-        return Err(format!("quill job fetch {job} exited {code}: {}", err.trim()));
-    }
-    let text = std::fs::read_to_string(out.join("cards.jsonl")).map_err(|e| format!("cards.jsonl: {e}"))?;
-    let lines: Vec<serde_json::Value> =
-        text.lines().map(serde_json::from_str).collect::<Result<_, _>>().map_err(|e| format!("cards.jsonl: {e}"))?;
-    if lines.len() != cards + 2 {
-        return Err(format!("{} output lines for {cards} cards (+ header and trailer)", lines.len()));
-    }
-    for (i, c) in lines[1..=cards].iter().enumerate() {
-        if c["line"].as_u64() != Some(i as u64 + 2) {
-            return Err(format!("output card {i} is input line {}, not {}", c["line"], i + 2));
-        }
-    }
-    Ok(())
-}
-
 /// The clear values of the published TEST key set (`prep/test-keys/test-keys.toml`, `[[key]]`
 /// tables' `value`), read from the repository rather than linked: this tool must not turn the
 /// `test-keys` feature on for the workspace's production build.
@@ -517,7 +494,7 @@ pub async fn run(opts: &Options) -> Report {
         (Ok(_), Some(batch_ms)) => {
             report.batch_ms = Some(batch_ms);
             report.cards_per_s = Some(opts.cards as f64 * 1000.0 / batch_ms.max(1) as f64);
-            if let Err(e) = check_output(&cluster, ids[ids.len() - 1], &job, dir.path(), opts.cards) {
+            if let Err(e) = cluster.check_output(ids[ids.len() - 1], &job, dir.path(), opts.cards) {
                 report.violations.push(format!("batch {job}: {e}"));
             }
         }

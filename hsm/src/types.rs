@@ -376,11 +376,6 @@ macro_rules! at_rest_block {
             pub fn owner(&self) -> Option<String> {
                 self.header().ok().as_ref().and_then(crate::keyblock::at_rest_owner)
             }
-
-            /// SHA-256 of the blob: the key of the per-session handle cache.
-            pub(crate) fn digest(&self) -> [u8; 32] {
-                Sha256::digest(&self.blob).into()
-            }
         }
 
         impl AtRest for $t {
@@ -394,7 +389,25 @@ macro_rules! at_rest_block {
 at_rest_block!(WrappedKey);
 at_rest_block!(WrappedRsaKey);
 
+impl WrappedRsaKey {
+    /// SHA-256 of the blob and the public key: the key of the per-session handle cache (a block
+    /// opened for one public key is never served for another).
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        let mut d = Sha256::new();
+        for part in [&self.blob, &self.public.modulus, &self.public.exponent] {
+            d.update((part.len() as u64).to_be_bytes());
+            d.update(part);
+        }
+        d.finalize().into()
+    }
+}
+
 impl WrappedKey {
+    /// SHA-256 of the blob: the key of the per-session handle cache.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        Sha256::digest(&self.blob).into()
+    }
+
     /// The TR-31 usage the block's header names.
     pub fn usage(&self) -> Option<KeyUsage> {
         self.header().ok().map(|h| h.key_usage)

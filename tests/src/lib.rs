@@ -966,6 +966,31 @@ impl Cluster {
         self.quill_ok(1, &["dev", "load-test-keys"], &admin);
     }
 
+    /// Every card line exactly once, in order, in the fetched output of `job`; why not.
+    pub fn check_output(&self, node: u64, job: &str, dir: &Path, cards: usize) -> Result<(), String> {
+        let out = dir.join(format!("out-{job}"));
+        let operator = [("QUILL_ACTOR", "operator:otto")];
+        let (code, _, err) = self.quill(node, &["job", "fetch", job, "-o", out.to_str().unwrap_or(".")], &operator);
+        if code != 0 {
+            return Err(format!("quill job fetch {job} exited {code}: {}", err.trim()));
+        }
+        let text = std::fs::read_to_string(out.join("cards.jsonl")).map_err(|e| format!("cards.jsonl: {e}"))?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cards.jsonl: {e}"))?;
+        if lines.len() != cards + 2 {
+            return Err(format!("{} output lines for {cards} cards (+ header and trailer)", lines.len()));
+        }
+        for (i, c) in lines[1..=cards].iter().enumerate() {
+            if c["line"].as_u64() != Some(i as u64 + 2) {
+                return Err(format!("output card {i} is input line {}, not {}", c["line"], i + 2));
+            }
+        }
+        Ok(())
+    }
+
     /// Wait (up to 10 minutes) until job `job` is done, as node `node` sees it; its record.
     pub async fn wait_job_done(&self, node: u64, job: &str) -> serde_json::Value {
         wait_until(Duration::from_secs(600), "job done", || async {

@@ -20,12 +20,9 @@ use std::time::{Duration, Instant};
 use quill_node::tls::{Identity, PkiDir};
 use quill_tests::containers::{Engine, IMAGE_REPO};
 use quill_tests::{Cluster, ClusterOptions, bin_dir, http_get, step, wait_until, write_dda_batch};
-use serde_json::Value;
 use testcontainers::core::{ExecCommand, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner as _;
 use testcontainers::{GenericImage, ImageExt as _};
-
-const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
 
 /// `/health` of the node at `addr` answers 200 within `within`.
 async fn healthy(addr: SocketAddr, within: Duration) -> bool {
@@ -123,19 +120,6 @@ async fn engine_smoke_image_network_pause_exec_kill_disconnect() {
     container.rm().await.unwrap();
     engine.remove_network(&net.name);
 }
-
-/// Every input line exactly once, in order, fetched through node `node`.
-fn fetch_and_check(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usize) {
-    let out = dir.join(format!("out-{job}"));
-    cluster.quill_ok(node, &["job", "fetch", job, "-o", out.to_str().unwrap()], &OPERATOR);
-    let text = std::fs::read_to_string(out.join("cards.jsonl")).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), cards + 2);
-    for (i, c) in lines[1..=cards].iter().enumerate() {
-        assert_eq!(c["line"].as_u64(), Some(i as u64 + 2), "card {i}");
-    }
-}
-
 /// Wait until at least `n` chunks of `job` are done.
 async fn chunks_done(cluster: &Cluster, node: u64, job: &str, n: u64) {
     wait_until(Duration::from_secs(180), &format!("{n} chunks done"), || async {
@@ -194,6 +178,6 @@ async fn a_batch_in_a_containerised_cluster_survives_kill_pause_disconnect_and_p
     step("the batch completes, every card once; every node converges");
     let j = cluster.wait_job_done(new_leader, &job).await;
     assert_eq!(j["cards_done"], cards as u64);
-    fetch_and_check(&cluster, follower, &job, dir.path(), cards);
+    cluster.check_output(follower, &job, dir.path(), cards).unwrap();
     cluster.wait_converged(&ids, 0, Duration::from_secs(30)).await;
 }

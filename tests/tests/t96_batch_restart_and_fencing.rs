@@ -5,25 +5,9 @@
 //!   the chunk's output is the other node's, and every card is delivered once.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use quill_tests::{Cluster, ClusterOptions, step, wait_until, write_dda_batch};
-use serde_json::Value;
-
-const OPERATOR: [(&str, &str); 1] = [("QUILL_ACTOR", "operator:otto")];
-
-/// Fetch and check: every input line exactly once, in order.
-fn fetch_and_check(cluster: &Cluster, node: u64, job: &str, dir: &Path, cards: usize) {
-    let out = dir.join(format!("out-{job}"));
-    cluster.quill_ok(node, &["job", "fetch", job, "-o", out.to_str().unwrap()], &OPERATOR);
-    let text = std::fs::read_to_string(out.join("cards.jsonl")).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), cards + 2);
-    for (i, c) in lines[1..=cards].iter().enumerate() {
-        assert_eq!(c["line"].as_u64(), Some(i as u64 + 2), "card {i}");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_restart_mid_batch_resumes_and_completes() {
@@ -56,7 +40,7 @@ async fn a_full_restart_mid_batch_resumes_and_completes() {
     step("the batch resumes and completes");
     let j = cluster.wait_job_done(2, &job).await;
     assert_eq!(j["cards_done"], 1000);
-    fetch_and_check(&cluster, 3, &job, dir.path(), 1000);
+    cluster.check_output(3, &job, dir.path(), 1000).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -179,7 +163,7 @@ async fn fenced_after(cut: Cut) {
     let c = after.as_array().unwrap().iter().find(|c| c["n"].as_u64() == Some(chunk)).unwrap();
     assert_eq!(c["output_digest"], redone["output_digest"], "the chunk's output changed");
     assert_eq!(c["node"], redone["node"]);
-    fetch_and_check(&cluster, leader, &job, dir.path(), 1200);
+    cluster.check_output(leader, &job, dir.path(), 1200).unwrap();
 }
 
 /// Like `wait_until`, but `None` on timeout instead of a panic.

@@ -9,7 +9,7 @@ mod tr31_ops;
 
 use crate::config::SlotConfig;
 use crate::error::{HsmError, Op, SlotRef, is_device_rv, is_session_rv};
-use crate::keyblock::{self, Role};
+use crate::keyblock::Role;
 use crate::mechanisms::{Capabilities, mechanism_name, vendor};
 use crate::module::{self, Module};
 use crate::observer::{HostPathObserver, HostPathUse};
@@ -1022,9 +1022,8 @@ impl Hsm for Pkcs11Hsm {
             }
             let smk = self.require_smk(&s.session, op)?;
             self.check_smk_kcv(op, &smk, &key.smk_kcv)?;
-            // Checked before the cache too: a record pairing a cached block with another public
-            // key is refused, not served.
-            keyblock::rsa_at_rest_check(key).map_err(|r| self.block_refused(op, r))?;
+            // The cache key covers the public key too: a record pairing a cached block with
+            // another public key misses it, and `open_rsa_block` refuses it.
             let digest = key.digest();
             let h = match s.cache.get(&digest, Usage::Sign) {
                 Some(h) => h,
