@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Quill needs on a Debian 12 machine, and nothing twice:
 #   - Debian packages: the C toolchain and headers for -sys crates, SoftHSM 2 (the reference module),
+#     libfaketime (clock-skew faults in quill-chaos),
 #     OpenSC's pkcs11-tool (a third-party PKCS#11 client), python3-venv;
 #   - a Python venv with the third-party references from tests/python/requirements.txt.
 # The venv lives outside the repository, at ${QUILL_VENV:-$HOME/.cache/quill/venv}, so fresh clones
@@ -10,7 +11,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev softhsm2 opensc python3-venv)
+APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev softhsm2 opensc python3-venv libfaketime)
 VENV="${QUILL_VENV:-$HOME/.cache/quill/venv}"
 REQUIREMENTS="tests/python/requirements.txt"
 

@@ -20,12 +20,45 @@ pub enum Kind {
     PartitionMinority,
     /// Stop every node (SIGTERM), start them all again.
     RestartAll,
+    /// Split the others into two halves that cannot reach each other; one node (the bridge)
+    /// reaches both.
+    Bridge,
+    /// Cut every link from one node (the leader for an even pick) to the others, one way only:
+    /// it hears them, they do not hear it.
+    OneWay,
+    /// Slow one node's HSM (hsm-sim fault file: 50-200 ms on every operation).
+    HsmSlow,
+    /// Fail one node's HSM slot (every operation `CKR_DEVICE_ERROR`).
+    HsmFail,
+    /// One node's HSM slot stops answering (calls block until it is revived).
+    HsmDead,
+    /// Move one node's wall clock 30-120 s ahead or behind (processes only: libfaketime).
+    ClockSkew,
+    /// Remove a follower from the voters (it keeps running), add it back afterwards.
+    Membership,
+    /// Remove a follower, erase its log and state, start it fresh and add it back: it must catch
+    /// up (by snapshot once the leader has purged its log).
+    Replace,
 }
 
 impl Kind {
     /// Every fault, in the order of `--nemesis` names.
-    pub const ALL: [Kind; 6] =
-        [Kind::LeaderKill, Kind::Kill, Kind::Pause, Kind::PartitionLeader, Kind::PartitionMinority, Kind::RestartAll];
+    pub const ALL: [Kind; 14] = [
+        Kind::LeaderKill,
+        Kind::Kill,
+        Kind::Pause,
+        Kind::PartitionLeader,
+        Kind::PartitionMinority,
+        Kind::RestartAll,
+        Kind::Bridge,
+        Kind::OneWay,
+        Kind::HsmSlow,
+        Kind::HsmFail,
+        Kind::HsmDead,
+        Kind::ClockSkew,
+        Kind::Membership,
+        Kind::Replace,
+    ];
 
     /// The `--nemesis` name.
     pub fn name(self) -> &'static str {
@@ -36,6 +69,14 @@ impl Kind {
             Kind::PartitionLeader => "partition-leader",
             Kind::PartitionMinority => "partition-minority",
             Kind::RestartAll => "restart-all",
+            Kind::Bridge => "bridge",
+            Kind::OneWay => "one-way",
+            Kind::HsmSlow => "hsm-slow",
+            Kind::HsmFail => "hsm-fail",
+            Kind::HsmDead => "hsm-dead",
+            Kind::ClockSkew => "clock-skew",
+            Kind::Membership => "membership",
+            Kind::Replace => "replace",
         }
     }
 
@@ -78,14 +119,23 @@ fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
 }
 
 /// The schedule for `seed`: faults of `kinds` from second 3 until `faults_until_s`, each lasting
-/// 2-5 s, with 1-4 s of calm after each.
+/// 2-5 s, with 1-4 s of calm after each. The kinds are dealt like cards from a shuffled deck,
+/// shuffled again when it runs out, so a run long enough for `kinds.len()` faults has each once.
 pub fn schedule(seed: u64, kinds: &[Kind], faults_until_s: u64) -> Vec<Fault> {
     // Mixed first: neighbouring seeds give unrelated schedules.
     let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut out = Vec::new();
     let mut t = 3;
+    let mut deck: Vec<Kind> = Vec::new();
     while !kinds.is_empty() {
-        let kind = rng.pick(kinds);
+        if deck.is_empty() {
+            deck = kinds.to_vec();
+            // Fisher-Yates; dealt from the end.
+            for i in (1..deck.len()).rev() {
+                deck.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+        }
+        let Some(kind) = deck.pop() else { break };
         let len_s = between(&mut rng, 2, 5);
         if t + len_s > faults_until_s {
             break;
@@ -110,12 +160,26 @@ mod tests {
         assert!(a.windows(2).all(|w| w[0].at_s + w[0].len_s < w[1].at_s), "one fault at a time: {a:?}");
         assert!(a.iter().all(|f| f.at_s + f.len_s <= 60));
         assert!(schedule(7, &[], 60).is_empty());
+        // Dealt from a deck: the first |kinds| faults are every kind once.
+        let long = schedule(7, &Kind::ALL, 1000);
+        let mut first: Vec<&str> = long[..Kind::ALL.len()].iter().map(|f| f.kind.name()).collect();
+        first.sort_unstable();
+        let mut all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        all.sort_unstable();
+        assert_eq!(first, all);
     }
 
     #[test]
     fn nemesis_names_parse() {
         assert_eq!(Kind::parse_list("kill, pause").unwrap(), vec![Kind::Kill, Kind::Pause]);
-        assert_eq!(Kind::parse_list("all").unwrap().len(), 6);
+        assert_eq!(Kind::parse_list("all").unwrap(), Kind::ALL.to_vec());
+        assert_eq!(
+            Kind::parse_list("bridge,one-way,replace").unwrap(),
+            vec![Kind::Bridge, Kind::OneWay, Kind::Replace]
+        );
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse_list(k.name()).unwrap(), vec![k], "{}", k.name());
+        }
         assert!(Kind::parse_list("kill,melt").unwrap_err().contains("melt"));
     }
 }

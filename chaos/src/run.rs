@@ -1,8 +1,9 @@
 //! One chaos run: a cluster (processes or containers, hsm-sim tokens), a workload of a card batch
 //! and register clients, the nemesis's schedule, then the checks.
 //!
-//! Workload: after the SMK ceremony and the TEST keys, one DDA batch of `cards` cards in chunks of
-//! 50, and `clients` register clients that write unique values to and read (linearizable reads)
+//! Workload: after the SMK ceremony and the TEST keys, a first DDA batch of `calm_cards` before any
+//! fault (cards/s without faults), then the batch under test of `cards` cards in chunks of 50
+//! while the faults run, and throughout, `clients` register clients that write unique values to and read (linearizable reads)
 //! `keys` keys of the benchmark key space through random nodes, each call bounded by 3 s. Every
 //! operation is recorded with its invocation and completion times; a write the client did not
 //! hear back about is indeterminate, a read that failed is dropped.
@@ -46,6 +47,8 @@ pub struct Options {
     pub cards: usize,
     pub clients: u32,
     pub keys: u64,
+    /// Cards of a first batch prepared before any fault (0: none), for cards/s without faults.
+    pub calm_cards: usize,
 }
 
 /// A fault as it happened.
@@ -59,6 +62,9 @@ pub struct Injected {
     pub nodes: Vec<u64>,
     /// After a leader kill or a leader partition: ms until another node led.
     pub new_leader_ms: Option<u64>,
+    /// What else the fault showed (a replaced node's catch-up, a skew's size, …).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 /// Operations by kind and outcome.
@@ -85,10 +91,16 @@ pub struct Report {
     pub faults: Vec<Injected>,
     pub ops: BTreeMap<String, Counts>,
     pub cards: usize,
-    /// Time from submission to the batch done, ms.
+    /// The batches prepared while the faults ran, one after another.
+    pub batches: Vec<BatchDone>,
+    /// Their time from submission to done, summed, ms.
     pub batch_ms: Option<u64>,
-    /// Cards per second over the batch (with faults).
+    /// Cards per second over those batches (with faults).
     pub cards_per_s: Option<f64>,
+    /// The first batch, prepared before any fault with the same clients running: its cards and
+    /// cards per second.
+    pub calm_cards: usize,
+    pub calm_cards_per_s: Option<f64>,
     /// Time from the end of the workload until every node converged, ms.
     pub converge_ms: Option<u64>,
     /// Once the faults stopped (the workload still running): ms until every node had applied the
@@ -227,6 +239,112 @@ async fn client(
     }
 }
 
+/// A batch done.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchDone {
+    pub job: String,
+    pub cards: usize,
+    /// From submission to done, ms.
+    pub ms: u64,
+}
+
+/// What the batch feeder needs.
+struct Feed {
+    runner: quill_tests::QuillRunner,
+    keys: Vec<quill_proto::v1::keys_client::KeysClient<tonic::transport::Channel>>,
+    ids: Vec<u64>,
+    dir: std::path::PathBuf,
+    cards: usize,
+    first_pan: usize,
+    start: Instant,
+    until: Arc<AtomicBool>,
+}
+
+/// What it saw.
+#[derive(Debug, Default)]
+struct Fed {
+    done: Vec<BatchDone>,
+    longest_stall_ms: u64,
+    problems: Vec<String>,
+}
+
+/// Batches of `cards` cards, one after another, each submitted through the next node that takes
+/// it (a submission refused or timed out goes to the next node), until `until` is set and the
+/// batch then running is done. The job is polled through whichever node answers (linearizable
+/// reads); a batch whose card count stands still is a stall (time between batches is not).
+async fn feed_batches(f: Feed) -> Fed {
+    let mut fed = Fed::default();
+    let mut turn = 0usize;
+    for k in 0.. {
+        if k > 0 && f.until.load(Ordering::Relaxed) {
+            break;
+        }
+        let input = f.dir.join(format!("batch-{k}.csv"));
+        write_dda_batch(&input, f.cards, f.first_pan + k * f.cards);
+        let submitted = Instant::now();
+        let job = loop {
+            let node = f.ids[turn % f.ids.len()];
+            turn += 1;
+            let (runner, input) = (f.runner.clone(), input.clone());
+            let r = tokio::task::spawn_blocking(move || runner.submit_dda_job(node, &input, "50")).await;
+            match r {
+                Ok(Ok(job)) => break Some(job),
+                Ok(Err(e)) if submitted.elapsed() > Duration::from_secs(120) => {
+                    fed.problems.push(format!("batch {k} could not be submitted in 120 s: {e}"));
+                    break None;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        let Some(job) = job else { return fed };
+        eprintln!("chaos: +{:.1}s batch {job} of {} cards submitted", ms(f.start) as f64 / 1000.0, f.cards);
+        let (mut last_count, mut last_change) = (0u64, Instant::now());
+        loop {
+            let mut c = f.keys[turn % f.keys.len()].clone();
+            turn += 1;
+            let req =
+                quill_proto::v1::QueryRequest { what: "job".into(), id: job.clone(), linearizable: true, hops: 0 };
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), c.query(req)).await
+                && let Ok(j) = serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
+            {
+                let count = j["cards_done"].as_u64().unwrap_or(0);
+                if count > last_count {
+                    (last_count, last_change) = (count, Instant::now());
+                }
+                if j["state"] == "done" {
+                    fed.done.push(BatchDone { job, cards: f.cards, ms: ms(submitted) });
+                    break;
+                }
+            }
+            fed.longest_stall_ms = fed.longest_stall_ms.max(ms(last_change));
+            if submitted.elapsed() > Duration::from_secs(900) {
+                fed.problems.push(format!("batch {job} not done 15 minutes after its submission"));
+                return fed;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    fed
+}
+
+/// A membership change through the CLI as the admin, as an operator makes it, against node
+/// `via`; one that fails (e.g. an election in the middle) is tried again for 30 s.
+fn membership_cli(cluster: &Cluster, via: u64, args: &[&str]) -> Result<(), String> {
+    let admin = [("QUILL_ACTOR", quill_tests::ADMIN)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = tokio::task::block_in_place(|| cluster.quill(via, args, &admin));
+        // A retried change whose first try went through: already done.
+        if code == 0 || err.contains("is not a member") || err.contains("is already a") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("quill {}: exit {code}: {} {}", args.join(" "), out.trim(), err.trim()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Apply `f` and return the nodes it hit; undo it after `len`.
 async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: Instant) {
     let ids = cluster.ids();
@@ -235,7 +353,13 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
     let at_ms = ms(start);
     let len = Duration::from_secs(f.len_s);
     let pick = ids[(f.pick % n) as usize];
-    let mut injected = Injected { at_ms, kind: f.kind, len_ms: 0, nodes: Vec::new(), new_leader_ms: None };
+    let mut injected =
+        Injected { at_ms, kind: f.kind, len_ms: 0, nodes: Vec::new(), new_leader_ms: None, note: String::new() };
+    // A node other than the leader, from the pick.
+    let follower = {
+        let others: Vec<u64> = ids.iter().copied().filter(|i| Some(*i) != leader).collect();
+        others[(f.pick % others.len() as u64) as usize]
+    };
     match f.kind {
         Kind::LeaderKill | Kind::Kill => {
             let victim = if f.kind == Kind::LeaderKill { leader.unwrap_or(pick) } else { pick };
@@ -274,6 +398,102 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
             tokio::time::sleep(len.saturating_sub(t.elapsed())).await;
             cluster.heal();
         }
+        Kind::Bridge => {
+            // The bridge is `pick`; the rest split in two halves by position.
+            let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != pick).collect();
+            let (a, b) = rest.split_at(rest.len() / 2);
+            injected.nodes = vec![pick];
+            injected.note = format!("{a:?} | {pick} | {b:?}");
+            for x in a {
+                for y in b {
+                    cluster.cut_link(*x, *y, true);
+                    cluster.cut_link(*y, *x, true);
+                }
+            }
+            tokio::time::sleep(len).await;
+            cluster.heal();
+        }
+        Kind::OneWay => {
+            let from = if f.pick.is_multiple_of(2) { leader.unwrap_or(pick) } else { pick };
+            injected.nodes = vec![from];
+            injected.note = format!("{from} -> others cut{}", if Some(from) == leader { " (the leader)" } else { "" });
+            for to in ids.iter().filter(|i| **i != from) {
+                cluster.cut_link(from, *to, true);
+            }
+            tokio::time::sleep(len).await;
+            cluster.heal();
+        }
+        Kind::HsmSlow | Kind::HsmFail | Kind::HsmDead => {
+            let faults = match f.kind {
+                Kind::HsmSlow => format!("latency_ms = {}\n", 50 + f.pick % 151),
+                Kind::HsmFail => "failing_slots = [0, 1]\n".to_string(),
+                _ => "dead_slots = [0, 1]\n".to_string(),
+            };
+            injected.nodes = vec![pick];
+            injected.note = faults.trim().to_string();
+            cluster.hsm_faults(pick, &faults);
+            tokio::time::sleep(len).await;
+            cluster.hsm_faults(pick, "");
+        }
+        Kind::ClockSkew => {
+            let by = 30 + (f.pick % 91) as i64;
+            let by = if (f.pick / 91).is_multiple_of(2) { by } else { -by };
+            injected.nodes = vec![pick];
+            injected.note = format!("{by:+} s");
+            cluster.skew_clock(pick, by);
+            tokio::time::sleep(len).await;
+            cluster.skew_clock(pick, 0);
+        }
+        Kind::Membership | Kind::Replace => {
+            let victim = follower;
+            let via = ids.iter().copied().find(|i| *i != victim).unwrap_or(victim);
+            injected.nodes = vec![victim];
+            let mut notes = Vec::new();
+            let id = victim.to_string();
+            if let Err(e) = membership_cli(cluster, via, &["cluster", "remove", "--id", &id]) {
+                notes.push(e);
+            }
+            if f.kind == Kind::Replace {
+                cluster.terminate(victim);
+                cluster.wipe_data(victim);
+                cluster.spawn(victim);
+                cluster.wait_health(victim).await;
+            }
+            tokio::time::sleep(len).await;
+            let n = cluster.node(victim);
+            let (raft, api) = (n.raft_addr.to_string(), n.api_addr.to_string());
+            let added = Instant::now();
+            let add = ["cluster", "add", "--id", &id, "--raft-addr", &raft, "--api-addr", &api];
+            let promote = ["cluster", "promote", "--id", &id];
+            for step in [&add[..], &promote[..]] {
+                if let Err(e) = membership_cli(cluster, via, step) {
+                    notes.push(e);
+                }
+            }
+            // Back as a voter: how long until it has applied what the leader had when it was added.
+            let target = match leader_among(cluster, &ids).await {
+                Some(l) => cluster.status(l).await.map(|s| s.applied_index).unwrap_or(0),
+                None => 0,
+            };
+            let caught = poll(Duration::from_secs(60), || async {
+                let s = cluster.status(victim).await.ok()?;
+                (s.applied_index >= target).then_some(s.snapshot_index)
+            })
+            .await;
+            match caught {
+                Some(snap) => notes.push(format!(
+                    "back at index {target} after {} ms{}",
+                    ms(added),
+                    if f.kind == Kind::Replace { format!(" (snapshot index {snap})") } else { String::new() }
+                )),
+                None => {
+                    let v = format!("node {victim} did not reach index {target} within 60 s of being added back");
+                    notes.push(v.clone());
+                    report.violations.push(v);
+                }
+            }
+            injected.note = notes.join("; ");
+        }
         Kind::RestartAll => {
             injected.nodes = ids.clone();
             for id in &ids {
@@ -290,11 +510,12 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
     }
     injected.len_ms = ms(start).saturating_sub(at_ms);
     eprintln!(
-        "chaos: +{:.1}s {} on {:?}{}",
+        "chaos: +{:.1}s {} on {:?}{}{}",
         at_ms as f64 / 1000.0,
         f.kind.name(),
         injected.nodes,
-        injected.new_leader_ms.map(|m| format!(" (new leader after {m} ms)")).unwrap_or_default()
+        injected.new_leader_ms.map(|m| format!(" (new leader after {m} ms)")).unwrap_or_default(),
+        if injected.note.is_empty() { String::new() } else { format!(": {}", injected.note) }
     );
     report.faults.push(injected);
 }
@@ -326,8 +547,11 @@ pub async fn run(opts: &Options) -> Report {
         faults: Vec::new(),
         ops: BTreeMap::new(),
         cards: opts.cards,
+        batches: Vec::new(),
         batch_ms: None,
         cards_per_s: None,
+        calm_cards: opts.calm_cards,
+        calm_cards_per_s: None,
         converge_ms: None,
         catch_up_ms: None,
         longest_stall_ms: 0,
@@ -341,54 +565,29 @@ pub async fn run(opts: &Options) -> Report {
         eprintln!("chaos:   +{}s {} for {}s (pick {})", f.at_s, f.kind.name(), f.len_s, f.pick % opts.nodes);
     }
     let containers = opts.target == Target::Containers;
-    let cluster_opts =
-        ClusterOptions { nodes: opts.nodes, hsm: true, proxies: !containers, containers, ..ClusterOptions::default() };
+    // Snapshots every 1,000 entries (keeping 200): a replaced node catches up by snapshot, and
+    // snapshots are built and sent under faults.
+    let raft = quill_tests::RaftSettings {
+        snapshot_logs_since_last: 1000,
+        max_in_snapshot_log_to_keep: 200,
+        ..quill_tests::RaftSettings::default()
+    };
+    let cluster_opts = ClusterOptions {
+        nodes: opts.nodes,
+        hsm: true,
+        proxies: !containers,
+        containers,
+        clock_skew: opts.kinds.contains(&Kind::ClockSkew),
+        raft,
+        ..ClusterOptions::default()
+    };
     let mut cluster = Cluster::start(&format!("chaos-{}", opts.seed), cluster_opts).await;
     cluster.keys_ready().await;
     let ids = cluster.ids();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let input = dir.path().join("cards.csv");
-    write_dda_batch(&input, opts.cards, 0);
-    let job = cluster.submit_dda_job(1, &input, "50");
     let start = Instant::now();
-
     let stop = Arc::new(AtomicBool::new(false));
     let record = Arc::new(Mutex::new(Record::default()));
-    // The batch's end, seen by polling it through whichever node answers.
-    let batch_done: Arc<Mutex<Option<u64>>> = Arc::default();
-    let stall: Arc<Mutex<u64>> = Arc::default();
-    let poller = {
-        let keys: Vec<_> = ids
-            .iter()
-            .map(|id| quill_proto::v1::keys_client::KeysClient::new(cluster.channel_as(*id, quill_tests::READER)))
-            .collect();
-        let (job, batch_done, stall) = (job.clone(), batch_done.clone(), stall.clone());
-        tokio::spawn(async move {
-            // The longest time the batch's card count stood still (from submission).
-            let (mut last_count, mut last_change) = (0u64, 0u64);
-            for i in 0.. {
-                let mut k = keys[i % keys.len()].clone();
-                let req =
-                    quill_proto::v1::QueryRequest { what: "job".into(), id: job.clone(), linearizable: true, hops: 0 };
-                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), k.query(req)).await
-                    && let Ok(j) = serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
-                {
-                    let now = ms(start);
-                    let count = j["cards_done"].as_u64().unwrap_or(0);
-                    if count > last_count {
-                        (last_count, last_change) = (count, now);
-                    }
-                    let mut s = stall.lock().expect("stall");
-                    *s = (*s).max(now - last_change);
-                    if j["state"] == "done" {
-                        *batch_done.lock().expect("batch") = Some(now);
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
     // Who leads, as the nodes say, every 250 ms: leader changes the nemesis did not cause.
     let leaders: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let observer = {
@@ -417,13 +616,54 @@ pub async fn run(opts: &Options) -> Report {
         .map(|n| tokio::spawn(client(n, opts.seed, opts.keys, channels.clone(), start, stop.clone(), record.clone())))
         .collect();
 
+    // Without faults first (the clients running): a batch of `calm_cards`, for cards/s without
+    // faults measured in the same run.
+    if opts.calm_cards > 0 {
+        let calm_input = dir.path().join("calm.csv");
+        write_dda_batch(&calm_input, opts.calm_cards, 0);
+        let calm = cluster.submit_dda_job(1, &calm_input, "50");
+        let t = Instant::now();
+        let done = poll(Duration::from_secs(600), || async {
+            let j = cluster.query(ids[0], "job", &calm).await.ok()?;
+            (j["state"] == "done").then_some(())
+        })
+        .await;
+        match done {
+            Some(()) => {
+                report.calm_cards_per_s = Some(opts.calm_cards as f64 / t.elapsed().as_secs_f64().max(0.001));
+                if let Err(e) = cluster.check_output(ids[0], &calm, dir.path(), opts.calm_cards) {
+                    report.violations.push(format!("batch {calm} (before the faults): {e}"));
+                }
+            }
+            None => report.violations.push(format!("batch {calm} (before the faults) not done within 10 minutes")),
+        }
+    }
+
+    // The faults, from `faults_start` on, with batches under test one after another until the
+    // faults stop (the last one then runs to its end).
+    let faults_start = Instant::now();
+    let faults_over_flag = Arc::new(AtomicBool::new(false));
+    let feeder = tokio::spawn(feed_batches(Feed {
+        runner: cluster.runner(),
+        keys: ids
+            .iter()
+            .map(|id| quill_proto::v1::keys_client::KeysClient::new(cluster.channel_as(*id, quill_tests::READER)))
+            .collect(),
+        ids: ids.clone(),
+        dir: dir.path().to_path_buf(),
+        cards: opts.cards,
+        first_pan: opts.calm_cards,
+        start,
+        until: faults_over_flag.clone(),
+    }));
     for f in &schedule {
-        tokio::time::sleep(Duration::from_secs(f.at_s).saturating_sub(start.elapsed())).await;
+        tokio::time::sleep(Duration::from_secs(f.at_s).saturating_sub(faults_start.elapsed())).await;
         inject(&mut cluster, f, &mut report, start).await;
     }
     // Faults over, workload still running: how long until every node has applied what the
     // leader had applied at this moment.
     let faults_over = Instant::now();
+    faults_over_flag.store(true, Ordering::Relaxed);
     let target = match leader_among(&cluster, &ids).await {
         Some(l) => cluster.status(l).await.map(|s| s.applied_index).unwrap_or(0),
         None => 0,
@@ -447,7 +687,7 @@ pub async fn run(opts: &Options) -> Report {
             .violations
             .push(format!("a node had not reached the leader's applied index {target} 60 s after the faults")),
     }
-    tokio::time::sleep(Duration::from_secs(opts.duration_s).saturating_sub(start.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(opts.duration_s).saturating_sub(faults_start.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -480,26 +720,35 @@ pub async fn run(opts: &Options) -> Report {
         None => report.violations.push("the nodes did not converge within 60 s of the end of the workload".into()),
     }
 
-    // The batch: done, every card once.
-    let done = tokio::time::timeout(Duration::from_secs(600), poller).await;
-    let batch_ms = *batch_done.lock().expect("batch");
-    report.longest_stall_ms = *stall.lock().expect("stall");
+    // The batches: done, every card once and in order.
+    let batches = match tokio::time::timeout(Duration::from_secs(600), feeder).await {
+        Ok(Ok(b)) => b,
+        _ => {
+            report.violations.push("the batches under faults were not done within 10 minutes of the end".into());
+            Fed::default()
+        }
+    };
+    report.violations.extend(batches.problems.iter().cloned());
+    report.longest_stall_ms = batches.longest_stall_ms;
     if report.longest_stall_ms > 30_000 {
         report.violations.push(format!(
-            "the batch made no progress for {} ms (goal: 30 s while a quorum is up)",
+            "a batch made no progress for {} ms (goal: 30 s while a quorum is up)",
             report.longest_stall_ms
         ));
     }
-    match (done, batch_ms) {
-        (Ok(_), Some(batch_ms)) => {
-            report.batch_ms = Some(batch_ms);
-            report.cards_per_s = Some(opts.cards as f64 * 1000.0 / batch_ms.max(1) as f64);
-            if let Err(e) = cluster.check_output(ids[ids.len() - 1], &job, dir.path(), opts.cards) {
-                report.violations.push(format!("batch {job}: {e}"));
-            }
+    let (mut cards, mut busy_ms) = (0, 0);
+    for b in &batches.done {
+        cards += b.cards;
+        busy_ms += b.ms;
+        if let Err(e) = cluster.check_output(ids[ids.len() - 1], &b.job, dir.path(), b.cards) {
+            report.violations.push(format!("batch {}: {e}", b.job));
         }
-        _ => report.violations.push(format!("batch {job} not done within 10 minutes")),
     }
+    if busy_ms > 0 {
+        report.cards_per_s = Some(cards as f64 * 1000.0 / busy_ms as f64);
+    }
+    report.batch_ms = Some(busy_ms);
+    report.batches = batches.done;
 
     // Histories.
     let rec = std::mem::take(&mut *record.lock().expect("record"));
@@ -537,7 +786,8 @@ pub async fn run(opts: &Options) -> Report {
     for v in test_key_values() {
         needles.extend(secrets::forms(&v));
     }
-    for i in 0..opts.cards.min(50) {
+    // The first PANs of the batch before the faults and of the first batch under faults.
+    for i in (0..opts.calm_cards.min(50)).chain(opts.calm_cards..opts.calm_cards + opts.cards.min(50)) {
         needles.push(dda_batch_pan(i).into_bytes());
     }
     for id in &ids {

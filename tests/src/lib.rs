@@ -119,7 +119,14 @@ pub struct ClusterOptions {
     /// Run each node as a container of the node image on a network of the cluster's own (hsm-sim
     /// nodes only; the engine must answer: check with [`containers::Engine::or_skip`] first).
     pub containers: bool,
+    /// Processes only: run each `quilld` under libfaketime (Debian's `libfaketime`, preloaded),
+    /// its wall clock offset by what `node-<id>/faketime.rc` holds (`+0` at the start; see
+    /// [`Cluster::skew_clock`]). The monotonic clock, which Raft's timers use, is left alone.
+    pub clock_skew: bool,
 }
+
+/// libfaketime's preload library, where Debian's `libfaketime` installs it.
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Point `cmd` at hsm-sim's configuration in `hsm_dir` when the cluster wrote one
 /// ([`ClusterOptions::hsm_translate`]); otherwise the defaults for `QUILL_HSM_DIR`.
@@ -167,6 +174,7 @@ impl Default for ClusterOptions {
             hsm_translate: false,
             divergence_check_ms: 3_600_000,
             containers: false,
+            clock_skew: false,
         }
     }
 }
@@ -272,7 +280,10 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix(&format!("quill-{name}-")).tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let docker = opts.containers.then(|| {
-            assert!(opts.softhsm_nodes.is_empty() && !opts.proxies, "containers: hsm-sim nodes, no proxies");
+            assert!(
+                opts.softhsm_nodes.is_empty() && !opts.proxies && !opts.clock_skew,
+                "containers: hsm-sim nodes, no proxies, no clock skew"
+            );
             let engine = containers::Engine::connect().expect("a Docker engine (check with Engine::or_skip)");
             let image = engine.node_image(&bin_dir()).expect("the node image");
             let net = engine.create_network(&format!("quill-{name}")).expect("the cluster's network");
@@ -492,6 +503,17 @@ impl Cluster {
             .env("QUILL_HSM_DIR", node.dir.join("hsm"))
             .env("SOFTHSM2_CONF", node.dir.join("softhsm").join("softhsm2.conf"));
         hsm_conf(&mut cmd, &node.dir.join("hsm"));
+        if self.opts.clock_skew {
+            let rc = node.dir.join("faketime.rc");
+            if !rc.exists() {
+                fs::write(&rc, "+0\n").expect("write faketime.rc");
+            }
+            // Re-read at most every second; real-time clocks only.
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME_TIMESTAMP_FILE", &rc)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -584,7 +606,19 @@ impl Cluster {
     /// SIGSTOP node `id` (it keeps its sockets but answers nothing).
     pub fn pause(&self, id: u64) {
         if let Some(name) = self.container_name(id) {
-            self.docker.as_ref().expect("engine").engine.pause(&name).expect("pause");
+            // The cgroup freezer can fail under load ("unable to freeze"): try again, then stop
+            // the node's process (PID 1) with SIGSTOP instead; `resume` undoes either.
+            let e = &self.docker.as_ref().expect("engine").engine;
+            let mut last = String::new();
+            for _ in 0..3 {
+                match e.pause(&name) {
+                    Ok(()) => return,
+                    Err(why) => last = why,
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!("pause {name}: {last}; SIGSTOP instead");
+            e.kill(&name, "SIGSTOP").expect("SIGSTOP");
             return;
         }
         signal(self.node(id).pid().expect("node runs"), "STOP");
@@ -593,7 +627,11 @@ impl Cluster {
     /// SIGCONT node `id`.
     pub fn resume(&self, id: u64) {
         if let Some(name) = self.container_name(id) {
-            self.docker.as_ref().expect("engine").engine.unpause(&name).expect("unpause");
+            let e = &self.docker.as_ref().expect("engine").engine;
+            if e.unpause(&name).is_err() {
+                // Not frozen: `pause` fell back to SIGSTOP.
+                e.kill(&name, "SIGCONT").expect("SIGCONT");
+            }
             return;
         }
         signal(self.node(id).pid().expect("node runs"), "CONT");
@@ -622,6 +660,39 @@ impl Cluster {
     pub fn cut(&self, from: u64, to: u64, on: bool) {
         let d = self.docker.as_ref().expect("a containerised cluster");
         d.engine.blackhole(&self.container_name(from).expect("container"), d.net.ip(to), on).expect("blackhole");
+    }
+
+    /// Drop every packet from node `from` to node `to`, or stop dropping them: the proxy of the
+    /// link (processes) or a blackhole route (containers). One way, as [`Cluster::cut`] explains.
+    pub fn cut_link(&self, from: u64, to: u64, on: bool) {
+        if self.docker.is_some() {
+            return self.cut(from, to, on);
+        }
+        let link = self.links.get(&(from, to)).unwrap_or_else(|| panic!("no proxied link {from}->{to} (proxies)"));
+        if on { link.cut() } else { link.heal() }
+    }
+
+    /// Set node `id`'s hsm-sim faults (`node-<id>/hsm/faults.toml`, the module re-reads it within
+    /// 100 ms; the format is hsm-sim's `fault.rs`), or clear them with `""`.
+    pub fn hsm_faults(&self, id: u64, toml: &str) {
+        let path = self.node(id).dir.join("hsm").join("faults.toml");
+        fs::write(&path, toml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// Offset node `id`'s wall clock by `seconds` (needs [`ClusterOptions::clock_skew`];
+    /// libfaketime reads the file again within a second).
+    pub fn skew_clock(&self, id: u64, seconds: i64) {
+        assert!(self.opts.clock_skew, "skew_clock needs ClusterOptions::clock_skew");
+        let path = self.node(id).dir.join("faketime.rc");
+        fs::write(&path, format!("{seconds:+}\n")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// Erase a stopped node's Raft log, state and snapshots (`node-<id>/data`), keeping its
+    /// config, certificate and HSM tokens: the node starts again as a fresh one.
+    pub fn wipe_data(&self, id: u64) {
+        let data = self.node(id).dir.join("data");
+        fs::remove_dir_all(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+        fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
     }
 
     /// Start a stopped node again with the same config and data, and wait for `/health`.
@@ -686,14 +757,16 @@ impl Cluster {
     }
 
     fn run_quill(&self, id: u64, args: &[&str], caller: impl FnOnce(&mut Command)) -> (i32, String, String) {
-        let mut cmd = Command::new(binary("quill"));
-        cmd.args(args).env("QUILL_ENDPOINT", self.node(id).endpoint()).env_remove("QUILL_ENDPOINTS");
-        // Custodians pin new nodes' transport keys without a prompt (t92 tests the pins).
-        cmd.env_remove("QUILL_COMPONENT").env("QUILL_PIN_NEW", "true");
-        caller(&mut cmd);
-        let out = cmd.output().expect("run quill");
-        let code = out.status.code().unwrap_or(-1);
-        (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        self.runner().run_with(id, args, caller)
+    }
+
+    /// What running `quill` against the nodes needs, detached from the fixture (for tasks that
+    /// run beside faults injected through `&mut Cluster`).
+    pub fn runner(&self) -> QuillRunner {
+        QuillRunner {
+            dev_dir: self.root.clone(),
+            endpoints: self.nodes.values().map(|n| (n.id, n.endpoint())).collect(),
+        }
     }
 
     /// Like [`Cluster::quill`], panicking with the output unless it exits 0; returns stdout.
@@ -1007,26 +1080,7 @@ impl Cluster {
     /// `quill job submit` of `input` with the `visa-dda-credit` profile and the TEST MAC key, as
     /// an operator, through node `node`; the job id.
     pub fn submit_dda_job(&self, node: u64, input: &Path, chunk: &str) -> String {
-        let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
-        let out = self.quill_ok(
-            node,
-            &[
-                "job",
-                "submit",
-                "--json",
-                "--profile",
-                profile.to_str().expect("utf-8 path"),
-                "--input",
-                input.to_str().expect("utf-8 path"),
-                "--chunk-size",
-                chunk,
-                "--mac-key",
-                "MAC-OUTPUT-TEST",
-            ],
-            &[("QUILL_ACTOR", "operator:otto")],
-        );
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-        v["job"].as_str().expect("job id").to_string()
+        self.runner().submit_dda_job(node, input, chunk).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -1098,5 +1152,62 @@ impl Rng {
     /// One element of a non-empty slice.
     pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
         from[(self.next_u64() % from.len() as u64) as usize]
+    }
+}
+
+/// Runs `quill` against a cluster's nodes as the fixture does ([`Cluster::runner`]); `Send`, so
+/// a task can use it while the fixture is borrowed elsewhere.
+#[derive(Debug, Clone)]
+pub struct QuillRunner {
+    dev_dir: PathBuf,
+    endpoints: BTreeMap<u64, String>,
+}
+
+impl QuillRunner {
+    fn run_with(&self, id: u64, args: &[&str], caller: impl FnOnce(&mut Command)) -> (i32, String, String) {
+        let endpoint = self.endpoints.get(&id).unwrap_or_else(|| panic!("no node {id}"));
+        let mut cmd = Command::new(binary("quill"));
+        cmd.args(args).env("QUILL_ENDPOINT", endpoint).env_remove("QUILL_ENDPOINTS");
+        // Custodians pin new nodes' transport keys without a prompt (t92 tests the pins).
+        cmd.env_remove("QUILL_COMPONENT").env("QUILL_PIN_NEW", "true");
+        caller(&mut cmd);
+        let out = cmd.output().expect("run quill");
+        let code = out.status.code().unwrap_or(-1);
+        (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// `quill ARGS` against node `id` as `actor` (`role:name`, its identity in the cluster's
+    /// directory): (exit code, stdout, stderr).
+    pub fn run(&self, id: u64, actor: &str, args: &[&str]) -> (i32, String, String) {
+        self.run_with(id, args, |cmd| {
+            cmd.env("QUILL_ACTOR", actor).env("QUILL_DEV_DIR", &self.dev_dir).env_remove("QUILL_IDENTITY");
+        })
+    }
+
+    /// Submit a DDA batch (`visa-dda-credit` profile, the TEST output MAC key) through node
+    /// `node` as an operator: the job's id, or why not.
+    pub fn submit_dda_job(&self, node: u64, input: &Path, chunk: &str) -> Result<String, String> {
+        let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
+        let profile = profile.to_str().ok_or("profile path is not UTF-8")?;
+        let input = input.to_str().ok_or("input path is not UTF-8")?;
+        let args = [
+            "job",
+            "submit",
+            "--json",
+            "--profile",
+            profile,
+            "--input",
+            input,
+            "--chunk-size",
+            chunk,
+            "--mac-key",
+            "MAC-OUTPUT-TEST",
+        ];
+        let (code, out, err) = self.run(node, "operator:otto", &args);
+        if code != 0 {
+            return Err(format!("quill job submit through node {node} exited {code}: {}", err.trim()));
+        }
+        let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?;
+        v["job"].as_str().map(str::to_string).ok_or_else(|| format!("no job id in {out}"))
     }
 }
