@@ -289,6 +289,9 @@ async fn feed_batches(f: Feed) -> Fed {
             let r = tokio::task::spawn_blocking(move || runner.submit_dda_job(node, &input, "50")).await;
             match r {
                 Ok(Ok(job)) => break Some(job),
+                // An earlier try went through without its answer reaching us: the cluster
+                // refuses the same file again and names the job it made.
+                Ok(Err(e)) if already_submitted(&e).is_some() => break already_submitted(&e),
                 Ok(Err(e)) if submitted.elapsed() > Duration::from_secs(120) => {
                     fed.problems.push(format!("batch {k} could not be submitted in 120 s: {e}"));
                     break None;
@@ -325,6 +328,13 @@ async fn feed_batches(f: Feed) -> Fed {
         }
     }
     fed
+}
+
+/// The job a refused re-submission names (`… this file (SHA-256 …) is already job J…; …`).
+fn already_submitted(err: &str) -> Option<String> {
+    let rest = &err[err.find("is already job ")? + "is already job ".len()..];
+    let id: String = rest.chars().take_while(char::is_ascii_alphanumeric).collect();
+    (!id.is_empty()).then_some(id)
 }
 
 /// A membership change through the CLI as the admin, as an operator makes it, against node
@@ -800,4 +810,19 @@ pub async fn run(opts: &Options) -> Report {
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::already_submitted;
+
+    #[test]
+    fn a_lost_submission_answer_is_recovered_from_the_refusal() {
+        let e = "quill job submit through node 5 exited 1: quill: error: refused: https://127.0.0.1:11829: \
+                 FailedPrecondition: precondition failed: this file (SHA-256 2A6A165FD78BCFB8…) is already job \
+                 J1a24f5a097b484; submit with --force to prepare it again";
+        assert_eq!(already_submitted(e).as_deref(), Some("J1a24f5a097b484"));
+        assert_eq!(already_submitted("quill job submit through node 1 exited 4: unavailable"), None);
+        assert_eq!(already_submitted("is already job ; x"), None);
+    }
 }

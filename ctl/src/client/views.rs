@@ -4,11 +4,14 @@
 
 use anyhow::Result;
 use quill_proto::v1::{
-    ApprovalView, CaKeyView, CeremonyView, ChunkView, GetCeremonyRequest, GetIssuerKeyRequest, GetJobRequest,
-    GetKeyRequest, IssuerCertView, IssuerKeyView, JobView, KeyView, ListApprovalsRequest, ListCaKeysRequest,
-    ListCeremoniesRequest, ListChunksRequest, ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest,
-    ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest, NodeView, RevokedCertView,
+    ApprovalView, CaKeyView, CeremonyView, ChunkView, GetCeremonyRequest, GetJobRequest, GetKeyRequest, IssuerCertView,
+    IssuerKeyView, JobView, KeyView, ListApprovalsRequest, ListCaKeysRequest, ListCeremoniesRequest, ListChunksRequest,
+    ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest, ListKeysRequest, ListNodesRequest,
+    ListRevokedCertsRequest, NodeView, RevokedCertView,
 };
+// Only the TEST CA's `issuer certify-test` reads one issuer key by label.
+#[cfg(feature = "test-keys")]
+use quill_proto::v1::GetIssuerKeyRequest;
 
 use super::Session;
 
