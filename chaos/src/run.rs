@@ -2,7 +2,7 @@
 //! and register clients, the nemesis's schedule, then the checks.
 //!
 //! Workload: after the SMK ceremony and the TEST keys, a first DDA batch of `calm_cards` before any
-//! fault (cards/s without faults), then the batch under test of `cards` cards in chunks of 50
+//! fault (cards/s without faults), then batches of `cards` cards in chunks of 50 one after another
 //! while the faults run, and throughout, `clients` register clients that write unique values to and read (linearizable reads)
 //! `keys` keys of the benchmark key space through random nodes, each call bounded by 3 s. Every
 //! operation is recorded with its invocation and completion times; a write the client did not
@@ -254,6 +254,8 @@ struct Feed {
     keys: Vec<quill_proto::v1::keys_client::KeysClient<tonic::transport::Channel>>,
     ids: Vec<u64>,
     dir: std::path::PathBuf,
+    /// Input files are `<name>-<k>.csv`.
+    name: &'static str,
     cards: usize,
     first_pan: usize,
     start: Instant,
@@ -279,7 +281,7 @@ async fn feed_batches(f: Feed) -> Fed {
         if k > 0 && f.until.load(Ordering::Relaxed) {
             break;
         }
-        let input = f.dir.join(format!("batch-{k}.csv"));
+        let input = f.dir.join(format!("{}-{k}.csv", f.name));
         write_dda_batch(&input, f.cards, f.first_pan + k * f.cards);
         let submitted = Instant::now();
         let job = loop {
@@ -628,32 +630,8 @@ pub async fn run(opts: &Options) -> Report {
 
     // Without faults first (the clients running): a batch of `calm_cards`, for cards/s without
     // faults measured in the same run.
-    if opts.calm_cards > 0 {
-        let calm_input = dir.path().join("calm.csv");
-        write_dda_batch(&calm_input, opts.calm_cards, 0);
-        let calm = cluster.submit_dda_job(1, &calm_input, "50");
-        let t = Instant::now();
-        let done = poll(Duration::from_secs(600), || async {
-            let j = cluster.query(ids[0], "job", &calm).await.ok()?;
-            (j["state"] == "done").then_some(())
-        })
-        .await;
-        match done {
-            Some(()) => {
-                report.calm_cards_per_s = Some(opts.calm_cards as f64 / t.elapsed().as_secs_f64().max(0.001));
-                if let Err(e) = cluster.check_output(ids[0], &calm, dir.path(), opts.calm_cards) {
-                    report.violations.push(format!("batch {calm} (before the faults): {e}"));
-                }
-            }
-            None => report.violations.push(format!("batch {calm} (before the faults) not done within 10 minutes")),
-        }
-    }
-
-    // The faults, from `faults_start` on, with batches under test one after another until the
-    // faults stop (the last one then runs to its end).
-    let faults_start = Instant::now();
-    let faults_over_flag = Arc::new(AtomicBool::new(false));
-    let feeder = tokio::spawn(feed_batches(Feed {
+    // The same feeder as under faults, told to stop after its first batch.
+    let feed = |name: &'static str, cards: usize, first_pan: usize, until: Arc<AtomicBool>| Feed {
         runner: cluster.runner(),
         keys: ids
             .iter()
@@ -661,11 +639,28 @@ pub async fn run(opts: &Options) -> Report {
             .collect(),
         ids: ids.clone(),
         dir: dir.path().to_path_buf(),
-        cards: opts.cards,
-        first_pan: opts.calm_cards,
+        name,
+        cards,
+        first_pan,
         start,
-        until: faults_over_flag.clone(),
-    }));
+        until,
+    };
+    if opts.calm_cards > 0 {
+        let calm = feed_batches(feed("calm", opts.calm_cards, 0, Arc::new(AtomicBool::new(true)))).await;
+        report.violations.extend(calm.problems.iter().map(|p| format!("before the faults: {p}")));
+        if let Some(b) = calm.done.first() {
+            report.calm_cards_per_s = Some(b.cards as f64 * 1000.0 / b.ms.max(1) as f64);
+            if let Err(e) = cluster.check_output(ids[0], &b.job, dir.path(), b.cards) {
+                report.violations.push(format!("batch {} (before the faults): {e}", b.job));
+            }
+        }
+    }
+
+    // The faults, from `faults_start` on, with batches under test one after another until the
+    // faults stop (the last one then runs to its end).
+    let faults_start = Instant::now();
+    let faults_over_flag = Arc::new(AtomicBool::new(false));
+    let feeder = tokio::spawn(feed_batches(feed("batch", opts.cards, opts.calm_cards, faults_over_flag.clone())));
     for f in &schedule {
         tokio::time::sleep(Duration::from_secs(f.at_s).saturating_sub(faults_start.elapsed())).await;
         inject(&mut cluster, f, &mut report, start).await;
