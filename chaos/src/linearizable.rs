@@ -166,6 +166,43 @@ impl Search<'_> {
     }
 }
 
+/// One linearizable read of an object that only ever grows (a job's cards done): its value with
+/// its invocation and completion times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonotoneRead {
+    pub invoke: u64,
+    pub complete: u64,
+    pub value: u64,
+}
+
+/// Reads of a value that the system only ever increases (its writes are not observed) are
+/// linearizable iff no read returns less than a read that completed before it was invoked: each
+/// read can then be placed at a point where the value was what it returned. The first pair that
+/// breaks it, if any.
+pub fn check_monotone(reads: &[MonotoneRead]) -> Result<(), (MonotoneRead, MonotoneRead)> {
+    let mut by_complete: Vec<&MonotoneRead> = reads.iter().collect();
+    by_complete.sort_by_key(|r| r.complete);
+    let mut by_invoke: Vec<&MonotoneRead> = reads.iter().collect();
+    by_invoke.sort_by_key(|r| r.invoke);
+    // Sweep the reads in invocation order, folding in every read completed before: the largest
+    // value already returned.
+    let (mut k, mut max): (usize, Option<&MonotoneRead>) = (0, None);
+    for b in by_invoke {
+        while k < by_complete.len() && by_complete[k].complete < b.invoke {
+            if max.is_none_or(|m| by_complete[k].value > m.value) {
+                max = Some(by_complete[k]);
+            }
+            k += 1;
+        }
+        if let Some(a) = max
+            && b.value < a.value
+        {
+            return Err((*a, *b));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -263,5 +300,19 @@ mod tests {
         assert!(check(&h).is_err());
         // A budget too small to decide says so rather than guess.
         assert!(matches!(check_within(&h, 10), Verdict::Undecided(_)));
+    }
+
+    #[test]
+    fn monotone_reads_that_go_back_in_real_time_are_caught() {
+        let r = |invoke, complete, value| MonotoneRead { invoke, complete, value };
+        // Overlapping reads may see the value in either order.
+        assert!(check_monotone(&[r(0, 10, 5), r(5, 15, 3), r(12, 20, 5)]).is_ok());
+        // A read invoked after another completed may not return less.
+        let bad = [r(0, 10, 5), r(11, 20, 4)];
+        assert_eq!(check_monotone(&bad), Err((bad[0], bad[1])));
+        // Whatever the order of the history.
+        let bad = [r(30, 40, 1), r(0, 10, 2), r(15, 20, 2)];
+        assert_eq!(check_monotone(&bad), Err((bad[1], bad[0])));
+        assert!(check_monotone(&[]).is_ok());
     }
 }

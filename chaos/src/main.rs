@@ -1,5 +1,5 @@
 //! `quill-chaos run --target processes|containers --nodes N --duration S --seed N
-//! [--nemesis LIST] [--cards N] [--clients N] [--keys N] [--json]`: one seeded chaos run (see the
+//! [--nemesis LIST] [--cards N] [--calm-cards N] [--clients N] [--keys N] [--no-key-ops] [--json]`: one seeded chaos run (see the
 //! crate documentation); prints the schedule, each fault as it happens and a report, `--json` a
 //! summary object whose `violations` must be empty. Exit code 0: no violation; 1: violations;
 //! 2: bad arguments.
@@ -45,6 +45,10 @@ enum Cmd {
         /// Keys they share.
         #[arg(long, default_value_t = 4)]
         keys: u64,
+        /// No key clerk (ceremonies, key generation and life cycle, TR-31 export under dual
+        /// control and import) alongside the batches and the register clients.
+        #[arg(long)]
+        no_key_ops: bool,
         /// End with the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -62,9 +66,19 @@ fn print(r: &Report) {
     println!("operations:");
     for (kind, c) in &r.ops {
         println!(
-            "  {kind:<6} ok {:>6}  attempts refused {:>5}  timed out {:>5}  never acknowledged {:>3}",
+            "  {kind:<13} ok {:>6}  attempts refused {:>5}  timed out {:>5}  never acknowledged {:>3}",
             c.ok, c.refused, c.indeterminate, c.unacknowledged
         );
+    }
+    if r.key_rounds > 0 {
+        println!(
+            "key clerk: {} rounds, {} keys generated, cycled, exported under dual control and imported with their KCV",
+            r.key_rounds, r.key_round_trips
+        );
+    }
+    match r.reference_checks {
+        Some(n) => println!("cards checked against pyemv/psec: {n} checks passed"),
+        None => println!("cards not checked against pyemv/psec (no venv: scripts/setup.sh makes it)"),
     }
     if let Some(cps) = r.calm_cards_per_s {
         println!("batch before the faults: {} cards ({cps:.1} cards/s)", r.calm_cards);
@@ -105,7 +119,8 @@ fn print(r: &Report) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Cmd::Run { target, nodes, duration, seed, nemesis, cards, calm_cards, clients, keys, json } = cli.command;
+    let Cmd::Run { target, nodes, duration, seed, nemesis, cards, calm_cards, clients, keys, no_key_ops, json } =
+        cli.command;
     let mut kinds = match Kind::parse_list(&nemesis) {
         Ok(k) => k,
         Err(e) => {
@@ -126,7 +141,8 @@ fn main() -> anyhow::Result<()> {
         kinds.retain(|k| *k != Kind::ClockSkew);
         eprintln!("quill-chaos: no clock-skew on containers (they share the host's clock)");
     }
-    let opts = Options { target, nodes, duration_s: duration, seed, kinds, cards, clients, keys, calm_cards };
+    let opts =
+        Options { target, nodes, duration_s: duration, seed, kinds, cards, clients, keys, calm_cards, key_ops: !no_key_ops };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
     let report = rt.block_on(run(&opts));
     print(&report);

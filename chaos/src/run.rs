@@ -23,7 +23,7 @@ use quill_proto::v1::{BenchGetRequest, BenchPutRequest, StatusRequest};
 use quill_tests::{Cluster, ClusterOptions, dda_batch_pan, secrets, write_dda_batch};
 use serde::Serialize;
 
-use crate::linearizable::{self, Call, Op, Verdict};
+use crate::linearizable::{self, Call, MonotoneRead, Op, Verdict};
 use crate::nemesis::{self, Fault, Kind, Rng};
 
 /// Where the nodes run.
@@ -49,6 +49,8 @@ pub struct Options {
     pub keys: u64,
     /// Cards of a first batch prepared before any fault (0: none), for cards/s without faults.
     pub calm_cards: usize,
+    /// Run the key clerk ([`crate::clerk`]) alongside.
+    pub key_ops: bool,
 }
 
 /// A fault as it happened.
@@ -91,6 +93,12 @@ pub struct Report {
     pub faults: Vec<Injected>,
     pub ops: BTreeMap<String, Counts>,
     pub cards: usize,
+    /// Checks of the cards against pyemv/psec over every batch (None: no venv).
+    pub reference_checks: Option<u64>,
+    /// The key clerk's rounds, and those that took a key all the way round (generated,
+    /// suspended, active again, exported under dual control, imported with the same KCV).
+    pub key_rounds: u64,
+    pub key_round_trips: u64,
     /// The batches prepared while the faults ran, one after another.
     pub batches: Vec<BatchDone>,
     /// Their time from submission to done, summed, ms.
@@ -120,6 +128,10 @@ pub struct Report {
 
 fn ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Poll `f` every 100 ms until it gives `Some`, at most `timeout`.
@@ -246,6 +258,9 @@ pub struct BatchDone {
     pub cards: usize,
     /// From submission to done, ms.
     pub ms: u64,
+    /// Its input file.
+    #[serde(skip)]
+    pub input: std::path::PathBuf,
 }
 
 /// What the batch feeder needs.
@@ -268,6 +283,8 @@ struct Fed {
     done: Vec<BatchDone>,
     longest_stall_ms: u64,
     problems: Vec<String>,
+    /// Per job, its linearizable reads: cards done, twice, plus one once done.
+    job_reads: BTreeMap<String, Vec<MonotoneRead>>,
 }
 
 /// Batches of `cards` cards, one after another, each submitted through the next node that takes
@@ -309,15 +326,19 @@ async fn feed_batches(f: Feed) -> Fed {
             turn += 1;
             let req =
                 quill_proto::v1::QueryRequest { what: "job".into(), id: job.clone(), linearizable: true, hops: 0 };
+            let invoke = micros(f.start);
             if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), c.query(req)).await
                 && let Ok(j) = serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
             {
                 let count = j["cards_done"].as_u64().unwrap_or(0);
+                let value = 2 * count + u64::from(j["state"] == "done");
+                let read = MonotoneRead { invoke, complete: micros(f.start), value };
+                fed.job_reads.entry(job.clone()).or_default().push(read);
                 if count > last_count {
                     (last_count, last_change) = (count, Instant::now());
                 }
                 if j["state"] == "done" {
-                    fed.done.push(BatchDone { job, cards: f.cards, ms: ms(submitted) });
+                    fed.done.push(BatchDone { job, cards: f.cards, ms: ms(submitted), input });
                     break;
                 }
             }
@@ -559,6 +580,9 @@ pub async fn run(opts: &Options) -> Report {
         faults: Vec::new(),
         ops: BTreeMap::new(),
         cards: opts.cards,
+        reference_checks: None,
+        key_rounds: 0,
+        key_round_trips: 0,
         batches: Vec::new(),
         batch_ms: None,
         cards_per_s: None,
@@ -627,6 +651,20 @@ pub async fn run(opts: &Options) -> Report {
     let tasks: Vec<_> = (0..opts.clients)
         .map(|n| tokio::spawn(client(n, opts.seed, opts.keys, channels.clone(), start, stop.clone(), record.clone())))
         .collect();
+    let clerk = opts.key_ops.then(|| {
+        let clerk = crate::clerk::Clerk {
+            runner: cluster.runner(),
+            ids: ids.clone(),
+            keys: ids
+                .iter()
+                .map(|id| quill_proto::v1::keys_client::KeysClient::new(cluster.channel_as(*id, quill_tests::READER)))
+                .collect(),
+            seed: opts.seed,
+            start,
+            stop: stop.clone(),
+        };
+        tokio::spawn(clerk.run())
+    });
 
     // Without faults first (the clients running): a batch of `calm_cards`, for cards/s without
     // faults measured in the same run.
@@ -650,8 +688,9 @@ pub async fn run(opts: &Options) -> Report {
         report.violations.extend(calm.problems.iter().map(|p| format!("before the faults: {p}")));
         if let Some(b) = calm.done.first() {
             report.calm_cards_per_s = Some(b.cards as f64 * 1000.0 / b.ms.max(1) as f64);
-            if let Err(e) = cluster.check_output(ids[0], &b.job, dir.path(), b.cards) {
-                report.violations.push(format!("batch {} (before the faults): {e}", b.job));
+            match cluster.check_output(ids[0], &b.job, &b.input, dir.path(), b.cards) {
+                Ok(n) => report.reference_checks = n,
+                Err(e) => report.violations.push(format!("batch {} (before the faults): {e}", b.job)),
             }
         }
     }
@@ -697,6 +736,10 @@ pub async fn run(opts: &Options) -> Report {
     for t in tasks {
         let _ = t.await;
     }
+    let clerked = match clerk {
+        Some(c) => c.await.unwrap_or_default(),
+        None => crate::clerk::Clerked::default(),
+    };
     let _ = observer.await;
     // Leader changes outside every fault window that could move the leadership (the fault and
     // 5 s after it).
@@ -745,8 +788,9 @@ pub async fn run(opts: &Options) -> Report {
     for b in &batches.done {
         cards += b.cards;
         busy_ms += b.ms;
-        if let Err(e) = cluster.check_output(ids[ids.len() - 1], &b.job, dir.path(), b.cards) {
-            report.violations.push(format!("batch {}: {e}", b.job));
+        match cluster.check_output(ids[ids.len() - 1], &b.job, &b.input, dir.path(), b.cards) {
+            Ok(n) => report.reference_checks = n.map(|n| n + report.reference_checks.unwrap_or(0)),
+            Err(e) => report.violations.push(format!("batch {}: {e}", b.job)),
         }
     }
     if busy_ms > 0 {
@@ -754,22 +798,42 @@ pub async fn run(opts: &Options) -> Report {
     }
     report.batch_ms = Some(busy_ms);
     report.batches = batches.done;
+    for (job, reads) in &batches.job_reads {
+        if let Err((a, b)) = linearizable::check_monotone(reads) {
+            report.violations.push(format!(
+                "job {job}: a read invoked at {} µs saw {} cards{}, after a read completed at {} µs saw {}{}",
+                b.invoke,
+                b.value / 2,
+                if b.value % 2 == 1 { " (done)" } else { "" },
+                a.complete,
+                a.value / 2,
+                if a.value % 2 == 1 { " (done)" } else { "" },
+            ));
+        }
+    }
 
     // Histories.
     let rec = std::mem::take(&mut *record.lock().expect("record"));
     report.ops = rec.counts;
-    let mut by_key: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
+    report.ops.extend(clerked.counts);
+    report.key_rounds = clerked.rounds;
+    report.key_round_trips = clerked.round_trips;
+    report.violations.extend(clerked.problems.iter().map(|p| format!("key clerk: {p}")));
+    let mut by_key: BTreeMap<String, Vec<Op>> = BTreeMap::new();
     for (k, op) in rec.ops {
-        by_key.entry(k).or_default().push(op);
+        by_key.entry(format!("register chaos/{k}")).or_default().push(op);
+    }
+    for (k, history) in clerked.histories {
+        by_key.insert(format!("key {k}"), history);
     }
     for (k, history) in &by_key {
         match linearizable::check_within(history, 2_000_000) {
             Verdict::Linearizable => {}
             Verdict::NotLinearizable(v) => {
-                report.violations.push(format!("key chaos/{k} ({} operations) is not linearizable: {v}", history.len()))
+                report.violations.push(format!("{k} ({} operations) is not linearizable: {v}", history.len()))
             }
             Verdict::Undecided(states) => {
-                report.undecided.push(format!("key chaos/{k}: {} operations, {states} states", history.len()));
+                report.undecided.push(format!("{k}: {} operations, {states} states", history.len()));
             }
         }
     }

@@ -34,6 +34,15 @@ fn clean_run(args: &[&str]) -> Value {
     let writes = summary["ops"]["write"]["ok"].as_u64().unwrap();
     let reads = summary["ops"]["read"]["ok"].as_u64().unwrap();
     assert!(writes > 100 && reads > 100, "a workload ran: {writes} writes, {reads} reads");
+    // The key clerk took keys all the way round under the faults, and its reads were checked.
+    let trips = summary["key_round_trips"].as_u64().unwrap();
+    let key_reads = summary["ops"]["key-read"]["ok"].as_u64().unwrap();
+    assert!(trips >= 1 && key_reads > 10, "key clerk: {trips} round trips, {key_reads} reads");
+    assert!(summary["ops"]["ceremony"]["ok"].as_u64().unwrap() >= 3, "a ceremony ran");
+    // Every card checked against the references where they are installed.
+    if std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_some() {
+        assert!(summary["reference_checks"].as_u64().unwrap() > 0, "cards checked with pyemv/psec");
+    }
     summary
 }
 

@@ -11,7 +11,7 @@ mod ops;
 mod output;
 
 use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
-use ops::{audit, cluster, hotfolder, identity, issuers, jobs, keys, profile};
+use ops::{audit, cluster, emv_ca, hotfolder, identity, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -110,6 +110,27 @@ enum CaCmd {
     List(issuers::CaListArgs),
     /// Import a CA public key (admin), checked against the scheme's check value when given.
     Import(issuers::CaImportArgs),
+    /// This cluster's own EMV CA keys (ca-officer): create in an HSM, list, export.
+    #[command(subcommand)]
+    Key(CaKeyCmd),
+    /// Certify an issuer's request: `REQUEST --rid R --index I` asks the dual-control approval;
+    /// `--approval A -o DIR` makes the certificate (Visa, Mastercard, UnionPay layouts).
+    Certify(emv_ca::CertifyArgs),
+    /// Revoke a certificate this CA issued (ca-officer).
+    Revoke(emv_ca::RevokeArgs),
+    /// The revoked issuer certificates: list, write as 9-byte entries, or import another CA's list.
+    Revoked(emv_ca::RevokedArgs),
+}
+
+/// The EMV CA's key pairs.
+#[derive(Subcommand, Debug)]
+enum CaKeyCmd {
+    /// Generate a CA key pair in a node's HSM (the private half rests only under the SMK).
+    Create(emv_ca::CaKeyCreateArgs),
+    /// The CA keys, their state and what each issued.
+    List(emv_ca::CaKeyListArgs),
+    /// Write the public key with its check value: JSON, Visa-style and Mastercard-style files.
+    Export(emv_ca::CaKeyExportArgs),
 }
 
 /// Issuer RSA key pairs and issuer public-key certificates.
@@ -123,6 +144,8 @@ enum IssuerCmd {
     Import(issuers::IssuerImportArgs),
     /// Certify an issuer key with the Quill TEST CA and import the certificate (TEST only).
     CertifyTest(issuers::IssuerCertifyTestArgs),
+    /// Write a certification request for the scheme's (or a Quill) CA, self-signed in an HSM.
+    Request(emv_ca::IssuerRequestArgs),
 }
 
 /// Batches across the cluster.
@@ -335,6 +358,13 @@ fn main() -> ExitCode {
         Cmd::Profile(ProfileCmd::Schema) => profile::schema(json),
         Cmd::Ca(CaCmd::List(a)) => issuers::ca_list(a, json),
         Cmd::Ca(CaCmd::Import(a)) => issuers::ca_import(a, json),
+        Cmd::Ca(CaCmd::Key(CaKeyCmd::Create(a))) => emv_ca::key_create(a, json),
+        Cmd::Ca(CaCmd::Key(CaKeyCmd::List(a))) => emv_ca::key_list(a, json),
+        Cmd::Ca(CaCmd::Key(CaKeyCmd::Export(a))) => emv_ca::key_export(a, json),
+        Cmd::Ca(CaCmd::Certify(a)) => emv_ca::certify(a, json),
+        Cmd::Ca(CaCmd::Revoke(a)) => emv_ca::revoke(a, json),
+        Cmd::Ca(CaCmd::Revoked(a)) => emv_ca::revoked(a, json),
+        Cmd::Issuer(IssuerCmd::Request(a)) => emv_ca::issuer_request(a, json),
         Cmd::Issuer(IssuerCmd::List(a)) => issuers::issuer_list(a, json),
         Cmd::Issuer(IssuerCmd::Generate(a)) => issuers::issuer_generate(a, json),
         Cmd::Issuer(IssuerCmd::Import(a)) => issuers::issuer_import(a, json),

@@ -132,6 +132,68 @@ fn visa_test_file_016510_i04_is_refused_for_its_unknown_ca_key() {
     );
 }
 
+/// The UnionPay TEST CA public key, index 04, e = 3 (fixtures/scheme-test-certs/README.md).
+const UNIONPAY_TEST_CA_04: &str = "BC853E6B5365E89E7EE9317C94B02D0ABB0DBD91C05A224A2554AA29ED9FCB9D86EB9CCBB322A57811F86188AAC7351C72BD9EF196C5A01ACEF7A4EB0D2AD63D9E6AC2E7836547CB1595C68BCBAFD0F6728760F3A7CA7B97301B7E0220184EFC4F653008D93CE098C0D93B45201096D1ADFF4CF1F9FC02AF759DA27CD6DFD6D789B099F16F378B6100334E63F3D35F3251A5EC78693731F5233519CDB380F5AB8C0F02728E91D469ABD0EAE0D93B1CC66CE127B29C7D77441A49D09FCA5D6D9762FC74C31BB506C8BAE3C79AD6C2578775B95956B5370D1D0519E37906B384736233251E8F09AD79DFBE2C6ABFADAC8E4D8624318C27DAF1";
+
+#[test]
+fn unionpay_test_file_016510_i04_verifies_with_its_ca_key_and_padding() {
+    let file = fixture("016510.I04");
+    let modulus = hex::decode(UNIONPAY_TEST_CA_04).expect("hex");
+    // Refused until the UnionPay CA key is held.
+    let err = import_issuer_file(IssuerFileLayout::UnionPay, &file, &test_cas()).expect_err("CA unknown");
+    assert!(matches!(err, CertError::UnknownCaKey { index: 0x04, .. }), "{err:?}");
+    let mut cas = test_cas();
+    cas.insert(CaPublicKey::new(RID_UNIONPAY, 0x04, &modulus, &[3]).expect("key")).expect("insert");
+    let f = import_issuer_file(IssuerFileLayout::UnionPay, &file, &cas).expect("verifies");
+    let c = &f.certificate;
+    assert_eq!(c.rid(), RID_UNIONPAY);
+    assert_eq!(c.issuer_id().digits(), "62441902");
+    assert_eq!(c.expiry().to_string(), "1231");
+    assert_eq!(hex::encode_upper(c.serial()), "016510");
+    assert_eq!(c.issuer_modulus().len(), 176);
+    assert_eq!(c.exponent(), [3]);
+    assert_eq!(f.service_id, Some([0x01, 0x01, 0x00, 0x00]));
+    assert!(f.detached_signature_verified);
+
+    // The padding, recovered by OpenSSL (no padding check): 00 01, 224 x FF, 00, 01, SHA-1 of
+    // the 18-byte header and the recovered certificate; no DigestInfo.
+    let key = Rsa::from_public_components(BigNum::from_slice(&modulus).expect("n"), BigNum::from_u32(3).expect("e"))
+        .expect("key");
+    let mut block = vec![0; 248];
+    key.public_decrypt(&file[18 + 248..], &mut block, Padding::NONE).expect("raw");
+    let m = openssl_recover(&modulus, &[3], &file[18..18 + 248], 0x02, &[&[], &[3]]);
+    let digest = sha1(&[&file[..18], &m[..]].concat());
+    let expected = [&[0x00, 0x01][..], &[0xFF; 224], &[0x00, 0x01], &digest].concat();
+    assert_eq!(block, expected);
+
+    // Each scheme's padding and no other: the same file under the same key as a Visa file
+    // (PKCS#1 v1.5 with DigestInfo expected) is refused at the detached signature.
+    let mut as_visa = test_cas();
+    as_visa.insert(CaPublicKey::new(RID_VISA, 0x04, &modulus, &[3]).expect("key")).expect("insert");
+    let e = import_issuer_file(IssuerFileLayout::Visa, &file, &as_visa).expect_err("Visa padding").to_string();
+    assert_eq!(
+        e,
+        "issuer file (Visa layout): detached signature: does not recover to the Visa layout's signature block with the CA key"
+    );
+    // And a Visa file read as UnionPay: under the UnionPay RID there is no Visa CA key 94.
+    let e = import_issuer_file(IssuerFileLayout::UnionPay, &fixture("960097.I94"), &cas).expect_err("no key");
+    assert!(matches!(e, CertError::UnknownCaKey { index: 0x94, .. }), "{e:?}");
+    let mut visa_under_up = cas.clone();
+    let visa94 = test_cas().get(RID_VISA, 0x94).expect("held").public_key().clone();
+    visa_under_up
+        .insert(CaPublicKey::new(RID_UNIONPAY, 0x94, visa94.modulus(), visa94.exponent()).expect("key"))
+        .expect("insert");
+    let e = import_issuer_file(IssuerFileLayout::UnionPay, &fixture("960097.I94"), &visa_under_up)
+        .expect_err("UnionPay padding")
+        .to_string();
+    assert!(e.ends_with("detached signature: does not recover to the UnionPay layout's signature block with the CA key"), "{e}");
+    // A flipped byte of the detached signature.
+    let mut bad = file.clone();
+    bad[400] ^= 1;
+    let e = import_issuer_file(IssuerFileLayout::UnionPay, &bad, &cas).expect_err("flipped").to_string();
+    assert!(e.starts_with("issuer file (UnionPay layout): detached signature:"), "{e}");
+}
+
 #[test]
 fn test_files_recover_independently_with_openssl() {
     let cas = test_cas();
@@ -414,4 +476,238 @@ fn bad_inputs_are_refused_when_building() {
     req.pan = "4761730000304750123";
     let icc = build_icc_certificate(&signer, &issuer, &req).expect("19-digit PAN");
     assert_eq!(recover_icc_certificate(&issuer, &icc, &sd).expect("recovers").pan, "4761730000304750123");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The EMV CA's side: requests, certificate files, CA key files, revocation lists
+// ---------------------------------------------------------------------------------------------
+
+mod ca_side {
+    use super::*;
+    use quill_prep::emv::ca::*;
+
+    const RID_Q: Rid = [0xA0, 0x00, 0x00, 0x09, 0x99];
+
+    fn request(format: RequestFormat, issuer: &Rsa<Private>, id: &str, exp: &str) -> (IssuerRequest, Vec<u8>) {
+        let e = hex::decode(exp).expect("hex");
+        let req = IssuerRequest {
+            format,
+            issuer_id: IssuerId::from_digits(id).expect("id"),
+            key_index: [0x00, 0x00, 0x07],
+            expiry: CertExpiry::from_mmyy([e[0], e[1]]).expect("MMYY"),
+            key: public(issuer),
+        };
+        let bytes = req.build(&OpensslSigner(issuer.clone())).expect("self-signed");
+        (req, bytes)
+    }
+
+    /// A request is self-signed (recovered here by OpenSSL, by hand), parses back to itself, and
+    /// its hash file binds the issuer id, key index and the request's SHA-1.
+    #[test]
+    fn requests_are_self_signed_and_parse_back() {
+        let issuer = keygen(1408, 3);
+        for format in [RequestFormat::Visa, RequestFormat::Mastercard] {
+            let (req, bytes) = request(format, &issuer, "476173", "1230");
+            assert_eq!(IssuerRequest::parse(format, &bytes).expect("parses"), req);
+            let n = 176;
+            let body = &bytes[..bytes.len() - n];
+            if format == RequestFormat::Visa {
+                assert_eq!(&body[..5], &[0x22, 0x10, 0x10, 0x00, 0x00]);
+            }
+            // The self-signature, recovered with the issuer's own public key: format 23, the
+            // identifier, expiry and key index; the modulus's last 36 bytes are in the hash.
+            let m = openssl_recover(
+                &issuer.n().to_vec(),
+                &[3],
+                &bytes[bytes.len() - n..],
+                0x23,
+                &[&issuer.n().to_vec()[n - 36..], &[3]],
+            );
+            assert_eq!(hex::encode_upper(&m[2..11]), "476173FF1230000007");
+            let hash = req.hash_file();
+            assert_eq!(hash.len(), HASH_FILE_LEN);
+            assert_eq!(hash[7..], sha1(body));
+            req.check_hash_file(&hash).expect("its own hash file");
+        }
+    }
+
+    /// Tampered requests are refused with the field named.
+    #[test]
+    fn tampered_requests_and_hash_files_are_refused() {
+        let issuer = keygen(1152, 3);
+        let (req, bytes) = request(RequestFormat::Mastercard, &issuer, "522230", "1229");
+        let parse = |b: &[u8]| IssuerRequest::parse(RequestFormat::Mastercard, b).expect_err("refused").to_string();
+        // The issuer id changed after signing.
+        let mut b = bytes.clone();
+        b[2] = 0x31;
+        assert!(parse(&b).contains("self-signature"), "{}", parse(&b));
+        // A modulus byte changed: the signature does not recover to a valid block.
+        let mut b = bytes.clone();
+        b[30] ^= 0x40;
+        assert!(parse(&b).contains("self-signature"), "{}", parse(&b));
+        // Signed by another key.
+        let other = keygen(1152, 3);
+        let forged = [req.body(), OpensslSigner(other).sign_raw(&vec![0x11; 144]).expect("sig")].concat();
+        assert!(parse(&forged).contains("self-signature"), "{}", parse(&forged));
+        // Truncated, or trailing bytes.
+        assert!(parse(&bytes[..40]).contains("file ends"), "{}", parse(&bytes[..40]));
+        let longer = [bytes.clone(), vec![0]].concat();
+        assert!(parse(&longer).contains("1 bytes after the last field"), "{}", parse(&longer));
+        // A Visa request read as Mastercard and the reverse.
+        let (_, visa) = request(RequestFormat::Visa, &issuer, "522230", "1229");
+        let e = IssuerRequest::parse(RequestFormat::Visa, &bytes).expect_err("no 22 header").to_string();
+        assert!(e.contains("header"), "{e}");
+        assert!(IssuerRequest::parse(RequestFormat::Mastercard, &visa).is_err());
+        // Hash files: wrong issuer id, wrong key index, wrong hash, wrong length.
+        let h = req.hash_file();
+        let mut w = h.clone();
+        w[0] = 0x42;
+        assert!(req.check_hash_file(&w).expect_err("id").to_string().contains("issuer identifier"));
+        let mut w = h.clone();
+        w[6] = 0x08;
+        assert!(req.check_hash_file(&w).expect_err("index").to_string().contains("issuer key index"));
+        let mut w = h.clone();
+        w[20] ^= 1;
+        assert!(req.check_hash_file(&w).expect_err("hash").to_string().contains("request was changed"));
+        assert!(req.check_hash_file(&h[..26]).expect_err("len").to_string().contains("26 bytes"));
+    }
+
+    /// The files the CA writes import with the scheme-file importer (each layout, each padding)
+    /// under the CA's own RID, and their certificates recover independently with OpenSSL.
+    #[test]
+    fn certificate_files_round_trip_through_the_importer() {
+        for (ca_bits, issuer_bits, issuer_e) in [(1984u32, 1408u32, 3u32), (1152, 1152, 65537), (1408, 1984 - 576, 3)] {
+            let ca_key = keygen(ca_bits, 3);
+            let ca = CaPublicKey::new(RID_Q, 0xE1, &ca_key.n().to_vec(), &[3]).expect("CA");
+            let mut cas = CaKeyStore::new();
+            cas.insert(ca.clone()).expect("held");
+            let issuer = keygen(issuer_bits, issuer_e);
+            let (req, _) = request(RequestFormat::Visa, &issuer, "476173", "1230");
+            let (cert, files) =
+                certificate_files(&OpensslSigner(ca_key.clone()), &ca, &req, [0x00, 0x00, 0x2A]).expect("files");
+            assert_eq!(files.len(), 3);
+            for f in &files {
+                let got = import_issuer_file_as(f.layout, RID_Q, &f.bytes, &cas)
+                    .unwrap_or_else(|e| panic!("{:?} ({ca_bits}/{issuer_bits}): {e}", f.layout));
+                assert_eq!(got.certificate, cert, "{:?}", f.layout);
+                assert_eq!(hex::encode_upper(got.certificate.serial()), "00002A");
+                assert_eq!(got.certificate.issuer_key(), &req.key);
+                // Each padding and no other: the Visa file read as UnionPay and the reverse.
+                let other = match f.layout {
+                    IssuerFileLayout::Visa => Some(IssuerFileLayout::UnionPay),
+                    IssuerFileLayout::UnionPay => Some(IssuerFileLayout::Visa),
+                    IssuerFileLayout::Mastercard => None,
+                };
+                if let Some(o) = other {
+                    // Same header and certificate: only the detached signature's padding differs.
+                    let e = import_issuer_file_as(o, RID_Q, &f.bytes, &cas).expect_err("other padding").to_string();
+                    assert!(e.contains("detached signature: does not recover to the"), "{:?} as {o:?}: {e}", f.layout);
+                }
+            }
+            let mc = files.iter().find(|f| f.layout == IssuerFileLayout::Mastercard).expect("mc");
+            assert_eq!(mc.name, "476173-000007.cE1");
+            assert_eq!(&mc.bytes[4..7], &[0, 0, 7], "the issuer's key index in the header");
+            // Independent recovery of the certificate with OpenSSL.
+            let m = openssl_recover(&ca_key.n().to_vec(), &[3], cert.cert(), 0x02, &[cert.remainder(), cert.exponent()]);
+            assert_eq!(hex::encode_upper(&m[2..11]), "476173FF123000002A");
+            assert_eq!(certified_modulus(&m, 15, cert.remainder()), issuer.n().to_vec());
+        }
+    }
+
+    #[test]
+    fn ca_key_files_carry_the_check_value() {
+        let ca_key = keygen(1408, 3);
+        let ca = CaPublicKey::new(RID_Q, 0xE1, &ca_key.n().to_vec(), &[3]).expect("CA");
+        let expiry = CertExpiry::from_mmyy([0x12, 0x30]).expect("MMYY");
+        let files = ca_key_files(&ca, expiry);
+        let get = |suffix: &str| files.iter().find(|(n, _)| n.ends_with(suffix)).expect(suffix).1.clone();
+        let (k, e) = parse_ca_key_file(&get(".visa"), None).expect("visa file");
+        assert_eq!((k.checksum(), e), (ca.checksum(), expiry));
+        let (k, _) = parse_ca_key_file(&get(".mc.key"), Some(&get(".mc.hash"))).expect("mc pair");
+        assert_eq!(k.checksum(), ca.checksum());
+        // The check value by hand: SHA-1(RID || index || modulus || exponent).
+        assert_eq!(ca.checksum(), sha1(&[&RID_Q[..], &[0xE1][..], &ca_key.n().to_vec()[..], &[3][..]].concat()));
+        // A modulus byte changed: the check value no longer matches.
+        let mut bad = get(".visa");
+        bad[30] ^= 1;
+        let err = parse_ca_key_file(&bad, None).expect_err("check value").to_string();
+        assert!(err.contains("check value"), "{err}");
+    }
+
+    #[test]
+    fn revocation_lists_are_nine_byte_entries() {
+        let list = [
+            Revocation { rid: RID_Q, ca_index: 0xE1, serial: [0, 0, 1] },
+            Revocation { rid: RID_VISA, ca_index: 0x94, serial: [0x03, 0xFE, 0x66] },
+        ];
+        let bytes = Revocation::format_list(&list);
+        assert_eq!(hex::encode_upper(&bytes), "A000000999E1000001A00000000394 03FE66".replace(' ', ""));
+        assert_eq!(Revocation::parse_list(&bytes).expect("parses"), list);
+        assert!(Revocation::parse_list(&bytes[..17]).expect_err("len").to_string().contains("17 bytes"));
+        let twice = [bytes.clone(), bytes[..9].to_vec()].concat();
+        assert!(Revocation::parse_list(&twice).expect_err("dup").to_string().contains("entry 3"));
+    }
+
+    #[test]
+    fn issuer_ranges() {
+        let r = IssuerRange::parse("476100-476199").expect("range");
+        assert!(r.contains(IssuerId::from_digits("476173").expect("id")));
+        assert!(r.contains(IssuerId::from_digits("47617312").expect("id")));
+        assert!(!r.contains(IssuerId::from_digits("476200").expect("id")));
+        assert!(!r.contains(IssuerId::from_digits("4761").expect("id")), "shorter than the range");
+        assert!(IssuerRange::parse("4761").expect("prefix").contains(IssuerId::from_digits("476173").expect("id")));
+        for bad in ["", "12", "476199-476100", "4761-47619", "47a1", "123456789"] {
+            assert!(IssuerRange::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Fuzz-style, bounded: random bytes, truncations and byte flips of valid files never panic
+    /// any parser here; a changed byte of a signed file is never accepted as the same content.
+    #[test]
+    fn parsers_survive_random_and_mutated_input() {
+        use rand::{RngExt as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let issuer = keygen(1024, 3);
+        let ca_key = keygen(1152, 3);
+        let ca = CaPublicKey::new(RID_Q, 0xE1, &ca_key.n().to_vec(), &[3]).expect("CA");
+        let mut cas = CaKeyStore::new();
+        cas.insert(ca.clone()).expect("held");
+        let (req, visa_req) = request(RequestFormat::Visa, &issuer, "476173", "1230");
+        let (_, mc_req) = request(RequestFormat::Mastercard, &issuer, "476173", "1230");
+        let (cert, files) = certificate_files(&OpensslSigner(ca_key), &ca, &req, [0, 0, 1]).expect("files");
+        let ca_files = ca_key_files(&ca, CertExpiry::from_mmyy([0x12, 0x30]).expect("MMYY"));
+        let mut seeds: Vec<Vec<u8>> = vec![visa_req, mc_req];
+        seeds.extend(files.iter().map(|f| f.bytes.clone()));
+        seeds.extend(ca_files.iter().map(|(_, b)| b.clone()));
+        for round in 0..3000 {
+            let seed = &seeds[round % seeds.len()];
+            let input: Vec<u8> = match round % 3 {
+                0 => (0..rng.random_range(0..600)).map(|_| rng.random()).collect(),
+                1 => seed[..rng.random_range(0..seed.len())].to_vec(),
+                _ => {
+                    let mut b = seed.clone();
+                    let i = rng.random_range(0..b.len());
+                    b[i] ^= 1 << rng.random_range(0..8);
+                    b
+                }
+            };
+            let mutated = round % 3 == 2;
+            for f in [RequestFormat::Visa, RequestFormat::Mastercard] {
+                // Every byte of a request is fixed, checked or under its self-signature.
+                let r = IssuerRequest::parse(f, &input);
+                assert!(!mutated || r.is_err(), "a changed request parsed: {r:?}");
+            }
+            let _ = req.check_hash_file(&input);
+            let _ = parse_ca_key_file(&input, None);
+            let _ = parse_ca_key_file(&input, Some(&input));
+            let _ = Revocation::parse_list(&input);
+            for l in IssuerFileLayout::ALL {
+                if let Ok(f) = import_issuer_file_as(l, RID_Q, &input, &cas) {
+                    // A changed file imports only as the same certificate (the Mastercard
+                    // header's key index is outside the certificate, as in the scheme's files).
+                    assert!(!mutated || f.certificate == cert, "a mutated {l:?} file imported as another certificate");
+                }
+            }
+        }
+    }
 }

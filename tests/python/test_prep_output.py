@@ -1056,14 +1056,27 @@ def main():
     ap.add_argument("--issuer-bits", type=int, help="the run made the TEST issuers this size (quill prep run --issuer-bits)")
     ap.add_argument("--issuer-exponent", type=int, help="… with this public exponent")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every passed check too")
+    ap.add_argument("--ca-public", metavar="N_HEX:E_HEX",
+                    help="recover 90 with this CA public key instead of the TEST CA's (a CA cluster's exported key)")
+    ap.add_argument("--issuer", action="append", default=[], metavar="LABEL:RID:CA_INDEX:BITS:E:ISSUER_ID:MMYY",
+                    help="an issuer key the profile names that is not in the TEST set (certified by --ca-public)")
     args = ap.parse_args()
     R = Report(args.verbose)
     profile = tomllib.loads(Path(args.profile).read_text())
     keys = TestKeys(args.keys, args.ca)
+    for spec in args.issuer:
+        label, rid, ca_index, bits, e, issuer_id, mmyy = spec.split(":")
+        keys.issuers[label] = {"label": label, "rid": rid, "ca_index": ca_index, "bits": int(bits),
+                               "exponent": int(e), "issuer_id": issuer_id, "expiry": mmyy}
     for issuer in keys.issuers.values():
         issuer["bits"] = args.issuer_bits or issuer["bits"]
         issuer["exponent"] = args.issuer_exponent or issuer["exponent"]
     self_test(R, keys)
+    # A CA cluster's exported key instead of the TEST CA's (after the self-test of the TEST set).
+    if args.ca_public:
+        n_hex, e_hex = args.ca_public.split(":")
+        keys.ca_n, keys.ca_e = int(n_hex, 16), int(e_hex, 16)
+        keys.ca_len = (keys.ca_n.bit_length() + 7) // 8
     out = Path(args.out)
     streams = {}
     for stream, fname in STREAMS:

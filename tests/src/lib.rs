@@ -998,6 +998,17 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The Python of the venv holding the third-party references (pyemv, psec, python-pkcs11) that
+/// `scripts/setup.sh` makes: `$QUILL_VENV` or `~/.cache/quill/venv`; `None` when absent.
+pub fn reference_python() -> Option<PathBuf> {
+    let venv = match std::env::var_os("QUILL_VENV") {
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/quill/venv"),
+    };
+    let python = venv.join("bin/python");
+    python.is_file().then_some(python)
+}
+
 /// A `visa-dda-credit` batch of `n` cards: PANs `476173` ‖ 9-digit number from `first` ‖ Luhn
 /// digit, varied PSN and expiry, one record per input line from line 2.
 pub fn write_dda_batch(path: &Path, n: usize, first: usize) {
@@ -1039,11 +1050,25 @@ impl Cluster {
         self.quill_ok(1, &["dev", "load-test-keys"], &admin);
     }
 
-    /// Every card line exactly once, in order, in the fetched output of `job`; why not.
-    pub fn check_output(&self, node: u64, job: &str, dir: &Path, cards: usize) -> Result<(), String> {
+    /// The fetched output of `job` (made from the `visa-dda-credit` batch `input` of `cards`
+    /// cards) checked card by card: every input line exactly once and in order, the three
+    /// streams' digests and MACs (`quill prep check`), and, where the Python references are
+    /// installed, every card against pyemv/psec (`tests/python/test_prep_output.py`: ICC master
+    /// keys and their KCVs, ARQCs, tracks, PIN blocks, the certificate chain recovered from the
+    /// TEST CA key down to the ICC key). `Ok(Some(n))`: n reference checks passed; `Ok(None)`:
+    /// no venv (refused when `QUILL_REQUIRE_SOFTHSM` says the references must run); why not.
+    pub fn check_output(
+        &self,
+        node: u64,
+        job: &str,
+        input: &Path,
+        dir: &Path,
+        cards: usize,
+    ) -> Result<Option<u64>, String> {
         let out = dir.join(format!("out-{job}"));
+        let out_s = out.to_str().ok_or("output path is not UTF-8")?;
         let operator = [("QUILL_ACTOR", "operator:otto")];
-        let (code, _, err) = self.quill(node, &["job", "fetch", job, "-o", out.to_str().unwrap_or(".")], &operator);
+        let (code, _, err) = self.quill(node, &["job", "fetch", job, "-o", out_s], &operator);
         if code != 0 {
             return Err(format!("quill job fetch {job} exited {code}: {}", err.trim()));
         }
@@ -1061,7 +1086,41 @@ impl Cluster {
                 return Err(format!("output card {i} is input line {}, not {}", c["line"], i + 2));
             }
         }
-        Ok(())
+        let (code, stdout, err) = self.quill(node, &["prep", "check", out_s], &[]);
+        if code != 0 || stdout.matches("MAC verified").count() != 3 {
+            return Err(format!("quill prep check {job} exited {code}: {} {}", stdout.trim(), err.trim()));
+        }
+        let Some(python) = reference_python() else {
+            if std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_some() {
+                return Err("no Python venv with pyemv/psec (scripts/setup.sh makes it)".into());
+            }
+            return Ok(None);
+        };
+        let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
+        let r = Command::new(python)
+            .arg(repo_root().join("tests/python/test_prep_output.py"))
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--input")
+            .arg(input)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .map_err(|e| format!("running the pyemv checker: {e}"))?;
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        let passed = stdout.lines().rev().find_map(|l| l.strip_suffix(" checks passed")?.parse::<u64>().ok());
+        match passed {
+            Some(n) if r.status.success() => Ok(Some(n)),
+            _ => {
+                let failed: Vec<&str> = stdout.lines().filter(|l| !l.ends_with("checks passed")).take(5).collect();
+                Err(format!(
+                    "job {job}: the pyemv/psec checker failed ({}): {} {}",
+                    r.status,
+                    failed.join(" | "),
+                    String::from_utf8_lossy(&r.stderr).lines().last().unwrap_or_default()
+                ))
+            }
+        }
     }
 
     /// Wait (up to 10 minutes) until job `job` is done, as node `node` sees it; its record.

@@ -178,6 +178,6 @@ async fn a_batch_in_a_containerised_cluster_survives_kill_pause_disconnect_and_p
     step("the batch completes, every card once; every node converges");
     let j = cluster.wait_job_done(new_leader, &job).await;
     assert_eq!(j["cards_done"], cards as u64);
-    cluster.check_output(follower, &job, dir.path(), cards).unwrap();
+    cluster.check_output(follower, &job, &input, dir.path(), cards).unwrap();
     cluster.wait_converged(&ids, 0, Duration::from_secs(30)).await;
 }

@@ -18,6 +18,9 @@ const PARTS: [&str; 2] = [
     "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF",
 ];
 
+/// The UnionPay TEST CA public key, index 04, e = 3 (fixtures/scheme-test-certs/README.md).
+const UNIONPAY_TEST_CA_04: &str = "BC853E6B5365E89E7EE9317C94B02D0ABB0DBD91C05A224A2554AA29ED9FCB9D86EB9CCBB322A57811F86188AAC7351C72BD9EF196C5A01ACEF7A4EB0D2AD63D9E6AC2E7836547CB1595C68BCBAFD0F6728760F3A7CA7B97301B7E0220184EFC4F653008D93CE098C0D93B45201096D1ADFF4CF1F9FC02AF759DA27CD6DFD6D789B099F16F378B6100334E63F3D35F3251A5EC78693731F5233519CDB380F5AB8C0F02728E91D469ABD0EAE0D93B1CC66CE127B29C7D77441A49D09FCA5D6D9762FC74C31BB506C8BAE3C79AD6C2578775B95956B5370D1D0519E37906B384736233251E8F09AD79DFBE2C6ABFADAC8E4D8624318C27DAF1";
+
 fn fixture(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/scheme-test-certs").join(name);
     assert!(p.is_file(), "fixture {} missing", p.display());
@@ -61,7 +64,7 @@ async fn issuer_certificates_verify_before_they_are_accepted() {
     assert!(out.contains("A000000004/EF") && out.contains("issuer 522230"), "{out}");
     let certs = cluster.query(1, "issuer-certs", "").await.unwrap();
     let ids: Vec<&str> = certs.as_array().unwrap().iter().filter_map(|c| c["id"].as_str()).collect();
-    assert_eq!(ids, ["A000000003-42158493-03FE66", "A000000004-522230-073459"], "{certs}");
+    assert_eq!(ids, ["A000000003-94-42158493-03FE66", "A000000004-EF-522230-073459"], "{certs}");
 
     step("a file signed by a CA key the cluster does not hold is refused");
     let (code, _, err) = cluster.quill(1, &["issuer", "import", &fixture("016510.I04"), "--layout", "visa"], &admin);
@@ -79,6 +82,24 @@ async fn issuer_certificates_verify_before_they_are_accepted() {
     assert_ne!(code, 0);
     assert!(err.contains("needs role admin"), "{err}");
     assert_eq!(cluster.query(1, "issuer-certs", "").await.unwrap().as_array().unwrap().len(), 2);
+
+    step("UnionPay: refused until its TEST CA key is imported, then verified with UnionPay's padding");
+    let up = fixture("016510.I04");
+    let (code, _, err) = cluster.quill(1, &["issuer", "import", &up, "--layout", "unionpay"], &admin);
+    assert_ne!(code, 0);
+    assert!(err.contains("A000000333/04"), "{err}");
+    cluster.quill_ok(
+        2,
+        &["ca", "import", "--rid", "A000000333", "--index", "04", "--modulus", UNIONPAY_TEST_CA_04, "--exponent", "03"],
+        &admin,
+    );
+    let out = cluster.quill_ok(3, &["issuer", "import", &up, "--layout", "unionpay"], &admin);
+    assert!(out.contains("A000000333/04") && out.contains("issuer 62441902") && out.contains("expiry 1231"), "{out}");
+    let certs = cluster.query(1, "issuer-certs", "").await.unwrap();
+    let up_cert = certs.as_array().unwrap().iter().find(|c| c["rid"] == "A000000333").expect("the UnionPay cert");
+    assert_eq!(up_cert["layout"], "unionpay");
+    assert_eq!(up_cert["serial"], "016510");
+    assert_eq!(certs.as_array().unwrap().len(), 3);
 
     step("an issuer key pair generated in an HSM, certified by the TEST CA");
     let out = cluster.quill_ok(2, &["issuer", "generate", "ISS-T87-TEST", "--bits", "1152"], &admin);
@@ -112,13 +133,13 @@ async fn issuer_certificates_verify_before_they_are_accepted() {
         let issuers = cluster.query(id, "issuers", "").await.unwrap();
         let k = &issuers.as_array().unwrap()[0];
         assert_eq!(k["label"], "ISS-T87-TEST");
-        assert_eq!(k["certificate"], "A000000003-476173-000001");
+        assert_eq!(k["certificate"], "A000000003-FE-476173-000001");
         assert_eq!(k["bits"], 1152);
         seen.push((issuers.to_string(), cluster.query(id, "issuer-certs", "").await.unwrap().to_string()));
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]));
     let list = cluster.quill_ok(1, &["issuer", "list"], &[]);
-    assert!(list.contains("ISS-T87-TEST") && list.contains("A000000003-476173-000001"), "{list}");
+    assert!(list.contains("ISS-T87-TEST") && list.contains("A000000003-FE-476173-000001"), "{list}");
     let cas = cluster.quill_ok(1, &["ca", "list"], &[]);
     assert!(cas.contains("built in (scheme TEST)") && cas.contains("imported by admin:ada"), "{cas}");
 }

@@ -25,6 +25,10 @@ use quill_proto::v1::{
     ListCeremoniesRequest, ListChunksRequest, ListIssuerCertsRequest, ListIssuerKeysRequest, ListJobsRequest,
     ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest,
 };
+use quill_proto::v1::{
+    CaCertifyAskRequest, CaCertifyRequest, CaKeyCreateRequest, CaRevokeRequest, IssuerRequestRequest,
+    ListCaRevocationsRequest, ListOwnCaKeysRequest,
+};
 use quill_tests::{Cluster, ClusterOptions, step};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -32,6 +36,8 @@ use tonic::transport::Channel;
 const ROLES: [&str; 7] = ["admin", "custodian", "operator", "auditor", "partner", "ca-officer", "branch"];
 const EVERYONE: &[&str] = &ROLES;
 const STAFF: &[&str] = &["admin", "custodian", "operator", "auditor"];
+/// The EMV CA's views: the staff and CA officers.
+const STAFF_AND_CA: &[&str] = &["admin", "custodian", "operator", "auditor", "ca-officer"];
 
 /// Every call of the client API and the roles it admits.
 const CALLS: &[(&str, &[&str])] = &[
@@ -75,6 +81,13 @@ const CALLS: &[(&str, &[&str])] = &[
     ("Keys.AuditArchive", &["auditor"]),
     ("Keys.AuditPrune", &["auditor"]),
     ("Keys.RevokeCert", &["admin"]),
+    ("Keys.CaKeyCreate", &["ca-officer"]),
+    ("Keys.ListOwnCaKeys", STAFF_AND_CA),
+    ("Keys.IssuerRequest", &["admin"]),
+    ("Keys.CaCertifyAsk", &["ca-officer"]),
+    ("Keys.CaCertify", &["ca-officer"]),
+    ("Keys.CaRevoke", &["ca-officer", "admin"]),
+    ("Keys.ListCaRevocations", STAFF_AND_CA),
     ("Jobs.Submit", &["admin", "operator"]),
     ("Jobs.Fetch", &["admin", "operator"]),
     ("Jobs.Mac", &["admin", "operator"]),
@@ -181,6 +194,58 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
             })
             .await
             .map(drop),
+        "Keys.CaKeyCreate" => k
+            .ca_key_create(CaKeyCreateRequest {
+                caller,
+                rid: "A000000999".into(),
+                index: 0xE1,
+                bits: 1024,
+                exponent: 3,
+                expiry: "1230".into(),
+                issuer_ranges: vec!["4761".into()],
+            })
+            .await
+            .map(drop),
+        "Keys.ListOwnCaKeys" => k.list_own_ca_keys(ListOwnCaKeysRequest { linearizable: true }).await.map(drop),
+        "Keys.IssuerRequest" => k
+            .issuer_request(IssuerRequestRequest {
+                caller,
+                key: "nope".into(),
+                issuer_id: "476173".into(),
+                key_index: "000001".into(),
+                expiry: "1230".into(),
+                format: "visa".into(),
+            })
+            .await
+            .map(drop),
+        "Keys.CaCertifyAsk" => k
+            .ca_certify_ask(CaCertifyAskRequest {
+                caller,
+                id,
+                rid: "A000000999".into(),
+                index: 0xE1,
+                format: "visa".into(),
+                request: vec![0x22; 40],
+                hash_file: None,
+                ttl_hours: 0,
+            })
+            .await
+            .map(drop),
+        "Keys.CaCertify" => k.ca_certify(CaCertifyRequest { caller, approval: "nope".into() }).await.map(drop),
+        "Keys.CaRevoke" => k
+            .ca_revoke(CaRevokeRequest {
+                caller,
+                rid: "A000000999".into(),
+                index: 0xE1,
+                serial: "000001".into(),
+                reason: "t93".into(),
+                list: vec![],
+            })
+            .await
+            .map(drop),
+        "Keys.ListCaRevocations" => {
+            k.list_ca_revocations(ListCaRevocationsRequest { linearizable: true }).await.map(drop)
+        }
         "Keys.Generate" => k
             .generate(GenerateKeyRequest {
                 caller,

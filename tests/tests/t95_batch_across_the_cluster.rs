@@ -5,7 +5,7 @@
 //! the cluster purges input and output. Malformed submissions leave no job behind.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use quill_proto::v1::jobs_client::JobsClient;
@@ -97,11 +97,7 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     let check = cluster.quill_ok(alive, &["prep", "check", out.to_str().unwrap()], &[]);
     assert_eq!(check.matches("MAC verified").count(), 3, "{check}");
 
-    let venv = std::env::var("QUILL_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/quill/venv"));
-    let python = venv.join("bin/python");
-    if python.is_file() {
+    if let Some(python) = quill_tests::reference_python() {
         step("pyemv/psec checks of the cluster's output");
         let r = std::process::Command::new(python)
             .arg(repo_root().join("tests/python/test_prep_output.py"))
@@ -113,7 +109,7 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
         assert!(r.status.success(), "{text}\n{}", String::from_utf8_lossy(&r.stderr));
         println!("{}", text.lines().last().unwrap_or_default());
     } else {
-        assert!(std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_none(), "no venv at {}", venv.display());
+        assert!(std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_none(), "no venv with the Python references");
     }
 
     step("acknowledge: input and output purged, the record kept");

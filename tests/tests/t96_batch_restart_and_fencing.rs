@@ -40,7 +40,7 @@ async fn a_full_restart_mid_batch_resumes_and_completes() {
     step("the batch resumes and completes");
     let j = cluster.wait_job_done(2, &job).await;
     assert_eq!(j["cards_done"], 1000);
-    cluster.check_output(3, &job, dir.path(), 1000).unwrap();
+    cluster.check_output(3, &job, &input, dir.path(), 1000).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,7 +163,7 @@ async fn fenced_after(cut: Cut) {
     let c = after.as_array().unwrap().iter().find(|c| c["n"].as_u64() == Some(chunk)).unwrap();
     assert_eq!(c["output_digest"], redone["output_digest"], "the chunk's output changed");
     assert_eq!(c["node"], redone["node"]);
-    cluster.check_output(leader, &job, dir.path(), 1200).unwrap();
+    cluster.check_output(leader, &job, &input, dir.path(), 1200).unwrap();
 }
 
 /// Like `wait_until`, but `None` on timeout instead of a panic.

@@ -3,7 +3,7 @@
 //! - `quill ca list|import`: the CA public keys the cluster verifies issuer certificates with
 //!   (the scheme TEST keys are built in; `--test-ca` imports the Quill TEST CA's public key).
 //! - `quill issuer generate LABEL --bits N`: an issuer key pair generated in a node's HSM.
-//! - `quill issuer import FILE --layout visa|mastercard [--key LABEL]`: a scheme's
+//! - `quill issuer import FILE --layout visa|mastercard|unionpay [--key LABEL] [--rid R]`: a scheme's
 //!   issuer-certificate file, verified by the cluster before it is accepted.
 //! - `quill issuer certify-test LABEL --issuer-id BIN --rid RID`: certify an issuer key with the
 //!   Quill TEST CA (demo and lab only) and import the result bound to the key.
@@ -79,13 +79,13 @@ pub fn ca_list(a: &CaListArgs, json: bool) -> Result<u8> {
 #[derive(clap::Args, Debug)]
 pub struct CaImportArgs {
     /// RID (5 bytes hex), e.g. A000000003.
-    #[arg(long)]
-    rid: String,
+    #[arg(long, required_unless_present = "file")]
+    rid: Option<String>,
     /// CA public key index (1 byte hex). With --test-ca: FE.
     #[arg(long)]
     index: Option<String>,
     /// Modulus, hex.
-    #[arg(long, required_unless_present = "test_ca")]
+    #[arg(long, required_unless_present_any = ["test_ca", "file"])]
     modulus: Option<String>,
     /// Public exponent, hex (03 or 010001).
     #[arg(long, default_value = "03")]
@@ -96,13 +96,20 @@ pub struct CaImportArgs {
     /// Import the Quill TEST CA's public key (prep/test-keys) under --rid, index FE. TEST only.
     #[arg(long, conflicts_with_all = ["modulus", "checksum"])]
     test_ca: bool,
+    /// A CA public key file as `quill ca key export` writes it: the JSON, or the Visa-style file
+    /// (the check value inside is checked).
+    #[arg(long, conflicts_with_all = ["modulus", "checksum", "test_ca", "index"])]
+    file: Option<PathBuf>,
     #[command(flatten)]
     who: Who,
 }
 
 /// `quill ca import`.
 pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
-    let rid = rid_bytes(&a.rid)?;
+    if let Some(path) = &a.file {
+        return ca_import_file(a, path, json);
+    }
+    let rid = rid_bytes(a.rid.as_deref().unwrap_or_default())?;
     let (index, modulus, exponent) = if a.test_ca {
         let k = quill_prep::test_ca::public(rid).map_err(|e| anyhow!(e))?;
         (TEST_CA_INDEX, k.public_key().modulus().to_vec(), k.public_key().exponent().to_vec())
@@ -126,6 +133,52 @@ pub fn ca_import(a: &CaImportArgs, json: bool) -> Result<u8> {
         json,
         json!({"result": "imported", "rid": rid, "index": format!("{index:02X}"), "detail": detail}),
         format!("CA key {rid}/{index:02X} imported: {detail}"),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill ca import --file`: our JSON (`quill ca key export`) or a Visa-style CA key file; the
+/// check value is checked here and again by the cluster.
+fn ca_import_file(a: &CaImportArgs, path: &std::path::Path, json: bool) -> Result<u8> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = if bytes.first() == Some(&quill_prep::emv::ca::VISA_CA_KEY_HEADER) {
+        quill_prep::emv::ca::parse_ca_key_file(&bytes, None).map_err(|e| anyhow!("{}: {e}", path.display()))?.0
+    } else {
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: neither JSON nor a CA key file", path.display()))?;
+        let field = |f: &str| -> Result<Vec<u8>> {
+            let s = v[f].as_str().ok_or_else(|| anyhow!("{}: no {f:?}", path.display()))?;
+            hex::decode(s).map_err(|_| anyhow!("{}: {f}: not hex", path.display()))
+        };
+        let rid: [u8; 5] = field("rid")?.try_into().map_err(|_| anyhow!("{}: rid is not 5 bytes", path.display()))?;
+        let index = match field("index")?.as_slice() {
+            [i] => *i,
+            _ => return Err(anyhow!("{}: index is not one byte", path.display())),
+        };
+        let checksum: [u8; 20] =
+            field("checksum")?.try_into().map_err(|_| anyhow!("{}: checksum is not 20 bytes", path.display()))?;
+        cert::CaPublicKey::with_checksum(rid, index, &field("modulus")?, &field("exponent")?, &checksum)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+    };
+    if let Some(r) = &a.rid
+        && rid_bytes(r)? != key.rid()
+    {
+        return Err(anyhow!("{}: the file's RID is {}, not {r}", path.display(), hex::encode_upper(key.rid())));
+    }
+    let mut s = Session::new(&a.who)?;
+    let rid = hex::encode_upper(key.rid());
+    let detail = s.ca_import(CaImportRequest {
+        caller: None,
+        rid: rid.clone(),
+        index: u32::from(key.index()),
+        modulus: key.public_key().modulus().to_vec(),
+        exponent: key.public_key().exponent().to_vec(),
+        checksum: Some(key.checksum().to_vec()),
+    })?;
+    print(
+        json,
+        json!({"result": "imported", "rid": rid, "index": format!("{:02X}", key.index()), "detail": detail}),
+        format!("CA key {rid}/{:02X} imported from {}: {detail}", key.index(), path.display()),
     );
     Ok(crate::exit_codes::OK)
 }
@@ -206,11 +259,14 @@ pub struct IssuerImportArgs {
     /// The issuer-certificate file as the scheme delivered it.
     file: PathBuf,
     /// Its layout.
-    #[arg(long, value_parser = ["visa", "mastercard"])]
+    #[arg(long, value_parser = ["visa", "mastercard", "unionpay"])]
     layout: String,
     /// The issuer key pair it certifies (its public key must be the certified one).
     #[arg(long)]
     key: Option<String>,
+    /// The CA's RID when it is not the layout's scheme's (a domestic scheme's or a Quill CA).
+    #[arg(long)]
+    rid: Option<String>,
     #[command(flatten)]
     who: Who,
 }
@@ -223,7 +279,11 @@ pub fn issuer_import(a: &IssuerImportArgs, json: bool) -> Result<u8> {
         .issuer_cert_import(IssuerCertImportRequest {
             caller: None,
             key: a.key.clone().unwrap_or_default(),
-            source: Some(Source::File(CertFile { layout: a.layout.clone(), bytes })),
+            source: Some(Source::File(CertFile {
+                layout: a.layout.clone(),
+                bytes,
+                rid: a.rid.as_deref().map(rid_bytes).transpose()?.map(hex::encode_upper).unwrap_or_default(),
+            })),
         })
         .with_context(|| format!("{} ({} layout)", a.file.display(), a.layout))?;
     print(

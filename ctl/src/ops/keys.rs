@@ -27,7 +27,7 @@ use crate::client::{Session, Who};
 use crate::exit_codes::CliError;
 use crate::output::print;
 
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{prefix}-{ms:x}{:04x}", std::process::id() & 0xffff)
 }

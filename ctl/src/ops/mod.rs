@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod emv_ca;
 pub mod hotfolder;
 pub mod identity;
 pub mod issuers;

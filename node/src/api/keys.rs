@@ -20,6 +20,11 @@ use quill_proto::v1::{
     ListIssuerKeysResponse, ListKeysRequest, ListKeysResponse, ListNodesRequest, ListNodesResponse,
     ListRevokedCertsRequest, ListRevokedCertsResponse, QueryRequest, QueryResponse, RevokeCertRequest, WriteResult,
 };
+use quill_proto::v1::{
+    CaCertifyAskRequest, CaCertifyRequest, CaCertifyResponse, CaKeyCreateRequest, CaKeyCreateResponse, CaRevokeRequest,
+    IssuerRequestRequest, IssuerRequestResponse, ListCaRevocationsRequest, ListCaRevocationsResponse,
+    ListOwnCaKeysRequest, ListOwnCaKeysResponse, NamedFile,
+};
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, ClusterService, views};
@@ -894,6 +899,68 @@ impl keys_server::Keys for KeysService {
         self.write(who, r.caller, cmd).await
     }
 
+    async fn ca_key_create(&self, request: Request<CaKeyCreateRequest>) -> Result<Response<CaKeyCreateResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.ca_key_create_call(who, r).await?))
+    }
+
+    async fn list_own_ca_keys(
+        &self,
+        request: Request<ListOwnCaKeysRequest>,
+    ) -> Result<Response<ListOwnCaKeysResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let now = super::now_ms();
+        let roles = [Role::Admin, Role::Custodian, Role::Operator, Role::Auditor, Role::CaOfficer];
+        let (keys, applied_index) =
+            views::serve_to(&self.cluster, &self.sm, &who, &roles, "Keys.ListOwnCaKeys", req.linearizable, move |kv, _| {
+                views::read_own_ca_keys(kv, now)
+            })
+            .await?;
+        Ok(Response::new(ListOwnCaKeysResponse { keys, applied_index }))
+    }
+
+    async fn issuer_request(
+        &self,
+        request: Request<IssuerRequestRequest>,
+    ) -> Result<Response<IssuerRequestResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.issuer_request_call(who, r).await?))
+    }
+
+    async fn ca_certify_ask(&self, request: Request<CaCertifyAskRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.ca_certify_ask_call(who, r).await?))
+    }
+
+    async fn ca_certify(&self, request: Request<CaCertifyRequest>) -> Result<Response<CaCertifyResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.ca_certify_call(who, r).await?))
+    }
+
+    async fn ca_revoke(&self, request: Request<CaRevokeRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.ca_revoke_call(who, r).await?))
+    }
+
+    async fn list_ca_revocations(
+        &self,
+        request: Request<ListCaRevocationsRequest>,
+    ) -> Result<Response<ListCaRevocationsResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let roles = [Role::Admin, Role::Custodian, Role::Operator, Role::Auditor, Role::CaOfficer];
+        let (revocations, applied_index) = views::serve_to(
+            &self.cluster,
+            &self.sm,
+            &who,
+            &roles,
+            "Keys.ListCaRevocations",
+            req.linearizable,
+            |kv, _| views::read_ca_revocations(kv),
+        )
+        .await?;
+        Ok(Response::new(ListCaRevocationsResponse { revocations, applied_index }))
+    }
+
     async fn issuer_cert_import(
         &self,
         request: Request<IssuerCertImportRequest>,
@@ -901,7 +968,11 @@ impl keys_server::Keys for KeysService {
         use quill_proto::v1::issuer_cert_import_request::Source;
         let (who, r) = super::principal(request)?;
         let source = match r.source.ok_or_else(|| bad("source is missing".into()))? {
-            Source::File(f) => issuers::CertSource::File { layout: f.layout, bytes: f.bytes },
+            Source::File(f) => issuers::CertSource::File {
+                layout: f.layout,
+                bytes: f.bytes,
+                rid: (!f.rid.is_empty()).then(|| f.rid.to_ascii_uppercase()),
+            },
             Source::Tags(t) => issuers::CertSource::Tags {
                 rid: t.rid,
                 ca_index: u8::try_from(t.ca_index)
@@ -913,6 +984,181 @@ impl keys_server::Keys for KeysService {
         };
         let key = (!r.key.is_empty()).then_some(r.key);
         self.write(who, r.caller, KeyCommand::IssuerCertImport { source, key }).await
+    }
+}
+
+/// The EMV CA's calls (and the issuer's certification request).
+impl KeysService {
+    async fn ca_key_create_call(&self, who: Principal, r: CaKeyCreateRequest) -> ApiResult<CaKeyCreateResponse> {
+        self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaKeyCreate").await?;
+        let index = u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+        if !(512..=1984).contains(&r.bits) || !r.bits.is_multiple_of(8) {
+            return Err(ApiError::BadRequest(format!("a CA key has 512 to 1984 bits in steps of 8 (EMV), not {}", r.bits)));
+        }
+        if r.exponent != 3 && r.exponent != 65537 {
+            return Err(ApiError::BadRequest(format!("exponent {}: EMV allows 3 or 65537", r.exponent)));
+        }
+        self.smk_ready().await?;
+        let agent = self.agent()?.clone();
+        let (bits, exponent) = (r.bits, r.exponent);
+        let key = tokio::task::spawn_blocking(move || {
+            agent.hsm().generate_rsa_key_pair(bits, exponent, Some(crate::keys::apply::ca::CA_OWNER))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(hsm_error)?;
+        let cmd = KeyCommand::CaKeyCreate {
+            rid: r.rid.to_ascii_uppercase(),
+            index,
+            expiry: r.expiry,
+            ranges: r.issuer_ranges,
+            key,
+            origin: Origin::Generated { node: self.cluster.node_id() },
+        };
+        let result = self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await?;
+        self.cluster.wait_applied(result.log_index, APPLY_WAIT).await?;
+        let rid = r.rid.to_ascii_uppercase();
+        let now = super::now_ms();
+        let keys = self.state(move |kv| views::read_own_ca_keys(kv, now)).await?;
+        let key = keys.into_iter().find(|k| k.rid == rid && k.index == u32::from(index));
+        Ok(CaKeyCreateResponse { result: Some(result), key })
+    }
+
+    async fn issuer_request_call(&self, who: Principal, r: IssuerRequestRequest) -> ApiResult<IssuerRequestResponse> {
+        use quill_prep::emv::ca::{IssuerRequest, RequestFormat};
+        use quill_prep::emv::cert::{CertExpiry, IssuerId, RsaPublicKey};
+        self.cluster.require(&who, &[Role::Admin], "Keys.IssuerRequest").await?;
+        let bad = |m: String| ApiError::BadRequest(m);
+        let format = RequestFormat::from_name(&r.format)
+            .ok_or_else(|| bad(format!("format {:?}: visa or mastercard", r.format)))?;
+        let issuer_id = IssuerId::from_digits(&r.issuer_id)
+            .ok_or_else(|| bad(format!("issuer id {:?}: 3 to 8 digits", r.issuer_id)))?;
+        let key_index: [u8; 3] = hex::decode(&r.key_index)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad(format!("key index {:?}: 6 hex digits", r.key_index)))?;
+        let expiry = hex::decode(&r.expiry)
+            .ok()
+            .filter(|_| r.expiry.len() == 4 && r.expiry.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|b| CertExpiry::from_mmyy(b.try_into().ok()?))
+            .ok_or_else(|| bad(format!("expiry {:?}: MMYY", r.expiry)))?;
+        let label = r.key.clone();
+        let tenants = who.cert.tenants.clone();
+        let rec = self
+            .state(move |kv| views::read_issuer_key_record(kv, &tenants, &label))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no issuer key {}", r.key)))?;
+        let block = rec.block().map_err(ApiError::Precondition)?.clone();
+        let key = RsaPublicKey::new(&block.public.modulus, &block.public.exponent)
+            .map_err(|e| ApiError::Precondition(format!("issuer key {}: {e}", r.key)))?;
+        let req = IssuerRequest { format, issuer_id, key_index, expiry, key };
+        self.smk_ready().await?;
+        // In the audit chain before the private key is used.
+        let what = format!("{format} request for issuer {}, key index {}, expiry {expiry}", r.issuer_id, r.key_index);
+        let cmd = KeyCommand::IssuerRequestSigned { label: r.key.clone(), what };
+        let result = self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await?;
+        let agent = self.agent()?.clone();
+        let req2 = req.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let signer = quill_prep::engine::HsmSigner { hsm: &**agent.hsm(), key: &block };
+            req2.build(&signer).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Precondition)?;
+        let hash_file = if format == RequestFormat::Mastercard { req.hash_file() } else { Vec::new() };
+        Ok(IssuerRequestResponse { request: bytes, hash_file, result: Some(result) })
+    }
+
+    async fn ca_certify_ask_call(&self, who: Principal, r: CaCertifyAskRequest) -> ApiResult<WriteResult> {
+        use quill_prep::emv::ca::{IssuerRequest, RequestFormat};
+        self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaCertifyAsk").await?;
+        let index = u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+        let format = RequestFormat::from_name(&r.format)
+            .ok_or_else(|| ApiError::BadRequest(format!("format {:?}: visa or mastercard", r.format)))?;
+        // The summary the custodians read; apply checks it is what the request says.
+        let req = IssuerRequest::parse(format, &r.request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let action = ApprovalAction::Certify {
+            ca: crate::keys::apply::ca::ca_id(&r.rid, index),
+            format: r.format,
+            request: r.request,
+            hash_file: r.hash_file,
+            issuer_id: req.issuer_id.digits(),
+            expiry: req.expiry.to_string(),
+            key_fingerprint: RsaPublic::new(req.key.modulus(), req.key.exponent()).fingerprint(),
+        };
+        let cmd = KeyCommand::ApprovalRequest { id: r.id, action, ttl_ms: u64::from(r.ttl_hours) * 3_600_000 };
+        self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await
+    }
+
+    async fn ca_certify_call(&self, who: Principal, r: CaCertifyRequest) -> ApiResult<CaCertifyResponse> {
+        use crate::keys::apply::ca::{OWN_CA, OwnCaKey, ca_id};
+        use quill_prep::emv::ca::{IssuerRequest, RequestFormat, certificate_files};
+        use quill_prep::emv::cert::CaPublicKey;
+        self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaCertify").await?;
+        self.smk_ready().await?;
+        let approval = r.approval.clone();
+        let result =
+            self.cluster.write_for(who, r.caller, Command::Keys(KeyCommand::CaCertified { approval: approval.clone() })).await?;
+        self.cluster.wait_applied(result.log_index, APPLY_WAIT).await?;
+        // What was recorded: the CA key and the issue this approval made.
+        let a = approval.clone();
+        let (rec, issued) = self
+            .state(move |kv| {
+                let Some(ap) = read::<Approval>(kv, &format!("{}{a}", key::APPROVAL))? else { return Ok((None, None)) };
+                let ApprovalAction::Certify { ca, .. } = ap.action else { return Ok((None, None)) };
+                let rec = read::<OwnCaKey>(kv, &format!("{OWN_CA}{ca}"))?;
+                let issued = rec.as_ref().and_then(|k| k.issued.iter().find(|c| c.approval == a).cloned());
+                Ok((rec, issued))
+            })
+            .await?;
+        let (Some(rec), Some(issued)) = (rec, issued) else {
+            return Err(ApiError::Internal(format!("approval {approval}: no certificate recorded after it was applied")));
+        };
+        let rid: [u8; 5] = hex::decode(&rec.rid)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::Internal(format!("CA key {}: bad RID", ca_id(&rec.rid, rec.index))))?;
+        let ca = CaPublicKey::new(rid, rec.index, &rec.key.public.modulus, &rec.key.public.exponent)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let format = RequestFormat::from_name(&issued.format)
+            .ok_or_else(|| ApiError::Internal(format!("recorded request format {:?}", issued.format)))?;
+        let req = IssuerRequest::parse(format, &issued.request).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let serial: [u8; 3] = hex::decode(&issued.serial)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::Internal(format!("recorded serial {:?}", issued.serial)))?;
+        let agent = self.agent()?.clone();
+        let block = rec.block().map_err(ApiError::Precondition)?.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let signer = quill_prep::engine::HsmSigner { hsm: &**agent.hsm(), key: &block };
+            certificate_files(&signer, &ca, &req, serial).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?
+        .1;
+        let files = files
+            .into_iter()
+            .map(|f| NamedFile { layout: f.layout.name().into(), name: f.name, bytes: f.bytes })
+            .collect();
+        Ok(CaCertifyResponse { serial: issued.serial, files, result: Some(result) })
+    }
+
+    async fn ca_revoke_call(&self, who: Principal, r: CaRevokeRequest) -> ApiResult<WriteResult> {
+        let entries = if r.list.is_empty() {
+            let index =
+                u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+            vec![(r.rid.to_ascii_uppercase(), index, r.serial.to_ascii_uppercase())]
+        } else {
+            quill_prep::emv::ca::Revocation::parse_list(&r.list)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                .into_iter()
+                .map(|e| (hex::encode_upper(e.rid), e.ca_index, hex::encode_upper(e.serial)))
+                .collect()
+        };
+        let cmd = KeyCommand::CaRevoke { entries, reason: r.reason };
+        self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await
     }
 }
 

@@ -159,6 +159,15 @@ pub fn approval(a: Approval) -> pb::ApprovalView {
         ApprovalAction::Destroy { key } => {
             pb::ApprovalActionView { kind: "destroy".into(), key, text, ..Default::default() }
         }
+        ApprovalAction::Certify { ca, issuer_id, expiry, key_fingerprint, .. } => pb::ApprovalActionView {
+            kind: "certify".into(),
+            ca,
+            issuer_id,
+            expiry,
+            key_fingerprint,
+            text,
+            ..Default::default()
+        },
         ApprovalAction::AuditPrune { archive } => pb::ApprovalActionView {
             kind: "audit_prune".into(),
             upto: archive.last,
@@ -307,7 +316,7 @@ fn approval_visible(kv: &dyn Kv, a: &Approval, t: &Tenants) -> Result<bool, Stor
         ApprovalAction::Export { key: k, .. } | ApprovalAction::Destroy { key: k } => {
             read::<KeyRecord>(kv, &format!("{}{k}", key::KEY))?.is_some_and(|k| t.covers(&k.tenant))
         }
-        ApprovalAction::SmkToNode { .. } | ApprovalAction::AuditPrune { .. } => true,
+        ApprovalAction::SmkToNode { .. } | ApprovalAction::AuditPrune { .. } | ApprovalAction::Certify { .. } => true,
     })
 }
 
@@ -360,6 +369,74 @@ pub fn read_approval(kv: &dyn Kv, t: &Tenants, id: &str) -> Result<Option<pb::Ap
     }
 }
 
+/// This cluster's EMV CA keys, with what each issued; `expired` by leader time `now_ms`.
+pub fn read_own_ca_keys(kv: &dyn Kv, now_ms: u64) -> Result<Vec<pb::OwnCaKeyView>, StoreError> {
+    use crate::keys::apply::ca::{self, OwnCaKey};
+    let mut out = Vec::new();
+    for k in scan::<OwnCaKey>(kv, ca::OWN_CA)? {
+        let expired = hex::decode(&k.expiry)
+            .ok()
+            .and_then(|b| quill_prep::emv::cert::CertExpiry::from_mmyy(b.try_into().ok()?))
+            .is_some_and(|e| ca::expired_at(e, now_ms));
+        let state = if !k.active {
+            "revoked"
+        } else if expired {
+            "expired"
+        } else {
+            "active"
+        };
+        let mut issued = Vec::new();
+        for c in &k.issued {
+            issued.push(pb::IssuedCertView {
+                serial: c.serial.clone(),
+                issuer_id: c.issuer_id.clone(),
+                expiry: c.expiry.clone(),
+                key_index: c.key_index.clone(),
+                key_fingerprint: c.key_fingerprint.clone(),
+                approval: c.approval.clone(),
+                by: Some(actor(&c.by)),
+                time_ms: c.time_ms,
+                revoked: ca::is_cert_revoked(kv, &k.rid, k.index, &c.serial)?,
+                format: c.format.clone(),
+            });
+        }
+        out.push(pb::OwnCaKeyView {
+            rid: k.rid.clone(),
+            index: u32::from(k.index),
+            bits: u32::try_from(k.key.public.bits()).unwrap_or(0),
+            modulus: hex::encode_upper(&k.key.public.modulus),
+            exponent: hex::encode_upper(&k.key.public.exponent),
+            checksum: k.checksum.clone(),
+            expiry: k.expiry.clone(),
+            state: state.into(),
+            issuer_ranges: k.ranges.clone(),
+            next_serial: k.next_serial,
+            issued,
+            created_by: Some(actor(&k.created_by)),
+            created_ms: k.created_ms,
+            smk_kcv: k.key.smk_kcv.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every revoked issuer certificate the cluster knows (its own CA's and imported lists').
+pub fn read_ca_revocations(kv: &dyn Kv) -> Result<Vec<pb::CaRevocationView>, StoreError> {
+    use crate::keys::apply::ca::{self, CaRevocation};
+    Ok(scan::<CaRevocation>(kv, ca::CA_REVOKED)?
+        .into_iter()
+        .map(|r| pb::CaRevocationView {
+            rid: r.rid,
+            index: u32::from(r.index),
+            serial: r.serial,
+            reason: r.reason,
+            by: Some(actor(&r.by)),
+            time_ms: r.time_ms,
+            source: r.source,
+        })
+        .collect())
+}
+
 /// Scheme CA public keys.
 pub fn read_ca_keys(kv: &dyn Kv) -> Result<Vec<pb::CaKeyView>, StoreError> {
     Ok(scan::<CaKeyRecord>(kv, issuers::CA)?.into_iter().map(ca_key).collect())
@@ -384,6 +461,11 @@ pub fn read_issuer_key(kv: &dyn Kv, t: &Tenants, label: &str) -> Result<Option<p
     Ok(read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER))?
         .filter(|k| t.covers(&k.tenant))
         .map(issuer_key))
+}
+
+/// One issuer key pair's record (with its block at rest), if the caller's tenants cover it.
+pub fn read_issuer_key_record(kv: &dyn Kv, t: &Tenants, label: &str) -> Result<Option<IssuerKeyRecord>, StoreError> {
+    Ok(read::<IssuerKeyRecord>(kv, &format!("{}{label}", issuers::ISSUER))?.filter(|k| t.covers(&k.tenant)))
 }
 
 /// Issuer certificates: those bound to an issuer key pair only when it may see the pair.
@@ -468,7 +550,20 @@ pub(super) async fn serve<T: Send + 'static>(
     linearizable: bool,
     f: impl FnOnce(&dyn Kv, &Tenants) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<(T, u64), super::ApiError> {
-    cluster.require(who, &super::STAFF, call).await?;
+    serve_to(cluster, sm, who, &super::STAFF, call, linearizable, f).await
+}
+
+/// [`serve`] to the roles `roles` (the EMV CA's views: staff and CA officers).
+pub(super) async fn serve_to<T: Send + 'static>(
+    cluster: &super::ClusterService,
+    sm: &crate::raft::StateMachine,
+    who: &crate::identity::Principal,
+    roles: &[crate::keys::model::Role],
+    call: &str,
+    linearizable: bool,
+    f: impl FnOnce(&dyn Kv, &Tenants) -> Result<T, StoreError> + Send + 'static,
+) -> Result<(T, u64), super::ApiError> {
+    cluster.require(who, roles, call).await?;
     if linearizable {
         cluster.linearize().await?;
     }

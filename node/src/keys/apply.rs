@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod approvals;
 mod audit_keys;
+pub mod ca;
 mod ceremonies;
 mod inventory;
 pub mod issuers;
@@ -270,6 +271,42 @@ pub enum KeyCommand {
         /// The issuer key pair it certifies.
         key: Option<String>,
     },
+    /// A CA key pair of this cluster's EMV CA generated in a node's HSM (actor: CA officer).
+    CaKeyCreate {
+        /// RID, hex.
+        rid: String,
+        /// CA public key index.
+        index: u8,
+        /// MMYY.
+        expiry: String,
+        /// Issuer identifier ranges it certifies.
+        ranges: Vec<String>,
+        /// The pair, private half under the SMK bound to [`ca::CA_OWNER`].
+        key: quill_hsm::WrappedRsaKey,
+        /// Where it was generated.
+        origin: Origin,
+    },
+    /// An approved certification takes its serial (actor: CA officer; the HSM signs after).
+    CaCertified {
+        /// The approval.
+        approval: String,
+    },
+    /// Revoke issuer certificates by (RID, CA index, serial): of this CA (CA officer), or from
+    /// another CA's revocation list (admin).
+    CaRevoke {
+        /// (RID hex, CA index, serial hex).
+        entries: Vec<(String, u8, String)>,
+        /// Why.
+        reason: String,
+    },
+    /// An issuer's certification request was self-signed in a node's HSM (actor: admin), for the
+    /// audit chain: the issuer private key was used.
+    IssuerRequestSigned {
+        /// The issuer key pair.
+        label: String,
+        /// What the request asks: issuer id, key index, expiry, layout.
+        what: String,
+    },
 }
 
 pub use crate::domain::{Applied, Ctx};
@@ -305,6 +342,10 @@ impl KeyCommand {
             KeyCommand::RevokeCert { .. } => "identity.revoke",
             KeyCommand::Alarm { .. } => "cluster.alarm",
             KeyCommand::Denied { .. } => "api.denied",
+            KeyCommand::CaKeyCreate { .. } => "ca.key_create",
+            KeyCommand::CaCertified { .. } => "ca.certify",
+            KeyCommand::CaRevoke { .. } => "ca.revoke",
+            KeyCommand::IssuerRequestSigned { .. } => "issuer.request",
         }
     }
 
@@ -335,6 +376,13 @@ impl KeyCommand {
             KeyCommand::IssuerCertImport { key: None, .. } => "issuer-cert".into(),
             KeyCommand::RevokeCert { serial, .. } => format!("cert:{serial}"),
             KeyCommand::Denied { call, .. } => format!("call:{call}"),
+            KeyCommand::CaKeyCreate { rid, index, .. } => format!("ca-key:{}", ca::ca_id(rid, *index)),
+            KeyCommand::CaCertified { approval } => format!("approval:{approval}"),
+            KeyCommand::CaRevoke { entries, .. } => match entries.first() {
+                Some((rid, index, serial)) => format!("ca-revoked:{}/{serial}", ca::ca_id(rid, *index)),
+                None => "ca-revoked".into(),
+            },
+            KeyCommand::IssuerRequestSigned { label, .. } => format!("issuer:{label}"),
         }
     }
 }
@@ -466,6 +514,12 @@ impl State<'_> {
                 self.issuer_key_create(ctx, label, key, origin, tenant)
             }
             KeyCommand::IssuerCertImport { source, key } => self.issuer_cert_import(ctx, source, key),
+            KeyCommand::CaKeyCreate { rid, index, expiry, ranges, key, origin } => {
+                self.ca_key_create(ctx, rid, index, expiry, ranges, key, origin)
+            }
+            KeyCommand::CaCertified { approval } => self.ca_certified(ctx, approval),
+            KeyCommand::CaRevoke { entries, reason } => self.ca_revoke(ctx, entries, reason),
+            KeyCommand::IssuerRequestSigned { label, what } => self.issuer_request_signed(ctx, label, what),
             KeyCommand::RevokeCert { serial, reason } => self.revoke(ctx, serial, reason),
             KeyCommand::Denied { call, reason } => Ok(refuse(format!("{call}: {reason}"))),
             KeyCommand::Alarm { node, what } => {

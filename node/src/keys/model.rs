@@ -371,6 +371,23 @@ pub enum ApprovalAction {
         /// The archive's trailer.
         archive: crate::audit::ArchiveTrailer,
     },
+    /// Certify an issuer public key with a CA key of this cluster's EMV CA (asked by a CA
+    /// officer; the request is checked when asked and again when the certificate is made).
+    Certify {
+        /// The CA key, `RID/II`.
+        ca: String,
+        /// The request's layout: `visa` or `mastercard`.
+        format: String,
+        /// The certification request as received.
+        request: Vec<u8>,
+        /// A Mastercard-style request's hash file.
+        hash_file: Option<Vec<u8>>,
+        /// What it asks, for the custodians: issuer identifier, expiry (MMYY), the certified
+        /// key's fingerprint.
+        issuer_id: String,
+        expiry: String,
+        key_fingerprint: String,
+    },
 }
 
 impl fmt::Display for ApprovalAction {
@@ -379,6 +396,11 @@ impl fmt::Display for ApprovalAction {
             ApprovalAction::SmkToNode { node } => write!(f, "wrap the SMK to node {node}"),
             ApprovalAction::Export { key, kbpk } => write!(f, "export {key} under {kbpk}"),
             ApprovalAction::Destroy { key } => write!(f, "destroy {key}"),
+            ApprovalAction::Certify { ca, issuer_id, expiry, key_fingerprint, .. } => write!(
+                f,
+                "certify issuer {issuer_id}'s key {} until {expiry} with CA key {ca}",
+                key_fingerprint.get(..16).unwrap_or(key_fingerprint)
+            ),
             ApprovalAction::AuditPrune { archive: a } => write!(
                 f,
                 "prune audit records {}..={} (archived, sha256 {})",

@@ -172,6 +172,14 @@ pub fn inventory_keys(kv: &dyn crate::store::Kv, tenant: &str) -> Result<KeySet,
         else {
             continue;
         };
+        if crate::keys::apply::ca::cert_revoked(kv, &c)? {
+            let reason = format!(
+                "its certificate {cert_id} is revoked by CA {}/{:02X} (serial {}): no card is signed with it",
+                c.rid, c.ca_index, c.serial
+            );
+            set.refuse_issuer(p.label.clone(), reason);
+            continue;
+        }
         let rid: [u8; 5] = hex::decode(&c.rid)
             .ok()
             .and_then(|v| v.try_into().ok())

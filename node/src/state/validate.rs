@@ -56,6 +56,18 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
             Ok(())
         }
         KeyCommand::KeySetState { id: k, .. } => text("key id", k, 80),
+        KeyCommand::ApprovalRequest {
+            id: a,
+            action: crate::keys::model::ApprovalAction::Certify { request, hash_file, .. },
+            ..
+        } => {
+            id("approval id", a)?;
+            // A request is at most 5 + 4 + 3 + 2 + 4 + 248 + 3 + 248 bytes.
+            if request.len() > 1024 || hash_file.as_ref().is_some_and(|h| h.len() > 64) {
+                return Err("a certification request over 1 KiB or a hash file over 64 bytes".into());
+            }
+            Ok(())
+        }
         KeyCommand::ApprovalRequest { id: a, .. } | KeyCommand::ApprovalDecide { id: a, .. } => id("approval id", a),
         KeyCommand::ExportDone { approval } => id("approval id", approval),
         KeyCommand::KeyCreate { label, tenant, .. } | KeyCommand::IssuerKeyCreate { label, tenant, .. } => {
@@ -102,6 +114,37 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
         KeyCommand::Denied { call, reason } => {
             text("call", call, 128)?;
             text("reason", reason, 1024)
+        }
+        KeyCommand::CaKeyCreate { rid, expiry, ranges, key, .. } => {
+            if rid.len() != 10 || !rid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("RID {:?} is not 5 bytes in hex", clip(rid)));
+            }
+            text("expiry", expiry, 4)?;
+            if ranges.len() > 64 {
+                return Err(format!("{} issuer ranges: at most 64", ranges.len()));
+            }
+            for r in ranges {
+                text("issuer range", r, 17)?;
+            }
+            if key.blob.len() > 4096 {
+                return Err("an RSA key block over 4 KiB".into());
+            }
+            Ok(())
+        }
+        KeyCommand::CaCertified { approval } => id("approval id", approval),
+        KeyCommand::CaRevoke { entries, reason } => {
+            if entries.is_empty() || entries.len() > 10_000 {
+                return Err(format!("{} revocations: 1 to 10,000 at a time", entries.len()));
+            }
+            for (rid, _, serial) in entries {
+                text("RID", rid, 10)?;
+                text("serial", serial, 6)?;
+            }
+            text("reason", reason, 200)
+        }
+        KeyCommand::IssuerRequestSigned { label, what } => {
+            id("issuer key", label)?;
+            text("what", what, 256)
         }
         KeyCommand::RevokeCert { serial, reason } => {
             crate::keys::apply::normalize_serial(serial)

@@ -32,6 +32,8 @@ pub type Rid = [u8; 5];
 pub const RID_VISA: Rid = [0xA0, 0x00, 0x00, 0x00, 0x03];
 /// Mastercard's RID.
 pub const RID_MASTERCARD: Rid = [0xA0, 0x00, 0x00, 0x00, 0x04];
+/// UnionPay's RID.
+pub const RID_UNIONPAY: Rid = [0xA0, 0x00, 0x00, 0x03, 0x33];
 
 /// Recovered Data Header.
 const HEADER: u8 = 0x6A;
@@ -554,7 +556,7 @@ pub trait RawRsaSigner {
 }
 
 /// Signs `block` and checks the signature recovers to it with `public` (the signer's public key).
-fn sign_checked<S: RawRsaSigner + ?Sized>(
+pub(super) fn sign_checked<S: RawRsaSigner + ?Sized>(
     field: &'static str,
     signer: &S,
     public: &RsaPublicKey,
@@ -582,20 +584,20 @@ fn sign_checked<S: RawRsaSigner + ?Sized>(
 // ---------------------------------------------------------------------------------------------
 
 /// What a format-02 or format-04 certificate says, before the subject identifier is interpreted.
-struct PkCertBody {
-    subject_id: Vec<u8>,
-    expiry: CertExpiry,
-    serial: [u8; 3],
-    key: RsaPublicKey,
+pub(super) struct PkCertBody {
+    pub(super) subject_id: Vec<u8>,
+    pub(super) expiry: CertExpiry,
+    pub(super) serial: [u8; 3],
+    pub(super) key: RsaPublicKey,
 }
 
-struct PkCertKind {
+pub(super) struct PkCertKind {
     /// Tag and name, for errors.
-    field: &'static str,
-    format: u8,
-    id_len: usize,
-    remainder_field: &'static str,
-    exponent_field: &'static str,
+    pub(super) field: &'static str,
+    pub(super) format: u8,
+    pub(super) id_len: usize,
+    pub(super) remainder_field: &'static str,
+    pub(super) exponent_field: &'static str,
 }
 
 const ISSUER_CERT: PkCertKind = PkCertKind {
@@ -616,7 +618,7 @@ const ICC_CERT: PkCertKind = PkCertKind {
 
 /// Formats the block to sign (length `n`) and the remainder for `body`; the hash covers the block's
 /// bytes 1..n-22, the remainder, the exponent and `extra` (the static data, for format 04).
-fn format_pk_cert(
+pub(super) fn format_pk_cert(
     kind: &PkCertKind,
     n: usize,
     body: &PkCertBody,
@@ -655,7 +657,7 @@ fn format_pk_cert(
 }
 
 /// Checks a recovered format-02/04 block and rebuilds the certified key.
-fn parse_pk_cert(
+pub(super) fn parse_pk_cert(
     kind: &PkCertKind,
     m: &[u8],
     remainder: &[u8],
@@ -925,14 +927,50 @@ pub enum IssuerFileLayout {
     /// issuer id (4) | serial (3) | CA index (1) | remainder | exponent | certificate (N_CA).
     /// RID `A000000004`.
     Mastercard,
+    /// The Visa layout (header `24`, service id `01010000`), RID `A000000333`; its detached
+    /// signature recovers to `00 01 FF… 00 01` ‖ SHA-1, without a DigestInfo.
+    UnionPay,
 }
 
 impl IssuerFileLayout {
+    pub const ALL: [IssuerFileLayout; 3] = [Self::Visa, Self::Mastercard, Self::UnionPay];
+
     pub fn rid(self) -> Rid {
         match self {
             Self::Visa => RID_VISA,
             Self::Mastercard => RID_MASTERCARD,
+            Self::UnionPay => RID_UNIONPAY,
         }
+    }
+
+    /// Its name on the command line and in records: `visa`, `mastercard`, `unionpay`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Visa => "visa",
+            Self::Mastercard => "mastercard",
+            Self::UnionPay => "unionpay",
+        }
+    }
+
+    /// The layout named `name` ([`IssuerFileLayout::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// The block a detached signature over `digest` recovers to with an `n`-byte CA key, in this
+    /// scheme's padding (Visa: PKCS#1 v1.5 with the SHA-1 DigestInfo; UnionPay: `00 01 FF… 00`,
+    /// the byte `01`, the hash). Mastercard files carry no detached signature.
+    pub(super) fn detached_block(self, n: usize, digest: &[u8]) -> Option<Vec<u8>> {
+        let tail: Vec<u8> = match self {
+            Self::Visa => [&SHA1_DIGEST_INFO[..], digest].concat(),
+            Self::UnionPay => [&[0x01][..], digest].concat(),
+            Self::Mastercard => return None,
+        };
+        let mut block = vec![0x00, 0x01];
+        block.resize(n.checked_sub(tail.len() + 1)?, 0xFF);
+        block.push(0x00);
+        block.extend_from_slice(&tail);
+        Some(block)
     }
 }
 
@@ -941,6 +979,7 @@ impl fmt::Display for IssuerFileLayout {
         f.write_str(match self {
             Self::Visa => "Visa layout",
             Self::Mastercard => "Mastercard layout",
+            Self::UnionPay => "UnionPay layout",
         })
     }
 }
@@ -995,12 +1034,23 @@ impl<'a> Reader<'a> {
 
 /// Parses a scheme issuer-certificate file, recovers its certificate with the CA key it names
 /// (from `cas`; an unknown one is refused with [`CertError::UnknownCaKey`]), verifies it, checks
-/// the file's own fields agree with the certificate and, for Visa files, verifies the detached
+/// the file's own fields agree with the certificate and, for Visa and UnionPay files, verifies the detached
 /// signature (PKCS#1 v1.5 SHA-1 over the file header ‖ the recovered certificate).
 pub fn import_issuer_file(layout: IssuerFileLayout, bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> {
+    import_issuer_file_as(layout, layout.rid(), bytes, cas)
+}
+
+/// [`import_issuer_file`] of a file in `layout` from a CA under another RID than the layout's
+/// scheme (a domestic scheme's CA, or a Quill CA, writing the schemes' layouts).
+pub fn import_issuer_file_as(
+    layout: IssuerFileLayout,
+    rid: Rid,
+    bytes: &[u8],
+    cas: &CaKeyStore,
+) -> Result<IssuerFile, CertError> {
     match layout {
-        IssuerFileLayout::Visa => import_visa(bytes, cas),
-        IssuerFileLayout::Mastercard => import_mastercard(bytes, cas),
+        IssuerFileLayout::Visa | IssuerFileLayout::UnionPay => import_detached(layout, rid, bytes, cas),
+        IssuerFileLayout::Mastercard => import_mastercard(rid, bytes, cas),
     }
 }
 
@@ -1016,8 +1066,8 @@ fn file_issuer_id(layout: IssuerFileLayout, id: [u8; 4]) -> Result<IssuerId, Cer
     })
 }
 
-fn import_visa(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> {
-    let layout = IssuerFileLayout::Visa;
+/// The Visa and UnionPay layouts: a clear header, the certificate, a detached signature.
+fn import_detached(layout: IssuerFileLayout, rid: Rid, bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> {
     let mut r = Reader { layout, data: bytes, pos: 0 };
     let header = r.byte("header")?;
     if header != 0x24 {
@@ -1033,7 +1083,7 @@ fn import_visa(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> 
     let exponent = r.take("issuer public key exponent", exp_len)?;
     let ca_index = r.byte("CA public key index")?;
     let head_end = r.pos;
-    let ca = cas.require(layout.rid(), ca_index)?;
+    let ca = cas.require(rid, ca_index)?;
     let n_ca = ca.public_key().len();
     let rest = bytes.len() - head_end;
     if rest != 2 * n_ca {
@@ -1045,7 +1095,7 @@ fn import_visa(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> 
     }
     let cert = r.take("issuer public key certificate", n_ca)?;
     let signature = r.take("detached signature", n_ca)?;
-    let certificate = IssuerCertificate::recover(cas, layout.rid(), ca_index, cert, remainder, exponent)?;
+    let certificate = IssuerCertificate::recover(cas, rid, ca_index, cert, remainder, exponent)?;
     if certificate.issuer_id != issuer_id {
         return Err(mismatch(layout, "issuer identifier", &issuer_id.bytes(), &certificate.issuer_id.bytes()));
     }
@@ -1055,26 +1105,24 @@ fn import_visa(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> 
     if certificate.expiry.to_mmyy() != expiry_bytes {
         return Err(mismatch(layout, "certificate expiration date", &expiry_bytes, &certificate.expiry.to_mmyy()));
     }
-    // Detached signature: PKCS#1 v1.5 with SHA-1 over the header and the recovered certificate.
+    // Detached signature: SHA-1 over the header and the recovered certificate, in the scheme's
+    // own padding (and no other).
     let field = "detached signature";
     let sig_block = ca.public_key().recover(field, signature)?;
     let recovered_cert = ca.public_key().recover(ISSUER_CERT.field, cert)?;
-    let mut h = Sha1::new();
-    h.update(&bytes[..head_end]);
-    h.update(&recovered_cert);
-    let digest = h.finalize();
-    let mut expected = vec![0x00, 0x01];
-    expected.resize(n_ca - SHA1_DIGEST_INFO.len() - SHA1_LEN - 1, 0xFF);
-    expected.push(0x00);
-    expected.extend_from_slice(&SHA1_DIGEST_INFO);
-    expected.extend_from_slice(&digest);
+    let digest = detached_digest(&bytes[..head_end], &recovered_cert);
+    let expected = layout.detached_block(n_ca, &digest).ok_or_else(|| CertError::File {
+        layout,
+        field,
+        reason: format!("a {n_ca}-byte CA key is too short for a detached signature"),
+    })?;
     if sig_block != expected {
         let reason = if sig_block[..expected.len() - SHA1_LEN] == expected[..expected.len() - SHA1_LEN] {
-            "SHA-1 over the file header and the recovered certificate does not match"
+            "SHA-1 over the file header and the recovered certificate does not match".to_string()
         } else {
-            "does not recover to a PKCS#1 v1.5 SHA-1 signature block with the CA key"
+            format!("does not recover to the {layout}'s signature block with the CA key")
         };
-        return Err(CertError::File { layout, field, reason: reason.into() });
+        return Err(CertError::File { layout, field, reason });
     }
     Ok(IssuerFile {
         layout,
@@ -1085,13 +1133,21 @@ fn import_visa(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> 
     })
 }
 
-fn import_mastercard(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> {
+/// SHA-1 over a detached-signature file's clear header and the recovered certificate.
+pub(super) fn detached_digest(header: &[u8], recovered_cert: &[u8]) -> [u8; SHA1_LEN] {
+    let mut h = Sha1::new();
+    h.update(header);
+    h.update(recovered_cert);
+    h.finalize().into()
+}
+
+fn import_mastercard(rid: Rid, bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> {
     let layout = IssuerFileLayout::Mastercard;
     let mut r = Reader { layout, data: bytes, pos: 0 };
     let issuer_id = file_issuer_id(layout, r.array("issuer identifier")?)?;
     let file_serial: [u8; 3] = r.array("serial number")?;
     let ca_index = r.byte("CA public key index")?;
-    let ca = cas.require(layout.rid(), ca_index)?;
+    let ca = cas.require(rid, ca_index)?;
     let n_ca = ca.public_key().len();
     // Remainder and exponent sit between the header and the certificate; their split follows
     // from the issuer key and exponent lengths in the recovered certificate.
@@ -1118,7 +1174,7 @@ fn import_mastercard(bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertE
         });
     }
     let (remainder, exponent) = middle.split_at(rem_len);
-    let certificate = IssuerCertificate::recover(cas, layout.rid(), ca_index, cert, remainder, exponent)?;
+    let certificate = IssuerCertificate::recover(cas, rid, ca_index, cert, remainder, exponent)?;
     if certificate.issuer_id != issuer_id {
         return Err(mismatch(layout, "issuer identifier", &issuer_id.bytes(), &certificate.issuer_id.bytes()));
     }

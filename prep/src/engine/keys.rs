@@ -59,6 +59,9 @@ struct Working {
 pub struct KeySet {
     symmetric: BTreeMap<String, Working>,
     issuers: BTreeMap<String, IssuerKey>,
+    /// Issuer key pairs the inventory holds but data preparation may not use, and why (their
+    /// certificate is revoked).
+    refused_issuers: BTreeMap<String, String>,
 }
 
 impl KeySet {
@@ -80,6 +83,16 @@ impl KeySet {
     /// Add (or replace) an issuer key pair.
     pub fn insert_issuer(&mut self, label: impl Into<String>, key: IssuerKey) {
         self.issuers.insert(label.into(), key);
+    }
+
+    /// An issuer key pair that must not be used, with the reason a job naming it is refused.
+    pub fn refuse_issuer(&mut self, label: impl Into<String>, reason: impl Into<String>) {
+        self.refused_issuers.insert(label.into(), reason.into());
+    }
+
+    /// Why the issuer key pair `label` may not be used, if it may not.
+    pub fn issuer_refusal(&self, label: &str) -> Option<&str> {
+        self.refused_issuers.get(label).map(String::as_str)
     }
 
     /// The working key with this label.

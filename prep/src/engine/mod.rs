@@ -701,7 +701,7 @@ impl Engine {
             (Oda::Sda, Some(i)) => {
                 let dac: [u8; 2] =
                     values.get("9F45").and_then(|v| v.as_slice().try_into().ok()).unwrap_or([0xDA, 0xC0]);
-                let signer = HsmSigner { hsm: &*self.hsm, key: i };
+                let signer = HsmSigner { hsm: &*self.hsm, key: &i.key };
                 let ssad = cert::build_signed_static_data(&signer, i.public(), dac, &static_data).map_err(|e| {
                     CardError { line, step: step("SDA (93)"), reason: build_reason(&e), device: signer_device(&e) }
                 })?;
@@ -713,7 +713,7 @@ impl Engine {
                     .map_err(|e| CardError::new(line, step("ICC key pair"), e.to_string()))?;
                 let serial = cert_serial(pan, &psn, &rec.expiry.yymm());
                 let req = IccCertificateRequest { pan, expiry, serial, icc_key: &icc_key, static_data: &static_data };
-                let signer = HsmSigner { hsm: &*self.hsm, key: i };
+                let signer = HsmSigner { hsm: &*self.hsm, key: &i.key };
                 let ic = cert::build_icc_certificate(&signer, i.public(), &req).map_err(|e| CardError {
                     line,
                     step: step("ICC certificate (9F46)"),
@@ -857,21 +857,22 @@ fn record_body(tags: &[String], values: &BTreeMap<String, Vec<u8>>) -> Result<Ve
     Ok(out)
 }
 
-/// The raw RSA private operation through the HSM with a wrapped issuer key.
-struct HsmSigner<'a> {
-    hsm: &'a dyn Hsm,
-    key: &'a IssuerKey,
+/// The raw RSA private operation through an HSM with a wrapped private key (an issuer key, or
+/// an EMV CA key).
+pub struct HsmSigner<'a> {
+    pub hsm: &'a dyn Hsm,
+    pub key: &'a quill_hsm::WrappedRsaKey,
 }
 
 impl RawRsaSigner for HsmSigner<'_> {
     type Error = HsmError;
 
     fn sign_raw(&self, block: &[u8]) -> Result<Vec<u8>, HsmError> {
-        self.hsm.rsa_sign_raw(&self.key.key, block)
+        self.hsm.rsa_sign_raw(self.key, block)
     }
 
     fn modulus_len(&self) -> usize {
-        self.key.public().len()
+        self.key.public.bits().div_ceil(8)
     }
 }
 
@@ -1059,7 +1060,10 @@ pub fn check_keys(p: &Profile, keys: &KeySet) -> Result<(), SetupError> {
         let i = keys.issuer(label).ok_or_else(|| SetupError::Issuer {
             field: field.clone(),
             label: label.into(),
-            reason: "no such issuer key pair with a certificate in the key inventory".into(),
+            reason: keys
+                .issuer_refusal(label)
+                .unwrap_or("no such issuer key pair with a certificate in the key inventory")
+                .into(),
         })?;
         let bad = |reason: String| SetupError::Issuer { field: field.clone(), label: label.into(), reason };
         let aid = hex::decode(&a.aid).unwrap_or_default();

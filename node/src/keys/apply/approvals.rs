@@ -14,6 +14,7 @@ impl State<'_> {
         // Pruning audit records is an auditor's request; everything else an admin's or operator's.
         let requesters: &[Role] = match &action {
             ApprovalAction::AuditPrune { .. } => &[Role::Auditor],
+            ApprovalAction::Certify { .. } => &[Role::CaOfficer],
             _ => &[Role::Admin, Role::Operator],
         };
         if let Err(r) = self.role(ctx, requesters) {
@@ -81,6 +82,27 @@ impl State<'_> {
                 Ok(_) => {}
                 Err(r) => return Ok(Err(r)),
             },
+            // The request must verify and fit the CA key now (checked again when it is signed);
+            // what the custodians read in the approval must be what the request says.
+            ApprovalAction::Certify { ca, format, request, hash_file, issuer_id, expiry, key_fingerprint } => {
+                let Some((rid, index)) =
+                    ca.split_once('/').and_then(|(r, i)| Some((r.to_string(), u8::from_str_radix(i, 16).ok()?)))
+                else {
+                    return Ok(refuse(format!("CA key {ca:?}: RID/II")));
+                };
+                let Some(rec) = self.get::<super::ca::OwnCaKey>(&format!("{}{}", super::ca::OWN_CA, super::ca::ca_id(&rid, index)))?
+                else {
+                    return Ok(refuse(format!("no CA key {ca} of this CA")));
+                };
+                let req = match super::ca::check_request(&rec, format, request, hash_file.as_deref(), ctx.time_ms) {
+                    Ok(r) => r,
+                    Err(r) => return Ok(refuse(r)),
+                };
+                let fp = RsaPublic::new(req.key.modulus(), req.key.exponent()).fingerprint();
+                if *issuer_id != req.issuer_id.digits() || *expiry != req.expiry.to_string() || *key_fingerprint != fp {
+                    return Ok(refuse("the approval's summary is not what the request says"));
+                }
+            }
             // The archive must be of this chain as it stands (checked again when it is pruned).
             ApprovalAction::AuditPrune { archive } => {
                 if let Err(r) = crate::audit::check_archive(self.kv, archive)? {

@@ -7,7 +7,7 @@
 //! - **Issuer key pairs** (`keys/issuer/<label>`): generated inside a node's HSM; the private key
 //!   is kept only wrapped under the SMK (PKCS#8 under AES key wrap), the public key in clear so it
 //!   can be sent to the scheme for certification.
-//! - **Issuer certificates** (`keys/issuer-cert/<RID>-<issuer id>-<serial>`): a scheme's
+//! - **Issuer certificates** (`keys/issuer-cert/<RID>-<CA index>-<issuer id>-<serial>`): a scheme's
 //!   issuer-certificate file (Visa or Mastercard layout), verified in apply against the CA keys
 //!   the cluster holds before it is accepted (verification is pure public-key arithmetic, the same
 //!   on every node). With `key`, the certificate must certify that issuer key pair's public key,
@@ -26,7 +26,7 @@ use crate::store::StoreError;
 pub const CA: &str = "keys/ca/";
 /// `keys/issuer/<label>` → [`IssuerKeyRecord`].
 pub const ISSUER: &str = "keys/issuer/";
-/// `keys/issuer-cert/<id>` → [`IssuerCertRecord`].
+/// `keys/issuer-cert/<RID>-<CA index>-<issuer id>-<serial>` → [`IssuerCertRecord`].
 pub const ISSUER_CERT: &str = "keys/issuer-cert/";
 
 /// An imported CA public key.
@@ -83,9 +83,9 @@ impl IssuerKeyRecord {
 /// A verified issuer public-key certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuerCertRecord {
-    /// `<RID>-<issuer id>-<serial>`.
+    /// `<RID>-<CA index>-<issuer id>-<serial>`.
     pub id: String,
-    /// The file layout it came in (`visa`, `mastercard`).
+    /// The file layout it came in (`visa`, `mastercard`, `unionpay`, `tags`).
     pub layout: String,
     /// RID, hex.
     pub rid: String,
@@ -116,12 +116,15 @@ pub struct IssuerCertRecord {
 /// Where an issuer certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CertSource {
-    /// A scheme's issuer-certificate file (`visa` or `mastercard` layout, emv.md §1.8).
+    /// A scheme's issuer-certificate file (`visa`, `mastercard` or `unionpay` layout, emv.md §1.8).
     File {
-        /// `visa` or `mastercard`.
+        /// `visa`, `mastercard` or `unionpay`.
         layout: String,
         /// The file's bytes.
         bytes: Vec<u8>,
+        /// The CA's RID, hex, when it is not the layout's scheme's (a domestic or Quill CA).
+        #[serde(default)]
+        rid: Option<String>,
     },
     /// The data elements a card carries (e.g. made by a test CA): RID, `8F`, `90`, `92`, `9F32`.
     Tags {
@@ -145,7 +148,8 @@ fn rid_of(hex_rid: &str) -> Step<Rid> {
         .map_or_else(|| refuse(format!("RID {hex_rid:?} is not 5 bytes of hex")), Ok)
 }
 
-/// The CA keys the cluster holds: the built-in scheme TEST keys and the imported ones.
+/// The CA keys the cluster holds: the built-in scheme TEST keys, the imported ones, and the
+/// public halves of its own EMV CA's keys.
 pub fn ca_store(kv: &dyn crate::store::Kv) -> Result<CaKeyStore, StoreError> {
     let mut cas = CaKeyStore::with_scheme_test_keys().unwrap_or_else(|_| CaKeyStore::new());
     for r in scan::<CaKeyRecord>(kv, CA)? {
@@ -153,6 +157,12 @@ pub fn ca_store(kv: &dyn crate::store::Kv) -> Result<CaKeyStore, StoreError> {
             continue;
         };
         if let Ok(k) = CaPublicKey::new(rid, r.index, &m, &e) {
+            let _ = cas.insert(k);
+        }
+    }
+    for r in scan::<super::ca::OwnCaKey>(kv, super::ca::OWN_CA)? {
+        let Ok(rid) = rid_of(&r.rid) else { continue };
+        if let Ok(k) = CaPublicKey::new(rid, r.index, &r.key.public.modulus, &r.key.public.exponent) {
             let _ = cas.insert(k);
         }
     }
@@ -258,6 +268,24 @@ impl State<'_> {
         Ok(Ok(Applied::done(format!("issuer:{label}"), format!("RSA-{bits}, public key {fingerprint}"))))
     }
 
+    pub(super) fn issuer_request_signed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        label: String,
+        what: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        match self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))?.filter(|k| ctx.tenants().covers(&k.tenant)) {
+            None => Ok(refuse(format!("no issuer key {label}"))),
+            Some(k) => Ok(Ok(Applied::done(
+                format!("issuer:{label}"),
+                format!("certification request self-signed with key {}: {what}", k.fingerprint),
+            ))),
+        }
+    }
+
     pub(super) fn issuer_cert_import(
         &mut self,
         ctx: &Ctx<'_>,
@@ -269,13 +297,16 @@ impl State<'_> {
         }
         let cas = ca_store(self.kv)?;
         let (layout, verified) = match &source {
-            CertSource::File { layout, bytes } => {
-                let lay = match layout.as_str() {
-                    "visa" => IssuerFileLayout::Visa,
-                    "mastercard" => IssuerFileLayout::Mastercard,
-                    other => return Ok(refuse(format!("unknown issuer-file layout {other:?} (visa or mastercard)"))),
+            CertSource::File { layout, bytes, rid } => {
+                let Some(lay) = IssuerFileLayout::from_name(layout) else {
+                    return Ok(refuse(format!("unknown issuer-file layout {layout:?} (visa, mastercard or unionpay)")));
                 };
-                (layout.clone(), cert::import_issuer_file(lay, bytes, &cas).map(|f| f.certificate))
+                let rid = match rid.as_deref().map(rid_of) {
+                    None => lay.rid(),
+                    Some(Ok(r)) => r,
+                    Some(Err(r)) => return Ok(Err(r)),
+                };
+                (layout.clone(), cert::import_issuer_file_as(lay, rid, bytes, &cas).map(|f| f.certificate))
             }
             CertSource::Tags { rid, ca_index, cert, remainder, exponent } => {
                 let rid = match rid_of(rid) {
@@ -293,7 +324,15 @@ impl State<'_> {
         let public = RsaPublic::new(c.issuer_key().modulus(), c.issuer_key().exponent());
         let key_fingerprint = public.fingerprint();
         let rid = hex::encode_upper(c.rid());
-        let id = format!("{rid}-{}-{}", c.issuer_id().digits(), hex::encode_upper(c.serial()));
+        // Serials are unique per CA key, not per RID: two indexes of one scheme may each issue 000001.
+        let id = format!("{rid}-{:02X}-{}-{}", c.ca_index(), c.issuer_id().digits(), hex::encode_upper(c.serial()));
+        if super::ca::is_cert_revoked(self.kv, &rid, c.ca_index(), &hex::encode_upper(c.serial()))? {
+            return Ok(refuse(format!(
+                "certificate {} of CA key {rid}/{:02X} is revoked (on the CA's revocation list)",
+                hex::encode_upper(c.serial()),
+                c.ca_index()
+            )));
+        }
         let mut pair = None;
         if let Some(label) = &bind {
             match self.get::<IssuerKeyRecord>(&format!("{ISSUER}{label}"))?.filter(|k| ctx.tenants().covers(&k.tenant))
@@ -372,7 +411,7 @@ mod tests {
 
     fn file(layout: &str, name: &str) -> crate::keys::KeyCommand {
         crate::keys::KeyCommand::IssuerCertImport {
-            source: CertSource::File { layout: layout.into(), bytes: fixture(name) },
+            source: CertSource::File { layout: layout.into(), bytes: fixture(name), rid: None },
             key: None,
         }
     }
@@ -382,7 +421,7 @@ mod tests {
         let mut kv = MemKv::default();
         let a = run(&mut kv, &admin(), file("visa", "960097.I94"));
         assert!(
-            matches!(&a, Applied::Done { object, .. } if object == "issuer-cert:A000000003-42158493-03FE66"),
+            matches!(&a, Applied::Done { object, .. } if object == "issuer-cert:A000000003-94-42158493-03FE66"),
             "{a:?}"
         );
         let a = run(&mut kv, &admin(), file("mastercard", "522230-000001.cEF"));
@@ -403,11 +442,47 @@ mod tests {
         let n = bad.len();
         bad[n - 100] ^= 1;
         let cmd = crate::keys::KeyCommand::IssuerCertImport {
-            source: CertSource::File { layout: "mastercard".into(), bytes: bad },
+            source: CertSource::File { layout: "mastercard".into(), bytes: bad, rid: None },
             key: None,
         };
         assert!(matches!(run(&mut kv, &admin(), cmd), Applied::Rejected { .. }));
         assert_eq!(scan::<IssuerCertRecord>(&kv, ISSUER_CERT).unwrap(), before);
+    }
+
+    #[test]
+    fn a_unionpay_file_verifies_once_its_ca_key_is_imported() {
+        let mut kv = MemKv::default();
+        match run(&mut kv, &admin(), file("unionpay", "016510.I04")) {
+            Applied::Rejected { reason, .. } => assert!(reason.contains("no CA public key A000000333/04"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // fixtures/scheme-test-certs/README.md: UnionPay TEST CA key 04, e = 3.
+        let modulus = hex::decode(
+            "BC853E6B5365E89E7EE9317C94B02D0ABB0DBD91C05A224A2554AA29ED9FCB9D86EB9CCBB322A57811F86188AAC7351C72BD9EF1\
+             96C5A01ACEF7A4EB0D2AD63D9E6AC2E7836547CB1595C68BCBAFD0F6728760F3A7CA7B97301B7E0220184EFC4F653008D93CE098C0\
+             D93B45201096D1ADFF4CF1F9FC02AF759DA27CD6DFD6D789B099F16F378B6100334E63F3D35F3251A5EC78693731F5233519CDB380\
+             F5AB8C0F02728E91D469ABD0EAE0D93B1CC66CE127B29C7D77441A49D09FCA5D6D9762FC74C31BB506C8BAE3C79AD6C2578775B959\
+             56B5370D1D0519E37906B384736233251E8F09AD79DFBE2C6ABFADAC8E4D8624318C27DAF1",
+        )
+        .unwrap();
+        let ca = crate::keys::KeyCommand::CaKeyImport {
+            rid: "A000000333".into(),
+            index: 0x04,
+            modulus,
+            exponent: vec![3],
+            checksum: None,
+        };
+        assert!(matches!(run(&mut kv, &admin(), ca), Applied::Done { .. }));
+        let a = run(&mut kv, &admin(), file("unionpay", "016510.I04"));
+        assert!(
+            matches!(&a, Applied::Done { object, .. } if object == "issuer-cert:A000000333-04-62441902-016510"),
+            "{a:?}"
+        );
+        assert_eq!(scan::<IssuerCertRecord>(&kv, ISSUER_CERT).unwrap()[0].layout, "unionpay");
+        match run(&mut kv, &admin(), file("amex", "016510.I04")) {
+            Applied::Rejected { reason, .. } => assert!(reason.contains("unknown issuer-file layout"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -58,13 +58,14 @@ pub fn blocks_under(kv: &dyn Kv, smk: &Kcv) -> Result<BTreeMap<BlockAt, WrappedK
     Ok(out)
 }
 
-/// Every RSA private key in the state wrapped under SMK `smk`, by issuer key label.
+/// Every RSA private key in the state wrapped under SMK `smk`: issuer keys by label, the EMV
+/// CA's keys as `ca:RID/II` (a `:` is in no issuer label).
 pub fn rsa_keys_under(kv: &dyn Kv, smk: &Kcv) -> Result<BTreeMap<String, WrappedRsaKey>, StoreError> {
-    Ok(scan::<IssuerKeyRecord>(kv, ISSUER)?
+    let issuers = scan::<IssuerKeyRecord>(kv, ISSUER)?.into_iter().map(|r| (r.label, r.key));
+    let cas = scan::<super::ca::OwnCaKey>(kv, super::ca::OWN_CA)?
         .into_iter()
-        .filter(|r| r.key.smk_kcv == *smk)
-        .map(|r| (r.label, r.key))
-        .collect())
+        .map(|r| (format!("ca:{}", super::ca::ca_id(&r.rid, r.index)), r.key));
+    Ok(issuers.chain(cas).filter(|(_, k)| k.smk_kcv == *smk).collect())
 }
 
 impl State<'_> {
@@ -218,6 +219,14 @@ impl State<'_> {
             self.put(key::AUDIT_KEYS, a)?;
         }
         for (label, k) in new_rsa {
+            if let Some(ca) = label.strip_prefix("ca:") {
+                let path = format!("{}{ca}", super::ca::OWN_CA);
+                if let Some(mut r) = self.get::<super::ca::OwnCaKey>(&path)? {
+                    r.key = k;
+                    self.put(path, &r)?;
+                }
+                continue;
+            }
             let path = format!("{ISSUER}{label}");
             if let Some(mut r) = self.get::<IssuerKeyRecord>(&path)? {
                 r.key = k;
