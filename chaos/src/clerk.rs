@@ -93,7 +93,8 @@ impl Clerk {
         let node = self.ids[(rng.next_u64() % self.ids.len() as u64) as usize];
         let runner = self.runner.clone();
         let actor = actor.to_string();
-        let args: Vec<String> = std::iter::once("--json".to_string()).chain(args.iter().map(|a| a.to_string())).collect();
+        let args: Vec<String> =
+            std::iter::once("--json".to_string()).chain(args.iter().map(|a| a.to_string())).collect();
         let r = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             runner.run(node, &actor, &args)
@@ -149,7 +150,15 @@ impl Clerk {
     }
 
     /// A state change of `key` tried once: recorded as a write, indeterminate if it failed.
-    async fn change(&self, out: &mut Clerked, rng: &mut Rng, kind: &str, key: &str, args: &[&str], value: u64) -> Option<Value> {
+    async fn change(
+        &self,
+        out: &mut Clerked,
+        rng: &mut Rng,
+        kind: &str,
+        key: &str,
+        args: &[&str],
+        value: u64,
+    ) -> Option<Value> {
         let invoke = Instant::now();
         let r = self.cli(rng, ADMIN, args).await;
         let complete = r.is_ok().then(|| self.micros(Instant::now()));
@@ -190,7 +199,12 @@ impl Clerk {
             }
         };
         counts.ok += 1;
-        let op = Op { client: 1001, call: Call::Read(value), invoke: self.micros(invoke), complete: Some(self.micros(Instant::now())) };
+        let op = Op {
+            client: 1001,
+            call: Call::Read(value),
+            invoke: self.micros(invoke),
+            complete: Some(self.micros(Instant::now())),
+        };
         out.histories.entry(key.to_string()).or_default().push(op);
         record
     }
@@ -214,12 +228,18 @@ impl Clerk {
         }
         // The key forms some time after the last component: a write with no completion.
         let invoke = self.micros(invoke.unwrap_or_else(Instant::now));
-        out.histories.entry(key.clone()).or_default().push(Op { client: 1002, call: Call::Write(1), invoke, complete: None });
+        out.histories.entry(key.clone()).or_default().push(Op {
+            client: 1002,
+            call: Call::Write(1),
+            invoke,
+            complete: None,
+        });
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(90) && !self.stop.load(Ordering::Relaxed) {
             if let Some(rec) = self.read(out, rng, &key).await {
                 if rec["kcv"].as_str() != Some(kcv.as_str()) {
-                    out.problems.push(format!("ceremony {id} formed {key} with KCV {}, the components' is {kcv}", rec["kcv"]));
+                    out.problems
+                        .push(format!("ceremony {id} formed {key} with KCV {}, the components' is {kcv}", rec["kcv"]));
                     return None;
                 }
                 return Some(Zmk { id: key, value });
@@ -244,7 +264,8 @@ impl Clerk {
             self.read(out, rng, &format!("{label}.v1")).await;
             return;
         };
-        let (Some(key), Some(kcv)) = (made["id"].as_str().map(str::to_string), made["kcv"].as_str().map(str::to_string))
+        let (Some(key), Some(kcv)) =
+            (made["id"].as_str().map(str::to_string), made["kcv"].as_str().map(str::to_string))
         else {
             out.problems.push(format!("key generate answered without an id or KCV: {made}"));
             return;
@@ -349,8 +370,12 @@ impl Clerk {
             }
             match formed {
                 Some(rec) if rec["kcv"].as_str() == Some(kcv.as_str()) => {}
-                Some(rec) => out.problems.push(format!("ceremony {id} formed {key} with KCV {}, the components' is {kcv}", rec["kcv"])),
-                None => out.problems.push(format!("ceremony {id} had both components but no key {key} after the faults")),
+                Some(rec) => out
+                    .problems
+                    .push(format!("ceremony {id} formed {key} with KCV {}, the components' is {kcv}", rec["kcv"])),
+                None => {
+                    out.problems.push(format!("ceremony {id} had both components but no key {key} after the faults"))
+                }
             }
         }
     }

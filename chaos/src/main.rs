@@ -141,8 +141,18 @@ fn main() -> anyhow::Result<()> {
         kinds.retain(|k| *k != Kind::ClockSkew);
         eprintln!("quill-chaos: no clock-skew on containers (they share the host's clock)");
     }
-    let opts =
-        Options { target, nodes, duration_s: duration, seed, kinds, cards, clients, keys, calm_cards, key_ops: !no_key_ops };
+    let opts = Options {
+        target,
+        nodes,
+        duration_s: duration,
+        seed,
+        kinds,
+        cards,
+        clients,
+        keys,
+        calm_cards,
+        key_ops: !no_key_ops,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
     let report = rt.block_on(run(&opts));
     print(&report);

@@ -186,7 +186,10 @@ fn unionpay_test_file_016510_i04_verifies_with_its_ca_key_and_padding() {
     let e = import_issuer_file(IssuerFileLayout::UnionPay, &fixture("960097.I94"), &visa_under_up)
         .expect_err("UnionPay padding")
         .to_string();
-    assert!(e.ends_with("detached signature: does not recover to the UnionPay layout's signature block with the CA key"), "{e}");
+    assert!(
+        e.ends_with("detached signature: does not recover to the UnionPay layout's signature block with the CA key"),
+        "{e}"
+    );
     // A flipped byte of the detached signature.
     let mut bad = file.clone();
     bad[400] ^= 1;
@@ -547,7 +550,7 @@ mod ca_side {
         assert!(parse(&b).contains("self-signature"), "{}", parse(&b));
         // Signed by another key.
         let other = keygen(1152, 3);
-        let forged = [req.body(), OpensslSigner(other).sign_raw(&vec![0x11; 144]).expect("sig")].concat();
+        let forged = [req.body(), OpensslSigner(other).sign_raw(&[0x11; 144]).expect("sig")].concat();
         assert!(parse(&forged).contains("self-signature"), "{}", parse(&forged));
         // Truncated, or trailing bytes.
         assert!(parse(&bytes[..40]).contains("file ends"), "{}", parse(&bytes[..40]));
@@ -608,7 +611,8 @@ mod ca_side {
             assert_eq!(mc.name, "476173-000007.cE1");
             assert_eq!(&mc.bytes[4..7], &[0, 0, 7], "the issuer's key index in the header");
             // Independent recovery of the certificate with OpenSSL.
-            let m = openssl_recover(&ca_key.n().to_vec(), &[3], cert.cert(), 0x02, &[cert.remainder(), cert.exponent()]);
+            let m =
+                openssl_recover(&ca_key.n().to_vec(), &[3], cert.cert(), 0x02, &[cert.remainder(), cert.exponent()]);
             assert_eq!(hex::encode_upper(&m[2..11]), "476173FF123000002A");
             assert_eq!(certified_modulus(&m, 15, cert.remainder()), issuer.n().to_vec());
         }

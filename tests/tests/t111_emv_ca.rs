@@ -42,23 +42,65 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     let out = ca.quill_ok(
         1,
         &[
-            "--json", "ca", "key", "create", "--rid", "A000000003", "--index", "E1", "--bits", "1408", "--expiry",
-            "1231", "--issuer-range", "476100-476199", "--issuer-range", "4000",
+            "--json",
+            "ca",
+            "key",
+            "create",
+            "--rid",
+            "A000000003",
+            "--index",
+            "E1",
+            "--bits",
+            "1408",
+            "--expiry",
+            "1231",
+            "--issuer-range",
+            "476100-476199",
+            "--issuer-range",
+            "4000",
         ],
         &OFFICER,
     );
     assert_eq!(json(&out)["checksum"].as_str().map(str::len), Some(40), "{out}");
     ca.quill_ok(
         2,
-        &["ca", "key", "create", "--rid", "A000000003", "--index", "E2", "--bits", "1984", "--exponent", "65537",
-          "--expiry", "1235", "--issuer-range", "4761"],
+        &[
+            "ca",
+            "key",
+            "create",
+            "--rid",
+            "A000000003",
+            "--index",
+            "E2",
+            "--bits",
+            "1984",
+            "--exponent",
+            "65537",
+            "--expiry",
+            "1235",
+            "--issuer-range",
+            "4761",
+        ],
         &OFFICER,
     );
     // An admin is not a CA officer.
     let (code, _, err) = ca.quill(
         1,
-        &["ca", "key", "create", "--rid", "A000000003", "--index", "E3", "--bits", "1024", "--expiry", "1231",
-          "--issuer-range", "4761"],
+        &[
+            "ca",
+            "key",
+            "create",
+            "--rid",
+            "A000000003",
+            "--index",
+            "E3",
+            "--bits",
+            "1024",
+            "--expiry",
+            "1231",
+            "--issuer-range",
+            "4761",
+        ],
         &ADMIN,
     );
     assert_ne!(code, 0);
@@ -81,8 +123,22 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     let request = |issuer_id: &str, expiry: &str, format: &str| {
         bank.quill_ok(
             2,
-            &["issuer", "request", "--key", "ISS-T111", "--issuer-id", issuer_id, "--key-index", "000001", "--expiry",
-              expiry, "--format", format, "-o", s(&req_dir)],
+            &[
+                "issuer",
+                "request",
+                "--key",
+                "ISS-T111",
+                "--issuer-id",
+                issuer_id,
+                "--key-index",
+                "000001",
+                "--expiry",
+                expiry,
+                "--format",
+                format,
+                "-o",
+                s(&req_dir),
+            ],
             &ADMIN,
         );
         req_dir.join(format!("{issuer_id}-000001.{format}"))
@@ -92,7 +148,9 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     assert_eq!(std::fs::read(&hash).expect("hash file").len(), 27);
 
     step("CA: tampered requests are refused with the reason");
-    let ask = |args: &[&str]| ca.quill(1, &[&["ca", "certify"], args, &["--rid", "A000000003", "--index", "E1"]].concat(), &OFFICER);
+    let ask = |args: &[&str]| {
+        ca.quill(1, &[&["ca", "certify"], args, &["--rid", "A000000003", "--index", "E1"]].concat(), &OFFICER)
+    };
     let mut bytes = std::fs::read(&req).expect("request");
     let n = bytes.len();
     bytes[n - 3] ^= 0x01;
@@ -139,7 +197,11 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     assert_eq!(certify, 0, "nothing refused left an approval: {approvals}");
 
     step("CA: asked, granted by two custodians (not the officer), made: serial 000001 in three layouts");
-    let asked = json(&ca.quill_ok(1, &["--json", "ca", "certify", s(&req), "--hash-file", s(&hash), "--rid", "A000000003", "--index", "E1"], &OFFICER));
+    let asked = json(&ca.quill_ok(
+        1,
+        &["--json", "ca", "certify", s(&req), "--hash-file", s(&hash), "--rid", "A000000003", "--index", "E1"],
+        &OFFICER,
+    ));
     let approval = asked["approval"].as_str().expect("approval").to_string();
     let cert_dir = d.join("certs");
     let (code, _, err) = ca.quill(2, &["ca", "certify", "--approval", &approval, "-o", s(&cert_dir)], &OFFICER);
@@ -150,7 +212,8 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     for c in ["custodian:alice", "custodian:bob"] {
         ca.quill_ok(3, &["approve", "grant", &approval], &[("QUILL_ACTOR", c)]);
     }
-    let made = json(&ca.quill_ok(2, &["--json", "ca", "certify", "--approval", &approval, "-o", s(&cert_dir)], &OFFICER));
+    let made =
+        json(&ca.quill_ok(2, &["--json", "ca", "certify", "--approval", &approval, "-o", s(&cert_dir)], &OFFICER));
     assert_eq!(made["serial"], "000001", "{made}");
     let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
         let mut v = Vec::new();
@@ -167,7 +230,8 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     assert_eq!(names, ["visa/000001.IE1", "mastercard/476173-000001.cE1", "unionpay/000001.IE1"]);
     // Again for the same approval: the same serial, byte-identical files.
     let again_dir = d.join("again");
-    let again = json(&ca.quill_ok(1, &["--json", "ca", "certify", "--approval", &approval, "-o", s(&again_dir)], &OFFICER));
+    let again =
+        json(&ca.quill_ok(1, &["--json", "ca", "certify", "--approval", &approval, "-o", s(&again_dir)], &OFFICER));
     assert_eq!(again["serial"], "000001");
     assert_eq!(files(&again_dir), first);
 
@@ -177,7 +241,17 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
         let layout = name.split('/').next().unwrap();
         let out = bank.quill_ok(
             2,
-            &["issuer", "import", s(&cert_dir.join(name)), "--layout", layout, "--rid", "A000000003", "--key", "ISS-T111"],
+            &[
+                "issuer",
+                "import",
+                s(&cert_dir.join(name)),
+                "--layout",
+                layout,
+                "--rid",
+                "A000000003",
+                "--key",
+                "ISS-T111",
+            ],
             &ADMIN,
         );
         assert!(out.contains("A000000003/E1") || out.contains("already imported"), "{layout}: {out}");
@@ -191,8 +265,9 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     step("issuer: DDA cards whose chain recovers from the exported CA key down (pyemv/psec checker)");
     let profile_text = std::fs::read_to_string(repo_root().join("prep/profiles/visa-dda-credit.toml")).unwrap();
     assert!(profile_text.contains("issuer_key = \"ISS-VISA-TEST-1408\"") && profile_text.contains("ca_index = \"FE\""));
-    let profile_text =
-        profile_text.replace("issuer_key = \"ISS-VISA-TEST-1408\"", "issuer_key = \"ISS-T111\"").replace("ca_index = \"FE\"", "ca_index = \"E1\"");
+    let profile_text = profile_text
+        .replace("issuer_key = \"ISS-VISA-TEST-1408\"", "issuer_key = \"ISS-T111\"")
+        .replace("ca_index = \"FE\"", "ca_index = \"E1\"");
     let profile = d.join("visa-dda-t111.toml");
     std::fs::write(&profile, profile_text).unwrap();
     let input = d.join("cards.csv");
@@ -228,10 +303,18 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     }
 
     step("CA: the certificate revoked; the list (9-byte entries) carried to the issuer's cluster");
-    let (code, _, err) = ca.quill(1, &["ca", "revoke", "--rid", "A000000003", "--index", "E1", "--serial", "0000AA", "--reason", "x"], &OFFICER);
+    let (code, _, err) = ca.quill(
+        1,
+        &["ca", "revoke", "--rid", "A000000003", "--index", "E1", "--serial", "0000AA", "--reason", "x"],
+        &OFFICER,
+    );
     assert_ne!(code, 0);
     assert!(err.contains("issued no certificate 0000AA"), "{err}");
-    ca.quill_ok(2, &["ca", "revoke", "--rid", "A000000003", "--index", "E1", "--serial", "000001", "--reason", "key compromise"], &OFFICER);
+    ca.quill_ok(
+        2,
+        &["ca", "revoke", "--rid", "A000000003", "--index", "E1", "--serial", "000001", "--reason", "key compromise"],
+        &OFFICER,
+    );
     let crl = d.join("ca.crl");
     ca.quill_ok(3, &["ca", "revoked", "--ca", "A000000003/E1", "-o", s(&crl)], &OFFICER);
     assert_eq!(hex::encode_upper(std::fs::read(&crl).unwrap()), "A000000003E1000001");
@@ -243,7 +326,17 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     step("issuer: the revoked certificate is refused at import and by data preparation");
     let (code, _, err) = bank.quill(
         2,
-        &["issuer", "import", s(&cert_dir.join("visa/000001.IE1")), "--layout", "visa", "--rid", "A000000003", "--key", "ISS-T111"],
+        &[
+            "issuer",
+            "import",
+            s(&cert_dir.join("visa/000001.IE1")),
+            "--layout",
+            "visa",
+            "--rid",
+            "A000000003",
+            "--key",
+            "ISS-T111",
+        ],
         &ADMIN,
     );
     assert_ne!(code, 0);

@@ -29,12 +29,17 @@ use crate::exit_codes::CliError;
 use crate::output::print;
 
 fn rid_arg(s: &str) -> Result<String> {
-    let b = hex::decode(s).ok().filter(|v| v.len() == 5).ok_or_else(|| CliError::Usage(format!("--rid: {s:?} is not 5 bytes of hex")))?;
+    let b = hex::decode(s)
+        .ok()
+        .filter(|v| v.len() == 5)
+        .ok_or_else(|| CliError::Usage(format!("--rid: {s:?} is not 5 bytes of hex")))?;
     Ok(hex::encode_upper(b))
 }
 
 fn index_arg(s: &str) -> Result<u32> {
-    u8::from_str_radix(s, 16).map(u32::from).map_err(|_| CliError::Usage(format!("--index: {s:?} is not one byte of hex")).into())
+    u8::from_str_radix(s, 16)
+        .map(u32::from)
+        .map_err(|_| CliError::Usage(format!("--index: {s:?} is not one byte of hex")).into())
 }
 
 /// Write `bytes` to `dir/name` (0644: public files), creating `dir`.
@@ -109,9 +114,7 @@ pub struct CaKeyListArgs {
 }
 
 fn own_keys(s: &Session) -> Result<Vec<OwnCaKeyView>> {
-    Ok(s
-        .call_keys(|mut c| async move { c.list_own_ca_keys(ListOwnCaKeysRequest { linearizable: true }).await })?
-        .keys)
+    Ok(s.call_keys(|mut c| async move { c.list_own_ca_keys(ListOwnCaKeysRequest { linearizable: true }).await })?.keys)
 }
 
 /// `quill ca key list`.
@@ -132,7 +135,8 @@ pub fn key_list(a: &CaKeyListArgs, json: bool) -> Result<u8> {
         println!("{}", json!({"ca_keys": v}));
         return Ok(crate::exit_codes::OK);
     }
-    let mut rows = vec![["CA KEY", "BITS", "EXPIRY", "STATE", "RANGES", "ISSUED", "CHECK VALUE"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["CA KEY", "BITS", "EXPIRY", "STATE", "RANGES", "ISSUED", "CHECK VALUE"].map(String::from).to_vec()];
     for k in &keys {
         rows.push(vec![
             format!("{}/{:02X}", k.rid, k.index),
@@ -318,7 +322,8 @@ pub fn certify(a: &CertifyArgs, json: bool) -> Result<u8> {
     let format = a.format.clone().unwrap_or_else(|| if hash_file.is_some() { "mastercard" } else { "visa" }.into());
     // Read here first, so a wrong file is named before anything is asked.
     let fmt = RequestFormat::from_name(&format).ok_or_else(|| CliError::Usage(format!("--format {format:?}")))?;
-    let parsed = ca::IssuerRequest::parse(fmt, &request).map_err(|e| CliError::CheckFailed(format!("{}: {e}", path.display())))?;
+    let parsed = ca::IssuerRequest::parse(fmt, &request)
+        .map_err(|e| CliError::CheckFailed(format!("{}: {e}", path.display())))?;
     if let Some(h) = &hash_file {
         parsed.check_hash_file(h).map_err(|e| CliError::CheckFailed(e.to_string()))?;
     }
@@ -408,7 +413,8 @@ pub fn revoked(a: &RevokedArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
     if let Some(p) = &a.import {
         let list = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        let n = Revocation::parse_list(&list).map_err(|e| CliError::CheckFailed(format!("{}: {e}", p.display())))?.len();
+        let n =
+            Revocation::parse_list(&list).map_err(|e| CliError::CheckFailed(format!("{}: {e}", p.display())))?.len();
         let req = CaRevokeRequest { list, reason: format!("revocation list {}", p.display()), ..Default::default() };
         let detail = s.keys_write(|mut c, caller| {
             let req = CaRevokeRequest { caller: Some(caller), ..req.clone() };
@@ -432,12 +438,15 @@ pub fn revoked(a: &RevokedArgs, json: bool) -> Result<u8> {
         });
     }
     if let Some(out) = &a.out {
-        std::fs::write(out, Revocation::format_list(&entries)).with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(out, Revocation::format_list(&entries))
+            .with_context(|| format!("cannot write {}", out.display()))?;
     }
     let v: Vec<_> = list
         .iter()
-        .map(|r| json!({"rid": r.rid, "index": format!("{:02X}", r.index), "serial": r.serial, "reason": r.reason,
-                        "source": r.source, "by": crate::output::actor(r.by.as_ref())}))
+        .map(|r| {
+            json!({"rid": r.rid, "index": format!("{:02X}", r.index), "serial": r.serial, "reason": r.reason,
+                        "source": r.source, "by": crate::output::actor(r.by.as_ref())})
+        })
         .collect();
     if json {
         println!("{}", json!({"revoked": v}));

@@ -144,8 +144,8 @@ fn ca_import_file(a: &CaImportArgs, path: &std::path::Path, json: bool) -> Resul
     let key = if bytes.first() == Some(&quill_prep::emv::ca::VISA_CA_KEY_HEADER) {
         quill_prep::emv::ca::parse_ca_key_file(&bytes, None).map_err(|e| anyhow!("{}: {e}", path.display()))?.0
     } else {
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("{}: neither JSON nor a CA key file", path.display()))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: neither JSON nor a CA key file", path.display()))?;
         let field = |f: &str| -> Result<Vec<u8>> {
             let s = v[f].as_str().ok_or_else(|| anyhow!("{}: no {f:?}", path.display()))?;
             hex::decode(s).map_err(|_| anyhow!("{}: {f}: not hex", path.display()))

@@ -899,7 +899,10 @@ impl keys_server::Keys for KeysService {
         self.write(who, r.caller, cmd).await
     }
 
-    async fn ca_key_create(&self, request: Request<CaKeyCreateRequest>) -> Result<Response<CaKeyCreateResponse>, Status> {
+    async fn ca_key_create(
+        &self,
+        request: Request<CaKeyCreateRequest>,
+    ) -> Result<Response<CaKeyCreateResponse>, Status> {
         let (who, r) = super::principal(request)?;
         Ok(Response::new(self.ca_key_create_call(who, r).await?))
     }
@@ -911,11 +914,16 @@ impl keys_server::Keys for KeysService {
         let (who, req) = super::principal(request)?;
         let now = super::now_ms();
         let roles = [Role::Admin, Role::Custodian, Role::Operator, Role::Auditor, Role::CaOfficer];
-        let (keys, applied_index) =
-            views::serve_to(&self.cluster, &self.sm, &who, &roles, "Keys.ListOwnCaKeys", req.linearizable, move |kv, _| {
-                views::read_own_ca_keys(kv, now)
-            })
-            .await?;
+        let (keys, applied_index) = views::serve_to(
+            &self.cluster,
+            &self.sm,
+            &who,
+            &roles,
+            "Keys.ListOwnCaKeys",
+            req.linearizable,
+            move |kv, _| views::read_own_ca_keys(kv, now),
+        )
+        .await?;
         Ok(Response::new(ListOwnCaKeysResponse { keys, applied_index }))
     }
 
@@ -991,9 +999,13 @@ impl keys_server::Keys for KeysService {
 impl KeysService {
     async fn ca_key_create_call(&self, who: Principal, r: CaKeyCreateRequest) -> ApiResult<CaKeyCreateResponse> {
         self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaKeyCreate").await?;
-        let index = u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+        let index =
+            u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
         if !(512..=1984).contains(&r.bits) || !r.bits.is_multiple_of(8) {
-            return Err(ApiError::BadRequest(format!("a CA key has 512 to 1984 bits in steps of 8 (EMV), not {}", r.bits)));
+            return Err(ApiError::BadRequest(format!(
+                "a CA key has 512 to 1984 bits in steps of 8 (EMV), not {}",
+                r.bits
+            )));
         }
         if r.exponent != 3 && r.exponent != 65537 {
             return Err(ApiError::BadRequest(format!("exponent {}: EMV allows 3 or 65537", r.exponent)));
@@ -1073,7 +1085,8 @@ impl KeysService {
     async fn ca_certify_ask_call(&self, who: Principal, r: CaCertifyAskRequest) -> ApiResult<WriteResult> {
         use quill_prep::emv::ca::{IssuerRequest, RequestFormat};
         self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaCertifyAsk").await?;
-        let index = u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+        let index =
+            u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
         let format = RequestFormat::from_name(&r.format)
             .ok_or_else(|| ApiError::BadRequest(format!("format {:?}: visa or mastercard", r.format)))?;
         // The summary the custodians read; apply checks it is what the request says.
@@ -1098,8 +1111,10 @@ impl KeysService {
         self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaCertify").await?;
         self.smk_ready().await?;
         let approval = r.approval.clone();
-        let result =
-            self.cluster.write_for(who, r.caller, Command::Keys(KeyCommand::CaCertified { approval: approval.clone() })).await?;
+        let result = self
+            .cluster
+            .write_for(who, r.caller, Command::Keys(KeyCommand::CaCertified { approval: approval.clone() }))
+            .await?;
         self.cluster.wait_applied(result.log_index, APPLY_WAIT).await?;
         // What was recorded: the CA key and the issue this approval made.
         let a = approval.clone();
@@ -1113,7 +1128,9 @@ impl KeysService {
             })
             .await?;
         let (Some(rec), Some(issued)) = (rec, issued) else {
-            return Err(ApiError::Internal(format!("approval {approval}: no certificate recorded after it was applied")));
+            return Err(ApiError::Internal(format!(
+                "approval {approval}: no certificate recorded after it was applied"
+            )));
         };
         let rid: [u8; 5] = hex::decode(&rec.rid)
             .ok()
@@ -1147,8 +1164,8 @@ impl KeysService {
 
     async fn ca_revoke_call(&self, who: Principal, r: CaRevokeRequest) -> ApiResult<WriteResult> {
         let entries = if r.list.is_empty() {
-            let index =
-                u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+            let index = u8::try_from(r.index)
+                .map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
             vec![(r.rid.to_ascii_uppercase(), index, r.serial.to_ascii_uppercase())]
         } else {
             quill_prep::emv::ca::Revocation::parse_list(&r.list)

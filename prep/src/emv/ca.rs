@@ -74,7 +74,11 @@ impl<'a> Reader<'a> {
     fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], CaFileError> {
         let have = self.data.len() - self.pos;
         if len > have {
-            return Err(bad(self.file, field, format!("file ends: {len} bytes needed at offset {}, {have} left", self.pos)));
+            return Err(bad(
+                self.file,
+                field,
+                format!("file ends: {len} bytes needed at offset {}, {have} left", self.pos),
+            ));
         }
         let out = &self.data[self.pos..self.pos + len];
         self.pos += len;
@@ -93,7 +97,11 @@ impl<'a> Reader<'a> {
 
     fn end(&self) -> Result<(), CaFileError> {
         if self.pos != self.data.len() {
-            return Err(bad(self.file, "end of file", format!("{} bytes after the last field", self.data.len() - self.pos)));
+            return Err(bad(
+                self.file,
+                "end of file",
+                format!("{} bytes after the last field", self.data.len() - self.pos),
+            ));
         }
         Ok(())
     }
@@ -195,12 +203,17 @@ impl IssuerRequest {
             }
             let service: [u8; 4] = r.array("service identifier")?;
             if service != VISA_SERVICE_ID {
-                return Err(bad(file, "service identifier", format!("{}, expected 10100000", hex::encode_upper(service))));
+                return Err(bad(
+                    file,
+                    "service identifier",
+                    format!("{}, expected 10100000", hex::encode_upper(service)),
+                ));
             }
         }
         let id: [u8; 4] = r.array("issuer identifier")?;
-        let issuer_id = IssuerId::from_bytes(id)
-            .ok_or_else(|| bad(file, "issuer identifier", format!("{} is not 3-8 digits padded with F", hex::encode_upper(id))))?;
+        let issuer_id = IssuerId::from_bytes(id).ok_or_else(|| {
+            bad(file, "issuer identifier", format!("{} is not 3-8 digits padded with F", hex::encode_upper(id)))
+        })?;
         let key_index: [u8; 3] = r.array("issuer key index")?;
         let exp: [u8; 2] = r.array("expiry")?;
         let expiry = CertExpiry::from_mmyy(exp)
@@ -260,11 +273,19 @@ impl IssuerRequest {
             return Err(bad(
                 file,
                 "issuer key index",
-                format!("{} but the request says {}", hex::encode_upper(&hash_file[4..7]), hex::encode_upper(self.key_index)),
+                format!(
+                    "{} but the request says {}",
+                    hex::encode_upper(&hash_file[4..7]),
+                    hex::encode_upper(self.key_index)
+                ),
             ));
         }
         if hash_file[7..] != want[7..] {
-            return Err(bad(file, "hash", "the SHA-1 of the request is not the one in the hash file: the request was changed"));
+            return Err(bad(
+                file,
+                "hash",
+                "the SHA-1 of the request is not the one in the hash file: the request was changed",
+            ));
         }
         Ok(())
     }
@@ -304,12 +325,15 @@ pub fn certificate_files<S: RawRsaSigner + ?Sized>(
         ca,
         &IssuerCertificateRequest { issuer_id: req.issuer_id, expiry: req.expiry, serial, issuer_key: &req.key },
     )?;
-    let recovered = ca.public_key().recover("issuer public key certificate", c.cert()).map_err(|source| {
-        BuildError::SelfCheck { field: "issuer public key certificate", source }
-    })?;
+    let recovered = ca
+        .public_key()
+        .recover("issuer public key certificate", c.cert())
+        .map_err(|source| BuildError::SelfCheck { field: "issuer public key certificate", source })?;
     let (serial_hex, index) = (hex::encode_upper(serial), ca.index());
     let mut files = Vec::new();
-    for (layout, service) in [(IssuerFileLayout::Visa, VISA_SERVICE_ID), (IssuerFileLayout::UnionPay, UNIONPAY_SERVICE_ID)] {
+    for (layout, service) in
+        [(IssuerFileLayout::Visa, VISA_SERVICE_ID), (IssuerFileLayout::UnionPay, UNIONPAY_SERVICE_ID)]
+    {
         let mut head = vec![VISA_CERT_HEADER];
         head.extend_from_slice(&service);
         head.extend_from_slice(&c.issuer_id().bytes());
@@ -382,8 +406,8 @@ pub fn parse_ca_key_file(bytes: &[u8], hash_file: Option<&[u8]>) -> Result<(CaPu
     let rid: Rid = r.array("RID")?;
     let index = r.byte("CA public key index")?;
     let exp: [u8; 2] = r.array("expiry")?;
-    let expiry =
-        CertExpiry::from_mmyy(exp).ok_or_else(|| bad(file, "expiry", format!("{} is not MMYY", hex::encode_upper(exp))))?;
+    let expiry = CertExpiry::from_mmyy(exp)
+        .ok_or_else(|| bad(file, "expiry", format!("{} is not MMYY", hex::encode_upper(exp))))?;
     let (h, a) = (r.byte("hash algorithm")?, r.byte("public key algorithm")?);
     if (h, a) != (1, 1) {
         return Err(bad(file, "algorithms", format!("{h:02X} {a:02X}, expected 01 01 (SHA-1, RSA)")));
@@ -478,7 +502,9 @@ impl IssuerRange {
         let (low, high) = s.split_once('-').unwrap_or((s, s));
         let ok = |d: &str| (3..=8).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit());
         if !ok(low) || !ok(high) || low.len() != high.len() || low > high {
-            return Err(format!("issuer range {s:?}: LOW-HIGH of 3-8 digits each, same length, LOW <= HIGH (or one prefix)"));
+            return Err(format!(
+                "issuer range {s:?}: LOW-HIGH of 3-8 digits each, same length, LOW <= HIGH (or one prefix)"
+            ));
         }
         Ok(Self { low: low.into(), high: high.into() })
     }

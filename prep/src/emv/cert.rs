@@ -1067,7 +1067,12 @@ fn file_issuer_id(layout: IssuerFileLayout, id: [u8; 4]) -> Result<IssuerId, Cer
 }
 
 /// The Visa and UnionPay layouts: a clear header, the certificate, a detached signature.
-fn import_detached(layout: IssuerFileLayout, rid: Rid, bytes: &[u8], cas: &CaKeyStore) -> Result<IssuerFile, CertError> {
+fn import_detached(
+    layout: IssuerFileLayout,
+    rid: Rid,
+    bytes: &[u8],
+    cas: &CaKeyStore,
+) -> Result<IssuerFile, CertError> {
     let mut r = Reader { layout, data: bytes, pos: 0 };
     let header = r.byte("header")?;
     if header != 0x24 {

@@ -90,7 +90,11 @@ impl State<'_> {
                 else {
                     return Ok(refuse(format!("CA key {ca:?}: RID/II")));
                 };
-                let Some(rec) = self.get::<super::ca::OwnCaKey>(&format!("{}{}", super::ca::OWN_CA, super::ca::ca_id(&rid, index)))?
+                let Some(rec) = self.get::<super::ca::OwnCaKey>(&format!(
+                    "{}{}",
+                    super::ca::OWN_CA,
+                    super::ca::ca_id(&rid, index)
+                ))?
                 else {
                     return Ok(refuse(format!("no CA key {ca} of this CA")));
                 };

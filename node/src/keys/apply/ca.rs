@@ -153,7 +153,8 @@ pub fn check_request(
     if expired_at(ca_expiry, time_ms) {
         return Err(format!("CA key {id} expired at the end of {ca_expiry}: it certifies nothing; make a new index"));
     }
-    let format = RequestFormat::from_name(format).ok_or_else(|| format!("request format {format:?}: visa or mastercard"))?;
+    let format =
+        RequestFormat::from_name(format).ok_or_else(|| format!("request format {format:?}: visa or mastercard"))?;
     let req = IssuerRequest::parse(format, request).map_err(|e| e.to_string())?;
     match (format, hash_file) {
         (RequestFormat::Mastercard, None) => {
@@ -195,6 +196,7 @@ impl State<'_> {
         self.get::<OwnCaKey>(&format!("{OWN_CA}{}", ca_id(rid, index)))
     }
 
+    #[allow(clippy::too_many_arguments)] // the command's fields, as `key_create` takes them
     pub(super) fn ca_key_create(
         &mut self,
         ctx: &Ctx<'_>,
@@ -287,7 +289,8 @@ impl State<'_> {
         let ApprovalAction::Certify { ca, format, request, hash_file, .. } = a.action.clone() else {
             return Ok(refuse(format!("approval {approval} is not a certification")));
         };
-        let Some((rid, index)) = ca.split_once('/').and_then(|(r, i)| Some((r.to_string(), u8::from_str_radix(i, 16).ok()?)))
+        let Some((rid, index)) =
+            ca.split_once('/').and_then(|(r, i)| Some((r.to_string(), u8::from_str_radix(i, 16).ok()?)))
         else {
             return Ok(refuse(format!("approval {approval} names no CA key ({ca:?})")));
         };
@@ -303,7 +306,10 @@ impl State<'_> {
             };
         }
         if a.state != ApprovalState::Approved {
-            return Ok(refuse(format!("approval {approval} is {:?}: a certification needs two custodians' grants", a.state)));
+            return Ok(refuse(format!(
+                "approval {approval} is {:?}: a certification needs two custodians' grants",
+                a.state
+            )));
         }
         if let Err(r) = unexpired(&a, ctx) {
             return Ok(Err(r));
@@ -360,12 +366,16 @@ impl State<'_> {
             let serial = serial.to_ascii_uppercase();
             let rid = rid.to_ascii_uppercase();
             if hex::decode(&rid).map(|v| v.len()) != Ok(5) || hex::decode(&serial).map(|v| v.len()) != Ok(3) {
-                return Ok(refuse(format!("revocation {rid}/{index:02X}/{serial}: RID is 5 bytes and serial 3 bytes of hex")));
+                return Ok(refuse(format!(
+                    "revocation {rid}/{index:02X}/{serial}: RID is 5 bytes and serial 3 bytes of hex"
+                )));
             }
             let id = ca_id(&rid, *index);
             if own {
                 let Some(rec) = self.own_ca(&rid, *index)? else {
-                    return Ok(refuse(format!("no CA key {id} of this CA: an officer revokes only its own certificates")));
+                    return Ok(refuse(format!(
+                        "no CA key {id} of this CA: an officer revokes only its own certificates"
+                    )));
                 };
                 if !rec.issued.iter().any(|c| c.serial == serial) {
                     return Ok(refuse(format!("CA key {id} issued no certificate {serial}")));
@@ -495,7 +505,13 @@ mod tests {
     /// A state with the SMK's facts (KCV AAAAAAAAAA) and nothing else.
     fn state() -> MemKv {
         let mut kv = MemKv::default();
-        let smk = SmkInfo { kcv: Kcv("AAAAAAAAAA".into()), ceremony: "s".into(), formed_ms: 1, next: None, retired: Vec::new() };
+        let smk = SmkInfo {
+            kcv: Kcv("AAAAAAAAAA".into()),
+            ceremony: "s".into(),
+            formed_ms: 1,
+            next: None,
+            retired: Vec::new(),
+        };
         kv.put(key::SMK.as_bytes(), crate::store::codec::encode(&smk).unwrap());
         kv
     }
@@ -552,7 +568,9 @@ mod tests {
         let k = rsa(1152);
         let public = RsaPublic::new(&k.n().to_vec(), &[3]);
         let good = || block(public.clone(), CA_OWNER);
-        assert!(refused(run(&mut kv, &ada, create("A000000999", 0xE1, "1230", &["4761"], good()))).contains("ca-officer"));
+        assert!(
+            refused(run(&mut kv, &ada, create("A000000999", 0xE1, "1230", &["4761"], good()))).contains("ca-officer")
+        );
         let r = refused(run(&mut kv, &carla, create("A0000009", 0xE1, "1230", &["4761"], good())));
         assert!(r.contains("5 bytes"), "{r}");
         let r = refused(run(&mut kv, &carla, create("A000000999", 0xE1, "1126", &["4761"], good())));
@@ -562,7 +580,11 @@ mod tests {
         let r = refused(run(&mut kv, &carla, create("A000000999", 0xE1, "1230", &["47-48"], good())));
         assert!(r.contains("issuer range"), "{r}");
         // A block bound to a tenant (an issuer key's) is not a CA key.
-        let r = refused(run(&mut kv, &carla, create("A000000999", 0xE1, "1230", &["4761"], block(public.clone(), "bank-a"))));
+        let r = refused(run(
+            &mut kv,
+            &carla,
+            create("A000000999", 0xE1, "1230", &["4761"], block(public.clone(), "bank-a")),
+        ));
         assert!(r.contains("belongs to tenant \"bank-a\""), "{r}");
         // The Visa TEST CA key 94 is built in: that index is taken.
         let r = refused(run(&mut kv, &carla, create("A000000003", 0x94, "1230", &["4761"], good())));
@@ -585,7 +607,13 @@ mod tests {
         ok(run(
             &mut kv,
             &carla,
-            create("A000000999", 0xE1, "1230", &["476100-476199"], block(RsaPublic::new(&ca.n().to_vec(), &[3]), CA_OWNER)),
+            create(
+                "A000000999",
+                0xE1,
+                "1230",
+                &["476100-476199"],
+                block(RsaPublic::new(&ca.n().to_vec(), &[3]), CA_OWNER),
+            ),
         ));
         let issuer = rsa(1152);
         let (req, bytes) = request(RequestFormat::Visa, &issuer, "476173", [0x12, 0x29]);
@@ -666,7 +694,11 @@ mod tests {
         let mut kv = state();
         let carla = who(Role::CaOfficer, "carla");
         let ca = rsa(1152);
-        ok(run(&mut kv, &carla, create("A000000999", 0xE1, "0127", &["4761"], block(RsaPublic::new(&ca.n().to_vec(), &[3]), CA_OWNER))));
+        ok(run(
+            &mut kv,
+            &carla,
+            create("A000000999", 0xE1, "0127", &["4761"], block(RsaPublic::new(&ca.n().to_vec(), &[3]), CA_OWNER)),
+        ));
         let issuer = rsa(1024);
         let (req, bytes) = request(RequestFormat::Visa, &issuer, "476173", [0x01, 0x27]);
         ok(run(&mut kv, &carla, ask("v", &req, &bytes, None)));
