@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/quill/v1/keys.proto",
         "proto/quill/v1/jobs.proto",
         "proto/quill/v1/views.proto",
+        "proto/quill/v1/exchange.proto",
     ];
     // The vendored protoc is handed to prost-build directly (no `PROTOC` environment variable,
     // which edition 2024 only sets through `unsafe`).

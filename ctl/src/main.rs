@@ -11,7 +11,7 @@ mod ops;
 mod output;
 
 use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
-use ops::{audit, cluster, emv_ca, hotfolder, identity, issuers, jobs, keys, profile};
+use ops::{audit, cluster, emv_ca, exchange, hotfolder, identity, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -64,6 +64,9 @@ enum Cmd {
     /// Issuer RSA key pairs (generated in an HSM) and their scheme certificates.
     #[command(subcommand)]
     Issuer(IssuerCmd),
+    /// Partner key exchange: TR-31 blocks under a partner's zone master key.
+    #[command(subcommand)]
+    Exchange(ExchangeCmd),
     /// Batches across the cluster: submit, watch, fetch, acknowledge, cancel, hot folder.
     #[command(subcommand)]
     Job(JobCmd),
@@ -120,6 +123,23 @@ enum CaCmd {
     Revoke(emv_ca::RevokeArgs),
     /// The revoked issuer certificates: list, write as 9-byte entries, or import another CA's list.
     Revoked(emv_ca::RevokedArgs),
+}
+
+/// Partner key exchange (GIE-CB style).
+#[derive(Subcommand, Debug)]
+enum ExchangeCmd {
+    /// Name a partner and its zone master key (admin).
+    Zmk(exchange::ZmkArgs),
+    /// Share a key with a partner, or stop (admin).
+    Share(exchange::ShareArgs),
+    /// The partners, their ZMKs and what each sees.
+    Partners(exchange::ListArgs),
+    /// Import a key from a TR-31 block under your zone master key (partner).
+    Import(exchange::ImportArgs),
+    /// Export a key shared with you as a TR-31 block under your zone master key (partner).
+    Export(exchange::ExportArgs),
+    /// The keys you see, with their KCVs (partner).
+    List(exchange::ListArgs),
 }
 
 /// The EMV CA's key pairs.
@@ -365,6 +385,12 @@ fn main() -> ExitCode {
         Cmd::Ca(CaCmd::Revoke(a)) => emv_ca::revoke(a, json),
         Cmd::Ca(CaCmd::Revoked(a)) => emv_ca::revoked(a, json),
         Cmd::Issuer(IssuerCmd::Request(a)) => emv_ca::issuer_request(a, json),
+        Cmd::Exchange(ExchangeCmd::Zmk(a)) => exchange::zmk(a, json),
+        Cmd::Exchange(ExchangeCmd::Share(a)) => exchange::share(a, json),
+        Cmd::Exchange(ExchangeCmd::Partners(a)) => exchange::partners(a, json),
+        Cmd::Exchange(ExchangeCmd::Import(a)) => exchange::import(a, json),
+        Cmd::Exchange(ExchangeCmd::Export(a)) => exchange::export(a, json),
+        Cmd::Exchange(ExchangeCmd::List(a)) => exchange::list(a, json),
         Cmd::Issuer(IssuerCmd::List(a)) => issuers::issuer_list(a, json),
         Cmd::Issuer(IssuerCmd::Generate(a)) => issuers::issuer_generate(a, json),
         Cmd::Issuer(IssuerCmd::Import(a)) => issuers::issuer_import(a, json),

@@ -242,6 +242,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
             .into_server(limit),
         crate::api::authenticator(revoked.clone()),
     );
+    let exchange_svc = tonic::service::interceptor::InterceptedService::new(
+        crate::api::exchange::ExchangeService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(limit),
+        crate::api::authenticator(revoked.clone()),
+    );
     if let Some(agent) = agent.clone() {
         let proposer: Arc<dyn Proposer> = Arc::new(cluster_svc.clone());
         let stop = shutdown.clone();
@@ -274,6 +278,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
                 .add_service(api_svc)
                 .add_service(keys_svc)
                 .add_service(jobs_svc)
+                .add_service(exchange_svc)
                 .serve_with_incoming_shutdown(api_incoming, stop.wait())
                 .await
                 .map_err(|e| e.to_string())

@@ -4,6 +4,7 @@
 //! - `quill.v1.Cluster`: status, membership, and the Raft benchmark's own key space;
 //! - `quill.v1.Keys`: key management, one typed request per operation, and the audit chain;
 //! - `quill.v1.Jobs`: batches (submit, fetch, MAC, acknowledge, cancel);
+//! - `quill.v1.Exchange`: partner key exchange (TR-31 under a zone master key);
 //! - `quill.v1.Raft`: the transport between nodes (openraft's messages and forwarded writes as
 //!   opaque postcard payloads in an envelope), on the nodes' internal port.
 //!

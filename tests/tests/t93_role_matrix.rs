@@ -88,6 +88,12 @@ const CALLS: &[(&str, &[&str])] = &[
     ("Keys.CaCertify", &["ca-officer"]),
     ("Keys.CaRevoke", &["ca-officer", "admin"]),
     ("Keys.ListCaRevocations", STAFF_AND_CA),
+    ("Keys.PartnerSet", &["admin"]),
+    ("Keys.PartnerShare", &["admin"]),
+    ("Keys.ListPartners", STAFF),
+    ("Exchange.Import", &["partner"]),
+    ("Exchange.Export", &["partner"]),
+    ("Exchange.List", &["partner"]),
     ("Jobs.Submit", &["admin", "operator"]),
     ("Jobs.Fetch", &["admin", "operator"]),
     ("Jobs.Mac", &["admin", "operator"]),
@@ -100,6 +106,7 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
     let caller = Some(Caller { client_id: format!("t93-{role}"), serial });
     let mut c = ClusterClient::new(ch.clone());
     let mut k = KeysClient::new(ch.clone());
+    let mut x = quill_proto::v1::exchange_client::ExchangeClient::new(ch.clone());
     let mut j = JobsClient::new(ch);
     let id = format!("t93-{role}-{serial}");
     match name {
@@ -246,6 +253,30 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
         "Keys.ListCaRevocations" => {
             k.list_ca_revocations(ListCaRevocationsRequest { linearizable: true }).await.map(drop)
         }
+        "Keys.PartnerSet" => k
+            .partner_set(quill_proto::v1::PartnerSetRequest { caller, name: "t93".into(), zmk: "nope.v1".into() })
+            .await
+            .map(drop),
+        "Keys.PartnerShare" => k
+            .partner_share(quill_proto::v1::PartnerShareRequest {
+                caller,
+                name: "t93".into(),
+                key: "nope.v1".into(),
+                share: true,
+            })
+            .await
+            .map(drop),
+        "Keys.ListPartners" => {
+            k.list_partners(quill_proto::v1::ListPartnersRequest { linearizable: true }).await.map(drop)
+        }
+        "Exchange.Import" => x
+            .import(quill_proto::v1::ExchangeImportRequest { caller, label: id, block: "B0096E0TX00E0000".into() })
+            .await
+            .map(drop),
+        "Exchange.Export" => {
+            x.export(quill_proto::v1::ExchangeExportRequest { caller, key: "nope.v1".into() }).await.map(drop)
+        }
+        "Exchange.List" => x.list(quill_proto::v1::ExchangeListRequest { linearizable: true }).await.map(drop),
         "Keys.Generate" => k
             .generate(GenerateKeyRequest {
                 caller,

@@ -190,6 +190,25 @@ impl Session {
         Ok(r.into_inner())
     }
 
+    /// Call the Exchange service like [`Session::call_keys`] (a partner's calls carry their
+    /// caller's serial, so a retry applies at most once).
+    pub(crate) fn call_exchange<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(quill_proto::v1::exchange_client::ExchangeClient<client::Chan>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let endpoints = self.endpoints.clone();
+        let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
+            let c = self.chan(&ep, CALL_TIMEOUT);
+            let f = &f;
+            async move {
+                let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+                f(quill_proto::v1::exchange_client::ExchangeClient::new(c)).await
+            }
+        }))?;
+        Ok(r.into_inner())
+    }
+
     /// Call the Jobs service like [`Session::call_keys`] (its queries).
     pub(crate) fn call_jobs<T, F, Fut>(&self, f: F) -> Result<T>
     where

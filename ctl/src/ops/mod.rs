@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod emv_ca;
+pub mod exchange;
 pub mod hotfolder;
 pub mod identity;
 pub mod issuers;

@@ -23,7 +23,8 @@ use quill_proto::v1::{
 use quill_proto::v1::{
     CaCertifyAskRequest, CaCertifyRequest, CaCertifyResponse, CaKeyCreateRequest, CaKeyCreateResponse, CaRevokeRequest,
     IssuerRequestRequest, IssuerRequestResponse, ListCaRevocationsRequest, ListCaRevocationsResponse,
-    ListOwnCaKeysRequest, ListOwnCaKeysResponse, NamedFile,
+    ListOwnCaKeysRequest, ListOwnCaKeysResponse, ListPartnersRequest, ListPartnersResponse, NamedFile,
+    PartnerSetRequest, PartnerShareRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -568,13 +569,13 @@ impl KeysService {
 }
 
 /// The inventory usage of a TR-31 block's header (a usage Quill does not manage is refused).
-fn block_usage(header: &quill_crypto::tr31::Tr31Header) -> Result<Usage, ApiError> {
+pub(super) fn block_usage(header: &quill_crypto::tr31::Tr31Header) -> Result<Usage, ApiError> {
     String::from_utf8_lossy(&header.key_usage.code())
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("TR-31 block: key usage: {e}")))
 }
 
-fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
+pub(super) fn hsm_error(e: quill_hsm::HsmError) -> ApiError {
     ApiError::Hsm(e)
 }
 
@@ -967,6 +968,29 @@ impl keys_server::Keys for KeysService {
         )
         .await?;
         Ok(Response::new(ListCaRevocationsResponse { revocations, applied_index }))
+    }
+
+    async fn partner_set(&self, request: Request<PartnerSetRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        self.write(who, r.caller, KeyCommand::PartnerSet { name: r.name, zmk: r.zmk }).await
+    }
+
+    async fn partner_share(&self, request: Request<PartnerShareRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        self.write(who, r.caller, KeyCommand::PartnerShare { name: r.name, key: r.key, share: r.share }).await
+    }
+
+    async fn list_partners(
+        &self,
+        request: Request<ListPartnersRequest>,
+    ) -> Result<Response<ListPartnersResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (partners, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListPartners", req.linearizable, |kv, _| {
+                views::read_partners(kv)
+            })
+            .await?;
+        Ok(Response::new(ListPartnersResponse { partners, applied_index }))
     }
 
     async fn issuer_cert_import(

@@ -14,6 +14,7 @@
 
 mod batch;
 mod error;
+pub mod exchange;
 pub mod http;
 pub mod jobs;
 pub mod keys;
@@ -657,6 +658,12 @@ impl ClusterService {
             who.actor, who.cert.tenants
         );
         Err(self.deny(who, call, reason).await)
+    }
+
+    /// Audit a refusal of `call` for `who` that is not about its role (e.g. a partner's block the
+    /// HSM would not open): the attempt is in the chain with the reason.
+    pub async fn audit_refused(&self, who: &Principal, call: &str, reason: &str) {
+        let _ = self.deny(who, call, reason.to_string()).await;
     }
 
     /// Audit a refusal of `call` for `who` and return it as `PermissionDenied`.

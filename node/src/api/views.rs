@@ -420,6 +420,45 @@ pub fn read_own_ca_keys(kv: &dyn Kv, now_ms: u64) -> Result<Vec<pb::OwnCaKeyView
     Ok(out)
 }
 
+/// Every partner of the key exchange.
+pub fn read_partners(kv: &dyn Kv) -> Result<Vec<pb::PartnerView>, StoreError> {
+    use crate::keys::apply::partners::{PARTNER, PartnerRecord};
+    Ok(scan::<PartnerRecord>(kv, PARTNER)?
+        .into_iter()
+        .map(|p| pb::PartnerView {
+            name: p.name,
+            zmk: p.zmk,
+            shared: p.shared,
+            imported: p.imported,
+            created_by: Some(actor(&p.created_by)),
+            created_ms: p.created_ms,
+        })
+        .collect())
+}
+
+/// The keys partner `name` sees: shared with it, or imported from it (never a value).
+pub fn read_partner_keys(kv: &dyn Kv, name: &str) -> Result<Vec<pb::PartnerKeyView>, StoreError> {
+    use crate::keys::apply::partners::{PARTNER, PartnerRecord};
+    let Some(p) = read::<PartnerRecord>(kv, &format!("{PARTNER}{name}"))? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (ids, direction) in [(&p.shared, "out"), (&p.imported, "in")] {
+        for id in ids {
+            if let Some(k) = read::<KeyRecord>(kv, &format!("{}{id}", key::KEY))? {
+                out.push(pb::PartnerKeyView {
+                    id: k.id,
+                    usage: k.usage.code().to_string(),
+                    alg: k.alg.to_string(),
+                    kcv: k.kcv.to_string(),
+                    direction: direction.into(),
+                    exportable: k.exportable,
+                    state: k.state.as_str().into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every revoked issuer certificate the cluster knows (its own CA's and imported lists').
 pub fn read_ca_revocations(kv: &dyn Kv) -> Result<Vec<pb::CaRevocationView>, StoreError> {
     use crate::keys::apply::ca::{self, CaRevocation};

@@ -16,6 +16,7 @@ mod ceremonies;
 mod inventory;
 pub mod issuers;
 mod nodes;
+pub mod partners;
 mod revocations;
 pub mod rotation;
 mod smk;
@@ -307,6 +308,26 @@ pub enum KeyCommand {
         /// What the request asks: issuer id, key index, expiry, layout.
         what: String,
     },
+    /// Name a partner system and its zone master key (actor: admin).
+    PartnerSet {
+        /// The name its `partner:<name>` certificate carries.
+        name: String,
+        /// An active K0 key formed from components.
+        zmk: String,
+    },
+    /// Share a key with a partner, or stop (actor: admin).
+    PartnerShare { name: String, key: String, share: bool },
+    /// A partner's TR-31 block opened under its ZMK in a node's HSM (actor: the partner): usage
+    /// and exportability from the block's authenticated header.
+    PartnerImported {
+        /// Filed as `<partner>.<label>`.
+        label: String,
+        usage: Usage,
+        exportable: bool,
+        wrapped: WrappedKey,
+    },
+    /// A key left for a partner as a TR-31 block under its ZMK (actor: the partner).
+    PartnerExported { key: String },
 }
 
 pub use crate::domain::{Applied, Ctx};
@@ -346,6 +367,10 @@ impl KeyCommand {
             KeyCommand::CaCertified { .. } => "ca.certify",
             KeyCommand::CaRevoke { .. } => "ca.revoke",
             KeyCommand::IssuerRequestSigned { .. } => "issuer.request",
+            KeyCommand::PartnerSet { .. } => "partner.set",
+            KeyCommand::PartnerShare { .. } => "partner.share",
+            KeyCommand::PartnerImported { .. } => "exchange.import",
+            KeyCommand::PartnerExported { .. } => "exchange.export",
         }
     }
 
@@ -383,6 +408,9 @@ impl KeyCommand {
                 None => "ca-revoked".into(),
             },
             KeyCommand::IssuerRequestSigned { label, .. } => format!("issuer:{label}"),
+            KeyCommand::PartnerSet { name, .. } => format!("partner:{name}"),
+            KeyCommand::PartnerShare { key, .. } | KeyCommand::PartnerExported { key } => format!("key:{key}"),
+            KeyCommand::PartnerImported { label, .. } => format!("key:{label}"),
         }
     }
 }
@@ -520,6 +548,12 @@ impl State<'_> {
             KeyCommand::CaCertified { approval } => self.ca_certified(ctx, approval),
             KeyCommand::CaRevoke { entries, reason } => self.ca_revoke(ctx, entries, reason),
             KeyCommand::IssuerRequestSigned { label, what } => self.issuer_request_signed(ctx, label, what),
+            KeyCommand::PartnerSet { name, zmk } => self.partner_set(ctx, name, zmk),
+            KeyCommand::PartnerShare { name, key, share } => self.partner_share(ctx, name, key, share),
+            KeyCommand::PartnerImported { label, usage, exportable, wrapped } => {
+                self.partner_imported(ctx, label, usage, exportable, wrapped)
+            }
+            KeyCommand::PartnerExported { key } => self.partner_exported(ctx, key),
             KeyCommand::RevokeCert { serial, reason } => self.revoke(ctx, serial, reason),
             KeyCommand::Denied { call, reason } => Ok(refuse(format!("{call}: {reason}"))),
             KeyCommand::Alarm { node, what } => {

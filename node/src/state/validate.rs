@@ -142,6 +142,16 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
             }
             text("reason", reason, 200)
         }
+        KeyCommand::PartnerSet { name, zmk } => {
+            id("partner", name)?;
+            text("key id", zmk, 80)
+        }
+        KeyCommand::PartnerShare { name, key, .. } => {
+            id("partner", name)?;
+            text("key id", key, 80)
+        }
+        KeyCommand::PartnerImported { label, .. } => id("label", label),
+        KeyCommand::PartnerExported { key } => text("key id", key, 80),
         KeyCommand::IssuerRequestSigned { label, what } => {
             id("issuer key", label)?;
             text("what", what, 256)

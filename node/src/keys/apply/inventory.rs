@@ -22,6 +22,22 @@ impl State<'_> {
         if let Err(r) = self.role(ctx, allowed) {
             return Ok(Err(r));
         }
+        self.key_create_checked(ctx, label, usage, exportable, origin, wrapped, active, tenant)
+    }
+
+    /// [`State::key_create`] once the caller's role is checked (a partner's import checks its own).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn key_create_checked(
+        &mut self,
+        ctx: &Ctx<'_>,
+        label: String,
+        usage: Usage,
+        exportable: bool,
+        origin: Origin,
+        wrapped: WrappedKey,
+        active: bool,
+        tenant: String,
+    ) -> Result<Step<Applied>, StoreError> {
         if let Err(r) = check_id("label", &label) {
             return Ok(Err(r));
         }

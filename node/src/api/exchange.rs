@@ -1,0 +1,214 @@
+//! The `quill.v1.Exchange` service: partner key exchange (role partner). A partner imports and
+//! exports working keys as TR-31 blocks under its zone master key (`keys::apply::partners`): it
+//! sees only keys shared with it and the keys it imported; an imported key's usage and
+//! exportability are those of the block's authenticated header; every exchange is proposed first
+//! (import) or recorded before the block is released (export), with the key's KCV, in the audit
+//! chain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quill_proto::v1::exchange_server::{self, ExchangeServer};
+use quill_proto::v1::{
+    ExchangeExportRequest, ExchangeExportResponse, ExchangeImportRequest, ExchangeImportResponse, ExchangeListRequest,
+    ExchangeListResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::keys::{block_usage, hsm_error};
+use super::{ApiError, ClusterService, views};
+use crate::identity::Principal;
+use crate::keys::KeyCommand;
+use crate::keys::apply::partners::{PARTNER, PartnerRecord};
+use crate::keys::apply::{key, read};
+use crate::keys::model::*;
+use crate::raft::{Command, StateMachine};
+use crate::runtime::agent::KeyAgent;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// How long an imported key may take to appear in this node's applied state.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// The `quill.v1.Exchange` service of one node.
+#[derive(Clone)]
+pub struct ExchangeService {
+    cluster: ClusterService,
+    sm: StateMachine,
+    agent: Option<Arc<KeyAgent>>,
+}
+
+impl ExchangeService {
+    pub fn new(cluster: ClusterService, sm: StateMachine, agent: Option<Arc<KeyAgent>>) -> Self {
+        Self { cluster, sm, agent }
+    }
+
+    pub fn into_server(self, max_request_bytes: usize) -> ExchangeServer<Self> {
+        ExchangeServer::new(self).max_decoding_message_size(max_request_bytes)
+    }
+
+    fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
+        self.agent.as_ref().ok_or_else(|| ApiError::Precondition("this node has no HSM configured".into()))
+    }
+
+    /// The caller's partner record and its zone master key (active): the partner is who its
+    /// certificate says, never a request field.
+    async fn partner(&self, who: &Principal, call: &str) -> ApiResult<(PartnerRecord, KeyRecord)> {
+        self.cluster.require(who, &[Role::Partner], call).await?;
+        let name = who.actor.name.clone();
+        let (p, z) = self
+            .sm
+            .read(move |kv| {
+                let p = read::<PartnerRecord>(kv, &format!("{PARTNER}{name}"))?;
+                let z = match &p {
+                    Some(p) => read::<KeyRecord>(kv, &format!("{}{}", key::KEY, p.zmk))?,
+                    None => None,
+                };
+                Ok((p, z))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let p = p.ok_or_else(|| {
+            ApiError::Precondition(format!("{} is not a partner of this bureau yet (quill exchange zmk)", who.actor))
+        })?;
+        let z = z.filter(|z| z.state == KeyState::Active).ok_or_else(|| {
+            ApiError::Precondition(format!("partner {}'s zone master key {} is not active", p.name, p.zmk))
+        })?;
+        Ok((p, z))
+    }
+
+    async fn import(&self, who: Principal, r: ExchangeImportRequest) -> ApiResult<ExchangeImportResponse> {
+        let (p, z) = self.partner(&who, "Exchange.Import").await?;
+        match self.open(&p, &z, &r.block).await {
+            Ok((usage, exportable, wrapped)) => {
+                let cmd = KeyCommand::PartnerImported { label: r.label, usage, exportable, wrapped };
+                let result = self.cluster.write_for(who.clone(), r.caller, Command::Keys(cmd)).await?;
+                self.cluster.wait_applied(result.log_index, APPLY_WAIT).await?;
+                let id = result.object.trim_start_matches("key:").to_string();
+                let name = p.name.clone();
+                let key = self
+                    .sm
+                    .read(move |kv| views::read_partner_keys(kv, &name))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .into_iter()
+                    .find(|k| k.id == id);
+                Ok(ExchangeImportResponse { key, result: Some(result) })
+            }
+            Err(e) => {
+                // A block that does not open is an attempt worth keeping: in the chain with why.
+                self.cluster.audit_refused(&who, "Exchange.Import", &format!("block refused: {e}")).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The partner's block opened under its ZMK in this node's HSM: usage and exportability from
+    /// the authenticated header, the key wrapped under the SMK.
+    async fn open(&self, p: &PartnerRecord, z: &KeyRecord, block: &str) -> ApiResult<(Usage, bool, WrappedKey)> {
+        let header = quill_crypto::tr31::parse_key_block_header(block.as_bytes())
+            .map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
+        let usage = block_usage(&header)?;
+        let zw = z.block().map_err(ApiError::Precondition)?.cloned().ok_or_else(|| {
+            ApiError::Precondition(format!("partner {}'s zone master key {} is destroyed", p.name, p.zmk))
+        })?;
+        let agent = self.agent()?.clone();
+        let block = block.to_string();
+        let (opened, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&zw, &block))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        // From the header the HSM authenticated, never from the request.
+        if block_usage(&opened)? != usage {
+            return Err(ApiError::BadRequest("TR-31 block: the authenticated header's usage differs".into()));
+        }
+        usage.check_alg(wrapped.alg).map_err(|e| ApiError::BadRequest(format!("TR-31 block: {e}")))?;
+        let exportable = opened.exportability != quill_hsm::tr31::Exportability::NonExportable;
+        Ok((usage, exportable, wrapped))
+    }
+
+    async fn export(&self, who: Principal, r: ExchangeExportRequest) -> ApiResult<ExchangeExportResponse> {
+        let (p, z) = self.partner(&who, "Exchange.Export").await?;
+        if !p.sees(&r.key) {
+            return Err(ApiError::NotFound(format!("no key {}", r.key)));
+        }
+        let id = r.key.clone();
+        let k = self
+            .sm
+            .read(move |kv| read::<KeyRecord>(kv, &format!("{}{id}", key::KEY)))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .ok_or_else(|| ApiError::NotFound(format!("no key {}", r.key)))?;
+        if !k.exportable || k.state != KeyState::Active {
+            return Err(ApiError::Precondition(format!(
+                "{} is {} and {}exportable: it does not leave",
+                k.id,
+                k.state.as_str(),
+                if k.exportable { "" } else { "not " }
+            )));
+        }
+        let (Some(kw), Some(zw)) =
+            (k.block().map_err(ApiError::Precondition)?.cloned(), z.block().map_err(ApiError::Precondition)?.cloned())
+        else {
+            return Err(ApiError::Precondition("the key or the zone master key is destroyed".into()));
+        };
+        // In the audit chain (and checked again in apply) before the block is made.
+        let cmd = KeyCommand::PartnerExported { key: k.id.clone() };
+        let result = self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await?;
+        let agent = self.agent()?.clone();
+        let usage = k.usage.code().to_string();
+        let block = tokio::task::spawn_blocking(move || agent.hsm().tr31_export(&zw, &kw, &usage, true))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)?;
+        let made = quill_crypto::tr31::parse_key_block_header(block.as_bytes())
+            .map_err(|e| ApiError::Internal(format!("the exported TR-31 block does not parse: {e}")))?;
+        if made.key_usage != k.usage.tr31() {
+            return Err(ApiError::Internal("the exported block's usage is not the key's: not released".into()));
+        }
+        Ok(ExchangeExportResponse { block, kcv: k.kcv.to_string(), result: Some(result) })
+    }
+
+    async fn list(&self, who: Principal, r: ExchangeListRequest) -> ApiResult<ExchangeListResponse> {
+        let (p, z) = self.partner(&who, "Exchange.List").await?;
+        if r.linearizable {
+            self.cluster.linearize().await?;
+        }
+        let name = p.name.clone();
+        let keys = self
+            .sm
+            .read(move |kv| views::read_partner_keys(kv, &name))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(ExchangeListResponse {
+            zmk: p.zmk,
+            zmk_kcv: z.kcv.to_string(),
+            keys,
+            applied_index: self.cluster.applied_index(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl exchange_server::Exchange for ExchangeService {
+    async fn import(
+        &self,
+        request: Request<ExchangeImportRequest>,
+    ) -> Result<Response<ExchangeImportResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(ExchangeService::import(self, who, r).await?))
+    }
+
+    async fn export(
+        &self,
+        request: Request<ExchangeExportRequest>,
+    ) -> Result<Response<ExchangeExportResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(ExchangeService::export(self, who, r).await?))
+    }
+
+    async fn list(&self, request: Request<ExchangeListRequest>) -> Result<Response<ExchangeListResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(ExchangeService::list(self, who, r).await?))
+    }
+}

@@ -1,0 +1,190 @@
+//! Partner key exchange (GIE-CB style): working keys travel between the bureau and a partner
+//! system as TR-31 blocks under a zone master key the two formed by a component ceremony.
+//!
+//! - **Partners** (`keys/partner/<name>` → [`PartnerRecord`]): an admin names the partner (the
+//!   name its `partner:<name>` certificate carries) and its ZMK: an active K0 key formed from
+//!   components (never generated or imported: both sides hold the same components).
+//! - **Sharing**: an admin shares a key with a partner; the partner sees and exports only keys
+//!   shared with it and the keys it imported. A key the inventory holds non-exportable (made so,
+//!   or imported from a block whose header says `N`) is never shared nor exported.
+//! - **Import**: the partner's block is opened under its ZMK in a node's HSM; the key is filed
+//!   with the usage and exportability of the block's authenticated header (never a request
+//!   field), in the ZMK's tenant, as `<partner>.<label>`.
+//! - Every exchange is in the audit chain with the key's KCV ([`KeyCommand::PartnerExported`]).
+
+use super::*;
+
+/// `keys/partner/<name>` → [`PartnerRecord`].
+pub const PARTNER: &str = "keys/partner/";
+
+/// A partner system and what it may exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerRecord {
+    /// The name in its `partner:<name>` certificate.
+    pub name: String,
+    /// Its zone master key (inventory id).
+    pub zmk: String,
+    /// Keys shared with it (inventory ids).
+    pub shared: Vec<String>,
+    /// Keys it imported (inventory ids).
+    pub imported: Vec<String>,
+    pub created_by: Actor,
+    pub created_ms: u64,
+}
+
+impl PartnerRecord {
+    /// Whether the partner may see key `id`.
+    pub fn sees(&self, id: &str) -> bool {
+        self.shared.iter().chain(&self.imported).any(|k| k == id)
+    }
+}
+
+impl State<'_> {
+    pub(super) fn partner(&self, name: &str) -> Result<Option<PartnerRecord>, StoreError> {
+        self.get::<PartnerRecord>(&format!("{PARTNER}{name}"))
+    }
+
+    /// Name a partner and its ZMK (admin); again: a new ZMK for it (the old one is no longer used).
+    pub(super) fn partner_set(
+        &mut self,
+        ctx: &Ctx<'_>,
+        name: String,
+        zmk: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        if let Err(r) = check_id("partner", &name) {
+            return Ok(Err(r));
+        }
+        let z = match self.key(ctx, &zmk)? {
+            Ok(z) => z,
+            Err(r) => return Ok(Err(r)),
+        };
+        if z.usage != Usage::K0 || z.state != KeyState::Active {
+            return Ok(refuse(format!(
+                "{zmk} is a {} key in state {}: a zone master key is an active K0",
+                z.usage,
+                z.state.as_str()
+            )));
+        }
+        if !matches!(z.origin, Origin::Components { .. }) {
+            return Ok(refuse(format!(
+                "{zmk} was not formed from components: a zone master key comes from a ceremony both sides hold the components of"
+            )));
+        }
+        let rec = match self.partner(&name)? {
+            Some(mut p) => {
+                p.zmk = zmk.clone();
+                p
+            }
+            None => PartnerRecord {
+                name: name.clone(),
+                zmk: zmk.clone(),
+                shared: Vec::new(),
+                imported: Vec::new(),
+                created_by: ctx.actor.clone(),
+                created_ms: ctx.time_ms,
+            },
+        };
+        self.put(format!("{PARTNER}{name}"), &rec)?;
+        Ok(Ok(Applied::done(format!("partner:{name}"), format!("zone master key {zmk} (KCV {})", z.kcv))))
+    }
+
+    /// Share a key with a partner, or stop sharing it (admin).
+    pub(super) fn partner_share(
+        &mut self,
+        ctx: &Ctx<'_>,
+        name: String,
+        key_id: String,
+        share: bool,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let Some(mut p) = self.partner(&name)? else { return Ok(refuse(format!("no partner {name}"))) };
+        let k = match self.key(ctx, &key_id)? {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
+        if share {
+            if !k.exportable {
+                return Ok(refuse(format!("{key_id} is not exportable: it is never shared with a partner")));
+            }
+            let z = self.get::<KeyRecord>(&format!("{}{}", key::KEY, p.zmk))?;
+            if z.as_ref().is_none_or(|z| z.tenant != k.tenant) {
+                return Ok(refuse(format!("{key_id} is not of the tenant of {name}'s zone master key {}", p.zmk)));
+            }
+            if !p.shared.contains(&key_id) {
+                p.shared.push(key_id.clone());
+            }
+        } else {
+            p.shared.retain(|s| *s != key_id);
+        }
+        self.put(format!("{PARTNER}{name}"), &p)?;
+        let what = if share { "shared with" } else { "no longer shared with" };
+        Ok(Ok(Applied::done(format!("key:{key_id}"), format!("{what} partner {name} (KCV {})", k.kcv))))
+    }
+
+    /// A partner's block opened under its ZMK in a node's HSM (actor: the partner).
+    pub(super) fn partner_imported(
+        &mut self,
+        ctx: &Ctx<'_>,
+        label: String,
+        usage: Usage,
+        exportable: bool,
+        wrapped: WrappedKey,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Partner]) {
+            return Ok(Err(r));
+        }
+        let name = ctx.actor.name.clone();
+        let Some(mut p) = self.partner(&name)? else { return Ok(refuse(format!("no partner {name}"))) };
+        let Some(z) = self.get::<KeyRecord>(&format!("{}{}", key::KEY, p.zmk))? else {
+            return Ok(refuse(format!("partner {name}'s zone master key {} is gone", p.zmk)));
+        };
+        if z.state != KeyState::Active {
+            return Ok(refuse(format!("partner {name}'s zone master key {} is {}", p.zmk, z.state.as_str())));
+        }
+        let label = format!("{name}.{label}");
+        // Filed as an import under the ZMK, in its tenant, by the partner.
+        let origin = Origin::Tr31 { kbpk: p.zmk.clone() };
+        let created =
+            self.key_create_checked(ctx, label, usage, exportable, origin, wrapped, true, z.tenant.clone())?;
+        let (id, detail) = match created {
+            Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
+            Ok(other) => return Ok(Ok(other)),
+            Err(r) => return Ok(Err(r)),
+        };
+        p.imported.push(id.clone());
+        self.put(format!("{PARTNER}{name}"), &p)?;
+        Ok(Ok(Applied::done(format!("key:{id}"), format!("imported from partner {name} under {}: {detail}", p.zmk))))
+    }
+
+    /// A key left for a partner as a TR-31 block (actor: the partner), for the audit chain with
+    /// the KCV; refused unless the partner may see it and it is exportable.
+    pub(super) fn partner_exported(&mut self, ctx: &Ctx<'_>, key_id: String) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Partner]) {
+            return Ok(Err(r));
+        }
+        let name = ctx.actor.name.clone();
+        let Some(p) = self.partner(&name)? else { return Ok(refuse(format!("no partner {name}"))) };
+        if !p.sees(&key_id) {
+            return Ok(refuse(format!("no key {key_id}")));
+        }
+        let Some(k) = self.get::<KeyRecord>(&format!("{}{key_id}", key::KEY))? else {
+            return Ok(refuse(format!("no key {key_id}")));
+        };
+        if !k.exportable || k.state != KeyState::Active {
+            return Ok(refuse(format!(
+                "{key_id} is {}{}: it does not leave",
+                k.state.as_str(),
+                if k.exportable { "" } else { " and not exportable" }
+            )));
+        }
+        Ok(Ok(Applied::done(
+            format!("key:{key_id}"),
+            format!("exported to partner {name} under {} (KCV {})", p.zmk, k.kcv),
+        )))
+    }
+}
