@@ -188,3 +188,137 @@ impl State<'_> {
         )))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::keys::apply::{Ctx, apply};
+    use crate::store::MemKv;
+
+    fn who(role: Role, name: &str) -> Actor {
+        Actor { name: name.into(), role }
+    }
+
+    fn run(kv: &mut MemKv, actor: &Actor, cmd: KeyCommand) -> Applied {
+        let cert = crate::identity::CertRef {
+            serial: format!("{actor}"),
+            key_fp: format!("key of {actor}"),
+            tenants: crate::identity::Tenants::All,
+        };
+        apply(kv, &Ctx { log_index: 1, time_ms: 1000, actor, cert: Some(&cert) }, cmd).unwrap()
+    }
+
+    fn refused(a: Applied) -> String {
+        match a {
+            Applied::Rejected { reason, .. } => reason,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn done(a: Applied) -> String {
+        match a {
+            Applied::Done { detail, .. } => detail,
+            Applied::Rejected { reason, .. } => panic!("refused: {reason}"),
+        }
+    }
+
+    fn put_key(kv: &mut MemKv, id: &str, usage: Usage, exportable: bool, origin: Origin) {
+        let (label, version) = id.split_once(".v").unwrap();
+        let rec = KeyRecord {
+            id: id.into(),
+            tenant: "default".into(),
+            label: label.into(),
+            version: version.parse().unwrap(),
+            usage,
+            alg: KeyAlg::Des3,
+            kcv: Kcv("ABCDEF".into()),
+            state: KeyState::Active,
+            exportable,
+            origin,
+            wrapped: Some(WrappedKey {
+                alg: KeyAlg::Des3,
+                blob: vec![7; 40],
+                kcv: Kcv("ABCDEF".into()),
+                smk_kcv: Kcv("AAAAAAAAAA".into()),
+            }),
+            created_by: who(Role::Admin, "ada"),
+            created_ms: 1,
+            approvers: Vec::new(),
+            changed_by: None,
+            changed_ms: 1,
+        };
+        kv.put(format!("{}{id}", key::KEY).as_bytes(), crate::store::codec::encode(&rec).unwrap());
+    }
+
+    fn state() -> MemKv {
+        let mut kv = MemKv::default();
+        let formed = Origin::Components { ceremony: "z".into(), custodians: vec!["alice".into(), "bob".into()] };
+        put_key(&mut kv, "zmk.v1", Usage::K0, false, formed);
+        put_key(&mut kv, "k0gen.v1", Usage::K0, false, Origin::Generated { node: 1 });
+        put_key(&mut kv, "zpk.v1", Usage::P0, true, Origin::Generated { node: 1 });
+        put_key(&mut kv, "cvk.v1", Usage::C0, false, Origin::Generated { node: 1 });
+        kv
+    }
+
+    #[test]
+    fn a_partner_is_named_with_a_ceremony_zmk_and_sees_only_what_is_shared() {
+        let mut kv = state();
+        let ada = who(Role::Admin, "ada");
+        let set = |zmk: &str| KeyCommand::PartnerSet { name: "gie".into(), zmk: zmk.into() };
+        assert!(refused(run(&mut kv, &who(Role::Operator, "otto"), set("zmk.v1"))).contains("role"));
+        assert!(refused(run(&mut kv, &ada, set("k0gen.v1"))).contains("not formed from components"));
+        assert!(refused(run(&mut kv, &ada, set("zpk.v1"))).contains("active K0"));
+        done(run(&mut kv, &ada, set("zmk.v1")));
+        let share = |key: &str| KeyCommand::PartnerShare { name: "gie".into(), key: key.into(), share: true };
+        assert!(refused(run(&mut kv, &ada, share("cvk.v1"))).contains("not exportable"));
+        assert!(refused(run(&mut kv, &ada, share("nope.v1"))).contains("no key nope.v1"));
+        done(run(&mut kv, &ada, share("zpk.v1")));
+
+        let gie = who(Role::Partner, "gie");
+        let export = |key: &str| KeyCommand::PartnerExported { key: key.into() };
+        let d = done(run(&mut kv, &gie, export("zpk.v1")));
+        assert!(d.contains("KCV ABCDEF"), "the KCV is in the audit record: {d}");
+        assert_eq!(refused(run(&mut kv, &gie, export("cvk.v1"))), "no key cvk.v1");
+        // Another partner, or an admin, records no export for gie.
+        assert!(refused(run(&mut kv, &who(Role::Partner, "eve"), export("zpk.v1"))).contains("no partner eve"));
+        assert!(refused(run(&mut kv, &ada, export("zpk.v1"))).contains("role"));
+        // Unshared: no longer exported.
+        done(run(&mut kv, &ada, KeyCommand::PartnerShare { name: "gie".into(), key: "zpk.v1".into(), share: false }));
+        assert_eq!(refused(run(&mut kv, &gie, export("zpk.v1"))), "no key zpk.v1");
+    }
+
+    #[test]
+    fn an_import_is_filed_under_the_partner_s_name_in_the_zmk_s_tenant() {
+        let mut kv = state();
+        let smk = SmkInfo {
+            kcv: Kcv("AAAAAAAAAA".into()),
+            ceremony: "s".into(),
+            formed_ms: 1,
+            next: None,
+            retired: Vec::new(),
+        };
+        kv.put(key::SMK.as_bytes(), crate::store::codec::encode(&smk).unwrap());
+        done(run(
+            &mut kv,
+            &who(Role::Admin, "ada"),
+            KeyCommand::PartnerSet { name: "gie".into(), zmk: "zmk.v1".into() },
+        ));
+        let wrapped = WrappedKey {
+            alg: KeyAlg::Des2,
+            blob: vec![7; 40],
+            kcv: Kcv("123456".into()),
+            smk_kcv: Kcv("AAAAAAAAAA".into()),
+        };
+        let import = KeyCommand::PartnerImported { label: "imk".into(), usage: Usage::E0, exportable: true, wrapped };
+        assert!(refused(run(&mut kv, &who(Role::Admin, "ada"), import.clone())).contains("role"));
+        assert!(refused(run(&mut kv, &who(Role::Partner, "eve"), import.clone())).contains("no partner eve"));
+        done(run(&mut kv, &who(Role::Partner, "gie"), import));
+        let k: KeyRecord = read(&kv, &format!("{}gie.imk.v1", key::KEY)).unwrap().unwrap();
+        assert_eq!((k.usage, k.exportable, k.tenant.as_str()), (Usage::E0, true, "default"));
+        assert_eq!(k.origin, Origin::Tr31 { kbpk: "zmk.v1".into() });
+        let p: PartnerRecord = read(&kv, &format!("{PARTNER}gie")).unwrap().unwrap();
+        assert_eq!(p.imported, ["gie.imk.v1"]);
+        assert!(p.sees("gie.imk.v1") && !p.sees("zpk.v1"));
+    }
+}
