@@ -11,7 +11,7 @@ mod ops;
 mod output;
 
 use lab::{bench, bench_cluster, demo, demo_hsm, dev, prep, testset};
-use ops::{audit, cluster, emv_ca, exchange, hotfolder, identity, issuers, jobs, keys, profile};
+use ops::{audit, cluster, distribute, emv_ca, exchange, hotfolder, identity, issuers, jobs, keys, profile};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -67,6 +67,9 @@ enum Cmd {
     /// Partner key exchange: TR-31 blocks under a partner's zone master key.
     #[command(subcommand)]
     Exchange(ExchangeCmd),
+    /// Sites keys are distributed to (other Quill clusters).
+    #[command(subcommand)]
+    Target(TargetCmd),
     /// Batches across the cluster: submit, watch, fetch, acknowledge, cancel, hot folder.
     #[command(subcommand)]
     Job(JobCmd),
@@ -125,6 +128,15 @@ enum CaCmd {
     Revoked(emv_ca::RevokedArgs),
 }
 
+/// Sites keys are distributed to.
+#[derive(Subcommand, Debug)]
+enum TargetCmd {
+    /// Register a site (admin): endpoint, CA certificate, the KBPK the two formed from components.
+    Add(distribute::TargetAddArgs),
+    /// The sites and the keys delivered to each.
+    List(distribute::TargetListArgs),
+}
+
 /// Partner key exchange (GIE-CB style).
 #[derive(Subcommand, Debug)]
 enum ExchangeCmd {
@@ -151,6 +163,9 @@ enum CaKeyCmd {
     List(emv_ca::CaKeyListArgs),
     /// Write the public key with its check value: JSON, Visa-style and Mastercard-style files.
     Export(emv_ca::CaKeyExportArgs),
+    /// Retire a CA key for good: it certifies nothing more and this cluster stops trusting
+    /// certificates under it (tell every relying party to drop its RID and index).
+    Revoke(emv_ca::CaKeyRevokeArgs),
 }
 
 /// Issuer RSA key pairs and issuer public-key certificates.
@@ -245,6 +260,10 @@ enum KeyCmd {
     Suspend(keys::KeyIdArgs),
     /// Retire a key (no new use).
     Retire(keys::KeyIdArgs),
+    /// Send a key to a target site as TR-31 under the KBPK the two hold: `--key K --target T`
+    /// asks for the dual-control approval; `--approval A --target T --target-identity DIR` pushes
+    /// it and records the target's KCV.
+    Distribute(distribute::DistributeArgs),
     /// Mark a key compromised (never used again).
     Compromised(keys::KeyIdArgs),
     /// Destroy a key: asks for a dual-control approval; destroyed once two custodians grant it.
@@ -360,6 +379,7 @@ fn main() -> ExitCode {
         Cmd::Key(KeyCmd::Activate(a)) => keys::key_set_state(a, "active", json),
         Cmd::Key(KeyCmd::Suspend(a)) => keys::key_set_state(a, "suspended", json),
         Cmd::Key(KeyCmd::Retire(a)) => keys::key_set_state(a, "retired", json),
+        Cmd::Key(KeyCmd::Distribute(a)) => distribute::distribute(a, json),
         Cmd::Key(KeyCmd::Compromised(a)) => keys::key_set_state(a, "compromised", json),
         Cmd::Key(KeyCmd::Destroy(a)) => keys::key_destroy(a, json),
         Cmd::Key(KeyCmd::SmkGrant(a)) => keys::smk_grant(a, json),
@@ -381,6 +401,7 @@ fn main() -> ExitCode {
         Cmd::Ca(CaCmd::Key(CaKeyCmd::Create(a))) => emv_ca::key_create(a, json),
         Cmd::Ca(CaCmd::Key(CaKeyCmd::List(a))) => emv_ca::key_list(a, json),
         Cmd::Ca(CaCmd::Key(CaKeyCmd::Export(a))) => emv_ca::key_export(a, json),
+        Cmd::Ca(CaCmd::Key(CaKeyCmd::Revoke(a))) => emv_ca::key_revoke(a, json),
         Cmd::Ca(CaCmd::Certify(a)) => emv_ca::certify(a, json),
         Cmd::Ca(CaCmd::Revoke(a)) => emv_ca::revoke(a, json),
         Cmd::Ca(CaCmd::Revoked(a)) => emv_ca::revoked(a, json),
@@ -388,6 +409,8 @@ fn main() -> ExitCode {
         Cmd::Exchange(ExchangeCmd::Zmk(a)) => exchange::zmk(a, json),
         Cmd::Exchange(ExchangeCmd::Share(a)) => exchange::share(a, json),
         Cmd::Exchange(ExchangeCmd::Partners(a)) => exchange::partners(a, json),
+        Cmd::Target(TargetCmd::Add(a)) => distribute::target_add(a, json),
+        Cmd::Target(TargetCmd::List(a)) => distribute::target_list(a, json),
         Cmd::Exchange(ExchangeCmd::Import(a)) => exchange::import(a, json),
         Cmd::Exchange(ExchangeCmd::Export(a)) => exchange::export(a, json),
         Cmd::Exchange(ExchangeCmd::List(a)) => exchange::list(a, json),

@@ -233,8 +233,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     ));
     // Every client call's caller is its certificate's identity (crate::api::authenticator).
     let limit = config.limits.request_bytes;
+    let keys = KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone());
     let keys_svc = tonic::service::interceptor::InterceptedService::new(
-        KeysService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(limit),
+        keys.clone().into_server(limit),
         crate::api::authenticator(revoked.clone()),
     );
     let jobs_svc = tonic::service::interceptor::InterceptedService::new(
@@ -243,7 +244,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
         crate::api::authenticator(revoked.clone()),
     );
     let exchange_svc = tonic::service::interceptor::InterceptedService::new(
-        crate::api::exchange::ExchangeService::new(cluster_svc.clone(), sm.clone(), agent.clone()).into_server(limit),
+        crate::api::exchange::ExchangeService::new(cluster_svc.clone(), keys).into_server(limit),
         crate::api::authenticator(revoked.clone()),
     );
     if let Some(agent) = agent.clone() {

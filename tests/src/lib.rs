@@ -1009,6 +1009,68 @@ pub fn reference_python() -> Option<PathBuf> {
     python.is_file().then_some(python)
 }
 
+/// Every card of the prepared output `out` (of `input`, under `profile`) checked against the
+/// third-party references (`tests/python/test_prep_output.py`: pyemv and psec) with the checker's
+/// `extra` options (`--ca-public`, `--issuer`). `Ok(Some(n))`: n checks passed; `Ok(None)`: no
+/// venv, refused when `QUILL_REQUIRE_SOFTHSM` says the references must run; why a check failed.
+pub fn reference_check(profile: &Path, input: &Path, out: &Path, extra: &[&str]) -> Result<Option<u64>, String> {
+    let Some(python) = reference_python() else {
+        if std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_some() {
+            return Err("no Python venv with pyemv/psec (scripts/setup.sh makes it)".into());
+        }
+        return Ok(None);
+    };
+    let r = Command::new(python)
+        .arg(repo_root().join("tests/python/test_prep_output.py"))
+        .arg("--profile")
+        .arg(profile)
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .map_err(|e| format!("running the pyemv checker: {e}"))?;
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    let passed = stdout.lines().rev().find_map(|l| l.strip_suffix(" checks passed")?.parse::<u64>().ok());
+    match passed {
+        Some(n) if r.status.success() => Ok(Some(n)),
+        _ => {
+            let failed: Vec<&str> = stdout.lines().filter(|l| !l.ends_with("checks passed")).take(5).collect();
+            Err(format!(
+                "the pyemv/psec checker failed ({}): {} {}",
+                r.status,
+                failed.join(" | "),
+                String::from_utf8_lossy(&r.stderr).lines().last().unwrap_or_default()
+            ))
+        }
+    }
+}
+
+/// The XOR of equal-length hex components (a key from its custodians' parts).
+pub fn xor_hex(parts: &[&str]) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = parts.iter().map(|p| hex::decode(p).expect("hex component")).collect();
+    let mut out = vec![0u8; bytes.first().map_or(0, Vec::len)];
+    for b in &bytes {
+        for (o, x) in out.iter_mut().zip(b) {
+            *o ^= x;
+        }
+    }
+    out
+}
+
+/// The TDES KCV (3 bytes, hex) of a double- or triple-length key, computed with OpenSSL (a
+/// reference we did not write).
+pub fn openssl_tdes_kcv(key: &[u8]) -> String {
+    use openssl::symm::{Cipher, Crypter, Mode};
+    let k3: Vec<u8> = if key.len() == 16 { [key, &key[..8]].concat() } else { key.to_vec() };
+    let mut c = Crypter::new(Cipher::des_ede3(), Mode::Encrypt, &k3, None).expect("3DES");
+    c.pad(false);
+    let mut out = vec![0u8; 16];
+    let n = c.update(&[0u8; 8], &mut out).expect("encrypt");
+    hex::encode_upper(&out[..n.min(3)])
+}
+
 /// A `visa-dda-credit` batch of `n` cards: PANs `476173` ‖ 9-digit number from `first` ‖ Luhn
 /// digit, varied PSN and expiry, one record per input line from line 2.
 pub fn write_dda_batch(path: &Path, n: usize, first: usize) {
@@ -1090,37 +1152,8 @@ impl Cluster {
         if code != 0 || stdout.matches("MAC verified").count() != 3 {
             return Err(format!("quill prep check {job} exited {code}: {} {}", stdout.trim(), err.trim()));
         }
-        let Some(python) = reference_python() else {
-            if std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_some() {
-                return Err("no Python venv with pyemv/psec (scripts/setup.sh makes it)".into());
-            }
-            return Ok(None);
-        };
         let profile = repo_root().join("prep/profiles/visa-dda-credit.toml");
-        let r = Command::new(python)
-            .arg(repo_root().join("tests/python/test_prep_output.py"))
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--input")
-            .arg(input)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .map_err(|e| format!("running the pyemv checker: {e}"))?;
-        let stdout = String::from_utf8_lossy(&r.stdout);
-        let passed = stdout.lines().rev().find_map(|l| l.strip_suffix(" checks passed")?.parse::<u64>().ok());
-        match passed {
-            Some(n) if r.status.success() => Ok(Some(n)),
-            _ => {
-                let failed: Vec<&str> = stdout.lines().filter(|l| !l.ends_with("checks passed")).take(5).collect();
-                Err(format!(
-                    "job {job}: the pyemv/psec checker failed ({}): {} {}",
-                    r.status,
-                    failed.join(" | "),
-                    String::from_utf8_lossy(&r.stderr).lines().last().unwrap_or_default()
-                ))
-            }
-        }
+        reference_check(&profile, input, &out, &[]).map_err(|e| format!("job {job}: {e}"))
     }
 
     /// Wait (up to 10 minutes) until job `job` is done, as node `node` sees it; its record.

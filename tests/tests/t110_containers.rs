@@ -167,7 +167,8 @@ async fn a_batch_in_a_containerised_cluster_survives_kill_pause_disconnect_and_p
 
     step("cut the leader off from the others (blackhole routes both ways), heal");
     let leader = cluster.wait_leader(&ids, Duration::from_secs(30), "a leader").await;
-    let j = cluster.query(leader, "job", &job).await.unwrap();
+    // The leader may lose its term before it answers (a linearizable read needs one): ask again.
+    let j = wait_until(Duration::from_secs(30), "the job's progress", || cluster.query(leader, "job", &job)).await;
     step(&format!("(the batch is at {}/{cards} cards)", j["cards_done"]));
     cluster.partition(&[leader]);
     let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();

@@ -11,6 +11,9 @@
 
 use std::path::Path;
 
+use quill_node::keys::apply::ca::{OWN_CA, OwnCaKey};
+use quill_node::keys::apply::issuers::{ISSUER, IssuerKeyRecord};
+use quill_node::store::{Cf, Store, WriteBatch, codec};
 use quill_proto::v1::CaCertifyAskRequest;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_tests::{Cluster, ClusterOptions, repo_root, step, write_dda_batch};
@@ -192,6 +195,10 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     assert!(e.message().contains("hash"), "{e:?}");
     let e = k.ca_certify_ask(hand("h333", std::fs::read(&req).unwrap(), None)).await.expect_err("no hash file");
     assert!(e.message().contains("only with its hash file"), "{e:?}");
+    // A request padded far past any EMV request (a valid one with 64 KiB after it).
+    let padded = [std::fs::read(&req).unwrap(), vec![0x5A; 64 << 10]].concat();
+    let e = k.ca_certify_ask(hand("h4444", padded, Some(std::fs::read(&hash).unwrap()))).await.expect_err("oversized");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     let approvals = ca.query(1, "approvals", "").await.expect("approvals");
     let certify = approvals.as_array().unwrap().iter().filter(|a| a["action"]["kind"] == "certify").count();
     assert_eq!(certify, 0, "nothing refused left an approval: {approvals}");
@@ -287,20 +294,12 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     bank.quill_ok(2, &["job", "fetch", &job, "-o", s(&out_dir)], &OPERATOR);
     let check = bank.quill_ok(2, &["prep", "check", s(&out_dir)], &[]);
     assert_eq!(check.matches("MAC verified").count(), 3, "{check}");
-    if let Some(python) = quill_tests::reference_python() {
-        let ca_public = format!("{}:{}", exported["modulus"].as_str().unwrap(), exported["exponent"].as_str().unwrap());
-        let r = std::process::Command::new(python)
-            .arg(repo_root().join("tests/python/test_prep_output.py"))
-            .args(["--profile", s(&profile), "--input", s(&input), "--out", s(&out_dir), "--ca-public", &ca_public])
-            .args(["--issuer", "ISS-T111:A000000003:E1:1152:3:476173:1230"])
-            .output()
+    let ca_public = format!("{}:{}", exported["modulus"].as_str().unwrap(), exported["exponent"].as_str().unwrap());
+    let issuer = ["--issuer", "ISS-T111:A000000003:E1:1152:3:476173:1230"];
+    let passed =
+        quill_tests::reference_check(&profile, &input, &out_dir, &[&["--ca-public", &ca_public][..], &issuer].concat())
             .unwrap();
-        let text = String::from_utf8_lossy(&r.stdout);
-        assert!(r.status.success(), "{text}\n{}", String::from_utf8_lossy(&r.stderr));
-        println!("{}", text.lines().last().unwrap_or_default());
-    } else {
-        assert!(std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_none(), "no venv with the Python references");
-    }
+    println!("reference checks: {passed:?}");
 
     step("CA: the certificate revoked; the list (9-byte entries) carried to the issuer's cluster");
     let (code, _, err) = ca.quill(
@@ -321,6 +320,13 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     let (code, _, err) = ca.quill(1, &["ca", "certify", "--approval", &approval, "-o", s(&d.join("x"))], &OFFICER);
     assert_ne!(code, 0);
     assert!(err.contains("revoked"), "a revoked certificate is not signed again: {err}");
+    // The same replay as a hand-built call with a fresh caller: refused by the cluster itself.
+    let replay = quill_proto::v1::CaCertifyRequest {
+        caller: Some(quill_proto::v1::Caller { client_id: "t111-replay".into(), serial: 1 }),
+        approval: approval.clone(),
+    };
+    let e = k.ca_certify(replay).await.expect_err("replayed after the revocation");
+    assert!(e.message().contains("revoked"), "{e:?}");
     bank.quill_ok(1, &["ca", "revoked", "--import", s(&crl)], &ADMIN);
 
     step("issuer: the revoked certificate is refused at import and by data preparation");
@@ -357,4 +363,60 @@ async fn request_certify_import_prepare_and_revoke_across_two_clusters() {
     }
     let tail = bank.quill_ok(1, &["audit", "export"], &[("QUILL_ACTOR", "auditor:audrey")]);
     assert!(tail.contains("issuer.request"), "the issuer key's use is in the issuer's audit chain");
+
+    step("CA, offline on every node: an issuer key's block put into CA key E2's record; E2 signs nothing");
+    let mut ca = ca;
+    ca.quill_ok(1, &["issuer", "generate", "ISS-DECOY", "--bits", "1024"], &ADMIN);
+    let asked = json(&ca.quill_ok(
+        2,
+        &["--json", "ca", "certify", s(&req), "--hash-file", s(&hash), "--rid", "A000000003", "--index", "E2"],
+        &OFFICER,
+    ));
+    let approval2 = asked["approval"].as_str().expect("approval").to_string();
+    for c in ["custodian:alice", "custodian:bob"] {
+        ca.quill_ok(3, &["approve", "grant", &approval2], &[("QUILL_ACTOR", c)]);
+    }
+    let ids = ca.ids();
+    ca.wait_converged(&ids, 0, std::time::Duration::from_secs(30)).await;
+    for id in ids.clone() {
+        ca.terminate(id);
+        let store = Store::open(&ca.node(id).dir.join("data").join("db")).expect("the node's store");
+        let e2_key = format!("{OWN_CA}A000000003/E2");
+        let mut e2: OwnCaKey = store.get(Cf::SmData, e2_key.as_bytes()).unwrap().expect("CA key E2");
+        let decoy: IssuerKeyRecord =
+            store.get(Cf::SmData, format!("{ISSUER}ISS-DECOY").as_bytes()).unwrap().expect("the decoy issuer key");
+        // Public part kept, so nothing but the block's bound owner gives it away.
+        e2.key.blob = decoy.key.blob.clone();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(store.cf(Cf::SmData).unwrap(), e2_key.as_bytes(), codec::encode(&e2).unwrap());
+        store.write(batch, true).unwrap();
+    }
+    for id in ids.clone() {
+        ca.restart(id).await;
+    }
+    ca.wait_leader(&ids, std::time::Duration::from_secs(30), "after the restart").await;
+    let (code, _, err) = ca.quill(1, &["ca", "certify", "--approval", &approval2, "-o", s(&d.join("e2"))], &OFFICER);
+    assert_ne!(code, 0, "a CA key record holding another owner's block signed");
+    assert!(err.contains("CA key A000000003/E2") && err.contains("block"), "{err}");
+    assert!(!d.join("e2").exists(), "no certificate file written");
+
+    step("CA: key E1 retired for good; it certifies nothing more");
+    let (code, _, err) =
+        ca.quill(1, &["ca", "key", "revoke", "--rid", "A000000003", "--index", "E1", "--reason", "t111"], &ADMIN);
+    assert_ne!(code, 0, "an admin retires no CA key: {err}");
+    ca.quill_ok(
+        2,
+        &["ca", "key", "revoke", "--rid", "A000000003", "--index", "E1", "--reason", "end of life"],
+        &OFFICER,
+    );
+    let listed = json(&ca.quill_ok(3, &["--json", "ca", "key", "list"], &OFFICER));
+    let e1 = listed["ca_keys"].as_array().unwrap().iter().find(|k| k["index"] == "E1").cloned();
+    assert_eq!(e1.as_ref().map(|k| k["state"].clone()), Some(Value::from("revoked")), "{listed}");
+    let (code, _, err) = ca.quill(
+        1,
+        &["ca", "certify", s(&req), "--hash-file", s(&hash), "--rid", "A000000003", "--index", "E1"],
+        &OFFICER,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("revoked"), "{err}");
 }

@@ -12,10 +12,9 @@
 
 use std::process::Command;
 
-use openssl::symm::{Cipher, Crypter, Mode};
 use quill_proto::v1::exchange_client::ExchangeClient;
 use quill_proto::v1::{Caller, ExchangeExportRequest, ExchangeImportRequest, ExchangeListRequest};
-use quill_tests::{Cluster, ClusterOptions, repo_root, step, wait_until};
+use quill_tests::{Cluster, ClusterOptions, openssl_tdes_kcv, repo_root, step, wait_until, xor_hex};
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -29,21 +28,6 @@ const CB_PARTS: [&str; 2] = [
     "00112233445566778899AABBCCDDEEFF0123456789ABCDEFFEDCBA9876543210",
     "0F1E2D3C4B5A69788796A5B4C3D2E1F00112233445566778899AABBCCDDEEF01",
 ];
-
-fn xor(parts: &[&str; 2]) -> Vec<u8> {
-    let (a, b) = (hex::decode(parts[0]).unwrap(), hex::decode(parts[1]).unwrap());
-    a.iter().zip(&b).map(|(x, y)| x ^ y).collect()
-}
-
-/// TDES KCV with OpenSSL.
-fn tdes_kcv(key: &[u8]) -> String {
-    let k3: Vec<u8> = if key.len() == 16 { [key, &key[..8]].concat() } else { key.to_vec() };
-    let mut c = Crypter::new(Cipher::des_ede3(), Mode::Encrypt, &k3, None).unwrap();
-    c.pad(false);
-    let mut out = vec![0u8; 16];
-    let n = c.update(&[0u8; 8], &mut out).unwrap();
-    hex::encode_upper(&out[..n.min(3)])
-}
 
 fn python() -> Option<std::path::PathBuf> {
     let p = quill_tests::reference_python();
@@ -127,7 +111,7 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
         Ok::<_, String>(g["kcv"].as_str().unwrap_or_default().to_string())
     })
     .await;
-    assert_eq!(gie_kcv, tdes_kcv(&xor(&GIE_PARTS)), "GIE's ZMK is the components' XOR");
+    assert_eq!(gie_kcv, openssl_tdes_kcv(&xor_hex(&GIE_PARTS)), "GIE's ZMK is the components' XOR");
     // A K0 key generated in an HSM is no zone master key: the partner has no components of it.
     cluster.quill_ok(1, &["key", "generate", "--label", "k0-gen", "--usage", "K0", "--alg", "des3"], &ADMIN);
     let (code, _, err) = cluster.quill(1, &["exchange", "zmk", "--partner", "gie", "--key", "k0-gen.v1"], &ADMIN);
@@ -151,13 +135,13 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
 
     let mut gie = Partner {
         name: "gie",
-        zmk: xor(&GIE_PARTS),
+        zmk: xor_hex(&GIE_PARTS),
         x: ExchangeClient::new(cluster.channel_as(1, "partner:gie")),
         serial: 0,
     };
     let mut cb = Partner {
         name: "cb",
-        zmk: xor(&CB_PARTS),
+        zmk: xor_hex(&CB_PARTS),
         x: ExchangeClient::new(cluster.channel_as(2, "partner:cb")),
         serial: 0,
     };
@@ -172,7 +156,11 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
     assert!(block.starts_with('B'), "{block}");
     let opened: Value = serde_json::from_str(&psec(&["unwrap", &hex::encode(&gie.zmk), &block])).unwrap();
     assert_eq!(opened["usage"], "P0");
-    assert_eq!(tdes_kcv(&hex::decode(opened["key"].as_str().unwrap()).unwrap()), zpk_kcv, "psec's key has the KCV");
+    assert_eq!(
+        openssl_tdes_kcv(&hex::decode(opened["key"].as_str().unwrap()).unwrap()),
+        zpk_kcv,
+        "psec's key has the KCV"
+    );
     // Not shared: not seen, not exported; CB sees nothing of GIE's; a stranger is no partner.
     let e = gie.export("cvk-kept.v1").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
@@ -194,7 +182,7 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
     assert_eq!(imported_e["id"], "gie.imk-e.v1");
     assert_eq!(imported_e["usage"], "E0");
     assert_eq!(imported_e["exportable"], true);
-    assert_eq!(imported_e["kcv"].as_str().unwrap(), tdes_kcv(&hex::decode(key_e).unwrap()));
+    assert_eq!(imported_e["kcv"].as_str().unwrap(), openssl_tdes_kcv(&hex::decode(key_e).unwrap()));
     // An `N` block is refused with the reason: every key rests wrapped under the SMK, which a
     // module refuses for a key it holds non-exportable (the partner is asked for E or S).
     let e = gie.import("imk-n", &block_n).await.unwrap_err();
@@ -219,7 +207,7 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
     let (block_d, kcv) = cb.export("zpk-out.v1").await.unwrap();
     assert!(block_d.starts_with('D'), "{block_d}");
     let opened: Value = serde_json::from_str(&psec(&["unwrap", &hex::encode(&cb.zmk), &block_d])).unwrap();
-    assert_eq!(tdes_kcv(&hex::decode(opened["key"].as_str().unwrap()).unwrap()), kcv);
+    assert_eq!(openssl_tdes_kcv(&hex::decode(opened["key"].as_str().unwrap()).unwrap()), kcv);
     let d_in = psec(&["wrap", &hex::encode(&cb.zmk), "D0000K0TB00E0000", "0123456789ABCDEFFEDCBA9876543210"]);
     let k = cb.import("kek", &d_in).await.unwrap();
     assert_eq!((k["id"].as_str(), k["usage"].as_str()), (Some("cb.kek.v1"), Some("K0")));

@@ -22,7 +22,7 @@ use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use openssl::symm::Cipher;
 use quill_crypto::tr31;
-use quill_tests::{Cluster, ClusterOptions, secrets, step, wait_until};
+use quill_tests::{Cluster, ClusterOptions, openssl_tdes_kcv, secrets, step, wait_until, xor_hex};
 use serde_json::Value;
 
 /// TEST components of the SMK (AES-256): never used outside tests.
@@ -37,17 +37,6 @@ const ZMK_PARTS: [&str; 2] =
 /// A TEST IMK to import as TR-31 under the ZMK.
 const IMK: &str = "9E15204313F7318ACB79B90BD986AD29";
 
-fn xor_hex(parts: &[&str]) -> Vec<u8> {
-    let bytes: Vec<Vec<u8>> = parts.iter().map(|p| hex::decode(p).expect("hex")).collect();
-    let mut out = vec![0u8; bytes[0].len()];
-    for b in &bytes {
-        for (o, x) in out.iter_mut().zip(b) {
-            *o ^= x;
-        }
-    }
-    out
-}
-
 /// AES-CMAC KCV (5 bytes) with OpenSSL.
 fn cmac_kcv(key: &[u8]) -> String {
     let cipher = match key.len() {
@@ -59,16 +48,6 @@ fn cmac_kcv(key: &[u8]) -> String {
     let mut signer = Signer::new_without_digest(&pkey).expect("signer");
     signer.update(&[0u8; 16]).expect("update");
     hex::encode_upper(&signer.sign_to_vec().expect("sign")[..5])
-}
-
-/// TDES KCV (3 bytes) with OpenSSL.
-fn tdes_kcv(key: &[u8]) -> String {
-    let k3: Vec<u8> = if key.len() == 16 { [key, &key[..8]].concat() } else { key.to_vec() };
-    let mut c = openssl::symm::Crypter::new(Cipher::des_ede3(), openssl::symm::Mode::Encrypt, &k3, None).expect("des3");
-    c.pad(false);
-    let mut out = vec![0u8; 16];
-    let n = c.update(&[0u8; 8], &mut out).expect("encrypt");
-    hex::encode_upper(&out[..n.min(3)])
 }
 
 /// Every file under `dir` that contains `needle`.
@@ -219,7 +198,7 @@ async fn ceremony_inventory_tr31_and_audit_on_five_nodes() {
         &env(&as_("custodian:bob")),
     );
     let zmk = xor_hex(&ZMK_PARTS);
-    let zmk_kcv = tdes_kcv(&zmk);
+    let zmk_kcv = openssl_tdes_kcv(&zmk);
     let zmk_rec = wait_until(Duration::from_secs(30), "the ZMK in the inventory", || async {
         cluster.query(1, "key", "zmk-test.v1").await
     })
@@ -271,7 +250,7 @@ async fn ceremony_inventory_tr31_and_audit_on_five_nodes() {
         &env(&admin),
     );
     let imported: Value = serde_json::from_str(out.trim()).expect("json");
-    assert_eq!(imported["kcv"].as_str(), Some(tdes_kcv(&imk).as_str()), "imported IMK KCV");
+    assert_eq!(imported["kcv"].as_str(), Some(openssl_tdes_kcv(&imk).as_str()), "imported IMK KCV");
     assert_eq!(imported["usage"], "E0");
 
     step("export it under dual control: the requester cannot approve, two custodians can");

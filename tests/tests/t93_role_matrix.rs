@@ -26,8 +26,9 @@ use quill_proto::v1::{
     ListKeysRequest, ListNodesRequest, ListRevokedCertsRequest,
 };
 use quill_proto::v1::{
-    CaCertifyAskRequest, CaCertifyRequest, CaKeyCreateRequest, CaRevokeRequest, IssuerRequestRequest,
-    ListCaRevocationsRequest, ListOwnCaKeysRequest,
+    CaCertifyAskRequest, CaCertifyRequest, CaKeyCreateRequest, CaKeyRevokeRequest, CaRevokeRequest,
+    IssuerRequestRequest, KeyDeliveredRequest, ListCaRevocationsRequest, ListOwnCaKeysRequest, ListTargetsRequest,
+    TargetSetRequest,
 };
 use quill_tests::{Cluster, ClusterOptions, step};
 use tonic::Code;
@@ -87,6 +88,10 @@ const CALLS: &[(&str, &[&str])] = &[
     ("Keys.CaCertifyAsk", &["ca-officer"]),
     ("Keys.CaCertify", &["ca-officer"]),
     ("Keys.CaRevoke", &["ca-officer", "admin"]),
+    ("Keys.CaKeyRevoke", &["ca-officer"]),
+    ("Keys.TargetSet", &["admin"]),
+    ("Keys.KeyDelivered", &["admin"]),
+    ("Keys.ListTargets", STAFF),
     ("Keys.ListCaRevocations", STAFF_AND_CA),
     ("Keys.PartnerSet", &["admin"]),
     ("Keys.PartnerShare", &["admin"]),
@@ -250,6 +255,31 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
             })
             .await
             .map(drop),
+        "Keys.CaKeyRevoke" => k
+            .ca_key_revoke(CaKeyRevokeRequest { caller, rid: "A000000999".into(), index: 0xE1, reason: "t93".into() })
+            .await
+            .map(drop),
+        "Keys.TargetSet" => k
+            .target_set(TargetSetRequest {
+                caller,
+                name: "t93".into(),
+                endpoint: "localhost:1".into(),
+                ca_sha256: "0".repeat(64),
+                kbpk: "nope.v1".into(),
+            })
+            .await
+            .map(drop),
+        "Keys.KeyDelivered" => k
+            .key_delivered(KeyDeliveredRequest {
+                caller,
+                target: "t93".into(),
+                approval: "nope".into(),
+                kcv: "000000".into(),
+                remote_key: "x.v1".into(),
+            })
+            .await
+            .map(drop),
+        "Keys.ListTargets" => k.list_targets(ListTargetsRequest { linearizable: true }).await.map(drop),
         "Keys.ListCaRevocations" => {
             k.list_ca_revocations(ListCaRevocationsRequest { linearizable: true }).await.map(drop)
         }

@@ -97,20 +97,9 @@ async fn a_batch_survives_a_killed_node_and_is_delivered_exactly_once() {
     let check = cluster.quill_ok(alive, &["prep", "check", out.to_str().unwrap()], &[]);
     assert_eq!(check.matches("MAC verified").count(), 3, "{check}");
 
-    if let Some(python) = quill_tests::reference_python() {
-        step("pyemv/psec checks of the cluster's output");
-        let r = std::process::Command::new(python)
-            .arg(repo_root().join("tests/python/test_prep_output.py"))
-            .args(["--profile", profile.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&r.stdout);
-        assert!(r.status.success(), "{text}\n{}", String::from_utf8_lossy(&r.stderr));
-        println!("{}", text.lines().last().unwrap_or_default());
-    } else {
-        assert!(std::env::var_os("QUILL_REQUIRE_SOFTHSM").is_none(), "no venv with the Python references");
-    }
+    step("pyemv/psec checks of the cluster's output");
+    let passed = quill_tests::reference_check(&profile, &input, &out, &[]).unwrap();
+    println!("reference checks: {passed:?}");
 
     step("acknowledge: input and output purged, the record kept");
     cluster.quill_ok(alive, &["job", "ack", &job, "--fetched", out.to_str().unwrap()], &OPERATOR);

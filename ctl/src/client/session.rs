@@ -74,10 +74,6 @@ impl Session {
         Caller { client_id: self.client_id.clone(), serial: self.serial }
     }
 
-    fn keys(&self, endpoint: &str) -> Result<KeysClient<client::Chan>> {
-        Ok(KeysClient::new(self.chan(endpoint, CALL_TIMEOUT)?).max_decoding_message_size(64 << 20))
-    }
-
     /// A typed write through the Keys or Jobs service (`call` gets a channel and the caller):
     /// tried on each endpoint in turn and retried on transport failures and timeouts with the same
     /// caller (client id and serial), so it applies at most once. Returns the outcome detail; a
@@ -171,16 +167,16 @@ impl Session {
         &self.rt
     }
 
-    /// Call the Keys service on the first endpoint that answers (HSM operations that carry
-    /// their caller's serial, and reads), with the shared retry policy.
-    pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
+    /// Call a service on the first endpoint that answers, with the shared retry policy: `f` gets
+    /// a channel to the endpoint (HSM operations that carry their caller's serial, and reads).
+    fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(KeysClient<client::Chan>) -> Fut,
+        F: Fn(client::Chan) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let endpoints = self.endpoints.clone();
         let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
-            let c = self.keys(&ep);
+            let c = self.chan(&ep, CALL_TIMEOUT);
             let f = &f;
             async move {
                 let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
@@ -190,40 +186,31 @@ impl Session {
         Ok(r.into_inner())
     }
 
-    /// Call the Exchange service like [`Session::call_keys`] (a partner's calls carry their
-    /// caller's serial, so a retry applies at most once).
+    /// Call the Keys service (see [`Session::call`]).
+    pub(crate) fn call_keys<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(KeysClient<client::Chan>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(|c| f(KeysClient::new(c).max_decoding_message_size(64 << 20)))
+    }
+
+    /// Call the Exchange service (a partner's calls carry their caller's serial, so a retry
+    /// applies at most once).
     pub(crate) fn call_exchange<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(quill_proto::v1::exchange_client::ExchangeClient<client::Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let endpoints = self.endpoints.clone();
-        let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
-            let c = self.chan(&ep, CALL_TIMEOUT);
-            let f = &f;
-            async move {
-                let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
-                f(quill_proto::v1::exchange_client::ExchangeClient::new(c)).await
-            }
-        }))?;
-        Ok(r.into_inner())
+        self.call(|c| f(quill_proto::v1::exchange_client::ExchangeClient::new(c)))
     }
 
-    /// Call the Jobs service like [`Session::call_keys`] (its queries).
+    /// Call the Jobs service (its queries).
     pub(crate) fn call_jobs<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(JobsClient<client::Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let endpoints = self.endpoints.clone();
-        let r = self.rt.block_on(client::read_retrying(&endpoints, |ep| {
-            let c = self.chan(&ep, CALL_TIMEOUT);
-            let f = &f;
-            async move {
-                let c = c.map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
-                f(JobsClient::new(c).max_decoding_message_size(64 << 20)).await
-            }
-        }))?;
-        Ok(r.into_inner())
+        self.call(|c| f(JobsClient::new(c).max_decoding_message_size(64 << 20)))
     }
 }

@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result, anyhow};
 use quill_prep::emv::ca::{self, RequestFormat, Revocation};
 use quill_prep::emv::cert::{CaPublicKey, CertExpiry};
 use quill_proto::v1::{
-    CaCertifyAskRequest, CaCertifyRequest, CaKeyCreateRequest, CaRevokeRequest, IssuerRequestRequest,
-    ListCaRevocationsRequest, ListOwnCaKeysRequest, OwnCaKeyView,
+    CaCertifyAskRequest, CaCertifyRequest, CaKeyCreateRequest, CaKeyRevokeRequest, CaRevokeRequest,
+    IssuerRequestRequest, ListCaRevocationsRequest, ListOwnCaKeysRequest, OwnCaKeyView,
 };
 use serde_json::json;
 
@@ -350,6 +350,37 @@ pub fn certify(a: &CertifyArgs, json: bool) -> Result<u8> {
             "approval {id} requested ({detail}); two custodians must run: quill approve grant {id}; then: quill ca certify --approval {id} -o DIR"
         ),
     );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill ca key revoke`.
+#[derive(clap::Args, Debug)]
+pub struct CaKeyRevokeArgs {
+    #[arg(long)]
+    rid: String,
+    #[arg(long)]
+    index: String,
+    /// Why (kept in the audit chain).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill ca key revoke`.
+pub fn key_revoke(a: &CaKeyRevokeArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who)?;
+    let req = CaKeyRevokeRequest {
+        caller: None,
+        rid: rid_arg(&a.rid)?,
+        index: index_arg(&a.index)?,
+        reason: a.reason.clone(),
+    };
+    let detail = s.keys_write(|mut c, caller| {
+        let req = CaKeyRevokeRequest { caller: Some(caller), ..req.clone() };
+        async move { c.ca_key_revoke(req).await }
+    })?;
+    print(json, json!({"result": "revoked", "detail": detail}), detail);
     Ok(crate::exit_codes::OK)
 }
 

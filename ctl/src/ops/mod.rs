@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod distribute;
 pub mod emv_ca;
 pub mod exchange;
 pub mod hotfolder;

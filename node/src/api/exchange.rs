@@ -5,7 +5,6 @@
 //! (import) or recorded before the block is released (export), with the key's KCV, in the audit
 //! chain.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use quill_proto::v1::exchange_server::{self, ExchangeServer};
@@ -15,40 +14,35 @@ use quill_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::keys::{block_usage, hsm_error};
+use super::keys::{KeysService, block_usage};
 use super::{ApiError, ClusterService, views};
 use crate::identity::Principal;
 use crate::keys::KeyCommand;
 use crate::keys::apply::partners::{PARTNER, PartnerRecord};
 use crate::keys::apply::{key, read};
 use crate::keys::model::*;
-use crate::raft::{Command, StateMachine};
-use crate::runtime::agent::KeyAgent;
+use crate::raft::Command;
 
 type ApiResult<T> = Result<T, ApiError>;
 
 /// How long an imported key may take to appear in this node's applied state.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 
-/// The `quill.v1.Exchange` service of one node.
+/// The `quill.v1.Exchange` service of one node: the Keys service's state and HSM, behind the
+/// partner's own door.
 #[derive(Clone)]
 pub struct ExchangeService {
     cluster: ClusterService,
-    sm: StateMachine,
-    agent: Option<Arc<KeyAgent>>,
+    keys: KeysService,
 }
 
 impl ExchangeService {
-    pub fn new(cluster: ClusterService, sm: StateMachine, agent: Option<Arc<KeyAgent>>) -> Self {
-        Self { cluster, sm, agent }
+    pub fn new(cluster: ClusterService, keys: KeysService) -> Self {
+        Self { cluster, keys }
     }
 
     pub fn into_server(self, max_request_bytes: usize) -> ExchangeServer<Self> {
         ExchangeServer::new(self).max_decoding_message_size(max_request_bytes)
-    }
-
-    fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
-        self.agent.as_ref().ok_or_else(|| ApiError::Precondition("this node has no HSM configured".into()))
     }
 
     /// The caller's partner record and its zone master key (active): the partner is who its
@@ -57,8 +51,8 @@ impl ExchangeService {
         self.cluster.require(who, &[Role::Partner], call).await?;
         let name = who.actor.name.clone();
         let (p, z) = self
-            .sm
-            .read(move |kv| {
+            .keys
+            .state(move |kv| {
                 let p = read::<PartnerRecord>(kv, &format!("{PARTNER}{name}"))?;
                 let z = match &p {
                     Some(p) => read::<KeyRecord>(kv, &format!("{}{}", key::KEY, p.zmk))?,
@@ -66,8 +60,7 @@ impl ExchangeService {
                 };
                 Ok((p, z))
             })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .await?;
         let p = p.ok_or_else(|| {
             ApiError::Precondition(format!("{} is not a partner of this bureau yet (quill exchange zmk)", who.actor))
         })?;
@@ -87,10 +80,9 @@ impl ExchangeService {
                 let id = result.object.trim_start_matches("key:").to_string();
                 let name = p.name.clone();
                 let key = self
-                    .sm
-                    .read(move |kv| views::read_partner_keys(kv, &name))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .keys
+                    .state(move |kv| views::read_partner_keys(kv, &name))
+                    .await?
                     .into_iter()
                     .find(|k| k.id == id);
                 Ok(ExchangeImportResponse { key, result: Some(result) })
@@ -112,12 +104,8 @@ impl ExchangeService {
         let zw = z.block().map_err(ApiError::Precondition)?.cloned().ok_or_else(|| {
             ApiError::Precondition(format!("partner {}'s zone master key {} is destroyed", p.name, p.zmk))
         })?;
-        let agent = self.agent()?.clone();
         let block = block.to_string();
-        let (opened, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&zw, &block))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let (opened, wrapped) = self.keys.hsm(move |h| h.tr31_import(&zw, &block)).await?;
         // From the header the HSM authenticated, never from the request.
         if block_usage(&opened)? != usage {
             return Err(ApiError::BadRequest("TR-31 block: the authenticated header's usage differs".into()));
@@ -134,10 +122,9 @@ impl ExchangeService {
         }
         let id = r.key.clone();
         let k = self
-            .sm
-            .read(move |kv| read::<KeyRecord>(kv, &format!("{}{id}", key::KEY)))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .keys
+            .state(move |kv| read::<KeyRecord>(kv, &format!("{}{id}", key::KEY)))
+            .await?
             .ok_or_else(|| ApiError::NotFound(format!("no key {}", r.key)))?;
         if !k.exportable || k.state != KeyState::Active {
             return Err(ApiError::Precondition(format!(
@@ -152,15 +139,13 @@ impl ExchangeService {
         else {
             return Err(ApiError::Precondition("the key or the zone master key is destroyed".into()));
         };
+        // This node's HSM must hold the SMK the blocks are under before anything is recorded.
+        self.keys.smk_ready().await?;
         // In the audit chain (and checked again in apply) before the block is made.
         let cmd = KeyCommand::PartnerExported { key: k.id.clone() };
         let result = self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await?;
-        let agent = self.agent()?.clone();
         let usage = k.usage.code().to_string();
-        let block = tokio::task::spawn_blocking(move || agent.hsm().tr31_export(&zw, &kw, &usage, true))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let block = self.keys.hsm(move |h| h.tr31_export(&zw, &kw, &usage, true)).await?;
         let made = quill_crypto::tr31::parse_key_block_header(block.as_bytes())
             .map_err(|e| ApiError::Internal(format!("the exported TR-31 block does not parse: {e}")))?;
         if made.key_usage != k.usage.tr31() {
@@ -175,11 +160,7 @@ impl ExchangeService {
             self.cluster.linearize().await?;
         }
         let name = p.name.clone();
-        let keys = self
-            .sm
-            .read(move |kv| views::read_partner_keys(kv, &name))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let keys = self.keys.state(move |kv| views::read_partner_keys(kv, &name)).await?;
         Ok(ExchangeListResponse {
             zmk: p.zmk,
             zmk_kcv: z.kcv.to_string(),

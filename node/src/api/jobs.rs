@@ -86,9 +86,14 @@ fn open_inputs(
     kv: &dyn crate::store::Kv,
     caller: &crate::identity::Actor,
     tenant: &str,
+    digest: &str,
 ) -> Result<Vec<intake::OpenInput>, crate::store::StoreError> {
     let mut out = Vec::new();
     for j in jobs::jobs(kv)? {
+        // The caller's unfinished upload of this same file is replaced by this one, not compared.
+        if j.state == JobState::Uploading && j.created_by == *caller && j.digest == digest {
+            continue;
+        }
         // Cards belong to an issuer: a tenant's jobs are compared with its own only.
         if j.tenant != tenant || !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
             continue;
@@ -219,14 +224,14 @@ impl JobsService {
         // this node's HSM and compared by fingerprint. `force` (audited with the job) takes them.
         // The same file again says so first (apply checks it too, for writes that race).
         if !first.force {
-            let (digest, t) = (checked.digest.clone(), tenant.clone());
-            if let Some(other) = self.state(move |kv| jobs::open_job_with_digest(kv, &t, &digest)).await? {
-                return Err(ApiError::Precondition(jobs::same_file(&checked.digest, &other)));
+            let (digest, t, actor) = (checked.digest.clone(), tenant.clone(), who.actor.clone());
+            if let Some(refusal) = self.state(move |kv| jobs::same_file_refusal(kv, &t, &digest, &actor)).await? {
+                return Err(ApiError::Precondition(refusal));
             }
         }
         if checked.profile.input.duplicates != quill_prep::profile::DuplicatePolicy::Allow && !first.force {
-            let (caller, t) = (who.actor.clone(), tenant.clone());
-            let others = self.state(move |kv| open_inputs(kv, &caller, &t)).await?;
+            let (caller, t, digest) = (who.actor.clone(), tenant.clone(), checked.digest.clone());
+            let others = self.state(move |kv| open_inputs(kv, &caller, &t, &digest)).await?;
             let h = hsm.clone();
             checked = tokio::task::spawn_blocking(move || intake::drop_repeats(&*h, &others, checked))
                 .await

@@ -21,10 +21,11 @@ use quill_proto::v1::{
     ListRevokedCertsRequest, ListRevokedCertsResponse, QueryRequest, QueryResponse, RevokeCertRequest, WriteResult,
 };
 use quill_proto::v1::{
-    CaCertifyAskRequest, CaCertifyRequest, CaCertifyResponse, CaKeyCreateRequest, CaKeyCreateResponse, CaRevokeRequest,
-    IssuerRequestRequest, IssuerRequestResponse, ListCaRevocationsRequest, ListCaRevocationsResponse,
-    ListOwnCaKeysRequest, ListOwnCaKeysResponse, ListPartnersRequest, ListPartnersResponse, NamedFile,
-    PartnerSetRequest, PartnerShareRequest,
+    CaCertifyAskRequest, CaCertifyRequest, CaCertifyResponse, CaKeyCreateRequest, CaKeyCreateResponse,
+    CaKeyRevokeRequest, CaRevokeRequest, IssuerRequestRequest, IssuerRequestResponse, KeyDeliveredRequest,
+    ListCaRevocationsRequest, ListCaRevocationsResponse, ListOwnCaKeysRequest, ListOwnCaKeysResponse,
+    ListPartnersRequest, ListPartnersResponse, ListTargetsRequest, ListTargetsResponse, NamedFile, PartnerSetRequest,
+    PartnerShareRequest, TargetSetRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -64,13 +65,14 @@ impl KeysService {
         KeysServer::new(self).max_decoding_message_size(max_request_bytes).max_encoding_message_size(64 << 20)
     }
 
-    fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
+    pub(super) fn agent(&self) -> ApiResult<&Arc<KeyAgent>> {
         self.agent
             .as_ref()
             .ok_or_else(|| ApiError::Precondition("this node has no HSM configured ([[hsm]] in its config)".into()))
     }
 
-    async fn state<T: Send + 'static>(
+    /// Read this node's applied state.
+    pub(super) async fn state<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn crate::store::Kv) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> ApiResult<T> {
@@ -115,18 +117,26 @@ impl KeysService {
         Ok(KeyResponse { json, log_index: resp.log_index, key: Some(view), issuer_key: None })
     }
 
-    async fn smk_ready(&self) -> ApiResult<()> {
+    /// Run `f` on this node's HSM off the async threads.
+    pub(super) async fn hsm<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn quill_hsm::Hsm) -> Result<T, quill_hsm::HsmError> + Send + 'static,
+    ) -> ApiResult<T> {
+        let agent = self.agent()?.clone();
+        tokio::task::spawn_blocking(move || f(&**agent.hsm()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(hsm_error)
+    }
+
+    pub(super) async fn smk_ready(&self) -> ApiResult<()> {
         let smk = self.state(|kv| read::<SmkInfo>(kv, key::SMK)).await?;
         let Some(smk) = smk else {
             return Err(ApiError::Precondition(
                 "no SMK yet: run the SMK ceremony first (quill ceremony start --key smk)".into(),
             ));
         };
-        let agent = self.agent()?.clone();
-        let local = tokio::task::spawn_blocking(move || agent.hsm().smk_kcv())
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let local = self.hsm(|h| h.smk_kcv()).await?;
         if local.as_ref() != Some(&smk.kcv) {
             return Err(ApiError::Unavailable(format!(
                 "this node's HSM does not hold the cluster SMK (KCV {}) yet; try another node",
@@ -147,12 +157,8 @@ impl KeysService {
         usage.check_alg(alg).map_err(ApiError::BadRequest)?;
         let tenant = self.cluster.tenant(&who, &req.tenant, "Keys.Generate").await?;
         self.smk_ready().await?;
-        let agent = self.agent()?.clone();
         let key_use = KeyUse::new(usage.tr31(), req.exportable).owned_by(&tenant);
-        let wrapped = tokio::task::spawn_blocking(move || agent.hsm().generate_key(alg, key_use))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let wrapped = self.hsm(move |h| h.generate_key(alg, key_use)).await?;
         let origin = Origin::Generated { node: self.cluster.node_id() };
         let cmd = KeyCommand::KeyCreate {
             label: req.label,
@@ -185,12 +191,8 @@ impl KeysService {
             )));
         }
         self.smk_ready().await?;
-        let agent = self.agent()?.clone();
         let owner = tenant.clone();
-        let key = tokio::task::spawn_blocking(move || agent.hsm().generate_rsa_key_pair(bits, exponent, Some(&owner)))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let key = self.hsm(move |h| h.generate_rsa_key_pair(bits, exponent, Some(&owner))).await?;
         let label = req.label.clone();
         let cmd = KeyCommand::IssuerKeyCreate {
             label: req.label,
@@ -254,12 +256,8 @@ impl KeysService {
             .map_err(ApiError::Precondition)?
             .cloned()
             .ok_or_else(|| ApiError::Precondition(format!("{} is destroyed", kbpk.id)))?;
-        let agent = self.agent()?.clone();
         let block = req.block.clone();
-        let (opened, wrapped) = tokio::task::spawn_blocking(move || agent.hsm().tr31_import(&wrapped_kbpk, &block))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let (opened, wrapped) = self.hsm(move |h| h.tr31_import(&wrapped_kbpk, &block)).await?;
         if block_usage(&opened)? != usage {
             return Err(ApiError::BadRequest(format!(
                 "TR-31 block: the authenticated header has usage {}, not {usage}: refused",
@@ -316,16 +314,12 @@ impl KeysService {
             return Err(ApiError::Precondition("the key or the KBPK is destroyed".into()));
         };
         self.smk_ready().await?;
-        let agent = self.agent()?.clone();
         // The block's usage is the key's inventory usage: no request field chooses it (the
         // request names only the approval), and the block the HSM made is checked before it is
         // released.
         let usage = k.usage.code().to_string();
         let exportable = k.exportable;
-        let block = tokio::task::spawn_blocking(move || agent.hsm().tr31_export(&zw, &kw, &usage, exportable))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(hsm_error)?;
+        let block = self.hsm(move |h| h.tr31_export(&zw, &kw, &usage, exportable)).await?;
         let made = quill_crypto::tr31::parse_key_block_header(block.as_bytes())
             .map_err(|e| ApiError::Internal(format!("the exported TR-31 block does not parse: {e}")))?;
         if made.key_usage != k.usage.tr31() {
@@ -946,6 +940,15 @@ impl keys_server::Keys for KeysService {
         Ok(Response::new(self.ca_certify_call(who, r).await?))
     }
 
+    async fn ca_key_revoke(&self, request: Request<CaKeyRevokeRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        self.cluster.require(&who, &[Role::CaOfficer], "Keys.CaKeyRevoke").await?;
+        let index =
+            u8::try_from(r.index).map_err(|_| ApiError::BadRequest(format!("index {} is not one byte", r.index)))?;
+        let cmd = KeyCommand::CaKeyRevoke { rid: r.rid.to_ascii_uppercase(), index, reason: r.reason };
+        Ok(Response::new(self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await?))
+    }
+
     async fn ca_revoke(&self, request: Request<CaRevokeRequest>) -> Result<Response<WriteResult>, Status> {
         let (who, r) = super::principal(request)?;
         Ok(Response::new(self.ca_revoke_call(who, r).await?))
@@ -978,6 +981,32 @@ impl keys_server::Keys for KeysService {
     async fn partner_share(&self, request: Request<PartnerShareRequest>) -> Result<Response<WriteResult>, Status> {
         let (who, r) = super::principal(request)?;
         self.write(who, r.caller, KeyCommand::PartnerShare { name: r.name, key: r.key, share: r.share }).await
+    }
+
+    async fn target_set(&self, request: Request<TargetSetRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        let cmd = KeyCommand::TargetSet { name: r.name, endpoint: r.endpoint, ca_sha256: r.ca_sha256, kbpk: r.kbpk };
+        self.write(who, r.caller, cmd).await
+    }
+
+    async fn key_delivered(&self, request: Request<KeyDeliveredRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        let cmd =
+            KeyCommand::KeyDelivered { target: r.target, approval: r.approval, kcv: r.kcv, remote_key: r.remote_key };
+        self.write(who, r.caller, cmd).await
+    }
+
+    async fn list_targets(
+        &self,
+        request: Request<ListTargetsRequest>,
+    ) -> Result<Response<ListTargetsResponse>, Status> {
+        let (who, req) = super::principal(request)?;
+        let (targets, applied_index) =
+            views::serve(&self.cluster, &self.sm, &who, "Keys.ListTargets", req.linearizable, |kv, _| {
+                views::read_targets(kv)
+            })
+            .await?;
+        Ok(Response::new(ListTargetsResponse { targets, applied_index }))
     }
 
     async fn list_partners(
@@ -1035,14 +1064,9 @@ impl KeysService {
             return Err(ApiError::BadRequest(format!("exponent {}: EMV allows 3 or 65537", r.exponent)));
         }
         self.smk_ready().await?;
-        let agent = self.agent()?.clone();
         let (bits, exponent) = (r.bits, r.exponent);
-        let key = tokio::task::spawn_blocking(move || {
-            agent.hsm().generate_rsa_key_pair(bits, exponent, Some(crate::keys::apply::ca::CA_OWNER))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(hsm_error)?;
+        let key =
+            self.hsm(move |h| h.generate_rsa_key_pair(bits, exponent, Some(crate::keys::apply::ca::CA_OWNER))).await?;
         let cmd = KeyCommand::CaKeyCreate {
             rid: r.rid.to_ascii_uppercase(),
             index,

@@ -436,6 +436,37 @@ pub fn read_partners(kv: &dyn Kv) -> Result<Vec<pb::PartnerView>, StoreError> {
         .collect())
 }
 
+/// The targets keys are distributed to, with their deliveries.
+pub fn read_targets(kv: &dyn Kv) -> Result<Vec<pb::TargetView>, StoreError> {
+    use crate::keys::apply::targets::{TARGET, TargetRecord};
+    let mut out = Vec::new();
+    for t in scan::<TargetRecord>(kv, TARGET)? {
+        let kbpk_kcv = read::<KeyRecord>(kv, &format!("{}{}", key::KEY, t.kbpk))?.map(|k| k.kcv.to_string());
+        out.push(pb::TargetView {
+            name: t.name,
+            endpoint: t.endpoint,
+            ca_sha256: t.ca_sha256,
+            kbpk: t.kbpk,
+            kbpk_kcv: kbpk_kcv.unwrap_or_default(),
+            deliveries: t
+                .deliveries
+                .iter()
+                .map(|d| pb::DeliveryView {
+                    key: d.key.clone(),
+                    kcv: d.kcv.to_string(),
+                    remote_key: d.remote_key.clone(),
+                    approval: d.approval.clone(),
+                    by: Some(actor(&d.by)),
+                    time_ms: d.time_ms,
+                })
+                .collect(),
+            created_by: Some(actor(&t.created_by)),
+            created_ms: t.created_ms,
+        });
+    }
+    Ok(out)
+}
+
 /// The keys partner `name` sees: shared with it, or imported from it (never a value).
 pub fn read_partner_keys(kv: &dyn Kv, name: &str) -> Result<Vec<pb::PartnerKeyView>, StoreError> {
     use crate::keys::apply::partners::{PARTNER, PartnerRecord};

@@ -380,6 +380,40 @@ pub fn open_job_with_digest(kv: &dyn Kv, tenant: &str, digest: &str) -> Result<O
         .map(|j| (other, j.state)))
 }
 
+/// An earlier job of the same file that stops this submission, or `None`: no open job of it, or
+/// only an upload of it by the same submitter that never finished (its node died, or its
+/// connection broke before the abort got through), which the new submission replaces
+/// ([`upload_to_replace`]). The refusal names the job.
+pub fn same_file_refusal(kv: &dyn Kv, tenant: &str, digest: &str, actor: &Actor) -> Result<Option<String>, StoreError> {
+    Ok(match open_job_with_digest(kv, tenant, digest)? {
+        None => None,
+        Some(other) if upload_to_replace(kv, &other.0, actor)?.is_some() => None,
+        Some(other) => Some(same_file(digest, &other)),
+    })
+}
+
+/// Job `id` if it is an unfinished upload by `actor`.
+fn upload_to_replace(kv: &dyn Kv, id: &str, actor: &Actor) -> Result<Option<JobRecord>, StoreError> {
+    Ok(job(kv, id)?.filter(|j| j.state == JobState::Uploading && j.created_by == *actor))
+}
+
+/// Remove an upload and everything it stored (its abort, or its replacement by a new upload of
+/// the same file).
+fn drop_upload(kv: &mut dyn Kv, j: &JobRecord) -> Result<(), StoreError> {
+    purge(kv, &j.id)?;
+    let chunk_keys: Vec<Vec<u8>> =
+        kv.scan_prefix(format!("{CHUNK}{}/", j.id).as_bytes())?.into_iter().map(|(k, _)| k).collect();
+    for k in chunk_keys {
+        kv.delete(&k);
+    }
+    kv.delete(format!("{JOB}{}", j.id).as_bytes());
+    let dkey = digest_key(&j.tenant, &j.digest);
+    if get::<String>(kv, &dkey)?.as_deref() == Some(j.id.as_str()) {
+        kv.delete(dkey.as_bytes());
+    }
+    Ok(())
+}
+
 /// Where the job made from a file (by SHA-256) of a tenant is noted.
 fn digest_key(tenant: &str, digest: &str) -> String {
     format!("{DIGEST}{tenant}/{digest}")
@@ -406,6 +440,15 @@ pub fn chunks(kv: &dyn Kv, id: &str) -> Result<Vec<ChunkRecord>, StoreError> {
 /// A sealed chunk input or output.
 pub fn sealed(kv: &dyn Kv, prefix: &str, id: &str, n: u32) -> Result<Option<Vec<u8>>, StoreError> {
     kv.get(chunk_key(prefix, id, n).as_bytes())
+}
+
+/// An upload not finished this long after it began is abandoned (its node died, its client went
+/// away): the nodes expire it, so its sealed input does not stay in the state.
+pub const UPLOAD_ABANDONED_MS: u64 = 30 * 60_000;
+
+/// Whether upload `j` is abandoned at `now_ms`.
+pub fn upload_abandoned(j: &JobRecord, now_ms: u64) -> bool {
+    now_ms >= j.created_ms.saturating_add(UPLOAD_ABANDONED_MS)
 }
 
 fn check_id(id: &str) -> Step<()> {
@@ -526,8 +569,12 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 return Err(Fail::Refused(format!("the data key's block belongs to tenant {owner:?}, not {tenant:?}")));
             }
             let dkey = digest_key(&tenant, &digest);
+            let mut replaced = None;
             if !force && let Some(other) = open_job_with_digest(kv, &tenant, &digest)? {
-                return Err(Fail::Refused(same_file(&digest, &other)));
+                match upload_to_replace(kv, &other.0, ctx.actor)? {
+                    Some(j) => replaced = Some(j),
+                    None => return Err(Fail::Refused(same_file(&digest, &other))),
+                }
             }
             let rec = JobRecord {
                 id: id.clone(),
@@ -555,10 +602,17 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                 delivered: Vec::new(),
                 retention_ms,
             };
+            let replaces = match &replaced {
+                Some(old) => {
+                    drop_upload(kv, old)?;
+                    format!("; replaces job {}, an upload of the same file that did not finish", old.id)
+                }
+                None => String::new(),
+            };
             put(kv, &format!("{JOB}{id}"), &rec)?;
             put(kv, &dkey, &id)?;
             let forced = if force { "; forced (the reason is sealed in this record)" } else { "" };
-            Ok(format!("{} records in {} chunks of {}{forced}", rec.records, rec.chunks, rec.chunk_size))
+            Ok(format!("{} records in {} chunks of {}{forced}{replaces}", rec.records, rec.chunks, rec.chunk_size))
         }
         JobCommand::Input { id, n, cards, sealed } => {
             let mut j = job_or_refuse(kv, &id)?;
@@ -618,17 +672,7 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
                     j.state.as_str()
                 )));
             }
-            purge(kv, &id)?;
-            let chunk_keys: Vec<Vec<u8>> =
-                kv.scan_prefix(format!("{CHUNK}{id}/").as_bytes())?.into_iter().map(|(k, _)| k).collect();
-            for k in chunk_keys {
-                kv.delete(&k);
-            }
-            kv.delete(format!("{JOB}{id}").as_bytes());
-            let dkey = digest_key(&j.tenant, &j.digest);
-            if get::<String>(kv, &dkey)?.as_deref() == Some(id.as_str()) {
-                kv.delete(dkey.as_bytes());
-            }
+            drop_upload(kv, &j)?;
             Ok("upload aborted; nothing of the job remains".into())
         }
         JobCommand::Claim { id, n, node, lease_ms } => {
@@ -755,7 +799,8 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             if !matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done) {
                 return Err(Fail::Refused(format!("job {id} is {}", j.state.as_str())));
             }
-            if j.retention_ms == 0 || ctx.time_ms < j.created_ms.saturating_add(j.retention_ms) {
+            let abandoned = j.state == JobState::Uploading && upload_abandoned(&j, ctx.time_ms);
+            if !abandoned && (j.retention_ms == 0 || ctx.time_ms < j.created_ms.saturating_add(j.retention_ms)) {
                 return Err(Fail::Refused(format!("job {id} is within its retention")));
             }
             purge(kv, &id)?;
@@ -764,6 +809,12 @@ fn apply_inner(kv: &mut dyn Kv, ctx: &Ctx<'_>, cmd: JobCommand) -> Step<String> 
             j.closed_by = Some(ctx.actor.clone());
             j.closed_ms = ctx.time_ms;
             put(kv, &format!("{JOB}{id}"), &j)?;
+            if abandoned {
+                return Ok(format!(
+                    "upload abandoned: not finished {} min after it began; its input purged",
+                    UPLOAD_ABANDONED_MS / 60_000
+                ));
+            }
             Ok(format!("retention of {} s ran out unacknowledged; input and output purged", j.retention_ms / 1000))
         }
         JobCommand::DataKeysMoved { smk, keys } => {
@@ -1102,5 +1153,58 @@ mod tests {
         assert!(refused(run(&mut kv, &op(), 3, 0, JobCommand::Start { id: "J".into() })).contains("1 of 2"));
         ok(run(&mut kv, &op(), 4, 0, JobCommand::Abort { id: "J".into() }));
         assert_eq!(kv.scan_prefix(b"jobs/").unwrap().len(), before);
+    }
+
+    #[test]
+    fn an_unfinished_upload_is_replaced_by_its_submitter_and_expires_when_abandoned() {
+        let mut kv = MemKv::default();
+        let smk =
+            SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0, next: None, retired: Vec::new() };
+        crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
+        let create = |id: &str| JobCommand::Create {
+            id: id.into(),
+            product: "p".into(),
+            profile: String::new(),
+            file: "f".into(),
+            digest: "E".repeat(64),
+            records: 3,
+            skipped: vec![],
+            chunk_size: 2,
+            chunks: 2,
+            data_key: key(),
+            mac_key: "MAC".into(),
+            force: false,
+            reason: None,
+            retention_ms: 0,
+            tenant: "default".into(),
+        };
+        // Its node died after the first chunk: the upload is left half done.
+        ok(run(&mut kv, &op(), 1, 0, create("J1")));
+        ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J1".into(), n: 0, cards: 2, sealed: vec![1] }));
+        // Another operator sending the same file is told about it, not let in.
+        let other = Actor { role: Role::Operator, name: "olga".into() };
+        assert_eq!(
+            same_file_refusal(&kv, "default", &"E".repeat(64), &other).unwrap().map(|r| r.contains("J1")),
+            Some(true)
+        );
+        let r = refused(run(&mut kv, &other, 3, 0, create("J9")));
+        assert!(r.contains("already job J1"), "{r}");
+        // The same operator sending it again replaces it: nothing of J1 remains.
+        assert_eq!(same_file_refusal(&kv, "default", &"E".repeat(64), &op()).unwrap(), None);
+        let d = ok(run(&mut kv, &op(), 4, 0, create("J2")));
+        assert!(d.contains("replaces job J1"), "{d}");
+        assert!(job(&kv, "J1").unwrap().is_none());
+        assert_eq!(sealed(&kv, INPUT, "J1", 0).unwrap(), None);
+        assert!(kv.scan_prefix(format!("{CHUNK}J1/").as_bytes()).unwrap().is_empty());
+        // J2 is the file's job now; once uploading and running, the same file is refused again.
+        ok(run(&mut kv, &op(), 5, 0, JobCommand::Input { id: "J2".into(), n: 0, cards: 2, sealed: vec![1] }));
+        // Left unfinished, it expires after UPLOAD_ABANDONED_MS (by the leader's time), by a node.
+        let e = || JobCommand::Expire { id: "J2".into() };
+        assert!(refused(run(&mut kv, &node(1), 6, UPLOAD_ABANDONED_MS - 1, e())).contains("within its retention"));
+        let d = ok(run(&mut kv, &node(1), 7, UPLOAD_ABANDONED_MS, e()));
+        assert!(d.contains("upload abandoned"), "{d}");
+        assert_eq!(sealed(&kv, INPUT, "J2", 0).unwrap(), None);
+        assert_eq!(job(&kv, "J2").unwrap().unwrap().state, JobState::Expired);
+        assert_eq!(same_file_refusal(&kv, "default", &"E".repeat(64), &other).unwrap(), None);
     }
 }

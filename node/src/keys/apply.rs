@@ -14,12 +14,14 @@ mod audit_keys;
 pub mod ca;
 mod ceremonies;
 mod inventory;
+use inventory::NewKey;
 pub mod issuers;
 mod nodes;
 pub mod partners;
 mod revocations;
 pub mod rotation;
 mod smk;
+pub mod targets;
 
 pub use revocations::{Revoked, is_revoked, normalize_serial, revocations, revoked_serials};
 
@@ -328,6 +330,37 @@ pub enum KeyCommand {
     },
     /// A key left for a partner as a TR-31 block under its ZMK (actor: the partner).
     PartnerExported { key: String },
+    /// Retire one of this CA's keys for good (actor: CA officer): it certifies nothing more and
+    /// this cluster no longer verifies certificates under it.
+    CaKeyRevoke {
+        /// RID, hex.
+        rid: String,
+        /// CA public key index.
+        index: u8,
+        /// Why.
+        reason: String,
+    },
+    /// Register another cluster keys are distributed to, or change it (actor: admin).
+    TargetSet {
+        name: String,
+        /// `[https://]host:port`.
+        endpoint: String,
+        /// SHA-256 of its CA certificate (DER), hex.
+        ca_sha256: String,
+        /// The KBPK between the two: an active K0/K1 formed from components.
+        kbpk: String,
+    },
+    /// The target confirmed a key exported to it (actor: admin): recorded if the KCV it answered
+    /// is the key's.
+    KeyDelivered {
+        target: String,
+        /// The export approval the key left under.
+        approval: String,
+        /// The KCV the target answered.
+        kcv: String,
+        /// The id the target filed it under.
+        remote_key: String,
+    },
 }
 
 pub use crate::domain::{Applied, Ctx};
@@ -371,6 +404,9 @@ impl KeyCommand {
             KeyCommand::PartnerShare { .. } => "partner.share",
             KeyCommand::PartnerImported { .. } => "exchange.import",
             KeyCommand::PartnerExported { .. } => "exchange.export",
+            KeyCommand::CaKeyRevoke { .. } => "ca.key_revoke",
+            KeyCommand::TargetSet { .. } => "target.set",
+            KeyCommand::KeyDelivered { .. } => "key.distribute",
         }
     }
 
@@ -401,7 +437,9 @@ impl KeyCommand {
             KeyCommand::IssuerCertImport { key: None, .. } => "issuer-cert".into(),
             KeyCommand::RevokeCert { serial, .. } => format!("cert:{serial}"),
             KeyCommand::Denied { call, .. } => format!("call:{call}"),
-            KeyCommand::CaKeyCreate { rid, index, .. } => format!("ca-key:{}", ca::ca_id(rid, *index)),
+            KeyCommand::CaKeyCreate { rid, index, .. } | KeyCommand::CaKeyRevoke { rid, index, .. } => {
+                format!("ca-key:{}", ca::ca_id(rid, *index))
+            }
             KeyCommand::CaCertified { approval } => format!("approval:{approval}"),
             KeyCommand::CaRevoke { entries, .. } => match entries.first() {
                 Some((rid, index, serial)) => format!("ca-revoked:{}/{serial}", ca::ca_id(rid, *index)),
@@ -411,6 +449,8 @@ impl KeyCommand {
             KeyCommand::PartnerSet { name, .. } => format!("partner:{name}"),
             KeyCommand::PartnerShare { key, .. } | KeyCommand::PartnerExported { key } => format!("key:{key}"),
             KeyCommand::PartnerImported { label, .. } => format!("key:{label}"),
+            KeyCommand::TargetSet { name, .. } => format!("target:{name}"),
+            KeyCommand::KeyDelivered { approval, .. } => format!("approval:{approval}"),
         }
     }
 }
@@ -510,7 +550,7 @@ impl State<'_> {
             KeyCommand::SmkGranted { approval, node, sealed } => self.smk_granted(ctx, approval, node, sealed),
             KeyCommand::SmkInstalled { node, kcv } => self.smk_installed(ctx, node, kcv),
             KeyCommand::KeyCreate { label, usage, exportable, origin, wrapped, active, tenant } => {
-                self.key_create(ctx, label, usage, exportable, origin, wrapped, active, tenant)
+                self.key_create(ctx, NewKey { label, usage, exportable, origin, wrapped, active, tenant })
             }
             KeyCommand::KeySetState { id, state } => self.key_set_state(ctx, id, state),
             KeyCommand::ApprovalRequest { id, action, ttl_ms } => self.approval_request(ctx, id, action, ttl_ms),
@@ -547,6 +587,13 @@ impl State<'_> {
             }
             KeyCommand::CaCertified { approval } => self.ca_certified(ctx, approval),
             KeyCommand::CaRevoke { entries, reason } => self.ca_revoke(ctx, entries, reason),
+            KeyCommand::CaKeyRevoke { rid, index, reason } => self.ca_key_revoke(ctx, rid, index, reason),
+            KeyCommand::TargetSet { name, endpoint, ca_sha256, kbpk } => {
+                self.target_set(ctx, name, endpoint, ca_sha256, kbpk)
+            }
+            KeyCommand::KeyDelivered { target, approval, kcv, remote_key } => {
+                self.key_delivered(ctx, target, approval, kcv, remote_key)
+            }
             KeyCommand::IssuerRequestSigned { label, what } => self.issuer_request_signed(ctx, label, what),
             KeyCommand::PartnerSet { name, zmk } => self.partner_set(ctx, name, zmk),
             KeyCommand::PartnerShare { name, key, share } => self.partner_share(ctx, name, key, share),

@@ -16,7 +16,9 @@
 //! 5. **audit keys**: the leader, holding the SMK, generates the audit MAC and encryption keys
 //!    once.
 //! 6. **seal**: the leader seals the audit chain head every few seconds when it moved, and at the
-//!    latest every [`audit::SEAL_EVERY_RECORDS`] records (verification requires seals).
+//!    latest every [`audit::SEAL_EVERY_RECORDS`] records (verification requires seals). It runs
+//!    on every round whatever the other steps did: a step that fails round after round must not
+//!    leave the chain unsealed.
 //! 7. **rotate the SMK** (`keys/apply/rotation.rs`): a complete rotation ceremony and this node
 //!    holds the SMK: form the next SMK beside it (`SmkNextFormed`); the leader, once every node
 //!    has, re-protects every key block under it and proposes the switch (`SmkSwitch`); after the
@@ -179,7 +181,12 @@ impl KeyAgent {
         tokio::pin!(stop);
         let mut last_seal = (Instant::now(), 0);
         loop {
-            let result = self.round(&*proposer, &mut last_seal).await;
+            // The seal does not wait on the key steps: a step that fails on every round (a
+            // ceremony this node's HSM cannot form, a grant it cannot wrap) must not leave the
+            // audit chain unsealed.
+            let keys = self.round(&*proposer).await;
+            let seal = self.seal(&*proposer, &mut last_seal).await;
+            let result = keys.and(seal);
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = result.as_ref().err().map(ToString::to_string);
             if let Err(e) = result {
                 warn!(error = %e, "key agent round failed; retrying");
@@ -218,7 +225,7 @@ impl KeyAgent {
         }
     }
 
-    async fn round(&self, proposer: &dyn Proposer, last_seal: &mut (Instant, u64)) -> Result<(), AgentError> {
+    async fn round(&self, proposer: &dyn Proposer) -> Result<(), AgentError> {
         let metrics = self.raft.metrics().borrow().clone();
         let Some(_leader) = metrics.current_leader else { return Ok(()) };
         if !metrics.membership_config.membership().nodes().any(|(id, _)| *id == self.id) {
@@ -364,29 +371,43 @@ impl KeyAgent {
             *self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(k.mac.clone());
         }
 
-        // 6. seal: every few seconds while the chain moves, and at the latest every
-        // `SEAL_EVERY_RECORDS` records
-        if leader && holds_smk && audit_keys.is_some() {
-            let (head, last) = self
-                .sm
-                .read(|kv| {
-                    let h = audit::head(kv)?;
-                    let last = audit::record(kv, h.seq)?;
-                    Ok((h, last))
-                })
-                .await?;
-            let due = last_seal.0.elapsed() >= SEAL_EVERY || head.seq >= last_seal.1 + audit::SEAL_EVERY_RECORDS;
-            if due && head.seq > 0 && last.map(|r| r.action != "audit.seal").unwrap_or(false) {
-                *last_seal = (Instant::now(), head.seq);
-                let input = audit::seal_input(head.seq, &head.hash);
-                if let Some(mac) = self.audit_mac(input).await {
-                    let cmd = Command::AuditSeal { seq: head.seq, hash: head.hash, mac };
-                    proposer
-                        .propose(Actor::node(me), cmd)
-                        .await
-                        .map_err(|source| AgentError::Propose { action: "audit.seal", source })?;
-                }
-            }
+        Ok(())
+    }
+
+    /// Step 6, the seal: the leader seals every few seconds while the chain moves, and at the
+    /// latest every `SEAL_EVERY_RECORDS` records. Due when the last record is not a seal that was
+    /// applied (a refused seal is a record like any other and needs one).
+    async fn seal(&self, proposer: &dyn Proposer, last_seal: &mut (Instant, u64)) -> Result<(), AgentError> {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Ok(());
+        }
+        let (audit_keys, head, last) = self
+            .sm
+            .read(|kv| {
+                let keys = read::<AuditKeys>(kv, key::AUDIT_KEYS)?;
+                let h = audit::head(kv)?;
+                let last = audit::record(kv, h.seq)?;
+                Ok((keys, h, last))
+            })
+            .await?;
+        let Some(keys) = audit_keys else { return Ok(()) };
+        // The key as the state has it now (an SMK switch re-protects it).
+        *self.audit_mac_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys.mac);
+        let due = last_seal.0.elapsed() >= SEAL_EVERY || head.seq >= last_seal.1 + audit::SEAL_EVERY_RECORDS;
+        if !due || head.seq == 0 || last.is_none_or(|r| r.seal.is_some()) {
+            return Ok(());
+        }
+        *last_seal = (Instant::now(), head.seq);
+        let input = audit::seal_input(head.seq, &head.hash);
+        let Some(mac) = self.audit_mac(input).await else { return Ok(()) };
+        let cmd = Command::AuditSeal { seq: head.seq, hash: head.hash, mac };
+        let outcome = proposer
+            .propose(Actor::node(self.id), cmd)
+            .await
+            .map_err(|source| AgentError::Propose { action: "audit.seal", source })?;
+        if let Outcome::Rejected { reason } = outcome {
+            warn!(seq = head.seq, %reason, "the audit seal was refused; sealing again next round");
+            last_seal.0 = last_seal.0.checked_sub(SEAL_EVERY).unwrap_or(last_seal.0);
         }
         Ok(())
     }

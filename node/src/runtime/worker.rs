@@ -301,7 +301,10 @@ impl Workers {
                 Ok(jobs(kv)?
                     .into_iter()
                     .filter(|j| matches!(j.state, JobState::Uploading | JobState::Running | JobState::Done))
-                    .filter(|j| j.retention_ms > 0 && now >= j.created_ms.saturating_add(j.retention_ms))
+                    .filter(|j| {
+                        (j.retention_ms > 0 && now >= j.created_ms.saturating_add(j.retention_ms))
+                            || (j.state == JobState::Uploading && crate::jobs::upload_abandoned(j, now))
+                    })
                     .map(|j| j.id)
                     .collect::<Vec<_>>())
             })

@@ -142,6 +142,25 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
             }
             text("reason", reason, 200)
         }
+        KeyCommand::TargetSet { name, endpoint, ca_sha256, kbpk } => {
+            id("target", name)?;
+            crate::keys::apply::targets::check_endpoint(endpoint)?;
+            text("CA SHA-256", ca_sha256, 64)?;
+            text("key id", kbpk, 80)
+        }
+        KeyCommand::KeyDelivered { target, approval, kcv, remote_key } => {
+            id("target", target)?;
+            id("approval id", approval)?;
+            text("KCV", kcv, 10)?;
+            text("the target's key id", remote_key, 80)
+        }
+        KeyCommand::CaKeyRevoke { rid, reason, .. } => {
+            text("RID", rid, 10)?;
+            if reason.trim().is_empty() {
+                return Err("a CA key is revoked with a reason".into());
+            }
+            text("reason", reason, 200)
+        }
         KeyCommand::PartnerSet { name, zmk } => {
             id("partner", name)?;
             text("key id", zmk, 80)

@@ -295,6 +295,10 @@ impl State<'_> {
             return Ok(refuse(format!("approval {approval} names no CA key ({ca:?})")));
         };
         let Some(mut rec) = self.own_ca(&rid, index)? else { return Ok(refuse(format!("no CA key {ca} of this CA"))) };
+        // A record whose block is not bound to the CA (edited at rest) records no certificate.
+        if let Err(r) = rec.block() {
+            return Ok(refuse(r));
+        }
         if a.state == ApprovalState::Done {
             return match rec.issued.iter().find(|c| c.approval == approval) {
                 Some(c) if !is_cert_revoked(self.kv, &rid, index, &c.serial)? => Ok(Ok(Applied::done(
@@ -343,6 +347,34 @@ impl State<'_> {
         Ok(Ok(Applied::done(
             format!("ca-cert:{}-{}-{serial}", rec.rid, rec.index),
             format!("serial {serial}: issuer {}, expiry {}, key {fingerprint}", req.issuer_id.digits(), req.expiry),
+        )))
+    }
+
+    /// Retire one of this CA's keys (CA officer), for good: it certifies nothing more (a pending
+    /// certification is refused when it is made) and leaves this cluster's CA key store.
+    pub(super) fn ca_key_revoke(
+        &mut self,
+        ctx: &Ctx<'_>,
+        rid: String,
+        index: u8,
+        reason: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::CaOfficer]) {
+            return Ok(Err(r));
+        }
+        let id = ca_id(&rid, index);
+        if reason.trim().is_empty() || reason.len() > 200 {
+            return Ok(refuse("a CA key is revoked with a reason of at most 200 bytes"));
+        }
+        let Some(mut rec) = self.own_ca(&rid, index)? else { return Ok(refuse(format!("no CA key {id} of this CA"))) };
+        if !rec.active {
+            return Ok(refuse(format!("CA key {id} is already revoked")));
+        }
+        rec.active = false;
+        self.put(format!("{OWN_CA}{id}"), &rec)?;
+        Ok(Ok(Applied::done(
+            format!("ca-key:{id}"),
+            format!("revoked ({reason}); it issued {} certificate(s), none is signed again", rec.issued.len()),
         )))
     }
 
@@ -712,5 +744,49 @@ mod tests {
         assert!(expired_at(CertExpiry::from_mmyy([0x01, 0x27]).unwrap(), feb));
         assert!(!expired_at(CertExpiry::from_mmyy([0x01, 0x27]).unwrap(), NOW));
         assert!(!expired_at(CertExpiry::from_mmyy([0x12, 0x26]).unwrap(), NOW), "the last day of the month");
+    }
+
+    #[test]
+    fn a_revoked_ca_key_or_one_edited_at_rest_certifies_nothing() {
+        let mut kv = state();
+        let carla = who(Role::CaOfficer, "carla");
+        let ca = rsa(1152);
+        let public = RsaPublic::new(&ca.n().to_vec(), &[3]);
+        ok(run(&mut kv, &carla, create("A000000999", 0xE1, "1230", &["4761"], block(public.clone(), CA_OWNER))));
+        let issuer = rsa(1024);
+        let (req, bytes) = request(RequestFormat::Visa, &issuer, "476173", [0x12, 0x29]);
+        ok(run(&mut kv, &carla, ask("v", &req, &bytes, None)));
+        grant(&mut kv, "v");
+
+        // The record edited at rest: another owner's block under the CA's public key.
+        let at = format!("{OWN_CA}A000000999/E1");
+        let good: OwnCaKey = read(&kv, &at).unwrap().unwrap();
+        let edited = OwnCaKey { key: block(public.clone(), "bank-a"), ..good.clone() };
+        crate::store::put_typed(&mut kv, at.as_bytes(), &edited).unwrap();
+        let r = refused(run(&mut kv, &carla, KeyCommand::CaCertified { approval: "v".into() }));
+        assert!(r.contains("belongs to tenant \"bank-a\"") && r.contains("altered"), "{r}");
+        let rec: OwnCaKey = read(&kv, &at).unwrap().unwrap();
+        assert!(rec.issued.is_empty(), "nothing recorded as issued");
+        crate::store::put_typed(&mut kv, at.as_bytes(), &good).unwrap();
+
+        // Revoked: by a CA officer only, with a reason, once.
+        let revoke =
+            |reason: &str| KeyCommand::CaKeyRevoke { rid: "A000000999".into(), index: 0xE1, reason: reason.into() };
+        assert!(refused(run(&mut kv, &who(Role::Admin, "ada"), revoke("x"))).contains("ca-officer"));
+        assert!(refused(run(&mut kv, &carla, revoke(" "))).contains("reason"));
+        let none = KeyCommand::CaKeyRevoke { rid: "A000000999".into(), index: 0xE7, reason: "x".into() };
+        assert!(refused(run(&mut kv, &carla, none)).contains("no CA key A000000999/E7"));
+        assert!(issuers::ca_store(&kv).unwrap().get([0xA0, 0, 0, 9, 0x99], 0xE1).is_some());
+        let d = ok(run(&mut kv, &carla, revoke("key compromise")));
+        assert!(d.contains("key compromise"), "{d}");
+        assert!(refused(run(&mut kv, &carla, revoke("again"))).contains("already revoked"));
+        // The granted certification is refused when made; nothing new is asked; the key left the store.
+        let r = refused(run(&mut kv, &carla, KeyCommand::CaCertified { approval: "v".into() }));
+        assert!(r.contains("revoked"), "{r}");
+        let r = refused(run(&mut kv, &carla, ask("w", &req, &bytes, None)));
+        assert!(r.contains("revoked"), "{r}");
+        assert!(issuers::ca_store(&kv).unwrap().get([0xA0, 0, 0, 9, 0x99], 0xE1).is_none());
+        let rec: OwnCaKey = read(&kv, &at).unwrap().unwrap();
+        assert!(!rec.active && rec.issued.is_empty());
     }
 }

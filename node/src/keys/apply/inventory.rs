@@ -2,42 +2,32 @@
 
 use super::*;
 
+/// A key to file in the inventory: what `KeyCreate` and a partner's import carry.
+pub(super) struct NewKey {
+    pub label: String,
+    pub usage: Usage,
+    pub exportable: bool,
+    pub origin: Origin,
+    pub wrapped: WrappedKey,
+    pub active: bool,
+    pub tenant: String,
+}
+
 impl State<'_> {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn key_create(
-        &mut self,
-        ctx: &Ctx<'_>,
-        label: String,
-        usage: Usage,
-        exportable: bool,
-        origin: Origin,
-        wrapped: WrappedKey,
-        active: bool,
-        tenant: String,
-    ) -> Result<Step<Applied>, StoreError> {
-        let allowed: &[Role] = match origin {
+    pub(super) fn key_create(&mut self, ctx: &Ctx<'_>, new: NewKey) -> Result<Step<Applied>, StoreError> {
+        let allowed: &[Role] = match new.origin {
             Origin::Components { .. } => &[Role::Node],
             _ => &[Role::Admin],
         };
         if let Err(r) = self.role(ctx, allowed) {
             return Ok(Err(r));
         }
-        self.key_create_checked(ctx, label, usage, exportable, origin, wrapped, active, tenant)
+        self.key_create_checked(ctx, new)
     }
 
     /// [`State::key_create`] once the caller's role is checked (a partner's import checks its own).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn key_create_checked(
-        &mut self,
-        ctx: &Ctx<'_>,
-        label: String,
-        usage: Usage,
-        exportable: bool,
-        origin: Origin,
-        wrapped: WrappedKey,
-        active: bool,
-        tenant: String,
-    ) -> Result<Step<Applied>, StoreError> {
+    pub(super) fn key_create_checked(&mut self, ctx: &Ctx<'_>, new: NewKey) -> Result<Step<Applied>, StoreError> {
+        let NewKey { label, usage, exportable, origin, wrapped, active, tenant } = new;
         if let Err(r) = check_id("label", &label) {
             return Ok(Err(r));
         }

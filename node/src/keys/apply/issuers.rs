@@ -149,7 +149,7 @@ fn rid_of(hex_rid: &str) -> Step<Rid> {
 }
 
 /// The CA keys the cluster holds: the built-in scheme TEST keys, the imported ones, and the
-/// public halves of its own EMV CA's keys.
+/// public halves of its own EMV CA's keys that are not revoked.
 pub fn ca_store(kv: &dyn crate::store::Kv) -> Result<CaKeyStore, StoreError> {
     let mut cas = CaKeyStore::with_scheme_test_keys().unwrap_or_else(|_| CaKeyStore::new());
     for r in scan::<CaKeyRecord>(kv, CA)? {
@@ -160,7 +160,7 @@ pub fn ca_store(kv: &dyn crate::store::Kv) -> Result<CaKeyStore, StoreError> {
             let _ = cas.insert(k);
         }
     }
-    for r in scan::<super::ca::OwnCaKey>(kv, super::ca::OWN_CA)? {
+    for r in scan::<super::ca::OwnCaKey>(kv, super::ca::OWN_CA)?.into_iter().filter(|r| r.active) {
         let Ok(rid) = rid_of(&r.rid) else { continue };
         if let Ok(k) = CaPublicKey::new(rid, r.index, &r.key.public.modulus, &r.key.public.exponent) {
             let _ = cas.insert(k);

@@ -149,8 +149,8 @@ impl State<'_> {
         let label = format!("{name}.{label}");
         // Filed as an import under the ZMK, in its tenant, by the partner.
         let origin = Origin::Tr31 { kbpk: p.zmk.clone() };
-        let created =
-            self.key_create_checked(ctx, label, usage, exportable, origin, wrapped, true, z.tenant.clone())?;
+        let new = NewKey { label, usage, exportable, origin, wrapped, active: true, tenant: z.tenant.clone() };
+        let created = self.key_create_checked(ctx, new)?;
         let (id, detail) = match created {
             Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
             Ok(other) => return Ok(Ok(other)),
@@ -320,5 +320,67 @@ mod tests {
         let p: PartnerRecord = read(&kv, &format!("{PARTNER}gie")).unwrap().unwrap();
         assert_eq!(p.imported, ["gie.imk.v1"]);
         assert!(p.sees("gie.imk.v1") && !p.sees("zpk.v1"));
+    }
+
+    /// Key distribution to another site (`targets.rs`), with this module's fixtures: the KBPK
+    /// must be formed from components; a delivery is recorded once, for an export done under the
+    /// target's KBPK, with the key's own KCV.
+    #[test]
+    fn a_delivery_is_recorded_once_with_the_key_s_kcv_for_an_export_under_the_target_s_kbpk() {
+        use crate::keys::apply::targets::{TARGET, TargetRecord};
+        let mut kv = state();
+        let ada = who(Role::Admin, "ada");
+        let fp = "AB".repeat(32);
+        let set = |kbpk: &str, endpoint: &str| KeyCommand::TargetSet {
+            name: "prod".into(),
+            endpoint: endpoint.into(),
+            ca_sha256: fp.clone(),
+            kbpk: kbpk.into(),
+        };
+        assert!(refused(run(&mut kv, &who(Role::Operator, "otto"), set("zmk.v1", "prod:7443"))).contains("role"));
+        assert!(refused(run(&mut kv, &ada, set("k0gen.v1", "prod:7443"))).contains("not formed from components"));
+        assert!(refused(run(&mut kv, &ada, set("zpk.v1", "prod:7443"))).contains("active K0/K1"));
+        for bad in ["prod", "prod:0", "https://prod:7443/x", "pr od:1", ":7443"] {
+            assert!(refused(run(&mut kv, &ada, set("zmk.v1", bad))).contains("host:port"), "{bad}");
+        }
+        done(run(&mut kv, &ada, set("zmk.v1", "https://prod.example:7443")));
+
+        // zpk.v1 exported under the target's KBPK (two custodians), and cvk.v1's approval only asked.
+        let ask = |id: &str, key: &str, kbpk: &str| KeyCommand::ApprovalRequest {
+            id: id.into(),
+            action: ApprovalAction::Export { key: key.into(), kbpk: kbpk.into() },
+            ttl_ms: 0,
+        };
+        done(run(&mut kv, &ada, ask("a1", "zpk.v1", "zmk.v1")));
+        done(run(&mut kv, &ada, ask("a2", "zpk.v1", "k0gen.v1")));
+        for c in ["alice", "bob"] {
+            for a in ["a1", "a2"] {
+                done(run(&mut kv, &who(Role::Custodian, c), KeyCommand::ApprovalDecide { id: a.into(), grant: true }));
+            }
+        }
+        let delivered = |approval: &str, kcv: &str| KeyCommand::KeyDelivered {
+            target: "prod".into(),
+            approval: approval.into(),
+            kcv: kcv.into(),
+            remote_key: "keysite.zpk.v1".into(),
+        };
+        assert!(refused(run(&mut kv, &ada, delivered("a1", "ABCDEF"))).contains("has not been exported"));
+        done(run(&mut kv, &ada, KeyCommand::ExportDone { approval: "a1".into() }));
+        done(run(&mut kv, &ada, KeyCommand::ExportDone { approval: "a2".into() }));
+        assert!(refused(run(&mut kv, &ada, delivered("a2", "ABCDEF"))).contains("not target prod's KBPK"));
+        assert!(refused(run(&mut kv, &ada, delivered("nope", "ABCDEF"))).contains("no approval nope"));
+        let r = refused(run(&mut kv, &ada, delivered("a1", "123456")));
+        assert!(r.contains("answered KCV 123456") && r.contains("not recorded"), "{r}");
+        assert!(refused(run(&mut kv, &who(Role::Partner, "prod"), delivered("a1", "ABCDEF"))).contains("role"));
+        let d = done(run(&mut kv, &ada, delivered("a1", "abcdef")));
+        assert!(d.contains("delivered to prod as keysite.zpk.v1 (KCV ABCDEF)"), "{d}");
+        assert!(refused(run(&mut kv, &ada, delivered("a1", "ABCDEF"))).contains("already recorded"));
+        let t: TargetRecord = read(&kv, &format!("{TARGET}prod")).unwrap().unwrap();
+        assert_eq!(t.deliveries.len(), 1);
+        assert_eq!((t.deliveries[0].key.as_str(), t.deliveries[0].kcv.0.as_str()), ("zpk.v1", "ABCDEF"));
+        // A new KBPK for the target keeps what was delivered.
+        done(run(&mut kv, &ada, set("zmk.v1", "prod2:7443")));
+        let t: TargetRecord = read(&kv, &format!("{TARGET}prod")).unwrap().unwrap();
+        assert_eq!((t.endpoint.as_str(), t.deliveries.len()), ("prod2:7443", 1));
     }
 }
