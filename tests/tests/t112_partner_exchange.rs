@@ -29,6 +29,10 @@ const CB_PARTS: [&str; 2] = [
     "0F1E2D3C4B5A69788796A5B4C3D2E1F00112233445566778899AABBCCDDEEF01",
 ];
 
+/// What the fuzzed messages' changed bytes are drawn from: header letters, digits, a NUL, a
+/// non-ASCII byte, a space.
+const ALPHABET: &[u8] = b"0123456789ABCDEFKNSTXBDE\x00\xff ";
+
 fn python() -> Option<std::path::PathBuf> {
     let p = quill_tests::reference_python();
     if p.is_none() {
@@ -224,4 +228,53 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
     cluster.quill_ok(2, &["audit", "verify"], &[]);
     let partners = cluster.quill_ok(1, &["--json", "exchange", "partners"], &ADMIN);
     assert!(partners.contains("gie.imk-e.v1") && partners.contains("zmk-cb.v1"), "{partners}");
+
+    step("fuzz: 300 mutated, truncated, padded and malformed partner messages; each refused, none filed");
+    let before = cluster.query(1, "keys", "").await.unwrap().as_array().unwrap().len();
+    let mut rng = quill_tests::Rng::new(112);
+    let good = block_e.as_bytes();
+    let mut refused_codes = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..300u32 {
+        let mut b = good.to_vec();
+        let (label, block) = match i % 6 {
+            // One to four bytes changed anywhere (header fields, length, key, MAC).
+            0 | 1 => {
+                for _ in 0..=(rng.next_u64() % 4) {
+                    let at = (rng.next_u64() as usize) % b.len();
+                    b[at] = ALPHABET[(rng.next_u64() as usize) % ALPHABET.len()];
+                }
+                ("fuzz".to_string(), String::from_utf8_lossy(&b).into_owned())
+            }
+            // Cut short.
+            2 => ("fuzz".to_string(), String::from_utf8_lossy(&b[..(rng.next_u64() as usize) % b.len()]).into_owned()),
+            // Far too long: a valid block with 64 KiB after it.
+            3 => ("fuzz".to_string(), format!("{block_e}{}", "0".repeat(64 << 10))),
+            // Out-of-range header fields: another version, usage, algorithm, exportability.
+            4 => {
+                let at = 5 + (rng.next_u64() as usize) % 11;
+                b[at] = b"Z9*~"[(rng.next_u64() % 4) as usize];
+                ("fuzz".to_string(), String::from_utf8_lossy(&b).into_owned())
+            }
+            // The good block under a label no inventory takes.
+            _ => (
+                ["", "a b", "x".repeat(65).as_str(), "tab\tlabel", "ü"][(i / 6 % 5) as usize].to_string(),
+                block_e.clone(),
+            ),
+        };
+        if label == "fuzz" && block == block_e {
+            continue;
+        }
+        let e = gie.import(&label, &block).await.expect_err("a malformed message was taken");
+        assert!(
+            matches!(e.code(), Code::InvalidArgument | Code::FailedPrecondition),
+            "message {i}: {:?} {}",
+            e.code(),
+            e.message()
+        );
+        *refused_codes.entry(format!("{:?}", e.code())).or_default() += 1;
+    }
+    eprintln!("refused: {refused_codes:?}");
+    assert_eq!(cluster.query(1, "keys", "").await.unwrap().as_array().unwrap().len(), before, "nothing filed");
+    assert_eq!(gie.list().await.len(), 2, "GIE sees what it saw before");
+    cluster.quill_ok(3, &["audit", "verify"], &[]);
 }

@@ -72,6 +72,8 @@ impl ExchangeService {
 
     async fn import(&self, who: Principal, r: ExchangeImportRequest) -> ApiResult<ExchangeImportResponse> {
         let (p, z) = self.partner(&who, "Exchange.Import").await?;
+        // The label first: no HSM work for a message that cannot be filed.
+        crate::state::validate::id("label", &r.label).map_err(ApiError::BadRequest)?;
         match self.open(&p, &z, &r.block).await {
             Ok((usage, exportable, wrapped)) => {
                 let cmd = KeyCommand::PartnerImported { label: r.label, usage, exportable, wrapped };

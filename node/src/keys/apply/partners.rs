@@ -146,6 +146,9 @@ impl State<'_> {
         if z.state != KeyState::Active {
             return Ok(refuse(format!("partner {name}'s zone master key {} is {}", p.zmk, z.state.as_str())));
         }
+        if let Err(r) = check_id("label", &label) {
+            return Ok(Err(r));
+        }
         let label = format!("{name}.{label}");
         // Filed as an import under the ZMK, in its tenant, by the partner.
         let origin = Origin::Tr31 { kbpk: p.zmk.clone() };
