@@ -1112,6 +1112,49 @@ impl Cluster {
         self.quill_ok(1, &["dev", "load-test-keys"], &admin);
     }
 
+    /// A working key `label.v1` formed on this cluster by a ceremony (`id`, started by an admin
+    /// through node 1): custodians alice and bob submit `parts` through nodes 2 and 3. Its KCV,
+    /// once formed.
+    pub async fn form_working_key(
+        &self,
+        id: &str,
+        label: &str,
+        usage: &str,
+        alg: &str,
+        parts: [&str; 2],
+        exportable: bool,
+    ) -> String {
+        let mut args = vec![
+            "ceremony",
+            "start",
+            "--key",
+            "working",
+            "--components",
+            "2",
+            "--id",
+            id,
+            "--label",
+            label,
+            "--usage",
+            usage,
+            "--alg",
+            alg,
+        ];
+        if exportable {
+            args.push("--exportable");
+        }
+        self.quill_ok(1, &args, &[("QUILL_ACTOR", "admin:ada")]);
+        for (node, (c, part)) in [(2, ("custodian:alice", parts[0])), (3, ("custodian:bob", parts[1]))] {
+            self.quill_ok(node, &["ceremony", "submit", "--id", id, "--component", part], &[("QUILL_ACTOR", c)]);
+        }
+        let key = format!("{label}.v1");
+        wait_until(Duration::from_secs(30), &format!("{key} formed"), || async {
+            let k = self.query(1, "key", &key).await?;
+            Ok::<_, String>(k["kcv"].as_str().unwrap_or_default().to_string())
+        })
+        .await
+    }
+
     /// The fetched output of `job` (made from the `visa-dda-credit` batch `input` of `cards`
     /// cards) checked card by card: every input line exactly once and in order, the three
     /// streams' digests and MACs (`quill prep check`), and, where the Python references are

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use quill_proto::v1::exchange_client::ExchangeClient;
 use quill_proto::v1::{Caller, ExchangeExportRequest, ExchangeImportRequest, ExchangeListRequest};
-use quill_tests::{Cluster, ClusterOptions, openssl_tdes_kcv, repo_root, step, wait_until, xor_hex};
+use quill_tests::{Cluster, ClusterOptions, openssl_tdes_kcv, repo_root, step, xor_hex};
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -84,37 +84,8 @@ async fn partners_exchange_keys_under_their_zone_master_keys() {
     cluster.keys_ready().await;
 
     step("each partner's ZMK from two components (the partner holds them too), named by the admin");
-    for (id, label, alg, parts) in [("zg", "zmk-gie", "des3", GIE_PARTS), ("zc", "zmk-cb", "aes256", CB_PARTS)] {
-        cluster.quill_ok(
-            1,
-            &[
-                "ceremony",
-                "start",
-                "--key",
-                "working",
-                "--components",
-                "2",
-                "--id",
-                id,
-                "--label",
-                label,
-                "--usage",
-                "K0",
-                "--alg",
-                alg,
-            ],
-            &ADMIN,
-        );
-        for (node, (c, part)) in [(2, ("custodian:alice", parts[0])), (3, ("custodian:bob", parts[1]))] {
-            cluster.quill_ok(node, &["ceremony", "submit", "--id", id, "--component", part], &[("QUILL_ACTOR", c)]);
-        }
-    }
-    let gie_kcv = wait_until(std::time::Duration::from_secs(30), "the ZMKs formed", || async {
-        let g = cluster.query(1, "key", "zmk-gie.v1").await?;
-        cluster.query(1, "key", "zmk-cb.v1").await?;
-        Ok::<_, String>(g["kcv"].as_str().unwrap_or_default().to_string())
-    })
-    .await;
+    let gie_kcv = cluster.form_working_key("zg", "zmk-gie", "K0", "des3", GIE_PARTS, false).await;
+    cluster.form_working_key("zc", "zmk-cb", "K0", "aes256", CB_PARTS, false).await;
     assert_eq!(gie_kcv, openssl_tdes_kcv(&xor_hex(&GIE_PARTS)), "GIE's ZMK is the components' XOR");
     // A K0 key generated in an HSM is no zone master key: the partner has no components of it.
     cluster.quill_ok(1, &["key", "generate", "--label", "k0-gen", "--usage", "K0", "--alg", "des3"], &ADMIN);

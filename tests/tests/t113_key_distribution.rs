@@ -12,11 +12,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::time::Duration;
 
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{Caller, KeyDeliveredRequest};
-use quill_tests::{Cluster, ClusterOptions, repo_root, step, wait_until, write_dda_batch};
+use quill_tests::{Cluster, ClusterOptions, repo_root, step, write_dda_batch};
 use serde_json::Value;
 
 const ADMIN: [(&str, &str); 1] = [("QUILL_ACTOR", "admin:ada")];
@@ -58,47 +57,6 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// A working key formed on `cluster` from `parts` by two custodians.
-async fn form(
-    cluster: &Cluster,
-    id: &str,
-    label: &str,
-    usage: &str,
-    alg: &str,
-    parts: [&str; 2],
-    exportable: bool,
-) -> String {
-    let mut args = vec![
-        "ceremony",
-        "start",
-        "--key",
-        "working",
-        "--components",
-        "2",
-        "--id",
-        id,
-        "--label",
-        label,
-        "--usage",
-        usage,
-        "--alg",
-        alg,
-    ];
-    if exportable {
-        args.push("--exportable");
-    }
-    cluster.quill_ok(1, &args, &ADMIN);
-    for (node, (c, part)) in [(2, ("custodian:alice", parts[0])), (3, ("custodian:bob", parts[1]))] {
-        cluster.quill_ok(node, &["ceremony", "submit", "--id", id, "--component", part], &[("QUILL_ACTOR", c)]);
-    }
-    let key = format!("{label}.v1");
-    wait_until(Duration::from_secs(30), &format!("{key} formed"), || async {
-        let k = cluster.query(1, "key", &key).await?;
-        Ok::<_, String>(k["kcv"].as_str().unwrap_or_default().to_string())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_go_from_the_key_site_to_production_which_prepares_cards_with_them() {
     let opts = || ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
@@ -110,8 +68,8 @@ async fn keys_go_from_the_key_site_to_production_which_prepares_cards_with_them(
     let d = dir.path();
 
     step("the KBPK formed on both sides from the same components: the KCVs agree");
-    let site_kcv = form(&site, "kbpk-p", "kbpk-prod", "K0", "aes256", KBPK_PARTS, false).await;
-    let prod_kcv = form(&prod, "kbpk-k", "kbpk-keysite", "K0", "aes256", KBPK_PARTS, false).await;
+    let site_kcv = site.form_working_key("kbpk-p", "kbpk-prod", "K0", "aes256", KBPK_PARTS, false).await;
+    let prod_kcv = prod.form_working_key("kbpk-k", "kbpk-keysite", "K0", "aes256", KBPK_PARTS, false).await;
     assert_eq!(site_kcv, prod_kcv, "both sites hold the same KBPK");
     prod.quill_ok(1, &["exchange", "zmk", "--partner", "keysite", "--key", "kbpk-keysite.v1"], &ADMIN);
     // Production issues the key site its identity there (partner:keysite, production's CA).
@@ -119,7 +77,7 @@ async fn keys_go_from_the_key_site_to_production_which_prepares_cards_with_them(
 
     step("key site: the three IMKs formed exportable; production registered as a target");
     for (i, (_, label, usage, parts)) in IMKS.iter().enumerate() {
-        form(&site, &format!("imk-{i}"), label, usage, "des2", *parts, true).await;
+        site.form_working_key(&format!("imk-{i}"), label, usage, "des2", *parts, true).await;
     }
     let endpoint = prod.node(1).api_addr.to_string();
     let ca = push_identity.join("ca.pem");

@@ -902,11 +902,38 @@ mod tests {
     }
 
     /// A running job `J` of 3 chunks (2 + 2 + 1 cards).
-    fn running() -> MemKv {
+    /// A state with the SMK's facts only.
+    fn with_smk() -> MemKv {
         let mut kv = MemKv::default();
         let smk =
             SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0, next: None, retired: Vec::new() };
         crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
+        kv
+    }
+
+    /// An upload of 3 records in 2 chunks, of the file whose digest is `digest` repeated.
+    fn upload(id: &str, digest: char) -> JobCommand {
+        JobCommand::Create {
+            id: id.into(),
+            product: "p".into(),
+            profile: String::new(),
+            file: "f".into(),
+            digest: digest.to_string().repeat(64),
+            records: 3,
+            skipped: vec![],
+            chunk_size: 2,
+            chunks: 2,
+            data_key: key(),
+            mac_key: "MAC".into(),
+            force: false,
+            reason: None,
+            retention_ms: 0,
+            tenant: "default".into(),
+        }
+    }
+
+    fn running() -> MemKv {
+        let mut kv = with_smk();
         let create = |force| JobCommand::Create {
             id: "J".into(),
             product: "p v1".into(),
@@ -1121,34 +1148,9 @@ mod tests {
 
     #[test]
     fn an_aborted_upload_leaves_nothing() {
-        let mut kv = MemKv::default();
-        let smk =
-            SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0, next: None, retired: Vec::new() };
-        crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
+        let mut kv = with_smk();
         let before = kv.scan_prefix(b"jobs/").unwrap().len();
-        ok(run(
-            &mut kv,
-            &op(),
-            1,
-            0,
-            JobCommand::Create {
-                id: "J".into(),
-                product: "p".into(),
-                profile: String::new(),
-                file: "f".into(),
-                digest: "D".repeat(64),
-                records: 3,
-                skipped: vec![],
-                chunk_size: 2,
-                chunks: 2,
-                data_key: key(),
-                mac_key: "MAC".into(),
-                force: false,
-                reason: None,
-                retention_ms: 0,
-                tenant: "default".into(),
-            },
-        ));
+        ok(run(&mut kv, &op(), 1, 0, upload("J", 'D')));
         ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J".into(), n: 0, cards: 2, sealed: vec![1] }));
         assert!(refused(run(&mut kv, &op(), 3, 0, JobCommand::Start { id: "J".into() })).contains("1 of 2"));
         ok(run(&mut kv, &op(), 4, 0, JobCommand::Abort { id: "J".into() }));
@@ -1157,27 +1159,8 @@ mod tests {
 
     #[test]
     fn an_unfinished_upload_is_replaced_by_its_submitter_and_expires_when_abandoned() {
-        let mut kv = MemKv::default();
-        let smk =
-            SmkInfo { kcv: Kcv("SMK".into()), ceremony: "smk-1".into(), formed_ms: 0, next: None, retired: Vec::new() };
-        crate::store::put_typed(&mut kv, keys_key::SMK.as_bytes(), &smk).unwrap();
-        let create = |id: &str| JobCommand::Create {
-            id: id.into(),
-            product: "p".into(),
-            profile: String::new(),
-            file: "f".into(),
-            digest: "E".repeat(64),
-            records: 3,
-            skipped: vec![],
-            chunk_size: 2,
-            chunks: 2,
-            data_key: key(),
-            mac_key: "MAC".into(),
-            force: false,
-            reason: None,
-            retention_ms: 0,
-            tenant: "default".into(),
-        };
+        let mut kv = with_smk();
+        let create = |id: &str| upload(id, 'E');
         // Its node died after the first chunk: the upload is left half done.
         ok(run(&mut kv, &op(), 1, 0, create("J1")));
         ok(run(&mut kv, &op(), 2, 0, JobCommand::Input { id: "J1".into(), n: 0, cards: 2, sealed: vec![1] }));
