@@ -100,7 +100,11 @@ fn print(r: &Report) {
             c as f64 / 1000.0
         );
     }
-    println!("longest time without batch progress: {:.1} s", r.longest_stall_ms as f64 / 1000.0);
+    println!(
+        "longest time without batch progress while a quorum was up: {:.1} s (a majority down for {:.1} s)",
+        r.longest_stall_ms as f64 / 1000.0,
+        r.no_quorum_ms as f64 / 1000.0
+    );
     println!("leader changes: {}; outside every fault window: {}", r.leader_changes, r.unprovoked_leader_changes.len());
     for u in &r.unprovoked_leader_changes {
         println!("  {u}");

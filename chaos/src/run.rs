@@ -114,8 +114,10 @@ pub struct Report {
     /// Once the faults stopped (the workload still running): ms until every node had applied the
     /// leader's applied index of that moment (goal: 10 s).
     pub catch_up_ms: Option<u64>,
-    /// Longest time the batch's card count stood still, ms (goal: 30 s while a quorum is up).
+    /// Longest time the batch's card count stood still while a quorum was up, ms (goal: 30 s).
     pub longest_stall_ms: u64,
+    /// Time the nemesis had a majority down (restart-all), not counted in a stall, ms.
+    pub no_quorum_ms: u64,
     /// Leader changes seen during the workload.
     pub leader_changes: usize,
     /// Those outside every fault's window (the fault and 5 s after): a healthy leader displaced.
@@ -275,6 +277,46 @@ struct Feed {
     first_pan: usize,
     start: Instant,
     until: Arc<AtomicBool>,
+    /// When the nemesis had a majority down: not counted as a stall.
+    no_quorum: NoQuorum,
+}
+
+/// The windows in which the nemesis had a majority of the nodes down (restart-all), when the
+/// cluster cannot make progress by design; the stall goal holds while a quorum is up.
+#[derive(Debug, Clone, Default)]
+struct NoQuorum(Arc<std::sync::Mutex<Vec<Window>>>);
+
+/// From, and until (`None`: still open).
+type Window = (Instant, Option<Instant>);
+
+impl NoQuorum {
+    fn begin(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Instant::now(), None));
+    }
+
+    fn end(&self) {
+        let mut w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(last) = w.last_mut() {
+            last.1.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// How much of `[from, to]` fell in a window (one still open ends at `to`).
+    fn within(&self, from: Instant, to: Instant) -> Duration {
+        let w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.iter()
+            .map(|(a, b)| {
+                let (a, b) = ((*a).max(from), b.unwrap_or(to).min(to));
+                b.saturating_duration_since(a)
+            })
+            .sum()
+    }
+
+    /// All windows, ms.
+    fn total_ms(&self, now: Instant) -> u64 {
+        let w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.iter().map(|(a, b)| b.unwrap_or(now).saturating_duration_since(*a).as_millis() as u64).sum()
+    }
 }
 
 /// What it saw.
@@ -290,7 +332,8 @@ struct Fed {
 /// Batches of `cards` cards, one after another, each submitted through the next node that takes
 /// it (a submission refused or timed out goes to the next node), until `until` is set and the
 /// batch then running is done. The job is polled through whichever node answers (linearizable
-/// reads); a batch whose card count stands still is a stall (time between batches is not).
+/// reads); a batch whose card count stands still while a quorum is up is a stall (time between
+/// batches, and time with a majority down, is not).
 async fn feed_batches(f: Feed) -> Fed {
     let mut fed = Fed::default();
     let mut turn = 0usize;
@@ -342,7 +385,9 @@ async fn feed_batches(f: Feed) -> Fed {
                     break;
                 }
             }
-            fed.longest_stall_ms = fed.longest_stall_ms.max(ms(last_change));
+            let now = Instant::now();
+            let stalled = now.duration_since(last_change).saturating_sub(f.no_quorum.within(last_change, now));
+            fed.longest_stall_ms = fed.longest_stall_ms.max(stalled.as_millis() as u64);
             if submitted.elapsed() > Duration::from_secs(900) {
                 fed.problems.push(format!("batch {job} not done 15 minutes after its submission"));
                 return fed;
@@ -379,11 +424,12 @@ fn membership_cli(cluster: &Cluster, via: u64, args: &[&str]) -> Result<(), Stri
 }
 
 /// Apply `f` and return the nodes it hit; undo it after `len`.
-async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: Instant) {
+async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: Instant, no_quorum: &NoQuorum) {
     let ids = cluster.ids();
     let n = ids.len() as u64;
     let leader = leader_among(cluster, &ids).await;
     let at_ms = ms(start);
+    let t_fault = Instant::now();
     let len = Duration::from_secs(f.len_s);
     let pick = ids[(f.pick % n) as usize];
     let mut injected =
@@ -529,16 +575,26 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
         }
         Kind::RestartAll => {
             injected.nodes = ids.clone();
-            for id in &ids {
+            // No quorum from the stop that leaves fewer than a majority running until a majority
+            // answers its health check again.
+            let majority = ids.len() / 2 + 1;
+            for (k, id) in ids.iter().enumerate() {
                 cluster.terminate(*id);
+                if ids.len() - (k + 1) < majority && ids.len() - k >= majority {
+                    no_quorum.begin();
+                }
             }
             tokio::time::sleep(len).await;
             for id in &ids {
                 cluster.spawn(*id);
             }
-            for id in &ids {
+            for (k, id) in ids.iter().enumerate() {
                 cluster.wait_health(*id).await;
+                if k + 1 == majority {
+                    no_quorum.end();
+                }
             }
+            injected.note = format!("no quorum for {} ms", no_quorum.within(t_fault, Instant::now()).as_millis());
         }
     }
     injected.len_ms = ms(start).saturating_sub(at_ms);
@@ -591,6 +647,7 @@ pub async fn run(opts: &Options) -> Report {
         converge_ms: None,
         catch_up_ms: None,
         longest_stall_ms: 0,
+        no_quorum_ms: 0,
         leader_changes: 0,
         unprovoked_leader_changes: Vec::new(),
         undecided: Vec::new(),
@@ -669,6 +726,7 @@ pub async fn run(opts: &Options) -> Report {
     // Without faults first (the clients running): a batch of `calm_cards`, for cards/s without
     // faults measured in the same run.
     // The same feeder as under faults, told to stop after its first batch.
+    let no_quorum = NoQuorum::default();
     let feed = |name: &'static str, cards: usize, first_pan: usize, until: Arc<AtomicBool>| Feed {
         runner: cluster.runner(),
         keys: ids
@@ -682,6 +740,7 @@ pub async fn run(opts: &Options) -> Report {
         first_pan,
         start,
         until,
+        no_quorum: no_quorum.clone(),
     };
     if opts.calm_cards > 0 {
         let calm = feed_batches(feed("calm", opts.calm_cards, 0, Arc::new(AtomicBool::new(true)))).await;
@@ -702,7 +761,7 @@ pub async fn run(opts: &Options) -> Report {
     let feeder = tokio::spawn(feed_batches(feed("batch", opts.cards, opts.calm_cards, faults_over_flag.clone())));
     for f in &schedule {
         tokio::time::sleep(Duration::from_secs(f.at_s).saturating_sub(faults_start.elapsed())).await;
-        inject(&mut cluster, f, &mut report, start).await;
+        inject(&mut cluster, f, &mut report, start, &no_quorum).await;
     }
     // Faults over, workload still running: how long until every node has applied what the
     // leader had applied at this moment.
@@ -778,6 +837,7 @@ pub async fn run(opts: &Options) -> Report {
     };
     report.violations.extend(batches.problems.iter().cloned());
     report.longest_stall_ms = batches.longest_stall_ms;
+    report.no_quorum_ms = no_quorum.total_ms(Instant::now());
     if report.longest_stall_ms > 30_000 {
         report.violations.push(format!(
             "a batch made no progress for {} ms (goal: 30 s while a quorum is up)",

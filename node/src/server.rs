@@ -100,6 +100,13 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 /// this time (every call on it is refused meanwhile).
 pub const CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// How long a stopping node lets calls in flight finish before it closes their connections. A
+/// write waits for its commit up to the write timeout (10 s): with the quorum gone (a cluster
+/// stopped node by node) every later node held its stop that long, and the whole stop took half
+/// a minute. A call cut off this way is indeterminate to its client, as any lost connection is;
+/// a retry with the same serial is applied once.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Keep `revoked` equal to the replicated list: re-read it whenever the applied index moves.
 async fn refresh_revocations(raft: Raft, sm: crate::raft::StateMachine, revoked: crate::tls::Revocations) {
     let mut metrics = raft.metrics();
@@ -301,8 +308,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
 
     // Teardown: servers first (no new requests), then Raft, then the storage (dropped last).
     let mut failure = None;
-    for (what, handle) in servers.into_iter().rev() {
-        match handle.await {
+    let drained_by = tokio::time::Instant::now() + DRAIN;
+    for (what, mut handle) in servers.into_iter().rev() {
+        let Ok(joined) = tokio::time::timeout_at(drained_by, &mut handle).await else {
+            warn!(server = what, drain_s = DRAIN.as_secs(), "calls still in flight; closing their connections");
+            handle.abort();
+            continue;
+        };
+        match joined {
             Ok(Ok(())) => info!(server = what, "stopped"),
             Ok(Err(reason)) => {
                 error!(server = what, %reason, "stopped with an error");

@@ -81,6 +81,14 @@ impl LogStore {
         Ok(out)
     }
 
+    fn first_entry_index(store: &Store) -> Result<Option<u64>, StoreError> {
+        let cf = store.cf(Cf::Log)?;
+        match store.db().iterator_cf(cf, IteratorMode::Start).next() {
+            None => Ok(None),
+            Some(item) => Ok(Some(decode_log_key(&item?.0)?)),
+        }
+    }
+
     fn last_entry_id(store: &Store) -> Result<Option<LogId<NodeId>>, StoreError> {
         let cf = store.cf(Cf::Log)?;
         match store.db().iterator_cf(cf, IteratorMode::End).next() {
@@ -90,6 +98,53 @@ impl LogStore {
                 Ok(Some(decode_entry(&key, &value)?.log_id))
             }
         }
+    }
+
+    /// Delete the entries up to `log_id.index` and record `log_id` as last purged, unless the
+    /// log is purged as far already, in one synced batch.
+    ///
+    /// Called by `purge`, and by the state machine right after it installs a snapshot: openraft
+    /// purges a follower's log up to an installed snapshot only later, and entries that arrive
+    /// meanwhile are appended after the snapshot's index. A node stopped in between had a log
+    /// starting past its last purged id, with nothing in the gap, and openraft could not start
+    /// on it (`LogIndexNotFound { want: 0, .. }`).
+    pub(super) fn purge_through(store: &Store, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        let purged: Option<LogId<NodeId>> = store.get(Cf::Meta, meta_key::LAST_PURGED)?;
+        if purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        let bytes = codec::encode(&log_id).map_err(|e| StoreError::encode("last purged log id", e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(store.cf(Cf::Meta)?, meta_key::LAST_PURGED, bytes);
+        let cf = store.cf(Cf::Log)?;
+        batch.delete_range_cf(cf, log_key(0), log_key(log_id.index.saturating_add(1)));
+        if log_id.index == u64::MAX {
+            batch.delete_cf(cf, log_key(u64::MAX));
+        }
+        store.write(batch, true)
+    }
+
+    /// At open: a log whose first entry lies past its last purged id, with the gap covered by
+    /// the current snapshot (`snapshot`, its last log id), is the state a stop between a
+    /// snapshot install and its purge left before [`LogStore::purge_through`] ran at install;
+    /// purge it through the snapshot. Returns whether it did. A gap the snapshot does not cover
+    /// is left for `get_log_state` to report.
+    pub(super) fn close_gap(store: &Store, snapshot: Option<LogId<NodeId>>) -> Result<bool, StoreError> {
+        let Some(snapshot) = snapshot else { return Ok(false) };
+        let purged: Option<LogId<NodeId>> = store.get(Cf::Meta, meta_key::LAST_PURGED)?;
+        let next = purged.map_or(0, |p| p.index.saturating_add(1));
+        let Some(first) = Self::first_entry_index(store)? else { return Ok(false) };
+        if first <= next || first > snapshot.index.saturating_add(1) || snapshot.index < next {
+            return Ok(false);
+        }
+        tracing::warn!(
+            first_entry = first,
+            last_purged = ?purged,
+            snapshot = %snapshot,
+            "the log starts past its last purged id; purging it through the installed snapshot"
+        );
+        Self::purge_through(store, snapshot)?;
+        Ok(true)
     }
 
     fn put_meta<T: serde::Serialize>(
@@ -149,6 +204,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let store = self.store.clone();
         let (last_purged, last) = blocking(move || {
             let last_purged: Option<LogId<NodeId>> = store.get(Cf::Meta, meta_key::LAST_PURGED)?;
+            // A log with a hole after its last purged entry is corrupt: openraft would not
+            // notice (it reads the ends of the log) and would serve or apply around the hole.
+            // (A log never purged starts where openraft began it; openraft checks that one.)
+            if let Some(p) = last_purged
+                && let Some(first) = Self::first_entry_index(&store)?
+                && first > p.index.saturating_add(1)
+            {
+                let next = p.index.saturating_add(1);
+                return Err(StoreError::corrupt(
+                    Cf::Log,
+                    &log_key(first),
+                    format!("the log starts at index {first} but its last purged entry is {p}: entries {next}..{first} are missing"),
+                ));
+            }
             Ok((last_purged, Self::last_entry_id(&store)?))
         })
         .await
@@ -237,21 +306,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Delete entries `(-∞, log_id.index]` and record `log_id` as last purged, in one synced
     /// batch. openraft calls this only up to the last log id of a snapshot the state machine has
     /// reported, and the state machine reports only durable snapshots (see the module doc of
-    /// [`crate::raft`]).
+    /// [`crate::raft`]). The last purged id never moves back: an installed snapshot may have
+    /// purged further already ([`LogStore::purge_through`]).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let store = self.store.clone();
-        blocking(move || {
-            let bytes = codec::encode(&log_id).map_err(|e| StoreError::encode("last purged log id", e))?;
-            let mut batch = WriteBatch::default();
-            batch.put_cf(store.cf(Cf::Meta)?, meta_key::LAST_PURGED, bytes);
-            let cf = store.cf(Cf::Log)?;
-            batch.delete_range_cf(cf, log_key(0), log_key(log_id.index.saturating_add(1)));
-            if log_id.index == u64::MAX {
-                batch.delete_cf(cf, log_key(u64::MAX));
-            }
-            store.write(batch, true)
-        })
-        .await
-        .map_err(|e| storage_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
+        blocking(move || Self::purge_through(&store, log_id))
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))
     }
 }

@@ -230,12 +230,14 @@ fn decode_wire<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8])
 pub type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 /// Open (or create) the Raft storage under `dir`: the RocksDB in `dir/db`, snapshot files in
-/// `dir/snapshots`. Finishes an interrupted snapshot install before returning.
+/// `dir/snapshots`. Finishes an interrupted snapshot install, and a purge a stop right after an
+/// install left undone ([`LogStore::close_gap`]), before returning.
 pub async fn open(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
     let dir = dir.to_path_buf();
     blocking(move || {
         let store = Arc::new(Store::open(&dir.join("db"))?);
         let sm = StateMachine::open(store.clone(), &dir.join("snapshots"))?;
+        LogStore::close_gap(&store, sm.current_snapshot_log_id()?)?;
         Ok((LogStore::new(store), sm))
     })
     .await

@@ -84,6 +84,11 @@ impl StateMachine {
     /// Open on `store` with snapshot files in `snap_dir`. If a snapshot install was interrupted
     /// (the install marker is present), redo it from the current snapshot file, or reset to
     /// empty if the interrupted install was the first one.
+    /// The last log id of the current snapshot, if there is one.
+    pub(super) fn current_snapshot_log_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        Ok(self.snaps.open_current()?.and_then(|(meta, _)| meta.last_log_id))
+    }
+
     pub(super) fn open(store: Arc<Store>, snap_dir: &Path) -> Result<Self, StoreError> {
         let sm = Self {
             store,
@@ -455,6 +460,11 @@ impl StateMachine {
         self.store.write(marker, true)?;
         self.snaps.promote(&tmp, meta, true)?;
         self.load_current()?;
+        // The log up to the snapshot is now covered by it: purge it now, durably, rather than
+        // wait for openraft's later purge (see `LogStore::purge_through`).
+        if let Some(last) = meta.last_log_id {
+            super::LogStore::purge_through(&self.store, last)?;
+        }
         self.mac_installed()?;
         self.snaps.remove_incoming()
     }

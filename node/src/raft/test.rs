@@ -336,3 +336,80 @@ async fn replication_payloads_are_bounded_by_bytes() {
     let mut default = log.clone().with_append_limit(log_store::MAX_APPEND_BYTES);
     assert_eq!(default.limited_get_log_entries(1, 11).await.unwrap().len(), 10, "1 MiB holds ten 100 kB entries");
 }
+
+/// Install `snap` into `follower` the way openraft's transport does (the bytes into the file from
+/// `begin_receiving_snapshot`).
+async fn install(follower: &mut StateMachine, snap: openraft::storage::Snapshot<TypeConfig>) {
+    let mut bytes = Vec::new();
+    let mut src = *snap.snapshot;
+    src.read_to_end(&mut bytes).await.unwrap();
+    let mut dst = follower.begin_receiving_snapshot().await.unwrap();
+    dst.write_all(&bytes).await.unwrap();
+    follower.install_snapshot(&snap.meta, dst).await.unwrap();
+}
+
+/// A node that installs a snapshot, appends what follows it and stops before openraft's own purge
+/// comes back on a log openraft can start on. (A replaced node, given a snapshot at 25228 and
+/// entries from 25229, was stopped before openraft purged: its log started at 25229 with no last
+/// purged id, and at the next start openraft's core quit with `LogIndexNotFound { want: 0, got:
+/// Some(25229) }`.) The install purges through the snapshot itself, a later purge with a lower id
+/// (openraft keeps some entries below a snapshot) does not move the last purged id back, and a
+/// log left in that state by an earlier version is purged through the snapshot at open. A log
+/// with a hole the snapshot does not cover is reported as corrupt, not served.
+#[tokio::test]
+async fn an_installed_snapshot_purges_the_log_it_covers() {
+    let leader_dir = TempDir::new().unwrap();
+    let (_l_log, mut leader) = open(leader_dir.path()).await.unwrap();
+    let mut entries = vec![membership(1)];
+    entries.extend((2..=10).map(|i| put(i, "c", i, &format!("k{i}"), b"v")));
+    leader.apply(entries).await.unwrap();
+    let after: Vec<Entry<TypeConfig>> = (11..=13).map(|i| put(i, "c", i, &format!("k{i}"), b"v")).collect();
+
+    // --- a fresh node: the snapshot at 10, then entries 11..=13, then stopped
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm) = open(dir.path()).await.unwrap();
+        install(&mut sm, leader.get_snapshot_builder().await.build_snapshot().await.unwrap()).await;
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 10)), "the install purged through the snapshot");
+        log.blocking_append(after.clone()).await.unwrap();
+        // openraft's own purge, later and lower: the last purged id stays
+        log.purge(log_id(1, 7)).await.unwrap();
+    }
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 10)), Some(log_id(1, 13))));
+    let initial = openraft::StorageHelper::new(&mut log, &mut sm).get_initial_state().await;
+    initial.unwrap_or_else(|e| panic!("openraft cannot start on this log: {e}"));
+    drop((log, sm));
+
+    // --- the same state as an earlier version left it: no last purged id, entries from 11
+    let old = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm) = open(old.path()).await.unwrap();
+        install(&mut sm, leader.get_snapshot_builder().await.build_snapshot().await.unwrap()).await;
+        log.blocking_append(after.clone()).await.unwrap();
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(log.store.cf(Cf::Meta).unwrap(), meta_key::LAST_PURGED);
+        log.store.write(batch, true).unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        let err = openraft::StorageHelper::new(&mut log, &mut sm).get_initial_state().await.unwrap_err();
+        assert!(err.to_string().contains("LogIndex(0)"), "the state the bug left: {err}");
+    }
+    let (mut log, mut sm) = open(old.path()).await.unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(log_id(1, 10)), "repaired at open");
+    openraft::StorageHelper::new(&mut log, &mut sm).get_initial_state().await.unwrap();
+    drop((log, sm));
+
+    // --- a gap the snapshot does not cover is not papered over: the log state reports it
+    let hole = TempDir::new().unwrap();
+    {
+        let (mut log, mut sm) = open(hole.path()).await.unwrap();
+        install(&mut sm, leader.get_snapshot_builder().await.build_snapshot().await.unwrap()).await;
+        log.blocking_append(after[2..].to_vec()).await.unwrap();
+    }
+    let (mut log, mut sm) = open(hole.path()).await.unwrap();
+    let err = log.get_log_state().await.unwrap_err().to_string();
+    assert!(err.contains("entries 11..13 are missing"), "{err}");
+    assert!(openraft::StorageHelper::new(&mut log, &mut sm).get_initial_state().await.is_err());
+}
