@@ -107,6 +107,8 @@ enum PkiCmd {
     Issue(identity::PkiIssueArgs),
     /// Every certificate issued from the directory.
     List(identity::PkiListArgs),
+    /// Certify a node's HSM transport key with the node CA (for KBPK transport to this cluster).
+    TransportCert(identity::PkiTransportArgs),
 }
 
 /// EMV CA public keys the cluster verifies issuer certificates with.
@@ -135,6 +137,11 @@ enum TargetCmd {
     Add(distribute::TargetAddArgs),
     /// The sites and the keys delivered to each.
     List(distribute::TargetListArgs),
+    /// This site's signing key for KBPK transport (admin; made in the HSM on first use).
+    Kdh(distribute::KdhArgs),
+    /// Establish a target's KBPK by transport (admin): generated here, wrapped to the target
+    /// node's certified transport key, signed, pushed, confirmed by its KCV.
+    Transport(distribute::TransportArgs),
 }
 
 /// Partner key exchange (GIE-CB style).
@@ -142,6 +149,8 @@ enum TargetCmd {
 enum ExchangeCmd {
     /// Name a partner and its zone master key (admin).
     Zmk(exchange::ZmkArgs),
+    /// Pin a partner's signing key (admin): it then sends its zone master key by transport.
+    Kdh(exchange::KdhArgs),
     /// Share a key with a partner, or stop (admin).
     Share(exchange::ShareArgs),
     /// The partners, their ZMKs and what each sees.
@@ -411,6 +420,9 @@ fn main() -> ExitCode {
         Cmd::Exchange(ExchangeCmd::Partners(a)) => exchange::partners(a, json),
         Cmd::Target(TargetCmd::Add(a)) => distribute::target_add(a, json),
         Cmd::Target(TargetCmd::List(a)) => distribute::target_list(a, json),
+        Cmd::Target(TargetCmd::Kdh(a)) => distribute::kdh(a, json),
+        Cmd::Target(TargetCmd::Transport(a)) => distribute::transport(a, json),
+        Cmd::Exchange(ExchangeCmd::Kdh(a)) => exchange::kdh(a, json),
         Cmd::Exchange(ExchangeCmd::Import(a)) => exchange::import(a, json),
         Cmd::Exchange(ExchangeCmd::Export(a)) => exchange::export(a, json),
         Cmd::Exchange(ExchangeCmd::List(a)) => exchange::list(a, json),
@@ -438,6 +450,7 @@ fn main() -> ExitCode {
         Cmd::Pki(PkiCmd::Init(a)) => identity::pki_init(a, json),
         Cmd::Pki(PkiCmd::Issue(a)) => identity::pki_issue(a, json),
         Cmd::Pki(PkiCmd::List(a)) => identity::pki_list(a, json),
+        Cmd::Pki(PkiCmd::TransportCert(a)) => identity::pki_transport_cert(a, json),
     };
     match r {
         Ok(code) => ExitCode::from(code),

@@ -163,6 +163,24 @@ pub trait Hsm: Send + Sync {
         expected: &[Kcv],
     ) -> Result<WrappedKey, HsmError>;
 
+    /// TR-34-style key transport, the sending side (the key distribution host): a new random key
+    /// generated inside the HSM, returned as a key block at rest binding `key_use` and, from the
+    /// same HSM object, wrapped under `peer`'s RSA public key (RSA-OAEP, as the transport keys
+    /// carry the SMK and components) for the receiving device. The key is never outside an HSM in
+    /// clear; `peer` must have at least 2048 bits.
+    fn generate_for_transport(
+        &self,
+        alg: KeyAlg,
+        key_use: KeyUse,
+        peer: &RsaPublic,
+    ) -> Result<(WrappedKey, Vec<u8>), HsmError>;
+
+    /// TR-34-style key transport, the receiving side: `sealed` (from
+    /// [`Hsm::generate_for_transport`] against this HSM's [`Hsm::transport_public_key`]) opened
+    /// with the transport private key inside the HSM and returned as a key block at rest binding
+    /// `key_use`. A blob that does not open is [`HsmError::CannotOpen`].
+    fn receive_transported(&self, alg: KeyAlg, key_use: KeyUse, sealed: &[u8]) -> Result<WrappedKey, HsmError>;
+
     /// Recompute a wrapped key's KCV inside the HSM (which also proves the blob unwraps under this
     /// HSM's SMK).
     fn kcv(&self, key: &WrappedKey) -> Result<Kcv, HsmError>;

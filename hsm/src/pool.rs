@@ -735,6 +735,32 @@ impl Hsm for HsmPool {
         )
     }
 
+    fn generate_for_transport(
+        &self,
+        alg: KeyAlg,
+        key_use: KeyUse,
+        peer: &RsaPublic,
+    ) -> Result<(WrappedKey, Vec<u8>), HsmError> {
+        let smk = self.inner.pool_smk();
+        let peer = peer.clone();
+        self.inner.run(
+            "generate_for_transport",
+            self.inner.op_timeout,
+            smk.as_ref(),
+            Arc::new(move |h: &Pkcs11Hsm| h.generate_for_transport(alg, key_use.clone(), &peer)),
+        )
+    }
+
+    fn receive_transported(&self, alg: KeyAlg, key_use: KeyUse, sealed: &[u8]) -> Result<WrappedKey, HsmError> {
+        let s = sealed.to_vec();
+        self.inner
+            .run_sealed(
+                "receive_transported",
+                Arc::new(move |h: &Pkcs11Hsm| h.receive_transported(alg, key_use.clone(), &s)),
+            )
+            .map(|(key, _)| key)
+    }
+
     fn import_components(
         &self,
         alg: KeyAlg,

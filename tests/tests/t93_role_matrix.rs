@@ -99,6 +99,10 @@ const CALLS: &[(&str, &[&str])] = &[
     ("Exchange.Import", &["partner"]),
     ("Exchange.Export", &["partner"]),
     ("Exchange.List", &["partner"]),
+    ("Exchange.ReceiveKbpk", &["partner"]),
+    ("Keys.KdhKey", &["admin"]),
+    ("Keys.TargetTransport", &["admin"]),
+    ("Keys.TargetConfirm", &["admin"]),
     ("Jobs.Submit", &["admin", "operator"]),
     ("Jobs.Fetch", &["admin", "operator"]),
     ("Jobs.Mac", &["admin", "operator"]),
@@ -284,7 +288,12 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
             k.list_ca_revocations(ListCaRevocationsRequest { linearizable: true }).await.map(drop)
         }
         "Keys.PartnerSet" => k
-            .partner_set(quill_proto::v1::PartnerSetRequest { caller, name: "t93".into(), zmk: "nope.v1".into() })
+            .partner_set(quill_proto::v1::PartnerSetRequest {
+                caller,
+                name: "t93".into(),
+                zmk: "nope.v1".into(),
+                ..Default::default()
+            })
             .await
             .map(drop),
         "Keys.PartnerShare" => k
@@ -307,6 +316,33 @@ async fn call(name: &str, role: &str, ch: Channel, serial: u64) -> Result<(), to
             x.export(quill_proto::v1::ExchangeExportRequest { caller, key: "nope.v1".into() }).await.map(drop)
         }
         "Exchange.List" => x.list(quill_proto::v1::ExchangeListRequest { linearizable: true }).await.map(drop),
+        "Exchange.ReceiveKbpk" => x
+            .receive_kbpk(quill_proto::v1::ExchangeReceiveKbpkRequest {
+                caller,
+                envelope: b"{}".to_vec(),
+                signature: vec![0; 256],
+            })
+            .await
+            .map(drop),
+        "Keys.KdhKey" => k.kdh_key(quill_proto::v1::KdhKeyRequest { caller }).await.map(drop),
+        "Keys.TargetTransport" => k
+            .target_transport(quill_proto::v1::TargetTransportRequest {
+                caller,
+                target: "t93".into(),
+                ca_pem: String::new(),
+                krd_pem: String::new(),
+            })
+            .await
+            .map(drop),
+        "Keys.TargetConfirm" => k
+            .target_confirm(quill_proto::v1::TargetConfirmRequest {
+                caller,
+                target: "t93".into(),
+                kcv: "000000".into(),
+                remote_key: "x.v1".into(),
+            })
+            .await
+            .map(drop),
         "Keys.Generate" => k
             .generate(GenerateKeyRequest {
                 caller,

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::{
-    ApprovalAskRequest, ExchangeImportRequest, ExportAction, ExportTr31Request, KeyDeliveredRequest,
-    ListTargetsRequest, TargetSetRequest, TargetView,
+    ApprovalAskRequest, ExchangeImportRequest, ExchangeReceiveKbpkRequest, ExportAction, ExportTr31Request,
+    KdhKeyRequest, KeyDeliveredRequest, ListTargetsRequest, TargetConfirmRequest, TargetSetRequest,
+    TargetTransportRequest, TargetView,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -37,8 +38,9 @@ pub struct TargetAddArgs {
     #[arg(long)]
     ca: PathBuf,
     /// The KBPK between the two sites: an active K0/K1 formed from components (inventory id).
+    /// Without it, the KBPK is established by transport (quill target transport).
     #[arg(long)]
-    kbpk: String,
+    kbpk: Option<String>,
     #[command(flatten)]
     who: Who,
 }
@@ -58,7 +60,7 @@ pub fn target_add(a: &TargetAddArgs, json: bool) -> Result<u8> {
         name: a.name.clone(),
         endpoint: a.target_endpoint.clone(),
         ca_sha256: ca_sha256(&a.ca)?,
-        kbpk: a.kbpk.clone(),
+        kbpk: a.kbpk.clone().unwrap_or_default(),
     };
     let detail = s.keys_write(|mut c, caller| {
         let req = TargetSetRequest { caller: Some(caller), ..req.clone() };
@@ -89,6 +91,8 @@ pub fn target_list(a: &TargetListArgs, json: bool) -> Result<u8> {
             .map(|t| {
                 json!({"name": t.name, "endpoint": t.endpoint, "ca_sha256": t.ca_sha256, "kbpk": t.kbpk,
                        "kbpk_kcv": t.kbpk_kcv,
+                       "transported": (!t.transported_key.is_empty()).then(|| json!({"key": t.transported_key,
+                           "node": t.transported_node, "krd": t.transported_krd, "confirmed": t.transported_confirmed})),
                        "deliveries": t.deliveries.iter().map(|d| json!({"key": d.key, "kcv": d.kcv,
                            "remote_key": d.remote_key, "approval": d.approval, "time_ms": d.time_ms}))
                            .collect::<Vec<_>>()})
@@ -105,6 +109,15 @@ pub fn target_list(a: &TargetListArgs, json: bool) -> Result<u8> {
                 t.kbpk_kcv,
                 &t.ca_sha256[..16.min(t.ca_sha256.len())]
             );
+            if !t.transported_key.is_empty() {
+                println!(
+                    "  KBPK {} sent by transport to node {} (transport key {}…), {}",
+                    t.transported_key,
+                    t.transported_node,
+                    &t.transported_krd[..16.min(t.transported_krd.len())],
+                    if t.transported_confirmed { "confirmed" } else { "not confirmed" }
+                );
+            }
             for d in &t.deliveries {
                 println!("  {} → {} (KCV {}, approval {})", d.key, d.remote_key, d.kcv, d.approval);
             }
@@ -168,27 +181,7 @@ pub fn distribute(a: &DistributeArgs, json: bool) -> Result<u8> {
     }
     let approval = a.approval.clone().ok_or_else(|| CliError::Usage("give --key, or --approval".into()))?;
     let dir = a.target_identity.clone().ok_or_else(|| CliError::Usage("--approval needs --target-identity".into()))?;
-    // The push reaches only the registered cluster: the identity's CA is the one registered.
-    let ca = ca_sha256(&dir.join("ca.pem"))?;
-    if !ca.eq_ignore_ascii_case(&target.ca_sha256) {
-        return Err(CliError::CheckFailed(format!(
-            "{}: its CA (SHA-256 {ca}) is not target {}'s (SHA-256 {}): nothing sent",
-            dir.display(),
-            target.name,
-            target.ca_sha256
-        ))
-        .into());
-    }
-    let mut there = Session::new(&Who {
-        target: Target {
-            endpoint: Some(target.endpoint.clone()),
-            endpoints: Vec::new(),
-            dev_dir: None,
-            identity: Some(dir.clone()),
-            actor: None,
-        },
-    })
-    .with_context(|| format!("connecting to target {}", target.name))?;
+    let mut there = connect_target(&target, &dir)?;
 
     let req = ExportTr31Request { caller: Some(s.caller()), approval: approval.clone() };
     let exported = s.call_keys(|mut c| {
@@ -221,6 +214,138 @@ pub fn distribute(a: &DistributeArgs, json: bool) -> Result<u8> {
         json,
         json!({"result": "delivered", "target": target.name, "remote_key": k.id, "kcv": k.kcv, "usage": k.usage,
                "exportable": k.exportable, "detail": detail}),
+        detail,
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// A session with `target`'s API as the identity in `dir` (the `partner:<site>` identity the
+/// target issued), once `dir/ca.pem` is the CA registered for the target: a push reaches only
+/// the registered cluster.
+fn connect_target(target: &TargetView, dir: &Path) -> Result<Session> {
+    let ca = ca_sha256(&dir.join("ca.pem"))?;
+    if !ca.eq_ignore_ascii_case(&target.ca_sha256) {
+        return Err(CliError::CheckFailed(format!(
+            "{}: its CA (SHA-256 {ca}) is not target {}'s (SHA-256 {}): nothing sent",
+            dir.display(),
+            target.name,
+            target.ca_sha256
+        ))
+        .into());
+    }
+    Session::new(&Who {
+        target: Target {
+            endpoint: Some(target.endpoint.clone()),
+            endpoints: Vec::new(),
+            dev_dir: None,
+            identity: Some(dir.to_path_buf()),
+            actor: None,
+        },
+    })
+    .with_context(|| format!("connecting to target {}", target.name))
+}
+
+/// `quill target kdh`.
+#[derive(clap::Args, Debug)]
+pub struct KdhArgs {
+    /// Write the public key (PEM) here, for the receiving sites to pin.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill target kdh`: this site's signing key for KBPK transport (made in the HSM on first use).
+pub fn kdh(a: &KdhArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who)?;
+    let caller = s.caller();
+    let r = s.call_keys(|mut c| {
+        let req = KdhKeyRequest { caller: Some(caller.clone()) };
+        async move { c.kdh_key(req).await }
+    })?;
+    if let Some(out) = &a.out {
+        quill_trust::tls::pki::write_file(out, r.public_pem.as_bytes(), 0o644)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    print(
+        json,
+        json!({"fingerprint": r.fingerprint, "public_pem": r.public_pem, "created": r.result.is_some()}),
+        format!(
+            "signing key for KBPK transport: SHA-256 {}{}\nread the SHA-256 out to each receiving site (quill exchange kdh --fingerprint)",
+            r.fingerprint,
+            if r.result.is_some() { " (made now)" } else { "" }
+        ),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill target transport`.
+#[derive(clap::Args, Debug)]
+pub struct TransportArgs {
+    /// The target site.
+    #[arg(long)]
+    target: String,
+    /// Its CA certificate (PEM): the one registered with the target.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The target node's transport key certificate (PEM), from the target's PKI
+    /// (quill pki transport-cert).
+    #[arg(long, value_name = "FILE")]
+    krd: PathBuf,
+    /// The identity the target issued this site (`partner:<site>`: cert.pem, key.pem, ca.pem).
+    #[arg(long = "target-identity", value_name = "DIR")]
+    target_identity: PathBuf,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill target transport`: a KBPK generated here for the target node's certified transport
+/// key, signed, pushed to that node (`Exchange.ReceiveKbpk`), and made the target's KBPK here
+/// once the target answers its KCV.
+pub fn transport(a: &TransportArgs, json: bool) -> Result<u8> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| CliError::Usage(format!("{}: {e}", p.display())));
+    let (ca_pem, krd_pem) = (read(&a.ca)?, read(&a.krd)?);
+    let mut s = Session::new(&a.who)?;
+    let target = targets(&s)?
+        .into_iter()
+        .find(|t| t.name == a.target)
+        .ok_or_else(|| CliError::Usage(format!("no target {} (quill target add)", a.target)))?;
+    // Connect first: nothing is generated for a target this identity cannot reach.
+    let mut there = connect_target(&target, &a.target_identity)?;
+    let caller = s.caller();
+    let sent = s.call_keys(|mut c| {
+        let req = TargetTransportRequest {
+            caller: Some(caller.clone()),
+            target: target.name.clone(),
+            ca_pem: ca_pem.clone(),
+            krd_pem: krd_pem.clone(),
+        };
+        async move { c.target_transport(req).await }
+    })?;
+    let req = ExchangeReceiveKbpkRequest {
+        caller: Some(there.caller()),
+        envelope: sent.envelope.clone(),
+        signature: sent.signature.clone(),
+    };
+    let got = there
+        .call_exchange(|mut c| {
+            let req = req.clone();
+            async move { c.receive_kbpk(req).await }
+        })
+        .with_context(|| format!("target {} did not take the KBPK {}", target.name, sent.key))?;
+    let detail = s.keys_write(|mut c, caller| {
+        let req = TargetConfirmRequest {
+            caller: Some(caller),
+            target: target.name.clone(),
+            kcv: got.kcv.clone(),
+            remote_key: got.key.clone(),
+        };
+        async move { c.target_confirm(req).await }
+    })?;
+    print(
+        json,
+        json!({"result": "established", "target": target.name, "key": sent.key, "kcv": sent.kcv, "node": sent.node,
+               "remote_key": got.key, "detail": detail}),
         detail,
     );
     Ok(crate::exit_codes::OK)

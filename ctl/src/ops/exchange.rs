@@ -6,6 +6,8 @@
 //! The partner's side (its `partner:<name>` certificate): `quill exchange import --label L --tr31
 //! BLOCK`, `quill exchange export --key K`, `quill exchange list` (the keys it sees, with KCVs).
 
+use std::path::PathBuf;
+
 use anyhow::{Result, anyhow};
 use quill_proto::v1::{
     ExchangeExportRequest, ExchangeImportRequest, ExchangeListRequest, ListPartnersRequest, PartnerSetRequest,
@@ -32,7 +34,7 @@ pub struct ZmkArgs {
 /// `quill exchange zmk`.
 pub fn zmk(a: &ZmkArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let req = PartnerSetRequest { caller: None, name: a.partner.clone(), zmk: a.key.clone() };
+    let req = PartnerSetRequest { caller: None, name: a.partner.clone(), zmk: a.key.clone(), ..Default::default() };
     let detail = s.keys_write(|mut c, caller| {
         let req = PartnerSetRequest { caller: Some(caller), ..req.clone() };
         async move { c.partner_set(req).await }
@@ -40,6 +42,47 @@ pub fn zmk(a: &ZmkArgs, json: bool) -> Result<u8> {
     print(
         json,
         json!({"result": "set", "partner": a.partner, "detail": detail}),
+        format!("partner {}: {detail}", a.partner),
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill exchange kdh`.
+#[derive(clap::Args, Debug)]
+pub struct KdhArgs {
+    /// The partner's name, as its `partner:<name>` certificate carries it.
+    #[arg(long)]
+    partner: String,
+    /// Its signing key for KBPK transport (PEM public key, from `quill target kdh` there).
+    #[arg(long, value_name = "FILE")]
+    public: PathBuf,
+    /// Its SHA-256 as the partner read it out: pinned only if it matches.
+    #[arg(long, value_name = "HEX")]
+    fingerprint: String,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill exchange kdh`: pin a partner's signing key; the partner then sends its zone master key
+/// by transport (`quill target transport` on its side).
+pub fn kdh(a: &KdhArgs, json: bool) -> Result<u8> {
+    let pem = std::fs::read_to_string(&a.public)
+        .map_err(|e| crate::exit_codes::CliError::Usage(format!("{}: {e}", a.public.display())))?;
+    let mut s = Session::new(&a.who)?;
+    let req = PartnerSetRequest {
+        caller: None,
+        name: a.partner.clone(),
+        zmk: String::new(),
+        kdh_pem: pem,
+        kdh_fingerprint: a.fingerprint.clone(),
+    };
+    let detail = s.keys_write(|mut c, caller| {
+        let req = PartnerSetRequest { caller: Some(caller), ..req.clone() };
+        async move { c.partner_set(req).await }
+    })?;
+    print(
+        json,
+        json!({"result": "pinned", "partner": a.partner, "detail": detail}),
         format!("partner {}: {detail}", a.partner),
     );
     Ok(crate::exit_codes::OK)
@@ -87,7 +130,7 @@ pub fn partners(a: &ListArgs, json: bool) -> Result<u8> {
     if json {
         let v: Vec<_> = ps
             .iter()
-            .map(|p| json!({"name": p.name, "zmk": p.zmk, "shared": p.shared, "imported": p.imported}))
+            .map(|p| json!({"name": p.name, "zmk": p.zmk, "shared": p.shared, "imported": p.imported, "kdh_fingerprint": p.kdh_fingerprint}))
             .collect();
         println!("{}", json!({"partners": v}));
         return Ok(crate::exit_codes::OK);

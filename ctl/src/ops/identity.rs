@@ -59,6 +59,69 @@ pub struct PkiListArgs {
     dir: PathBuf,
 }
 
+/// Options of `quill pki transport-cert`.
+#[derive(clap::Args, Debug)]
+pub struct PkiTransportArgs {
+    /// The PKI directory.
+    #[arg(long, value_name = "P")]
+    dir: PathBuf,
+    /// The node whose HSM transport key to certify (read from the cluster's enrolment).
+    #[arg(long)]
+    node: u64,
+    /// Its SHA-256 as the node's operator read it out (`quill cluster nodes`): certified only if
+    /// the key read from the cluster has it.
+    #[arg(long, value_name = "HEX")]
+    fingerprint: String,
+    /// Validity in days.
+    #[arg(long, default_value_t = 30)]
+    days: i64,
+    /// Where to write the certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill pki transport-cert`: certify a node's HSM transport key with the node CA, for a key
+/// site to send this cluster a KBPK by transport (`quill target transport` there).
+pub fn pki_transport_cert(a: &PkiTransportArgs, json: bool) -> Result<u8> {
+    use crate::exit_codes::CliError;
+    if a.days < 1 {
+        return Err(CliError::Usage("--days must be at least 1".into()).into());
+    }
+    let pki = PkiDir::open(&a.dir)?;
+    let s = Session::new(&a.who)?;
+    let node = s
+        .nodes()?
+        .into_iter()
+        .find(|n| n.id == a.node)
+        .ok_or_else(|| CliError::Usage(format!("no node {} is enrolled", a.node)))?;
+    let key = crate::ops::keys::transport_key(&node)?;
+    if !key.fingerprint().eq_ignore_ascii_case(a.fingerprint.trim()) {
+        return Err(CliError::CheckFailed(format!(
+            "node {}'s transport key has SHA-256 {}, not {}: not certified",
+            a.node,
+            key.fingerprint(),
+            a.fingerprint
+        ))
+        .into());
+    }
+    let pem = pki.certify_transport_key(a.node, &key.to_spki_der(), Validity { from_days: 0, days: a.days })?;
+    quill_trust::tls::pki::write_file(&a.out, pem.as_bytes(), 0o644)?;
+    if json {
+        println!("{}", json!({"node": a.node, "fingerprint": key.fingerprint(), "out": a.out, "days": a.days}));
+    } else {
+        println!(
+            "node {}'s transport key (SHA-256 {}) certified by the node CA for {} days: {}",
+            a.node,
+            key.fingerprint(),
+            a.days,
+            a.out.display()
+        );
+    }
+    Ok(crate::exit_codes::OK)
+}
+
 /// `quill pki init`.
 pub fn pki_init(a: &PkiInitArgs, json: bool) -> Result<u8> {
     let pki = PkiDir::init(&a.dir)?;

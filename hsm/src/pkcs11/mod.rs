@@ -753,6 +753,24 @@ impl Pkcs11Hsm {
         self.with_session("install_next_smk", |s, op| self.install_next_in(s, op, sealed, expected))
     }
 
+    /// An unwrapped AES or HMAC key is as long as `alg` says (TDES lengths are in the key type).
+    /// SoftHSM 2.6 reports `CKA_VALUE_LEN` 0 for unwrapped keys: nothing to check there.
+    fn check_value_len(&self, s: &Session, op: Op<'_>, h: ObjectHandle, alg: KeyAlg) -> Result<(), HsmError> {
+        if alg.is_tdes() {
+            return Ok(());
+        }
+        let len = op.ck(s.get_attributes(h, &[AttributeType::ValueLen]))?.into_iter().find_map(|a| match a {
+            Attribute::ValueLen(l) => Some(u64::from(l)),
+            _ => None,
+        });
+        match len.filter(|l| *l != 0) {
+            Some(len) if len != alg.key_len() as u64 => {
+                Err(op.misuse(format!("the key that arrived is {len} bytes; {alg} needs {}", alg.key_len())))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn require_alg(op: Op<'_>, key: &WrappedKey, ok: bool, want: &str) -> Result<(), HsmError> {
         if ok { Ok(()) } else { Err(op.misuse(format!("needs {want}, got a {} key", key.alg))) }
     }
@@ -850,6 +868,47 @@ impl Hsm for Pkcs11Hsm {
             let smk = self.require_smk(&s.session, op)?;
             let h = self.combine(&s.session, op, alg, components, expected, &templates::transient(alg))?;
             let r = self.finish_block(s, op, &smk, h, alg, key_use);
+            let _ = s.session.destroy_object(h);
+            r
+        })
+    }
+
+    fn generate_for_transport(
+        &self,
+        alg: KeyAlg,
+        key_use: KeyUse,
+        peer: &RsaPublic,
+    ) -> Result<(WrappedKey, Vec<u8>), HsmError> {
+        self.with_session("generate_for_transport", |s, op| {
+            let smk = self.require_smk(&s.session, op)?;
+            let (mech, template) = templates::generate(alg);
+            let h = op.ck(s.session.generate_key(&mech, &template))?;
+            let r = self.wrap_for(&s.session, op, peer, h).and_then(|sealed| {
+                let block = self.finish_block(s, op, &smk, h, alg, key_use.clone())?;
+                tracing::info!(slot = %self.at, peer = %peer.fingerprint(), kcv = %block.kcv, "key generated for a peer transport key");
+                Ok((block, sealed))
+            });
+            let _ = s.session.destroy_object(h);
+            r
+        })
+    }
+
+    fn receive_transported(&self, alg: KeyAlg, key_use: KeyUse, sealed: &[u8]) -> Result<WrappedKey, HsmError> {
+        self.with_session("receive_transported", |s, op| {
+            let smk = self.require_smk(&s.session, op)?;
+            let transport = self.transport(&s.session, op)?;
+            let h = s
+                .session
+                .unwrap_key(&templates::oaep(), transport.private, sealed, &templates::transient(alg))
+                .map_err(|e| match e {
+                    CkError::Pkcs11(rv, f) if self.is_data_error(&s.session, &e) => {
+                        self.cannot_open(op, "the transported key".to_owned(), rv, f)
+                    }
+                    other => op.err(other),
+                })?;
+            let r = self
+                .check_value_len(&s.session, op, h, alg)
+                .and_then(|()| self.finish_block(s, op, &smk, h, alg, key_use));
             let _ = s.session.destroy_object(h);
             r
         })

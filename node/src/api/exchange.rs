@@ -10,7 +10,7 @@ use std::time::Duration;
 use quill_proto::v1::exchange_server::{self, ExchangeServer};
 use quill_proto::v1::{
     ExchangeExportRequest, ExchangeExportResponse, ExchangeImportRequest, ExchangeImportResponse, ExchangeListRequest,
-    ExchangeListResponse,
+    ExchangeListResponse, ExchangeReceiveKbpkRequest, ExchangeReceiveKbpkResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -64,6 +64,12 @@ impl ExchangeService {
         let p = p.ok_or_else(|| {
             ApiError::Precondition(format!("{} is not a partner of this bureau yet (quill exchange zmk)", who.actor))
         })?;
+        if p.zmk.is_empty() {
+            return Err(ApiError::Precondition(format!(
+                "partner {} has no zone master key yet (Exchange.ReceiveKbpk, or quill exchange zmk)",
+                p.name
+            )));
+        }
         let z = z.filter(|z| z.state == KeyState::Active).ok_or_else(|| {
             ApiError::Precondition(format!("partner {}'s zone master key {} is not active", p.name, p.zmk))
         })?;
@@ -156,6 +162,90 @@ impl ExchangeService {
         Ok(ExchangeExportResponse { block, kcv: k.kcv.to_string(), result: Some(result) })
     }
 
+    /// A KBPK the partner sends by TR-34-style transport (`crate::keys::transport`): the
+    /// envelope's signature by the partner's pinned signing key, its address (this node's
+    /// transport key), time and nonce are checked before the HSM opens the key; the KCV of what
+    /// opened must be the envelope's. The key becomes the partner's zone master key. Every
+    /// refusal is in the audit chain with its reason.
+    async fn receive_kbpk(
+        &self,
+        who: Principal,
+        r: ExchangeReceiveKbpkRequest,
+    ) -> ApiResult<ExchangeReceiveKbpkResponse> {
+        self.cluster.require(&who, &[Role::Partner], "Exchange.ReceiveKbpk").await?;
+        match self.check_and_open(&who, &r).await {
+            Ok((wrapped, kdh, nonce)) => {
+                let kcv = wrapped.kcv.to_string();
+                let cmd = KeyCommand::PartnerKbpkReceived { wrapped, kdh, nonce };
+                let result = self.cluster.write_for(who, r.caller, Command::Keys(cmd)).await?;
+                let key = result.object.trim_start_matches("key:").to_string();
+                Ok(ExchangeReceiveKbpkResponse { key, kcv, result: Some(result) })
+            }
+            Err(e) => {
+                self.cluster.audit_refused(&who, "Exchange.ReceiveKbpk", &format!("envelope refused: {e}")).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn check_and_open(
+        &self,
+        who: &Principal,
+        r: &ExchangeReceiveKbpkRequest,
+    ) -> ApiResult<(WrappedKey, String, String)> {
+        use crate::keys::transport::{self as tr34, Envelope};
+        let bad = |e: tr34::TransportError| ApiError::BadRequest(e.to_string());
+        let name = who.actor.name.clone();
+        let p = self
+            .keys
+            .state(move |kv| read::<PartnerRecord>(kv, &format!("{PARTNER}{name}")))
+            .await?
+            .ok_or_else(|| ApiError::Precondition(format!("{} is not a partner of this bureau", who.actor)))?;
+        let kdh = p.kdh.clone().ok_or_else(|| {
+            ApiError::Precondition(format!("partner {} has no pinned signing key (quill exchange kdh)", p.name))
+        })?;
+        if r.signature.len() > tr34::MAX_BYTES {
+            return Err(ApiError::BadRequest(format!("the signature: {} bytes", r.signature.len())));
+        }
+        // The signature first: nothing of an unsigned envelope is looked at further.
+        tr34::verify(&kdh, &r.envelope, &r.signature).map_err(bad)?;
+        let e = Envelope::parse(&r.envelope).map_err(bad)?;
+        if !e.kdh.eq_ignore_ascii_case(&kdh.fingerprint()) {
+            return Err(ApiError::BadRequest(format!(
+                "the envelope names signing key {}, partner {}'s pinned key is {}",
+                e.kdh,
+                p.name,
+                kdh.fingerprint()
+            )));
+        }
+        e.check_time(super::now_ms()).map_err(bad)?;
+        let ours = self.keys.hsm(|h| h.transport_public_key()).await?;
+        if !e.krd.eq_ignore_ascii_case(&ours.fingerprint()) {
+            return Err(ApiError::Precondition(format!(
+                "the envelope is addressed to transport key {}…, this node ({}) holds {}…: send it to the node its certificate names",
+                &e.krd[..16],
+                self.cluster.node_id(),
+                &ours.fingerprint()[..16]
+            )));
+        }
+        if p.nonces.iter().any(|n| n.eq_ignore_ascii_case(&e.nonce)) {
+            return Err(ApiError::Precondition(format!("envelope {} was taken before: a replay", e.nonce)));
+        }
+        self.keys.smk_ready().await?;
+        let sealed =
+            hex::decode(&e.sealed).map_err(|_| ApiError::BadRequest("the envelope: field sealed: not hex".into()))?;
+        let key_use = quill_hsm::KeyUse::new(Usage::K1.tr31(), false).owned_by(&crate::identity::default_tenant());
+        let alg = e.alg;
+        let wrapped = self.keys.hsm(move |h| h.receive_transported(alg, key_use, &sealed)).await?;
+        if !wrapped.kcv.0.eq_ignore_ascii_case(&e.kcv) {
+            return Err(ApiError::BadRequest(format!(
+                "the key that arrived has KCV {}, the envelope says {}: not taken",
+                wrapped.kcv, e.kcv
+            )));
+        }
+        Ok((wrapped, e.kdh.to_ascii_uppercase(), e.nonce))
+    }
+
     async fn list(&self, who: Principal, r: ExchangeListRequest) -> ApiResult<ExchangeListResponse> {
         let (p, z) = self.partner(&who, "Exchange.List").await?;
         if r.linearizable {
@@ -193,5 +283,13 @@ impl exchange_server::Exchange for ExchangeService {
     async fn list(&self, request: Request<ExchangeListRequest>) -> Result<Response<ExchangeListResponse>, Status> {
         let (who, r) = super::principal(request)?;
         Ok(Response::new(ExchangeService::list(self, who, r).await?))
+    }
+
+    async fn receive_kbpk(
+        &self,
+        request: Request<ExchangeReceiveKbpkRequest>,
+    ) -> Result<Response<ExchangeReceiveKbpkResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(ExchangeService::receive_kbpk(self, who, r).await?))
     }
 }

@@ -27,7 +27,12 @@ use quill_proto::v1::{
     ListPartnersRequest, ListPartnersResponse, ListTargetsRequest, ListTargetsResponse, NamedFile, PartnerSetRequest,
     PartnerShareRequest, TargetSetRequest,
 };
+use quill_proto::v1::{
+    KdhKeyRequest, KdhKeyResponse, TargetConfirmRequest, TargetTransportRequest, TargetTransportResponse,
+};
 use tonic::{Request, Response, Status};
+
+mod transport;
 
 use super::{ApiError, ClusterService, views};
 use crate::audit;
@@ -975,7 +980,42 @@ impl keys_server::Keys for KeysService {
 
     async fn partner_set(&self, request: Request<PartnerSetRequest>) -> Result<Response<WriteResult>, Status> {
         let (who, r) = super::principal(request)?;
-        self.write(who, r.caller, KeyCommand::PartnerSet { name: r.name, zmk: r.zmk }).await
+        if r.kdh_pem.is_empty() {
+            return self.write(who, r.caller, KeyCommand::PartnerSet { name: r.name, zmk: r.zmk }).await;
+        }
+        // A signing key, pinned only if it is the one the partner read out.
+        if !r.zmk.is_empty() {
+            return Err(bad("give a zone master key or a signing key, not both".into()));
+        }
+        let kdh = crate::keys::transport::public_from_pem(&r.kdh_pem).map_err(|e| bad(format!("kdh_pem: {e}")))?;
+        if !kdh.fingerprint().eq_ignore_ascii_case(r.kdh_fingerprint.trim()) {
+            return Err(ApiError::Precondition(format!(
+                "the signing key's SHA-256 is {}, not {:?} as read out: not pinned",
+                kdh.fingerprint(),
+                crate::domain::clip(&r.kdh_fingerprint)
+            ))
+            .into_status());
+        }
+        self.write(who, r.caller, KeyCommand::PartnerKdhSet { name: r.name, kdh }).await
+    }
+
+    async fn kdh_key(&self, request: Request<KdhKeyRequest>) -> Result<Response<KdhKeyResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.kdh_key_call(who, r).await?))
+    }
+
+    async fn target_transport(
+        &self,
+        request: Request<TargetTransportRequest>,
+    ) -> Result<Response<TargetTransportResponse>, Status> {
+        let (who, r) = super::principal(request)?;
+        Ok(Response::new(self.target_transport_call(who, r).await?))
+    }
+
+    async fn target_confirm(&self, request: Request<TargetConfirmRequest>) -> Result<Response<WriteResult>, Status> {
+        let (who, r) = super::principal(request)?;
+        let cmd = KeyCommand::TargetConfirmed { target: r.target, kcv: r.kcv, remote_key: r.remote_key };
+        self.write(who, r.caller, cmd).await
     }
 
     async fn partner_share(&self, request: Request<PartnerShareRequest>) -> Result<Response<WriteResult>, Status> {

@@ -38,6 +38,18 @@ fn origin(o: &Origin) -> pb::KeyOriginView {
             ..Default::default()
         },
         Origin::Tr31 { kbpk } => pb::KeyOriginView { kind: "tr31".into(), kbpk: kbpk.clone(), ..Default::default() },
+        Origin::TransportSent { target, krd } => pb::KeyOriginView {
+            kind: "transport-sent".into(),
+            peer: target.clone(),
+            peer_key: krd.clone(),
+            ..Default::default()
+        },
+        Origin::TransportReceived { partner, kdh } => pb::KeyOriginView {
+            kind: "transport-received".into(),
+            peer: partner.clone(),
+            peer_key: kdh.clone(),
+            ..Default::default()
+        },
     }
 }
 
@@ -432,6 +444,7 @@ pub fn read_partners(kv: &dyn Kv) -> Result<Vec<pb::PartnerView>, StoreError> {
             imported: p.imported,
             created_by: Some(actor(&p.created_by)),
             created_ms: p.created_ms,
+            kdh_fingerprint: p.kdh.as_ref().map(|k| k.fingerprint()).unwrap_or_default(),
         })
         .collect())
 }
@@ -462,6 +475,10 @@ pub fn read_targets(kv: &dyn Kv) -> Result<Vec<pb::TargetView>, StoreError> {
                 .collect(),
             created_by: Some(actor(&t.created_by)),
             created_ms: t.created_ms,
+            transported_key: t.transported.as_ref().map(|x| x.key.clone()).unwrap_or_default(),
+            transported_node: t.transported.as_ref().map_or(0, |x| x.node),
+            transported_krd: t.transported.as_ref().map(|x| x.krd.clone()).unwrap_or_default(),
+            transported_confirmed: t.transported.as_ref().is_some_and(|x| x.confirmed.is_some()),
         });
     }
     Ok(out)

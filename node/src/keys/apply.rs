@@ -361,6 +361,33 @@ pub enum KeyCommand {
         /// The id the target filed it under.
         remote_key: String,
     },
+    /// This site's TR-34-style signing key (actor: admin): an RSA pair made in a node's HSM,
+    /// the private half a key block under the SMK. Set once.
+    KdhKeySet { key: quill_hsm::WrappedRsaKey },
+    /// A KBPK generated for a target's HSM transport key and signed for it (actor: admin): filed
+    /// here, the target's KBPK once the target confirms its KCV ([`KeyCommand::TargetConfirmed`]).
+    TargetTransported {
+        target: String,
+        /// The KBPK, under the SMK.
+        wrapped: WrappedKey,
+        /// SHA-256 of the target node's transport key, and the node.
+        krd: String,
+        node: u64,
+    },
+    /// The target answered the transported KBPK's KCV (actor: admin).
+    TargetConfirmed { target: String, kcv: String, remote_key: String },
+    /// Pin a partner's TR-34-style signing key (actor: admin); the partner then establishes its
+    /// zone master key by [`KeyCommand::PartnerKbpkReceived`].
+    PartnerKdhSet { name: String, kdh: RsaPublic },
+    /// A KBPK a partner sent by TR-34-style transport, checked and opened in a node's HSM (actor:
+    /// the partner): its zone master key from now on.
+    PartnerKbpkReceived {
+        wrapped: WrappedKey,
+        /// SHA-256 of the signing key that signed the envelope (the pinned one).
+        kdh: String,
+        /// The envelope's nonce: an envelope is taken once.
+        nonce: String,
+    },
 }
 
 pub use crate::domain::{Applied, Ctx};
@@ -407,6 +434,11 @@ impl KeyCommand {
             KeyCommand::CaKeyRevoke { .. } => "ca.key_revoke",
             KeyCommand::TargetSet { .. } => "target.set",
             KeyCommand::KeyDelivered { .. } => "key.distribute",
+            KeyCommand::KdhKeySet { .. } => "target.kdh_key",
+            KeyCommand::TargetTransported { .. } => "target.kbpk_sent",
+            KeyCommand::TargetConfirmed { .. } => "target.kbpk_confirmed",
+            KeyCommand::PartnerKdhSet { .. } => "partner.kdh",
+            KeyCommand::PartnerKbpkReceived { .. } => "exchange.kbpk_received",
         }
     }
 
@@ -451,6 +483,12 @@ impl KeyCommand {
             KeyCommand::PartnerImported { label, .. } => format!("key:{label}"),
             KeyCommand::TargetSet { name, .. } => format!("target:{name}"),
             KeyCommand::KeyDelivered { approval, .. } => format!("approval:{approval}"),
+            KeyCommand::KdhKeySet { .. } => "kdh-key".into(),
+            KeyCommand::TargetTransported { target, .. } | KeyCommand::TargetConfirmed { target, .. } => {
+                format!("target:{target}")
+            }
+            KeyCommand::PartnerKdhSet { name, .. } => format!("partner:{name}"),
+            KeyCommand::PartnerKbpkReceived { .. } => "partner-kbpk".into(),
         }
     }
 }
@@ -601,6 +639,17 @@ impl State<'_> {
                 self.partner_imported(ctx, label, usage, exportable, wrapped)
             }
             KeyCommand::PartnerExported { key } => self.partner_exported(ctx, key),
+            KeyCommand::KdhKeySet { key } => self.kdh_key_set(ctx, key),
+            KeyCommand::TargetTransported { target, wrapped, krd, node } => {
+                self.target_transported(ctx, target, wrapped, krd, node)
+            }
+            KeyCommand::TargetConfirmed { target, kcv, remote_key } => {
+                self.target_confirmed(ctx, target, kcv, remote_key)
+            }
+            KeyCommand::PartnerKdhSet { name, kdh } => self.partner_kdh_set(ctx, name, kdh),
+            KeyCommand::PartnerKbpkReceived { wrapped, kdh, nonce } => {
+                self.partner_kbpk_received(ctx, wrapped, kdh, nonce)
+            }
             KeyCommand::RevokeCert { serial, reason } => self.revoke(ctx, serial, reason),
             KeyCommand::Denied { call, reason } => Ok(refuse(format!("{call}: {reason}"))),
             KeyCommand::Alarm { node, what } => {

@@ -8,5 +8,6 @@
 
 pub mod apply;
 pub mod model;
+pub mod transport;
 
 pub use apply::{Applied, Ctx, KeyCommand, revoked_serials};

@@ -95,6 +95,20 @@ pub enum Origin {
         /// The inventory id of the key-block protection key.
         kbpk: String,
     },
+    /// Generated here for a target's HSM transport key (TR-34-style, sent).
+    TransportSent {
+        /// The target.
+        target: String,
+        /// SHA-256 of the target node's transport key.
+        krd: String,
+    },
+    /// Received from a partner by TR-34-style transport, signed with its pinned key.
+    TransportReceived {
+        /// The partner.
+        partner: String,
+        /// SHA-256 of the signing key.
+        kdh: String,
+    },
 }
 
 /// One key of the inventory.

@@ -175,6 +175,32 @@ fn key_command(cmd: &KeyCommand) -> Result<(), String> {
             id("issuer key", label)?;
             text("what", what, 256)
         }
+        KeyCommand::KdhKeySet { key } => {
+            if key.blob.len() > 4096 {
+                return Err("an RSA key block over 4 KiB".into());
+            }
+            Ok(())
+        }
+        KeyCommand::TargetTransported { target, krd, .. } => {
+            id("target", target)?;
+            sha256_hex("transport key SHA-256", krd)
+        }
+        KeyCommand::TargetConfirmed { target, kcv, remote_key } => {
+            id("target", target)?;
+            text("KCV", kcv, 10)?;
+            text("the target's key id", remote_key, 80)
+        }
+        KeyCommand::PartnerKdhSet { name, kdh } => {
+            id("partner", name)?;
+            if kdh.modulus.len() > 512 || kdh.exponent.len() > 32 {
+                return Err("a signing key over 4096 bits".into());
+            }
+            Ok(())
+        }
+        KeyCommand::PartnerKbpkReceived { kdh, nonce, .. } => {
+            sha256_hex("signing key SHA-256", kdh)?;
+            text("nonce", nonce, 32)
+        }
         KeyCommand::RevokeCert { serial, reason } => {
             crate::keys::apply::normalize_serial(serial)
                 .ok_or_else(|| format!("serial {:?} is not a hex certificate serial", clip(serial)))?;

@@ -283,6 +283,31 @@ impl PkiDir {
         Ok(issued)
     }
 
+    /// Certify node `node`'s HSM transport key (DER SubjectPublicKeyInfo `spki`) with the node CA,
+    /// for TR-34-style key transport: key encipherment only, no extended key usage (it is no TLS
+    /// identity; its private half never leaves the HSM and cannot sign), naming the node
+    /// (`quill:node/<id>`). Returns the PEM certificate.
+    pub fn certify_transport_key(&self, node: u64, spki: &[u8], validity: Validity) -> Result<String, TlsError> {
+        let issuer = self.issuer(NODE_CA)?;
+        let public = rcgen::SubjectPublicKeyInfo::from_der(spki)
+            .map_err(|e| TlsError::Identity(format!("the transport key: {e}")))?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::OrganizationName, "Quill");
+        p.distinguished_name.push(DnType::CommonName, format!("quill:node/{node} HSM transport key"));
+        p.serial_number = Some(random_serial());
+        let uri = Identity::Node(node).uri().try_into().map_err(issue_err)?;
+        p.subject_alt_names = vec![SanType::URI(uri)];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
+        p.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::days(validity.from_days) - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(validity.from_days + validity.days);
+        let cert = p.signed_by(&public, &issuer).map_err(issue_err)?;
+        Ok(cert.pem())
+    }
+
     /// Issue a certificate for `identity` into `out` unless one is there already. Issued into a
     /// private directory and renamed into place, so two processes issuing the same identity at
     /// once never mix one's certificate with the other's key.

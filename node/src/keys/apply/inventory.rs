@@ -17,6 +17,10 @@ impl State<'_> {
     pub(super) fn key_create(&mut self, ctx: &Ctx<'_>, new: NewKey) -> Result<Step<Applied>, StoreError> {
         let allowed: &[Role] = match new.origin {
             Origin::Components { .. } => &[Role::Node],
+            // Only the transport commands file these, after their own checks.
+            Origin::TransportSent { .. } | Origin::TransportReceived { .. } => {
+                return Ok(refuse("a transported key is filed only by the transport itself"));
+            }
             _ => &[Role::Admin],
         };
         if let Err(r) = self.role(ctx, allowed) {

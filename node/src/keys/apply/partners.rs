@@ -30,7 +30,18 @@ pub struct PartnerRecord {
     pub imported: Vec<String>,
     pub created_by: Actor,
     pub created_ms: u64,
+    /// Its pinned TR-34-style signing key, with which it may establish its zone master key.
+    #[serde(default)]
+    pub kdh: Option<RsaPublic>,
+    /// Nonces of the transport envelopes taken from it, newest last (the last [`NONCES_KEPT`]):
+    /// an envelope is taken once.
+    #[serde(default)]
+    pub nonces: Vec<String>,
 }
+
+/// How many envelope nonces a partner record keeps (an envelope older than an hour is refused
+/// by its time anyway).
+pub const NONCES_KEPT: usize = 256;
 
 impl PartnerRecord {
     /// Whether the partner may see key `id`.
@@ -85,10 +96,106 @@ impl State<'_> {
                 imported: Vec::new(),
                 created_by: ctx.actor.clone(),
                 created_ms: ctx.time_ms,
+                kdh: None,
+                nonces: Vec::new(),
             },
         };
         self.put(format!("{PARTNER}{name}"), &rec)?;
         Ok(Ok(Applied::done(format!("partner:{name}"), format!("zone master key {zmk} (KCV {})", z.kcv))))
+    }
+
+    /// Pin a partner's TR-34-style signing key (admin). A new partner has no zone master key
+    /// until it sends one ([`State::partner_kbpk_received`]).
+    pub(super) fn partner_kdh_set(
+        &mut self,
+        ctx: &Ctx<'_>,
+        name: String,
+        kdh: RsaPublic,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        if let Err(r) = check_id("partner", &name) {
+            return Ok(Err(r));
+        }
+        if kdh.bits() < 2048 {
+            return Ok(refuse(format!("a signing key of {} bits: at least 2048", kdh.bits())));
+        }
+        let fp = kdh.fingerprint();
+        let rec = match self.partner(&name)? {
+            Some(mut p) => {
+                p.kdh = Some(kdh);
+                p
+            }
+            None => PartnerRecord {
+                name: name.clone(),
+                zmk: String::new(),
+                shared: Vec::new(),
+                imported: Vec::new(),
+                created_by: ctx.actor.clone(),
+                created_ms: ctx.time_ms,
+                kdh: Some(kdh),
+                nonces: Vec::new(),
+            },
+        };
+        self.put(format!("{PARTNER}{name}"), &rec)?;
+        Ok(Ok(Applied::done(format!("partner:{name}"), format!("signing key for KBPK transport pinned, SHA-256 {fp}"))))
+    }
+
+    /// A KBPK the partner sent by TR-34-style transport (actor: the partner), its envelope's
+    /// signature, address, time and check value checked by the node that opened it: filed as
+    /// `<partner>.kbpk` (K1, not exportable) and made the partner's zone master key. Refused
+    /// unless the partner's pinned signing key is the one named, and for a nonce seen before.
+    pub(super) fn partner_kbpk_received(
+        &mut self,
+        ctx: &Ctx<'_>,
+        wrapped: WrappedKey,
+        kdh: String,
+        nonce: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Partner]) {
+            return Ok(Err(r));
+        }
+        let name = ctx.actor.name.clone();
+        let Some(mut p) = self.partner(&name)? else { return Ok(refuse(format!("no partner {name}"))) };
+        let Some(pinned) = p.kdh.as_ref().map(RsaPublic::fingerprint) else {
+            return Ok(refuse(format!("partner {name} has no pinned signing key (quill exchange kdh)")));
+        };
+        if !kdh.eq_ignore_ascii_case(&pinned) {
+            return Ok(refuse(format!(
+                "signed with key {}, not partner {name}'s pinned signing key {pinned}",
+                crate::domain::clip(&kdh)
+            )));
+        }
+        if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(refuse("the envelope's nonce is 32 hex digits"));
+        }
+        let nonce = nonce.to_ascii_uppercase();
+        if p.nonces.contains(&nonce) {
+            return Ok(refuse(format!("envelope {nonce} from partner {name} was taken before: a replay")));
+        }
+        let origin = Origin::TransportReceived { partner: name.clone(), kdh: pinned };
+        let new = NewKey {
+            label: format!("{name}.kbpk"),
+            usage: Usage::K1,
+            exportable: false,
+            origin,
+            wrapped,
+            active: true,
+            tenant: crate::identity::default_tenant(),
+        };
+        let (id, detail) = match self.key_create_checked(ctx, new)? {
+            Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
+            Ok(other) => return Ok(Ok(other)),
+            Err(r) => return Ok(Err(r)),
+        };
+        p.nonces.push(nonce);
+        if p.nonces.len() > NONCES_KEPT {
+            p.nonces.remove(0);
+        }
+        p.zmk = id.clone();
+        self.put(format!("{PARTNER}{name}"), &p)?;
+        Ok(Ok(Applied::done(format!("key:{id}"), format!("zone master key of partner {name} by transport: {detail}"))))
     }
 
     /// Share a key with a partner, or stop sharing it (admin).
@@ -385,5 +492,113 @@ mod tests {
         done(run(&mut kv, &ada, set("zmk.v1", "prod2:7443")));
         let t: TargetRecord = read(&kv, &format!("{TARGET}prod")).unwrap().unwrap();
         assert_eq!((t.endpoint.as_str(), t.deliveries.len()), ("prod2:7443", 1));
+    }
+
+    /// TR-34-style transport in apply, both sides (with this module's fixtures): a transported
+    /// key is never filed through `KeyCreate`; the key site files the KBPK it sent and makes it
+    /// the target's only on the right KCV, once; production takes a KBPK only from a partner
+    /// whose pinned signing key signed it, once per nonce, and it becomes the partner's ZMK.
+    #[test]
+    fn transported_kbpks_are_filed_only_through_their_checks() {
+        use crate::keys::apply::targets::{KDH, KdhRecord, TARGET, TargetRecord};
+        let mut kv = state();
+        let smk = SmkInfo {
+            kcv: Kcv("AAAAAAAAAA".into()),
+            ceremony: "s".into(),
+            formed_ms: 1,
+            next: None,
+            retired: Vec::new(),
+        };
+        kv.put(key::SMK.as_bytes(), crate::store::codec::encode(&smk).unwrap());
+        let ada = who(Role::Admin, "ada");
+        let wrapped = |kcv: &str| WrappedKey {
+            alg: KeyAlg::Aes256,
+            blob: vec![7; 40],
+            kcv: Kcv(kcv.into()),
+            smk_kcv: Kcv("AAAAAAAAAA".into()),
+        };
+        let kdh = {
+            let k = quill_crypto::rsa::generate(2048, 65537).unwrap();
+            RsaPublic::new(&k.n, &k.e)
+        };
+        // --- no forged provenance through KeyCreate
+        let forged = KeyCommand::KeyCreate {
+            label: "kbpk-x".into(),
+            usage: Usage::K1,
+            exportable: false,
+            origin: Origin::TransportReceived { partner: "gie".into(), kdh: kdh.fingerprint() },
+            wrapped: wrapped("111111"),
+            active: true,
+            tenant: "default".into(),
+        };
+        assert!(refused(run(&mut kv, &ada, forged)).contains("only by the transport"));
+
+        // --- the key site
+        let set = KeyCommand::TargetSet {
+            name: "prod".into(),
+            endpoint: "prod:7443".into(),
+            ca_sha256: "AB".repeat(32),
+            kbpk: String::new(),
+        };
+        assert!(done(run(&mut kv, &ada, set)).contains("to be established by transport"));
+        let sent = |kcv: &str| KeyCommand::TargetTransported {
+            target: "prod".into(),
+            wrapped: wrapped(kcv),
+            krd: "CD".repeat(32),
+            node: 1,
+        };
+        assert!(refused(run(&mut kv, &ada, sent("222222"))).contains("no signing key"));
+        let rec = KdhRecord {
+            key: quill_hsm::WrappedRsaKey { public: kdh.clone(), blob: vec![1; 40], smk_kcv: Kcv("AAAAAAAAAA".into()) },
+            fingerprint: kdh.fingerprint(),
+            created_by: ada.clone(),
+            created_ms: 1,
+        };
+        kv.put(KDH.as_bytes(), crate::store::codec::encode(&rec).unwrap());
+        assert!(refused(run(&mut kv, &who(Role::Operator, "otto"), sent("222222"))).contains("role"));
+        done(run(&mut kv, &ada, sent("222222")));
+        let t: TargetRecord = read(&kv, &format!("{TARGET}prod")).unwrap().unwrap();
+        assert_eq!((t.kbpk.as_str(), t.transported.as_ref().unwrap().key.as_str()), ("", "kbpk-prod.v1"));
+        let k: KeyRecord = read(&kv, &format!("{}kbpk-prod.v1", key::KEY)).unwrap().unwrap();
+        assert_eq!((k.usage, k.exportable), (Usage::K1, false));
+        let confirm = |kcv: &str| KeyCommand::TargetConfirmed {
+            target: "prod".into(),
+            kcv: kcv.into(),
+            remote_key: "keysite.kbpk.v1".into(),
+        };
+        assert!(refused(run(&mut kv, &ada, confirm("333333"))).contains("not its KBPK"));
+        done(run(&mut kv, &ada, confirm("222222")));
+        assert!(refused(run(&mut kv, &ada, confirm("222222"))).contains("already confirmed"));
+        let t: TargetRecord = read(&kv, &format!("{TARGET}prod")).unwrap().unwrap();
+        assert_eq!(t.kbpk, "kbpk-prod.v1");
+
+        // --- production
+        let gie = who(Role::Partner, "gie");
+        let received = |kdh: &str, nonce: &str| KeyCommand::PartnerKbpkReceived {
+            wrapped: wrapped("444444"),
+            kdh: kdh.into(),
+            nonce: nonce.into(),
+        };
+        let nonce = "0F".repeat(16);
+        assert!(refused(run(&mut kv, &gie, received(&kdh.fingerprint(), &nonce))).contains("no partner gie"));
+        let weak = {
+            let k = quill_crypto::rsa::generate(1024, 65537).unwrap();
+            RsaPublic::new(&k.n, &k.e)
+        };
+        let pin = |k: &RsaPublic| KeyCommand::PartnerKdhSet { name: "gie".into(), kdh: k.clone() };
+        assert!(refused(run(&mut kv, &ada, pin(&weak))).contains("at least 2048"));
+        assert!(refused(run(&mut kv, &gie, pin(&kdh))).contains("role"));
+        done(run(&mut kv, &ada, pin(&kdh)));
+        let other = "EE".repeat(32);
+        assert!(refused(run(&mut kv, &gie, received(&other, &nonce))).contains("not partner gie's pinned signing key"));
+        assert!(refused(run(&mut kv, &ada, received(&kdh.fingerprint(), &nonce))).contains("role"));
+        assert!(refused(run(&mut kv, &gie, received(&kdh.fingerprint(), "12"))).contains("32 hex digits"));
+        let d = done(run(&mut kv, &gie, received(&kdh.fingerprint(), &nonce)));
+        assert!(d.contains("zone master key of partner gie"), "{d}");
+        assert!(refused(run(&mut kv, &gie, received(&kdh.fingerprint(), &nonce.to_lowercase()))).contains("replay"));
+        let p: PartnerRecord = read(&kv, &format!("{PARTNER}gie")).unwrap().unwrap();
+        assert_eq!(p.zmk, "gie.kbpk.v1");
+        let k: KeyRecord = read(&kv, &format!("{}gie.kbpk.v1", key::KEY)).unwrap().unwrap();
+        assert_eq!(k.origin, Origin::TransportReceived { partner: "gie".into(), kdh: kdh.fingerprint() });
     }
 }

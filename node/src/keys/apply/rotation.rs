@@ -58,14 +58,19 @@ pub fn blocks_under(kv: &dyn Kv, smk: &Kcv) -> Result<BTreeMap<BlockAt, WrappedK
     Ok(out)
 }
 
+/// The label of the TR-34-style signing key among [`rsa_keys_under`]'s.
+pub const KDH_LABEL: &str = "kdh:site";
+
 /// Every RSA private key in the state wrapped under SMK `smk`: issuer keys by label, the EMV
-/// CA's keys as `ca:RID/II` (a `:` is in no issuer label).
+/// CA's keys as `ca:RID/II` (a `:` is in no issuer label), the signing key as [`KDH_LABEL`].
 pub fn rsa_keys_under(kv: &dyn Kv, smk: &Kcv) -> Result<BTreeMap<String, WrappedRsaKey>, StoreError> {
     let issuers = scan::<IssuerKeyRecord>(kv, ISSUER)?.into_iter().map(|r| (r.label, r.key));
     let cas = scan::<super::ca::OwnCaKey>(kv, super::ca::OWN_CA)?
         .into_iter()
         .map(|r| (format!("ca:{}", super::ca::ca_id(&r.rid, r.index)), r.key));
-    Ok(issuers.chain(cas).filter(|(_, k)| k.smk_kcv == *smk).collect())
+    let kdh =
+        super::read::<super::targets::KdhRecord>(kv, super::targets::KDH)?.map(|r| (KDH_LABEL.to_string(), r.key));
+    Ok(issuers.chain(cas).chain(kdh).filter(|(_, k)| k.smk_kcv == *smk).collect())
 }
 
 impl State<'_> {
@@ -219,6 +224,13 @@ impl State<'_> {
             self.put(key::AUDIT_KEYS, a)?;
         }
         for (label, k) in new_rsa {
+            if label == KDH_LABEL {
+                if let Some(mut r) = self.get::<super::targets::KdhRecord>(super::targets::KDH)? {
+                    r.key = k;
+                    self.put(super::targets::KDH, &r)?;
+                }
+                continue;
+            }
             if let Some(ca) = label.strip_prefix("ca:") {
                 let path = format!("{}{ca}", super::ca::OWN_CA);
                 if let Some(mut r) = self.get::<super::ca::OwnCaKey>(&path)? {

@@ -14,10 +14,53 @@
 //!   version, KCV, the target's key id) only if that KCV is the key's. A key is never wrapped
 //!   under a weaker KBPK (the HSM refuses, X9.24-1).
 
+//! - **TR-34-style transport** ([`crate::keys::transport`]): instead of a ceremony on both
+//!   sides, the KBPK is generated here, wrapped in the HSM under the target node's transport key
+//!   (its certificate checked against the target's CA) and signed with this site's signing key
+//!   ([`KdhRecord`]); it becomes the target's KBPK once the target answers its KCV.
+
 use super::*;
 
 /// `keys/target/<name>` → [`TargetRecord`].
 pub const TARGET: &str = "keys/target/";
+
+/// `keys/kdh` → [`KdhRecord`].
+pub const KDH: &str = "keys/kdh";
+
+/// The owner bound in the signing key's block at rest (no tenant's name: a tenant's issuer-key
+/// paths never open it).
+pub const KDH_OWNER: &str = "kbpk-transport";
+
+/// This site's signing key for TR-34-style transport (the key distribution host's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdhRecord {
+    /// The pair: private half a key block under the SMK (sign only).
+    pub key: quill_hsm::WrappedRsaKey,
+    /// SHA-256 of its SubjectPublicKeyInfo, hex.
+    pub fingerprint: String,
+    pub created_by: Actor,
+    pub created_ms: u64,
+}
+
+impl KdhRecord {
+    /// The private key's block at rest, if its header binds it to [`KDH_OWNER`].
+    pub fn block(&self) -> Result<&quill_hsm::WrappedRsaKey, String> {
+        crate::keys::model::bound_to(&self.key, KDH_OWNER, "the signing key's block at rest")
+    }
+}
+
+/// A KBPK sent to a target by TR-34-style transport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transported {
+    /// The KBPK (inventory id).
+    pub key: String,
+    /// The target node and SHA-256 of its transport key.
+    pub node: u64,
+    pub krd: String,
+    pub sent_ms: u64,
+    /// Once the target answered the KBPK's KCV: the id it filed it under.
+    pub confirmed: Option<String>,
+}
 
 /// Another cluster this one distributes keys to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +77,9 @@ pub struct TargetRecord {
     pub deliveries: Vec<Delivery>,
     pub created_by: Actor,
     pub created_ms: u64,
+    /// The last KBPK sent by TR-34-style transport.
+    #[serde(default)]
+    pub transported: Option<Transported>,
 }
 
 /// A key the target confirmed it holds.
@@ -98,22 +144,28 @@ impl State<'_> {
         if ca_sha256.len() != 64 || !ca_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(refuse("the target's CA certificate SHA-256 is 64 hex digits"));
         }
-        let k = match self.key(ctx, &kbpk)? {
-            Ok(k) => k,
-            Err(r) => return Ok(Err(r)),
+        // Empty: the KBPK is to come by TR-34-style transport (none until the target confirms).
+        let kcv = if kbpk.is_empty() {
+            None
+        } else {
+            let k = match self.key(ctx, &kbpk)? {
+                Ok(k) => k,
+                Err(r) => return Ok(Err(r)),
+            };
+            if !matches!(k.usage, Usage::K0 | Usage::K1) || k.state != KeyState::Active {
+                return Ok(refuse(format!(
+                    "{kbpk} is a {} key in state {}: a target's KBPK is an active K0/K1",
+                    k.usage,
+                    k.state.as_str()
+                )));
+            }
+            if !matches!(k.origin, Origin::Components { .. }) {
+                return Ok(refuse(format!(
+                    "{kbpk} was not formed from components: a target's KBPK comes from a ceremony both sites hold the components of, or by transport (quill target transport)"
+                )));
+            }
+            Some(k.kcv)
         };
-        if !matches!(k.usage, Usage::K0 | Usage::K1) || k.state != KeyState::Active {
-            return Ok(refuse(format!(
-                "{kbpk} is a {} key in state {}: a target's KBPK is an active K0/K1",
-                k.usage,
-                k.state.as_str()
-            )));
-        }
-        if !matches!(k.origin, Origin::Components { .. }) {
-            return Ok(refuse(format!(
-                "{kbpk} was not formed from components: a target's KBPK comes from a ceremony both sites hold the components of"
-            )));
-        }
         let rec = match self.target(&name)? {
             Some(mut t) => {
                 (t.endpoint, t.ca_sha256, t.kbpk) = (endpoint.clone(), ca_sha256.to_ascii_uppercase(), kbpk.clone());
@@ -127,10 +179,135 @@ impl State<'_> {
                 deliveries: Vec::new(),
                 created_by: ctx.actor.clone(),
                 created_ms: ctx.time_ms,
+                transported: None,
             },
         };
         self.put(format!("{TARGET}{name}"), &rec)?;
-        Ok(Ok(Applied::done(format!("target:{name}"), format!("{endpoint}, KBPK {kbpk} (KCV {})", k.kcv))))
+        let detail = match kcv {
+            Some(kcv) => format!("{endpoint}, KBPK {kbpk} (KCV {kcv})"),
+            None => format!("{endpoint}, KBPK to be established by transport (quill target transport)"),
+        };
+        Ok(Ok(Applied::done(format!("target:{name}"), detail)))
+    }
+
+    /// This site's TR-34-style signing key (admin), once: a second would leave the partners that
+    /// pinned the first unable to check what is sent.
+    pub(super) fn kdh_key_set(
+        &mut self,
+        ctx: &Ctx<'_>,
+        key: quill_hsm::WrappedRsaKey,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        if let Some(k) = self.get::<KdhRecord>(KDH)? {
+            return Ok(refuse(format!("this site's signing key exists (SHA-256 {})", k.fingerprint)));
+        }
+        if key.public.bits() < 2048 {
+            return Ok(refuse(format!("a signing key of {} bits: at least 2048", key.public.bits())));
+        }
+        if key.owner().as_deref() != Some(KDH_OWNER) {
+            return Ok(refuse(format!("the signing key's block is not bound to {KDH_OWNER:?}")));
+        }
+        let fingerprint = key.public.fingerprint();
+        let rec =
+            KdhRecord { key, fingerprint: fingerprint.clone(), created_by: ctx.actor.clone(), created_ms: ctx.time_ms };
+        self.put(KDH, &rec)?;
+        Ok(Ok(Applied::done("kdh-key", format!("signing key for KBPK transport, SHA-256 {fingerprint}"))))
+    }
+
+    /// A KBPK made for a target's transport key (admin): filed here as `kbpk-<target>` (K1, not
+    /// exportable); the target's KBPK once it answers the KCV.
+    pub(super) fn target_transported(
+        &mut self,
+        ctx: &Ctx<'_>,
+        target: String,
+        wrapped: WrappedKey,
+        krd: String,
+        node: u64,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let Some(mut t) = self.target(&target)? else { return Ok(refuse(format!("no target {target}"))) };
+        if self.get::<KdhRecord>(KDH)?.is_none() {
+            return Ok(refuse("no signing key for KBPK transport (quill target kdh)"));
+        }
+        if krd.len() != 64 || !krd.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(refuse("the transport key's SHA-256 is 64 hex digits"));
+        }
+        let origin = Origin::TransportSent { target: target.clone(), krd: krd.to_ascii_uppercase() };
+        let label = format!("kbpk-{target}");
+        let new = NewKey {
+            label,
+            usage: Usage::K1,
+            exportable: false,
+            origin,
+            wrapped,
+            active: true,
+            tenant: crate::identity::default_tenant(),
+        };
+        let (id, detail) = match self.key_create_checked(ctx, new)? {
+            Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
+            Ok(other) => return Ok(Ok(other)),
+            Err(r) => return Ok(Err(r)),
+        };
+        t.transported = Some(Transported {
+            key: id.clone(),
+            node,
+            krd: krd.to_ascii_uppercase(),
+            sent_ms: ctx.time_ms,
+            confirmed: None,
+        });
+        self.put(format!("{TARGET}{target}"), &t)?;
+        Ok(Ok(Applied::done(
+            format!("key:{id}"),
+            format!("KBPK for target {target} wrapped to node {node}'s transport key {}…: {detail}", &krd[..16]),
+        )))
+    }
+
+    /// The target answered the transported KBPK's KCV (admin): the target's KBPK from now on, if
+    /// the KCV is the key's.
+    pub(super) fn target_confirmed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        target: String,
+        kcv: String,
+        remote_key: String,
+    ) -> Result<Step<Applied>, StoreError> {
+        if let Err(r) = self.role(ctx, &[Role::Admin]) {
+            return Ok(Err(r));
+        }
+        let Some(mut t) = self.target(&target)? else { return Ok(refuse(format!("no target {target}"))) };
+        let Some(mut sent) = t.transported.clone() else {
+            return Ok(refuse(format!("no KBPK was sent to target {target} (quill target transport)")));
+        };
+        if sent.confirmed.is_some() {
+            return Ok(refuse(format!("target {target} already confirmed {}", sent.key)));
+        }
+        let k = match self.key(ctx, &sent.key)? {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
+        if !kcv.eq_ignore_ascii_case(&k.kcv.0) {
+            return Ok(refuse(format!(
+                "target {target} answered KCV {} for {}, whose KCV is {}: not its KBPK",
+                crate::domain::clip(&kcv),
+                k.id,
+                k.kcv
+            )));
+        }
+        if let Err(r) = check_id("the target's key id", &remote_key) {
+            return Ok(Err(r));
+        }
+        sent.confirmed = Some(remote_key.clone());
+        t.kbpk = sent.key.clone();
+        t.transported = Some(sent);
+        self.put(format!("{TARGET}{target}"), &t)?;
+        Ok(Ok(Applied::done(
+            format!("target:{target}"),
+            format!("KBPK {} (KCV {}) confirmed by the target as {remote_key}", t.kbpk, k.kcv),
+        )))
     }
 
     /// A key the target confirmed (admin): it left under an export approval to the target's
