@@ -549,23 +549,36 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
                     notes.push(e);
                 }
             }
-            // Back as a voter: how long until it has applied what the leader had when it was added.
-            let target = match leader_among(cluster, &ids).await {
-                Some(l) => cluster.status(l).await.map(|s| s.applied_index).unwrap_or(0),
-                None => 0,
-            };
-            let caught = poll(Duration::from_secs(60), || async {
-                let s = cluster.status(victim).await.ok()?;
-                (s.applied_index >= target).then_some(s.snapshot_index)
+            // Back as a voter: how long until it has applied what the leader had when it was added
+            // (read from a leader the others agree on: with none, there is nothing to compare to,
+            // and a cluster with a majority up and no leader for 30 s is itself a failure).
+            let leader_index = poll(Duration::from_secs(30), || async {
+                let l = leader_among(cluster, &ids).await?;
+                cluster.status(l).await.ok().map(|s| s.applied_index)
             })
             .await;
+            let caught = match leader_index {
+                Some(target) => poll(Duration::from_secs(60), || async {
+                    let s = cluster.status(victim).await.ok()?;
+                    (s.applied_index >= target).then_some((target, s.snapshot_index))
+                })
+                .await
+                .ok_or(target),
+                None => {
+                    let v = format!("no leader agreed on within 30 s of adding node {victim} back");
+                    notes.push(v.clone());
+                    report.violations.push(v);
+                    Err(0)
+                }
+            };
             match caught {
-                Some(snap) => notes.push(format!(
+                Ok((target, snap)) => notes.push(format!(
                     "back at index {target} after {} ms{}",
                     ms(added),
                     if f.kind == Kind::Replace { format!(" (snapshot index {snap})") } else { String::new() }
                 )),
-                None => {
+                Err(0) => {}
+                Err(target) => {
                     let v = format!("node {victim} did not reach index {target} within 60 s of being added back");
                     notes.push(v.clone());
                     report.violations.push(v);
@@ -818,7 +831,11 @@ pub async fn run(opts: &Options) -> Report {
         for id in &ids {
             seen.push(cluster.status(*id).await.ok()?);
         }
-        let same = seen.iter().all(|s| s.applied_index == seen[0].applied_index && s.state_hash == seen[0].state_hash);
+        let same = seen.iter().all(|s| {
+            s.applied_index == seen[0].applied_index
+                && s.state_hash_index == s.applied_index
+                && s.state_hash == seen[0].state_hash
+        });
         same.then_some(())
     })
     .await;

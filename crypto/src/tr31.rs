@@ -2357,4 +2357,88 @@ mod tests {
         let k = [0xABu8; 16];
         assert_eq!(format!("{:?}", Kbpk::Tdes(&k)), "Kbpk::TDES(16 bytes)");
     }
+
+    /// Property-based (proptest, bounded, shrinking to a minimal input on failure): the parsers
+    /// and [`unwrap`] on what an attacker can send.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Header-like text: raw bytes; printable text; and headers drawn from the standard's
+        /// alphabets per field, with optional blocks of random ids, lengths and data, so that
+        /// most of them get past the fixed fields.
+        fn header_text() -> impl Strategy<Value = Vec<u8>> {
+            let fixed = "[BD][0-9]{4}([A-Z][0-9]|[0-9][0-9A-Z]|K[0-9])[ADEHRST][BCDEGNSTVXY]([0-9]{2}|c[0-9])[ENS]";
+            let optional = "(KS|KC|KP|TS|PB|HM|IK|KV|DA|CT|00|[A-Z0-9]{2})([0-9A-F]{2}|0[1-4][0-9A-F]{2,8})[ -~]{0,24}";
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..120),
+                "[ -~]{0,80}".prop_map(String::into_bytes),
+                (fixed, 0usize..4, "[0-2]0", proptest::collection::vec(optional, 0..4))
+                    .prop_map(|(f, n, ctx, opts)| { format!("{f}{n:02}{ctx}{}", opts.concat()).into_bytes() }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any header text parses, or is refused with a TR-31 error naming what is wrong; a
+            /// header that parses and encodes parses back to itself.
+            #[test]
+            fn any_header_parses_or_names_what_is_wrong(text in header_text()) {
+                match Tr31Header::parse(&text) {
+                    Ok(header) => {
+                        if let Ok(encoded) = header.encode() {
+                            prop_assert_eq!(Tr31Header::parse(encoded.as_bytes()), Ok(header));
+                        }
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("TR-31"), "{}", e),
+                }
+                for e in [parse_key_block_header(&text).err(), key_block_header_text(&text).err()].into_iter().flatten() {
+                    prop_assert!(e.to_string().starts_with("TR-31"), "{}", e);
+                }
+            }
+
+            /// A published block (B and D, every example) with characters changed, inserted or
+            /// removed never opens, whatever the change; no error shows the key.
+            #[test]
+            fn an_edited_block_never_opens(
+                kat in 0..WRAP_KATS.len(),
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), 0x20u8..0x7F, 0u8..4), 1..5),
+            ) {
+                let k = &WRAP_KATS[kat];
+                let kbpk = h(k.kbpk);
+                let good = k.block.as_bytes();
+                let mut b = good.to_vec();
+                for (at, byte, how) in edits {
+                    let i = at.index(b.len());
+                    match how {
+                        0 => b[i] = byte,
+                        1 => b.insert(i, byte),
+                        2 => { b.remove(i); }
+                        // Swap two neighbours (a reordering keeps every character).
+                        _ => {
+                            let j = (i + 1) % b.len();
+                            b.swap(i, j);
+                        }
+                    }
+                }
+                match unwrap(kbpk_of(k.version, &kbpk), &b) {
+                    Ok((_, key)) => {
+                        prop_assert_eq!(&b[..], good, "a changed block opened");
+                        prop_assert_eq!(&key[..], &h(k.key)[..]);
+                    }
+                    Err(e) => prop_assert!(!e.to_string().contains(k.key), "{}", e),
+                }
+            }
+
+            /// The right block under the wrong KBPK, of every length, never opens.
+            #[test]
+            fn a_block_under_another_kbpk_never_opens(kat in 0..WRAP_KATS.len(), kbpk in proptest::collection::vec(any::<u8>(), 0..40)) {
+                let k = &WRAP_KATS[kat];
+                prop_assume!(kbpk != h(k.kbpk));
+                prop_assert!(unwrap(kbpk_of(k.version, &kbpk), k.block.as_bytes()).is_err());
+            }
+        }
+    }
 }

@@ -142,6 +142,9 @@ enum TargetCmd {
     /// Establish a target's KBPK by transport (admin): generated here, wrapped to the target
     /// node's certified transport key, signed, pushed, confirmed by its KCV.
     Transport(distribute::TransportArgs),
+    /// Finish a transport whose answer was lost (admin): the target is asked which KBPK it
+    /// holds for this site; confirmed if its KCV is the one sent.
+    Confirm(distribute::ConfirmArgs),
 }
 
 /// Partner key exchange (GIE-CB style).
@@ -422,6 +425,7 @@ fn main() -> ExitCode {
         Cmd::Target(TargetCmd::List(a)) => distribute::target_list(a, json),
         Cmd::Target(TargetCmd::Kdh(a)) => distribute::kdh(a, json),
         Cmd::Target(TargetCmd::Transport(a)) => distribute::transport(a, json),
+        Cmd::Target(TargetCmd::Confirm(a)) => distribute::confirm(a, json),
         Cmd::Exchange(ExchangeCmd::Kdh(a)) => exchange::kdh(a, json),
         Cmd::Exchange(ExchangeCmd::Import(a)) => exchange::import(a, json),
         Cmd::Exchange(ExchangeCmd::Export(a)) => exchange::export(a, json),

@@ -851,13 +851,22 @@ impl Cluster {
                 seen.push(self.status(*id).await?);
             }
             let first = &seen[0];
-            let same = seen.iter().all(|s| s.applied_index == first.applied_index && s.state_hash == first.state_hash);
+            // Hashes of the same applied index (a node gives its last hash for a while: see
+            // NodeStatus.state_hash_index).
+            let same = seen.iter().all(|s| {
+                s.applied_index == first.applied_index
+                    && s.state_hash_index == s.applied_index
+                    && s.state_hash == first.state_hash
+            });
             if same && first.applied_index >= min_applied {
                 Ok((first.applied_index, first.state_hash.clone()))
             } else {
                 Err(seen
                     .iter()
-                    .map(|s| format!("node {} applied {} hash {}", s.id, s.applied_index, short(&s.state_hash)))
+                    .map(|s| {
+                        let h = short(&s.state_hash);
+                        format!("node {} applied {} hash {h} (of {})", s.id, s.applied_index, s.state_hash_index)
+                    })
                     .collect::<Vec<_>>()
                     .join("; "))
             }

@@ -14,6 +14,9 @@
 
 use std::path::Path;
 
+use quill_node::keys::apply::issuers::{ISSUER, IssuerKeyRecord};
+use quill_node::keys::apply::targets::{KDH, KdhRecord};
+use quill_node::store::{Cf, Store, WriteBatch, codec};
 use quill_proto::v1::exchange_client::ExchangeClient;
 use quill_proto::v1::keys_client::KeysClient;
 use quill_proto::v1::{Caller, ExchangeReceiveKbpkRequest, TargetConfirmRequest, TargetTransportRequest};
@@ -40,7 +43,7 @@ fn caller(serial: u64) -> Option<Caller> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kbpk_sent_by_transport_carries_keys_between_sites() {
     let opts = || ClusterOptions { nodes: 3, hsm: true, ..ClusterOptions::default() };
-    let site = Cluster::start("t114-site", opts()).await;
+    let mut site = Cluster::start("t114-site", opts()).await;
     let prod = Cluster::start("t114-prod", opts()).await;
     site.keys_ready().await;
     prod.keys_ready().await;
@@ -169,6 +172,11 @@ async fn a_kbpk_sent_by_transport_carries_keys_between_sites() {
         .unwrap()
         .into_inner();
     assert_eq!(sent.key, "kbpk-prod.v2");
+    // Not pushed yet: production holds v1, and confirming v2 is refused with what it holds.
+    let (code, out, err) =
+        site.quill(1, &["target", "confirm", "--target", "prod", "--target-identity", s(&push_identity)], &ADMIN);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("keysite.kbpk.v1") && err.contains("did not arrive"), "{err}");
     let push = |node: u64, actor: &str| ExchangeClient::new(prod.as_tenant(node, actor, &[]).0);
     let receive = |envelope: Vec<u8>, signature: Vec<u8>, serial: u64| ExchangeReceiveKbpkRequest {
         caller: caller(100 + serial),
@@ -194,6 +202,14 @@ async fn a_kbpk_sent_by_transport_carries_keys_between_sites() {
     let forged_sig = engine.raw_private(&block).unwrap();
     let e = refused(push(1, "partner:keysite").receive_kbpk(receive(sent.envelope.clone(), forged_sig, 3)).await);
     assert!(e.contains("does not verify"), "{e}");
+    // A signature far larger than any RSA key's, and one a byte short: refused before any RSA.
+    let e = refused(
+        push(1, "partner:keysite").receive_kbpk(receive(sent.envelope.clone(), vec![0x5A; 64 << 10], 10)).await,
+    );
+    assert!(e.contains("the signature: 65536 bytes"), "{e}");
+    let short = sent.signature[..sent.signature.len() - 1].to_vec();
+    let e = refused(push(1, "partner:keysite").receive_kbpk(receive(sent.envelope.clone(), short, 11)).await);
+    assert!(e.contains("signature"), "{e}");
     let e = refused(
         push(1, "partner:stranger").receive_kbpk(receive(sent.envelope.clone(), sent.signature.clone(), 4)).await,
     );
@@ -216,7 +232,20 @@ async fn a_kbpk_sent_by_transport_carries_keys_between_sites() {
     };
     let e = site_keys.target_confirm(confirm(7, "000000")).await.expect_err("a KCV that is not the key's");
     assert!(e.message().contains("not its KBPK"), "{e:?}");
-    site_keys.target_confirm(confirm(8, &sent.kcv)).await.unwrap();
+    // The answer to this push was never recorded here (as if the key site's link had dropped):
+    // `quill target confirm` asks production which KBPK it holds for this site and records it.
+    let r = json(&site.quill_ok(
+        1,
+        &["--json", "target", "confirm", "--target", "prod", "--target-identity", s(&push_identity)],
+        &ADMIN,
+    ));
+    assert_eq!((r["key"].as_str(), r["remote_key"].as_str()), (Some("kbpk-prod.v2"), Some("keysite.kbpk.v2")), "{r}");
+    let again = json(&site.quill_ok(
+        2,
+        &["--json", "target", "confirm", "--target", "prod", "--target-identity", s(&push_identity)],
+        &ADMIN,
+    ));
+    assert_eq!(again["result"], "confirmed", "run again, it says so: {again}");
     let e = site_keys.target_confirm(confirm(9, &sent.kcv)).await.expect_err("confirmed twice");
     assert!(e.message().contains("already confirmed"), "{e:?}");
 
@@ -262,4 +291,44 @@ async fn a_kbpk_sent_by_transport_carries_keys_between_sites() {
         assert!(prod_audit.contains(a), "production's chain lacks {a}");
     }
     assert!(!prod_audit.contains(&hex::encode_upper(&sent.envelope)), "no envelope bytes in the chain");
+
+    step("offline, on every key-site node: a TEST issuer key's pair put in the signing key's record");
+    let ids = site.ids();
+    for &id in &ids {
+        site.terminate(id);
+        let store = Store::open(&site.node(id).dir.join("data").join("db")).expect("open the node's store");
+        let issuer: IssuerKeyRecord = store
+            .pairs(Cf::SmData)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.starts_with(ISSUER.as_bytes()))
+            .map(|(_, v)| codec::decode(&v).unwrap())
+            .expect("a TEST issuer key");
+        let mut rec: KdhRecord = store.get(Cf::SmData, KDH.as_bytes()).unwrap().expect("the signing key's record");
+        rec.fingerprint = issuer.fingerprint.clone();
+        rec.key = issuer.key.clone();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(store.cf(Cf::SmData).unwrap(), KDH.as_bytes(), codec::encode(&rec).unwrap());
+        store.write(batch, true).unwrap();
+    }
+    for &id in &ids {
+        site.restart(id).await;
+    }
+    site.wait_leader(&ids, std::time::Duration::from_secs(30), "after the edit").await;
+    let mut site_keys = KeysClient::new(site.channel_as(1, "admin:ada"));
+    let e = site_keys
+        .target_transport(TargetTransportRequest {
+            caller: caller(20),
+            target: "prod".into(),
+            ca_pem,
+            krd_pem: std::fs::read_to_string(&krd).unwrap(),
+        })
+        .await
+        .expect_err("an issuer key never signs an envelope");
+    assert!(
+        e.message().contains("belongs to tenant \"default\"") && e.message().contains("altered"),
+        "the refusal names the block's owner: {e:?}"
+    );
+    let targets = json(&site.quill_ok(1, &["--json", "target", "list"], &ADMIN));
+    assert_eq!(targets["targets"][0]["transported"]["key"], "kbpk-prod.v2", "nothing new filed: {targets}");
 }

@@ -136,7 +136,7 @@ fn row_json(r: &Row) -> Value {
             "id": s.id, "endpoint": r.endpoint, "reachable": true, "role": s.role, "term": s.term,
             "leader": s.leader, "last_log_index": s.last_log_index, "committed_index": s.committed_index,
             "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
-            "purged_index": s.purged_index, "membership_index": s.membership_index, "state_hash": s.state_hash,
+            "purged_index": s.purged_index, "membership_index": s.membership_index, "state_hash": s.state_hash, "state_hash_index": s.state_hash_index,
             "hsm": serde_json::from_str::<Value>(&s.hsm).unwrap_or(Value::Null),
             "raft_addr": s.raft_addr, "api_addr": s.api_addr,
             "tls_links": s.tls_links.iter().map(|l| json!({"peer": l.peer, "protocol": l.protocol, "suite": l.suite, "group": l.group})).collect::<Vec<_>>(),

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::{
-    ApprovalAskRequest, ExchangeImportRequest, ExchangeReceiveKbpkRequest, ExportAction, ExportTr31Request,
-    KdhKeyRequest, KeyDeliveredRequest, ListTargetsRequest, TargetConfirmRequest, TargetSetRequest,
+    ApprovalAskRequest, ExchangeImportRequest, ExchangeListRequest, ExchangeReceiveKbpkRequest, ExportAction,
+    ExportTr31Request, KdhKeyRequest, KeyDeliveredRequest, ListTargetsRequest, TargetConfirmRequest, TargetSetRequest,
     TargetTransportRequest, TargetView,
 };
 use serde_json::json;
@@ -346,6 +346,70 @@ pub fn transport(a: &TransportArgs, json: bool) -> Result<u8> {
         json,
         json!({"result": "established", "target": target.name, "key": sent.key, "kcv": sent.kcv, "node": sent.node,
                "remote_key": got.key, "detail": detail}),
+        detail,
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill target confirm`.
+#[derive(clap::Args, Debug)]
+pub struct ConfirmArgs {
+    /// The target site.
+    #[arg(long)]
+    target: String,
+    /// The identity the target issued this site (`partner:<site>`: cert.pem, key.pem, ca.pem).
+    #[arg(long = "target-identity", value_name = "DIR")]
+    target_identity: PathBuf,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// `quill target confirm`: finish a transport whose answer was lost (the target took the KBPK,
+/// this site never heard its KCV): asks the target which zone master key it holds for this site
+/// (`Exchange.List`) and records the confirmation if that key's KCV is the KBPK's sent. Safe to
+/// run again: a confirmed transport is reported as such.
+pub fn confirm(a: &ConfirmArgs, json: bool) -> Result<u8> {
+    let mut s = Session::new(&a.who)?;
+    let target = targets(&s)?
+        .into_iter()
+        .find(|t| t.name == a.target)
+        .ok_or_else(|| CliError::Usage(format!("no target {} (quill target add)", a.target)))?;
+    if target.transported_key.is_empty() {
+        return Err(
+            CliError::Usage(format!("no KBPK was sent to target {} (quill target transport)", target.name)).into()
+        );
+    }
+    let sent = s.key(&target.transported_key)?;
+    if target.transported_confirmed {
+        let detail = format!("target {} confirmed {} (KCV {}) already", target.name, sent.id, sent.kcv);
+        print(json, json!({"result": "confirmed", "target": target.name, "key": sent.id, "kcv": sent.kcv}), detail);
+        return Ok(crate::exit_codes::OK);
+    }
+    let there = connect_target(&target, &a.target_identity)?;
+    let held = there
+        .call_exchange(|mut c| async move { c.list(ExchangeListRequest { linearizable: true }).await })
+        .with_context(|| format!("asking target {} which KBPK it holds", target.name))?;
+    if !held.zmk_kcv.eq_ignore_ascii_case(&sent.kcv) {
+        return Err(CliError::CheckFailed(format!(
+            "target {} holds {:?} (KCV {}) for this site, not {} (KCV {}): the KBPK did not arrive; send a new one \
+             (quill target transport)",
+            target.name, held.zmk, held.zmk_kcv, sent.id, sent.kcv
+        ))
+        .into());
+    }
+    let detail = s.keys_write(|mut c, caller| {
+        let req = TargetConfirmRequest {
+            caller: Some(caller),
+            target: target.name.clone(),
+            kcv: held.zmk_kcv.clone(),
+            remote_key: held.zmk.clone(),
+        };
+        async move { c.target_confirm(req).await }
+    })?;
+    print(
+        json,
+        json!({"result": "confirmed", "target": target.name, "key": sent.id, "kcv": sent.kcv, "remote_key": held.zmk,
+               "detail": detail}),
         detail,
     );
     Ok(crate::exit_codes::OK)

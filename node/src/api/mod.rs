@@ -309,7 +309,8 @@ impl Inner {
             .with_raft_state(|st| st.committed.map(|l| l.index))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let state_hash = self.sm.state_hash().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (state_hash_index, state_hash) =
+            self.sm.state_hash().await.map_err(|e| ApiError::Internal(e.to_string()))?;
         let membership = m.membership_config.membership();
         let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
         let mut voters = Vec::new();
@@ -332,6 +333,7 @@ impl Inner {
             voters,
             learners,
             state_hash,
+            state_hash_index,
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             membership_index: membership_index(&m.membership_config),

@@ -29,6 +29,9 @@ pub struct StateMachine {
     /// State hashes taken right after applying a [`Command::HashCheck`] entry, by log index
     /// (the last few): what the divergence check compares between nodes.
     checkpoints: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, String>>>,
+    /// The last [`Self::state_hash`]: (applied index, hash, when computed). Its lock is held
+    /// while one is computed.
+    hash_cache: Arc<tokio::sync::Mutex<Option<(u64, String, std::time::Instant)>>>,
     /// This node's HSM, which MACs the audit records it applies ([`crate::audit::NodeMac`]);
     /// `None` on a node without one (its records carry no MAC and verify says so).
     node_audit: Option<Arc<dyn quill_hsm::Hsm>>,
@@ -60,11 +63,23 @@ pub(super) const DEDUP_PRUNE_PER_ENTRY: usize = 256;
 /// How many hash checkpoints a node keeps.
 const CHECKPOINTS_KEPT: usize = 16;
 
+/// How long a state hash given by Status is given again while the state moves on (see
+/// [`StateMachine::state_hash`]).
+pub const STATE_HASH_REUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A hex SHA-256 over `sm_data` in key order (each key and value length-prefixed).
 fn hash_sm_data(store: &Store) -> Result<String, StoreError> {
+    hash_items(store.db().iterator_cf(store.cf(Cf::SmData)?, IteratorMode::Start))
+}
+
+/// [`hash_sm_data`] over whatever iterator of `sm_data` (a snapshot view's, say).
+fn hash_items<I>(items: I) -> Result<String, StoreError>
+where
+    I: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+{
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    for item in store.db().iterator_cf(store.cf(Cf::SmData)?, IteratorMode::Start) {
+    for item in items {
         let (key, value) = item?;
         hasher.update((key.len() as u64).to_be_bytes());
         hasher.update(&key);
@@ -94,6 +109,7 @@ impl StateMachine {
             store,
             snaps: Arc::new(SnapshotDir::open(snap_dir)?),
             checkpoints: Default::default(),
+            hash_cache: Default::default(),
             node_audit: None,
             mac_covered: Default::default(),
             erased_at: Default::default(),
@@ -391,10 +407,33 @@ impl StateMachine {
     }
 
     /// A hex SHA-256 over the replicated key space (`sm_data`, in key order: each key and value
-    /// length-prefixed), for convergence checks between nodes at the same applied index.
-    pub async fn state_hash(&self) -> Result<String, StoreError> {
+    /// length-prefixed), with the applied index it is the state of, for convergence checks
+    /// between nodes. Both are read through one RocksDB snapshot view, so they agree.
+    ///
+    /// Hashing reads the whole state (jobs' sealed input and output included: gigabytes on a
+    /// bureau's node), so Status, which monitors and every CLI's leader search call, does not
+    /// pay for it each time: one computation runs at a time (callers queue behind it rather
+    /// than each scanning), and a hash younger than [`STATE_HASH_REUSE`] is given again even if
+    /// the state has moved since (with its own index, which says so).
+    pub async fn state_hash(&self) -> Result<(u64, String), StoreError> {
+        let mut cache = self.hash_cache.lock().await;
+        let applied = self.read_applied()?.0.map_or(0, |l| l.index);
+        if let Some((index, hash, at)) = cache.as_ref()
+            && (*index == applied || at.elapsed() < STATE_HASH_REUSE)
+        {
+            return Ok((*index, hash.clone()));
+        }
         let store = self.store.clone();
-        blocking(move || hash_sm_data(&store)).await
+        let (index, hash) = blocking(move || {
+            let view = store.db().snapshot();
+            let last: Option<LogId<NodeId>> =
+                decode_opt(sm_meta_key::LAST_APPLIED, view.get_cf(store.cf(Cf::SmMeta)?, sm_meta_key::LAST_APPLIED)?)?;
+            let hash = hash_items(view.iterator_cf(store.cf(Cf::SmData)?, IteratorMode::Start))?;
+            Ok((last.map_or(0, |l| l.index), hash))
+        })
+        .await?;
+        *cache = Some((index, hash.clone(), std::time::Instant::now()));
+        Ok((index, hash))
     }
 
     /// Build a snapshot: dump the snapshot column families through one RocksDB snapshot view

@@ -52,6 +52,8 @@ impl KeysService {
         let target = target.ok_or_else(|| ApiError::NotFound(format!("no target {}", r.target)))?;
         let kdh = kdh
             .ok_or_else(|| ApiError::Precondition("no signing key for KBPK transport yet (quill target kdh)".into()))?;
+        // The signing key's block, if bound to its use: checked before anything is generated.
+        let signing = kdh.block().map_err(ApiError::Precondition)?.clone();
         // The CA given is the target's registered one, and the transport key is certified by it.
         let ca = openssl::x509::X509::from_pem(r.ca_pem.as_bytes())
             .and_then(|c| c.to_der())
@@ -86,7 +88,6 @@ impl KeysService {
             issued_ms: now,
         };
         let bytes = envelope.to_bytes();
-        let signing = kdh.block().map_err(ApiError::Precondition)?.clone();
         let k = kdh.key.public.bits().div_ceil(8);
         let block = tr34::pkcs1_sha256_block(&bytes, k).map_err(|e| ApiError::Internal(e.to_string()))?;
         let signature = self.hsm(move |h| h.rsa_sign_raw(&signing, &block)).await?;

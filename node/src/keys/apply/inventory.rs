@@ -13,6 +13,21 @@ pub(super) struct NewKey {
     pub tenant: String,
 }
 
+impl NewKey {
+    /// A KBPK that came by TR-34-style transport: K1, not exportable, in the default tenant.
+    pub(super) fn transported_kbpk(label: String, origin: Origin, wrapped: WrappedKey) -> Self {
+        NewKey {
+            label,
+            usage: Usage::K1,
+            exportable: false,
+            origin,
+            wrapped,
+            active: true,
+            tenant: crate::identity::default_tenant(),
+        }
+    }
+}
+
 impl State<'_> {
     pub(super) fn key_create(&mut self, ctx: &Ctx<'_>, new: NewKey) -> Result<Step<Applied>, StoreError> {
         let allowed: &[Role] = match new.origin {
@@ -27,6 +42,19 @@ impl State<'_> {
             return Ok(Err(r));
         }
         self.key_create_checked(ctx, new)
+    }
+
+    /// Files `new` as [`State::key_create_checked`] does and gives the new key's id and the
+    /// detail line; anything else (a refusal) comes back as the step for the caller to return.
+    pub(super) fn key_filed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        new: NewKey,
+    ) -> Result<Result<(String, String), Step<Applied>>, StoreError> {
+        Ok(match self.key_create_checked(ctx, new)? {
+            Ok(Applied::Done { object, detail }) => Ok((object.trim_start_matches("key:").to_string(), detail)),
+            other => Err(other),
+        })
     }
 
     /// [`State::key_create`] once the caller's role is checked (a partner's import checks its own).

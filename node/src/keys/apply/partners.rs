@@ -175,19 +175,10 @@ impl State<'_> {
             return Ok(refuse(format!("envelope {nonce} from partner {name} was taken before: a replay")));
         }
         let origin = Origin::TransportReceived { partner: name.clone(), kdh: pinned };
-        let new = NewKey {
-            label: format!("{name}.kbpk"),
-            usage: Usage::K1,
-            exportable: false,
-            origin,
-            wrapped,
-            active: true,
-            tenant: crate::identity::default_tenant(),
-        };
-        let (id, detail) = match self.key_create_checked(ctx, new)? {
-            Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
-            Ok(other) => return Ok(Ok(other)),
-            Err(r) => return Ok(Err(r)),
+        let new = NewKey::transported_kbpk(format!("{name}.kbpk"), origin, wrapped);
+        let (id, detail) = match self.key_filed(ctx, new)? {
+            Ok(filed) => filed,
+            Err(step) => return Ok(step),
         };
         p.nonces.push(nonce);
         if p.nonces.len() > NONCES_KEPT {
@@ -260,11 +251,9 @@ impl State<'_> {
         // Filed as an import under the ZMK, in its tenant, by the partner.
         let origin = Origin::Tr31 { kbpk: p.zmk.clone() };
         let new = NewKey { label, usage, exportable, origin, wrapped, active: true, tenant: z.tenant.clone() };
-        let created = self.key_create_checked(ctx, new)?;
-        let (id, detail) = match created {
-            Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
-            Ok(other) => return Ok(Ok(other)),
-            Err(r) => return Ok(Err(r)),
+        let (id, detail) = match self.key_filed(ctx, new)? {
+            Ok(filed) => filed,
+            Err(step) => return Ok(step),
         };
         p.imported.push(id.clone());
         self.put(format!("{PARTNER}{name}"), &p)?;

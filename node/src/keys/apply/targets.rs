@@ -237,20 +237,10 @@ impl State<'_> {
             return Ok(refuse("the transport key's SHA-256 is 64 hex digits"));
         }
         let origin = Origin::TransportSent { target: target.clone(), krd: krd.to_ascii_uppercase() };
-        let label = format!("kbpk-{target}");
-        let new = NewKey {
-            label,
-            usage: Usage::K1,
-            exportable: false,
-            origin,
-            wrapped,
-            active: true,
-            tenant: crate::identity::default_tenant(),
-        };
-        let (id, detail) = match self.key_create_checked(ctx, new)? {
-            Ok(Applied::Done { object, detail }) => (object.trim_start_matches("key:").to_string(), detail),
-            Ok(other) => return Ok(Ok(other)),
-            Err(r) => return Ok(Err(r)),
+        let new = NewKey::transported_kbpk(format!("kbpk-{target}"), origin, wrapped);
+        let (id, detail) = match self.key_filed(ctx, new)? {
+            Ok(filed) => filed,
+            Err(step) => return Ok(step),
         };
         t.transported = Some(Transported {
             key: id.clone(),
