@@ -142,8 +142,8 @@ enum TargetCmd {
     /// Establish a target's KBPK by transport (admin): generated here, wrapped to the target
     /// node's certified transport key, signed, pushed, confirmed by its KCV.
     Transport(distribute::TransportArgs),
-    /// Finish a transport whose answer was lost (admin): the target is asked which KBPK it
-    /// holds for this site; confirmed if its KCV is the one sent.
+    /// Finish a transport or a key delivery whose answer was lost (admin): the target is asked
+    /// which keys it holds from this site; recorded if the KCV is the one sent.
     Confirm(distribute::ConfirmArgs),
 }
 

@@ -13,8 +13,9 @@
 
 use std::path::Path;
 
+use quill_proto::v1::exchange_client::ExchangeClient;
 use quill_proto::v1::keys_client::KeysClient;
-use quill_proto::v1::{Caller, KeyDeliveredRequest};
+use quill_proto::v1::{Caller, ExchangeImportRequest, ExportTr31Request, KeyDeliveredRequest};
 use quill_tests::{Cluster, ClusterOptions, repo_root, step, write_dda_batch};
 use serde_json::Value;
 
@@ -133,7 +134,27 @@ async fn keys_go_from_the_key_site_to_production_which_prepares_cards_with_them(
             assert_eq!(code, 3, "{err}");
             assert!(err.contains("is not target prod's"), "{err}");
         }
-        let (code, out, err) = run(&push_identity);
+        let (code, out, err) = if delivered.len() == 2 {
+            // The last one's answer is lost (the key site's link dropped after the push): exported
+            // and pushed by hand, nothing recorded here; `quill target confirm --approval` asks
+            // production which keys it holds from this site and records the delivery.
+            let confirm = ["--json", "target", "confirm", "--target", "prod", "--approval", &approval];
+            let confirm = [&confirm[..], &["--target-identity", s(&push_identity)]].concat();
+            // Nothing sent yet: production holds no key with that KCV from this site.
+            let (code, out, err) = site.quill(3, &confirm, &ADMIN);
+            assert_eq!(code, 3, "{out}{err}");
+            assert!(err.contains("did not arrive"), "{err}");
+            let caller = |serial: u64| Some(Caller { client_id: "t113-lost".into(), serial });
+            let mut k = KeysClient::new(site.channel_as(1, "admin:ada"));
+            let req = ExportTr31Request { caller: caller(1), approval: approval.clone() };
+            let block = k.export_tr31(req).await.unwrap().into_inner().block;
+            let mut x = ExchangeClient::new(prod.as_tenant(1, "partner:keysite", &[]).0);
+            let req = ExchangeImportRequest { caller: caller(2), label: label.to_string(), block };
+            x.import(req).await.unwrap();
+            site.quill(3, &confirm, &ADMIN)
+        } else {
+            run(&push_identity)
+        };
         assert_eq!(code, 0, "{out}{err}");
         let r = json(&out);
         let remote = format!("keysite.{label}.v1");
@@ -143,6 +164,24 @@ async fn keys_go_from_the_key_site_to_production_which_prepares_cards_with_them(
         assert_eq!(r["kcv"], want.as_str(), "the TEST key's KCV: {r}");
         delivered.push((key, approval, remote));
     }
+
+    let last = &delivered[2].1;
+    let again = json(&site.quill_ok(
+        1,
+        &[
+            "--json",
+            "target",
+            "confirm",
+            "--target",
+            "prod",
+            "--approval",
+            last,
+            "--target-identity",
+            s(&push_identity),
+        ],
+        &ADMIN,
+    ));
+    assert!(again["detail"].as_str().unwrap_or_default().contains("recorded already"), "{again}");
 
     step("the deliveries are in the key site's inventory; a lying or repeated confirmation is refused");
     let listed = json(&site.quill_ok(3, &["--json", "target", "list"], &ADMIN));

@@ -360,20 +360,28 @@ pub struct ConfirmArgs {
     /// The identity the target issued this site (`partner:<site>`: cert.pem, key.pem, ca.pem).
     #[arg(long = "target-identity", value_name = "DIR")]
     target_identity: PathBuf,
+    /// Confirm the delivery of the key exported under this approval (`quill key distribute`)
+    /// rather than a transported KBPK.
+    #[arg(long)]
+    approval: Option<String>,
     #[command(flatten)]
     who: Who,
 }
 
 /// `quill target confirm`: finish a transport whose answer was lost (the target took the KBPK,
 /// this site never heard its KCV): asks the target which zone master key it holds for this site
-/// (`Exchange.List`) and records the confirmation if that key's KCV is the KBPK's sent. Safe to
-/// run again: a confirmed transport is reported as such.
+/// (`Exchange.List`) and records the confirmation if that key's KCV is the KBPK's sent. With
+/// `--approval`, the same for a key delivery. Safe to run again: a confirmation already recorded
+/// is reported as such.
 pub fn confirm(a: &ConfirmArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
     let target = targets(&s)?
         .into_iter()
         .find(|t| t.name == a.target)
         .ok_or_else(|| CliError::Usage(format!("no target {} (quill target add)", a.target)))?;
+    if let Some(approval) = &a.approval {
+        return confirm_delivery(&mut s, &target, approval, &a.target_identity, json);
+    }
     if target.transported_key.is_empty() {
         return Err(
             CliError::Usage(format!("no KBPK was sent to target {} (quill target transport)", target.name)).into()
@@ -410,6 +418,61 @@ pub fn confirm(a: &ConfirmArgs, json: bool) -> Result<u8> {
         json,
         json!({"result": "confirmed", "target": target.name, "key": sent.id, "kcv": sent.kcv, "remote_key": held.zmk,
                "detail": detail}),
+        detail,
+    );
+    Ok(crate::exit_codes::OK)
+}
+
+/// `quill target confirm --approval A`: a key pushed under export approval `A` whose answer was
+/// lost is looked for among the keys the target holds from this site (`Exchange.List`, direction
+/// `in`) by its KCV, and its delivery recorded.
+fn confirm_delivery(s: &mut Session, target: &TargetView, approval: &str, dir: &Path, json: bool) -> Result<u8> {
+    if let Some(d) = target.deliveries.iter().find(|d| d.approval == approval) {
+        let detail = format!(
+            "the delivery of approval {approval} to {} is recorded already: {} as {} (KCV {})",
+            target.name, d.key, d.remote_key, d.kcv
+        );
+        print(
+            json,
+            json!({"result": "delivered", "target": target.name, "key": d.key, "remote_key": d.remote_key,
+                   "kcv": d.kcv, "detail": detail}),
+            detail,
+        );
+        return Ok(crate::exit_codes::OK);
+    }
+    let a = s
+        .approvals()?
+        .into_iter()
+        .find(|x| x.id == approval)
+        .ok_or_else(|| CliError::Usage(format!("no approval {approval}")))?;
+    let kid = a.action.map(|x| x.key).unwrap_or_default();
+    let sent = s.key(&kid)?;
+    let there = connect_target(target, dir)?;
+    let held = there
+        .call_exchange(|mut c| async move { c.list(ExchangeListRequest { linearizable: true }).await })
+        .with_context(|| format!("asking target {} which keys it holds from this site", target.name))?;
+    let Some(k) = held.keys.iter().rev().find(|k| k.direction == "in" && k.kcv.eq_ignore_ascii_case(&sent.kcv)) else {
+        return Err(CliError::CheckFailed(format!(
+            "target {} holds no key from this site with KCV {} ({kid}): the block did not arrive; run the \
+             distribution again",
+            target.name, sent.kcv
+        ))
+        .into());
+    };
+    let detail = s.keys_write(|mut c, caller| {
+        let req = KeyDeliveredRequest {
+            caller: Some(caller),
+            target: target.name.clone(),
+            approval: approval.to_string(),
+            kcv: k.kcv.clone(),
+            remote_key: k.id.clone(),
+        };
+        async move { c.key_delivered(req).await }
+    })?;
+    print(
+        json,
+        json!({"result": "delivered", "target": target.name, "key": kid, "remote_key": k.id, "kcv": k.kcv,
+               "usage": k.usage, "exportable": k.exportable, "detail": detail}),
         detail,
     );
     Ok(crate::exit_codes::OK)
