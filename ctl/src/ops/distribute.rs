@@ -15,8 +15,8 @@ use anyhow::{Context, Result, anyhow};
 use quill_proto::v1::approval_ask_request::Action;
 use quill_proto::v1::{
     ApprovalAskRequest, ExchangeImportRequest, ExchangeListRequest, ExchangeReceiveKbpkRequest, ExportAction,
-    ExportTr31Request, KdhKeyRequest, KeyDeliveredRequest, ListTargetsRequest, TargetConfirmRequest, TargetSetRequest,
-    TargetTransportRequest, TargetView,
+    ExportTr31Request, KdhKeyRequest, KeyDeliveredRequest, ListTargetsRequest, PartnerKeyView, TargetConfirmRequest,
+    TargetSetRequest, TargetTransportRequest, TargetView,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -200,11 +200,17 @@ pub fn distribute(a: &DistributeArgs, json: bool) -> Result<u8> {
         })
         .with_context(|| format!("target {} did not take the block", target.name))?;
     let k = imported.key.ok_or_else(|| anyhow!("target {} answered without the key it imported", target.name))?;
+    record_delivery(&mut s, &target, &approval, &k, json)
+}
+
+/// Records that the key exported under `approval` is `target`'s key `k` (the KCV it answered is
+/// checked against the key's when applied), and prints it.
+fn record_delivery(s: &mut Session, target: &TargetView, approval: &str, k: &PartnerKeyView, json: bool) -> Result<u8> {
     let detail = s.keys_write(|mut c, caller| {
         let req = KeyDeliveredRequest {
             caller: Some(caller),
             target: target.name.clone(),
-            approval: approval.clone(),
+            approval: approval.to_string(),
             kcv: k.kcv.clone(),
             remote_key: k.id.clone(),
         };
@@ -212,8 +218,8 @@ pub fn distribute(a: &DistributeArgs, json: bool) -> Result<u8> {
     })?;
     print(
         json,
-        json!({"result": "delivered", "target": target.name, "remote_key": k.id, "kcv": k.kcv, "usage": k.usage,
-               "exportable": k.exportable, "detail": detail}),
+        json!({"result": "delivered", "target": target.name, "approval": approval, "remote_key": k.id, "kcv": k.kcv,
+               "usage": k.usage, "exportable": k.exportable, "detail": detail}),
         detail,
     );
     Ok(crate::exit_codes::OK)
@@ -459,23 +465,7 @@ fn confirm_delivery(s: &mut Session, target: &TargetView, approval: &str, dir: &
         ))
         .into());
     };
-    let detail = s.keys_write(|mut c, caller| {
-        let req = KeyDeliveredRequest {
-            caller: Some(caller),
-            target: target.name.clone(),
-            approval: approval.to_string(),
-            kcv: k.kcv.clone(),
-            remote_key: k.id.clone(),
-        };
-        async move { c.key_delivered(req).await }
-    })?;
-    print(
-        json,
-        json!({"result": "delivered", "target": target.name, "key": kid, "remote_key": k.id, "kcv": k.kcv,
-               "usage": k.usage, "exportable": k.exportable, "detail": detail}),
-        detail,
-    );
-    Ok(crate::exit_codes::OK)
+    record_delivery(s, target, approval, k, json)
 }
 
 /// The label of the key an export approval names.
