@@ -81,6 +81,14 @@ fn targets(s: &Session) -> Result<Vec<TargetView>> {
     Ok(s.call_keys(|mut c| async move { c.list_targets(ListTargetsRequest { linearizable: true }).await })?.targets)
 }
 
+/// The target registered as `name`.
+fn target_named(s: &Session, name: &str) -> Result<TargetView> {
+    Ok(targets(s)?
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| CliError::Usage(format!("no target {name} (quill target add)")))?)
+}
+
 /// `quill target list`.
 pub fn target_list(a: &TargetListArgs, json: bool) -> Result<u8> {
     let s = Session::new(&a.who)?;
@@ -152,10 +160,7 @@ pub struct DistributeArgs {
 /// `quill key distribute`.
 pub fn distribute(a: &DistributeArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let target = targets(&s)?
-        .into_iter()
-        .find(|t| t.name == a.target)
-        .ok_or_else(|| CliError::Usage(format!("no target {} (quill target add)", a.target)))?;
+    let target = target_named(&s, &a.target)?;
     if let Some(key) = &a.key {
         let id = crate::ops::keys::new_id("dist");
         let action = Action::Export(ExportAction { key: key.clone(), kbpk: target.kbpk.clone() });
@@ -312,10 +317,7 @@ pub fn transport(a: &TransportArgs, json: bool) -> Result<u8> {
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| CliError::Usage(format!("{}: {e}", p.display())));
     let (ca_pem, krd_pem) = (read(&a.ca)?, read(&a.krd)?);
     let mut s = Session::new(&a.who)?;
-    let target = targets(&s)?
-        .into_iter()
-        .find(|t| t.name == a.target)
-        .ok_or_else(|| CliError::Usage(format!("no target {} (quill target add)", a.target)))?;
+    let target = target_named(&s, &a.target)?;
     // Connect first: nothing is generated for a target this identity cannot reach.
     let mut there = connect_target(&target, &a.target_identity)?;
     let caller = s.caller();
@@ -381,10 +383,7 @@ pub struct ConfirmArgs {
 /// is reported as such.
 pub fn confirm(a: &ConfirmArgs, json: bool) -> Result<u8> {
     let mut s = Session::new(&a.who)?;
-    let target = targets(&s)?
-        .into_iter()
-        .find(|t| t.name == a.target)
-        .ok_or_else(|| CliError::Usage(format!("no target {} (quill target add)", a.target)))?;
+    let target = target_named(&s, &a.target)?;
     if let Some(approval) = &a.approval {
         return confirm_delivery(&mut s, &target, approval, &a.target_identity, json);
     }
@@ -446,12 +445,7 @@ fn confirm_delivery(s: &mut Session, target: &TargetView, approval: &str, dir: &
         );
         return Ok(crate::exit_codes::OK);
     }
-    let a = s
-        .approvals()?
-        .into_iter()
-        .find(|x| x.id == approval)
-        .ok_or_else(|| CliError::Usage(format!("no approval {approval}")))?;
-    let kid = a.action.map(|x| x.key).unwrap_or_default();
+    let kid = approval_key(s, approval)?;
     let sent = s.key(&kid)?;
     let there = connect_target(target, dir)?;
     let held = there
@@ -470,11 +464,15 @@ fn confirm_delivery(s: &mut Session, target: &TargetView, approval: &str, dir: &
 
 /// The label of the key an export approval names.
 fn key_label(s: &Session, approval: &str) -> Result<String> {
+    Ok(s.key(&approval_key(s, approval)?)?.label)
+}
+
+/// The key an export approval names.
+fn approval_key(s: &Session, approval: &str) -> Result<String> {
     let a = s
         .approvals()?
         .into_iter()
         .find(|x| x.id == approval)
         .ok_or_else(|| CliError::Usage(format!("no approval {approval}")))?;
-    let key = a.action.map(|x| x.key).unwrap_or_default();
-    Ok(s.key(&key)?.label)
+    Ok(a.action.map(|x| x.key).unwrap_or_default())
 }

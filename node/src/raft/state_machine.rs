@@ -417,7 +417,8 @@ impl StateMachine {
     /// the state has moved since (with its own index, which says so).
     pub async fn state_hash(&self) -> Result<(u64, String), StoreError> {
         let mut cache = self.hash_cache.lock().await;
-        let applied = self.read_applied()?.0.map_or(0, |l| l.index);
+        let applied: Option<LogId<NodeId>> = self.store.get(Cf::SmMeta, sm_meta_key::LAST_APPLIED)?;
+        let applied = applied.map_or(0, |l| l.index);
         if let Some((index, hash, at)) = cache.as_ref()
             && (*index == applied || at.elapsed() < STATE_HASH_REUSE)
         {
