@@ -86,13 +86,17 @@ impl Envelope {
         // A value of the wrong type is reported with the field it is in.
         let e: Envelope =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(|x| {
-                // serde names an unknown field in full: an attacker's 8 KB name is not echoed.
-                let mut why = x.inner().to_string();
-                if let Some((cut, _)) = why.char_indices().nth(200) {
-                    why.truncate(cut);
-                    why.push('…');
-                }
-                match x.path().to_string() {
+                // serde names an unknown field in full, in the message and in the path: an
+                // attacker's 8 KB name is not echoed.
+                let cut = |mut t: String| {
+                    if let Some((at, _)) = t.char_indices().nth(200) {
+                        t.truncate(at);
+                        t.push('…');
+                    }
+                    t
+                };
+                let why = cut(x.inner().to_string());
+                match cut(x.path().to_string()) {
                     p if p == "." => bad(format!("not an envelope: {why}")),
                     p => bad(format!("field {p}: {why}")),
                 }
