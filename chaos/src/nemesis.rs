@@ -32,7 +32,7 @@ pub enum Kind {
     HsmFail,
     /// One node's HSM slot stops answering (calls block until it is revived).
     HsmDead,
-    /// Move one node's wall clock 30-120 s ahead or behind (processes only: libfaketime).
+    /// Move one node's wall clock 30-120 s ahead or behind (libfaketime in its process).
     ClockSkew,
     /// Remove a follower from the voters (it keeps running), add it back afterwards.
     Membership,

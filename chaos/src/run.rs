@@ -518,9 +518,17 @@ async fn inject(cluster: &mut Cluster, f: &Fault, report: &mut Report, start: In
             let by = 30 + (f.pick % 91) as i64;
             let by = if (f.pick / 91).is_multiple_of(2) { by } else { -by };
             injected.nodes = vec![pick];
-            injected.note = format!("{by:+} s");
             cluster.skew_clock(pick, by);
-            tokio::time::sleep(len).await;
+            // libfaketime re-reads the offset at most every second: look from outside after 2 s
+            // (the node's time in its Status answer), so a skew that did not take is seen.
+            let settle = Duration::from_secs(2).min(len);
+            tokio::time::sleep(settle).await;
+            injected.note = match cluster.clock_offset(pick).await {
+                Ok(seen) if (seen - by).abs() <= 1 => format!("{by:+} s (its Status: {seen:+} s)"),
+                Ok(seen) => format!("{by:+} s NOT TAKEN: its Status says {seen:+} s"),
+                Err(e) => format!("{by:+} s (its Status unread: {e})"),
+            };
+            tokio::time::sleep(len.saturating_sub(settle)).await;
             cluster.skew_clock(pick, 0);
         }
         Kind::Membership | Kind::Replace => {

@@ -82,6 +82,10 @@ fn seeded_processes_scenario_of_the_newer_faults_has_no_violation() {
     for k in nemesis.split(',') {
         assert!(seen.iter().any(|s| s == k), "{k} was not injected: {seen:?}");
     }
+    // Each skewed clock was seen from outside (the node's time in its Status answer).
+    for f in summary["faults"].as_array().unwrap().iter().filter(|f| f["kind"] == "clock-skew") {
+        assert!(f["note"].as_str().unwrap().contains("(its Status: "), "{f}");
+    }
     // The replaced node came back and caught up.
     let replaced = summary["faults"].as_array().unwrap().iter().find(|f| f["kind"] == "replace").unwrap();
     assert!(replaced["note"].as_str().unwrap().contains("back at index"), "{replaced}");
@@ -94,7 +98,11 @@ fn seeded_containers_scenario_has_no_violation() {
     }
     let summary =
         clean_run(&["--target", "containers", "--nodes", "5", "--duration", "50", "--seed", "11", "--cards", "2000"]);
-    assert!(!kinds(&summary).contains(&"clock-skew".to_string()), "no clock skew on containers");
+    eprintln!("faults: {:?}", kinds(&summary));
+    // A skewed clock in a container (libfaketime from the node image) is seen from outside.
+    for f in summary["faults"].as_array().unwrap().iter().filter(|f| f["kind"] == "clock-skew") {
+        assert!(f["note"].as_str().unwrap().contains("(its Status: "), "{f}");
+    }
 }
 
 /// Bad arguments exit 2 with the reason (the schedule itself is unit-tested in `nemesis.rs`).
@@ -106,7 +114,7 @@ fn the_schedule_is_printed_and_bad_arguments_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown fault \"melt\""));
     let out = Command::new(&bin).args(["run", "--nodes", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(&bin).args(["run", "--target", "containers", "--nemesis", "clock-skew"]).output().unwrap();
+    let out = Command::new(&bin).args(["run", "--target", "vms"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("processes only"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vms"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -2380,7 +2380,12 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES, when set, runs more (or fewer) cases than the default here.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(4000),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
             /// Any header text parses, or is refused with a TR-31 error naming what is wrong; a
             /// header that parses and encodes parses back to itself.

@@ -665,53 +665,235 @@ mod ca_side {
         }
     }
 
-    /// Fuzz-style, bounded: random bytes, truncations and byte flips of valid files never panic
-    /// any parser here; a changed byte of a signed file is never accepted as the same content.
-    #[test]
-    fn parsers_survive_random_and_mutated_input() {
-        use rand::{RngExt as _, SeedableRng as _};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        let issuer = keygen(1024, 3);
-        let ca_key = keygen(1152, 3);
-        let ca = CaPublicKey::new(RID_Q, 0xE1, &ca_key.n().to_vec(), &[3]).expect("CA");
-        let mut cas = CaKeyStore::new();
-        cas.insert(ca.clone()).expect("held");
-        let (req, visa_req) = request(RequestFormat::Visa, &issuer, "476173", "1230");
-        let (_, mc_req) = request(RequestFormat::Mastercard, &issuer, "476173", "1230");
-        let (cert, files) = certificate_files(&OpensslSigner(ca_key), &ca, &req, [0, 0, 1]).expect("files");
-        let ca_files = ca_key_files(&ca, CertExpiry::from_mmyy([0x12, 0x30]).expect("MMYY"));
-        let mut seeds: Vec<Vec<u8>> = vec![visa_req, mc_req];
-        seeds.extend(files.iter().map(|f| f.bytes.clone()));
-        seeds.extend(ca_files.iter().map(|(_, b)| b.clone()));
-        for round in 0..3000 {
-            let seed = &seeds[round % seeds.len()];
-            let input: Vec<u8> = match round % 3 {
-                0 => (0..rng.random_range(0..600)).map(|_| rng.random()).collect(),
-                1 => seed[..rng.random_range(0..seed.len())].to_vec(),
-                _ => {
-                    let mut b = seed.clone();
-                    let i = rng.random_range(0..b.len());
-                    b[i] ^= 1 << rng.random_range(0..8);
-                    b
-                }
-            };
-            let mutated = round % 3 == 2;
-            for f in [RequestFormat::Visa, RequestFormat::Mastercard] {
-                // Every byte of a request is fixed, checked or under its self-signature.
-                let r = IssuerRequest::parse(f, &input);
-                assert!(!mutated || r.is_err(), "a changed request parsed: {r:?}");
+    /// Property-based (proptest, fresh random cases each run): what a hostile caller can hand the
+    /// CA (requests, hash files, CA key files, certificate files of each layout, revocation lists,
+    /// issuer ranges) never panics a parser, every refusal names its file and field in a bounded
+    /// message, and a changed byte of a signed or checked file is never taken as other content.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use std::sync::LazyLock;
+
+        /// Valid files of every kind, made once (RSA key generation is the slow part).
+        struct Files {
+            req: IssuerRequest,
+            cert: IssuerCertificate,
+            cas: CaKeyStore,
+            ca: CaPublicKey,
+            /// (what, bytes): both request layouts, the three certificate files, the CA key files.
+            signed: Vec<(String, Vec<u8>)>,
+            hash_file: Vec<u8>,
+            ca_mc_key: Vec<u8>,
+            ca_mc_hash: Vec<u8>,
+        }
+
+        static FILES: LazyLock<Files> = LazyLock::new(|| {
+            let issuer = keygen(1024, 3);
+            let ca_key = keygen(1152, 3);
+            let ca = CaPublicKey::new(RID_Q, 0xE1, &ca_key.n().to_vec(), &[3]).expect("CA");
+            let mut cas = CaKeyStore::new();
+            cas.insert(ca.clone()).expect("held");
+            let (req, visa_req) = request(RequestFormat::Visa, &issuer, "476173", "1230");
+            let (_, mc_req) = request(RequestFormat::Mastercard, &issuer, "476173", "1230");
+            let (cert, files) = certificate_files(&OpensslSigner(ca_key), &ca, &req, [0, 0, 1]).expect("files");
+            let ca_files = ca_key_files(&ca, CertExpiry::from_mmyy([0x12, 0x30]).expect("MMYY"));
+            let get = |suffix: &str| ca_files.iter().find(|(n, _)| n.ends_with(suffix)).expect(suffix).1.clone();
+            let mut signed = vec![("visa request".to_string(), visa_req), ("mastercard request".to_string(), mc_req)];
+            signed.extend(files.iter().map(|f| (format!("{:?} certificate file", f.layout), f.bytes.clone())));
+            signed.push(("CA key file (Visa layout)".to_string(), get(".visa")));
+            Files {
+                hash_file: req.hash_file(),
+                req,
+                cert,
+                cas,
+                ca,
+                signed,
+                ca_mc_key: get(".mc.key"),
+                ca_mc_hash: get(".mc.hash"),
             }
-            let _ = req.check_hash_file(&input);
-            let _ = parse_ca_key_file(&input, None);
-            let _ = parse_ca_key_file(&input, Some(&input));
-            let _ = Revocation::parse_list(&input);
+        });
+
+        /// A refusal names its file and field, and stays short whatever the input's size.
+        fn named(e: &CaFileError) -> Result<(), TestCaseError> {
+            prop_assert!(!e.file.is_empty() && !e.field.is_empty(), "{e:?}");
+            prop_assert!(e.to_string().len() < 300, "an error of {} characters: {e}", e.to_string().len());
+            Ok(())
+        }
+
+        fn named_cert(e: &CertError) -> Result<(), TestCaseError> {
+            let text = e.to_string();
+            prop_assert!(text.len() < 300, "an error of {} characters: {text}", text.len());
+            prop_assert!(text.contains(':'), "no field named: {text}");
+            Ok(())
+        }
+
+        /// Every parser on `input`; `changed`: the input is a valid file with something changed,
+        /// so a request must be refused and a certificate or CA key file may only read back as
+        /// the same content.
+        fn every_parser(input: &[u8], changed: bool) -> Result<(), TestCaseError> {
+            let f = &*FILES;
+            for format in [RequestFormat::Visa, RequestFormat::Mastercard] {
+                match IssuerRequest::parse(format, input) {
+                    // Every byte of a request is fixed, checked or under its self-signature.
+                    Ok(r) => prop_assert!(!changed || r != f.req || input.is_empty(), "a changed request parsed"),
+                    Err(e) => named(&e)?,
+                }
+            }
+            if let Err(e) = f.req.check_hash_file(input) {
+                named(&e)?;
+            }
+            for hash in [None, Some(input), Some(&f.ca_mc_hash[..])] {
+                match parse_ca_key_file(input, hash) {
+                    Ok((k, _)) => prop_assert!(!changed || k == f.ca, "a changed CA key file named another key"),
+                    Err(e) => named(&e)?,
+                }
+            }
+            if let Err(e) = Revocation::parse_list(input) {
+                named(&e)?;
+            }
             for l in IssuerFileLayout::ALL {
-                if let Ok(f) = import_issuer_file_as(l, RID_Q, &input, &cas) {
-                    // A changed file imports only as the same certificate (the Mastercard
-                    // header's key index is outside the certificate, as in the scheme's files).
-                    assert!(!mutated || f.certificate == cert, "a mutated {l:?} file imported as another certificate");
+                match import_issuer_file_as(l, RID_Q, input, &f.cas) {
+                    // The Mastercard header's key index is outside the certificate, as in the
+                    // schemes' files: a change there imports as the same certificate.
+                    Ok(got) => prop_assert!(!changed || got.certificate == f.cert, "a changed {l:?} file imported"),
+                    Err(e) => named_cert(&e)?,
                 }
             }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES, when set, runs more (or fewer) cases than the default here.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+            #[test]
+            fn any_bytes_are_refused_with_the_field_named(input in prop::collection::vec(any::<u8>(), 0..700)) {
+                every_parser(&input, false)?;
+            }
+
+            #[test]
+            fn a_changed_file_is_refused_or_the_same(
+                which in any::<Index>(),
+                edits in prop::collection::vec((any::<Index>(), 1..=255u8), 1..4),
+            ) {
+                let (what, good) = which.get(&FILES.signed);
+                let mut b = good.clone();
+                for (at, x) in &edits {
+                    b[at.index(good.len())] ^= x;
+                }
+                prop_assume!(&b != good);
+                let _ = what;
+                every_parser(&b, true)?;
+            }
+
+            #[test]
+            fn a_cut_or_lengthened_file_is_refused(
+                which in any::<Index>(),
+                cut in any::<Index>(),
+                tail in prop::collection::vec(any::<u8>(), 1..40),
+            ) {
+                let (what, good) = which.get(&FILES.signed);
+                let short = &good[..cut.index(good.len())];
+                let long = [&good[..], &tail[..]].concat();
+                for b in [short, &long[..]] {
+                    let f = &*FILES;
+                    if what.ends_with("request") {
+                        for format in [RequestFormat::Visa, RequestFormat::Mastercard] {
+                            prop_assert!(IssuerRequest::parse(format, b).is_err(), "{what} of {} bytes parsed", b.len());
+                        }
+                    } else if what.starts_with("CA key") {
+                        prop_assert!(parse_ca_key_file(b, None).is_err(), "{what} of {} bytes parsed", b.len());
+                    } else {
+                        for l in IssuerFileLayout::ALL {
+                            prop_assert!(import_issuer_file_as(l, RID_Q, b, &f.cas).is_err(), "{what} of {} bytes as {l:?}", b.len());
+                        }
+                    }
+                    every_parser(b, false)?;
+                }
+            }
+
+            #[test]
+            fn a_changed_ca_key_pair_is_refused_or_the_same(
+                in_hash in any::<bool>(),
+                at in any::<Index>(),
+                x in 1..=255u8,
+            ) {
+                let f = &*FILES;
+                let (mut key, mut hash) = (f.ca_mc_key.clone(), f.ca_mc_hash.clone());
+                let target = if in_hash { &mut hash } else { &mut key };
+                let i = at.index(target.len());
+                target[i] ^= x;
+                match parse_ca_key_file(&key, Some(&hash)) {
+                    Ok((k, _)) => prop_assert_eq!(k, f.ca.clone(), "a changed pair named another key"),
+                    Err(e) => named(&e)?,
+                }
+            }
+
+            #[test]
+            fn a_changed_hash_file_is_refused_with_the_field_named(
+                edits in prop::collection::vec((any::<Index>(), 1..=255u8), 1..4),
+                cut in any::<Index>(),
+            ) {
+                let f = &*FILES;
+                let mut b = f.hash_file.clone();
+                for (at, x) in &edits {
+                    b[at.index(HASH_FILE_LEN)] ^= x;
+                }
+                prop_assume!(b != f.hash_file);
+                let e = f.req.check_hash_file(&b).expect_err("a changed hash file was taken");
+                named(&e)?;
+                let e = f.req.check_hash_file(&f.hash_file[..cut.index(f.hash_file.len())]).expect_err("short");
+                prop_assert_eq!(e.field, "length");
+            }
+
+            #[test]
+            fn revocation_lists_round_trip_and_duplicates_are_named(
+                entries in prop::collection::btree_set((any::<[u8; 5]>(), any::<u8>(), any::<[u8; 3]>()), 0..40),
+                dup in any::<Index>(),
+                extra in 1..9usize,
+            ) {
+                let list: Vec<Revocation> =
+                    entries.iter().map(|&(rid, ca_index, serial)| Revocation { rid, ca_index, serial }).collect();
+                let bytes = Revocation::format_list(&list);
+                prop_assert_eq!(bytes.len(), 9 * list.len());
+                prop_assert_eq!(Revocation::parse_list(&bytes).expect("a list it wrote"), list.clone());
+                // Not a whole number of entries.
+                let e = Revocation::parse_list(&[&bytes[..], &vec![0; extra][..]].concat()).expect_err("ragged");
+                prop_assert_eq!(e.field, "length");
+                // An entry listed twice: refused, naming the second one.
+                if !list.is_empty() {
+                    let twice = [&bytes[..], &dup.get(&list).bytes()[..]].concat();
+                    let e = Revocation::parse_list(&twice).expect_err("duplicate");
+                    prop_assert!(e.reason.contains(&format!("entry {} ", list.len() + 1)), "{e}");
+                }
+            }
+
+            #[test]
+            fn issuer_ranges_parse_or_say_why(s in "[0-9a-z\\- ]{0,20}|\\PC{0,12}") {
+                if let Ok(r) = IssuerRange::parse(&s) {
+                    prop_assert!(r.low.len() == r.high.len() && r.low <= r.high, "{r:?}");
+                    prop_assert!(r.low.bytes().all(|b| b.is_ascii_digit()), "{r:?}");
+                }
+            }
+        }
+
+        /// A revocation list of 120,000 entries (a megabyte) parses in linear time: a hostile list
+        /// cannot stall the CA with a quadratic duplicate check.
+        #[test]
+        fn a_long_revocation_list_parses() {
+            let list: Vec<Revocation> = (0..120_000u32)
+                .map(|i| {
+                    let b = i.to_be_bytes();
+                    Revocation { rid: RID_Q, ca_index: b[0], serial: [b[1], b[2], b[3]] }
+                })
+                .collect();
+            let bytes = Revocation::format_list(&list);
+            assert_eq!(Revocation::parse_list(&bytes).expect("parses").len(), 120_000);
         }
     }
 }

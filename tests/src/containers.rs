@@ -1,7 +1,9 @@
 //! Quill nodes as containers on the machine's Docker engine (issue 15).
 //!
 //! No image can be pulled: the node image is imported from a staged root (`docker import`, the
-//! engine's `POST /images/create?fromSrc=-`) holding `quilld`, hsm-sim's module and the shared
+//! engine's `POST /images/create?fromSrc=-`) holding `quilld`, hsm-sim's module, libfaketime's
+//! preload library when the host has it (clock skew: the containers share the host kernel's
+//! clock, so a node's wall clock is moved in its process, as for processes) and the shared
 //! libraries `ldd` lists for them, and nothing else: no shell, no package manager. It is tagged
 //! by a hash of those files, so a rerun with the same binaries finds it and builds nothing.
 //!
@@ -371,14 +373,19 @@ fn endpoint(ip: Ipv4Addr) -> EndpointSettings {
     }
 }
 
-/// The files of the node image: (path inside, path on the host): `quilld`, hsm-sim's module, and
-/// every shared library and the loader `ldd` names for them, at the paths the loader looks for
-/// them.
+/// The files of the node image: (path inside, path on the host): `quilld`, hsm-sim's module,
+/// libfaketime (at the host's path, [`crate::FAKETIME_LIB`], when the host has it), and every
+/// shared library and the loader `ldd` names for them, at the paths the loader looks for them.
 fn image_files(bin_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     let quilld = bin_dir.join("quilld");
     let module = bin_dir.join("libquill_hsm_sim.so");
     let mut files = vec![(QUILLD.to_owned(), quilld.clone()), (SIM_MODULE.to_owned(), module.clone())];
-    for bin in [&quilld, &module] {
+    let faketime = PathBuf::from(crate::FAKETIME_LIB);
+    if faketime.exists() {
+        files.push((crate::FAKETIME_LIB.to_owned(), faketime.clone()));
+    }
+    let bins: Vec<PathBuf> = files.iter().map(|(_, host)| host.clone()).collect();
+    for bin in &bins {
         let out = Command::new("ldd").arg(bin).output().map_err(|e| format!("ldd {}: {e}", bin.display()))?;
         if !out.status.success() {
             return Err(format!("ldd {}: {}", bin.display(), String::from_utf8_lossy(&out.stderr)));

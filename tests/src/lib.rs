@@ -22,7 +22,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Arc;
 
@@ -119,14 +119,30 @@ pub struct ClusterOptions {
     /// Run each node as a container of the node image on a network of the cluster's own (hsm-sim
     /// nodes only; the engine must answer: check with [`containers::Engine::or_skip`] first).
     pub containers: bool,
-    /// Processes only: run each `quilld` under libfaketime (Debian's `libfaketime`, preloaded),
-    /// its wall clock offset by what `node-<id>/faketime.rc` holds (`+0` at the start; see
-    /// [`Cluster::skew_clock`]). The monotonic clock, which Raft's timers use, is left alone.
+    /// Run each `quilld` under libfaketime (Debian's `libfaketime`, preloaded; in containers from
+    /// the node image, which carries the host's copy), its wall clock offset by what
+    /// `node-<id>/faketime.rc` holds (`+0` at the start; see [`Cluster::skew_clock`]). The
+    /// monotonic clock, which Raft's timers use, is left alone.
     pub clock_skew: bool,
 }
 
 /// libfaketime's preload library, where Debian's `libfaketime` installs it.
 pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The environment that runs a `quilld` under libfaketime with the offset in `node_dir/faketime.rc`
+/// (written `+0` when missing): re-read at most every second; real-time clocks only.
+fn faketime_env(node_dir: &Path) -> [(&'static str, String); 4] {
+    let rc = node_dir.join("faketime.rc");
+    if !rc.exists() {
+        fs::write(&rc, "+0\n").unwrap_or_else(|e| panic!("{}: {e}", rc.display()));
+    }
+    [
+        ("LD_PRELOAD", FAKETIME_LIB.to_owned()),
+        ("FAKETIME_TIMESTAMP_FILE", rc.display().to_string()),
+        ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
 
 /// Point `cmd` at hsm-sim's configuration in `hsm_dir` when the cluster wrote one
 /// ([`ClusterOptions::hsm_translate`]); otherwise the defaults for `QUILL_HSM_DIR`.
@@ -280,9 +296,11 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix(&format!("quill-{name}-")).tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let docker = opts.containers.then(|| {
+            assert!(opts.softhsm_nodes.is_empty() && !opts.proxies, "containers: hsm-sim nodes, no proxies");
             assert!(
-                opts.softhsm_nodes.is_empty() && !opts.proxies && !opts.clock_skew,
-                "containers: hsm-sim nodes, no proxies, no clock skew"
+                !opts.clock_skew || Path::new(FAKETIME_LIB).exists(),
+                "containers with clock skew: the node image takes libfaketime from the host ({FAKETIME_LIB}: \
+                 Debian's libfaketime, which scripts/setup.sh installs)"
             );
             let engine = containers::Engine::connect().expect("a Docker engine (check with Engine::or_skip)");
             let image = engine.node_image(&bin_dir()).expect("the node image");
@@ -409,6 +427,9 @@ impl Cluster {
                 if hsm_dir.join("quill-hsm.toml").exists() {
                     env.push(format!("QUILL_HSM_CONF={}", hsm_dir.join("quill-hsm.toml").display()));
                 }
+                if opts.clock_skew {
+                    env.extend(faketime_env(&node_dir).into_iter().map(|(k, v)| format!("{k}={v}")));
+                }
                 containers::NodeSpec {
                     name: format!("{}-n{i}", d.net.name),
                     ip: d.net.ip(i),
@@ -504,15 +525,7 @@ impl Cluster {
             .env("SOFTHSM2_CONF", node.dir.join("softhsm").join("softhsm2.conf"));
         hsm_conf(&mut cmd, &node.dir.join("hsm"));
         if self.opts.clock_skew {
-            let rc = node.dir.join("faketime.rc");
-            if !rc.exists() {
-                fs::write(&rc, "+0\n").expect("write faketime.rc");
-            }
-            // Re-read at most every second; real-time clocks only.
-            cmd.env("LD_PRELOAD", FAKETIME_LIB)
-                .env("FAKETIME_TIMESTAMP_FILE", &rc)
-                .env("FAKETIME_CACHE_DURATION", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            cmd.envs(faketime_env(&node.dir));
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -685,6 +698,16 @@ impl Cluster {
         assert!(self.opts.clock_skew, "skew_clock needs ClusterOptions::clock_skew");
         let path = self.node(id).dir.join("faketime.rc");
         fs::write(&path, format!("{seconds:+}\n")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// How far node `id`'s wall clock is from the host's, in whole seconds: its Status answer's
+    /// time against the host's at the middle of the call.
+    pub async fn clock_offset(&self, id: u64) -> Result<i64, String> {
+        let ms = || SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let sent = ms();
+        let status = self.status(id).await?;
+        let middle = (sent + ms()) / 2;
+        Ok(((status.time_ms as i64 - middle) as f64 / 1000.0).round() as i64)
     }
 
     /// Erase a stopped node's Raft log, state and snapshots (`node-<id>/data`), keeping its

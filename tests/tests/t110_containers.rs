@@ -6,9 +6,10 @@
 //!   pause/unpause, exec, SIGKILL and network disconnect/connect through the re-exported bollard
 //!   client, stop.
 //! - A 3-node cluster in containers prepares a batch while its leader is SIGKILLed and restarted,
-//!   a follower is frozen, a follower is taken off the network and put back, and the leader is
-//!   cut off from the others by blackhole routes (3,000 cards in chunks of 50): every card once,
-//!   every node converged.
+//!   a follower is frozen, a follower is taken off the network and put back, its wall clock is
+//!   moved 10 minutes ahead and back (libfaketime from the node image; seen in its Status
+//!   answer and called out by `quill cluster status`, the others' clocks untouched), and the leader is cut off from the others by
+//!   blackhole routes (3,000 cards in chunks of 50): every card once, every node converged.
 //!
 //! Where no Docker engine answers, each test prints one line saying why and passes.
 #![allow(clippy::unwrap_used)]
@@ -135,7 +136,7 @@ async fn a_batch_in_a_containerised_cluster_survives_kill_pause_disconnect_and_p
     if Engine::or_skip("containerised cluster").is_none() {
         return;
     }
-    let opts = ClusterOptions { nodes: 3, hsm: true, containers: true, ..ClusterOptions::default() };
+    let opts = ClusterOptions { nodes: 3, hsm: true, containers: true, clock_skew: true, ..ClusterOptions::default() };
     let mut cluster = Cluster::start("t110", opts).await;
     cluster.keys_ready().await;
     let ids = cluster.ids();
@@ -164,6 +165,29 @@ async fn a_batch_in_a_containerised_cluster_survives_kill_pause_disconnect_and_p
     cluster.disconnect(follower);
     chunks_done(&cluster, next, &job, 20).await;
     cluster.reconnect(follower);
+
+    step("move the follower's wall clock 10 minutes ahead (libfaketime in its container), then back");
+    let offset_is = |id: u64, want: i64| {
+        let cluster = &cluster;
+        move || async move {
+            let seen = cluster.clock_offset(id).await?;
+            if (seen - want).abs() <= 1 { Ok(()) } else { Err(format!("node {id}'s clock is {seen:+} s off")) }
+        }
+    };
+    cluster.skew_clock(follower, 600);
+    wait_until(Duration::from_secs(10), "the skew in the follower's Status", offset_is(follower, 600)).await;
+    wait_until(Duration::from_secs(5), "the other nodes on the host's clock", offset_is(next, 0)).await;
+    let status = cluster.quill_ok(next, &["cluster", "status"], &[]);
+    let said = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("CLOCK: node {follower}'s clock is ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse::<f64>().ok());
+    assert!(said.is_some_and(|s| (s - 600.0).abs() < 1.0), "{status}");
+    assert_eq!(status.matches("CLOCK:").count(), 1, "only the follower's clock is off: {status}");
+    chunks_done(&cluster, next, &job, 25).await;
+    cluster.skew_clock(follower, 0);
+    wait_until(Duration::from_secs(10), "the follower's clock back", offset_is(follower, 0)).await;
 
     step("cut the leader off from the others (blackhole routes both ways), heal");
     let leader = cluster.wait_leader(&ids, Duration::from_secs(30), "a leader").await;

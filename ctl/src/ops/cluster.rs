@@ -59,6 +59,22 @@ struct Row {
     id: Option<u64>,
     endpoint: String,
     answer: Result<NodeStatus, String>,
+    /// The node's wall clock minus this client's at the middle of the call, ms (None: no answer,
+    /// or a node too old to say its time).
+    clock_offset_ms: Option<i64>,
+}
+
+/// A node clock further than this from the client's is called out in the table's notes.
+const CLOCK_NOTE_MS: i64 = 2_000;
+
+/// Ask one node for its status, timing the call to read its clock against this client's.
+async fn ask(tls: &client::Tls, id: Option<u64>, endpoint: String) -> Row {
+    let ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let sent = ms();
+    let answer = client::status(tls, &endpoint).await.map_err(|e| format!("{e:#}"));
+    let middle = (sent + ms()) / 2;
+    let clock_offset_ms = answer.as_ref().ok().filter(|s| s.time_ms > 0).map(|s| s.time_ms as i64 - middle);
+    Row { id: answer.as_ref().ok().map(|s| s.id).or(id), endpoint, answer, clock_offset_ms }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -110,20 +126,19 @@ async fn collect(tls: &client::Tls, seeds: &[String]) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let mut members: BTreeMap<u64, String> = BTreeMap::new();
     for ep in seeds {
-        let answer = client::status(tls, ep).await.map_err(|e| format!("{e:#}"));
-        if let Ok(st) = &answer {
+        let row = ask(tls, None, ep.clone()).await;
+        if let Ok(st) = &row.answer {
             for n in st.voters.iter().chain(st.learners.iter()) {
                 members.entry(n.id).or_insert_with(|| client::normalize(&n.api_addr));
             }
         }
-        rows.push(Row { id: answer.as_ref().ok().map(|s| s.id), endpoint: ep.clone(), answer });
+        rows.push(row);
     }
     for (id, ep) in members {
         if rows.iter().any(|r| r.id == Some(id) || r.endpoint == ep) {
             continue;
         }
-        let answer = client::status(tls, &ep).await.map_err(|e| format!("{e:#}"));
-        rows.push(Row { id: Some(id), endpoint: ep, answer });
+        rows.push(ask(tls, Some(id), ep).await);
     }
     // A seed that did not answer but is a known member keeps its id from the membership.
     rows.sort_by_key(|r| (r.id.is_none(), r.id));
@@ -137,6 +152,7 @@ fn row_json(r: &Row) -> Value {
             "leader": s.leader, "last_log_index": s.last_log_index, "committed_index": s.committed_index,
             "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
             "purged_index": s.purged_index, "membership_index": s.membership_index, "state_hash": s.state_hash, "state_hash_index": s.state_hash_index,
+            "time_ms": s.time_ms, "clock_offset_ms": r.clock_offset_ms,
             "hsm": serde_json::from_str::<Value>(&s.hsm).unwrap_or(Value::Null),
             "raft_addr": s.raft_addr, "api_addr": s.api_addr,
             "tls_links": s.tls_links.iter().map(|l| json!({"peer": l.peer, "protocol": l.protocol, "suite": l.suite, "group": l.group})).collect::<Vec<_>>(),
@@ -199,6 +215,13 @@ fn print_table(rows: &[Row], leader: Option<u64>) {
             }
             if !s.divergence.is_empty() {
                 println!("ALARM: node {}: {}", s.id, s.divergence);
+            }
+            if let Some(off) = r.clock_offset_ms.filter(|o| o.abs() >= CLOCK_NOTE_MS) {
+                println!(
+                    "CLOCK: node {}'s clock is {:+.1} s from this client's (audit times, approval windows and certificate checks read it)",
+                    s.id,
+                    off as f64 / 1000.0
+                );
             }
         }
     }

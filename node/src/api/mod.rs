@@ -334,6 +334,7 @@ impl Inner {
             learners,
             state_hash,
             state_hash_index,
+            time_ms: now_ms(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             membership_index: membership_index(&m.membership_config),

@@ -476,7 +476,12 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES, when set, runs more (or fewer) cases than the default here.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(400),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         /// A transport key certificate with bytes of its DER changed, inserted or removed is
         /// refused, or still names node 1's own key (an edit outside what the CA signed, such as
@@ -508,7 +513,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES, when set, runs more (or fewer) cases than the default here.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(3000),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         /// Any bytes: refused as an envelope, never a panic; nothing of the input echoed at length.
         #[test]

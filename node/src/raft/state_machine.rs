@@ -32,6 +32,8 @@ pub struct StateMachine {
     /// The last [`Self::state_hash`]: (applied index, hash, when computed). Its lock is held
     /// while one is computed.
     hash_cache: Arc<tokio::sync::Mutex<Option<(u64, String, std::time::Instant)>>>,
+    /// How many times [`StateMachine::state_hash`] scanned the state (not served from the cache).
+    hash_scans: Arc<std::sync::atomic::AtomicU64>,
     /// This node's HSM, which MACs the audit records it applies ([`crate::audit::NodeMac`]);
     /// `None` on a node without one (its records carry no MAC and verify says so).
     node_audit: Option<Arc<dyn quill_hsm::Hsm>>,
@@ -110,6 +112,7 @@ impl StateMachine {
             snaps: Arc::new(SnapshotDir::open(snap_dir)?),
             checkpoints: Default::default(),
             hash_cache: Default::default(),
+            hash_scans: Default::default(),
             node_audit: None,
             mac_covered: Default::default(),
             erased_at: Default::default(),
@@ -425,6 +428,7 @@ impl StateMachine {
             return Ok((*index, hash.clone()));
         }
         let store = self.store.clone();
+        self.hash_scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (index, hash) = blocking(move || {
             let view = store.db().snapshot();
             let last: Option<LogId<NodeId>> =
@@ -435,6 +439,11 @@ impl StateMachine {
         .await?;
         *cache = Some((index, hash.clone(), std::time::Instant::now()));
         Ok((index, hash))
+    }
+
+    /// How many times [`StateMachine::state_hash`] has scanned the state since the node started.
+    pub fn state_hash_scans(&self) -> u64 {
+        self.hash_scans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Build a snapshot: dump the snapshot column families through one RocksDB snapshot view

@@ -413,3 +413,39 @@ async fn an_installed_snapshot_purges_the_log_it_covers() {
     assert!(err.contains("entries 11..13 are missing"), "{err}");
     assert!(openraft::StorageHelper::new(&mut log, &mut sm).get_initial_state().await.is_err());
 }
+
+/// Status callers share the state hash: calls that arrive while one computation runs wait for it
+/// instead of each scanning the state; a hash of the applied index is given again; once the state
+/// moves, a hash younger than STATE_HASH_REUSE is still given, with its own (older) index, and
+/// after that the next call scans again.
+#[tokio::test]
+async fn concurrent_state_hash_calls_share_one_scan() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path()).await.unwrap();
+    let entries: Vec<_> = (1..=2000).map(|i| put(i, "c1", i, &format!("k{i}"), &[7u8; 512])).collect();
+    sm.apply(entries).await.unwrap();
+
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let sm = sm.clone();
+            tokio::spawn(async move { sm.state_hash().await.unwrap() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 2000, "the hash of the applied state");
+    assert_eq!(sm.state_hash_scans(), 1, "16 concurrent callers, one scan");
+    assert_eq!(sm.state_hash().await.unwrap(), answers[0]);
+    assert_eq!(sm.state_hash_scans(), 1, "the applied index has not moved: reused");
+
+    sm.apply([put(2001, "c1", 2001, "k2001", b"moved")]).await.unwrap();
+    assert_eq!(sm.state_hash().await.unwrap(), answers[0], "within the reuse window: the older hash, its own index");
+    assert_eq!(sm.state_hash_scans(), 1);
+    tokio::time::sleep(super::state_machine::STATE_HASH_REUSE).await;
+    let (index, hash) = sm.state_hash().await.unwrap();
+    assert_eq!((index, sm.state_hash_scans()), (2001, 2));
+    assert_ne!(hash, answers[0].1, "the state moved");
+}

@@ -466,13 +466,15 @@ impl Revocation {
             return Err(bad(file, "length", format!("{} bytes is not a whole number of 9-byte entries", bytes.len())));
         }
         let mut out: Vec<Revocation> = Vec::with_capacity(bytes.len() / Self::LEN);
+        // Linear: a hostile list of a few megabytes is not a quadratic stall.
+        let mut seen = std::collections::HashSet::with_capacity(bytes.len() / Self::LEN);
         for (i, e) in bytes.chunks_exact(Self::LEN).enumerate() {
             let r = Revocation {
                 rid: e[..5].try_into().unwrap_or_default(),
                 ca_index: e[5],
                 serial: e[6..].try_into().unwrap_or_default(),
             };
-            if out.contains(&r) {
+            if !seen.insert(r) {
                 return Err(bad(file, "entry", format!("entry {} ({}) is listed twice", i + 1, hex::encode_upper(e))));
             }
             out.push(r);
