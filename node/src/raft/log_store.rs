@@ -189,11 +189,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// sent hundreds of megabytes it could never take in time, timed out on every retry, and
     /// stayed behind (calling elections) while the cluster wrote. Bounded by bytes, each append of
     /// a catch-up is small enough to land.
+    ///
+    /// The entries start at `start` or there are none: when `start` was purged between
+    /// openraft's choice to send entries and this read (the eraser purges on its own schedule),
+    /// later entries must not go out as if they followed `prev_log_id`. openraft 0.9 checks that
+    /// only in a `debug_assert`; a fresh follower (`prev_log_id` None) appended entries from
+    /// 15,779 with nothing before them and its Raft core quit (the half-hour containers run,
+    /// seed 21). None is openraft's documented fallback: a heartbeat, after which the leader
+    /// plans again from the follower's matching index and sends a snapshot.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let (store, max) = (self.store.clone(), self.append_bytes);
-        blocking(move || Self::read_range(&store, start, Bound::Excluded(end), Some(max)))
+        let entries = blocking(move || Self::read_range(&store, start, Bound::Excluded(end), Some(max)))
             .await
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        match entries.first() {
+            Some(first) if first.log_id.index != start => {
+                tracing::warn!(
+                    start,
+                    first = first.log_id.index,
+                    "entries to replicate were purged meanwhile; none sent"
+                );
+                Ok(Vec::new())
+            }
+            _ => Ok(entries),
+        }
     }
 }
 

@@ -337,6 +337,23 @@ async fn replication_payloads_are_bounded_by_bytes() {
     assert_eq!(default.limited_get_log_entries(1, 11).await.unwrap().len(), 10, "1 MiB holds ten 100 kB entries");
 }
 
+/// Entries purged between openraft's choice to replicate them and the read are not replaced by
+/// later ones: a follower given entries 6.. after `prev_log_id` None (or 2) would hold a log with
+/// a hole, which its Raft core cannot start on (found by the half-hour containers run).
+#[tokio::test]
+async fn a_replication_read_of_purged_entries_sends_none() {
+    let dir = TempDir::new().unwrap();
+    let (mut log, _sm) = open(dir.path()).await.unwrap();
+    let entries: Vec<_> = (1..=10).map(|i| put(i, "c", i, "k", b"v")).collect();
+    log.blocking_append(entries).await.unwrap();
+    log.purge(log_id(1, 5)).await.unwrap();
+    for start in [1, 3, 5] {
+        assert!(log.limited_get_log_entries(start, 11).await.unwrap().is_empty(), "from {start}: purged");
+    }
+    let from6 = log.limited_get_log_entries(6, 11).await.unwrap();
+    assert_eq!(from6.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+}
+
 /// Install `snap` into `follower` the way openraft's transport does (the bytes into the file from
 /// `begin_receiving_snapshot`).
 async fn install(follower: &mut StateMachine, snap: openraft::storage::Snapshot<TypeConfig>) {
